@@ -1,0 +1,3 @@
+from socklab.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Echo: the "hello world" of sockets, over TCP (stream) and UDP (datagrams)."""

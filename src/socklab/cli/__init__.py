@@ -1,0 +1,1 @@
+"""The ``socklab`` command line: thin commands over the library."""

@@ -1,0 +1,231 @@
+"""A server's lifecycle in three phases: start, serve, shut down - the same on every engine.
+
+Why this exists: binding, publishing the real port, running the loop, reacting to Ctrl-C and
+SIGTERM, and draining connections gracefully are the same for every app. Apps compose a server
+instead of inheriting one (no ``socketserver`` mixins)::
+
+    server = Server(ServerSettings(engine="epoll", port=0))
+    server.listen(EchoProtocol)              # bind + listen now; the real port is known
+    server.start()                           # the engine runs on its own thread
+    print(server.port)
+    server.shutdown()                        # graceful: stop accepting, drain, close
+
+- **start**: listeners are bound in the caller's thread, so a bind error raises right there with
+  a one-line reason, and port 0 is resolved (``server.addresses``) before anything else runs.
+- **serve**: ``serve_forever()`` runs until SIGINT/SIGTERM.
+- **shutdown**: stop accepting at once; ask every protocol to finish (``shutdown_requested``);
+  wait until the connections end or ``shutdown_timeout`` passes; close the rest. A second signal
+  forces an immediate close. (The phases follow uvicorn's server.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from socklab.core.errors import SocklabError, UsageError
+from socklab.core.settings import ServerSettings
+from socklab.core.sockets import open_tcp_listener, open_udp_socket, server_ssl_context
+from socklab.core.trace import Tracer
+from socklab.engines import make_engine
+from socklab.engines.base import DatagramFactory, Engine, EngineStats, ProtocolFactory
+
+__all__ = ["Server"]
+
+
+class Server:
+    """One engine, one or more listeners, one lifecycle.
+
+    Args:
+        settings: limits, engine, address and TLS (see :class:`ServerSettings`).
+        tracer: lifecycle trace sink, or ``None``.
+        label: what ``socklab ss`` shows for this server's sockets (``"echo"``, ``"chat"``...).
+    """
+
+    def __init__(self, settings: ServerSettings | None = None, *, tracer: Tracer | None = None,
+                 label: str = "server") -> None:
+        self.settings = settings if settings is not None else ServerSettings()
+        self.settings.validate()
+        self.tracer = tracer
+        self.label = label
+        self.engine: Engine = make_engine(self.settings.engine, self.settings, tracer)
+        self.addresses: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._shutdown_started = False
+        self._error: BaseException | None = None
+        self._on_stop: list[Callable[[], None]] = []
+
+    # ---- phase 1: start --------------------------------------------------------------------------
+    def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,
+               unix: str | None = None, tls: bool = True) -> Any:
+        """Bind a stream listener now and serve it with ``protocol_factory``; returns the bound address.
+
+        Without arguments it uses the settings' host/port (or unix path) and TLS files.
+        """
+        s = self.settings
+        use_unix = unix if unix is not None else (s.unix if host is None and port is None else None)
+        if use_unix is not None and "unix" not in self.engine.info.supports:
+            raise UsageError(f"engine {s.engine!r} does not serve Unix sockets")
+        sock = open_tcp_listener(host if host is not None else s.host, port if port is not None else s.port,
+                                 unix=use_unix, backlog=s.backlog, reuse_port=s.reuse_port, tracer=self.tracer)
+        ctx = server_ssl_context(s.tls_cert, s.tls_key) if (tls and s.tls_cert) else None
+        if ctx is not None and "tls" not in self.engine.info.supports:
+            sock.close()
+            raise UsageError(f"engine {s.engine!r} does not support TLS")
+        address = sock.getsockname()
+        self.engine.serve_stream(sock, protocol_factory, ctx)
+        self.addresses.append(address)
+        return address
+
+    def listen_udp(self, protocol_factory: DatagramFactory, *, host: str | None = None,
+                   port: int | None = None) -> Any:
+        """Bind a UDP socket now and serve it with one protocol instance; returns the bound address."""
+        if "udp" not in self.engine.info.supports:
+            raise UsageError(f"engine {self.settings.engine!r} does not serve UDP")
+        sock = open_udp_socket(host if host is not None else self.settings.host,
+                               port if port is not None else self.settings.port,
+                               tracer=self.tracer, reuse_port=self.settings.reuse_port)
+        address = sock.getsockname()
+        self.engine.serve_datagram(sock, protocol_factory)
+        self.addresses.append(address)
+        return address
+
+    @property
+    def port(self) -> int:
+        """The first listener's port (the real one when bound to port 0)."""
+        for addr in self.addresses:
+            if isinstance(addr, tuple):
+                return int(addr[1])
+        raise UsageError("this server has no IP listener")
+
+    def start(self, timeout: float = 10.0) -> Server:
+        """Run the engine on a background thread; returns once it waits for events."""
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name=f"socklab-{self.engine.name}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SocklabError(f"engine {self.engine.name} did not start within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.engine.run(ready=self._ready.set)
+        except BaseException as exc:  # reported to whoever waits, never swallowed
+            self._error = exc
+            self._ready.set()
+            raise
+        finally:
+            self._stopped.set()
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the engine (e.g. to broadcast from another thread)."""
+        self.engine.call_soon_threadsafe(callback)
+
+    def statistics(self) -> EngineStats:
+        s = self.engine.stats
+        return EngineStats(connections=s.connections, accepted=s.accepted, refused=s.refused,
+                           idle_closed=s.idle_closed, datagrams_in=s.datagrams_in, extra=dict(s.extra))
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` after the engine stopped (close databases, remove files)."""
+        self._on_stop.append(callback)
+
+    # ---- phase 2: serve --------------------------------------------------------------------------
+    def serve_forever(self, *, handle_signals: bool = True,
+                      on_signal: Callable[[str], None] | None = None) -> None:
+        """Start (if needed) and serve until SIGINT/SIGTERM; a second signal forces the close.
+
+        Args:
+            handle_signals: install SIGINT/SIGTERM handlers (main thread only).
+            on_signal: told ``"graceful"`` or ``"force"`` so a CLI can print what happens.
+        """
+        self.start()
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            def handler(signum: int, frame: FrameType | None) -> None:
+                if not self._shutdown_started:
+                    if on_signal:
+                        on_signal("graceful")
+                    threading.Thread(target=self.shutdown, name="socklab-shutdown", daemon=True).start()
+                else:
+                    if on_signal:
+                        on_signal("force")
+                    self._force()
+            old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                while not self._stopped.wait(3600):
+                    pass
+            finally:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
+        else:
+            self._stopped.wait()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._finish()
+
+    # ---- phase 3: shut down ----------------------------------------------------------------------
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Graceful: stop accepting, let connections finish up to ``timeout`` (default from settings)."""
+        if self._thread is None:
+            self._close_unstarted()
+            return
+        if self._shutdown_started:
+            self._stopped.wait(timeout)
+            return
+        self._shutdown_started = True
+        grace = self.settings.shutdown_timeout if timeout is None else timeout
+        engine = self.engine
+        engine.call_soon_threadsafe(engine.begin_shutdown)
+        if not engine.wait_drained(grace):
+            engine.call_soon_threadsafe(engine.abort_all)
+            engine.wait_drained(1.0)
+        engine.stop()
+        self._thread.join(timeout=5)
+        self._finish()
+
+    def _force(self) -> None:
+        self._shutdown_started = True
+        self.engine.call_soon_threadsafe(self.engine.begin_shutdown)
+        self.engine.call_soon_threadsafe(self.engine.abort_all)
+        self.engine.stop()
+
+    def close(self) -> None:
+        """Shut down at once (no grace period)."""
+        self.shutdown(timeout=0)
+
+    def _close_unstarted(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.close_listeners()
+        self._finish()
+
+    _finished = False
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        with contextlib.suppress(Exception):
+            self.engine.close()
+        for cb in self._on_stop:
+            try:
+                cb()
+            except Exception as exc:  # a cleanup failure must not hide the others
+                print(f"socklab: cleanup failed: {exc}", file=sys.stderr)
+        if self.tracer:
+            self.tracer.close()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,273 @@
+"""Making sockets: addresses, listeners, client connections and TLS contexts, traced.
+
+Why this exists: every engine and every client starts the same way - resolve, ``socket()``,
+``setsockopt()``, ``bind()``, ``listen()`` or ``connect()`` - and each step can fail in ways a
+learner should understand. This module does those steps once, emits a trace event for each, and
+translates failures into :mod:`socklab.core.errors` with one-line messages.
+
+Addresses are written ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:/path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import ssl
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from socklab.core.errors import ResolveError, UsageError, translate_oserror
+from socklab.core.trace import Tracer, format_addr
+
+__all__ = [
+    "Endpoint",
+    "client_ssl_context",
+    "connect_tcp",
+    "open_tcp_listener",
+    "open_udp_socket",
+    "parse_endpoint",
+    "server_ssl_context",
+]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to bind or connect: an IP host and port, or a Unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    unix: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix}"
+        return format_addr((self.host, self.port))
+
+
+def parse_endpoint(text: str, *, default_host: str = "127.0.0.1", default_port: int | None = None) -> Endpoint:
+    """Parse ``HOST:PORT``, ``[::1]:PORT``, ``:PORT``, ``PORT`` or ``unix:/path``.
+
+    Raises:
+        UsageError: the text is not an address.
+    """
+    text = text.strip()
+    if text.startswith("unix:"):
+        return Endpoint(unix=text[5:])
+    host, port_s = default_host, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise UsageError(f"bad address {text!r}: missing ']' after the IPv6 address")
+        host, rest = text[1:close], text[close + 1:]
+        if rest and not rest.startswith(":"):
+            raise UsageError(f"bad address {text!r}: expected ':PORT' after ']'")
+        port_s = rest[1:]
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+        host = host or default_host
+    elif text.count(":") > 1:
+        raise UsageError(f"bad address {text!r}: write IPv6 addresses as [addr]:port")
+    elif text.isdigit():
+        port_s = text
+    else:
+        host = text
+    if not port_s:
+        if default_port is None:
+            raise UsageError(f"bad address {text!r}: no port (write HOST:PORT)")
+        return Endpoint(host, default_port)
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise UsageError(f"bad address {text!r}: port must be a number 0..65535")
+    return Endpoint(host, int(port_s))
+
+
+def _resolve(host: str, port: int, socktype: int, passive: bool) -> list[tuple[Any, ...]]:
+    flags = socket.AI_PASSIVE if passive else socket.AI_ADDRCONFIG
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socktype, 0, flags)
+    except socket.gaierror as exc:
+        raise translate_oserror(exc, f"resolving {host!r}") from exc
+    if not infos:
+        raise ResolveError(f"{host!r} resolved to no addresses")
+    return infos
+
+
+def _new_socket(family: int, socktype: int, tracer: Tracer | None) -> socket.socket:
+    try:
+        sock = socket.socket(family, socktype)
+    except OSError as exc:
+        raise translate_oserror(exc, "creating a socket") from exc
+    if tracer:
+        fam = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6"}.get(family, "AF_UNIX")
+        typ = "SOCK_STREAM" if socktype == socket.SOCK_STREAM else "SOCK_DGRAM"
+        tracer.emit("socket", sock, detail=f"{fam}, {typ}")
+    return sock
+
+
+def _setsockopt(sock: socket.socket, level: int, opt: int, value: int, name: str, tracer: Tracer | None) -> None:
+    sock.setsockopt(level, opt, value)
+    if tracer:
+        tracer.emit("setsockopt", sock, detail=f"{name}={value}")
+
+
+def _bind(sock: socket.socket, addr: Any, tracer: Tracer | None) -> None:
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        if tracer:
+            tracer.emit("bind", sock, detail=f"{format_addr(addr)} failed: {exc.strerror}",
+                        notes=_bind_notes(exc))
+        sock.close()
+        raise translate_oserror(exc, f"binding {format_addr(addr)}") from exc
+    if tracer:
+        tracer.emit("bind", sock, detail=f"{format_addr(sock.getsockname())}")
+
+
+def _bind_notes(exc: OSError) -> list[str]:
+    if exc.errno == errno.EADDRINUSE:
+        return ["EADDRINUSE: another socket holds this address. If a server just exited, its old "
+                "connections may sit in TIME_WAIT for 60 s; SO_REUSEADDR (which socklab sets) lets a "
+                "listener bind anyway, so a live process must still own the port: `socklab ss --port N`."]
+    if exc.errno == errno.EACCES:
+        return ["EACCES: ports below 1024 need root (or CAP_NET_BIND_SERVICE)."]
+    return []
+
+
+def open_tcp_listener(host: str, port: int, *, unix: str | None = None, backlog: int = 1024,
+                      reuse_port: bool = False, tracer: Tracer | None = None) -> socket.socket:
+    """Create, bind and listen on one TCP (or Unix stream) socket, traced.
+
+    ``host='::'`` (or ``''``) makes a dual-stack socket that accepts IPv4 and IPv6.
+
+    Raises:
+        AddressInUse, ResolveError, NetworkError: one-line reasons.
+    """
+    if unix is not None:
+        sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM, tracer)
+        _remove_stale_unix_socket(unix)
+        _bind(sock, unix, tracer)
+    else:
+        if host in ("", "::", "*"):
+            family, addr = socket.AF_INET6, ("::", port)
+        else:
+            info = _resolve(host, port, socket.SOCK_STREAM, passive=True)[0]
+            family, addr = info[0], info[4]
+        sock = _new_socket(family, socket.SOCK_STREAM, tracer)
+        _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
+        if reuse_port:
+            _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1, "SO_REUSEPORT", tracer)
+        if family == socket.AF_INET6 and addr[0] == "::":
+            _setsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0, "IPV6_V6ONLY (dual-stack)", tracer)
+        _bind(sock, addr, tracer)
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise translate_oserror(exc, "listening") from exc
+    if tracer:
+        tracer.emit("listen", sock, detail=f"backlog={backlog}")
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Remove a socket file nobody listens on any more (a crashed server's leftover)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
+
+
+def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None = None,
+                    tracer: Tracer | None = None, reuse_port: bool = False) -> socket.socket:
+    """A bound (server) or connected (client) UDP socket, traced."""
+    if connect_to is not None:
+        info = _resolve(connect_to[0], connect_to[1], socket.SOCK_DGRAM, passive=False)[0]
+        sock = _new_socket(info[0], socket.SOCK_DGRAM, tracer)
+        try:
+            sock.connect(info[4])
+        except OSError as exc:
+            sock.close()
+            raise translate_oserror(exc, f"connecting UDP to {format_addr(info[4])}") from exc
+        if tracer:
+            tracer.emit("connect", sock, peer=info[4], detail="UDP: only fixes the default peer; nothing is sent")
+        return sock
+    if host in ("", "::", "*"):
+        family, addr = socket.AF_INET6, ("::", port)
+    else:
+        info = _resolve(host, port, socket.SOCK_DGRAM, passive=True)[0]
+        family, addr = info[0], info[4]
+    sock = _new_socket(family, socket.SOCK_DGRAM, tracer)
+    _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
+    if reuse_port:
+        _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1, "SO_REUSEPORT", tracer)
+    if family == socket.AF_INET6 and addr[0] == "::":
+        _setsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0, "IPV6_V6ONLY (dual-stack)", tracer)
+    _bind(sock, addr, tracer)
+    return sock
+
+
+def connect_tcp(endpoint: Endpoint, *, timeout: float | None = 10.0, tracer: Tracer | None = None,
+                nodelay: bool = True) -> socket.socket:
+    """A connected, *blocking* TCP (or Unix) socket; tries each resolved address in turn.
+
+    Raises:
+        ConnectionRefused, ConnectTimeout, HostUnreachable, ResolveError: one-line reasons.
+    """
+    if endpoint.unix is not None:
+        targets: list[tuple[int, Any]] = [(socket.AF_UNIX, endpoint.unix)]
+    else:
+        targets = [(i[0], i[4]) for i in _resolve(endpoint.host, endpoint.port, socket.SOCK_STREAM, False)]
+    last: BaseException | None = None
+    for family, addr in targets:
+        sock = _new_socket(family, socket.SOCK_STREAM, tracer)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            if tracer:
+                tracer.emit("connect", sock, peer=addr, detail=f"failed: {exc.strerror or exc}")
+            sock.close()
+            last = exc
+            continue
+        sock.settimeout(None)
+        if tracer:
+            tracer.emit("connect", sock, peer=addr, detail="three-way handshake done (SYN, SYN-ACK, ACK)")
+        if nodelay and family != socket.AF_UNIX:
+            _setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY", tracer)
+        return sock
+    assert last is not None
+    raise translate_oserror(last, f"connecting to {endpoint}") from last
+
+
+def server_ssl_context(cert: str, key: str | None = None) -> ssl.SSLContext:
+    """A TLS server context from PEM files (TLS 1.2 or newer)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load TLS certificate {cert!r}: {exc}") from exc
+    return ctx
+
+
+def client_ssl_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """A TLS client context that verifies the server unless ``insecure``."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -1,0 +1,215 @@
+"""TLS as a protocol layered on a protocol: one implementation for every engine socklab owns.
+
+Why this exists: TLS is a sans-I/O state machine too. ``ssl.SSLObject`` with two
+``ssl.MemoryBIO`` buffers takes ciphertext in and hands ciphertext out; it never touches a socket.
+:class:`TLSProtocol` sits between an engine's plain transport and the app's protocol: to the
+engine it is a Protocol (ciphertext in), to the app it is a Transport (plaintext out). So the
+iterative, threads, pool, select, poll and epoll engines all get TLS from these ~200 lines, and
+the app cannot tell. (The asyncio and uvloop engines use their loops' own TLS.)
+
+Order of events: the handshake runs first; the app's ``connection_made`` comes only once it
+succeeded. A failed handshake closes the connection without ever calling the app (and the engine
+reports a :class:`~socklab.core.errors.RemoteProtocolError` to the trace).
+
+Half-close: TLS has no clean half-close in Python's ``ssl``; ``can_write_eof()`` is False, as in
+asyncio. ``close()`` sends close_notify before the TCP FIN.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+from socklab.core.protocol import Protocol
+from socklab.core.transport import TimerHandle, Transport
+
+__all__ = ["TLSProtocol"]
+
+_READ_SIZE = 64 * 1024
+
+
+class TLSProtocol(Protocol, Transport):
+    """Wrap ``app`` in TLS over whatever transport the engine provides.
+
+    Args:
+        app: the application's protocol; it sees plaintext.
+        context: a server or client ``ssl.SSLContext``.
+        server_side: True on the accepting side.
+        server_hostname: the name to verify (client side).
+    """
+
+    def __init__(self, app: Protocol, context: ssl.SSLContext, *, server_side: bool,
+                 server_hostname: str | None = None) -> None:
+        self.app = app
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
+                                     server_hostname=None if server_side else server_hostname)
+        self._handshaking = True
+        self._app_started = False
+        self._closing = False
+        self._lost = False
+
+    # ---- Protocol side (ciphertext from the engine) ----------------------------------------------
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self._handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._in.write(data)
+        if self._handshaking:
+            self._handshake()
+        else:
+            self._read_plaintext()
+
+    def eof_received(self) -> bool | None:
+        self._in.write_eof()
+        if self._handshaking:
+            self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"))
+            return None
+        self._read_plaintext()
+        if self._app_started and not self._lost:
+            return self.app.eof_received()
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        if self._app_started:
+            self._app_started = False
+            self.app.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.app.resume_writing()
+
+    def shutdown_requested(self) -> None:
+        if self._app_started:
+            self.app.shutdown_requested()
+        else:
+            self.transport.close()
+
+    # ---- the TLS machine -------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if self._out.pending:
+            self.transport.write(self._out.read())
+
+    def _handshake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._flush()
+            self._fail(RemoteProtocolError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"))
+            return
+        self._flush()
+        self._handshaking = False
+        self._app_started = True
+        self.app.connection_made(self)
+        self._read_plaintext()
+
+    def _read_plaintext(self) -> None:
+        while not self._lost:
+            try:
+                chunk = self._ssl.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # the peer sent close_notify
+                break
+            except ssl.SSLError as exc:
+                self._fail(RemoteProtocolError(f"TLS error: {getattr(exc, 'reason', None) or exc}"))
+                return
+            if not chunk:
+                break
+            self.app.data_received(chunk)
+        self._flush()
+
+    def _fail(self, exc: BaseException) -> None:
+        tracer = self.transport.get_extra_info("tracer")
+        if tracer:
+            tracer.note(str(exc))
+        abort_with = getattr(self.transport, "abort_with", None)
+        if abort_with is not None:
+            abort_with(exc)
+        else:
+            self.transport.abort()
+
+    # ---- Transport side (plaintext from the app) -------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._lost or not data:
+            return
+        view = memoryview(data)
+        while view:
+            n = self._ssl.write(view)
+            view = view[n:]
+        self._flush()
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        raise LocalProtocolError("TLS connections cannot half-close here (can_write_eof() is False)")
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not self._handshaking and not self._lost:
+            try:
+                self._ssl.unwrap()  # queues close_notify
+            except ssl.SSLError:
+                pass
+            self._flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self.transport.abort()
+
+    def abort_with(self, exc: BaseException | None) -> None:
+        self._closing = True
+        abort_with = getattr(self.transport, "abort_with", None)
+        if abort_with is not None:
+            abort_with(exc)
+        else:
+            self.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self.transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.transport.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + self._out.pending
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl
+        if name == "peercert":
+            return self._ssl.getpeercert()
+        if name == "cipher":
+            return self._ssl.cipher()
+        if name == "tls_version":
+            return self._ssl.version()
+        return self.transport.get_extra_info(name, default)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.transport.call_later(delay, callback)

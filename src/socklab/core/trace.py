@@ -1,0 +1,212 @@
+"""The lifecycle trace: every socket system call, as it happens, for people learning sockets.
+
+Why this exists: the socket lifecycle (socket, setsockopt, bind, listen, accept, connect, send,
+recv, shutdown, close) is invisible in most programs. With ``--trace`` every socklab server and
+client prints it, one line per call, with a timestamp, the file descriptor, the engine and
+thread, the peer, the byte counts and - where the kernel reports it - the TCP state. Notes point
+out the classic surprises inline: a partial send, a message split across recvs or two merged in
+one, EADDRINUSE and TIME_WAIT.
+
+Where an event loop hides the system calls (asyncio, uvloop), the engines trace at the transport
+level and say so (``level="transport"``).
+
+A disabled tracer costs one attribute test per call site: engines hold ``tracer = None`` unless
+tracing is on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+__all__ = ["TCP_STATES", "TraceEvent", "Tracer", "tcp_state"]
+
+# Linux include/net/tcp_states.h; the first byte of struct tcp_info is the state.
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING", 12: "NEW_SYN_RECV",
+}
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+
+
+def tcp_state(sock: socket.socket) -> str | None:
+    """The kernel's TCP state of ``sock`` (Linux ``TCP_INFO``), or ``None`` where unknown."""
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
+    except OSError:
+        return None
+    return TCP_STATES.get(struct.unpack_from("B", raw)[0])
+
+
+def format_addr(addr: Any) -> str:
+    """``127.0.0.1:80``, ``[::1]:80``, a Unix path, or ``-``."""
+    if addr is None or addr == "" or addr == b"":
+        return "-"
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(addr, bytes):
+        return addr.decode(errors="replace")
+    return str(addr)
+
+
+@dataclass
+class TraceEvent:
+    """One traced call. ``op`` is the system call (or transport method) name."""
+
+    ts: float
+    op: str
+    fd: int | None = None
+    engine: str | None = None
+    thread: str | None = None
+    peer: str | None = None
+    nbytes: int | None = None
+    requested: int | None = None
+    state: str | None = None
+    level: str = "syscall"
+    detail: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Tracer:
+    """Collects trace events and hands them to sinks (console, JSON lines, a list in tests).
+
+    Args:
+        engine: the engine name recorded on every event.
+        console: a text stream for the human-readable lines (``None``: no console output).
+        json_file: a path (or open text file) receiving one JSON object per event.
+        color: colour the console lines (rich markup) when the stream is a terminal.
+
+    Thread-safe: events from several threads are written whole, in order of emission.
+    """
+
+    def __init__(self, engine: str = "-", console: IO[str] | None = None,
+                 json_file: str | IO[str] | None = None, color: bool | None = None) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._sinks: list[Callable[[TraceEvent], None]] = []
+        self._json: IO[str] | None = None
+        self._own_json = False
+        if console is not None:
+            self._sinks.append(_ConsoleSink(console, color))
+        if json_file is not None:
+            if isinstance(json_file, str):
+                self._json = open(json_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+                self._own_json = True
+            else:
+                self._json = json_file
+            self._sinks.append(self._write_json)
+        self.events: list[TraceEvent] | None = None
+
+    def record(self) -> list[TraceEvent]:
+        """Also keep every event in a list (for tests and replay); returns that list."""
+        self.events = []
+        return self.events
+
+    def add_sink(self, sink: Callable[[TraceEvent], None]) -> None:
+        self._sinks.append(sink)
+
+    def emit(self, op: str, sock: socket.socket | None = None, *, fd: int | None = None,
+             peer: Any = None, nbytes: int | None = None, requested: int | None = None,
+             detail: str | None = None, level: str = "syscall", state: str | None = None,
+             notes: list[str] | None = None, engine: str | None = None) -> TraceEvent:
+        """Record one event. ``sock`` fills in the fd and TCP state when given."""
+        if sock is not None:
+            if fd is None:
+                try:
+                    fd = sock.fileno()
+                except OSError:
+                    fd = None
+            if state is None and fd is not None and fd >= 0:
+                state = tcp_state(sock)
+        event = TraceEvent(
+            ts=time.monotonic() - self._t0, op=op, fd=fd, engine=engine or self.engine,
+            thread=threading.current_thread().name, peer=None if peer is None else format_addr(peer),
+            nbytes=nbytes, requested=requested, state=state, level=level, detail=detail,
+            notes=list(notes or ()),
+        )
+        event.notes.extend(_automatic_notes(event))
+        with self._lock:
+            if self.events is not None:
+                self.events.append(event)
+            for sink in self._sinks:
+                sink(event)
+        return event
+
+    def note(self, text: str, sock: socket.socket | None = None, **kw: Any) -> TraceEvent:
+        """An explanatory line that is not a system call (a split message, a state change...)."""
+        return self.emit("note", sock, detail=text, **kw)
+
+    def _write_json(self, event: TraceEvent) -> None:
+        assert self._json is not None
+        self._json.write(json.dumps(asdict(event), separators=(",", ":")) + "\n")
+        self._json.flush()
+
+    def close(self) -> None:
+        if self._own_json and self._json is not None:
+            self._json.close()
+
+
+def _automatic_notes(event: TraceEvent) -> list[str]:
+    notes = []
+    if event.op in ("send", "sendto") and event.requested is not None and event.nbytes is not None \
+            and event.nbytes < event.requested:
+        notes.append(f"partial send: the kernel took {event.nbytes} of {event.requested} bytes; "
+                     "the rest must be sent again (sendall/the transport does it)")
+    if event.op == "recv" and event.nbytes == 0:
+        notes.append("recv returned 0 bytes: the peer sent FIN (end of its stream)")
+    return notes
+
+
+class _ConsoleSink:
+    """Human-readable lines: ``+0.000123 fd=5 accept peer=127.0.0.1:5000 [ESTABLISHED]``."""
+
+    _STYLE = {"note": "yellow", "close": "red", "shutdown": "red", "accept": "green", "connect": "green",
+              "listen": "cyan", "bind": "cyan", "socket": "cyan", "error": "bold red"}
+
+    def __init__(self, stream: IO[str], color: bool | None) -> None:
+        self.stream = stream
+        if color is None:
+            color = stream.isatty() and "NO_COLOR" not in os.environ
+        self.color = color
+
+    def __call__(self, e: TraceEvent) -> None:
+        parts = [f"+{e.ts:9.6f}", f"{e.engine}/{e.thread}"]
+        parts.append(f"fd={e.fd}" if e.fd is not None else "fd=-")
+        op = e.op if e.level == "syscall" else f"{e.op}(transport)"
+        parts.append(op)
+        if e.nbytes is not None:
+            parts.append(f"{e.nbytes} of {e.requested} bytes" if e.requested not in (None, e.nbytes)
+                         else f"{e.nbytes} bytes")
+        if e.peer:
+            parts.append(f"peer={e.peer}")
+        if e.detail:
+            parts.append(e.detail)
+        if e.state:
+            parts.append(f"[{e.state}]")
+        line = " ".join(parts)
+        if self.color:
+            style = self._STYLE.get(e.op)
+            line = f"\x1b[{_ANSI[style]}m{line}\x1b[0m" if style else line
+        out = [line] + [f"    note: {n}" for n in e.notes]
+        self.stream.write("\n".join(out) + "\n")
+        self.stream.flush()
+
+
+_ANSI = {"yellow": "33", "red": "31", "green": "32", "cyan": "36", "bold red": "1;31"}
+
+
+def stderr_tracer(engine: str, json_path: str | None = None) -> Tracer:
+    """The tracer ``--trace`` builds: human lines on stderr, optionally JSON lines to a file."""
+    return Tracer(engine=engine, console=sys.stderr, json_file=json_path)

@@ -1,0 +1,201 @@
+"""What every engine is: the loop-shaped interface, and the policies they all share.
+
+Why this exists: an engine owns sockets and calls protocols. Eight engines implement the same
+interface - shaped like an asyncio event loop (``run``, ``stop``, ``call_soon_threadsafe``,
+``call_later``, serve a listening socket, open a client connection) - so that apps and the
+:class:`~socklab.core.server.Server` never care which one runs. The policies every server needs
+are written once here and inherited:
+
+- admission: ``max_connections`` (the excess gets ``overflow_message`` and a close);
+- the idle timeout: a sweep every second compares each connection's last activity with
+  ``idle_timeout`` (one timer for all connections, not one per byte received);
+- graceful shutdown: stop accepting, tell every protocol ``shutdown_requested()``, wait for the
+  connections to end, then abort what is left;
+- statistics: connections now, accepted, refused, bytes in and out.
+
+Thread model: every engine runs its loop on one thread (the Server starts it). Callbacks into
+protocols are serialized: reactor and asyncio engines run them on the loop thread; the threaded
+engines take ``self.lock`` around each callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from socklab.core.errors import TimeoutError_
+from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
+from socklab.core.settings import ServerSettings
+from socklab.core.sockets import Endpoint
+from socklab.core.trace import Tracer
+from socklab.core.transport import TimerHandle
+
+__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory"]
+
+ProtocolFactory = Callable[[], Protocol]
+DatagramFactory = Callable[[], DatagramProtocol]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What ``socklab engines`` prints about an engine."""
+
+    name: str
+    model: str
+    concurrent: bool
+    supports: frozenset[str]
+    choose_when: str
+    limits: str = ""
+
+
+@dataclass
+class EngineStats:
+    """Counters an engine keeps; ``Server.statistics()`` returns a copy."""
+
+    connections: int = 0
+    accepted: int = 0
+    refused: int = 0
+    idle_closed: int = 0
+    datagrams_in: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Connection:
+    """Bookkeeping the shared policies need from each engine's connection object.
+
+    Engines' stream transports inherit this; ``last_activity`` is refreshed on every receive.
+    """
+
+    protocol: BaseProtocol
+    last_activity: float = 0.0
+
+    def abort_with(self, exc: BaseException | None) -> None:
+        """Close at once and report ``exc`` to ``connection_lost``."""
+        raise NotImplementedError
+
+
+class Engine(ABC):
+    """An event source that owns sockets and drives protocols.
+
+    Args:
+        settings: the server's settings (limits are read from it).
+        tracer: where lifecycle events go, or ``None`` for no tracing (zero cost).
+    """
+
+    info: ClassVar[EngineInfo]
+
+    def __init__(self, settings: ServerSettings | None = None, tracer: Tracer | None = None) -> None:
+        self.settings = settings if settings is not None else ServerSettings()
+        self.tracer = tracer
+        self.stats = EngineStats()
+        self.connections: set[Connection] = set()
+        self.lock = threading.RLock()
+        self.shutting_down = False
+        self._drained = threading.Event()
+        self._sweeper: TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    # ---- the loop -----------------------------------------------------------------------------
+    @abstractmethod
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until :meth:`stop`; calls ``ready()`` once the loop is about to wait for events."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Make :meth:`run` return soon. Thread-safe."""
+
+    @abstractmethod
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` on the engine, serialized with protocol callbacks. Thread-safe."""
+
+    @abstractmethod
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback()`` after ``delay`` seconds. Call from engine callbacks or before run()."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the engine holds (selectors, executors) after run() returned."""
+
+    # ---- sockets ------------------------------------------------------------------------------
+    @abstractmethod
+    def serve_stream(self, sock: Any, protocol_factory: ProtocolFactory,
+                     ssl_context: ssl.SSLContext | None = None) -> Any:
+        """Accept connections on the listening ``sock``; returns a handle with ``close()``."""
+
+    @abstractmethod
+    def serve_datagram(self, sock: Any, protocol_factory: DatagramFactory) -> Any:
+        """Drive one datagram protocol with a bound UDP ``sock``; returns a handle with ``close()``."""
+
+    @abstractmethod
+    def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
+                       ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                       timeout: float = 10.0,
+                       on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Open a client connection; the protocol's ``connection_made`` follows, or ``on_error(exc)``."""
+
+    # ---- shared policies ----------------------------------------------------------------------
+    def admit(self) -> bool:
+        """May one more connection be served? Counts the refusal when not."""
+        if self.shutting_down or len(self.connections) >= self.settings.max_connections:
+            self.stats.refused += 1
+            return False
+        self.stats.accepted += 1
+        return True
+
+    def connection_opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.stats.connections = len(self.connections)
+        if self._sweeper is None and self.settings.idle_timeout > 0:
+            self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.connections = len(self.connections)
+        if self.shutting_down and not self.connections:
+            self._drained.set()
+
+    def _sweep_interval(self) -> float:
+        return min(1.0, max(0.05, self.settings.idle_timeout / 4))
+
+    def _sweep_idle(self) -> None:
+        limit = self.settings.idle_timeout
+        deadline = time.monotonic() - limit
+        for conn in [c for c in self.connections if c.last_activity < deadline]:
+            self.stats.idle_closed += 1
+            if self.tracer:
+                self.tracer.note(f"closing a connection idle for more than {limit:g} s (idle_timeout)")
+            conn.abort_with(TimeoutError_(f"idle for more than {limit:g} s (idle_timeout)"))
+        self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting and ask every protocol to finish. Runs on the engine."""
+        self.shutting_down = True
+        self.close_listeners()
+        for conn in list(self.connections):
+            hook = getattr(conn.protocol, "shutdown_requested", None)
+            if hook is not None:
+                with contextlib.suppress(Exception):
+                    hook()
+        if not self.connections:
+            self._drained.set()
+
+    def abort_all(self) -> None:
+        """Close every connection now. Runs on the engine."""
+        for conn in list(self.connections):
+            conn.abort_with(None)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block (not on the engine thread) until every connection ended, or ``timeout``."""
+        return self._drained.wait(timeout)
+
+    @abstractmethod
+    def close_listeners(self) -> None:
+        """Stop accepting: close every listening socket this engine serves."""

@@ -1,0 +1,828 @@
+"""socklab's own reactor: non-blocking sockets, one thread, select(), poll() or epoll.
+
+Why this exists: this is the pattern under every event loop (nginx, Redis, asyncio, uvloop),
+written out in a few hundred lines of Python so it can be read. One thread waits for readiness
+on many sockets at once, then does the work each ready socket allows without ever blocking:
+
+1. ``poll`` asks the kernel which file descriptors are readable or writable (waiting at most
+   until the next timer is due);
+2. each ready descriptor's handler runs: accept new connections, ``recv`` what arrived and hand
+   it to the protocol, ``send`` what is buffered;
+3. timers whose time came run (``call_later``), then callbacks queued from other threads
+   (``call_soon_threadsafe``, which wakes the loop through a socketpair - never by polling).
+
+Writes are tried at once and only the leftover is buffered (the writable event is watched only
+while something is buffered). A connection whose buffer passes ``max_buffer`` stops being read
+until the peer catches up, so a client that never reads cannot make the server's memory grow.
+On EMFILE at accept the listener backs off (no busy loop) and retries shortly after.
+
+The three engines ``select``, ``poll`` and ``epoll`` are this reactor with a different
+:class:`Poller`; ``socklab engines`` says when each fits (select is capped at FD_SETSIZE=1024).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import heapq
+import itertools
+import os
+import select
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from socklab.core.errors import ConnectTimeout, translate_oserror
+from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
+from socklab.core.sockets import Endpoint
+from socklab.core.tls import TLSProtocol
+from socklab.core.transport import DatagramTransport, Transport
+from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
+
+__all__ = ["EpollEngine", "PollEngine", "Reactor", "SelectEngine"]
+
+READ, WRITE = 1, 4  # the same bits as POLLIN/EPOLLIN and POLLOUT/EPOLLOUT
+_READ_LIKE = select.POLLIN | select.POLLERR | select.POLLHUP
+RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see docs/benchmarks.md)
+_FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+# ---- pollers: the one part that differs between select, poll and epoll ---------------------------
+class Poller:
+    """Readiness notification over one OS mechanism. ``mask`` is a combination of READ and WRITE."""
+
+    def register(self, fd: int, mask: int) -> None: raise NotImplementedError
+    def modify(self, fd: int, mask: int) -> None: raise NotImplementedError
+    def unregister(self, fd: int) -> None: raise NotImplementedError
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]: raise NotImplementedError
+    def close(self) -> None: pass
+
+
+class EpollPoller(Poller):
+    """Linux epoll: the kernel keeps the interest list; each wait costs O(ready), not O(watched)."""
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self.register = self._ep.register  # type: ignore[method-assign]
+        self.modify = self._ep.modify  # type: ignore[method-assign]
+        self.unregister = self._ep.unregister  # type: ignore[method-assign]
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._ep.poll(-1 if timeout is None else timeout, 1024)
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class PollPoller(Poller):
+    """POSIX poll(): no descriptor limit, but the whole interest list is passed on every call."""
+
+    def __init__(self) -> None:
+        self._p = select.poll()
+        self.register = self._p.register  # type: ignore[method-assign]
+        self.modify = self._p.modify  # type: ignore[method-assign]
+        self.unregister = self._p.unregister  # type: ignore[method-assign]
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+
+
+class SelectPoller(Poller):
+    """select(): the oldest and most portable; three bitmaps rebuilt on every call, fds < 1024."""
+
+    def __init__(self) -> None:
+        self._r: set[int] = set()
+        self._w: set[int] = set()
+
+    def register(self, fd: int, mask: int) -> None:
+        if fd >= 1024:
+            raise OSError(errno.EMFILE, f"select() cannot watch fd {fd} (FD_SETSIZE is 1024): use poll or epoll")
+        self.modify(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        (self._r.add if mask & READ else self._r.discard)(fd)
+        (self._w.add if mask & WRITE else self._w.discard)(fd)
+
+    def unregister(self, fd: int) -> None:
+        self._r.discard(fd)
+        self._w.discard(fd)
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        r, w, _ = select.select(self._r, self._w, [], timeout)
+        ready: dict[int, int] = dict.fromkeys(r, READ)
+        for fd in w:
+            ready[fd] = ready.get(fd, 0) | WRITE
+        return list(ready.items())
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# ---- the reactor ---------------------------------------------------------------------------------
+class Reactor(Engine):
+    """The loop shared by the select, poll and epoll engines."""
+
+    poller_class: type[Poller] = EpollPoller
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._poller = self.poller_class()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._ready: collections.deque[Callable[[], None]] = collections.deque()
+        self._stopping = False
+        self._listeners: list[_Listener] = []
+        self.recv_buffer = bytearray(RECV_SIZE)
+        self.recv_view = memoryview(self.recv_buffer)
+        self.now = time.monotonic()
+        self._registered: set[int] = set()
+        # The self-pipe trick: other threads wake poll() by writing one byte.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.add_reader(self._wake_r.fileno(), self._drain_wakeup)
+
+    # ---- interest --------------------------------------------------------------------------------
+    def _update(self, fd: int) -> None:
+        mask = (READ if fd in self._readers else 0) | (WRITE if fd in self._writers else 0)
+        registered = fd in self._registered
+        if mask and registered:
+            self._poller.modify(fd, mask)
+        elif mask:
+            self._poller.register(fd, mask)
+            self._registered.add(fd)
+        elif registered:
+            self._poller.unregister(fd)
+            self._registered.discard(fd)
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        new = fd not in self._readers
+        self._readers[fd] = callback
+        if new:
+            self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        new = fd not in self._writers
+        self._writers[fd] = callback
+        if new:
+            self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    # ---- scheduling ------------------------------------------------------------------------------
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._ready.append(callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        self._ready.append(callback)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full: the loop is already going to wake up
+        except OSError:
+            pass  # closed during shutdown
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.call_soon_threadsafe(lambda: None)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        poll = self._poller.poll
+        readers, writers = self._readers, self._writers
+        timers, ready_q = self._timers, self._ready
+        self._stopping = False
+        if ready is not None:
+            ready_q.append(ready)
+        while not self._stopping:
+            if ready_q:
+                timeout: float | None = 0.0
+            elif timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            else:
+                timeout = None
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                events = []
+            self.now = time.monotonic()
+            for fd, ev in events:
+                if ev & _READ_LIKE:
+                    cb = readers.get(fd)
+                    if cb is not None:
+                        cb()
+                if ev & WRITE:
+                    cb = writers.get(fd)
+                    if cb is not None:
+                        cb()
+            while timers and timers[0][0] <= self.now:
+                timer = heapq.heappop(timers)[2]
+                if not timer.cancelled:
+                    timer.callback()
+            for _ in range(len(ready_q)):
+                ready_q.popleft()()
+
+    def close(self) -> None:
+        for listener in list(self._listeners):
+            listener.close()
+        self.remove_reader(self._wake_r.fileno())
+        self._wake_r.close()
+        self._wake_w.close()
+        self._poller.close()
+
+    # ---- sockets ---------------------------------------------------------------------------------
+    def serve_stream(self, sock: socket.socket, protocol_factory: ProtocolFactory,
+                     ssl_context: ssl.SSLContext | None = None) -> _Listener:
+        listener = _Listener(self, sock, protocol_factory, ssl_context)
+        self._listeners.append(listener)
+        return listener
+
+    def close_listeners(self) -> None:
+        for listener in list(self._listeners):
+            listener.close()
+
+    def serve_datagram(self, sock: socket.socket, protocol_factory: DatagramFactory) -> _DatagramEndpoint:
+        return _DatagramEndpoint(self, sock, protocol_factory())
+
+    def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
+                       ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                       timeout: float = 10.0,
+                       on_error: Callable[[BaseException], None] | None = None) -> None:
+        _Connector(self, endpoint, protocol_factory, ssl_context, server_hostname, timeout, on_error)
+
+    def start_stream(self, sock: socket.socket, protocol: Protocol, *, peer: Any,
+                     ssl_context: ssl.SSLContext | None = None, server_side: bool = True,
+                     server_hostname: str | None = None) -> StreamTransport:
+        """Adopt a connected non-blocking socket: build the transport and call ``connection_made``."""
+        if ssl_context is not None:
+            protocol = TLSProtocol(protocol, ssl_context, server_side=server_side,
+                                   server_hostname=server_hostname)
+        transport = StreamTransport(self, sock, protocol, peer)
+        self.connection_opened(transport)
+        protocol.connection_made(transport)
+        transport.start_reading()
+        return transport
+
+
+class _Listener:
+    """Accepts connections on one listening socket."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, factory: ProtocolFactory,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.factory = factory
+        self.ssl_context = ssl_context
+        self.fd = sock.fileno()
+        self.backoff = 0.05
+        self.closed = False
+        self.is_tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        sock.setblocking(False)
+        reactor.add_reader(self.fd, self._on_accept)
+
+    def _on_accept(self) -> None:
+        reactor, tracer = self.reactor, self.reactor.tracer
+        for _ in range(64):  # accept a burst per wake-up, then let other sockets run
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._back_off(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that client gave up between SYN and accept(): try the next one
+                raise
+            self.backoff = 0.05
+            if tracer:
+                tracer.emit("accept", conn, peer=peer, detail=f"new fd from listening fd {self.fd}")
+            if not reactor.admit():
+                self._refuse(conn, peer)
+                continue
+            conn.setblocking(False)
+            if self.is_tcp:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                protocol = self.factory()
+            except Exception:
+                conn.close()
+                raise
+            reactor.start_stream(conn, protocol, peer=peer, ssl_context=self.ssl_context)
+
+    def _refuse(self, conn: socket.socket, peer: Any) -> None:
+        reactor = self.reactor
+        if reactor.tracer:
+            reactor.tracer.note(f"refusing {peer}: max_connections={reactor.settings.max_connections} reached "
+                                "(or shutting down)", conn)
+        try:
+            conn.setblocking(False)
+            if not reactor.shutting_down:
+                conn.send(reactor.settings.overflow_message)
+        except OSError:
+            pass
+        conn.close()
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of file descriptors: stop accepting for a moment instead of spinning."""
+        reactor = self.reactor
+        if reactor.tracer:
+            reactor.tracer.note(f"accept failed with {errno.errorcode.get(exc.errno or 0, exc.errno)}: out of "
+                                f"file descriptors; pausing accept for {self.backoff:.2f} s")
+        reactor.stats.extra["accept_backoffs"] = reactor.stats.extra.get("accept_backoffs", 0) + 1
+        reactor.remove_reader(self.fd)
+        reactor.call_later(self.backoff, self._resume)
+        self.backoff = min(self.backoff * 2, 0.4)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.reactor.add_reader(self.fd, self._on_accept)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reactor.remove_reader(self.fd)
+        if self.reactor.tracer:
+            self.reactor.tracer.emit("close", self.sock, detail="listening socket: no more accepts")
+        self.sock.close()
+        if self in self.reactor._listeners:
+            self.reactor._listeners.remove(self)
+
+    @property
+    def sockname(self) -> Any:
+        return self.sock.getsockname()
+
+
+class StreamTransport(Transport, Connection):
+    """One non-blocking stream socket driven by the reactor."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self.peer = peer
+        self.tracer = reactor.tracer
+        self.last_activity = reactor.now
+        self._wbuf = bytearray()
+        self._closing = False
+        self._lost = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._eof_received = False
+        self._app_paused = False
+        self._backpressure = False
+        self._reading = False
+        self._protocol_paused = False
+        self._high = reactor.settings.max_buffer
+        self._low = self._high // 4
+        self._buffered = isinstance(protocol, BufferedProtocol)
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def start_reading(self) -> None:
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        want = not (self._app_paused or self._backpressure or self._closing or self._eof_received)
+        if want and not self._reading:
+            self.reactor.add_reader(self.fd, self._on_readable)
+        elif not want and self._reading:
+            self.reactor.remove_reader(self.fd)
+        self._reading = want
+
+    def _on_readable(self) -> None:
+        reactor = self.reactor
+        try:
+            if self._buffered:
+                buf = self.protocol.get_buffer(RECV_SIZE)  # type: ignore[attr-defined]
+                n = self.sock.recv_into(buf)
+            else:
+                n = self.sock.recv_into(reactor.recv_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        if self.tracer:
+            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
+        if n:
+            self.last_activity = reactor.now
+            self.bytes_in += n
+            if self._buffered:
+                self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            else:
+                self.protocol.data_received(reactor.recv_view[:n].tobytes())
+            return
+        self._on_eof()
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._sync_reading()
+        try:
+            keep_open = self.protocol.eof_received()
+        except Exception as exc:
+            self._fatal(exc, "handling EOF")
+            return
+        if self._eof_sent or not keep_open:
+            self.close()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._eof_pending or self._eof_sent or not data:
+            return  # writes after close are dropped, as in asyncio
+        if not self._wbuf:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fatal(exc, "sending")
+                return
+            if self.tracer:
+                self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(data))
+            self.bytes_out += n
+            if n == len(data):
+                return
+            self._wbuf += memoryview(data)[n:]
+            self.reactor.add_writer(self.fd, self._on_writable)
+        else:
+            self._wbuf += data
+        self._check_high_water()
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def _check_high_water(self) -> None:
+        if len(self._wbuf) > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._backpressure = True
+            self._sync_reading()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock)
+            self.protocol.pause_writing()
+
+    def _on_writable(self) -> None:
+        try:
+            n = self.sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "sending")
+            return
+        if self.tracer:
+            self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
+        self.bytes_out += n
+        del self._wbuf[:n]
+        if self._protocol_paused and len(self._wbuf) <= self._low:
+            self._protocol_paused = False
+            self._backpressure = False
+            self._sync_reading()
+            self.protocol.resume_writing()
+        if self._wbuf:
+            return
+        self.reactor.remove_writer(self.fd)
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._finalize(None)
+
+    def write_eof(self) -> None:
+        if self._eof_sent or self._eof_pending or self._closing:
+            return
+        if self._wbuf:
+            self._eof_pending = True
+        else:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        self._eof_sent = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc, "shutting down")
+            return
+        if self.tracer:
+            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
+        if self._eof_received:
+            self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._wbuf)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = high if high is not None else self.reactor.settings.max_buffer
+        self._low = low if low is not None else self._high // 4
+
+    # ---- flow control ----------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        self._app_paused = True
+        self._sync_reading()
+
+    def resume_reading(self) -> None:
+        self._app_paused = False
+        self._sync_reading()
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    # ---- closing ---------------------------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._sync_reading()
+        if not self._wbuf:
+            self.reactor.call_soon(lambda: self._finalize(None))
+
+    def abort(self) -> None:
+        self.abort_with(None)
+
+    def abort_with(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        try:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self._closing = True
+        self._wbuf.clear()
+        self._finalize(exc, how="abort (SO_LINGER 0: RST)")
+
+    def _fatal(self, exc: BaseException, action: str) -> None:
+        if self._lost:
+            return
+        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({self.peer})")
+        if self.tracer:
+            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
+        self._closing = True
+        self._wbuf.clear()
+        self._finalize(err)
+
+    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
+        if self._lost:
+            return
+        self._lost = True
+        reactor = self.reactor
+        reactor.remove_reader(self.fd)
+        reactor.remove_writer(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
+        self.sock.close()
+        reactor.connection_closed(self)
+        self.protocol.connection_lost(exc)
+
+    # ---- information -----------------------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            try:
+                return self.sock.getsockname()
+            except OSError:
+                return default
+        if name == "socket":
+            return self.sock
+        if name == "fd":
+            return self.fd
+        if name == "engine":
+            return self.reactor.name
+        if name == "tracer":
+            return self.tracer
+        return default
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        return self.reactor.call_later(delay, callback)
+
+
+class _Connector:
+    """A non-blocking connect(): EINPROGRESS, wait for writable, read SO_ERROR."""
+
+    def __init__(self, reactor: Reactor, endpoint: Endpoint, factory: ProtocolFactory,
+                 ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float,
+                 on_error: Callable[[BaseException], None] | None) -> None:
+        self.reactor, self.factory, self.on_error = reactor, factory, on_error
+        self.ssl_context, self.server_hostname = ssl_context, server_hostname or endpoint.host
+        self.endpoint = endpoint
+        try:
+            if endpoint.unix is not None:
+                family, addr = socket.AF_UNIX, endpoint.unix
+            else:
+                info = socket.getaddrinfo(endpoint.host, endpoint.port, 0, socket.SOCK_STREAM)[0]
+                family, addr = info[0], info[4]
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fail(translate_oserror(exc, f"connecting to {endpoint}"))
+            return
+        self.addr = addr
+        self.sock.setblocking(False)
+        if reactor.tracer:
+            reactor.tracer.emit("socket", self.sock, detail="client socket (non-blocking)")
+        err = self.sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            self._done(err)
+            return
+        if reactor.tracer:
+            reactor.tracer.emit("connect", self.sock, peer=addr, detail="EINPROGRESS: SYN sent, waiting for writable")
+        self.timer = reactor.call_later(timeout, self._timeout)
+        reactor.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        self.reactor.remove_writer(self.sock.fileno())
+        self.timer.cancel()
+        self._done(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _timeout(self) -> None:
+        self.reactor.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self._fail(ConnectTimeout(f"timed out while connecting to {self.endpoint}"))
+
+    def _done(self, err: int) -> None:
+        if err:
+            self.sock.close()
+            exc = OSError(err, os.strerror(err))
+            self._fail(translate_oserror(exc, f"connecting to {self.endpoint}"))
+            return
+        if self.reactor.tracer:
+            self.reactor.tracer.emit("connect", self.sock, peer=self.addr, detail="connected")
+        if self.sock.family != socket.AF_UNIX:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reactor.start_stream(self.sock, self.factory(), peer=self.addr, ssl_context=self.ssl_context,
+                                  server_side=False, server_hostname=self.server_hostname)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        elif self.reactor.tracer:
+            self.reactor.tracer.note(f"connect failed: {exc}")
+
+
+class _DatagramEndpoint(DatagramTransport):
+    """A bound UDP socket: every datagram goes to one protocol with its sender's address."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, protocol: DatagramProtocol) -> None:
+        self.reactor, self.sock, self.protocol = reactor, sock, protocol
+        self.tracer = reactor.tracer
+        self.fd = sock.fileno()
+        self._closed = False
+        self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._pending_bytes = 0
+        sock.setblocking(False)
+        protocol.connection_made(self)
+        reactor.add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(64):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors (port unreachable) surface here
+                self.protocol.error_received(translate_oserror(exc, "receiving a datagram"))
+                return
+            self.reactor.stats.datagrams_in += 1
+            if self.tracer:
+                self.tracer.emit("recvfrom", self.sock, peer=addr, nbytes=len(data))
+            self.protocol.datagram_received(data, addr)
+            if self._closed:
+                return
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closed:
+            return
+        if not self._pending:
+            try:
+                n = self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
+                if self.tracer:
+                    self.tracer.emit("sendto", self.sock, peer=addr, nbytes=n, requested=len(data))
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self.protocol.error_received(translate_oserror(exc, "sending a datagram"))
+                return
+        if self._pending_bytes > self.reactor.settings.max_buffer:
+            if self.tracer:
+                self.tracer.note("UDP send buffer full: datagram dropped (UDP gives no delivery guarantee)")
+            return
+        self._pending.append((bytes(data), addr))
+        self._pending_bytes += len(data)
+        self.reactor.add_writer(self.fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        while self._pending:
+            data, addr = self._pending[0]
+            try:
+                if addr is not None:
+                    self.sock.sendto(data, addr)
+                else:
+                    self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.protocol.error_received(translate_oserror(exc, "sending a datagram"))
+            self._pending.popleft()
+            self._pending_bytes -= len(data)
+        self.reactor.remove_writer(self.fd)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "socket":
+            return self.sock
+        if name == "engine":
+            return self.reactor.name
+        if name == "fd":
+            return self.fd
+        if name == "tracer":
+            return self.tracer
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.reactor.remove_reader(self.fd)
+        self.reactor.remove_writer(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock)
+        self.sock.close()
+        self.protocol.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        return self.reactor.call_later(delay, callback)
+
+
+class EpollEngine(Reactor):
+    info = EngineInfo(
+        name="epoll", model="one thread, non-blocking sockets, Linux epoll",
+        concurrent=True, supports=frozenset({"tcp", "udp", "unix", "tls", "client"}),
+        choose_when="many connections on Linux: cost grows with the ready sockets, not the watched ones",
+        limits="Linux only")
+    poller_class = EpollPoller
+
+
+class PollEngine(Reactor):
+    info = EngineInfo(
+        name="poll", model="one thread, non-blocking sockets, poll()",
+        concurrent=True, supports=frozenset({"tcp", "udp", "unix", "tls", "client"}),
+        choose_when="portable event loop without select's 1024-descriptor cap",
+        limits="each wait passes the whole interest list: slower with thousands of idle connections")
+    poller_class = PollPoller
+
+
+class SelectEngine(Reactor):
+    info = EngineInfo(
+        name="select", model="one thread, non-blocking sockets, select()",
+        concurrent=True, supports=frozenset({"tcp", "udp", "unix", "tls", "client"}),
+        choose_when="learning the classic API, or the most portable code",
+        limits="file descriptors must be below FD_SETSIZE (1024)")
+    poller_class = SelectPoller

@@ -1,0 +1,1 @@
+"""Tools for debugging network programs: connect/listen, ss, tap, bench."""

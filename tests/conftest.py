@@ -1,0 +1,138 @@
+"""Fixtures shared by every test: engines, running servers, subprocesses ended by pid.
+
+Every behaviour test that takes the ``engine`` fixture runs once per engine (ids are the engine
+names), the way uvicorn and uvloop bind one suite to several implementations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.core.server import Server
+from socklab.core.settings import ENGINE_NAMES, ServerSettings
+
+CONCURRENT_ENGINES = [e for e in ENGINE_NAMES if e != "iterative"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every engine, one test run each."""
+    return str(request.param)
+
+
+@pytest.fixture(params=CONCURRENT_ENGINES)
+def concurrent_engine(request: pytest.FixtureRequest) -> str:
+    """Every engine that serves several clients at once."""
+    return str(request.param)
+
+
+@contextlib.contextmanager
+def running_server(factory: Callable[[], Any], engine: str = "epoll", *, udp: bool = False,
+                   tracer: Any = None, **settings: Any) -> Iterator[Server]:
+    """A started server on 127.0.0.1 port 0 (unless told otherwise), always shut down."""
+    settings.setdefault("host", "127.0.0.1")
+    srv = Server(ServerSettings(engine=engine, **settings), tracer=tracer)
+    try:
+        if udp:
+            srv.listen_udp(factory)
+        else:
+            srv.listen(factory)
+        srv.start()
+        yield srv
+    finally:
+        srv.shutdown(timeout=2)
+
+
+class Proc:
+    """A socklab subprocess; ``wait_for(pattern)`` reads stdout until a line matches (readiness)."""
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", COLUMNS="200")
+        env.update(kwargs.pop("env", {}))
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "socklab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=kwargs.pop("stdin", subprocess.DEVNULL), env=env, start_new_session=True, **kwargs)
+        self.pid = self.popen.pid
+        self.lines: list[str] = []
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.popen.stdout, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    break
+                line = self.popen.stdout.readline().decode(errors="replace")
+                if not line:
+                    break
+                self.lines.append(line)
+                m = rx.search(line)
+                if m:
+                    return m
+        finally:
+            sel.close()
+        err = self.popen.stderr.read().decode(errors="replace") if self.popen.poll() is not None and \
+            self.popen.stderr else ""
+        raise AssertionError(f"no line matching {pattern!r}; stdout: {self.lines!r} stderr: {err[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Proc]]:
+    """Start socklab subprocesses; every one is ended (by its pid's process group) after the test."""
+    procs: list[Proc] = []
+
+    def start(*args: str, **kwargs: Any) -> Proc:
+        p = Proc(list(args), **kwargs)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop(signal.SIGKILL)
+        for stream in (p.popen.stdout, p.popen.stderr, p.popen.stdin):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, ::1 and localhost (trustme)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    d = tmp_path_factory.mktemp("tls")
+    paths = {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")}
+    ca.cert_pem.write_to_path(paths["ca"])
+    cert.private_key_and_cert_chain_pem.write_to_path(paths["cert"])
+    cert.private_key_pem.write_to_path(paths["key"])
+    return paths
