@@ -174,11 +174,11 @@ class TLSProtocol(Protocol, Transport):
         self._closing = True
         self.transport.abort()
 
-    def abort_with(self, exc: BaseException | None) -> None:
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
         self._closing = True
         abort_with = getattr(self.transport, "abort_with", None)
         if abort_with is not None:
-            abort_with(exc)
+            abort_with(exc, reset)
         else:
             self.transport.abort()
 

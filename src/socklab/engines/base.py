@@ -75,8 +75,11 @@ class Connection:
     protocol: BaseProtocol
     last_activity: float = 0.0
 
-    def abort_with(self, exc: BaseException | None) -> None:
-        """Close at once and report ``exc`` to ``connection_lost``."""
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
+        """Close at once, dropping buffered output, and report ``exc`` to ``connection_lost``.
+
+        ``reset=True`` sends an RST (SO_LINGER 0); ``False`` a normal FIN (used for idle timeouts).
+        """
         raise NotImplementedError
 
 
@@ -172,7 +175,7 @@ class Engine(ABC):
             self.stats.idle_closed += 1
             if self.tracer:
                 self.tracer.note(f"closing a connection idle for more than {limit:g} s (idle_timeout)")
-            conn.abort_with(TimeoutError_(f"idle for more than {limit:g} s (idle_timeout)"))
+            conn.abort_with(TimeoutError_(f"idle for more than {limit:g} s (idle_timeout)"), reset=False)
         self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
 
     def begin_shutdown(self) -> None:

@@ -146,6 +146,7 @@ class Reactor(Engine):
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
         self._listeners: list[_Listener] = []
+        self._endpoints: list[_DatagramEndpoint] = []
         self.recv_buffer = bytearray(RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
         self.now = time.monotonic()
@@ -255,8 +256,7 @@ class Reactor(Engine):
                 ready_q.popleft()()
 
     def close(self) -> None:
-        for listener in list(self._listeners):
-            listener.close()
+        self.close_listeners()
         self.remove_reader(self._wake_r.fileno())
         self._wake_r.close()
         self._wake_w.close()
@@ -272,9 +272,13 @@ class Reactor(Engine):
     def close_listeners(self) -> None:
         for listener in list(self._listeners):
             listener.close()
+        for endpoint in list(self._endpoints):
+            endpoint.close()
 
     def serve_datagram(self, sock: socket.socket, protocol_factory: DatagramFactory) -> _DatagramEndpoint:
-        return _DatagramEndpoint(self, sock, protocol_factory())
+        endpoint = _DatagramEndpoint(self, sock, protocol_factory())
+        self._endpoints.append(endpoint)
+        return endpoint
 
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
@@ -580,16 +584,17 @@ class StreamTransport(Transport, Connection):
     def abort(self) -> None:
         self.abort_with(None)
 
-    def abort_with(self, exc: BaseException | None) -> None:
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
         if self._lost:
             return
-        try:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
+        if reset:
+            try:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         self._closing = True
         self._wbuf.clear()
-        self._finalize(exc, how="abort (SO_LINGER 0: RST)")
+        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
 
     def _fatal(self, exc: BaseException, action: str) -> None:
         if self._lost:
@@ -792,6 +797,8 @@ class _DatagramEndpoint(DatagramTransport):
         if self.tracer:
             self.tracer.emit("close", self.sock)
         self.sock.close()
+        if self in self.reactor._endpoints:
+            self.reactor._endpoints.remove(self)
         self.protocol.connection_lost(None)
 
     def abort(self) -> None:
