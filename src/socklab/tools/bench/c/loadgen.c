@@ -1,0 +1,352 @@
+/*
+ * loadgen.c - the echo load generator behind `socklab bench echo` and `socklab bench sweep`.
+ *
+ * Why C: a load generator must be faster than what it measures. A Python client spends more CPU
+ * per round trip than a good Python server, so it would report its own limit, not the server's.
+ * This one is a single thread on one epoll instance, like the C echo server it is checked against.
+ *
+ * What it does, in phases:
+ *   1. connect: opens --idle + --connections TCP connections (at most --max-connecting at a time);
+ *      each does one 16-byte round trip, which proves the server really accepted and serves it.
+ *   2. warm-up (--warmup seconds): the --connections active ones run the load, nothing is recorded.
+ *   3. measure (--duration seconds): each active connection keeps --pipeline messages of --size
+ *      bytes in flight; a message is complete when --size bytes of echo came back (echo is a byte
+ *      stream, so the reply is counted in bytes, not in recv() calls). Each message's round-trip
+ *      time goes into a log-bucket histogram (16 sub-buckets per power of two, ~3% resolution).
+ * It writes "measure-start" and "measure-end" lines on stderr at the phase edges (the runner samples
+ * the server's CPU and memory there), then one JSON object on stdout with completed round trips,
+ * bytes, p50/p90/p99/p99.9/max latency and its own CPU time (getrusage): a generator near 100%
+ * CPU is the limit, not the server.
+ *
+ * Usage: loadgen --port P [--host 127.0.0.1] [-c 20] [-s 1024] [-p 1] [-d 10] [-w 1] [--idle 0]
+ *                [--cpu N] [--connect-timeout 30] [--max-connecting 128]
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SEND_CHUNK (256 * 1024)
+#define READ_SIZE (256 * 1024)
+#define PING_SIZE 16
+#define NBUCKETS 1024
+#define MAX_EVENTS 512
+
+enum state { CONNECTING, PINGING, HELD, ACTIVE, DEAD };
+
+struct conn {
+    int fd;
+    enum state st;
+    int active;           /* part of the load (not one of the idle ones) */
+    int want_out;         /* EPOLLOUT registered */
+    uint64_t to_send;     /* bytes of queued messages not yet written */
+    uint64_t rpos;        /* bytes of the current reply received so far */
+    uint64_t *sent_at;    /* ring of send times, one per message in flight */
+    int head, count;
+};
+
+static struct conn *conns;
+static int nconns, nactive, nidle, size = 1024, pipeline = 1, max_connecting = 128;
+static double duration = 10, warmup = 1, connect_timeout = 30;
+static int ep;
+static char sbuf[SEND_CHUNK];
+static char rbuf[READ_SIZE];
+static uint64_t hist[NBUCKETS];
+static uint64_t requests, nbytes, lat_sum, lat_max, errors, connect_errors;
+static int recording, running;
+static char first_error[160];
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int bucket_of(uint64_t v) {
+    if (v < 16) return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int idx = (msb - 3) * 16 + (int)((v >> (msb - 4)) & 15);
+    return idx < NBUCKETS ? idx : NBUCKETS - 1;
+}
+
+static double bucket_mid(int idx) {  /* middle of the bucket, nanoseconds */
+    if (idx < 16) return idx;
+    int msb = idx / 16 + 3, sub = idx % 16;
+    double low = (double)((uint64_t)(16 + sub) << (msb - 4));
+    return low + (double)(1ull << (msb - 4)) / 2.0;
+}
+
+static double percentile_us(double q) {
+    if (!requests) return 0;
+    uint64_t want = (uint64_t)(q * (double)requests);
+    if (want >= requests) want = requests - 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < NBUCKETS; i++) {
+        seen += hist[i];
+        if (seen > want) return bucket_mid(i) / 1000.0;
+    }
+    return (double)lat_max / 1000.0;
+}
+
+static void note_error(const char *what, int err) {
+    if (!first_error[0]) snprintf(first_error, sizeof first_error, "%s: %s", what, strerror(err));
+}
+
+static void set_out(struct conn *c, int on) {
+    if (c->want_out == on) return;
+    struct epoll_event e = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &e);
+    c->want_out = on;
+}
+
+static void kill_conn(struct conn *c, const char *why, int err) {
+    if (c->st == DEAD) return;
+    if (c->st == CONNECTING || c->st == PINGING) connect_errors++; else errors++;
+    note_error(why, err);
+    close(c->fd);
+    c->st = DEAD;
+}
+
+/* Write queued message bytes until done or the socket is full. */
+static void pump(struct conn *c) {
+    while (c->to_send > 0) {
+        size_t want = c->to_send < SEND_CHUNK ? (size_t)c->to_send : SEND_CHUNK;
+        ssize_t n = send(c->fd, sbuf, want, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) { set_out(c, 1); return; }
+            kill_conn(c, "send", errno);
+            return;
+        }
+        c->to_send -= (uint64_t)n;
+    }
+    set_out(c, 0);
+}
+
+static void queue_message(struct conn *c, uint64_t t) {
+    c->sent_at[(c->head + c->count) % pipeline] = t;
+    c->count++;
+    c->to_send += (uint64_t)size;
+}
+
+static void start_load(struct conn *c, uint64_t t) {
+    c->st = ACTIVE;
+    c->rpos = 0;
+    for (int i = 0; i < pipeline; i++) queue_message(c, t);
+    pump(c);
+}
+
+static void on_readable(struct conn *c, int *pinging) {  /* pinging: connections still in phase 1 */
+    for (;;) {
+        ssize_t n = recv(c->fd, rbuf, sizeof rbuf, 0);
+        if (n == 0) { kill_conn(c, "server closed the connection", ECONNRESET); return; }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            kill_conn(c, "recv", errno);
+            return;
+        }
+        if (c->st == PINGING) {
+            c->rpos += (uint64_t)n;
+            if (c->rpos >= PING_SIZE) { c->st = HELD; c->rpos = 0; (*pinging)--; }
+            if ((size_t)n < sizeof rbuf) return;
+            continue;
+        }
+        if (c->st != ACTIVE) return;  /* an idle connection got data it did not ask for: ignore */
+        uint64_t t = now_ns();
+        c->rpos += (uint64_t)n;
+        if (recording) nbytes += (uint64_t)n;
+        while (c->rpos >= (uint64_t)size && c->count > 0) {
+            c->rpos -= (uint64_t)size;
+            uint64_t lat = t - c->sent_at[c->head];
+            c->head = (c->head + 1) % pipeline;
+            c->count--;
+            if (recording) {
+                requests++;
+                hist[bucket_of(lat)]++;
+                lat_sum += lat;
+                if (lat > lat_max) lat_max = lat;
+            }
+            if (running) queue_message(c, t);
+        }
+        if (c->to_send) pump(c);
+        if ((size_t)n < sizeof rbuf) return;  /* drained what was there */
+    }
+}
+
+static int start_connect(struct conn *c, struct sockaddr_in *sin) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) { c->fd = -1; c->st = DEAD; connect_errors++; note_error("socket", errno); return -1; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = fd;
+    c->st = CONNECTING;
+    struct epoll_event e = {.events = EPOLLOUT, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+    c->want_out = 1;
+    if (connect(fd, (struct sockaddr *)sin, sizeof *sin) < 0 && errno != EINPROGRESS) {
+        kill_conn(c, "connect", errno);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_connected(struct conn *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) { kill_conn(c, "connect", err); return; }
+    c->st = PINGING;
+    c->rpos = 0;
+    set_out(c, 0);
+    if (send(c->fd, sbuf, PING_SIZE, MSG_NOSIGNAL) != PING_SIZE) kill_conn(c, "send", errno);
+}
+
+static double cpu_seconds(struct rusage *u, struct rusage *s, int sys) {
+    const struct timeval *a = sys ? &u->ru_stime : &u->ru_utime, *b = sys ? &s->ru_stime : &s->ru_utime;
+    return (double)(a->tv_sec - b->tv_sec) + (double)(a->tv_usec - b->tv_usec) / 1e6;
+}
+
+static void usage(const char *me) {
+    fprintf(stderr, "usage: %s --port P [--host H] [-c CONNS] [-s SIZE] [-p PIPELINE] [-d SECONDS] "
+            "[-w WARMUP] [--idle N] [--cpu N] [--connect-timeout S] [--max-connecting N]\n", me);
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    int port = -1, cpu = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc) usage(argv[0]);
+        const char *v = argv[++i];
+        if (!strcmp(a, "--host")) host = v;
+        else if (!strcmp(a, "--port")) port = atoi(v);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--connections")) nactive = atoi(v);
+        else if (!strcmp(a, "-s") || !strcmp(a, "--size")) size = atoi(v);
+        else if (!strcmp(a, "-p") || !strcmp(a, "--pipeline")) pipeline = atoi(v);
+        else if (!strcmp(a, "-d") || !strcmp(a, "--duration")) duration = atof(v);
+        else if (!strcmp(a, "-w") || !strcmp(a, "--warmup")) warmup = atof(v);
+        else if (!strcmp(a, "--idle")) nidle = atoi(v);
+        else if (!strcmp(a, "--cpu")) cpu = atoi(v);
+        else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
+        else if (!strcmp(a, "--max-connecting")) max_connecting = atoi(v);
+        else usage(argv[0]);
+    }
+    if (port <= 0 || port > 65535 || size < 1 || pipeline < 1 || nactive < 0 || nidle < 0 || duration <= 0 ||
+        warmup < 0 || max_connecting < 1 || nactive + nidle < 1)
+        usage(argv[0]);
+    if (cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set) < 0) perror("sched_setaffinity");
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
+    signal(SIGPIPE, SIG_IGN);
+    memset(sbuf, 'x', sizeof sbuf);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) { fprintf(stderr, "bad IPv4 address %s\n", host); return 2; }
+
+    nconns = nidle + nactive;
+    conns = calloc((size_t)nconns, sizeof *conns);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!conns || ep < 0) { perror("setup"); return 1; }
+    /* idle ones first, active ones last: the active ones are connected to a server already holding the idle */
+    for (int i = 0; i < nconns; i++) {
+        conns[i].active = i >= nidle;
+        conns[i].fd = -1;
+        conns[i].sent_at = conns[i].active ? calloc((size_t)pipeline, sizeof(uint64_t)) : NULL;
+    }
+    struct epoll_event evs[MAX_EVENTS];
+
+    /* phase 1: connect everything, one round trip each, at most max_connecting in progress */
+    uint64_t t0 = now_ns(), deadline = t0 + (uint64_t)(connect_timeout * 1e9);
+    int next = 0, pinging = 0;
+    while (next < nconns || pinging > 0) {
+        while (next < nconns && pinging < max_connecting) {
+            if (start_connect(&conns[next++], &sin) == 0) pinging++;
+        }
+        if (now_ns() > deadline) { note_error("connect phase", ETIMEDOUT); break; }
+        int n = epoll_wait(ep, evs, MAX_EVENTS, 100);
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            enum state before = c->st;
+            if (c->st == CONNECTING) on_connected(c);
+            else if (c->st == PINGING || c->st == HELD || c->st == ACTIVE) on_readable(c, &pinging);
+            if (c->st == DEAD && (before == CONNECTING || before == PINGING)) pinging--;
+        }
+    }
+    int held = 0;
+    for (int i = 0; i < nconns; i++) held += conns[i].st == HELD;
+    double connect_seconds = (double)(now_ns() - t0) / 1e9;
+
+    /* phases 2 and 3: warm-up, then measure */
+    struct rusage ru0, ru1;
+    uint64_t start = now_ns(), measure_at = start + (uint64_t)(warmup * 1e9);
+    uint64_t end = measure_at + (uint64_t)(duration * 1e9), measured_from = start;
+    running = 1;
+    for (int i = nidle; i < nconns; i++)
+        if (conns[i].st == HELD) start_load(&conns[i], start);
+    if (warmup == 0) {
+        recording = 1;
+        getrusage(RUSAGE_SELF, &ru0);
+        fprintf(stderr, "measure-start\n");
+    }
+    int dummy = 0;
+    for (;;) {
+        uint64_t t = now_ns();
+        if (!recording && t >= measure_at) {
+            recording = 1;
+            measured_from = t;
+            getrusage(RUSAGE_SELF, &ru0);
+            fprintf(stderr, "measure-start\n");
+        }
+        if (t >= end) break;
+        int n = epoll_wait(ep, evs, MAX_EVENTS, 5);
+        if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (c->st == DEAD) continue;
+            if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(c, &dummy);
+            if (c->st != DEAD && (evs[i].events & EPOLLOUT) && c->to_send) pump(c);
+        }
+    }
+    uint64_t measured_to = now_ns();
+    getrusage(RUSAGE_SELF, &ru1);
+    fprintf(stderr, "measure-end\n");
+    fflush(stderr);
+    if (warmup == 0) measured_from = start;
+
+    double secs = (double)(measured_to - measured_from) / 1e9;
+    double user = cpu_seconds(&ru1, &ru0, 0), sys = cpu_seconds(&ru1, &ru0, 1);
+    int alive = 0;
+    for (int i = 0; i < nconns; i++) alive += conns[i].st != DEAD;
+    printf("{\"target\": \"%s:%d\", \"connections\": %d, \"idle\": %d, \"held\": %d, \"alive\": %d, "
+           "\"size\": %d, \"pipeline\": %d, \"warmup\": %.3f, \"duration\": %.6f, \"connect_seconds\": %.3f, "
+           "\"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, \"mbps\": %.3f, "
+           "\"latency_us\": {\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f, "
+           "\"mean\": %.2f}, \"cpu\": {\"user\": %.4f, \"sys\": %.4f, \"percent\": %.1f}, "
+           "\"errors\": %llu, \"connect_errors\": %llu, \"first_error\": \"%s\"}\n",
+           host, port, nactive, nidle, held, alive, size, pipeline, warmup, secs, connect_seconds,
+           (unsigned long long)requests, (unsigned long long)nbytes, secs > 0 ? (double)requests / secs : 0.0,
+           secs > 0 ? (double)nbytes / secs / 1e6 : 0.0,
+           percentile_us(0.50), percentile_us(0.90), percentile_us(0.99), percentile_us(0.999),
+           (double)lat_max / 1000.0, requests ? (double)lat_sum / (double)requests / 1000.0 : 0.0,
+           user, sys, secs > 0 ? (user + sys) / secs * 100.0 : 0.0,
+           (unsigned long long)errors, (unsigned long long)connect_errors, first_error);
+    return 0;
+}
