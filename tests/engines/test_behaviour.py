@@ -108,7 +108,7 @@ def test_tls_handshake_failure_does_not_kill_the_server(engine: str, tls_files: 
             assert c.recv(100) == b"still alive"
 
 
-class _tolerate_reset:  # noqa: N801 - reads as a context manager at the call site
+class _tolerate_reset:
     """Tolerate the reset a server may answer garbage with; any other error fails the test."""
 
     def __enter__(self) -> None:

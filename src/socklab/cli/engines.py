@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -21,7 +22,7 @@ def engines(as_json: bool) -> None:
     Every server takes --engine NAME; an app written once runs on all of them. Compare them with
     `socklab bench echo`.
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in ENGINE_NAMES:
         try:
             info = engine_class(name).info

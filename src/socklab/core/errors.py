@@ -136,7 +136,7 @@ class BrokenError(NetworkError):
     """The peer or the network broke the connection (reset, broken pipe)."""
 
 
-class TimeoutError_(NetworkError):  # noqa: N801 - trailing underscore: never shadow the builtin
+class TimeoutError_(NetworkError):
     """An operation did not finish within its deadline."""
 
 

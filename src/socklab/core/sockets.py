@@ -100,7 +100,7 @@ def _new_socket(family: int, socktype: int, tracer: Tracer | None) -> socket.soc
     except OSError as exc:
         raise translate_oserror(exc, "creating a socket") from exc
     if tracer:
-        fam = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6"}.get(family, "AF_UNIX")
+        fam = {int(socket.AF_INET): "AF_INET", int(socket.AF_INET6): "AF_INET6"}.get(family, "AF_UNIX")
         typ = "SOCK_STREAM" if socktype == socket.SOCK_STREAM else "SOCK_DGRAM"
         tracer.emit("socket", sock, detail=f"{fam}, {typ}")
     return sock

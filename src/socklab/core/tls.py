@@ -53,7 +53,7 @@ class TLSProtocol(Protocol, Transport):
         self._lost = False
 
     # ---- Protocol side (ciphertext from the engine) ----------------------------------------------
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         self._handshake()
 

@@ -187,8 +187,12 @@ class _ConsoleSink:
         op = e.op if e.level == "syscall" else f"{e.op}(transport)"
         parts.append(op)
         if e.nbytes is not None:
-            parts.append(f"{e.nbytes} of {e.requested} bytes" if e.requested not in (None, e.nbytes)
-                         else f"{e.nbytes} bytes")
+            if e.requested in (None, e.nbytes):
+                parts.append(f"{e.nbytes} bytes")
+            elif e.op.startswith("recv"):
+                parts.append(f"{e.nbytes} bytes (asked for up to {e.requested})")
+            else:
+                parts.append(f"{e.nbytes} of {e.requested} bytes")
         if e.peer:
             parts.append(f"peer={e.peer}")
         if e.detail:

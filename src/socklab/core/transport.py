@@ -23,7 +23,8 @@ Semantics every engine honours:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol as _TypingProtocol
+from typing import Any
+from typing import Protocol as _TypingProtocol
 
 __all__ = ["DatagramTransport", "TimerHandle", "Transport"]
 

@@ -66,9 +66,15 @@ class EpollPoller(Poller):
 
     def __init__(self) -> None:
         self._ep = select.epoll()
-        self.register = self._ep.register  # type: ignore[method-assign]
-        self.modify = self._ep.modify  # type: ignore[method-assign]
-        self.unregister = self._ep.unregister  # type: ignore[method-assign]
+
+    def register(self, fd: int, mask: int) -> None:
+        self._ep.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._ep.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self._ep.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         return self._ep.poll(-1 if timeout is None else timeout, 1024)
@@ -82,9 +88,15 @@ class PollPoller(Poller):
 
     def __init__(self) -> None:
         self._p = select.poll()
-        self.register = self._p.register  # type: ignore[method-assign]
-        self.modify = self._p.modify  # type: ignore[method-assign]
-        self.unregister = self._p.unregister  # type: ignore[method-assign]
+
+    def register(self, fd: int, mask: int) -> None:
+        self._p.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._p.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self._p.unregister(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         return self._p.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
@@ -397,7 +409,7 @@ class StreamTransport(Transport, Connection):
         self.reactor = reactor
         self.sock = sock
         self.fd = sock.fileno()
-        self.protocol = protocol
+        self.protocol: Protocol = protocol
         self.peer = peer
         self.tracer = reactor.tracer
         self.last_activity = reactor.now
@@ -651,6 +663,7 @@ class _Connector:
         self.reactor, self.factory, self.on_error = reactor, factory, on_error
         self.ssl_context, self.server_hostname = ssl_context, server_hostname or endpoint.host
         self.endpoint = endpoint
+        addr: Any
         try:
             if endpoint.unix is not None:
                 family, addr = socket.AF_UNIX, endpoint.unix

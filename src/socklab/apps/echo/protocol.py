@@ -39,7 +39,7 @@ class EchoProtocol(Protocol):
 class EchoDatagramProtocol(DatagramProtocol):
     """UDP echo: each datagram goes back to its sender (many peers on one socket)."""
 
-    def connection_made(self, transport: DatagramTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: DatagramTransport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
