@@ -38,6 +38,7 @@ from typing import Any
 from socklab.core.errors import ConnectTimeout, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
+from socklab.core.trace import format_addr
 from socklab.core.tls import TLSProtocol
 from socklab.core.transport import DatagramTransport, Transport
 from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
@@ -611,7 +612,7 @@ class StreamTransport(Transport, Connection):
     def _fatal(self, exc: BaseException, action: str) -> None:
         if self._lost:
             return
-        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({self.peer})")
+        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({format_addr(self.peer)})")
         if self.tracer:
             self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
         self._closing = True
