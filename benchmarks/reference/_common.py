@@ -1,0 +1,28 @@
+"""Shared by the reference servers: parse ``--host``/``--port``, raise the fd limit, print the ready line.
+
+Why this exists: each reference server should show only its mechanism; the plumbing around it
+(arguments, RLIMIT_NOFILE for the 10,000-connection sweep, the readiness line the benchmark waits
+for) is the same for all four and lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+
+def parse_args(name: str) -> argparse.Namespace:
+    """``--host`` (default 127.0.0.1) and ``--port`` (default 0 = any); also raises RLIMIT_NOFILE."""
+    ap = argparse.ArgumentParser(prog=name, description=f"plain {name} echo server (benchmark reference)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 lets the kernel choose; the real port is printed")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return args
+
+
+def ready(name: str, host: str, port: int) -> None:
+    """The readiness line the benchmark waits for."""
+    print(f"reference {name} listening on tcp://{host}:{port}", flush=True)

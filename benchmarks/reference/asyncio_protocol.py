@@ -1,0 +1,39 @@
+"""Reference: an echo server on a plain ``asyncio.Protocol`` (CPython's own event loop).
+
+Why this exists: it is the bar for socklab's ``asyncio`` engine - the same loop, used the way
+the asyncio documentation shows, with nothing socklab adds. (asyncio's transport already sets
+TCP_NODELAY on TCP sockets.)
+
+Usage: ``python benchmarks/reference/asyncio_protocol.py [--port 0]``
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from _common import parse_args, ready
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def main() -> None:
+    args = parse_args("asyncio_protocol")
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, args.host, args.port, backlog=4096)
+    ready("asyncio_protocol", args.host, server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

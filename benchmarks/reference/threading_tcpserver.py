@@ -1,0 +1,54 @@
+"""Reference: an echo server on ``socketserver.ThreadingTCPServer`` (a thread per connection).
+
+Why this exists: it is the bar for socklab's ``threads``, ``pool`` and ``iterative`` engines -
+the standard library's blocking-socket server, used as its documentation shows, with a plain
+``recv``/``sendall`` loop (not the line-buffered ``StreamRequestHandler``, which would echo
+line by line rather than byte-exact) and TCP_NODELAY like every other server here.
+
+Usage: ``python benchmarks/reference/threading_tcpserver.py [--port 0]``
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import socketserver
+import sys
+import threading
+
+from _common import parse_args, ready
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        recv, sendall = sock.recv, sock.sendall
+        try:
+            while data := recv(65536):
+                sendall(data)
+        except OSError:
+            pass
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 4096
+
+
+def main() -> None:
+    args = parse_args("threading_tcpserver")
+    threading.stack_size(256 * 1024)  # 10,000 threads for the sweep; the default 8 MiB is only virtual
+    with Server((args.host, args.port), EchoHandler) as server:
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        ready("threading_tcpserver", args.host, server.server_address[1])
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

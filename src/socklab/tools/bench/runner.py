@@ -1,0 +1,269 @@
+"""Run the load against each server, take medians, and sweep the number of connections.
+
+Why this exists: one run of one server says little. The runner starts every server afresh for
+every repeat and interleaves them (round 1: A, B, C; round 2: A, B, C...), so a slow minute on a
+shared machine hits every server alike, and reports the median of the repeats. It samples the
+server's CPU time and memory exactly when the load generator starts and stops measuring (the
+generator says so on stderr), so the warm-up and the connect phase are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import selectors
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from socklab.core.errors import SocklabError
+from socklab.tools.bench.build import binary
+from socklab.tools.bench.procs import REFERENCE_FOR, ServerProcess, ServerSpec
+
+__all__ = ["Load", "Result", "raise_nofile", "run_echo", "run_loadgen", "run_sweep", "summarize"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the load generator does.
+
+    Attributes:
+        connections: active connections, each with ``pipeline`` messages in flight.
+        size: message size, bytes.
+        pipeline: messages in flight per connection (1 = ping-pong).
+        duration: measured seconds.
+        warmup: seconds of load before measuring.
+        idle: extra connections that do one round trip and then stay silent (the sweep).
+    """
+
+    connections: int = 20
+    size: int = 1024
+    pipeline: int = 1
+    duration: float = 10.0
+    warmup: float = 1.0
+    idle: int = 0
+
+    def argv(self) -> list[str]:
+        return ["-c", str(self.connections), "-s", str(self.size), "-p", str(self.pipeline),
+                "-d", f"{self.duration:g}", "-w", f"{self.warmup:g}", "--idle", str(self.idle)]
+
+
+@dataclass
+class Result:
+    """The median of the repeats for one server under one load (``error`` set if it failed)."""
+
+    name: str
+    kind: str
+    engine: str | None
+    load: Load
+    rps: float = 0.0
+    mbps: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max_us: float = 0.0
+    server_cpu: float | None = None
+    rss: int | None = None
+    rss_idle: int | None = None
+    loadgen_cpu: float = 0.0
+    errors: int = 0
+    held: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def reference(self) -> str | None:
+        """The row name of this engine's reference server."""
+        ref = REFERENCE_FOR.get(self.engine or "") if self.kind == "socklab" else None
+        return f"ref:{ref}" if ref else None
+
+    @property
+    def bytes_per_connection(self) -> float | None:
+        """Memory the server gained per open connection (RSS under load minus RSS before)."""
+        total = self.load.connections + self.load.idle
+        if self.rss is None or self.rss_idle is None or total == 0:
+            return None
+        return (self.rss - self.rss_idle) / total
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reference"] = self.reference
+        d["bytes_per_connection"] = self.bytes_per_connection
+        return d
+
+
+def raise_nofile() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit (children inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _ipv4(host: str, port: int) -> str:
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise SocklabError(f"cannot resolve {host!r} to an IPv4 address: {exc}") from exc
+    return str(infos[0][4][0])
+
+
+def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
+                server: ServerProcess | None = None, connect_timeout: float = 30.0) -> dict[str, Any]:
+    """Run the C load generator once against ``host:port``; returns its JSON plus server figures.
+
+    Added keys: ``server_cpu_percent`` and ``server_rss_start``/``server_rss_end`` (bytes) when
+    ``server`` is given (sampled at the generator's measure-start and measure-end lines).
+
+    Raises:
+        SocklabError: the generator failed, hung, or printed no JSON.
+    """
+    argv = [str(binary("loadgen")), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
+            "--connect-timeout", f"{connect_timeout:g}"]
+    if cpu is not None:
+        argv += ["--cpu", str(cpu)]
+    extra: dict[str, Any] = {}
+    marks: dict[str, tuple[float, float | None, int | None]] = {}
+    err_lines: list[str] = []
+    deadline = time.monotonic() + connect_timeout + load.warmup + load.duration + 15
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out = rest = b""
+    try:
+        pending = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            while "measure-end" not in marks:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise SocklabError(f"load generator did not finish within {connect_timeout + load.duration:g} s")
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                pending += chunk
+                while b"\n" in pending:
+                    raw, pending = pending.split(b"\n", 1)
+                    line = raw.decode(errors="replace").strip()
+                    if line in ("measure-start", "measure-end"):
+                        marks[line] = (time.monotonic(), server.cpu_seconds() if server else None,
+                                       server.rss_bytes() if server else None)
+                    elif line:
+                        err_lines.append(line)
+        out = proc.stdout.read()
+        rest = proc.stderr.read()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
+    err_lines += [ln for ln in rest.decode(errors="replace").splitlines() if ln.strip()]
+    if proc.returncode != 0 or not out.strip():
+        raise SocklabError(f"load generator failed (exit {proc.returncode}): {' '.join(err_lines)[-500:]}")
+    result: dict[str, Any] = json.loads(out)
+    if "measure-start" in marks and "measure-end" in marks:
+        (t0, c0, r0), (t1, c1, r1) = marks["measure-start"], marks["measure-end"]
+        if c0 is not None and c1 is not None and t1 > t0:
+            extra["server_cpu_percent"] = (c1 - c0) / (t1 - t0) * 100.0
+        extra["server_rss_start"], extra["server_rss_end"] = r0, r1
+    result.update(extra)
+    return result
+
+
+def summarize(spec: ServerSpec, load: Load, samples: list[dict[str, Any]], rss_idle: list[int],
+              error: str | None = None) -> Result:
+    """The medians of ``samples`` (loadgen JSON objects) as one :class:`Result`."""
+    res = Result(spec.name, spec.kind, spec.engine, load, samples=samples, error=error)
+    if not samples:
+        return res
+
+    def med(get: Callable[[dict[str, Any]], Any]) -> float:
+        vals = [float(v) for v in (get(s) for s in samples) if v is not None]
+        return statistics.median(vals) if vals else 0.0
+
+    res.rps, res.mbps = med(lambda s: s["rps"]), med(lambda s: s["mbps"])
+    res.p50, res.p90 = med(lambda s: s["latency_us"]["p50"]), med(lambda s: s["latency_us"]["p90"])
+    res.p99, res.max_us = med(lambda s: s["latency_us"]["p99"]), med(lambda s: s["latency_us"]["max"])
+    res.loadgen_cpu = med(lambda s: s["cpu"]["percent"])
+    if any(s.get("server_cpu_percent") is not None for s in samples):
+        res.server_cpu = med(lambda s: s.get("server_cpu_percent"))
+    rss = [max(r for r in (s.get("server_rss_start"), s.get("server_rss_end")) if r is not None)
+           for s in samples if s.get("server_rss_start") is not None or s.get("server_rss_end") is not None]
+    res.rss = int(statistics.median(rss)) if rss else None
+    res.rss_idle = int(statistics.median(rss_idle)) if rss_idle else None
+    res.errors = sum(int(s["errors"]) + int(s["connect_errors"]) for s in samples)
+    res.held = min(int(s["held"]) for s in samples)
+    return res
+
+
+def _measure(spec: ServerSpec, load: Load, server_cores: set[int] | None, gen_cpu: int | None,
+             connect_timeout: float) -> tuple[dict[str, Any], int | None]:
+    with ServerProcess(spec, cores=server_cores) as server:
+        rss_idle = server.rss_bytes()
+        sample = run_loadgen(server.host, server.port, load, cpu=gen_cpu, server=server,
+                             connect_timeout=connect_timeout)
+        if not server.alive():
+            raise SocklabError(f"server {spec.name} died during the run: {server.stderr_text()[-500:]}")
+    return sample, rss_idle
+
+
+def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_cores: set[int] | None = None,
+             gen_cpu: int | None = None, progress: Progress | None = None,
+             connect_timeout: float = 30.0) -> list[Result]:
+    """Measure every server ``repeats`` times, interleaved, each time in a fresh process.
+
+    Returns:
+        One :class:`Result` per spec, in the order given (medians of the repeats). A server that
+        fails gets ``error`` set and is not retried; the others go on.
+    """
+    samples: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
+    idle: dict[str, list[int]] = {s.name: [] for s in specs}
+    errors: dict[str, str] = {}
+    for rnd in range(repeats):
+        for spec in specs:
+            if spec.name in errors:
+                continue
+            if progress:
+                progress(f"round {rnd + 1}/{repeats}: {spec.name}")
+            try:
+                sample, rss_idle = _measure(spec, load, server_cores, gen_cpu, connect_timeout)
+            except SocklabError as exc:
+                errors[spec.name] = str(exc).splitlines()[0]
+                if progress:
+                    progress(f"  {spec.name} failed: {exc}")
+                continue
+            samples[spec.name].append(sample)
+            if rss_idle is not None:
+                idle[spec.name].append(rss_idle)
+    return [summarize(s, load, samples[s.name], idle[s.name], errors.get(s.name)) for s in specs]
+
+
+def run_sweep(specs: list[ServerSpec], levels: list[int], *, active: int = 10, base: Load | None = None,
+              repeats: int = 1, server_cores: set[int] | None = None, gen_cpu: int | None = None,
+              progress: Progress | None = None, connect_timeout: float = 60.0) -> list[Result]:
+    """For each total connection count in ``levels``: ``active`` busy connections, the rest idle.
+
+    Returns:
+        One :class:`Result` per (level, spec), level-major; ``load.idle + load.connections`` is the level.
+    """
+    base = base or Load(duration=2.0, warmup=0.5)
+    out: list[Result] = []
+    for level in levels:
+        n_active = min(active, level)
+        load = Load(connections=n_active, size=base.size, pipeline=base.pipeline, duration=base.duration,
+                    warmup=base.warmup, idle=level - n_active)
+        if progress:
+            progress(f"sweep: {level} connections ({n_active} active)")
+        out += run_echo(specs, load, repeats=repeats, server_cores=server_cores, gen_cpu=gen_cpu,
+                        progress=progress, connect_timeout=connect_timeout)
+    return out
