@@ -1,0 +1,540 @@
+"""The chat's core: rooms, nicks, sequence numbers and fan-out, whatever the transport.
+
+Why this exists: TCP line clients and WebSocket clients are two *adapters* onto one
+:class:`ChatHub`. The hub never sees a socket: a connected user is a :class:`Member` that can be
+sent a :class:`Frame` (an event encoded lazily, once per event, as a line and/or as JSON - a message
+to 1,000 members is encoded once, not 1,000 times) and can be closed with a reason.
+
+Where messages go, step by step (``/say hello`` in ``#lobby``):
+
+1. the adapter parses the line into a command and calls :meth:`ChatHub.handle`;
+2. the hub checks the nick, the room, the text and the sender's token bucket (refusals are an
+   ``ERR`` line, never a silent drop or a disconnect);
+3. the *backend* makes the message durable and numbers it: :class:`LocalBackend` with SQLite
+   (:mod:`.store`), or the Redis broker (:mod:`.broker`) shared by several nodes;
+4. once durable, the backend calls :meth:`ChatHub.on_message` on the engine thread, and the hub
+   writes the frame to every member of the room - the sender's own copy is its acknowledgement.
+
+Thread model: everything here runs on the engine's thread (callbacks of one engine are
+serialized), so there are no locks. Backends that use threads post their results back with
+``Server.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from typing import Protocol as _TypingProtocol
+
+from socklab.apps.chat.settings import ChatSettings
+from socklab.apps.chat.store import RoomState, SqliteStore
+from socklab.core.errors import RemoteProtocolError
+from socklab.protocols.chat import (
+    ACTION,
+    HELP_TEXT,
+    Bye,
+    Command,
+    ErrorReply,
+    Help,
+    History,
+    Join,
+    Joined,
+    Me,
+    Members,
+    Message,
+    Nick,
+    NickChanged,
+    Notice,
+    Part,
+    Parted,
+    Ping,
+    Pong,
+    Private,
+    PrivMsg,
+    Quit,
+    RoomInfo,
+    RoomList,
+    Rooms,
+    Say,
+    ServerEvent,
+    Synced,
+    TokenBucket,
+    Topic,
+    TopicChanged,
+    Welcome,
+    Who,
+    check_text,
+    encode_event,
+    event_to_json,
+    nick_key,
+)
+
+__all__ = ["Backend", "ChatHub", "Frame", "LocalBackend", "Member", "Room"]
+
+_ids = itertools.count(1)
+
+
+class Frame:
+    """One server event, encoded on first use for each kind of client and then shared."""
+
+    __slots__ = ("_json", "_line", "event")
+
+    def __init__(self, event: ServerEvent) -> None:
+        self.event = event
+        self._line: bytes | None = None
+        self._json: str | None = None
+
+    @property
+    def line(self) -> bytes:
+        if self._line is None:
+            self._line = encode_event(self.event)
+        return self._line
+
+    @property
+    def json(self) -> str:
+        if self._json is None:
+            self._json = event_to_json(self.event)
+        return self._json
+
+
+class Member:
+    """One connected user. Adapters implement :meth:`send_frame` and :meth:`close_with`."""
+
+    kind = "?"
+
+    def __init__(self, peer: str = "") -> None:
+        self.id = next(_ids)
+        self.peer = peer
+        self.nick: str | None = None
+        self.rooms: list[str] = []
+        self.current: str | None = None
+        self.bucket: TokenBucket | None = None
+        self.limited = False
+        self.gone = False
+        self.pending_nick: str | None = None
+
+    def send(self, event: ServerEvent) -> None:
+        self.send_frame(Frame(event))
+
+    def send_frame(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def close_with(self, bye: Bye) -> None:
+        """Send ``bye`` (the reason) and close the connection."""
+        raise NotImplementedError
+
+
+@dataclass
+class Room:
+    name: str
+    members: dict[int, Member] = field(default_factory=dict)
+    seq: int = 0  # last sequence number delivered here
+    topic: str = ""
+    topic_by: str = ""
+
+
+class Backend(_TypingProtocol):
+    """Where messages become durable and numbered, and how nodes share rooms."""
+
+    def start(self, hub: ChatHub) -> dict[str, RoomState]: ...
+    def publish(self, msg: Message, on_error: Callable[[str], None]) -> None: ...
+    def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None: ...
+    def set_topic(self, room: str, nick: str, text: str) -> None: ...
+    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None: ...
+    def release_nick(self, nick: str) -> None: ...
+    def room_event(self, room: str, event: ServerEvent) -> None: ...
+    def private(self, event: Private, cb: Callable[[bool], None]) -> None: ...
+    def who(self, room: str, cb: Callable[[list[str]], None]) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """One process: numbers messages itself and keeps them in SQLite (:class:`SqliteStore`)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.hub: ChatHub | None = None
+        self.next_seq: dict[str, int] = {}
+
+    def start(self, hub: ChatHub) -> dict[str, RoomState]:
+        self.hub = hub
+        rooms = self.store.load()
+        self.next_seq = {name: st.seq for name, st in rooms.items()}
+        return rooms
+
+    def publish(self, msg: Message, on_error: Callable[[str], None]) -> None:
+        seq = self.next_seq.get(msg.room, 0) + 1
+        self.next_seq[msg.room] = seq
+        numbered = Message(msg.room, seq, msg.ts, msg.nick, msg.text, msg.kind)
+        hub = self.hub
+        assert hub is not None
+
+        def done(err: BaseException | None) -> None:
+            if err is None:
+                hub.on_message(numbered)
+            else:
+                on_error(f"not stored: {err}")
+
+        self.store.append(numbered, done)
+
+    def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None:
+        cb(self.store.recent(room, limit) if after is None else self.store.after(room, after, limit))
+
+    def set_topic(self, room: str, nick: str, text: str) -> None:
+        self.store.set_topic(room, nick, text)
+
+    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
+        cb(True)  # the hub's own table is the whole truth on one node
+
+    def release_nick(self, nick: str) -> None:
+        pass
+
+    def room_event(self, room: str, event: ServerEvent) -> None:
+        assert self.hub is not None
+        self.hub.fanout(room, Frame(event))
+
+    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
+        cb(False)  # the target is not on this node, and there is no other node
+
+    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
+        assert self.hub is not None
+        r = self.hub.rooms.get(room)
+        cb(sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold) if r else [])
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class ChatHub:
+    """Rooms, nicks and fan-out for one node.
+
+    Args:
+        settings: the limits (message size, rate, rooms per client, history replayed...).
+        backend: :class:`LocalBackend` or the Redis broker.
+        clock: monotonic seconds, for the token buckets (tests pass their own).
+    """
+
+    def __init__(self, settings: ChatSettings, backend: Backend, *,
+                 clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
+                 server_name: str = "socklab-chat") -> None:
+        self.settings = settings
+        self.backend = backend
+        self.clock = clock
+        self.wallclock = wallclock
+        self.server_name = server_name
+        self.rooms: dict[str, Room] = {}
+        self.nicks: dict[str, Member] = {}
+        self.members: dict[int, Member] = {}
+        self.shutting_down = False
+        self.delivered = 0
+        self.messages = 0
+        for name, st in backend.start(self).items():
+            self.rooms[name] = Room(name, seq=st.seq, topic=st.topic, topic_by=st.topic_by)
+
+    # ---- membership ------------------------------------------------------------------------------
+    def attach(self, member: Member) -> None:
+        """A new connection: greet it (it must choose a nick before anything else)."""
+        member.bucket = TokenBucket(self.settings.rate, self.settings.burst, self.clock())
+        self.members[member.id] = member
+        member.send(Welcome(self.server_name, 1, "welcome! choose a nick with /nick NAME; /help lists the "
+                                                 "commands"))
+
+    def detach(self, member: Member, reason: str = "") -> None:
+        """The connection is gone (or going): leave every room, free the nick. Idempotent."""
+        if member.gone:
+            return
+        member.gone = True
+        self.members.pop(member.id, None)
+        for name in list(member.rooms):
+            self._leave(member, name, reason, tell_self=False)
+        if member.nick is not None:
+            if self.nicks.get(nick_key(member.nick)) is member:
+                del self.nicks[nick_key(member.nick)]
+            self.backend.release_nick(member.nick)
+
+    def shutdown(self) -> None:
+        """Tell everybody the server is going away, and close their connections."""
+        self.shutting_down = True
+        for member in list(self.members.values()):
+            member.close_with(Bye("server shutting down; reconnect later"))
+            self.detach(member, "server shutting down")
+
+    # ---- commands --------------------------------------------------------------------------------
+    def error(self, member: Member, code: int, text: str) -> None:
+        member.send(ErrorReply(code, text))
+
+    def handle(self, member: Member, cmd: Command) -> None:
+        """Carry out one command of ``member``; every refusal is an ``ERR`` line to it."""
+        if member.gone:
+            return
+        try:
+            handler = self._handlers[type(cmd)]
+        except KeyError:
+            self.error(member, 400, f"unsupported command {type(cmd).__name__}")
+            return
+        try:
+            handler(self, member, cmd)
+        except RemoteProtocolError as exc:
+            self.error(member, exc.hint or 400, str(exc))
+
+    def _need_nick(self, member: Member) -> str:
+        if member.nick is None:
+            raise RemoteProtocolError("choose a nick first: /nick NAME", hint=401)
+        return member.nick
+
+    def _target_room(self, member: Member, room: str | None) -> str:
+        name = room or member.current
+        if name is None:
+            raise RemoteProtocolError("join a room first: /join #room", hint=403)
+        if name not in member.rooms:
+            raise RemoteProtocolError(f"you are not in {name}; /join {name} first", hint=403)
+        return name
+
+    def _metered(self, member: Member) -> None:
+        assert member.bucket is not None
+        now = self.clock()
+        if member.bucket.take(now):
+            member.limited = False
+            return
+        wait = member.bucket.retry_after(now)
+        if not member.limited:  # one notice per burst of refusals, not one per line
+            member.limited = True
+            self.error(member, 429, f"rate limited ({self.settings.rate:g} messages/s, bursts of "
+                                    f"{self.settings.burst}): messages are dropped for {wait:.1f} s")
+        raise _Dropped
+
+    def _say(self, member: Member, cmd: Say | Me) -> None:
+        nick = self._need_nick(member)
+        room = self._target_room(member, cmd.room if isinstance(cmd, Say) else None)
+        text = check_text(cmd.text, self.settings.max_message)
+        try:
+            self._metered(member)
+        except _Dropped:
+            return
+        self.messages += 1
+        msg = Message(room, 0, round(self.wallclock(), 3), nick, text, ACTION if isinstance(cmd, Me) else "say")
+
+        def failed(reason: str) -> None:
+            if not member.gone:
+                self.error(member, 500, f"message to {room} was not stored ({reason}); send it again")
+
+        self.backend.publish(msg, failed)
+
+    def _nick(self, member: Member, cmd: Nick) -> None:
+        new = cmd.nick
+        key = nick_key(new)
+        holder = self.nicks.get(key)
+        if holder is not None and holder is not member:
+            raise RemoteProtocolError(f"nick {new} is already in use; choose another", hint=409)
+        if member.pending_nick is not None:
+            raise RemoteProtocolError("a nick change is already in progress", hint=409)
+        old = member.nick
+        if old == new:
+            member.send(NickChanged(old, new))
+            return
+        member.pending_nick = new
+        self.nicks[key] = member  # reserve locally while the backend checks the other nodes
+
+        def claimed(ok: bool) -> None:
+            member.pending_nick = None
+            if member.gone:
+                if self.nicks.get(key) is member:
+                    del self.nicks[key]
+                if ok:
+                    self.backend.release_nick(new)
+                return
+            if not ok:
+                if self.nicks.get(key) is member and (old is None or nick_key(old) != key):
+                    del self.nicks[key]
+                self.error(member, 409, f"nick {new} is already in use on another node; choose another")
+                return
+            if old is not None and nick_key(old) != key:
+                self.nicks.pop(nick_key(old), None)
+                self.backend.release_nick(old)
+            member.nick = new
+            event = NickChanged(old or "*", new)
+            member.send(event)
+            for name in member.rooms:
+                self.backend.room_event(name, event)
+            if old is None and not member.rooms:
+                self._join(member, Join(self.settings.default_room))
+
+        self.backend.claim_nick(new, old, claimed)
+
+    def _join(self, member: Member, cmd: Join) -> None:
+        nick = self._need_nick(member)
+        name = cmd.room
+        if name not in member.rooms:
+            if len(member.rooms) >= self.settings.max_rooms:
+                raise RemoteProtocolError(f"you are in {self.settings.max_rooms} rooms already; /part one",
+                                          hint=403)
+            room = self.rooms.get(name)
+            if room is None:
+                room = self.rooms[name] = Room(name)
+            member.rooms.append(name)
+            room.members[member.id] = member
+            self.backend.room_event(name, Joined(name, nick))
+        member.current = name
+        room = self.rooms[name]
+        if room.topic:
+            member.send(TopicChanged(name, room.topic_by, room.topic))
+
+        def send_members(nicks: list[str]) -> None:
+            if not member.gone:
+                member.send(Members(name, tuple(nicks)))
+
+        self.backend.who(name, send_members)
+        limit = self.settings.max_catchup if cmd.since is not None else self.settings.history_on_join
+        self._replay(member, name, cmd.since, limit)
+
+    def _replay(self, member: Member, name: str, after: int | None, limit: int) -> None:
+        def send(messages: list[Message]) -> None:
+            if member.gone:
+                return
+            for m in messages:
+                member.send(m)
+            room = self.rooms.get(name)
+            member.send(Synced(name, max(room.seq if room else 0, messages[-1].seq if messages else 0)))
+
+        if limit <= 0:
+            send([])
+        else:
+            self.backend.history(name, after, limit, send)
+
+    def _leave(self, member: Member, name: str, reason: str, tell_self: bool = True) -> None:
+        room = self.rooms.get(name)
+        if name in member.rooms:
+            member.rooms.remove(name)
+        if room is not None:
+            room.members.pop(member.id, None)
+        if member.current == name:
+            member.current = member.rooms[-1] if member.rooms else None
+        if member.nick is not None:
+            event = Parted(name, member.nick, reason)
+            self.backend.room_event(name, event)
+            if tell_self and not member.gone:
+                member.send(event)
+
+    def _part(self, member: Member, cmd: Part) -> None:
+        self._need_nick(member)
+        self._leave(member, self._target_room(member, cmd.room), "left")
+
+    def _privmsg(self, member: Member, cmd: PrivMsg) -> None:
+        nick = self._need_nick(member)
+        text = check_text(cmd.text, self.settings.max_message)
+        try:
+            self._metered(member)
+        except _Dropped:
+            return
+        target = self.nicks.get(nick_key(cmd.nick))
+        event = Private(nick, cmd.nick if target is None or target.nick is None else target.nick,
+                        round(self.wallclock(), 3), text)
+        if target is not None and target.nick is not None:
+            target.send(event)
+            if target is not member:
+                member.send(event)
+            return
+
+        def routed(found: bool) -> None:
+            if member.gone:
+                return
+            if found:
+                member.send(event)
+            else:
+                self.error(member, 404, f"no user called {cmd.nick} is connected")
+
+        self.backend.private(event, routed)
+
+    def _who(self, member: Member, cmd: Who) -> None:
+        self._need_nick(member)
+        name = cmd.room or member.current
+        if name is None:
+            raise RemoteProtocolError("usage: /who #room (you are in no room)", hint=400)
+
+        def send(nicks: list[str]) -> None:
+            if not member.gone:
+                member.send(Members(name, tuple(nicks)))
+
+        self.backend.who(name, send)
+
+    def _rooms(self, member: Member, cmd: Rooms) -> None:
+        infos = tuple(RoomInfo(r.name, len(r.members), r.seq) for r in sorted(self.rooms.values(),
+                                                                              key=lambda r: r.name)
+                      if r.members or r.seq)
+        member.send(RoomList(infos[:200]))
+
+    def _topic(self, member: Member, cmd: Topic) -> None:
+        nick = self._need_nick(member)
+        name = self._target_room(member, None)
+        room = self.rooms[name]
+        if cmd.text is None:
+            if room.topic:
+                member.send(TopicChanged(name, room.topic_by, room.topic))
+            else:
+                member.send(Notice(f"{name} has no topic; set one with /topic TEXT"))
+            return
+        text = check_text(cmd.text, min(self.settings.max_message, 300))
+        room.topic, room.topic_by = text, nick
+        self.backend.set_topic(name, nick, text)
+        self.backend.room_event(name, TopicChanged(name, nick, text))
+
+    def _history(self, member: Member, cmd: History) -> None:
+        self._need_nick(member)
+        name = self._target_room(member, cmd.room)
+        self._replay(member, name, None, min(cmd.count, self.settings.max_catchup))
+
+    def _quit(self, member: Member, cmd: Quit) -> None:
+        member.close_with(Bye("bye" + (f": {cmd.reason}" if cmd.reason else "")))
+        self.detach(member, "quit" + (f": {cmd.reason}" if cmd.reason else ""))
+
+    def _help(self, member: Member, cmd: Help) -> None:
+        member.send(Notice(HELP_TEXT))
+
+    def _ping(self, member: Member, cmd: Ping) -> None:
+        member.send(Pong(cmd.token))
+
+    _handlers: dict[type[Command], Callable[[ChatHub, Member, Any], None]] = {
+        Say: _say, Me: _say, Nick: _nick, Join: _join, Part: _part, PrivMsg: _privmsg, Who: _who,
+        Rooms: _rooms, Topic: _topic, History: _history, Quit: _quit, Help: _help, Ping: _ping,
+    }
+
+    # ---- from the backend (engine thread) ----------------------------------------------------------
+    def on_message(self, msg: Message) -> None:
+        """A durable, numbered message: deliver it to the room's members here."""
+        room = self.rooms.get(msg.room)
+        if room is None:
+            room = self.rooms[msg.room] = Room(msg.room)
+        if msg.seq > room.seq:
+            room.seq = msg.seq
+        self.fanout(msg.room, Frame(msg))
+
+    def on_topic(self, room: str, nick: str, text: str) -> None:
+        r = self.rooms.get(room)
+        if r is None:
+            r = self.rooms[room] = Room(room)
+        r.topic, r.topic_by = text, nick
+
+    def fanout(self, room: str, frame: Frame) -> None:
+        """Send ``frame`` to every member of ``room`` on this node."""
+        r = self.rooms.get(room)
+        if r is None:
+            return
+        members = list(r.members.values())
+        for m in members:
+            m.send_frame(frame)
+        self.delivered += len(members)
+
+    def deliver_private(self, event: Private) -> bool:
+        """A private message routed from another node; returns whether the target is here."""
+        target = self.nicks.get(nick_key(event.target))
+        if target is None or target.gone or target.nick is None:
+            return False
+        target.send(event)
+        return True
+
+
+class _Dropped(Exception):
+    """Internal: the message was refused by the rate limit (the notice was already sent)."""

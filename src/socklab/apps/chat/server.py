@@ -1,0 +1,95 @@
+"""One chat node: one Server, one hub, two listeners (line protocol and web), one backend.
+
+Why this exists: ``socklab chat serve`` and the tests build a node the same way. The line
+protocol and the web page share one engine, so TCP and browser users share the hub's rooms with no
+locking; the backend (SQLite alone, or Redis for several nodes) is chosen from the settings.
+
+    node = ChatServer(ChatSettings(tcp_port=0, http_port=0, store=":memory:"))
+    node.start()
+    print(node.tcp_port, node.http_port)
+    node.shutdown()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+from socklab.apps.chat.hub import Backend, ChatHub, LocalBackend
+from socklab.apps.chat.settings import ChatSettings, default_store_path
+from socklab.apps.chat.store import SqliteStore
+from socklab.apps.chat.tcp import ChatLineProtocol
+from socklab.core.server import Server
+from socklab.core.trace import Tracer
+
+__all__ = ["ChatServer"]
+
+
+class ChatServer:
+    """A chat node, bound and ready to start.
+
+    Args:
+        settings: the node's settings (ports, store, broker, limits).
+        tracer: the lifecycle trace, or ``None``.
+
+    Raises:
+        UsageError, AddressInUse, NetworkError: from binding or from connecting to the broker.
+    """
+
+    def __init__(self, settings: ChatSettings, tracer: Tracer | None = None) -> None:
+        self.settings = settings
+        self.server = Server(settings, tracer=tracer, label="chat")
+        self.backend = self._make_backend()
+        try:
+            self.hub = ChatHub(settings, self.backend,
+                               server_name=f"socklab-chat@{settings.node or socket.gethostname()}")
+            self.tcp_address: Any = self.server.listen(lambda: ChatLineProtocol(self.hub),
+                                                       port=settings.tcp_port)
+            self.http_address: Any = None
+            self.schemes = ["tls" if settings.tls_cert else "tcp"]
+            if settings.http_port >= 0:
+                from socklab.apps.chat.web import listen_web
+
+                self.http_address = listen_web(self)
+                self.schemes.append("https" if settings.tls_cert else "http")
+        except BaseException:
+            self.backend.close()
+            self.server.close()
+            raise
+        self.server.on_stop(self.backend.close)
+
+    def _make_backend(self) -> Backend:
+        s = self.settings
+        if s.broker:
+            from socklab.apps.chat.broker import RedisBackend
+
+            return RedisBackend(s, self.server.call_soon_threadsafe)
+        path = s.store or default_store_path()
+        return LocalBackend(SqliteStore(path, self.server.call_soon_threadsafe, s.store_sync))
+
+    @property
+    def tcp_port(self) -> int:
+        return int(self.tcp_address[1])
+
+    @property
+    def http_port(self) -> int:
+        if self.http_address is None:
+            raise ValueError("the web side is off (--http-port -1)")
+        return int(self.http_address[1])
+
+    def start(self) -> ChatServer:
+        self.server.start()
+        return self
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Graceful: every client is told ``BYE``, stored messages are flushed, the backend closed."""
+        with contextlib.suppress(Exception):
+            self.server.call_soon_threadsafe(self.hub.shutdown)
+        self.server.shutdown(timeout)
+
+    def __enter__(self) -> ChatServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(2.0)

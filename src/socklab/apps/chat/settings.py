@@ -1,0 +1,71 @@
+"""The chat server's settings: every limit named once, with its default and its help text.
+
+Why this exists: the CLI options of ``socklab chat serve``, the library API and the docs all come
+from this one dataclass (see :mod:`socklab.core.settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from socklab.core.errors import UsageError
+from socklab.core.settings import ServerSettings, setting
+
+__all__ = ["ChatSettings", "default_store_path"]
+
+
+def default_store_path() -> str:
+    """``$XDG_DATA_HOME/socklab/chat.sqlite3`` (``~/.local/share/socklab/chat.sqlite3``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "socklab" / "chat.sqlite3")
+
+
+@dataclass
+class ChatSettings(ServerSettings):
+    """What ``socklab chat serve`` accepts (on top of every server's settings)."""
+
+    tcp_port: int = setting(7070, "Port of the line protocol (nc/telnet/programs); 0 lets the kernel choose.")
+    http_port: int = setting(7080, "Port of the web page and its WebSocket endpoint; 0 lets the kernel "
+                                   "choose, -1 turns the web side off.")
+    store: str | None = setting(None, "SQLite file keeping the rooms' history (default: "
+                                      "~/.local/share/socklab/chat.sqlite3; ':memory:' keeps nothing).",
+                                metavar="PATH")
+    store_sync: str = setting("full", "SQLite synchronous mode: 'full' survives power loss, 'normal' "
+                                      "survives a crashed process.", choices=("full", "normal"))
+    broker: str | None = setting(None, "Share rooms, nicks and history with other chat nodes through "
+                                       "Redis (redis://HOST:PORT or unix:///path).", metavar="URL")
+    node: str | None = setting(None, "This node's name in the broker (default: hostname-pid).")
+    max_line: int = setting(4096, "Longest line accepted, bytes; a longer one is an error and a close.")
+    max_message: int = setting(2000, "Longest message text, bytes (UTF-8).")
+    rate: float = setting(10.0, "Messages a client may send per second (token bucket refill rate).")
+    burst: int = setting(20, "Messages a client may send at once (token bucket size).")
+    max_queue: int = setting(512 * 1024, "Outbound bytes queued for a client that does not read, on top "
+                                         "of the transport buffer; past it the client is disconnected.")
+    max_rooms: int = setting(20, "Rooms one client may be in at once.")
+    history_on_join: int = setting(20, "Messages replayed when joining a room without a sequence number.")
+    max_catchup: int = setting(1000, "Most messages replayed to a reconnecting client.")
+    max_ws_message: int = setting(16 * 1024, "Largest WebSocket message accepted, bytes (bigger: close 1009).")
+    default_room: str = setting("#lobby", "Room every new connection joins once it has a nick.")
+    web: str | None = setting(None, "Serve the web page from this directory instead of the built-in one.",
+                              metavar="DIR", hidden=True)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.tcp_port <= 65535 or not -1 <= self.http_port <= 65535:
+            raise UsageError("ports must be in 0..65535 (-1 turns the web side off)")
+        if self.max_line < 64 or self.max_message < 1 or self.max_message > self.max_line:
+            raise UsageError("need max_line >= 64 and 1 <= max_message <= max_line")
+        if self.rate <= 0 or self.burst < 1:
+            raise UsageError("rate must be > 0 and burst >= 1")
+        if self.max_queue < 1024 or self.max_rooms < 1 or self.history_on_join < 0 or self.max_catchup < 0:
+            raise UsageError("max_queue >= 1024, max_rooms >= 1, history counts >= 0")
+        if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError("--broker must be a redis://, rediss:// or unix:// URL")
+        from socklab.protocols.chat import check_room
+
+        try:
+            check_room(self.default_room)
+        except Exception as exc:
+            raise UsageError(f"--default-room: {exc}") from None

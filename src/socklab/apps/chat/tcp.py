@@ -1,0 +1,143 @@
+"""The TCP adapter: one line client (nc, telnet, the terminal client, a bot) as a hub member.
+
+Why this exists: it glues three things together - the engine's transport, the sans-I/O
+:class:`~socklab.protocols.chat.ChatConnection` (bytes to commands) and the
+:class:`~socklab.apps.chat.hub.ChatHub`. Its one piece of policy is the *slow consumer*:
+
+- while the transport accepts data, frames are written at once (the engine tries ``send()``
+  immediately and buffers only the leftover, up to its high-water mark);
+- when the transport says ``pause_writing`` (the peer stopped reading and the kernel buffers are
+  full), frames wait in a per-client queue bounded by ``max_queue`` bytes;
+- when that queue is full the client is disconnected with ``BYE`` and the reason (best effort: a
+  client that does not read may never see it). Nobody else waits for it: a fan-out only ever
+  appends to buffers, it never blocks on one client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+from socklab.apps.chat.hub import ChatHub, Frame, Member
+from socklab.core.errors import RemoteProtocolError
+from socklab.core.protocol import Protocol
+from socklab.core.transport import Transport
+from socklab.protocols.chat import Bye, ChatConnection, Command, EndOfInput, ErrorReply, Invalid
+
+__all__ = ["ChatLineProtocol"]
+
+CLOSE_GRACE = 5.0  # seconds a closing connection gets to flush its BYE before it is aborted
+
+
+class ChatLineProtocol(Protocol, Member):
+    """A line-protocol chat client.
+
+    Args:
+        hub: the node's hub.
+    """
+
+    kind = "tcp"
+
+    def __init__(self, hub: ChatHub) -> None:
+        Member.__init__(self)
+        self.hub = hub
+        self.conn = ChatConnection(hub.settings.max_line)
+        self.paused = False
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.closing = False
+        self.dropped_slow = False
+
+    # ---- transport callbacks ---------------------------------------------------------------------
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.hub.shutting_down:
+            transport.write(Frame(Bye("server shutting down")).line)
+            transport.close()
+            self.gone = True
+            return
+        self.hub.attach(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            self.conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            # A line over max_line: the only fatal input. Say why, then close (the buffer is bounded).
+            self.send(ErrorReply(exc.hint or 413, str(exc)))
+            self.close_with(Bye(f"{exc}; closing"))
+            self.hub.detach(self, "line too long")
+            return
+        self._drain_events()
+
+    def _drain_events(self) -> None:
+        while not self.gone:
+            ev = self.conn.next_event()
+            if ev is None:
+                return
+            if isinstance(ev, Invalid):
+                self.send(ErrorReply(ev.code, ev.reason))
+            elif isinstance(ev, EndOfInput):
+                self.hub.detach(self, "connection closed")
+                return
+            else:
+                assert isinstance(ev, Command)
+                self.hub.handle(self, ev)
+
+    def eof_received(self) -> bool | None:
+        if not self.gone:
+            with contextlib.suppress(RemoteProtocolError):
+                self.conn.receive_data(b"")
+            self._drain_events()
+        return None  # close our side too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.queue.clear()
+        self.hub.detach(self, "connection lost" if exc is None else f"connection lost: {exc}")
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        write = self.transport.write
+        while self.queue and not self.paused:
+            data = self.queue.popleft()
+            self.queued -= len(data)
+            write(data)
+
+    def shutdown_requested(self) -> None:
+        if not self.gone:
+            self.close_with(Bye("server shutting down; reconnect later"))
+            self.hub.detach(self, "server shutting down")
+
+    # ---- Member ----------------------------------------------------------------------------------
+    def send_frame(self, frame: Frame) -> None:
+        if self.closing:
+            return
+        if not self.paused:
+            self.transport.write(frame.line)
+            return
+        data = frame.line
+        self.queue.append(data)
+        self.queued += len(data)
+        if self.queued > self.hub.settings.max_queue:
+            self.dropped_slow = True
+            self.queue.clear()
+            self.queued = 0
+            self.paused = False
+            self.close_with(Bye(f"outbound queue full ({self.hub.settings.max_queue} bytes): you are not "
+                                "reading; disconnected (507)"))
+            self.hub.detach(self, "too slow (outbound queue full)")
+
+    def close_with(self, bye: Bye) -> None:
+        if self.closing:
+            return
+        self.transport.write(Frame(bye).line)
+        self.closing = True
+        self.transport.close()
+        # A peer that does not read would keep close() waiting for the buffer to drain: bound it.
+        self.transport.call_later(CLOSE_GRACE, self.transport.abort)
