@@ -1,0 +1,166 @@
+"""``socklab tap``: the command line of the recording, fault-injecting relay.
+
+Why this exists: the relay is a library (:class:`~socklab.tools.tap.Tap`); this module maps flags
+onto it. ``socklab tap LISTEN --to TARGET`` runs a tap (the ``run`` subcommand is implied);
+``socklab tap ctl ...`` talks to a running one; ``socklab tap replay`` replays a recording;
+``socklab tap faults`` lists the fault kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from socklab.cli.options import EXIT_VERIFY, make_tracer, run_cli, trace_options
+from socklab.core.errors import UsageError
+from socklab.core.sockets import parse_endpoint
+from socklab.core.trace import format_addr
+from socklab.protocols.faults import FAULT_KINDS, Fault
+from socklab.tools.tap.relay import Observer, Tap
+
+__all__ = ["tap"]
+
+_SUBCOMMANDS = ("run", "ctl", "replay", "faults")
+
+
+class _TapGroup(click.Group):
+    """``socklab tap LISTEN --to T`` means ``socklab tap run LISTEN --to T``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_TapGroup)
+def tap() -> None:
+    """A relay that shows, records and breaks what passes: `socklab tap LISTEN --to TARGET`.
+
+    \b
+    Examples:
+      socklab tap 127.0.0.1:8081 --to 127.0.0.1:8080 --text            # watch HTTP go by
+      socklab tap :8081 --to :8080 --pcap http.pcapng                  # then: tshark -r http.pcapng
+      socklab tap :5353 --to :53 --udp --fault loss:upstream,probability=0.2 --seed 7
+      socklab tap :8081 --to :8080 --ctl 0                              # then: socklab tap ctl PORT list
+    """
+
+
+@tap.command("run")
+@click.argument("listen")
+@click.option("--to", "target", required=True, metavar="HOST:PORT", help="Where to relay to.")
+@click.option("--udp", is_flag=True, help="Relay UDP datagrams (one upstream socket per client).")
+@click.option("--hexdump", "view", flag_value="hex", help="Print what passes as a hexdump.")
+@click.option("--text", "view", flag_value="text", help="Print what passes as text.")
+@click.option("--quiet", "view", flag_value="none", default=True,
+              help="Print only connections and faults (the default).")
+@click.option("--pcap", metavar="FILE", help="Write a pcapng capture (faults as packet comments).")
+@click.option("--record", metavar="FILE", help="Record sessions as JSON lines for `socklab tap replay`.")
+@click.option("--fault", "faults", multiple=True, metavar="SPEC",
+              help="KIND[:DIRECTION][,key=value...], e.g. latency:downstream,latency=100,jitter=10 "
+                   "(repeatable; see `socklab tap faults`).")
+@click.option("--seed", type=int, default=None, help="Seed of the fault schedule: the same seed replays "
+                                                     "the same faults.")
+@click.option("--ctl", "ctl", metavar="[HOST:]PORT", default=None,
+              help="Serve the control API on this loopback port (0: any; printed at start).")
+@click.option("--engine", type=click.Choice(["epoll", "poll", "select"]), default="epoll", show_default=True,
+              help="The reactor the relay runs on.")
+@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to reach the target for each client.")
+@trace_options
+@run_cli
+def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record: str | None,
+        faults: tuple[str, ...], seed: int | None, ctl: str | None, engine: str, connect_timeout: float,
+        trace: bool, trace_json: str | None) -> None:
+    """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic."""
+    from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
+
+    listen_ep = parse_endpoint(listen, default_host="127.0.0.1")
+    target_ep = parse_endpoint(target, default_host="127.0.0.1")
+    fault_list = [Fault.parse(spec) for spec in faults]
+    for f in fault_list:
+        if (f.transport == "udp" and not udp) or (f.transport == "tcp" and udp):
+            raise UsageError(f"fault {f.kind} is a {f.transport.upper()} fault; "
+                             f"this tap relays {'UDP' if udp else 'TCP'}")
+    observers: list[Observer] = [DumpObserver(sys.stdout, view)]
+    if pcap:
+        observers.append(PcapObserver(pcap))
+    if record:
+        observers.append(RecordObserver(record))
+    relay = Tap(listen_ep, target_ep, udp=udp, faults=fault_list, seed=seed, observers=observers,
+                engine=engine, tracer=make_tracer(engine, trace, trace_json), connect_timeout=connect_timeout)
+    relay.bind()
+    scheme = "udp" if udp else "tcp"
+    click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
+    if ctl is not None:
+        from socklab.tools.tap.control import ControlProtocol
+
+        ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")
+        addr = relay.server.listen(lambda: ControlProtocol(relay), host=ctl_ep.host, port=ctl_ep.port, tls=False)
+        click.echo(f"socklab tap control on tcp://{format_addr(addr)}")
+    click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}")
+    sys.stdout.flush()
+
+    def told(kind: str) -> None:
+        click.echo(f"socklab tap: {'stopping' if kind == 'graceful' else 'forced stop'}", err=True)
+
+    relay.settings.shutdown_timeout = 1.0
+    relay.serve_forever(on_signal=told)
+
+
+@tap.command("ctl")
+@click.argument("port", metavar="[HOST:]PORT")
+@click.argument("op", type=click.Choice(["list", "add", "remove", "clear", "stats"]))
+@click.argument("arg", required=False)
+@run_cli
+def ctl(port: str, op: str, arg: str | None) -> None:
+    """Change a running tap's faults: list, add SPEC, remove NAME, clear, stats.
+
+    \b
+      socklab tap ctl 9999 add latency:downstream,latency=200
+      socklab tap ctl 9999 remove latency_downstream
+    """
+    from socklab.tools.tap.control import request
+
+    ep = parse_endpoint(port, default_host="127.0.0.1")
+    req: dict[str, Any] = {"op": op}
+    if op == "add":
+        if not arg:
+            raise UsageError("add needs a fault SPEC, e.g. latency:downstream,latency=100")
+        req["fault"] = Fault.parse(arg).to_dict()
+    elif op == "remove":
+        if not arg:
+            raise UsageError("remove needs a fault NAME (see `ctl PORT list`)")
+        req["name"] = arg
+    answer = request(ep.host, ep.port, req)
+    click.echo(json.dumps(answer, indent=2))
+    if not answer.get("ok"):
+        raise UsageError(str(answer.get("error")))
+
+
+@tap.command("replay")
+@click.argument("recording", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "target", required=True, metavar="HOST:PORT", help="The server to replay against.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for answers.")
+@run_cli
+def replay_cmd(recording: str, target: str, timeout: float) -> None:
+    """Replay a `--record` file's client side against a server; compare the answers (exit 3 if they differ)."""
+    from socklab.tools.tap.replay import replay
+
+    results = replay(recording, parse_endpoint(target, default_host="127.0.0.1"), timeout=timeout)
+    for r in results:
+        click.echo(r.describe())
+    bad = [r for r in results if not r.matches]
+    click.echo(f"{len(results) - len(bad)} of {len(results)} connections answered as recorded")
+    if bad:
+        sys.exit(EXIT_VERIFY)
+
+
+@tap.command("faults")
+def faults_cmd() -> None:
+    """List the fault kinds and their parameters."""
+    for kind, (transport, params, meaning) in FAULT_KINDS.items():
+        ps = ", ".join(f"{k}={v:g}" for k, v in params.items()) or "-"
+        click.echo(f"{kind:<11} {transport:<4} {meaning}\n{'':16}params: {ps}")
