@@ -61,7 +61,7 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
             name = _option_name(f)
             if typ is bool:
                 decl = [f"{name}/--no-{name[2:]}"] if default else [name]
-                func = click.option(*decl, f.name, default=default, is_flag=not default, **kwargs)(func)
+                func = click.option(*decl, f.name, default=default, is_flag=True, **kwargs)(func)
                 continue
             if f.metadata.get("choices"):
                 kwargs["type"] = click.Choice(f.metadata["choices"])

@@ -1,0 +1,259 @@
+"""Static files: confined to one directory, with ranges, conditional requests and listings.
+
+Why this exists: serving files is the first job of a web server and the classic place to get
+security wrong. The request path arrives here already decoded and confined by
+:func:`socklab.protocols.http_paths.parse_target` (no ``..``, no encoded slashes, no control
+bytes). This module then:
+
+- opens the file (``O_NONBLOCK`` so a FIFO cannot hang the engine) and checks the *real path of
+  what was opened* (``/proc/self/fd/N``, or ``fstat`` identity against ``realpath`` elsewhere):
+  a symlink pointing outside the root, or a directory swapped for such a symlink between checks,
+  is refused with 404 unless ``follow_symlinks`` is on;
+- answers conditional requests (RFC 9110 §13: ``If-None-Match``/``If-Modified-Since`` → 304,
+  ``If-Match``/``If-Unmodified-Since`` → 412, ``If-Range``);
+- answers ``Range`` (RFC 9110 §14): one range → 206 with ``Content-Range``, several →
+  ``multipart/byteranges``, none satisfiable → 416;
+- serves ``index.html`` for a directory, else an HTML-escaped, sorted listing with sizes and dates;
+- never reads a whole file: the response body is a :class:`~socklab.apps.http.router.FileSpan`
+  that the protocol sends in chunks or with sendfile.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+import os
+import stat
+import time
+import urllib.parse
+from email.utils import formatdate, parsedate_to_datetime
+from typing import IO
+
+from socklab.apps.http.router import FileSpan, Request, Response
+from socklab.protocols.ranges import Unsatisfiable, parse_range
+
+__all__ = ["StaticFiles"]
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+                ".wasm": "application/wasm", ".json": "application/json", ".md": "text/markdown",
+                ".txt": "text/plain", ".html": "text/html", ".htm": "text/html", ".ico": "image/x-icon",
+                ".png": "image/png", ".webp": "image/webp"}
+_TEXTUAL = ("text/", "application/json", "application/javascript", "image/svg+xml")
+
+
+def _mime(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    ctype = _EXTRA_TYPES.get(ext) or mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+    if ctype.startswith(_TEXTUAL):
+        ctype += "; charset=utf-8"
+    return ctype
+
+
+def _etag(st: os.stat_result) -> str:
+    return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def _parse_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _etag_list(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _weak_match(tags: list[str], etag: str) -> bool:
+    """RFC 9110 §8.8.3.2 weak comparison (used by If-None-Match)."""
+    bare = etag.removeprefix("W/")
+    return any(t == "*" or t.removeprefix("W/") == bare for t in tags)
+
+
+class StaticFiles:
+    """Files under one directory.
+
+    Args:
+        directory: the served root (resolved once with ``realpath``).
+        follow_symlinks: serve symlinks whose target is outside the root.
+        listing: list a directory that has no ``index.html``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, follow_symlinks: bool = False,
+                 listing: bool = True) -> None:
+        self.root = os.path.realpath(os.fspath(directory))
+        if not os.path.isdir(self.root):
+            from socklab.core.errors import UsageError
+
+            raise UsageError(f"{directory} is not a directory")
+        self.follow_symlinks = follow_symlinks
+        self.listing = listing
+
+    # ---- confinement -----------------------------------------------------------------------------
+    def _inside(self, fd: int, expected: str) -> bool:
+        """Is the object open on ``fd`` inside the root? Checked on what was opened, not on a name."""
+        if self.follow_symlinks:
+            return True
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: compare the identity of the opened file with its resolved name
+            real = os.path.realpath(expected)
+            try:
+                a, b = os.fstat(fd), os.stat(real)
+            except OSError:
+                return False
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                return False
+        return real == self.root or real.startswith(self.root.rstrip("/") + "/")
+
+    def _open(self, path: str) -> int | None:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError:
+            return None
+        if not self._inside(fd, path):
+            os.close(fd)
+            return None
+        return fd
+
+    # ---- serving ---------------------------------------------------------------------------------
+    def serve(self, req: Request, prefix: tuple[str, ...] = ()) -> Response:
+        """The response for ``req`` (a GET or HEAD whose path starts with ``prefix``)."""
+        rel = req.segments[len(prefix):]
+        path = os.path.join(self.root, *rel)
+        fd = self._open(path)
+        if fd is None:
+            return Response.text(404, "404 Not Found\n")
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                if not req.trailing_slash and rel:
+                    # Location built from the confined segments: never "//host" (open redirect).
+                    loc = "/" + "/".join(urllib.parse.quote(s) for s in req.segments) + "/"
+                    if req.query:
+                        loc += "?" + req.query
+                    return Response(301, [("location", loc), ("content-type", "text/plain")], b"moved\n")
+                return self._directory(req, fd, path)
+            if not stat.S_ISREG(st.st_mode):
+                return Response.text(404, "404 Not Found\n")
+            f = os.fdopen(fd, "rb", buffering=0)
+            fd = -1
+            return self._file(req, f, st, rel[-1] if rel else "")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _directory(self, req: Request, dir_fd: int, path: str) -> Response:
+        try:
+            fd = os.open("index.html", _OPEN_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            index_path = os.path.join(path, "index.html")
+            if self._inside(fd, index_path):
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    return self._file(req, os.fdopen(fd, "rb", buffering=0), st, "index.html")
+            os.close(fd)
+        if not self.listing:
+            return Response.text(403, "403 Forbidden: directory listing is off\n")
+        return self._listing(req, dir_fd)
+
+    def _listing(self, req: Request, dir_fd: int) -> Response:
+        rows = []
+        with os.scandir(os.dup(dir_fd)) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            name = entry.name + ("/" if is_dir else "")
+            href = urllib.parse.quote(entry.name) + ("/" if is_dir else "")
+            size = "-" if is_dir else str(st.st_size)
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime))
+            rows.append(f'<tr><td><a href="{html.escape(href)}">{html.escape(name)}</a></td>'
+                        f"<td>{size}</td><td>{when}</td></tr>")
+        title = html.escape(req.path)
+        up = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>' if req.segments else ""
+        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n"
+                f"<body><h1>Index of {title}</h1>\n<table><tr><th>Name</th><th>Size</th><th>Modified (UTC)</th>"
+                f"</tr>\n{up}{''.join(rows)}</table></body></html>\n")
+        return Response(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))
+
+    def _file(self, req: Request, f: IO[bytes], st: os.stat_result, name: str) -> Response:
+        etag = _etag(st)
+        mtime = int(st.st_mtime)
+        size = st.st_size
+        headers = [("content-type", _mime(name)), ("etag", etag), ("last-modified", _http_date(mtime)),
+                   ("accept-ranges", "bytes")]
+        # RFC 9110 §13.2.2: the order in which preconditions are evaluated.
+        if_match = req.header("if-match")
+        if if_match is not None:
+            tags = _etag_list(if_match)
+            if "*" not in tags and etag not in tags:  # strong comparison
+                f.close()
+                return Response(412, headers[1:3], b"")
+        else:
+            ius = _parse_date(req.header("if-unmodified-since"))
+            if ius is not None and mtime > ius:
+                f.close()
+                return Response(412, headers[1:3], b"")
+        inm = req.header("if-none-match")
+        if inm is not None:
+            if _weak_match(_etag_list(inm), etag):
+                f.close()
+                return Response(304, headers[1:3], b"")
+        else:
+            ims = _parse_date(req.header("if-modified-since"))
+            if ims is not None and mtime <= ims:
+                f.close()
+                return Response(304, headers[1:3], b"")
+        range_header = req.header("range")
+        if range_header is not None and self._if_range_ok(req.header("if-range"), etag, mtime):
+            try:
+                spans = parse_range(range_header, size)
+            except Unsatisfiable:
+                f.close()
+                return Response(416, [("content-range", f"bytes */{size}"), ("content-type", "text/plain")],
+                                 b"416 Range Not Satisfiable\n")
+            if spans is not None:
+                return self._partial(f, spans, size, headers)
+        return Response(200, headers, FileSpan(f, 0, size))
+
+    @staticmethod
+    def _if_range_ok(value: str | None, etag: str, mtime: int) -> bool:
+        """RFC 9110 §13.1.5: honour Range only if the representation is unchanged."""
+        if value is None:
+            return True
+        value = value.strip()
+        if value.startswith('"') or value.startswith("W/"):
+            return value == etag  # strong comparison; a weak tag never matches
+        when = _parse_date(value)
+        return when is not None and int(when) == mtime
+
+    @staticmethod
+    def _partial(f: IO[bytes], spans: list[tuple[int, int]], size: int,
+                 headers: list[tuple[str, str]]) -> Response:
+        if len(spans) == 1:
+            first, last = spans[0]
+            return Response(206, [*headers, ("content-range", f"bytes {first}-{last}/{size}")],
+                            FileSpan(f, first, last - first + 1))
+        # RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Type and Content-Range.
+        boundary = os.urandom(12).hex()
+        ctype = headers[0][1]
+        parts: list[bytes | FileSpan] = []
+        for first, last in spans:
+            parts.append(f"\r\n--{boundary}\r\ncontent-type: {ctype}\r\n"
+                         f"content-range: bytes {first}-{last}/{size}\r\n\r\n".encode())
+            parts.append(FileSpan(f, first, last - first + 1))
+        parts.append(f"\r\n--{boundary}--\r\n".encode())
+        return Response(206, [("content-type", f"multipart/byteranges; boundary={boundary}"), *headers[1:]], parts)

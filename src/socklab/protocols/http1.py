@@ -1,0 +1,265 @@
+"""HTTP/1.1 request parsing for servers: h11 behind a strict head framer, with named limits.
+
+Why this exists: h11 (>= 0.16) is a well-kept, sans-I/O HTTP/1.1 parser, but it is deliberately
+lenient in places a server on the open internet must not be: it accepts bare LF line endings,
+obs-fold continuation lines, a ``Content-Length`` beside ``Transfer-Encoding`` (it ignores the
+length) and duplicate identical ``Content-Length`` fields. Each of those is a request-smuggling
+lever when a proxy in front reads the message differently. So every request *head* first goes
+through :class:`HeadFramer`, which finds the end of the head itself, enforces the size limits
+(414 for the request line, 431 for the head) and rejects the ambiguous forms; only then is the
+head (and the body after it) handed to a fresh ``h11.Connection``.
+
+The convention of every socklab protocol: ``receive_data(bytes)`` (``b""`` = EOF), then
+``next_event()`` until it returns ``None``. A peer's garbage raises
+:class:`~socklab.core.errors.RemoteProtocolError` whose ``hint`` is the HTTP status to answer
+with before closing the connection.
+
+Events: :class:`RequestHead` (the head parsed; the body follows), :class:`RequestComplete` (the
+whole request with its body, at most ``max_body`` bytes), and for an upgrade request the parser
+stops after the head; :meth:`Http1Parser.take_leftover` hands the bytes after it to the next
+protocol (WebSocket).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+
+from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["HeadFramer", "Http1Parser", "RequestComplete", "RequestHead"]
+
+_CRLF2 = b"\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    """A request head was parsed. Headers are ``(lowercase name, value)`` byte pairs, in order."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    keep_alive: bool
+    expects_continue: bool
+    upgrade: bytes | None  # the lowercase Upgrade token when the client asks to switch protocols
+
+
+@dataclass(frozen=True)
+class RequestComplete:
+    """The request's body was received in full (``b""`` when it has none)."""
+
+    head: RequestHead
+    body: bytes
+
+
+class HeadFramer:
+    """Find the end of one request head (RFC 9112 §2.1), enforcing limits and strict line endings.
+
+    Args:
+        max_request_line: longest request line accepted, bytes (longer: 414, RFC 9112 §3).
+        max_head_size: longest head (request line + fields), bytes (longer: 431, RFC 6585 §5).
+    """
+
+    def __init__(self, max_request_line: int, max_head_size: int) -> None:
+        self.max_request_line = max_request_line
+        self.max_head_size = max_head_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def take_buffer(self) -> bytes:
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    def extract(self) -> bytes | None:
+        """The complete head (with its final CRLF CRLF) if one is buffered, else ``None``.
+
+        Raises:
+            RemoteProtocolError: hint 400, 414 or 431 as described in the module docstring.
+        """
+        buf = self._buf
+        # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
+        skip = 0
+        while buf.startswith(b"\r\n", skip) and skip < 8:
+            skip += 2
+        if skip:
+            del buf[:skip]
+        end = buf.find(_CRLF2)
+        first = buf.find(b"\r\n")
+        if (first < 0 and len(buf) > self.max_request_line) or first > self.max_request_line:
+            raise RemoteProtocolError(f"request line longer than {self.max_request_line} bytes "
+                                      "(max_request_line)", hint=414)
+        limit = end + 4 if end >= 0 else len(buf)
+        if limit > self.max_head_size:
+            raise RemoteProtocolError(f"request head larger than {self.max_head_size} bytes (max_headers_size)",
+                                      hint=431)
+        # A bare LF anywhere in the head is refused (RFC 9112 §2.2 allows it; proxies disagree on it).
+        lf = buf.find(b"\n", 0, limit)
+        while lf >= 0:
+            if lf == 0 or buf[lf - 1] != 0x0D:
+                raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
+            lf = buf.find(b"\n", lf + 1, limit)
+        if end < 0:
+            return None
+        head = bytes(buf[:end + 4])
+        del buf[:end + 4]
+        _check_fields(head)
+        return head
+
+
+def _check_fields(head: bytes) -> None:
+    """Refuse the field forms that make request smuggling possible (RFC 9112 §5.2, §6.1, §6.3)."""
+    lines = head[:-4].split(b"\r\n")
+    cl = te = 0
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise RemoteProtocolError("obsolete line folding (obs-fold) in a header field", hint=400)
+        name = line.split(b":", 1)[0].strip().lower()
+        if name == b"content-length":
+            cl += 1
+        elif name == b"transfer-encoding":
+            te += 1
+    if cl > 1:
+        raise RemoteProtocolError("more than one Content-Length field", hint=400)
+    if cl and te:
+        raise RemoteProtocolError("both Content-Length and Transfer-Encoding: the framing is ambiguous", hint=400)
+
+
+class Http1Parser:
+    """One server connection's request stream: heads framed strictly, bodies read by h11.
+
+    Args:
+        max_request_line, max_head_size: see :class:`HeadFramer`.
+        max_body: largest request body accepted, bytes (larger: 413, RFC 9110 §15.5.14).
+    """
+
+    def __init__(self, max_request_line: int = 8192, max_head_size: int = 65536,
+                 max_body: int = 1 << 20) -> None:
+        self.framer = HeadFramer(max_request_line, max_head_size)
+        self.max_head_size = max_head_size
+        self.max_body = max_body
+        self._h11: h11.Connection | None = None
+        self._head: RequestHead | None = None
+        self._body = bytearray()
+        self._eof = False
+        self._stopped = False  # after an upgrade head: nothing more is parsed as HTTP
+        self._head_emitted = False
+
+    @property
+    def in_request(self) -> bool:
+        """True when part of a request (head or body) has arrived and it is not complete yet."""
+        return self._h11 is not None or self.framer.pending > 0
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer half-closed."""
+        if not data:
+            self._eof = True
+        elif self._h11 is not None:
+            self._h11.receive_data(data)
+        else:
+            self.framer.feed(data)
+
+    def take_leftover(self) -> bytes:
+        """After an upgrade request: the bytes received after its head (they belong to the new protocol)."""
+        return self.framer.take_buffer()
+
+    def next_event(self) -> RequestHead | RequestComplete | None:
+        """The next event, or ``None`` when more data is needed.
+
+        Raises:
+            RemoteProtocolError: the peer broke HTTP; ``hint`` is the status to answer with.
+        """
+        if self._stopped:
+            return None
+        if self._h11 is None:
+            head_bytes = self.framer.extract()
+            if head_bytes is None:
+                if self._eof and self.framer.pending:
+                    raise RemoteProtocolError("connection closed in the middle of a request head", hint=400)
+                return None
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size + 4)
+            conn.receive_data(head_bytes)
+            rest = self.framer.take_buffer()
+            if rest:
+                conn.receive_data(rest)
+            self._h11 = conn
+            self._head_emitted = False
+        conn = self._h11
+        if self._eof:
+            conn.receive_data(b"")
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise RemoteProtocolError(str(exc), hint=exc.error_status_hint) from None
+            if isinstance(event, h11.Request):
+                head = self._make_head(event)
+                self._head = head
+                if head.upgrade is not None:
+                    # The bytes after an upgrade head belong to the next protocol (RFC 9110 §7.8).
+                    data, _closed = conn.trailing_data
+                    self._stopped = True
+                    self._h11 = None
+                    self.framer.feed(data)
+                    return RequestComplete(head, b"")
+                self._head_emitted = True
+                return head
+            if isinstance(event, h11.Data):
+                if len(self._body) + len(event.data) > self.max_body:
+                    raise RemoteProtocolError(f"request body larger than {self.max_body} bytes (max_body)",
+                                              hint=413)
+                self._body += event.data
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                assert self._head is not None
+                done = RequestComplete(self._head, bytes(self._body))
+                data, _closed = conn.trailing_data
+                self._h11 = None
+                self._head = None
+                self._body = bytearray()
+                self.framer.feed(data)
+                return done
+            if event is h11.NEED_DATA:
+                if self._eof:
+                    raise RemoteProtocolError("connection closed in the middle of a request body", hint=400)
+                return None
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            raise LocalProtocolError(f"unexpected h11 event {event!r}")
+
+    @staticmethod
+    def _make_head(req: h11.Request) -> RequestHead:
+        headers = tuple((bytes(n), bytes(v)) for n, v in req.headers)
+        method = bytes(req.method)
+        connection_tokens: set[bytes] = set()
+        upgrade = None
+        expects_continue = False
+        has_body = False
+        for name, value in headers:
+            if name == b"connection":
+                connection_tokens.update(t.strip().lower() for t in value.split(b","))
+            elif name == b"upgrade" and value.strip().lower() == b"websocket":
+                upgrade = b"websocket"  # the only upgrade socklab speaks; others are ignored (RFC 9110 §7.8)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
+            elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                has_body = True
+        version = bytes(req.http_version)
+        if version == b"1.1":
+            keep_alive = b"close" not in connection_tokens
+        else:  # HTTP/1.0: persistent only when asked for (RFC 9112 §9.3)
+            keep_alive = b"keep-alive" in connection_tokens
+        if method in (b"GET", b"HEAD") and has_body:
+            raise RemoteProtocolError(f"a {method.decode()} request must not carry a body", hint=400)
+        if upgrade is not None and (b"upgrade" not in connection_tokens or has_body):
+            upgrade = None
+        return RequestHead(method, bytes(req.target), version, headers, keep_alive,
+                           expects_continue and has_body, upgrade)
