@@ -1,0 +1,197 @@
+// socklab chat in the browser: one WebSocket, the same commands as nc users type, events as JSON.
+// Reconnects on its own (with back-off) and catches up from the last sequence number seen per room,
+// so a server restart loses nothing: messages are deduplicated by (room, seq).
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    ws: null, nick: localStorage.getItem("socklab.nick") || "", current: null, rooms: new Map(),
+    lastSeq: JSON.parse(localStorage.getItem("socklab.seq") || "{}"), wanted: [], retry: 0, timer: null,
+    wantConnected: false, named: false,
+  };
+  $("nick").value = state.nick;
+
+  function room(name) {
+    if (!state.rooms.has(name)) {
+      state.rooms.set(name, { name, lines: [], members: new Set(), topic: "", unread: false, joined: false });
+    }
+    return state.rooms.get(name);
+  }
+
+  function setStatus(text, cls) { const s = $("status"); s.textContent = text; s.className = "status " + cls; }
+
+  function fmtTime(ts) {
+    const d = ts ? new Date(ts * 1000) : new Date();
+    return d.toTimeString().slice(0, 5);
+  }
+
+  function addLine(roomName, cls, nick, text, ts) {
+    const target = roomName ? room(roomName) : null;
+    const entry = { cls, nick, text, ts };
+    if (target) {
+      target.lines.push(entry);
+      if (target.lines.length > 1000) target.lines.shift();
+      if (roomName !== state.current) { target.unread = true; renderRooms(); return; }
+    } else if (state.current) {
+      room(state.current).lines.push(entry);
+    }
+    appendLine(entry);
+  }
+
+  function appendLine(entry) {
+    const log = $("log");
+    const div = document.createElement("div");
+    div.className = "line " + entry.cls;
+    const t = document.createElement("span"); t.className = "time"; t.textContent = fmtTime(entry.ts);
+    div.appendChild(t);
+    if (entry.nick) {
+      const n = document.createElement("span"); n.className = "nick"; n.textContent = entry.nick; div.appendChild(n);
+    }
+    div.appendChild(document.createTextNode(entry.text));  // text, never HTML: no injection
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 30;
+    log.appendChild(div);
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  function renderRooms() {
+    const nav = $("rooms"); nav.textContent = "";
+    for (const r of state.rooms.values()) {
+      if (!r.joined) continue;
+      const b = document.createElement("button");
+      b.textContent = r.name; b.type = "button";
+      b.className = (r.name === state.current ? "current" : "") + (r.unread ? " unread" : "");
+      b.onclick = () => switchTo(r.name);
+      nav.appendChild(b);
+    }
+  }
+
+  function renderMembers() {
+    const ul = $("members"); ul.textContent = "";
+    const r = state.current ? room(state.current) : null;
+    $("room-name").textContent = r ? r.name : "";
+    $("topic").textContent = r && r.topic ? "Topic: " + r.topic : "";
+    if (!r) return;
+    for (const n of [...r.members].sort((a, b) => a.localeCompare(b))) {
+      const li = document.createElement("li"); li.textContent = n;
+      li.onclick = () => { $("text").value = "/msg " + n + " "; $("text").focus(); };
+      ul.appendChild(li);
+    }
+  }
+
+  function switchTo(name) {
+    state.current = name;
+    const r = room(name); r.unread = false;
+    const log = $("log"); log.textContent = "";
+    for (const e of r.lines) appendLine(e);
+    log.scrollTop = log.scrollHeight;
+    renderRooms(); renderMembers();
+    if (state.ws && state.ws.readyState === 1) state.ws.send("/join " + name + " " + (state.lastSeq[name] || 0));
+  }
+
+  function saveSeq() { localStorage.setItem("socklab.seq", JSON.stringify(state.lastSeq)); }
+
+  function handle(ev) {
+    switch (ev.type) {
+      case "HELLO":
+        send("/nick " + state.nick);
+        break;
+      case "NICK":
+        if (ev.old === "*" || ev.old === state.nick) {
+          state.nick = ev.new; state.named = true; localStorage.setItem("socklab.nick", ev.new);
+          for (const name of state.wanted) send("/join " + name + (name in state.lastSeq ? " " + state.lastSeq[name] : ""));
+        }
+        for (const r of state.rooms.values()) {
+          if (r.members.delete(ev.old)) r.members.add(ev.new);
+        }
+        if (ev.old !== "*") addLine(state.current, "info", "", ev.old + " is now known as " + ev.new);
+        renderMembers();
+        break;
+      case "JOIN": {
+        const r = room(ev.room); r.members.add(ev.nick);
+        if (ev.nick === state.nick) {
+          r.joined = true;
+          if (!state.wanted.includes(ev.room)) state.wanted.push(ev.room);
+          if (!state.current || state.current === ev.room || !room(state.current).joined) state.current = ev.room;
+          renderRooms();
+        } else addLine(ev.room, "info", "", ev.nick + " joined " + ev.room);
+        renderMembers();
+        break;
+      }
+      case "PART": {
+        const r = room(ev.room); r.members.delete(ev.nick);
+        if (ev.nick === state.nick) {
+          r.joined = false; state.wanted = state.wanted.filter((n) => n !== ev.room);
+          const other = [...state.rooms.values()].find((x) => x.joined);
+          if (state.current === ev.room && other) switchTo(other.name);
+          renderRooms();
+        } else addLine(ev.room, "info", "", ev.nick + " left " + ev.room + (ev.reason ? " (" + ev.reason + ")" : ""));
+        renderMembers();
+        break;
+      }
+      case "WHO": { const r = room(ev.room); r.members = new Set(ev.nicks); renderMembers(); break; }
+      case "MSG": {
+        const last = state.lastSeq[ev.room] || 0;
+        if (ev.seq <= last && room(ev.room).lines.length) break;  // already shown (catch-up overlap)
+        if (ev.seq > last) { state.lastSeq[ev.room] = ev.seq; saveSeq(); }
+        if (ev.kind === "action") addLine(ev.room, "action", "", "* " + ev.nick + " " + ev.text, ev.ts);
+        else addLine(ev.room, "msg", ev.nick + ":", ev.text, ev.ts);
+        break;
+      }
+      case "PRIV": {
+        const label = ev.sender === state.nick ? "→ " + ev.target + ":" : "← " + ev.sender + ":";
+        addLine(null, "private", label, ev.text, ev.ts);
+        break;
+      }
+      case "TOPIC": { const r = room(ev.room); r.topic = ev.text; addLine(ev.room, "info", "", "topic: " + ev.text); renderMembers(); break; }
+      case "ROOMS": addLine(null, "info", "", "rooms: " + ev.rooms.map((r) => r.name + " (" + r.members + ")").join(", ")); break;
+      case "INFO": addLine(null, "info", "", ev.text); break;
+      case "ERR": addLine(null, "error", "", ev.code + " " + ev.text); break;
+      case "BYE": addLine(null, "info", "", "server: " + ev.text); break;
+      case "SYNC": if (ev.seq > (state.lastSeq[ev.room] || 0)) { /* nothing missing that we know of */ } break;
+      default: break;
+    }
+  }
+
+  function send(text) { if (state.ws && state.ws.readyState === 1) state.ws.send(text); }
+
+  function connect() {
+    clearTimeout(state.timer);
+    const proto = location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(proto + location.host + "/ws");
+    state.ws = ws;
+    setStatus("connecting", "wait");
+    ws.onopen = () => { state.retry = 0; setStatus("online as " + state.nick, "on"); $("text").disabled = false; $("send-button").disabled = false; };
+    ws.onmessage = (m) => { try { handle(JSON.parse(m.data)); } catch (e) { console.error(e); } };
+    ws.onclose = (e) => {
+      $("text").disabled = true; $("send-button").disabled = true;
+      for (const r of state.rooms.values()) r.members.clear();
+      renderMembers();
+      if (!state.wantConnected) { setStatus("offline", "off"); return; }
+      const delay = Math.min(5000, 250 * 2 ** state.retry++);
+      setStatus("reconnecting in " + (delay / 1000).toFixed(1) + " s (" + (e.reason || e.code) + ")", "wait");
+      state.timer = setTimeout(connect, delay);
+    };
+  }
+
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.nick = $("nick").value.trim();
+    const r = $("room").value.trim() || "#lobby";
+    if (!state.wanted.includes(r)) state.wanted.push(r);
+    state.wantConnected = true;
+    if (state.ws && state.ws.readyState === 1) { send("/nick " + state.nick); send("/join " + r); }
+    else connect();
+  });
+
+  $("send").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("text");
+    let text = input.value;
+    if (!text.trim()) return;
+    if (!text.startsWith("/") && state.current) text = "/say " + state.current + " " + text;
+    send(text);
+    input.value = "";
+  });
+
+  window.socklabChat = state;  // for tests and the curious
+})();

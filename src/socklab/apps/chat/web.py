@@ -1,0 +1,120 @@
+"""The web side of a chat node: the page (static files) and the WebSocket adapter onto the hub.
+
+Why this exists: browsers cannot open a raw TCP socket, so they reach the same rooms through a
+WebSocket on the HTTP port (RFC 6455, served by :mod:`socklab.apps.http`). A browser sends the very
+same command lines as an ``nc`` user (one command per text message) and receives each server event
+as one JSON text message (``{"type": "MSG", "room": ..., "seq": ...}``); see docs/chat-protocol.md.
+
+Limits: a WebSocket message over ``max_ws_message`` is closed with 1009 and invalid UTF-8 with 1007
+by the HTTP layer before the hub sees anything. A browser that stops reading is a slow consumer like
+any other: once the bytes waiting for it pass ``max_buffer + max_queue`` it is closed with code 4507
+and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from socklab.apps.chat.hub import ChatHub, Frame, Member
+from socklab.apps.http.api import HttpProtocol, HttpSettings, Request, Response, Router, WebSocket
+from socklab.core.errors import RemoteProtocolError
+from socklab.protocols.chat import Bye, ErrorReply, parse_command
+
+if TYPE_CHECKING:
+    from socklab.apps.chat.server import ChatServer
+
+__all__ = ["STATIC_DIR", "WebMember", "listen_web"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CLOSE_SLOW = 4507  # application close code (RFC 6455 section 7.4.2: 4000-4999 are ours)
+
+
+class WebMember(Member):
+    """One browser (or any WebSocket client) in the hub."""
+
+    kind = "ws"
+
+    def __init__(self, hub: ChatHub, ws: WebSocket) -> None:
+        super().__init__(self._describe(ws.client))
+        self.hub = hub
+        self.ws = ws
+        self.limit = hub.settings.max_buffer + hub.settings.max_queue
+        self.dropped_slow = False
+        ws.on_message = self.on_message
+        ws.on_close = self.on_close
+
+    @staticmethod
+    def _describe(client: Any) -> str:
+        return f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+
+    def on_message(self, message: str | bytes) -> None:
+        if self.gone:
+            return
+        if isinstance(message, bytes):
+            self.send(ErrorReply(400, "send commands as text messages"))
+            return
+        if len(message.encode()) > self.hub.settings.max_line:
+            self.send(ErrorReply(413, f"message longer than {self.hub.settings.max_line} bytes"))
+            return
+        line = message.rstrip("\r\n")
+        if not line.strip():
+            return
+        if "\n" in line:
+            self.send(ErrorReply(422, "one command per WebSocket message (no newlines)"))
+            return
+        try:
+            cmd = parse_command(line)
+        except RemoteProtocolError as exc:
+            self.send(ErrorReply(exc.hint or 400, str(exc)))
+            return
+        self.hub.handle(self, cmd)
+
+    def on_close(self, code: int, reason: str) -> None:
+        self.hub.detach(self, "connection closed")
+
+    def send_frame(self, frame: Frame) -> None:
+        ws = self.ws
+        if ws.closed:
+            return
+        if ws.buffered_amount > self.limit:
+            self.dropped_slow = True
+            ws.close(CLOSE_SLOW, "outbound queue full: not reading; disconnected")
+            self.hub.detach(self, "too slow (outbound queue full)")
+            return
+        ws.send(frame.json)
+
+    def close_with(self, bye: Bye) -> None:
+        if not self.ws.closed:
+            self.ws.send(Frame(bye).json)
+            self.ws.close(1001 if "shutting down" in bye.text else 1000, bye.text[:120])
+
+
+def make_router(node: ChatServer) -> Router:
+    """The chat's routes: ``/ws`` (WebSocket), ``/healthz``, and the page's static files at ``/``."""
+    router = Router()
+    hub = node.hub
+
+    def on_ws(ws: WebSocket) -> None:
+        if hub.shutting_down:
+            ws.close(1001, "server shutting down")
+            return
+        hub.attach(WebMember(hub, ws))
+
+    def health(req: Request) -> Response:
+        return Response.json(200, {"members": len(hub.members), "rooms": len(hub.rooms),
+                                   "delivered": hub.delivered})
+
+    router.websocket("/ws")(on_ws)
+    router.route("GET", "/healthz")(health)
+    router.static("/", node.settings.web or STATIC_DIR, listing=False)
+    return router
+
+
+def listen_web(node: ChatServer) -> Any:
+    """Bind the node's HTTP port on its server; returns the bound address."""
+    s = node.settings
+    hs = HttpSettings(host=s.host, engine=s.engine, max_buffer=s.max_buffer,
+                      ws_max_message=s.max_ws_message, log_format="none", max_body=64 * 1024)
+    router = make_router(node)
+    return node.server.listen(lambda: HttpProtocol(router, hs), port=s.http_port)
