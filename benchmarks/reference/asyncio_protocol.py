@@ -10,14 +10,14 @@ Usage: ``python benchmarks/reference/asyncio_protocol.py [--port 0]``
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from _common import parse_args, ready
 
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)

@@ -9,6 +9,7 @@ Usage: ``python benchmarks/reference/uvloop_protocol.py [--port 0]``
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import uvloop
 from _common import parse_args, ready
@@ -16,8 +17,7 @@ from _common import parse_args, ready
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)

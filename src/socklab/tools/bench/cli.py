@@ -1,0 +1,254 @@
+"""``socklab bench``: measure the echo server on every engine against fair references.
+
+Why this exists: the commands below are the whole method in one place - which servers are run,
+how they are pinned, how long, how many times - so anyone can reproduce a figure in
+``docs/benchmarks.md`` or compare socklab with their own server (``--target HOST:PORT``).
+
+\b
+  socklab bench echo                          # every engine, 1 KiB x 20 connections, ping-pong
+  socklab bench echo --size 65536 --connections 10 --with-c --chart echo.html
+  socklab bench echo --engines epoll --target 127.0.0.1:8080   # compare with another server
+  socklab bench sweep --chart sweep.html      # 10 -> 10,000 mostly idle connections
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from socklab.cli.options import run_cli
+from socklab.core.errors import UsageError
+from socklab.core.settings import ENGINE_NAMES
+
+__all__ = ["bench"]
+
+SWEEP_ENGINES = ("select", "poll", "epoll", "asyncio", "uvloop", "threads")
+ITERATIVE_WHY = ("iterative serves one connection at a time, so with several connections all but one "
+                 "would wait for the first to close: it is left out of concurrency runs")
+POOL_WHY = ("pool serves at most --workers connections at once (the rest queue): idle connections would "
+            "occupy every worker, so the sweep would measure its queue limit; pass --engines pool to see it")
+
+
+def _engines(spec: str | None, default: tuple[str, ...], connections: int, err: Console) -> list[str]:
+    from socklab.engines import engine_class
+
+    explicit = spec is not None
+    names = [e.strip() for e in spec.split(",") if e.strip()] if spec else list(default)
+    if spec == "all":
+        names = list(ENGINE_NAMES)
+    out = []
+    for name in names:
+        if name not in ENGINE_NAMES:
+            raise UsageError(f"unknown engine {name!r}; choose from: {', '.join(ENGINE_NAMES)}")
+        if name == "iterative" and connections > 1:
+            if explicit:
+                raise UsageError(ITERATIVE_WHY + " (use --connections 1)")
+            err.print(f"[dim]note: {ITERATIVE_WHY}[/dim]")
+            continue
+        try:
+            engine_class(name)
+        except UsageError as exc:
+            if explicit:
+                raise
+            err.print(f"[yellow]skipped {name}: {exc}[/yellow]")
+            continue
+        out.append(name)
+    return out
+
+
+def _console() -> Console:
+    """stdout; when it is not a terminal (a file, a pipe) wide enough for the whole table."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _targets(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    out = []
+    for v in values:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise UsageError(f"--target {v!r}: expected HOST:PORT")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _meta(load: Any, repeats: int, pinning: str, **more: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from socklab.tools.bench.build import binary
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "load": asdict(load),
+            "repeats": repeats, "pinning": pinning, "cpus": os.cpu_count(), "cpu_model": model,
+            "kernel": platform.release(), "python": sys.version.split()[0], "loadgen": str(binary("loadgen")),
+            **more}
+
+
+@click.group()
+def bench() -> None:
+    """Benchmark the echo server on every engine (C load generator, pinned cores, medians)."""
+
+
+@bench.command()
+@click.option("--engines", "engines_opt", metavar="LIST", default=None,
+              help="Comma-separated engines, or 'all' (default: every available engine but iterative; "
+                   "none when --target is given).")
+@click.option("--size", type=click.IntRange(1, 16 * 2**20), default=1024, show_default=True,
+              help="Message size, bytes.")
+@click.option("--connections", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="Active connections.")
+@click.option("--pipeline", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Messages in flight per connection (1 = ping-pong).")
+@click.option("--duration", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Measured seconds per run.")
+@click.option("--warmup", type=click.FloatRange(0, 600), default=1.0, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Runs per server (interleaved, fresh process each); the table shows medians.")
+@click.option("--target", "targets", metavar="HOST:PORT", multiple=True,
+              help="Also measure an already running echo server (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
+@click.option("--no-reference", is_flag=True, help="Skip the plain reference servers.")
+@click.option("--with-c", is_flag=True, help="Also run the single-threaded C epoll echo server.")
+@click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
+@run_cli
+def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
+         repeat: int, targets: tuple[str, ...], as_json: bool, chart: str | None, no_reference: bool,
+         with_c: bool, sweep: bool) -> None:
+    """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
+
+    Every server runs in its own process pinned to one core; the C load generator runs on
+    another and measures round trips. Columns: req/s, MB/s (one direction), latency percentiles,
+    server CPU % and memory, ratio to the reference on the same mechanism and to C, and the load
+    generator's own CPU % (flagged near 100 %: then it, not the server, is the limit).
+    """
+    if sweep:
+        ctx = click.get_current_context()
+        ctx.invoke(sweep_cmd, engines_opt=engines_opt, size=size, active=10, pipeline=pipeline,
+                   duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, chart=chart,
+                   with_c=with_c, levels="10,100,1000,10000")
+        return
+    from socklab.tools.bench.procs import pick_cores, server_specs
+    from socklab.tools.bench.report import echo_table, to_json, write_chart
+    from socklab.tools.bench.runner import Load, raise_nofile, run_echo
+
+    err = Console(stderr=True)
+    out = _console()
+    tgts = _targets(targets)
+    default = () if tgts and engines_opt is None else tuple(e for e in ENGINE_NAMES)
+    engines = _engines(engines_opt, default, connections, err)
+    nofile = raise_nofile()
+    if connections + 64 > nofile:
+        raise UsageError(f"{connections} connections need more file descriptors than the limit {nofile}")
+    specs = server_specs(engines, references=not no_reference, with_c=with_c, targets=tgts,
+                         max_connections=connections + 100 if connections > 900 else None)
+    if not specs:
+        raise UsageError("nothing to measure: name --engines, --target or --with-c")
+    server_cores, gen_cpu, pinning = pick_cores()
+    err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs x ({warmup:g} s warm-up + {duration:g} s)"
+              "[/dim]")
+    load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+    results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
+                       progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    meta = _meta(load, repeat, pinning, command="echo")
+    if chart:
+        write_chart(chart, results, sweep=False, meta=meta)
+        err.print(f"chart written to {chart}")
+    if as_json:
+        click.echo(to_json(results, meta))
+        return
+    title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
+             f"median of {repeat} x {duration:g} s ({pinning})")
+    out.print(echo_table(results, title))
+    if any(r.loadgen_cpu >= 90 for r in results if r.error is None):
+        err.print("[yellow]![/yellow] the load generator was nearly saturated on that row: the figure is a "
+                  "lower bound for the server")
+
+
+@bench.command("sweep")
+@click.option("--engines", "engines_opt", metavar="LIST", default=None,
+              help=f"Comma-separated engines (default: {','.join(SWEEP_ENGINES)}).")
+@click.option("--levels", default="10,100,1000,10000", show_default=True, metavar="LIST",
+              help="Total open connections per step.")
+@click.option("--active", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Connections that carry load; the rest do one round trip and stay idle.")
+@click.option("--size", type=click.IntRange(1, 16 * 2**20), default=1024, show_default=True,
+              help="Message size, bytes.")
+@click.option("--pipeline", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Messages in flight per active connection.")
+@click.option("--duration", type=click.FloatRange(0.1, 3600), default=3.0, show_default=True,
+              help="Measured seconds per step.")
+@click.option("--warmup", type=click.FloatRange(0, 600), default=0.5, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per step.")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
+@click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
+@run_cli
+def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipeline: int, duration: float,
+              warmup: float, repeat: int, as_json: bool, chart: str | None, with_c: bool) -> None:
+    """How each engine scales from 10 to 10,000 mostly idle connections, and what one costs in memory.
+
+    Each step starts a fresh server, opens the connections (each does one round trip, proving the
+    server holds it), then measures the active ones. "KiB per conn" is the server's resident
+    memory under load minus before, divided by the open connections. iterative is never swept
+    (one connection at a time); pool only when asked (idle connections occupy its workers).
+    """
+    from socklab.tools.bench.procs import pick_cores, server_specs
+    from socklab.tools.bench.report import sweep_table, to_json, write_chart
+    from socklab.tools.bench.runner import Load, raise_nofile, run_sweep
+
+    err = Console(stderr=True)
+    try:
+        steps = sorted({int(x) for x in levels.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"--levels {levels!r}: expected numbers separated by commas")
+    if not steps or steps[0] < 1:
+        raise UsageError("--levels: give positive connection counts")
+    engines = _engines(engines_opt, SWEEP_ENGINES, 2, err)
+    if engines_opt is None:
+        err.print(f"[dim]note: {POOL_WHY}[/dim]")
+    nofile = raise_nofile()
+    if steps[-1] + 64 > nofile:
+        dropped = [s for s in steps if s + 64 > nofile]
+        steps = [s for s in steps if s + 64 <= nofile]
+        err.print(f"[yellow]file descriptor limit {nofile} (hard): skipping {dropped}; raise it with "
+                  "`ulimit -Hn` as root[/yellow]")
+        if not steps:
+            raise UsageError("no sweep step fits under the file descriptor limit")
+    specs = server_specs(engines, references=False, with_c=with_c, targets=[], max_connections=steps[-1] + 100)
+    server_cores, gen_cpu, pinning = pick_cores()
+    err.print(f"[dim]{pinning}; steps {steps}, {active} active connections[/dim]")
+    base = Load(connections=active, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+    results = run_sweep(specs, steps, active=active, base=base, repeats=repeat, server_cores=server_cores,
+                        gen_cpu=gen_cpu, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    meta = _meta(base, repeat, pinning, command="sweep", levels=steps)
+    if chart:
+        write_chart(chart, results, sweep=True, meta=meta)
+        err.print(f"chart written to {chart}")
+    if as_json:
+        click.echo(to_json(results, meta))
+        return
+    _console().print(sweep_table(results, f"connection sweep, {active} active x {size:,} B ({pinning})"))
+
+
+@bench.command()
+@run_cli
+def build() -> None:
+    """Compile the C load generator and echo server now and print where they are."""
+    from socklab.tools.bench.build import PROGRAMS, binary
+
+    for name in PROGRAMS:
+        click.echo(f"{name}: {binary(name)}")
