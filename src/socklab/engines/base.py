@@ -21,6 +21,8 @@ engines take ``self.lock`` around each callback.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import ssl
 import threading
 import time
@@ -37,6 +39,8 @@ from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 
 __all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory"]
+
+log = logging.getLogger("socklab")
 
 ProtocolFactory = Callable[[], Protocol]
 DatagramFactory = Callable[[], DatagramProtocol]
@@ -145,6 +149,19 @@ class Engine(ABC):
         """Open a client connection; the protocol's ``connection_made`` follows, or ``on_error(exc)``."""
 
     # ---- shared policies ----------------------------------------------------------------------
+    def report_error(self, exc: BaseException, context: str) -> None:
+        """A protocol or callback raised: one line to the ``socklab`` logger, the server goes on.
+
+        An exception escaping a protocol callback is a bug in that protocol; the engine aborts that
+        connection (passing the exception to ``connection_lost``) and keeps serving the others.
+        Set ``SOCKLAB_DEBUG=1`` (or ``socklab --debug``) for the traceback.
+        """
+        self.stats.extra["callback_errors"] = self.stats.extra.get("callback_errors", 0) + 1
+        log.error("socklab: %s raised %s: %s (the connection is closed; the server goes on)", context,
+                  type(exc).__name__, exc, exc_info=exc if os.environ.get("SOCKLAB_DEBUG") == "1" else None)
+        if self.tracer:
+            self.tracer.note(f"{context} raised {type(exc).__name__}: {exc}")
+
     def admit(self) -> bool:
         """May one more connection be served? Counts the refusal when not."""
         if self.shutting_down or len(self.connections) >= self.settings.max_connections:

@@ -264,9 +264,16 @@ class Reactor(Engine):
             while timers and timers[0][0] <= self.now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
-                    timer.callback()
+                    try:
+                        timer.callback()
+                    except Exception as exc:
+                        self.report_error(exc, f"timer callback {timer.callback!r}")
             for _ in range(len(ready_q)):
-                ready_q.popleft()()
+                callback = ready_q.popleft()
+                try:
+                    callback()
+                except Exception as exc:
+                    self.report_error(exc, f"callback {callback!r}")
 
     def close(self) -> None:
         self.close_listeners()
@@ -308,7 +315,11 @@ class Reactor(Engine):
                                    server_hostname=server_hostname)
         transport = StreamTransport(self, sock, protocol, peer)
         self.connection_opened(transport)
-        protocol.connection_made(transport)
+        try:
+            protocol.connection_made(transport)
+        except Exception as exc:
+            transport._protocol_failed(exc, "connection_made")
+            return transport
         transport.start_reading()
         return transport
 
@@ -460,10 +471,13 @@ class StreamTransport(Transport, Connection):
         if n:
             self.last_activity = reactor.now
             self.bytes_in += n
-            if self._buffered:
-                self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
-            else:
-                self.protocol.data_received(reactor.recv_view[:n].tobytes())
+            try:
+                if self._buffered:
+                    self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
+                else:
+                    self.protocol.data_received(reactor.recv_view[:n].tobytes())
+            except Exception as exc:
+                self._protocol_failed(exc, "data_received")
             return
         self._on_eof()
 
@@ -473,7 +487,7 @@ class StreamTransport(Transport, Connection):
         try:
             keep_open = self.protocol.eof_received()
         except Exception as exc:
-            self._fatal(exc, "handling EOF")
+            self._protocol_failed(exc, "eof_received")
             return
         if self._eof_sent or not keep_open:
             self.close()
@@ -609,6 +623,10 @@ class StreamTransport(Transport, Connection):
         self._wbuf.clear()
         self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
 
+    def _protocol_failed(self, exc: BaseException, callback: str) -> None:
+        self.reactor.report_error(exc, f"{type(self.protocol).__name__}.{callback}")
+        self._fatal(exc, callback)
+
     def _fatal(self, exc: BaseException, action: str) -> None:
         if self._lost:
             return
@@ -630,7 +648,10 @@ class StreamTransport(Transport, Connection):
             self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
         self.sock.close()
         reactor.connection_closed(self)
-        self.protocol.connection_lost(exc)
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as err:
+            reactor.report_error(err, f"{type(self.protocol).__name__}.connection_lost")
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -744,7 +765,10 @@ class _DatagramEndpoint(DatagramTransport):
             self.reactor.stats.datagrams_in += 1
             if self.tracer:
                 self.tracer.emit("recvfrom", self.sock, peer=addr, nbytes=len(data))
-            self.protocol.datagram_received(data, addr)
+            try:
+                self.protocol.datagram_received(data, addr)
+            except Exception as exc:  # one bad datagram must not stop the endpoint
+                self.reactor.report_error(exc, f"{type(self.protocol).__name__}.datagram_received")
             if self._closed:
                 return
 
