@@ -1,0 +1,149 @@
+"""``socklab rpc serve`` and ``socklab rpc call``: JSON-RPC 2.0 from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from socklab.cli.options import (
+    EXIT_NETWORK,
+    build_settings,
+    make_tracer,
+    options_from,
+    run_cli,
+    trace_options,
+)
+from socklab.core.errors import UsageError
+
+
+@click.group()
+def rpc() -> None:
+    """JSON-RPC 2.0 server and client over TCP, HTTP POST and WebSocket.
+
+    \b
+    Try it:
+      socklab rpc serve --demo --listen tcp://127.0.0.1:7010 --listen http://127.0.0.1:7011/rpc
+      socklab rpc call tcp://127.0.0.1:7010 subtract 42 23            # 19
+      socklab rpc call http://127.0.0.1:7011/rpc rpc.discover           # the methods
+      printf '{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":1}\\n' | nc -q1 127.0.0.1 7010
+      curl -d '{"jsonrpc":"2.0","method":"get_data","id":1}' http://127.0.0.1:7011/rpc
+    """
+
+
+def _settings_cls() -> Any:
+    from socklab.apps.rpc.server import RpcSettings
+
+    return RpcSettings
+
+
+@rpc.command()
+@click.argument("target", required=False, metavar="TARGET")
+@click.option("--demo", is_flag=True, help="Serve the demo service (the specification's example methods).")
+@click.option("--listen", "listen", multiple=True, metavar="URL",
+              help="tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH; repeat for several "
+                   "(default: tcp:// on --host/--port).")
+@options_from(_settings_cls())
+@trace_options
+@run_cli
+def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, trace_json: str | None,
+          **values: Any) -> None:
+    """Serve TARGET's functions: module:object, a module, or path/to/file.py[:object].
+
+    The same service is reachable on every --listen URL at once. One line per listener is
+    printed when it is ready: `socklab rpc listening on URL (engine NAME)`.
+    """
+    from socklab.apps.rpc.server import RpcSettings
+    from socklab.apps.rpc.server import serve as rpc_serve
+    from socklab.apps.rpc.service import demo_service, load_target
+
+    if demo == (target is not None):
+        raise UsageError("give a TARGET (module:object) or --demo, not both")
+    service = demo_service() if demo else load_target(str(target))
+    settings = build_settings(RpcSettings, values)
+    tracer = make_tracer(settings.engine, trace, trace_json)
+    rs = rpc_serve(service, list(listen), settings, tracer=tracer)
+    server = rs.server
+    server.start()
+    for url in rs.urls:
+        print(f"socklab rpc listening on {url} (engine {server.engine.name})", flush=True)
+    click.echo(f"  {len(service.methods)} methods; press Ctrl-C to stop (graceful; a second Ctrl-C forces)",
+               err=True)
+
+    def told(kind: str) -> None:
+        if kind == "graceful":
+            click.echo(f"\nsocklab rpc: shutting down - waiting up to {settings.shutdown_timeout:g} s for calls "
+                       "in flight (Ctrl-C again to force)", err=True)
+        else:
+            click.echo("socklab rpc: forced shutdown", err=True)
+
+    server.serve_forever(on_signal=told)
+    click.echo("socklab rpc: stopped", err=True)
+
+
+def _arg(text: str) -> Any:
+    """A command-line argument as JSON when it parses (``42``, ``true``, ``[1,2]``), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@rpc.command()
+@click.argument("url")
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@click.option("--named", "-n", multiple=True, metavar="NAME=VALUE",
+              help="Pass a parameter by name (VALUE parsed as JSON when it parses); repeatable.")
+@click.option("--params", "params_json", metavar="JSON", default=None,
+              help="The params member verbatim: a JSON array or object.")
+@click.option("--notify", is_flag=True, help="Send a notification (no answer is expected or printed).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--framing", type=click.Choice(["ndjson", "content-length"]), default="ndjson",
+              show_default=True, help="TCP framing.")
+@run_cli
+def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], params_json: str | None,
+         notify: bool, timeout: float, framing: str) -> None:
+    """Call METHOD at URL with ARGS and print the result as JSON (or the error on stderr).
+
+    ARGS are parsed as JSON when they parse (42, "text", [1,2], {"a":1}) and passed as strings
+    otherwise. Exit status 1 when the server answers with an error.
+    """
+    from socklab.apps.rpc.client import Client
+    from socklab.apps.rpc.errors import RpcError
+
+    positional = [_arg(a) for a in args]
+    kwargs: dict[str, Any] = {}
+    for item in named:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--named {item!r}: use NAME=VALUE")
+        kwargs[name] = _arg(value)
+    if params_json is not None:
+        if positional or kwargs:
+            raise UsageError("--params replaces ARGS and --named: give one or the other")
+        try:
+            given = json.loads(params_json)
+        except ValueError as exc:
+            raise UsageError(f"--params is not JSON: {exc}") from None
+        if isinstance(given, dict):
+            kwargs = given
+        elif isinstance(given, list):
+            positional = given
+        else:
+            raise UsageError("--params must be a JSON array or object")
+    if positional and kwargs:
+        raise UsageError("JSON-RPC passes parameters by position or by name, not both")
+    with Client(url, timeout=timeout, framing=framing, retries=0) as client:
+        if notify:
+            client.notify(method, *positional, **kwargs)
+            return
+        try:
+            result = client.call(method, *positional, **kwargs)
+        except RpcError as exc:
+            detail = f" (data: {json.dumps(exc.data)})" if exc.has_data else ""
+            click.echo(f"socklab: error {exc.code}: {exc.message}{detail}", err=True)
+            sys.exit(EXIT_NETWORK)
+    click.echo(json.dumps(result, ensure_ascii=False))

@@ -1,0 +1,319 @@
+"""The JSON-RPC client: calls, a proxy, notifications, batches, many calls in flight, reconnect.
+
+Why this exists: calling a remote function should read like calling a local one, and fail like
+one - with an exception that says what went wrong::
+
+    from socklab import rpc
+
+    with rpc.connect("tcp://127.0.0.1:7010") as client:
+        client.call("subtract", 42, 23)          # 19
+        client.subtract(minuend=42, subtrahend=23)  # the proxy; named params
+        client.notify("update", 1, 2)            # no answer expected
+        with client.batch() as b:                # one message, several calls
+            a, s = b.call("add", 1, 2), b.call("sum", 1, 2, 3)
+        a.result(), s.result()                   # 3, 6
+
+Many calls can be in flight on one connection: each request carries an id and the answers,
+which may come back in any order, are matched by it (``submit`` returns a future). A call that
+gets no answer within ``timeout`` raises :class:`~socklab.apps.rpc.errors.CallTimeout` (and the
+client tells the server with ``$/cancelRequest``). An error answer raises the
+:class:`~socklab.apps.rpc.errors.RpcError` subclass for its code.
+
+Reconnect: when the connection drops, calls in flight fail with ``BrokenError`` (they may or may
+not have run: they are never resent behind your back). The next call reconnects, retrying with
+exponential backoff (``backoff`` seconds doubling up to ``max_backoff``, ``retries`` times).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from socklab.apps.rpc.channels import Channel, Endpoint, open_channel, parse_url
+from socklab.apps.rpc.errors import CallTimeout, error_from_object
+from socklab.core.errors import BrokenError, ClosedError, ConnectError, NetworkError, UsageError
+from socklab.protocols import jsonrpc as j
+from socklab.protocols.framing import NDJSON
+
+__all__ = ["Batch", "Client", "connect"]
+
+_UNSET: Any = object()
+
+
+def _params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | dict[str, Any] | None:
+    # Spec section 4.2: by-position (an array) or by-name (an object), not both.
+    if args and kwargs:
+        raise UsageError("JSON-RPC passes parameters by position or by name, not both")
+    if kwargs:
+        return kwargs
+    return list(args) if args else None
+
+
+class _Proxy:
+    """``client.add(1, 2)`` and ``client.math.add(1, 2)`` (dotted method names)."""
+
+    def __init__(self, invoke: Callable[..., Any], name: str) -> None:
+        self._invoke = invoke
+        self._name = name
+
+    def __getattr__(self, name: str) -> _Proxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Proxy(self._invoke, f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._invoke(self._name, *args, **kwargs)
+
+
+class Client:
+    """A blocking JSON-RPC client, safe to share between threads.
+
+    Args:
+        url: ``tcp://HOST:PORT``, ``http://HOST:PORT/PATH`` or ``ws://HOST:PORT/PATH``.
+        timeout: default seconds to wait for each answer (``None`` = forever).
+        connect_timeout: seconds to wait for each connection attempt.
+        framing: ``"ndjson"`` or ``"content-length"`` (tcp:// only).
+        reconnect: reconnect on the next call after the connection dropped.
+        retries: connection attempts after the first one failed.
+        backoff: the first delay between attempts, seconds (doubles each time).
+        max_backoff: the longest delay between attempts.
+        cancel_on_timeout: send ``$/cancelRequest`` for a call that timed out.
+
+    Raises:
+        UsageError: a bad URL. ConnectError: the first connection failed (after the retries).
+    """
+
+    def __init__(self, url: str, *, timeout: float | None = 30.0, connect_timeout: float = 10.0,
+                 framing: str = NDJSON, reconnect: bool = True, retries: int = 5, backoff: float = 0.05,
+                 max_backoff: float = 2.0, cancel_on_timeout: bool = True) -> None:
+        self.endpoint: Endpoint = parse_url(url)
+        self.url = url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.framing = framing
+        self.reconnect = reconnect
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.cancel_on_timeout = cancel_on_timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[tuple[str, Any], Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._channel: Channel | None = None
+        self._closed = False
+        self.connections = 0  # how many times a connection was opened (reconnects show here)
+        self._ensure()
+
+    # ---- connection ------------------------------------------------------------------------------
+    def _ensure(self) -> Channel:
+        ch = self._channel
+        if ch is not None and not ch._lost:
+            return ch
+        with self._connect_lock:
+            if self._closed:
+                raise ClosedError("this client was closed")
+            ch = self._channel
+            if ch is not None and not ch._lost:
+                return ch
+            if ch is not None:
+                ch.close()
+                if not self.reconnect:
+                    raise BrokenError("the connection was lost (reconnect=False)")
+            delay = self.backoff
+            for attempt in range(self.retries + 1):
+                try:
+                    ch = open_channel(self.endpoint, self._on_message, self._on_lost,
+                                      timeout=self.connect_timeout, framing=self.framing)
+                    break
+                except ConnectError:
+                    if attempt == self.retries:
+                        raise
+                    time.sleep(delay)  # backoff between attempts, not a readiness poll
+                    delay = min(delay * 2, self.max_backoff)
+            assert ch is not None
+            self._channel = ch
+            self.connections += 1
+            return ch
+
+    def _on_lost(self, exc: BaseException) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        err = exc if isinstance(exc, NetworkError) else BrokenError(f"connection lost: {exc}")
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(BrokenError(f"no answer: {err}"))
+
+    def _on_message(self, payload: bytes) -> None:
+        try:
+            replies = j.parse_replies(payload)
+        except Exception:
+            return  # not a response: nothing to match it with
+        for reply in replies:
+            if reply.id is None:
+                self._unmatched(reply)
+                continue
+            with self._lock:
+                fut = self._pending.pop(j.id_key(reply.id), None)
+            if fut is None or fut.done():
+                continue
+            if isinstance(reply, j.Response):
+                fut.set_result(reply.result)
+            else:
+                fut.set_exception(error_from_object(reply.error))
+
+    def _unmatched(self, reply: j.Response | j.ErrorResponse) -> None:
+        # An error with id null (parse error, invalid request): only attributable if one call waits.
+        with self._lock:
+            only = next(iter(self._pending.items())) if len(self._pending) == 1 else None
+            if only is not None and isinstance(reply, j.ErrorResponse):
+                del self._pending[only[0]]
+        if only is not None and isinstance(reply, j.ErrorResponse) and not only[1].done():
+            only[1].set_exception(error_from_object(reply.error))
+
+    # ---- calls -----------------------------------------------------------------------------------
+    def _new(self, method: str, params: Any) -> tuple[j.Request, Future[Any]]:
+        req = j.make_request(method, params, next(self._ids))
+        fut: Future[Any] = Future()
+        with self._lock:
+            self._pending[j.id_key(req.id)] = fut
+        return req, fut
+
+    def _send(self, payload: bytes, futures: list[tuple[j.Request, Future[Any]]], timeout: float | None) -> None:
+        try:
+            self._ensure().send(payload, timeout)
+        except BaseException as exc:
+            with self._lock:
+                for req, _ in futures:
+                    self._pending.pop(j.id_key(req.id), None)
+            if isinstance(exc, TimeoutError):
+                raise CallTimeout(f"no answer within {timeout:g} s") from exc
+            if isinstance(exc, NetworkError) and "timed out" in str(exc):
+                raise CallTimeout(f"no answer within {timeout:g} s") from exc
+            raise
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Send a call now and return a future for its result (many may be in flight)."""
+        req, fut = self._new(method, _params(args, kwargs))
+        self._send(j.encode(req), [(req, fut)], self.timeout)
+        return fut
+
+    def call(self, method: str, *args: Any, timeout: float | None = _UNSET, **kwargs: Any) -> Any:
+        """Call ``method`` and wait for its result.
+
+        Args:
+            method: the remote method's name.
+            args/kwargs: its parameters, by position or by name (not both).
+            timeout: seconds to wait (default: the client's).
+
+        Returns:
+            The result (any JSON value).
+
+        Raises:
+            RpcError: the server answered with an error (a subclass per code).
+            CallTimeout: no answer in time. BrokenError: the connection dropped first.
+        """
+        wait = self.timeout if timeout is _UNSET else timeout
+        req, fut = self._new(method, _params(args, kwargs))
+        self._send(j.encode(req), [(req, fut)], wait)
+        return self._wait(req, fut, wait)
+
+    def _wait(self, req: j.Request, fut: Future[Any], wait: float | None) -> Any:
+        try:
+            return fut.result(wait)
+        except FutureTimeout:
+            with self._lock:
+                self._pending.pop(j.id_key(req.id), None)
+            if self.cancel_on_timeout:
+                try:
+                    self.notify("$/cancelRequest", id=req.id)
+                except Exception:
+                    pass  # best effort: the call already failed
+            raise CallTimeout(f"no answer to {req.method!r} within {wait:g} s") from None
+
+    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Send a notification: the server runs it and never answers."""
+        req = j.make_request(method, _params(args, kwargs), notification=True)
+        self._send(j.encode(req), [], self.timeout)
+
+    def batch(self) -> Batch:
+        """Collect calls and notifications; they are sent as one message when the block ends."""
+        return Batch(self)
+
+    def __getattr__(self, name: str) -> _Proxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Proxy(self.call, name)
+
+    def close(self) -> None:
+        """Close the connection; calls still waiting fail with ``ClosedError``."""
+        with self._connect_lock:
+            self._closed = True
+            ch, self._channel = self._channel, None
+        if ch is not None:
+            ch.close()
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(ClosedError("the client was closed"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Batch:
+    """Calls gathered into one JSON array (spec section 6); use as a context manager."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.items: list[tuple[j.Request, Future[Any] | None]] = []
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Add a call; its future completes after the batch was sent and answered."""
+        req, fut = self.client._new(method, _params(args, kwargs))
+        self.items.append((req, fut))
+        return fut
+
+    def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Add a notification."""
+        self.items.append((j.make_request(method, _params(args, kwargs), notification=True), None))
+
+    def send(self, timeout: float | None = _UNSET) -> list[Any]:
+        """Send the batch and wait for every call; returns results (or the exceptions) in order."""
+        if not self.items:
+            return []
+        wait = self.client.timeout if timeout is _UNSET else timeout
+        calls = [(r, f) for r, f in self.items if f is not None]
+        payload = j.encode([r for r, _ in self.items])
+        self.client._send(payload, calls, wait)
+        out: list[Any] = []
+        for req, fut in calls:
+            try:
+                out.append(self.client._wait(req, fut, wait))
+            except Exception as exc:
+                out.append(exc)
+        self.items.clear()
+        return out
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.send()
+
+
+def connect(url: str, **options: Any) -> Client:
+    """A connected :class:`Client` (see its arguments)."""
+    return Client(url, **options)

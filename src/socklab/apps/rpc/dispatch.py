@@ -1,0 +1,337 @@
+"""Running calls: the thread pool, the asyncio loop, timeouts, cancellation and back-pressure.
+
+Why this exists: an RPC server must never let one slow handler freeze everybody else. The engine
+thread only parses, decides and writes; the work happens elsewhere and its result comes back to
+the engine through ``call_soon_threadsafe`` (the one thread-safe door into an engine):
+
+- sync handlers run on a bounded :class:`~concurrent.futures.ThreadPoolExecutor`
+  (``handler_threads``); ``inline`` ones run on the engine thread (cheap functions only);
+- ``async def`` handlers run on one asyncio loop on a thread of its own, so they work on every
+  engine, not only the asyncio ones;
+- completions are queued and handed to the engine in bulk: under pipelining one wake-up carries
+  many results;
+- each connection's :class:`Session` caps its running calls (``max_concurrent_calls``); further
+  requests wait in order and the transport stops reading that peer (back-pressure, not errors);
+- a call running longer than ``call_timeout`` is answered -32001; ``$/cancelRequest`` answers it
+  -32800 at once (idempotent: unknown or finished ids are ignored). A sync handler's thread cannot
+  be killed: its late result is discarded. A coroutine is cancelled for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from socklab.apps.rpc.errors import RpcError
+from socklab.apps.rpc.service import MethodSpec, Service
+from socklab.core.errors import RemoteProtocolError
+from socklab.core.transport import TimerHandle
+from socklab.protocols import jsonrpc as j
+
+__all__ = ["CANCEL_METHOD", "Dispatcher", "Session"]
+
+CANCEL_METHOD = "$/cancelRequest"
+Outcome = tuple[bool, Any]  # (True, result) or (False, ErrorObject)
+Reply = Callable[[bytes | None], None]
+
+
+class Dispatcher:
+    """What every connection of one server shares: the service, the pool, the asyncio loop.
+
+    Args:
+        service: the methods.
+        scheduler: runs a callback on the engine thread, thread-safely (``Server.call_soon_threadsafe``).
+        limits: message limits (size, batch, depth, number length).
+        call_timeout: seconds a call may run (0 = no limit).
+        max_concurrent_calls: calls running at once per connection.
+        handler_threads: size of the sync-handler thread pool.
+    """
+
+    def __init__(self, service: Service, scheduler: Callable[[Callable[[], None]], None], *,
+                 limits: j.Limits | None = None, call_timeout: float = 30.0, max_concurrent_calls: int = 64,
+                 handler_threads: int = 8) -> None:
+        self.service = service
+        self.scheduler = scheduler
+        self.limits = limits if limits is not None else j.Limits()
+        self.call_timeout = call_timeout
+        self.max_concurrent_calls = max_concurrent_calls
+        self.pool = ThreadPoolExecutor(max_workers=handler_threads, thread_name_prefix="socklab-rpc")
+        self._lock = threading.Lock()
+        self._done: deque[tuple[Session, _Call, Outcome]] = deque()
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self.stats = {"calls": 0, "errors": 0, "internal_errors": 0, "timeouts": 0, "cancelled": 0}
+
+    # ---- running work ----------------------------------------------------------------------------
+    def submit(self, session: Session, call: _Call) -> Future[Any]:
+        spec = call.spec
+        fut: Future[Any]
+        if spec.is_async:
+            fut = asyncio.run_coroutine_threadsafe(spec.func(*call.args, **call.kwargs), self._asyncio_loop())
+        else:
+            fut = self.pool.submit(spec.func, *call.args, **call.kwargs)
+        fut.add_done_callback(lambda f: self._post(session, call, f))
+        return fut
+
+    def _post(self, session: Session, call: _Call, fut: Future[Any]) -> None:
+        # Runs on a worker (or the asyncio thread): queue the outcome, wake the engine once.
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        outcome = self.outcome_of(exc) if exc is not None else (True, fut.result())
+        with self._lock:
+            self._done.append((session, call, outcome))
+            wake = not self._scheduled
+            self._scheduled = True
+        if wake:
+            try:
+                self.scheduler(self._drain)
+            except Exception:  # the engine stopped: nobody is left to answer
+                with self._lock:
+                    self._done.clear()
+                    self._scheduled = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._done)
+            self._done.clear()
+            self._scheduled = False
+        for session, call, outcome in items:
+            session.complete(call, outcome)
+
+    def outcome_of(self, exc: BaseException) -> Outcome:
+        """An exception raised by a handler as the error to answer (never a traceback)."""
+        if isinstance(exc, RpcError):
+            self.stats["errors"] += 1
+            return False, exc.to_error_object()
+        self.stats["internal_errors"] += 1
+        return False, j.ErrorObject(j.INTERNAL_ERROR, j.MESSAGES[j.INTERNAL_ERROR])
+
+    def _asyncio_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._loop_thread = threading.Thread(target=run, name="socklab-rpc-asyncio", daemon=True)
+                self._loop_thread.start()
+                ready.wait(10)
+                self._loop = loop
+            return self._loop
+
+    def close(self) -> None:
+        """Stop the pool and the asyncio loop (running sync handlers finish in the background)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        loop, thread = self._loop, self._loop_thread
+        if loop is not None and thread is not None:
+            def stop() -> None:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                loop.stop()
+            loop.call_soon_threadsafe(stop)
+            thread.join(5)
+            loop.close()
+            self._loop = None
+
+
+class _Call:
+    __slots__ = ("args", "done", "future", "group", "kwargs", "request", "slot", "spec", "started", "timer")
+
+    def __init__(self, request: j.Request, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 group: _Group, slot: int) -> None:
+        self.request = request
+        self.spec = spec
+        self.args = args
+        self.kwargs = kwargs
+        self.group = group
+        self.slot = slot
+        self.started = False
+        self.done = False
+        self.future: Future[Any] | None = None
+        self.timer: TimerHandle | None = None
+
+
+class _Group:
+    """The calls of one incoming message and where their answer goes."""
+
+    __slots__ = ("collector", "reply", "sent")
+
+    def __init__(self, collector: j.ReplyCollector, reply: Reply) -> None:
+        self.collector = collector
+        self.reply = reply
+        self.sent = False
+
+    def add(self, slot: int, answer: j.Response | j.ErrorResponse | None) -> None:
+        self.collector.add(slot, answer)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.collector.done and not self.sent:
+            self.sent = True
+            self.reply(self.collector.payload())
+
+
+class Session:
+    """One connection's calls (or one HTTP client's): runs on the engine thread only.
+
+    Args:
+        dispatcher: the server's shared dispatcher.
+        call_later: the transport's timer (for ``call_timeout``).
+        on_progress: called after calls complete (the adapter resumes reading, or closes at EOF).
+    """
+
+    def __init__(self, dispatcher: Dispatcher, call_later: Callable[[float, Callable[[], None]], TimerHandle],
+                 on_progress: Callable[[], None] | None = None) -> None:
+        self.d = dispatcher
+        self.call_later = call_later
+        self.on_progress = on_progress
+        self.running = 0
+        self.waiting: deque[_Call] = deque()
+        self.inflight: dict[tuple[str, Any], _Call] = {}
+        self.closed = False
+
+    @property
+    def saturated(self) -> bool:
+        """Calls are waiting for a free slot: stop reading this peer."""
+        return bool(self.waiting)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running or waiting."""
+        return self.running == 0 and not self.waiting
+
+    def handle(self, payload: bytes, reply: Reply) -> None:
+        """Parse one incoming message and start its calls; ``reply`` gets the answer (or ``None``)."""
+        incoming = j.parse_incoming(payload, self.d.limits)
+        group = _Group(j.ReplyCollector(incoming), reply)
+        for slot, item in enumerate(incoming.items):
+            if isinstance(item, j.Request):
+                self._accept(item, group, slot)
+        group.flush()
+
+    def _accept(self, req: j.Request, group: _Group, slot: int) -> None:
+        d = self.d
+        d.stats["calls"] += 1
+        if req.method == CANCEL_METHOD:
+            self._cancel(req.params)
+            group.collector.add(slot, None if req.is_notification else j.Response(req.id, None))
+            return
+        spec = d.service.lookup(req.method)
+        answer: j.Response | j.ErrorResponse
+        if spec is None:
+            answer = j.error_response(req.id, j.METHOD_NOT_FOUND, data=f"no method {req.method[:100]!r}")
+        elif spec.name == "rpc.discover":
+            answer = j.Response(req.id, d.service.describe())
+        else:
+            try:
+                args, kwargs = j.bind_params(spec.signature, req.params)
+            except RemoteProtocolError as exc:
+                answer = j.error_response(req.id, j.INVALID_PARAMS, data=str(exc))
+            else:
+                call = _Call(req, spec, args, kwargs, group, slot)
+                if spec.inline:
+                    self._run_inline(call)
+                    return
+                if not req.is_notification:
+                    self.inflight[j.id_key(req.id)] = call
+                if self.running < d.max_concurrent_calls:
+                    self._start(call)
+                else:
+                    self.waiting.append(call)
+                return
+        group.collector.add(slot, None if req.is_notification else answer)
+
+    def _run_inline(self, call: _Call) -> None:
+        try:
+            outcome: Outcome = (True, call.spec.func(*call.args, **call.kwargs))
+        except Exception as exc:
+            outcome = self.d.outcome_of(exc)
+        call.group.collector.add(call.slot, None if call.request.is_notification else _answer(call, outcome))
+
+    def _start(self, call: _Call) -> None:
+        call.started = True
+        self.running += 1
+        if self.d.call_timeout > 0:
+            call.timer = self.call_later(self.d.call_timeout, lambda: self._expire(call))
+        try:
+            call.future = self.d.submit(self, call)
+        except RuntimeError:  # the pool was shut down: the server is stopping
+            self.complete(call, (False, j.ErrorObject(j.INTERNAL_ERROR, "server is shutting down")))
+
+    def _expire(self, call: _Call) -> None:
+        if call.done:
+            return
+        self.d.stats["timeouts"] += 1
+        if call.future is not None:
+            call.future.cancel()
+        self.complete(call, (False, j.ErrorObject(
+            j.REQUEST_TIMEOUT, j.MESSAGES[j.REQUEST_TIMEOUT], f"no result within {self.d.call_timeout:g} s "
+                                                              "(call_timeout)")))
+
+    def _cancel(self, params: Any) -> None:
+        # LSP's shape {"id": X}; a one-element array [X] is accepted too. Unknown ids: ignored.
+        if isinstance(params, dict) and "id" in params:
+            target = params["id"]
+        elif isinstance(params, list) and len(params) == 1:
+            target = params[0]
+        else:
+            return
+        if not j._valid_id(target):
+            return
+        call = self.inflight.get(j.id_key(target))
+        if call is None or call.done:
+            return
+        self.d.stats["cancelled"] += 1
+        if call.future is not None:
+            call.future.cancel()
+        self.complete(call, (False, j.ErrorObject(j.REQUEST_CANCELLED, j.MESSAGES[j.REQUEST_CANCELLED])))
+
+    def complete(self, call: _Call, outcome: Outcome) -> None:
+        """A call finished (result, error, timeout or cancel); only the first completion counts."""
+        if call.done or self.closed:
+            return
+        call.done = True
+        if call.started:
+            self.running -= 1
+        if call.timer is not None:
+            call.timer.cancel()
+        if not call.request.is_notification:
+            key = j.id_key(call.request.id)
+            if self.inflight.get(key) is call:
+                del self.inflight[key]
+        call.group.add(call.slot, None if call.request.is_notification else _answer(call, outcome))
+        while self.waiting and self.running < self.d.max_concurrent_calls:
+            nxt = self.waiting.popleft()
+            if not nxt.done:
+                self._start(nxt)
+        if self.on_progress is not None:
+            self.on_progress()
+
+    def close(self) -> None:
+        """The connection is gone: cancel what runs, forget what waits."""
+        self.closed = True
+        for call in list(self.inflight.values()) + list(self.waiting):
+            call.done = True
+            if call.timer is not None:
+                call.timer.cancel()
+            if call.future is not None:
+                call.future.cancel()
+        self.inflight.clear()
+        self.waiting.clear()
+
+
+def _answer(call: _Call, outcome: Outcome) -> j.Response | j.ErrorResponse:
+    ok, value = outcome
+    if ok:
+        return j.Response(call.request.id, value)
+    return j.ErrorResponse(call.request.id, value)
