@@ -120,7 +120,8 @@ class _tolerate_reset:
 
 # ---- concurrency ---------------------------------------------------------------------------------
 def test_200_concurrent_clients(concurrent_engine: str) -> None:
-    with running_server(EchoProtocol, concurrent_engine, workers=64, queue_size=256) as srv:
+    # A pool worker serves one connection until it closes: 200 open clients need 200 workers.
+    with running_server(EchoProtocol, concurrent_engine, workers=200, queue_size=256) as srv:
         socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=20) for _ in range(200)]
         try:
             for i, s in enumerate(socks):
