@@ -66,6 +66,8 @@ class HeadFramer:
         self.max_request_line = max_request_line
         self.max_head_size = max_head_size
         self._buf = bytearray()
+        self._scanned = 0  # bytes of _buf already checked
+        self._first_line = -1  # where the request line's CRLF is, once seen
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -77,23 +79,32 @@ class HeadFramer:
     def take_buffer(self) -> bytes:
         out = bytes(self._buf)
         self._buf.clear()
+        self._scanned = 0
+        self._first_line = -1
         return out
 
     def extract(self) -> bytes | None:
         """The complete head (with its final CRLF CRLF) if one is buffered, else ``None``.
 
+        Each byte is scanned once (``_scanned`` remembers how far), so a head dribbled in one byte
+        at a time costs linear, not quadratic, time.
+
         Raises:
             RemoteProtocolError: hint 400, 414 or 431 as described in the module docstring.
         """
         buf = self._buf
-        # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
-        skip = 0
-        while buf.startswith(b"\r\n", skip) and skip < 8:
-            skip += 2
-        if skip:
-            del buf[:skip]
-        end = buf.find(_CRLF2)
-        first = buf.find(b"\r\n")
+        if self._scanned == 0:
+            # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
+            skip = 0
+            while buf.startswith(b"\r\n", skip) and skip < 8:
+                skip += 2
+            if skip:
+                del buf[:skip]
+        start = max(0, self._scanned - 3)
+        end = buf.find(_CRLF2, start)
+        if self._first_line < 0:
+            self._first_line = buf.find(b"\r\n", max(0, self._scanned - 1))
+        first = self._first_line
         if (first < 0 and len(buf) > self.max_request_line) or first > self.max_request_line:
             raise RemoteProtocolError(f"request line longer than {self.max_request_line} bytes "
                                       "(max_request_line)", hint=414)
@@ -102,15 +113,18 @@ class HeadFramer:
             raise RemoteProtocolError(f"request head larger than {self.max_head_size} bytes (max_headers_size)",
                                       hint=431)
         # A bare LF anywhere in the head is refused (RFC 9112 §2.2 allows it; proxies disagree on it).
-        lf = buf.find(b"\n", 0, limit)
+        lf = buf.find(b"\n", self._scanned, limit)
         while lf >= 0:
             if lf == 0 or buf[lf - 1] != 0x0D:
                 raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
             lf = buf.find(b"\n", lf + 1, limit)
         if end < 0:
+            self._scanned = len(buf)
             return None
         head = bytes(buf[:end + 4])
         del buf[:end + 4]
+        self._scanned = 0
+        self._first_line = -1
         _check_fields(head)
         return head
 
@@ -152,6 +166,7 @@ class Http1Parser:
         self._eof = False
         self._stopped = False  # after an upgrade head: nothing more is parsed as HTTP
         self._head_emitted = False
+        self._chunked = False
 
     @property
     def in_request(self) -> bool:
@@ -203,6 +218,7 @@ class Http1Parser:
             if isinstance(event, h11.Request):
                 head = self._make_head(event)
                 self._head = head
+                self._chunked = any(n == b"transfer-encoding" for n, _ in head.headers)
                 if head.upgrade is not None:
                     # The bytes after an upgrade head belong to the next protocol (RFC 9110 §7.8).
                     data, _closed = conn.trailing_data
@@ -219,6 +235,10 @@ class Http1Parser:
                 self._body += event.data
                 continue
             if isinstance(event, h11.EndOfMessage):
+                if event.headers:
+                    # h11 parses trailer lines leniently (a bare LF passes); no handler here uses
+                    # trailers, so refusing them removes that desync lever (RFC 9110 §6.5.1 lets us).
+                    raise RemoteProtocolError("trailer fields after a chunked body are not accepted", hint=400)
                 assert self._head is not None
                 done = RequestComplete(self._head, bytes(self._body))
                 data, _closed = conn.trailing_data
@@ -228,6 +248,10 @@ class Http1Parser:
                 self.framer.feed(data)
                 return done
             if event is h11.NEED_DATA:
+                if self._chunked and b"\n" in conn.trailing_data[0]:
+                    # h11 has consumed every complete chunk line and all chunk data it could: a LF
+                    # left in its buffer can only end a chunk-size or trailer line without its CR.
+                    raise RemoteProtocolError("bare LF in the chunked framing: lines must end with CRLF", hint=400)
                 if self._eof:
                     raise RemoteProtocolError("connection closed in the middle of a request body", hint=400)
                 return None
@@ -253,6 +277,8 @@ class Http1Parser:
             elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
                 has_body = True
         version = bytes(req.http_version)
+        if version not in (b"1.0", b"1.1"):  # RFC 9110 §15.6.6
+            raise RemoteProtocolError(f"HTTP/{version.decode()} is not supported", hint=505)
         if version == b"1.1":
             keep_alive = b"close" not in connection_tokens
         else:  # HTTP/1.0: persistent only when asked for (RFC 9112 §9.3)

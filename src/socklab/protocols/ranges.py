@@ -68,12 +68,12 @@ def parse_range(header: str | bytes, size: int) -> list[tuple[int, int]] | None:
                 spans.append((max(0, size - n), size - 1))
                 continue
             first = _int(first_s)
-            last = _int(last_s) if last_s else size - 1
-            if last < first:
+            last = _int(last_s) if last_s else None
+            if last is not None and last < first:
                 return None  # invalid range-spec: the whole header is ignored
             if first >= size:
                 continue
-            spans.append((first, min(last, size - 1)))
+            spans.append((first, size - 1 if last is None else min(last, size - 1)))
     except ValueError:
         return None
     if not spans:
