@@ -54,12 +54,28 @@ __all__ = ["AsyncioEngine", "UvloopEngine"]
 
 RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold: see the module docstring
 _LINGER_RST = struct.pack("ii", 1, 0)
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, 9 u32s, then tcpi_last_data_sent, _last_ack_sent,
+# tcpi_last_data_recv (milliseconds since the last data segment arrived).
+_TCP_INFO = getattr(socket, "TCP_INFO", 11)
+_LAST_DATA_RECV = 52
+_TCP_INFO_LEN = 56
 _HIDDEN_NOTE = ("the {loop} event loop makes the system calls itself and hides them: this trace shows "
                 "transport callbacks instead (level=transport)")
 
 
 def _drop(data: Any) -> None:
     """What ``write`` becomes after ``close``/``write_eof``: the bytes are dropped."""
+
+
+def _last_data_recv(sock: Any) -> float | None:
+    """Seconds since data last arrived on a TCP socket (Linux ``TCP_INFO``), or ``None``."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(raw) < _TCP_INFO_LEN:
+        return None
+    return float(struct.unpack_from("I", raw, _LAST_DATA_RECV)[0]) / 1000.0
 
 
 def _error(exc: BaseException | None, action: str) -> BaseException | None:
@@ -86,6 +102,7 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         self._peer: Any = None
         self._fdno: int | None = None
         self.active = False
+        self.kernel_clock: Any = None  # a socket whose TCP_INFO tells the last receive (see _read_directly)
         self.last_activity = time.monotonic()
         self._refused = False
         self._made = False
@@ -132,6 +149,22 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         if self.tracer is None:  # the hot path: the app calls the loop's methods directly
             self.write = t.write  # type: ignore[method-assign]
             self.get_write_buffer_size = t.get_write_buffer_size  # type: ignore[method-assign]
+            if self.engine.direct_reads and not isinstance(app, BufferedProtocol):
+                self._read_directly(t, app)
+
+    def _read_directly(self, t: asyncio.Transport, app: Protocol) -> None:
+        """Let the loop call the app's ``data_received`` itself: no adapter frame per read.
+
+        Only for plain TCP, where the idle sweep can ask the kernel instead of a per-read flag:
+        TCP_INFO's ``tcpi_last_data_recv`` is the milliseconds since data last arrived.
+        """
+        sock = t.get_extra_info("socket")
+        if t.get_extra_info("sslcontext") is not None or sock is None or \
+                sock.family not in (socket.AF_INET, socket.AF_INET6) or _last_data_recv(sock) is None:
+            return
+        self.data_received = app.data_received  # type: ignore[method-assign]
+        self.kernel_clock = sock
+        t.set_protocol(self)  # uvloop caches protocol.data_received: make it cache the app's
 
     def _feed_buffered(self, data: bytes) -> None:
         """Hand bytes to a socklab BufferedProtocol through its own buffer."""
@@ -452,10 +485,12 @@ class _AioEngine(Engine):
 
     stream_class: type[_Stream] = _Stream
     traced_stream_class: type[_Stream] = _TracedStream
+    direct_reads = False  # may the loop call the app's data_received directly? (see _read_directly)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop: asyncio.AbstractEventLoop = self._new_loop()
+        self.loop.set_exception_handler(self._on_loop_error)
         self._listeners: list[_Listener] = []
         self._endpoints: list[_Datagram] = []
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -465,6 +500,25 @@ class _AioEngine(Engine):
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         raise NotImplementedError
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop caught an exception from a callback: one line via ``report_error``, serve on.
+
+        A protocol callback that raised has already had its connection closed by the loop (the
+        exception goes to ``connection_lost``), exactly as on socklab's own engines.
+        """
+        exc = context.get("exception")
+        if not isinstance(exc, Exception):
+            loop.default_exception_handler(context)
+            return
+        bridge = context.get("protocol")
+        if isinstance(bridge, _Stream) and bridge._made:
+            where = f"{type(bridge.protocol).__name__} (a protocol callback)"
+        elif isinstance(bridge, _Datagram):
+            where = f"{type(bridge.app).__name__} (a datagram protocol callback)"
+        else:
+            where = str(context.get("message") or "a loop callback")
+        self.report_error(exc, where)
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self, ready: Callable[[], None] | None = None) -> None:
@@ -535,9 +589,14 @@ class _AioEngine(Engine):
         # then let the shared policy compare it with idle_timeout.
         now = time.monotonic()
         for conn in self.connections:
-            if conn.active:  # type: ignore[attr-defined]
-                conn.active = False  # type: ignore[attr-defined]
-                conn.last_activity = now
+            stream = cast(_Stream, conn)
+            if stream.active:
+                stream.active = False
+                stream.last_activity = now
+            elif stream.kernel_clock is not None:
+                quiet = _last_data_recv(stream.kernel_clock)
+                if quiet is not None:
+                    stream.last_activity = max(stream.last_activity, now - quiet)
         super()._sweep_idle()
 
     # ---- sockets -------------------------------------------------------------------------------
@@ -656,6 +715,7 @@ class UvloopEngine(_AioEngine):
         concurrent=True, supports=frozenset({"tcp", "udp", "unix", "tls", "client"}),
         choose_when="the fastest loop for many connections with small messages",
         limits="needs the uvloop package; no loop.sendfile(); syscalls are traced at the transport level")
+    direct_reads = True
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         import uvloop
