@@ -207,6 +207,12 @@ class ServerProcess:
             return self._stderr.read().decode(errors="replace")
         return ""
 
+    def last_error(self) -> str:
+        """The most telling line of the server's stderr (the exception line of a traceback, if any)."""
+        lines = [ln.strip() for ln in self.stderr_text().splitlines() if ln.strip()]
+        exc = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln)]
+        return (exc or lines or ["no output"])[-1]
+
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None

@@ -57,6 +57,16 @@ def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def human_bytes(v: float | None) -> str:
+    """``420 B``, ``4.8 KiB``, ``12.3 MiB``."""
+    if v is None:
+        return "-"
+    for unit, scale in (("MiB", 2**20), ("KiB", 1024)):
+        if abs(v) >= scale:
+            return f"{v / scale:,.1f} {unit}"
+    return f"{v:,.0f} B"
+
+
 def _mib(v: float | None) -> str:
     return "-" if v is None else f"{v / 2**20:,.1f}"
 
@@ -90,7 +100,7 @@ def sweep_table(results: Sequence[Result], title: str) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column("server", no_wrap=True)
     for lv in levels:
-        t.add_column(f"{lv:,} conns\nheld / req/s / KiB per conn", justify="right", no_wrap=True)
+        t.add_column(f"{lv:,} conns\nheld / req/s / per conn", justify="right", no_wrap=True)
     cell = {(r.name, r.load.connections + r.load.idle): r for r in results}
     for name in names:
         row = [name]
@@ -99,11 +109,11 @@ def sweep_table(results: Sequence[Result], title: str) -> Table:
             if r is None:
                 row.append("")
             elif r.error is not None:
-                row.append(f"[red]failed[/red] {escape(r.error[:30])}")
+                row.append(f"[red]failed:[/red] {escape(r.error[:48])}")
             else:
                 per = r.bytes_per_connection
                 held = f"{r.held:,}" if r.held >= lv else f"[red]{r.held:,}[/red]"
-                row.append(f"{held} / {r.rps:,.0f} / {_num(None if per is None else per / 1024, '{:,.1f}')}")
+                row.append(f"{held} / {r.rps:,.0f} / {human_bytes(per)}")
         t.add_row(*row)
     return t
 

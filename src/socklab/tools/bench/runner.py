@@ -213,10 +213,10 @@ def _measure(spec: ServerSpec, load: Load, server_cores: set[int] | None, gen_cp
         sample = run_loadgen(server.host, server.port, load, cpu=gen_cpu, server=server,
                              connect_timeout=connect_timeout)
         if not server.alive():
-            raise SocklabError(f"server {spec.name} died during the run: {server.stderr_text()[-500:]}")
+            raise SocklabError(f"server died during the run: {server.last_error()}")
     wanted = load.connections + load.idle
     if sample["held"] == 0 or (load.idle == 0 and sample["held"] < wanted):
-        raise SocklabError(f"server {spec.name} served {sample['held']} of {wanted} connections "
+        raise SocklabError(f"served {sample['held']} of {wanted} connections "
                            f"({sample['first_error'] or 'no reply'})")
     return sample, rss_idle
 

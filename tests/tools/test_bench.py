@@ -1,0 +1,260 @@
+"""socklab bench: the C programs build and measure, servers start and are watched, results render.
+
+Quick runs only (well under a second of load each) and no performance assertions: these tests
+check that the tooling measures *something sane*, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from socklab.core.errors import SocklabError, UsageError
+from socklab.tools.bench import build, report
+from socklab.tools.bench.procs import REFERENCE_FOR, ServerProcess, ServerSpec, pick_cores, server_specs
+from socklab.tools.bench.runner import Load, Result, run_echo, run_loadgen, run_sweep
+
+QUICK = Load(connections=4, size=1024, pipeline=1, duration=0.4, warmup=0.1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Compile into a temporary cache, not the user's ~/.cache."""
+    d = tmp_path_factory.mktemp("bench-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOCKLAB_BENCH_CACHE", str(d))
+        yield d
+
+
+@pytest.fixture
+def c_server() -> Iterator[ServerProcess]:
+    spec = ServerSpec("C epoll", "c", (str(build.binary("echo_server")), "--port", "0"))
+    with ServerProcess(spec) as srv:
+        yield srv
+
+
+def check_sane(res: dict[str, Any], load: Load) -> None:
+    """The loadgen JSON: everything connected, round trips counted, percentiles ordered."""
+    assert res["connections"] == load.connections and res["idle"] == load.idle
+    assert res["held"] == load.connections + load.idle == res["alive"]
+    assert res["errors"] == 0 and res["connect_errors"] == 0 and res["first_error"] == ""
+    assert res["requests"] > 0 and res["rps"] > 0 and res["mbps"] > 0
+    assert res["duration"] == pytest.approx(load.duration, abs=0.25)
+    in_flight = load.connections * load.pipeline * load.size
+    assert abs(res["bytes"] - res["requests"] * load.size) <= in_flight
+    lat = res["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"]
+    assert lat["p999"] <= lat["max"] * 1.05  # bucket midpoints may sit a little above the max
+    assert res["cpu"]["user"] >= 0 and res["cpu"]["sys"] >= 0 and 0 <= res["cpu"]["percent"] <= 200
+
+
+# ---- building ------------------------------------------------------------------------------------
+def test_build_compiles_once_into_the_cache(bench_cache: Path) -> None:
+    first = build.binary("loadgen")
+    assert first.parent == bench_cache and first.stat().st_mode & 0o111
+    assert build.binary("loadgen") == first
+    assert subprocess.run([str(first), "--bogus"], capture_output=True, check=False).returncode == 2
+
+
+def test_build_recompiles_when_the_source_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "echo_server.c"
+    shutil.copy(build.C_DIR / "echo_server.c", src)
+    monkeypatch.setattr(build, "C_DIR", tmp_path)
+    before = build.binary("echo_server")
+    src.write_text(src.read_text() + "\n/* changed */\n")
+    after = build.binary("echo_server")
+    assert before != after and after.exists()
+
+
+def test_build_reports_compile_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "loadgen.c").write_text("int main(void) { return nope; }\n")
+    monkeypatch.setattr(build, "C_DIR", tmp_path)
+    with pytest.raises(build.BuildError, match=r"compiling loadgen\.c failed"):
+        build.binary("loadgen")
+    with pytest.raises(build.BuildError, match="unknown benchmark program"):
+        build.binary("wrk")
+
+
+# ---- the load generator --------------------------------------------------------------------------
+def test_loadgen_against_the_c_server(c_server: ServerProcess) -> None:
+    res = run_loadgen(c_server.host, c_server.port, QUICK, server=c_server)
+    check_sane(res, QUICK)
+    assert res["size"] == 1024 and res["pipeline"] == 1
+    assert res["server_cpu_percent"] >= 0 and res["server_rss_start"] > 0 and res["server_rss_end"] > 0
+
+
+def test_loadgen_pipelines_64k_messages_and_holds_idle_connections(c_server: ServerProcess) -> None:
+    load = Load(connections=3, size=65536, pipeline=4, duration=0.3, warmup=0.0, idle=40)
+    check_sane(run_loadgen(c_server.host, c_server.port, load), load)
+
+
+def test_loadgen_against_socklab_epoll(spawn: Callable[..., Any]) -> None:
+    proc = spawn("echo", "serve", "--engine", "epoll", "--host", "127.0.0.1", "--port", "0")
+    m = proc.wait_for(r"socklab echo listening on tcp://127\.0\.0\.1:(\d+) \(engine epoll\)")
+    check_sane(run_loadgen("127.0.0.1", int(m[1]), QUICK), QUICK)
+
+
+def test_loadgen_reports_refused_connections() -> None:
+    with socket.socket() as bound_not_listening:  # its port refuses connections, and nobody else gets it
+        bound_not_listening.bind(("127.0.0.1", 0))
+        port = bound_not_listening.getsockname()[1]
+        res = run_loadgen("127.0.0.1", port, Load(connections=3, duration=0.2, warmup=0))
+    assert res["held"] == 0 and res["connect_errors"] == 3 and res["requests"] == 0
+    assert "refused" in res["first_error"].lower()
+
+
+# ---- servers under test --------------------------------------------------------------------------
+def echo_once(host: str, port: int, payload: bytes = b"hello bench\n") -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize("ref", sorted(set(REFERENCE_FOR.values())))
+def test_reference_servers_echo(ref: str) -> None:
+    spec = next(s for s in server_specs([e for e, r in REFERENCE_FOR.items() if r == ref][:1],
+                                        references=True, with_c=False, targets=[]) if s.kind == "reference")
+    with ServerProcess(spec) as srv:
+        assert echo_once(srv.host, srv.port) == b"hello bench\n"
+        assert srv.cpu_seconds() is not None and (srv.rss_bytes() or 0) > 0
+
+
+def test_standin_prints_the_same_readiness_line() -> None:
+    spec = ServerSpec("standin", "socklab", (sys.executable, "-m", "socklab.tools.bench.standin",
+                                             "--engine", "epoll", "--port", "0"), engine="epoll")
+    with ServerProcess(spec) as srv:
+        assert re.search(r"socklab echo listening on tcp://127\.0\.0\.1:\d+ \(engine epoll\)", srv.output[0])
+        assert echo_once(srv.host, srv.port) == b"hello bench\n"
+
+
+def test_a_server_that_never_gets_ready_is_reported() -> None:
+    spec = ServerSpec("broken", "socklab", (sys.executable, "-c", "import sys; print('nope'); "
+                                                                 "sys.exit('bind failed: boom')"))
+    with pytest.raises(SocklabError, match=r"exited before it was ready(.|\n)*bind failed: boom"):
+        ServerProcess(spec).start()
+
+
+def test_pinning_choice_is_explained() -> None:
+    server, gen, why = pick_cores()
+    if server is None:
+        assert gen is None and "no pinning" in why
+    else:
+        assert gen not in server and f"core {gen}" in why
+
+
+def test_run_echo_compares_engine_reference_and_c() -> None:
+    specs = server_specs(["epoll"], references=True, with_c=True, targets=[])
+    assert [s.name for s in specs] == ["C epoll", "ref:selectors_loop", "epoll"]
+    results = run_echo(specs, QUICK, repeats=1)
+    for r in results:
+        assert r.error is None, r.error
+        assert r.rps > 0 and r.held == QUICK.connections and r.errors == 0 and len(r.samples) == 1
+        assert r.server_cpu is not None and r.rss is not None and r.rss_idle is not None
+    ratios = report.ratios(results)
+    assert ratios["epoll"][0] == pytest.approx(results[2].rps / results[1].rps)
+    assert ratios["C epoll"][1] == pytest.approx(1.0)
+
+
+def test_every_concurrent_engine_can_be_measured(concurrent_engine: str) -> None:
+    spec = server_specs([concurrent_engine], references=False, with_c=False, targets=[])[0]
+    [res] = run_echo([spec], Load(connections=4, duration=0.2, warmup=0.0), repeats=1)
+    assert res.error is None and res.rps > 0 and res.held == 4
+
+
+def test_sweep_holds_idle_connections_and_prices_them() -> None:
+    spec = server_specs(["epoll"], references=False, with_c=False, targets=[], max_connections=500)[0]
+    results = run_sweep([spec], [5, 200], active=2, base=Load(duration=0.3, warmup=0.0))
+    assert [(r.load.connections, r.load.idle) for r in results] == [(2, 3), (2, 198)]
+    for r in results:
+        assert r.error is None and r.held == r.load.connections + r.load.idle
+        assert r.bytes_per_connection is not None
+
+
+def test_cli_echo_json(spawn: Callable[..., Any]) -> None:
+    proc = spawn("bench", "echo", "--engines", "epoll", "--no-reference", "--with-c", "--connections", "2",
+                 "--duration", "0.3", "--warmup", "0", "--repeat", "1", "--json")
+    out, err = proc.popen.communicate(timeout=50)
+    assert proc.popen.returncode == 0, err
+    doc = json.loads(out)
+    assert [r["name"] for r in doc["results"]] == ["C epoll", "epoll"]
+    assert doc["results"][1]["vs_c"] > 0 and doc["meta"]["load"]["connections"] == 2
+
+
+def test_cli_refuses_iterative_with_several_connections(spawn: Callable[..., Any]) -> None:
+    proc = spawn("bench", "echo", "--engines", "iterative", "--duration", "0.2")
+    _, err = proc.popen.communicate(timeout=30)
+    assert proc.popen.returncode == 2 and b"one connection at a time" in err
+
+
+# ---- rendering canned results --------------------------------------------------------------------
+def canned(name: str, kind: str, rps: float, *, engine: str | None = None, gen: float = 40.0,
+           load: Load = QUICK, error: str | None = None, rss: int = 30 << 20) -> Result:
+    return Result(name, kind, engine, load, rps=rps, mbps=rps * load.size / 1e6, p50=50, p90=80, p99=150,
+                  max_us=900, server_cpu=99.0, rss=rss, rss_idle=20 << 20, loadgen_cpu=gen, held=4, error=error)
+
+
+CANNED = [canned("C epoll", "c", 100_000, gen=96.0), canned("ref:selectors_loop", "reference", 80_000),
+          canned("epoll", "socklab", 88_000, engine="epoll"),
+          canned("asyncio", "socklab", 0, engine="asyncio", error="server died during the run: [boom]")]
+
+
+def test_echo_table_shows_ratios_failures_and_a_busy_generator() -> None:
+    console = Console(record=True, width=220)
+    console.print(report.echo_table(CANNED, "canned"))
+    text = console.export_text()
+    assert "1.10x" in text and "0.88x" in text and "1.00x" in text
+    assert "96!" in text  # the saturated generator is flagged
+    assert "failed: server died during the run: [boom]" in text  # markup in errors is escaped
+
+
+def test_json_carries_ratios() -> None:
+    doc = json.loads(report.to_json(CANNED, {"repeats": 1}))
+    epoll = next(r for r in doc["results"] if r["name"] == "epoll")
+    assert epoll["vs_reference"] == pytest.approx(1.1) and epoll["vs_c"] == pytest.approx(0.88)
+    assert epoll["reference"] == "ref:selectors_loop" and epoll["bytes_per_connection"] > 0
+
+
+def test_charts_are_self_contained_svg_and_html(tmp_path: Path) -> None:
+    svg, page = tmp_path / "echo.svg", tmp_path / "echo.html"
+    report.write_chart(str(svg), CANNED, sweep=False, meta={"repeats": 1})
+    root = ET.parse(svg).getroot()  # well-formed XML
+    assert root.tag.endswith("svg") and "88,000 req/s" in svg.read_text()
+    report.write_chart(str(page), CANNED, sweep=False, meta={"repeats": 1})
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and "<svg" in html and "<script" not in html
+    assert "http" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from anywhere
+    with pytest.raises(UsageError, match=r"\.svg or \.html"):
+        report.write_chart(str(tmp_path / "echo.png"), CANNED, sweep=False, meta={})
+
+
+def test_sweep_table_and_chart(tmp_path: Path) -> None:
+    rows = []
+    for total in (10, 1000):
+        load = Load(connections=2, idle=total - 2)
+        rows.append(canned("epoll", "socklab", 50_000, engine="epoll", load=load, rss=(20 << 20) + total * 2048))
+        rows.append(canned("select", "socklab", 40_000, engine="select", load=load,
+                           error="server died during the run: fd 1024" if total > 1000 else None))
+    rows[-1].held = 600
+    console = Console(record=True, width=220)
+    console.print(report.sweep_table(rows, "sweep"))
+    text = console.export_text()
+    assert "1,000 conns" in text and "2.0 KiB" in text and "600 / 40,000" in text
+    report.write_chart(str(tmp_path / "sweep.svg"), rows, sweep=True, meta={})
+    assert ET.parse(tmp_path / "sweep.svg").getroot().tag.endswith("svg")
