@@ -205,14 +205,16 @@ def test_cli_refuses_iterative_with_several_connections(spawn: Callable[..., Any
 
 # ---- rendering canned results --------------------------------------------------------------------
 def canned(name: str, kind: str, rps: float, *, engine: str | None = None, gen: float = 40.0,
-           load: Load = QUICK, error: str | None = None, rss: int = 30 << 20) -> Result:
+           load: Load = QUICK, error: str | None = None, rss: int | None = 30 << 20,
+           srv: float | None = 99.0) -> Result:
     return Result(name, kind, engine, load, rps=rps, mbps=rps * load.size / 1e6, p50=50, p90=80, p99=150,
-                  max_us=900, server_cpu=99.0, rss=rss, rss_idle=20 << 20, loadgen_cpu=gen, held=4, error=error)
+                  max_us=900, server_cpu=srv, rss=rss, rss_idle=20 << 20, loadgen_cpu=gen, held=4, error=error)
 
 
-CANNED = [canned("C epoll", "c", 100_000, gen=96.0), canned("ref:selectors_loop", "reference", 80_000),
+CANNED = [canned("C epoll", "c", 100_000, gen=97.0), canned("ref:selectors_loop", "reference", 80_000),
           canned("epoll", "socklab", 88_000, engine="epoll"),
-          canned("asyncio", "socklab", 0, engine="asyncio", error="server died during the run: [boom]")]
+          canned("asyncio", "socklab", 0, engine="asyncio", error="server died during the run: [boom]"),
+          canned("127.0.0.1:9000", "target", 120_000, gen=96.0, srv=None, rss=None)]
 
 
 def test_echo_table_shows_ratios_failures_and_a_busy_generator() -> None:
@@ -220,7 +222,8 @@ def test_echo_table_shows_ratios_failures_and_a_busy_generator() -> None:
     console.print(report.echo_table(CANNED, "canned"))
     text = console.export_text()
     assert "1.10x" in text and "0.88x" in text and "1.00x" in text
-    assert "96!" in text  # the saturated generator is flagged
+    assert "96!" in text and "97!" not in text  # flagged only when the generator, not the server, was busy
+    assert "9.9" in text  # server CPU µs per request: 0.99 s / 100,000
     assert "failed: server died during the run: [boom]" in text  # markup in errors is escaped
 
 

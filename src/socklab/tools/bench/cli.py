@@ -78,6 +78,15 @@ def _targets(values: tuple[str, ...]) -> list[tuple[str, int]]:
     return out
 
 
+def _save(path: str | None, results: Any, meta: dict[str, Any], err: Console) -> None:
+    if path:
+        from socklab.tools.bench.report import to_json
+
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(to_json(results, meta) + "\n")
+        err.print(f"figures saved to {path}")
+
+
 def _meta(load: Any, repeats: int, pinning: str, **more: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -119,14 +128,15 @@ def bench() -> None:
 @click.option("--target", "targets", metavar="HOST:PORT", multiple=True,
               help="Also measure an already running echo server (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
 @click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--no-reference", is_flag=True, help="Skip the plain reference servers.")
 @click.option("--with-c", is_flag=True, help="Also run the single-threaded C epoll echo server.")
 @click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
-         repeat: int, targets: tuple[str, ...], as_json: bool, chart: str | None, no_reference: bool,
-         with_c: bool, sweep: bool) -> None:
+         repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
+         no_reference: bool, with_c: bool, sweep: bool) -> None:
     """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
 
     Every server runs in its own process pinned to one core; the C load generator runs on
@@ -137,11 +147,11 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if sweep:
         ctx = click.get_current_context()
         ctx.invoke(sweep_cmd, engines_opt=engines_opt, size=size, active=10, pipeline=pipeline,
-                   duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, chart=chart,
+                   duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, save=save, chart=chart,
                    with_c=with_c, levels="10,100,1000,10000")
         return
     from socklab.tools.bench.procs import pick_cores, server_specs
-    from socklab.tools.bench.report import echo_table, to_json, write_chart
+    from socklab.tools.bench.report import echo_table, generator_bound, to_json, write_chart
     from socklab.tools.bench.runner import Load, raise_nofile, run_echo
 
     err = Console(stderr=True)
@@ -163,6 +173,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"))
     meta = _meta(load, repeat, pinning, command="echo")
+    _save(save, results, meta, err)
     if chart:
         write_chart(chart, results, sweep=False, meta=meta)
         err.print(f"chart written to {chart}")
@@ -172,9 +183,9 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
              f"median of {repeat} x {duration:g} s ({pinning})")
     out.print(echo_table(results, title))
-    if any(r.loadgen_cpu >= 90 for r in results if r.error is None):
-        err.print("[yellow]![/yellow] the load generator was nearly saturated on that row: the figure is a "
-                  "lower bound for the server")
+    if any(generator_bound(r) for r in results if r.error is None):
+        err.print("[yellow]![/yellow] on a flagged row the load generator was busier than the server: the "
+                  "figure is a lower bound for the server (see `socklab bench calibrate`)")
 
 
 @bench.command("sweep")
@@ -194,11 +205,13 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
               help="Seconds of load before measuring.")
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per step.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
 @click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
 @run_cli
 def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipeline: int, duration: float,
-              warmup: float, repeat: int, as_json: bool, chart: str | None, with_c: bool) -> None:
+              warmup: float, repeat: int, as_json: bool, save: str | None, chart: str | None,
+              with_c: bool) -> None:
     """How each engine scales from 10 to 10,000 mostly idle connections, and what one costs in memory.
 
     Each step starts a fresh server, opens the connections (each does one round trip, proving the
@@ -235,6 +248,7 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
     results = run_sweep(specs, steps, active=active, base=base, repeats=repeat, server_cores=server_cores,
                         gen_cpu=gen_cpu, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
     meta = _meta(base, repeat, pinning, command="sweep", levels=steps)
+    _save(save, results, meta, err)
     if chart:
         write_chart(chart, results, sweep=True, meta=meta)
         err.print(f"chart written to {chart}")
@@ -242,6 +256,64 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
         click.echo(to_json(results, meta))
         return
     _console().print(sweep_table(results, f"connection sweep, {active} active x {size:,} B ({pinning})"))
+
+
+CALIBRATION = ((1024, 20, 1), (1024, 20, 8), (65536, 10, 1), (1024, 200, 1))
+
+
+@bench.command()
+@click.option("--duration", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="Measured seconds per load.")
+@click.option("--warmup", type=click.FloatRange(0, 600), default=1.0, show_default=True,
+              help="Seconds of load before measuring.")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per load.")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
+@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
+@run_cli
+def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: str | None) -> None:
+    """Show that the load generator is not the limit: it drives the C server to a full core.
+
+    Runs the C epoll echo server under the benchmark's loads. When the server's core is busy
+    (srv CPU near 100 %) the server is the bottleneck, so any slower server measured with the same
+    generator is measured at its own limit. A row where only the generator is busy would mean the
+    opposite, and is said so.
+    """
+    from rich.table import Table
+
+    from socklab.tools.bench.procs import pick_cores, server_specs
+    from socklab.tools.bench.report import GEN_BUSY, to_json
+    from socklab.tools.bench.runner import Load, raise_nofile, run_echo
+
+    err = Console(stderr=True)
+    raise_nofile()
+    server_cores, gen_cpu, pinning = pick_cores()
+    err.print(f"[dim]{pinning}[/dim]")
+    [spec] = server_specs([], references=False, with_c=True, targets=[])
+    results = []
+    for size, conns, pipeline in CALIBRATION:
+        load = Load(connections=conns, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+        results += run_echo([spec], load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
+                            progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    meta = _meta(results[0].load, repeat, pinning, command="calibrate")
+    _save(save, results, meta, err)
+    if as_json:
+        click.echo(to_json(results, meta))
+        return
+    t = Table(title=f"load generator vs the C epoll echo server ({pinning})", title_justify="left")
+    for col in ("load", "req/s", "MB/s", "srv CPU %", "gen CPU %", "verdict"):
+        t.add_column(col, justify="left" if col in ("load", "verdict") else "right", no_wrap=True)
+    for r in results:
+        ld = r.load
+        what = f"{ld.size:,} B x {ld.connections} conns, pipeline {ld.pipeline}"
+        if r.error is not None:
+            t.add_row(what, "", "", "", "", f"[red]failed: {r.error[:60]}[/red]")
+            continue
+        srv = r.server_cpu or 0.0
+        verdict = ("[green]server core saturated: the generator is not the limit[/green]" if srv >= GEN_BUSY
+                   else "[yellow]generator-bound: figures are lower bounds[/yellow]" if r.loadgen_cpu >= GEN_BUSY
+                   else "neither core full: a busy machine, or latency-bound")
+        t.add_row(what, f"{r.rps:,.0f}", f"{r.mbps:,.1f}", f"{srv:.0f}", f"{r.loadgen_cpu:.0f}", verdict)
+    _console().print(t)
 
 
 @bench.command()

@@ -20,7 +20,7 @@ from rich.table import Table
 from socklab.core.errors import UsageError
 from socklab.tools.bench.runner import Result
 
-__all__ = ["bar_chart_svg", "echo_table", "line_chart_svg", "ratios", "ratios_by_level",
+__all__ = ["bar_chart_svg", "echo_table", "generator_bound", "line_chart_svg", "ratios", "ratios_by_level",
            "sweep_table", "to_json", "write_chart"]
 
 KIND_COLOR = {"c": "#555555", "reference": "#9a9a9a", "socklab": "#2a7ab9", "target": "#c0504d"}
@@ -42,6 +42,11 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
         vs_c = r.rps / c.rps if c is not None and r.error is None else None
         out[r.name] = (vs_ref, vs_c)
     return out
+
+
+def generator_bound(r: Result) -> bool:
+    """The load generator, not the server, may have set this figure: it was busy, the server was not."""
+    return r.loadgen_cpu >= GEN_BUSY and (r.server_cpu is None or r.server_cpu < GEN_BUSY)
 
 
 def ratios_by_level(results: Sequence[Result]) -> dict[tuple[str, int], tuple[float | None, float | None]]:
@@ -74,21 +79,22 @@ def _mib(v: float | None) -> str:
 def echo_table(results: Sequence[Result], title: str) -> Table:
     """The ``bench echo`` table: throughput, latency, costs, ratios, and the generator's CPU."""
     t = Table(title=title, title_justify="left")
-    for col in ("server", "req/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "srv CPU %", "RSS MiB",
+    for col in ("server", "req/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "srv CPU %", "CPU µs/req", "RSS MiB",
                 "vs ref", "vs C", "gen CPU %", "errors"):
         t.add_column(col, justify="left" if col == "server" else "right", no_wrap=True)
     rat = ratios(results)
     for r in results:
         if r.error is not None:
-            t.add_row(r.name, f"[red]failed: {escape(r.error[:60])}[/red]", *[""] * 10)
+            t.add_row(r.name, f"[red]failed: {escape(r.error[:60])}[/red]", *[""] * 11)
             continue
         vs_ref, vs_c = rat[r.name]
         gen = _num(r.loadgen_cpu, "{:.0f}")
-        if r.loadgen_cpu >= GEN_BUSY:
+        if generator_bound(r):
             gen = f"[yellow]{gen}![/yellow]"
         style = "bold" if r.kind == "socklab" else ("dim" if r.kind == "reference" else "")
         t.add_row(r.name, _num(r.rps), _num(r.mbps, "{:,.1f}"), _num(r.p50, "{:,.0f}"), _num(r.p90, "{:,.0f}"),
-                  _num(r.p99, "{:,.0f}"), _num(r.server_cpu, "{:.0f}"), _mib(r.rss), _num(vs_ref, "{:.2f}x"),
+                  _num(r.p99, "{:,.0f}"), _num(r.server_cpu, "{:.0f}"), _num(r.cpu_us_per_request, "{:.1f}"),
+                  _mib(r.rss), _num(vs_ref, "{:.2f}x"),
                   _num(vs_c, "{:.2f}x"), gen, str(r.errors), style=style)
     return t
 
@@ -234,7 +240,8 @@ def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict
         rows = "\n".join(
             f"<tr><td>{html.escape(r.name)}</td><td>{r.load.connections + r.load.idle:,}</td>"
             f"<td>{r.rps:,.0f}</td><td>{r.mbps:,.1f}</td><td>{r.p50:,.0f}</td><td>{r.p90:,.0f}</td>"
-            f"<td>{r.p99:,.0f}</td><td>{_num(r.server_cpu, '{:.0f}')}</td><td>{_mib(r.rss)}</td>"
+            f"<td>{r.p99:,.0f}</td><td>{_num(r.server_cpu, '{:.0f}')}</td>"
+            f"<td>{_num(r.cpu_us_per_request, '{:.1f}')}</td><td>{_mib(r.rss)}</td>"
             f"<td>{_num(rat[lv(r)][0], '{:.2f}x')}</td><td>{_num(rat[lv(r)][1], '{:.2f}x')}</td>"
             f"<td>{r.loadgen_cpu:.0f}</td><td>{html.escape(r.error or '')}</td></tr>" for r in results)
         settings = html.escape(json.dumps(meta, indent=2))
@@ -243,7 +250,7 @@ def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict
                "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
                "</style></head><body>\n<h1>socklab bench</h1>\n" + "\n".join(svgs) +
                "\n<table><tr><th>server</th><th>conns</th><th>req/s</th><th>MB/s</th><th>p50 µs</th>"
-               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
+               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>CPU µs/req</th><th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
                f"<th>gen CPU %</th><th>error</th></tr>\n{rows}\n</table>\n<h2>Settings</h2><pre>{settings}</pre>"
                "\n</body></html>\n")
     else:

@@ -86,6 +86,13 @@ class Result:
         return f"ref:{ref}" if ref else None
 
     @property
+    def cpu_us_per_request(self) -> float | None:
+        """Server CPU time per round trip, microseconds: steadier than req/s on a shared machine."""
+        if self.server_cpu is None or self.rps <= 0:
+            return None
+        return self.server_cpu / 100.0 / self.rps * 1e6
+
+    @property
     def bytes_per_connection(self) -> float | None:
         """Memory the server gained per open connection (RSS under load minus RSS before)."""
         total = self.load.connections + self.load.idle
@@ -97,6 +104,7 @@ class Result:
         d = asdict(self)
         d["reference"] = self.reference
         d["bytes_per_connection"] = self.bytes_per_connection
+        d["cpu_us_per_request"] = self.cpu_us_per_request
         return d
 
 
