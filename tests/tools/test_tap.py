@@ -1,0 +1,275 @@
+"""The tap relay with real sockets: byte-exact relay, each TCP and UDP fault, seeds, control API, replay."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
+from socklab.core.protocol import Protocol
+from socklab.core.server import Server
+from socklab.core.settings import ServerSettings
+from socklab.core.transport import Transport
+from socklab.protocols.faults import FaultSchedule
+from socklab.tools.tap import Fault, Tap
+from socklab.tools.tap.control import request
+from socklab.tools.tap.observe import RecordObserver
+from socklab.tools.tap.replay import replay
+from socklab.core.sockets import Endpoint
+from tests.tools.test_tap_faults import binomial_interval
+
+
+class Source(Protocol):
+    """Sends ``size`` bytes on connect, then FIN."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        transport.write(os.urandom(16) * (self.size // 16) + b"z" * (self.size % 16))
+        transport.write_eof()
+
+    def eof_received(self) -> bool:
+        return False
+
+
+class Sink(Protocol):
+    """Counts bytes; on the client's FIN answers with the count and closes."""
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport, self.n = transport, 0
+
+    def data_received(self, data: bytes) -> None:
+        self.n += len(data)
+
+    def eof_received(self) -> bool:
+        self.transport.write(str(self.n).encode())
+        return False
+
+
+@contextlib.contextmanager
+def server(factory: Any, udp: bool = False) -> Iterator[Server]:
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll"))
+    if udp:
+        srv.listen_udp(factory)
+    else:
+        srv.listen(factory)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown(timeout=1)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_no_fault_relays_byte_exact_both_ways_with_half_close() -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), seed=1) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as sock:
+            result: list[bytes] = []
+            reader = threading.Thread(target=lambda: result.append(read_all(sock)))
+            reader.start()
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)  # half-close: the echo still comes back
+            reader.join(10)
+        assert hashlib.sha256(result[0]).digest() == hashlib.sha256(payload).digest()
+        assert tap.fault_log == []
+
+
+def test_latency_within_ten_percent() -> None:
+    with server(EchoProtocol) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("latency", "downstream", latency=100)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            rtts = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                sock.sendall(b"ping\n")
+                assert sock.recv(100) == b"ping\n"
+                rtts.append(time.monotonic() - t0)
+        assert 0.090 <= statistics.median(rtts) <= 0.110
+
+
+def test_bandwidth_within_ten_percent() -> None:
+    size, rate = 1_000_000, 2_000_000
+    with server(Sink) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=rate)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as sock:
+            t0 = time.monotonic()
+            sock.sendall(b"b" * size)
+            sock.shutdown(socket.SHUT_WR)
+            assert read_all(sock) == str(size).encode()
+            elapsed = time.monotonic() - t0
+    assert 0.9 * size / rate <= elapsed <= 1.1 * size / rate
+
+
+@pytest.mark.parametrize("limit", [1, 1000, 100_000])
+def test_limit_data_closes_after_exactly_n_bytes(limit: int) -> None:
+    with server(lambda: Source(300_000)) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("limit_data", bytes=limit)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            assert len(read_all(sock)) == limit
+        assert [e.kind for e in tap.fault_log] == ["limit_data"]
+
+
+def test_reset_peer_gives_econnreset() -> None:
+    with server(EchoProtocol) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("reset_peer", timeout=50)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            sock.sendall(b"hello\n")
+            assert sock.recv(100) == b"hello\n"  # before the timeout the connection works
+            with pytest.raises(ConnectionResetError):
+                sock.recv(100)
+
+
+def test_slicer_fragments_writes_but_keeps_the_bytes() -> None:
+    with server(lambda: Source(5000)) as srv, Tap(target=("127.0.0.1", srv.port), faults=[
+            Fault("slicer", average_size=100, size_variation=20, delay=1)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            assert len(read_all(sock)) == 5000
+        assert any("slicer" in e.text for e in tap.fault_log)
+
+
+def test_timeout_holds_data_then_closes() -> None:
+    with server(EchoProtocol) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("timeout", "upstream", timeout=200)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            sock.sendall(b"lost\n")
+            assert read_all(sock) == b""  # nothing came back; the tap closed after 200 ms
+
+
+def test_slow_close_delays_the_fin() -> None:
+    with server(lambda: Source(10)) as srv, \
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("slow_close", delay=300)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            t0 = time.monotonic()
+            assert len(read_all(sock)) == 10
+            assert time.monotonic() - t0 >= 0.25
+
+
+def test_down_refuses_with_rst() -> None:
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), faults=[Fault("down")]) as tap:
+        with pytest.raises(ConnectionResetError), \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            sock.sendall(b"x")
+            sock.recv(10)  # the RST may surface at connect, send or recv: all are ECONNRESET
+
+
+def test_toxicity_on_real_connections_follows_the_seeded_schedule() -> None:
+    n, seed = 200, 42
+    faults = [Fault("reset_peer", toxicity=0.3)]
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), faults=faults, seed=seed) as tap:
+        for _ in range(n):
+            with contextlib.suppress(ConnectionResetError), \
+                    socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+                sock.sendall(b"x")
+                assert sock.recv(10) == b"x"
+    reset = sorted(e.conn for e in tap.fault_log if e.kind == "reset_peer")
+    expected = [i for i in range(n) if FaultSchedule(faults, seed).plan(i).has("reset_peer")]
+    assert reset == expected
+    lo, hi = binomial_interval(n, 0.3)
+    assert lo <= len(reset) <= hi
+
+
+def test_udp_relay_and_loss_sample() -> None:
+    with server(EchoDatagramProtocol, udp=True) as srv, Tap(
+            target=("127.0.0.1", srv.port), udp=True, seed=5,
+            faults=[Fault("loss", "upstream", probability=0.2)]) as tap:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(0.05)
+            got: set[bytes] = set()
+            n = 500
+            for batch in range(0, n, 50):
+                for i in range(batch, batch + 50):
+                    c.sendto(b"d%d" % i, ("127.0.0.1", tap.port))
+                deadline = time.monotonic() + 5
+                # every datagram is either echoed back or logged as lost by the tap
+                while len(got) + sum(e.kind == "loss" for e in tap.fault_log) < batch + 50:
+                    assert time.monotonic() < deadline
+                    with contextlib.suppress(TimeoutError):
+                        got.add(c.recvfrom(100)[0])
+    lost = n - len(got)
+    lo, hi = binomial_interval(n, 0.2)
+    assert lo <= lost <= hi
+    assert lost == sum(1 for e in tap.fault_log if e.kind == "loss")
+
+
+def test_udp_no_fault_relays_each_peer_separately() -> None:
+    with server(EchoDatagramProtocol, udp=True) as srv, Tap(target=("127.0.0.1", srv.port), udp=True) as tap:
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        try:
+            for i, s in enumerate(socks):
+                s.settimeout(2)
+                s.sendto(b"peer%d" % i, ("127.0.0.1", tap.port))
+            assert [s.recvfrom(100)[0] for s in socks] == [b"peer0", b"peer1", b"peer2"]
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_control_api_changes_faults_on_a_running_tap() -> None:
+    from socklab.tools.tap.control import ControlProtocol
+
+    with server(lambda: Source(5000)) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        ctl = tap.server.listen(lambda: ControlProtocol(tap), host="127.0.0.1", port=0, tls=False)
+        port = ctl[1]
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            assert len(read_all(sock)) == 5000
+        answer = request("127.0.0.1", port, {"op": "add", "fault": {"kind": "limit_data", "bytes": 10}})
+        assert answer["ok"], answer
+        assert request("127.0.0.1", port, {"op": "list"})["faults"][0]["kind"] == "limit_data"
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            assert len(read_all(sock)) == 10
+        assert request("127.0.0.1", port, {"op": "remove", "name": "limit_data_downstream"})["removed"]
+        assert request("127.0.0.1", port, {"op": "bogus"})["ok"] is False
+        assert request("127.0.0.1", port, {"op": "add", "fault": {"kind": "nope"}})["ok"] is False
+        assert request("127.0.0.1", port, {"op": "stats"})["stats"]["connections"] == 2
+
+
+def test_record_and_replay_against_another_engine(tmp_path: Path) -> None:
+    rec = tmp_path / "session.jsonl"
+    with server(EchoProtocol) as srv, \
+            Tap(target=("127.0.0.1", srv.port), observers=[RecordObserver(str(rec))]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            for line in (b"one\n", b"two\n"):
+                sock.sendall(line)
+                assert sock.recv(100) == line
+            sock.shutdown(socket.SHUT_WR)
+            read_all(sock)
+    assert all(json.loads(line)["conn"] == 0 for line in rec.read_text().splitlines())
+    other = Server(ServerSettings(host="127.0.0.1", port=0, engine="poll"))
+    other.listen(EchoProtocol)
+    with other:
+        results = replay(str(rec), Endpoint("127.0.0.1", other.port))
+        assert [r.matches for r in results] == [True]
+    with server(lambda: Source(3)) as wrong:
+        results = replay(str(rec), Endpoint("127.0.0.1", wrong.port), timeout=1)
+        assert not results[0].matches and "differs" in results[0].describe()
+
+
+def test_cli_prints_readiness_and_relays(spawn: Any) -> None:
+    with server(EchoProtocol) as srv:
+        proc = spawn("tap", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}", "--ctl", "0", "--seed", "3")
+        m = proc.wait_for(r"socklab tap listening on tcp://127\.0\.0\.1:(\d+) -> ")
+        ctl = proc.wait_for(r"control on tcp://127\.0\.0\.1:(\d+)")
+        with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=5) as sock:
+            sock.sendall(b"via cli\n")
+            assert sock.recv(100) == b"via cli\n"
+        assert request("127.0.0.1", int(ctl.group(1)), {"op": "list"})["seed"] == 3
