@@ -1,0 +1,196 @@
+"""The TFTP client: ``get`` and ``put`` over one UDP socket, timers from the socket timeout.
+
+Why this exists: a client has exactly one transfer, so it needs no event loop - a blocking UDP
+socket whose ``recvfrom`` waits until the machine's timer would fire is the whole adapter. The
+logic (options, windows, rollover, retransmission, TID checks) is the same sans-I/O machine the
+server runs (:mod:`socklab.protocols.tftp`).
+
+The server's transfer ID is learned from its first reply (RFC 1350 section 4): the request goes to
+port 69 (or ``--port``), everything after that to the port the answer came from.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from socklab.core.errors import NetworkError, RemoteProtocolError, translate_oserror
+from socklab.protocols import tftp
+
+__all__ = ["TftpClientOptions", "TftpResult", "tftp_get", "tftp_put"]
+
+
+@dataclass(frozen=True)
+class TftpClientOptions:
+    """What a client asks for. ``None`` leaves an option out of the request."""
+
+    mode: str = "octet"
+    blksize: int | None = None
+    windowsize: int | None = None
+    timeout: float = 1.0
+    max_retries: int = 5
+    tsize: bool = True
+    send_timeout_option: bool = False  # ask the server to use our timeout (RFC 2349; whole seconds)
+
+    def request_options(self, size: int | None) -> dict[str, str]:
+        opts: dict[str, str] = {}
+        if self.blksize is not None:
+            opts["blksize"] = str(self.blksize)
+        if self.windowsize is not None:
+            opts["windowsize"] = str(self.windowsize)
+        if self.send_timeout_option:
+            opts["timeout"] = str(max(1, round(self.timeout)))
+        if self.tsize and self.mode == "octet":
+            opts["tsize"] = str(size or 0)
+        return opts
+
+
+@dataclass(frozen=True)
+class TftpResult:
+    """What a finished transfer did."""
+
+    bytes: int
+    seconds: float
+    blksize: int
+    windowsize: int
+    tsize: int | None
+    retransmissions: int
+    packets_sent: int
+    unknown_tid: int
+
+    @property
+    def rate(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+def _run(machine: Any, request: tftp.Request, host: str, port: int,
+         progress: Callable[[int, int | None], None] | None) -> float:
+    try:
+        family, _, _, _, server = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)[0]
+    except OSError as exc:
+        raise translate_oserror(exc, f"resolving {host!r}") from exc
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    start = time.monotonic()
+    try:
+        deadline = 0.0
+        gen = -1
+
+        def send(out: list[tuple[bytes, Any]]) -> None:
+            for data, addr in out:
+                try:
+                    sock.sendto(data, addr)
+                except OSError as exc:
+                    raise translate_oserror(exc, f"sending to {addr[0]}:{addr[1]}") from exc
+
+        send(machine.request(request, server))
+        while True:
+            if machine.timer_generation != gen:
+                gen = machine.timer_generation
+                deadline = time.monotonic() + machine.timeout
+            if machine.finished:
+                break
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                send(machine.timer_expired())
+                continue
+            sock.settimeout(wait)
+            try:
+                data, addr = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable for an earlier datagram: the timer decides
+            except OSError as exc:
+                raise translate_oserror(exc, "receiving") from exc
+            send(machine.datagram_received(data, addr))
+            if progress is not None:
+                progress(machine.bytes, machine.options.tsize)
+        elapsed = time.monotonic() - start
+        if machine.state is tftp.State.DONE and isinstance(machine, tftp.Receiver):
+            # dally (RFC 1350 section 6): acknowledge the last block again if the server resends it
+            end = time.monotonic() + machine.timeout
+            while (wait := end - time.monotonic()) > 0:
+                sock.settimeout(wait)
+                try:
+                    data, addr = sock.recvfrom(65536)
+                except (TimeoutError, ConnectionRefusedError):
+                    break
+                send(machine.datagram_received(data, addr))
+        return elapsed
+    finally:
+        sock.close()
+
+
+def _check(machine: Any) -> None:
+    if machine.state is not tftp.State.DONE:
+        message = machine.error or "transfer failed"
+        if machine.error_code is not None and "timed out" not in message:
+            raise RemoteProtocolError(message, hint=machine.error_code)
+        raise NetworkError(message)
+
+
+def _result(machine: Any, seconds: float) -> TftpResult:
+    o = machine.options
+    return TftpResult(machine.bytes, seconds, o.blksize, o.windowsize, o.tsize, machine.retransmissions,
+                      machine.packets_sent, machine.unknown_tid)
+
+
+def tftp_get(host: str, port: int, remote: str, out: IO[bytes], options: TftpClientOptions | None = None,
+             progress: Callable[[int, int | None], None] | None = None) -> TftpResult:
+    """Download ``remote`` into the binary file ``out``.
+
+    Raises:
+        RemoteProtocolError: the server answered with ERROR (hint: its code) or broke the protocol.
+        NetworkError: no answer after ``max_retries`` timeouts, or a socket error.
+    """
+    o = options or TftpClientOptions()
+    decoder = tftp.NetasciiDecoder() if o.mode == "netascii" else None
+
+    def write(data: bytes) -> None:
+        out.write(decoder.decode(data) if decoder is not None else data)
+
+    machine = tftp.Receiver(write, tftp.TransferOptions(timeout=o.timeout), max_retries=o.max_retries)
+    req = tftp.Request(remote, o.mode, o.request_options(None))
+    seconds = _run(machine, req, host, port, progress)
+    _check(machine)
+    if decoder is not None:
+        out.write(decoder.decode(b"", final=True))
+    return _result(machine, seconds)
+
+
+def tftp_put(host: str, port: int, remote: str, src: IO[bytes], options: TftpClientOptions | None = None,
+             progress: Callable[[int, int | None], None] | None = None) -> TftpResult:
+    """Upload the binary file ``src`` as ``remote``.
+
+    Raises:
+        RemoteProtocolError, NetworkError: as for :func:`tftp_get`.
+    """
+    o = options or TftpClientOptions()
+    try:
+        size: int | None = os.fstat(src.fileno()).st_size
+    except (OSError, ValueError, AttributeError):
+        size = None
+    encoder = tftp.NetasciiEncoder() if o.mode == "netascii" else None
+    pending = b""
+
+    def read(n: int) -> bytes:
+        nonlocal pending
+        if encoder is None:
+            return src.read(n)
+        while len(pending) < n:
+            raw = src.read(max(n, 4096))
+            if not raw:
+                break
+            pending += encoder.encode(raw)
+        chunk, pending = pending[:n], pending[n:]
+        return chunk
+
+    machine = tftp.Sender(read, tftp.TransferOptions(timeout=o.timeout), max_retries=o.max_retries)
+    req = tftp.Request(remote, o.mode, o.request_options(size), write=True)
+    seconds = _run(machine, req, host, port, progress)
+    _check(machine)
+    return _result(machine, seconds)

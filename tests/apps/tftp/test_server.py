@@ -1,0 +1,192 @@
+"""The TFTP server and client over real sockets (127.0.0.1, port 0), on every engine, and the
+path policy; interop with tftp-hpa and curl lives in test_interop.py, faults in test_faults.py."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.apps.tftp.client import TftpClientOptions, tftp_get, tftp_put
+from socklab.apps.tftp.server import TftpServer, TftpSettings, serve_tftp
+from socklab.core.errors import RemoteProtocolError
+from socklab.protocols import tftp
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = dict(timeout=0.2, max_retries=5)
+
+
+@contextmanager
+def tftp_server(root: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int, TftpServer]]:
+    settings = TftpSettings(host="127.0.0.1", port=0, root=str(root), engine=engine, **kw)
+    srv, proto = serve_tftp(settings)
+    srv.start()
+    try:
+        yield srv.port, proto
+    finally:
+        srv.shutdown(timeout=1)
+
+
+def get(port: int, name: str, **opts: Any) -> bytes:
+    out = io.BytesIO()
+    tftp_get("127.0.0.1", port, name, out, TftpClientOptions(**{**FAST, **opts}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [0, 511, 512, 513, 70_000])
+def test_get_and_put_every_engine(engine: str, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    with tftp_server(tmp_path, engine, create=True) as (port, proto):
+        assert get(port, "f.bin") == data
+        assert get(port, "/f.bin", blksize=1428, windowsize=8) == data
+        res = tftp_put("127.0.0.1", port, "up.bin", io.BytesIO(data), TftpClientOptions(windowsize=4, **FAST))
+        assert res.bytes == size
+    assert (tmp_path / "up.bin").read_bytes() == data
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tftp-part")]
+
+
+def test_options_and_tsize_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10_000)
+    with tftp_server(tmp_path, max_blksize=4096, max_windowsize=16) as (port, _):
+        res = tftp_get("127.0.0.1", port, "f", io.BytesIO(),
+                       TftpClientOptions(blksize=8192, windowsize=32, **FAST))
+    assert (res.blksize, res.windowsize, res.tsize, res.bytes) == (4096, 16, 10_000, 10_000)
+
+
+def test_netascii_both_ways(tmp_path: Path) -> None:
+    text = b"line one\nline two\r\nbare cr\rend\n" * 100
+    (tmp_path / "t.txt").write_bytes(text)
+    with tftp_server(tmp_path, create=True) as (port, _):
+        assert get(port, "t.txt", mode="netascii") == text
+        tftp_put("127.0.0.1", port, "t2.txt", io.BytesIO(text), TftpClientOptions(mode="netascii", **FAST))
+    assert (tmp_path / "t2.txt").read_bytes() == text
+
+
+TRAVERSAL = ["../secret", "../../etc/passwd", "a/../../secret", "/../secret", "..", "sub/../../secret",
+             "..\\secret", "a\\..\\..\\secret", "//x/../../secret", "sub/link-out/secret", "link-out/secret", "link-file"]
+
+
+def test_traversal_corpus_is_refused_with_error_2(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("outside")
+    (root / "sub" / "link-out").symlink_to(tmp_path)
+    (root / "link-out").symlink_to(tmp_path)
+    (root / "link-file").symlink_to(tmp_path / "secret")
+    with tftp_server(root, create=True) as (port, proto):
+        for name in TRAVERSAL:
+            with pytest.raises(RemoteProtocolError) as info:
+                get(port, name)
+            assert info.value.hint == tftp.ErrorCode.ACCESS_VIOLATION, name
+            with pytest.raises(RemoteProtocolError) as info:
+                tftp_put("127.0.0.1", port, name, io.BytesIO(b"evil"), TftpClientOptions(**FAST))
+            assert info.value.hint == tftp.ErrorCode.ACCESS_VIOLATION, name
+    assert (tmp_path / "secret").read_text() == "outside"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root", "secret"]
+
+
+def test_wrq_needs_create_and_missing_file_is_error_1(tmp_path: Path) -> None:
+    (tmp_path / "exists").write_bytes(b"old")
+    with tftp_server(tmp_path) as (port, _):
+        with pytest.raises(RemoteProtocolError) as info:
+            tftp_put("127.0.0.1", port, "new", io.BytesIO(b"x"), TftpClientOptions(**FAST))
+        assert info.value.hint == tftp.ErrorCode.ACCESS_VIOLATION
+        tftp_put("127.0.0.1", port, "exists", io.BytesIO(b"new"), TftpClientOptions(**FAST))
+        with pytest.raises(RemoteProtocolError) as info:
+            get(port, "missing")
+        assert info.value.hint == tftp.ErrorCode.FILE_NOT_FOUND
+    assert not (tmp_path / "new").exists() and (tmp_path / "exists").read_bytes() == b"new"
+
+
+def test_upload_over_the_size_limit_is_disk_full_and_leaves_nothing(tmp_path: Path) -> None:
+    with tftp_server(tmp_path, create=True, max_file_size=5000) as (port, _):
+        for tsize in (True, False):  # refused at negotiation, or while receiving
+            with pytest.raises(RemoteProtocolError) as info:
+                tftp_put("127.0.0.1", port, "big", io.BytesIO(b"x" * 20_000),
+                         TftpClientOptions(tsize=tsize, **FAST))
+            assert info.value.hint == tftp.ErrorCode.DISK_FULL
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_tid_gets_error_5_and_the_transfer_continues(tmp_path: Path) -> None:
+    data = os.urandom(3000)
+    (tmp_path / "f").write_bytes(data)
+    with tftp_server(tmp_path, timeout=5.0) as (port, _), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as me, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        me.settimeout(5)
+        stranger.settimeout(5)
+        me.sendto(tftp.encode_packet(tftp.Request("f", "octet")), ("127.0.0.1", port))
+        got = b""
+        block = 1
+        while True:
+            raw, tid = me.recvfrom(65536)
+            assert tid[1] != port  # RFC 1350 section 4: the transfer runs from a new port
+            pkt = tftp.parse_packet(raw)
+            assert pkt == tftp.Data(block, pkt.payload) if isinstance(pkt, tftp.Data) else False
+            got += pkt.payload
+            if block == 2:  # an intruder speaks to the transfer's port
+                stranger.sendto(tftp.encode_packet(tftp.Ack(2)), tid)
+                assert tftp.parse_packet(stranger.recvfrom(100)[0]) == tftp.Error(5, "unknown transfer ID")
+            me.sendto(tftp.encode_packet(tftp.Ack(block)), tid)
+            if len(pkt.payload) < 512:
+                break
+            block += 1
+    assert got == data
+
+
+def test_two_hundred_parallel_transfers(tmp_path: Path) -> None:
+    files = {f"f{i}": os.urandom(1000 + i * 37) for i in range(200)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    errors: list[BaseException] = []
+    results: dict[str, bytes] = {}
+
+    def one(name: str) -> None:
+        try:
+            results[name] = get(name_port[0], name, timeout=1.0, max_retries=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with tftp_server(tmp_path) as (port, proto):
+        name_port = [port]
+        threads = [threading.Thread(target=one, args=(n,)) for n in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors
+    assert results == files
+
+
+def test_single_port_mode_answers_from_the_listening_port(tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    (tmp_path / "f").write_bytes(data)
+    with tftp_server(tmp_path, single_port=True, create=True) as (port, _):
+        assert get(port, "f", windowsize=4) == data
+        tftp_put("127.0.0.1", port, "g", io.BytesIO(data), TftpClientOptions(**FAST))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(tftp.encode_packet(tftp.Request("f", "octet")), ("127.0.0.1", port))
+            assert s.recvfrom(1000)[1][1] == port
+    assert (tmp_path / "g").read_bytes() == data
+
+
+def test_client_gives_up_on_a_silent_server() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        from socklab.core.errors import NetworkError
+
+        with pytest.raises(NetworkError, match="timed out"):
+            tftp_get("127.0.0.1", silent.getsockname()[1], "f", io.BytesIO(),
+                     TftpClientOptions(timeout=0.05, max_retries=3))
+
