@@ -1,0 +1,141 @@
+"""Captures: tshark reads every pcapng the tap writes, follows each stream byte-exact, decodes HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
+from socklab.core.server import Server
+from socklab.core.settings import ServerSettings
+from socklab.protocols.pcap import TcpFlow, checksum
+from socklab.tools.tap import Fault, Tap
+from socklab.tools.tap.observe import PcapObserver
+from tests.tools.test_tap import read_all, server
+
+pytestmark = pytest.mark.interop
+
+
+def tshark(*args: str) -> str:
+    out = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def follow(path: Path, stream: int = 0) -> tuple[bytes, bytes]:
+    """Client-to-server and server-to-client bytes of TCP stream ``stream`` as tshark rebuilds them."""
+    text = tshark("-r", str(path), "-q", "-z", f"follow,tcp,raw,{stream}")
+    up, down = bytearray(), bytearray()
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("=", "Follow:", "Filter:", "Node ")):
+            continue
+        if line.startswith("\t"):
+            down += bytes.fromhex(line.strip())
+        else:
+            up += bytes.fromhex(line.strip())
+    return bytes(up), bytes(down)
+
+
+def test_checksum_matches_rfc1071_example() -> None:
+    # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2 (complement 220d)
+    assert checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_followed_stream_equals_the_bytes_sent(tmp_path: Path, family: str) -> None:
+    host = "127.0.0.1" if family == "ipv4" else "::1"
+    pcap = tmp_path / "echo.pcapng"
+    payload = os.urandom(200_000)
+    srv = Server(ServerSettings(host=host, port=0))
+    srv.listen(EchoProtocol)
+    with srv, Tap(listen=(host, 0), target=(host, srv.port), observers=[PcapObserver(str(pcap))]) as tap:
+        with socket.create_connection((host, tap.port), timeout=10) as sock:
+            result: list[bytes] = []
+            reader = threading.Thread(target=lambda: result.append(read_all(sock)))
+            reader.start()
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            reader.join(10)
+    assert result == [payload]
+    up, down = follow(pcap)
+    assert up == payload and down == payload
+    summary = tshark("-r", str(pcap), "-T", "fields", "-e", "tcp.flags.str")
+    assert "S" in summary.splitlines()[0] and any("F" in line for line in summary.splitlines())
+    sources = set(tshark("-r", str(pcap), "-T", "fields", "-e", "ip.src", "-e", "ipv6.src").split())
+    assert sources == {host}
+
+
+def test_faults_are_packet_comments_and_rst_is_shown(tmp_path: Path) -> None:
+    pcap = tmp_path / "reset.pcapng"
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), observers=[PcapObserver(str(pcap))],
+                                           faults=[Fault("reset_peer", timeout=30)]) as tap:
+        with contextlib.suppress(ConnectionResetError), \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            sock.sendall(b"before reset\n")
+            sock.recv(100)
+            sock.recv(100)
+    comments = tshark("-r", str(pcap), "-T", "fields", "-e", "frame.comment")
+    assert "reset_peer" in comments
+    flags = tshark("-r", str(pcap), "-T", "fields", "-e", "tcp.flags.reset")
+    assert any(v.strip() in ("1", "True") for v in flags.splitlines())
+
+
+def test_udp_capture_decodes_datagrams(tmp_path: Path) -> None:
+    pcap = tmp_path / "udp.pcapng"
+    with server(EchoDatagramProtocol, udp=True) as srv, Tap(
+            target=("127.0.0.1", srv.port), udp=True, observers=[PcapObserver(str(pcap))]) as tap:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            for msg in (b"first", b"second"):
+                c.sendto(msg, ("127.0.0.1", tap.port))
+                assert c.recvfrom(100)[0] == msg
+    fields = tshark("-r", str(pcap), "-T", "fields", "-e", "udp.payload").split()
+    assert [bytes.fromhex(f) for f in fields] == [b"first", b"first", b"second", b"second"]
+
+
+def test_tapped_http_request_shows_up_as_http(tmp_path: Path, spawn: Any) -> None:
+    pcap = tmp_path / "http.pcapng"
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("hello over http\n")
+    http = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                             "--directory", str(tmp_path / "www")], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert http.stdout is not None
+        line = http.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..." = ready
+        port = int(line.split(" port ")[1].split()[0])
+        with Tap(target=("127.0.0.1", port), observers=[PcapObserver(str(pcap))]) as tap:
+            with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+                sock.sendall(b"GET /hello.txt HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                answer = read_all(sock)
+        assert answer.endswith(b"hello over http\n")
+    finally:
+        http.kill()
+        http.wait(5)
+        if http.stdout:
+            http.stdout.close()
+    # decode the tap's port as HTTP too (port 0 picked a random one)
+    out = tshark("-r", str(pcap), "-d", f"tcp.port=={port},http", "-Y", "http", "-T", "fields",
+                 "-e", "http.request.method", "-e", "http.request.uri", "-e", "http.response.code")
+    rows = [r.split("\t") for r in out.strip().splitlines()]
+    assert ["GET", "/hello.txt", ""] in rows and any(r[-1] == "200" for r in rows)
+    _, down = follow(pcap)
+    assert down == answer
+
+
+def test_tcp_flow_sequence_numbers_advance_by_payload() -> None:
+    flow = TcpFlow(("127.0.0.1", 1), ("127.0.0.1", 2))
+    flow.handshake()
+    before = flow.seq_c
+    flow.data(True, b"x" * 100_000)
+    assert flow.seq_c == before + 100_000
+    flow.fin(True)
+    assert flow.seq_c == before + 100_001
