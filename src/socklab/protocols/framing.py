@@ -16,7 +16,7 @@ framing rule. Two are in common use and socklab speaks both on the same port:
   Other header fields (``Content-Type``) are accepted and ignored.
 
 The decoder tells which one a client speaks from its first bytes: after optional whitespace a
-JSON text starts with ``{`` or ``[``; a header block starts with a letter. The choice is made once
+header block starts with ``Content-`` (any case); anything else is taken as ndjson. The choice is made once
 per connection and kept (:attr:`FrameDecoder.mode`); the server answers in the same framing.
 
 Sans-I/O: ``receive_data(bytes)`` (``b""`` = EOF), then ``next_event()`` -> :class:`Frame`,
@@ -37,6 +37,7 @@ __all__ = ["CONTENT_LENGTH", "NDJSON", "EndOfStream", "Frame", "FrameDecoder", "
 NDJSON = "ndjson"
 CONTENT_LENGTH = "content-length"
 _WHITESPACE = b" \t\r\n"
+_HEADER_START = b"content-"  # LSP's header fields are Content-Length and Content-Type
 _OVERSIZE = -32600  # JSON-RPC "Invalid Request": the message is too large to be one
 _BAD_HEADER = -32700  # JSON-RPC "Parse error": the frame itself cannot be read
 
@@ -85,6 +86,8 @@ class FrameDecoder:
         """
         if not data:
             self._eof = True
+            if self.mode is None and self._buf:
+                self.mode = NDJSON  # a few bytes then EOF: too short for a header block
             if self.mode == NDJSON and self._buf.strip(_WHITESPACE):
                 # a last line without its newline (``printf '...' | nc -N``): still a message
                 self._frames.append(bytes(self._buf).rstrip(b"\r"))
@@ -106,11 +109,13 @@ class FrameDecoder:
             del self._buf[: len(self._buf) - len(stripped)]
         if not self._buf:
             return
-        first = self._buf[0]
-        if (65 <= first <= 90) or (97 <= first <= 122):  # a letter: a header field name
+        head = bytes(self._buf[: len(_HEADER_START)]).lower()
+        if head == _HEADER_START:
             self.mode = CONTENT_LENGTH
+        elif _HEADER_START.startswith(head):
+            return  # "Cont": wait for more bytes to decide
         else:
-            self.mode = NDJSON  # '{', '[' - or garbage, which the JSON parser will report
+            self.mode = NDJSON  # '{', '[' - or anything else, which the JSON parser will judge
 
     def _cut_lines(self) -> None:
         buf = self._buf
