@@ -45,7 +45,7 @@ def get(port: int, name: str, **opts: Any) -> bytes:
 def test_get_and_put_every_engine(engine: str, tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     (tmp_path / "f.bin").write_bytes(data)
-    with tftp_server(tmp_path, engine, create=True) as (port, proto):
+    with tftp_server(tmp_path, engine, create=True) as (port, _proto):
         assert get(port, "f.bin") == data
         assert get(port, "/f.bin", blksize=1428, windowsize=8) == data
         res = tftp_put("127.0.0.1", port, "up.bin", io.BytesIO(data), TftpClientOptions(windowsize=4, **FAST))
@@ -82,7 +82,7 @@ def test_traversal_corpus_is_refused_with_error_2(tmp_path: Path) -> None:
     (root / "sub" / "link-out").symlink_to(tmp_path)
     (root / "link-out").symlink_to(tmp_path)
     (root / "link-file").symlink_to(tmp_path / "secret")
-    with tftp_server(root, create=True) as (port, proto):
+    with tftp_server(root, create=True) as (port, _proto):
         for name in TRAVERSAL:
             with pytest.raises(RemoteProtocolError) as info:
                 get(port, name)
@@ -157,7 +157,7 @@ def test_two_hundred_parallel_transfers(tmp_path: Path) -> None:
         except BaseException as exc:
             errors.append(exc)
 
-    with tftp_server(tmp_path) as (port, proto):
+    with tftp_server(tmp_path) as (port, _proto):
         name_port = [port]
         threads = [threading.Thread(target=one, args=(n,)) for n in files]
         for t in threads:

@@ -175,6 +175,13 @@ class TransferDriver:
             self.handle(self.machine.abort(tftp.ErrorCode.NOT_DEFINED, message))
         self.close()
 
+    def release(self) -> None:
+        """The engine stopped under us: close the file (a partial upload is removed), send nothing."""
+        if not self._ended:
+            self._ended = True
+            with contextlib.suppress(OSError):
+                self._finish(False)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -406,8 +413,15 @@ class TftpServer(DatagramProtocol):
         self.engine.serve_datagram(sock, lambda: _TransferEndpoint(make_driver, first))
 
     def shutdown_all(self, message: str = "server shutting down") -> None:
+        """Abort every transfer with an ERROR (runs on the engine)."""
         for driver in list(self.transfers.values()):
             driver.abort(message)
+
+    def release_all(self) -> None:
+        """After the engine stopped: close every file still open."""
+        for driver in list(self.transfers.values()):
+            driver.release()
+        self.transfers.clear()
 
 
 def _guard(machine: Any) -> Any:
@@ -435,4 +449,5 @@ def serve_tftp(settings: TftpSettings, tracer: Tracer | None = None) -> tuple[Se
     srv = Server(settings, tracer=tracer, label="tftp")
     proto = TftpServer(settings, srv.engine, tracer)
     srv.listen_udp(lambda: proto)
+    srv.on_stop(proto.release_all)
     return srv, proto
