@@ -20,13 +20,13 @@ from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
 from socklab.core.protocol import Protocol
 from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
+from socklab.core.sockets import Endpoint
 from socklab.core.transport import Transport
 from socklab.protocols.faults import FaultSchedule
 from socklab.tools.tap import Fault, Tap
 from socklab.tools.tap.control import request
 from socklab.tools.tap.observe import RecordObserver
 from socklab.tools.tap.replay import replay
-from socklab.core.sockets import Endpoint
 from tests.tools.test_tap_faults import binomial_interval
 
 

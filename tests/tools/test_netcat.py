@@ -1,0 +1,316 @@
+"""connect/listen against real peers (netcat-openbsd, socat), EOF policies, UDP peers, --exec, -z."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_stderr(popen: subprocess.Popen[bytes], pattern: str, timeout: float = 15.0) -> re.Match[str]:
+    """Read ``popen``'s stderr line by line until ``pattern`` matches (a readiness signal)."""
+    assert popen.stderr is not None
+    rx, seen = re.compile(pattern), []
+    sel = selectors.DefaultSelector()
+    sel.register(popen.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = popen.stderr.readline().decode(errors="replace")
+            if not line:
+                break
+            seen.append(line)
+            if m := rx.search(line):
+                return m
+    finally:
+        sel.close()
+    raise AssertionError(f"no stderr line matching {pattern!r}: {seen!r}")
+
+
+@contextlib.contextmanager
+def peer(*argv: str, stdin: Any = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+    """A third-party peer (nc, socat), always ended by its pid."""
+    p = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        p.wait(5)
+        for s in (p.stdout, p.stderr, p.stdin):
+            if s:
+                s.close()
+
+
+def socklab(*args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, NO_COLOR="1")
+    return subprocess.run([sys.executable, "-m", "socklab", *args], stdin=stdin, capture_output=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(300_000) + b"\x00\r\n\xff"  # binary-safe: NUL, CR, LF, 0xff
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.interop
+def test_connect_to_netcat_listener_both_directions(tmp_path: Path, data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    reply = os.urandom(100_000)
+    (tmp_path / "reply.bin").write_bytes(reply)
+    with open(tmp_path / "reply.bin", "rb") as reply_in, \
+            peer("nc", "-lvN", "127.0.0.1", "0", stdin=reply_in) as nc:
+        port = wait_stderr(nc, r"Listening on \S+ (\d+)").group(1)
+        with open(path, "rb") as f:
+            out = socklab("connect", "127.0.0.1", port, stdin=f)
+        got, _ = nc.communicate(timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert got == data
+    assert out.stdout == reply
+
+
+@pytest.mark.interop
+def test_connect_half_closes_so_socat_exec_can_answer(data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    with peer("socat", "-d", "-d", "TCP-LISTEN:0,bind=127.0.0.1", "EXEC:sha256sum") as socat:
+        port = wait_stderr(socat, r"listening on .*:(\d+)").group(1)
+        with open(path, "rb") as f:
+            out = socklab("connect", "127.0.0.1", port, "--explain", stdin=f)
+    assert out.returncode == 0, out.stderr
+    # sha256sum answers only after EOF: the answer proves we sent FIN and kept reading
+    assert out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert b"half-close" in out.stderr
+
+
+def start_listen(spawn: Any, *args: str, stdin: Any = subprocess.DEVNULL) -> tuple[Any, int]:
+    proc = spawn("listen", *args, stdin=stdin)
+    m = wait_stderr(proc.popen, r"socklab listen listening on \w+://127\.0\.0\.1:(\d+) \(engine (\w+)\)")
+    return proc, int(m.group(1))
+
+
+@pytest.mark.interop
+def test_listen_with_netcat_client_both_directions(spawn: Any, tmp_path: Path,
+                                                   data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    reply = os.urandom(50_000)
+    (tmp_path / "reply.bin").write_bytes(reply)
+    with open(tmp_path / "reply.bin", "rb") as reply_in:
+        proc, port = start_listen(spawn, "0", stdin=reply_in)
+        with open(path, "rb") as f:
+            nc = subprocess.run(["nc", "-N", "127.0.0.1", str(port)], stdin=f, capture_output=True, timeout=15)
+        got = proc.popen.stdout.read()
+        assert proc.popen.wait(10) == 0
+    assert nc.stdout == reply
+    assert got == data
+
+
+@pytest.mark.interop
+def test_listen_exec_with_socat_client_half_close(spawn: Any, data_file: tuple[Path, bytes]) -> None:
+    path, data = data_file
+    proc, port = start_listen(spawn, "0", "--exec", "sha256sum")
+    with open(path, "rb") as f:
+        out = subprocess.run(["socat", "-t", "5", "-", f"TCP:127.0.0.1:{port}"], stdin=f, capture_output=True,
+                             timeout=15)
+    assert out.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert proc.popen.wait(10) == 0
+
+
+def _fin_then_read_server() -> tuple[socket.socket, list[bytes], threading.Thread]:
+    """A server that says 'hi', sends FIN at once, then reads everything the client still sends."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            conn.sendall(b"hi\n")
+            conn.shutdown(socket.SHUT_WR)
+            buf = b""
+            while chunk := conn.recv(65536):
+                buf += chunk
+            got.append(buf)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return lsock, got, t
+
+
+@pytest.mark.parametrize("policy", ["keep", "exit"])
+def test_on_peer_eof_policy(policy: str) -> None:
+    lsock, got, t = _fin_then_read_server()
+    with lsock:
+        p = subprocess.Popen([sys.executable, "-m", "socklab", "connect", "127.0.0.1", str(lsock.getsockname()[1]),
+                              "--on-peer-eof", policy, "--explain"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            assert p.stdout.readline() == b"hi\n"
+            if policy == "keep":
+                p.stdin.write(b"after your FIN\n")
+                p.stdin.flush()
+                p.stdin.close()
+                assert p.wait(10) == 0
+                t.join(5)
+                assert got == [b"after your FIN\n"]
+                assert b"CLOSE_WAIT" in (p.stderr.read() if p.stderr else b"")
+            else:
+                assert p.wait(10) == 0  # exits on the peer's FIN although stdin is still open
+                t.join(5)
+                assert got == [b""]
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for s in (p.stdin, p.stdout, p.stderr):
+                if s and not s.closed:
+                    s.close()
+
+
+def test_on_stdin_eof_keep_does_not_send_fin() -> None:
+    lsock = socket.create_server(("127.0.0.1", 0))
+    with lsock:
+        p = subprocess.Popen([sys.executable, "-m", "socklab", "connect", "127.0.0.1", str(lsock.getsockname()[1]),
+                              "--on-stdin-eof", "keep"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        conn, _ = lsock.accept()
+        with conn:
+            conn.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                conn.recv(10)  # no FIN: stdin ended but the connection stays open
+            conn.sendall(b"still here\n")
+            conn.shutdown(socket.SHUT_WR)
+            out, _ = p.communicate(timeout=10)
+    assert out == b"still here\n" and p.returncode == 0
+
+
+def test_listen_keep_open_serves_clients_concurrently(spawn: Any, concurrent_engine: str) -> None:
+    proc, port = start_listen(spawn, "0", "--keep-open", "--engine", concurrent_engine)
+    a = socket.create_connection(("127.0.0.1", port), timeout=5)
+    b = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with a, b:
+        b.sendall(b"from-b\n")  # b talks while a is still connected: served at once
+        a.sendall(b"from-a\n")
+        assert proc.popen.stdout is not None
+        seen = proc.popen.stdout.readline() + proc.popen.stdout.readline()
+    assert b"from-a\n" in seen and b"from-b\n" in seen
+
+
+def test_udp_listen_serves_many_peers(spawn: Any) -> None:
+    proc, port = start_listen(spawn, "-u", "--keep-open", "0", stdin=subprocess.PIPE)
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for i, s in enumerate(peers):
+            s.settimeout(5)
+            s.sendto(b"peer%d\n" % i, ("127.0.0.1", port))
+        assert proc.popen.stdout is not None
+        lines = {proc.popen.stdout.readline() for _ in peers}
+        assert lines == {b"peer0\n", b"peer1\n", b"peer2\n"}
+        proc.popen.stdin.write(b"to everyone\n")
+        proc.popen.stdin.flush()
+        assert [s.recvfrom(100)[0] for s in peers] == [b"to everyone\n"] * 3
+    finally:
+        for s in peers:
+            s.close()
+
+
+def test_scan_reports_open_and_closed_ports() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as open_sock:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting gets RST
+        with closed:
+            port_open, port_closed = open_sock.getsockname()[1], closed.getsockname()[1]
+            ok = socklab("connect", "-z", "127.0.0.1", str(port_open))
+            bad = socklab("connect", "-z", "127.0.0.1", f"{port_open},{port_closed}")
+    assert ok.returncode == 0 and b"open" in ok.stdout
+    assert bad.returncode == 1 and b"closed" in bad.stderr
+
+
+def test_refused_is_one_line_and_exit_1() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    with closed:
+        out = socklab("connect", "127.0.0.1", str(closed.getsockname()[1]))
+    assert out.returncode == 1
+    assert out.stderr.decode().strip().count("\n") == 0 and "refused" in out.stderr.decode()
+
+
+def test_usage_error_is_exit_2() -> None:
+    assert socklab("connect", "127.0.0.1", "notaport").returncode == 2
+
+
+def test_idle_timeout_exits_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        p = subprocess.Popen([sys.executable, "-m", "socklab", "connect", "127.0.0.1", str(lsock.getsockname()[1]),
+                              "--idle-timeout", "0.3", "--on-stdin-eof", "keep"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = lsock.accept()
+        with conn:
+            _, err = p.communicate(timeout=10)
+    assert p.returncode == 1 and b"idle" in err
+
+
+def test_tls_client_and_server(spawn: Any, tls_files: dict[str, str]) -> None:
+    proc, port = start_listen(spawn, "0", "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"],
+                              stdin=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "socklab", "connect", "127.0.0.1", str(port), "--tls",
+                          "--cafile", tls_files["ca"], "--on-stdin-eof", "keep"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(b"over tls\n")
+        p.stdin.flush()
+        assert proc.popen.stdout.readline() == b"over tls\n"
+        proc.popen.stdin.write(b"and back\n")
+        proc.popen.stdin.flush()
+        assert p.stdout.readline() == b"and back\n"
+    finally:
+        p.kill()
+        p.wait()
+        for s in (p.stdin, p.stdout, p.stderr):
+            if s:
+                s.close()
+
+
+def test_crlf_and_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen()
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            buf = b""
+            while chunk := conn.recv(100):
+                buf += chunk
+            got.append(buf)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with srv:
+        out = subprocess.run([sys.executable, "-m", "socklab", "connect", f"unix:{path}", "--crlf"],
+                             input=b"a\nb\r\n", capture_output=True, timeout=10)
+        t.join(5)
+    assert out.returncode == 0, out.stderr
+    assert got == [b"a\r\nb\r\n"]
