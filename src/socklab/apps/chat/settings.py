@@ -37,6 +37,8 @@ class ChatSettings(ServerSettings):
     broker: str | None = setting(None, "Share rooms, nicks and history with other chat nodes through "
                                        "Redis (redis://HOST:PORT or unix:///path).", metavar="URL")
     node: str | None = setting(None, "This node's name in the broker (default: hostname-pid).")
+    presence_ttl: float = setting(30.0, "With --broker: seconds a node's nicks and presence outlive it if it "
+                                        "dies (renewed every third of it).")
     max_line: int = setting(4096, "Longest line accepted, bytes; a longer one is an error and a close.")
     max_message: int = setting(2000, "Longest message text, bytes (UTF-8).")
     rate: float = setting(10.0, "Messages a client may send per second (token bucket refill rate).")

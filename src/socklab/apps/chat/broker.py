@@ -1,0 +1,430 @@
+"""Many chat nodes, one set of rooms: the Redis backend.
+
+Why this exists: one process serves a few thousand users; more users, or a node that can be
+restarted without kicking everybody out, need several nodes sharing rooms, nicks and history.
+Redis pub/sub would be the obvious bus, but it is *at-most-once*: a message published while a node
+is reconnecting is gone for that node. So everything goes through Redis **Streams**, which are
+durable and can be re-read from any position:
+
+- publishing a message runs one Lua script (atomic): ``INCR`` the room's sequence number,
+  ``XADD`` the message to the room's stream (its history, entry id ``SEQ-1``) and to the global
+  ``events`` stream every node reads, and remember an idempotency key so that a publish retried
+  after a dropped connection is not stored twice;
+- each node has **one subscription**: a thread doing ``XREAD BLOCK`` on ``events`` from the last
+  entry id it saw. After a node or Redis blip it simply continues from that id: nothing is skipped.
+  If a room's sequence numbers still show a gap (the events stream was trimmed while the node was
+  away), the node fills it from the room's stream before delivering;
+- presence and nick uniqueness are Redis keys with a time-to-live renewed by a heartbeat, so a
+  node that dies frees its users' nicks after ``presence_ttl`` seconds.
+
+A message is acknowledged (its sender sees it come back) only after Redis stored it; run Redis
+with ``appendonly yes`` and ``appendfsync always`` for that to survive a Redis restart.
+
+Threads: a *worker* runs every other Redis command in order (so the engine thread never waits on
+the network) and the *reader* runs the subscription; both post results back to the engine with
+``post`` (``Server.call_soon_threadsafe``). Redis is reached through redis-py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from socklab.apps.chat.settings import ChatSettings
+from socklab.apps.chat.store import RoomState
+from socklab.core.errors import NetworkError
+from socklab.protocols.chat import (
+    Joined,
+    Message,
+    NickChanged,
+    Parted,
+    Private,
+    ServerEvent,
+    TopicChanged,
+    event_from_json,
+    event_to_json,
+    nick_key,
+)
+
+if TYPE_CHECKING:
+    from socklab.apps.chat.hub import ChatHub
+
+__all__ = ["RedisBackend"]
+
+PREFIX = "socklab:chat:"
+EVENTS = PREFIX + "events"
+ROOM_HISTORY_MAX = 10000  # entries kept per room stream (approximate trimming)
+EVENTS_MAX = 100000  # entries kept in the shared events stream
+PUBLISH_RETRY = 15.0  # seconds a publish keeps retrying while Redis is unreachable
+
+_PUBLISH = """
+local done = redis.call('GET', KEYS[4])
+if done then return tonumber(done) end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], seq .. '-1',
+           'seq', seq, 'ts', ARGV[2], 'nick', ARGV[3], 'text', ARGV[4], 'kind', ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 't', 'msg', 'room', ARGV[1], 'seq', seq,
+           'ts', ARGV[2], 'nick', ARGV[3], 'text', ARGV[4], 'kind', ARGV[5])
+redis.call('SET', KEYS[4], seq, 'EX', 3600)
+return seq
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+Job = Callable[[Any], Callable[[], None] | None]
+
+
+def _room_key(room: str) -> str:
+    return f"{PREFIX}room:{room}"
+
+
+def _seq_key(room: str) -> str:
+    return f"{PREFIX}seq:{room}"
+
+
+def _nick_key(nick: str) -> str:
+    return f"{PREFIX}nick:{nick_key(nick)}"
+
+
+def _members_key(room: str) -> str:
+    return f"{PREFIX}members:{room}"
+
+
+def _message(room: str, fields: dict[str, str]) -> Message:
+    return Message(room, int(fields["seq"]), float(fields["ts"]), fields["nick"], fields["text"],
+                   fields.get("kind", "say"))
+
+
+class RedisBackend:
+    """The hub's backend when several nodes share rooms through Redis.
+
+    Args:
+        settings: ``broker`` (the URL), ``node`` (this node's name), ``presence_ttl``.
+        post: runs a callable on the engine thread.
+
+    Raises:
+        NetworkError: Redis cannot be reached at start-up (a clear one-line reason).
+    """
+
+    def __init__(self, settings: ChatSettings, post: Callable[[Callable[[], None]], None]) -> None:
+        assert settings.broker
+        self.settings = settings
+        self.post = post
+        self.node = settings.node or f"{socket.gethostname()}-{os.getpid()}"
+        self.ttl = max(2, int(settings.presence_ttl))
+        self.url = settings.broker
+        self.hub: ChatHub | None = None
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._nicks: set[str] = set()  # nicks held by this node (for the heartbeat)
+        self._presence: dict[str, set[str]] = {}  # room -> nicks here
+        self._delivered: dict[str, int] = {}  # room -> last seq delivered here (engine thread)
+        self._published = 0
+        self.reconnects = 0
+        try:
+            self._cmd: Any = self._connect()
+            self._cmd.ping()
+            last = self._cmd.xrevrange(EVENTS, count=1)
+        except redis.RedisError as exc:
+            raise NetworkError(f"cannot reach the broker at {self.url}: {exc}") from None
+        self._publish = self._cmd.register_script(_PUBLISH)
+        self._release = self._cmd.register_script(_RELEASE)
+        self.last_id = last[0][0] if last else "0-0"
+        self._worker = threading.Thread(target=self._work, name="socklab-chat-broker", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="socklab-chat-subscription", daemon=True)
+
+    def _connect(self) -> Any:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self, hub: ChatHub) -> dict[str, RoomState]:
+        self.hub = hub
+        self._worker.start()
+        self._reader.start()
+        return {}
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._jobs.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout=PUBLISH_RETRY + 5)
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
+        with contextlib.suppress(redis.RedisError):
+            self._cmd.close()
+
+    # ---- the worker: every command, in order ---------------------------------------------------------
+    def _submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        next_beat = time.monotonic()
+        while True:
+            timeout = max(0.0, next_beat - time.monotonic())
+            try:
+                job = self._jobs.get(timeout=timeout)
+            except queue.Empty:
+                job = self._heartbeat
+            if job is None:
+                with contextlib.suppress(redis.RedisError):
+                    self._cleanup()
+                return
+            try:
+                then = job(self._cmd)
+            except redis.RedisError:
+                then = None  # the job reported its own failure (see _call); keep serving
+            if then is not None:
+                self.post(then)
+            if job is self._heartbeat:
+                next_beat = time.monotonic() + self.ttl / 3
+
+    def _call(self, fn: Callable[[], Any], retry_for: float = 0.0) -> Any:
+        """Run ``fn`` (redis-py calls on ``self._cmd``), retrying through reconnects for ``retry_for`` s."""
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.reconnects += 1
+                if time.monotonic() >= deadline or (self._stop.is_set() and retry_for == 0):
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    def _heartbeat(self, r: redis.Redis) -> None:
+        with self._lock:
+            nicks = list(self._nicks)
+            presence = [(room, nick) for room, ns in self._presence.items() for nick in ns]
+        until = time.time() + self.ttl
+        try:
+            pipe = r.pipeline(transaction=False)
+            for nick in nicks:
+                pipe.set(_nick_key(nick), self.node, ex=self.ttl)
+            for room, nick in presence:
+                pipe.zadd(_members_key(room), {nick: until})
+            pipe.execute()
+        except redis.RedisError:
+            pass  # retried at the next beat
+        return None
+
+    def _cleanup(self) -> None:
+        with self._lock:
+            nicks = list(self._nicks)
+            presence = [(room, nick) for room, ns in self._presence.items() for nick in ns]
+        for nick in nicks:
+            self._release(keys=[_nick_key(nick)], args=[self.node])
+        for room, nick in presence:
+            self._cmd.zrem(_members_key(room), nick)
+
+    # ---- Backend: called on the engine thread ------------------------------------------------------
+    def publish(self, msg: Message, on_error: Callable[[str], None]) -> None:
+        self._published += 1
+        token = f"{PREFIX}dedupe:{self.node}:{self._published}:{time.time_ns()}"
+
+        def job(r: Any) -> Callable[[], None] | None:
+            try:
+                self._call(lambda: self._publish(
+                    keys=[_seq_key(msg.room), _room_key(msg.room), EVENTS, token],
+                    args=[msg.room, f"{msg.ts:.3f}", msg.nick, msg.text, msg.kind, ROOM_HISTORY_MAX, EVENTS_MAX]),
+                    retry_for=PUBLISH_RETRY)
+            except redis.RedisError as exc:
+                reason = f"broker unavailable: {exc}"
+                return lambda: on_error(reason)
+            return None  # the message comes back through the subscription: that is the acknowledgement
+
+        self._submit(job)
+
+    def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None:
+        def job(r: Any) -> Callable[[], None]:
+            try:
+                if after is None:
+                    rows = list(reversed(self._call(lambda: r.xrevrange(_room_key(room), count=limit))))
+                else:
+                    rows = self._call(lambda: r.xrange(_room_key(room), min=f"{after + 1}-0", count=limit))
+                messages = [_message(room, fields) for _, fields in rows]
+            except redis.RedisError:
+                messages = []
+            return lambda: cb(messages)
+
+        self._submit(job)
+
+    def set_topic(self, room: str, nick: str, text: str) -> None:
+        def job(r: Any) -> None:
+            with contextlib.suppress(redis.RedisError):
+                r.hset(f"{PREFIX}topic:{room}", mapping={"nick": nick, "text": text})
+
+        self._submit(job)
+
+    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
+        def job(r: Any) -> Callable[[], None]:
+            try:
+                ok = bool(self._call(lambda: r.set(_nick_key(nick), self.node, nx=True, ex=self.ttl))) or \
+                    r.get(_nick_key(nick)) == self.node
+            except redis.RedisError:
+                ok = False
+            if ok:
+                with self._lock:
+                    self._nicks.add(nick)
+            return lambda: cb(ok)
+
+        self._submit(job)
+
+    def release_nick(self, nick: str) -> None:
+        with self._lock:
+            self._nicks.discard(nick)
+
+        def job(r: Any) -> None:
+            with contextlib.suppress(redis.RedisError):
+                self._release(keys=[_nick_key(nick)], args=[self.node])
+
+        self._submit(job)
+
+    def room_event(self, room: str, event: ServerEvent) -> None:
+        self._track(room, event)
+        data = event_to_json(event)
+
+        def job(r: Any) -> None:
+            with contextlib.suppress(redis.RedisError):
+                self._call(lambda: r.xadd(EVENTS, {"t": "ev", "room": room, "ev": data}, maxlen=EVENTS_MAX,
+                                          approximate=True), retry_for=2.0)
+                if isinstance(event, Joined):
+                    r.zadd(_members_key(room), {event.nick: time.time() + self.ttl})
+                elif isinstance(event, Parted):
+                    r.zrem(_members_key(room), event.nick)
+                elif isinstance(event, NickChanged):
+                    r.zrem(_members_key(room), event.old)
+                    r.zadd(_members_key(room), {event.new: time.time() + self.ttl})
+
+        self._submit(job)
+
+    def _track(self, room: str, event: ServerEvent) -> None:
+        with self._lock:
+            here = self._presence.setdefault(room, set())
+            if isinstance(event, Joined):
+                here.add(event.nick)
+            elif isinstance(event, Parted):
+                here.discard(event.nick)
+            elif isinstance(event, NickChanged):
+                here.discard(event.old)
+                here.add(event.new)
+
+    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
+        data = json.dumps(asdict(event))
+
+        def job(r: Any) -> Callable[[], None]:
+            try:
+                found = self._call(lambda: r.exists(_nick_key(event.target))) == 1
+                if found:
+                    r.xadd(EVENTS, {"t": "priv", "ev": data}, maxlen=EVENTS_MAX, approximate=True)
+            except redis.RedisError:
+                found = False
+            return lambda: cb(found)
+
+        self._submit(job)
+
+    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
+        def job(r: Any) -> Callable[[], None]:
+            try:
+                nicks = list(self._call(lambda: r.zrangebyscore(_members_key(room), time.time(), "+inf")))
+            except redis.RedisError:
+                with self._lock:
+                    nicks = list(self._presence.get(room, ()))
+            nicks.sort(key=str.casefold)
+            return lambda: cb(nicks)
+
+        self._submit(job)
+
+    # ---- the subscription (one per node) ------------------------------------------------------------
+    def _read(self) -> None:
+        conn: Any = None
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect()
+                reply = conn.xread({EVENTS: self.last_id}, count=1000, block=1000)
+                delay = 0.05
+            except redis.RedisError:
+                self.reconnects += 1
+                if conn is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        conn.close()
+                conn = None  # resubscribe from self.last_id: nothing is skipped
+                self._stop.wait(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            for _stream, entries in reply or ():
+                if entries:
+                    self.last_id = entries[-1][0]
+                    batch = [fields for _, fields in entries]
+                    self.post(lambda b=batch: self._dispatch(b))  # type: ignore[misc]
+        if conn is not None:
+            with contextlib.suppress(redis.RedisError):
+                conn.close()
+
+    def _dispatch(self, batch: list[dict[str, str]]) -> None:
+        """Engine thread: deliver entries of the events stream to this node's members."""
+        hub = self.hub
+        assert hub is not None
+        from socklab.apps.chat.hub import Frame
+
+        for fields in batch:
+            kind = fields.get("t")
+            try:
+                if kind == "msg":
+                    msg = _message(fields["room"], fields)
+                    last = self._delivered.get(msg.room)
+                    if last is not None and msg.seq <= last:
+                        continue  # already delivered (a re-read after a reconnect)
+                    if last is not None and msg.seq > last + 1 and msg.room in hub.rooms and \
+                            hub.rooms[msg.room].members:
+                        self._fill_gap(msg.room, last, msg.seq)
+                    self._delivered[msg.room] = msg.seq
+                    hub.on_message(msg)
+                elif kind == "ev":
+                    event = event_from_json(fields["ev"])
+                    if isinstance(event, TopicChanged):
+                        hub.on_topic(event.room, event.nick, event.text)
+                    hub.fanout(fields["room"], Frame(event))
+                elif kind == "priv":
+                    ev = event_from_json(json.dumps({**json.loads(fields["ev"]), "type": "PRIV"}))
+                    if isinstance(ev, Private):
+                        hub.deliver_private(ev)
+            except (KeyError, ValueError, Exception) as exc:  # one bad entry must not stop the node
+                print(f"socklab chat: skipped a broker entry ({exc})", flush=True)
+
+    def _fill_gap(self, room: str, last: int, upto: int) -> None:
+        """Sequence numbers jumped: fetch the missing ones from the room's stream, deliver in order."""
+        hub = self.hub
+        assert hub is not None
+
+        def job(r: Any) -> Callable[[], None]:
+            try:
+                rows = r.xrange(_room_key(room), min=f"{last + 1}-0", max=f"{upto - 1}-1")
+                missing = [_message(room, fields) for _, fields in rows]
+            except redis.RedisError:
+                missing = []
+
+            def deliver() -> None:
+                for m in missing:  # late, but complete; clients order by seq
+                    hub.on_message(m)
+
+            return deliver
+
+        self._submit(job)

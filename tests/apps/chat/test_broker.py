@@ -1,0 +1,149 @@
+"""Several chat nodes sharing rooms through a real redis-server: talk, kill a node, restart Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.protocols.chat import Members, Message, parse_event
+from tests.apps.chat.helpers import LineClient
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+class RedisServer:
+    """redis-server on a Unix socket (no TCP port at all), durable: AOF with fsync on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.sock = str(directory / "redis.sock")
+        self.url = f"unix://{self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.drain: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.sock, "--dir", str(self.dir), "--appendonly",
+             "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", "--loglevel", "notice"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.proc.stdout is not None
+        seen = []
+        for raw in self.proc.stdout:  # readiness: redis says so on its log (bounded by the test timeout)
+            seen.append(raw.decode(errors="replace"))
+            if "ready to accept connections" in seen[-1].lower():
+                # keep draining its log so a full pipe never blocks it
+                self.drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+                self.drain.start()
+                return
+        raise AssertionError(f"redis-server did not start: {''.join(seen)[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            if self.drain is not None:
+                self.drain.join(5)
+            self.proc.stdout.close()
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    r = RedisServer(tmp_path)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.kill()
+
+
+def start_node(spawn: Callable[..., Any], url: str, name: str) -> tuple[Any, int]:
+    p = spawn("chat", "serve", "--tcp-port", "0", "--http-port", "-1", "--broker", url, "--node", name,
+              "--presence-ttl", "3", "--rate", "1000", "--burst", "1000")
+    m = p.wait_for(r"socklab chat listening on tcp://127\.0\.0\.1:(\d+)")
+    return p, int(m.group(1))
+
+
+def msgs(client: LineClient) -> list[Message]:
+    return [ev for ev in (parse_event(x) for x in client.seen if x.startswith("MSG")) if isinstance(ev, Message)]
+
+
+def test_three_nodes_share_rooms_nicks_and_history(spawn: Any, redis_server: RedisServer) -> None:
+    nodes = [start_node(spawn, redis_server.url, f"n{i}") for i in range(3)]
+    with LineClient(nodes[0][1], "ann") as ann, LineClient(nodes[1][1], "bob") as bob, \
+            LineClient(nodes[2][1], "carl") as carl:
+        ann.expect("JOIN #lobby carl")
+        ann.send("hello from n0")
+        for c in (ann, bob, carl):
+            assert c.expect("MSG").endswith(" ann say :hello from n0")
+        carl.send("/who")
+        assert carl.event("WHO") == Members("#lobby", ("ann", "bob", "carl"))
+        with LineClient(nodes[2][1]) as dup:
+            dup.send("/nick Ann")
+            assert dup.expect("ERR").startswith("ERR 409 ")
+        bob.send("/msg carl across nodes")
+        assert carl.expect("PRIV").endswith(":across nodes")
+        assert bob.expect("PRIV").startswith("PRIV bob carl ")
+        for i in range(10):
+            (ann, bob, carl)[i % 3].send(f"m{i}")
+        for c in (ann, bob, carl):
+            c.expect("MSG #lobby 11 ")
+            assert [m.seq for m in msgs(c)] == list(range(1, 12))  # one order, no gap, on every node
+    with LineClient(nodes[1][1], "dan") as dan:  # history is shared too
+        assert [m.seq for m in msgs(dan)] == list(range(1, 12))[-20:]
+
+
+def test_killing_a_node_loses_no_acknowledged_message(spawn: Any, redis_server: RedisServer) -> None:
+    (p0, port0), (_, port1), _ = [start_node(spawn, redis_server.url, f"k{i}") for i in range(3)]
+    with LineClient(port1, "bob") as bob:
+        ann = LineClient(port0, "ann")
+        for i in range(30):
+            ann.send(f"acked {i}")
+        ann.expect("MSG #lobby 30 ")  # all 30 acknowledged to their sender
+        ann.sock.sendall(b"".join(b"in flight %d\n" % i for i in range(30)))
+        p0.stop(signal.SIGKILL)
+        ann.read_until_closed()
+        ann.close()
+        acked = [m.seq for m in msgs(ann)]
+        bob.send("/ping after-kill")
+        bob.expect("PONG")
+        with LineClient(port1, "ann2") as back:  # ann comes back on another node, catches up from 0
+            back.send("/join #lobby 0")
+            back.expect("SYNC #lobby")
+            seen = {m.seq for m in msgs(back)}
+            assert set(acked) <= seen
+            assert sorted(seen) == list(range(1, max(seen) + 1))
+
+
+def test_redis_restart_loses_no_acknowledged_message(spawn: Any, redis_server: RedisServer) -> None:
+    (_, port0), (_, port1) = [start_node(spawn, redis_server.url, f"r{i}") for i in range(2)]
+    with LineClient(port0, "ann") as ann, LineClient(port1, "bob", timeout=30) as bob:
+        for i in range(10):
+            ann.send(f"before {i}")
+        ann.expect("MSG #lobby 10 ")
+        redis_server.kill()
+        for i in range(5):  # sent while Redis is down: retried, acknowledged once it is back
+            ann.send(f"during {i}")
+        redis_server.start()
+        for i in range(5):
+            ann.send(f"after {i}")
+        got = []
+        while len(got) < 20:
+            line = bob.expect("MSG", timeout=30)
+            got.append(int(line.split()[2]))
+        assert got == list(range(1, 21))  # no gap, no duplicate, in order, across the blip
+        with LineClient(port0, "carl") as carl:
+            carl.send("/history 20")
+            carl.expect("SYNC #lobby 20")
+            assert [m.seq for m in msgs(carl)][-20:] == list(range(1, 21))
+        with contextlib.suppress(Exception):
+            ann.send("/quit")
