@@ -1,0 +1,281 @@
+"""``socklab chat connect``: a terminal chat client whose prompt survives incoming messages.
+
+Why this exists: the naive client - ``print()`` incoming lines from a thread while ``input()``
+waits - scribbles messages over the line being typed. This client draws the prompt with
+prompt_toolkit and prints incoming messages *above* it (``patch_stdout``), so typing is never
+interrupted; up/down browse what you typed, the terminal's scrollback keeps the conversation.
+
+It is also a model of a well-behaved protocol client: one reader thread turns server lines into
+events (:func:`~socklab.protocols.chat.parse_event`); it remembers the last sequence number seen in
+each room and, when the connection drops (a server restart), reconnects with back-off and rejoins
+with ``/join #room LAST_SEQ`` - so nothing is missed and nothing is shown twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from socklab.core.errors import ConnectError, RemoteProtocolError, translate_oserror
+from socklab.core.sockets import parse_endpoint
+from socklab.protocols.chat import (
+    ACTION,
+    Bye,
+    ErrorReply,
+    Joined,
+    Members,
+    Message,
+    NickChanged,
+    Notice,
+    Parted,
+    Pong,
+    Private,
+    RoomList,
+    ServerEvent,
+    Synced,
+    TopicChanged,
+    Welcome,
+    parse_event,
+)
+
+__all__ = ["ChatClient", "format_event", "run_terminal_client"]
+
+
+def _clock(ts: float | None = None) -> str:
+    return time.strftime("%H:%M", time.localtime(ts if ts is not None else time.time()))
+
+
+def format_event(ev: ServerEvent, me: str) -> str | None:
+    """How the terminal shows one event (``None``: nothing to show)."""
+    if isinstance(ev, Message):
+        if ev.kind == ACTION:
+            return f"[{_clock(ev.ts)}] {ev.room} * {ev.nick} {ev.text}"
+        return f"[{_clock(ev.ts)}] {ev.room} <{ev.nick}> {ev.text}"
+    if isinstance(ev, Private):
+        arrow = f"-> {ev.target}" if ev.sender == me else f"<- {ev.sender}"
+        return f"[{_clock(ev.ts)}] (private {arrow}) {ev.text}"
+    if isinstance(ev, Joined):
+        return f"-- {ev.nick} joined {ev.room}"
+    if isinstance(ev, Parted):
+        return f"-- {ev.nick} left {ev.room}" + (f" ({ev.reason})" if ev.reason else "")
+    if isinstance(ev, NickChanged):
+        return None if ev.old == "*" else f"-- {ev.old} is now {ev.new}"
+    if isinstance(ev, TopicChanged):
+        return f"-- {ev.room} topic: {ev.text} (set by {ev.nick})"
+    if isinstance(ev, Members):
+        return f"-- in {ev.room}: {', '.join(ev.nicks) or 'nobody'}"
+    if isinstance(ev, RoomList):
+        return "-- rooms: " + (", ".join(f"{r.name} ({r.members})" for r in ev.rooms) or "none")
+    if isinstance(ev, ErrorReply):
+        return f"!! {ev.code} {ev.text}"
+    if isinstance(ev, (Notice, Welcome)):
+        return f"-- {ev.text}"
+    if isinstance(ev, Pong):
+        return f"-- pong {ev.token}"
+    if isinstance(ev, Bye):
+        return f"-- server: {ev.text}"
+    return None
+
+
+class ChatClient:
+    """A reconnecting line-protocol client; ``show`` receives one text line per event to display.
+
+    Args:
+        address: ``HOST:PORT``.
+        nick: the nick to take (and take again after a reconnect).
+        show: prints one line (thread-safe with the prompt).
+        room: a room to join besides the server's default.
+    """
+
+    def __init__(self, address: str, nick: str, show: Callable[[str], None], room: str | None = None) -> None:
+        self.endpoint = parse_endpoint(address)
+        self.nick = nick
+        self.show = show
+        self.rooms: list[str] = [room] if room else []
+        self.current: str | None = room
+        self.last_seq: dict[str, int] = {}
+        self.sock: socket.socket | None = None
+        self.closed = threading.Event()
+        self.quitting = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="chat-reader", daemon=True)
+
+    def _connect(self) -> socket.socket:
+        try:
+            if self.endpoint.unix is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(self.endpoint.unix)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.endpoint.host, self.endpoint.port), timeout=5)
+        except OSError as exc:
+            raise translate_oserror(exc, f"connecting to {self.endpoint}") from exc
+        sock.settimeout(None)
+        return sock
+
+    def start(self) -> None:
+        """Connect now (errors raise) and start reading."""
+        self.sock = self._connect()
+        self._greet()
+        self._thread.start()
+
+    def _greet(self) -> None:
+        self.send(f"/nick {self.nick}")
+        for room in self.rooms:
+            since = self.last_seq.get(room)
+            self.send(f"/join {room}" + (f" {since}" if since is not None else ""))
+
+    def send(self, line: str) -> None:
+        with self._lock:
+            sock = self.sock
+            if sock is None:
+                self.show("!! not connected (reconnecting); try again in a moment")
+                return
+            with contextlib.suppress(OSError):
+                sock.sendall(line.encode() + b"\n")
+
+    def _run(self) -> None:
+        delay = 0.25
+        while not self.closed.is_set():
+            sock = self.sock
+            if sock is not None:
+                self._read(sock)
+                with self._lock:
+                    self.sock = None
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if self.quitting or self.closed.is_set():
+                break
+            self.show(f"-- disconnected; reconnecting in {delay:.1f} s")
+            if self.closed.wait(delay):
+                break
+            try:
+                new = self._connect()
+            except (ConnectError, Exception):
+                delay = min(5.0, delay * 2)
+                continue
+            delay = 0.25
+            with self._lock:
+                self.sock = new
+            self.show(f"-- reconnected to {self.endpoint}; catching up")
+            self._greet()
+        self.closed.set()
+
+    def _read(self, sock: socket.socket) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                try:
+                    ev = parse_event(raw.decode("utf-8", "replace").rstrip("\r"))
+                except RemoteProtocolError:
+                    self.show(raw.decode("utf-8", "replace"))
+                    continue
+                self._on_event(ev)
+
+    def _on_event(self, ev: ServerEvent) -> None:
+        if isinstance(ev, Message):
+            last = self.last_seq.get(ev.room, 0)
+            if ev.seq <= last:
+                return  # seen before the reconnect
+            self.last_seq[ev.room] = ev.seq
+        elif isinstance(ev, Synced):
+            self.last_seq.setdefault(ev.room, ev.seq)
+        elif isinstance(ev, NickChanged) and ev.old in ("*", self.nick):
+            self.nick = ev.new
+        elif isinstance(ev, Joined) and ev.nick == self.nick:
+            if ev.room not in self.rooms:
+                self.rooms.append(ev.room)
+            self.current = ev.room
+        elif isinstance(ev, Parted) and ev.nick == self.nick and ev.room in self.rooms:
+            self.rooms.remove(ev.room)
+            self.current = self.rooms[-1] if self.rooms else None
+        elif isinstance(ev, Bye) and ev.text.startswith("bye"):
+            self.quitting = True
+        text = format_event(ev, self.nick)
+        if text is not None:
+            self.show(text)
+
+    def close(self) -> None:
+        self.quitting = True
+        self.closed.set()
+        with self._lock:
+            sock, self.sock = self.sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False) -> None:
+    """The ``socklab chat connect`` command: prompt until /quit, EOF or Ctrl-D."""
+    if plain or not sys.stdin.isatty():
+        _run_plain(address, nick, room)
+        return
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session: PromptSession[str] = PromptSession(history=InMemoryHistory())
+
+    def show(line: str) -> None:
+        print(line, flush=True)  # patch_stdout draws it above the prompt
+
+    client = ChatClient(address, nick, show, room)
+    with patch_stdout(raw=True):
+        client.start()
+        try:
+            while not client.closed.is_set():
+                try:
+                    line = session.prompt(lambda: f"[{client.current or '-'}] {client.nick}> ")
+                except EOFError:
+                    client.send("/quit")
+                    break
+                except KeyboardInterrupt:
+                    continue
+                if not line.strip():
+                    continue
+                client.send(line)
+                if line.strip().split(" ")[0].lower() in ("/quit", "/exit", "/bye"):
+                    client.quitting = True
+                    client.closed.wait(2)
+                    break
+        finally:
+            client.close()
+
+
+def _run_plain(address: str, nick: str, room: str | None) -> None:
+    lock = threading.Lock()
+
+    def show(line: str) -> None:
+        with lock:
+            print(line, flush=True)
+
+    client = ChatClient(address, nick, show, room)
+    client.start()
+    try:
+        for line in sys.stdin:
+            if client.closed.is_set():
+                break
+            if line.strip():
+                client.send(line.rstrip("\r\n"))
+        else:
+            client.send("/quit")
+            client.quitting = True
+        client.closed.wait(2)
+    finally:
+        client.close()
