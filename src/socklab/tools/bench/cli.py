@@ -38,7 +38,7 @@ POOL_WHY = ("pool serves at most --workers connections at once (the rest queue):
 def _engines(spec: str | None, default: tuple[str, ...], connections: int, err: Console) -> list[str]:
     from socklab.engines import engine_class
 
-    explicit = spec is not None
+    explicit = spec is not None and spec != "all"  # "all" skips what cannot run, with a note
     names = [e.strip() for e in spec.split(",") if e.strip()] if spec else list(default)
     if spec == "all":
         names = list(ENGINE_NAMES)
@@ -163,7 +163,8 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if connections + 64 > nofile:
         raise UsageError(f"{connections} connections need more file descriptors than the limit {nofile}")
     specs = server_specs(engines, references=not no_reference, with_c=with_c, targets=tgts,
-                         max_connections=connections + 100 if connections > 900 else None)
+                         max_connections=connections + 100 if connections > 900 else None,
+                         pool_workers=max(16, connections))
     if not specs:
         raise UsageError("nothing to measure: name --engines, --target or --with-c")
     server_cores, gen_cpu, pinning = pick_cores()
@@ -241,7 +242,8 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
                   "`ulimit -Hn` as root[/yellow]")
         if not steps:
             raise UsageError("no sweep step fits under the file descriptor limit")
-    specs = server_specs(engines, references=False, with_c=with_c, targets=[], max_connections=steps[-1] + 100)
+    specs = server_specs(engines, references=False, with_c=with_c, targets=[], max_connections=steps[-1] + 100,
+                         pool_workers=max(16, active))
     server_cores, gen_cpu, pinning = pick_cores()
     err.print(f"[dim]{pinning}; steps {steps}, {active} active connections[/dim]")
     base = Load(connections=active, size=size, pipeline=pipeline, duration=duration, warmup=warmup)

@@ -82,8 +82,16 @@ def reference_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def socklab_command(engine: str, max_connections: int | None = None) -> tuple[str, ...]:
-    """The argv of socklab's own echo server on ``engine`` (127.0.0.1, port 0)."""
+def socklab_command(engine: str, max_connections: int | None = None,
+                    pool_workers: int | None = None) -> tuple[str, ...]:
+    """The argv of socklab's own echo server on ``engine`` (127.0.0.1, port 0).
+
+    Args:
+        max_connections: raise the server's connection cap (the sweep).
+        pool_workers: ``--workers`` for the pool engine, which serves at most that many
+            connections at once: a run with more long-lived connections than workers would leave
+            the excess waiting in the queue for the whole run.
+    """
     import importlib.util
 
     if importlib.util.find_spec("socklab.apps.echo.cli") is not None:
@@ -93,12 +101,16 @@ def socklab_command(engine: str, max_connections: int | None = None) -> tuple[st
         cmd = [sys.executable, "-m", "socklab.tools.bench.standin", "--engine", engine, "--port", "0"]
     if max_connections is not None:
         cmd += ["--max-connections", str(max_connections)]
+    if engine == "pool" and pool_workers is not None:
+        cmd += ["--workers", str(pool_workers)]
     return tuple(cmd)
 
 
 def server_specs(engines: list[str], *, references: bool, with_c: bool, targets: list[tuple[str, int]],
-                 max_connections: int | None = None) -> list[ServerSpec]:
+                 max_connections: int | None = None, pool_workers: int | None = None) -> list[ServerSpec]:
     """Every server one run measures, in table order: C, then per engine its reference and itself.
+
+    ``max_connections`` and ``pool_workers`` go to socklab's servers (:func:`socklab_command`).
 
     Raises:
         SocklabError: references were asked for but ``benchmarks/reference`` is not there.
@@ -119,7 +131,8 @@ def server_specs(engines: list[str], *, references: bool, with_c: bool, targets:
             seen_refs.add(ref)
             specs.append(ServerSpec(f"ref:{ref}", "reference",
                                     (sys.executable, str(ref_dir / f"{ref}.py"), "--port", "0")))
-        specs.append(ServerSpec(engine, "socklab", socklab_command(engine, max_connections), engine=engine))
+        specs.append(ServerSpec(engine, "socklab", socklab_command(engine, max_connections, pool_workers),
+                                engine=engine))
     for host, port in targets:
         specs.append(ServerSpec(f"{host}:{port}", "target", address=(host, port)))
     return specs
