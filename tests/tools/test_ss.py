@@ -1,0 +1,150 @@
+"""ss against sockets the test opens itself: LISTEN, ESTABLISHED, TIME_WAIT, CLOSE_WAIT on IPv4 and IPv6."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from socklab.apps.echo.protocol import EchoProtocol
+from socklab.core.server import Server
+from socklab.core.settings import ServerSettings
+from socklab.tools import registry
+from socklab.tools.ss import SocketEntry, explain_entries, list_sockets, parse_proc_net, parse_proc_unix
+
+
+def find(port: int, state: str, kinds: tuple[str, ...], deadline: float = 5.0) -> list[SocketEntry]:
+    """Sockets on ``port`` in ``state``; the kernel changes states asynchronously, so look until seen."""
+    end = time.monotonic() + deadline
+
+    def match(entries: list[SocketEntry]) -> list[SocketEntry]:
+        return [e for e in entries if e.state == state and port in (e.local_port, e.peer_port)]
+    while not match(list_sockets(kinds, with_pids=False)) and time.monotonic() < end:
+        time.sleep(0.02)  # cheap look without the /proc/*/fd walk
+    return match(list_sockets(kinds))
+
+
+@pytest.fixture(params=["ipv4", "ipv6"])
+def family(request: pytest.FixtureRequest) -> tuple[str, tuple[str, ...]]:
+    return ("127.0.0.1", ("tcp",)) if request.param == "ipv4" else ("::1", ("tcp6",))
+
+
+@contextlib.contextmanager
+def pair(host: str) -> Iterator[tuple[socket.socket, socket.socket, socket.socket]]:
+    lsock = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    client = socket.create_connection((host, lsock.getsockname()[1]))
+    server, _ = lsock.accept()
+    try:
+        yield lsock, client, server
+    finally:
+        for s in (client, server, lsock):
+            s.close()
+
+
+def test_listen_and_established_with_pids(family: tuple[str, tuple[str, ...]]) -> None:
+    host, kinds = family
+    with pair(host) as (lsock, client, _server):
+        port = lsock.getsockname()[1]
+        listening = find(port, "LISTEN", kinds)
+        assert [e.pid for e in listening] == [os.getpid()]
+        assert listening[0].program
+        established = find(port, "ESTABLISHED", kinds)
+        assert len(established) == 2  # both ends are ours
+        assert {e.local_port for e in established} == {port, client.getsockname()[1]}
+        assert host in established[0].local
+
+
+def test_close_wait_and_time_wait(family: tuple[str, tuple[str, ...]]) -> None:
+    host, kinds = family
+    with pair(host) as (lsock, client, server):
+        port = lsock.getsockname()[1]
+        client_port = client.getsockname()[1]
+        client.shutdown(socket.SHUT_WR)  # the client's FIN: the server side enters CLOSE_WAIT
+        assert server.recv(10) == b""
+        close_wait = [e for e in find(port, "CLOSE_WAIT", kinds) if e.peer_port == client_port]
+        assert [e.local_port for e in close_wait] == [port]
+        warnings = [w for w in explain_entries(close_wait) if w.startswith("WARNING")]
+        assert warnings and "never" in warnings[0]
+        server.close()  # now the client, which sent FIN first, ends in TIME_WAIT
+        client.recv(10)
+        client.close()
+        time_wait = [e for e in find(client_port, "TIME_WAIT", kinds) if e.peer_port == port]
+        assert [e.local_port for e in time_wait] == [client_port]
+        assert time_wait[0].pid is None  # TIME_WAIT belongs to no process any more
+
+
+def test_udp_sockets_are_listed() -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+        found = [e for e in list_sockets(("udp6",)) if e.local_port == port]
+        assert [(e.state, e.pid) for e in found] == [("UNCONN", os.getpid())]
+
+
+def test_socklab_servers_are_labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll"))
+    srv.listen(EchoProtocol)
+    with srv:
+        reg = registry.register_server(srv, app="echo", extra={"note": "demo"})
+        with socket.create_connection(("127.0.0.1", srv.port)) as c:
+            reg.update(peers={f"127.0.0.1:{c.getsockname()[1]}": "nick alice"})
+            entries = [e for e in list_sockets(("tcp",)) if srv.port in (e.local_port,)]
+            by_state = {e.state: e for e in entries}
+            assert by_state["LISTEN"].socklab == "echo (engine epoll)"
+            assert by_state["LISTEN"].detail == "note=demo"
+            est = find(srv.port, "ESTABLISHED", ("tcp",))
+            mine = [e for e in est if e.local_port == srv.port]
+            assert mine and mine[0].detail == "nick alice"
+    assert not list(registry.registry_dir().glob("*.json"))  # removed when the server stopped
+
+
+def test_stale_registry_files_are_ignored_and_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    d = registry.registry_dir()
+    d.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (d / f"{dead.pid}.json").write_text(json.dumps({"pid": dead.pid, "app": "ghost"}))
+    (d / "garbage.json").write_text("{not json")
+    assert registry.read_servers() == []
+    assert not (d / f"{dead.pid}.json").exists()
+
+
+def test_parsers_on_kernel_lines() -> None:
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000005 00:00000000 00000000  1000        0 4242 1\n")
+    e = parse_proc_net(tcp, "tcp")[0]
+    assert (e.local, e.peer, e.state, e.recv_q, e.inode) == ("127.0.0.1:8080", "*:*", "LISTEN", 5, 4242)
+    tcp6 = ("header\n   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 "
+            "01 00000010:00000000 00:00000000 00000000  1000        0 77 1\n")
+    e6 = parse_proc_net(tcp6, "tcp6")[0]
+    assert (e6.local, e6.state, e6.send_q) == ("[::1]:80", "ESTABLISHED", 16)
+    unix = ("Num       RefCount Protocol Flags    Type St Inode Path\n"
+            "0000000000000000: 00000002 00000000 00010000 0001 01 12345 /run/app.sock\n")
+    u = parse_proc_unix(unix)[0]
+    assert (u.proto, u.state, u.local) == ("unix/stream", "LISTEN", "/run/app.sock")
+    assert parse_proc_net("header\ngarbage line\n", "tcp") == []
+
+
+def test_cli_json_and_filters() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        port = lsock.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "socklab", "ss", "-lt", "--port", str(port), "--json"],
+                             capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)
+        assert [(r["state"], r["local_port"], r["pid"]) for r in rows] == [("LISTEN", port, os.getpid())]
+        text = subprocess.run([sys.executable, "-m", "socklab", "ss", "--port", str(port), "--explain"],
+                              capture_output=True, timeout=30, env=dict(os.environ, COLUMNS="200"))
+        assert b"LISTEN" in text.stdout and b"waiting for connections" in text.stdout
+        bad = subprocess.run([sys.executable, "-m", "socklab", "ss", "-4", "-6"], capture_output=True, timeout=30)
+        assert bad.returncode == 2
