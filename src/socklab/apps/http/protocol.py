@@ -45,6 +45,7 @@ __all__ = ["CHUNK", "AccessLog", "HttpProtocol"]
 
 CHUNK = 64 * 1024  # bytes read from a file per write when sendfile is not used
 SENDFILE_MAX = 1 << 30
+SMALL_FILE = 16 * 1024  # files up to this size are read and sent with the head in one write
 
 _IDLE, _HEAD, _BODY, _RESPOND, _WEBSOCKET, _CLOSED = range(6)
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -321,7 +322,8 @@ class HttpProtocol(Protocol):
         self.state = _RESPOND
         self._keep_alive = False
         body = f"{status} {_reason(status).decode()}: {message}\n".encode("utf-8", "replace")
-        self._respond(req, Response(status, [("content-type", "text/plain; charset=utf-8")], body), line)
+        headers = [("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")]
+        self._respond(req, Response(status, headers, body), line)
 
     def _respond(self, req: Request | None, resp: Response, line: str) -> None:
         status = resp.status
@@ -355,6 +357,13 @@ class HttpProtocol(Protocol):
             self._close_files()
             parts = []
         first = parts[0] if parts else None
+        if isinstance(first, FileSpan) and first.length <= SMALL_FILE:
+            try:  # a small file goes out with the head in one write: one send() per response
+                data = _read_at(first.file, first.offset, first.length)
+            except OSError:
+                data = b""
+            if len(data) == first.length:
+                parts[0] = first = data
         if isinstance(first, bytes) and len(first) <= CHUNK:
             head += first
             parts.pop(0)  # one write for head and small body (no Nagle/delayed-ACK stall)

@@ -179,15 +179,15 @@ class Router:
                 traceback.print_exc(file=sys.stderr)
                 return Response.text(500, "500 Internal Server Error\n")
         allowed = sorted({m for (m, p) in self.routes if p == request.path})
+        if allowed:  # the path is a route, not this method (RFC 9110 §15.5.6)
+            if "GET" in allowed:
+                allowed.append("HEAD")
+            return Response(405, [("allow", ", ".join(allowed)), ("content-type", "text/plain")],
+                            b"405 Method Not Allowed\n")
         for prefix, files in self.mounts:
             if request.segments[:len(prefix)] == prefix:
                 if method != "GET":
                     return Response(405, [("allow", "GET, HEAD"), ("content-type", "text/plain")],
                                     b"405 Method Not Allowed\n")
                 return files.serve(request, prefix)
-        if allowed:
-            if "GET" in allowed:
-                allowed.append("HEAD")
-            return Response(405, [("allow", ", ".join(allowed)), ("content-type", "text/plain")],
-                            b"405 Method Not Allowed\n")
         return Response.text(404, "404 Not Found\n")
