@@ -27,9 +27,9 @@ def find(port: int, state: str, kinds: tuple[str, ...], deadline: float = 5.0) -
 
     def match(entries: list[SocketEntry]) -> list[SocketEntry]:
         return [e for e in entries if e.state == state and port in (e.local_port, e.peer_port)]
-    while not match(list_sockets(kinds, with_pids=False)) and time.monotonic() < end:
+    while not match(list_sockets(kinds, with_pids=False, port=port)) and time.monotonic() < end:
         time.sleep(0.02)  # cheap look without the /proc/*/fd walk
-    return match(list_sockets(kinds))
+    return match(list_sockets(kinds, port=port))
 
 
 @pytest.fixture(params=["ipv4", "ipv6"])
@@ -85,7 +85,7 @@ def test_udp_sockets_are_listed() -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         s.bind(("::1", 0))
         port = s.getsockname()[1]
-        found = [e for e in list_sockets(("udp6",)) if e.local_port == port]
+        found = [e for e in list_sockets(("udp6",), port=port) if e.local_port == port]
         assert [(e.state, e.pid) for e in found] == [("UNCONN", os.getpid())]
 
 
@@ -97,7 +97,7 @@ def test_socklab_servers_are_labelled(tmp_path: Path, monkeypatch: pytest.Monkey
         reg = registry.register_server(srv, app="echo", extra={"note": "demo"})
         with socket.create_connection(("127.0.0.1", srv.port)) as c:
             reg.update(peers={f"127.0.0.1:{c.getsockname()[1]}": "nick alice"})
-            entries = [e for e in list_sockets(("tcp",)) if srv.port in (e.local_port,)]
+            entries = [e for e in list_sockets(("tcp",), port=srv.port) if srv.port in (e.local_port,)]
             by_state = {e.state: e for e in entries}
             assert by_state["LISTEN"].socklab == "echo (engine epoll)"
             assert by_state["LISTEN"].detail == "note=demo"
@@ -133,6 +133,7 @@ def test_parsers_on_kernel_lines() -> None:
     u = parse_proc_unix(unix)[0]
     assert (u.proto, u.state, u.local) == ("unix/stream", "LISTEN", "/run/app.sock")
     assert parse_proc_net("header\ngarbage line\n", "tcp") == []
+    assert len(parse_proc_net(tcp, "tcp", port=8080)) == 1 and parse_proc_net(tcp, "tcp", port=81) == []
 
 
 def test_cli_json_and_filters() -> None:

@@ -90,17 +90,22 @@ def _fmt(host: str, port: int) -> str:
     return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
 
 
-def parse_proc_net(text: str, proto: str) -> list[SocketEntry]:
+def parse_proc_net(text: str, proto: str, port: int | None = None) -> list[SocketEntry]:
     """Parse ``/proc/net/{tcp,tcp6,udp,udp6}``.
 
     Args:
         text: the file's content.
         proto: ``tcp``, ``tcp6``, ``udp`` or ``udp6``.
+        port: keep only sockets with this local or peer port (skips decoding the others: a busy
+            machine has tens of thousands of TIME_WAIT lines).
     """
     out = []
+    want = None if port is None else f"{port:04X}"
     for line in text.splitlines()[1:]:
         f = line.split()
         if len(f) < 10:
+            continue
+        if want is not None and not (f[1].endswith(want) or f[2].endswith(want)):
             continue
         try:
             lhost, lport = _decode_addr(f[1])
@@ -201,8 +206,8 @@ def _label(entries: list[SocketEntry]) -> None:
 
 
 def list_sockets(kinds: tuple[str, ...] = ("tcp", "tcp6", "udp", "udp6", "unix"), *,
-                 with_pids: bool = True) -> list[SocketEntry]:
-    """Every socket of the kinds asked, with owners and socklab labels where known."""
+                 with_pids: bool = True, port: int | None = None) -> list[SocketEntry]:
+    """Every socket of the kinds asked (only those on ``port`` when given), with owners and labels."""
     entries: list[SocketEntry] = []
     for kind in kinds:
         try:
@@ -210,7 +215,10 @@ def list_sockets(kinds: tuple[str, ...] = ("tcp", "tcp6", "udp", "udp6", "unix")
                 text = f.read()
         except OSError:
             continue  # no IPv6 on this machine, say
-        entries.extend(parse_proc_unix(text) if kind == "unix" else parse_proc_net(text, kind))
+        if kind == "unix":
+            entries.extend(parse_proc_unix(text) if port is None else [])
+        else:
+            entries.extend(parse_proc_net(text, kind, port))
     if with_pids:
         owners = _inode_owners()
         names: dict[int, str] = {}
@@ -331,7 +339,7 @@ def ss(listening: bool, tcp: bool, udp: bool, unix: bool, ipv4: bool, ipv6: bool
         kinds.append("unix")
 
     def snapshot() -> list[SocketEntry]:
-        return _filter(list_sockets(tuple(kinds)), listening=listening, port=port, states=states, pid=pid,
+        return _filter(list_sockets(tuple(kinds), port=port), listening=listening, port=port, states=states, pid=pid,
                        socklab_only=socklab_only)
 
     if as_json:
