@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -155,16 +156,24 @@ def bar_chart_svg(title: str, bars: Sequence[tuple[str, float, str]], unit: str,
 
 
 def line_chart_svg(title: str, xs: Sequence[int], series: dict[str, list[float | None]], unit: str,
-                   width: int = 760, height: int = 320) -> str:
-    """Lines over categorical x positions (the sweep's 10, 100, 1000, 10000 are evenly spaced on a log axis)."""
+                   width: int = 760, height: int = 320, y_log: bool = False) -> str:
+    """Lines over categorical x positions (the sweep's 10, 100, 1000, 10000 are evenly spaced on a log axis).
+
+    ``y_log`` draws the y axis in powers of ten (values <= 0 are left out).
+    """
     left, right, top, bottom = 80, 150, 40, 40
-    vmax = max((v for vals in series.values() for v in vals if v is not None), default=0.0) or 1.0
+    values = [v for vals in series.values() for v in vals if v is not None and (v > 0 or not y_log)]
+    vmax = max(values, default=0.0) or 1.0
+    lo_exp = math.floor(math.log10(min(values))) if y_log and values else 0
+    hi_exp = max(lo_exp + 1, math.ceil(math.log10(vmax))) if y_log and values else 0
     pw, ph = width - left - right, height - top - bottom
 
     def px(i: int) -> float:
         return left + (pw * i / (len(xs) - 1) if len(xs) > 1 else pw / 2)
 
     def py(v: float) -> float:
+        if y_log:
+            return top + ph - (math.log10(v) - lo_exp) / (hi_exp - lo_exp) * ph
         return top + ph - v / vmax * ph
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -172,14 +181,16 @@ def line_chart_svg(title: str, xs: Sequence[int], series: dict[str, list[float |
              f'<text x="10" y="22" font-size="15" font-weight="bold">{html.escape(title)}</text>',
              f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#444"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#444"/>',
-             f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{vmax:,.0f}</text>',
-             f'<text x="{left - 6}" y="{top + ph}" text-anchor="end">0</text>',
-             f'<text x="{left - 6}" y="{top + ph / 2}" text-anchor="end">{html.escape(unit)}</text>']
+             f'<text x="10" y="{top + ph / 2}">{html.escape(unit)}</text>']
+    ticks = [10.0**e for e in range(lo_exp, hi_exp + 1)] if y_log else [0.0, vmax]
+    for v in ticks:
+        parts.append(f'<text x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v:,.{2 if 0 < v < 1 else 0}f}</text>')
+        parts.append(f'<line x1="{left}" y1="{py(v):.1f}" x2="{left + pw}" y2="{py(v):.1f}" stroke="#ddd"/>')
     for i, x in enumerate(xs):
         parts.append(f'<text x="{px(i):.1f}" y="{top + ph + 18}" text-anchor="middle">{x:,}</text>')
     for k, (name, vals) in enumerate(series.items()):
         colour = PALETTE[k % len(PALETTE)]
-        pts = [(px(i), py(v)) for i, v in enumerate(vals) if v is not None]
+        pts = [(px(i), py(v)) for i, v in enumerate(vals) if v is not None and (v > 0 or not y_log)]
         if pts:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
@@ -213,7 +224,7 @@ def _sweep_svgs(results: Sequence[Result]) -> list[str]:
             vals.append(None if per is None else per / 1024)
         mem[n] = vals
     return [line_chart_svg("Req/s of the active connections vs open connections", xs, rps, "req/s"),
-            line_chart_svg("Server memory per connection", xs, mem, "KiB")]
+            line_chart_svg("Server memory per connection (log scale)", xs, mem, "KiB", y_log=True)]
 
 
 def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict[str, Any]) -> None:
