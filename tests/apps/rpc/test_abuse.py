@@ -186,3 +186,32 @@ def test_websocket_message_over_the_limit_closes_1009() -> None:
             assert "1009" in str(lost.get(timeout=10))
         finally:
             ch.close()
+
+
+def test_graceful_shutdown_answers_calls_in_flight(concurrent_engine: str) -> None:
+    import threading
+
+    from socklab.apps.rpc.service import demo_service
+
+    svc = demo_service()
+    started, finish = threading.Event(), threading.Event()
+
+    @svc.method
+    def slow() -> str:
+        started.set()
+        finish.wait(10)
+        return "done"
+
+    with rpc_server(concurrent_engine, service=svc, listen=("tcp://127.0.0.1:0",)) as rs, \
+            Raw(tcp_port(rs)) as raw:
+        raw.send(req("slow", None, 1))
+        assert started.wait(10)  # the call is running: now shut down
+        stopper = threading.Thread(target=rs.shutdown, args=(5,))
+        stopper.start()
+        try:
+            finish.set()
+            assert raw.recv() == {"jsonrpc": "2.0", "result": "done", "id": 1}
+            assert raw.recv_raw() is None  # then the server closes the idle connection
+        finally:
+            finish.set()
+            stopper.join(10)

@@ -101,8 +101,13 @@ class Dispatcher:
             items = list(self._done)
             self._done.clear()
             self._scheduled = False
+        touched: dict[int, Session] = {}
         for session, call, outcome in items:
-            session.complete(call, outcome)
+            session.complete(call, outcome, progress=False)
+            touched[id(session)] = session
+        for session in touched.values():  # one progress (one write) per connection per wake-up
+            if session.on_progress is not None and not session.closed:
+                session.on_progress()
 
     def outcome_of(self, exc: BaseException) -> Outcome:
         """An exception raised by a handler as the error to answer (never a traceback)."""
@@ -296,8 +301,11 @@ class Session:
             call.future.cancel()
         self.complete(call, (False, j.ErrorObject(j.REQUEST_CANCELLED, j.MESSAGES[j.REQUEST_CANCELLED])))
 
-    def complete(self, call: _Call, outcome: Outcome) -> None:
-        """A call finished (result, error, timeout or cancel); only the first completion counts."""
+    def complete(self, call: _Call, outcome: Outcome, progress: bool = True) -> None:
+        """A call finished (result, error, timeout or cancel); only the first completion counts.
+
+        ``progress=False``: the caller will call ``on_progress`` itself after a run of completions.
+        """
         if call.done or self.closed:
             return
         call.done = True
@@ -314,7 +322,7 @@ class Session:
             nxt = self.waiting.popleft()
             if not nxt.done:
                 self._start(nxt)
-        if self.on_progress is not None:
+        if progress and self.on_progress is not None:
             self.on_progress()
 
     def close(self) -> None:

@@ -92,6 +92,7 @@ class _Adapter(Protocol):
         self.session = Session(self.dispatcher, transport.call_later, self._progress)
 
     def _progress(self) -> None:
+        self._flush()
         if self.transport.is_closing():
             return
         if self.closing and self.session.idle:
@@ -99,7 +100,11 @@ class _Adapter(Protocol):
         elif not self.session.saturated and not self.transport.is_reading():
             self.transport.resume_reading()
 
+    def _flush(self) -> None:
+        """Write what the calls answered since the last flush (adapters that batch their output)."""
+
     def _after_input(self) -> None:
+        self._flush()
         if self.session.saturated and not self.transport.is_closing() and self.transport.is_reading():
             self.transport.pause_reading()
 
@@ -118,11 +123,19 @@ class RpcStreamProtocol(_Adapter):
     def connection_made(self, transport: Transport) -> None:
         super().connection_made(transport)
         self.decoder = FrameDecoder(max_frame=self.dispatcher.limits.max_message_size)
-        self.write = transport.write
+        self.out: list[bytes] = []
 
     def _reply(self, payload: bytes | None) -> None:
-        if payload is not None and not self.transport.is_closing():
-            self.write(encode_frame(payload, self.decoder.mode))
+        # Answers are gathered and written once per receive or per batch of completions: under
+        # pipelining, one send() carries many answers.
+        if payload is not None:
+            self.out.append(encode_frame(payload, self.decoder.mode))
+
+    def _flush(self) -> None:
+        if self.out:
+            out, self.out = self.out, []
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -130,6 +143,7 @@ class RpcStreamProtocol(_Adapter):
         except RemoteProtocolError as exc:
             # Broken framing: say why (id null), then close - the stream cannot be resynchronised.
             self._reply(_fatal_reply(exc.hint, str(exc)))
+            self._flush()
             self.closing = True
             self.session.close()
             self.transport.close()
@@ -152,6 +166,7 @@ class RpcStreamProtocol(_Adapter):
     def eof_received(self) -> bool:
         self.decoder.receive_data(b"")
         self._events()
+        self._flush()
         # everything answered: close; else keep writing until the calls in flight are answered
         return not self.session.idle
 
