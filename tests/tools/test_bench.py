@@ -261,3 +261,12 @@ def test_sweep_table_and_chart(tmp_path: Path) -> None:
     assert "1,000 conns" in text and "2.0 KiB" in text and "600 / 40,000" in text
     report.write_chart(str(tmp_path / "sweep.svg"), rows, sweep=True, meta={})
     assert ET.parse(tmp_path / "sweep.svg").getroot().tag.endswith("svg")
+
+
+def test_cli_measures_any_target(c_server: ServerProcess, spawn: Callable[..., Any]) -> None:
+    proc = spawn("bench", "echo", "--target", f"127.0.0.1:{c_server.port}", "--connections", "2",
+                 "--duration", "0.3", "--warmup", "0", "--repeat", "1", "--json")
+    out, err = proc.popen.communicate(timeout=50)
+    assert proc.popen.returncode == 0, err
+    [row] = json.loads(out)["results"]
+    assert row["kind"] == "target" and row["rps"] > 0 and row["server_cpu"] is None  # no process to watch
