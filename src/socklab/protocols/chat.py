@@ -586,14 +586,16 @@ class ChatConnection:
     def __init__(self, max_line: int = 4096) -> None:
         self._lines = LineDecoder(max_line)
         self._events: deque[Command | Invalid | EndOfInput] = deque()
+        self._error: RemoteProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes (``b""`` = EOF).
-
-        Raises:
-            RemoteProtocolError: a line longer than ``max_line`` (hint 413).
-        """
-        self._lines.receive_data(data)
+        """Feed bytes (``b""`` = EOF). Never raises: a fatal error waits behind the commands before it."""
+        if self._error is not None:
+            return
+        try:
+            self._lines.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._error = exc  # raised by next_event once the complete lines before it are consumed
         while True:
             ev = self._lines.next_event()
             if ev is None:
@@ -619,8 +621,17 @@ class ChatConnection:
             return Invalid(exc.hint or 400, str(exc))
 
     def next_event(self) -> Command | Invalid | EndOfInput | None:
-        """The next command (or :class:`Invalid` line, or :class:`EndOfInput`), else ``None``."""
-        return self._events.popleft() if self._events else None
+        """The next command (or :class:`Invalid` line, or :class:`EndOfInput`), else ``None``.
+
+        Raises:
+            RemoteProtocolError: a line longer than ``max_line`` (hint 413), after the commands that
+                came before it; the connection should be closed with the reason.
+        """
+        if self._events:
+            return self._events.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
 
     @staticmethod
     def send(event: ServerEvent) -> bytes:

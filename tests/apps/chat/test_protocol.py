@@ -158,10 +158,13 @@ def test_connection_whole_and_byte_by_byte() -> None:
 def test_one_mib_line_without_newline_is_fatal_and_bounded() -> None:
     conn = ChatConnection(max_line=4096)
     chunk = b"x" * 65536
+    conn.receive_data(b"/nick ann\n")
+    for _ in range(16):
+        conn.receive_data(chunk)
+        assert conn._lines.buffered <= 4096 + 65536
+    assert conn.next_event() == Nick("ann")  # what came before the long line still counts
     with pytest.raises(RemoteProtocolError) as info:
-        for _ in range(16):
-            conn.receive_data(chunk)
-            assert conn._lines.buffered <= 4096 + 65536
+        conn.next_event()
     assert info.value.hint == 413
 
 

@@ -15,7 +15,6 @@ Why this exists: it glues three things together - the engine's transport, the sa
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 
 from socklab.apps.chat.hub import ChatHub, Frame, Member
@@ -63,19 +62,19 @@ class ChatLineProtocol(Protocol, Member):
     def data_received(self, data: bytes) -> None:
         if self.gone:
             return
-        try:
-            self.conn.receive_data(data)
-        except RemoteProtocolError as exc:
-            # A line over max_line: the only fatal input. Say why, then close (the buffer is bounded).
-            self.send(ErrorReply(exc.hint or 413, str(exc)))
-            self.close_with(Bye(f"{exc}; closing"))
-            self.hub.detach(self, "line too long")
-            return
+        self.conn.receive_data(data)
         self._drain_events()
 
     def _drain_events(self) -> None:
         while not self.gone:
-            ev = self.conn.next_event()
+            try:
+                ev = self.conn.next_event()
+            except RemoteProtocolError as exc:
+                # A line over max_line: the only fatal input. Say why, then close (the buffer is bounded).
+                self.send(ErrorReply(exc.hint or 413, str(exc)))
+                self.close_with(Bye(f"{exc}; closing"))
+                self.hub.detach(self, "line too long")
+                return
             if ev is None:
                 return
             if isinstance(ev, Invalid):
@@ -89,8 +88,7 @@ class ChatLineProtocol(Protocol, Member):
 
     def eof_received(self) -> bool | None:
         if not self.gone:
-            with contextlib.suppress(RemoteProtocolError):
-                self.conn.receive_data(b"")
+            self.conn.receive_data(b"")
             self._drain_events()
         return None  # close our side too
 
