@@ -80,9 +80,10 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_no_fault_relays_byte_exact_both_ways_with_half_close() -> None:
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_no_fault_relays_byte_exact_both_ways_with_half_close(splice: bool) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 7)
-    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), seed=1) as tap:
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), seed=1, splice=splice) as tap:
         with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as sock:
             result: list[bytes] = []
             reader = threading.Thread(target=lambda: result.append(read_all(sock)))
@@ -92,6 +93,19 @@ def test_no_fault_relays_byte_exact_both_ways_with_half_close() -> None:
             reader.join(10)
         assert hashlib.sha256(result[0]).digest() == hashlib.sha256(payload).digest()
         assert tap.fault_log == []
+    assert tap.stats["bytes_up"] == tap.stats["bytes_down"] == len(payload)
+
+
+def test_reset_by_the_server_is_passed_on_through_splice() -> None:
+    class Resetter(Protocol):
+        def data_received(self, data: bytes) -> None:
+            self.transport.abort()  # RST
+
+    with server(Resetter) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        with pytest.raises(ConnectionResetError), \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            sock.sendall(b"x")
+            sock.recv(10)
 
 
 def test_latency_within_ten_percent() -> None:

@@ -69,11 +69,13 @@ def tap() -> None:
               help="The reactor the relay runs on.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to reach the target for each client.")
+@click.option("--no-splice", is_flag=True,
+              help="Copy through Python even when nothing is shown or broken (default: splice(2), zero copy).")
 @trace_options
 @run_cli
 def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record: str | None,
         faults: tuple[str, ...], seed: int | None, ctl: str | None, engine: str, connect_timeout: float,
-        trace: bool, trace_json: str | None) -> None:
+        no_splice: bool, trace: bool, trace_json: str | None) -> None:
     """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic."""
     from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
 
@@ -90,7 +92,8 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
     if record:
         observers.append(RecordObserver(record))
     relay = Tap(listen_ep, target_ep, udp=udp, faults=fault_list, seed=seed, observers=observers,
-                engine=engine, tracer=make_tracer(engine, trace, trace_json), connect_timeout=connect_timeout)
+                engine=engine, tracer=make_tracer(engine, trace, trace_json), connect_timeout=connect_timeout,
+                splice=not no_splice)
     relay.bind()
     scheme = "udp" if udp else "tcp"
     click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import itertools
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +45,7 @@ from socklab.protocols.faults import DatagramFaults, Fault, FaultSchedule, Plan
 __all__ = ["ConnInfo", "FaultEvent", "Observer", "Tap", "TapSettings"]
 
 UPSTREAM, DOWNSTREAM = "upstream", "downstream"
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
 @dataclass
@@ -265,6 +269,96 @@ class _Pipe:
         self.queue.clear()
         self.done = True
 
+class _SplicePump:
+    """One direction of a fault-free, unobserved connection, moved by the kernel: socket -> pipe -> socket.
+
+    ``splice(2)`` moves pages between a socket and a pipe without copying them through user space,
+    so a relay with nothing to show or break costs a couple of system calls per MiB. Used only
+    when the connection has no fault and the tap has no observer (otherwise the bytes must pass
+    through Python to be shown, recorded or delayed).
+    """
+
+    SIZE = 1 << 20
+
+    def __init__(self, relay: _TcpRelay, direction: str, src: Transport, dst: Transport) -> None:
+        self.relay, self.direction, self.src, self.dst = relay, direction, src, dst
+        self.reactor = relay.tap.engine
+        self.src_fd: int = src.get_extra_info("fd")
+        self.dst_fd: int = dst.get_extra_info("fd")
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.pipe_w, 1031, self.SIZE)  # F_SETPIPE_SZ: room for 1 MiB in flight
+        self.pending = 0
+        self.eof = False
+        self.done = False
+        self.bytes = 0
+
+    def start(self) -> None:
+        self.reactor.add_reader(self.src_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self.pipe_r < 0:
+            return
+        try:
+            n = os.splice(self.src_fd, self.pipe_w, self.SIZE, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.relay.splice_failed(self, exc)
+            return
+        if n == 0:
+            self.eof = True
+            self.reactor.remove_reader(self.src_fd)
+        self.pending += n
+        self.bytes += n
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.pending:
+            try:
+                n = os.splice(self.pipe_r, self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                # the receiver is slow: stop reading the sender until the pipe drains
+                self.reactor.remove_reader(self.src_fd)
+                self.reactor.add_writer(self.dst_fd, self._on_writable)
+                return
+            except OSError as exc:
+                self.relay.splice_failed(self, exc)
+                return
+            self.pending -= n
+        if self.eof:
+            self._finish()
+
+    def _on_writable(self) -> None:
+        self.reactor.remove_writer(self.dst_fd)
+        if self.pipe_r < 0:
+            return
+        self._flush()
+        if not self.pending and not self.eof and not self.done:
+            self.reactor.add_reader(self.src_fd, self._on_readable)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        with contextlib.suppress(OSError):
+            self.dst.get_extra_info("socket").shutdown(socket.SHUT_WR)  # pass the FIN on
+        self.relay.splice_done()
+
+    def close(self) -> None:
+        """Stop watching the sockets, then free the pipe (its fd numbers are reused at once)."""
+        if self.pipe_r < 0:
+            return
+        self.done = True
+        if self.reactor._readers.get(self.src_fd) == self._on_readable:
+            self.reactor.remove_reader(self.src_fd)
+        if self.reactor._writers.get(self.dst_fd) == self._on_writable:
+            self.reactor.remove_writer(self.dst_fd)
+        for fd in (self.pipe_r, self.pipe_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pipe_r = self.pipe_w = -1
+
 
 class _TcpRelay:
     """One relayed TCP connection: the client side, the server side and two pipes."""
@@ -278,6 +372,7 @@ class _TcpRelay:
         self.info = ConnInfo(index, None, tap.target_address, False, time.time(), plan)
         self.timers: list[TimerHandle] = []
         self.finished = False
+        self.pumps: list[_SplicePump] = []
 
     def fault(self, direction: str, kind: str, text: str) -> None:
         self.tap.log_fault(self.info, direction, kind, text)
@@ -290,6 +385,9 @@ class _TcpRelay:
         self.down.src, self.down.dst = transport, self.client
         for obs in self.tap.observers:
             obs.opened(self.info)
+        if self.tap.splice and not self.tap.observers and not self.plan.active and hasattr(os, "splice"):
+            self._start_splice(transport)
+            return
         for direction in (UPSTREAM, DOWNSTREAM):
             reset = self.plan.get("reset_peer", direction)
             if reset is not None:
@@ -302,6 +400,25 @@ class _TcpRelay:
                 if hang["timeout"] > 0:
                     self.timers.append(self.tap.engine.call_later(hang["timeout"] / 1000.0, self.close_all))
         self.client.resume_reading()
+
+    def _start_splice(self, server: Transport) -> None:
+        assert self.client is not None
+        server.pause_reading()  # the pumps read both sockets from now on
+        self.pumps = [_SplicePump(self, UPSTREAM, self.client, server),
+                      _SplicePump(self, DOWNSTREAM, server, self.client)]
+        for pump in self.pumps:
+            pump.start()
+
+    def splice_done(self) -> None:
+        if all(p.done for p in self.pumps):
+            self.tap.stats["bytes_up"] += self.pumps[0].bytes
+            self.tap.stats["bytes_down"] += self.pumps[1].bytes
+            self.close_all()
+
+    def splice_failed(self, pump: _SplicePump, exc: OSError) -> None:
+        for obs in self.tap.observers:
+            obs.closed(self.info, pump.direction, "rst")
+        self.abort_all()  # a reset on one side is passed on as a reset
 
     def reset(self, direction: str) -> None:
         """reset_peer: RST towards the receiver of ``direction`` (and the other side too)."""
@@ -326,6 +443,8 @@ class _TcpRelay:
 
     def _stop(self) -> None:
         self.finished = True
+        for pump in self.pumps:
+            pump.close()
         for timer in self.timers:
             timer.cancel()
         self.up.cancel()
@@ -547,6 +666,7 @@ class Tap:
         engine: ``epoll`` (default), ``poll`` or ``select``.
         tracer: the lifecycle trace, or ``None``.
         connect_timeout: seconds to reach the target for each client.
+        splice: move the bytes of fault-free, unobserved connections with ``splice(2)`` (zero copy).
 
     Raises:
         UsageError: bad address or fault; NetworkError subclasses when binding fails.
@@ -557,7 +677,8 @@ class Tap:
     def __init__(self, listen: Any = ("127.0.0.1", 0), target: Any = None, *, udp: bool = False,
                  faults: Iterable[Fault] = (), seed: int | None = None,
                  observers: Iterable[Observer] = (), engine: str = "epoll", tracer: Tracer | None = None,
-                 connect_timeout: float = 10.0, settings: TapSettings | None = None) -> None:
+                 connect_timeout: float = 10.0, settings: TapSettings | None = None,
+                 splice: bool = True) -> None:
         if target is None:
             raise UsageError("a tap needs a target (--to HOST:PORT)")
         if engine not in ("epoll", "poll", "select"):
@@ -570,6 +691,7 @@ class Tap:
         self.observers: list[Observer] = list(observers)
         self.tracer = tracer
         self.connect_timeout = connect_timeout
+        self.splice = splice
         base = settings or TapSettings()
         self.settings: TapSettings = base.replace(host=self.listen_at.host, port=self.listen_at.port,
                                                   engine=engine)
