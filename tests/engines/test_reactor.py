@@ -146,3 +146,29 @@ def test_select_refuses_descriptors_past_fd_setsize() -> None:
 
     with pytest.raises(OSError, match="FD_SETSIZE"):
         SelectPoller().register(2000, 1)
+
+
+def test_select_refuses_one_connection_past_fd_setsize_and_keeps_serving() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1200:
+        pytest.fail(f"RLIMIT_NOFILE hard limit {hard} is too low to run this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers: list[socket.socket] = []
+    try:
+        with running_server(EchoProtocol, "select") as srv:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as early:
+                early.sendall(b"a")
+                assert early.recv(1) == b"a"
+                while len(fillers) < 1100 and (not fillers or fillers[-1].fileno() < 1030):
+                    fillers.append(socket.socket())  # push the next accepted fd past 1023
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as late:
+                    late.settimeout(5)
+                    assert late.recv(10) == b""  # refused (closed), not hung
+                early.sendall(b"b")
+                assert early.recv(1) == b"b"  # the server is still serving
+    finally:
+        for f in fillers:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

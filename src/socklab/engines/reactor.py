@@ -38,8 +38,8 @@ from typing import Any
 from socklab.core.errors import ConnectTimeout, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
-from socklab.core.trace import format_addr
 from socklab.core.tls import TLSProtocol
+from socklab.core.trace import format_addr
 from socklab.core.transport import DatagramTransport, Transport
 from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
 
@@ -320,7 +320,10 @@ class Reactor(Engine):
         except Exception as exc:
             transport._protocol_failed(exc, "connection_made")
             return transport
-        transport.start_reading()
+        try:
+            transport.start_reading()
+        except OSError as exc:  # select() cannot watch fds >= 1024: refuse this one, serve the rest
+            transport._fatal(exc, "watching the new connection")
         return transport
 
 
