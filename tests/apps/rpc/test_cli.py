@@ -59,3 +59,13 @@ def test_usage_errors() -> None:
     out = subprocess.run([sys.executable, "-m", "socklab", "rpc", "serve", "--demo", "--listen", "udp://x:1"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "scheme" in out.stderr
+
+
+def test_bench_smoke() -> None:
+    out = subprocess.run([sys.executable, "-m", "socklab", "rpc", "bench", "--engines", "epoll", "--calls", "200",
+                          "--window", "20", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["server"], r["method"]) for r in rows] == [
+        ("xmlrpc.server", "add"), ("socklab epoll", "add"), ("socklab epoll", "add_inline")]
+    assert all(r["seq_calls_s"] > 0 for r in rows) and rows[1]["pipelined_calls_s"] > 0

@@ -147,3 +147,19 @@ def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], p
             click.echo(f"socklab: error {exc.code}: {exc.message}{detail}", err=True)
             sys.exit(EXIT_NETWORK)
     click.echo(json.dumps(result, ensure_ascii=False))
+
+
+@rpc.command("bench")
+@click.option("--engines", default="epoll,select,poll,threads,pool,asyncio,uvloop", show_default=True,
+              help="Comma-separated engines to measure.")
+@click.option("--calls", type=int, default=20000, show_default=True,
+              help="Pipelined calls per run (sequential runs make a quarter of them).")
+@click.option("--window", type=int, default=100, show_default=True, help="Calls in flight when pipelining.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@run_cli
+def bench(engines: str, calls: int, window: int, as_json: bool) -> None:
+    """Calls/s and latency, sequential and pipelined, per engine, beside Python's xmlrpc.server."""
+    from socklab.apps.rpc.bench import run, table
+
+    rows = run(engines.split(","), calls, window)
+    click.echo(json.dumps(rows, indent=1) if as_json else table(rows))
