@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.core.server import Server
@@ -149,3 +151,11 @@ def test_cli_json_and_filters() -> None:
         assert b"LISTEN" in text.stdout and b"waiting for connections" in text.stdout
         bad = subprocess.run([sys.executable, "-m", "socklab", "ss", "-4", "-6"], capture_output=True, timeout=30)
         assert bad.returncode == 2
+
+
+@given(st.text(max_size=300))
+def test_proc_parsers_never_crash_on_garbage(text: str) -> None:
+    header = "  sl  local_address rem_address   st\n"
+    for proto in ("tcp", "udp6"):
+        parse_proc_net(header + text, proto)
+    parse_proc_unix("Num RefCount\n" + text)
