@@ -50,7 +50,7 @@ def test_traversal_corpus_serves_nothing_from_outside(site: Path) -> None:
              b"http://127.0.0.1/../secret.txt", b"/%00../secret.txt", b"/sub/a.txt%00.html"]
     with http_server(site) as srv:
         for target in TRAVERSAL + extra:
-            out, _ = raw_exchange(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            out, _ = raw_exchange(srv.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             assert secret not in out, target
             assert status_of(out) in (400, 404), target
         # and through curl, which must not normalize the path first

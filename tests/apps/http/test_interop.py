@@ -1,0 +1,90 @@
+"""Real peers end to end: headless Chromium loading a page with assets, wrk, and the CLI (with TLS)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.apps.http.api import HttpSettings, Request, Router, serve_http
+from tests.apps.http.conftest import http_server
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.interop]
+
+
+def test_headless_chromium_loads_page_with_assets(site: Path) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def log(req: Request | None, client: Any, status: int, size: int, line: str) -> None:
+        seen.append((req.path if req else line, status))
+
+    with tempfile.TemporaryDirectory() as profile:
+        settings = HttpSettings(host="127.0.0.1", port=0, engine="epoll")
+        router = Router()
+        router.static("/", site)
+        srv = serve_http(settings, router, access_log=log)
+        srv.start()
+        try:
+            r = subprocess.run(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+                 "--dump-dom", f"http://127.0.0.1:{srv.port}/"],
+                capture_output=True, timeout=75)
+        finally:
+            srv.shutdown(timeout=2)
+    dom = r.stdout.decode(errors="replace")
+    assert 'data-js="ran"' in dom, (dom[:500], r.stderr[-2000:])
+    paths = {p for p, status in seen if status == 200}
+    assert {"/", "/style.css", "/app.js", "/img.png"} <= paths, seen
+
+
+@pytest.mark.parametrize("engine", ["epoll", "uvloop"])
+def test_wrk_short_run_without_errors(site: Path, engine: str) -> None:
+    with http_server(site, engine) as srv:
+        r = subprocess.run(["wrk", "-t1", "-c20", "-d1s", f"http://127.0.0.1:{srv.port}/sub/a.txt"],
+                           capture_output=True, timeout=30)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    assert rate > 0
+
+
+def test_cli_serve_json_log_and_sigterm(spawn: Any, site: Path) -> None:
+    proc = spawn("http", "serve", str(site), "--port", "0", "--log-format", "json", "--engine", "poll")
+    addr = proc.wait_for(r"socklab http listening on http://(\S+) \(engine poll\)").group(1)
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://{addr}/sub/a.txt"], capture_output=True,
+                       timeout=20)
+    assert r.stdout == b"0123456789"
+    line = proc.wait_for(r"^\{").string
+    rec = json.loads(line)
+    assert rec["path"] == "/sub/a.txt" and rec["status"] == 200 and rec["bytes"] == 10
+    assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_cli_tls(spawn: Any, site: Path, tls_files: dict[str, str]) -> None:
+    proc = spawn("http", "serve", str(site), "--port", "0", "--tls-cert", tls_files["cert"], "--tls-key",
+                 tls_files["key"], "--log-format", "common")
+    addr = proc.wait_for(r"socklab http listening on https://(\S+) \(engine epoll\)").group(1)
+    port = addr.rsplit(":", 1)[1]
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", tls_files["ca"],
+                        f"https://localhost:{port}/big.bin", "-o", "-"], capture_output=True, timeout=20)
+    assert r.stdout == (site / "big.bin").read_bytes()  # TLS: chunks, never plaintext sendfile
+    clf = proc.wait_for(r'"GET /big.bin HTTP/1.1" 200 \d+').string
+    assert clf.startswith("127.0.0.1 - - [")
+    assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_cli_bad_directory_is_a_usage_error(tmp_path: Path) -> None:
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "socklab", "http", "serve", str(tmp_path / "missing"), "--port", "0"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 2 and b"does not exist" in r.stderr
