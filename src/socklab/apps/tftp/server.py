@@ -313,8 +313,8 @@ class TftpServer(DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         driver = self.transfers.get(addr)
         if driver is not None:
-            if self.settings.single_port:
-                driver.datagram(data, addr)
+            if self.settings.single_port and data[:2] not in (b"\x00\x01", b"\x00\x02"):
+                driver.datagram(data, addr)  # (a repeated RRQ/WRQ is the client's retransmission)
             return  # per-TID mode: a retransmitted request for a transfer already running
         if (addr, data) in self.recent:
             return  # a client's retransmitted request that crossed our first answer
