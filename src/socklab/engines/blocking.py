@@ -282,10 +282,14 @@ class StreamTransport(Transport, Connection, _Writable):
         self.protocol = protocol
         self.peer = peer
         self.tracer = engine.tracer
-        self.last_activity = time.monotonic()
+        self.last_activity = time.monotonic()  # refreshed by the idle sweep from bytes_in
+        self._seen_in = 0
         self._reader = threading.get_ident()  # the thread that reads - and alone closes - the socket
         self._cond = threading.Condition(engine.lock)
         self._waiting = False  # the reading thread waits on _cond (not in recv())
+        self._defer = False  # inside the reading thread's data_received: the first write may wait
+        self._out: bytes | None = None  # ... here, to be sent once the lock is released
+        self._sending = False  # the reading thread is sending ``_out`` without the lock
         self._wbuf = bytearray()
         self._hold = False  # True when any of the flags below may stop reading (re-checked slowly)
         self._closing = False
@@ -305,43 +309,87 @@ class StreamTransport(Transport, Connection, _Writable):
 
     # ---- reading (the connection's own thread) ---------------------------------------------------
     def read_loop(self) -> None:
-        """Receive until the connection ends, then close the socket. Runs on the reading thread."""
+        """Receive until the connection ends, then close the socket. Runs on the reading thread.
+
+        The hot path, per message: ``recv_into`` (no lock) -> lock -> ``data_received`` (its
+        first write is kept) -> unlock -> ``send`` of that reply (no lock).
+        """
         lock = self.engine.lock
         buf = bytearray(RECV_SIZE)
         view = memoryview(buf)
-        recv_into = self.sock.recv_into
-        monotonic = time.monotonic
+        recv_into, send = self.sock.recv_into, self.sock.send
+        tracer = self.tracer
+        deliver = self._feed_buffered if self._buffered else None
+        data_received = self.protocol.data_received
         try:
             with lock:
                 if self._hold and not self._wait_readable():
                     return
             while True:
-                err: OSError | None = None
                 try:
                     n = recv_into(buf)
                 except OSError as exc:
-                    n, err = 0, exc
+                    with lock:
+                        if not self._hold or self._wait_readable():
+                            self._fatal(exc, "receiving")
+                        return
                 with lock:
                     if self._hold and not self._wait_readable():
                         return
-                    if err is not None:
-                        self._fatal(err, "receiving")
-                        return
-                    if self.tracer:
-                        self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
-                    if n:
-                        self.last_activity = monotonic()
-                        self.bytes_in += n
-                        try:
-                            if self._buffered:
-                                self._feed_buffered(view, n)
-                            else:
-                                self.protocol.data_received(view[:n].tobytes())
-                        except Exception as exc:
-                            self._bug(exc, "data_received")
-                            return
-                    else:
+                    if tracer:
+                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
+                    if not n:
                         self._on_eof()
+                        if self._hold and not self._wait_readable():
+                            return
+                        continue
+                    self.bytes_in += n
+                    self._defer = not self._wbuf
+                    try:
+                        if deliver is None:
+                            data_received(view[:n].tobytes())
+                        else:
+                            deliver(view, n)
+                    except Exception as exc:
+                        self._defer = False
+                        self._out = None
+                        self._bug(exc, "data_received")
+                        return
+                    self._defer = False
+                    out = self._out
+                    if out is not None:
+                        self._out = None
+                        if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
+                            self._write_now(out)
+                            out = None
+                        else:
+                            self._sending = True
+                    elif self._hold and not self._wait_readable():
+                        return
+                if out is None:
+                    continue
+                # Send the reply without the lock (other connections' threads go on meanwhile).
+                try:
+                    sent = send(out, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    with lock:
+                        self._sending = False
+                        self._fatal(exc, "sending")
+                    return
+                if tracer:
+                    tracer.emit("send", self.sock, peer=self.peer, nbytes=sent, requested=len(out))
+                self.bytes_out += sent
+                if sent == len(out):
+                    self._sending = False
+                    if not (self._wbuf or self._eof_pending):
+                        continue  # the common case: all sent, nothing else queued meanwhile
+                with lock:
+                    self._sending = False
+                    if sent < len(out) and not self._lost:
+                        self._wbuf[:0] = memoryview(out)[sent:]  # the leftover goes first
+                    self._resume_output()
                     if self._hold and not self._wait_readable():
                         return
         finally:
@@ -349,6 +397,18 @@ class StreamTransport(Transport, Connection, _Writable):
                 if not self._lost:  # only on a bug in this module: never leave a connection behind
                     self.abort_with(None)
                 self._release()
+
+    def _resume_output(self) -> None:
+        """After the reading thread's own send: hand what others queued to the flusher (lock held)."""
+        if self._lost or self._sending:
+            return
+        if self._wbuf:
+            self.engine._flusher.watch(self.fd, self)
+            self._check_high_water()
+        elif self._eof_pending:
+            self._shutdown_write()
+        elif self._closing:
+            self._wake_reader()
 
     def _feed_buffered(self, view: memoryview, n: int) -> None:
         protocol: Any = self.protocol
@@ -414,7 +474,27 @@ class StreamTransport(Transport, Connection, _Writable):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._eof_pending or self._eof_sent or not data:
             return  # writes after close are dropped, as in asyncio
-        if not self._wbuf:
+        if self._defer:
+            # The reading thread's callback: keep one immutable reply for a send without the lock,
+            # so the other connections' threads are not held up by this send() system call.
+            if self._out is None and type(data) is bytes and len(data) <= RECV_SIZE:
+                self._out = data
+                return
+            self._undefer()
+            if self._closing:
+                return
+        self._write_now(data)
+
+    def _undefer(self) -> None:
+        """Send the kept reply now, in order, before anything else is done to the connection."""
+        self._defer = False
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._write_now(out)
+
+    def _write_now(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._wbuf and not self._sending:
             try:
                 n = self.sock.send(data, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -431,6 +511,11 @@ class StreamTransport(Transport, Connection, _Writable):
             self.engine._flusher.watch(self.fd, self)
         else:
             self._wbuf += data
+            if self._sending:  # the reading thread is mid-send: the flusher picks this up after it
+                self.engine._flusher.watch(self.fd, self)
+        self._check_high_water()
+
+    def _check_high_water(self) -> None:
         if len(self._wbuf) > self._high and not self._protocol_paused:
             self._protocol_paused = True
             self._backpressure = True
@@ -448,8 +533,8 @@ class StreamTransport(Transport, Connection, _Writable):
 
     def _on_writable(self) -> None:
         """The flusher says the socket can take more (lock held)."""
-        if self._lost or not self._wbuf:
-            self.engine._flusher.unwatch(self.fd)
+        if self._lost or self._sending or not (self._wbuf or self._eof_pending):
+            self.engine._flusher.unwatch(self.fd)  # (after its send the reading thread re-checks)
             return
         try:
             n = self.sock.send(self._wbuf, _DONTWAIT)
@@ -482,8 +567,12 @@ class StreamTransport(Transport, Connection, _Writable):
     def write_eof(self) -> None:
         if self._eof_sent or self._eof_pending or self._closing:
             return
-        if self._wbuf:
+        if self._defer:
+            self._undefer()
+        if self._wbuf or self._sending:
             self._eof_pending = True
+            if self._sending:
+                self.engine._flusher.watch(self.fd, self)
         else:
             self._shutdown_write()
 
@@ -504,7 +593,7 @@ class StreamTransport(Transport, Connection, _Writable):
         return True
 
     def get_write_buffer_size(self) -> int:
-        return len(self._wbuf)
+        return len(self._wbuf) + (len(self._out) if self._out is not None else 0)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._high = high if high is not None else self.engine.settings.max_buffer
@@ -530,6 +619,8 @@ class StreamTransport(Transport, Connection, _Writable):
     def close(self) -> None:
         if self._closing:
             return
+        if self._defer:
+            self._undefer()
         self._closing = True
         self._hold = True
         if not self._wbuf:
@@ -546,6 +637,7 @@ class StreamTransport(Transport, Connection, _Writable):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         self._closing = True
         self._wbuf.clear()
+        self._out = None
         self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
 
     def _fatal(self, exc: BaseException, action: str) -> None:
@@ -556,6 +648,7 @@ class StreamTransport(Transport, Connection, _Writable):
             self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
         self._closing = True
         self._wbuf.clear()
+        self._out = None
         self._finalize(err)
 
     def _bug(self, exc: Exception, where: str) -> None:
@@ -913,17 +1006,13 @@ class BlockingEngine(Engine):
         """Open the connection (``connection_made``) and read it until it ends, on this thread."""
         with self.lock:
             if admitted:
-                self._starting -= 1
-            if admitted and self.shutting_down:
-                if self.tracer:
-                    self.tracer.note("closing a connection accepted just before shutdown", sock)
-                sock.close()
-                return
+                self._starting -= 1  # accepted before a shutdown began: it is served all the same
             try:
                 protocol: Protocol = factory()
             except Exception as exc:
                 self.report_error(exc, "the protocol factory")
                 sock.close()
+                self._check_drained()
                 return
             if ssl_context is not None:
                 protocol = TLSProtocol(protocol, ssl_context, server_side=server_side,
@@ -935,6 +1024,51 @@ class BlockingEngine(Engine):
             except Exception as exc:
                 transport._bug(exc, "connection_made")
         transport.read_loop()
+
+    # ---- graceful shutdown -----------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Stop accepting and ask every protocol to finish (the base policy, counting the
+        connections accepted but not yet started: they are served before the engine drains)."""
+        with self.lock:
+            self.shutting_down = True
+            self.close_listeners()
+            for conn in list(self.connections):
+                hook = getattr(conn.protocol, "shutdown_requested", None)
+                if hook is not None:
+                    try:
+                        hook()
+                    except Exception as exc:
+                        self.report_error(exc, f"{type(conn.protocol).__name__}.shutdown_requested")
+            self._check_drained()
+
+    def abort_all(self) -> None:
+        """The grace period is over: close the waiting connections, then every open one."""
+        with self.lock:
+            self._drop_waiting()
+            super().abort_all()
+            self._check_drained()
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.connections = len(self.connections)
+        self._check_drained()
+
+    def _sweep_idle(self) -> None:
+        # The reading threads only count bytes; the sweep turns "bytes_in moved" into a timestamp
+        # (one clock read per sweep instead of one per recv; precision: one sweep interval).
+        now = time.monotonic()
+        for conn in self.connections:
+            if isinstance(conn, StreamTransport) and conn.bytes_in != conn._seen_in:
+                conn._seen_in = conn.bytes_in
+                conn.last_activity = now
+        super()._sweep_idle()
+
+    def _check_drained(self) -> None:
+        if self.shutting_down and not self.connections and not self._starting:
+            self._drained.set()
+
+    def _drop_waiting(self) -> None:
+        """Pool hook: close the connections still waiting for a worker (lock held)."""
 
     def _serve_thread(self, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -1119,9 +1253,8 @@ class PoolEngine(BlockingEngine):
                 conn, peer, listener = self._queue.popleft()
             self._serve(conn, peer, listener.factory, listener.ssl_context)
 
-    def begin_shutdown(self) -> None:
-        super().begin_shutdown()
-        self._drop_queue("the server is shutting down")
+    def _drop_waiting(self) -> None:
+        self._drop_queue("the shutdown grace period is over")
 
     def _drop_queue(self, why: str) -> None:
         while self._queue:
