@@ -29,16 +29,16 @@ def test_serve_demo_on_three_listeners_and_call(spawn: Callable[..., Any]) -> No
         assert m is not None
         urls.append(m.group(1))
     assert [u.split(":")[0] for u in urls] == ["tcp", "http", "ws"]
-    for url in urls:
-        out = rpc_call(url, "subtract", "42", "23")
-        assert (out.returncode, out.stdout.strip()) == (0, "19"), out.stderr
-        out = rpc_call(url, "subtract", "-n", "minuend=1", "-n", "subtrahend=3")
-        assert out.stdout.strip() == "-2", out.stderr
-        out = rpc_call(url, "echo", "hello world")
-        assert json.loads(out.stdout) == "hello world"
-    out = rpc_call(urls[0], "nope")
+    tcp, http, ws = urls
+    out = rpc_call(tcp, "subtract", "42", "23")
+    assert (out.returncode, out.stdout.strip()) == (0, "19"), out.stderr
+    out = rpc_call(http, "subtract", "-n", "minuend=1", "-n", "subtrahend=3")
+    assert out.stdout.strip() == "-2", out.stderr
+    out = rpc_call(ws, "echo", "hello world")
+    assert json.loads(out.stdout) == "hello world", out.stderr
+    out = rpc_call(tcp, "nope")
     assert out.returncode == 1 and "-32601" in out.stderr and "Method not found" in out.stderr
-    out = rpc_call(urls[0], "rpc.discover")
+    out = rpc_call(http, "rpc.discover")
     assert "subtract" in [m["name"] for m in json.loads(out.stdout)["methods"]]
     assert p.stop(signal.SIGTERM) == 0
 

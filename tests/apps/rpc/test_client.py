@@ -150,3 +150,34 @@ def test_async_client(server: rpc.RpcServer, scheme: str) -> None:
                 await c.call("async_sleep", 30, timeout=0.2)
 
     asyncio.run(main())
+
+
+def test_http_client_resends_once_on_a_stale_keepalive_connection() -> None:
+    with rpc_server(listen=("http://127.0.0.1:0/rpc",)) as rs, rpc.connect(rs.urls[0], timeout=10) as c:
+        assert c.add(1, 1) == 2
+        dropped = threading.Event()
+        engine = rs.server.engine
+
+        def drop_all() -> None:
+            engine.abort_all()  # as if the server had closed the idle keep-alive connection
+            dropped.set()
+
+        rs.server.call_soon_threadsafe(drop_all)
+        assert dropped.wait(10)
+        assert c.add(2, 2) == 4
+        assert c.connections == 1  # the channel reopened its socket itself; the client saw no failure
+
+
+def test_unreadable_answer_fails_the_waiting_call_at_once() -> None:
+    import socket as socket_mod
+
+    with socket_mod.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        c = rpc.connect(f"tcp://127.0.0.1:{port}", timeout=10)
+        conn, _ = listener.accept()
+        with conn, c:
+            fut = c.submit("add", 1, 2)
+            conn.recv(1000)
+            conn.sendall(b"this is not json\n")
+            with pytest.raises(BrokenError):
+                fut.result(10)

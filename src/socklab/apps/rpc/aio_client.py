@@ -17,7 +17,7 @@ import itertools
 from typing import Any
 
 from socklab.apps.rpc.channels import parse_url
-from socklab.apps.rpc.client import Client, _params
+from socklab.apps.rpc.client import REPLY_LIMITS, Client, _params
 from socklab.apps.rpc.errors import CallTimeout, error_from_object
 from socklab.core.errors import BrokenError, ClosedError, ConnectError, translate_oserror
 from socklab.protocols import jsonrpc as j
@@ -127,10 +127,7 @@ class AsyncClient:
                 fut.set_exception(reason)
 
     def _deliver(self, payload: bytes) -> None:
-        try:
-            replies = j.parse_replies(payload)
-        except Exception:
-            return
+        replies = j.parse_replies(payload, REPLY_LIMITS)  # unreadable: the reader ends, calls fail
         for reply in replies:
             fut = self._pending.pop(j.id_key(reply.id), None) if reply.id is not None else None
             if fut is None or fut.done():

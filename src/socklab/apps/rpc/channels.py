@@ -254,11 +254,14 @@ class HttpChannel(Channel):
         self.connect_timeout = timeout
         self.sock: socket.socket | None = None
         self.conn = h11.Connection(h11.CLIENT)
+        self._used = False  # the current connection already carried a request
+        self._answered = False  # the current request got answer bytes
         self._open()  # fail early when nothing listens
 
     def _open(self) -> None:
         self.sock = _connect(self.ep, self.connect_timeout)
         self.conn = h11.Connection(h11.CLIENT)
+        self._used = False
 
     def _drop(self) -> None:
         if self.sock is not None:
@@ -270,7 +273,18 @@ class HttpChannel(Channel):
             raise ClosedError("this client was closed")
         with self._send_lock:
             try:
-                body = self._roundtrip(payload, timeout)
+                try:
+                    reused = self.sock is not None and self._used
+                    self._answered = False
+                    body = self._roundtrip(payload, timeout)
+                except (OSError, h11.ProtocolError):
+                    # A kept-alive connection the server closed while idle fails before any answer
+                    # byte: the request was never read, so it is safe to send it once more on a new
+                    # connection (what urllib3 does). Anything else is reported.
+                    if not reused or self._answered or self.closed:
+                        raise
+                    self._drop()
+                    body = self._roundtrip(payload, timeout)
             except OSError as exc:
                 self._drop()
                 raise translate_oserror(exc, f"posting to {self.ep.authority}{self.ep.path}") from exc
@@ -290,6 +304,7 @@ class HttpChannel(Channel):
             ("Host", self.ep.authority), ("Content-Type", "application/json"),
             ("Content-Length", str(len(payload))), ("Accept", "application/json")]))
         out += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+        self._used = True
         self.sock.sendall(out)
         status = 0
         body = bytearray()
@@ -297,6 +312,7 @@ class HttpChannel(Channel):
             ev = conn.next_event()
             if ev is h11.NEED_DATA:
                 data = self.sock.recv(_RECV)
+                self._answered = self._answered or bool(data)
                 conn.receive_data(data)
                 continue
             if isinstance(ev, h11.Response):

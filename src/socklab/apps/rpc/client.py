@@ -43,6 +43,9 @@ from socklab.protocols.framing import NDJSON
 __all__ = ["Batch", "Client", "connect"]
 
 _UNSET: Any = object()
+# What the client accepts from the server it chose to talk to: generous, but still bounded.
+REPLY_LIMITS = j.Limits(max_message_size=64 * 1024 * 1024, max_batch=1_000_000, max_depth=500,
+                        max_number_length=4300)
 
 
 def _params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | dict[str, Any] | None:
@@ -151,10 +154,9 @@ class Client:
                 fut.set_exception(BrokenError(f"no answer: {err}"))
 
     def _on_message(self, payload: bytes) -> None:
-        try:
-            replies = j.parse_replies(payload)
-        except Exception:
-            return  # not a response: nothing to match it with
+        # An answer that cannot be read cannot be matched to its call: the RemoteProtocolError
+        # ends the connection, so every waiting call fails at once instead of timing out.
+        replies = j.parse_replies(payload, REPLY_LIMITS)
         for reply in replies:
             if reply.id is None:
                 self._unmatched(reply)
