@@ -83,9 +83,13 @@ def test_connect_to_netcat_listener_both_directions(tmp_path: Path, data_file: t
     with open(tmp_path / "reply.bin", "rb") as reply_in, \
             peer("nc", "-lvN", "127.0.0.1", "0", stdin=reply_in) as nc:
         port = wait_stderr(nc, r"Listening on \S+ (\d+)").group(1)
+        drained: list[bytes] = []
+        reader = threading.Thread(target=lambda: drained.append(nc.communicate(timeout=15)[0]))
+        reader.start()  # drain nc's stdout concurrently: a full pipe would stall the transfer
         with open(path, "rb") as f:
             out = socklab("connect", "127.0.0.1", port, stdin=f)
-        got, _ = nc.communicate(timeout=10)
+        reader.join(15)
+        got = drained[0]
     assert out.returncode == 0, out.stderr
     assert got == data
     assert out.stdout == reply
@@ -118,9 +122,13 @@ def test_listen_with_netcat_client_both_directions(spawn: Any, tmp_path: Path,
     (tmp_path / "reply.bin").write_bytes(reply)
     with open(tmp_path / "reply.bin", "rb") as reply_in:
         proc, port = start_listen(spawn, "0", stdin=reply_in)
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(proc.popen.stdout.read()))
+        reader.start()  # drain our stdout while nc runs: a full pipe would block the listener
         with open(path, "rb") as f:
             nc = subprocess.run(["nc", "-N", "127.0.0.1", str(port)], stdin=f, capture_output=True, timeout=15)
-        got = proc.popen.stdout.read()
+        reader.join(10)
+        got = received[0]
         assert proc.popen.wait(10) == 0
     assert nc.stdout == reply
     assert got == data
