@@ -1,0 +1,1 @@
+"""Native file transfer over TCP: zero-copy sending, verified and resumable receiving."""

@@ -1,0 +1,540 @@
+"""The receiving side of a native transfer: safe landing of files, on an engine or a plain socket.
+
+Why this exists: receiving is where a transfer becomes trustworthy or not. Everything here is
+about the disk: names confined to the destination, data written to ``NAME.part``, hashed while it
+streams, fsynced and renamed (then the directory fsynced) only once the sender's SHA-256 matches,
+a partial file offered for resumption chunk by chunk, and a full disk reported to the sender
+before it wastes more bandwidth, with nothing left behind.
+
+Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
+``recv_into``, no copies) and two worker threads per session take each filled buffer: one computes
+SHA-256, the other CRC-32 and ``write`` (both release the GIL). A ring of buffers keeps the
+receiving thread ahead of them; when the ring is full the receiving thread waits for the oldest
+buffer, which is the back-pressure (the kernel's window then slows the sender down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from socklab.core.errors import ProtocolError, RemoteProtocolError, UsageError
+from socklab.core.protocol import BufferedProtocol
+from socklab.core.settings import ServerSettings, setting
+from socklab.core.transport import Transport
+from socklab.protocols import transfer as tp
+
+__all__ = ["FileReport", "ReceiveSession", "ReceiveSettings", "ReceiverProtocol"]
+
+RING = 4
+
+
+@dataclass
+class ReceiveSettings(ServerSettings):
+    """``socklab receive``'s settings."""
+
+    port: int = setting(7070, "TCP port to listen on (0: the kernel picks and the readiness line says).")
+    dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
+    overwrite: bool = setting(False, "Replace existing files (otherwise they are refused).")
+    discard: bool = setting(False, "Verify and count the data but write nothing (benchmarks).")
+    buffer_size: int = setting(1 << 20, "Bytes per receive buffer (4 of them per session).")
+    fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
+    idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.discard and not Path(self.dir).is_dir():
+            raise UsageError(f"--dir {self.dir!r} is not a directory")
+        if self.buffer_size < 4096:
+            raise UsageError("buffer_size must be at least 4096")
+
+
+@dataclass
+class FileReport:
+    """What happened to one entry."""
+
+    name: str
+    ok: bool
+    bytes: int = 0
+    resumed_from: int = 0
+    error: str | None = None
+    code: str | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Sink:
+    """Where one file's bytes go: ordered hashing and writing on two worker threads."""
+
+    def __init__(self, session: ReceiveSession, fd: int | None, offset: int, hasher: tp.FileHasher,
+                 out: IO[bytes] | None = None) -> None:
+        self.s = session
+        self.fd = fd
+        self.out = out
+        self.pos = offset
+        self.hasher = hasher
+        self.error: BaseException | None = None
+        self.pending: list[tuple[Future[None], Future[None]]] = []
+
+    def submit(self, view: memoryview) -> tuple[Future[None], Future[None]]:
+        pos = self.pos
+        self.pos += len(view)
+        sha = self.s.sha_pool.submit(self.hasher.update_sha, view)
+        io = self.s.io_pool.submit(self._crc_write, view, pos)
+        return sha, io
+
+    def _crc_write(self, view: memoryview, pos: int) -> None:
+        self.hasher.update_crc(view)
+        if self.out is not None:
+            self.out.write(view)
+            return
+        if self.fd is None:
+            return
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            pos += n
+            view = view[n:]
+
+
+class ReceiveSession:
+    """The receiver of one connection, independent of how bytes arrive.
+
+    Args:
+        settings: destination, overwrite and discard policy.
+        send: writes bytes to the sender.
+        log: told one line per finished entry (or ``None``).
+        stdout: write every file's bytes here instead of into ``dir`` (``receive --stdout``).
+
+    Feed it with :meth:`get_buffer` / :meth:`buffer_updated` (zero-copy) or :meth:`data_received`.
+    """
+
+    def __init__(self, settings: ReceiveSettings, send: Callable[[bytes], None],
+                 log: Callable[[FileReport], None] | None = None, stdout: IO[bytes] | None = None) -> None:
+        self.settings = settings
+        self.send = send
+        self.log = log
+        self.stdout = stdout
+        self.conn = tp.TransferConnection("receiver")
+        self.dest = Path(os.path.realpath(settings.dir))
+        self.reports: list[FileReport] = []
+        self.dirs: list[tuple[Path, int, float | None]] = []
+        self.chunk_size = tp.CHUNK_SIZE
+        self.finished = False
+        self.failed: str | None = None
+        self._control = bytearray(64 * 1024)
+        self._bufsize = settings.buffer_size
+        self._ring = [bytearray(self._bufsize) for _ in range(RING)]
+        self._ring_busy: list[tuple[Future[None], Future[None]] | None] = [None] * RING
+        self._slot = 0
+        self._fill = 0
+        self.sha_pool = ThreadPoolExecutor(1, thread_name_prefix="socklab-sha")
+        self.io_pool = ThreadPoolExecutor(1, thread_name_prefix="socklab-write")
+        self._entry: tp.Entry | None = None
+        self._sink: _Sink | None = None
+        self._part: Path | None = None
+        self._final: Path | None = None
+        self._resumed = 0
+        self._discarding = False
+        self._lock = threading.Lock()
+
+    # ---- feeding ----------------------------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        """Where the next ``recv_into`` should write."""
+        if self._discarding:
+            return memoryview(self._control)
+        if self.conn.raw_remaining and not self.conn.buffered and self._sink is not None:
+            slot = self._slot
+            busy = self._ring_busy[slot]
+            if busy is not None and self._fill == 0:
+                self._wait(busy)  # the ring is full: wait for the oldest buffer (back-pressure)
+                self._ring_busy[slot] = None
+            limit = min(self._bufsize - self._fill, self.conn.raw_remaining,
+                        self.chunk_size - (self._sink.pos + self._fill) % self.chunk_size)
+            return memoryview(self._ring[slot])[self._fill:self._fill + limit]
+        return memoryview(self._control)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the last buffer from :meth:`get_buffer`."""
+        if self._discarding:
+            return
+        if self.conn.raw_remaining and not self.conn.buffered and self._sink is not None:
+            self.conn.raw_received(nbytes)
+            self._fill += nbytes
+            at_chunk_end = (self._sink.pos + self._fill) % self.chunk_size == 0
+            if self._fill == self._bufsize or at_chunk_end or not self.conn.raw_remaining:
+                self._flush_slot()
+            return
+        self.data_received(bytes(self._control[:nbytes]))
+
+    def _flush_slot(self) -> None:
+        assert self._sink is not None
+        if self._fill:
+            view = memoryview(self._ring[self._slot])[:self._fill]
+            self._ring_busy[self._slot] = self._sink.submit(view)
+            self._slot = (self._slot + 1) % RING
+            self._fill = 0
+
+    def _wait(self, futures: tuple[Future[None], Future[None]]) -> None:
+        for f in futures:
+            try:
+                f.result()
+            except OSError as exc:
+                self._disk_error(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the sender (control frames, or file bytes on the copying path)."""
+        if self._discarding:
+            return  # after a disk error: swallow the rest until the sender, told, closes
+        try:
+            self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not None:
+                self._handle(event)
+        except ProtocolError as exc:
+            self._fatal(f"protocol error: {exc}")
+
+    def eof(self) -> None:
+        """The sender closed its side."""
+        if not self.finished:
+            try:
+                self.conn.receive_data(b"")
+            except ProtocolError as exc:
+                self.failed = str(exc)
+            self._abandon()
+            self.finished = True
+            self.close()
+
+    # ---- events -----------------------------------------------------------------------------------
+    def _handle(self, event: tp.Event) -> None:
+        if isinstance(event, tp.Hello):
+            self.chunk_size = event.chunk_size
+            self.send(self.conn.send(tp.Hello(chunk_size=event.chunk_size)))
+        elif isinstance(event, tp.Entry):
+            self._on_entry(event)
+        elif isinstance(event, tp.Start):
+            self._on_start(event)
+        elif isinstance(event, tp.RawData):
+            self._write_copy(event.data)
+        elif isinstance(event, tp.Chunk):
+            if event.data:
+                self._write_copy(event.data)
+        elif isinstance(event, tp.Trailer):
+            self._on_trailer(event)
+        elif isinstance(event, tp.Done):
+            self._on_done()
+        elif isinstance(event, tp.ErrorFrame):
+            self.failed = f"sender: {event.message}"
+            self._abandon()
+            self.finished = True
+
+    def _report(self, report: FileReport) -> None:
+        self.reports.append(report)
+        if self.log is not None:
+            self.log(report)
+        self.send(self.conn.send(tp.Result(report.ok, report.error, report.code, report.bytes)))
+
+    def _target(self, name: str) -> Path:
+        try:
+            parts = tp.check_name(name)
+        except RemoteProtocolError as exc:
+            raise _Refused("name", str(exc)) from None
+        target = self.dest.joinpath(*parts)
+        parent = Path(os.path.realpath(target.parent))
+        if parent != self.dest and self.dest not in parent.parents:
+            raise _Refused("name", f"refused name {name!r}: leaves the destination (symlink?)")
+        if target.is_symlink():
+            raise _Refused("name", f"refused name {name!r}: is a symlink")
+        return target
+
+    def _on_entry(self, entry: tp.Entry) -> None:
+        self._entry = entry
+        self._resumed = 0
+        if self.stdout is not None or self.settings.discard:
+            if entry.kind == "dir":
+                self._report(FileReport(entry.name, True))
+                return
+            self._sink = _Sink(self, None, 0, tp.FileHasher(self.chunk_size), out=self.stdout)
+            self.send(self.conn.send(tp.Offer(0, ())))
+            return
+        try:
+            target = self._target(entry.name)
+            if entry.kind == "dir":
+                if target.exists() and not target.is_dir():
+                    raise _Refused("exists", f"{entry.name} exists and is not a directory")
+                target.mkdir(parents=True, exist_ok=True)
+                self.dirs.append((target, entry.mode, entry.mtime))
+                self._report(FileReport(entry.name, True))
+                return
+            if target.exists() and not self.settings.overwrite:
+                raise _Refused("exists", f"{entry.name} exists (use --overwrite to replace it)")
+            if target.exists() and not target.is_file():
+                raise _Refused("exists", f"{entry.name} exists and is not a regular file")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + ".part")
+            if part.is_symlink():
+                raise _Refused("name", f"refused: {part.name} is a symlink")
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except _Refused as exc:
+            self._entry = None
+            self._report(FileReport(entry.name, False, error=str(exc), code=exc.code))
+            return
+        except OSError as exc:
+            self._entry = None
+            self._report(FileReport(entry.name, False, error=f"cannot create {entry.name}: {exc.strerror}",
+                                    code="io"))
+            return
+        self._part, self._final = part, target
+        have, crcs = 0, tuple[int, ...]()
+        if entry.kind == "file":
+            have, crcs = self._scan_prefix(fd, entry.size or 0)
+        self._sink = _Sink(self, fd, 0, tp.FileHasher(self.chunk_size))
+        self.send(self.conn.send(tp.Offer(have, crcs)))
+
+    def _scan_prefix(self, fd: int, size: int) -> tuple[int, tuple[int, ...]]:
+        """CRC-32 of each full chunk of an existing .part (the resumable prefix)."""
+        part_size = os.fstat(fd).st_size
+        have = min(part_size, size) // self.chunk_size
+        crcs = []
+        for i in range(have):
+            data = os.pread(fd, self.chunk_size, i * self.chunk_size)
+            crcs.append(zlib.crc32(data))
+        return have, tuple(crcs)
+
+    def _on_start(self, start: tp.Start) -> None:
+        sink = self._sink
+        assert sink is not None
+        if sink.fd is not None and start.offset:
+            # resume: keep the verified prefix (hash it again), cut the rest
+            os.ftruncate(sink.fd, start.offset)
+            pos = 0
+            while pos < start.offset:
+                data = os.pread(sink.fd, min(self.chunk_size, start.offset - pos), pos)
+                if not data:
+                    break
+                sink.hasher.update(data)
+                pos += len(data)
+            self._resumed = start.offset
+        elif sink.fd is not None:
+            os.ftruncate(sink.fd, 0)
+        sink.pos = start.offset
+        self._slot, self._fill = 0, 0
+
+    def _write_copy(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        # copying path (bytes that came with control frames, stream chunks): same ordering
+        self._flush_slot()
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.chunk_size - sink.pos % self.chunk_size)
+            self._collect(sink.submit(view[:take]))
+            view = view[take:]
+
+    def _collect(self, futures: tuple[Future[None], Future[None]]) -> None:
+        assert self._sink is not None
+        self._sink.pending.append(futures)
+
+    def _drain(self) -> BaseException | None:
+        for i, busy in enumerate(self._ring_busy):
+            if busy is not None:
+                self._wait(busy)
+                self._ring_busy[i] = None
+        sink = self._sink
+        if sink is not None:
+            for futs in sink.pending:
+                self._wait(futs)
+            sink.pending.clear()
+            return sink.error
+        return None
+
+    def _disk_error(self, exc: OSError) -> None:
+        sink = self._sink
+        if sink is not None and sink.error is None:
+            sink.error = exc
+            name = self._entry.name if self._entry else "?"
+            message = f"receiver cannot write {name}: {exc.strerror or exc}"
+            # tell the sender at once (it checks between sendfile slices), keep nothing behind
+            self._discarding = True
+            self.send(self.conn.send(tp.ErrorFrame(message, "disk")))
+            self.failed = message
+            self.reports.append(FileReport(name, False, error=message, code="disk"))
+            if self.log is not None:
+                self.log(self.reports[-1])
+            self._abandon()
+
+    def _on_trailer(self, trailer: tp.Trailer) -> None:
+        entry, sink = self._entry, self._sink
+        assert entry is not None and sink is not None
+        self._flush_slot()
+        error = self._drain()
+        if self.conn.state == "closed":
+            return  # a disk error already ended the session
+        if error is not None:
+            return
+        crcs = sink.hasher.final_crcs()
+        size = sink.hasher.size
+        ok = crcs == trailer.crcs and sink.hasher.hexdigest() == trailer.sha256
+        if not ok:
+            bad = next((i for i, (a, b) in enumerate(zip(crcs, trailer.crcs, strict=False)) if a != b),
+                       min(len(crcs), len(trailer.crcs)))
+            self._keep_prefix(bad * self.chunk_size)
+            self._report(FileReport(entry.name, False, size, self._resumed,
+                                    error=f"verification failed for {entry.name}: chunk {bad} differs "
+                                          f"(kept the verified {bad * self.chunk_size} bytes for resuming)",
+                                    code="verify"))
+            return
+        try:
+            self._commit(entry, sink)
+        except OSError as exc:
+            self._abandon()
+            self._report(FileReport(entry.name, False, size, error=f"cannot store {entry.name}: "
+                                                                   f"{exc.strerror or exc}", code="disk"))
+            return
+        self._report(FileReport(entry.name, True, size, self._resumed))
+
+    def _keep_prefix(self, nbytes: int) -> None:
+        sink = self._sink
+        if sink is not None and sink.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(sink.fd, nbytes)
+            os.close(sink.fd)
+            sink.fd = None
+        self._sink, self._part, self._final = None, None, None
+
+    def _commit(self, entry: tp.Entry, sink: _Sink) -> None:
+        if self.stdout is not None:
+            self.stdout.flush()
+            self._sink = None
+            return
+        if sink.fd is None:
+            self._sink = None
+            return
+        assert self._part is not None and self._final is not None
+        fd = sink.fd
+        if self.settings.fsync:
+            os.fsync(fd)
+        os.fchmod(fd, entry.mode & 0o7777)
+        if entry.mtime is not None:
+            os.utime(fd, (entry.mtime, entry.mtime))
+        os.close(fd)
+        sink.fd = None
+        if not self.settings.overwrite and self._final.exists():
+            raise FileExistsError(17, "appeared while receiving; not replaced")
+        os.replace(self._part, self._final)
+        if self.settings.fsync:
+            _fsync_dir(self._final.parent)
+        self._sink, self._part, self._final = None, None, None
+
+    def _abandon(self) -> None:
+        """Give up on the current file: close it; a disk error or refusal removes the .part."""
+        sink = self._sink
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                self._drain()
+            if sink.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(sink.fd)
+                sink.fd = None
+            if self._part is not None and (sink.error is not None):
+                with contextlib.suppress(OSError):
+                    self._part.unlink()
+        self._sink, self._part, self._final = None, None, None
+
+    def _on_done(self) -> None:
+        for path, mode, mtime in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
+            with contextlib.suppress(OSError):
+                os.chmod(path, mode | stat.S_IRWXU)
+                if mtime is not None:
+                    os.utime(path, (mtime, mtime))
+        self.finished = True
+
+    def _fatal(self, message: str) -> None:
+        self.failed = message
+        with contextlib.suppress(Exception):
+            self.send(self.conn.send(tp.ErrorFrame(message, "protocol")))
+        self._abandon()
+        self.finished = True
+
+    def close(self) -> None:
+        """Release the worker threads (the session is over)."""
+        self._abandon()
+        self.sha_pool.shutdown(wait=True)
+        self.io_pool.shutdown(wait=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ReceiverProtocol(BufferedProtocol):
+    """A :class:`ReceiveSession` on an engine connection (``recv_into`` the session's buffers)."""
+
+    def __init__(self, settings: ReceiveSettings, log: Callable[[FileReport], None] | None = None,
+                 on_session: Callable[[ReceiveSession], None] | None = None) -> None:
+        self.settings = settings
+        self._log = log
+        self._on_session = on_session
+        self.session: ReceiveSession | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.session = ReceiveSession(self.settings, transport.write, self._log)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self.session is not None
+        return self.session.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self.session is not None
+        s = self.session
+        s.buffer_updated(nbytes)
+        if s.finished and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:  # engines without the buffered path
+        assert self.session is not None
+        s = self.session
+        if s.conn.raw_remaining and not s.conn.buffered:
+            view = memoryview(data)
+            while view:
+                buf = s.get_buffer()
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                s.buffer_updated(n)
+                view = view[n:]
+        else:
+            s.data_received(data)
+        if s.finished and not self.transport.is_closing():
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self.session is not None:
+            self.session.eof()
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        s = self.session
+        if s is not None:
+            if not s.finished:
+                s.failed = s.failed or (f"connection lost: {exc}" if exc else "connection closed early")
+                s.finished = True
+            s.close()
+            if self._on_session is not None:
+                self._on_session(s)
+
