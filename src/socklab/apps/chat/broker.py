@@ -384,8 +384,12 @@ class RedisBackend:
         assert hub is not None
         from socklab.apps.chat.hub import Frame
 
+        pending: list[Message] = []  # consecutive messages are delivered together (one write each)
         for fields in batch:
             kind = fields.get("t")
+            if kind != "msg" and pending:
+                hub.on_messages(pending)
+                pending = []
             try:
                 if kind == "msg":
                     msg = _message(fields["room"], fields)
@@ -396,7 +400,7 @@ class RedisBackend:
                             hub.rooms[msg.room].members:
                         self._fill_gap(msg.room, last, msg.seq)
                     self._delivered[msg.room] = msg.seq
-                    hub.on_message(msg)
+                    pending.append(msg)
                 elif kind == "ev":
                     event = event_from_json(fields["ev"])
                     if isinstance(event, TopicChanged):
@@ -408,6 +412,8 @@ class RedisBackend:
                         hub.deliver_private(ev)
             except (KeyError, ValueError, Exception) as exc:  # one bad entry must not stop the node
                 print(f"socklab chat: skipped a broker entry ({exc})", flush=True)
+        if pending:
+            hub.on_messages(pending)
 
     def _fill_gap(self, room: str, last: int, upto: int) -> None:
         """Sequence numbers jumped: fetch the missing ones from the room's stream, deliver in order."""

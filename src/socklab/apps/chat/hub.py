@@ -122,6 +122,11 @@ class Member:
     def send_frame(self, frame: Frame) -> None:
         raise NotImplementedError
 
+    def send_frames(self, frames: list[Frame]) -> None:
+        """Several frames at once (adapters that can, write them in one go)."""
+        for frame in frames:
+            self.send_frame(frame)
+
     def close_with(self, bye: Bye) -> None:
         """Send ``bye`` (the reason) and close the connection."""
         raise NotImplementedError
@@ -158,6 +163,13 @@ class LocalBackend:
         self.store = store
         self.hub: ChatHub | None = None
         self.next_seq: dict[str, int] = {}
+        self._durable: list[Message] = []
+        store.after_batch = self._deliver_durable
+
+    def _deliver_durable(self) -> None:
+        batch, self._durable = self._durable, []
+        if batch and self.hub is not None:
+            self.hub.on_messages(batch)
 
     def start(self, hub: ChatHub) -> dict[str, RoomState]:
         self.hub = hub
@@ -174,7 +186,7 @@ class LocalBackend:
 
         def done(err: BaseException | None) -> None:
             if err is None:
-                hub.on_message(numbered)
+                self._durable.append(numbered)  # delivered with its whole batch (after_batch)
             else:
                 on_error(f"not stored: {err}")
 
@@ -510,6 +522,29 @@ class ChatHub:
         if msg.seq > room.seq:
             room.seq = msg.seq
         self.fanout(msg.room, Frame(msg))
+
+    def on_messages(self, messages: list[Message]) -> None:
+        """Several durable messages at once: each member gets all of its share in one write."""
+        if len(messages) == 1:
+            self.on_message(messages[0])
+            return
+        shares: dict[int, tuple[Member, list[Frame]]] = {}
+        for msg in messages:
+            room = self.rooms.get(msg.room)
+            if room is None:
+                room = self.rooms[msg.room] = Room(msg.room)
+            if msg.seq > room.seq:
+                room.seq = msg.seq
+            frame = Frame(msg)
+            for m in room.members.values():
+                share = shares.get(m.id)
+                if share is None:
+                    shares[m.id] = (m, [frame])
+                else:
+                    share[1].append(frame)
+            self.delivered += len(room.members)
+        for m, frames in shares.values():
+            m.send_frames(frames)
 
     def on_topic(self, room: str, nick: str, text: str) -> None:
         r = self.rooms.get(room)

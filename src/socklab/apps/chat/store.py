@@ -41,9 +41,11 @@ CREATE TABLE IF NOT EXISTS topics (room TEXT PRIMARY KEY, nick TEXT NOT NULL, te
 Done = Callable[[BaseException | None], None]
 
 
-def _complete(callbacks: list[Done], error: BaseException | None) -> None:
+def _complete(callbacks: list[Done], error: BaseException | None, after: Callable[[], None] | None) -> None:
     for cb in callbacks:
         cb(error)
+    if after is not None:
+        after()
 
 
 @dataclass
@@ -62,11 +64,15 @@ class SqliteStore:
         path: the database file (created with its directory), or ``":memory:"``.
         post: runs a callable on the engine thread (``Server.call_soon_threadsafe``).
         sync: SQLite ``synchronous`` mode, ``"full"`` (fsync each commit) or ``"normal"``.
+        after_batch: called on the engine thread after the completions of one committed batch (the
+            hub delivers the batch's messages together: one write per client for several messages).
     """
 
-    def __init__(self, path: str, post: Callable[[Callable[[], None]], None], sync: str = "full") -> None:
+    def __init__(self, path: str, post: Callable[[Callable[[], None]], None], sync: str = "full",
+                 after_batch: Callable[[], None] | None = None) -> None:
         self.path = path
         self.post = post
+        self.after_batch = after_batch
         self.memory = path == ":memory:"
         if self.memory:
             # one shared in-memory database per store, reachable from both threads
@@ -139,7 +145,7 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                 callbacks = [d for _, _, d in work if d is not None]
                 if callbacks:
-                    self.post(functools.partial(_complete, callbacks, error))
+                    self.post(functools.partial(_complete, callbacks, error, self.after_batch))
             if stop:
                 return
 

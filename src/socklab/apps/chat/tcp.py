@@ -131,6 +131,13 @@ class ChatLineProtocol(Protocol, Member):
                                 "reading; disconnected (507)"))
             self.hub.detach(self, "too slow (outbound queue full)")
 
+    def send_frames(self, frames: list[Frame]) -> None:
+        if not self.paused and not self.closing:
+            self.transport.write(b"".join(f.line for f in frames))  # one send() for the whole batch
+            return
+        for frame in frames:
+            self.send_frame(frame)
+
     def close_with(self, bye: Bye) -> None:
         if self.closing:
             return

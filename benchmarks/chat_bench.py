@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Chat fan-out benchmark: N clients in one room, M messages/s in, deliveries/s and latency out.
+
+Why this exists: a chat's cost is the fan-out - every message goes to every member, so 1,000
+members and 100 messages/s are 100,000 deliveries/s. This script starts a chat node in its own
+process (``socklab chat serve``, optionally with ``--broker`` and a private redis-server), connects
+N line clients from this process with one epoll loop, lets some of them send M messages/s in
+total (each carrying its send time, CLOCK_MONOTONIC, which both processes share), and measures on
+every member:
+
+- deliveries/s: MSG lines received by all members per second of the window;
+- delivery latency p50/p99: from the send time in the message to its arrival, sampled on a
+  subset of members (``--sample``) so that parsing does not become the bottleneck of the
+  generator itself.
+
+Usage::
+
+    benchmarks/chat_bench.py --clients 1000 --rate 100 --seconds 10 --engines epoll,uvloop,threads
+    benchmarks/chat_bench.py --clients 200 --rate 100 --seconds 3 --redis      # through Redis
+
+Prints one table row per engine (and ``--json`` for machines). Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MSG_RE = re.compile(rb"MSG #bench \d+ [0-9.]+ \S+ say :t=(\d+) ")
+
+
+@dataclass
+class Result:
+    engine: str
+    broker: bool
+    clients: int
+    rate: float
+    seconds: float
+    sent: int = 0
+    deliveries: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    dropped_clients: int = 0
+    server_cpu: float = 0.0
+    generator_cpu: float = 0.0
+
+    def pct(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+    def row(self) -> dict[str, object]:
+        return {"engine": self.engine, "broker": "redis" if self.broker else "sqlite", "clients": self.clients,
+                "msgs_in_per_s": round(self.sent / self.seconds, 1),
+                "deliveries_per_s": round(self.deliveries / self.seconds),
+                "expected_per_s": round(self.sent / self.seconds * self.clients),
+                "p50_ms": round(self.pct(50), 2), "p99_ms": round(self.pct(99), 2),
+                "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
+                "server_cpu_pct": round(self.server_cpu * 100), "generator_cpu_pct": round(self.generator_cpu * 100)}
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by process ``pid`` (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    sock = str(tmp / "redis.sock")
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--dir", str(tmp),
+                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if b"ready to accept connections" in line.lower():
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, f"unix://{sock}"
+    raise SystemExit("redis-server did not start")
+
+
+def start_node(engine: str, tmp: Path, clients: int, broker: str | None,
+               store_sync: str = "full") -> tuple[subprocess.Popen[bytes], int]:
+    args = [sys.executable, "-m", "socklab", "chat", "serve", "--engine", engine, "--tcp-port", "0",
+            "--http-port", "-1", "--store", str(tmp / f"{engine}.db"), "--rate", "1000000", "--burst", "1000000",
+            "--max-connections", str(clients + 100), "--default-room", "#bench", "--history-on-join", "0",
+            "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", store_sync]
+    if broker:
+        args += ["--broker", broker, "--node", f"bench-{engine}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    m = re.search(r"tcp://127\.0\.0\.1:(\d+)", line)
+    if not m:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"chat node did not start: {line!r} {err[-2000:]}")
+    return proc, int(m.group(1))
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    for f in (proc.stdout, proc.stderr):
+        if f:
+            f.close()
+
+
+def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, senders: int, sample: int,
+             broker: bool, server_pid: int) -> Result:
+    res = Result(engine, broker, clients, rate, seconds)
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    bufs: dict[int, bytearray] = {}
+    ready = 0
+    # 1. connect everybody and wait until each has joined (its SYNC line)
+    for i in range(clients):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(f"/nick b{i}\n".encode())
+        s.setblocking(False)
+        socks.append(s)
+        bufs[s.fileno()] = bytearray()
+        sel.register(s, selectors.EVENT_READ, i)
+    deadline = time.monotonic() + 120
+    joined = set()
+    while len(joined) < clients and time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            s = key.fileobj  # type: ignore[assignment]
+            try:
+                data = s.recv(262144)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise SystemExit(f"client {key.data} closed during setup")
+            b = bufs[s.fileno()]
+            b += data
+            if b"SYNC #bench" in b:
+                joined.add(key.data)
+                b.clear()
+    ready = len(joined)
+    if ready < clients:
+        raise SystemExit(f"only {ready}/{clients} clients joined")
+    # drain the JOIN storm of the set-up before measuring
+    quiet_until = time.monotonic() + 1.0
+    while time.monotonic() < quiet_until:
+        for key, _ in sel.select(0.1):
+            try:
+                key.fileobj.recv(262144)  # type: ignore[union-attr]
+            except BlockingIOError:
+                pass
+    # 2. measure
+    interval = 1.0 / rate
+    cpu0, gen0 = proc_cpu(server_pid), self_cpu()
+    start = time.monotonic()
+    end = start + seconds
+    next_send = start
+    sampled = set(range(0, clients, max(1, clients // sample))) if sample else set()
+    k = 0
+    pad = "x" * 40
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        while next_send <= now and next_send < end:
+            s = socks[k % senders]
+            try:
+                s.send(f"t={time.monotonic_ns()} {pad}\n".encode())
+            except BlockingIOError:
+                pass
+            k += 1
+            res.sent += 1
+            next_send += interval
+        for key, _ in sel.select(max(0.0, min(next_send, end) - time.monotonic())):
+            s = key.fileobj  # type: ignore[assignment]
+            try:
+                data = s.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except ConnectionError:
+                data = b""
+            if not data:
+                sel.unregister(s)
+                res.dropped_clients += 1
+                continue
+            if key.data in sampled:
+                b = bufs[s.fileno()]
+                b += data
+                cut = b.rfind(b"\n") + 1
+                if cut:
+                    arrived = time.monotonic_ns()
+                    chunk = bytes(b[:cut])
+                    del b[:cut]
+                    for m in MSG_RE.finditer(chunk):
+                        res.latencies_ms.append((arrived - int(m.group(1))) / 1e6)
+                    res.deliveries += chunk.count(b"MSG #bench")
+            else:
+                res.deliveries += data.count(b"MSG #bench")
+    # Deliveries that arrive after the window are not counted (what did not make it in time, missed).
+    window = time.monotonic() - start
+    res.server_cpu = (proc_cpu(server_pid) - cpu0) / window
+    res.generator_cpu = (self_cpu() - gen0) / window
+    for s in socks:
+        s.close()
+    sel.close()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=100.0, help="messages per second into the room, in total")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--senders", type=int, default=10, help="how many of the clients send")
+    ap.add_argument("--sample", type=int, default=50, help="members whose latencies are measured")
+    ap.add_argument("--engines", default="epoll", help="comma-separated engine names")
+    ap.add_argument("--redis", action="store_true", help="run the node with a private redis-server broker")
+    ap.add_argument("--store-sync", default="full", choices=("full", "normal"),
+                    help="the node's SQLite synchronous mode (full: fsync per commit)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    if args.redis and not shutil.which("redis-server"):
+        raise SystemExit("redis-server is not installed (scripts/setup.sh installs it)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="chat-bench-") as d:
+        tmp = Path(d)
+        redis_proc, url = start_redis(tmp) if args.redis else (None, None)
+        try:
+            for engine in args.engines.split(","):
+                node, port = start_node(engine, tmp, args.clients, url, args.store_sync)
+                try:
+                    res = run_load(port, engine, args.clients, args.rate, args.seconds, min(args.senders, args.clients),
+                                   args.sample, args.redis, node.pid)
+                finally:
+                    stop(node)
+                rows.append(res.row())
+                if not args.json:
+                    r = rows[-1]
+                    print(f"{r['engine']:>9} {r['broker']:>6}  clients={r['clients']}  in={r['msgs_in_per_s']}/s  "
+                          f"deliveries={r['deliveries_per_s']}/s (of {r['expected_per_s']})  "
+                          f"p50={r['p50_ms']} ms  p99={r['p99_ms']} ms  dropped={r['dropped_clients']}  "
+                          f"server CPU {r['server_cpu_pct']}%  generator CPU {r['generator_cpu_pct']}%", flush=True)
+        finally:
+            if redis_proc is not None:
+                stop(redis_proc)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
