@@ -287,3 +287,16 @@ def test_cli_prints_readiness_and_relays(spawn: Any) -> None:
             sock.sendall(b"via cli\n")
             assert sock.recv(100) == b"via cli\n"
         assert request("127.0.0.1", int(ctl.group(1)), {"op": "list"})["seed"] == 3
+
+
+def test_udp_record_and_replay(tmp_path: Path) -> None:
+    rec = tmp_path / "udp.jsonl"
+    with server(EchoDatagramProtocol, udp=True) as srv, Tap(
+            target=("127.0.0.1", srv.port), udp=True, observers=[RecordObserver(str(rec))]) as tap:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            for msg in (b"q1", b"q2"):
+                c.sendto(msg, ("127.0.0.1", tap.port))
+                assert c.recvfrom(100)[0] == msg
+    with server(EchoDatagramProtocol, udp=True) as other:
+        assert [r.matches for r in replay(str(rec), Endpoint("127.0.0.1", other.port))] == [True]

@@ -139,3 +139,18 @@ def test_tcp_flow_sequence_numbers_advance_by_payload() -> None:
     assert flow.seq_c == before + 100_000
     flow.fin(True)
     assert flow.seq_c == before + 100_001
+
+
+def test_dns_style_datagrams_decode_as_dns(tmp_path: Path) -> None:
+    pcap = tmp_path / "dns.pcapng"
+    # a DNS query for socklab.test, type A (RFC 1035 section 4.1)
+    query = bytes.fromhex("1234 0100 0001 0000 0000 0000".replace(" ", "")) + \
+        b"\x07socklab\x04test\x00" + bytes.fromhex("00010001")
+    with server(EchoDatagramProtocol, udp=True) as srv, Tap(
+            target=("127.0.0.1", srv.port), udp=True, observers=[PcapObserver(str(pcap))]) as tap:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(query, ("127.0.0.1", tap.port))
+            assert c.recvfrom(512)[0] == query
+    names = tshark("-r", str(pcap), "-d", f"udp.port=={srv.port},dns", "-T", "fields", "-e", "dns.qry.name")
+    assert names.split() == ["socklab.test", "socklab.test"]

@@ -92,7 +92,8 @@ def replay(path: str, target: Endpoint, *, timeout: float = 5.0) -> list[ReplayR
     results = []
     for conn in load_recording(path):
         if conn.udp:
-            raise UsageError("replaying UDP recordings is not supported yet; record a TCP session")
+            results.append(_replay_udp(conn, target, timeout))
+            continue
         sock = connect_tcp(target, timeout=timeout)
         sock.settimeout(timeout)
         expected, received = bytearray(), bytearray()
@@ -112,3 +113,39 @@ def replay(path: str, target: Endpoint, *, timeout: float = 5.0) -> list[ReplayR
             sock.close()
         results.append(ReplayResult(conn.index, bytes(expected), bytes(received)))
     return results
+
+
+def _replay_udp(conn: _Conn, target: Endpoint, timeout: float) -> ReplayResult:
+    """UDP: send each recorded datagram, then wait for as many answers as were recorded after it.
+
+    Datagrams are compared one by one (each is length-prefixed in the result, so boundaries count).
+    """
+    from socklab.core.sockets import open_udp_socket
+
+    sock = open_udp_socket("", 0, connect_to=(target.host, target.port))
+    sock.settimeout(timeout)
+    expected, received = bytearray(), bytearray()
+    try:
+        steps = conn.steps
+        for i, (kind, data) in enumerate(steps):
+            if kind != "up":
+                continue
+            sock.send(data)
+            answers = 0
+            for later_kind, later in steps[i + 1:]:
+                if later_kind == "up":
+                    break
+                if later_kind == "down":
+                    answers += 1
+                    expected += len(later).to_bytes(4, "big") + later
+            for _ in range(answers):
+                try:
+                    got = sock.recv(65536)
+                except TimeoutError:
+                    break
+                received += len(got).to_bytes(4, "big") + got
+    except OSError as exc:
+        raise translate_oserror(exc, f"replaying UDP flow #{conn.index} to {target}") from exc
+    finally:
+        sock.close()
+    return ReplayResult(conn.index, bytes(expected), bytes(received))
