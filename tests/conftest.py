@@ -56,13 +56,18 @@ def running_server(factory: Callable[[], Any], engine: str = "epoll", *, udp: bo
 
 
 class Proc:
-    """A socklab subprocess; ``wait_for(pattern)`` reads stdout until a line matches (readiness)."""
+    """A socklab subprocess; ``wait_for(pattern)`` reads stdout until a line matches (readiness).
+
+    ``prefix=["ip", "netns", "exec", NS]`` runs it inside a network namespace (the prefix must exec
+    the command, so the pid is still socklab's).
+    """
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1", COLUMNS="200")
         env.update(kwargs.pop("env", {}))
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "socklab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [*kwargs.pop("prefix", []), sys.executable, "-m", "socklab", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=kwargs.pop("stdin", subprocess.DEVNULL), env=env, start_new_session=True, **kwargs)
         self.pid = self.popen.pid
         self.lines: list[str] = []

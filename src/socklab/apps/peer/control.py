@@ -1,0 +1,126 @@
+"""The node's control socket: a local Unix socket that answers ``status`` and takes commands.
+
+Why this exists: a running node is a process with a prompt; scripts, tests and ``socklab peer
+status`` need to ask it things without typing at that prompt. Each node serves, on its own
+engine, a Unix stream socket (mode 0600 directory, so only its user can talk to it) under
+``$XDG_RUNTIME_DIR/socklab/`` or ``/tmp/socklab-<uid>/``. One JSON object per line each way::
+
+    -> {"cmd":"status"}                       <- {"ok":true,"status":{...}}
+    -> {"cmd":"say","text":"hello"}           <- {"ok":true,"mid":"9a1b..."}
+    -> {"cmd":"share","path":"/tmp/x.bin"}    <- {"ok":true,"sha256":"...","file":"x.bin","size":3}
+    -> {"cmd":"fetch","file":"x.bin","dest":"/tmp/in"}  <- (when done) {"ok":true,"path":...}
+
+Unix sockets live in the filesystem, not in a network namespace: a node started with ``ip netns
+exec`` is still reachable here from the host, which is how the namespace tests drive it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import TYPE_CHECKING, Any
+
+from socklab.core.errors import ProtocolError, SocklabError, translate_oserror
+from socklab.core.protocol import Protocol
+from socklab.core.transport import Transport
+from socklab.protocols.lines import EndOfStream, LineDecoder
+
+if TYPE_CHECKING:
+    from socklab.apps.peer.links import FetchResult
+    from socklab.apps.peer.node import PeerNode
+
+__all__ = ["ControlProtocol", "control_request"]
+
+
+class ControlProtocol(Protocol):
+    """Serves one control connection: requests one per line, answers one per line."""
+
+    def __init__(self, node: PeerNode) -> None:
+        self.node = node
+        self.lines = LineDecoder(max_line=64 * 1024)
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.lines.receive_data(data)
+        except ProtocolError as exc:
+            self._reply({"ok": False, "error": str(exc)})
+            self.transport.close()
+            return
+        while (event := self.lines.next_event()) is not None:
+            if isinstance(event, EndOfStream):
+                return
+            self._handle(event.data)
+
+    def eof_received(self) -> bool | None:
+        return True  # answers to pending fetches may still be owed; close after the last reply
+
+    def shutdown_requested(self) -> None:
+        self.transport.close()
+
+    def _reply(self, obj: dict[str, Any]) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
+            cmd = req.get("cmd")
+            node = self.node
+            if cmd == "status":
+                self._reply({"ok": True, "status": node.status()})
+            elif cmd == "say":
+                self._reply({"ok": True, "mid": node.say(str(req.get("text", "")))})
+            elif cmd == "share":
+                offer = node.share(str(req.get("path", "")))
+                self._reply({"ok": True, "sha256": offer.sha256, "file": offer.file, "size": offer.size})
+            elif cmd == "fetch":
+                dest = req.get("dest")
+
+                def done(result: FetchResult) -> None:
+                    self._reply(result.as_json())
+
+                node.fetch(str(req.get("file", "")), done, dest_dir=str(dest) if dest else None)
+            else:
+                self._reply({"ok": False, "error": f"unknown command {str(cmd)[:40]!r} "
+                                                   "(status, say, share, fetch)"})
+        except (ValueError, SocklabError) as exc:
+            self._reply({"ok": False, "error": str(exc)})
+
+
+def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send one request to a node's control socket and return its answer.
+
+    Raises:
+        NetworkError (ConnectionRefused...): no node listens there.
+        TimeoutError_: no answer within ``timeout``.
+        RemoteProtocolError: the answer is not JSON.
+    """
+    from socklab.core.errors import RemoteProtocolError
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = bytearray()
+        while b"\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except OSError as exc:
+        raise translate_oserror(exc, f"talking to the node's control socket {path}") from exc
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(bytes(buf).split(b"\n", 1)[0])
+    except ValueError as exc:
+        raise RemoteProtocolError(f"the node answered something that is not JSON: {bytes(buf[:80])!r}") from exc
+    if not isinstance(answer, dict):
+        raise RemoteProtocolError("the node's answer is not a JSON object")
+    return answer

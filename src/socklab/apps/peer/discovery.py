@@ -1,0 +1,114 @@
+"""The discovery socket: a UDP socket in a multicast group, served by the node's own engine.
+
+Why this exists: :mod:`socklab.protocols.discovery` decides what announces mean; this module does
+the socket part a learner has to get right once - the options that make multicast work:
+
+- ``SO_REUSEADDR``/``SO_REUSEPORT`` so several nodes on one host can bind the group's port (every
+  one of them receives each multicast datagram);
+- bind to the *group* address, so only that group's datagrams arrive (not unicast to the port);
+- ``IP_ADD_MEMBERSHIP`` (group + local interface address): the kernel joins the group on that
+  interface and answers IGMP queries (RFC 1112 section 7);
+- ``IP_MULTICAST_IF``: send announces out of the interface we listen on, not the default route's;
+- ``IP_MULTICAST_TTL`` 1: announces never cross a router (RFC 1112 section 6.1);
+- ``IP_MULTICAST_LOOP`` on: other nodes on this same host hear us too.
+
+The interface is the node's ``--listen`` address when it is a specific IPv4 address (in the
+network-namespace tests each node has its own), else the kernel's choice (``INADDR_ANY``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from socklab.core.errors import translate_oserror
+from socklab.core.protocol import DatagramProtocol
+from socklab.core.transport import DatagramTransport
+from socklab.protocols.discovery import Announce, Discovery
+from socklab.protocols.gossip import Member
+
+if TYPE_CHECKING:
+    from socklab.apps.peer.node import PeerNode
+
+__all__ = ["DiscoveryEndpoint", "open_multicast_socket", "start_discovery"]
+
+
+def open_multicast_socket(group: str, port: int, interface: str = "0.0.0.0") -> socket.socket:
+    """A UDP socket bound to ``group:port``, member of ``group`` on ``interface``, TTL 1, loop on.
+
+    Raises:
+        NetworkError, AddressInUse: one-line reasons (no route for multicast, say).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((group, port))
+        mreq = socket.inet_aton(group) + socket.inet_aton(interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        if interface != "0.0.0.0":
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise translate_oserror(exc, f"joining multicast group {group}:{port} on {interface}") from exc
+    return sock
+
+
+class DiscoveryEndpoint(DatagramProtocol):
+    """Sends this node's announce every ``announce_interval`` and reports the others' to the node."""
+
+    def __init__(self, node: PeerNode, logic: Discovery) -> None:
+        self.node = node
+        self.logic = logic
+        self.transport: DatagramTransport | None = None  # type: ignore[assignment]
+        self.heard: dict[str, str] = {}  # node id -> listen address, for status
+        self.send_errors = 0
+
+    def connection_made(self, transport: DatagramTransport) -> None:
+        self.transport = transport
+
+    def tick(self) -> None:
+        """Announce now and schedule the next announce."""
+        if self.node.stopping or self.transport is None or self.transport.is_closing():
+            return
+        for data, addr in self.logic.announce():
+            try:
+                self.transport.sendto(data, addr)
+            except Exception:  # no multicast route yet: try again next tick
+                self.send_errors += 1
+        self.node.engine.call_later(self.node.settings.announce_interval, self.tick)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        ann = self.logic.datagram_received(data, addr)
+        if ann is None:
+            return
+        if ann.id not in self.heard:
+            self.node.log(f"discovered {ann.name} at {ann.listen}")
+        self.heard[ann.id] = ann.listen
+        self.node.consider(Member(ann.id, ann.name, ann.listen))
+
+    def error_received(self, exc: BaseException) -> None:
+        self.send_errors += 1
+
+
+def start_discovery(node: PeerNode) -> DiscoveryEndpoint:
+    """Open the multicast socket and serve it on the node's engine (before the engine starts).
+
+    Raises:
+        NetworkError: the group cannot be joined on the interface.
+    """
+    s = node.settings
+    host = s.host
+    try:
+        interface = str(socket.inet_aton(host) and host) if host not in ("", "0.0.0.0") else "0.0.0.0"
+    except OSError:
+        interface = "0.0.0.0"  # a name or an IPv6 address: let the kernel choose
+    sock = open_multicast_socket(s.group, s.discovery_port, interface)
+    endpoint = DiscoveryEndpoint(node, Discovery(Announce(node.id, node.name, node.listen),
+                                                 (s.group, s.discovery_port)))
+    node.engine.serve_datagram(sock, lambda: endpoint)
+    return endpoint

@@ -1,0 +1,79 @@
+"""The peer node's settings: every limit and timer of the mesh named once, with its default.
+
+Why this exists: ``socklab peer``'s options, the library API (:class:`~socklab.apps.peer.node.PeerNode`)
+and docs/peer.md all come from this one dataclass (see :mod:`socklab.core.settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from socklab.core.errors import UsageError
+from socklab.core.settings import ServerSettings, setting
+
+__all__ = ["PeerSettings", "control_dir", "default_control_path"]
+
+
+def control_dir() -> Path:
+    """Where control sockets live: ``$XDG_RUNTIME_DIR/socklab`` or ``/tmp/socklab-<uid>``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "socklab"
+    return Path(f"/tmp/socklab-{os.getuid()}")
+
+
+def default_control_path(name: str) -> str:
+    """The control socket of the node called ``name`` (``.../peer-<name>.sock``)."""
+    return str(control_dir() / f"peer-{name}.sock")
+
+
+@dataclass
+class PeerSettings(ServerSettings):
+    """What ``socklab peer`` accepts on top of every server's settings (host/port come from --listen)."""
+
+    name: str = setting("", "This node's name in the mesh (a letter or _ then letters, digits, _ or -).")
+    hop_limit: int = setting(8, "Hops a message may travel before it is no longer forwarded.")
+    history: int = setting(200, "Recent messages kept for late joiners (the catch-up ring).")
+    catchup: int = setting(100, "Messages asked from each new neighbour when a link comes up.")
+    seen_cache: int = setting(4096, "Message ids remembered to drop duplicates (LRU).")
+    seen_max_age: float = setting(600.0, "Seconds a message id is remembered (0 = until evicted).")
+    max_neighbours: int = setting(8, "Links this node opens by itself; it still accepts others' links.")
+    ping_interval: float = setting(2.0, "Seconds between PINGs on each link (RTT and liveness).")
+    link_timeout: float = setting(6.0, "A link silent for this many seconds is dropped (and redialled).")
+    redial_base: float = setting(0.5, "First redial delay, seconds; doubles each failure (with jitter).")
+    redial_max: float = setting(15.0, "Longest redial delay, seconds.")
+    connect_timeout: float = setting(5.0, "Seconds to wait for a neighbour's TCP handshake.")
+    group: str = setting("239.255.77.77", "Multicast group of --discover announces (IPv4).")
+    discovery_port: int = setting(7799, "UDP port of --discover announces.")
+    announce_interval: float = setting(2.0, "Seconds between --discover announces.")
+    max_frame: int = setting(64 * 1024, "Longest frame accepted from a neighbour, bytes.")
+    max_text: int = setting(4096, "Longest message typed at the prompt, bytes.")
+    downloads: str = setting(".", "Directory fetched files are written to.", metavar="DIR")
+    control: str | None = setting(None, "Control socket path (default: $XDG_RUNTIME_DIR/socklab/peer-NAME.sock "
+                                        "or /tmp/socklab-UID/peer-NAME.sock).", metavar="PATH")
+
+    def validate(self) -> None:
+        super().validate()
+        from socklab.protocols.chat import check_nick
+
+        try:
+            check_nick(self.name)
+        except Exception as exc:
+            raise UsageError(f"--name: {exc}") from None
+        for field in ("hop_limit", "seen_cache", "max_neighbours", "max_frame", "max_text"):
+            if getattr(self, field) < 1:
+                raise UsageError(f"{field} must be at least 1")
+        if self.hop_limit > 255:
+            raise UsageError("hop_limit must be at most 255")
+        for field in ("ping_interval", "link_timeout", "redial_base", "redial_max", "announce_interval",
+                      "connect_timeout"):
+            if getattr(self, field) <= 0:
+                raise UsageError(f"{field} must be positive")
+        if self.link_timeout <= self.ping_interval:
+            raise UsageError("link_timeout must be longer than ping_interval")
+
+    @property
+    def control_path(self) -> str:
+        return self.control or default_control_path(self.name)
