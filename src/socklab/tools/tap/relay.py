@@ -124,8 +124,8 @@ class _Pipe:
 
     # ---- input -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        if self.done:
-            return
+        if self.done or self.close_after:
+            return  # finished, or limit_data already cut this direction
         if self.hung:
             self._once("timeout", f"timeout: {len(data)} bytes held back (never delivered)")
             return
@@ -189,8 +189,8 @@ class _Pipe:
 
     def eof(self) -> None:
         """The source finished (FIN): pass it on, after queued data and any slow_close delay."""
-        if self.done:
-            return
+        if self.done or (self.hung and not self.close_after):
+            return  # a hung direction passes nothing on, not even the FIN
         slow = self.kinds.get("slow_close")
         if slow is None and not self.queue:
             self._finish()
