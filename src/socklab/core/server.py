@@ -151,8 +151,12 @@ class Server:
         """
         self.start()
         if handle_signals and threading.current_thread() is threading.main_thread():
+            signalled: list[int] = []  # set here, at once: the shutdown thread may not have run yet
+
             def handler(signum: int, frame: FrameType | None) -> None:
-                if not self._shutdown_started:
+                first = not signalled and not self._shutdown_started
+                signalled.append(signum)
+                if first:
                     if on_signal:
                         on_signal("graceful")
                     threading.Thread(target=self.shutdown, name="socklab-shutdown", daemon=True).start()

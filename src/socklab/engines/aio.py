@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import struct
@@ -532,7 +533,12 @@ class _AioEngine(Engine):
             asyncio.set_event_loop(None)
 
     def stop(self) -> None:
-        self.call_soon_threadsafe(self.loop.stop)
+        # One more turn before stopping: callbacks already queued (an abort's connection_lost)
+        # schedule their follow-ups with call_soon, and those must run too.
+        self.call_soon_threadsafe(self._stop_next_turn)
+
+    def _stop_next_turn(self) -> None:
+        self.loop.call_soon(self.loop.stop)
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         try:
@@ -573,8 +579,12 @@ class _AioEngine(Engine):
             conn.abort_with(None)
         for task in list(self._tasks):
             task.cancel()
-        loop.run_until_complete(self._settle())
-        loop.run_until_complete(loop.shutdown_asyncgens())
+        for _ in range(3):  # a stop() queued late makes run_until_complete return early: run again
+            with contextlib.suppress(RuntimeError):
+                loop.run_until_complete(self._settle())
+                break
+        with contextlib.suppress(RuntimeError):
+            loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
     async def _settle(self) -> None:
@@ -675,6 +685,8 @@ class _AioEngine(Engine):
                                                   server_hostname=hostname)
                 await asyncio.wait_for(coro, timeout)
             except (OSError, TimeoutError) as exc:
+                if type(exc) is not socket.gaierror and exc.errno:  # asyncio's "Connect call failed (...)"
+                    exc = OSError(exc.errno, os.strerror(exc.errno))  # -> the errno's own words
                 err = translate_oserror(exc, f"connecting to {endpoint}")
                 if isinstance(exc, TimeoutError) and not isinstance(err, ConnectTimeout):
                     err = ConnectTimeout(f"timed out while connecting to {endpoint}")

@@ -1,0 +1,343 @@
+"""What is specific to the asyncio and uvloop engines (the behaviour suite covers the shared contract).
+
+Serving before ``run()`` and from inside a loop callback, client connections, the BufferedProtocol
+paths, refusal over max_connections, graceful shutdown followed by a forced one, and the idle
+sweep on both of its clocks (the per-receive flag, and TCP_INFO where uvloop reads directly).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from socklab.apps.echo.protocol import EchoProtocol
+from socklab.core.errors import ConnectionRefused
+from socklab.core.protocol import BufferedProtocol, Protocol
+from socklab.core.server import Server
+from socklab.core.settings import ServerSettings
+from socklab.core.sockets import Endpoint, open_tcp_listener
+from socklab.core.trace import Tracer
+from socklab.core.transport import Transport
+from socklab.engines import make_engine
+from socklab.engines.base import Engine
+from tests.conftest import running_server
+from tests.engines.test_behaviour import echo_roundtrip, recv_all
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def aio(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class _RunningEngine:
+    """An engine running on a thread of its own, stopped and closed on exit."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=engine.run, kwargs={"ready": self.ready.set}, daemon=True)
+
+    def __enter__(self) -> Engine:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self.engine
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.call_soon_threadsafe(self.engine.abort_all)
+        self.engine.stop()
+        self.thread.join(10)
+        self.engine.close()
+
+
+def on_engine(engine: Engine, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the engine's loop thread and return its result."""
+    done = threading.Event()
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append(fn())
+        finally:
+            done.set()
+
+    engine.call_soon_threadsafe(call)
+    assert done.wait(10)
+    return box[0] if box else None
+
+
+# ---- serving ---------------------------------------------------------------------------------------
+def test_serve_before_run(aio: str) -> None:
+    engine = make_engine(aio, ServerSettings())
+    sock = open_tcp_listener("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    engine.serve_stream(sock, EchoProtocol)  # the loop is not running yet
+    with _RunningEngine(engine), socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        assert echo_roundtrip(c, b"served before run()") == b"served before run()"
+
+
+def test_serve_from_inside_a_callback(aio: str) -> None:
+    engine = make_engine(aio, ServerSettings())
+    sock = open_tcp_listener("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    with _RunningEngine(engine):
+        on_engine(engine, lambda: engine.serve_stream(sock, EchoProtocol))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:  # queued by the kernel until then
+            assert echo_roundtrip(c, b"served from a callback") == b"served from a callback"
+
+
+def test_serve_from_another_thread_while_running(aio: str) -> None:
+    engine = make_engine(aio, ServerSettings())
+    sock = open_tcp_listener("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    with _RunningEngine(engine):
+        listener = engine.serve_stream(sock, EchoProtocol)  # waits until the loop serves it
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert echo_roundtrip(c, b"x" * 1000) == b"x" * 1000
+        on_engine(engine, listener.close)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+
+# ---- client connections ------------------------------------------------------------------------
+class _Pinger(Protocol):
+    """Sends ``ping``, keeps what comes back, signals once the reply is complete."""
+
+    def __init__(self, done: threading.Event) -> None:
+        self.done = done
+        self.got = b""
+        self.lost: list[BaseException | None] = []
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        transport.write(b"ping")
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+        if self.got == b"ping":
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+        self.done.set()
+
+
+def test_connect_stream_success(aio: str) -> None:
+    done = threading.Event()
+    pinger = _Pinger(done)
+    errors: list[BaseException] = []
+    with running_server(EchoProtocol, aio) as srv:
+        srv.engine.connect_stream(Endpoint("127.0.0.1", srv.port), lambda: pinger, on_error=errors.append)
+        assert done.wait(10)
+    assert not errors
+    assert pinger.got == b"ping"
+    assert pinger.lost == [None]
+
+
+def test_connect_stream_from_a_callback_to_a_unix_socket(aio: str, tmp_path: Path) -> None:
+    done = threading.Event()
+    pinger = _Pinger(done)
+    path = str(tmp_path / "echo.sock")
+    with running_server(EchoProtocol, aio, unix=path) as srv:
+        on_engine(srv.engine, lambda: srv.engine.connect_stream(Endpoint(unix=path), lambda: pinger))
+        assert done.wait(10)
+    assert pinger.got == b"ping"
+
+
+def test_connect_refused_reports_connection_refused(aio: str) -> None:
+    # A bound socket that does not listen: the kernel answers SYN with RST while we hold it.
+    with socket.socket() as closed_port, running_server(EchoProtocol, aio) as srv:
+        closed_port.bind(("127.0.0.1", 0))
+        failed = threading.Event()
+        errors: list[BaseException] = []
+
+        def on_error(exc: BaseException) -> None:
+            errors.append(exc)
+            failed.set()
+
+        made: list[Protocol] = []
+        srv.engine.connect_stream(Endpoint("127.0.0.1", closed_port.getsockname()[1]),
+                                  lambda: made.append(Protocol()) or made[-1], on_error=on_error)
+        assert failed.wait(10)
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionRefused)
+    assert "refused" in str(errors[0]).lower()
+    assert not made
+
+
+# ---- the BufferedProtocol paths ------------------------------------------------------------------
+class _BufferedEcho(BufferedProtocol):
+    """Echo through a deliberately tiny buffer of its own, so one read takes several rounds."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(7)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(bytes(self.buf[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self.transport.write_eof()
+        return True
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.one_of(st.binary(max_size=3000), st.integers(0, 300_000).map(os.urandom)))
+def test_buffered_protocol_is_byte_exact(aio: str, payload: bytes) -> None:
+    with running_server(_BufferedEcho, aio) as srv, socket.create_connection(("127.0.0.1", srv.port),
+                                                                             timeout=20) as c:
+        assert echo_roundtrip(c, payload) == payload
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(min_size=1, max_size=70_000), max_size=6))
+def test_plain_protocol_on_the_reused_buffer_is_byte_exact(aio: str, chunks: list[bytes]) -> None:
+    # asyncio: recv_into one engine-wide buffer, copied out per read; it must never leak between
+    # connections, so two clients talk at once.
+    with running_server(EchoProtocol, aio) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=20) as a, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=20) as b:
+        for chunk in chunks:
+            a.sendall(chunk)
+            b.sendall(chunk[::-1])
+            for s, want in ((a, chunk), (b, chunk[::-1])):
+                got = b""
+                while len(got) < len(want):
+                    got += s.recv(65536)
+                assert got == want
+
+
+# ---- limits and shutdown ---------------------------------------------------------------------------
+def test_overflow_is_refused_with_the_message(aio: str) -> None:
+    with running_server(EchoProtocol, aio, max_connections=1) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as first:
+        first.sendall(b"hi")
+        assert first.recv(10) == b"hi"
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as extra:
+            assert recv_all(extra) == ServerSettings().overflow_message
+        first.sendall(b"still here")
+        assert first.recv(100) == b"still here"
+        assert srv.statistics().refused == 1
+        assert srv.statistics().accepted == 1
+
+
+class _StaysOpen(EchoProtocol):
+    """Echo that ignores the shutdown request (a long transfer, say) but says it was asked."""
+
+    asked = threading.Event()
+
+    def shutdown_requested(self) -> None:
+        type(self).asked.set()
+
+
+def test_graceful_shutdown_then_a_forced_one(aio: str) -> None:
+    _StaysOpen.asked = threading.Event()
+    srv = Server(ServerSettings(engine=aio, shutdown_timeout=30))
+    srv.listen(_StaysOpen)
+    srv.start()
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    try:
+        c.sendall(b"before")
+        assert c.recv(10) == b"before"
+        stopper = threading.Thread(target=srv.shutdown)
+        stopper.start()
+        assert _StaysOpen.asked.wait(10)
+        with pytest.raises(ConnectionRefusedError):  # the listener closed at once
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10).close()
+        c.sendall(b"in flight")  # the open connection is still served during the grace period
+        assert c.recv(100) == b"in flight"
+        srv._force()  # what a second Ctrl-C does
+        stopper.join(10)
+        assert not stopper.is_alive(), "the forced stop did not end the graceful wait"
+        with pytest.raises(ConnectionResetError):
+            c.recv(10)  # aborted with RST, not left open
+    finally:
+        c.close()
+
+
+# ---- idle sweep: both clocks -------------------------------------------------------------------
+def test_idle_sweep_over_a_unix_socket(aio: str, tmp_path: Path) -> None:
+    # No TCP_INFO on Unix sockets: the per-receive flag is the clock here, on both engines.
+    path = str(tmp_path / "idle.sock")
+    with running_server(EchoProtocol, aio, unix=path, idle_timeout=0.3) as srv, \
+            socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(10)
+        c.connect(path)
+        c.sendall(b"x")
+        assert c.recv(1) == b"x"
+        assert recv_all(c) == b""
+        assert srv.statistics().idle_closed == 1
+
+
+def test_an_active_connection_is_not_idle(aio: str) -> None:
+    with running_server(EchoProtocol, aio, idle_timeout=0.4) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as busy, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as quiet:
+        quiet.sendall(b"q")
+        assert quiet.recv(1) == b"q"
+        closed = threading.Event()
+
+        def wait_quiet() -> None:
+            recv_all(quiet)
+            closed.set()
+
+        t = threading.Thread(target=wait_quiet)
+        t.start()
+        for _ in range(2000):  # keep talking until the quiet one has been swept
+            busy.sendall(b"b")
+            assert busy.recv(1) == b"b"
+            if closed.wait(0.01):
+                break
+        t.join(10)
+        assert closed.is_set()
+        busy.sendall(b"still served")
+        assert busy.recv(100) == b"still served"
+        assert srv.statistics().idle_closed == 1
+
+
+# ---- the trace ---------------------------------------------------------------------------------
+def test_trace_says_syscalls_are_hidden_once(aio: str) -> None:
+    tracer = Tracer(aio)
+    events = tracer.record()
+    with running_server(EchoProtocol, aio, tracer=tracer) as srv:
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+                assert echo_roundtrip(c, b"traced") == b"traced"
+    hidden = [e for e in events if e.op == "note" and "hides" in (e.detail or "")]
+    assert len(hidden) == 1 and hidden[0].level == "transport"
+    sends = [e for e in events if e.op == "send"]
+    assert sends and all(e.nbytes == 6 and e.fd is not None for e in sends)
+
+
+def test_write_after_close_is_dropped(aio: str) -> None:
+    class CloseThenWrite(Protocol):
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(b"last words")
+            self.transport.close()
+            self.transport.write(b"dropped")
+
+    with running_server(CloseThenWrite, aio) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+        c.sendall(b"go")
+        assert recv_all(c) == b"last words"
+
+
+def test_engines_report_themselves(aio: str) -> None:
+    engine = make_engine(aio)
+    try:
+        assert engine.name == aio
+        assert {"tcp", "udp", "unix", "tls", "client"} <= engine.info.supports
+        assert re.search(r"asyncio|uvloop", engine.info.model)
+    finally:
+        engine.close()
