@@ -148,8 +148,9 @@ class TransferDriver:
             if self._timer is not None:
                 self._timer.cancel()
             if isinstance(m, tftp.Receiver) and m.state is tftp.State.DONE:
-                # dally: our final ACK may be lost; stay to acknowledge a resent last block
-                self._timer = self._call_later(m.timeout * 2, self.close)
+                # dally: our final ACK may be lost; stay as long as the sender may retry, to
+                # acknowledge a resent last block (RFC 1350 section 6)
+                self._timer = self._call_later(m.timeout * max(2, m.max_retries), self.close)
             else:
                 self.close()
             return

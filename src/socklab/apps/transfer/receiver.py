@@ -158,8 +158,10 @@ class ReceiveSession:
             slot = self._slot
             busy = self._ring_busy[slot]
             if busy is not None and self._fill == 0:
-                self._wait(busy)  # the ring is full: wait for the oldest buffer (back-pressure)
                 self._ring_busy[slot] = None
+                self._wait(busy)  # the ring is full: wait for the oldest buffer (back-pressure)
+                if self._discarding or self._sink is None:
+                    return memoryview(self._control)  # that buffer hit a disk error
             limit = min(self._bufsize - self._fill, self.conn.raw_remaining,
                         self.chunk_size - (self._sink.pos + self._fill) % self.chunk_size)
             return memoryview(self._ring[slot])[self._fill:self._fill + limit]
@@ -365,14 +367,14 @@ class ReceiveSession:
             sink.error = exc
             name = self._entry.name if self._entry else "?"
             message = f"receiver cannot write {name}: {exc.strerror or exc}"
-            # tell the sender at once (it checks between sendfile slices), keep nothing behind
+            # keep nothing behind, then tell the sender at once (it checks between sendfile slices)
             self._discarding = True
+            self._abandon()
             self.send(self.conn.send(tp.ErrorFrame(message, "disk")))
             self.failed = message
             self.reports.append(FileReport(name, False, error=message, code="disk"))
             if self.log is not None:
                 self.log(self.reports[-1])
-            self._abandon()
 
     def _on_trailer(self, trailer: tp.Trailer) -> None:
         entry, sink = self._entry, self._sink

@@ -1,0 +1,192 @@
+"""The native transfer wire format without sockets: a whole session fed whole and byte by byte,
+name confinement, hashes, and the fuzzing invariant (only ProtocolError escapes)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from socklab.core.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from socklab.protocols import transfer as tp
+
+
+def session_segments(payload: bytes, offset: int = 0, chunk: int = 4096) -> tuple[list[bytes], list[tp.Event]]:
+    """What a sender puts on the wire for one file, turn by turn (it waits for the receiver
+    between turns), and the events a receiver must see."""
+    s = tp.TransferConnection("sender")
+    h = tp.FileHasher(chunk)
+    h.update(payload)
+    trailer = tp.Trailer(h.hexdigest(), h.final_crcs())
+    entry = tp.Entry("dir/f.bin", "file", len(payload), 0o640, 1700000000.5)
+    hello = s.send(tp.Hello(chunk_size=chunk))
+    s.state = "idle"  # as if the receiver's HELLO came
+    ent = s.send(entry)
+    s.state = "idle"
+    data = s.send(tp.Start(offset)) + payload[offset:] + s.send(trailer)
+    s.state = "idle"
+    done = s.send(tp.Done())
+    events: list[tp.Event] = [tp.Hello(chunk_size=chunk), entry, tp.Start(offset)]
+    if payload[offset:]:
+        events.append(tp.RawData(payload[offset:]))
+    events += [trailer, tp.Done()]
+    return [hello, ent, data, done], events
+
+
+def session_bytes(payload: bytes, offset: int = 0) -> tuple[bytes, list[tp.Event]]:
+    segments, events = session_segments(payload, offset)
+    return b"".join(segments), events
+
+
+def feed(segments: list[bytes], step: int) -> list[tp.Event]:
+    r = tp.TransferConnection("receiver")
+    events: list[tp.Event] = []
+    for wire in segments:
+        for i in range(0, len(wire), step or len(wire)):
+            r.receive_data(wire[i:i + (step or len(wire))])
+            while (ev := r.next_event()) is not None:
+                events.append(ev)
+        # the receiver's turn
+        if isinstance(events[-1], tp.Entry):
+            r.send(tp.Offer(0, ()))
+        if isinstance(events[-1], tp.Trailer):
+            r.send(tp.Result(True))
+    return events
+
+
+def merge_raw(events: list[tp.Event]) -> list[tp.Event]:
+    out: list[tp.Event] = []
+    for ev in events:
+        if isinstance(ev, tp.RawData) and out and isinstance(out[-1], tp.RawData):
+            out[-1] = tp.RawData(out[-1].data + ev.data)
+        else:
+            out.append(ev)
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 50_000])
+def test_session_whole_and_byte_by_byte(size: int) -> None:
+    payload = os.urandom(size)
+    segments, expected = session_segments(payload)
+    assert merge_raw(feed(segments, 0)) == expected
+    assert merge_raw(feed(segments, 1)) == expected
+    assert merge_raw(feed(segments, 977)) == expected
+
+
+def test_resume_offset_and_raw_accounting() -> None:
+    payload = os.urandom(10_000)
+    segments, expected = session_segments(payload, offset=8192)
+    assert merge_raw(feed(segments, 3)) == expected
+    assert expected[3] == tp.RawData(payload[8192:])
+
+
+def test_zero_copy_path_reports_raw_bytes() -> None:
+    r = tp.TransferConnection("receiver")
+    r.receive_data(tp.TransferConnection("sender").send(tp.Hello()))
+    s = tp.TransferConnection("sender", state="idle")
+    r.receive_data(s.send(tp.Entry("f", "file", 100)))
+    assert isinstance(r.next_event(), tp.Hello) and isinstance(r.next_event(), tp.Entry)
+    r.send(tp.Offer())
+    r.receive_data(s.send(tp.Start(0)))
+    assert r.next_event() == tp.Start(0) and r.raw_remaining == 100
+    r.raw_received(60)  # the adapter recv_into'd its own buffer
+    r.raw_received(40)
+    with pytest.raises(LocalProtocolError):
+        r.raw_received(1)
+    r.receive_data(s.send(tp.Trailer("x", ())))
+    assert r.next_event() == tp.Trailer("x", ())
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", "", "a//b", "./a", "a/.", "a\\..\\b",
+                                  "nul\0x", ".."])
+def test_check_name_refuses_escapes(name: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        tp.check_name(name)
+
+
+def test_check_name_accepts_plain_relative_names() -> None:
+    assert tp.check_name("a/b/c.txt") == ["a", "b", "c.txt"]
+    assert tp.check_name(".hidden") == [".hidden"]
+
+
+def test_hasher_chunks_and_whole() -> None:
+    data = os.urandom(10_000)
+    h = tp.FileHasher(4096)
+    for i in range(0, len(data), 333):
+        h.update(data[i:i + 333])
+    assert h.final_crcs() == (zlib.crc32(data[:4096]), zlib.crc32(data[4096:8192]), zlib.crc32(data[8192:]))
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_out_of_order_and_bad_frames() -> None:
+    r = tp.TransferConnection("receiver")
+    with pytest.raises(RemoteProtocolError, match="unexpected entry"):
+        r.receive_data(tp.TransferConnection("sender", state="idle").send(tp.Entry("f")))
+    r = tp.TransferConnection("receiver")
+    with pytest.raises(RemoteProtocolError, match="magic"):
+        r.receive_data(b"H\x00\x00\x00\x02{}")
+    with pytest.raises(RemoteProtocolError, match="unknown frame"):
+        tp.TransferConnection("receiver").receive_data(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        tp.TransferConnection("receiver", max_frame=10).receive_data(b"H\x00\x01\x00\x00")
+    with pytest.raises(LocalProtocolError):
+        tp.TransferConnection("sender").send(tp.Done())
+
+
+def test_eof_mid_file_is_an_error_but_between_entries_is_not() -> None:
+    payload = os.urandom(5000)
+    wire, _ = session_bytes(payload)
+    r = tp.TransferConnection("receiver")
+    r.receive_data(wire[:200])
+    with pytest.raises(RemoteProtocolError, match="closed in the middle"):
+        r.receive_data(b"")
+    r = tp.TransferConnection("receiver")
+    r.receive_data(tp.TransferConnection("sender").send(tp.Hello()))
+    r.receive_data(b"")
+
+
+def test_error_frame_is_an_event_in_any_state() -> None:
+    s = tp.TransferConnection("sender", state="sending")
+    s.receive_data(tp.TransferConnection("receiver").send(tp.ErrorFrame("disk full", "disk")))
+    assert s.next_event() == tp.ErrorFrame("disk full", "disk") and s.state == "closed"
+
+
+def _events_or_error(setup: list[bytes], wire: bytes, step: int) -> tuple[list[tp.Event], bool]:
+    r = tp.TransferConnection("receiver")
+    for seg in setup:
+        r.receive_data(seg)
+        while r.next_event() is not None:
+            pass
+    r.send(tp.Offer())
+    events: list[tp.Event] = []
+    try:
+        for i in range(0, len(wire), step):
+            r.receive_data(wire[i:i + step])
+            while (ev := r.next_event()) is not None:
+                events.append(ev)
+    except ProtocolError:
+        return merge_raw(events), True
+    return merge_raw(events), False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 400), st.binary(max_size=8))
+def test_fuzz_only_protocol_errors_and_same_events_whole_or_bytewise(junk: bytes, cut: int, splice: bytes) -> None:
+    segments, _ = session_segments(os.urandom(64))
+    wire = segments[2] + segments[3]
+    mutated = wire[:cut] + splice + wire[cut + len(splice):] + junk
+    whole = _events_or_error(segments[:2], mutated, max(1, len(mutated)))
+    bytewise = _events_or_error(segments[:2], mutated, 1)
+    assert whole[1] == bytewise[1]
+    if not whole[1]:
+        assert whole[0] == bytewise[0]
+
+
+def test_a_megabyte_of_garbage_is_rejected_fast() -> None:
+    r = tp.TransferConnection("receiver")
+    with pytest.raises(RemoteProtocolError):
+        r.receive_data(os.urandom(1 << 20))

@@ -1,0 +1,276 @@
+"""Native transfer over real sockets: every engine, directories and stdin, resume, verification,
+name confinement, overwrite policy, a full disk, cuts at many offsets (through socklab tap), the
+CLI in both directions."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from socklab.apps.transfer.receiver import ReceiverProtocol, ReceiveSession, ReceiveSettings
+from socklab.apps.transfer.sender import SendReport, SendSession, collect
+from socklab.core.errors import BrokenError, SocklabError
+from socklab.core.server import Server
+from socklab.core.sockets import Endpoint, connect_tcp
+from socklab.protocols import transfer as tp
+
+pytestmark = pytest.mark.timeout(60)
+
+CHUNK = 64 * 1024
+
+
+@contextmanager
+def receiver(dest: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int, list[ReceiveSession]]]:
+    settings = ReceiveSettings(host="127.0.0.1", port=0, dir=str(dest), engine=engine, **kw)
+    sessions: list[ReceiveSession] = []
+    srv = Server(settings, label="receive")
+    srv.listen(lambda: ReceiverProtocol(settings, on_session=sessions.append))
+    srv.start()
+    try:
+        yield srv.port, sessions
+    finally:
+        srv.shutdown(timeout=2)
+
+
+def send(port: int, paths: list[str], stdin: bytes = b"", via: int | None = None) -> list[SendReport]:
+    sock = connect_tcp(Endpoint("127.0.0.1", via or port))
+    try:
+        return SendSession(sock, CHUNK, stdin=io.BytesIO(stdin)).run(collect(paths, stdin_name="piped.bin"))
+    finally:
+        sock.close()
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {"top.bin": os.urandom(CHUNK + 1), "empty": b"", "one": b"1", "d/exact": os.urandom(CHUNK),
+             "d/e/deep.txt": b"deep\n" * 1000}
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "one").chmod(0o600)
+    os.utime(root / "top.bin", (1_600_000_000, 1_600_000_000))
+    (root / "d" / "e").chmod(0o750)
+    os.utime(root / "d", (1_500_000_000, 1_500_000_000))
+    return files
+
+
+def test_files_directories_and_stdin_on_every_engine(engine: str, tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    dest.mkdir()
+    files = make_tree(src)
+    piped = os.urandom(3 * CHUNK + 5)
+    with receiver(dest, engine) as (port, _sessions):
+        reports = send(port, [str(src / "top.bin"), str(src), "-"], stdin=piped)
+    assert all(r.ok for r in reports), reports
+    assert (dest / "top.bin").read_bytes() == files["top.bin"]
+    for name, data in files.items():
+        assert (dest / "src" / name).read_bytes() == data
+    assert (dest / "piped.bin").read_bytes() == piped
+    assert (dest / "src" / "one").stat().st_mode & 0o777 == 0o600
+    assert (dest / "src" / "d" / "e").stat().st_mode & 0o777 == 0o750
+    assert (dest / "top.bin").stat().st_mtime == 1_600_000_000
+    assert (dest / "src" / "d").stat().st_mtime == 1_500_000_000
+    assert not list(dest.rglob("*.part"))
+
+
+def test_existing_file_needs_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"new")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "f").write_bytes(b"old")
+    with receiver(dest) as (port, _):
+        [r] = send(port, [str(tmp_path / "f")])
+    assert not r.ok and r.code == "exists" and "--overwrite" in (r.error or "")
+    assert (dest / "f").read_bytes() == b"old"
+    with receiver(dest, overwrite=True) as (port, _):
+        [r] = send(port, [str(tmp_path / "f")])
+    assert r.ok and (dest / "f").read_bytes() == b"new"
+
+
+def raw_session(port: int) -> tuple[socket.socket, tp.TransferConnection, Callable[[], tp.Event]]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    conn = tp.TransferConnection("sender")
+
+    def event() -> tp.Event:
+        while (ev := conn.next_event()) is None:
+            conn.receive_data(sock.recv(65536))
+        return ev
+
+    sock.sendall(conn.send(tp.Hello(chunk_size=CHUNK)))
+    assert isinstance(event(), tp.Hello)
+    return sock, conn, event
+
+
+@pytest.mark.parametrize("name", ["../evil", "/tmp/abs-evil", "a/../../evil", "link/evil", "..", "a\\..\\evil"])
+def test_names_are_confined_to_the_destination(tmp_path: Path, name: str) -> None:
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "link").symlink_to(outside)
+    with receiver(dest) as (port, _):
+        sock, conn, event = raw_session(port)
+        with sock:
+            sock.sendall(conn.send(tp.Entry(name, "file", 4)))
+            result = event()
+            assert isinstance(result, tp.Result) and not result.ok and result.code == "name", result
+            sock.sendall(conn.send(tp.Done()))
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in dest.iterdir()) == ["link"]
+    assert not Path("/tmp/abs-evil").exists()
+
+
+def test_flipped_bit_is_detected_and_the_verified_prefix_kept(tmp_path: Path) -> None:
+    data = os.urandom(4 * CHUNK + 100)
+    (tmp_path / "f.bin").write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    bad = bytearray(data)
+    bad[2 * CHUNK + 7] ^= 0x10
+    h = tp.FileHasher(CHUNK)
+    h.update(data)
+    with receiver(dest) as (port, _):
+        sock, conn, event = raw_session(port)
+        with sock:
+            sock.sendall(conn.send(tp.Entry("f.bin", "file", len(data))))
+            assert event() == tp.Offer(0, ())
+            sock.sendall(conn.send(tp.Start(0)) + bytes(bad) + conn.send(tp.Trailer(h.hexdigest(), h.final_crcs())))
+            result = event()
+            sock.sendall(conn.send(tp.Done()))
+        assert isinstance(result, tp.Result) and not result.ok and result.code == "verify"
+        assert "chunk 2" in (result.error or "")
+        assert not (dest / "f.bin").exists()
+        assert (dest / "f.bin.part").read_bytes() == data[:2 * CHUNK]
+        [r] = send(port, [str(tmp_path / "f.bin")])  # resuming re-sends from the damaged chunk
+    assert r.ok and r.offset == 2 * CHUNK and r.sent == len(data) - 2 * CHUNK
+    assert (dest / "f.bin").read_bytes() == data
+
+
+def test_resume_checks_the_prefix_chunk_by_chunk(tmp_path: Path) -> None:
+    data = os.urandom(5 * CHUNK + 3)
+    (tmp_path / "f.bin").write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    part = bytearray(data[:3 * CHUNK + 500])  # 3 full chunks and a bit
+    (dest / "f.bin.part").write_bytes(part)
+    with receiver(dest) as (port, _):
+        [r] = send(port, [str(tmp_path / "f.bin")])
+        assert r.ok and r.offset == 3 * CHUNK  # the partial 4th chunk is re-sent, nothing more
+        (dest / "f.bin").unlink()
+        part[CHUNK + 1] ^= 1  # a corrupt prefix: only the chunks before the damage count
+        (dest / "f.bin.part").write_bytes(part)
+        [r] = send(port, [str(tmp_path / "f.bin")])
+        assert r.ok and r.offset == CHUNK
+    assert (dest / "f.bin").read_bytes() == data
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, check=False).returncode == 0
+
+
+def test_full_disk_is_a_clean_error_on_both_sides(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "1m"):
+        pytest.fail("cannot mount a tmpfs (the tests run as root in CI)")
+    try:
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(48 * CHUNK))  # 3 MiB into 1 MiB
+        (tmp_path / "ok.txt").write_bytes(b"fits")
+        with receiver(small, fsync=False) as (port, sessions):
+            with pytest.raises(BrokenError, match=r"receiver cannot write big\.bin: No space left on device"):
+                send(port, [str(big)])
+            assert list(small.iterdir()) == []  # nothing left behind
+            [r] = send(port, [str(tmp_path / "ok.txt")])  # the receiver still serves
+            assert r.ok
+        assert any(s.failed and "No space left" in s.failed for s in sessions)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _cut_points(size: int) -> list[int]:
+    hello = len(tp.TransferConnection("sender").send(tp.Hello(chunk_size=CHUNK)))
+    entry = len(tp.TransferConnection("sender", state="idle").send(
+        tp.Entry("f.bin", "file", size, 0o644, 0.0)))
+    start = len(tp.TransferConnection("sender").send(tp.Start(0)))
+    head = hello + entry + start
+    return [0, 1, hello, hello + 1, hello + entry, head, head + 1, head + CHUNK - 1, head + CHUNK,
+            head + CHUNK + 1, head + 2 * CHUNK, head + size - 1, head + size]
+
+
+@pytest.mark.slow
+def test_cut_at_many_offsets_resumes_byte_identical(tmp_path: Path) -> None:
+    from socklab.tools.tap import Fault, Tap
+
+    size = 3 * CHUNK + 777
+    data = os.urandom(size)
+    src = tmp_path / "f.bin"
+    src.write_bytes(data)
+    os.utime(src, (0, 0))  # mtime 0 keeps the ENTRY frame's length predictable
+    for cut in _cut_points(size):
+        dest = tmp_path / f"dest{cut}"
+        dest.mkdir()
+        with receiver(dest) as (port, _):
+            with Tap(target=("127.0.0.1", port),
+                     faults=[Fault("limit_data", "upstream", bytes=cut)], seed=cut) as tap:
+                with pytest.raises(SocklabError):
+                    send(port, [str(src)], via=tap.port)
+            part = dest / "f.bin.part"
+            got = part.read_bytes() if part.exists() else b""
+            assert data.startswith(got), cut  # the partial file is a prefix, never garbage
+            assert not (dest / "f.bin").exists()
+            [r] = send(port, [str(src)])
+        assert r.ok, (cut, r)
+        assert (dest / "f.bin").read_bytes() == data, cut
+        assert r.sent <= size - len(got) + CHUNK, (cut, r.sent, len(got))  # at most one chunk re-sent
+
+
+# ---- the CLI --------------------------------------------------------------------------------------
+def test_cli_receive_once_and_send_json(tmp_path: Path, spawn: Callable[..., Any]) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    data = os.urandom(300_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    rx = spawn("receive", "--port", "0", "--dir", str(dest), "--once", "--json")
+    port = rx.wait_for(r"socklab receive listening on tcp://127\.0\.0\.1:(\d+)").group(1)
+    out = subprocess.run([sys.executable, "-m", "socklab", "send", str(tmp_path / "a.bin"), "--to",
+                          f"127.0.0.1:{port}", "--json"], capture_output=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["ok"] and summary["bytes"] == len(data) and summary["entries"][0]["name"] == "a.bin"
+    assert rx.popen.wait(15) == 0
+    assert (dest / "a.bin").read_bytes() == data
+
+
+def test_cli_reverse_mode_and_stdout(tmp_path: Path, spawn: Callable[..., Any]) -> None:
+    data = os.urandom(200_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    tx = spawn("send", str(tmp_path / "a.bin"), "--listen", "--port", "0", "--quiet")
+    where = tx.wait_for(r"socklab send listening on tcp://(\S+) \(fetch with: socklab receive --from").group(1)
+    out = subprocess.run([sys.executable, "-m", "socklab", "receive", "--from", where, "--stdout", "--quiet"],
+                         capture_output=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data
+    assert tx.popen.wait(15) == 0
+
+
+def test_cli_exit_status_1_on_refusal(tmp_path: Path, spawn: Callable[..., Any]) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (tmp_path / "x").write_bytes(b"x")
+    (dest / "x").write_bytes(b"old")
+    rx = spawn("receive", "--port", "0", "--dir", str(dest))
+    port = rx.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)").group(1)
+    out = subprocess.run([sys.executable, "-m", "socklab", "send", str(tmp_path / "x"), "--to",
+                          f"127.0.0.1:{port}", "--quiet"], capture_output=True, timeout=30, check=False)
+    assert out.returncode == 1 and b"exists" in out.stderr
