@@ -7,6 +7,7 @@ sweep on both of its clocks (the per-receive flag, and TCP_INFO where uvloop rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -182,6 +183,7 @@ class _BufferedEcho(BufferedProtocol):
         self.buf = bytearray(7)
 
     def get_buffer(self, sizehint: int) -> bytearray:
+        assert sizehint > 0  # the engines never pass asyncio's -1 through
         return self.buf
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -331,6 +333,23 @@ def test_write_after_close_is_dropped(aio: str) -> None:
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
         c.sendall(b"go")
         assert recv_all(c) == b"last words"
+
+
+def test_a_failing_connection_made_closes_that_connection_only(aio: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    class Failing(EchoProtocol):
+        def connection_made(self, transport: Transport) -> None:
+            raise ValueError("broken greeting")
+
+    with running_server(Failing, aio) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+            with contextlib.suppress(ConnectionResetError):  # aborted with RST: also a close
+                assert recv_all(c) == b""
+        assert on_engine(srv.engine, lambda: len(srv.engine.connections)) == 0
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as again:
+            with contextlib.suppress(ConnectionResetError):
+                assert recv_all(again) == b""  # the server is still there (and still failing)
+    assert any("broken greeting" in r.getMessage() for r in caplog.records)
 
 
 def test_engines_report_themselves(aio: str) -> None:

@@ -140,7 +140,11 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         self._made = True
         self.last_activity = time.monotonic()
         engine.connection_opened(self)
-        app.connection_made(self)
+        try:
+            app.connection_made(self)
+        except Exception as exc:  # a bug in the app: close this connection, serve the others
+            engine.report_error(exc, f"{type(app).__name__}.connection_made")
+            self.abort_with(exc)
 
     def _bind(self, t: asyncio.Transport, app: Protocol) -> None:
         if isinstance(app, BufferedProtocol):
@@ -357,7 +361,7 @@ class _BufferedStream(_Stream, asyncio.BufferedProtocol):
     def _bind(self, t: asyncio.Transport, app: Protocol) -> None:
         super()._bind(t, app)
         if isinstance(app, BufferedProtocol):
-            self.get_buffer = app.get_buffer  # type: ignore[method-assign,assignment]
+            self.get_buffer = self._app_get_buffer  # type: ignore[method-assign,assignment]
             self.buffer_updated = self._app_buffer_updated  # type: ignore[method-assign]
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -366,6 +370,10 @@ class _BufferedStream(_Stream, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
         self._app_data_received(self.engine.recv_view[:nbytes].tobytes())
+
+    def _app_get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        # asyncio passes -1 ("any size"); socklab's engines always pass a positive hint
+        return cast(BufferedProtocol, self.protocol).get_buffer(sizehint if sizehint > 0 else RECV_SIZE)
 
     def _app_buffer_updated(self, nbytes: int) -> None:
         self.active = True
