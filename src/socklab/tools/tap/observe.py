@@ -49,6 +49,7 @@ class DumpObserver(Observer):
 
     def __init__(self, stream: IO[str], mode: str = "hex") -> None:
         self.stream, self.mode = stream, mode
+        self.wants_data = mode != "none"
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
 

@@ -83,7 +83,13 @@ class FaultEvent:
 
 
 class Observer:
-    """What the tap reports; subclasses override what they need. Runs on the engine thread."""
+    """What the tap reports; subclasses override what they need. Runs on the engine thread.
+
+    ``wants_data = False`` says the observer ignores :meth:`data`, so fault-free connections may
+    take the zero-copy path (the bytes never reach Python).
+    """
+
+    wants_data: bool = True
 
     def opened(self, conn: ConnInfo) -> None:
         """A connection was accepted and its upstream connected (or a UDP flow began)."""
@@ -343,6 +349,8 @@ class _SplicePump:
         self.done = True
         with contextlib.suppress(OSError):
             self.dst.get_extra_info("socket").shutdown(socket.SHUT_WR)  # pass the FIN on
+        for obs in self.relay.tap.observers:
+            obs.closed(self.relay.info, self.direction, "fin")
         self.relay.splice_done()
 
     def close(self) -> None:
@@ -385,7 +393,8 @@ class _TcpRelay:
         self.down.src, self.down.dst = transport, self.client
         for obs in self.tap.observers:
             obs.opened(self.info)
-        if self.tap.splice and not self.tap.observers and not self.plan.active and hasattr(os, "splice"):
+        if self.tap.splice and not self.plan.active and not any(o.wants_data for o in self.tap.observers) \
+                and hasattr(os, "splice"):
             self._start_splice(transport)
             return
         for direction in (UPSTREAM, DOWNSTREAM):
