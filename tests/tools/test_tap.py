@@ -239,11 +239,8 @@ def test_udp_no_fault_relays_each_peer_separately() -> None:
 
 
 def test_control_api_changes_faults_on_a_running_tap() -> None:
-    from socklab.tools.tap.control import ControlProtocol
-
     with server(lambda: Source(5000)) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
-        ctl = tap.server.listen(lambda: ControlProtocol(tap), host="127.0.0.1", port=0, tls=False)
-        port = ctl[1]
+        port = tap.serve_control()[1]
         with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
             assert len(read_all(sock)) == 5000
         answer = request("127.0.0.1", port, {"op": "add", "fault": {"kind": "limit_data", "bytes": 10}})

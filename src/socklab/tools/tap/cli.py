@@ -98,10 +98,8 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
     scheme = "udp" if udp else "tcp"
     click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
     if ctl is not None:
-        from socklab.tools.tap.control import ControlProtocol
-
         ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")
-        addr = relay.server.listen(lambda: ControlProtocol(relay), host=ctl_ep.host, port=ctl_ep.port, tls=False)
+        addr = relay.serve_control(ctl_ep.host, ctl_ep.port)
         click.echo(f"socklab tap control on tcp://{format_addr(addr)}")
     click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}")
     sys.stdout.flush()

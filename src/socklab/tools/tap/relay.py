@@ -754,6 +754,17 @@ class Tap:
                 self.address = self.server.listen(lambda: _ClientSide(self))
         return self
 
+    def serve_control(self, host: str = "127.0.0.1", port: int = 0) -> Any:
+        """Serve the control API (:mod:`socklab.tools.tap.control`) on ``host:port``; returns the address.
+
+        Thread-safe: on a running tap the listener is added on the relay's thread.
+        """
+        from socklab.tools.tap.control import ControlProtocol
+
+        def bind() -> Any:
+            return self.server.listen(lambda: ControlProtocol(self), host=host, port=port, tls=False)
+        return self.call(bind) if self._started else bind()
+
     def _make_front(self) -> _UdpFront:
         self._front = _UdpFront(self)
         return self._front
