@@ -364,12 +364,16 @@ class _BufferedStream(_Stream, asyncio.BufferedProtocol):
             self.get_buffer = self._app_get_buffer  # type: ignore[method-assign,assignment]
             self.buffer_updated = self._app_buffer_updated  # type: ignore[method-assign]
 
+    def __init__(self, engine: _AioEngine, factory: ProtocolFactory, server_side: bool) -> None:
+        super().__init__(engine, factory, server_side)
+        self._view = engine.recv_view
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.engine.recv_view
+        return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
         self.active = True
-        self._app_data_received(self.engine.recv_view[:nbytes].tobytes())
+        self._app_data_received(self._view[:nbytes].tobytes())
 
     def _app_get_buffer(self, sizehint: int) -> memoryview | bytearray:
         # asyncio passes -1 ("any size"); socklab's engines always pass a positive hint
