@@ -9,8 +9,10 @@ one call, exactly as in a hand-written asyncio server).
 What the adapter adds to the loop's own transport, and why:
 
 - admission (``max_connections``), the idle sweep, graceful shutdown and statistics: the shared
-  policies of :class:`~socklab.engines.base.Engine`. The idle sweep costs one attribute store per
-  receive (``active = True``); a timer per connection or per byte would cost far more.
+  policies of :class:`~socklab.engines.base.Engine`. The idle sweep's clock costs one attribute
+  store per receive (``active = True``), or nothing at all where uvloop hands data straight to
+  the app: the sweep then asks the kernel (Linux ``TCP_INFO``: milliseconds since data last
+  arrived). A timer per connection or per byte would cost far more.
 - flow control: the write high-water mark is ``max_buffer``; above it the adapter stops reading
   that peer (as well as telling the protocol ``pause_writing``), so a client that never reads
   cannot make the server's memory grow.
@@ -26,7 +28,8 @@ PERF_NOTES.md): CPython's selector transport otherwise calls ``recv(256 KiB)`` f
 above glibc's 128 KiB mmap threshold, so each read pays an mmap/mremap/munmap. ``recv_into`` one
 reused 64 KiB buffer and copying out only the bytes that arrived is several times faster for
 small messages. uvloop reads into its own preallocated buffer, so its engine keeps the plain
-``data_received`` path (measured faster than its BufferedProtocol path: one callback, not two).
+``data_received`` path and, for plain TCP, lets uvloop call the app's ``data_received`` itself
+(its BufferedProtocol path costs two callbacks and a copy per read instead of one callback).
 
 TLS is the loop's own (``ssl=context``), not :mod:`socklab.core.tls`. Write after ``write_eof``
 or ``close`` is dropped when the protocol calls ``transport.write``; a protocol that cached the
