@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,10 +13,12 @@ from socklab.protocols.http1 import Http1Parser, RequestComplete, RequestHead
 from socklab.protocols.http_paths import parse_target
 from socklab.protocols.ranges import Unsatisfiable, parse_range
 
+BACKENDS = ["httptools", "h11"]
 
-def events(data: bytes, *, chunk: int | None = None, eof: bool = False,
+
+def events(data: bytes, *, chunk: int | None = None, eof: bool = False, backend: str = "auto",
            **limits: int) -> list[RequestHead | RequestComplete]:
-    p = Http1Parser(**limits)
+    p = Http1Parser(backend=backend, **limits)
     out: list[RequestHead | RequestComplete] = []
     pieces = [data] if chunk is None else [data[i:i + chunk] for i in range(0, len(data), chunk)]
     if eof:
@@ -28,12 +32,13 @@ def events(data: bytes, *, chunk: int | None = None, eof: bool = False,
     return out
 
 
-def test_pipelined_requests_with_bodies() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pipelined_requests_with_bodies(backend: str) -> None:
     data = (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
             b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
             b"GET /c HTTP/1.0\r\n\r\n")
     for chunk in (None, 1, 7):
-        evs = [e for e in events(data, chunk=chunk) if isinstance(e, RequestComplete)]
+        evs = [e for e in events(data, chunk=chunk, backend=backend) if isinstance(e, RequestComplete)]
         assert [(e.head.target, e.body) for e in evs] == [(b"/a", b"hello"), (b"/b", b"abc"), (b"/c", b"")]
         assert [e.head.keep_alive for e in evs] == [True, True, False]
 
@@ -70,7 +75,9 @@ INVALID = [
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-     501),
+     400),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Padding: \x01\r\n\r\n0\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),  # obs-fold
     (b"GET / HTTP/1.1\r\nHost: a\r\n\tX: b\r\n\r\n", 400),
     (b"GET / HTTP/1.1\nHost: a\n\n", 400),  # bare LF
@@ -99,11 +106,12 @@ INVALID = [
 
 @pytest.mark.parametrize("data,status", INVALID, ids=[str(i) for i in range(len(INVALID))])
 @pytest.mark.parametrize("chunk", [None, 1])
-def test_invalid_corpus(data: bytes, status: int, chunk: int | None) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_corpus(data: bytes, status: int, chunk: int | None, backend: str) -> None:
     if chunk == 1 and len(data) > 20000:
         chunk = 4096  # same path, fewer calls
     with pytest.raises(RemoteProtocolError) as info:
-        events(data, chunk=chunk)
+        events(data, chunk=chunk, backend=backend)
     assert info.value.hint == status
 
 
@@ -115,9 +123,10 @@ def test_truncated_head_or_body_at_eof_is_an_error() -> None:
     assert events(b"", eof=True) == []
 
 
-def _feed(data: bytes, chunk: int | None) -> tuple[str, object]:
+def _feed(data: bytes, chunk: int | None, backend: str = "auto") -> tuple[str, object]:
     try:
-        evs = events(data, chunk=chunk, eof=True, max_request_line=200, max_head_size=1000, max_body=500)
+        evs = events(data, chunk=chunk, eof=True, backend=backend, max_request_line=200, max_head_size=1000,
+                     max_body=500)
     except ProtocolError as exc:
         assert isinstance(exc, RemoteProtocolError) and exc.hint is not None and 400 <= exc.hint < 600
         return ("error", None)
@@ -134,12 +143,14 @@ request_like = st.builds(
     st.binary(max_size=30))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("SOCKLAB_FUZZ_EXAMPLES", "300")), deadline=None)
 @given(st.one_of(request_like, st.binary(max_size=300)))
 def test_fuzz_whole_and_byte_by_byte(data: bytes) -> None:
-    whole = _feed(data, None)
-    one = _feed(data, 1)
-    assert whole == one
+    """Both feeds give the same events, and both backends agree (accept the same requests, same events)."""
+    whole = _feed(data, None, "httptools")
+    assert _feed(data, 1, "httptools") == whole
+    assert _feed(data, None, "h11") == whole
+    assert _feed(data, 1, "h11") == whole
 
 
 @settings(max_examples=500, deadline=None)

@@ -109,10 +109,13 @@ class HttpProtocol(Protocol):
         self.router = router
         self.settings = s = settings if settings is not None else HttpSettings()
         self.access_log = access_log
-        self.parser = Http1Parser(s.max_request_line, s.max_headers_size, s.max_body)
+        self.parser = Http1Parser(s.max_request_line, s.max_headers_size, s.max_body, backend=s.parser)
         self.state = _HEAD
         self.client: Any = None
         self._timer: TimerHandle | None = None
+        self._timer_when = 0.0
+        self._deadline: float | None = None
+        self._deadline_cb: Callable[[], None] = self._close
         self._send_timer: TimerHandle | None = None
         self._out: deque[bytes | FileSpan] = deque()
         self._files: list[IO[bytes]] = []
@@ -173,7 +176,10 @@ class HttpProtocol(Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.state = _CLOSED
-        self._cancel_timer()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._send_timer is not None:
             self._send_timer.cancel()
         self._out.clear()
@@ -205,17 +211,40 @@ class HttpProtocol(Protocol):
 
     # ---- timers ----------------------------------------------------------------------------------
     def _start_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        if delay > 0:
-            self._timer = self.transport.call_later(delay, callback)
+        """Set the connection's one deadline (header, body or keep-alive), ``delay`` seconds from now.
+
+        One engine timer per connection at most: moving the deadline later does not touch it; the
+        timer re-arms itself when it fires early. (Cancelling and creating a timer per request
+        phase would leave thousands of dead timers in the engine's heap under load.)
+        """
+        if delay <= 0:
+            self._deadline = None
+            return
+        when = time.monotonic() + delay
+        self._deadline = when
+        self._deadline_cb = callback
+        if self._timer is None or when < self._timer_when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = when
+            self._timer = self.transport.call_later(delay, self._on_timer)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None  # the armed timer, if any, finds no deadline and lapses
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None or self.state == _CLOSED:
+            return
+        left = self._deadline - time.monotonic()
+        if left > 0:
+            self._timer_when = self._deadline
+            self._timer = self.transport.call_later(left, self._on_timer)
+            return
+        self._deadline = None
+        self._deadline_cb()
 
     def _on_head_timeout(self) -> None:
-        self._timer = None
         if self.state == _HEAD:
             if self.parser.in_request:
                 self._error(408, "request headers not received within header_timeout")
@@ -223,12 +252,10 @@ class HttpProtocol(Protocol):
                 self._close()
 
     def _on_body_timeout(self) -> None:
-        self._timer = None
         if self.state == _BODY:
             self._error(408, "request body not received within body_timeout")
 
     def _on_idle_timeout(self) -> None:
-        self._timer = None
         if self.state == _IDLE:
             self._close()
 

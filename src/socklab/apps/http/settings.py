@@ -52,6 +52,8 @@ class HttpSettings(ServerSettings):
     log_format: str = setting("common", "Access log format on stdout: common (CLF), json, or none.",
                               choices=("common", "json", "none"))
     sendfile: bool = setting(True, "Send file bodies with sendfile() where the engine allows.")
+    parser: str = setting("auto", "HTTP/1.1 parser under the strict head framer: httptools (llhttp, C), h11 (pure "
+                                  "Python), or auto (httptools when installed).", choices=("auto", "httptools", "h11"))
 
     def __post_init__(self) -> None:
         if self.overflow_message == ServerSettings.overflow_message:
@@ -63,6 +65,11 @@ class HttpSettings(ServerSettings):
                      "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.parser == "httptools":
+            from socklab.protocols.http1 import default_backend
+
+            if default_backend() != "httptools":
+                raise UsageError("--parser httptools: httptools is not installed (pip install httptools)")
         if self.max_request_line > self.max_headers_size:
             raise UsageError("max_request_line cannot exceed max_headers_size")
         for name in ("header_timeout", "keepalive_timeout", "body_timeout", "send_timeout", "ws_ping_interval",
