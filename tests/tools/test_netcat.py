@@ -322,3 +322,19 @@ def test_crlf_and_unix_socket(tmp_path: Path) -> None:
         t.join(5)
     assert out.returncode == 0, out.stderr
     assert got == [b"a\r\nb\r\n"]
+
+
+def test_udp_connect_to_udp_echo() -> None:
+    from socklab.apps.echo.protocol import EchoDatagramProtocol
+    from socklab.core.server import Server
+    from socklab.core.settings import ServerSettings
+
+    srv = Server(ServerSettings(host="127.0.0.1", port=0))
+    srv.listen_udp(EchoDatagramProtocol)
+    with srv:
+        out = subprocess.run([sys.executable, "-m", "socklab", "connect", "-u", "127.0.0.1", str(srv.port),
+                              "--idle-timeout", "0.5", "--explain"], input=b"datagram\n", capture_output=True,
+                             timeout=15)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"datagram\n"
+    assert b"UDP has no" in out.stderr

@@ -218,8 +218,6 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
     sock, explain = session.sock, session.explain
     threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
     peer_eof = False
-    if session.udp and idle_timeout <= 0:
-        idle_timeout = 0.0
     while True:
         if session.error is not None:
             raise translate_oserror(session.error, "sending stdin")
@@ -237,7 +235,8 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         ready = rlist if pending else select.select(rlist, [], [], wait)[0]
         if not ready:
-            if session.udp and session.stdin_done and idle_timeout <= 0:
+            if session.udp and session.stdin_done:
+                explain("no more replies: UDP has no EOF, so silence after stdin ended is the normal end")
                 return
             raise TimeoutError_(f"no data either way for {idle_timeout:g} s (--idle-timeout)")
         if session.wake_r in ready:
