@@ -459,8 +459,9 @@ class SeenCache:
     """The ids of flooded frames seen recently: a bounded LRU with an optional age limit.
 
     A frame comes back to a node once per extra path to it in the mesh; this cache turns every
-    arrival after the first into a duplicate. Bounded twice: at most ``capacity`` ids, and ids
-    older than ``max_age`` seconds are forgotten (``now`` is always the caller's clock).
+    arrival after the first into a duplicate. Bounded twice: at most ``capacity`` ids (the least
+    recently seen goes first), and an id not seen for ``max_age`` seconds is forgotten (``now`` is
+    always the caller's clock, and must not go backwards).
 
     Args:
         capacity: how many ids to remember (the oldest is evicted first).
@@ -479,6 +480,7 @@ class SeenCache:
         """Record ``mid``; True the first time it is seen (within the bounds), False after."""
         self._expire(now)
         if mid in self._ids:
+            self._ids[mid] = now  # remembered for max_age after it was last seen
             self._ids.move_to_end(mid)
             self.duplicates += 1
             return False
