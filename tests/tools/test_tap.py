@@ -297,3 +297,14 @@ def test_udp_record_and_replay(tmp_path: Path) -> None:
                 assert c.recvfrom(100)[0] == msg
     with server(EchoDatagramProtocol, udp=True) as other:
         assert [r.matches for r in replay(str(rec), Endpoint("127.0.0.1", other.port))] == [True]
+
+
+def test_toxicity_zero_relays_untouched() -> None:
+    faults = [Fault("latency", "both", toxicity=0, latency=5000), Fault("reset_peer", toxicity=0),
+              Fault("limit_data", toxicity=0, bytes=1)]
+    with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), faults=faults, seed=9) as tap:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", tap.port), timeout=2) as sock:
+                sock.sendall(b"untouched\n")
+                assert sock.recv(100) == b"untouched\n"  # a 5 s latency would time out here
+    assert tap.fault_log == []
