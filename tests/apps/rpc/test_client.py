@@ -114,7 +114,13 @@ def test_reconnect_after_the_server_dropped_the_connection() -> None:
             assert c.add(1, 1) == 2
             with pytest.raises((rpc.InvalidRequest, BrokenError)):
                 c.echo("x" * 2000)  # over the limit: the server answers -32600 and closes
-            assert c.add(2, 2) == 4  # a new connection, made by this call
+            # A call sent before the client noticed the close fails (it was in flight when the
+            # connection dropped: never resent behind the caller's back); the next one reconnects.
+            try:
+                result = c.add(2, 2)
+            except BrokenError:
+                result = c.add(2, 2)
+            assert result == 4
             assert c.connections == 2
 
 

@@ -4,8 +4,10 @@ Why this exists: an RPC server must never let one slow handler freeze everybody 
 thread only parses, decides and writes; the work happens elsewhere and its result comes back to
 the engine through ``call_soon_threadsafe`` (the one thread-safe door into an engine):
 
-- sync handlers run on a bounded :class:`~concurrent.futures.ThreadPoolExecutor`
-  (``handler_threads``); ``inline`` ones run on the engine thread (cheap functions only);
+- sync handlers run on a bounded :class:`HandlerPool` (``handler_threads``) that starts a thread
+  only when the running ones are blocked - under pipelining one thread takes job after job
+  instead of eight threads fighting for the GIL; ``inline`` ones run on the engine thread
+  (cheap functions only);
 - ``async def`` handlers run on one asyncio loop on a thread of its own, so they work on every
   engine, not only the asyncio ones;
 - completions are queued and handed to the engine in bulk: under pipelining one wake-up carries
@@ -20,10 +22,12 @@ the engine through ``call_soon_threadsafe`` (the one thread-safe door into an en
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from socklab.apps.rpc.errors import RpcError
@@ -59,7 +63,7 @@ class Dispatcher:
         self.limits = limits if limits is not None else j.Limits()
         self.call_timeout = call_timeout
         self.max_concurrent_calls = max_concurrent_calls
-        self.pool = ThreadPoolExecutor(max_workers=handler_threads, thread_name_prefix="socklab-rpc")
+        self.pool = HandlerPool(handler_threads)
         self._lock = threading.Lock()
         self._done: deque[tuple[Session, _Call, Outcome]] = deque()
         self._scheduled = False
@@ -68,22 +72,35 @@ class Dispatcher:
         self.stats = {"calls": 0, "errors": 0, "internal_errors": 0, "timeouts": 0, "cancelled": 0}
 
     # ---- running work ----------------------------------------------------------------------------
-    def submit(self, session: Session, call: _Call) -> Future[Any]:
+    def submit(self, session: Session, call: _Call) -> Future[Any] | None:
+        """Start a call off the engine; returns the coroutine's future (``None`` for a sync call)."""
         spec = call.spec
-        fut: Future[Any]
         if spec.is_async:
             fut = asyncio.run_coroutine_threadsafe(spec.func(*call.args, **call.kwargs), self._asyncio_loop())
-        else:
-            fut = self.pool.submit(spec.func, *call.args, **call.kwargs)
-        fut.add_done_callback(lambda f: self._post(session, call, f))
-        return fut
+            fut.add_done_callback(lambda f: self._post(session, call, f))
+            return fut
+        self.pool.submit(lambda: self._run_sync(session, call))
+        return None
+
+    def _run_sync(self, session: Session, call: _Call) -> None:
+        # On a pool thread. A call that timed out or was cancelled while it waited is skipped.
+        if call.done:
+            return
+        try:
+            outcome: Outcome = (True, call.spec.func(*call.args, **call.kwargs))
+        except Exception as exc:
+            outcome = self.outcome_of(exc)
+        self._deliver(session, call, outcome)
 
     def _post(self, session: Session, call: _Call, fut: Future[Any]) -> None:
-        # Runs on a worker (or the asyncio thread): queue the outcome, wake the engine once.
+        # On the asyncio thread: a coroutine finished.
         if fut.cancelled():
             return
         exc = fut.exception()
-        outcome = self.outcome_of(exc) if exc is not None else (True, fut.result())
+        self._deliver(session, call, self.outcome_of(exc) if exc is not None else (True, fut.result()))
+
+    def _deliver(self, session: Session, call: _Call, outcome: Outcome) -> None:
+        # Queue the outcome and wake the engine once for everything queued meanwhile.
         with self._lock:
             self._done.append((session, call, outcome))
             wake = not self._scheduled
@@ -136,7 +153,7 @@ class Dispatcher:
 
     def close(self) -> None:
         """Stop the pool and the asyncio loop (running sync handlers finish in the background)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
         loop, thread = self._loop, self._loop_thread
         if loop is not None and thread is not None:
             def stop() -> None:
@@ -147,6 +164,101 @@ class Dispatcher:
             thread.join(5)
             loop.close()
             self._loop = None
+
+
+class HandlerPool:
+    """Up to ``max_threads`` threads running sync handlers, started only when needed.
+
+    Unlike a plain executor, it does not start a thread per queued job during a burst: a thread
+    that finishes a job takes the next one at once, and a new thread starts only when jobs wait
+    and every thread has been on its current job for more than ``spawn_after`` seconds (it is
+    blocking). Fewer threads contending for the GIL is what makes pipelined calls fast; the
+    watchdog keeps blocking handlers from starving the queue.
+    """
+
+    def __init__(self, max_threads: int, spawn_after: float = 0.002, idle_exit: float = 30.0) -> None:
+        self.max_threads = max_threads
+        self.spawn_after = spawn_after
+        self.idle_exit = idle_exit
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._watch = threading.Condition(self._lock)
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._busy_since: dict[int, float] = {}
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+        self._watchdog: threading.Thread | None = None
+        self._serial = itertools.count()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job``. Raises RuntimeError once closed."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the handler pool is closed")
+            self._jobs.append(job)
+            if self._idle >= len(self._jobs):  # enough sleeping threads for every queued job
+                self._work.notify()
+            elif self._threads == 0 or self._all_blocked():
+                self._spawn()
+            elif self._threads < self.max_threads:
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(target=self._watch_loop, name="socklab-rpc-watchdog",
+                                                      daemon=True)
+                    self._watchdog.start()
+                self._watch.notify()
+
+    def _all_blocked(self) -> bool:
+        # every thread is on a job (none starting or between jobs) and has been for a while
+        if self._threads >= self.max_threads or len(self._busy_since) < self._threads:
+            return False
+        limit = time.monotonic() - self.spawn_after
+        return all(t < limit for t in self._busy_since.values())
+
+    def _spawn(self) -> None:
+        self._threads += 1
+        threading.Thread(target=self._worker, name=f"socklab-rpc-{next(self._serial)}", daemon=True).start()
+
+    def _worker(self) -> None:
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                while not self._jobs:
+                    if self._closed:
+                        self._threads -= 1
+                        return
+                    self._idle += 1
+                    woken = self._work.wait(self.idle_exit)
+                    self._idle -= 1
+                    if not woken and not self._jobs:
+                        self._threads -= 1  # idle for long: let the thread go
+                        return
+                job = self._jobs.popleft()
+                self._busy_since[me] = time.monotonic()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._busy_since.pop(me, None)
+
+    def _watch_loop(self) -> None:
+        # Sleeps while nothing waits; while jobs wait behind busy threads, looks every spawn_after.
+        with self._lock:
+            while not self._closed:
+                if len(self._jobs) > self._idle and self._threads < self.max_threads:
+                    self._watch.wait(self.spawn_after)
+                    if len(self._jobs) > self._idle and self._all_blocked():
+                        self._spawn()
+                else:
+                    self._watch.wait()
+
+    def close(self) -> None:
+        """Drop queued jobs and let the threads end (a running job finishes in the background)."""
+        with self._lock:
+            self._closed = True
+            self._jobs.clear()
+            self._work.notify_all()
+            self._watch.notify_all()
 
 
 class _Call:
