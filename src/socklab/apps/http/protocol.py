@@ -49,6 +49,10 @@ SMALL_FILE = 16 * 1024  # files up to this size are read and sent with the head 
 
 _IDLE, _HEAD, _BODY, _RESPOND, _WEBSOCKET, _CLOSED = range(6)
 _NO_BODY_STATUSES = frozenset({204, 304})
+_FRAMING = frozenset({b"content-length", b"connection", b"transfer-encoding"})
+
+
+_STATUS_LINES: dict[int, bytes] = {}
 
 
 def _reason(status: int) -> bytes:
@@ -56,6 +60,13 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b"Unknown"
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+    return line
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
@@ -361,15 +372,15 @@ class HttpProtocol(Protocol):
             print(f"socklab http: cannot open the response body: {exc}", file=sys.stderr)
             parts, length = [b"500 Internal Server Error\n"], 25
             status, resp = 500, Response(500, [("content-type", "text/plain")])
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)),
-                 b"date: " + http_date() + b"\r\nserver: socklab\r\n"]
+        lines = [_status_line(status), b"date: " + http_date() + b"\r\nserver: socklab\r\n"]
         for name, value in resp.headers:
-            n = name.encode("latin-1") if isinstance(name, str) else name
-            v = value.encode("latin-1") if isinstance(value, str) else value
-            low = n.lower()
-            if low in (b"content-length", b"connection", b"transfer-encoding") or b"\n" in v or b"\r" in v:
+            if isinstance(name, str):
+                name = name.encode("latin-1")
+            if isinstance(value, str):
+                value = value.encode("latin-1")
+            if name.lower() in _FRAMING or b"\n" in value or b"\r" in value:
                 continue  # framing is ours to write; CR/LF in a value would split the response
-            lines.append(n + b": " + v + b"\r\n")
+            lines.append(b"%s: %s\r\n" % (name, value))
         no_body = status in _NO_BODY_STATUSES or 100 <= status < 200
         if not no_body:
             lines.append(b"content-length: %d\r\n" % length)

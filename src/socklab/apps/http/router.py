@@ -72,14 +72,18 @@ class Request:
     http_version: str = "1.1"
     segments: tuple[str, ...] = ()
     trailing_slash: bool = False
+    _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded as latin-1."""
-        key = name.lower().encode("latin-1")
-        for n, v in self.headers:
-            if n == key:
-                return v.decode("latin-1")
-        return default
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for n, v in self.headers:
+                if n not in index:
+                    index[n] = v
+        value = index.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     @property
     def query_params(self) -> dict[str, list[str]]:

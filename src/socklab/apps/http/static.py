@@ -20,6 +20,7 @@ bytes). This module then:
 
 from __future__ import annotations
 
+import functools
 import html
 import mimetypes
 import os
@@ -42,19 +43,25 @@ _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "te
 _TEXTUAL = ("text/", "application/json", "application/javascript", "image/svg+xml")
 
 
-def _mime(name: str) -> str:
-    ext = os.path.splitext(name)[1].lower()
-    ctype = _EXTRA_TYPES.get(ext) or mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+@functools.lru_cache(maxsize=512)
+def _mime_for_ext(ext: str) -> str:
+    ctype = _EXTRA_TYPES.get(ext) or mimetypes.guess_type("x" + ext, strict=False)[0] or "application/octet-stream"
     if ctype.startswith(_TEXTUAL):
         ctype += "; charset=utf-8"
     return ctype
+
+
+def _mime(name: str) -> str:
+    return _mime_for_ext(os.path.splitext(name)[1].lower())
 
 
 def _etag(st: os.stat_result) -> str:
     return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
 
-def _http_date(ts: float) -> str:
+@functools.lru_cache(maxsize=4096)
+def _http_date(ts: int) -> str:
+    """An IMF-fixdate (RFC 9110 §5.6.7); cached, as a site's files share few modification times."""
     return formatdate(ts, usegmt=True)
 
 
