@@ -206,7 +206,10 @@ class SendSession:
     def _check_early_error(self) -> None:
         readable, _, _ = select.select([self.sock], [], [], 0)
         if readable:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
+                raise translate_oserror(exc, "sending (the receiver went away)") from exc
             if not data:
                 raise BrokenError("the receiver closed the connection")
             self.conn.receive_data(data)
