@@ -8,8 +8,9 @@ the engine through ``call_soon_threadsafe`` (the one thread-safe door into an en
   only when the running ones are blocked - under pipelining one thread takes job after job
   instead of eight threads fighting for the GIL; ``inline`` ones run on the engine thread
   (cheap functions only);
-- ``async def`` handlers run on one asyncio loop on a thread of its own, so they work on every
-  engine, not only the asyncio ones;
+- ``async def`` handlers run on the engine's own loop when the engine is ``asyncio`` or
+  ``uvloop`` (no thread hop at all), and on one asyncio loop on a thread of its own otherwise, so
+  they work on every engine;
 - completions are queued and handed to the engine in bulk: under pipelining one wake-up carries
   many results;
 - each connection's :class:`Session` caps its running calls (``max_concurrent_calls``); further
@@ -28,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Protocol
 
 from socklab.apps.rpc.errors import RpcError
 from socklab.apps.rpc.service import MethodSpec, Service
@@ -39,6 +40,13 @@ from socklab.protocols import jsonrpc as j
 __all__ = ["CANCEL_METHOD", "Dispatcher", "Session"]
 
 CANCEL_METHOD = "$/cancelRequest"
+
+
+class Cancellable(Protocol):
+    """A running coroutine's handle (``concurrent.futures.Future`` or ``asyncio.Task``)."""
+
+    def cancel(self) -> bool: ...
+
 Outcome = tuple[bool, Any]  # (True, result) or (False, ErrorObject)
 Reply = Callable[[bytes | None], None]
 
@@ -53,11 +61,13 @@ class Dispatcher:
         call_timeout: seconds a call may run (0 = no limit).
         max_concurrent_calls: calls running at once per connection.
         handler_threads: size of the sync-handler thread pool.
+        engine_loop: the engine's asyncio loop when it has one (asyncio/uvloop engines): coroutines
+            then run on it, on the engine thread.
     """
 
     def __init__(self, service: Service, scheduler: Callable[[Callable[[], None]], None], *,
                  limits: j.Limits | None = None, call_timeout: float = 30.0, max_concurrent_calls: int = 64,
-                 handler_threads: int = 8) -> None:
+                 handler_threads: int = 8, engine_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.service = service
         self.scheduler = scheduler
         self.limits = limits if limits is not None else j.Limits()
@@ -67,14 +77,20 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._done: deque[tuple[Session, _Call, Outcome]] = deque()
         self._scheduled = False
+        self.engine_loop = engine_loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.stats = {"calls": 0, "errors": 0, "internal_errors": 0, "timeouts": 0, "cancelled": 0}
 
     # ---- running work ----------------------------------------------------------------------------
-    def submit(self, session: Session, call: _Call) -> Future[Any] | None:
+    def submit(self, session: Session, call: _Call) -> Cancellable | None:
         """Start a call off the engine; returns the coroutine's future (``None`` for a sync call)."""
         spec = call.spec
+        if spec.is_async and self.engine_loop is not None:
+            # We are on the engine thread, which runs this loop: the task's callback is too.
+            task = self.engine_loop.create_task(spec.func(*call.args, **call.kwargs))
+            task.add_done_callback(lambda t: self._task_done(session, call, t))
+            return task
         if spec.is_async:
             fut = asyncio.run_coroutine_threadsafe(spec.func(*call.args, **call.kwargs), self._asyncio_loop())
             fut.add_done_callback(lambda f: self._post(session, call, f))
@@ -91,6 +107,12 @@ class Dispatcher:
         except Exception as exc:
             outcome = self.outcome_of(exc)
         self._deliver(session, call, outcome)
+
+    def _task_done(self, session: Session, call: _Call, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        session.complete(call, self.outcome_of(exc) if exc is not None else (True, task.result()))
 
     def _post(self, session: Session, call: _Call, fut: Future[Any]) -> None:
         # On the asyncio thread: a coroutine finished.
@@ -274,7 +296,7 @@ class _Call:
         self.slot = slot
         self.started = False
         self.done = False
-        self.future: Future[Any] | None = None
+        self.future: Cancellable | None = None
         self.timer: TimerHandle | None = None
 
 

@@ -20,6 +20,7 @@ answers when the calls complete instead.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -380,8 +381,10 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
     """
     s = settings if settings is not None else RpcSettings()
     srv = Server(s, tracer=tracer, label="rpc")
+    loop = getattr(srv.engine, "loop", None)  # the asyncio/uvloop engines run on a loop: use it
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
-                            max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads)
+                            max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads,
+                            engine_loop=loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
     srv.on_stop(dispatcher.close)
     listeners = [parse_listen(u) for u in listen] or [Listener("tcp", s.host, s.port)]
     urls: list[str] = []
