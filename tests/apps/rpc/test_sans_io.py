@@ -192,3 +192,16 @@ def test_huge_inputs_are_refused_fast_without_recursion() -> None:
     for data in (b"[" * 1_000_000, b'{"a":' * 200_000, b"9" * 1_000_000):
         inc = j.parse_incoming(data, j.Limits(max_message_size=2_000_000))
         assert inc.items[0].error.code == j.PARSE_ERROR  # type: ignore[union-attr]
+
+
+def test_one_mebibyte_of_random_input() -> None:
+    import random
+
+    data = random.Random(8).randbytes(1024 * 1024)
+    for mode in (None, CONTENT_LENGTH):
+        events, _ = feed([data[i:i + 4096] for i in range(0, len(data), 4096)], max_frame=2 * 1024 * 1024,
+                         mode=mode)
+        for ev in events:
+            if isinstance(ev, Frame):
+                assert j.parse_incoming(ev.data, j.Limits(max_message_size=2 * 1024 * 1024)).items
+    assert j.parse_incoming(data, j.Limits(max_message_size=2 * 1024 * 1024)).items
