@@ -8,9 +8,11 @@ before it wastes more bandwidth, with nothing left behind.
 
 Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
 ``recv_into``, no copies) and two worker threads per session take each filled buffer: one computes
-SHA-256, the other CRC-32 and ``write`` (both release the GIL). A ring of buffers keeps the
-receiving thread ahead of them; when the ring is full the receiving thread waits for the oldest
-buffer, which is the back-pressure (the kernel's window then slows the sender down).
+SHA-256, the other writes it (both release the GIL). A ring of buffers keeps the receiving thread
+ahead of them; when the ring is full the receiving thread waits for the oldest buffer, which is
+the back-pressure (the kernel's window then slows the sender down). The stream pays for one hash
+only: the per-chunk CRC-32s are computed from the ``.part`` when they are needed - to prove a
+resumable prefix, or to locate the damage when SHA-256 disagrees.
 """
 
 from __future__ import annotations
