@@ -215,3 +215,17 @@ def test_graceful_shutdown_answers_calls_in_flight(concurrent_engine: str) -> No
         finally:
             finish.set()
             stopper.join(10)
+
+
+@pytest.mark.parametrize("partial", [b"", b"POST /rpc HTTP/1.1\r\nHost: x\r\n",
+                                     b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"])
+def test_http_slow_or_silent_client_is_cut_at_request_timeout(partial: bytes) -> None:
+    with rpc_server(listen=("http://127.0.0.1:0/rpc",), request_timeout=0.3) as rs:
+        port = int(rs.urls[0].rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(partial)
+            assert requests.post(rs.urls[0], data=req("add", [1, 2]), timeout=10).json()["result"] == 3
+            answer = b""
+            while chunk := slow.recv(4096):  # ends when the server closes (the socket timeout bounds it)
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408") if partial else answer == b""

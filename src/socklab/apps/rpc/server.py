@@ -59,6 +59,8 @@ class RpcSettings(ServerSettings):
     max_concurrent_calls: int = setting(64, "Calls running at once per connection; more wait and the "
                                             "connection stops being read.")
     handler_threads: int = setting(8, "Threads running sync handlers (shared by all connections).")
+    request_timeout: float = setting(30.0, "HTTP listeners: seconds to receive a whole request (and to wait for "
+                                           "the next one on a kept-alive connection); then 408 or a close.")
 
     def validate(self) -> None:
         super().validate()
@@ -66,8 +68,8 @@ class RpcSettings(ServerSettings):
                      "handler_threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
-        if self.call_timeout < 0:
-            raise UsageError("call_timeout cannot be negative")
+        if self.call_timeout < 0 or self.request_timeout < 0:
+            raise UsageError("timeouts cannot be negative")
 
     def limits(self) -> j.Limits:
         return j.Limits(self.max_message_size, self.max_batch, self.max_depth, self.max_number_length)
@@ -178,15 +180,51 @@ class RpcHttpProtocol(_Adapter):
     Args:
         dispatcher: the server's dispatcher.
         path: the one path served (others get 404).
+        request_timeout: an absolute deadline (not reset by each byte, so a client sending one byte
+            at a time cannot hold the connection) for a whole request, and for the next one to
+            start on a kept-alive connection; 0 = none.
     """
 
-    def __init__(self, dispatcher: Dispatcher, path: str = "/rpc") -> None:
+    def __init__(self, dispatcher: Dispatcher, path: str = "/rpc", request_timeout: float = 30.0) -> None:
         super().__init__(dispatcher)
         self.path = path.encode()
         self.conn = h11.Connection(h11.SERVER)
         self.body = bytearray()
         self.refuse: tuple[int, str] | None = None
         self.busy = False
+        self.request_timeout = request_timeout
+        self.timer: TimerHandle | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.request_timeout > 0:
+            self.timer = self.transport.call_later(self.request_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.busy or self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+            self.transport.close()  # an idle keep-alive connection: just close it
+        elif self.conn.our_state is h11.SEND_RESPONSE:
+            self._respond(408, b"request not received within request_timeout", close=True)
+        else:  # the head itself is incomplete: h11 cannot answer yet, so say it in raw bytes
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n"
+                                 b"connection: close\r\n\r\n")
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -227,6 +265,7 @@ class RpcHttpProtocol(_Adapter):
                     self._respond(self.refuse[0], self.refuse[1].encode(), text=True)
                 else:
                     self.busy = True
+                    self._disarm()
                     self.session.handle(bytes(self.body), self._http_reply)
             elif isinstance(ev, h11.ConnectionClosed):
                 self.transport.close()
@@ -264,6 +303,7 @@ class RpcHttpProtocol(_Adapter):
             self.transport.close()
         elif self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
+            self._arm()  # the next request has request_timeout to arrive
 
 
 def websocket_handler(dispatcher: Dispatcher, call_later: Callable[[float, Callable[[], None]], TimerHandle]
@@ -396,7 +436,7 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
                     return RpcStreamProtocol(dispatcher)
             elif ls.scheme == "http":
                 def factory(path: str = ls.path) -> Protocol:
-                    return RpcHttpProtocol(dispatcher, path)
+                    return RpcHttpProtocol(dispatcher, path, s.request_timeout)
             else:
                 router = Router()
                 router.websocket(ls.path)(websocket_handler(dispatcher, srv.engine.call_later))
