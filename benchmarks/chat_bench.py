@@ -70,7 +70,8 @@ class Result:
                 "expected_per_s": round(self.sent / self.seconds * self.clients),
                 "p50_ms": round(self.pct(50), 2), "p99_ms": round(self.pct(99), 2),
                 "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
-                "server_cpu_pct": round(self.server_cpu * 100), "generator_cpu_pct": round(self.generator_cpu * 100)}
+                "server_cpu_pct": round(self.server_cpu * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
+                "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2)}
 
 
 def proc_cpu(pid: int) -> float:
@@ -101,9 +102,9 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 def start_node(engine: str, tmp: Path, clients: int, broker: str | None,
                store_sync: str = "full") -> tuple[subprocess.Popen[bytes], int]:
     args = [sys.executable, "-m", "socklab", "chat", "serve", "--engine", engine, "--tcp-port", "0",
-            "--http-port", "-1", "--store", str(tmp / f"{engine}.db"), "--rate", "1000000", "--burst", "1000000",
+            "--http-port", "-1", "--store", ":memory:" if store_sync == "memory" else str(tmp / f"{engine}.db"), "--rate", "1000000", "--burst", "1000000",
             "--max-connections", str(clients + 100), "--default-room", "#bench", "--history-on-join", "0",
-            "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", store_sync]
+            "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", "normal" if store_sync == "memory" else store_sync]
     if broker:
         args += ["--broker", broker, "--node", f"bench-{engine}"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -164,10 +165,13 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
     ready = len(joined)
     if ready < clients:
         raise SystemExit(f"only {ready}/{clients} clients joined")
-    # drain the JOIN storm of the set-up before measuring
-    quiet_until = time.monotonic() + 1.0
-    while time.monotonic() < quiet_until:
-        for key, _ in sel.select(0.1):
+    # drain the JOIN storm of the set-up (N joins x N members) until the node has been quiet for 0.5 s
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        events = sel.select(0.5)
+        if not events:
+            break
+        for key, _ in events:
             try:
                 key.fileobj.recv(262144)  # type: ignore[union-attr]
             except BlockingIOError:
@@ -238,8 +242,9 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=50, help="members whose latencies are measured")
     ap.add_argument("--engines", default="epoll", help="comma-separated engine names")
     ap.add_argument("--redis", action="store_true", help="run the node with a private redis-server broker")
-    ap.add_argument("--store-sync", default="full", choices=("full", "normal"),
-                    help="the node's SQLite synchronous mode (full: fsync per commit)")
+    ap.add_argument("--store-sync", default="full", choices=("full", "normal", "memory"),
+                    help="the node's SQLite synchronous mode (full: fsync per commit; memory: an in-memory "
+                         "store, to see the cost of the disk)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -264,7 +269,8 @@ def main() -> None:
                     print(f"{r['engine']:>9} {r['broker']:>6}  clients={r['clients']}  in={r['msgs_in_per_s']}/s  "
                           f"deliveries={r['deliveries_per_s']}/s (of {r['expected_per_s']})  "
                           f"p50={r['p50_ms']} ms  p99={r['p99_ms']} ms  dropped={r['dropped_clients']}  "
-                          f"server CPU {r['server_cpu_pct']}%  generator CPU {r['generator_cpu_pct']}%", flush=True)
+                          f"server CPU {r['server_cpu_pct']}% ({r['server_cpu_us_per_delivery']} us/delivery)  "
+                          f"generator CPU {r['generator_cpu_pct']}%", flush=True)
         finally:
             if redis_proc is not None:
                 stop(redis_proc)

@@ -84,6 +84,18 @@ return 0
 """
 
 Job = Callable[[Any], Callable[[], None] | None]
+_NOTHING = object()
+
+
+class _Publish:
+    """A queued publish: the worker sends consecutive ones in one pipeline."""
+
+    __slots__ = ("msg", "on_error", "token")
+
+    def __init__(self, msg: Message, token: str, on_error: Callable[[str], None]) -> None:
+        self.msg = msg
+        self.token = token
+        self.on_error = on_error
 
 
 def _room_key(room: str) -> str:
@@ -126,7 +138,7 @@ class RedisBackend:
         self.ttl = max(2, int(settings.presence_ttl))
         self.url = settings.broker
         self.hub: ChatHub | None = None
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | _Publish | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._nicks: set[str] = set()  # nicks held by this node (for the heartbeat)
@@ -169,21 +181,41 @@ class RedisBackend:
             self._cmd.close()
 
     # ---- the worker: every command, in order ---------------------------------------------------------
-    def _submit(self, job: Job) -> None:
+    def _submit(self, job: Job | _Publish) -> None:
         self._jobs.put(job)
 
     def _work(self) -> None:
         next_beat = time.monotonic()
+        carry: Job | object | None = _NOTHING
         while True:
-            timeout = max(0.0, next_beat - time.monotonic())
-            try:
-                job = self._jobs.get(timeout=timeout)
-            except queue.Empty:
-                job = self._heartbeat
+            if carry is not _NOTHING:
+                job, carry = carry, _NOTHING
+            else:
+                try:
+                    job = self._jobs.get(timeout=max(0.0, next_beat - time.monotonic()))
+                except queue.Empty:
+                    job = self._heartbeat
             if job is None:
                 with contextlib.suppress(redis.RedisError):
                     self._cleanup()
                 return
+            if isinstance(job, _Publish):
+                # Publishes queued together go out in one pipeline: one round trip, and Redis
+                # fsyncs its append-only file once for the whole group (a group commit).
+                group = [job]
+                while len(group) < 500:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(nxt, _Publish):
+                        group.append(nxt)
+                    else:
+                        carry = nxt
+                        break
+                self._publish_group(group)
+                continue
+            assert callable(job)
             try:
                 then = job(self._cmd)
             except redis.RedisError:
@@ -192,6 +224,29 @@ class RedisBackend:
                 self.post(then)
             if job is self._heartbeat:
                 next_beat = time.monotonic() + self.ttl / 3
+
+    def _publish_group(self, group: list[_Publish]) -> None:
+        def run() -> Any:
+            pipe = self._cmd.pipeline(transaction=False)
+            for p in group:
+                m = p.msg
+                self._publish(keys=[_seq_key(m.room), _room_key(m.room), EVENTS, p.token],
+                              args=[m.room, f"{m.ts:.3f}", m.nick, m.text, m.kind, ROOM_HISTORY_MAX, EVENTS_MAX],
+                              client=pipe)
+            return pipe.execute()
+
+        try:
+            self._call(run, retry_for=PUBLISH_RETRY)  # idempotent: each publish has its dedupe token
+        except redis.RedisError as exc:
+            reason = f"broker unavailable: {exc}"
+            callbacks = [p.on_error for p in group]
+
+            def report() -> None:
+                for cb in callbacks:
+                    cb(reason)
+
+            self.post(report)
+        # on success the messages come back through the subscription: that is the acknowledgement
 
     def _call(self, fn: Callable[[], Any], retry_for: float = 0.0) -> Any:
         """Run ``fn`` (redis-py calls on ``self._cmd``), retrying through reconnects for ``retry_for`` s."""
@@ -235,20 +290,7 @@ class RedisBackend:
     # ---- Backend: called on the engine thread ------------------------------------------------------
     def publish(self, msg: Message, on_error: Callable[[str], None]) -> None:
         self._published += 1
-        token = f"{PREFIX}dedupe:{self.node}:{self._published}:{time.time_ns()}"
-
-        def job(r: Any) -> Callable[[], None] | None:
-            try:
-                self._call(lambda: self._publish(
-                    keys=[_seq_key(msg.room), _room_key(msg.room), EVENTS, token],
-                    args=[msg.room, f"{msg.ts:.3f}", msg.nick, msg.text, msg.kind, ROOM_HISTORY_MAX, EVENTS_MAX]),
-                    retry_for=PUBLISH_RETRY)
-            except redis.RedisError as exc:
-                reason = f"broker unavailable: {exc}"
-                return lambda: on_error(reason)
-            return None  # the message comes back through the subscription: that is the acknowledgement
-
-        self._submit(job)
+        self._submit(_Publish(msg, f"{PREFIX}dedupe:{self.node}:{self._published}:{time.time_ns()}", on_error))
 
     def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None:
         def job(r: Any) -> Callable[[], None]:
