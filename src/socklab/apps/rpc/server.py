@@ -76,6 +76,7 @@ class RpcSettings(ServerSettings):
 
 
 _REASONS = {200: b"OK", 204: b"No Content", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            408: b"Request Timeout",
             413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
@@ -84,7 +85,7 @@ def _fatal_reply(code: int | None, message: str) -> bytes:
 
 
 class _Adapter(Protocol):
-    """What the three transports share: a session, back-pressure, close when done."""
+    """What the TCP and HTTP adapters share: a session, back-pressure, close when done."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
