@@ -421,6 +421,8 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
         UsageError: a bad URL or setting. NetworkError: a bind failed.
     """
     s = settings if settings is not None else RpcSettings()
+    if s.unix:
+        raise UsageError("the RPC server listens on tcp://, http:// and ws:// URLs; --unix is not supported")
     srv = Server(s, tracer=tracer, label="rpc")
     loop = getattr(srv.engine, "loop", None)  # the asyncio/uvloop engines run on a loop: use it
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
