@@ -274,3 +274,31 @@ def test_cli_exit_status_1_on_refusal(tmp_path: Path, spawn: Callable[..., Any])
     out = subprocess.run([sys.executable, "-m", "socklab", "send", str(tmp_path / "x"), "--to",
                           f"127.0.0.1:{port}", "--quiet"], capture_output=True, timeout=30, check=False)
     assert out.returncode == 1 and b"exists" in out.stderr
+
+
+def test_several_senders_at_once(concurrent_engine: str, tmp_path: Path) -> None:
+    import threading
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    files = {f"f{i}.bin": os.urandom(2 * CHUNK + i * 1000) for i in range(6)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    reports: list[SendReport] = []
+    errors: list[BaseException] = []
+
+    def one(name: str) -> None:
+        try:
+            reports.extend(send(port, [str(tmp_path / name)]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with receiver(dest, concurrent_engine) as (port, _):
+        threads = [threading.Thread(target=one, args=(n,)) for n in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors and len(reports) == len(files) and all(r.ok for r in reports)
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data

@@ -50,6 +50,8 @@ class ReceiveSettings(ServerSettings):
     buffer_size: int = setting(1 << 20, "Bytes per receive buffer (4 of them per session).")
     fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
     idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
+    worker_threads: bool = setting(True, "Hash and write on two worker threads per session (off: on the "
+                                         "receiving thread, no hand-offs but no overlap).")
 
     def validate(self) -> None:
         super().validate()
@@ -93,9 +95,20 @@ class _Sink:
     def submit(self, view: memoryview) -> tuple[Future[None], Future[None]]:
         pos = self.pos
         self.pos += len(view)
-        sha = self.s.sha_pool.submit(self.hasher.update_sha, view)
-        io = self.s.io_pool.submit(self._write, view, pos)
-        return sha, io
+        if self.s.settings.worker_threads:
+            sha = self.s.sha_pool.submit(self.hasher.update_sha, view)
+            io = self.s.io_pool.submit(self._write, view, pos)
+            return sha, io
+        # inline: hash and write on the receiving thread, like a plain recv/write loop - no
+        # hand-off between threads, but no overlap either
+        done: Future[None] = Future()
+        try:
+            self.hasher.update_sha(view)
+            self._write(view, pos)
+            done.set_result(None)
+        except OSError as exc:
+            done.set_exception(exc)
+        return done, done
 
     def _write(self, view: memoryview, pos: int) -> None:
         if self.out is not None:
@@ -163,8 +176,7 @@ class ReceiveSession:
                 self._wait(busy)  # the ring is full: wait for the oldest buffer (back-pressure)
                 if self._discarding or self._sink is None:
                     return memoryview(self._control)  # that buffer hit a disk error
-            limit = min(self._bufsize - self._fill, self.conn.raw_remaining,
-                        self.chunk_size - (self._sink.pos + self._fill) % self.chunk_size)
+            limit = min(self._bufsize - self._fill, self.conn.raw_remaining)
             return memoryview(self._ring[slot])[self._fill:self._fill + limit]
         return memoryview(self._control)
 
@@ -175,8 +187,7 @@ class ReceiveSession:
         if self.conn.raw_remaining and not self.conn.buffered and self._sink is not None:
             self.conn.raw_received(nbytes)
             self._fill += nbytes
-            at_chunk_end = (self._sink.pos + self._fill) % self.chunk_size == 0
-            if self._fill == self._bufsize or at_chunk_end or not self.conn.raw_remaining:
+            if self._fill == self._bufsize or not self.conn.raw_remaining:
                 self._flush_slot()
             return
         self.data_received(bytes(self._control[:nbytes]))
@@ -339,11 +350,7 @@ class ReceiveSession:
             return
         # copying path (bytes that came with control frames, stream chunks): same ordering
         self._flush_slot()
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self.chunk_size - sink.pos % self.chunk_size)
-            self._collect(sink.submit(view[:take]))
-            view = view[take:]
+        self._collect(sink.submit(memoryview(data)))
 
     def _collect(self, futures: tuple[Future[None], Future[None]]) -> None:
         assert self._sink is not None
