@@ -230,3 +230,20 @@ def test_a_dead_peer_fails_the_client_in_bounded_time() -> None:
     res = run_transfer(b"x" * 10_000, upload=False, up=Faults(loss=1.0), max_retries=4, timeout=1.0)
     assert res.client.state is tftp.State.FAILED and res.elapsed <= 5.0 + 0.01
     assert CLIENT and SERVER_TID  # addresses used by the simulation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", [0.05, 0.20])
+@pytest.mark.parametrize("blksize", [512, 1428, 8192])
+@pytest.mark.parametrize("window", [1, 8, 32])
+def test_the_issues_ten_mebibyte_matrix(loss: float, blksize: int, window: int) -> None:
+    """10 MiB, 5 % and 20 % loss each way, 2 % duplication and reordering: the issue's matrix."""
+    payload = random.Random(blksize * window).randbytes(10 << 20)
+    faults = Faults(loss=loss, dup=0.02, reorder=0.02, latency=0.001)
+    res = run_transfer(payload, upload=(blksize + window) % 2 == 1, seed=int(loss * 100) + blksize + window,
+                       up=faults, down=faults, options={"blksize": str(blksize), "windowsize": str(window)},
+                       max_retries=60)
+    assert res.data == payload
+    sender = res.client if (blksize + window) % 2 == 1 else res.server
+    faults_seen = sum(res.lost.values()) + sum(res.reordered.values())
+    assert sender.retransmissions <= (faults_seen + 1) * window
