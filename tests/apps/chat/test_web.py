@@ -28,8 +28,12 @@ REPO = Path(__file__).resolve().parents[3]
 class WsClient:
     """A blocking WebSocket client on wsproto, able to send frames a browser never would."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect(): shrinking it later can stall the window for seconds
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.sock.sendall(self.ws.send(Request(host=f"127.0.0.1:{port}", target="/ws")))
         self.pending: list[Any] = []
@@ -267,3 +271,38 @@ def test_two_browser_pages_and_nc_in_one_room(browser: Any, tmp_path: Path) -> N
         late.send("said after the restart")
         _wait_log(browser, first, "said after the restart")
         _wait_log(browser, second, "said after the restart")
+
+
+def test_websocket_slow_consumer_is_closed_4507_others_unaffected() -> None:
+    with chat_node(http_port=0, rate=1e6, burst=100000, max_buffer=16384, max_queue=16384) as node, \
+            LineClient(node.tcp_port, "fast") as fast:
+        slow = WsClient(node.http_port, rcvbuf=4096)
+        slow.expect("HELLO")
+        slow.send("/nick slowweb")
+        slow.expect("SYNC")
+        fast.expect("JOIN #lobby slowweb")
+        n = 3000
+        fast.sock.sendall(b"".join(f"{i} {'w' * 1500}\n".encode() for i in range(n)))
+        seqs = [int(fast.expect("MSG").split()[2]) for _ in range(n)]
+        assert seqs == list(range(1, n + 1))
+        fast.send("/who")
+        assert fast.expect("WHO") == "WHO #lobby fast"
+        assert slow.close_code() == 4507
+        slow.close()
+
+
+def test_tls_on_both_listeners(tls_files: dict[str, str]) -> None:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+    with chat_node(http_port=0, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as node:
+        assert node.schemes == ["tls", "https"]
+        raw = socket.create_connection(("127.0.0.1", node.tcp_port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"/nick secure\n")
+            data = b""
+            while b"SYNC #lobby" not in data:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert data.startswith(b"HELLO ")

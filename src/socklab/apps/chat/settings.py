@@ -26,6 +26,8 @@ def default_store_path() -> str:
 class ChatSettings(ServerSettings):
     """What ``socklab chat serve`` accepts (on top of every server's settings)."""
 
+    idle_timeout: float = setting(3600.0, "Close a connection silent for this many seconds (0 = never); chat "
+                                          "users idle for long, browsers answer pings.")
     tcp_port: int = setting(7070, "Port of the line protocol (nc/telnet/programs); 0 lets the kernel choose.")
     http_port: int = setting(7080, "Port of the web page and its WebSocket endpoint; 0 lets the kernel "
                                    "choose, -1 turns the web side off.")
