@@ -230,7 +230,7 @@ def cmd_tftp_faults(args: argparse.Namespace) -> None:
                               Fault("reorder", "both", probability=0.02, delay=5)]
                     rate, retrans = _tftp_once(size, blksize, window, faults, blksize * window, 0.05, root)
                     print(f"  loss {loss:4.0%} blksize {blksize:5d} window {window:2d}: byte-identical, "
-                          f"{rate / 1e6:6.2f} MB/s, {retrans} retransmissions", flush=True)
+                          f"{rate / 1e6:6.2f} MB/s, {retrans} client re-ACKs on timeout", flush=True)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ def test_transfer_through_lossy_tap(tmp_path: Path, loss: float, blksize: int, w
     data = random.Random(size ^ window).randbytes(size)
     (tmp_path / "f.bin").write_bytes(data)
     opts = TftpClientOptions(blksize=blksize, windowsize=window, timeout=TIMEOUT, max_retries=40)
-    with tftp_server(tmp_path, single_port=True, create=True, timeout=TIMEOUT, max_retries=40) as (port, proto), \
+    with tftp_server(tmp_path, single_port=True, create=True, timeout=TIMEOUT, max_retries=40) as (port, _proto), \
             Tap(target=("127.0.0.1", port), udp=True, faults=faults(loss), seed=blksize * window) as tap:
         if upload:
             res = tftp_put("127.0.0.1", tap.port, "up.bin", io.BytesIO(data), opts)

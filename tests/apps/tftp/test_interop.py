@@ -112,3 +112,13 @@ def test_socklab_client_netascii_against_in_tftpd(in_tftpd: tuple[int, Path]) ->
     out = io.BytesIO()
     tftp_get("127.0.0.1", port, "t.txt", out, TftpClientOptions(mode="netascii"))
     assert out.getvalue() == text
+
+
+@pytest.mark.slow
+def test_rollover_against_in_tftpd(in_tftpd: tuple[int, Path]) -> None:
+    port, root = in_tftpd
+    data = os.urandom(8 * 65_600 + 5)  # 65,601 blocks of 8 bytes: tftp-hpa wraps to 0 as we do
+    (root / "r.bin").write_bytes(data)
+    out = io.BytesIO()
+    tftp_get("127.0.0.1", port, "r.bin", out, TftpClientOptions(blksize=8, timeout=1.0))
+    assert out.getvalue() == data

@@ -190,3 +190,14 @@ def test_client_gives_up_on_a_silent_server() -> None:
             tftp_get("127.0.0.1", silent.getsockname()[1], "f", io.BytesIO(),
                      TftpClientOptions(timeout=0.05, max_retries=3))
 
+
+
+@pytest.mark.slow
+def test_rollover_past_65535_blocks_over_real_sockets(tmp_path: Path) -> None:
+    data = os.urandom(8 * 65_600 + 5)  # blksize 8: 65,601 blocks, the block number wraps once
+    (tmp_path / "f").write_bytes(data)
+    with tftp_server(tmp_path, create=True) as (port, _):
+        assert get(port, "f", blksize=8, windowsize=64, timeout=1.0) == data
+        tftp_put("127.0.0.1", port, "g", io.BytesIO(data),
+                 TftpClientOptions(blksize=8, windowsize=64, timeout=1.0))
+    assert (tmp_path / "g").read_bytes() == data
