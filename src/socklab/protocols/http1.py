@@ -45,7 +45,7 @@ def default_backend() -> str:
     return "httptools" if httptools is not None else "h11"
 
 _CRLF2 = b"\r\n\r\n"
-_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than HTAB (CR/LF end lines)
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")  # controls but HTAB and CRLF
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,8 @@ class HeadFramer:
             RemoteProtocolError: hint 400, 414 or 431 as described in the module docstring.
         """
         buf = self._buf
+        if not buf:
+            return None
         if self._first_line < 0 and buf.startswith(b"\r\n"):
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
             skip = 0
@@ -140,11 +142,13 @@ class HeadFramer:
             raise RemoteProtocolError(f"request head larger than {self.max_head_size} bytes (max_headers_size)",
                                       hint=431)
         # A bare LF anywhere in the head is refused (RFC 9112 §2.2 allows it; proxies disagree on it).
-        lf = buf.find(b"\n", self._scanned, limit)
-        while lf >= 0:
-            if lf == 0 or buf[lf - 1] != 0x0D:
-                raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
-            lf = buf.find(b"\n", lf + 1, limit)
+        s0 = max(0, self._scanned - 1)  # one byte back: a CR just before the new bytes
+        seg = buf[s0:limit]
+        lfs = seg.count(b"\n")
+        if s0 < self._scanned and seg[:1] == b"\n":
+            lfs -= 1  # that LF was checked last time
+        if lfs != seg.count(b"\r\n"):
+            raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
         if end < 0:
             self._scanned = len(buf)
             return None
@@ -158,24 +162,30 @@ class HeadFramer:
 
 
 def _check_fields(head: bytes) -> None:
-    """Refuse the field forms that make request smuggling possible (RFC 9112 §5.2, §6.1, §6.3)."""
-    lines = head[:-4].split(b"\r\n")
-    for line in lines:
-        if _CTL.search(line):  # RFC 9110 §5.5: a control character in a field value is refused
-            raise RemoteProtocolError("a control character in the request head", hint=400)
-    parts = lines[0].split(b" ")
+    """Refuse the field forms that make request smuggling possible (RFC 9112 §5.2, §6.1, §6.3).
+
+    The common case (no body fields, no folding, no controls) costs a few C-level scans.
+    """
+    if _CTL.search(head):  # RFC 9110 §5.5: a control character (or a lone CR) in the head is refused
+        raise RemoteProtocolError("a control character in the request head", hint=400)
+    first = head.find(b"\r\n")
+    parts = head[:first].split(b" ")
     if len(parts) != 3 or not all(parts):  # RFC 9112 §3: method SP request-target SP HTTP-version
         raise RemoteProtocolError("malformed request line (one space between its three parts)", hint=400)
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise RemoteProtocolError("obsolete line folding (obs-fold) in a header field", hint=400)
+    low = head.lower()
+    if b"content-length" not in low and b"transfer-encoding" not in low:
+        return
     cl = te = 0
-    for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            raise RemoteProtocolError("obsolete line folding (obs-fold) in a header field", hint=400)
-        name = line.split(b":", 1)[0].strip().lower()
+    for line in low[first + 2:-4].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        name = name.strip()
         if name == b"content-length":
             cl += 1
         elif name == b"transfer-encoding":
             te += 1
-            if line.split(b":", 1)[-1].strip().lower() != b"chunked":
+            if value.strip() != b"chunked":
                 # RFC 9112 §6.1: chunked is the only coding a server must know; we know no other.
                 raise RemoteProtocolError("only 'Transfer-Encoding: chunked' is supported", hint=501)
     if te > 1:
@@ -236,6 +246,11 @@ class Http1Parser:
         self._stopped = False  # after an upgrade head: nothing more is parsed as HTTP
         self._chunked = False
         self._head_reported = False
+
+    @property
+    def complete_ready(self) -> bool:
+        """True when the next event is a RequestComplete already parsed (a request without body)."""
+        return self._queued is not None
 
     @property
     def in_request(self) -> bool:

@@ -22,6 +22,7 @@ another host: callers build any ``Location`` from the returned segments.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from socklab.core.errors import RemoteProtocolError
@@ -29,6 +30,7 @@ from socklab.core.errors import RemoteProtocolError
 __all__ = ["TargetPath", "parse_target", "percent_decode"]
 
 _HEX = b"0123456789abcdefABCDEF"
+_PLAIN = re.compile(rb"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*)+")  # origin-form path, RFC 3986 pchar minus '%'
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ def parse_target(target: bytes, method: bytes = b"GET") -> TargetPath:
     Raises:
         RemoteProtocolError: hint 400, for every case listed in the module docstring.
     """
+    if _PLAIN.fullmatch(target):  # the common case: nothing to decode, no dot segment, no query
+        segments = tuple(seg.decode("ascii") for seg in target.split(b"/") if seg)
+        if b"/." not in target:
+            return TargetPath(segments, target.endswith(b"/"), b"")
     if target == b"*" and method == b"OPTIONS":
         return TargetPath((), False, b"")
     if not target.startswith(b"/"):

@@ -290,7 +290,8 @@ class HttpProtocol(Protocol):
                 return
             if isinstance(event, RequestHead):
                 self.state = _BODY
-                self._start_timer(self.settings.body_timeout, self._on_body_timeout)
+                if not self.parser.complete_ready:
+                    self._start_timer(self.settings.body_timeout, self._on_body_timeout)
                 if event.expects_continue:  # RFC 9110 §10.1.1
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 continue

@@ -35,6 +35,7 @@ from socklab.protocols.ranges import Unsatisfiable, parse_range
 
 __all__ = ["StaticFiles"]
 
+SMALL_FILE = 16 * 1024  # files up to this size are read at once (one write with the head)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
                 ".wasm": "application/wasm", ".json": "application/json", ".md": "text/markdown",
@@ -234,6 +235,12 @@ class StaticFiles:
                                  b"416 Range Not Satisfiable\n")
             if spans is not None:
                 return self._partial(f, spans, size, headers)
+        if size <= SMALL_FILE and req.method != "HEAD":
+            data = os.pread(f.fileno(), size, 0)  # small: read now, sent with the head in one write
+            f.close()
+            if len(data) == size:
+                return Response(200, headers, data)
+            return Response.text(500, "500 Internal Server Error: the file changed while being read\n")
         return Response(200, headers, FileSpan(f, 0, size))
 
     @staticmethod
