@@ -302,3 +302,44 @@ def test_several_senders_at_once(concurrent_engine: str, tmp_path: Path) -> None
     assert not errors and len(reports) == len(files) and all(r.ok for r in reports)
     for name, data in files.items():
         assert (dest / name).read_bytes() == data
+
+
+def test_server_shutdown_mid_transfer_leaves_a_resumable_part(tmp_path: Path) -> None:
+    import threading
+
+    from socklab.tools.tap import Fault, Tap
+
+    data = os.urandom(40 * CHUNK)  # 2.5 MiB at 1 MB/s: still in flight when the server stops
+    (tmp_path / "f.bin").write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    started = threading.Event()
+    failure: list[BaseException] = []
+    settings = ReceiveSettings(host="127.0.0.1", port=0, dir=str(dest), shutdown_timeout=0.2)
+    srv = Server(settings, label="receive")
+    srv.listen(lambda: ReceiverProtocol(settings))
+    srv.start()
+    with Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=1_000_000)]) as tap:
+        def sender() -> None:
+            sock = connect_tcp(Endpoint("127.0.0.1", tap.port))
+            try:
+                SendSession(sock, CHUNK, progress=lambda n: started.set()).run(collect([str(tmp_path / "f.bin")]))
+            except SocklabError as exc:
+                failure.append(exc)
+            finally:
+                sock.close()
+                started.set()
+
+        t = threading.Thread(target=sender)
+        t.start()
+        assert started.wait(20)
+        srv.shutdown()  # graceful: 0.2 s to finish, then the connection is aborted
+        t.join(20)
+    assert failure, "the transfer should not have completed"
+    assert not (dest / "f.bin").exists()
+    part = (dest / "f.bin.part").read_bytes()
+    assert data.startswith(part)
+    with receiver(dest) as (port, _):
+        [r] = send(port, [str(tmp_path / "f.bin")])
+    assert r.ok and r.offset == len(part) // CHUNK * CHUNK
+    assert (dest / "f.bin").read_bytes() == data

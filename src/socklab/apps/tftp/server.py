@@ -413,6 +413,10 @@ class TftpServer(DatagramProtocol):
 
         self.engine.serve_datagram(sock, lambda: _TransferEndpoint(make_driver, first))
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        # the listener closed (shutdown): tell every client at once instead of letting it time out
+        self.shutdown_all()
+
     def shutdown_all(self, message: str = "server shutting down") -> None:
         """Abort every transfer with an ERROR (runs on the engine)."""
         for driver in list(self.transfers.values()):
