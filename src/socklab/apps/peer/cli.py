@@ -56,7 +56,7 @@ def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,
 def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, trace_json: str | None,
               values: dict[str, Any]) -> None:
     from socklab.apps.peer.node import PeerNode
-    from socklab.cli.serving import serve_until_signalled
+    from socklab.cli.serving import describe_address
     from socklab.core.errors import UsageError
     from socklab.core.sockets import parse_endpoint
 
@@ -68,11 +68,19 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
     settings = build_settings(PeerSettings, values, host=ep.host, port=ep.port)
     tracer = make_tracer(settings.engine, trace, trace_json)
     node = PeerNode(settings, join=join, discover=discover, tracer=tracer)
-    node.start()
+    # The readiness lines go out before the engine runs, so no node news can precede them.
+    for addr, scheme in zip(node.server.addresses, ("tcp", "unix"), strict=False):
+        print(f"socklab peer listening on {describe_address(addr, scheme)} (engine {node.engine.name})")
     print(f"socklab peer {node.name} id {node.id} control unix:{node.control_path}", flush=True)
-    print(f"  {PROMPT_HELP}", file=sys.stderr, flush=True)
+    print(f"  {PROMPT_HELP}\n  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
+    node.start()
     threading.Thread(target=_prompt_loop, args=(node,), name="socklab-peer-prompt", daemon=True).start()
-    serve_until_signalled(node.server, "peer", ["tcp", "unix"], quiet=True)
+
+    def told(kind: str) -> None:
+        print(f"\nsocklab peer: {'shutting down (Ctrl-C again to force)' if kind == 'graceful' else 'forced'}",
+              file=sys.stderr, flush=True)
+
+    node.server.serve_forever(on_signal=told)
 
 
 def _prompt_loop(node: Any) -> None:
