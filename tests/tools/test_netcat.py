@@ -23,25 +23,31 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def wait_stderr(popen: subprocess.Popen[bytes], pattern: str, timeout: float = 15.0) -> re.Match[str]:
-    """Read ``popen``'s stderr line by line until ``pattern`` matches (a readiness signal)."""
+    """Read ``popen``'s stderr until a line matches ``pattern`` (a readiness signal).
+
+    Reads the raw descriptor (a buffered readline could swallow the next lines where select()
+    no longer sees them).
+    """
     assert popen.stderr is not None
-    rx, seen = re.compile(pattern), []
+    fd = popen.stderr.fileno()
+    rx, text = re.compile(pattern), ""
     sel = selectors.DefaultSelector()
-    sel.register(popen.stderr, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if not sel.select(max(0.0, deadline - time.monotonic())):
                 break
-            line = popen.stderr.readline().decode(errors="replace")
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if m := rx.search(line):
-                return m
+            text += chunk.decode(errors="replace")
+            for line in text.splitlines():
+                if m := rx.search(line):
+                    return m
     finally:
         sel.close()
-    raise AssertionError(f"no stderr line matching {pattern!r}: {seen!r}")
+    raise AssertionError(f"no stderr line matching {pattern!r}: {text!r}")
 
 
 @contextlib.contextmanager
@@ -87,7 +93,8 @@ def test_connect_to_netcat_listener_both_directions(tmp_path: Path, data_file: t
         reader = threading.Thread(target=lambda: drained.append(nc.communicate(timeout=15)[0]))
         reader.start()  # drain nc's stdout concurrently: a full pipe would stall the transfer
         with open(path, "rb") as f:
-            out = socklab("connect", "127.0.0.1", port, stdin=f)
+            # nc may finish sending (and FIN) before we do: keep sending after its FIN
+            out = socklab("connect", "127.0.0.1", port, "--on-peer-eof", "keep", stdin=f)
         reader.join(15)
         got = drained[0]
     assert out.returncode == 0, out.stderr
@@ -121,7 +128,7 @@ def test_listen_with_netcat_client_both_directions(spawn: Any, tmp_path: Path,
     reply = os.urandom(50_000)
     (tmp_path / "reply.bin").write_bytes(reply)
     with open(tmp_path / "reply.bin", "rb") as reply_in:
-        proc, port = start_listen(spawn, "0", stdin=reply_in)
+        proc, port = start_listen(spawn, "0", "--on-peer-eof", "keep", stdin=reply_in)
         received: list[bytes] = []
         reader = threading.Thread(target=lambda: received.append(proc.popen.stdout.read()))
         reader.start()  # drain our stdout while nc runs: a full pipe would block the listener
@@ -175,13 +182,13 @@ def test_on_peer_eof_policy(policy: str) -> None:
             assert p.stdout is not None and p.stdin is not None
             assert p.stdout.readline() == b"hi\n"
             if policy == "keep":
+                wait_stderr(p, r"peer sent FIN -> we are in CLOSE_WAIT -> waiting for stdin EOF")
                 p.stdin.write(b"after your FIN\n")
                 p.stdin.flush()
                 p.stdin.close()
                 assert p.wait(10) == 0
                 t.join(5)
                 assert got == [b"after your FIN\n"]
-                assert b"CLOSE_WAIT" in (p.stderr.read() if p.stderr else b"")
             else:
                 assert p.wait(10) == 0  # exits on the peer's FIN although stdin is still open
                 t.join(5)
