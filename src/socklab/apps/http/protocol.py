@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -52,6 +53,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"connection", b"transfer-encoding"})
 
 
+_now = time.monotonic  # the protocol's clock (tests replace it)
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -231,7 +233,7 @@ class HttpProtocol(Protocol):
         if delay <= 0:
             self._deadline = None
             return
-        when = time.monotonic() + delay
+        when = _now() + delay
         self._deadline = when
         self._deadline_cb = callback
         if self._timer is None or when < self._timer_when:
@@ -247,7 +249,7 @@ class HttpProtocol(Protocol):
         self._timer = None
         if self._deadline is None or self.state == _CLOSED:
             return
-        left = self._deadline - time.monotonic()
+        left = self._deadline - _now()
         if left > 0:
             self._timer_when = self._deadline
             self._timer = self.transport.call_later(left, self._on_timer)
@@ -344,7 +346,13 @@ class HttpProtocol(Protocol):
             self.access_log(req, self.client, 101, 0, line)
         self.state = _WEBSOCKET
         self.ws = ws = WebSocket(self, conn, req, self.settings)
-        handler(ws)
+        try:
+            handler(ws)
+        except Exception:  # a handler bug: close 1011 and serve on
+            print(f"socklab http: WebSocket handler for {req.path} failed:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            ws.close(1011, "internal error")
+            return
         ws.flush_queue()
         leftover = self.parser.take_leftover()
         if leftover:

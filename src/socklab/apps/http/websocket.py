@@ -22,6 +22,8 @@ Everything runs on the engine thread. From another thread, use ``server.call_soo
 
 from __future__ import annotations
 
+import sys
+import traceback
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["WebSocket"]
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, CLOSE_BAD_DATA = 1000, 1001, 1002, 1009, 1007
+CLOSE_INTERNAL = 1011
 
 
 class WebSocket:
@@ -139,12 +142,20 @@ class WebSocket:
                 self._proto.transport.pause_reading()
             self.flush_queue()
             return
-        self.on_message(msg)
+        self._call(self.on_message, msg)
+
+    def _call(self, callback: Callable[[str | bytes], None], msg: str | bytes) -> None:
+        try:
+            callback(msg)
+        except Exception:  # a handler bug: close this connection (1011), tell the operator, serve on
+            print(f"socklab http: WebSocket handler for {self.request.path} failed:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+            self._fail(CLOSE_INTERNAL, "internal error")
 
     def flush_queue(self) -> None:
         """Deliver queued messages once ``on_message`` is set (called automatically when possible)."""
         while self._queue and self.on_message is not None and not self._closed:
-            self.on_message(self._queue.popleft())
+            self._call(self.on_message, self._queue.popleft())
         if not self._queue and not self._closed:
             self._proto.transport.resume_reading()
 
