@@ -9,7 +9,7 @@ import pytest
 
 from socklab import rpc
 from socklab.apps.rpc.service import demo_service
-from socklab.core.errors import BrokenError, ConnectionRefused, UsageError
+from socklab.core.errors import BrokenError, ConnectionRefused, NetworkError, UsageError
 
 from .helpers import rpc_server
 
@@ -187,3 +187,25 @@ def test_unreadable_answer_fails_the_waiting_call_at_once() -> None:
             conn.sendall(b"this is not json\n")
             with pytest.raises(BrokenError):
                 fut.result(10)
+
+
+def test_tls_listeners_and_clients(tls_files: dict[str, str]) -> None:
+    with rpc_server(listen=("tls://127.0.0.1:0", "https://127.0.0.1:0/rpc", "wss://127.0.0.1:0/ws",
+                            "tcp://127.0.0.1:0"), tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as rs:
+        assert [u.split(":")[0] for u in rs.urls] == ["tls", "https", "wss", "tcp"]
+        for url in rs.urls:
+            with rpc.connect(url, timeout=10, cafile=tls_files["ca"]) as c:
+                assert c.subtract(42, 23) == 19
+
+        async def main() -> None:
+            async with await rpc.AsyncClient.connect(rs.urls[0], cafile=tls_files["ca"], timeout=10) as c:
+                assert await c.add(1, 2) == 3
+
+        asyncio.run(main())
+        with pytest.raises(NetworkError):  # the system's CAs do not know this one
+            rpc.connect(rs.urls[0], retries=0)
+
+
+def test_tls_listener_needs_a_certificate() -> None:
+    with pytest.raises(UsageError), rpc_server(listen=("tls://127.0.0.1:0",)):
+        pass

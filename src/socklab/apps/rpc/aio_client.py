@@ -16,7 +16,7 @@ import contextlib
 import itertools
 from typing import Any
 
-from socklab.apps.rpc.channels import parse_url
+from socklab.apps.rpc.channels import parse_url, tls_context
 from socklab.apps.rpc.client import REPLY_LIMITS, Client, _params
 from socklab.apps.rpc.errors import CallTimeout, error_from_object
 from socklab.core.errors import BrokenError, ClosedError, ConnectError, translate_oserror
@@ -46,15 +46,20 @@ class AsyncClient:
     """An asyncio JSON-RPC client; create it with ``await AsyncClient.connect(url)``.
 
     Args:
-        url: ``tcp://``, ``http://`` or ``ws://`` (the latter two through a blocking client).
+        url: ``tcp://``, ``http://`` or ``ws://`` (the latter two through a blocking client); the
+            ``tls://``, ``https://``, ``wss://`` forms speak TLS (``cafile``, ``insecure``).
         timeout: default seconds to wait for each answer.
         framing: ``"ndjson"`` or ``"content-length"`` (tcp:// only).
         retries/backoff/max_backoff: reconnect policy, as for :class:`Client`.
     """
 
     def __init__(self, url: str, *, timeout: float | None = 30.0, framing: str = NDJSON, retries: int = 5,
-                 backoff: float = 0.05, max_backoff: float = 2.0, connect_timeout: float = 10.0) -> None:
+                 backoff: float = 0.05, max_backoff: float = 2.0, connect_timeout: float = 10.0,
+                 cafile: str | None = None, insecure: bool = False) -> None:
         self.endpoint = parse_url(url)
+        self.cafile = cafile
+        self.insecure = insecure
+        self.ssl_context = tls_context(cafile, insecure) if self.endpoint.tls else None
         self.url = url
         self.timeout = timeout
         self.framing = framing
@@ -83,7 +88,8 @@ class AsyncClient:
             if self._sync is None:
                 self._sync = await asyncio.to_thread(
                     Client, self.url, timeout=self.timeout, retries=self.retries, backoff=self.backoff,
-                    max_backoff=self.max_backoff, connect_timeout=self.connect_timeout)
+                    max_backoff=self.max_backoff, connect_timeout=self.connect_timeout, cafile=self.cafile,
+                    insecure=self.insecure)
             return
         if self._writer is not None and not self._writer.is_closing():
             return
@@ -96,7 +102,8 @@ class AsyncClient:
             for attempt in range(self.retries + 1):
                 try:
                     reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(self.endpoint.host, self.endpoint.port), self.connect_timeout)
+                        asyncio.open_connection(self.endpoint.host, self.endpoint.port, ssl=self.ssl_context),
+                        self.connect_timeout)
                     break
                 except (TimeoutError, OSError) as exc:
                     err = translate_oserror(exc, f"connecting to {self.endpoint.authority}")
@@ -210,8 +217,13 @@ class AsyncClient:
             await asyncio.to_thread(self._sync.close)
         if self._writer is not None:
             self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            try:
+                # Over TLS asyncio waits for the server's close_notify (up to 30 s): do not wait long.
+                await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            except TimeoutError:
+                self._writer.transport.abort()
+            except Exception:
+                pass
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from socklab.core.errors import (
 )
 from socklab.protocols.framing import NDJSON, Frame, FrameDecoder, encode_frame
 
-__all__ = ["Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel", "parse_url"]
+__all__ = ["Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel", "parse_url",
+           "tls_context"]
 
 OnMessage = Callable[[bytes], None]
 OnLost = Callable[[BaseException], None]
@@ -40,12 +42,17 @@ _RECV = 64 * 1024
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a client connects: ``tcp://h:p``, ``http://h:p/path`` or ``ws://h:p/path``."""
+    """Where a client connects: ``tcp://h:p``, ``http://h:p/path`` or ``ws://h:p/path``.
+
+    ``tls://``, ``https://`` and ``wss://`` are the same over TLS (``scheme`` is the plain one and
+    ``tls`` is true).
+    """
 
     scheme: str
     host: str
     port: int
     path: str
+    tls: bool = False
 
     @property
     def authority(self) -> str:
@@ -56,24 +63,43 @@ class Endpoint:
 def parse_url(url: str) -> Endpoint:
     """Raises UsageError for an unsupported scheme or a missing port."""
     parts = urlsplit(url if "://" in url else "tcp://" + url)
-    if parts.scheme not in ("tcp", "http", "ws"):
-        raise UsageError(f"{url!r}: use tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH")
+    secure = {"tls": "tcp", "https": "http", "wss": "ws"}
+    if parts.scheme not in ("tcp", "http", "ws") and parts.scheme not in secure:
+        raise UsageError(f"{url!r}: use tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH "
+                         "(tls://, https://, wss:// for TLS)")
+    tls = parts.scheme in secure
+    scheme = secure.get(parts.scheme, parts.scheme)
     try:
         port = parts.port
     except ValueError as exc:
         raise UsageError(f"{url!r}: {exc}") from None
     if not parts.hostname or port is None:
         raise UsageError(f"{url!r}: give HOST:PORT")
-    path = parts.path or {"tcp": "", "http": "/rpc", "ws": "/ws"}[parts.scheme]
-    return Endpoint(parts.scheme, parts.hostname, port, path)
+    path = parts.path or {"tcp": "", "http": "/rpc", "ws": "/ws"}[scheme]
+    return Endpoint(scheme, parts.hostname, port, path, tls)
 
 
-def _connect(ep: Endpoint, timeout: float) -> socket.socket:
+def tls_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """The client's TLS context: the system's CAs (or ``cafile``); ``insecure`` skips verification."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _connect(ep: Endpoint, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
     try:
         sock = socket.create_connection((ep.host, ep.port), timeout=timeout)
     except OSError as exc:
         raise translate_oserror(exc, f"connecting to {ep.authority}") from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ep.tls:
+        try:
+            sock = (ssl_context or tls_context()).wrap_socket(sock, server_hostname=ep.host)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            sock.close()
+            raise translate_oserror(exc, f"starting TLS with {ep.authority}") from exc
     return sock
 
 
@@ -152,11 +178,12 @@ class TcpChannel(_ThreadedChannel):
     """JSON-RPC over TCP with ndjson (default) or Content-Length framing."""
 
     def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 framing: str = NDJSON, max_message: int = 64 * 1024 * 1024) -> None:
+                 framing: str = NDJSON, max_message: int = 64 * 1024 * 1024,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(on_message, on_lost)
         self.framing = framing
         self.decoder = FrameDecoder(max_frame=max_message, mode=framing)
-        self.sock = _connect(ep, timeout)
+        self.sock = _connect(ep, timeout, ssl_context)
         self._start_reader(f"socklab-rpc-tcp-{ep.authority}")
 
     def _feed(self, data: bytes) -> None:
@@ -172,10 +199,11 @@ class TcpChannel(_ThreadedChannel):
 class WsChannel(_ThreadedChannel):
     """JSON-RPC over a WebSocket (RFC 6455) on a blocking socket, with wsproto."""
 
-    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0) -> None:
+    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(on_message, on_lost)
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        self.sock = _connect(ep, timeout)
+        self.sock = _connect(ep, timeout, ssl_context)
         self._parts: list[str] = []
         try:
             self.sock.sendall(self.ws.send(wse.Request(host=ep.authority, target=ep.path)))
@@ -248,10 +276,12 @@ class WsChannel(_ThreadedChannel):
 class HttpChannel(Channel):
     """JSON-RPC over HTTP/1.1 POST with keep-alive (h11): one round trip per message."""
 
-    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0) -> None:
+    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(on_message, on_lost)
         self.ep = ep
         self.connect_timeout = timeout
+        self.ssl_context = ssl_context
         self.sock: socket.socket | None = None
         self.conn = h11.Connection(h11.CLIENT)
         self._used = False  # the current connection already carried a request
@@ -259,7 +289,7 @@ class HttpChannel(Channel):
         self._open()  # fail early when nothing listens
 
     def _open(self) -> None:
-        self.sock = _connect(self.ep, self.connect_timeout)
+        self.sock = _connect(self.ep, self.connect_timeout, self.ssl_context)
         self.conn = h11.Connection(h11.CLIENT)
         self._used = False
 
@@ -337,10 +367,10 @@ class HttpChannel(Channel):
 
 
 def open_channel(ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 framing: str = NDJSON) -> Channel:
+                 framing: str = NDJSON, ssl_context: ssl.SSLContext | None = None) -> Channel:
     """Connect to ``ep`` with the channel its scheme names."""
     if ep.scheme == "tcp":
-        return TcpChannel(ep, on_message, on_lost, timeout=timeout, framing=framing)
+        return TcpChannel(ep, on_message, on_lost, timeout=timeout, framing=framing, ssl_context=ssl_context)
     if ep.scheme == "ws":
-        return WsChannel(ep, on_message, on_lost, timeout=timeout)
-    return HttpChannel(ep, on_message, on_lost, timeout=timeout)
+        return WsChannel(ep, on_message, on_lost, timeout=timeout, ssl_context=ssl_context)
+    return HttpChannel(ep, on_message, on_lost, timeout=timeout, ssl_context=ssl_context)

@@ -43,8 +43,8 @@ def _settings_cls() -> Any:
 @click.argument("target", required=False, metavar="TARGET")
 @click.option("--demo", is_flag=True, help="Serve the demo service (the specification's example methods).")
 @click.option("--listen", "listen", multiple=True, metavar="URL",
-              help="tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH; repeat for several "
-                   "(default: tcp:// on --host/--port).")
+              help="tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH (tls://, https://, wss:// "
+                   "with --tls-cert); repeat for several (default: tcp:// on --host/--port).")
 @options_from(_settings_cls())
 @trace_options
 @run_cli
@@ -103,10 +103,14 @@ def _arg(text: str) -> Any:
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
 @click.option("--framing", type=click.Choice(["ndjson", "content-length"]), default="ndjson",
               show_default=True, help="TCP framing.")
+@click.option("--cafile", metavar="PEM", default=None, help="TLS: trust this CA bundle instead of the system's.")
+@click.option("--insecure", is_flag=True, help="TLS: do not verify the server's certificate (testing only).")
 @run_cli
 def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], params_json: str | None,
-         notify: bool, timeout: float, framing: str) -> None:
+         notify: bool, timeout: float, framing: str, cafile: str | None, insecure: bool) -> None:
     """Call METHOD at URL with ARGS and print the result as JSON (or the error on stderr).
+
+    URL: tcp://HOST:PORT, http://HOST:PORT/PATH, ws://HOST:PORT/PATH (tls://, https://, wss:// for TLS).
 
     ARGS are parsed as JSON when they parse (42, "text", [1,2], {"a":1}) and passed as strings
     otherwise. Exit status 1 when the server answers with an error.
@@ -136,7 +140,7 @@ def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], p
             raise UsageError("--params must be a JSON array or object")
     if positional and kwargs:
         raise UsageError("JSON-RPC passes parameters by position or by name, not both")
-    with Client(url, timeout=timeout, framing=framing, retries=0) as client:
+    with Client(url, timeout=timeout, framing=framing, retries=0, cafile=cafile, insecure=insecure) as client:
         if notify:
             client.notify(method, *positional, **kwargs)
             return

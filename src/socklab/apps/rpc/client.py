@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from socklab.apps.rpc.channels import Channel, Endpoint, open_channel, parse_url
+from socklab.apps.rpc.channels import Channel, Endpoint, open_channel, parse_url, tls_context
 from socklab.apps.rpc.errors import CallTimeout, error_from_object
 from socklab.core.errors import BrokenError, ClosedError, ConnectError, NetworkError, UsageError
 from socklab.protocols import jsonrpc as j
@@ -86,6 +86,8 @@ class Client:
         backoff: the first delay between attempts, seconds (doubles each time).
         max_backoff: the longest delay between attempts.
         cancel_on_timeout: send ``$/cancelRequest`` for a call that timed out.
+        cafile: for ``tls://``/``https://``/``wss://``: trust this CA bundle instead of the system's.
+        insecure: do not verify the server's certificate (testing only).
 
     Raises:
         UsageError: a bad URL. ConnectError: the first connection failed (after the retries).
@@ -93,8 +95,10 @@ class Client:
 
     def __init__(self, url: str, *, timeout: float | None = 30.0, connect_timeout: float = 10.0,
                  framing: str = NDJSON, reconnect: bool = True, retries: int = 5, backoff: float = 0.05,
-                 max_backoff: float = 2.0, cancel_on_timeout: bool = True) -> None:
+                 max_backoff: float = 2.0, cancel_on_timeout: bool = True, cafile: str | None = None,
+                 insecure: bool = False) -> None:
         self.endpoint: Endpoint = parse_url(url)
+        self.ssl_context = tls_context(cafile, insecure) if self.endpoint.tls else None
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -132,7 +136,8 @@ class Client:
             for attempt in range(self.retries + 1):
                 try:
                     ch = open_channel(self.endpoint, self._on_message, self._on_lost,
-                                      timeout=self.connect_timeout, framing=self.framing)
+                                      timeout=self.connect_timeout, framing=self.framing,
+                                      ssl_context=self.ssl_context)
                     break
                 except ConnectError:
                     if attempt == self.retries:

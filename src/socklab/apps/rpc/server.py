@@ -345,16 +345,22 @@ def websocket_handler(dispatcher: Dispatcher, call_later: Callable[[float, Calla
 # ---- listeners and the server --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Listener:
-    """One ``--listen`` URL: scheme (tcp/http/ws), host, port and path."""
+    """One ``--listen`` URL: scheme (tcp/http/ws), host, port, path, and whether it is TLS."""
 
     scheme: str
     host: str
     port: int
     path: str = ""
+    tls: bool = False
 
     def url(self, port: int | None = None) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port if port is None else port}{self.path}"
+        scheme = _SECURE[self.scheme] if self.tls else self.scheme
+        return f"{scheme}://{host}:{self.port if port is None else port}{self.path}"
+
+
+_SECURE = {"tcp": "tls", "http": "https", "ws": "wss"}
+_PLAIN = {v: k for k, v in _SECURE.items()}
 
 
 def parse_listen(url: str) -> Listener:
@@ -364,19 +370,22 @@ def parse_listen(url: str) -> Listener:
         UsageError: another scheme, or no host/port.
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "http", "ws"):
-        raise UsageError(f"--listen {url!r}: the scheme must be tcp://, http:// or ws://")
+    if parts.scheme not in _SECURE and parts.scheme not in _PLAIN:
+        raise UsageError(f"--listen {url!r}: the scheme must be tcp://, http:// or ws:// (tls://, https://, "
+                         "wss:// with --tls-cert)")
+    tls = parts.scheme in _PLAIN
+    scheme = _PLAIN.get(parts.scheme, parts.scheme)
     try:
         port = parts.port
     except ValueError as exc:
         raise UsageError(f"--listen {url!r}: {exc}") from None
     if not parts.hostname or port is None:
         raise UsageError(f"--listen {url!r}: give HOST:PORT (port 0 picks a free one)")
-    default_path = {"tcp": "", "http": "/rpc", "ws": "/ws"}[parts.scheme]
+    default_path = {"tcp": "", "http": "/rpc", "ws": "/ws"}[scheme]
     path = parts.path or default_path
-    if parts.scheme == "tcp" and path:
+    if scheme == "tcp" and path:
         raise UsageError(f"--listen {url!r}: tcp:// takes no path")
-    return Listener(parts.scheme, parts.hostname, port, path)
+    return Listener(scheme, parts.hostname, port, path, tls)
 
 
 class RpcServer:
@@ -423,13 +432,16 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
     s = settings if settings is not None else RpcSettings()
     if s.unix:
         raise UsageError("the RPC server listens on tcp://, http:// and ws:// URLs; --unix is not supported")
+    listeners = [parse_listen(u) for u in listen] or [Listener("tcp", s.host, s.port, tls=bool(s.tls_cert))]
+    for ls in listeners:
+        if ls.tls and not s.tls_cert:
+            raise UsageError(f"{ls.url()}: a TLS listener needs --tls-cert (and --tls-key)")
     srv = Server(s, tracer=tracer, label="rpc")
     loop = getattr(srv.engine, "loop", None)  # the asyncio/uvloop engines run on a loop: use it
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
                             max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads,
                             engine_loop=loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
     srv.on_stop(dispatcher.close)
-    listeners = [parse_listen(u) for u in listen] or [Listener("tcp", s.host, s.port)]
     urls: list[str] = []
     try:
         for ls in listeners:
@@ -448,7 +460,7 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
 
                 def factory(router: Router = router, hs: HttpSettings = hs) -> Protocol:
                     return HttpProtocol(router, hs)
-            addr = srv.listen(factory, host=ls.host, port=ls.port)
+            addr = srv.listen(factory, host=ls.host, port=ls.port, tls=ls.tls)
             urls.append(ls.url(addr[1]))
     except BaseException:
         with contextlib.suppress(Exception):
