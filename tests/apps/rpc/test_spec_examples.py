@@ -87,8 +87,8 @@ def run_transcripts(raw: Raw) -> None:
 
 
 @pytest.mark.parametrize("framing", [NDJSON, CONTENT_LENGTH])
-def test_spec_examples_over_tcp(concurrent_engine: str, framing: str) -> None:
-    with rpc_server(concurrent_engine) as rs, Raw(tcp_port(rs), framing) as raw:
+def test_spec_examples_over_tcp(engine: str, framing: str) -> None:
+    with rpc_server(engine) as rs, Raw(tcp_port(rs), framing) as raw:
         run_transcripts(raw)
 
 
