@@ -68,7 +68,8 @@ class Proc:
         self.popen = subprocess.Popen(
             [*kwargs.pop("prefix", []), sys.executable, "-m", "socklab", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=kwargs.pop("stdin", subprocess.DEVNULL), env=env, start_new_session=True, **kwargs)
+            stdin=kwargs.pop("stdin", subprocess.DEVNULL), env=env, start_new_session=True,
+            bufsize=0, **kwargs)  # unbuffered: select() then sees every byte not yet read
         self.pid = self.popen.pid
         self.lines: list[str] = []
 

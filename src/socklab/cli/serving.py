@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from socklab.core.server import Server
+from socklab.tools.registry import register_server
 
 __all__ = ["describe_address", "serve_until_signalled"]
 
@@ -37,6 +38,7 @@ def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = 
     """
     out = stream if stream is not None else sys.stdout
     server.start()
+    register_server(server, app=app)  # so `socklab ss` labels this server's sockets
     for i, addr in enumerate(server.addresses):
         scheme = (schemes[i] if schemes and i < len(schemes) else "tcp")
         print(f"socklab {app} listening on {describe_address(addr, scheme)} (engine {server.engine.name})",

@@ -346,6 +346,8 @@ class _Listener:
     def _on_accept(self) -> None:
         reactor, tracer = self.reactor, self.reactor.tracer
         for _ in range(64):  # accept a burst per wake-up, then let other sockets run
+            if self.closed:  # a protocol closed the listeners from connection_made
+                return
             try:
                 conn, peer = self.sock.accept()
             except (BlockingIOError, InterruptedError):

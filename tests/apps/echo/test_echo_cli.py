@@ -122,3 +122,11 @@ def test_client_library_errors_are_typed() -> None:
         c = EchoClient(parse_endpoint(f"127.0.0.1:{srv.port}"), udp=True, timeout=0.1, retries=0)
         with c, pytest.raises(TimeoutError_):
             c.roundtrip(b"anyone?")
+
+
+def test_ss_labels_a_running_echo_server(spawn: Any) -> None:
+    srv = spawn("echo", "serve", "--port", "0", "--engine", "poll")
+    port = srv.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)").group(1)
+    out = socklab("ss", "--port", port, "--json")
+    rows = json.loads(out.stdout)
+    assert any(r["state"] == "LISTEN" and r["socklab"] == "echo (engine poll)" for r in rows), rows
