@@ -106,3 +106,38 @@ def test_oversize_frame_answers_then_closes() -> None:
     out, closed = run([b'{"a":"' + b"x" * 5000])
     assert closed
     assert json.loads(out)["error"]["code"] == j.INVALID_REQUEST
+
+
+def run_http(chunks: list[bytes]) -> tuple[bytes, bool]:
+    from socklab.apps.rpc.server import RpcHttpProtocol
+
+    proto = RpcHttpProtocol(DISPATCHER, "/rpc")
+    t = FakeTransport()
+    proto.connection_made(t)
+    for c in chunks:
+        if t.closed:
+            break
+        proto.data_received(c)
+    if not t.closed and not proto.eof_received():
+        t.close()
+    proto.connection_lost(None)
+    return bytes(t.out), t.closed
+
+
+def http_post(body: bytes) -> bytes:
+    return b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@given(st.lists(st.one_of(messages.map(http_post), messages.map(http_post), st.binary(max_size=40)), max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_http_adapter_whole_and_bytewise(items: list[bytes]) -> None:
+    stream = b"".join(items)
+    whole = run_http([stream])
+    assert run_http([stream[i:i + 1] for i in range(len(stream))]) == whole
+    assert whole[0] == b"" or whole[0].startswith(b"HTTP/1.1 ")
+
+
+def test_http_adapter_keepalive_pipeline() -> None:
+    body = b'{"jsonrpc":"2.0","method":"subtract","params":[42,23],"id":1}'
+    out, _ = run_http([http_post(body) * 3])
+    assert out.count(b"HTTP/1.1 200 OK") == 3 and out.count(b'"result":19') == 3

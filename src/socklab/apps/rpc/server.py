@@ -243,7 +243,8 @@ class RpcHttpProtocol(_Adapter):
             try:
                 ev = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._respond(exc.error_status_hint, b"bad HTTP request: " + str(exc).encode(), close=True)
+                # the reason stays generic: h11's message quotes the peer's bytes
+                self._respond(exc.error_status_hint, b"bad HTTP request\n", close=True)
                 return
             if ev is h11.NEED_DATA or ev is h11.PAUSED:
                 return
