@@ -17,17 +17,17 @@ inside strings, so LF is a safe terminator). The member ``"t"`` names the frame:
     {"t":"ping","seq":3,"ts":12.5}            {"t":"pong","seq":3,"ts":12.5}
     {"t":"catchup","limit":100}               {"t":"caught-up","count":12}
     {"t":"want","sha256":"<64 hex>"}          {"t":"refused","reason":"no such file"}
-    {"t":"file","sha256":"<64 hex>","file":"notes.txt","size":1234}   then exactly 1234 raw bytes
+    {"t":"transfer","sha256":"<64 hex>","port":40123}
 
 A link starts with HELLO from both sides (who I am, where I listen), then MEMBERS (whom I know)
 and CATCHUP (send me your recent messages; the answer is those messages as ordinary MSG/OFFER
 frames followed by CAUGHT-UP). MSG and OFFER are *flooded*: each carries a unique id, a hop limit
 decremented at each forward and the path of node names it took. A file is fetched over a fresh
-connection to its holder: WANT, answered by FILE and the raw bytes (or REFUSED).
+connection to its holder: WANT, answered by TRANSFER (connect to this port of mine for a native
+socklab transfer, see :mod:`socklab.protocols.transfer`) or REFUSED.
 
 Sans-I/O: :class:`GossipConnection` - ``receive_data(bytes)`` (``b""`` = EOF), ``next_event()``
-returns a frame (a frozen dataclass), :class:`FileData`/:class:`FileEnd` while a file body
-streams, :class:`EndOfStream`, or ``None``; ``send(frame) -> bytes``. A peer that breaks the
+returns a frame (a frozen dataclass), :class:`EndOfStream`, or ``None``; ``send(frame) -> bytes``. A peer that breaks the
 format raises :class:`~socklab.core.errors.RemoteProtocolError`; sending a malformed frame
 ourselves raises :class:`~socklab.core.errors.LocalProtocolError`.
 """
@@ -48,9 +48,6 @@ __all__ = [
     "CatchUp",
     "CaughtUp",
     "EndOfStream",
-    "FileData",
-    "FileEnd",
-    "FileHeader",
     "Flooded",
     "Frame",
     "GossipConnection",
@@ -64,6 +61,7 @@ __all__ = [
     "Pong",
     "Refused",
     "SeenCache",
+    "Transfer",
     "Want",
     "backoff_delay",
     "decode_frame",
@@ -180,24 +178,11 @@ class Refused(Frame):
 
 
 @dataclass(frozen=True)
-class FileHeader(Frame):
-    """A file body of exactly ``size`` raw bytes follows this frame."""
+class Transfer(Frame):
+    """The answer to WANT: connect to ``port`` on my address for a native transfer of that file."""
 
     sha256: str
-    file: str
-    size: int
-
-
-@dataclass(frozen=True)
-class FileData:
-    """Some raw bytes of the file body announced by the last :class:`FileHeader`."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class FileEnd:
-    """The file body is complete (its bytes were all delivered as :class:`FileData`)."""
+    port: int
 
 
 @dataclass(frozen=True)
@@ -205,7 +190,7 @@ class EndOfStream:
     """The peer closed its side cleanly, between frames."""
 
 
-Event = Frame | FileData | FileEnd | EndOfStream
+Event = Frame | EndOfStream
 
 
 # ---- encoding and decoding of one frame ------------------------------------------------------------
@@ -245,8 +230,8 @@ def encode_frame(frame: Frame) -> bytes:
         obj = {"t": "want", "sha256": frame.sha256}
     elif isinstance(frame, Refused):
         obj = {"t": "refused", "reason": frame.reason}
-    elif isinstance(frame, FileHeader):
-        obj = {"t": "file", "sha256": frame.sha256, "file": frame.file, "size": frame.size}
+    elif isinstance(frame, Transfer):
+        obj = {"t": "transfer", "sha256": frame.sha256, "port": frame.port}
     else:
         raise LocalProtocolError(f"not a gossip frame: {frame!r}")
     data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
@@ -338,9 +323,8 @@ def decode_frame(line: bytes) -> Frame:
         return Want(_str(obj, "sha256", pattern=_SHA_RE))
     if kind == "refused":
         return Refused(_str(obj, "reason", max_len=1024, allow_empty=True))
-    if kind == "file":
-        return FileHeader(_str(obj, "sha256", pattern=_SHA_RE), _str(obj, "file"),
-                          _int(obj, "size", 0, 2**62))
+    if kind == "transfer":
+        return Transfer(_str(obj, "sha256", pattern=_SHA_RE), _int(obj, "port", 1, 65535))
     raise _bad(f"unknown frame type {str(kind)[:40]!r}")
 
 
@@ -356,10 +340,10 @@ class GossipConnection:
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
-        self._scan = 0
+        self._pos = 0  # start of the unconsumed bytes in _buf
+        self._scan = 0  # bytes before this offset hold no newline
         self._eof = False
         self._ended = False
-        self._body_left = -1  # >= 0 while a file body streams
         self._failed: RemoteProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
@@ -379,7 +363,7 @@ class GossipConnection:
         """The next event, or ``None`` until more bytes arrive.
 
         Raises:
-            RemoteProtocolError: a malformed or oversized frame, or EOF inside a frame or a body.
+            RemoteProtocolError: a malformed or oversized frame, or EOF inside a frame.
         """
         if self._failed is not None:
             raise self._failed
@@ -390,44 +374,37 @@ class GossipConnection:
             raise
 
     def _next(self) -> Event | None:
-        if self._body_left >= 0:
-            if self._body_left == 0:
-                self._body_left = -1
-                return FileEnd()
-            if self._buf:
-                n = min(self._body_left, len(self._buf))
-                chunk = bytes(self._buf[:n])
-                del self._buf[:n]
-                self._body_left -= n
-                self._scan = 0
-                return FileData(chunk)
-            if self._eof:
-                raise RemoteProtocolError(f"connection closed with {self._body_left} bytes of the file missing")
-            return None
-        nl = self._buf.find(b"\n", self._scan)
-        if nl < 0:
-            self._scan = len(self._buf)
-            if len(self._buf) > self.max_frame + 1:
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", max(self._pos, self._scan))
+            if nl < 0:
+                self._compact(force=True)
+                self._scan = len(buf)
+                if len(buf) > self.max_frame + 1:
+                    raise RemoteProtocolError(f"frame longer than {self.max_frame} bytes", hint=413)
+                if self._eof and not self._ended:
+                    if buf.strip():
+                        raise RemoteProtocolError("connection closed in the middle of a frame")
+                    self._ended = True
+                    buf.clear()
+                    return EndOfStream()
+                return None
+            start = self._pos
+            end = nl - 1 if nl > start and buf[nl - 1] == 13 else nl
+            if end - start > self.max_frame:
                 raise RemoteProtocolError(f"frame longer than {self.max_frame} bytes", hint=413)
-            if self._eof and not self._ended:
-                if self._buf.strip():
-                    raise RemoteProtocolError("connection closed in the middle of a frame")
-                self._ended = True
-                self._buf.clear()
-                return EndOfStream()
-            return None
-        end = nl - 1 if nl > 0 and self._buf[nl - 1] == 13 else nl
-        if end > self.max_frame:
-            raise RemoteProtocolError(f"frame longer than {self.max_frame} bytes", hint=413)
-        line = bytes(self._buf[:end])
-        del self._buf[:nl + 1]
-        self._scan = 0
-        if not line.strip():
-            return self._next()  # blank lines between frames are ignored
-        frame = decode_frame(line)
-        if isinstance(frame, FileHeader):
-            self._body_left = frame.size
-        return frame
+            line = bytes(buf[start:end])
+            self._pos = nl + 1
+            self._compact(force=False)
+            if line.strip():  # blank lines between frames are ignored
+                return decode_frame(line)
+
+    def _compact(self, force: bool) -> None:
+        """Drop consumed bytes - at once when asked, else only in big steps (no quadratic copying)."""
+        if self._pos and (force or self._pos >= 65536 or self._pos == len(self._buf)):
+            del self._buf[:self._pos]
+            self._scan = max(0, self._scan - self._pos)
+            self._pos = 0
 
     def events(self) -> Iterator[Event]:
         """Every event available now (a convenience over :meth:`next_event`)."""
@@ -435,7 +412,7 @@ class GossipConnection:
             yield event
 
     def send(self, frame: Frame) -> bytes:
-        """The bytes for one frame (file bodies are written raw by the caller after a FileHeader).
+        """The bytes for one frame.
 
         Raises:
             LocalProtocolError: the frame is malformed.

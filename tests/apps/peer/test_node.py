@@ -133,6 +133,8 @@ def test_a_shared_file_is_fetched_verified_from_its_holder(tmp_path: Path) -> No
         assert answer["ok"], answer
         assert (dl / "blob.bin").read_bytes() == data and answer["sha256"] == offer.sha256
         assert not (dl / "blob.bin.part").exists()
+        assert "sending blob.bin to 127.0.0.1:" in a.out.getvalue()  # type: ignore[attr-defined]
+        assert "(native transfer on port" in a.out.getvalue()  # type: ignore[attr-defined]
         # a second fetch never overwrites
         again = control_request(c.control_path, {"cmd": "fetch", "file": "blob.bin", "dest": str(dl)})
         assert not again["ok"] and "exists" in again["error"]

@@ -6,33 +6,36 @@ These adapters turn bytes into :mod:`socklab.protocols.gossip` events and hand t
 :class:`~socklab.apps.peer.node.PeerNode`, which holds all the mesh state. Everything here runs on
 the node's one engine thread (protocol callbacks and timers are serialized), so nothing locks.
 
-The fetcher is the minimal verified transfer the mesh needs (size and sha256 announced by the
-holder's OFFER, written to ``NAME.part``, fsynced, checked, renamed; the ``.part`` is removed on any
-failure). socklab's native file transfer app had not landed when this was written.
+Files travel with socklab's native transfer (:mod:`socklab.apps.transfer`): the fetcher asks the
+holder for a file on a mesh connection (WANT); the holder answers with the port of a one-shot
+transfer listener (TRANSFER) and sends the file there with the transfer's sender (``sendfile``,
+hashes, resume); the fetcher receives it with the transfer's receiver on its own engine (``.part``,
+SHA-256 against the sender's trailer, fsync, rename) and finally checks the landed file against
+the sha256 the OFFER announced, so a holder whose file changed since it was shared cannot hand
+over something else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
+import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
+from socklab.apps.transfer.receiver import ReceiverProtocol, ReceiveSession, ReceiveSettings
+from socklab.apps.transfer.sender import SendSession, collect
 from socklab.core.errors import ProtocolError, SocklabError
 from socklab.core.protocol import Protocol
+from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.protocols import gossip as g
 
 if TYPE_CHECKING:
     from socklab.apps.peer.node import PeerNode
 
-__all__ = ["FetchProtocol", "FetchResult", "PeerLink"]
-
-CHUNK = 64 * 1024
-
+__all__ = ["FetchRequest", "FetchResult", "PeerLink", "Receiver", "send_file", "sha256_of"]
 
 class PeerLink(Protocol):
     """One TCP connection of the node: a neighbour link, or (inbound) a file request.
@@ -52,7 +55,6 @@ class PeerLink(Protocol):
         self.last_heard = time.monotonic()
         self.since = time.time()
         self.frames_in = 0
-        self.sender: _FileSender | None = None
         self.closed = False
 
     @property
@@ -89,65 +91,25 @@ class PeerLink(Protocol):
                 self.node.on_event(self, event)
         return None
 
-    def pause_writing(self) -> None:
-        if self.sender is not None:
-            self.sender.paused = True
-
-    def resume_writing(self) -> None:
-        if self.sender is not None:
-            self.sender.paused = False
-            self.sender.pump()
-
     def shutdown_requested(self) -> None:
         self.node.stopping = True
         self.transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
-        if self.sender is not None:
-            self.sender.close()
         self.node.link_lost(self, exc)
 
     def close(self) -> None:
         self.closed = True
         self.transport.close()
 
-    def serve_file(self, path: str, header: g.FileHeader) -> None:
-        """Answer a WANT: the header, then the body as fast as the peer reads, then close."""
-        self.sender = _FileSender(self, path, header.size)
-        self.send(header)
-        self.sender.pump()
-
     def describe(self) -> str:
         if self.peer is not None:
             return f"{self.peer.name} {self.peer.listen}"
+        if self.dialed is not None:
+            return self.dialed
         peer = self.transport.get_extra_info("peername") if hasattr(self, "transport") else None
-        return str(self.dialed or peer)
-
-
-class _FileSender:
-    """Streams one file into a link, pausing while the transport's buffer is above its high mark."""
-
-    def __init__(self, link: PeerLink, path: str, size: int) -> None:
-        self.link = link
-        self.left = size
-        self.paused = False
-        self.file: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - closed in close()
-
-    def pump(self) -> None:
-        while self.file is not None and not self.paused and not self.link.closed:
-            chunk = self.file.read(min(CHUNK, self.left)) if self.left else b""
-            if not chunk:
-                self.close()
-                self.link.close()  # flushes what is buffered, then FIN
-                return
-            self.left -= len(chunk)
-            self.link.transport.write(chunk)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        return format_addr(peer) if peer else "?"
 
 
 class FetchResult:
@@ -163,97 +125,86 @@ class FetchResult:
                 "size": self.offer.size, "holder": self.offer.holder, "path": self.path, "error": self.error}
 
 
-class FetchProtocol(Protocol):
-    """Fetch one offered file straight from its holder, verified (size and sha256), atomically.
+class FetchRequest(Protocol):
+    """Ask a holder for one file: WANT, then TRANSFER (a port to fetch it from) or REFUSED.
 
     Args:
-        offer: what is fetched (its size and sha256 are checked against what arrives).
-        dest: the final path; the bytes go to ``dest + ".part"`` until verified.
-        done: called once with the :class:`FetchResult`.
+        offer: the file wanted.
+        answer: called once with the transfer port, or with an error message.
         max_frame: frame limit of the gossip decoder.
     """
 
-    def __init__(self, offer: g.Offer, dest: str, done: Callable[[FetchResult], None],
+    def __init__(self, offer: g.Offer, answer: Callable[[int | None, str | None], None],
                  max_frame: int = g.MAX_FRAME) -> None:
         self.offer = offer
-        self.dest = dest
-        self.part = dest + ".part"
-        self.done = done
+        self.answer = answer
         self.conn = g.GossipConnection(max_frame)
-        self.file: BinaryIO | None = None
-        self.hash = hashlib.sha256()
-        self.received = 0
-        self.finished = False
+        self.answered = False
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         transport.write(self.conn.send(g.Want(self.offer.sha256)))
 
+    def _give(self, port: int | None, error: str | None) -> None:
+        if not self.answered:
+            self.answered = True
+            self.transport.close()
+            self.answer(port, error)
+
     def data_received(self, data: bytes) -> None:
         try:
             self.conn.receive_data(data)
             for event in self.conn.events():
-                self._on_event(event)
-                if self.finished:
-                    return
-        except (ProtocolError, SocklabError, OSError) as exc:
-            self._fail(str(exc))
-
-    def _on_event(self, event: g.Event) -> None:
-        if isinstance(event, g.Refused):
-            self._fail(f"the holder refused: {event.reason}")
-        elif isinstance(event, g.FileHeader):
-            if event.sha256 != self.offer.sha256 or event.size != self.offer.size:
-                self._fail("the holder announced a different file than its offer")
-                return
-            self.file = open(self.part, "wb")  # noqa: SIM115 - closed in _finish/_fail
-        elif isinstance(event, g.FileData):
-            if self.file is None:
-                self._fail("file data before the file header")
-                return
-            self.file.write(event.data)
-            self.hash.update(event.data)
-            self.received += len(event.data)
-        elif isinstance(event, g.FileEnd):
-            self._verify_and_rename()
-        elif isinstance(event, g.EndOfStream):
-            self._fail("the holder closed the connection before sending the file")
-        # HELLO/MEMBERS/PING from a holder that took us for a link are ignored
-
-    def _verify_and_rename(self) -> None:
-        assert self.file is not None
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        self.file = None
-        digest = self.hash.hexdigest()
-        if self.received != self.offer.size or digest != self.offer.sha256:
-            self._fail(f"verification failed: got {self.received} bytes with sha256 {digest[:16]}..., "
-                       f"expected {self.offer.size} bytes with {self.offer.sha256[:16]}...")
-            return
-        os.rename(self.part, self.dest)
-        with contextlib.suppress(OSError):
-            dirfd = os.open(str(Path(self.dest).parent), os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-        self.finished = True
-        self.transport.close()
-        self.done(FetchResult(self.offer, path=self.dest))
-
-    def _fail(self, why: str) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.part)
-        self.transport.abort()
-        self.done(FetchResult(self.offer, error=why))
+                if isinstance(event, g.Transfer) and event.sha256 == self.offer.sha256:
+                    self._give(event.port, None)
+                elif isinstance(event, g.Refused):
+                    self._give(None, f"the holder refused: {event.reason}")
+                elif isinstance(event, g.EndOfStream):
+                    self._give(None, "the holder closed the connection without an answer")
+                # HELLO/MEMBERS/PING from a holder that took us for a link are ignored
+        except ProtocolError as exc:
+            self._give(None, str(exc))
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self.finished:
-            self._fail(f"connection lost ({exc or 'closed'}) after {self.received} bytes")
+        self._give(None, f"connection to the holder lost ({exc or 'closed'})")
+
+
+class Receiver(ReceiverProtocol):
+    """The native transfer's receiver; tells the fetch how its session ended."""
+
+    def __init__(self, settings: ReceiveSettings, on_session: Callable[[ReceiveSession], None]) -> None:
+        super().__init__(settings, on_session=on_session)
+
+
+def sha256_of(path: str) -> str:
+    """The SHA-256 of a file, hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def send_file(listener: socket.socket, path: str, timeout: float) -> str | None:
+    """Accept one fetcher on ``listener`` and send it ``path`` with the native transfer (blocking).
+
+    Returns:
+        ``None`` on success, else why it failed (one line).
+    """
+    try:
+        listener.settimeout(timeout)
+        try:
+            sock, _ = listener.accept()
+        except OSError as exc:
+            return f"no fetcher connected: {exc}"
+        finally:
+            listener.close()
+        with sock:
+            sock.settimeout(None)  # blocking, as os.sendfile needs; a vanished peer is bounded by:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reports = SendSession(sock).run(collect([path]))
+        bad = [r for r in reports if not r.ok]
+        return None if not bad else f"{bad[0].name}: {bad[0].error}"
+    except (SocklabError, OSError) as exc:
+        return str(exc)

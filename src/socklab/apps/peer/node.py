@@ -15,8 +15,9 @@ about, and nodes heard on the discovery multicast group), all on one socklab eng
   would give up - and a lost neighbour is redialled with exponential backoff and jitter.
 - **catch-up**: each new link asks the other side for its recent messages; they arrive as
   ordinary flooded frames, so duplicates vanish and anything new spreads on.
-- **files**: ``share`` floods an OFFER (name, size, sha256, holder address); ``fetch`` dials
-  the holder directly and verifies what arrives (see :class:`~socklab.apps.peer.links.FetchProtocol`).
+- **files**: ``share`` floods an OFFER (name, size, sha256, holder address); ``fetch`` asks the
+  holder directly and receives the file with socklab's native transfer, then checks it against
+  the offer (see :mod:`socklab.apps.peer.links`).
 - **control**: a Unix socket answers ``status`` and accepts ``say``/``share``/``fetch``
   (see :mod:`socklab.apps.peer.control`).
 
@@ -27,10 +28,10 @@ prompt reader) go through :meth:`PeerNode.submit`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import random
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -39,11 +40,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from socklab.apps.peer.links import FetchProtocol, FetchResult, PeerLink
+from socklab.apps.peer.links import FetchRequest, FetchResult, PeerLink, Receiver, send_file, sha256_of
 from socklab.apps.peer.settings import PeerSettings
-from socklab.core.errors import RemoteProtocolError, UsageError
+from socklab.apps.transfer.receiver import ReceiveSession, ReceiveSettings
+from socklab.core.errors import RemoteProtocolError, SocklabError, UsageError
 from socklab.core.server import Server
-from socklab.core.sockets import parse_endpoint
+from socklab.core.sockets import Endpoint, open_tcp_listener, parse_endpoint
 from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 from socklab.protocols import gossip as g
@@ -408,19 +410,17 @@ class PeerNode:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UsageError(f"cannot share {path!r}: not a regular file")
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        sha256 = sha256_of(str(p))
         size = p.stat().st_size
         offer = g.Offer(uuid.uuid4().hex, self.id, self.name, self.settings.hop_limit, (self.name,),
-                        p.name, size, digest.hexdigest(), self.listen)
+                        p.name, size, sha256, self.listen)
         self.shares[offer.sha256] = (str(p.resolve()), offer)
         self.offers[offer.sha256] = offer
         self._originate(offer)
         return offer
 
     def _serve_want(self, link: PeerLink, want: g.Want) -> None:
+        """A fetcher asks for a file: open a one-shot transfer listener and tell it the port."""
         shared = self.shares.get(want.sha256)
         if shared is None:
             link.send(g.Refused("no such file here"))
@@ -437,8 +437,24 @@ class PeerNode:
             link.send(g.Refused("the file changed since it was shared"))
             link.close()
             return
-        self.log(f"sending {offer.file} to {link.describe()}")
-        link.serve_file(path, g.FileHeader(offer.sha256, offer.file, offer.size))
+        try:
+            listener = open_tcp_listener(self.settings.host, 0, backlog=1)
+        except SocklabError as exc:
+            link.send(g.Refused(f"cannot open a transfer port: {exc}"))
+            link.close()
+            return
+        port = int(listener.getsockname()[1])
+        who = link.describe()
+        self.log(f"sending {offer.file} to {who} (native transfer on port {port})")
+        link.send(g.Transfer(offer.sha256, port))
+        link.close()
+
+        def run() -> None:  # blocking sendfile on its own thread; the engine goes on
+            error = send_file(listener, path, self.settings.transfer_timeout)
+            if error is not None:
+                self.submit(lambda: self.log(f"sending {offer.file} to {who} failed: {error}"))
+
+        threading.Thread(target=run, name="socklab-peer-send", daemon=True).start()
 
     def find_offer(self, key: str) -> g.Offer:
         """The offer whose file name, or sha256 prefix, is ``key`` (the latest one seen).
@@ -468,6 +484,7 @@ class PeerNode:
         host = holder.rsplit(":", 1)[0].strip("[]")
         if host in _WILDCARD_HOSTS and offer.origin in self.known:
             holder = self.known[offer.origin].listen
+        endpoint = parse_endpoint(holder)
         started = time.monotonic()
 
         def finished(result: FetchResult) -> None:
@@ -479,8 +496,42 @@ class PeerNode:
                 self.log(f"fetching {offer.file} failed: {result.error}")
             done(result)
 
-        self.engine.connect_stream(parse_endpoint(holder),
-                                   lambda: FetchProtocol(offer, str(dest), finished, self.settings.max_frame),
+        def landed(session: ReceiveSession) -> None:  # on the engine, once the transfer ended
+            bad = [r for r in session.reports if not r.ok]
+            if session.failed or bad or not session.reports:
+                why = session.failed or (bad[0].error if bad else "nothing was received")
+                finished(FetchResult(offer, error=f"transfer failed: {why}"))
+                return
+
+            def check() -> None:  # re-read on a thread: the engine must not stall on a big file
+                try:
+                    ok = sha256_of(str(dest)) == offer.sha256
+                except OSError as exc:
+                    why = f"cannot check {dest}: {exc}"
+                    self.submit(lambda: finished(FetchResult(offer, error=why)))
+                    return
+                if not ok:
+                    with contextlib.suppress(OSError):
+                        os.unlink(dest)
+                    self.submit(lambda: finished(FetchResult(
+                        offer, error="verification failed: the holder's file does not match its offer "
+                                     "(sha256 differs); nothing kept")))
+                    return
+                self.submit(lambda: finished(FetchResult(offer, path=str(dest))))
+
+            threading.Thread(target=check, name="socklab-peer-verify", daemon=True).start()
+
+        def answered(port: int | None, error: str | None) -> None:
+            if port is None:
+                finished(FetchResult(offer, error=error or "no answer"))
+                return
+            receive = ReceiveSettings(engine=self.settings.engine, dir=str(dest.parent), overwrite=False,
+                                      idle_timeout=self.settings.transfer_timeout)
+            self.engine.connect_stream(Endpoint(endpoint.host, port), lambda: Receiver(receive, landed),
+                                       timeout=self.settings.connect_timeout,
+                                       on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
+
+        self.engine.connect_stream(endpoint, lambda: FetchRequest(offer, answered, self.settings.max_frame),
                                    timeout=self.settings.connect_timeout,
                                    on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
 

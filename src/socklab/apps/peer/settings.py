@@ -50,6 +50,8 @@ class PeerSettings(ServerSettings):
     announce_interval: float = setting(2.0, "Seconds between --discover announces.")
     max_frame: int = setting(64 * 1024, "Longest frame accepted from a neighbour, bytes.")
     max_text: int = setting(4096, "Longest message typed at the prompt, bytes.")
+    transfer_timeout: float = setting(30.0, "Seconds a file transfer may stall (no fetcher, no progress) "
+                                            "before it is abandoned.")
     downloads: str = setting(".", "Directory fetched files are written to.", metavar="DIR")
     control: str | None = setting(None, "Control socket path (default: $XDG_RUNTIME_DIR/socklab/peer-NAME.sock "
                                         "or /tmp/socklab-UID/peer-NAME.sock).", metavar="PATH")
@@ -68,7 +70,7 @@ class PeerSettings(ServerSettings):
         if self.hop_limit > 255:
             raise UsageError("hop_limit must be at most 255")
         for field in ("ping_interval", "link_timeout", "redial_base", "redial_max", "announce_interval",
-                      "connect_timeout"):
+                      "connect_timeout", "transfer_timeout"):
             if getattr(self, field) <= 0:
                 raise UsageError(f"{field} must be positive")
         if self.link_timeout <= self.ping_interval:
