@@ -210,7 +210,10 @@ def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None 
         info = _resolve(host, port, socket.SOCK_DGRAM, passive=True)[0]
         family, addr = info[0], info[4]
     sock = _new_socket(family, socket.SOCK_DGRAM, tracer)
-    _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
+    if port != 0:
+        # Not for port 0: on Linux, UDP sockets that all set SO_REUSEADDR may be given the *same*
+        # ephemeral port by bind(0), and then steal each other's datagrams.
+        _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
     if reuse_port:
         _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1, "SO_REUSEPORT", tracer)
     if family == socket.AF_INET6 and addr[0] == "::":

@@ -201,3 +201,17 @@ def test_rollover_past_65535_blocks_over_real_sockets(tmp_path: Path) -> None:
         tftp_put("127.0.0.1", port, "g", io.BytesIO(data),
                  TftpClientOptions(blksize=8, windowsize=64, timeout=1.0))
     assert (tmp_path / "g").read_bytes() == data
+
+
+def test_udp_port_zero_sockets_never_share_a_port() -> None:
+    """Each transfer needs a port of its own (its TID): bind(0) must never hand out a port in use.
+    (Linux does exactly that to UDP sockets that all set SO_REUSEADDR.)"""
+    from socklab.core.sockets import open_udp_socket
+
+    socks = [open_udp_socket("127.0.0.1", 0) for _ in range(2000)]
+    try:
+        ports = [s.getsockname()[1] for s in socks]
+        assert len(set(ports)) == len(ports)
+    finally:
+        for s in socks:
+            s.close()
