@@ -131,7 +131,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, senders: int, sample: int,
-             broker: bool, server_pid: int) -> Result:
+             broker: bool, server_pid: int, lazy_read: bool = True) -> Result:
     res = Result(engine, broker, clients, rate, seconds)
     sel = selectors.DefaultSelector()
     socks: list[socket.socket] = []
@@ -141,7 +141,7 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
     for i in range(clients):
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(f"/nick b{i}\n".encode())
+        s.sendall(f"/nick {engine[:3]}{i}\n".encode())  # per engine: a shared broker remembers nicks
         s.setblocking(False)
         socks.append(s)
         bufs[s.fileno()] = bytearray()
@@ -155,8 +155,10 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
                 data = s.recv(262144)
             except BlockingIOError:
                 continue
+            except ConnectionError as exc:
+                raise SystemExit(f"client {key.data} failed during setup: {exc}") from None
             if not data:
-                raise SystemExit(f"client {key.data} closed during setup")
+                raise SystemExit(f"client {key.data} closed during setup: {bytes(bufs[s.fileno()][-200:])!r}")
             b = bufs[s.fileno()]
             b += data
             if b"SYNC #bench" in b:
@@ -178,17 +180,47 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
                 pass
     # 2. measure
     interval = 1.0 / rate
+    for s in socks:  # room for ~50 ms of traffic between lazy reads
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
     cpu0, gen0 = proc_cpu(server_pid), self_cpu()
     start = time.monotonic()
     end = start + seconds
     next_send = start
     sampled = set(range(0, clients, max(1, clients // sample))) if sample else set()
+    # Members not sampled for latency are read lazily - a slice of them per turn, every one about
+    # every 50 ms - so that the generator spends its CPU on the clock, not on 100,000 recv()s a second.
+    lazy = [socks[i] for i in range(clients) if i not in sampled]
+    if lazy_read:
+        for s in lazy:
+            sel.unregister(s)
+    live_lazy = set(lazy)
+    slice_len = max(1, len(lazy) // 10)
+    turn = 0
+    next_lazy = start
     k = 0
     pad = "x" * 40
     while True:
         now = time.monotonic()
         if now >= end:
             break
+        if lazy_read and now >= next_lazy:
+            next_lazy = now + 0.005
+            for s in lazy[turn * slice_len:(turn + 1) * slice_len]:
+                if s not in live_lazy:
+                    continue
+                while True:
+                    try:
+                        data = s.recv(262144)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except ConnectionError:
+                        data = b""
+                    if not data:
+                        live_lazy.discard(s)
+                        res.dropped_clients += 1
+                        break
+                    res.deliveries += data.count(b"MSG #bench")
+            turn = (turn + 1) % 10 if (turn + 1) * slice_len < len(lazy) else 0
         while next_send <= now and next_send < end:
             s = socks[k % senders]
             try:
@@ -198,7 +230,8 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
             k += 1
             res.sent += 1
             next_send += interval
-        for key, _ in sel.select(max(0.0, min(next_send, end) - time.monotonic())):
+        wake = min(next_send, end, next_lazy) if lazy_read else min(next_send, end)
+        for key, _ in sel.select(max(0.0, wake - time.monotonic())):
             s = key.fileobj  # type: ignore[assignment]
             try:
                 data = s.recv(262144)
@@ -245,6 +278,8 @@ def main() -> None:
     ap.add_argument("--store-sync", default="full", choices=("full", "normal", "memory"),
                     help="the node's SQLite synchronous mode (full: fsync per commit; memory: an in-memory "
                          "store, to see the cost of the disk)")
+    ap.add_argument("--eager", action="store_true", help="read every member as soon as it is readable "
+                                                           "(costs the generator one recv per delivery)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -260,7 +295,7 @@ def main() -> None:
                 node, port = start_node(engine, tmp, args.clients, url, args.store_sync)
                 try:
                     res = run_load(port, engine, args.clients, args.rate, args.seconds, min(args.senders, args.clients),
-                                   args.sample, args.redis, node.pid)
+                                   args.sample, args.redis, node.pid, not args.eager)
                 finally:
                     stop(node)
                 rows.append(res.row())
