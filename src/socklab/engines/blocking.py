@@ -344,7 +344,7 @@ class StreamTransport(Transport, Connection, _Writable):
                             return
                         continue
                     self.bytes_in += n
-                    self._defer = not self._wbuf
+                    self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
                     try:
                         if deliver is None:
                             data_received(view[:n].tobytes())
@@ -472,17 +472,15 @@ class StreamTransport(Transport, Connection, _Writable):
 
     # ---- writing ---------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._eof_pending or self._eof_sent or not data:
-            return  # writes after close are dropped, as in asyncio
         if self._defer:
-            # The reading thread's callback: keep one immutable reply for a send without the lock,
-            # so the other connections' threads are not held up by this send() system call.
+            # The reading thread's callback (not closing, no EOF sent, nothing buffered): keep one
+            # immutable reply to send without the lock, so other threads are not held up by it.
             if self._out is None and type(data) is bytes and len(data) <= RECV_SIZE:
                 self._out = data
                 return
             self._undefer()
-            if self._closing:
-                return
+        if self._closing or self._eof_pending or self._eof_sent or not data:
+            return  # writes after close are dropped, as in asyncio
         self._write_now(data)
 
     def _undefer(self) -> None:
@@ -662,6 +660,8 @@ class StreamTransport(Transport, Connection, _Writable):
         self._lost = True
         self._closing = True
         self._hold = True
+        self._defer = False
+        self._out = None
         self.engine._flusher.unwatch(self.fd)
         if self.tracer:
             self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
