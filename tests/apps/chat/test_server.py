@@ -152,6 +152,18 @@ def test_history_survives_restart_and_reconnect_catches_up(tmp_path: Path) -> No
         assert bob.expect("MSG").startswith("MSG #lobby 5 ")
 
 
+def test_max_connections_refuses_with_a_reason(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, max_connections=2) as node, LineClient(node.tcp_port, "a") as a, \
+            LineClient(node.tcp_port, "b"):
+        with socket.create_connection(("127.0.0.1", node.tcp_port), timeout=10) as s:
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        assert data.startswith(b"BYE :server full")
+        a.send("/ping ok")
+        a.expect("PONG")
+
+
 def test_shutdown_says_bye() -> None:
     with chat_node() as node:
         c = LineClient(node.tcp_port, "ann")

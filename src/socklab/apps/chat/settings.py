@@ -28,6 +28,9 @@ class ChatSettings(ServerSettings):
 
     idle_timeout: float = setting(3600.0, "Close a connection silent for this many seconds (0 = never); chat "
                                           "users idle for long, browsers answer pings.")
+    overflow_message: bytes = setting(b"BYE :server full (max_connections reached); try again later\r\n",
+                                      "Sent to a connection refused for max_connections (a protocol line).",
+                                      cli="")
     tcp_port: int = setting(7070, "Port of the line protocol (nc/telnet/programs); 0 lets the kernel choose.")
     http_port: int = setting(7080, "Port of the web page and its WebSocket endpoint; 0 lets the kernel "
                                    "choose, -1 turns the web side off.")
