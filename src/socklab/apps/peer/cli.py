@@ -84,7 +84,35 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
 
 
 def _prompt_loop(node: Any) -> None:
-    """Read the prompt (stdin) on its own thread; every action runs on the engine thread."""
+    """Read the prompt on its own thread; every action runs on the engine thread.
+
+    On a terminal the line being typed stays intact under incoming messages (prompt_toolkit draws
+    them above it); otherwise (a pipe, a test) stdin is read line by line.
+    """
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        session: PromptSession[str] = PromptSession()
+        with patch_stdout(raw=True):
+            while True:
+                try:
+                    line = session.prompt(f"{node.name}> ")
+                except KeyboardInterrupt:  # Ctrl-C at the prompt: the same graceful stop as a signal
+                    os.kill(os.getpid(), signal.SIGINT)
+                    continue
+                except EOFError:  # Ctrl-D
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+                if _handle_line(node, line):
+                    return
+    for raw in sys.stdin:
+        if _handle_line(node, raw.rstrip("\r\n")):
+            return
+
+
+def _handle_line(node: Any, line: str) -> bool:
+    """Act on one typed line; True when the prompt should stop (/quit)."""
     from socklab.core.errors import SocklabError
 
     def guarded(action: Any) -> Any:
@@ -95,34 +123,33 @@ def _prompt_loop(node: Any) -> None:
                 node.log(f"error: {exc}")
         return run
 
-    for raw in sys.stdin:
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            continue
-        word, _, rest = line.partition(" ")
-        if word == "/quit":
-            os.kill(os.getpid(), signal.SIGINT)
-            return
-        if word == "/share":
-            node.submit(guarded(functools.partial(node.share, rest.strip())))
-        elif word == "/fetch":
-            parts = rest.split()
-            if not parts:
-                node.submit(lambda: node.log("usage: /fetch NAME [DIR]"))
-                continue
-            node.submit(guarded(functools.partial(node.fetch, parts[0], _ignore,
-                                                  parts[1] if len(parts) > 1 else None)))
-        elif word in ("/peers", "/status"):
-            def show() -> None:
-                for n in node.status()["neighbours"]:
-                    rtt = "-" if n["rtt_ms"] is None else f"{n['rtt_ms']:.2f} ms"
-                    node.log(f"{n['name']:<16} {n['listen']:<22} {n['direction']:<4} rtt {rtt}")
-            node.submit(show)
-        elif word.startswith("/") and not word.startswith("//"):
-            node.submit(lambda: node.log(PROMPT_HELP))
-        else:
-            text = line[1:] if line.startswith("//") else line
-            node.submit(guarded(functools.partial(node.say, text)))
+    if not line.strip():
+        return False
+    word, _, rest = line.partition(" ")
+    if word == "/quit":
+        os.kill(os.getpid(), signal.SIGINT)
+        return True
+    if word == "/share":
+        node.submit(guarded(functools.partial(node.share, rest.strip())))
+    elif word == "/fetch":
+        parts = rest.split()
+        if not parts:
+            node.submit(lambda: node.log("usage: /fetch NAME [DIR]"))
+            return False
+        node.submit(guarded(functools.partial(node.fetch, parts[0], _ignore,
+                                              parts[1] if len(parts) > 1 else None)))
+    elif word in ("/peers", "/status"):
+        def show() -> None:
+            for n in node.status()["neighbours"]:
+                rtt = "-" if n["rtt_ms"] is None else f"{n['rtt_ms']:.2f} ms"
+                node.log(f"{n['name']:<16} {n['listen']:<22} {n['direction']:<4} rtt {rtt}")
+        node.submit(show)
+    elif word.startswith("/") and not word.startswith("//"):
+        node.submit(lambda: node.log(PROMPT_HELP))
+    else:
+        text = line[1:] if line.startswith("//") else line
+        node.submit(guarded(functools.partial(node.say, text)))
+    return False
 
 
 def _ignore(result: Any) -> None:

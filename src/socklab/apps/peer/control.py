@@ -38,6 +38,8 @@ class ControlProtocol(Protocol):
     def __init__(self, node: PeerNode) -> None:
         self.node = node
         self.lines = LineDecoder(max_line=64 * 1024)
+        self.pending = 0  # fetches whose answer is still owed
+        self.eof = False
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -55,7 +57,10 @@ class ControlProtocol(Protocol):
             self._handle(event.data)
 
     def eof_received(self) -> bool | None:
-        return True  # answers to pending fetches may still be owed; close after the last reply
+        self.eof = True
+        if self.pending:
+            return True  # half-open: the answers to pending fetches are still owed
+        return None
 
     def shutdown_requested(self) -> None:
         self.transport.close()
@@ -82,9 +87,17 @@ class ControlProtocol(Protocol):
                 dest = req.get("dest")
 
                 def done(result: FetchResult) -> None:
+                    self.pending -= 1
                     self._reply(result.as_json())
+                    if self.eof and not self.pending:
+                        self.transport.close()
 
-                node.fetch(str(req.get("file", "")), done, dest_dir=str(dest) if dest else None)
+                self.pending += 1
+                try:
+                    node.fetch(str(req.get("file", "")), done, dest_dir=str(dest) if dest else None)
+                except BaseException:
+                    self.pending -= 1
+                    raise
             else:
                 self._reply({"ok": False, "error": f"unknown command {str(cmd)[:40]!r} "
                                                    "(status, say, share, fetch)"})

@@ -90,7 +90,7 @@ class PeerNode:
         self.settings = settings
         self.id = uuid.uuid4().hex[:16]
         self.name = settings.name
-        self.out = out if out is not None else sys.stdout
+        self._out = out
         self.server = Server(settings, tracer=tracer, label="peer")
         self.engine = self.server.engine
         addr = self.server.listen(lambda: PeerLink(self))
@@ -143,6 +143,11 @@ class PeerNode:
     def _remove_control_socket(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)
+
+    @property
+    def out(self) -> TextIO:
+        """Where lines go: the ``out`` given, else whatever ``sys.stdout`` is now (a prompt may patch it)."""
+        return self._out if self._out is not None else sys.stdout
 
     def log(self, text: str) -> None:
         """One line of node news (links up/down, files) on the output."""
@@ -478,6 +483,8 @@ class PeerNode:
         if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
             raise UsageError(f"refusing the unsafe file name {name!r}")
         dest = Path(dest_dir or self.settings.downloads).expanduser() / name
+        if not dest.parent.is_dir():
+            raise UsageError(f"{dest.parent} is not a directory")
         if dest.exists():
             raise UsageError(f"{dest} already exists")
         holder = offer.holder
@@ -525,8 +532,12 @@ class PeerNode:
             if port is None:
                 finished(FetchResult(offer, error=error or "no answer"))
                 return
-            receive = ReceiveSettings(engine=self.settings.engine, dir=str(dest.parent), overwrite=False,
-                                      idle_timeout=self.settings.transfer_timeout)
+            try:
+                receive = ReceiveSettings(engine=self.settings.engine, dir=str(dest.parent), overwrite=False,
+                                          idle_timeout=self.settings.transfer_timeout)
+            except SocklabError as exc:
+                finished(FetchResult(offer, error=str(exc)))
+                return
             self.engine.connect_stream(Endpoint(endpoint.host, port), lambda: Receiver(receive, landed),
                                        timeout=self.settings.connect_timeout,
                                        on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
