@@ -239,7 +239,7 @@ def test_slowloris_does_not_starve_a_probe(site: Path, concurrent_engine: str) -
 def test_slow_reader_memory_bounded_and_send_timeout(site: Path, concurrent_engine: str) -> None:
     """Clients that stop reading a 3 MiB file: per-connection buffering stays bounded; send_timeout drops them."""
     max_buffer = 64 * 1024
-    with http_server(site, concurrent_engine, send_timeout=1.5, max_buffer=max_buffer) as srv:
+    with http_server(site, concurrent_engine, send_timeout=1.0, max_buffer=max_buffer) as srv:
         clients = []
         for _ in range(8):
             s = socket.socket()
@@ -248,11 +248,11 @@ def test_slow_reader_memory_bounded_and_send_timeout(site: Path, concurrent_engi
             s.connect(("127.0.0.1", srv.port))
             s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
             clients.append(s)
-        time.sleep(0.5)  # let the server fill what it can (nothing to wait for: the clients read nothing)
+        time.sleep(0.3)  # let the server fill what it can (nothing to wait for: the clients read nothing)
         buffered = [c.get_write_buffer_size() for c in list(srv.engine.connections)  # type: ignore[attr-defined]
                     if hasattr(c, "get_write_buffer_size")]
         assert buffered and max(buffered) <= max_buffer + 64 * 1024 + 1, buffered
-        time.sleep(2.5)  # longer than send_timeout: the clients accept nothing meanwhile
+        time.sleep(1.7)  # longer than send_timeout: the clients accept nothing meanwhile
         for s in clients:  # the server gave up on them: what was in flight, then EOF or RST
             got = 0
             try:

@@ -118,6 +118,14 @@ def test_http_client_pipelining_and_http10(site: Path, concurrent_engine: str) -
             while chunk := s.recv(65536):
                 data += chunk
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"0123456789")
+        # HTTP/1.0 asking for keep-alive gets it, and says so
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            for _ in range(2):
+                s.sendall(b"GET /sub/a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                data = b""
+                while not data.endswith(b"0123456789"):
+                    data += s.recv(65536)
+                assert b"connection: keep-alive\r\n" in data
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         for _ in range(20):
             conn.request("GET", "/sub/a.txt")

@@ -395,6 +395,8 @@ class HttpProtocol(Protocol):
             lines.append(b"content-length: %d\r\n" % length)
         if not keep_alive:
             lines.append(b"connection: close\r\n")
+        elif req is not None and req.http_version == "1.0":
+            lines.append(b"connection: keep-alive\r\n")  # an HTTP/1.0 client closes otherwise (RFC 9112 §9.3)
         lines.append(b"\r\n")
         head = b"".join(lines)
         self._keep_alive = keep_alive

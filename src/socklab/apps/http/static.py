@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import html
+import itertools
 import mimetypes
 import os
 import stat
@@ -35,6 +36,7 @@ from socklab.protocols.ranges import Unsatisfiable, parse_range
 
 __all__ = ["StaticFiles"]
 
+LISTING_MAX = 10_000  # entries shown in one directory listing (the page is built in memory)
 SMALL_FILE = 16 * 1024  # files up to this size are read at once (one write with the head)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
@@ -177,7 +179,9 @@ class StaticFiles:
     def _listing(self, req: Request, dir_fd: int) -> Response:
         rows = []
         with os.scandir(os.dup(dir_fd)) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(itertools.islice(it, LISTING_MAX + 1), key=lambda e: e.name)
+        truncated = len(entries) > LISTING_MAX
+        del entries[LISTING_MAX:]
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -190,11 +194,13 @@ class StaticFiles:
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(st.st_mtime))
             rows.append(f'<tr><td><a href="{html.escape(href)}">{html.escape(name)}</a></td>'
                         f"<td>{size}</td><td>{when}</td></tr>")
+        note = f"<p>(listing truncated at {LISTING_MAX} entries)</p>" if truncated else ""
         title = html.escape(req.path)
         up = '<tr><td><a href="../">../</a></td><td></td><td></td></tr>' if req.segments else ""
         page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n"
                 f"<body><h1>Index of {title}</h1>\n<table><tr><th>Name</th><th>Size</th><th>Modified (UTC)</th>"
-                f"</tr>\n{up}{''.join(rows)}</table></body></html>\n")
+                f"</tr>\n{up}{''.join(rows)}</table>"
+                f"{note}</body></html>\n")
         return Response(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))
 
     def _file(self, req: Request, f: IO[bytes], st: os.stat_result, name: str) -> Response:
