@@ -307,3 +307,25 @@ def test_pipelined_request_after_shutdown_gets_connection_close(site: Path) -> N
         srv_box.append(srv)
         out, closed = raw_exchange(srv.port, b"GET /trigger HTTP/1.1\r\nHost: a\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200") and b"connection: close" in out and closed
+
+
+def test_cap_plus_many_refused_fast_accepted_unaffected(site: Path, concurrent_engine: str) -> None:
+    """20 connections at the cap, 100 more: each excess one gets a complete 503; the 20 keep being served."""
+    cap = 20
+    with http_server(site, concurrent_engine, max_connections=cap, workers=cap + 4) as srv:
+        held = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(cap)]
+        try:
+            for s in held:
+                s.sendall(b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert s.recv(65536).endswith(b"0123456789")
+            refused = 0
+            for _ in range(100):
+                out, closed = raw_exchange(srv.port, b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+                refused += out.startswith(b"HTTP/1.1 503") and closed
+            assert refused == 100
+            for s in held:  # the accepted clients are unaffected
+                s.sendall(b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert s.recv(65536).endswith(b"0123456789")
+        finally:
+            for s in held:
+                s.close()
