@@ -215,3 +215,33 @@ def test_udp_port_zero_sockets_never_share_a_port() -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_cli_serve_get_put(tmp_path: Path, spawn: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(20_000)
+    (root / "f.bin").write_bytes(data)
+    (tmp_path / "up.bin").write_bytes(data[::-1])
+    srv = spawn("tftp", "serve", "--root", str(root), "--port", "0", "--create")
+    port = srv.wait_for(r"socklab tftp listening on udp://127\.0\.0\.1:(\d+) \(engine epoll\)").group(1)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "socklab", "tftp", *args], capture_output=True,
+                              timeout=30, check=False, cwd=tmp_path)
+
+    r = cli("get", f"127.0.0.1:{port}", "f.bin", "-o", "got.bin", "--windowsize", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["bytes"] == len(data) and summary["windowsize"] == 8 and summary["tsize"] == len(data)
+    assert (tmp_path / "got.bin").read_bytes() == data
+    r = cli("put", f"127.0.0.1:{port}", "up.bin", "--blksize", "1428", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (root / "up.bin").read_bytes() == data[::-1]
+    r = cli("get", f"127.0.0.1:{port}", "../etc/passwd", "-o", "x")
+    assert r.returncode == 1 and b"access violation" in r.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
