@@ -92,3 +92,15 @@ def test_prompt_is_not_broken_by_incoming_messages(tmux: Tmux, tmp_path: Path) -
         tmux.run("send-keys", "-t", "chat", "-l", "/quit")
         tmux.run("send-keys", "-t", "chat", "Enter")
         bob2.expect("PART #lobby ann")
+
+
+def test_plain_mode_for_scripts() -> None:
+    with chat_node() as node, LineClient(node.tcp_port, "bob") as bob:
+        out = subprocess.run([sys.executable, "-m", "socklab", "chat", "connect", f"127.0.0.1:{node.tcp_port}",
+                              "--nick", "scripted", "--plain"], input=b"hello from a script\n/who\n",
+                             capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert bob.expect("MSG").endswith("scripted say :hello from a script")
+        text = out.stdout.decode()
+        assert "-- in #lobby: bob, scripted" in text
+        bob.expect("PART #lobby scripted")

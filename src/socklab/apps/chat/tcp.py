@@ -25,7 +25,7 @@ from socklab.protocols.chat import Bye, ChatConnection, Command, EndOfInput, Err
 
 __all__ = ["ChatLineProtocol"]
 
-CLOSE_GRACE = 5.0  # seconds a closing connection gets to flush its BYE before it is aborted
+CLOSE_GRACE = 10.0  # seconds a closing connection gets to flush its BYE before it is aborted
 
 
 class ChatLineProtocol(Protocol, Member):
