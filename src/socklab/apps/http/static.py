@@ -137,7 +137,7 @@ class StaticFiles:
     def serve(self, req: Request, prefix: tuple[str, ...] = ()) -> Response:
         """The response for ``req`` (a GET or HEAD whose path starts with ``prefix``)."""
         rel = req.segments[len(prefix):]
-        path = os.path.join(self.root, *rel)
+        path = self.root + "/" + "/".join(rel) if rel else self.root
         fd = self._open(path)
         if fd is None:
             return Response.text(404, "404 Not Found\n")
@@ -153,9 +153,8 @@ class StaticFiles:
                 return self._directory(req, fd, path)
             if not stat.S_ISREG(st.st_mode):
                 return Response.text(404, "404 Not Found\n")
-            f = os.fdopen(fd, "rb", buffering=0)
-            fd = -1
-            return self._file(req, f, st, rel[-1] if rel else "")
+            owned, fd = fd, -1
+            return self._file(req, owned, st, rel[-1] if rel else "")
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -170,7 +169,7 @@ class StaticFiles:
             if self._inside(fd, index_path):
                 st = os.fstat(fd)
                 if stat.S_ISREG(st.st_mode):
-                    return self._file(req, os.fdopen(fd, "rb", buffering=0), st, "index.html")
+                    return self._file(req, fd, st, "index.html")
             os.close(fd)
         if not self.listing:
             return Response.text(403, "403 Forbidden: directory listing is off\n")
@@ -203,51 +202,60 @@ class StaticFiles:
                 f"{note}</body></html>\n")
         return Response(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))
 
-    def _file(self, req: Request, f: IO[bytes], st: os.stat_result, name: str) -> Response:
+    def _file(self, req: Request, fd: int, st: os.stat_result, name: str) -> Response:
+        """The response for the regular file open on ``fd`` (this method owns ``fd`` from here)."""
         etag = _etag(st)
         mtime = int(st.st_mtime)
         size = st.st_size
         headers = [("content-type", _mime(name)), ("etag", etag), ("last-modified", _http_date(mtime)),
                    ("accept-ranges", "bytes")]
-        # RFC 9110 §13.2.2: the order in which preconditions are evaluated.
-        if_match = req.header("if-match")
-        if if_match is not None:
-            tags = _etag_list(if_match)
-            if "*" not in tags and etag not in tags:  # strong comparison
-                f.close()
-                return Response(412, headers[1:3], b"")
-        else:
-            ius = _parse_date(req.header("if-unmodified-since"))
-            if ius is not None and mtime > ius:
-                f.close()
-                return Response(412, headers[1:3], b"")
-        inm = req.header("if-none-match")
-        if inm is not None:
-            if _weak_match(_etag_list(inm), etag):
-                f.close()
-                return Response(304, headers[1:3], b"")
-        else:
-            ims = _parse_date(req.header("if-modified-since"))
-            if ims is not None and mtime <= ims:
-                f.close()
-                return Response(304, headers[1:3], b"")
+        if req.header("if-match") or req.header("if-none-match") or req.header("if-modified-since") or \
+                req.header("if-unmodified-since"):
+            status = self._preconditions(req, etag, mtime)
+            if status is not None:
+                os.close(fd)
+                return Response(status, headers[1:3], b"")
         range_header = req.header("range")
         if range_header is not None and self._if_range_ok(req.header("if-range"), etag, mtime):
             try:
                 spans = parse_range(range_header, size)
             except Unsatisfiable:
-                f.close()
+                os.close(fd)
                 return Response(416, [("content-range", f"bytes */{size}"), ("content-type", "text/plain")],
                                  b"416 Range Not Satisfiable\n")
             if spans is not None:
-                return self._partial(f, spans, size, headers)
+                return self._partial(os.fdopen(fd, "rb", buffering=0), spans, size, headers)
         if size <= SMALL_FILE and req.method != "HEAD":
-            data = os.pread(f.fileno(), size, 0)  # small: read now, sent with the head in one write
-            f.close()
+            try:
+                data = os.pread(fd, size, 0)  # small: read now, sent with the head in one write
+            finally:
+                os.close(fd)
             if len(data) == size:
                 return Response(200, headers, data)
             return Response.text(500, "500 Internal Server Error: the file changed while being read\n")
-        return Response(200, headers, FileSpan(f, 0, size))
+        return Response(200, headers, FileSpan(os.fdopen(fd, "rb", buffering=0), 0, size))
+
+    @staticmethod
+    def _preconditions(req: Request, etag: str, mtime: int) -> int | None:
+        """RFC 9110 §13.2.2: evaluate the preconditions in order; 412 or 304, or None to go on."""
+        if_match = req.header("if-match")
+        if if_match is not None:
+            tags = _etag_list(if_match)
+            if "*" not in tags and etag not in tags:  # strong comparison
+                return 412
+        else:
+            ius = _parse_date(req.header("if-unmodified-since"))
+            if ius is not None and mtime > ius:
+                return 412
+        inm = req.header("if-none-match")
+        if inm is not None:
+            if _weak_match(_etag_list(inm), etag):
+                return 304
+        else:
+            ims = _parse_date(req.header("if-modified-since"))
+            if ims is not None and mtime <= ims:
+                return 304
+        return None
 
     @staticmethod
     def _if_range_ok(value: str | None, etag: str, mtime: int) -> bool:
