@@ -37,6 +37,7 @@ class TftpClientOptions:
     send_timeout_option: bool = False  # ask the server to use our timeout (RFC 2349; whole seconds)
 
     def request_options(self, size: int | None) -> dict[str, str]:
+        """The RFC 2347 options of the request (``size``: the upload's tsize, RFC 2349)."""
         opts: dict[str, str] = {}
         if self.blksize is not None:
             opts["blksize"] = str(self.blksize)
@@ -64,6 +65,7 @@ class TftpResult:
 
     @property
     def rate(self) -> float:
+        """Bytes per second."""
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -143,6 +145,16 @@ def tftp_get(host: str, port: int, remote: str, out: IO[bytes], options: TftpCli
              progress: Callable[[int, int | None], None] | None = None) -> TftpResult:
     """Download ``remote`` into the binary file ``out``.
 
+    Args:
+        host, port: the server's request port (69 unless told otherwise).
+        remote: the file's name on the server.
+        out: where the bytes go (netascii is converted back to local line ends).
+        options: what to ask for (blksize, windowsize, timeout...).
+        progress: called with (bytes so far, tsize or None) after each datagram.
+
+    Returns:
+        A :class:`TftpResult` (bytes, seconds, negotiated options, retransmissions).
+
     Raises:
         RemoteProtocolError: the server answered with ERROR (hint: its code) or broke the protocol.
         NetworkError: no answer after ``max_retries`` timeouts, or a socket error.
@@ -165,6 +177,9 @@ def tftp_get(host: str, port: int, remote: str, out: IO[bytes], options: TftpCli
 def tftp_put(host: str, port: int, remote: str, src: IO[bytes], options: TftpClientOptions | None = None,
              progress: Callable[[int, int | None], None] | None = None) -> TftpResult:
     """Upload the binary file ``src`` as ``remote``.
+
+    Returns:
+        A :class:`TftpResult`.
 
     Raises:
         RemoteProtocolError, NetworkError: as for :func:`tftp_get`.

@@ -135,6 +135,7 @@ class TransferDriver:
         self._closed = False
 
     def handle(self, out: list[tuple[bytes, Any]]) -> None:
+        """Send the machine's output, then finish, dally or (re)arm the timer as its state says."""
         for data, addr in out:
             self._sendto(data, addr)
         m = self.machine
@@ -167,6 +168,7 @@ class TransferDriver:
             self.handle(self.machine.timer_expired())
 
     def datagram(self, data: bytes, addr: Any) -> None:
+        """One datagram for this transfer."""
         if not self._closed:
             self.handle(self.machine.datagram_received(data, addr))
 
@@ -184,6 +186,7 @@ class TransferDriver:
                 self._finish(False)
 
     def close(self) -> None:
+        """The transfer is over (idempotent): cancel the timer, tell the owner."""
         if self._closed:
             return
         self._closed = True

@@ -22,7 +22,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ class SendItem:
 
 @dataclass
 class SendReport:
+    """What happened to one entry: ``sent`` bytes went out, starting at ``offset`` (a resume)."""
+
     name: str
     ok: bool
     bytes: int = 0
@@ -304,6 +305,3 @@ class SendSession:
         assert isinstance(result, tp.Result)
         return SendReport(entry.name, result.ok, total, total, 0, result.error, result.code)
 
-
-def elapsed_since(start: float) -> float:
-    return max(time.monotonic() - start, 1e-9)
