@@ -136,7 +136,12 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         elif self.tracer:
             self.tracer.emit("connect", fd=self._fdno, peer=self._peer, level="transport",
                              detail="connection_made (connected)")
-        app = self._factory()
+        try:
+            app = self._factory()
+        except Exception as exc:  # a bug in the app's factory: refuse this one, serve the others
+            engine.report_error(exc, "the protocol factory")
+            t.abort()
+            return
         self.protocol = app
         self._bind(t, app)
         t.set_write_buffer_limits(high=engine.settings.max_buffer)
