@@ -349,3 +349,15 @@ def test_a_protocol_bug_closes_one_connection_not_the_server(engine: str, caplog
             good.sendall(b"fine")
             assert good.recv(10) == b"fine"
     assert any("a bug in the protocol" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_close_notify_reaches_the_protocol_as_eof(engine: str, tls_files: dict[str, str]) -> None:
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+    with running_server(EchoProtocol, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        c = ctx.wrap_socket(raw, server_hostname="localhost")
+        c.sendall(b"bye")
+        assert c.recv(10) == b"bye"
+        plain = c.unwrap()  # sends close_notify and waits for the server's: the server saw EOF and closed
+        assert plain.recv(10) == b""
+        plain.close()

@@ -51,6 +51,7 @@ class TLSProtocol(Protocol, Transport):
         self._app_started = False
         self._closing = False
         self._lost = False
+        self._eof_delivered = False
 
     # ---- Protocol side (ciphertext from the engine) ----------------------------------------------
     def connection_made(self, transport: Transport) -> None:
@@ -70,9 +71,14 @@ class TLSProtocol(Protocol, Transport):
             self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"))
             return None
         self._read_plaintext()
-        if self._app_started and not self._lost:
-            return self.app.eof_received()
-        return None
+        return self._deliver_eof()
+
+    def _deliver_eof(self) -> bool | None:
+        """The app hears about the end of the peer's stream once: close_notify or the TCP FIN."""
+        if self._eof_delivered or not self._app_started or self._lost:
+            return True if self._eof_delivered else None
+        self._eof_delivered = True
+        return self.app.eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
@@ -119,13 +125,16 @@ class TLSProtocol(Protocol, Transport):
                 chunk = self._ssl.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the peer sent close_notify
-                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a TCP FIN without one
+                chunk = b""
             except ssl.SSLError as exc:
                 self._fail(RemoteProtocolError(f"TLS error: {getattr(exc, 'reason', None) or exc}"))
                 return
-            if not chunk:
-                break
+            if not chunk:  # the peer sent close_notify (read() returns b""): its stream ended
+                self._flush()
+                if not self._eof_delivered and not self._deliver_eof():
+                    self.close()
+                return
             self.app.data_received(chunk)
         self._flush()
 
