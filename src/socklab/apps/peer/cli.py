@@ -81,6 +81,9 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
               file=sys.stderr, flush=True)
 
     node.server.serve_forever(on_signal=told)
+    # Server.on_stop callbacks may still be running on the shutdown thread when serve_forever
+    # returns (a daemon thread, cut short at exit): remove the socket file here as well.
+    node.remove_control_socket()
 
 
 def _prompt_loop(node: Any) -> None:

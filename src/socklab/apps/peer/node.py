@@ -100,7 +100,7 @@ class PeerNode:
         from socklab.apps.peer.control import ControlProtocol
 
         self.server.listen(lambda: ControlProtocol(self), unix=self.control_path)
-        self.server.on_stop(self._remove_control_socket)
+        self.server.on_stop(self.remove_control_socket)
         self.links: dict[str, PeerLink] = {}  # node id -> the link to that neighbour
         self.pending: set[PeerLink] = set()  # connections whose HELLO has not arrived
         self.known: dict[str, g.Member] = {}
@@ -140,7 +140,8 @@ class PeerNode:
         """Run ``callback`` on the engine thread (from any thread)."""
         self.server.call_soon_threadsafe(callback)
 
-    def _remove_control_socket(self) -> None:
+    def remove_control_socket(self) -> None:
+        """Remove the control socket's file (idempotent; runs when the server stops)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.control_path)
 
