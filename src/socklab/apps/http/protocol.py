@@ -304,7 +304,8 @@ class HttpProtocol(Protocol):
         self.state = _RESPOND
         self.requests += 1
         head = done.head
-        line = f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} HTTP/{head.http_version.decode()}"
+        line = (f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} HTTP/{head.http_version.decode()}"
+                if self.access_log is not None else "")  # the request line is only for the log
         try:
             tp = parse_target(head.target, head.method)
         except RemoteProtocolError as exc:

@@ -182,7 +182,7 @@ class Router:
                 print(f"socklab http: handler for {request.method} {request.path} failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
                 return Response.text(500, "500 Internal Server Error\n")
-        allowed = sorted({m for (m, p) in self.routes if p == request.path})
+        allowed = sorted({m for (m, p) in self.routes if p == request.path}) if self.routes else []
         if allowed:  # the path is a route, not this method (RFC 9110 §15.5.6)
             if "GET" in allowed:
                 allowed.append("HEAD")
