@@ -349,3 +349,112 @@ def test_timers_run_in_order_under_the_engine_lock(name: str) -> None:
     finally:
         engine.close()
     assert ran == [("first", True), ("second", True), ("last", True)]
+
+
+# ---- writes from other threads keep each stream's order ------------------------------------------
+class _Broadcast(Protocol):
+    """Every complete line from any client is written to every client (a tiny chat hub)."""
+
+    members: list[Transport]
+    expected: int
+    joined: threading.Event
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.members.append(transport)
+        self.pending = b""
+        if len(self.members) == self.expected:
+            self.joined.set()
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        for line in lines:
+            for member in self.members:
+                member.write(line + b"\n")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.members.remove(self.transport)
+
+
+@pytest.mark.parametrize("name", ["threads", "pool"])
+@pytest.mark.parametrize("max_buffer", [256 * 1024, 2048], ids=["big-buffer", "tiny-buffer"])
+def test_broadcast_from_many_threads_keeps_every_stream_in_order(name: str, max_buffer: int) -> None:
+    clients, lines = 6, 300
+    members: list[Transport] = []
+    joined = threading.Event()
+    factory = type("Hub", (_Broadcast,), {"members": members, "expected": clients, "joined": joined})
+    with running_server(factory, name, max_buffer=max_buffer, workers=clients) as srv:
+        socks = [connect(srv) for _ in range(clients)]
+        assert joined.wait(10)
+
+        def talk(i: int) -> None:
+            for j in range(lines):
+                socks[i].sendall(b"%d %d\n" % (i, j))
+
+        talkers = [threading.Thread(target=talk, args=(i,)) for i in range(clients)]
+        for t in talkers:
+            t.start()
+        for s in socks:
+            want = sum(len(b"%d %d\n" % (i, j)) for i in range(clients) for j in range(lines))
+            got = recv_exactly(s, want).split(b"\n")[:-1]
+            for i in range(clients):
+                assert [line for line in got if line.startswith(b"%d " % i)] == \
+                    [b"%d %d" % (i, j) for j in range(lines)]
+        for t in talkers:
+            t.join(10)
+        for s in socks:
+            s.close()
+
+
+# ---- the reply sent without the lock: what other threads do meanwhile stays in order -------------
+@pytest.mark.parametrize("partial", [False, True], ids=["whole-send", "partial-send"])
+@pytest.mark.parametrize("meanwhile", ["write", "write_eof", "close"])
+def test_output_queued_during_the_unlocked_reply_keeps_its_order(
+        monkeypatch: pytest.MonkeyPatch, partial: bool, meanwhile: str) -> None:
+    in_send, release = threading.Event(), threading.Event()
+    real_send = socket.socket.send
+
+    def send(self: socket.socket, data: Any, flags: int = 0) -> int:
+        if bytes(data) == b"reply-1":  # the reading thread's reply, sent without the engine lock
+            in_send.set()
+            assert release.wait(10)
+            if partial:
+                return real_send(self, bytes(data)[:3], flags)
+        return real_send(self, data, flags)
+
+    monkeypatch.setattr(socket.socket, "send", send)
+    transports: list[Transport] = []
+
+    class Replier(Protocol):
+        def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+            self.transport = transport
+            transports.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(b"reply-1")
+
+        def eof_received(self) -> bool:
+            return True
+
+    with running_server(Replier, "threads") as srv, connect(srv) as c:
+        c.sendall(b"go")
+        assert in_send.wait(10)
+        done = threading.Event()
+
+        def other_thread() -> None:  # runs on the timer thread while the reply is in flight
+            t = transports[0]
+            if meanwhile == "write":
+                t.write(b"other-2")
+            elif meanwhile == "write_eof":
+                t.write_eof()
+            else:
+                t.close()
+            done.set()
+
+        srv.call_soon_threadsafe(other_thread)
+        assert done.wait(10)
+        release.set()
+        expected = b"reply-1other-2" if meanwhile == "write" else b"reply-1"
+        assert recv_exactly(c, len(expected)) == expected
+        if meanwhile != "write":
+            assert c.recv(10) == b""  # the FIN comes after the reply, never before
