@@ -46,7 +46,9 @@ def test_a_triangle_delivers_once_and_counts_the_duplicates(tmp_path: Path) -> N
         for n in (a, b, c):
             mids = collections.Counter(r["mid"] for r in status(n)["recent"])
             assert set(mids.values()) == {1}
-        until(lambda: sum(status(n)["messages"]["duplicates"] for n in (a, b, c)) == 6,
+        # each message comes back to both other nodes once more (a late duplicate link's catch-up
+        # may add more): all of them dropped
+        until(lambda: sum(status(n)["messages"]["duplicates"] for n in (a, b, c)) >= 6,
               what="each message arriving twice more (once at each other node), dropped")
 
 
