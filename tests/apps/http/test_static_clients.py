@@ -132,3 +132,14 @@ def test_http_client_pipelining_and_http10(site: Path, concurrent_engine: str) -
             resp = conn.getresponse()
             assert resp.read() == b"0123456789"
         conn.close()
+
+
+def test_every_engine_serves_files(site: Path, engine: str) -> None:
+    """Including iterative (one client at a time: requests with Connection: close take turns)."""
+    with http_server(site, engine) as srv:
+        for path, expected in (("/sub/a.txt", b"0123456789"), ("/big.bin", (site / "big.bin").read_bytes())):
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn.request("GET", path, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == expected
+            conn.close()
