@@ -103,4 +103,5 @@ def test_plain_mode_for_scripts() -> None:
         assert bob.expect("MSG").endswith("scripted say :hello from a script")
         text = out.stdout.decode()
         assert "-- in #lobby: bob, scripted" in text
-        bob.expect("PART #lobby scripted")
+        if not any(line.startswith("PART #lobby scripted") for line in bob.seen):  # it may precede the MSG,
+            bob.expect("PART #lobby scripted")  # which is delivered once stored
