@@ -1,0 +1,765 @@
+"""The moving parts under the blocking engines: connection transports, the timer and flusher threads.
+
+Why this exists: :mod:`socklab.engines.blocking` reads as the three engines (accept, then serve
+one client / a thread per client / a pool); this module holds what they share underneath:
+
+- :class:`StreamTransport`: one connected blocking socket read by one thread (``recv_into`` a
+  reused 64 KiB buffer, then the protocol's callback under ``engine.lock``); ``write`` never
+  blocks (``send(MSG_DONTWAIT)``, the leftover buffered for the flusher); only the reading thread
+  closes the socket - other threads wake it with ``shutdown(SHUT_RD)``.
+- :class:`DatagramEndpoint`: a UDP socket read by its own thread, sending inline.
+- :class:`Clock`: one thread running ``call_later``/``call_soon_threadsafe`` callbacks under the
+  engine lock (a heap and a condition variable; no polling).
+- :class:`Flusher`: one thread finishing partial sends for every connection (epoll for
+  writability), so a client that does not read never blocks the thread holding the lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import itertools
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from socklab.core.errors import translate_oserror
+from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
+from socklab.core.transport import DatagramTransport, Transport
+from socklab.engines.base import Connection
+
+if TYPE_CHECKING:
+    from socklab.engines.blocking import BlockingEngine
+
+__all__ = ["RECV_SIZE", "Clock", "DatagramEndpoint", "Flusher", "StreamTransport"]
+
+RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see PERF_NOTES)
+JOIN_TIMEOUT = 5.0  # seconds close() waits for the engine's threads
+_DONTWAIT = socket.MSG_DONTWAIT
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+# ---- the timer thread ----------------------------------------------------------------------------
+class _Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """One thread running due callbacks under the engine lock; waits on a condition, never polls."""
+
+    def __init__(self, engine: BlockingEngine) -> None:
+        self.engine = engine
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def schedule(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+        with self._cond:
+            if self._closed:
+                timer.cancelled = True
+                return timer
+            heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"{self.engine.name}-timers", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is timer:
+                self._cond.notify()
+        return timer
+
+    def _run(self) -> None:
+        heap, cond, engine = self._heap, self._cond, self.engine
+        while True:
+            with cond:
+                while True:
+                    if self._closed:
+                        return
+                    if not heap:
+                        cond.wait()
+                        continue
+                    delay = heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        break
+                    cond.wait(delay)
+                now = time.monotonic()
+                due = []
+                while heap and heap[0][0] <= now:
+                    due.append(heapq.heappop(heap)[2])
+            with engine.lock:
+                for timer in due:
+                    if timer.cancelled:
+                        continue
+                    try:
+                        timer.callback()
+                    except Exception as exc:
+                        engine.report_error(exc, f"timer callback {timer.callback!r}")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
+
+
+# ---- the flusher thread --------------------------------------------------------------------------
+class _Writable:
+    """What the flusher drives: something with buffered output and an ``_on_writable`` method."""
+
+    def _on_writable(self) -> None:
+        raise NotImplementedError
+
+
+class Flusher:
+    """One thread that finishes partial sends for every connection of the engine.
+
+    ``watch``/``unwatch`` run under the engine lock on any thread (epoll_ctl is thread-safe and
+    takes effect during a wait); the thread waits in ``epoll_wait`` and sends under the lock.
+    """
+
+    def __init__(self, engine: BlockingEngine) -> None:
+        self.engine = engine
+        self._ep: select.epoll | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._watched: dict[int, _Writable] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, fd: int, target: _Writable) -> None:
+        """Call ``target._on_writable()`` (under the lock) while ``fd`` is writable. Hold the lock."""
+        if self._closed:
+            return
+        if self._ep is None:
+            self._ep = select.epoll()
+            self._wake = socket.socketpair()
+            self._ep.register(self._wake[0].fileno(), select.EPOLLIN)
+            self._thread = threading.Thread(target=self._run, name=f"{self.engine.name}-flusher", daemon=True)
+            self._thread.start()
+        if fd in self._watched:
+            self._watched[fd] = target
+            return
+        self._watched[fd] = target
+        self._ep.register(fd, select.EPOLLOUT)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed). Hold the lock."""
+        if self._watched.pop(fd, None) is not None and self._ep is not None:
+            with contextlib.suppress(OSError):
+                self._ep.unregister(fd)
+
+    def _run(self) -> None:
+        assert self._ep is not None
+        poll, lock, watched = self._ep.poll, self.engine.lock, self._watched
+        while True:
+            try:
+                events = poll()
+            except InterruptedError:
+                continue
+            with lock:
+                if self._closed:
+                    return
+                for fd, _ in events:
+                    target = watched.get(fd)
+                    if target is not None:
+                        target._on_writable()
+
+    def close(self) -> None:
+        with self.engine.lock:
+            self._closed = True
+            if self._wake is not None:
+                with contextlib.suppress(OSError):
+                    self._wake[1].send(b"\0")
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(JOIN_TIMEOUT)
+        with self.engine.lock:
+            if self._ep is not None:
+                self._ep.close()
+            if self._wake is not None:
+                self._wake[0].close()
+                self._wake[1].close()
+            self._watched.clear()
+
+
+# ---- stream connections --------------------------------------------------------------------------
+class StreamTransport(Transport, Connection, _Writable):
+    """One connected blocking socket, read by one thread; see the module docstring.
+
+    Every method except :meth:`read_loop` runs with ``engine.lock`` held (protocol callbacks,
+    timers and the flusher all hold it), so protocols need no locks.
+    """
+
+    protocol: Protocol
+
+    def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self.peer = peer
+        self.tracer = engine.tracer
+        self.last_activity = time.monotonic()  # refreshed by the idle sweep from bytes_in
+        self._seen_in = 0
+        self._reader = threading.get_ident()  # the thread that reads - and alone closes - the socket
+        self._cond = threading.Condition(engine.lock)
+        self._waiting = False  # the reading thread waits on _cond (not in recv())
+        self._defer = False  # inside the reading thread's data_received: the first write may wait
+        self._out: bytes | None = None  # ... here, to be sent once the lock is released
+        self._sending = False  # the reading thread is sending ``_out`` without the lock
+        self._wbuf = bytearray()
+        self._hold = False  # True when any of the flags below may stop reading (re-checked slowly)
+        self._closing = False
+        self._lost = False
+        self._released = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._eof_received = False
+        self._app_paused = False
+        self._backpressure = False
+        self._protocol_paused = False
+        self._high = engine.settings.max_buffer
+        self._low = self._high // 4
+        self._buffered = isinstance(protocol, BufferedProtocol)
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- reading (the connection's own thread) ---------------------------------------------------
+    def read_loop(self) -> None:
+        """Receive until the connection ends, then close the socket. Runs on the reading thread.
+
+        The hot path, per message: ``recv_into`` (no lock) -> lock -> ``data_received`` (its
+        first write is kept) -> unlock -> ``send`` of that reply (no lock).
+        """
+        lock = self.engine.lock
+        buf = bytearray(RECV_SIZE)
+        view = memoryview(buf)
+        recv_into, send = self.sock.recv_into, self.sock.send
+        tracer = self.tracer
+        deliver = self._feed_buffered if self._buffered else None
+        data_received = self.protocol.data_received
+        try:
+            with lock:
+                if self._hold and not self._wait_readable():
+                    return
+            while True:
+                try:
+                    n = recv_into(buf)
+                except OSError as exc:
+                    with lock:
+                        if not self._hold or self._wait_readable():
+                            self._fatal(exc, "receiving")
+                        return
+                with lock:
+                    if self._hold and not self._wait_readable():
+                        return
+                    if tracer:
+                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
+                    if not n:
+                        self._on_eof()
+                        if self._hold and not self._wait_readable():
+                            return
+                        continue
+                    self.bytes_in += n
+                    self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
+                    try:
+                        if deliver is None:
+                            data_received(view[:n].tobytes())
+                        else:
+                            deliver(view, n)
+                    except Exception as exc:
+                        self._defer = False
+                        self._out = None
+                        self._bug(exc, "data_received")
+                        return
+                    self._defer = False
+                    out = self._out
+                    if out is not None:
+                        self._out = None
+                        if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
+                            self._write_now(out)
+                            out = None
+                        else:
+                            self._sending = True
+                    elif self._hold and not self._wait_readable():
+                        return
+                if out is None:
+                    continue
+                # Send the reply without the lock (other connections' threads go on meanwhile).
+                try:
+                    sent = send(out, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    with lock:
+                        self._sending = False
+                        self._fatal(exc, "sending")
+                    return
+                if tracer:
+                    tracer.emit("send", self.sock, peer=self.peer, nbytes=sent, requested=len(out))
+                self.bytes_out += sent
+                if sent == len(out):
+                    self._sending = False
+                    if not (self._wbuf or self._eof_pending):
+                        continue  # the common case: all sent, nothing else queued meanwhile
+                with lock:
+                    self._sending = False
+                    if sent < len(out) and not self._lost:
+                        self._wbuf[:0] = memoryview(out)[sent:]  # the leftover goes first
+                    self._resume_output()
+                    if self._hold and not self._wait_readable():
+                        return
+        finally:
+            with lock:
+                if not self._lost:  # only on a bug in this module: never leave a connection behind
+                    self.abort_with(None)
+                self._release()
+
+    def _resume_output(self) -> None:
+        """After the reading thread's own send: hand what others queued to the flusher (lock held)."""
+        if self._lost or self._sending:
+            return
+        if self._wbuf:
+            self.engine._flusher.watch(self.fd, self)
+            self._check_high_water()
+        elif self._eof_pending:
+            self._shutdown_write()
+        elif self._closing:
+            self._wake_reader()
+
+    def _feed_buffered(self, view: memoryview, n: int) -> None:
+        protocol: Any = self.protocol
+        off = 0
+        while off < n and not self._lost:
+            target = protocol.get_buffer(n - off)
+            m = min(len(target), n - off)
+            target[:m] = view[off:off + m]
+            protocol.buffer_updated(m)
+            off += m
+
+    def _wait_readable(self) -> bool:
+        """With the lock held: wait until reading may go on; False when the connection is over."""
+        while True:
+            if self._lost:
+                return False
+            if self._closing:
+                if not self._wbuf:
+                    self._finalize(None)  # close() was called: nothing left to flush
+                    return False
+            elif not (self._eof_received or self._app_paused or self._backpressure):
+                self._hold = False
+                return True
+            self._waiting = True
+            try:
+                self._cond.wait()
+            finally:
+                self._waiting = False
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._hold = True
+        try:
+            keep_open = self.protocol.eof_received()
+        except Exception as exc:
+            self._bug(exc, "eof_received")
+            return
+        if self._eof_sent or not keep_open:
+            self.close()
+
+    def _release(self) -> None:
+        """Close the descriptor; only the reading thread does it, once nothing else uses it."""
+        if not self._released:
+            self._released = True
+            self.engine._flusher.unwatch(self.fd)
+            self.sock.close()
+
+    def _wake_reader(self) -> None:
+        """Wake the reading thread from ``recv()`` (shutdown SHUT_RD) or from its condition wait."""
+        if threading.get_ident() == self._reader:
+            return
+        if self._waiting:
+            self._cond.notify()
+            return
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+            if self.tracer:
+                self.tracer.emit("shutdown", self.sock, peer=self.peer,
+                                 detail="SHUT_RD: wakes the thread blocked in recv() on this socket")
+        self._cond.notify()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._defer:
+            # The reading thread's callback (not closing, no EOF sent, nothing buffered): keep one
+            # immutable reply to send without the lock, so other threads are not held up by it.
+            if self._out is None and type(data) is bytes and len(data) <= RECV_SIZE:
+                self._out = data
+                return
+            self._undefer()
+        if self._closing or self._eof_pending or self._eof_sent or not data:
+            return  # writes after close are dropped, as in asyncio
+        self._write_now(data)
+
+    def _undefer(self) -> None:
+        """Send the kept reply now, in order, before anything else is done to the connection."""
+        self._defer = False
+        out = self._out
+        if out is not None:
+            self._out = None
+            self._write_now(out)
+
+    def _write_now(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._wbuf and not self._sending:
+            try:
+                n = self.sock.send(data, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fatal(exc, "sending")
+                return
+            if self.tracer:
+                self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(data))
+            self.bytes_out += n
+            if n == len(data):
+                return
+            self._wbuf += memoryview(data)[n:]
+            self.engine._flusher.watch(self.fd, self)
+        else:
+            self._wbuf += data
+            if self._sending:  # the reading thread is mid-send: the flusher picks this up after it
+                self.engine._flusher.watch(self.fd, self)
+        self._check_high_water()
+
+    def _check_high_water(self) -> None:
+        if len(self._wbuf) > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._backpressure = True
+            self._hold = True
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock)
+            try:
+                self.protocol.pause_writing()
+            except Exception as exc:
+                self._bug(exc, "pause_writing")
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def _on_writable(self) -> None:
+        """The flusher says the socket can take more (lock held)."""
+        if self._lost or self._sending or not (self._wbuf or self._eof_pending):
+            self.engine._flusher.unwatch(self.fd)  # (after its send the reading thread re-checks)
+            return
+        try:
+            n = self.sock.send(self._wbuf, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "sending")
+            return
+        if self.tracer:
+            self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
+        self.bytes_out += n
+        del self._wbuf[:n]
+        if self._protocol_paused and len(self._wbuf) <= self._low:
+            self._protocol_paused = False
+            self._backpressure = False
+            self._cond.notify()
+            try:
+                self.protocol.resume_writing()
+            except Exception as exc:
+                self._bug(exc, "resume_writing")
+                return
+        if self._wbuf:
+            return
+        self.engine._flusher.unwatch(self.fd)
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._finalize(None)
+
+    def write_eof(self) -> None:
+        if self._eof_sent or self._eof_pending or self._closing:
+            return
+        if self._defer:
+            self._undefer()
+        if self._wbuf or self._sending:
+            self._eof_pending = True
+            if self._sending:
+                self.engine._flusher.watch(self.fd, self)
+        else:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        self._eof_sent = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc, "shutting down")
+            return
+        if self.tracer:
+            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
+        if self._eof_received:
+            self.close()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._wbuf) + (len(self._out) if self._out is not None else 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = high if high is not None else self.engine.settings.max_buffer
+        self._low = low if low is not None else self._high // 4
+
+    # ---- flow control ----------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        self._app_paused = True
+        self._hold = True
+
+    def resume_reading(self) -> None:
+        if self._app_paused:
+            self._app_paused = False
+            self._cond.notify()
+
+    def is_reading(self) -> bool:
+        return not (self._app_paused or self._backpressure or self._closing or self._eof_received)
+
+    # ---- closing ---------------------------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        if self._defer:
+            self._undefer()
+        self._closing = True
+        self._hold = True
+        if not self._wbuf:
+            self._wake_reader()  # the reading thread finalizes (after the current callback, if it is us)
+
+    def abort(self) -> None:
+        self.abort_with(None)
+
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
+        if self._lost:
+            return
+        if reset:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        self._closing = True
+        self._wbuf.clear()
+        self._out = None
+        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
+
+    def _fatal(self, exc: BaseException, action: str) -> None:
+        if self._lost:
+            return
+        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({self.peer})")
+        if self.tracer:
+            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
+        self._closing = True
+        self._wbuf.clear()
+        self._out = None
+        self._finalize(err)
+
+    def _bug(self, exc: Exception, where: str) -> None:
+        """A protocol callback raised: report it, close this connection, serve the others."""
+        self.engine.report_error(exc, f"{type(self.protocol).__name__}.{where}")
+        self._fatal(exc, where)
+
+    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._hold = True
+        self._defer = False
+        self._out = None
+        self.engine._flusher.unwatch(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
+        if threading.get_ident() == self._reader:
+            self._release()
+        else:
+            self._wake_reader()
+        self.engine.connection_closed(self)
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as bug:
+            self.engine.report_error(bug, f"{type(self.protocol).__name__}.connection_lost")
+
+    # ---- information -----------------------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            try:
+                return self.sock.getsockname()
+            except OSError:
+                return default
+        if name == "socket":
+            return self.sock
+        if name == "fd":
+            return self.fd
+        if name == "engine":
+            return self.engine.name
+        if name == "tracer":
+            return self.tracer
+        return default
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        return self.engine.call_later(delay, callback)
+
+
+# ---- datagrams -----------------------------------------------------------------------------------
+class DatagramEndpoint(DatagramTransport, _Writable):
+    """A bound UDP socket read by its own thread (``udp-<fd>``); sends are tried inline."""
+
+    def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: DatagramProtocol) -> None:
+        self.engine, self.sock, self.protocol = engine, sock, protocol
+        self.tracer = engine.tracer
+        self.fd = sock.fileno()
+        self._closed = False
+        self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._pending_bytes = 0
+        self._reader = 0
+        sock.setblocking(True)
+        self.thread = threading.Thread(target=self._run, name=f"udp-{self.fd}", daemon=True)
+
+    def _run(self) -> None:
+        self._reader = threading.get_ident()
+        lock, engine = self.engine.lock, self.engine
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        try:
+            while True:
+                err: OSError | None = None
+                try:
+                    n, addr = self.sock.recvfrom_into(buf)
+                except OSError as exc:
+                    n, addr, err = 0, None, exc
+                with lock:
+                    if self._closed:
+                        return
+                    if err is not None:  # ICMP errors (port unreachable) surface here
+                        self._error(err, "receiving a datagram")
+                        continue
+                    engine.stats.datagrams_in += 1
+                    if self.tracer:
+                        self.tracer.emit("recvfrom", self.sock, peer=addr, nbytes=n)
+                    try:
+                        self.protocol.datagram_received(view[:n].tobytes(), addr)
+                    except Exception as exc:
+                        engine.report_error(exc, f"{type(self.protocol).__name__}.datagram_received")
+        finally:
+            with lock:
+                engine._flusher.unwatch(self.fd)
+                self.sock.close()
+                engine._threads.discard(threading.current_thread())
+
+    def _error(self, exc: OSError, action: str) -> None:
+        try:
+            self.protocol.error_received(translate_oserror(exc, action))
+        except Exception as bug:
+            self.engine.report_error(bug, f"{type(self.protocol).__name__}.error_received")
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closed:
+            return
+        if not self._pending:
+            try:
+                n = self.sock.sendto(data, _DONTWAIT, addr) if addr is not None else self.sock.send(data, _DONTWAIT)
+                if self.tracer:
+                    self.tracer.emit("sendto", self.sock, peer=addr, nbytes=n, requested=len(data))
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._error(exc, "sending a datagram")
+                return
+        if self._pending_bytes > self.engine.settings.max_buffer:
+            if self.tracer:
+                self.tracer.note("UDP send buffer full: datagram dropped (UDP gives no delivery guarantee)")
+            return
+        self._pending.append((bytes(data), addr))
+        self._pending_bytes += len(data)
+        self.engine._flusher.watch(self.fd, self)
+
+    def _on_writable(self) -> None:
+        while self._pending and not self._closed:
+            data, addr = self._pending[0]
+            try:
+                if addr is not None:
+                    self.sock.sendto(data, _DONTWAIT, addr)
+                else:
+                    self.sock.send(data, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._error(exc, "sending a datagram")
+            self._pending.popleft()
+            self._pending_bytes -= len(data)
+        self.engine._flusher.unwatch(self.fd)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "sockname":
+            return self.sock.getsockname()
+        if name == "socket":
+            return self.sock
+        if name == "engine":
+            return self.engine.name
+        if name == "fd":
+            return self.fd
+        if name == "tracer":
+            return self.tracer
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop serving; the reading thread closes the socket (woken by shutdown())."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending.clear()
+        self.engine._flusher.unwatch(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock)
+        if self.thread.is_alive():
+            with contextlib.suppress(OSError):  # ENOTCONN on UDP, but it wakes recvfrom() all the same
+                self.sock.shutdown(socket.SHUT_RDWR)
+        else:
+            self.sock.close()
+        if self in self.engine._endpoints:
+            self.engine._endpoints.remove(self)
+        try:
+            self.protocol.connection_lost(None)
+        except Exception as bug:
+            self.engine.report_error(bug, f"{type(self.protocol).__name__}.connection_lost")
+
+    def abort(self) -> None:
+        self.close()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+        return self.engine.call_later(delay, callback)
