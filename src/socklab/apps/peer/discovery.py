@@ -88,6 +88,8 @@ class DiscoveryEndpoint(DatagramProtocol):
             return
         if ann.id not in self.heard:
             self.node.log(f"discovered {ann.name} at {ann.listen}")
+            if len(self.heard) >= 4096:  # ids are per run: restarts add new ones; stay bounded
+                self.heard.clear()
         self.heard[ann.id] = ann.listen
         self.node.consider(Member(ann.id, ann.name, ann.listen))
 

@@ -215,7 +215,11 @@ class PeerNode:
         if target is None or target.is_self or self.stopping or target.timer is not None:
             return
         if not target.persistent and target.attempt >= 4:
-            del self.targets[address]  # a rumoured address that never answered: forget it
+            # a rumoured address that never answered: forget it, and stop passing it on
+            del self.targets[address]
+            for nid, member in list(self.known.items()):
+                if member.listen == address and nid not in self.links:
+                    del self.known[nid]
             return
         delay = g.backoff_delay(target.attempt, base=self.settings.redial_base, cap=self.settings.redial_max,
                                 jitter=self._rng.random())
