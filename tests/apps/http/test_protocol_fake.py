@@ -178,3 +178,23 @@ def test_post_body_and_pipelined_after_it(fake_site: Path) -> None:
     proto.data_received(b"loGET /a.txt HTTP/1.1\r\nHost: a\r\n\r\n")
     out = bytes(t.out)
     assert out.count(b"HTTP/1.1 200") == 2 and out.index(b"\r\n\r\nhello") < out.rindex(b"\r\n\r\nhello")
+
+
+def test_body_kinds(fake_site: Path) -> None:
+    import io
+
+    router = Router()
+    router.add_route("GET", "/str", lambda req: Response(200, [("content-type", "text/plain")], "héllo"))
+    router.add_route("GET", "/path", lambda req: Response(200, [], fake_site / "a.txt"))
+    router.add_route("GET", "/file", lambda req: Response(200, [], open(fake_site / "d" / "b.txt", "rb")))  # noqa: SIM115
+    router.add_route("GET", "/bytesio", lambda req: Response(200, [], io.BytesIO(b"in memory")))
+    proto = HttpProtocol(router, HttpSettings(log_format="none"))
+    t = FakeTransport()
+    proto.connection_made(t)
+    for path in ("/str", "/path", "/file", "/bytesio"):
+        proto.data_received(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    out = bytes(t.out)
+    assert "content-length: 6\r\n\r\nhéllo".encode() in out
+    assert b"content-length: 5\r\n\r\nhello" in out
+    assert b"content-length: 100\r\n\r\n" + b"x" * 100 in out
+    assert out.endswith(b"content-length: 9\r\n\r\nin memory")

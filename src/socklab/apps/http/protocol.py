@@ -436,7 +436,10 @@ class HttpProtocol(Protocol):
                 else:
                     total += len(part)
             return list(body), total
-        if isinstance(body, (str, os.PathLike)):
+        if isinstance(body, str):
+            data = body.encode("utf-8")
+            return ([data] if data else []), len(data)
+        if isinstance(body, os.PathLike):
             opened: IO[bytes] = open(body, "rb")  # noqa: SIM115 - closed when the response ends or is dropped
             self._own(opened)
             size = os.fstat(opened.fileno()).st_size

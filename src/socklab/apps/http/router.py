@@ -97,9 +97,10 @@ class Response:
     Args:
         status: the status code.
         headers: ``(name, value)`` pairs, str or bytes; ``content-length`` is computed for you.
-        body: ``bytes``; a path (``str``/``PathLike``) or an open binary file (sent in bounded
-            chunks, or with sendfile where the engine allows); a :class:`FileSpan`; or a list of
-            ``bytes`` and :class:`FileSpan` parts sent one after the other.
+        body: ``bytes``; ``str`` (sent as UTF-8); a path (``pathlib.Path`` or any ``PathLike``)
+            or an open binary file (sent in bounded chunks, or with sendfile where the engine
+            allows); a :class:`FileSpan`; or a list of ``bytes`` and :class:`FileSpan` parts sent
+            one after the other.
         close: close the connection after this response.
     """
 
