@@ -61,6 +61,7 @@ class Server:
         self._shutdown_started = False
         self._error: BaseException | None = None
         self._on_stop: list[Callable[[], None]] = []
+        self._finish_lock = threading.Lock()
 
     # ---- phase 1: start --------------------------------------------------------------------------
     def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,
@@ -215,9 +216,15 @@ class Server:
     _finished = False
 
     def _finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+        # The signal-driven shutdown thread and serve_forever both get here: the second waits for
+        # the first, so on_stop callbacks always complete before serve_forever returns.
+        with self._finish_lock:
+            if self._finished:
+                return
+            self._finished = True
+            self._run_cleanups()
+
+    def _run_cleanups(self) -> None:
         with contextlib.suppress(Exception):
             self.engine.close()
         for cb in self._on_stop:
