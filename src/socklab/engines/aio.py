@@ -618,12 +618,14 @@ class _AioEngine(Engine):
         # Turn the per-receive flag into a time (one store per receive, one pass per sweep),
         # then let the shared policy compare it with idle_timeout.
         now = time.monotonic()
+        deadline = now - self.settings.idle_timeout
         for conn in self.connections:
             stream = cast(_Stream, conn)
             if stream.active:
                 stream.active = False
                 stream.last_activity = now
-            elif stream.kernel_clock is not None:
+            elif stream.kernel_clock is not None and stream.last_activity < deadline:
+                # only a connection that looks idle costs a getsockopt() call
                 quiet = _last_data_recv(stream.kernel_clock)
                 if quiet is not None:
                     stream.last_activity = max(stream.last_activity, now - quiet)
