@@ -45,7 +45,7 @@ def default_backend() -> str:
     return "httptools" if httptools is not None else "h11"
 
 _CRLF2 = b"\r\n\r\n"
-_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")  # controls but HTAB and CRLF
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # controls but HTAB, CR and LF
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,9 @@ def _check_fields(head: bytes) -> None:
 
     The common case (no body fields, no folding, no controls) costs a few C-level scans.
     """
-    if _CTL.search(head):  # RFC 9110 §5.5: a control character (or a lone CR) in the head is refused
+    # RFC 9110 §5.5: a control character in the head is refused; so is a CR not followed by LF
+    # (bare LFs were refused while framing, so every LF here ends a CRLF).
+    if _CTL.search(head) or head.count(b"\r") != head.count(b"\n"):
         raise RemoteProtocolError("a control character in the request head", hint=400)
     first = head.find(b"\r\n")
     parts = head[:first].split(b" ")
