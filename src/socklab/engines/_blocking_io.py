@@ -146,10 +146,9 @@ class Flusher:
         """Call ``target._on_writable()`` (under the lock) while ``fd`` is writable. Hold the lock."""
         if self._closed:
             return
-        if self._ep is None:
-            self._ep = select.epoll()
-            self._wake = socket.socketpair()
-            self._ep.register(self._wake[0].fileno(), select.EPOLLIN)
+        self.open()
+        assert self._ep is not None
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"{self.engine.name}-flusher", daemon=True)
             self._thread.start()
         if fd in self._watched:
@@ -157,6 +156,14 @@ class Flusher:
             return
         self._watched[fd] = target
         self._ep.register(fd, select.EPOLLOUT)
+
+    def open(self) -> None:
+        """Create the epoll and wake-up descriptors now (the engine does it before serving, so a
+        partial send never needs a new descriptor while the process may be out of them)."""
+        if self._ep is None and not self._closed:
+            self._ep = select.epoll()
+            self._wake = socket.socketpair()
+            self._ep.register(self._wake[0].fileno(), select.EPOLLIN)
 
     def unwatch(self, fd: int) -> None:
         """Stop watching ``fd`` (before it is closed). Hold the lock."""

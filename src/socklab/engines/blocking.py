@@ -156,6 +156,7 @@ class BlockingEngine(Engine):
     # ---- the accept loop -------------------------------------------------------------------------
     def run(self, ready: Callable[[], None] | None = None) -> None:
         self._stopping = False
+        self._flusher.open()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
