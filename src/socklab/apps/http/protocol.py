@@ -140,12 +140,14 @@ class HttpProtocol(Protocol):
         self._sendfile_fd: int | None = None
         self._sendfile_mode = False
         self.ws: Any = None
+        self._tracer: Any = None
         self.requests = 0
 
     # ---- connection callbacks --------------------------------------------------------------------
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         self.client = transport.get_extra_info("peername")
+        self._tracer = transport.get_extra_info("tracer")
         self._start_timer(self.settings.header_timeout, self._on_head_timeout)
         if self.settings.sendfile and transport.get_extra_info("ssl_object") is None:
             sock = transport.get_extra_info("socket")
@@ -520,6 +522,11 @@ class HttpProtocol(Protocol):
                 return False
             self._sendfile_fd = None  # not a regular file, or the engine's socket refuses it: use chunks
             return False
+        tracer = self._tracer
+        if tracer is not None:
+            tracer.emit("sendfile", fd=self._sendfile_fd, peer=self.client, nbytes=max(sent, 0),
+                        requested=min(part.length, SENDFILE_MAX),
+                        detail=f"from file offset {part.offset}" + (" - EAGAIN: socket full" if sent < 0 else ""))
         if sent == 0:  # end of file before the promised length
             self.state = _CLOSED
             self.transport.abort()
