@@ -245,3 +245,18 @@ def test_cli_serve_get_put(tmp_path: Path, spawn: Any) -> None:
     r = cli("get", f"127.0.0.1:{port}", "../etc/passwd", "-o", "x")
     assert r.returncode == 1 and b"access violation" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    data = os.urandom(3000)
+    (tmp_path / "f").write_bytes(data)
+    settings = TftpSettings(host="::1", port=0, root=str(tmp_path), create=True)
+    srv, _ = serve_tftp(settings)
+    srv.start()
+    try:
+        out = io.BytesIO()
+        tftp_get("::1", srv.port, "f", out, TftpClientOptions(windowsize=4, **FAST))
+        tftp_put("::1", srv.port, "g", io.BytesIO(data), TftpClientOptions(**FAST))
+    finally:
+        srv.shutdown(timeout=1)
+    assert out.getvalue() == data and (tmp_path / "g").read_bytes() == data

@@ -343,3 +343,23 @@ def test_server_shutdown_mid_transfer_leaves_a_resumable_part(tmp_path: Path) ->
         [r] = send(port, [str(tmp_path / "f.bin")])
     assert r.ok and r.offset == len(part) // CHUNK * CHUNK
     assert (dest / "f.bin").read_bytes() == data
+
+
+def test_ipv6_loopback(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK + 10)
+    (tmp_path / "f.bin").write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    settings = ReceiveSettings(host="::1", port=0, dir=str(dest))
+    srv = Server(settings, label="receive")
+    srv.listen(lambda: ReceiverProtocol(settings))
+    srv.start()
+    try:
+        sock = connect_tcp(Endpoint("::1", srv.port))
+        try:
+            [r] = SendSession(sock, CHUNK).run(collect([str(tmp_path / "f.bin")]))
+        finally:
+            sock.close()
+    finally:
+        srv.shutdown(timeout=2)
+    assert r.ok and (dest / "f.bin").read_bytes() == data
