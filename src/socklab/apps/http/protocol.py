@@ -23,7 +23,6 @@ error carries (400, 413, 414, 431...) and ``Connection: close``.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import IO, Any
 
+from socklab.apps.http.accesslog import AccessLog
 from socklab.apps.http.router import Body, FileSpan, Request, Response, Router
 from socklab.apps.http.settings import HttpSettings
 from socklab.core.errors import RemoteProtocolError
@@ -42,7 +42,7 @@ from socklab.core.transport import TimerHandle, Transport
 from socklab.protocols.http1 import Http1Parser, RequestComplete, RequestHead
 from socklab.protocols.http_paths import parse_target
 
-__all__ = ["CHUNK", "AccessLog", "HttpProtocol"]
+__all__ = ["CHUNK", "AccessLog", "HttpProtocol"]  # AccessLog re-exported from .accesslog
 
 CHUNK = 64 * 1024  # bytes read from a file per write when sendfile is not used
 SENDFILE_MAX = 1 << 30
@@ -81,31 +81,6 @@ def http_date() -> bytes:
     if _date_cache[0] != now:
         _date_cache = (now, formatdate(now, usegmt=True).encode())
     return _date_cache[1]
-
-
-class AccessLog:
-    """One line per response on ``stream``: Common Log Format or JSON (``log_format``)."""
-
-    def __init__(self, fmt: str = "common", stream: Any = None) -> None:
-        self.fmt = fmt
-        self.stream = stream if stream is not None else sys.stdout
-
-    def __call__(self, req: Request | None, client: Any, status: int, size: int, line: str) -> None:
-        host = client[0] if isinstance(client, tuple) else str(client or "-")
-        if self.fmt == "json":
-            rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "client": host,
-                   "method": req.method if req else None, "path": req.path if req else None,
-                   "target": req.target if req else line, "status": status, "bytes": size,
-                   "user_agent": req.header("user-agent") if req else None}
-            out = json.dumps(rec)
-        else:
-            ts = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-            safe = line.encode("ascii", "backslashreplace").decode().replace('"', '\\"')
-            out = f'{host} - - [{ts}] "{safe}" {status} {size if size else "-"}'
-        try:
-            print(out, file=self.stream, flush=True)
-        except (OSError, ValueError):
-            pass  # a closed stdout must not break serving
 
 
 class HttpProtocol(Protocol):
