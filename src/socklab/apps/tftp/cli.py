@@ -92,6 +92,41 @@ def _summary(kind: str, name: str, result: Any, quiet: bool, as_json: bool) -> N
                    f"{result.retransmissions} retransmissions", err=True)
 
 
+class _Bar:
+    """A rich progress bar (rate, ETA once the size is known from tsize) on stderr, or nothing."""
+
+    def __init__(self, label: str, enabled: bool, total: int | None = None) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                     TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, done: int, tsize: int | None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=tsize or None)
+
+
 def _options(mode: str, blksize: int | None, windowsize: int | None, timeout: float, retries: int,
              tsize: bool) -> Any:
     from socklab.apps.tftp.client import TftpClientOptions
@@ -123,8 +158,8 @@ def get(host: str, remote: str, output: str | None, port: int, mode: str, blksiz
     dest = Path(output or Path(remote).name or "download")
     part = dest.with_name(dest.name + ".part")
     try:
-        with open(part, "wb") as f:
-            result = tftp_get(h, p, remote, f, opts)
+        with open(part, "wb") as f, _Bar(f"get {remote}", not quiet and not as_json) as bar:
+            result = tftp_get(h, p, remote, f, opts, progress=bar.update)
             f.flush()
             os.fsync(f.fileno())
         os.replace(part, dest)
@@ -157,6 +192,7 @@ def put(host: str, local: str, remote: str | None, port: int, mode: str, blksize
             f = open(local, "rb")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"cannot read {local}: {exc.strerror}") from exc
-        with f:
-            result = tftp_put(h, p, name, f, opts)
+        size = os.fstat(f.fileno()).st_size
+        with f, _Bar(f"put {name}", not quiet and not as_json, size) as bar:
+            result = tftp_put(h, p, name, f, opts, progress=lambda done, _t: bar.update(done, size))
     _summary("put", name, result, quiet, as_json)
