@@ -8,9 +8,11 @@ sweep on both of its clocks (the per-receive flag, and TCP_INFO where uvloop rea
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socklab.apps.echo.protocol import EchoProtocol
-from socklab.core.errors import ConnectionRefused
+from socklab.core.errors import ConnectionRefused, LocalProtocolError
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
@@ -351,6 +353,30 @@ def test_a_failing_connection_made_closes_that_connection_only(aio: str,
                 socket.create_connection(("127.0.0.1", srv.port), timeout=10) as again:
             assert recv_all(again) == b""  # the server is still there (and still failing)
     assert any("broken greeting" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_closes_on_eof_without_loop_warnings(aio: str, tls_files: dict[str, str],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[BaseException] = []
+
+    class TryHalfClose(EchoProtocol):
+        def eof_received(self) -> bool:
+            try:
+                self.transport.write_eof()
+            except LocalProtocolError as exc:
+                seen.append(exc)
+            return True  # asks to stay half-open: impossible over TLS, so the engine closes
+
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+    with running_server(TryHalfClose, aio, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                            server_hostname="localhost") as c:
+        c.sendall(b"secret")
+        assert c.recv(10) == b"secret"
+        c.unwrap().close()  # close_notify: the TLS EOF
+        on_engine(srv.engine, lambda: None)
+    assert len(seen) == 1 and "half-close" in str(seen[0])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 def test_engines_report_themselves(aio: str) -> None:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
-from socklab.core.errors import ConnectTimeout, translate_oserror
+from socklab.core.errors import ConnectTimeout, LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
 from socklab.core.transport import DatagramTransport, TimerHandle, Transport
@@ -118,6 +118,7 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         self._reading = True
         self._eof_received = False
         self._eof_written = False
+        self._tls = False
 
     # ---- loop side -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +127,7 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         engine = self.engine
         self._peer = t.get_extra_info("peername")
         self._fdno = self._fd()
+        self._tls = t.get_extra_info("sslcontext") is not None
         if self._server_side:
             if self.tracer:
                 self.tracer.emit("accept", fd=self._fdno, peer=self._peer, level="transport",
@@ -172,7 +174,7 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         TCP_INFO's ``tcpi_last_data_recv`` is the milliseconds since data last arrived.
         """
         sock = t.get_extra_info("socket")
-        if t.get_extra_info("sslcontext") is not None or sock is None or \
+        if self._tls or sock is None or \
                 sock.family not in (socket.AF_INET, socket.AF_INET6) or _last_data_recv(sock) is None:
             return
         self.data_received = app.data_received  # type: ignore[method-assign]
@@ -210,8 +212,10 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         if not self._made:
             return None
         keep_open = self.protocol.eof_received()
-        if keep_open and self._eof_written:
-            return None  # both directions are finished: close (as socklab's reactor does)
+        if keep_open and (self._eof_written or self._tls):
+            # both directions are finished: close (as socklab's reactor does); TLS cannot stay
+            # half-open here (and the loop would log a warning for trying)
+            return None
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -265,6 +269,8 @@ class _Stream(asyncio.Protocol, Transport, Connection):
         if self._eof_written or self._lost:
             return
         t = self._transport()
+        if self._tls:
+            raise LocalProtocolError("TLS connections cannot half-close here (can_write_eof() is False)")
         if self.tracer:
             self.tracer.emit("shutdown", fd=self._fdno, peer=self._peer, level="transport",
                              detail="write_eof: FIN after the buffered data, still reading")
