@@ -90,8 +90,12 @@ def test_pool_serves_at_most_workers_clients_at_once() -> None:
         socks = [connect(srv) for _ in range(8)]
         for i, s in enumerate(socks):
             s.sendall(b"%d" % i)
+        for i in range(3):  # three workers: the first three clients are served together...
+            assert recv_exactly(socks[i], 1) == b"%d" % i
+        assert active == [3, 3]  # ...and nobody else yet
         for i, s in enumerate(socks):  # clients leave one by one: each frees a worker for the next
-            assert recv_exactly(s, 1) == b"%d" % i
+            if i >= 3:
+                assert recv_exactly(s, 1) == b"%d" % i
             s.close()
     assert active[1] == 3
 
@@ -210,7 +214,7 @@ def test_emfile_backs_off_then_recovers(name: str) -> None:
             fillers = []
             freed = time.monotonic()
             assert recv_exactly(client, 13) == b"are you there"  # ...and the waiting client is served
-            assert time.monotonic() - freed < BACKOFF_MAX + 1.0
+            assert time.monotonic() - freed < BACKOFF_MAX + 2.0  # by design within BACKOFF_MAX; slack for load
         finally:
             for fd in fillers:
                 os.close(fd)
@@ -340,11 +344,11 @@ def test_timers_run_in_order_under_the_engine_lock(name: str) -> None:
             done.set()
 
     try:
-        engine.call_later(0.2, lambda: note("last"))
-        cancelled = engine.call_later(0.05, lambda: note("cancelled"))
+        cancelled = engine.call_later(0.3, lambda: note("cancelled"))
+        cancelled.cancel()
+        engine.call_later(0.6, lambda: note("last"))
         engine.call_later(0.1, lambda: note("second"))
         engine.call_soon_threadsafe(lambda: note("first"))
-        cancelled.cancel()
         assert done.wait(5)
     finally:
         engine.close()
