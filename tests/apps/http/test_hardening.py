@@ -23,8 +23,9 @@ def status_of(data: bytes) -> int:
     return int(data[9:12])
 
 
-def test_invalid_corpus_answered_and_closed(site: Path) -> None:
-    with http_server(site, max_body=1 << 20) as srv:
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_invalid_corpus_answered_and_closed(site: Path, parser: str) -> None:
+    with http_server(site, max_body=1 << 20, parser=parser) as srv:
         for data, status in INVALID:
             out, closed = raw_exchange(srv.port, data)
             assert status_of(out) == status, data[:80]
