@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -73,7 +74,7 @@ class LineClient:
 
     def read_until_closed(self) -> list[str]:
         out = []
-        with contextlib.suppress(EOFError, ConnectionResetError):
+        with contextlib.suppress(EOFError, OSError):
             while True:
                 out.append(self.read_line())
         return out
@@ -86,3 +87,53 @@ class LineClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Pump(threading.Thread):
+    """Reads a client's socket as fast as it can (C-speed recv into a list) until told to stop.
+
+    A Python loop parsing each line is slower than the server's fan-out: a test that needs a
+    client that surely keeps up (next to a deliberately slow one) reads with this instead.
+    """
+
+    def __init__(self, client: LineClient, marker: bytes, count: int) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.marker = marker
+        self.count = count
+        self.chunks: list[bytes] = [client.buf]
+        self.seen = client.buf.count(marker)
+        self.done = threading.Event()
+        self.progress = threading.Condition()
+        client.buf = b""
+
+    def run(self) -> None:
+        try:
+            while self.seen < self.count:
+                chunk = self.client.sock.recv(1 << 20)
+                if not chunk:
+                    break
+                self.chunks.append(chunk)
+                with self.progress:
+                    self.seen += chunk.count(self.marker)
+                    self.progress.notify_all()
+        except OSError:
+            pass
+        finally:
+            self.done.set()
+            with self.progress:
+                self.progress.notify_all()
+
+    def wait_count(self, n: int, timeout: float = 30.0) -> None:
+        """Block until ``n`` markers arrived (or the connection ended, or ``timeout``)."""
+        with self.progress:
+            self.progress.wait_for(lambda: self.seen >= n or self.done.is_set(), timeout)
+
+    def lines(self, timeout: float = 30.0) -> list[str]:
+        """Wait for ``count`` markers (or the end), then every complete line received."""
+        self.done.wait(timeout)
+        self.join(5)
+        data = b"".join(self.chunks)
+        complete, _, rest = data.rpartition(b"\n")
+        self.client.buf = rest + self.client.buf
+        return complete.decode().split("\n") if complete else []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socklab.protocols.chat import Members, Message, Private, Synced, parse_event
-from tests.apps.chat.helpers import LineClient, chat_node
+from tests.apps.chat.helpers import LineClient, Pump, chat_node
 
 
 def test_two_clients_talk_on_every_engine(concurrent_engine: str) -> None:
@@ -103,24 +102,25 @@ def test_flood_is_rate_limited_with_one_notice(concurrent_engine: str) -> None:
 
 def test_slow_consumer_is_dropped_others_unaffected(concurrent_engine: str) -> None:
     # max_buffer and max_queue small so the test is quick; the slow client's kernel buffer tiny.
-    with chat_node(concurrent_engine, rate=1e6, burst=100000, max_buffer=16384, max_queue=16384) as node:
+    with chat_node(concurrent_engine, rate=1e6, burst=100000, max_buffer=65536, max_queue=65536) as node:
         slow = LineClient(node.tcp_port, "slow", rcvbuf=4096)
         with LineClient(node.tcp_port, "fast") as fast, LineClient(node.tcp_port, "talker") as talker:
-            text = "z" * 1500
-            n = 3000  # ~4.5 MB in total: past any kernel send buffer + max_buffer + max_queue
-            drain = threading.Thread(target=talker.read_until_closed, daemon=True)  # the talker reads too
-            drain.start()
-            talker.sock.sendall(b"".join(f"{i} {text}\n".encode() for i in range(n)))
-            seqs = []
-            while len(seqs) < n:
-                line = fast.expect("MSG")
-                seqs.append(int(line.split()[2]))
+            n = 4200  # 8 MB in total: past the kernel's send buffer (tcp_wmem max 4 MiB) + ours
+            pumps = [Pump(c, b"MSG #lobby ", n) for c in (fast, talker)]  # these two keep up
+            for p in pumps:
+                p.start()
+            # In steps of 20 messages that the fast member has received: it never lags more than that,
+            # while the slow one falls behind by everything.
+            for step in range(0, n, 20):
+                talker.sock.sendall(b"".join(f"{i} {'z' * 1900}\n".encode() for i in range(step, step + 20)))
+                pumps[0].wait_count(step + 20)
+            lines = pumps[0].lines()
+            seqs = [int(line.split()[2]) for line in lines if line.startswith("MSG")]
             assert seqs == list(range(1, n + 1))  # fast got every message, in order, no gaps
+            pumps[1].lines()
             fast.send("/who")
             who = fast.event("WHO")
             assert isinstance(who, Members) and "slow" not in who.nicks
-            talker.sock.shutdown(socket.SHUT_RDWR)
-            drain.join(10)
         rest = slow.read_until_closed()
         slow.close()
         assert rest and rest[-1].startswith("BYE :outbound queue full")

@@ -20,7 +20,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from socklab.protocols.chat import Message, event_from_json
-from tests.apps.chat.helpers import LineClient, chat_node
+from tests.apps.chat.helpers import LineClient, Pump, chat_node
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -274,16 +274,20 @@ def test_two_browser_pages_and_nc_in_one_room(browser: Any, tmp_path: Path) -> N
 
 
 def test_websocket_slow_consumer_is_closed_4507_others_unaffected() -> None:
-    with chat_node(http_port=0, rate=1e6, burst=100000, max_buffer=16384, max_queue=16384) as node, \
+    with chat_node(http_port=0, rate=1e6, burst=100000, max_buffer=65536, max_queue=65536) as node, \
             LineClient(node.tcp_port, "fast") as fast:
         slow = WsClient(node.http_port, rcvbuf=4096)
         slow.expect("HELLO")
         slow.send("/nick slowweb")
         slow.expect("SYNC")
         fast.expect("JOIN #lobby slowweb")
-        n = 3000
-        fast.sock.sendall(b"".join(f"{i} {'w' * 1500}\n".encode() for i in range(n)))
-        seqs = [int(fast.expect("MSG").split()[2]) for _ in range(n)]
+        n = 4200  # ~8 MB: past the kernel's send buffer (tcp_wmem max 4 MiB) + ours
+        pump = Pump(fast, b"MSG #lobby ", n)  # fast surely keeps up
+        pump.start()
+        for step in range(0, n, 20):  # fast never lags more than 20 messages; slow lags by all
+            fast.sock.sendall(b"".join(f"{i} {'w' * 1900}\n".encode() for i in range(step, step + 20)))
+            pump.wait_count(step + 20)
+        seqs = [int(line.split()[2]) for line in pump.lines() if line.startswith("MSG")]
         assert seqs == list(range(1, n + 1))
         fast.send("/who")
         assert fast.expect("WHO") == "WHO #lobby fast"

@@ -49,7 +49,8 @@ class ChatSettings(ServerSettings):
     rate: float = setting(10.0, "Messages a client may send per second (token bucket refill rate).")
     burst: int = setting(20, "Messages a client may send at once (token bucket size).")
     max_queue: int = setting(512 * 1024, "Outbound bytes queued for a client that does not read, on top "
-                                         "of the transport buffer; past it the client is disconnected.")
+                                         "of the transport buffer (max_buffer); past both the client is "
+                                         "disconnected.")
     max_rooms: int = setting(20, "Rooms one client may be in at once.")
     history_on_join: int = setting(20, "Messages replayed when joining a room without a sequence number.")
     max_catchup: int = setting(1000, "Most messages replayed to a reconnecting client.")

@@ -46,6 +46,7 @@ class ChatLineProtocol(Protocol, Member):
         self.queued = 0
         self.closing = False
         self.dropped_slow = False
+        self.limit = hub.settings.max_buffer + hub.settings.max_queue  # bytes waiting for this client, at most
 
     # ---- transport callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: Transport) -> None:
@@ -117,23 +118,32 @@ class ChatLineProtocol(Protocol, Member):
         if self.closing:
             return
         if not self.paused:
-            self.transport.write(frame.line)
+            transport = self.transport
+            transport.write(frame.line)
+            # Engines call pause_writing when they can; the buffer size is the check that never waits.
+            if transport.get_write_buffer_size() > self.limit:
+                self._drop_slow()
             return
         data = frame.line
         self.queue.append(data)
         self.queued += len(data)
         if self.queued > self.hub.settings.max_queue:
-            self.dropped_slow = True
-            self.queue.clear()
-            self.queued = 0
-            self.paused = False
-            self.close_with(Bye(f"outbound queue full ({self.hub.settings.max_queue} bytes): you are not "
-                                "reading; disconnected (507)"))
-            self.hub.detach(self, "too slow (outbound queue full)")
+            self._drop_slow()
+
+    def _drop_slow(self) -> None:
+        self.dropped_slow = True
+        self.queue.clear()
+        self.queued = 0
+        self.paused = False
+        self.close_with(Bye(f"outbound queue full ({self.hub.settings.max_queue} bytes): you are not "
+                            "reading; disconnected (507)"))
+        self.hub.detach(self, "too slow (outbound queue full)")
 
     def send_frames(self, frames: list[Frame]) -> None:
         if not self.paused and not self.closing:
             self.transport.write(b"".join(f.line for f in frames))  # one send() for the whole batch
+            if self.transport.get_write_buffer_size() > self.limit:
+                self._drop_slow()
             return
         for frame in frames:
             self.send_frame(frame)
