@@ -4,7 +4,7 @@ Why this exists: :mod:`socklab.engines.blocking` reads as the three engines (acc
 one client / a thread per client / a pool); this module holds what they share underneath:
 
 - :class:`StreamTransport`: one connected blocking socket read by one thread (``recv_into`` a
-  reused 64 KiB buffer, then the protocol's callback under ``engine.lock``); ``write`` never
+  reused 16-64 KiB buffer, then the protocol's callback under ``engine.lock``); ``write`` never
   blocks (``send(MSG_DONTWAIT)``, the leftover buffered for the flusher); only the reading thread
   closes the socket - other threads wake it with ``shutdown(SHUT_RD)``.
 - :class:`DatagramEndpoint`: a UDP socket read by its own thread, sending inline.
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["RECV_SIZE", "Clock", "DatagramEndpoint", "Flusher", "StreamTransport"]
 
 RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see PERF_NOTES)
+RECV_START = 16 * 1024  # a connection's first buffer; it grows to RECV_SIZE once a recv fills it
 JOIN_TIMEOUT = 5.0  # seconds close() waits for the engine's threads
 _DONTWAIT = socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -255,7 +256,8 @@ class StreamTransport(Transport, Connection, _Writable):
         first write is kept) -> unlock -> ``send`` of that reply (no lock).
         """
         lock = self.engine.lock
-        buf = bytearray(RECV_SIZE)
+        size = RECV_START  # 10,000 chatty connections need 160 MB of buffers, not 640
+        buf = bytearray(size)
         view = memoryview(buf)
         recv_into, send = self.sock.recv_into, self.sock.send
         tracer = self.tracer
@@ -277,7 +279,7 @@ class StreamTransport(Transport, Connection, _Writable):
                     if self._hold and not self._wait_readable():
                         return
                     if tracer:
-                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
+                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
                     if not n:
                         self._on_eof()
                         if self._hold and not self._wait_readable():
@@ -306,6 +308,10 @@ class StreamTransport(Transport, Connection, _Writable):
                             self._sending = True
                     elif self._hold and not self._wait_readable():
                         return
+                if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
+                    size = RECV_SIZE
+                    buf = bytearray(size)
+                    view = memoryview(buf)
                 if out is None:
                     continue
                 # Send the reply without the lock (other connections' threads go on meanwhile).
