@@ -60,3 +60,28 @@ def test_transfer_through_lossy_tap(tmp_path: Path, loss: float, blksize: int, w
     if upload:  # the client sent the DATA: its retransmissions are explained by the faults
         explained = kinds.count("loss") + kinds.count("reorder")
         assert res.retransmissions <= (explained + 1) * window
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upload", [False, True], ids=["get", "put"])
+@pytest.mark.parametrize("loss,blksize,window,size", [(0.05, 1428, 8, 512 * 1024), (0.20, 8192, 32, 1 << 20),
+                                                      (0.20, 512, 1, 32 * 1024)])
+def test_per_tid_mode_under_loss(tmp_path: Path, loss: float, blksize: int, window: int, size: int,
+                                 upload: bool) -> None:
+    """The RFC 1350 mode (a new server port per transfer) through a TID-aware lossy relay."""
+    from tests.apps.tftp.tidproxy import TidProxy
+
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    opts = TftpClientOptions(blksize=blksize, windowsize=window, timeout=TIMEOUT, max_retries=40)
+    with tftp_server(tmp_path, create=True, timeout=TIMEOUT, max_retries=40) as (port, _), \
+            TidProxy(("127.0.0.1", port), loss=loss, dup=0.02, reorder=0.02, seed=window) as proxy:
+        if upload:
+            tftp_put("127.0.0.1", proxy.port, "up.bin", io.BytesIO(data), opts)
+        else:
+            out = io.BytesIO()
+            tftp_get("127.0.0.1", proxy.port, "f.bin", out, opts)
+        assert proxy.dropped > 0
+        assert len({k[1] for k in proxy.faces}) == 1 and port not in {k[1] for k in proxy.faces}
+    got = (tmp_path / "up.bin").read_bytes() if upload else out.getvalue()
+    assert got == data
