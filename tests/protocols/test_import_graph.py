@@ -11,8 +11,8 @@ import socklab
 
 FORBIDDEN = {"socket", "selectors", "threading", "asyncio", "select", "ssl", "time", "uvloop"}
 SRC = Path(socklab.__file__).parent
-PROTOCOL_FILES = sorted((SRC / "protocols").rglob("*.py")) + [SRC / "core" / "protocol.py",
-                                                             SRC / "core" / "transport.py"]
+PROTOCOL_FILES = [*sorted((SRC / "protocols").rglob("*.py")), SRC / "core" / "protocol.py",
+                  SRC / "core" / "transport.py"]
 
 
 def imported_modules(path: Path) -> set[str]:
