@@ -363,3 +363,25 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
     finally:
         srv.shutdown(timeout=2)
     assert r.ok and (dest / "f.bin").read_bytes() == data
+
+
+def test_two_senders_of_the_same_name_never_mix(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with receiver(dest) as (port, _):
+        a_sock, a, a_event = raw_session(port)
+        b_sock, b, b_event = raw_session(port)
+        with a_sock, b_sock:
+            a_sock.sendall(a.send(tp.Entry("same.bin", "file", 10)))
+            assert a_event() == tp.Offer(0, ())
+            b_sock.sendall(b.send(tp.Entry("same.bin", "file", 10)))
+            refused = b_event()
+            assert isinstance(refused, tp.Result) and not refused.ok and refused.code == "busy"
+            payload = b"0123456789"
+            h = tp.FileHasher(CHUNK)
+            h.update(payload)
+            a_sock.sendall(a.send(tp.Start(0)) + payload + a.send(tp.Trailer(h.hexdigest(), h.final_crcs())))
+            assert a_event() == tp.Result(True, bytes=10)
+            a_sock.sendall(a.send(tp.Done()))
+            b_sock.sendall(b.send(tp.Done()))
+    assert (dest / "same.bin").read_bytes() == b"0123456789"

@@ -18,6 +18,7 @@ resumable prefix, or to locate the damage when SHA-256 disagrees.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import threading
@@ -299,6 +300,12 @@ class ReceiveSession:
             if part.is_symlink():
                 raise _Refused("name", f"refused: {part.name} is a symlink")
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                # one writer per .part: two senders of the same name would interleave their bytes
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise _Refused("busy", f"{entry.name} is being received from another sender right now") from None
         except _Refused as exc:
             self._entry = None
             self._report(FileReport(entry.name, False, error=str(exc), code=exc.code))
@@ -450,11 +457,11 @@ class ReceiveSession:
         os.fchmod(fd, entry.mode & 0o7777)
         if entry.mtime is not None:
             os.utime(fd, (entry.mtime, entry.mtime))
-        os.close(fd)
-        sink.fd = None
         if not self.settings.overwrite and self._final.exists():
             raise FileExistsError(17, "appeared while receiving; not replaced")
-        os.replace(self._part, self._final)
+        os.replace(self._part, self._final)  # still holding the .part's lock: nobody else writes it
+        os.close(fd)
+        sink.fd = None
         if self.settings.fsync:
             _fsync_dir(self._final.parent)
         self._sink, self._part, self._final = None, None, None
