@@ -39,12 +39,14 @@ def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = 
     out = stream if stream is not None else sys.stdout
     server.start()
     register_server(server, app=app)  # so `socklab ss` labels this server's sockets
-    for i, addr in enumerate(server.addresses):
-        scheme = (schemes[i] if schemes and i < len(schemes) else "tcp")
-        print(f"socklab {app} listening on {describe_address(addr, scheme)} (engine {server.engine.name})",
-              file=out, flush=True)
-    if not quiet:
-        print("  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
+
+    def ready() -> None:  # printed once the signal handlers are in place: SIGTERM is then graceful
+        for i, addr in enumerate(server.addresses):
+            scheme = (schemes[i] if schemes and i < len(schemes) else "tcp")
+            print(f"socklab {app} listening on {describe_address(addr, scheme)} (engine {server.engine.name})",
+                  file=out, flush=True)
+        if not quiet:
+            print("  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
 
     def told(kind: str) -> None:
         if kind == "graceful":
@@ -54,7 +56,7 @@ def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = 
         else:
             print(f"socklab {app}: forced shutdown", file=sys.stderr, flush=True)
 
-    server.serve_forever(on_signal=told)
+    server.serve_forever(on_signal=told, on_ready=ready)
     if not quiet:
         print(f"socklab {app}: stopped", file=sys.stderr, flush=True)
 

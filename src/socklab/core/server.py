@@ -143,12 +143,15 @@ class Server:
 
     # ---- phase 2: serve --------------------------------------------------------------------------
     def serve_forever(self, *, handle_signals: bool = True,
-                      on_signal: Callable[[str], None] | None = None) -> None:
+                      on_signal: Callable[[str], None] | None = None,
+                      on_ready: Callable[[], None] | None = None) -> None:
         """Start (if needed) and serve until SIGINT/SIGTERM; a second signal forces the close.
 
         Args:
             handle_signals: install SIGINT/SIGTERM handlers (main thread only).
             on_signal: told ``"graceful"`` or ``"force"`` so a CLI can print what happens.
+            on_ready: called once the server runs *and* the signal handlers are in place - the
+                moment to announce readiness, so a SIGTERM right after it is always graceful.
         """
         self.start()
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -167,12 +170,16 @@ class Server:
                     self._force()
             old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
+                if on_ready:
+                    on_ready()
                 while not self._stopped.wait(3600):
                     pass
             finally:
                 for sig, h in old.items():
                     signal.signal(sig, h)
         else:
+            if on_ready:
+                on_ready()
             self._stopped.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)

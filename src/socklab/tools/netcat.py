@@ -569,11 +569,11 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
         addr = server.listen(lambda: _ListenConn(hub))
         scheme = "tls" if settings.tls_cert else "tcp"
     where = f"unix:{addr}" if isinstance(addr, str) else f"{scheme}://{format_addr(addr)}"
-    click.echo(f"socklab listen listening on {where} (engine {server.engine.name})", err=True)
     if not execute:
         threading.Thread(target=_stdin_thread, args=(server, hub, crlf), name="socklab-stdin",
                          daemon=True).start()
-    server.serve_forever()
+    server.serve_forever(on_ready=lambda: click.echo(
+        f"socklab listen listening on {where} (engine {server.engine.name})", err=True))
     if isinstance(addr, str):
         with contextlib.suppress(OSError):
             os.unlink(addr)

@@ -67,10 +67,12 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
     rs = rpc_serve(service, list(listen), settings, tracer=tracer)
     server = rs.server
     server.start()
-    for url in rs.urls:
-        print(f"socklab rpc listening on {url} (engine {server.engine.name})", flush=True)
-    click.echo(f"  {len(service.methods)} methods; press Ctrl-C to stop (graceful; a second Ctrl-C forces)",
-               err=True)
+
+    def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
+        for url in rs.urls:
+            print(f"socklab rpc listening on {url} (engine {server.engine.name})", flush=True)
+        click.echo(f"  {len(service.methods)} methods; press Ctrl-C to stop (graceful; a second Ctrl-C forces)",
+                   err=True)
 
     def told(kind: str) -> None:
         if kind == "graceful":
@@ -79,7 +81,7 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
         else:
             click.echo("socklab rpc: forced shutdown", err=True)
 
-    server.serve_forever(on_signal=told)
+    server.serve_forever(on_signal=told, on_ready=ready)
     click.echo("socklab rpc: stopped", err=True)
 
 

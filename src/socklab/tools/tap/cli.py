@@ -96,19 +96,23 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
                 splice=not no_splice)
     relay.bind()
     scheme = "udp" if udp else "tcp"
-    click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
+    ctl_addr = None
     if ctl is not None:
         ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")
-        addr = relay.serve_control(ctl_ep.host, ctl_ep.port)
-        click.echo(f"socklab tap control on tcp://{format_addr(addr)}")
-    click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}")
-    sys.stdout.flush()
+        ctl_addr = relay.serve_control(ctl_ep.host, ctl_ep.port)
+
+    def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
+        click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
+        if ctl_addr is not None:
+            click.echo(f"socklab tap control on tcp://{format_addr(ctl_addr)}")
+        click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}")
+        sys.stdout.flush()
 
     def told(kind: str) -> None:
         click.echo(f"socklab tap: {'stopping' if kind == 'graceful' else 'forced stop'}", err=True)
 
     relay.settings.shutdown_timeout = 1.0
-    relay.serve_forever(on_signal=told)
+    relay.serve_forever(on_signal=told, on_ready=ready)
 
 
 @tap.command("ctl")

@@ -795,12 +795,13 @@ class Tap:
         done.wait(timeout)
         return box[0] if box else None
 
-    def serve_forever(self, on_signal: Callable[[str], None] | None = None) -> None:
-        """Serve until SIGINT/SIGTERM (the CLI's main loop)."""
+    def serve_forever(self, on_signal: Callable[[str], None] | None = None,
+                      on_ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (the CLI's main loop); ``on_ready`` once signals are handled."""
         self.bind()
         self._started = True
         try:
-            self.server.serve_forever(on_signal=on_signal)
+            self.server.serve_forever(on_signal=on_signal, on_ready=on_ready)
         finally:
             self._close_observers()
 
