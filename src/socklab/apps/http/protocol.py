@@ -83,6 +83,18 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+_date_block_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date_block() -> bytes:
+    """The ``date`` and ``server`` header lines every response starts with, rebuilt once a second."""
+    global _date_block_cache
+    now = int(time.time())
+    if _date_block_cache[0] != now:
+        _date_block_cache = (now, b"date: " + http_date() + b"\r\nserver: socklab\r\n")
+    return _date_block_cache[1]
+
+
 class HttpProtocol(Protocol):
     """Serves HTTP/1.1 (and WebSocket upgrades) with ``router`` under the limits of ``settings``.
 
@@ -353,47 +365,62 @@ class HttpProtocol(Protocol):
     def _respond(self, req: Request | None, resp: Response, line: str) -> None:
         status = resp.status
         keep_alive = self._keep_alive and not resp.close
-        try:
-            parts, length = self._body_parts(resp.body)
-        except OSError as exc:
-            print(f"socklab http: cannot open the response body: {exc}", file=sys.stderr)
-            parts, length = [b"500 Internal Server Error\n"], 25
-            status, resp = 500, Response(500, [("content-type", "text/plain")])
-        lines = [_status_line(status), b"date: " + http_date() + b"\r\nserver: socklab\r\n"]
-        for name, value in resp.headers:
-            if isinstance(name, str):
-                name = name.encode("latin-1")
-            if isinstance(value, str):
-                value = value.encode("latin-1")
-            if name.lower() in _FRAMING or b"\n" in value or b"\r" in value:
-                continue  # framing is ours to write; CR/LF in a value would split the response
-            lines.append(b"%s: %s\r\n" % (name, value))
+        body = resp.body
+        parts: list[bytes | FileSpan]
+        if type(body) is bytes:  # the common case (small files, handlers): no copy, no list walk
+            parts, length = ([body] if body else []), len(body)
+        else:
+            try:
+                parts, length = self._body_parts(body)
+            except OSError as exc:
+                print(f"socklab http: cannot open the response body: {exc}", file=sys.stderr)
+                parts, length = [b"500 Internal Server Error\n"], 25
+                status, resp = 500, Response(500, [("content-type", "text/plain")])
+        head = _status_line(status) + _date_block() + resp.head_block
+        if resp.headers:
+            lines = [head]
+            for name, value in resp.headers:
+                if isinstance(name, str):
+                    name = name.encode("latin-1")
+                if isinstance(value, str):
+                    value = value.encode("latin-1")
+                if name.lower() in _FRAMING or b"\n" in value or b"\r" in value:
+                    continue  # framing is ours to write; CR/LF in a value would split the response
+                lines.append(b"%s: %s\r\n" % (name, value))
+            head = b"".join(lines)
         no_body = status in _NO_BODY_STATUSES or 100 <= status < 200
         if not no_body:
-            lines.append(b"content-length: %d\r\n" % length)
+            head += b"content-length: %d\r\n" % length
         if not keep_alive:
-            lines.append(b"connection: close\r\n")
+            head += b"connection: close\r\n\r\n"
         elif req is not None and req.http_version == "1.0":
-            lines.append(b"connection: keep-alive\r\n")  # an HTTP/1.0 client closes otherwise (RFC 9112 §9.3)
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+            head += b"connection: keep-alive\r\n\r\n"  # an HTTP/1.0 client closes otherwise (RFC 9112 §9.3)
+        else:
+            head += b"\r\n"
         self._keep_alive = keep_alive
         if self.access_log:
             self.access_log(req, self.client, status, 0 if no_body else length, line)
         if no_body or (req is not None and req.method == "HEAD"):
-            self._close_files()
+            if self._files:
+                self._close_files()
             parts = []
-        first = parts[0] if parts else None
-        if isinstance(first, FileSpan) and first.length <= SMALL_FILE:
-            try:  # a small file goes out with the head in one write: one send() per response
-                data = _read_at(first.file, first.offset, first.length)
-            except OSError:
-                data = b""
-            if len(data) == first.length:
-                parts[0] = first = data
-        if isinstance(first, bytes) and len(first) <= CHUNK:
-            head += first
-            parts.pop(0)  # one write for head and small body (no Nagle/delayed-ACK stall)
+        if parts:
+            first = parts[0]
+            if isinstance(first, FileSpan) and first.length <= SMALL_FILE:
+                try:  # a small file goes out with the head in one write: one send() per response
+                    data = _read_at(first.file, first.offset, first.length)
+                except OSError:
+                    data = b""
+                if len(data) == first.length:
+                    parts[0] = first = data
+            if isinstance(first, bytes) and len(first) <= CHUNK:
+                head += first
+                del parts[0]  # one write for head and small body (no Nagle/delayed-ACK stall)
+        if not parts and not self._out and not self._write_paused:  # the whole response in one write
+            self.transport.write(head)
+            if self.state == _RESPOND:
+                self._response_done()
+            return
         self._out.append(head)
         self._out.extend(parts)
         self._pump()

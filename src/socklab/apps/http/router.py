@@ -102,16 +102,20 @@ class Response:
             allows); a :class:`FileSpan`; or a list of ``bytes`` and :class:`FileSpan` parts sent
             one after the other.
         close: close the connection after this response.
+        head_block: header lines already encoded, each ending with CRLF, written as they are
+            before ``headers`` (precomputed by trusted code such as the static files: they are
+            not checked for CR/LF or framing fields, unlike ``headers``).
     """
 
-    __slots__ = ("body", "close", "headers", "status")
+    __slots__ = ("body", "close", "head_block", "headers", "status")
 
     def __init__(self, status: int = 200, headers: list[tuple[str, str]] | list[tuple[bytes, bytes]] | None = None,
-                 body: Body = b"", *, close: bool = False) -> None:
+                 body: Body = b"", *, close: bool = False, head_block: bytes = b"") -> None:
         self.status = status
-        self.headers: list[tuple[Any, Any]] = list(headers or [])
+        self.headers: list[tuple[Any, Any]] = list(headers) if headers else []
         self.body = body
         self.close = close
+        self.head_block = head_block
 
     @classmethod
     def text(cls, status: int, text: str, *, close: bool = False) -> Response:

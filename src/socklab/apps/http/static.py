@@ -14,8 +14,16 @@ bytes). This module then:
 - answers ``Range`` (RFC 9110 §14): one range → 206 with ``Content-Range``, several →
   ``multipart/byteranges``, none satisfiable → 416;
 - serves ``index.html`` for a directory, else an HTML-escaped, sorted listing with sizes and dates;
-- never reads a whole file: the response body is a :class:`~socklab.apps.http.router.FileSpan`
+- never reads a whole large file: the response body is a :class:`~socklab.apps.http.router.FileSpan`
   that the protocol sends in chunks or with sendfile.
+
+Speed without trusting names: every request still opens the file and checks what was opened.
+Only what follows is cached (:class:`_FileCache`), keyed by the *opened* file's identity
+``(dev, ino, size, mtime_ns, ctime_ns)`` from ``fstat`` plus its name (the MIME type): the
+encoded header block (type, ETag, Last-Modified) and, for small files, the bytes. A change to
+the file changes its ctime (which no user can set back), so a stale entry is never hit; bytes
+are cached only once the ctime is over a second old, so two writes within one timestamp tick
+(the "racy git" problem) cannot leave old bytes behind a key that still matches.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ __all__ = ["StaticFiles"]
 
 LISTING_MAX = 10_000  # entries shown in one directory listing (the page is built in memory)
 SMALL_FILE = 16 * 1024  # files up to this size are read at once (one write with the head)
+CACHE_ENTRIES = 1024  # files whose response headers (and bytes, if small) are kept
+CACHE_BYTES = 8 * 1024 * 1024  # total bytes of small files kept in memory
+RACY_SECONDS = 1.0  # a file changed more recently than this is not cached byte for byte
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
                 ".wasm": "application/wasm", ".json": "application/json", ".md": "text/markdown",
@@ -87,6 +98,47 @@ def _weak_match(tags: list[str], etag: str) -> bool:
     return any(t == "*" or t.removeprefix("W/") == bare for t in tags)
 
 
+class _Entry:
+    """What a file's metadata determines: its header block, ETag and dates; its bytes when small."""
+
+    __slots__ = ("data", "etag", "head", "head_304", "mtime")
+
+    def __init__(self, head: bytes, head_304: bytes, etag: str, mtime: int, data: bytes | None) -> None:
+        self.head = head  # content-type, etag, last-modified, accept-ranges lines (CRLF-terminated)
+        self.head_304 = head_304  # etag and last-modified lines (a 304 repeats only those)
+        self.etag = etag
+        self.mtime = mtime
+        self.data = data
+
+
+class _FileCache:
+    """A bounded map from an opened file's identity to its :class:`_Entry` (oldest evicted first)."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_entries = entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._map: dict[tuple[int, int, int, int, int, str], _Entry] = {}
+
+    def get(self, key: tuple[int, int, int, int, int, str]) -> _Entry | None:
+        return self._map.get(key)
+
+    def put(self, key: tuple[int, int, int, int, int, str], entry: _Entry) -> None:
+        size = len(entry.data) if entry.data is not None else 0
+        if size > self.max_bytes:
+            entry.data, size = None, 0
+        m = self._map
+        while m and (len(m) >= self.max_entries or self.bytes + size > self.max_bytes):
+            old = m.pop(next(iter(m)))
+            if old.data is not None:
+                self.bytes -= len(old.data)
+        m[key] = entry
+        self.bytes += size
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+
 class StaticFiles:
     """Files under one directory.
 
@@ -105,6 +157,8 @@ class StaticFiles:
             raise UsageError(f"{directory} is not a directory")
         self.follow_symlinks = follow_symlinks
         self.listing = listing
+        self._root_prefix = self.root.rstrip("/") + "/"
+        self.cache = _FileCache()
 
     # ---- confinement -----------------------------------------------------------------------------
     def _inside(self, fd: int, expected: str) -> bool:
@@ -121,7 +175,7 @@ class StaticFiles:
                 return False
             if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
                 return False
-        return real == self.root or real.startswith(self.root.rstrip("/") + "/")
+        return real == self.root or real.startswith(self._root_prefix)
 
     def _open(self, path: str) -> int | None:
         try:
@@ -202,19 +256,66 @@ class StaticFiles:
                 f"{note}</body></html>\n")
         return Response(200, [("content-type", "text/html; charset=utf-8")], page.encode("utf-8", "replace"))
 
-    def _file(self, req: Request, fd: int, st: os.stat_result, name: str) -> Response:
-        """The response for the regular file open on ``fd`` (this method owns ``fd`` from here)."""
+    def _entry(self, fd: int, st: os.stat_result, name: str) -> _Entry:
+        """The cached :class:`_Entry` of the file open on ``fd`` (made and cached on a miss)."""
+        key = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, name)
+        entry = self.cache.get(key)
+        if entry is not None:
+            return entry
         etag = _etag(st)
         mtime = int(st.st_mtime)
+        validators = f"etag: {etag}\r\nlast-modified: {_http_date(mtime)}\r\n".encode("latin-1")
+        head = b"content-type: " + _mime(name).encode("latin-1") + b"\r\n" + validators + b"accept-ranges: bytes\r\n"
+        if time.time() - st.st_ctime <= RACY_SECONDS:
+            return _Entry(head, validators, etag, mtime, None)  # just changed: may change again unseen
+        data = None
         size = st.st_size
-        headers = [("content-type", _mime(name)), ("etag", etag), ("last-modified", _http_date(mtime)),
-                   ("accept-ranges", "bytes")]
+        if size <= SMALL_FILE:
+            data = os.pread(fd, size, 0)
+            if len(data) != size:  # changed while being read: serve it uncached
+                return _Entry(head, validators, etag, mtime, None)
+        entry = _Entry(head, validators, etag, mtime, data)
+        self.cache.put(key, entry)
+        return entry
+
+    def _file(self, req: Request, fd: int, st: os.stat_result, name: str) -> Response:
+        """The response for the regular file open on ``fd`` (this method owns ``fd`` from here)."""
+        try:
+            entry = self._entry(fd, st, name)
+        except OSError:
+            os.close(fd)
+            raise
+        headers = req.headers
+        if len(headers) > 1 or (headers and headers[0][0] != b"host"):  # anything beyond Host: look closer
+            answer = self._special(req, fd, st, entry)
+            if answer is not None:
+                return answer
+        if req.method == "HEAD":
+            return Response(200, body=FileSpan(os.fdopen(fd, "rb", buffering=0), 0, st.st_size),
+                            head_block=entry.head)
+        if entry.data is not None:  # a small file, unchanged since it was read: no read at all
+            os.close(fd)
+            return Response(200, body=entry.data, head_block=entry.head)
+        size = st.st_size
+        if size <= SMALL_FILE:
+            try:
+                data = os.pread(fd, size, 0)  # small: read now, sent with the head in one write
+            finally:
+                os.close(fd)
+            if len(data) == size:
+                return Response(200, body=data, head_block=entry.head)
+            return Response.text(500, "500 Internal Server Error: the file changed while being read\n")
+        return Response(200, body=FileSpan(os.fdopen(fd, "rb", buffering=0), 0, size), head_block=entry.head)
+
+    def _special(self, req: Request, fd: int, st: os.stat_result, entry: _Entry) -> Response | None:
+        """Conditional and range requests: the response, or ``None`` for a plain 200."""
+        etag, mtime, size = entry.etag, entry.mtime, st.st_size
         if req.header("if-match") or req.header("if-none-match") or req.header("if-modified-since") or \
                 req.header("if-unmodified-since"):
             status = self._preconditions(req, etag, mtime)
             if status is not None:
                 os.close(fd)
-                return Response(status, headers[1:3], b"")
+                return Response(status, body=b"", head_block=entry.head_304)
         range_header = req.header("range")
         if range_header is not None and self._if_range_ok(req.header("if-range"), etag, mtime):
             try:
@@ -224,16 +325,8 @@ class StaticFiles:
                 return Response(416, [("content-range", f"bytes */{size}"), ("content-type", "text/plain")],
                                  b"416 Range Not Satisfiable\n")
             if spans is not None:
-                return self._partial(os.fdopen(fd, "rb", buffering=0), spans, size, headers)
-        if size <= SMALL_FILE and req.method != "HEAD":
-            try:
-                data = os.pread(fd, size, 0)  # small: read now, sent with the head in one write
-            finally:
-                os.close(fd)
-            if len(data) == size:
-                return Response(200, headers, data)
-            return Response.text(500, "500 Internal Server Error: the file changed while being read\n")
-        return Response(200, headers, FileSpan(os.fdopen(fd, "rb", buffering=0), 0, size))
+                return self._partial(os.fdopen(fd, "rb", buffering=0), spans, size, entry.head)
+        return None
 
     @staticmethod
     def _preconditions(req: Request, etag: str, mtime: int) -> int | None:
@@ -269,19 +362,19 @@ class StaticFiles:
         return when is not None and int(when) == mtime
 
     @staticmethod
-    def _partial(f: IO[bytes], spans: list[tuple[int, int]], size: int,
-                 headers: list[tuple[str, str]]) -> Response:
+    def _partial(f: IO[bytes], spans: list[tuple[int, int]], size: int, head: bytes) -> Response:
         if len(spans) == 1:
             first, last = spans[0]
-            return Response(206, [*headers, ("content-range", f"bytes {first}-{last}/{size}")],
-                            FileSpan(f, first, last - first + 1))
+            return Response(206, [("content-range", f"bytes {first}-{last}/{size}")],
+                            FileSpan(f, first, last - first + 1), head_block=head)
         # RFC 9110 §14.6: multipart/byteranges, each part with its own Content-Type and Content-Range.
         boundary = os.urandom(12).hex()
-        ctype = headers[0][1]
+        type_line, _, rest = head.partition(b"\r\n")  # the file's own content-type moves into each part
+        ctype = type_line.partition(b": ")[2].decode("latin-1")
         parts: list[bytes | FileSpan] = []
         for first, last in spans:
             parts.append(f"\r\n--{boundary}\r\ncontent-type: {ctype}\r\n"
                          f"content-range: bytes {first}-{last}/{size}\r\n\r\n".encode())
             parts.append(FileSpan(f, first, last - first + 1))
         parts.append(f"\r\n--{boundary}--\r\n".encode())
-        return Response(206, [("content-type", f"multipart/byteranges; boundary={boundary}"), *headers[1:]], parts)
+        return Response(206, [("content-type", f"multipart/byteranges; boundary={boundary}")], parts, head_block=rest)
