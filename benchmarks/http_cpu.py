@@ -67,7 +67,9 @@ def main() -> None:
             f.write(os.urandom(1024))
         with open(os.path.join(site, "1m.bin"), "wb") as f:
             f.write(os.urandom(1 << 20))
-        print(f"load {open('/proc/loadavg').read().split()[0]}; wrk -t1 -c{args.connections} -d{args.seconds}s "
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[0]
+        print(f"load {load}; wrk -t1 -c{args.connections} -d{args.seconds}s "
               f"/{args.file}")
         for engine in args.engines.split():
             for _ in range(args.repeat):
