@@ -58,8 +58,12 @@ def test_transfer_through_lossy_tap(tmp_path: Path, loss: float, blksize: int, w
     kinds = [e.kind for e in log]
     assert kinds.count("loss") > 0 and kinds.count("duplicate") > 0
     if upload:  # the client sent the DATA: its retransmissions are explained by the faults
+        # At most one window per logged fault (the exact bound is proven in simulated time, see
+        # test_protocol.py); 25 % slack for what real sockets add and the tap cannot log: a burst
+        # of 32 x 8 KiB overflowing a socket buffer, a timeout stretched by a loaded machine. A
+        # Sorcerer's Apprentice sender would resend about everything and fail this by far.
         explained = kinds.count("loss") + kinds.count("reorder")
-        assert res.retransmissions <= (explained + 1) * window
+        assert res.retransmissions <= 1.25 * (explained + 1) * window
 
 
 @pytest.mark.slow
