@@ -150,7 +150,7 @@ class ReceiveSession:
         self.failed: str | None = None
         self._control = bytearray(64 * 1024)
         self._bufsize = settings.buffer_size
-        self._ring = [bytearray(self._bufsize) for _ in range(RING)]
+        self._ring: list[bytearray] = []  # allocated with the first file's data (idle sessions cost little)
         self._ring_busy: list[tuple[Future[None], Future[None]] | None] = [None] * RING
         self._slot = 0
         self._fill = 0
@@ -178,6 +178,8 @@ class ReceiveSession:
                 if self._discarding or self._sink is None:
                     return memoryview(self._control)  # that buffer hit a disk error
             limit = min(self._bufsize - self._fill, self.conn.raw_remaining)
+            if not self._ring:
+                self._ring = [bytearray(self._bufsize) for _ in range(RING)]
             return memoryview(self._ring[slot])[self._fill:self._fill + limit]
         return memoryview(self._control)
 
