@@ -100,13 +100,16 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_node(engine: str, tmp: Path, clients: int, broker: str | None,
-               store_sync: str = "full") -> tuple[subprocess.Popen[bytes], int]:
+               store_sync: str = "full", pin: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     args = [sys.executable, "-m", "socklab", "chat", "serve", "--engine", engine, "--tcp-port", "0",
             "--http-port", "-1", "--store", ":memory:" if store_sync == "memory" else str(tmp / f"{engine}.db"), "--rate", "1000000", "--burst", "1000000",
             "--max-connections", str(clients + 100), "--default-room", "#bench", "--history-on-join", "0",
             "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", "normal" if store_sync == "memory" else store_sync]
     if broker:
         args += ["--broker", broker, "--node", f"bench-{engine}"]
+    if pin:  # the node on core 0, this generator on core 1 (as in PERF_NOTES)
+        args = ["taskset", "-c", "0", *args]
+        os.sched_setaffinity(0, {1})
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
@@ -280,6 +283,7 @@ def main() -> None:
                          "store, to see the cost of the disk)")
     ap.add_argument("--eager", action="store_true", help="read every member as soon as it is readable "
                                                            "(costs the generator one recv per delivery)")
+    ap.add_argument("--pin", action="store_true", help="pin the node to core 0 and the generator to core 1")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -292,7 +296,7 @@ def main() -> None:
         redis_proc, url = start_redis(tmp) if args.redis else (None, None)
         try:
             for engine in args.engines.split(","):
-                node, port = start_node(engine, tmp, args.clients, url, args.store_sync)
+                node, port = start_node(engine, tmp, args.clients, url, args.store_sync, args.pin)
                 try:
                     res = run_load(port, engine, args.clients, args.rate, args.seconds, min(args.senders, args.clients),
                                    args.sample, args.redis, node.pid, not args.eager)
