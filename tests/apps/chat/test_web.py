@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
@@ -310,3 +312,31 @@ def test_tls_on_both_listeners(tls_files: dict[str, str]) -> None:
                 assert chunk, data
                 data += chunk
             assert data.startswith(b"HELLO ")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.text(max_size=300), st.sampled_from(
+    ["/nick fuzzy", "/join #x", "/msg probe hi", "/topic t", "/history 3", "/part", "/quit", "\n", "/me x"])),
+    max_size=15))
+def test_fuzz_websocket_commands_never_hurt_the_server(web_node: Any, messages: list[str]) -> None:
+    node, probe = web_node
+    ws = WsClient(node.http_port)
+    try:
+        ws.expect("HELLO")
+        for m in messages:
+            ws.send(m)
+        ws.send("/ping end")
+        try:
+            ws.expect("PONG")
+        except (AssertionError, EOFError):
+            pass  # a /quit in the list closed it: fine
+    finally:
+        ws.close()
+    probe.send("/ping ok")
+    probe.expect("PONG")
+
+
+@pytest.fixture(scope="module")
+def web_node() -> Any:
+    with chat_node(http_port=0, rate=1000.0, burst=1000) as node, LineClient(node.tcp_port, "probe") as probe:
+        yield node, probe

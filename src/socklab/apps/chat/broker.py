@@ -141,7 +141,7 @@ class RedisBackend:
         self._jobs: queue.SimpleQueue[Job | _Publish | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._nicks: set[str] = set()  # nicks held by this node (for the heartbeat)
+        self._nicks: set[str] = set()  # nicks held by this node, case-folded (for the heartbeat)
         self._presence: dict[str, set[str]] = {}  # room -> nicks here
         self._delivered: dict[str, int] = {}  # room -> last seq delivered here (engine thread)
         self._published = 0
@@ -322,14 +322,14 @@ class RedisBackend:
                 ok = False
             if ok:
                 with self._lock:
-                    self._nicks.add(nick)
+                    self._nicks.add(nick_key(nick))
             return lambda: cb(ok)
 
         self._submit(job)
 
     def release_nick(self, nick: str) -> None:
         with self._lock:
-            self._nicks.discard(nick)
+            self._nicks.discard(nick_key(nick))
 
         def job(r: Any) -> None:
             with contextlib.suppress(redis.RedisError):
