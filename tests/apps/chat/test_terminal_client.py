@@ -105,3 +105,12 @@ def test_plain_mode_for_scripts() -> None:
         assert "-- in #lobby: bob, scripted" in text
         if not any(line.startswith("PART #lobby scripted") for line in bob.seen):  # it may precede the MSG,
             bob.expect("PART #lobby scripted")  # which is delivered once stored
+
+
+def test_plain_mode_over_tls(tls_files: dict[str, str]) -> None:
+    with chat_node(tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as node:
+        out = subprocess.run([sys.executable, "-m", "socklab", "chat", "connect", f"127.0.0.1:{node.tcp_port}",
+                              "--nick", "secure", "--plain", "--tls", "--cafile", tls_files["ca"]],
+                             input=b"/ping tls-ok\n", capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "-- pong tls-ok" in out.stdout.decode()

@@ -9,6 +9,7 @@ import click
 from socklab.apps.chat.settings import ChatSettings
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.cli.serving import serve_until_signalled
+from socklab.core.settings import ClientSettings
 
 
 @click.group()
@@ -48,13 +49,17 @@ def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
 @click.option("--nick", "-n", required=True, help="Your nick (letters, digits, _ and -).")
 @click.option("--room", "-r", default=None, help="Room to join after connecting (default: the server's).")
 @click.option("--plain", is_flag=True, help="No full-screen prompt: read stdin, print lines (for scripts).")
+@options_from(ClientSettings, exclude=("connect_timeout",))
 @run_cli
-def connect(address: str, nick: str, room: str | None, plain: bool) -> None:
+def connect(address: str, nick: str, room: str | None, plain: bool, **values: Any) -> None:
     """Chat from the terminal: incoming messages never break the line you are typing.
 
     Up/down browse what you typed; the commands are the server's (/join, /msg, /who, /help...).
     Reconnects after a server restart and catches up from the last message seen.
     """
     from socklab.apps.chat.client import run_terminal_client
+    from socklab.core.sockets import client_ssl_context
 
-    run_terminal_client(address, nick, room=room, plain=plain)
+    cs = build_settings(ClientSettings, values)
+    tls = client_ssl_context(cs.cafile, cs.insecure) if (cs.tls or cs.cafile or cs.insecure) else None
+    run_terminal_client(address, nick, room=room, plain=plain, tls=tls, server_name=cs.server_name)

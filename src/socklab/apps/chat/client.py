@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -91,8 +92,11 @@ class ChatClient:
         room: a room to join besides the server's default.
     """
 
-    def __init__(self, address: str, nick: str, show: Callable[[str], None], room: str | None = None) -> None:
+    def __init__(self, address: str, nick: str, show: Callable[[str], None], room: str | None = None, *,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         self.endpoint = parse_endpoint(address)
+        self.tls = tls
+        self.server_name = server_name
         self.nick = nick
         self.show = show
         self.rooms: list[str] = [room] if room else []
@@ -115,6 +119,8 @@ class ChatClient:
                     raise
             else:
                 sock = socket.create_connection((self.endpoint.host, self.endpoint.port), timeout=5)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.server_name or self.endpoint.host or None)
         except OSError as exc:
             raise translate_oserror(exc, f"connecting to {self.endpoint}") from exc
         sock.settimeout(None)
@@ -221,10 +227,11 @@ class ChatClient:
             sock.close()
 
 
-def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False) -> None:
+def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False,
+                        tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
     """The ``socklab chat connect`` command: prompt until /quit, EOF or Ctrl-D."""
     if plain or not sys.stdin.isatty():
-        _run_plain(address, nick, room)
+        _run_plain(ChatClient(address, nick, _locked_print(), room, tls=tls, server_name=server_name))
         return
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import InMemoryHistory
@@ -235,7 +242,7 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
     def show(line: str) -> None:
         print(line, flush=True)  # patch_stdout draws it above the prompt
 
-    client = ChatClient(address, nick, show, room)
+    client = ChatClient(address, nick, show, room, tls=tls, server_name=server_name)
     with patch_stdout(raw=True):
         client.start()
         try:
@@ -258,14 +265,17 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
             client.close()
 
 
-def _run_plain(address: str, nick: str, room: str | None) -> None:
+def _locked_print() -> Callable[[str], None]:
     lock = threading.Lock()
 
     def show(line: str) -> None:
         with lock:
             print(line, flush=True)
 
-    client = ChatClient(address, nick, show, room)
+    return show
+
+
+def _run_plain(client: ChatClient) -> None:
     client.start()
     try:
         for line in sys.stdin:
