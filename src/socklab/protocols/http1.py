@@ -119,6 +119,19 @@ class HeadFramer:
         buf = self._buf
         if not buf:
             return None
+        if self._scanned == 0 and self._first_line < 0:
+            # Fast path: a whole head arrived at once (the usual case). Same checks, fewer steps.
+            end = buf.find(_CRLF2)
+            if 0 <= end <= self.max_head_size - 4:
+                first = buf.find(b"\r\n")
+                if 0 < first <= self.max_request_line:
+                    head = bytes(buf[:end + 4])
+                    if head.count(b"\n") != head.count(b"\r\n"):
+                        raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
+                    del buf[:end + 4]
+                    self._blank_lines = 0
+                    _check_fields(head)
+                    return head
         if self._first_line < 0 and buf.startswith(b"\r\n"):
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
             skip = 0
@@ -248,6 +261,8 @@ class Http1Parser:
         self._stopped = False  # after an upgrade head: nothing more is parsed as HTTP
         self._chunked = False
         self._head_reported = False
+        self._collector = _Collector()
+        self._llhttp: Any = None  # reused from one bodiless keep-alive request to the next
 
     @property
     def complete_ready(self) -> bool:
@@ -337,12 +352,18 @@ class Http1Parser:
         return done
 
     def _parse_head(self, head_bytes: bytes) -> tuple[RequestHead, bool, int]:
-        collector = _Collector()
-        parser: Any = httptools.HttpRequestParser(collector)
+        collector = self._collector
+        collector.url = b""
+        collector.headers = []
+        parser: Any = self._llhttp
+        if parser is None:
+            parser = httptools.HttpRequestParser(collector)
+        self._llhttp = None  # reused only when this head ends a whole message (below)
+        stopped = False
         try:
             parser.feed_data(head_bytes)
         except httptools.HttpParserUpgrade:
-            pass  # llhttp stops at an upgrade head; we decide about upgrades in _build_head
+            stopped = True  # llhttp stops at an upgrade head; we decide about upgrades in _build_head
         except httptools.HttpParserError as exc:
             raise RemoteProtocolError(f"malformed request head: {exc}", hint=400) from None
         method = parser.get_method()
@@ -356,6 +377,9 @@ class Http1Parser:
             elif name == b"content-length":
                 length = int(value)  # llhttp accepted it: digits only, one field (the framer checked)
         head = _build_head(method, collector.url, version, headers)
+        if not (chunked or length or stopped) and parser.should_keep_alive():
+            # llhttp saw the whole message (no body follows) and is ready for the next one.
+            self._llhttp = parser
         return head, chunked, length
 
     def _h11_next(self) -> RequestHead | RequestComplete | None:

@@ -22,6 +22,7 @@ another host: callers build any ``Location`` from the returned segments.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from socklab.core.errors import RemoteProtocolError
 __all__ = ["TargetPath", "parse_target", "percent_decode"]
 
 _HEX = b"0123456789abcdefABCDEF"
+PLAIN_CACHE_SIZE = 4096  # plain targets (nothing to decode) remembered with their parsed form
+_plain_cache: dict[bytes, TargetPath] = {}
 _PLAIN = re.compile(rb"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*)+")  # origin-form path, RFC 3986 pchar minus '%'
 
 
@@ -47,7 +50,7 @@ class TargetPath:
     trailing_slash: bool
     query: bytes
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         """The canonical decoded path: ``/`` + segments joined by ``/`` (+ ``/`` for a directory)."""
         joined = "/" + "/".join(self.segments)
@@ -117,10 +120,17 @@ def parse_target(target: bytes, method: bytes = b"GET") -> TargetPath:
     Raises:
         RemoteProtocolError: hint 400, for every case listed in the module docstring.
     """
+    hit = _plain_cache.get(target)
+    if hit is not None:
+        return hit
     if _PLAIN.fullmatch(target):  # the common case: nothing to decode, no dot segment, no query
         segments = tuple(seg.decode("ascii") for seg in target.split(b"/") if seg)
         if b"/." not in target:
-            return TargetPath(segments, target.endswith(b"/"), b"")
+            tp = TargetPath(segments, target.endswith(b"/"), b"")
+            if len(_plain_cache) >= PLAIN_CACHE_SIZE:
+                _plain_cache.clear()
+            _plain_cache[target] = tp  # a pure function of the target: safe to remember
+            return tp
     if target == b"*" and method == b"OPTIONS":
         return TargetPath((), False, b"")
     if not target.startswith(b"/"):

@@ -53,6 +53,7 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"connection", b"transfer-encoding"})
 
 
+_METHODS = {b"GET": "GET", b"HEAD": "HEAD", b"POST": "POST"}  # decoded without a call
 _now = time.monotonic  # the protocol's clock (tests replace it)
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -300,10 +301,10 @@ class HttpProtocol(Protocol):
         except RemoteProtocolError as exc:
             self._error(exc.hint or 400, str(exc), line=line)
             return
-        req = Request(method=head.method.decode("ascii"), target=head.target.decode("latin-1"), path=tp.path,
-                      query=tp.query.decode("latin-1"), headers=list(head.headers), body=done.body,
-                      client=self.client, http_version=head.http_version.decode("ascii"),
-                      segments=tp.segments, trailing_slash=tp.trailing_slash)
+        method = _METHODS.get(head.method) or head.method.decode("ascii")
+        req = Request(method, head.target.decode("latin-1"), tp.path, tp.query.decode("latin-1") if tp.query else "",
+                      list(head.headers), done.body, self.client, "1.1" if head.http_version == b"1.1" else "1.0",
+                      tp.segments, tp.trailing_slash)
         if head.upgrade is not None:
             self._upgrade(req, line)
             return
@@ -542,7 +543,8 @@ class HttpProtocol(Protocol):
         return False
 
     def _response_done(self) -> None:
-        self._close_files()
+        if self._files:
+            self._close_files()
         if self._sendfile_mode:
             self._sendfile_mode = False
             self.transport.set_write_buffer_limits()

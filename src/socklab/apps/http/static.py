@@ -98,6 +98,36 @@ def _weak_match(tags: list[str], etag: str) -> bool:
     return any(t == "*" or t.removeprefix("W/") == bare for t in tags)
 
 
+_proc_fd = -1  # a descriptor on /proc/self/fd, opened on first use
+
+
+def _proc_fd_dir() -> int:
+    """A descriptor on this process's ``/proc/self/fd`` (reading a link relative to it skips a path walk).
+
+    Raises:
+        OSError: no /proc.
+    """
+    global _proc_fd
+    if _proc_fd < 0:
+        _proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    return _proc_fd
+
+
+def _forget_proc_fd() -> None:
+    """After a fork: the inherited descriptor shows the *parent's* table; the child opens its own."""
+    global _proc_fd
+    if _proc_fd >= 0:
+        try:
+            os.close(_proc_fd)
+        except OSError:
+            pass
+    _proc_fd = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_proc_fd)
+
+
 class _Entry:
     """What a file's metadata determines: its header block, ETag and dates; its bytes when small."""
 
@@ -166,7 +196,7 @@ class StaticFiles:
         if self.follow_symlinks:
             return True
         try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
+            real = os.readlink(str(fd), dir_fd=_proc_fd_dir())
         except OSError:  # no /proc: compare the identity of the opened file with its resolved name
             real = os.path.realpath(expected)
             try:
@@ -177,25 +207,18 @@ class StaticFiles:
                 return False
         return real == self.root or real.startswith(self._root_prefix)
 
-    def _open(self, path: str) -> int | None:
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError:
-            return None
-        if not self._inside(fd, path):
-            os.close(fd)
-            return None
-        return fd
-
     # ---- serving ---------------------------------------------------------------------------------
     def serve(self, req: Request, prefix: tuple[str, ...] = ()) -> Response:
         """The response for ``req`` (a GET or HEAD whose path starts with ``prefix``)."""
-        rel = req.segments[len(prefix):]
+        rel = req.segments[len(prefix):] if prefix else req.segments
         path = self.root + "/" + "/".join(rel) if rel else self.root
-        fd = self._open(path)
-        if fd is None:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError:
             return Response.text(404, "404 Not Found\n")
         try:
+            if not self._inside(fd, path):  # what was opened, wherever the name led
+                return Response.text(404, "404 Not Found\n")
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 if not req.trailing_slash and rel:
