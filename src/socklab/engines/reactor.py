@@ -160,8 +160,6 @@ class Reactor(Engine):
         self._stopping = False
         self._listeners: list[_Listener] = []
         self._endpoints: list[_DatagramEndpoint] = []
-        self.recv_buffer = bytearray(RECV_SIZE)
-        self.recv_view = memoryview(self.recv_buffer)
         self.now = time.monotonic()
         self._registered: set[int] = set()
         # The self-pipe trick: other threads wake poll() by writing one byte.
@@ -243,8 +241,8 @@ class Reactor(Engine):
         while not self._stopping:
             if ready_q:
                 timeout: float | None = 0.0
-            elif timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
+            elif timers:  # self.now is at most one loop iteration old: good enough for a timeout
+                timeout = max(0.0, timers[0][0] - self.now)
             else:
                 timeout = None
             try:
@@ -432,6 +430,7 @@ class StreamTransport(Transport, Connection):
         self.last_activity = reactor.now
         self._wbuf = bytearray()
         self._closing = False
+        self._write_closed = False  # close(), abort(), write_eof() or a fatal error: writes are dropped
         self._lost = False
         self._eof_pending = False
         self._eof_sent = False
@@ -443,8 +442,6 @@ class StreamTransport(Transport, Connection):
         self._high = reactor.settings.max_buffer
         self._low = self._high // 4
         self._buffered = isinstance(protocol, BufferedProtocol)
-        self.bytes_in = 0
-        self.bytes_out = 0
 
     # ---- reading ---------------------------------------------------------------------------------
     def start_reading(self) -> None:
@@ -460,29 +457,47 @@ class StreamTransport(Transport, Connection):
 
     def _on_readable(self) -> None:
         reactor = self.reactor
+        if self._buffered:
+            self._on_readable_buffered()
+            return
         try:
-            if self._buffered:
-                buf = self.protocol.get_buffer(RECV_SIZE)  # type: ignore[attr-defined]
-                n = self.sock.recv_into(buf)
-            else:
-                n = self.sock.recv_into(reactor.recv_buffer)
+            # recv() straight into a new bytes object: cheaper than recv_into() plus a copy, and
+            # 64 KiB stays below glibc's mmap threshold (no mmap/munmap per read).
+            data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc, "receiving")
             return
         if self.tracer:
-            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=RECV_SIZE)
-        if n:
+            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE)
+        if data:
             self.last_activity = reactor.now
-            self.bytes_in += n
             try:
-                if self._buffered:
-                    self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
-                else:
-                    self.protocol.data_received(reactor.recv_view[:n].tobytes())
+                self.protocol.data_received(data)
             except Exception as exc:
                 self._protocol_failed(exc, "data_received")
+            return
+        self._on_eof()
+
+    def _on_readable_buffered(self) -> None:
+        """The zero-copy path: the protocol lends its own buffer (BufferedProtocol)."""
+        try:
+            buf = self.protocol.get_buffer(RECV_SIZE)  # type: ignore[attr-defined]
+            n = self.sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        if self.tracer:
+            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=len(buf))
+        if n:
+            self.last_activity = self.reactor.now
+            try:
+                self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._protocol_failed(exc, "buffer_updated")
             return
         self._on_eof()
 
@@ -499,8 +514,8 @@ class StreamTransport(Transport, Connection):
 
     # ---- writing ---------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._eof_pending or self._eof_sent or not data:
-            return  # writes after close are dropped, as in asyncio
+        if self._write_closed or not data:
+            return  # writes after close, abort or write_eof are dropped, as in asyncio
         if not self._wbuf:
             try:
                 n = self.sock.send(data)
@@ -511,7 +526,6 @@ class StreamTransport(Transport, Connection):
                 return
             if self.tracer:
                 self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(data))
-            self.bytes_out += n
             if n == len(data):
                 return
             self._wbuf += memoryview(data)[n:]
@@ -543,7 +557,6 @@ class StreamTransport(Transport, Connection):
             return
         if self.tracer:
             self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
-        self.bytes_out += n
         del self._wbuf[:n]
         if self._protocol_paused and len(self._wbuf) <= self._low:
             self._protocol_paused = False
@@ -561,6 +574,7 @@ class StreamTransport(Transport, Connection):
     def write_eof(self) -> None:
         if self._eof_sent or self._eof_pending or self._closing:
             return
+        self._write_closed = True
         if self._wbuf:
             self._eof_pending = True
         else:
@@ -609,6 +623,7 @@ class StreamTransport(Transport, Connection):
         if self._closing:
             return
         self._closing = True
+        self._write_closed = True
         self._sync_reading()
         if not self._wbuf:
             self.reactor.call_soon(lambda: self._finalize(None))
@@ -625,6 +640,7 @@ class StreamTransport(Transport, Connection):
             except OSError:
                 pass
         self._closing = True
+        self._write_closed = True
         self._wbuf.clear()
         self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
 
@@ -639,6 +655,7 @@ class StreamTransport(Transport, Connection):
         if self.tracer:
             self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
         self._closing = True
+        self._write_closed = True
         self._wbuf.clear()
         self._finalize(err)
 
