@@ -270,3 +270,13 @@ def test_cli_measures_any_target(c_server: ServerProcess, spawn: Callable[..., A
     assert proc.popen.returncode == 0, err
     [row] = json.loads(out)["results"]
     assert row["kind"] == "target" and row["rps"] > 0 and row["server_cpu"] is None  # no process to watch
+
+
+def test_app_benchmarks_are_reachable_from_bench() -> None:
+    from socklab.tools.bench.cli import bench
+
+    for name in ("chat", "transfer", "tap", "http", "rpc"):
+        assert name in bench.commands
+    out = subprocess.run([sys.executable, "-m", "socklab", "bench", "tap", "--help"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0 and "usage" in out.stdout.lower()  # the script's own help

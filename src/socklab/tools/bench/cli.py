@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -106,7 +108,11 @@ def _meta(load: Any, repeats: int, pinning: str, **more: Any) -> dict[str, Any]:
 
 @click.group()
 def bench() -> None:
-    """Benchmark the echo server on every engine (C load generator, pinned cores, medians)."""
+    """Benchmarks: the echo server on every engine (C load generator, pinned cores, medians), and each app.
+
+    Targets live here, never in tests: every figure is compared with a baseline measured in the same
+    run. Results and how to reproduce them: docs/benchmarks.md.
+    """
 
 
 @bench.command()
@@ -326,3 +332,46 @@ def build() -> None:
 
     for name in PROGRAMS:
         click.echo(f"{name}: {binary(name)}")
+
+
+# ---- the other apps' benchmarks ------------------------------------------------------------------
+# Each app's benchmark lives beside the references it compares against: rpc ships one in the package,
+# the others are scripts under benchmarks/ in a socklab checkout. `socklab bench NAME --help` shows
+# the script's own options.
+_REPO = Path(__file__).resolve().parents[4]
+_SCRIPTS = {
+    "chat": ("chat_bench.py", "Chat fan-out: N clients in a room, M messages/s, deliveries/s and latency."),
+    "transfer": ("transfer_bench.py", "File transfer: native vs netcat vs bare sendfile; TFTP lock-step vs windowed."),
+    "tap": ("tap_bench.py", "The tap relay: bulk throughput vs direct, added latency for small messages."),
+    "http": ("http_bench.sh", "HTTP static files with wrk: socklab vs http.server, aiohttp and nginx."),
+}
+
+
+def _script_command(name: str, script: str, summary: str) -> click.Command:
+    @click.command(name, help=f"{summary}\n\nRuns benchmarks/{script} from a socklab checkout; every "
+                               "argument goes to it (try `--help` after the name).",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                     "help_option_names": []})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @run_cli
+    def command(args: tuple[str, ...]) -> None:
+        path = _REPO / "benchmarks" / script
+        if not path.exists():
+            raise UsageError(f"benchmarks/{script} is not here: run `socklab bench {name}` from a socklab checkout")
+        runner = ["bash"] if script.endswith(".sh") else [sys.executable]
+        sys.exit(subprocess.call([*runner, str(path), *args]))
+
+    return command
+
+
+for _name, (_script, _summary) in _SCRIPTS.items():
+    bench.add_command(_script_command(_name, _script, _summary))
+
+
+def _add_rpc_bench() -> None:
+    from socklab.apps.rpc.cli import bench as rpc_bench  # `socklab bench rpc` is `socklab rpc bench`
+
+    bench.add_command(rpc_bench, "rpc")
+
+
+_add_rpc_bench()
