@@ -27,13 +27,13 @@ import io
 import json
 import os
 import re
-import resource
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,21 +80,59 @@ def make_file(size_mib: int, where: Path) -> Path:
     return path
 
 
-def run_native(path: Path, discard: bool, dest: Path) -> float:
+class Cpu:
+    """CPU seconds (user + system, every thread) of one contender's sender and receiver processes."""
+
+    def __init__(self) -> None:
+        self.tx = 0.0
+        self.rx = 0.0
+
+
+def _reap(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 120) -> float:
+    """Wait for ``proc`` with ``wait4`` and return its own CPU seconds (not its siblings')."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return ru.ru_utime + ru.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"{proc.args!r} did not finish")
+        time.sleep(0.01)
+
+
+def _run_tx(argv: list[str], stdin: int | None = None) -> tuple[str, float]:
+    tx = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert tx.stdout is not None and tx.stderr is not None
+    out = tx.stdout.read()
+    err = tx.stderr.read()
+    tx.stdout.close()
+    tx.stderr.close()
+    cpu = _reap(tx)
+    if tx.returncode != 0:
+        raise SystemExit(f"{argv!r} failed ({tx.returncode}): {out} {err}")
+    return out, cpu
+
+
+def run_native(path: Path, discard: bool, dest: Path, cpu: Cpu) -> float:
     args = [PY, "-m", "socklab", "receive", "--port", "0", "--once", "--quiet", "--dir", str(dest),
             "--overwrite"]
     if discard:
         args.append("--discard")
     rx = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert rx.stdout is not None
+    assert rx.stdout is not None and rx.stderr is not None
     line = rx.stdout.readline()
     m = re.search(r":(\d+) \(engine", line)
     if not m:
-        raise SystemExit(f"receiver did not start: {line!r} {rx.stderr.read() if rx.stderr else ''}")
-    out = subprocess.run([PY, "-m", "socklab", "send", str(path), "--to", f"127.0.0.1:{m.group(1)}", "--json",
-                          "--quiet"], capture_output=True, text=True, check=True)
-    rx.wait(60)
-    summary = json.loads(out.stdout)
+        raise SystemExit(f"receiver did not start: {line!r} {rx.stderr.read()}")
+    out, cpu.tx = _run_tx([PY, "-m", "socklab", "send", str(path), "--to", f"127.0.0.1:{m.group(1)}", "--json",
+                           "--quiet"])
+    rx.stdout.read()
+    rx.stdout.close()
+    rx.stderr.close()
+    cpu.rx = _reap(rx)
+    summary = json.loads(out)
     elapsed = summary["seconds"]  # measured inside the sender: connect to the verified RESULT
     assert summary["ok"], summary
     for f in dest.glob("*"):
@@ -102,15 +140,16 @@ def run_native(path: Path, discard: bool, dest: Path) -> float:
     return path.stat().st_size / elapsed
 
 
-def run_bare(path: Path, discard: bool, dest: Path) -> float:
+def run_bare(path: Path, discard: bool, dest: Path, cpu: Cpu) -> float:
     target = "-" if discard else str(dest / "bare.bin")
     rx = subprocess.Popen([PY, "-c", BARE_RECV, target], stdout=subprocess.PIPE, text=True)
     assert rx.stdout is not None
     port = rx.stdout.readline().strip()
-    tx = subprocess.run([PY, "-c", BARE_SEND, port, str(path)], check=True, capture_output=True, text=True)
-    elapsed = float(tx.stdout)  # measured inside the sender: connect to the receiver's close
+    out, cpu.tx = _run_tx([PY, "-c", BARE_SEND, port, str(path)])
+    elapsed = float(out)  # measured inside the sender: connect to the receiver's close
     total = int(rx.stdout.readline())
-    rx.wait(60)
+    rx.stdout.close()
+    cpu.rx = _reap(rx)
     assert total == path.stat().st_size
     for f in dest.glob("*"):
         f.unlink()
@@ -124,14 +163,14 @@ def _listening(port: int) -> bool:
         return any(line.split()[1] == want and line.split()[3] == "0A" for line in list(f)[1:])
 
 
-def run_nc(path: Path) -> float:
+def run_nc(path: Path, cpu: Cpu) -> float:
     for _ in range(5):
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         probe.close()
         with open(os.devnull, "wb") as null:
-            rx = subprocess.Popen(["nc", "-l", "127.0.0.1", str(port)], stdout=null, stderr=subprocess.PIPE)
+            rx = subprocess.Popen(["nc", "-l", "127.0.0.1", str(port)], stdout=null, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while not _listening(port) and rx.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)  # nc prints nothing when ready; the kernel's table says it
@@ -139,65 +178,67 @@ def run_nc(path: Path) -> float:
             continue  # the port was taken meanwhile: try another
         start = time.perf_counter()
         with open(path, "rb") as f:
-            tx = subprocess.run(["nc", "-N", "127.0.0.1", str(port)], stdin=f, capture_output=True, check=False)
-        rx.wait(60)
+            tx = subprocess.Popen(["nc", "-N", "127.0.0.1", str(port)], stdin=f, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            cpu.tx = _reap(tx)
+        cpu.rx = _reap(rx)
         elapsed = time.perf_counter() - start
         if tx.returncode == 0:
             return path.stat().st_size / elapsed
     raise SystemExit("nc did not run")
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _startup_cpu(argv: list[str]) -> float:
-    before = _children_cpu()
-    subprocess.run(argv, capture_output=True, check=False)
-    return _children_cpu() - before
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _reap(proc)
 
 
 def cmd_native(args: argparse.Namespace) -> None:
-    contenders = {
-        "native-discard": lambda p, d: run_native(p, True, d),
-        "bare-discard": lambda p, d: run_bare(p, True, d),
-        "nc": lambda p, d: run_nc(p),
-        "native-disk": lambda p, d: run_native(p, False, d),
-        "bare-disk": lambda p, d: run_bare(p, False, d),
+    contenders: dict[str, Callable[[Path, Path, Cpu], float]] = {
+        "native-discard": lambda p, d, c: run_native(p, True, d, c),
+        "bare-discard": lambda p, d, c: run_bare(p, True, d, c),
+        "nc": lambda p, d, c: run_nc(p, c),
+        "native-disk": lambda p, d, c: run_native(p, False, d, c),
+        "bare-disk": lambda p, d, c: run_bare(p, False, d, c),
     }
-    # CPU seconds of both processes (user + system, all threads), minus interpreter start-up: on
-    # a shared machine the wall-clock rate moves with the neighbours, the CPU cost barely does
-    startup = {"native": 2 * _startup_cpu([PY, "-m", "socklab", "send", "--help"]),
-               "bare": 2 * _startup_cpu([PY, "-c", "import socket, os"]), "nc": 0.0}
+    # CPU seconds of each process (user + system, all threads, from wait4), minus interpreter
+    # start-up: on a shared machine the wall-clock rate moves with the neighbours, the CPU cost barely does
+    startup = {"native": _startup_cpu([PY, "-m", "socklab", "send", "--help"]),
+               "bare": _startup_cpu([PY, "-c", "import socket, os"]), "nc": 0.0}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         work = Path(tmp)
         dest = work / "dest"
         dest.mkdir()
         path = make_file(args.size, work)
         runs: dict[str, list[float]] = {k: [] for k in contenders}
-        cpu: dict[str, list[float]] = {k: [] for k in contenders}
+        tx_cpu: dict[str, list[float]] = {k: [] for k in contenders}
+        rx_cpu: dict[str, list[float]] = {k: [] for k in contenders}
         for fn in contenders.values():
             # one unmeasured round: the first writer of a run otherwise pays for the VM handing
             # page-cache memory back (first-touch), which is the machine, not the contender
-            fn(path, dest)
+            fn(path, dest, Cpu())
         for _ in range(args.repeat):  # interleaved, so drift hits every contender alike
             for name, fn in contenders.items():
-                before = _children_cpu()
-                runs[name].append(fn(path, dest))
-                cpu[name].append(_children_cpu() - before - startup[name.split("-")[0]])
+                cpu = Cpu()
+                runs[name].append(fn(path, dest, cpu))
+                base = startup[name.split("-")[0]]
+                tx_cpu[name].append(max(0.0, cpu.tx - base))
+                rx_cpu[name].append(max(0.0, cpu.rx - base))
     med = {k: statistics.median(v) for k, v in runs.items()}
     gib = args.size / 1024
-    print(f"native transfer, {args.size} MiB on loopback, median of {args.repeat}:")
-    print(f"  {'contender':15s} {'MB/s':>8s} {'CPU s/GiB':>10s}")
+    tx = {k: statistics.median(v) / gib for k, v in tx_cpu.items()}
+    rx = {k: statistics.median(v) / gib for k, v in rx_cpu.items()}
+    print(f"native transfer, {args.size} MiB on loopback, median of {args.repeat} (CPU: s per GiB, "
+          f"interpreter start-up subtracted):")
+    print(f"  {'contender':15s} {'MB/s':>8s} {'CPU send':>9s} {'CPU recv':>9s} {'CPU both':>9s}")
     for k, v in med.items():
-        print(f"  {k:15s} {v / 1e6:8.0f} {statistics.median(cpu[k]) / gib:10.2f}")
+        print(f"  {k:15s} {v / 1e6:8.0f} {tx[k]:9.2f} {rx[k]:9.2f} {tx[k] + rx[k]:9.2f}")
     print(f"  native-discard / nc           = {med['native-discard'] / med['nc']:.2f}  (target >= 1.2)")
     print(f"  native-discard / bare-discard = {med['native-discard'] / med['bare-discard']:.2f}  (target >= 0.8)")
     print(f"  native-disk / bare-disk       = {med['native-disk'] / med['bare-disk']:.2f}  (target >= 1.0)")
     if args.json:
-        print(json.dumps({k: {"rate": round(v), "cpu_s_per_gib": round(statistics.median(cpu[k]) / gib, 3)}
-                          for k, v in med.items()}))
+        print(json.dumps({k: {"rate": round(v), "cpu_send_s_per_gib": round(tx[k], 3),
+                              "cpu_recv_s_per_gib": round(rx[k], 3)} for k, v in med.items()}))
 
 
 def _tftp_once(size: int, blksize: int, window: int, faults: list[object], seed: int, timeout: float,

@@ -12,45 +12,57 @@ Streams of unknown size (stdin) travel as CHUNK frames instead, ended by an empt
 
 One session (S = sender, R = receiver)::
 
-    S: HELLO                     R: HELLO
+    S: HELLO {version, hash}     R: HELLO {version, hash}   (both must say "blake3-tree")
     per entry:
       S: ENTRY {name, kind, size, mode, mtime}
          kind "dir":             R: RESULT {ok}
-         kind "file":            R: OFFER {have: full chunks already in the .part, crcs}
+         kind "file":            R: OFFER {have: full chunks already in the .part, their digests}
                                     (or RESULT {ok: false} - exists, bad name...)
                                  S: START {offset}   (offset = verified prefix, chunk-aligned)
                                  S: <size - offset raw bytes>
-                                 S: TRAILER {sha256 of the whole file, crc32 of every chunk}
+                                 S: TRAILER {root: the file's tree hash, every chunk's digest}
                                  R: RESULT {ok, error?}
          kind "stream":          S: START {offset: 0}  S: CHUNK* CHUNK(empty)  S: TRAILER  R: RESULT
     S: DONE                      (R closes)
     either side, at any time:    ERROR {message}  (fatal: the session ends)
 
-Hashes: a fast CRC-32 per chunk (``chunk_size`` bytes, 1 MiB by default) locates damage and
-proves a resumable prefix; SHA-256 of the whole file proves the result. Resuming re-sends at most
-the one chunk that was partly received.
+Hashes ("blake3-tree"): every chunk (``chunk_size`` bytes, 4 MiB by default) is hashed with
+BLAKE3, and the whole file's digest - the *root* - is BLAKE3 over the file's size, the chunk size
+and the chunks' 32-byte digests in order (a two-level Merkle tree). So ONE pass over the data gives
+both the strong whole-file proof and the per-chunk digests that locate damage and prove a
+resumable prefix; resuming re-sends at most the one chunk that was partly received, and the
+receiver need not re-read the prefix it kept (it re-uses the digests it offered). On the wire the
+chunk digests travel truncated to 128 bits (enough to locate damage; the root, over the full
+digests, is the proof). BLAKE3 costs ~0.17 CPU s per GiB here (SIMD), against ~0.6 for SHA-256
+and ~0.4 for zlib's CRC-32: cheap enough to run on both sides of a copy that is itself ~0.5 CPU s
+per GiB. Version 2 of the protocol introduced it; a version-1 peer (SHA-256 + CRC-32) fails at
+HELLO with a message saying so, never with a silent mismatch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from blake3 import blake3
+
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
-    "CHUNK_SIZE", "MAGIC", "Chunk", "Done", "Entry", "ErrorFrame", "Event", "FileHasher", "Hello", "Offer",
-    "RawData", "Result", "Start", "Trailer", "TransferConnection", "check_name",
+    "CHUNK_SIZE", "HASH", "MAGIC", "Chunk", "Done", "Entry", "ErrorFrame", "Event", "FileHasher", "Hello", "Offer",
+    "RawData", "Result", "Start", "Trailer", "TransferConnection", "check_name", "chunk_digest",
 ]
 
 MAGIC = "socklab-transfer"
-VERSION = 1
-CHUNK_SIZE = 1 << 20
-MAX_FRAME = 16 << 20  # JSON control frames (a trailer of a 1 TiB file lists 1 Mi CRCs: ~11 MiB)
+VERSION = 2  # 1: SHA-256 + CRC-32 per chunk; 2: blake3-tree
+HASH = "blake3-tree"
+CHUNK_SIZE = 4 << 20
+MAX_FRAME = 16 << 20  # JSON control frames (a trailer of a 1 TiB file at 4 MiB chunks: 256 Ki x 32 hex = 8 MiB)
+DIGEST = 32  # bytes of a chunk digest (BLAKE3's default)
+WIRE_DIGEST = 16  # bytes of a chunk digest as listed on the wire (hex: 32 characters)
+_TREE = b"socklab-blake3-tree\0"
 _HEADER = 5
 
 # frame type bytes
@@ -67,6 +79,7 @@ class Event:
 class Hello(Event):
     version: int = VERSION
     chunk_size: int = CHUNK_SIZE
+    hash: str = HASH
 
 
 @dataclass(frozen=True)
@@ -82,10 +95,10 @@ class Entry(Event):
 
 @dataclass(frozen=True)
 class Offer(Event):
-    """The receiver already holds ``have`` full chunks (their CRC-32s follow) of a partial file."""
+    """The receiver already holds ``have`` full chunks of a partial file; ``chunks``: their wire digests."""
 
     have: int = 0
-    crcs: tuple[int, ...] = ()
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,8 +124,10 @@ class Chunk(Event):
 
 @dataclass(frozen=True)
 class Trailer(Event):
-    sha256: str
-    crcs: tuple[int, ...] = ()
+    """The file's proof: ``root`` (the tree hash, hex) and every chunk's wire digest (hex), in order."""
+
+    root: str
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,46 +166,79 @@ def check_name(name: str) -> list[str]:
     return parts
 
 
-class FileHasher:
-    """CRC-32 per chunk and SHA-256 of the whole, fed in order (the receiver's and sender's view).
+def chunk_digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The full (32-byte) BLAKE3 digest of one chunk (BLAKE3 releases the GIL on large inputs)."""
+    return blake3(data).digest()
 
-    ``snapshot()``/``restore`` are not needed: a resumed transfer re-hashes its prefix.
+
+def wire(digest: bytes) -> str:
+    """A chunk digest as it travels in OFFER and TRAILER: the first 128 bits, hex."""
+    return digest[:WIRE_DIGEST].hex()
+
+
+class FileHasher:
+    """The blake3-tree hash of a file fed in order: per-chunk digests and the root, from one pass.
+
+    Args:
+        chunk_size: bytes per chunk (both sides must agree: HELLO carries it).
+
+    Feed it with :meth:`update` (any slicing; a whole chunk at a chunk boundary is one BLAKE3
+    call), or hand it digests of chunks computed elsewhere with :meth:`add_chunk` (a resumed
+    prefix the receiver already hashed when it made its OFFER).
     """
 
     def __init__(self, chunk_size: int = CHUNK_SIZE) -> None:
         self.chunk_size = chunk_size
-        self.sha = hashlib.sha256()
-        self.crcs: list[int] = []
-        self._crc = 0
+        self.digests: list[bytes] = []
+        self._part: Any = None  # a blake3 hasher for the chunk in progress
         self._in_chunk = 0
         self.size = 0
 
-    def update_crc(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed the CRC side only (run it and :meth:`update_sha` on two threads if you like)."""
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
+        chunk = self.chunk_size
         while view:
-            take = min(len(view), self.chunk_size - self._in_chunk)
-            self._crc = zlib.crc32(view[:take], self._crc)
+            if self._in_chunk == 0 and len(view) >= chunk:
+                self.digests.append(blake3(view[:chunk]).digest())  # the common case: one call per chunk
+                self.size += chunk
+                view = view[chunk:]
+                continue
+            take = min(len(view), chunk - self._in_chunk)
+            if self._part is None:
+                self._part = blake3()
+            self._part.update(view[:take])
             self._in_chunk += take
             self.size += take
             view = view[take:]
-            if self._in_chunk == self.chunk_size:
-                self.crcs.append(self._crc)
-                self._crc, self._in_chunk = 0, 0
+            if self._in_chunk == chunk:
+                self.digests.append(self._part.digest())
+                self._part, self._in_chunk = None, 0
 
-    def update_sha(self, data: bytes | bytearray | memoryview) -> None:
-        self.sha.update(data)
+    def add_chunk(self, digest: bytes) -> None:
+        """A full chunk hashed elsewhere (must come before any :meth:`update`).
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        self.update_crc(data)
-        self.update_sha(data)
+        Raises:
+            LocalProtocolError: a chunk is already in progress.
+        """
+        if self._in_chunk:
+            raise LocalProtocolError("add_chunk() in the middle of a chunk")
+        self.digests.append(digest)
+        self.size += self.chunk_size
 
-    def final_crcs(self) -> tuple[int, ...]:
-        """Every chunk's CRC, the short last one included."""
-        return (*self.crcs, self._crc) if self._in_chunk else tuple(self.crcs)
+    def final_digests(self) -> list[bytes]:
+        """Every chunk's full digest, the short last one included."""
+        if self._in_chunk:
+            return [*self.digests, self._part.digest()]
+        return list(self.digests)
+
+    def final_chunks(self) -> tuple[str, ...]:
+        """Every chunk's wire digest (for TRAILER)."""
+        return tuple(wire(d) for d in self.final_digests())
 
     def hexdigest(self) -> str:
-        return self.sha.hexdigest()
+        """The root: BLAKE3 over size, chunk size and every chunk's full digest."""
+        head = _TREE + self.size.to_bytes(8, "big") + self.chunk_size.to_bytes(8, "big")
+        return blake3(head + b"".join(self.final_digests())).hexdigest()
 
 
 def _encode(kind: str, payload: dict[str, Any] | bytes) -> bytes:
@@ -293,13 +341,16 @@ class TransferConnection:
         if kind == "hello":
             if o.get("magic") != MAGIC:
                 raise RemoteProtocolError("peer is not a socklab transfer endpoint (bad magic)")
-            if o.get("version") != VERSION:
-                raise RemoteProtocolError(f"peer speaks version {o.get('version')!r}, we speak {VERSION}")
+            if o.get("version") != VERSION or o.get("hash", "sha256+crc32") != HASH:
+                raise RemoteProtocolError(
+                    f"peer speaks transfer version {o.get('version')!r} verified with "
+                    f"{o.get('hash', 'sha256+crc32')!r}; this socklab speaks version {VERSION} with {HASH!r}: upgrade "
+                    f"the older socklab (both ends must verify the same way)")
             chunk = _int(o.get("chunk_size", CHUNK_SIZE), "chunk_size")
             if not 4096 <= chunk <= 1 << 30:
                 raise RemoteProtocolError(f"chunk size {chunk} out of range")
             self.state = "entries" if self.role == "receiver" else "idle"
-            return Hello(VERSION, chunk)
+            return Hello(VERSION, chunk, HASH)
         if kind == "entry":
             entry = Entry(str(o["name"]), str(o.get("kind", "file")),
                           None if o.get("size") is None else _int(o["size"], "size"),
@@ -314,8 +365,11 @@ class TransferConnection:
             return entry
         if kind == "offer":
             self.state = "idle"
-            crcs = tuple(_int(c, "crc") for c in o.get("crcs", ()))
-            return Offer(_int(o.get("have", 0), "have"), crcs)
+            have = _int(o.get("have", 0), "have")
+            chunks = _digests(o.get("chunks", ""))
+            if len(chunks) != have:
+                raise ValueError(f"offer of {have} chunks lists {len(chunks)} digests")
+            return Offer(have, chunks)
         if kind == "start":
             offset = _int(o.get("offset", 0), "offset")
             current = self._entry
@@ -330,7 +384,10 @@ class TransferConnection:
             return Start(offset)
         if kind == "trailer":
             self.state = "result-pending"
-            return Trailer(str(o["sha256"]), tuple(_int(c, "crc") for c in o.get("crcs", ())))
+            root = o["root"]
+            if not isinstance(root, str):
+                raise ValueError("root must be a string")
+            return Trailer(root, _digests(o.get("chunks", "")))
         if kind == "result":
             self.state = "idle"
             return Result(bool(o["ok"]), _opt_str(o.get("error")), _opt_str(o.get("code")),
@@ -368,7 +425,8 @@ class TransferConnection:
         if isinstance(event, Hello):
             if self.state != "hello" and not (self.role == "receiver" and self.state == "entries"):
                 raise LocalProtocolError("HELLO out of turn")
-            return _encode("hello", {"magic": MAGIC, "version": event.version, "chunk_size": event.chunk_size})
+            return _encode("hello", {"magic": MAGIC, "version": event.version, "chunk_size": event.chunk_size,
+                                     "hash": event.hash})
         if self.role == "sender":
             return self._send_sender(event)
         return self._send_receiver(event)
@@ -387,7 +445,7 @@ class TransferConnection:
         if isinstance(event, Chunk):
             return _encode("chunk", event.data)
         if isinstance(event, Trailer):
-            return _encode("trailer", {"sha256": event.sha256, "crcs": list(event.crcs)})
+            return _encode("trailer", {"root": event.root, "chunks": "".join(event.chunks)})
         if isinstance(event, Done):
             if self.state != "idle":
                 raise LocalProtocolError(f"DONE out of turn ({self.state})")
@@ -399,7 +457,7 @@ class TransferConnection:
         if isinstance(event, Offer):
             if self.state != "offer-sent":
                 raise LocalProtocolError(f"OFFER out of turn ({self.state})")
-            return _encode("offer", {"have": event.have, "crcs": list(event.crcs)})
+            return _encode("offer", {"have": event.have, "chunks": "".join(event.chunks)})
         if isinstance(event, Result):
             if self.state not in ("result-pending", "offer-sent"):
                 raise LocalProtocolError(f"RESULT out of turn ({self.state})")
@@ -413,6 +471,17 @@ def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} must be a non-negative integer")
     return value
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _digests(value: Any) -> tuple[str, ...]:
+    """Concatenated wire digests (32 hex characters each) back to a tuple."""
+    width = 2 * WIRE_DIGEST
+    if not isinstance(value, str) or len(value) % width or not _HEX.issuperset(value):
+        raise ValueError(f"chunk digests must be a string of {width}-character lowercase hex digests")
+    return tuple(value[i:i + width] for i in range(0, len(value), width))
 
 
 def _opt_str(value: Any) -> str | None:

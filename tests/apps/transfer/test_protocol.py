@@ -3,11 +3,11 @@ name confinement, hashes, and the fuzzing invariant (only ProtocolError escapes)
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
-import zlib
 
 import pytest
+from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ def session_segments(payload: bytes, offset: int = 0, chunk: int = 4096) -> tupl
     s = tp.TransferConnection("sender")
     h = tp.FileHasher(chunk)
     h.update(payload)
-    trailer = tp.Trailer(h.hexdigest(), h.final_crcs())
+    trailer = tp.Trailer(h.hexdigest(), h.final_chunks())
     entry = tp.Entry("dir/f.bin", "file", len(payload), 0o640, 1700000000.5)
     hello = s.send(tp.Hello(chunk_size=chunk))
     s.state = "idle"  # as if the receiver's HELLO came
@@ -118,8 +118,65 @@ def test_hasher_chunks_and_whole() -> None:
     h = tp.FileHasher(4096)
     for i in range(0, len(data), 333):
         h.update(data[i:i + 333])
-    assert h.final_crcs() == (zlib.crc32(data[:4096]), zlib.crc32(data[4096:8192]), zlib.crc32(data[8192:]))
-    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    chunks = [data[:4096], data[4096:8192], data[8192:]]
+    assert h.final_digests() == [blake3(c).digest() for c in chunks]
+    assert h.final_chunks() == tuple(blake3(c).digest()[:16].hex() for c in chunks)
+    # the root: BLAKE3 over size, chunk size and the full chunk digests (an independent recomputation)
+    head = b"socklab-blake3-tree\0" + (10_000).to_bytes(8, "big") + (4096).to_bytes(8, "big")
+    assert h.hexdigest() == blake3(head + b"".join(blake3(c).digest() for c in chunks)).hexdigest()
+    # fed whole, or with the first chunk's digest computed elsewhere (a resumed prefix): same result
+    whole = tp.FileHasher(4096)
+    whole.update(data)
+    resumed = tp.FileHasher(4096)
+    resumed.add_chunk(tp.chunk_digest(data[:4096]))
+    resumed.update(data[4096:])
+    assert whole.hexdigest() == resumed.hexdigest() == h.hexdigest()
+    with pytest.raises(LocalProtocolError):
+        resumed.add_chunk(b"x" * 32)  # in the middle of a chunk
+
+
+def test_root_depends_on_every_byte_and_the_length() -> None:
+    data = bytearray(os.urandom(9000))
+    base = tp.FileHasher(4096)
+    base.update(data)
+    data[5000] ^= 1
+    flipped = tp.FileHasher(4096)
+    flipped.update(data)
+    assert flipped.hexdigest() != base.hexdigest()
+    assert flipped.final_chunks()[0] == base.final_chunks()[0] and flipped.final_chunks()[1] != base.final_chunks()[1]
+    empty, zero = tp.FileHasher(4096), tp.FileHasher(4096)
+    zero.update(b"\0" * 4096)
+    assert empty.hexdigest() != zero.hexdigest()
+
+
+@pytest.mark.parametrize("hello", [
+    {"magic": tp.MAGIC, "version": 1, "chunk_size": 4096},  # a version-1 peer (SHA-256 + CRC-32)
+    {"magic": tp.MAGIC, "version": 2, "chunk_size": 4096, "hash": "sha256"},
+    {"magic": tp.MAGIC, "version": 2, "chunk_size": 4096},
+])
+def test_hello_negotiates_the_hash(hello: dict[str, object]) -> None:
+    body = json.dumps(hello).encode()
+    r = tp.TransferConnection("receiver")
+    with pytest.raises(RemoteProtocolError, match="blake3-tree"):
+        r.receive_data(b"H" + len(body).to_bytes(4, "big") + body)
+    assert json.loads(tp.TransferConnection("sender").send(tp.Hello())[5:])["hash"] == "blake3-tree"
+
+
+def test_offer_and_trailer_digests_round_trip_and_are_checked() -> None:
+    digests = ("ab" * 16, "0f" * 16)
+    s = tp.TransferConnection("sender")
+    s.receive_data(tp.TransferConnection("receiver").send(tp.Hello()))
+    assert s.next_event() == tp.Hello()
+    s.send(tp.Entry("f", "file", 10))
+    r = tp.TransferConnection("receiver", state="offer-sent")
+    s.receive_data(r.send(tp.Offer(2, digests)))
+    assert s.next_event() == tp.Offer(2, digests)
+    for bad in ({"have": 2, "chunks": "ab" * 16}, {"have": 1, "chunks": "zz" * 16}, {"have": 1, "chunks": 5},
+                {"have": 1, "chunks": "AB" * 16}):
+        s = tp.TransferConnection("sender", state="answer")
+        body = json.dumps(bad).encode()
+        with pytest.raises(RemoteProtocolError, match="malformed offer"):
+            s.receive_data(b"O" + len(body).to_bytes(4, "big") + body)
 
 
 def test_out_of_order_and_bad_frames() -> None:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +30,27 @@ pytestmark = pytest.mark.timeout(60)
 CHUNK = 64 * 1024
 
 
+class Sessions(list[ReceiveSession]):
+    """The receiver's ended sessions; :meth:`wait_for` blocks until ``n`` have ended (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+
+    def append(self, session: ReceiveSession) -> None:
+        with self._cond:
+            super().append(session)
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self) >= n, timeout), f"{len(self)} sessions ended, not {n}"
+
+
 @contextmanager
 def receiver(dest: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int, list[ReceiveSession]]]:
     settings = ReceiveSettings(host="127.0.0.1", port=0, dir=str(dest), engine=engine, **kw)
-    sessions: list[ReceiveSession] = []
+    sessions = Sessions()
     srv = Server(settings, label="receive")
     srv.listen(lambda: ReceiverProtocol(settings, on_session=sessions.append))
     srv.start()
@@ -143,7 +161,7 @@ def test_flipped_bit_is_detected_and_the_verified_prefix_kept(tmp_path: Path) ->
         with sock:
             sock.sendall(conn.send(tp.Entry("f.bin", "file", len(data))))
             assert event() == tp.Offer(0, ())
-            sock.sendall(conn.send(tp.Start(0)) + bytes(bad) + conn.send(tp.Trailer(h.hexdigest(), h.final_crcs())))
+            sock.sendall(conn.send(tp.Start(0)) + bytes(bad) + conn.send(tp.Trailer(h.hexdigest(), h.final_chunks())))
             result = event()
             sock.sendall(conn.send(tp.Done()))
         assert isinstance(result, tp.Result) and not result.ok and result.code == "verify"
@@ -220,11 +238,13 @@ def test_cut_at_many_offsets_resumes_byte_identical(tmp_path: Path) -> None:
     for cut in _cut_points(size):
         dest = tmp_path / f"dest{cut}"
         dest.mkdir()
-        with receiver(dest) as (port, _):
+        with receiver(dest) as (port, sessions):
             with Tap(target=("127.0.0.1", port),
                      faults=[Fault("limit_data", "upstream", bytes=cut)], seed=cut) as tap:
                 with pytest.raises(SocklabError):
                     send(port, [str(src)], via=tap.port)
+            if cut:
+                sessions.wait_for(1)  # the cut session let go of f.bin.part (else: RESULT busy)
             part = dest / "f.bin.part"
             got = part.read_bytes() if part.exists() else b""
             assert data.startswith(got), cut  # the partial file is a prefix, never garbage
@@ -380,7 +400,7 @@ def test_two_senders_of_the_same_name_never_mix(tmp_path: Path) -> None:
             payload = b"0123456789"
             h = tp.FileHasher(CHUNK)
             h.update(payload)
-            a_sock.sendall(a.send(tp.Start(0)) + payload + a.send(tp.Trailer(h.hexdigest(), h.final_crcs())))
+            a_sock.sendall(a.send(tp.Start(0)) + payload + a.send(tp.Trailer(h.hexdigest(), h.final_chunks())))
             assert a_event() == tp.Result(True, bytes=10)
             a_sock.sendall(a.send(tp.Done()))
             b_sock.sendall(b.send(tp.Done()))

@@ -112,7 +112,7 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
 
     \b
     socklab receive --port 7070 --dir /tmp/in         # on the receiving side
-    socklab send big.iso photos/ --to 127.0.0.1:7070  # zero-copy sendfile, SHA-256 verified
+    socklab send big.iso photos/ --to 127.0.0.1:7070  # zero-copy sendfile, BLAKE3-tree verified
     tar c dir | socklab send - --name dir.tar --to 127.0.0.1:7070
     Interrupted? Run the same command again: it resumes from the verified prefix.
     """

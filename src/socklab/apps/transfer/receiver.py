@@ -7,12 +7,13 @@ a partial file offered for resumption chunk by chunk, and a full disk reported t
 before it wastes more bandwidth, with nothing left behind.
 
 Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
-``recv_into``, no copies) and two worker threads per session take each filled buffer: one computes
-SHA-256, the other writes it (both release the GIL). A ring of buffers keeps the receiving thread
-ahead of them; when the ring is full the receiving thread waits for the oldest buffer, which is
-the back-pressure (the kernel's window then slows the sender down). The stream pays for one hash
-only: the per-chunk CRC-32s are computed from the ``.part`` when they are needed - to prove a
-resumable prefix, or to locate the damage when SHA-256 disagrees.
+``recv_into``, no copies) and two worker threads per session take each filled buffer: one hashes it
+(blake3-tree: a buffer is one chunk, so one BLAKE3 call per 4 MiB gives that chunk's digest and
+feeds the root - one pass for both), the other writes it (both release the GIL; a discarding
+receiver has no writer). A ring of buffers keeps the receiving thread ahead of them; when the ring
+is full the receiving thread waits for the oldest buffer, which is the back-pressure (the kernel's
+window then slows the sender down). A resumed file re-uses the digests of the prefix it offered:
+the kept bytes are not read again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import fcntl
 import os
 import stat
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,10 +48,11 @@ class ReceiveSettings(ServerSettings):
     dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
     overwrite: bool = setting(False, "Replace existing files (otherwise they are refused).")
     discard: bool = setting(False, "Verify and count the data but write nothing (benchmarks).")
-    buffer_size: int = setting(1 << 20, "Bytes per receive buffer (4 of them per session).")
+    buffer_size: int = setting(tp.CHUNK_SIZE, "Bytes per receive buffer (4 of them per session; best: the "
+                                              "chunk size, one hash call per buffer).")
     fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
     idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
-    worker_threads: bool = setting(True, "Hash and write on two worker threads per session (off: on the "
+    worker_threads: bool = setting(True, "Hash and write on worker threads, one each (off: on the "
                                          "receiving thread, no hand-offs but no overlap).")
 
     def validate(self) -> None:
@@ -97,14 +98,16 @@ class _Sink:
         pos = self.pos
         self.pos += len(view)
         if self.s.settings.worker_threads:
-            sha = self.s.sha_pool.submit(self.hasher.update_sha, view)
+            sha = self.s.sha_pool.submit(self.hasher.update, view)
+            if self.out is None and self.fd is None:
+                return sha, sha  # discarding: nothing to write, no second hand-off
             io = self.s.io_pool.submit(self._write, view, pos)
             return sha, io
         # inline: hash and write on the receiving thread, like a plain recv/write loop - no
         # hand-off between threads, but no overlap either
         done: Future[None] = Future()
         try:
-            self.hasher.update_sha(view)
+            self.hasher.update(view)
             self._write(view, pos)
             done.set_result(None)
         except OSError as exc:
@@ -161,6 +164,7 @@ class ReceiveSession:
         self._part: Path | None = None
         self._final: Path | None = None
         self._resumed = 0
+        self._prefix: list[bytes] = []  # full digests of the chunks offered for resuming
         self._discarding = False
         self._lock = threading.Lock()
 
@@ -277,6 +281,7 @@ class ReceiveSession:
     def _on_entry(self, entry: tp.Entry) -> None:
         self._entry = entry
         self._resumed = 0
+        self._prefix = []
         if self.stdout is not None or self.settings.discard:
             if entry.kind == "dir":
                 self._report(FileReport(entry.name, True))
@@ -318,35 +323,38 @@ class ReceiveSession:
                                     code="io"))
             return
         self._part, self._final = part, target
-        have, crcs = 0, tuple[int, ...]()
         if entry.kind == "file":
-            have, crcs = self._scan_prefix(fd, entry.size or 0)
+            self._prefix = self._scan_prefix(fd, entry.size or 0)
         self._sink = _Sink(self, fd, 0, tp.FileHasher(self.chunk_size))
-        self.send(self.conn.send(tp.Offer(have, crcs)))
+        self.send(self.conn.send(tp.Offer(len(self._prefix), tuple(tp.wire(d) for d in self._prefix))))
 
-    def _scan_prefix(self, fd: int, size: int) -> tuple[int, tuple[int, ...]]:
-        """CRC-32 of each full chunk of an existing .part (the resumable prefix)."""
+    def _scan_prefix(self, fd: int, size: int) -> list[bytes]:
+        """The digest of each full chunk of an existing .part (the resumable prefix), read once."""
         part_size = os.fstat(fd).st_size
         have = min(part_size, size) // self.chunk_size
-        crcs = []
+        digests = []
+        buf = bytearray(self.chunk_size) if have else bytearray()
         for i in range(have):
-            data = os.pread(fd, self.chunk_size, i * self.chunk_size)
-            crcs.append(zlib.crc32(data))
-        return have, tuple(crcs)
+            n = os.preadv(fd, [buf], i * self.chunk_size)
+            if n < self.chunk_size:
+                break
+            digests.append(tp.chunk_digest(buf))
+        return digests
 
     def _on_start(self, start: tp.Start) -> None:
         sink = self._sink
         assert sink is not None
-        if sink.fd is not None and start.offset:
-            # resume: keep the verified prefix (hash it again), cut the rest
+        if start.offset:
+            # resume: keep the offered prefix up to the sender's offset (its digests are already
+            # known: no re-read), cut the rest
+            chunks, rest = divmod(start.offset, self.chunk_size)
+            if sink.fd is None or rest or chunks > len(self._prefix):
+                self._fatal(f"sender resumes at {start.offset}, which is not a chunk boundary of the "
+                            f"{len(self._prefix)} chunks offered")
+                return
             os.ftruncate(sink.fd, start.offset)
-            pos = 0
-            while pos < start.offset:
-                data = os.pread(sink.fd, min(self.chunk_size, start.offset - pos), pos)
-                if not data:
-                    break
-                sink.hasher.update_sha(data)
-                pos += len(data)
+            for digest in self._prefix[:chunks]:
+                sink.hasher.add_chunk(digest)
             self._resumed = start.offset
         elif sink.fd is not None:
             os.ftruncate(sink.fd, 0)
@@ -403,10 +411,10 @@ class ReceiveSession:
         if error is not None:
             return
         size = sink.pos
-        if sink.hasher.hexdigest() != trailer.sha256 or (entry.size is not None and size != entry.size):
-            # Locate the damage with the per-chunk CRCs (computed only now, from the .part: the
-            # stream itself pays for one hash, SHA-256) and keep the verified prefix to resume.
-            bad = self._first_bad_chunk(sink, trailer.crcs)
+        if sink.hasher.hexdigest() != trailer.root or (entry.size is not None and size != entry.size):
+            # Locate the damage with the per-chunk digests (computed in the same pass as the root)
+            # and keep the verified prefix to resume.
+            bad = self._first_bad_chunk(sink, trailer.chunks)
             self._keep_prefix(bad * self.chunk_size)
             kept = f" (kept the verified {bad * self.chunk_size} bytes for resuming)" if sink.fd is not None \
                 else ""
@@ -423,17 +431,16 @@ class ReceiveSession:
             return
         self._report(FileReport(entry.name, True, size, self._resumed))
 
-    def _first_bad_chunk(self, sink: _Sink, theirs: tuple[int, ...]) -> int:
+    def _first_bad_chunk(self, sink: _Sink, theirs: tuple[str, ...]) -> int:
         if sink.fd is None:
             return 0
-        i = 0
-        while True:
-            data = os.pread(sink.fd, self.chunk_size, i * self.chunk_size)
-            if not data or i >= len(theirs):
-                return 0  # every chunk matches yet the whole does not: trust nothing
-            if zlib.crc32(data) != theirs[i]:
+        ours = sink.hasher.final_chunks()
+        for i, digest in enumerate(ours):
+            if i >= len(theirs):
+                return 0  # we hold more than the sender sent: trust nothing
+            if digest != theirs[i]:
                 return i
-            i += 1
+        return 0  # every chunk matches yet the whole does not: trust nothing
 
     def _keep_prefix(self, nbytes: int) -> None:
         sink = self._sink
