@@ -191,6 +191,47 @@ def test_resume_checks_the_prefix_chunk_by_chunk(tmp_path: Path) -> None:
     assert (dest / "f.bin").read_bytes() == data
 
 
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_direct_and_buffered_writes_give_identical_files(tmp_path: Path, direct_io: bool) -> None:
+    # sizes around O_DIRECT's 4 KiB alignment and the ring's buffers; a resumed prefix; a stream
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    dest.mkdir()
+    sizes = [0, 1, 4095, 4096, 4097, CHUNK - 1, CHUNK, 3 * CHUNK + 4097, 9 * CHUNK + 5]
+    files = {f"f{n}": os.urandom(n) for n in sizes}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    big = files[f"f{9 * CHUNK + 5}"]
+    (dest / f"f{9 * CHUNK + 5}.part").write_bytes(big[:2 * CHUNK + 10])
+    piped = os.urandom(2 * CHUNK + 4099)
+    with receiver(dest, direct_io=direct_io, buffer_size=2 * CHUNK) as (port, _):
+        reports = send(port, [str(src / name) for name in files] + ["-"], stdin=piped)
+    assert all(r.ok for r in reports), reports
+    assert reports[len(sizes) - 1].offset == 2 * CHUNK
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data, name
+    assert (dest / "piped.bin").read_bytes() == piped
+
+
+def test_resume_offset_must_be_an_offered_chunk_boundary(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "f.bin.part").write_bytes(os.urandom(2 * CHUNK))
+    with receiver(dest) as (port, _):
+        for offset in (CHUNK + 1, 3 * CHUNK):  # not a boundary; beyond the 2 chunks offered
+            sock, conn, event = raw_session(port)
+            with sock:
+                sock.sendall(conn.send(tp.Entry("f.bin", "file", 4 * CHUNK)))
+                offer = event()
+                assert isinstance(offer, tp.Offer) and offer.have == 2
+                sock.sendall(conn.send(tp.Start(offset)))
+                with pytest.raises(BrokenError, match="not a chunk boundary"):
+                    err = event()
+                    if isinstance(err, tp.ErrorFrame):
+                        raise BrokenError(err.message)
+    assert not (dest / "f.bin").exists()
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir()
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
