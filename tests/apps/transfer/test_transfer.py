@@ -87,7 +87,8 @@ def test_files_directories_and_stdin_on_every_engine(engine: str, tmp_path: Path
     dest.mkdir()
     files = make_tree(src)
     piped = os.urandom(3 * CHUNK + 5)
-    with receiver(dest, engine) as (port, _sessions):
+    # a small SO_RCVLOWAT, so that every engine meets it being raised and lowered per file
+    with receiver(dest, engine, recv_lowat=4096) as (port, _sessions):
         reports = send(port, [str(src / "top.bin"), str(src), "-"], stdin=piped)
     assert all(r.ok for r in reports), reports
     assert (dest / "top.bin").read_bytes() == files["top.bin"]

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import mmap
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -55,6 +56,8 @@ class ReceiveSettings(ServerSettings):
                                               "chunk size, one hash call per buffer).")
     fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
     idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
+    recv_lowat: int = setting(256 << 10, "SO_RCVLOWAT while a file's bytes stream: the engine wakes up once "
+                                         "this much has arrived (fewer, larger reads; 0: off).")
     direct_io: bool = setting(True, "Write file data with O_DIRECT (no page-cache copy; falls back to "
                                     "buffered writes where the filesystem refuses it).")
     worker_threads: bool = setting(True, "Hash and write on worker threads, one each (off: on the "
@@ -194,6 +197,8 @@ class ReceiveSession:
         self._prefix: list[bytes] = []  # full digests of the chunks offered for resuming
         self._discarding = False
         self._lock = threading.Lock()
+        self.set_lowat: Callable[[int], None] | None = None  # the adapter's SO_RCVLOWAT, if it has a socket
+        self._lowat = 1
 
     # ---- feeding ----------------------------------------------------------------------------------
     def get_buffer(self) -> memoryview:
@@ -230,8 +235,19 @@ class ReceiveSession:
             self._fill += nbytes
             if self._fill == self._bufsize or not self.conn.raw_remaining:
                 self._flush_slot()
+            if self.conn.raw_remaining < self._lowat:
+                self._want_lowat(1)
             return
         self.data_received(bytes(self._control[:nbytes]))
+        if self.conn.raw_remaining < self._lowat:
+            self._want_lowat(1)
+
+    def _want_lowat(self, n: int) -> None:
+        """Ask the kernel to wake us only once ``n`` bytes are queued - never more than will
+        come before the sender waits for us (the file's remaining bytes), or we would hang."""
+        if n != self._lowat and self.set_lowat is not None:
+            self._lowat = n
+            self.set_lowat(n)
 
     def _flush_slot(self) -> None:
         assert self._sink is not None
@@ -397,6 +413,9 @@ class ReceiveSession:
             os.ftruncate(sink.fd, 0)
         sink.pos = start.offset
         self._slot, self._fill = 0, 0
+        lowat = self.settings.recv_lowat
+        if lowat > 1 and self.conn.raw_remaining >= 2 * lowat:
+            self._want_lowat(lowat)
 
     def _write_copy(self, data: bytes) -> None:
         sink = self._sink
@@ -436,6 +455,7 @@ class ReceiveSession:
             message = f"receiver cannot write {name}: {exc.strerror or exc}"
             # keep nothing behind, then tell the sender at once (it checks between sendfile slices)
             self._discarding = True
+            self._want_lowat(1)
             self._abandon()
             self.send(self.conn.send(tp.ErrorFrame(message, "disk")))
             self.failed = message
@@ -544,6 +564,7 @@ class ReceiveSession:
         self.finished = True
 
     def _fatal(self, message: str) -> None:
+        self._want_lowat(1)
         self.failed = message
         with contextlib.suppress(Exception):
             self.send(self.conn.send(tp.ErrorFrame(message, "protocol")))
@@ -578,6 +599,14 @@ class ReceiverProtocol(BufferedProtocol):
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         self.session = ReceiveSession(self.settings, transport.write, self._log)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.settings.recv_lowat > 1:
+
+            def set_lowat(n: int) -> None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+
+            self.session.set_lowat = set_lowat
 
     def get_buffer(self, sizehint: int) -> memoryview:
         assert self.session is not None
