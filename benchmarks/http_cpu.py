@@ -5,7 +5,7 @@ CPU time the server spends per request hardly moves. This starts ``socklab http 
 one core, drives it with wrk (one thread, keep-alive) pinned to the other, and divides the server
 process's user+system time (from /proc/PID/stat) over the run by the requests wrk completed.
 
-    .venv/bin/python benchmarks/http_cpu.py                       # epoll and uvloop, 1 KiB, 5 s
+    .venv/bin/python benchmarks/http_cpu.py                       # floor, epoll and uvloop, 1 KiB, 5 s
     .venv/bin/python benchmarks/http_cpu.py --engines epoll --file 1m.bin --seconds 3
 """
 
@@ -28,13 +28,16 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def measure(engine: str, site: str, file: str, seconds: int, conns: int, extra: list[str]) -> dict[str, float]:
-    cmd = ["taskset", "-c", "0", sys.executable, "-m", "socklab", "http", "serve", site, "--port", "0",
-           "--engine", engine, "--log-format", "none", "--max-connections", "10000", *extra]
+    if engine == "floor":  # the plain selectors loop: what any Python server pays (http_floor.py)
+        cmd = ["taskset", "-c", "0", sys.executable, os.path.join(os.path.dirname(__file__), "http_floor.py")]
+    else:
+        cmd = ["taskset", "-c", "0", sys.executable, "-m", "socklab", "http", "serve", site, "--port", "0",
+               "--engine", engine, "--log-format", "none", "--max-connections", "10000", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the readiness line
-        port = int(re.search(r":(\d+) ", line).group(1))  # type: ignore[union-attr]
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{port}/{file}"
         subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c", str(conns), "-d1s", url],
                        check=True, capture_output=True)  # warm-up (imports, caches)
@@ -44,7 +47,11 @@ def measure(engine: str, site: str, file: str, seconds: int, conns: int, extra: 
         u1, s1 = cpu_seconds(proc.pid)
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     m = re.search(r"(\d+) requests in", out)
     reqs = int(m.group(1)) if m else 0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -55,7 +62,8 @@ def measure(engine: str, site: str, file: str, seconds: int, conns: int, extra: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engines", default="epoll uvloop")
+    ap.add_argument("--engines", default="floor epoll uvloop",
+                    help="socklab engines; 'floor' is benchmarks/http_floor.py, the plain selectors loop")
     ap.add_argument("--file", default="1k.bin")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)

@@ -377,27 +377,24 @@ class HttpProtocol(Protocol):
                 print(f"socklab http: cannot open the response body: {exc}", file=sys.stderr)
                 parts, length = [b"500 Internal Server Error\n"], 25
                 status, resp = 500, Response(500, [("content-type", "text/plain")])
-        head = _status_line(status) + _date_block() + resp.head_block
-        if resp.headers:
-            lines = [head]
-            for name, value in resp.headers:
-                if isinstance(name, str):
-                    name = name.encode("latin-1")
-                if isinstance(value, str):
-                    value = value.encode("latin-1")
-                if name.lower() in _FRAMING or b"\n" in value or b"\r" in value:
-                    continue  # framing is ours to write; CR/LF in a value would split the response
-                lines.append(b"%s: %s\r\n" % (name, value))
-            head = b"".join(lines)
+        lines = [_status_line(status), _date_block(), resp.head_block]
+        for name, value in resp.headers:
+            if isinstance(name, str):
+                name = name.encode("latin-1")
+            if isinstance(value, str):
+                value = value.encode("latin-1")
+            if name.lower() in _FRAMING or b"\n" in value or b"\r" in value:
+                continue  # framing is ours to write; CR/LF in a value would split the response
+            lines.append(b"%s: %s\r\n" % (name, value))
         no_body = status in _NO_BODY_STATUSES or 100 <= status < 200
         if not no_body:
-            head += b"content-length: %d\r\n" % length
+            lines.append(b"content-length: %d\r\n" % length)
         if not keep_alive:
-            head += b"connection: close\r\n\r\n"
+            lines.append(b"connection: close\r\n\r\n")
         elif req is not None and req.http_version == "1.0":
-            head += b"connection: keep-alive\r\n\r\n"  # an HTTP/1.0 client closes otherwise (RFC 9112 §9.3)
+            lines.append(b"connection: keep-alive\r\n\r\n")  # an HTTP/1.0 client closes otherwise (RFC 9112 §9.3)
         else:
-            head += b"\r\n"
+            lines.append(b"\r\n")
         self._keep_alive = keep_alive
         if self.access_log:
             self.access_log(req, self.client, status, 0 if no_body else length, line)
@@ -415,8 +412,9 @@ class HttpProtocol(Protocol):
                 if len(data) == first.length:
                     parts[0] = first = data
             if isinstance(first, bytes) and len(first) <= CHUNK:
-                head += first
+                lines.append(first)
                 del parts[0]  # one write for head and small body (no Nagle/delayed-ACK stall)
+        head = b"".join(lines)
         if not parts and not self._out and not self._write_paused:  # the whole response in one write
             self.transport.write(head)
             if self.state == _RESPOND:
