@@ -5,10 +5,13 @@ TFTP lock-step vs windowed under added latency; plus the full-size TFTP fault ma
 Why this exists: the transfer issue sets targets as *ratios measured in one run* (the machine
 drifts between runs), so every contender runs here, interleaved, on the same file:
 
-- ``native``: ``socklab send`` -> ``socklab receive --discard`` (verification on: CRC-32 per
-  chunk and SHA-256 on both sides), and -> a receiver writing to disk;
+- ``native``: ``socklab send`` -> ``socklab receive --discard`` (verification on: the
+  blake3-tree on both sides), and -> a receiver writing to disk (O_DIRECT, fsync, rename);
 - ``nc``: netcat-openbsd, ``nc -l > /dev/null`` fed by ``nc -N < file``;
-- ``bare``: Python ``os.sendfile`` -> ``recv_into`` a reused 1 MiB buffer (discard, or write).
+- ``bare``: Python ``os.sendfile`` -> ``recv_into`` a reused 1 MiB buffer (discard, or write + fsync).
+
+CPU is reported per process (sender, receiver; user + system of every thread, from ``wait4``),
+interpreter start-up subtracted: on a shared machine the rates swing, the CPU cost per GiB does not.
 
 Usage (short smoke runs on a shared machine; the issue's figures use --size 1024 --repeat 3)::
 
@@ -230,9 +233,10 @@ def cmd_native(args: argparse.Namespace) -> None:
     rx = {k: statistics.median(v) / gib for k, v in rx_cpu.items()}
     print(f"native transfer, {args.size} MiB on loopback, median of {args.repeat} (CPU: s per GiB, "
           f"interpreter start-up subtracted):")
-    print(f"  {'contender':15s} {'MB/s':>8s} {'CPU send':>9s} {'CPU recv':>9s} {'CPU both':>9s}")
+    print(f"  {'contender':15s} {'MB/s':>8s} {'CPU send':>9s} {'CPU recv':>9s} {'CPU both':>9s}   each run, MB/s")
     for k, v in med.items():
-        print(f"  {k:15s} {v / 1e6:8.0f} {tx[k]:9.2f} {rx[k]:9.2f} {tx[k] + rx[k]:9.2f}")
+        each = " ".join(f"{r / 1e6:.0f}" for r in runs[k])
+        print(f"  {k:15s} {v / 1e6:8.0f} {tx[k]:9.2f} {rx[k]:9.2f} {tx[k] + rx[k]:9.2f}   {each}")
     print(f"  native-discard / nc           = {med['native-discard'] / med['nc']:.2f}  (target >= 1.2)")
     print(f"  native-discard / bare-discard = {med['native-discard'] / med['bare-discard']:.2f}  (target >= 0.8)")
     print(f"  native-disk / bare-disk       = {med['native-disk'] / med['bare-disk']:.2f}  (target >= 1.0)")
