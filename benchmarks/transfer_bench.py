@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def run_native(path: Path, discard: bool, dest: Path, cpu: Cpu) -> float:
     rx.stderr.close()
     cpu.rx = _reap(rx)
     summary = json.loads(out)
-    elapsed = summary["seconds"]  # measured inside the sender: connect to the verified RESULT
+    elapsed = float(summary["seconds"])  # measured inside the sender: connect to the verified RESULT
     assert summary["ok"], summary
     for f in dest.glob("*"):
         f.unlink()
@@ -245,7 +245,7 @@ def cmd_native(args: argparse.Namespace) -> None:
                               "cpu_recv_s_per_gib": round(rx[k], 3)} for k, v in med.items()}))
 
 
-def _tftp_once(size: int, blksize: int, window: int, faults: list[object], seed: int, timeout: float,
+def _tftp_once(size: int, blksize: int, window: int, faults: Sequence[object], seed: int, timeout: float,
                root: Path) -> tuple[float, int]:
     sys.path.insert(0, str(ROOT / "src"))
     from socklab.apps.tftp.client import TftpClientOptions, tftp_get
