@@ -31,7 +31,8 @@ from socklab.core.errors import RemoteProtocolError
 __all__ = ["TargetPath", "parse_target", "percent_decode"]
 
 _HEX = b"0123456789abcdefABCDEF"
-PLAIN_CACHE_SIZE = 4096  # plain targets (nothing to decode) remembered with their parsed form
+PLAIN_CACHE_SIZE = 4096  # plain targets (nothing to decode) remembered with their parsed form...
+PLAIN_TARGET_MAX = 256  # ...when at most this long (the cache stays under ~2 MiB)
 _plain_cache: dict[bytes, TargetPath] = {}
 _PLAIN = re.compile(rb"(?:/[A-Za-z0-9._~!$&'()*+,;=:@-]*)+")  # origin-form path, RFC 3986 pchar minus '%'
 
@@ -127,9 +128,10 @@ def parse_target(target: bytes, method: bytes = b"GET") -> TargetPath:
         segments = tuple(seg.decode("ascii") for seg in target.split(b"/") if seg)
         if b"/." not in target:
             tp = TargetPath(segments, target.endswith(b"/"), b"")
-            if len(_plain_cache) >= PLAIN_CACHE_SIZE:
-                _plain_cache.clear()
-            _plain_cache[target] = tp  # a pure function of the target: safe to remember
+            if len(target) <= PLAIN_TARGET_MAX:
+                if len(_plain_cache) >= PLAIN_CACHE_SIZE:
+                    _plain_cache.clear()
+                _plain_cache[target] = tp  # a pure function of the target: safe to remember
             return tp
     if target == b"*" and method == b"OPTIONS":
         return TargetPath((), False, b"")

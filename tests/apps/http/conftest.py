@@ -44,7 +44,7 @@ def http_server(root: Path | None = None, engine: str = "epoll", router: Router 
     s = HttpSettings(host="127.0.0.1", port=0, engine=engine, **settings)
     r = router if router is not None else Router()
     if root is not None:
-        r.static("/", root, follow_symlinks=s.follow_symlinks, listing=s.listing)
+        r.static("/", root, follow_symlinks=s.follow_symlinks, listing=s.listing, cache_bytes=s.file_cache)
     srv = serve_http(s, r)
     try:
         srv.start()

@@ -168,3 +168,21 @@ def test_confinement_check_after_fork_reads_the_childs_own_descriptors(tmp_path:
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         os.close(inside)
+
+
+def test_file_cache_zero_keeps_no_bytes(tmp_path: Path, aged: None) -> None:
+    (tmp_path / "f.txt").write_bytes(b"one")
+    router = Router()
+    files = router.static("/", tmp_path, cache_bytes=0)
+    assert get(tmp_path, b"/f.txt", router)[2] == b"one"
+    assert files.cache.bytes == 0 and all(e.data is None for e in files.cache._map.values())
+
+
+def test_file_cache_option_on_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from socklab.apps.http.cli import http
+
+    out = CliRunner().invoke(http, ["serve", "--help"]).output
+    assert "--file-cache" in out
+    assert CliRunner().invoke(http, ["serve", "--file-cache", "-1"]).exit_code != 0

@@ -41,6 +41,7 @@ def serve(directory: str, trace: bool, trace_json: str | None, **values: Any) ->
     settings = build_settings(HttpSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
     router = Router()
-    router.static("/", directory, follow_symlinks=settings.follow_symlinks, listing=settings.listing)
+    router.static("/", directory, follow_symlinks=settings.follow_symlinks, listing=settings.listing,
+                  cache_bytes=settings.file_cache)
     server = serve_http(settings, router, tracer=tracer)
     serve_until_signalled(server, "http", ["https" if settings.tls_cert else "http"])

@@ -164,11 +164,14 @@ class Router:
         return deco
 
     def static(self, prefix: str, directory: str | os.PathLike[str], *, follow_symlinks: bool = False,
-               listing: bool = True) -> StaticFiles:
-        """Serve the files under ``directory`` at URL ``prefix`` (confined: see docs/http.md)."""
+               listing: bool = True, cache_bytes: int | None = None) -> StaticFiles:
+        """Serve the files under ``directory`` at URL ``prefix`` (confined: see docs/http.md).
+
+        ``cache_bytes`` bounds the small files kept in memory (``None``: the default, 8 MiB; 0: off).
+        """
         from socklab.apps.http.static import StaticFiles
 
-        files = StaticFiles(directory, follow_symlinks=follow_symlinks, listing=listing)
+        files = StaticFiles(directory, follow_symlinks=follow_symlinks, listing=listing, cache_bytes=cache_bytes)
         key = tuple(s for s in prefix.split("/") if s)
         self.mounts.append((key, files))
         self.mounts.sort(key=lambda m: -len(m[0]))  # longest prefix first

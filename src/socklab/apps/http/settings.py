@@ -52,6 +52,8 @@ class HttpSettings(ServerSettings):
     log_format: str = setting("common", "Access log format on stdout: common (CLF), json, or none.",
                               choices=("common", "json", "none"))
     sendfile: bool = setting(True, "Send file bodies with sendfile() where the engine allows.")
+    file_cache: int = setting(8 << 20, "Bytes of small files (<= 16 KiB) kept in memory between requests, "
+                                       "revalidated by fstat of the opened file on every request; 0 = off.")
     parser: str = setting("auto", "HTTP/1.1 parser under the strict head framer: httptools (llhttp, C), h11 (pure "
                                   "Python), or auto (httptools when installed).", choices=("auto", "httptools", "h11"))
 
@@ -65,6 +67,8 @@ class HttpSettings(ServerSettings):
                      "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.file_cache < 0:
+            raise UsageError("file_cache cannot be negative")
         if self.parser == "httptools":
             from socklab.protocols.http1 import default_backend
 

@@ -176,10 +176,12 @@ class StaticFiles:
         directory: the served root (resolved once with ``realpath``).
         follow_symlinks: serve symlinks whose target is outside the root.
         listing: list a directory that has no ``index.html``.
+        cache_bytes: bytes of small files kept in memory (``None``: :data:`CACHE_BYTES`; 0: none).
+            Header blocks are cached in any case (at most :data:`CACHE_ENTRIES` files).
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, follow_symlinks: bool = False,
-                 listing: bool = True) -> None:
+                 listing: bool = True, cache_bytes: int | None = None) -> None:
         self.root = os.path.realpath(os.fspath(directory))
         if not os.path.isdir(self.root):
             from socklab.core.errors import UsageError
@@ -188,7 +190,7 @@ class StaticFiles:
         self.follow_symlinks = follow_symlinks
         self.listing = listing
         self._root_prefix = self.root.rstrip("/") + "/"
-        self.cache = _FileCache()
+        self.cache = _FileCache(max_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes)
 
     # ---- confinement -----------------------------------------------------------------------------
     def _inside(self, fd: int, expected: str) -> bool:
@@ -293,7 +295,7 @@ class StaticFiles:
             return _Entry(head, validators, etag, mtime, None)  # just changed: may change again unseen
         data = None
         size = st.st_size
-        if size <= SMALL_FILE:
+        if size <= SMALL_FILE and size <= self.cache.max_bytes:
             data = os.pread(fd, size, 0)
             if len(data) != size:  # changed while being read: serve it uncached
                 return _Entry(head, validators, etag, mtime, None)
