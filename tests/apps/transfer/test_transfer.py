@@ -192,8 +192,10 @@ def test_resume_checks_the_prefix_chunk_by_chunk(tmp_path: Path) -> None:
     assert (dest / "f.bin").read_bytes() == data
 
 
-@pytest.mark.parametrize("direct_io", [True, False])
-def test_direct_and_buffered_writes_give_identical_files(tmp_path: Path, direct_io: bool) -> None:
+@pytest.mark.parametrize(("direct_io", "hash_on_recv", "worker_threads"),
+                         [(True, True, True), (False, False, True), (True, False, False)])
+def test_direct_and_buffered_writes_give_identical_files(tmp_path: Path, direct_io: bool, hash_on_recv: bool,
+                                                         worker_threads: bool) -> None:
     # sizes around O_DIRECT's 4 KiB alignment and the ring's buffers; a resumed prefix; a stream
     src, dest = tmp_path / "src", tmp_path / "dest"
     src.mkdir()
@@ -205,7 +207,8 @@ def test_direct_and_buffered_writes_give_identical_files(tmp_path: Path, direct_
     big = files[f"f{9 * CHUNK + 5}"]
     (dest / f"f{9 * CHUNK + 5}.part").write_bytes(big[:2 * CHUNK + 10])
     piped = os.urandom(2 * CHUNK + 4099)
-    with receiver(dest, direct_io=direct_io, buffer_size=2 * CHUNK) as (port, _):
+    with receiver(dest, direct_io=direct_io, hash_on_recv=hash_on_recv, worker_threads=worker_threads,
+                  buffer_size=2 * CHUNK) as (port, _):
         reports = send(port, [str(src / name) for name in files] + ["-"], stdin=piped)
     assert all(r.ok for r in reports), reports
     assert reports[len(sizes) - 1].offset == 2 * CHUNK

@@ -60,6 +60,9 @@ class ReceiveSettings(ServerSettings):
                                          "this much has arrived (fewer, larger reads; 0: off).")
     direct_io: bool = setting(True, "Write file data with O_DIRECT (no page-cache copy; falls back to "
                                     "buffered writes where the filesystem refuses it).")
+    hash_on_recv: bool = setting(True, "Hash each read on the receiving thread right after recv_into, while "
+                                       "its bytes are in the CPU cache (off: a worker thread hashes each "
+                                       "filled buffer).")
     worker_threads: bool = setting(True, "Hash and write on worker threads, one each (off: on the "
                                          "receiving thread, no hand-offs but no overlap).")
 
@@ -103,20 +106,27 @@ class _Sink:
         self.error: BaseException | None = None
         self.pending: list[tuple[Future[None], Future[None]]] = []
 
-    def submit(self, view: memoryview) -> tuple[Future[None], Future[None]]:
+    def submit(self, view: memoryview, hashed: bool = False) -> tuple[Future[None], Future[None]]:
+        """Hash (unless ``hashed`` already) and write one filled buffer, in order."""
         pos = self.pos
         self.pos += len(view)
         if self.s.settings.worker_threads:
-            sha = self.s.sha_pool.submit(self.hasher.update, view)
+            if hashed and self.out is None and self.fd is None:
+                done: Future[None] = Future()
+                done.set_result(None)
+                return done, done  # discarding, already hashed: nothing left to do
+            sha = self.s.sha_pool.submit(self.hasher.update, view) if not hashed else None
             if self.out is None and self.fd is None:
+                assert sha is not None
                 return sha, sha  # discarding: nothing to write, no second hand-off
             io = self.s.io_pool.submit(self._write, view, pos)
-            return sha, io
+            return (sha or io), io
         # inline: hash and write on the receiving thread, like a plain recv/write loop - no
         # hand-off between threads, but no overlap either
-        done: Future[None] = Future()
+        done = Future()
         try:
-            self.hasher.update(view)
+            if not hashed:
+                self.hasher.update(view)
             self._write(view, pos)
             done.set_result(None)
         except OSError as exc:
@@ -232,6 +242,8 @@ class ReceiveSession:
             return
         if self.conn.raw_remaining and not self.conn.buffered and self._sink is not None:
             self.conn.raw_received(nbytes)
+            if self.settings.hash_on_recv:
+                self._sink.hasher.update(memoryview(self._ring[self._slot])[self._fill:self._fill + nbytes])
             self._fill += nbytes
             if self._fill == self._bufsize or not self.conn.raw_remaining:
                 self._flush_slot()
@@ -253,7 +265,7 @@ class ReceiveSession:
         assert self._sink is not None
         if self._fill:
             view = memoryview(self._ring[self._slot])[:self._fill]
-            self._ring_busy[self._slot] = self._sink.submit(view)
+            self._ring_busy[self._slot] = self._sink.submit(view, hashed=self.settings.hash_on_recv)
             self._slot = (self._slot + 1) % RING
             self._fill = 0
 
@@ -429,6 +441,8 @@ class ReceiveSession:
                 return
             n = min(self._bufsize - self._fill, len(view))
             self._ring[self._slot][self._fill:self._fill + n] = view[:n]
+            if self.settings.hash_on_recv:
+                sink.hasher.update(view[:n])
             self._fill += n
             view = view[n:]
             if self._fill == self._bufsize:
