@@ -56,7 +56,7 @@ class ReceiveSettings(ServerSettings):
                                               "chunk size, one hash call per buffer).")
     fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
     idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
-    recv_lowat: int = setting(256 << 10, "SO_RCVLOWAT while a file's bytes stream: the engine wakes up once "
+    recv_lowat: int = setting(1 << 20, "SO_RCVLOWAT while a file's bytes stream: the engine wakes up once "
                                          "this much has arrived (fewer, larger reads; 0: off).")
     direct_io: bool = setting(True, "Write file data with O_DIRECT (no page-cache copy; falls back to "
                                     "buffered writes where the filesystem refuses it).")
