@@ -72,6 +72,7 @@ def _status_line(status: int) -> bytes:
     return line
 
 
+_STATUS_200 = _status_line(200)
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -271,6 +272,8 @@ class HttpProtocol(Protocol):
     # ---- requests --------------------------------------------------------------------------------
     def _process(self) -> None:
         while self.state in (_HEAD, _BODY, _IDLE):
+            if self.state == _IDLE and not self.parser.framer.pending and not self._peer_eof:
+                return  # the response is done and nothing more has arrived (the usual keep-alive case)
             try:
                 event = self.parser.next_event()
             except RemoteProtocolError as exc:
@@ -367,6 +370,18 @@ class HttpProtocol(Protocol):
         status = resp.status
         keep_alive = self._keep_alive and not resp.close
         body = resp.body
+        if (status == 200 and keep_alive and type(body) is bytes and not resp.headers and req is not None
+                and req.method == "GET" and req.http_version == "1.1" and len(body) <= CHUNK
+                and not self._out and not self._write_paused):
+            # The plain case (a small file, a handler's bytes): what the general path below would
+            # write, in one join and one write.
+            if self.access_log:
+                self.access_log(req, self.client, 200, len(body), line)
+            self.transport.write(b"".join((_STATUS_200, _date_block(), resp.head_block,
+                                           b"content-length: %d\r\n\r\n" % len(body), body)))
+            if self.state == _RESPOND:
+                self._response_done()
+            return
         parts: list[bytes | FileSpan]
         if type(body) is bytes:  # the common case (small files, handlers): no copy, no list walk
             parts, length = ([body] if body else []), len(body)
