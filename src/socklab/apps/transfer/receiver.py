@@ -2,18 +2,18 @@
 
 Why this exists: receiving is where a transfer becomes trustworthy or not. Everything here is
 about the disk: names confined to the destination, data written to ``NAME.part``, hashed while it
-streams, fsynced and renamed (then the directory fsynced) only once the sender's SHA-256 matches,
-a partial file offered for resumption chunk by chunk, and a full disk reported to the sender
-before it wastes more bandwidth, with nothing left behind.
+streams, fsynced and renamed (then the directory fsynced) only once the sender's blake3-tree root
+matches, a partial file offered for resumption chunk by chunk, and a full disk reported to the
+sender before it wastes more bandwidth, with nothing left behind.
 
 Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
-``recv_into``, no copies) and two worker threads per session take each filled buffer: one hashes it
-(blake3-tree: a buffer is one chunk, so one BLAKE3 call per 4 MiB gives that chunk's digest and
-feeds the root - one pass for both), the other writes it (both release the GIL; a discarding
-receiver has no writer). A ring of buffers keeps the receiving thread ahead of them; when the ring
-is full the receiving thread waits for the oldest buffer, which is the back-pressure (the kernel's
-window then slows the sender down). A resumed file re-uses the digests of the prefix it offered:
-the kept bytes are not read again.
+``recv_into``, no copies): a ring of four page-aligned 4 MiB buffers. Each read is hashed right
+away on the receiving thread, while its bytes are in the CPU's cache (BLAKE3, one pass giving the
+chunk digests and the root), and ``SO_RCVLOWAT`` makes reads ~1 MiB. A filled buffer goes to a
+writer thread, which hands it to the disk with ``O_DIRECT`` (no page-cache copy) while the engine
+receives into the next; when the ring is full the receiving thread waits for the oldest buffer,
+which is the back-pressure (the kernel's window then slows the sender down). A resumed file
+re-uses the digests of the prefix it offered: the kept bytes are not read again.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class _Refused(Exception):
 
 
 class _Sink:
-    """Where one file's bytes go: ordered hashing and writing on two worker threads."""
+    """Where one file's bytes go: ordered hashing (unless done on receipt) and writing, on worker threads."""
 
     def __init__(self, session: ReceiveSession, fd: int | None, offset: int, hasher: tp.FileHasher,
                  out: IO[bytes] | None = None) -> None:
