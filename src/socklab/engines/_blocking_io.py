@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from socklab.core.errors import translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.transport import DatagramTransport, Transport
-from socklab.engines.base import Connection
+from socklab.engines.base import Connection, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.blocking import BlockingEngine
@@ -623,22 +623,8 @@ class StreamTransport(Transport, Connection, _Writable):
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self.peer
-        if name == "sockname":
-            try:
-                return self.sock.getsockname()
-            except OSError:
-                return default
-        if name == "socket":
-            return self.sock
-        if name == "fd":
-            return self.fd
-        if name == "engine":
-            return self.engine.name
-        if name == "tracer":
-            return self.tracer
-        return default
+        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.engine.name,
+                                 tracer=self.tracer, peer=self.peer)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
         return self.engine.call_later(delay, callback)
@@ -735,17 +721,8 @@ class DatagramEndpoint(DatagramTransport, _Writable):
         self.engine._flusher.unwatch(self.fd)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.sock.getsockname()
-        if name == "socket":
-            return self.sock
-        if name == "engine":
-            return self.engine.name
-        if name == "fd":
-            return self.fd
-        if name == "tracer":
-            return self.tracer
-        return default
+        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.engine.name,
+                                 tracer=self.tracer, peer=None)
 
     def is_closing(self) -> bool:
         return self._closed

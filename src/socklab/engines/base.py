@@ -38,7 +38,7 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 
-__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory"]
+__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory", "socket_extra_info"]
 
 log = logging.getLogger("socklab")
 
@@ -219,3 +219,27 @@ class Engine(ABC):
     @abstractmethod
     def close_listeners(self) -> None:
         """Stop accepting: close every listening socket this engine serves."""
+
+
+def socket_extra_info(name: str, default: Any, *, sock: Any, fd: int, engine: str, tracer: Tracer | None,
+                      peer: Any = None) -> Any:
+    """``get_extra_info`` for transports that own their socket (every engine but asyncio/uvloop).
+
+    Keys: ``peername`` (stream transports), ``sockname``, ``socket``, ``fd``, ``engine``, ``tracer``.
+    """
+    if name == "peername":
+        return default if peer is None else peer
+    if name == "sockname":
+        try:
+            return sock.getsockname()
+        except OSError:
+            return default
+    if name == "socket":
+        return sock
+    if name == "fd":
+        return fd
+    if name == "engine":
+        return engine
+    if name == "tracer":
+        return tracer
+    return default

@@ -41,7 +41,14 @@ from socklab.core.sockets import Endpoint
 from socklab.core.tls import TLSProtocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import DatagramTransport, Transport
-from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
+from socklab.engines.base import (
+    Connection,
+    DatagramFactory,
+    Engine,
+    EngineInfo,
+    ProtocolFactory,
+    socket_extra_info,
+)
 
 __all__ = ["EpollEngine", "PollEngine", "Reactor", "SelectEngine"]
 
@@ -677,22 +684,8 @@ class StreamTransport(Transport, Connection):
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self.peer
-        if name == "sockname":
-            try:
-                return self.sock.getsockname()
-            except OSError:
-                return default
-        if name == "socket":
-            return self.sock
-        if name == "fd":
-            return self.fd
-        if name == "engine":
-            return self.reactor.name
-        if name == "tracer":
-            return self.tracer
-        return default
+        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.reactor.name,
+                                 tracer=self.tracer, peer=self.peer)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
         return self.reactor.call_later(delay, callback)
@@ -833,17 +826,8 @@ class _DatagramEndpoint(DatagramTransport):
         self.reactor.remove_writer(self.fd)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.sock.getsockname()
-        if name == "socket":
-            return self.sock
-        if name == "engine":
-            return self.reactor.name
-        if name == "fd":
-            return self.fd
-        if name == "tracer":
-            return self.tracer
-        return default
+        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.reactor.name,
+                                 tracer=self.tracer, peer=None)
 
     def is_closing(self) -> bool:
         return self._closed
