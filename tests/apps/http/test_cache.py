@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,49 @@ def test_file_cache_option_on_the_cli() -> None:
     out = CliRunner().invoke(http, ["serve", "--help"]).output
     assert "--file-cache" in out
     assert CliRunner().invoke(http, ["serve", "--file-cache", "-1"]).exit_code != 0
+
+
+class _RecordingSocket:
+    """Stands for the engine's socket: a real one for sendfile, setsockopt calls recorded."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls: list[tuple[int, int, int]] = []
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setsockopt(self, level: int, opt: int, value: int) -> None:
+        self.calls.append((level, opt, value))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux")
+def test_large_file_corked_for_head_and_sendfile_then_uncorked(tmp_path: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        rec = _RecordingSocket(a)
+
+        class T(FakeTransport):
+            def get_extra_info(self, name: str, default: object = None) -> object:
+                return rec if name == "socket" else super().get_extra_info(name, default)
+
+        router = Router()
+        router.static("/", tmp_path)
+        proto = HttpProtocol(router, HttpSettings(log_format="none"))
+        t = T()
+        proto.connection_made(t)
+        proto.data_received(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+        cork = (socket.IPPROTO_TCP, socket.TCP_CORK)
+        assert rec.calls == [(*cork, 1), (*cork, 0)]  # corked for the head and the file, released after
+        assert b"content-length: 100000" in bytes(t.out) and proto.state != 5
+        got = b""
+        while len(got) < 100_000:
+            got += b.recv(65536)
+        assert got == (tmp_path / "big.bin").read_bytes()
+        proto.data_received(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")  # the next response corks afresh
+        assert rec.calls[2:] == [(*cork, 1), (*cork, 0)]

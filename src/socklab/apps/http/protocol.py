@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import sys
 import time
 import traceback
@@ -47,6 +48,7 @@ __all__ = ["CHUNK", "AccessLog", "HttpProtocol"]  # AccessLog re-exported from .
 CHUNK = 64 * 1024  # bytes read from a file per write when sendfile is not used
 SENDFILE_MAX = 1 << 30
 SMALL_FILE = 16 * 1024  # files up to this size are read and sent with the head in one write
+_CORK = getattr(socket, "TCP_CORK", 0)  # Linux: hold partial segments until uncorked
 
 _IDLE, _HEAD, _BODY, _RESPOND, _WEBSOCKET, _CLOSED = range(6)
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -128,6 +130,8 @@ class HttpProtocol(Protocol):
         self._peer_eof = False
         self._sendfile_fd: int | None = None
         self._sendfile_mode = False
+        self._sock: Any = None  # the engine's socket, when sendfile may be used on it
+        self._corked = False
         self.ws: Any = None
         self._tracer: Any = None
         self.requests = 0
@@ -143,6 +147,7 @@ class HttpProtocol(Protocol):
             try:
                 if sock is not None and sock.gettimeout() == 0.0:
                     self._sendfile_fd = sock.fileno()
+                    self._sock = sock
             except (OSError, AttributeError):
                 self._sendfile_fd = None
 
@@ -435,6 +440,13 @@ class HttpProtocol(Protocol):
             if self.state == _RESPOND:
                 self._response_done()
             return
+        if parts and self._sendfile_fd is not None and not self._out and isinstance(parts[-1], FileSpan) and _CORK:
+            # The head and the file in full segments (nginx's tcp_nopush): cork until the response is out.
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+                self._corked = True
+            except (OSError, AttributeError):
+                pass
         self._out.append(head)
         self._out.extend(parts)
         self._pump()
@@ -558,6 +570,12 @@ class HttpProtocol(Protocol):
     def _response_done(self) -> None:
         if self._files:
             self._close_files()
+        if self._corked:
+            self._corked = False
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # flush the last partial segment
+            except (OSError, AttributeError):
+                pass
         if self._sendfile_mode:
             self._sendfile_mode = False
             self.transport.set_write_buffer_limits()
