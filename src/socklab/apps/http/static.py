@@ -159,9 +159,15 @@ class _FileCache:
             entry.data, size = None, 0
         m = self._map
         while m and (len(m) >= self.max_entries or self.bytes + size > self.max_bytes):
-            old = m.pop(next(iter(m)))
-            if old.data is not None:
+            try:
+                old = m.pop(next(iter(m)), None)
+            except (StopIteration, RuntimeError):  # emptied or changed by another thread meanwhile
+                break
+            if old is not None and old.data is not None:
                 self.bytes -= len(old.data)
+        previous = m.get(key)
+        if previous is not None and previous.data is not None:
+            self.bytes -= len(previous.data)  # replaced, not added
         m[key] = entry
         self.bytes += size
 
