@@ -448,7 +448,13 @@ class StreamTransport(Transport, Connection):
         self._protocol_paused = False
         self._high = reactor.settings.max_buffer
         self._low = self._high // 4
-        self._buffered = isinstance(protocol, BufferedProtocol)
+        # The read handler is chosen once: no per-read test for buffered protocols or tracing.
+        if isinstance(protocol, BufferedProtocol):
+            self._read_handler: Callable[[], None] = self._on_readable_buffered
+        elif self.tracer:
+            self._read_handler = self._on_readable_traced
+        else:
+            self._read_handler = self._on_readable
 
     # ---- reading ---------------------------------------------------------------------------------
     def start_reading(self) -> None:
@@ -457,29 +463,44 @@ class StreamTransport(Transport, Connection):
     def _sync_reading(self) -> None:
         want = not (self._app_paused or self._backpressure or self._closing or self._eof_received)
         if want and not self._reading:
-            self.reactor.add_reader(self.fd, self._on_readable)
+            self.reactor.add_reader(self.fd, self._read_handler)
         elif not want and self._reading:
             self.reactor.remove_reader(self.fd)
         self._reading = want
 
     def _on_readable(self) -> None:
-        reactor = self.reactor
-        if self._buffered:
-            self._on_readable_buffered()
-            return
+        """The hot path: recv() straight into a new bytes object, hand it to the protocol."""
         try:
-            # recv() straight into a new bytes object: cheaper than recv_into() plus a copy, and
-            # 64 KiB stays below glibc's mmap threshold (no mmap/munmap per read).
+            # Cheaper than recv_into() plus a copy; 64 KiB stays below glibc's mmap threshold
+            # (no mmap/munmap per read, the lesson of docs/benchmarks.md).
             data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal(exc, "receiving")
             return
-        if self.tracer:
-            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE)
         if data:
-            self.last_activity = reactor.now
+            self.last_activity = self.reactor.now
+            try:
+                self.protocol.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc, "data_received")
+            return
+        self._on_eof()
+
+    def _on_readable_traced(self) -> None:
+        """The same as :meth:`_on_readable`, with a trace event per recv()."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        assert self.tracer is not None
+        self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE)
+        if data:
+            self.last_activity = self.reactor.now
             try:
                 self.protocol.data_received(data)
             except Exception as exc:

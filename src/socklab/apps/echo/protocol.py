@@ -25,6 +25,9 @@ class EchoProtocol(Protocol):
         self.write = transport.write  # one attribute lookup less per message on the hot path
         self.tracer = transport.get_extra_info("tracer")
         self._mid_line = False
+        if not self.tracer and type(self).data_received is EchoProtocol.data_received:
+            # Untraced, receiving *is* writing back: the engine calls transport.write directly.
+            self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
         if self.tracer:
