@@ -289,15 +289,15 @@ SYSCALL_ENGINES = ["iterative", "threads", "pool", "select", "poll", "epoll"]
 def test_scripted_session_trace(engine: str) -> None:
     tracer = Tracer(engine)
     events = tracer.record()
+    closed = threading.Event()
+    tracer.add_sink(lambda e: closed.set() if e.op == "close" and e.peer else None)
     with running_server(EchoProtocol, engine, tracer=tracer) as srv:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
             c.sendall(b"hello")
             assert c.recv(10) == b"hello"
             c.shutdown(socket.SHUT_WR)
             assert recv_all(c) == b""
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(e.op == "close" and e.peer for e in events):
-            time.sleep(0.01)
+        assert closed.wait(5), "the server never traced closing the connection"
     ops = [e.op for e in events if e.op != "note"]
     if engine in SYSCALL_ENGINES:
         expected = ["socket", "setsockopt", "bind", "listen", "accept", "recv", "send", "recv", "shutdown"]
