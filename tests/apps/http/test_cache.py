@@ -149,7 +149,6 @@ def test_target_cache_is_bounded() -> None:
         assert len(http_paths._plain_cache) <= http_paths.PLAIN_CACHE_SIZE
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
 def test_confinement_check_after_fork_reads_the_childs_own_descriptors(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_bytes(b"x")
     files = static.StaticFiles(tmp_path)
@@ -206,7 +205,6 @@ class _RecordingSocket:
         self.calls.append((level, opt, value))
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux")
 def test_large_file_corked_for_head_and_sendfile_then_uncorked(tmp_path: Path) -> None:
     (tmp_path / "big.bin").write_bytes(os.urandom(100_000))
     a, b = socket.socketpair()
