@@ -96,6 +96,49 @@ def test_no_fault_relays_byte_exact_both_ways_with_half_close(splice: bool) -> N
     assert tap.stats["bytes_up"] == tap.stats["bytes_down"] == len(payload)
 
 
+def test_splice_back_pressure_stops_reading_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that does not read makes the pump wait for EPOLLOUT, then finish byte-exact."""
+    from socklab.tools.tap.relay import _SplicePump
+
+    blocked, writable = threading.Event(), []
+    flush, on_writable = _SplicePump._flush, _SplicePump._on_writable
+
+    def spy_flush(self: _SplicePump) -> bool:
+        ok = flush(self)
+        if self.pending:
+            blocked.set()  # splice to the receiver returned EAGAIN with bytes left in the pipe
+        return ok
+
+    def spy_writable(self: _SplicePump) -> None:
+        writable.append(self.direction)
+        on_writable(self)
+
+    monkeypatch.setattr(_SplicePump, "_flush", spy_flush)
+    monkeypatch.setattr(_SplicePump, "_on_writable", spy_writable)
+    payload = os.urandom(12 * 1024 * 1024 + 3)
+    got: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited: fills at once
+
+        def target() -> None:
+            conn, _ = lsock.accept()
+            with conn:
+                assert blocked.wait(20)
+                got.append(read_all(conn))
+
+        t = threading.Thread(target=target)
+        t.start()
+        with Tap(target=("127.0.0.1", lsock.getsockname()[1])) as tap, \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=20) as sock:
+            sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+            sender.start()
+            sender.join(20)
+            t.join(20)
+            assert sock.recv(1) == b""  # the target closed: the tap passed the FIN back
+    assert got and hashlib.sha256(got[0]).digest() == hashlib.sha256(payload).digest()
+    assert "upstream" in writable
+
+
 def test_reset_by_the_server_is_passed_on_through_splice() -> None:
     class Resetter(Protocol):
         def data_received(self, data: bytes) -> None:
