@@ -462,3 +462,22 @@ def test_output_queued_during_the_unlocked_reply_keeps_its_order(
         assert recv_exactly(c, len(expected)) == expected
         if meanwhile != "write":
             assert c.recv(10) == b""  # the FIN comes after the reply, never before
+
+
+# ---- the untraced echo shortcut: data_received *is* transport.write ------------------------------
+@pytest.mark.parametrize("name", BLOCKING)
+def test_untraced_echo_shortcut_returns_every_byte_in_order_then_half_closes(name: str) -> None:
+    """Untraced EchoProtocol makes data_received the transport's write; the reading thread then
+    sends each message itself. Sizes cross the 16 KiB first buffer and RECV_SIZE, several are
+    in flight at once, and the client's FIN must come back after the last byte."""
+    payload = b"".join(bytes([i % 251]) * size for i, size in
+                       enumerate([1, 100, 16 * 1024, 16 * 1024 + 1, RECV_SIZE, 3 * RECV_SIZE + 7, 5]))
+    with running_server(EchoProtocol, name) as srv, connect(srv) as sock:
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(recv_all(sock)))
+        reader.start()
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(30)
+        assert not reader.is_alive()
+        assert got == [payload]

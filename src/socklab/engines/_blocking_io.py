@@ -3,10 +3,10 @@
 Why this exists: :mod:`socklab.engines.blocking` reads as the three engines (accept, then serve
 one client / a thread per client / a pool); this module holds what they share underneath:
 
-- :class:`StreamTransport`: one connected blocking socket read by one thread (``recv_into`` a
-  reused 16-64 KiB buffer, then the protocol's callback under ``engine.lock``); ``write`` never
-  blocks (``send(MSG_DONTWAIT)``, the leftover buffered for the flusher); only the reading thread
-  closes the socket - other threads wake it with ``shutdown(SHUT_RD)``.
+- :class:`StreamTransport`: one connected blocking socket read by one thread (``recv`` of at
+  most 16-64 KiB: a fresh bytes object, no copy), then the protocol's callback under
+  ``engine.lock``; ``write`` never blocks (``send(MSG_DONTWAIT)``, the leftover buffered for the
+  flusher); only the reading thread closes the socket - other threads wake it with ``shutdown(SHUT_RD)``.
 - :class:`DatagramEndpoint`: a UDP socket read by its own thread, sending inline.
 - :class:`Clock`: one thread running ``call_later``/``call_soon_threadsafe`` callbacks under the
   engine lock (a heap and a condition variable; no polling).
@@ -252,24 +252,34 @@ class StreamTransport(Transport, Connection, _Writable):
     def read_loop(self) -> None:
         """Receive until the connection ends, then close the socket. Runs on the reading thread.
 
-        The hot path, per message: ``recv_into`` (no lock) -> lock -> ``data_received`` (its
+        The hot path, per message: ``recv`` (no lock) -> lock -> ``data_received`` (its
         first write is kept) -> unlock -> ``send`` of that reply (no lock).
         """
         lock = self.engine.lock
         size = RECV_START  # 10,000 chatty connections need 160 MB of buffers, not 640
-        buf = bytearray(size)
+        buffered = self._buffered
+        buf = bytearray(size if buffered else 0)  # only a BufferedProtocol's bytes go through it
         view = memoryview(buf)
-        recv_into, send = self.sock.recv_into, self.sock.send
+        recv, recv_into, send = self.sock.recv, self.sock.recv_into, self.sock.send
+        data = b""
+        out: bytes | None
         tracer = self.tracer
         deliver = self._feed_buffered if self._buffered else None
         data_received = self.protocol.data_received
+        # A protocol whose data_received *is* this transport's write (untraced echo): the reply is
+        # the message itself, kept for the unlocked send without a call through write().
+        direct = deliver is None and data_received == self.write
         try:
             with lock:
                 if self._hold and not self._wait_readable():
                     return
             while True:
                 try:
-                    n = recv_into(buf)
+                    if buffered:
+                        n = recv_into(buf)
+                    else:  # a fresh bytes object: cheaper than recv_into + a copy out of the buffer
+                        data = recv(size)
+                        n = len(data)
                 except OSError as exc:
                     with lock:
                         if not self._hold or self._wait_readable():
@@ -286,32 +296,38 @@ class StreamTransport(Transport, Connection, _Writable):
                             return
                         continue
                     self.bytes_in += n
-                    self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
-                    try:
-                        if deliver is None:
-                            data_received(view[:n].tobytes())
-                        else:
-                            deliver(view, n)
-                    except Exception as exc:
+                    if direct and not (self._wbuf or self._eof_sent or self._eof_pending):
+                        out, data = data, b""  # what write() would keep (not closing: _hold is clear)
+                        self._sending = True
+                    else:
+                        self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
+                        try:
+                            if deliver is None:
+                                data_received(data)
+                                data = b""  # an idle connection keeps no 64 KiB message alive
+                            else:
+                                deliver(view, n)
+                        except Exception as exc:
+                            self._defer = False
+                            self._out = None
+                            self._bug(exc, "data_received")
+                            return
                         self._defer = False
-                        self._out = None
-                        self._bug(exc, "data_received")
-                        return
-                    self._defer = False
-                    out = self._out
-                    if out is not None:
-                        self._out = None
-                        if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
-                            self._write_now(out)
-                            out = None
-                        else:
-                            self._sending = True
-                    elif self._hold and not self._wait_readable():
-                        return
+                        out = self._out
+                        if out is not None:
+                            self._out = None
+                            if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
+                                self._write_now(out)
+                                out = None
+                            else:
+                                self._sending = True
+                        elif self._hold and not self._wait_readable():
+                            return
                 if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
                     size = RECV_SIZE
-                    buf = bytearray(size)
-                    view = memoryview(buf)
+                    if buffered:
+                        buf = bytearray(size)
+                        view = memoryview(buf)
                 if out is None:
                     continue
                 # Send the reply without the lock (other connections' threads go on meanwhile).

@@ -20,9 +20,9 @@ How the pieces fit (all three engines share them):
    socketpair, so ``stop()`` and ``close_listeners()`` interrupt it at once. On EMFILE/ENFILE it
    stops watching the listener for 0.05 s, doubling up to 0.4 s: no busy loop, and recovery
    within half a second once descriptors are free.
-2. Each connection is read by one thread: ``recv_into`` a reused buffer (16 KiB, grown to 64 KiB
-   for bulk senders; below glibc's 128 KiB mmap threshold), outside any lock; then, holding ``engine.lock``, the protocol's
-   ``data_received`` runs. Protocol callbacks are therefore serialized, as on the reactor.
+2. Each connection is read by one thread: ``recv`` at most 16 KiB (64 KiB for bulk senders; below
+   glibc's 128 KiB mmap threshold), outside any lock; then, holding ``engine.lock``, the
+   protocol's ``data_received`` runs. Protocol callbacks are therefore serialized, as on the reactor.
 3. ``transport.write`` tries ``send(MSG_DONTWAIT)`` at once; the leftover goes to a per-connection
    buffer that one engine-wide *flusher* thread drains (epoll for writability), so a client that
    does not read never blocks the thread holding the lock. Above ``max_buffer`` the protocol's
