@@ -411,10 +411,13 @@ def test_broadcast_from_many_threads_keeps_every_stream_in_order(name: str, max_
 
 
 # ---- the reply sent without the lock: what other threads do meanwhile stays in order -------------
+@pytest.mark.parametrize("direct", [False, True], ids=["callback", "direct-echo"])
 @pytest.mark.parametrize("partial", [False, True], ids=["whole-send", "partial-send"])
 @pytest.mark.parametrize("meanwhile", ["write", "write_eof", "close"])
 def test_output_queued_during_the_unlocked_reply_keeps_its_order(
-        monkeypatch: pytest.MonkeyPatch, partial: bool, meanwhile: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, partial: bool, meanwhile: str, direct: bool) -> None:
+    """direct-echo: data_received *is* transport.write, so the reading thread sends without ever
+    taking the engine lock; what another thread does meanwhile must still queue behind it."""
     in_send, release = threading.Event(), threading.Event()
     real_send = socket.socket.send
 
@@ -433,6 +436,8 @@ def test_output_queued_during_the_unlocked_reply_keeps_its_order(
         def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
             self.transport = transport
             transports.append(transport)
+            if direct:
+                self.data_received = transport.write  # type: ignore[method-assign]
 
         def data_received(self, data: bytes) -> None:
             self.transport.write(b"reply-1")
@@ -441,7 +446,7 @@ def test_output_queued_during_the_unlocked_reply_keeps_its_order(
             return True
 
     with running_server(Replier, "threads") as srv, connect(srv) as c:
-        c.sendall(b"go")
+        c.sendall(b"reply-1" if direct else b"go")
         assert in_send.wait(10)
         done = threading.Event()
 

@@ -231,6 +231,7 @@ class StreamTransport(Transport, Connection, _Writable):
         self._defer = False  # inside the reading thread's data_received: the first write may wait
         self._out: bytes | None = None  # ... here, to be sent once the lock is released
         self._sending = False  # the reading thread is sending ``_out`` without the lock
+        self._busy = False  # another thread is in write/write_eof (see read_loop's unlocked claim)
         self._wbuf = bytearray()
         self._hold = False  # True when any of the flags below may stop reading (re-checked slowly)
         self._closing = False
@@ -253,7 +254,9 @@ class StreamTransport(Transport, Connection, _Writable):
         """Receive until the connection ends, then close the socket. Runs on the reading thread.
 
         The hot path, per message: ``recv`` (no lock) -> lock -> ``data_received`` (its
-        first write is kept) -> unlock -> ``send`` of that reply (no lock).
+        first write is kept) -> unlock -> ``send`` of that reply (no lock). When
+        ``data_received`` *is* this transport's ``write`` (untraced echo: no protocol code runs)
+        the lock is skipped too, unless another thread is at work on this connection.
         """
         lock = self.engine.lock
         size = RECV_START  # 10,000 chatty connections need 160 MB of buffers, not 640
@@ -266,9 +269,9 @@ class StreamTransport(Transport, Connection, _Writable):
         tracer = self.tracer
         deliver = self._feed_buffered if self._buffered else None
         data_received = self.protocol.data_received
-        # A protocol whose data_received *is* this transport's write (untraced echo): the reply is
-        # the message itself, kept for the unlocked send without a call through write().
-        direct = deliver is None and data_received == self.write
+        # A protocol whose data_received *is* this transport's write (untraced echo) runs no
+        # protocol code: the reply is the message itself, sent without taking the engine lock.
+        direct = deliver is None and not tracer and data_received == self.write
         try:
             with lock:
                 if self._hold and not self._wait_readable():
@@ -285,21 +288,33 @@ class StreamTransport(Transport, Connection, _Writable):
                         if not self._hold or self._wait_readable():
                             self._fatal(exc, "receiving")
                         return
-                with lock:
-                    if self._hold and not self._wait_readable():
-                        return
-                    if tracer:
-                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
-                    if not n:
-                        self._on_eof()
+                claimed = direct and n > 0
+                if claimed:
+                    # Claim the socket first, then look (Dekker's handshake with _busy, set by
+                    # write/write_eof on other threads before they look at _sending): either they
+                    # see _sending and queue behind this reply, or this thread sees _busy and
+                    # takes the locked path. Anything pending or closing: the locked path too.
+                    self._sending = True
+                    claimed = not (self._busy or self._hold or self._wbuf or self._eof_sent
+                                   or self._eof_pending)
+                if claimed:
+                    self.bytes_in += n
+                    out, data = data, b""
+                else:
+                    with lock:
+                        if direct and n:  # the claim failed: give the socket back; hand on what others queued
+                            self._sending = False
+                            self._resume_output()
                         if self._hold and not self._wait_readable():
                             return
-                        continue
-                    self.bytes_in += n
-                    if direct and not (self._wbuf or self._eof_sent or self._eof_pending):
-                        out, data = data, b""  # what write() would keep (not closing: _hold is clear)
-                        self._sending = True
-                    else:
+                        if tracer:
+                            tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
+                        if not n:
+                            self._on_eof()
+                            if self._hold and not self._wait_readable():
+                                return
+                            continue
+                        self.bytes_in += n
                         self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
                         try:
                             if deliver is None:
@@ -454,6 +469,14 @@ class StreamTransport(Transport, Connection, _Writable):
             self._write_now(out)
 
     def _write_now(self, data: bytes | bytearray | memoryview) -> None:
+        # _busy first, _sending read after it: the other half of read_loop's unlocked claim.
+        self._busy = True
+        try:
+            self._write_now_busy(data)
+        finally:
+            self._busy = False
+
+    def _write_now_busy(self, data: bytes | bytearray | memoryview) -> None:
         if not self._wbuf and not self._sending:
             try:
                 n = self.sock.send(data, _DONTWAIT)
@@ -493,6 +516,13 @@ class StreamTransport(Transport, Connection, _Writable):
 
     def _on_writable(self) -> None:
         """The flusher says the socket can take more (lock held)."""
+        self._busy = True  # (as in _write_now: it sends, or sends the FIN)
+        try:
+            self._on_writable_busy()
+        finally:
+            self._busy = False
+
+    def _on_writable_busy(self) -> None:
         if self._lost or self._sending or not (self._wbuf or self._eof_pending):
             self.engine._flusher.unwatch(self.fd)  # (after its send the reading thread re-checks)
             return
@@ -529,12 +559,16 @@ class StreamTransport(Transport, Connection, _Writable):
             return
         if self._defer:
             self._undefer()
-        if self._wbuf or self._sending:
-            self._eof_pending = True
-            if self._sending:
-                self.engine._flusher.watch(self.fd, self)
-        else:
-            self._shutdown_write()
+        self._busy = True  # (as in _write_now)
+        try:
+            if self._wbuf or self._sending:
+                self._eof_pending = True
+                if self._sending:
+                    self.engine._flusher.watch(self.fd, self)
+            else:
+                self._shutdown_write()
+        finally:
+            self._busy = False
 
     def _shutdown_write(self) -> None:
         self._eof_pending = False
