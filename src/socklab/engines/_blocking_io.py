@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from socklab.core.errors import translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.transport import DatagramTransport, Transport
-from socklab.engines.base import Connection, socket_extra_info
+from socklab.engines.base import Connection, HalfCloseMixin, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.blocking import BlockingEngine
@@ -207,7 +207,7 @@ class Flusher:
 
 
 # ---- stream connections --------------------------------------------------------------------------
-class StreamTransport(Transport, Connection, _Writable):
+class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
     """One connected blocking socket, read by one thread; see the module docstring.
 
     Every method except :meth:`read_loop` runs with ``engine.lock`` held (protocol callbacks,
@@ -569,22 +569,6 @@ class StreamTransport(Transport, Connection, _Writable):
                 self._shutdown_write()
         finally:
             self._busy = False
-
-    def _shutdown_write(self) -> None:
-        self._eof_pending = False
-        self._eof_sent = True
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._fatal(exc, "shutting down")
-            return
-        if self.tracer:
-            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
-        if self._eof_received:
-            self.close()
-
-    def can_write_eof(self) -> bool:
-        return True
 
     def get_write_buffer_size(self) -> int:
         return len(self._wbuf) + (len(self._out) if self._out is not None else 0)

@@ -52,7 +52,14 @@ from socklab.core.errors import ConnectTimeout, LocalProtocolError, translate_os
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
 from socklab.core.transport import DatagramTransport, TimerHandle, Transport
-from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
+from socklab.engines.base import (
+    Connection,
+    DatagramFactory,
+    Engine,
+    EngineInfo,
+    ProtocolFactory,
+    ReadPauseMixin,
+)
 
 __all__ = ["AsyncioEngine", "UvloopEngine"]
 
@@ -87,7 +94,7 @@ def _error(exc: BaseException | None, action: str) -> BaseException | None:
 
 
 # ---- one stream connection: an asyncio protocol to the loop, a socklab transport to the app -------
-class _Stream(asyncio.Protocol, Transport, Connection):
+class _Stream(ReadPauseMixin, asyncio.Protocol, Transport, Connection):
     """Bridges one loop connection to one socklab protocol.
 
     Server side (``factory`` given): admission is decided in ``connection_made`` - after the TLS
@@ -288,14 +295,6 @@ class _Stream(asyncio.Protocol, Transport, Connection):
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._transport().set_write_buffer_limits(high, low)
-
-    def pause_reading(self) -> None:
-        self._app_paused = True
-        self._sync_reading()
-
-    def resume_reading(self) -> None:
-        self._app_paused = False
-        self._sync_reading()
 
     def is_reading(self) -> bool:
         return self._reading and not self.is_closing()

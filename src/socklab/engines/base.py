@@ -23,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from socklab.core.errors import TimeoutError_
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
@@ -38,7 +39,8 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 
-__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory", "socket_extra_info"]
+__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "HalfCloseMixin", "ProtocolFactory", "ReadPauseMixin",
+           "socket_extra_info"]
 
 log = logging.getLogger("socklab")
 
@@ -243,3 +245,58 @@ def socket_extra_info(name: str, default: Any, *, sock: Any, fd: int, engine: st
     if name == "tracer":
         return tracer
     return default
+
+
+class ReadPauseMixin:
+    """``pause_reading``/``resume_reading`` for transports that keep an ``_app_paused`` flag.
+
+    The transport's own ``_sync_reading()`` decides whether to watch the socket, combining the
+    app's pause with its own reasons (back-pressure, closing, EOF).
+    """
+
+    _app_paused: bool
+
+    if TYPE_CHECKING:  # provided by the transport; declared here only for the type checker
+        def _sync_reading(self) -> None: ...
+
+    def pause_reading(self) -> None:
+        self._app_paused = True
+        self._sync_reading()
+
+    def resume_reading(self) -> None:
+        self._app_paused = False
+        self._sync_reading()
+
+
+class HalfCloseMixin:
+    """``write_eof``'s last step for transports that own their socket: FIN, traced.
+
+    Once both directions are shut (our FIN sent, the peer's received), the connection closes.
+    """
+
+    sock: socket.socket
+    peer: Any
+    tracer: Tracer | None
+    _eof_pending: bool
+    _eof_sent: bool
+    _eof_received: bool
+
+    if TYPE_CHECKING:  # provided by the transport; declared here only for the type checker
+        def _fatal(self, exc: BaseException, action: str) -> None: ...
+        def close(self) -> None: ...
+
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        self._eof_sent = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc, "shutting down")
+            return
+        if self.tracer:
+            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
+        if self._eof_received:
+            self.close()
+
+    def can_write_eof(self) -> bool:
+        return True

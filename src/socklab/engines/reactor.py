@@ -46,7 +46,9 @@ from socklab.engines.base import (
     DatagramFactory,
     Engine,
     EngineInfo,
+    HalfCloseMixin,
     ProtocolFactory,
+    ReadPauseMixin,
     socket_extra_info,
 )
 
@@ -424,7 +426,7 @@ class _Listener:
         return self.sock.getsockname()
 
 
-class StreamTransport(Transport, Connection):
+class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
     """One non-blocking stream socket driven by the reactor."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
@@ -608,22 +610,6 @@ class StreamTransport(Transport, Connection):
         else:
             self._shutdown_write()
 
-    def _shutdown_write(self) -> None:
-        self._eof_pending = False
-        self._eof_sent = True
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._fatal(exc, "shutting down")
-            return
-        if self.tracer:
-            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
-        if self._eof_received:
-            self.close()
-
-    def can_write_eof(self) -> bool:
-        return True
-
     def get_write_buffer_size(self) -> int:
         return len(self._wbuf)
 
@@ -632,14 +618,6 @@ class StreamTransport(Transport, Connection):
         self._low = low if low is not None else self._high // 4
 
     # ---- flow control ----------------------------------------------------------------------------
-    def pause_reading(self) -> None:
-        self._app_paused = True
-        self._sync_reading()
-
-    def resume_reading(self) -> None:
-        self._app_paused = False
-        self._sync_reading()
-
     def is_reading(self) -> bool:
         return self._reading
 
