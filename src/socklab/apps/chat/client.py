@@ -13,7 +13,9 @@ with ``/join #room LAST_SEQ`` - so nothing is missed and nothing is shown twice.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import select
 import socket
 import ssl
 import sys
@@ -106,7 +108,13 @@ class ChatClient:
         self.closed = threading.Event()
         self.quitting = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="chat-reader", daemon=True)
+        # Only the reader thread touches the socket: an SSLSocket must not be read and written from
+        # two threads at once (OpenSSL forbids it; a write racing a read fails). send() queues the
+        # line and wakes that thread through a socketpair.
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="chat-io", daemon=True)
 
     def _connect(self) -> socket.socket:
         try:
@@ -139,13 +147,32 @@ class ChatClient:
             self.send(f"/join {room}" + (f" {since}" if since is not None else ""))
 
     def send(self, line: str) -> None:
+        """Queue one line for the I/O thread (which owns the socket) and wake it."""
         with self._lock:
-            sock = self.sock
-            if sock is None:
+            if self.sock is None:
                 self.show("!! not connected (reconnecting); try again in a moment")
                 return
-            with contextlib.suppress(OSError):
-                sock.sendall(line.encode() + b"\n")
+            self._outbox.append(line.encode() + b"\n")
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            self._wake_w.send(b"\0")
+
+    def _flush(self, sock: socket.socket) -> bool:
+        """Send every queued line; False when the connection broke."""
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return True
+                data = self._outbox.popleft()
+            try:
+                sock.sendall(data)
+            except OSError:
+                return False
 
     def _run(self) -> None:
         delay = 0.25
@@ -155,6 +182,7 @@ class ChatClient:
                 self._read(sock)
                 with self._lock:
                     self.sock = None
+                    self._outbox.clear()  # lines for a dead connection are not replayed on the next
                 with contextlib.suppress(OSError):
                     sock.close()
             if self.quitting or self.closed.is_set():
@@ -175,8 +203,16 @@ class ChatClient:
         self.closed.set()
 
     def _read(self, sock: socket.socket) -> None:
+        """Serve one connection: write queued lines and read events, all on this thread."""
         buf = b""
+        pending = getattr(sock, "pending", lambda: 0)  # TLS may hold decrypted bytes select() cannot see
         while True:
+            if not self._flush(sock):
+                return
+            if not pending():
+                ready, _, _ = select.select([sock, self._wake_r], [], [])
+                if sock not in ready:
+                    continue  # woken to send
             try:
                 chunk = sock.recv(65536)
             except OSError:
@@ -223,8 +259,14 @@ class ChatClient:
             sock, self.sock = self.sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the I/O thread, which closes the socket
+        self._wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(2)
+        elif sock is not None:
             sock.close()
+        for end in (self._wake_r, self._wake_w):
+            end.close()
 
 
 def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False,
