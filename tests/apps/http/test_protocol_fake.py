@@ -17,11 +17,16 @@ from socklab.core.transport import Transport
 
 
 class FakeTransport(Transport):
-    """Records writes; timers run only when the test fires them."""
+    """Records writes; timers run only when the test fires them.
+
+    It cannot half-close (like a TLS transport), so the protocol closes at once instead of
+    lingering; :class:`HalfClosingTransport` covers the lingering close.
+    """
 
     def __init__(self) -> None:
         self.out = bytearray()
         self.closed = False
+        self.eof_sent = False
         self.timers: list[tuple[float, Callable[[], None], list[bool]]] = []
         self.reading = True
 
@@ -62,11 +67,24 @@ class FakeTransport(Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def pause_reading(self) -> None:
         self.reading = False
 
     def resume_reading(self) -> None:
         self.reading = True
+
+
+class HalfClosingTransport(FakeTransport):
+    """A fake that can send FIN, as TCP can."""
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_sent = True
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +216,22 @@ def test_body_kinds(fake_site: Path) -> None:
     assert b"content-length: 5\r\n\r\nhello" in out
     assert b"content-length: 100\r\n\r\n" + b"x" * 100 in out
     assert out.endswith(b"content-length: 9\r\n\r\nin memory")
+
+
+def test_lingering_close_after_an_error(fake_site: Path) -> None:
+    router = Router()
+    router.static("/", fake_site)
+    proto = HttpProtocol(router, HttpSettings(log_format="none", max_body=10, linger_timeout=2.0))
+    t = HalfClosingTransport()
+    proto.connection_made(t)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+    assert t.out.startswith(b"HTTP/1.1 413 ")
+    # FIN after the response, but the socket stays open to swallow the rest of the upload: closing
+    # with unread input would send an RST that can destroy the 413 before the client reads it.
+    assert t.eof_sent and not t.closed
+    proto.data_received(b"x" * 900)  # discarded
+    assert t.out.count(b"HTTP/1.1") == 1
+    assert [d for d, _, _ in t.timers if d == 2.0], "no linger deadline armed"
+    t.fire_timers()
+    assert t.closed
+

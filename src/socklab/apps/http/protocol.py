@@ -170,6 +170,8 @@ class HttpProtocol(Protocol):
 
     def eof_received(self) -> bool | None:
         self._peer_eof = True
+        if self.state == _CLOSED:  # the client closed while we lingered: done
+            return None
         if self.state == _WEBSOCKET:
             self.ws.receive(b"")
             return None
@@ -596,11 +598,27 @@ class HttpProtocol(Protocol):
             self._start_timer(self.settings.keepalive_timeout, self._on_idle_timeout)
 
     def _close(self) -> None:
+        """Close after the last response - lingering when the client may still be sending.
+
+        Closing a socket with unread input makes the kernel send an RST, and an RST can destroy the
+        response still in flight to the client (a 413 for a body being uploaded, say). So, unless
+        the client already finished (EOF), send our FIN after the response, keep reading and
+        discarding (``data_received`` ignores input once closed) until the client closes too or
+        ``linger_timeout`` passes, then close.
+        """
         if self.state == _CLOSED:
             return
         self.state = _CLOSED
         self._cancel_timer()
-        self.transport.close()
+        linger = self.settings.linger_timeout
+        if self._peer_eof or linger <= 0 or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        self.transport.write_eof()  # FIN once the response is out; the engine closes when the client's comes
+        self.transport.call_later(linger, self.transport.close)
 
 
 def _read_at(f: IO[bytes], offset: int, n: int) -> bytes:

@@ -36,6 +36,10 @@ class HttpSettings(ServerSettings):
     body_timeout: float = setting(30.0, "Deadline, seconds, to receive a request body once its headers arrived.")
     send_timeout: float = setting(30.0, "Close a connection whose client has not accepted any response bytes "
                                         "for this many seconds (a client that stopped reading).")
+    linger_timeout: float = setting(2.0, "After answering with a close, seconds to keep reading (and discarding) "
+                                         "what the client still sends, so its unread data does not turn into an "
+                                         "RST that destroys the response (nginx's lingering close; 0 = close at "
+                                         "once).")
     max_request_line: int = setting(8192, "Longest request line, bytes; longer gets 414.")
     max_headers_size: int = setting(65536, "Largest request head (request line + header fields), bytes; larger "
                                            "gets 431.")
@@ -76,7 +80,8 @@ class HttpSettings(ServerSettings):
                 raise UsageError("--parser httptools: httptools is not installed (pip install httptools)")
         if self.max_request_line > self.max_headers_size:
             raise UsageError("max_request_line cannot exceed max_headers_size")
-        for name in ("header_timeout", "keepalive_timeout", "body_timeout", "send_timeout", "ws_ping_interval",
+        for name in ("header_timeout", "keepalive_timeout", "body_timeout", "send_timeout", "linger_timeout",
+                     "ws_ping_interval",
                      "ws_ping_timeout"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} cannot be negative")
