@@ -23,6 +23,7 @@ interrupted.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -171,6 +172,22 @@ class _Session:
     def __post_init__(self) -> None:
         self.wake_r, self.wake_w = os.pipe()
         self.last_activity = time.monotonic()
+        # An SSLSocket must not be written on one thread while another reads it (OpenSSL forbids
+        # it; the write can fail or hang). With TLS the stdin thread hands its data to the main
+        # thread, which owns every socket call; a plain socket is written directly.
+        self.outbox: collections.deque[bytes] = collections.deque()
+
+    def flush_outbox(self) -> None:
+        """Send what the stdin thread queued (TLS only; the socket is non-blocking). Main thread."""
+        while self.outbox:
+            view = memoryview(self.outbox.popleft())
+            while view:
+                try:
+                    n = self.sock.send(view)
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    select.select([], [self.sock], [])  # the peer is slow to read: wait for room
+                    continue
+                view = view[n:]
 
     def pump_stdin(self) -> None:
         last = [0]
@@ -184,7 +201,11 @@ class _Session:
                     data = _crlf(data, last)
                 if self.hexdump:
                     _hex(">>", data)
-                self.sock.sendall(data)
+                if self.tls:
+                    self.outbox.append(data)
+                    os.write(self.wake_w, b"x")
+                else:
+                    self.sock.sendall(data)
         except OSError as exc:
             if not self.closing:
                 self.error = exc
@@ -219,6 +240,10 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
     threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
     peer_eof = False
     while True:
+        try:
+            session.flush_outbox()
+        except OSError as exc:
+            session.error = exc
         if session.error is not None:
             raise translate_oserror(session.error, "sending stdin")
         if session.closing:
@@ -244,6 +269,8 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
             continue
         try:
             data = sock.recv(CHUNK)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            continue  # only TLS records without application data (session tickets): wait again
         except ssl.SSLError as exc:
             raise translate_oserror(exc, "reading TLS data") from exc
         except ConnectionRefusedError as exc:
@@ -337,7 +364,9 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
                 sock = ctx.wrap_socket(sock, server_hostname=name)
             except (OSError, ssl.SSLError) as exc:
                 raise translate_oserror(exc, f"TLS handshake with {endpoint}") from exc
-            sock.settimeout(None)
+            # Non-blocking from here on: TLS 1.3 session tickets make the socket readable with no
+            # application data behind them, and a blocking SSL recv() would then wait forever.
+            sock.setblocking(False)
             cipher = sock.cipher()
             ex(f"TLS handshake done ({sock.version()}, {cipher[0] if cipher else '?'})")
     session = _Session(sock, udp, tls, on_stdin_eof, ex, crlf, hexdump)

@@ -92,14 +92,26 @@ def test_whole_and_bytewise_feeds_give_the_same_answers(items: list[bytes], mode
     stream = b"".join(encode_frame(i, mode) if mode == CONTENT_LENGTH or b"\n" not in i else b"" for i in items)
     whole = run([stream])
     assert run([stream[i:i + 1] for i in range(len(stream))]) == whole
-    # every answer is a well-formed JSON-RPC response, framed the way the client framed its requests
-    dec = FrameDecoder(mode=mode if stream.strip() else None)
+    # every answer is a well-formed JSON-RPC response, framed the way the server detected the
+    # client's framing from its first bytes (ndjson junk that begins "content-" reads as headers)
+    detector = FrameDecoder()
+    detector.receive_data(stream)
+    dec = FrameDecoder(mode=detector.mode if stream.strip() else None)
     dec.receive_data(whole[0])
     dec.receive_data(b"")
     while (ev := dec.next_event()) is not None:
         if isinstance(ev, Frame):
             for reply in j.parse_replies(ev.data):
                 assert isinstance(reply, (j.Response, j.ErrorResponse))
+
+
+def test_ndjson_junk_that_reads_as_a_header_is_answered_in_content_length_framing() -> None:
+    out, _ = run([b"content-\n"])
+    dec = FrameDecoder(mode=CONTENT_LENGTH)
+    dec.receive_data(out)
+    ev = dec.next_event()
+    assert isinstance(ev, Frame)
+    assert json.loads(ev.data)["error"]["code"] in (j.PARSE_ERROR, j.INVALID_REQUEST)
 
 
 def test_oversize_frame_answers_then_closes() -> None:

@@ -131,7 +131,9 @@ class ChatClient:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.server_name or self.endpoint.host or None)
         except OSError as exc:
             raise translate_oserror(exc, f"connecting to {self.endpoint}") from exc
-        sock.settimeout(None)
+        # TLS goes non-blocking: session tickets make the socket readable with no application data,
+        # and a blocking SSL recv() would then hold the I/O thread (and every queued line) hostage.
+        sock.settimeout(0 if self.tls is not None else None)
         return sock
 
     def start(self) -> None:
@@ -169,10 +171,14 @@ class ChatClient:
                 if not self._outbox:
                     return True
                 data = self._outbox.popleft()
-            try:
-                sock.sendall(data)
-            except OSError:
-                return False
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    select.select([], [sock], [])  # a slow server: wait for room
+                except OSError:
+                    return False
 
     def _run(self) -> None:
         delay = 0.25
@@ -215,6 +221,8 @@ class ChatClient:
                     continue  # woken to send
             try:
                 chunk = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue  # TLS records with no application data (session tickets)
             except OSError:
                 return
             if not chunk:
