@@ -3,17 +3,22 @@
 Why this exists: the client's logic (ids, futures, timeouts, reconnect) should not care how a
 message travels. A channel offers ``send(payload)`` and delivers every message that arrives to
 ``on_message(payload)``; when the connection dies it calls ``on_lost(exc)`` once. TCP and
-WebSocket channels read on a thread of their own, so many calls can be in flight; the HTTP
-channel does one POST per message in the caller's thread (HTTP/1.1 answers in order, so a call
-waits its turn - send a batch to do several at once).
+WebSocket channels give their socket to one thread of its own, which reads it and writes what
+``send`` queued (any thread may send; TLS sockets must not be read and written from two threads
+at once), so many calls can be in flight; the HTTP channel does one POST per message in the
+caller's thread (HTTP/1.1 answers in order, so a call waits its turn - send a batch to do
+several at once).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,18 +31,22 @@ from socklab.core.errors import (
     BrokenError,
     ClosedError,
     RemoteProtocolError,
-    SocklabError,
+    TimeoutError_,
     UsageError,
     translate_oserror,
 )
 from socklab.protocols.framing import NDJSON, Frame, FrameDecoder, encode_frame
 
-__all__ = ["Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel", "parse_url",
-           "tls_context"]
+__all__ = ["MAX_QUEUED", "Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel",
+           "parse_url", "tls_context"]
 
 OnMessage = Callable[[bytes], None]
 OnLost = Callable[[BaseException], None]
 _RECV = 64 * 1024
+MAX_QUEUED = 4 * 1024 * 1024
+"""Bytes a TCP/WebSocket channel lets wait for the server before ``send`` blocks (back-pressure)."""
+_EMPTY = memoryview(b"")
+_DRAIN = 2.0  # seconds bytes queued before close() (or a server's close) get to leave
 
 
 @dataclass(frozen=True)
@@ -126,52 +135,230 @@ class Channel:
 
 
 class _ThreadedChannel(Channel):
-    """A socket read by a daemon thread."""
+    """A socket owned by one I/O thread, which reads it and writes what ``send`` queued.
+
+    Why one owner: an ``ssl.SSLSocket`` is one OpenSSL object, and reading it on one thread while
+    another writes it is not safe (TLS 1.3 session tickets arrive after the handshake; a write
+    racing a read can fail silently or hang). So the socket is non-blocking and only the owner
+    thread calls it: a sender appends its whole message to a queue under a lock (messages never
+    interleave and leave in the order they were queued) and wakes the owner through a socketpair;
+    the owner waits on both with ``selectors``. Plain TCP uses the same owner, with one shortcut:
+    a sender that finds nothing queued writes the socket itself (two threads may read and write a
+    kernel socket; this saves a thread hand-off per call) and queues only what did not fit.
+
+    Back-pressure: at most ``max_queued`` bytes (default :data:`MAX_QUEUED`, 4 MiB) wait to be
+    written. A sender that would go over waits for room - up to its ``timeout``, then
+    :class:`~socklab.core.errors.TimeoutError_` - so a server that stops reading cannot make the
+    client buffer without bound. A single message larger than the limit is accepted when nothing
+    else waits; the owner thread itself (answering a WebSocket ping from a callback) and close
+    frames never wait.
+    """
 
     sock: socket.socket
-    _thread: threading.Thread
+
+    def __init__(self, on_message: OnMessage, on_lost: OnLost, max_queued: int = MAX_QUEUED) -> None:
+        super().__init__(on_message, on_lost)
+        self.max_queued = max_queued
+        self._cond = threading.Condition()  # guards the queue, the counters, the wake socket
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # bytes send() accepted that are not written yet (queue + owner's buffer)
+        self._reason: BaseException | None = None  # why the connection ended; send() refuses after
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._direct = False  # senders may write the socket themselves (not TLS; see _enqueue)
 
     def _start_reader(self, name: str) -> None:
-        self.sock.settimeout(None)
-        self._thread = threading.Thread(target=self._read_loop, name=name, daemon=True)
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError as exc:
+            self.sock.close()
+            raise translate_oserror(exc, "creating the wake-up socketpair") from exc
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sock.setblocking(False)
+        self._direct = not isinstance(self.sock, ssl.SSLSocket)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _read_loop(self) -> None:
-        reason: BaseException = BrokenError("the server closed the connection")
-        try:
-            while True:
-                data = self.sock.recv(_RECV)
-                if not data:
-                    break
-                self._feed(data)
-        except OSError as exc:
-            reason = ClosedError("the client closed the connection") if self.closed else \
-                translate_oserror(exc, "reading an answer")
-        except SocklabError as exc:
-            reason = exc
-        self._report_lost(reason)
+    # ---- any thread --------------------------------------------------------------------------------
+    def _enqueue(self, size: int, encode: Callable[[], bytes], timeout: float | None, *,
+                 bounded: bool = True) -> None:
+        """Queue ``encode()``'s bytes for the owner; waits for room while ``max_queued`` is reached.
 
+        Raises:
+            ClosedError: close() was called. BrokenError: the connection ended.
+            TimeoutError_: no room within ``timeout`` seconds (the server does not read).
+        """
+        bounded = bounded and threading.current_thread() is not self._thread
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise ClosedError("this client was closed")
+                if self._reason is not None:
+                    raise BrokenError(f"the connection is lost: {self._reason}")
+                if not bounded or not self._queued or self._queued + size <= self.max_queued:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError_(f"timed out while sending a request: {self._queued} bytes already wait "
+                                        f"for a server that does not read them (max_queued={self.max_queued})")
+                self._cond.wait(left)
+            data = encode()  # under the lock: the encoder's state (wsproto) follows the queue's order
+            if self._direct and not self._queued:
+                # Plain TCP with nothing waiting: write now, from this thread - a kernel socket may
+                # be read and written by two threads at once (only TLS may not), and this saves a
+                # thread hand-off per call. What does not fit goes to the owner, in order.
+                try:
+                    n = self.sock.send(data)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    raise translate_oserror(exc, "sending a request") from exc
+                if n == len(data):
+                    return
+                data = data[n:]
+            first = not self._queue
+            self._queue.append(data)
+            self._queued += len(data)
+            if first:  # the owner takes the whole queue once woken: one byte is enough. Append
+                self._wake_locked()  # first: the owner peeks at the queue without the lock
+
+    def _wake_locked(self) -> None:
+        if self._wake_w is not None:  # closed by the owner under the same lock: never a reused fd
+            with contextlib.suppress(OSError):  # full means already woken
+                self._wake_w.send(b"\0")
+
+    def close(self) -> None:
+        """Stop the owner thread and close the socket; safe from any thread, callbacks included.
+
+        Bytes already queued get up to ``_DRAIN`` seconds to leave. From another thread this waits
+        for the owner thread to end (up to 5 s); from the owner's own callbacks it returns at once.
+        """
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._cond.notify_all()  # senders waiting for room
+            self._wake_locked()
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._thread.join(5)
+
+    # ---- the owner thread --------------------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _sendall(self, data: bytes) -> None:
-        if self.closed:
-            raise ClosedError("this client was closed")
-        try:
-            with self._send_lock:
-                self.sock.sendall(data)
-        except OSError as exc:
-            raise translate_oserror(exc, "sending a request") from exc
+    def _end(self, reason: BaseException) -> None:
+        """The connection is over: refuse new sends, release waiting senders, report once."""
+        with self._cond:
+            if self._reason is None:
+                self._reason = reason
+            self._cond.notify_all()
+        self._report_lost(reason)
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(5)
-        self.sock.close()
+    def _take(self) -> memoryview:
+        if not self._queue:  # unlocked peek: an append after it wakes the owner again
+            return _EMPTY
+        with self._cond:
+            data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+            self._queue.clear()
+        return memoryview(data)
+
+    def _written(self, n: int) -> None:
+        with self._cond:
+            self._queued -= n
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        sock, wake = self.sock, self._wake_r
+        assert wake is not None
+        # TLS may hold decrypted bytes that select() cannot see.
+        pending = sock.pending if isinstance(sock, ssl.SSLSocket) else None
+        sel = selectors.DefaultSelector()
+        sel.register(wake, selectors.EVENT_READ)
+        sel.register(sock, selectors.EVENT_READ)
+        interest = selectors.EVENT_READ
+        out = _EMPTY  # taken from the queue, not written yet (a TLS retry needs the same bytes)
+        write_waits = False  # the last send() found no room: wait for EVENT_WRITE
+        read_waits = False  # a TLS recv() wants to write first (SSLWantWriteError)
+        deadline: float | None = None  # once the connection is over: how long queued bytes may take
+        try:
+            while True:
+                if self.closed and not self._lost:
+                    self._end(ClosedError("the client closed the connection"))
+                if self._lost and deadline is None:
+                    deadline = time.monotonic() + _DRAIN
+                # Write until no room: what is left, then the queue - taken once per turn so a
+                # stream of sends cannot starve reading, but emptied when the connection is over.
+                write_waits = took = False
+                while True:
+                    if not out:
+                        if took and deadline is None:
+                            break
+                        out, took = self._take(), True
+                        if not out:
+                            break
+                    try:
+                        n = sock.send(out)
+                    except (BlockingIOError, ssl.SSLWantWriteError):
+                        write_waits = True
+                        break
+                    except ssl.SSLWantReadError:
+                        break  # needs the server's bytes first: reading is always watched
+                    out = out[n:]
+                    self._written(n)
+                if deadline is not None and (not out or time.monotonic() >= deadline):
+                    return  # everything queued left (or the server would not take it in time)
+                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if write_waits or read_waits else 0)
+                if want != interest:
+                    sel.modify(sock, want)
+                    interest = want
+                sock_ready = pending is not None and pending() > 0
+                wait = 0.0 if sock_ready else None
+                if deadline is not None and wait is None:
+                    wait = max(0.0, deadline - time.monotonic())
+                ready = sel.select(wait)
+                for key, _ in ready:
+                    if key.fileobj is wake:
+                        with contextlib.suppress(OSError):
+                            wake.recv(4096)
+                    else:
+                        sock_ready = True
+                if not sock_ready:
+                    continue
+                # Read one chunk per turn (then write again).
+                try:
+                    data = sock.recv(_RECV)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    read_waits = False  # nothing yet, or TLS records without application data (tickets)
+                    continue
+                except ssl.SSLWantWriteError:
+                    read_waits = True
+                    continue
+                read_waits = False
+                if not data:
+                    self._end(BrokenError("the server closed the connection"))
+                    return
+                if not self._lost:  # after close() the answers have nobody to go to
+                    try:
+                        self._feed(data)
+                    except Exception as exc:  # SocklabError from the decoder; anything a callback raised
+                        self._end(exc)
+        except OSError as exc:
+            self._end(ClosedError("the client closed the connection") if self.closed else
+                      translate_oserror(exc, "talking to the server"))
+        except Exception as exc:  # a bug here must still fail the waiting calls, not hang them
+            self._end(exc)
+        finally:
+            sel.close()
+            with self._cond:  # senders use these under the lock: never a closed (or reused) fd
+                self._wake_w, wake_w = None, self._wake_w
+                wake.close()
+                if wake_w is not None:
+                    wake_w.close()
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 class TcpChannel(_ThreadedChannel):
@@ -179,8 +366,8 @@ class TcpChannel(_ThreadedChannel):
 
     def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
                  framing: str = NDJSON, max_message: int = 64 * 1024 * 1024,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(on_message, on_lost)
+                 ssl_context: ssl.SSLContext | None = None, max_queued: int = MAX_QUEUED) -> None:
+        super().__init__(on_message, on_lost, max_queued)
         self.framing = framing
         self.decoder = FrameDecoder(max_frame=max_message, mode=framing)
         self.sock = _connect(ep, timeout, ssl_context)
@@ -193,15 +380,21 @@ class TcpChannel(_ThreadedChannel):
                 self.on_message(ev.data)
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
-        self._sendall(encode_frame(payload, self.framing))
+        """Queue one message (returns before it is written; see :class:`_ThreadedChannel`).
+
+        Raises:
+            ClosedError, BrokenError, TimeoutError_: see ``_enqueue``.
+        """
+        frame = encode_frame(payload, self.framing)
+        self._enqueue(len(frame), lambda: frame, timeout)
 
 
 class WsChannel(_ThreadedChannel):
     """JSON-RPC over a WebSocket (RFC 6455) on a blocking socket, with wsproto."""
 
     def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(on_message, on_lost)
+                 ssl_context: ssl.SSLContext | None = None, max_queued: int = MAX_QUEUED) -> None:
+        super().__init__(on_message, on_lost, max_queued)
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
         self.sock = _connect(ep, timeout, ssl_context)
         self._parts: list[str] = []
@@ -230,12 +423,18 @@ class WsChannel(_ThreadedChannel):
         self._start_reader(f"socklab-rpc-ws-{ep.authority}")
 
     def _feed(self, data: bytes) -> None:
-        try:
-            self.ws.receive_data(data)
-            for ev in self.ws.events():
-                self._event(ev)
-        except wsproto.utilities.ProtocolError as exc:
-            raise RemoteProtocolError(f"bad WebSocket data from the server: {exc}") from exc
+        events: list[wse.Event] = []
+        error: wsproto.utilities.ProtocolError | None = None
+        with self._cond:  # wsproto's state is shared with the senders' ws.send()
+            try:
+                self.ws.receive_data(data)
+                events.extend(self.ws.events())
+            except wsproto.utilities.ProtocolError as exc:
+                error = exc
+        for ev in events:  # callbacks run without the lock (they may send)
+            self._event(ev)
+        if error is not None:
+            raise RemoteProtocolError(f"bad WebSocket data from the server: {error}") from error
 
     def _event(self, ev: wse.Event) -> None:
         if isinstance(ev, wse.TextMessage):
@@ -251,25 +450,26 @@ class WsChannel(_ThreadedChannel):
             self._send_event(ev.response())
         elif isinstance(ev, wse.CloseConnection):
             with contextlib.suppress(Exception):
-                self._send_event(ev.response())
+                self._send_event(ev.response(), bounded=False)  # written before the socket closes
             raise BrokenError(f"the server closed the WebSocket ({ev.code} {ev.reason})".strip())
 
-    def _send_event(self, event: wse.Event) -> None:
-        if self.closed:
-            raise ClosedError("this client was closed")
-        try:
-            with self._send_lock:
-                self.sock.sendall(self.ws.send(event))
-        except OSError as exc:
-            raise translate_oserror(exc, "sending a request") from exc
+    def _send_event(self, event: wse.Event, size: int = 0, timeout: float | None = None, *,
+                    bounded: bool = True) -> None:
+        self._enqueue(size, lambda: self.ws.send(event), timeout, bounded=bounded)
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
-        self._send_event(wse.TextMessage(data=payload.decode()))
+        """Queue one text message (returns before it is written; see :class:`_ThreadedChannel`).
+
+        Raises:
+            ClosedError, BrokenError, TimeoutError_: see ``_enqueue``.
+        """
+        self._send_event(wse.TextMessage(data=payload.decode()), len(payload), timeout)
 
     def close(self) -> None:
+        """Send a close frame (RFC 6455 section 5.5.1), then close like the other channels."""
         if not self.closed:
-            with contextlib.suppress(Exception):
-                self._send_event(wse.CloseConnection(code=1000))
+            with contextlib.suppress(Exception):  # refused once the connection is over
+                self._send_event(wse.CloseConnection(code=1000), bounded=False)
         super().close()
 
 
