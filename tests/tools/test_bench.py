@@ -280,3 +280,19 @@ def test_app_benchmarks_are_reachable_from_bench() -> None:
     out = subprocess.run([sys.executable, "-m", "socklab", "bench", "tap", "--help"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0 and "usage" in out.stdout.lower()  # the script's own help
+
+
+def test_ratio_to_the_reference_is_paired_round_by_round() -> None:
+    # Round 2 was a slow minute for both servers: the engine is 1.10x its reference in every round,
+    # while the ratio of the two medians (100 / 100) would call them equal.
+    def result(name: str, kind: str, engine: str | None, rps: list[float]) -> Result:
+        samples = [{"round": i, "rps": v} for i, v in enumerate(rps)]
+        return Result(name, kind, engine, QUICK, rps=sorted(rps)[1], samples=samples)
+
+    ref = result("ref:selectors_loop", "reference", None, [100.0, 50.0, 200.0])
+    eng = result("epoll", "socklab", "epoll", [110.0, 55.0, 220.0])
+    eng.rps = 100.0  # pretend the median landed elsewhere: the paired figure must not use it
+    assert report.round_ratios(eng, ref) == pytest.approx([1.1, 1.1, 1.1])
+    assert report.ratios([ref, eng])["epoll"][0] == pytest.approx(1.1)
+    doc = json.loads(report.to_json([ref, eng], {}))
+    assert doc["results"][1]["vs_reference_rounds"] == pytest.approx([1.1, 1.1, 1.1])

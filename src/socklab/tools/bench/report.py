@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,8 @@ from rich.table import Table
 from socklab.core.errors import UsageError
 from socklab.tools.bench.runner import Result
 
-__all__ = ["bar_chart_svg", "echo_table", "generator_bound", "line_chart_svg", "ratios", "ratios_by_level",
-           "sweep_table", "to_json", "write_chart"]
+__all__ = ["bar_chart_svg", "echo_table", "generator_bound", "line_chart_svg", "paired_ratio", "ratios",
+           "ratios_by_level", "round_ratios", "sweep_table", "to_json", "write_chart"]
 
 KIND_COLOR = {"c": "#555555", "reference": "#9a9a9a", "socklab": "#2a7ab9", "target": "#c0504d"}
 PALETTE = ("#2a7ab9", "#e07b39", "#3a9a5b", "#c0504d", "#8064a2", "#4bacc6", "#9a9a9a", "#555555")
@@ -39,10 +40,29 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
     out: dict[str, tuple[float | None, float | None]] = {}
     for r in results:
         ref = by_name.get(r.reference or "")
-        vs_ref = r.rps / ref.rps if ref is not None and r.error is None else None
-        vs_c = r.rps / c.rps if c is not None and r.error is None else None
+        vs_ref = paired_ratio(r, ref) if ref is not None and r.error is None else None
+        vs_c = paired_ratio(r, c) if c is not None and r.error is None else None
         out[r.name] = (vs_ref, vs_c)
     return out
+
+
+def round_ratios(r: Result, base: Result) -> list[float]:
+    """req/s of ``r`` over ``base`` round by round (the runs of one round were minutes apart at most)."""
+    mine = {int(s["round"]): float(s["rps"]) for s in r.samples if s.get("round") is not None}
+    theirs = {int(s["round"]): float(s["rps"]) for s in base.samples if s.get("round") is not None}
+    return [mine[k] / theirs[k] for k in sorted(mine) if theirs.get(k)]
+
+
+def paired_ratio(r: Result, base: Result) -> float:
+    """The median of the per-round ratios of ``r`` to ``base`` (the ratio of medians without rounds).
+
+    On a shared VM a slow minute hits every server measured in it; dividing within each round
+    first cancels that, where a ratio of the two medians would mix different minutes.
+    """
+    pairs = round_ratios(r, base)
+    if pairs:
+        return statistics.median(pairs)
+    return r.rps / base.rps if base.rps else 0.0
 
 
 def generator_bound(r: Result) -> bool:
@@ -132,6 +152,8 @@ def to_json(results: Sequence[Result], meta: dict[str, Any]) -> str:
     for r in results:
         d = r.to_dict()
         d["vs_reference"], d["vs_c"] = rat.get((r.name, r.load.connections + r.load.idle), (None, None))
+        ref = next((x for x in results if x.name == r.reference and x.load == r.load), None)
+        d["vs_reference_rounds"] = round_ratios(r, ref) if ref is not None else []
         rows.append(d)
     return json.dumps({"meta": meta, "results": rows}, indent=2)
 

@@ -1,8 +1,9 @@
 """Run the load against each server, take medians, and sweep the number of connections.
 
 Why this exists: one run of one server says little. The runner starts every server afresh for
-every repeat and interleaves them (round 1: A, B, C; round 2: A, B, C...), so a slow minute on a
-shared machine hits every server alike, and reports the median of the repeats. It samples the
+every repeat and interleaves them (round 1: A, B, C; round 2: C, B, A; ...), so a slow minute on
+a shared machine hits every server alike, and reports the median of the repeats (ratios between
+servers are taken round by round, then the median: see ``report.paired_ratio``). It samples the
 server's CPU time and memory exactly when the load generator starts and stops measuring (the
 generator says so on stderr), so the warm-up and the connect phase are not counted.
 """
@@ -242,7 +243,8 @@ def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_co
     idle: dict[str, list[int]] = {s.name: [] for s in specs}
     errors: dict[str, str] = {}
     for rnd in range(repeats):
-        for spec in specs:
+        # A, B, C then C, B, A: no server always runs first (or right after a given neighbour).
+        for spec in specs if rnd % 2 == 0 else specs[::-1]:
             if spec.name in errors:
                 continue
             if progress:
@@ -254,6 +256,7 @@ def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_co
                 if progress:
                     progress(f"  {spec.name} failed: {exc}")
                 continue
+            sample["round"] = rnd
             samples[spec.name].append(sample)
             if rss_idle is not None:
                 idle[spec.name].append(rss_idle)
