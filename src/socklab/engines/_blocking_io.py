@@ -261,24 +261,26 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         lock = self.engine.lock
         size = RECV_START  # 10,000 chatty connections need 160 MB of buffers, not 640
         buffered = self._buffered
-        buf = bytearray(size if buffered else 0)  # only a BufferedProtocol's bytes go through it
-        view = memoryview(buf)
-        recv, recv_into, send = self.sock.recv, self.sock.recv_into, self.sock.send
-        data = b""
-        out: bytes | None
         tracer = self.tracer
         deliver = self._feed_buffered if self._buffered else None
         data_received = self.protocol.data_received
         # A protocol whose data_received *is* this transport's write (untraced echo) runs no
-        # protocol code: the reply is the message itself, sent without taking the engine lock.
+        # protocol code: the reply is the message itself, sent without taking the engine lock -
+        # and sent from the buffer it was read into (no bytes object, no malloc per message).
         direct = deliver is None and not tracer and data_received == self.write
+        into = buffered or direct  # read with recv_into this connection's buffer
+        buf = bytearray(size if into else 0)  # otherwise recv() makes a fresh bytes object: cheaper than a copy
+        view = memoryview(buf)
+        recv, recv_into, send = self.sock.recv, self.sock.recv_into, self.sock.send
+        data = b""
+        out: bytes | memoryview | None
         try:
             with lock:
                 if self._hold and not self._wait_readable():
                     return
             while True:
                 try:
-                    if buffered:
+                    if into:
                         n = recv_into(buf)
                     else:  # a fresh bytes object: cheaper than recv_into + a copy out of the buffer
                         data = recv(size)
@@ -299,12 +301,13 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                                    or self._eof_pending)
                 if claimed:
                     self.bytes_in += n
-                    out, data = data, b""
+                    out = view[:n]
                 else:
                     with lock:
                         if direct and n:  # the claim failed: give the socket back; hand on what others queued
                             self._sending = False
                             self._resume_output()
+                            data = bytes(view[:n])  # data_received (write) may keep it: copy out of the buffer
                         if self._hold and not self._wait_readable():
                             return
                         if tracer:
@@ -340,7 +343,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                             return
                 if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
                     size = RECV_SIZE
-                    if buffered:
+                    if into:  # (a view of the old buffer in ``out`` keeps that one alive until sent)
                         buf = bytearray(size)
                         view = memoryview(buf)
                 if out is None:
