@@ -37,7 +37,6 @@ def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = 
         stream: where the readiness lines go (stdout unless the command's stdout carries data).
     """
     out = stream if stream is not None else sys.stdout
-    server.start()
     register_server(server, app=app)  # so `socklab ss` labels this server's sockets
 
     def ready() -> None:  # printed once the signal handlers are in place: SIGTERM is then graceful

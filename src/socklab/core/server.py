@@ -12,7 +12,10 @@ instead of inheriting one (no ``socketserver`` mixins)::
 
 - **start**: listeners are bound in the caller's thread, so a bind error raises right there with
   a one-line reason, and port 0 is resolved (``server.addresses``) before anything else runs.
-- **serve**: ``serve_forever()`` runs until SIGINT/SIGTERM.
+- **serve**: ``serve_forever()`` runs until SIGINT/SIGTERM. A one-thread engine (select, poll,
+  epoll, asyncio, uvloop) then runs on the calling thread itself, so the process has one thread:
+  a multi-threaded process pays on every system call (glibc's cancellation bookkeeping, and the
+  kernel takes a reference on the socket's file for each call when the fd table is shared).
 - **shutdown**: stop accepting at once; ask every protocol to finish (``shutdown_requested``);
   wait until the connections end or ``shutdown_timeout`` passes; close the rest. A second signal
   forces an immediate close. (The phases follow uvicorn's server.)
@@ -56,6 +59,7 @@ class Server:
         self.engine: Engine = make_engine(self.settings.engine, self.settings, tracer)
         self.addresses: list[Any] = []
         self._thread: threading.Thread | None = None
+        self._foreground = False  # serve_forever runs the engine on the calling (main) thread
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._shutdown_started = False
@@ -108,7 +112,7 @@ class Server:
 
     def start(self, timeout: float = 10.0) -> Server:
         """Run the engine on a background thread; returns once it waits for events."""
-        if self._thread is not None:
+        if self._thread is not None or self._foreground:
             return self
         self._thread = threading.Thread(target=self._run, name=f"socklab-{self.engine.name}", daemon=True)
         self._thread.start()
@@ -118,9 +122,9 @@ class Server:
             raise self._error
         return self
 
-    def _run(self) -> None:
+    def _run(self, ready: Callable[[], None] | None = None) -> None:
         try:
-            self.engine.run(ready=self._ready.set)
+            self.engine.run(ready=ready or self._ready.set)
         except BaseException as exc:  # reported to whoever waits, never swallowed
             self._error = exc
             self._ready.set()
@@ -153,8 +157,15 @@ class Server:
             on_ready: called once the server runs *and* the signal handlers are in place - the
                 moment to announce readiness, so a SIGTERM right after it is always graceful.
         """
-        self.start()
-        if handle_signals and threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        # A one-thread engine runs right here, on the main thread: the process stays single-threaded
+        # (cheaper system calls, see the module docstring), and the signal handlers below run
+        # between two of its callbacks - they only start the shutdown thread or wake the loop.
+        self._foreground = (self._thread is None and handle_signals and main
+                            and self.engine.one_thread)
+        if not self._foreground:
+            self.start()
+        if handle_signals and main:
             signalled: list[int] = []  # set here, at once: the shutdown thread may not have run yet
 
             def handler(signum: int, frame: FrameType | None) -> None:
@@ -170,10 +181,17 @@ class Server:
                     self._force()
             old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
-                if on_ready:
-                    on_ready()
-                while not self._stopped.wait(3600):
-                    pass
+                if self._foreground:
+                    def ready() -> None:
+                        self._ready.set()
+                        if on_ready:
+                            on_ready()
+                    self._run(ready)
+                else:
+                    if on_ready:
+                        on_ready()
+                    while not self._stopped.wait(3600):
+                        pass
             finally:
                 for sig, h in old.items():
                     signal.signal(sig, h)
@@ -188,7 +206,7 @@ class Server:
     # ---- phase 3: shut down ----------------------------------------------------------------------
     def shutdown(self, timeout: float | None = None) -> None:
         """Graceful: stop accepting, let connections finish up to ``timeout`` (default from settings)."""
-        if self._thread is None:
+        if self._thread is None and not self._foreground:
             self._close_unstarted()
             return
         if self._shutdown_started:
@@ -202,8 +220,15 @@ class Server:
             engine.call_soon_threadsafe(engine.abort_all)
             engine.wait_drained(1.0)
         engine.stop()
-        self._thread.join(timeout=5)
+        self._join(5)
         self._finish()
+
+    def _join(self, timeout: float) -> None:
+        """Wait for the engine's run() to return (its thread, or serve_forever's own)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:
+            self._stopped.wait(timeout)
 
     def _force(self) -> None:
         self._shutdown_started = True

@@ -512,6 +512,7 @@ class _AioEngine(Engine):
     stream_class: type[_Stream] = _Stream
     traced_stream_class: type[_Stream] = _TracedStream
     direct_reads = False  # may the loop call the app's data_received directly? (see _read_directly)
+    one_thread = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -98,6 +98,8 @@ class Engine(ABC):
     """
 
     info: ClassVar[EngineInfo]
+    #: the whole loop runs on one thread (``Server.serve_forever`` then runs it on the main thread)
+    one_thread: ClassVar[bool] = False
 
     def __init__(self, settings: ServerSettings | None = None, tracer: Tracer | None = None) -> None:
         self.settings = settings if settings is not None else ServerSettings()

@@ -156,6 +156,8 @@ class _Timer:
 class Reactor(Engine):
     """The loop shared by the select, poll and epoll engines."""
 
+    one_thread = True
+
     poller_class: type[Poller] = EpollPoller
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -130,3 +131,52 @@ def test_ss_labels_a_running_echo_server(spawn: Any) -> None:
     out = socklab("ss", "--port", port, "--json")
     rows = json.loads(out.stdout)
     assert any(r["state"] == "LISTEN" and r["socklab"] == "echo (engine poll)" for r in rows), rows
+
+
+def _stderr_until(srv: Any, needle: bytes) -> None:
+    for _ in range(10):
+        if needle in srv.popen.stderr.readline():
+            return
+    raise AssertionError(f"the server never said {needle!r}")
+
+
+def _echo(conn: socket.socket, data: bytes) -> bytes:
+    conn.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("engine", ["select", "poll", "epoll", "asyncio", "uvloop"])
+def test_one_thread_engines_run_on_the_main_thread_and_still_shut_down_gracefully(spawn: Any, engine: str) -> None:
+    """A one-thread engine serves on the main thread: the process has exactly one thread (cheaper
+    system calls), and SIGTERM - handled between two loop callbacks - still drains, then stops."""
+    srv = spawn("echo", "serve", "--engine", engine, "--port", "0")
+    host, port = srv.wait_for(r"listening on tcp://(\S+):(\d+) ").groups()
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        assert _echo(conn, b"before\n") == b"before\n"
+        assert len(os.listdir(f"/proc/{srv.pid}/task")) == 1
+        srv.popen.send_signal(signal.SIGTERM)
+        _stderr_until(srv, b"shutting down")
+        assert _echo(conn, b"during the grace period\n") == b"during the grace period\n"
+        with pytest.raises(OSError):  # no new connections once shutting down
+            socket.create_connection((host, int(port)), timeout=2).close()
+    assert srv.popen.wait(8) == 0  # the last connection closed: no need to wait out the grace period
+
+
+@pytest.mark.parametrize("engine", ["epoll", "uvloop"])
+def test_a_second_signal_forces_a_one_thread_engine(spawn: Any, engine: str) -> None:
+    srv = spawn("echo", "serve", "--engine", engine, "--port", "0", "--shutdown-timeout", "60")
+    host, port = srv.wait_for(r"listening on tcp://(\S+):(\d+) ").groups()
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        assert _echo(conn, b"x") == b"x"
+        srv.popen.send_signal(signal.SIGINT)
+        _stderr_until(srv, b"shutting down")
+        srv.popen.send_signal(signal.SIGINT)
+        assert srv.popen.wait(8) == 0
+        with pytest.raises(ConnectionResetError):  # a forced shutdown aborts: RST, not FIN
+            conn.recv(10)

@@ -18,8 +18,15 @@
  * bytes, p50/p90/p99/p99.9/max latency and its own CPU time (getrusage): a generator near 100%
  * CPU is the limit, not the server.
  *
+ * Interleaved (--vs-port Q): a second server, B, gets its own --connections, and the two take
+ * turns in slices of --slice-ms: A's connections run the load while B's wait, then A's finish the
+ * messages in flight (no new ones) and B's start, and so on. Two servers measured minutes apart on
+ * a shared VM differ by +-10 % from the machine alone; slices a few hundred ms apart see the same
+ * machine, so their ratio is the servers'. Each side's req/s counts only its own slices; B's
+ * figures come out as the "vs" object of the JSON. (No --idle with --vs-port.)
+ *
  * Usage: loadgen --port P [--host 127.0.0.1] [-c 20] [-s 1024] [-p 1] [-d 10] [-w 1] [--idle 0]
- *                [--cpu N] [--connect-timeout 30] [--max-connecting 128]
+ *                [--cpu N] [--connect-timeout 30] [--max-connecting 128] [--vs-port Q] [--slice-ms 200]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -50,6 +57,7 @@ struct conn {
     int fd;
     enum state st;
     int active;           /* part of the load (not one of the idle ones) */
+    int side;             /* 0: the --port server, 1: the --vs-port server */
     int want_out;         /* EPOLLOUT registered */
     uint64_t to_send;     /* bytes of queued messages not yet written */
     uint64_t rpos;        /* bytes of the current reply received so far */
@@ -57,15 +65,25 @@ struct conn {
     int head, count;
 };
 
+/* What one server got: round trips, bytes and latencies while recording, and its share of the time. */
+struct side {
+    int port;
+    int running;          /* its connections queue a new message when one completes */
+    int64_t inflight;     /* messages sent and not yet fully echoed */
+    uint64_t hist[NBUCKETS];
+    uint64_t requests, nbytes, lat_sum, lat_max, slices;
+    uint64_t active_ns;   /* recorded time this side had the load (interleaved runs) */
+};
+
 static struct conn *conns;
+static struct side sides[2];
 static int nconns, nactive, nidle, size = 1024, pipeline = 1, max_connecting = 128;
-static double duration = 10, warmup = 1, connect_timeout = 30;
+static double duration = 10, warmup = 1, connect_timeout = 30, slice_ms = 200;
 static int ep;
 static char sbuf[SEND_CHUNK];
 static char rbuf[READ_SIZE];
-static uint64_t hist[NBUCKETS];
-static uint64_t requests, nbytes, lat_sum, lat_max, errors, connect_errors;
-static int recording, running;
+static uint64_t errors, connect_errors;
+static int recording;
 static char first_error[160];
 
 static uint64_t now_ns(void) {
@@ -88,16 +106,16 @@ static double bucket_mid(int idx) {  /* middle of the bucket, nanoseconds */
     return low + (double)(1ull << (msb - 4)) / 2.0;
 }
 
-static double percentile_us(double q) {
-    if (!requests) return 0;
-    uint64_t want = (uint64_t)(q * (double)requests);
-    if (want >= requests) want = requests - 1;
+static double percentile_us(const struct side *s, double q) {
+    if (!s->requests) return 0;
+    uint64_t want = (uint64_t)(q * (double)s->requests);
+    if (want >= s->requests) want = s->requests - 1;
     uint64_t seen = 0;
     for (int i = 0; i < NBUCKETS; i++) {
-        seen += hist[i];
+        seen += s->hist[i];
         if (seen > want) return bucket_mid(i) / 1000.0;
     }
-    return (double)lat_max / 1000.0;
+    return (double)s->lat_max / 1000.0;
 }
 
 static void note_error(const char *what, int err) {
@@ -116,6 +134,9 @@ static void kill_conn(struct conn *c, const char *why, int err) {
     if (c->st == CONNECTING || c->st == PINGING) connect_errors++; else errors++;
     note_error(why, err);
     close(c->fd);
+    sides[c->side].inflight -= c->count;  /* its messages will never complete */
+    c->count = 0;
+    c->to_send = 0;
     c->st = DEAD;
 }
 
@@ -139,6 +160,7 @@ static void queue_message(struct conn *c, uint64_t t) {
     c->sent_at[(c->head + c->count) % pipeline] = t;
     c->count++;
     c->to_send += (uint64_t)size;
+    sides[c->side].inflight++;
 }
 
 static void start_load(struct conn *c, uint64_t t) {
@@ -166,27 +188,29 @@ static void on_readable(struct conn *c, int *pinging) {  /* pinging: connections
         }
         if (c->st != ACTIVE) return;  /* an idle connection got data it did not ask for: ignore */
         uint64_t t = now_ns();
+        struct side *s = &sides[c->side];
         c->rpos += (uint64_t)n;
-        if (recording) nbytes += (uint64_t)n;
+        if (recording) s->nbytes += (uint64_t)n;
         while (c->rpos >= (uint64_t)size && c->count > 0) {
             c->rpos -= (uint64_t)size;
             uint64_t lat = t - c->sent_at[c->head];
             c->head = (c->head + 1) % pipeline;
             c->count--;
+            s->inflight--;
             if (recording) {
-                requests++;
-                hist[bucket_of(lat)]++;
-                lat_sum += lat;
-                if (lat > lat_max) lat_max = lat;
+                s->requests++;
+                s->hist[bucket_of(lat)]++;
+                s->lat_sum += lat;
+                if (lat > s->lat_max) s->lat_max = lat;
             }
-            if (running) queue_message(c, t);
+            if (s->running) queue_message(c, t);
         }
         if (c->to_send) pump(c);
         if ((size_t)n < sizeof rbuf) return;  /* drained what was there */
     }
 }
 
-static int start_connect(struct conn *c, struct sockaddr_in *sin) {
+static int start_connect(struct conn *c, const struct sockaddr_in *sin) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) { c->fd = -1; c->st = DEAD; connect_errors++; note_error("socket", errno); return -1; }
     int one = 1;
@@ -221,13 +245,14 @@ static double cpu_seconds(struct rusage *u, struct rusage *s, int sys) {
 
 static void usage(const char *me) {
     fprintf(stderr, "usage: %s --port P [--host H] [-c CONNS] [-s SIZE] [-p PIPELINE] [-d SECONDS] "
-            "[-w WARMUP] [--idle N] [--cpu N] [--connect-timeout S] [--max-connecting N]\n", me);
+            "[-w WARMUP] [--idle N] [--cpu N] [--connect-timeout S] [--max-connecting N] "
+            "[--vs-port Q] [--slice-ms MS]\n", me);
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1";
-    int port = -1, cpu = -1;
+    int port = -1, cpu = -1, vs_port = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) usage(argv[0]);
@@ -243,11 +268,17 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--cpu")) cpu = atoi(v);
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(v);
         else if (!strcmp(a, "--max-connecting")) max_connecting = atoi(v);
+        else if (!strcmp(a, "--vs-port")) vs_port = atoi(v);
+        else if (!strcmp(a, "--slice-ms")) slice_ms = atof(v);
         else usage(argv[0]);
     }
     if (port <= 0 || port > 65535 || size < 1 || pipeline < 1 || nactive < 0 || nidle < 0 || duration <= 0 ||
-        warmup < 0 || max_connecting < 1 || nactive + nidle < 1)
+        warmup < 0 || max_connecting < 1 || nactive + nidle < 1 || vs_port < 0 || vs_port > 65535 ||
+        (vs_port && (nidle > 0 || nactive < 1)) || slice_ms < 1)
         usage(argv[0]);
+    int nsides = vs_port ? 2 : 1;
+    sides[0].port = port;
+    sides[1].port = vs_port;
     if (cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -258,16 +289,20 @@ int main(int argc, char **argv) {
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
     signal(SIGPIPE, SIG_IGN);
     memset(sbuf, 'x', sizeof sbuf);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
-    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) { fprintf(stderr, "bad IPv4 address %s\n", host); return 2; }
+    struct sockaddr_in sin[2];
+    for (int k = 0; k < 2; k++) {
+        sin[k] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((unsigned short)sides[k].port)};
+        if (inet_pton(AF_INET, host, &sin[k].sin_addr) != 1) { fprintf(stderr, "bad IPv4 address %s\n", host); return 2; }
+    }
 
-    nconns = nidle + nactive;
+    nconns = nidle + nactive * nsides;
     conns = calloc((size_t)nconns, sizeof *conns);
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (!conns || ep < 0) { perror("setup"); return 1; }
     /* idle ones first, active ones last: the active ones are connected to a server already holding the idle */
     for (int i = 0; i < nconns; i++) {
         conns[i].active = i >= nidle;
+        conns[i].side = i >= nidle + nactive;  /* interleaved: the last nactive go to the --vs-port server */
         conns[i].fd = -1;
         conns[i].sent_at = conns[i].active ? calloc((size_t)pipeline, sizeof(uint64_t)) : NULL;
     }
@@ -278,7 +313,8 @@ int main(int argc, char **argv) {
     int next = 0, pinging = 0;
     while (next < nconns || pinging > 0) {
         while (next < nconns && pinging < max_connecting) {
-            if (start_connect(&conns[next++], &sin) == 0) pinging++;
+            struct conn *c = &conns[next++];
+            if (start_connect(c, &sin[c->side]) == 0) pinging++;
         }
         if (now_ns() > deadline) { note_error("connect phase", ETIMEDOUT); break; }
         int n = epoll_wait(ep, evs, MAX_EVENTS, 100);
@@ -290,17 +326,20 @@ int main(int argc, char **argv) {
             if (c->st == DEAD && (before == CONNECTING || before == PINGING)) pinging--;
         }
     }
-    int held = 0;
-    for (int i = 0; i < nconns; i++) held += conns[i].st == HELD;
+    int held[2] = {0, 0};  /* per server: connections that answered their first round trip */
+    for (int i = 0; i < nconns; i++) held[conns[i].side] += conns[i].st == HELD;
     double connect_seconds = (double)(now_ns() - t0) / 1e9;
 
-    /* phases 2 and 3: warm-up, then measure */
+    /* phases 2 and 3: warm-up, then measure (interleaved: side `cur` has the load, in slices) */
     struct rusage ru0, ru1;
     uint64_t start = now_ns(), measure_at = start + (uint64_t)(warmup * 1e9);
     uint64_t end = measure_at + (uint64_t)(duration * 1e9), measured_from = start;
-    running = 1;
+    uint64_t slice_ns = (uint64_t)(slice_ms * 1e6), slice_from = start, slice_end = start + slice_ns;
+    int cur = 0, draining = 0;
+    sides[0].running = 1;
+    sides[0].slices = 1;
     for (int i = nidle; i < nconns; i++)
-        if (conns[i].st == HELD) start_load(&conns[i], start);
+        if (conns[i].st == HELD && conns[i].side == 0) start_load(&conns[i], start);
     if (warmup == 0) {
         recording = 1;
         getrusage(RUSAGE_SELF, &ru0);
@@ -312,8 +351,26 @@ int main(int argc, char **argv) {
         if (!recording && t >= measure_at) {
             recording = 1;
             measured_from = t;
+            for (int k = 0; k < nsides; k++) sides[k].slices = k == cur;
             getrusage(RUSAGE_SELF, &ru0);
             fprintf(stderr, "measure-start\n");
+        }
+        if (nsides == 2) {
+            if (!draining && t >= slice_end) {  /* this side's turn is over: finish what is in flight */
+                draining = 1;
+                sides[cur].running = 0;
+            }
+            if (draining && sides[cur].inflight <= 0) {  /* hand the load to the other side */
+                if (recording) sides[cur].active_ns += t - (slice_from > measured_from ? slice_from : measured_from);
+                cur ^= 1;
+                draining = 0;
+                slice_from = t;
+                slice_end = t + slice_ns;
+                sides[cur].running = 1;
+                if (recording) sides[cur].slices++;
+                for (int i = nidle; i < nconns; i++)
+                    if (conns[i].side == cur && (conns[i].st == HELD || conns[i].st == ACTIVE)) start_load(&conns[i], t);
+            }
         }
         if (t >= end) break;
         int n = epoll_wait(ep, evs, MAX_EVENTS, 5);
@@ -330,23 +387,35 @@ int main(int argc, char **argv) {
     fprintf(stderr, "measure-end\n");
     fflush(stderr);
     if (warmup == 0) measured_from = start;
+    if (nsides == 2)  /* the slice in progress counts up to the end */
+        sides[cur].active_ns += measured_to - (slice_from > measured_from ? slice_from : measured_from);
+    else
+        sides[0].active_ns = measured_to - measured_from;
 
     double secs = (double)(measured_to - measured_from) / 1e9;
     double user = cpu_seconds(&ru1, &ru0, 0), sys = cpu_seconds(&ru1, &ru0, 1);
-    int alive = 0;
-    for (int i = 0; i < nconns; i++) alive += conns[i].st != DEAD;
-    printf("{\"target\": \"%s:%d\", \"connections\": %d, \"idle\": %d, \"held\": %d, \"alive\": %d, "
-           "\"size\": %d, \"pipeline\": %d, \"warmup\": %.3f, \"duration\": %.6f, \"connect_seconds\": %.3f, "
-           "\"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, \"mbps\": %.3f, "
-           "\"latency_us\": {\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f, "
-           "\"mean\": %.2f}, \"cpu\": {\"user\": %.4f, \"sys\": %.4f, \"percent\": %.1f}, "
-           "\"errors\": %llu, \"connect_errors\": %llu, \"first_error\": \"%s\"}\n",
-           host, port, nactive, nidle, held, alive, size, pipeline, warmup, secs, connect_seconds,
-           (unsigned long long)requests, (unsigned long long)nbytes, secs > 0 ? (double)requests / secs : 0.0,
-           secs > 0 ? (double)nbytes / secs / 1e6 : 0.0,
-           percentile_us(0.50), percentile_us(0.90), percentile_us(0.99), percentile_us(0.999),
-           (double)lat_max / 1000.0, requests ? (double)lat_sum / (double)requests / 1000.0 : 0.0,
-           user, sys, secs > 0 ? (user + sys) / secs * 100.0 : 0.0,
-           (unsigned long long)errors, (unsigned long long)connect_errors, first_error);
+    int alive[2] = {0, 0};
+    for (int i = 0; i < nconns; i++) alive[conns[i].side] += conns[i].st != DEAD;
+    for (int k = 0; k < nsides; k++) {
+        const struct side *s = &sides[k];
+        double on = (double)s->active_ns / 1e9;
+        if (k == 1) printf(", \"vs\": ");
+        printf("{\"target\": \"%s:%d\", \"connections\": %d, \"idle\": %d, \"held\": %d, \"alive\": %d, "
+               "\"size\": %d, \"pipeline\": %d, \"warmup\": %.3f, \"duration\": %.6f, \"active_seconds\": %.6f, "
+               "\"slices\": %llu, \"connect_seconds\": %.3f, "
+               "\"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, \"mbps\": %.3f, "
+               "\"latency_us\": {\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f, "
+               "\"mean\": %.2f}, \"cpu\": {\"user\": %.4f, \"sys\": %.4f, \"percent\": %.1f}, "
+               "\"errors\": %llu, \"connect_errors\": %llu, \"first_error\": \"%s\"",
+               host, s->port, nactive, k ? 0 : nidle, held[k], alive[k],
+               size, pipeline, warmup, secs, on, (unsigned long long)s->slices, connect_seconds,
+               (unsigned long long)s->requests, (unsigned long long)s->nbytes, on > 0 ? (double)s->requests / on : 0.0,
+               on > 0 ? (double)s->nbytes / on / 1e6 : 0.0,
+               percentile_us(s, 0.50), percentile_us(s, 0.90), percentile_us(s, 0.99), percentile_us(s, 0.999),
+               (double)s->lat_max / 1000.0, s->requests ? (double)s->lat_sum / (double)s->requests / 1000.0 : 0.0,
+               user, sys, secs > 0 ? (user + sys) / secs * 100.0 : 0.0,
+               (unsigned long long)errors, (unsigned long long)connect_errors, first_error);
+    }
+    printf(nsides == 2 ? "}}\n" : "}\n");
     return 0;
 }
