@@ -224,6 +224,25 @@ def test_idle_connections_are_closed(engine: str) -> None:
         assert 0.25 <= time.monotonic() - t0 < 5
 
 
+def test_an_active_connection_outlives_the_idle_timeout(engine: str) -> None:
+    """Idle means silent: a client that keeps talking is never cut off, however long it stays."""
+    with running_server(EchoProtocol, engine, idle_timeout=0.4) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+        deadline = time.monotonic() + 1.5  # almost four idle timeouts
+        n = 0
+        while time.monotonic() < deadline:
+            msg = f"message {n}\n".encode()
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = c.recv(4096)
+                assert chunk, f"closed after {n} messages although the client was active"
+                got += chunk
+            assert got == msg
+            n += 1
+            time.sleep(0.1)
+
+
 def test_a_client_that_never_reads_cannot_grow_server_memory(concurrent_engine: str) -> None:
     limit = 64 * 1024
     with running_server(EchoProtocol, concurrent_engine, max_buffer=limit) as srv, \

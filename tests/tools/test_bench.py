@@ -23,7 +23,7 @@ from rich.console import Console
 from socklab.core.errors import SocklabError, UsageError
 from socklab.tools.bench import build, report
 from socklab.tools.bench.procs import REFERENCE_FOR, ServerProcess, ServerSpec, pick_cores, server_specs
-from socklab.tools.bench.runner import Load, Result, run_echo, run_loadgen, run_sweep
+from socklab.tools.bench.runner import Load, Result, run_echo, run_loadgen, run_loadgen_pair, run_sweep
 
 QUICK = Load(connections=4, size=1024, pipeline=1, duration=0.4, warmup=0.1)
 
@@ -105,6 +105,24 @@ def test_loadgen_against_socklab_epoll(spawn: Callable[..., Any]) -> None:
     check_sane(run_loadgen("127.0.0.1", int(m[1]), QUICK), QUICK)
 
 
+def test_loadgen_interleaves_two_servers_in_slices() -> None:
+    """--vs-port: both servers get the load, in turns; each side counts only its own slices."""
+    spec = ServerSpec("C epoll", "c", (str(build.binary("echo_server")), "--port", "0"))
+    load = Load(connections=4, size=1024, duration=1.0, warmup=0.1)
+    with ServerProcess(spec) as a, ServerProcess(spec) as b:
+        ra, rb = run_loadgen_pair(a, b, load, slice_ms=50)
+        # The server not holding the load is idle: its CPU over its own slices is a real figure.
+        assert ra["server_cpu_percent"] > 0 and rb["server_cpu_percent"] > 0
+    for res, srv in ((ra, a), (rb, b)):
+        assert res["target"] == f"127.0.0.1:{srv.port}"
+        assert res["held"] == res["alive"] == 4 and res["errors"] == 0
+        assert res["requests"] > 0 and res["rps"] == pytest.approx(res["requests"] / res["active_seconds"], rel=0.01)
+        assert res["slices"] >= 8  # 1 s in 50 ms turns: about ten each
+    # The turns share the measured second between them, and neither gets it all.
+    assert ra["active_seconds"] + rb["active_seconds"] == pytest.approx(1.0, abs=0.1)
+    assert 0.3 < ra["active_seconds"] / (ra["active_seconds"] + rb["active_seconds"]) < 0.7
+
+
 def test_loadgen_reports_refused_connections() -> None:
     with socket.socket() as bound_not_listening:  # its port refuses connections, and nobody else gets it
         bound_not_listening.bind(("127.0.0.1", 0))
@@ -170,6 +188,23 @@ def test_run_echo_compares_engine_reference_and_c() -> None:
     ratios = report.ratios(results)
     assert ratios["epoll"][0] == pytest.approx(results[2].rps / results[1].rps)
     assert ratios["C epoll"][1] == pytest.approx(1.0)
+
+
+def test_run_echo_interleaves_each_engine_with_its_reference() -> None:
+    specs = server_specs(["select", "epoll"], references=True, with_c=True, targets=[])
+    results = {r.name: r for r in run_echo(specs, QUICK, repeats=2, interleave=True, slice_ms=50)}
+    assert all(r.error is None for r in results.values())
+    ref, c = results["ref:selectors_loop"], results["C epoll"]
+    assert len(ref.samples) == 4  # paired with select and with epoll, in each of two rounds
+    assert sorted(s["paired_with"] for s in ref.samples) == ["epoll", "epoll", "select", "select"]
+    assert len(c.samples) == 2 and "paired_with" not in c.samples[0]  # no partner: it runs alone
+    for name in ("select", "epoll"):
+        r = results[name]
+        assert [s["round"] for s in r.samples] == [0, 1] and all(s["paired_rps"] > 0 for s in r.samples)
+        # "vs ref" is taken within each interleaved run, not between the rows' medians.
+        mine = sorted(s["rps"] / s["paired_rps"] for s in r.samples)
+        assert sorted(report.round_ratios(r, ref)) == pytest.approx(mine)
+        assert report.ratios(list(results.values()))[name][0] == pytest.approx(sum(mine) / 2)
 
 
 def test_every_concurrent_engine_can_be_measured(concurrent_engine: str) -> None:

@@ -223,8 +223,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         self.protocol = protocol
         self.peer = peer
         self.tracer = engine.tracer
-        self.last_activity = time.monotonic()  # refreshed by the idle sweep from bytes_in
-        self._seen_in = 0
+        self.last_activity = time.monotonic()  # refreshed by the idle sweep from _active
         self._reader = threading.get_ident()  # the thread that reads - and alone closes - the socket
         self._cond = threading.Condition(engine.lock)
         self._waiting = False  # the reading thread waits on _cond (not in recv())
@@ -233,7 +232,10 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         self._sending = False  # the reading thread is sending ``_out`` without the lock
         self._busy = False  # another thread is in write/write_eof (see read_loop's unlocked claim)
         self._wbuf = bytearray()
-        self._hold = False  # True when any of the flags below may stop reading (re-checked slowly)
+        # True when the reading thread must take the locked path: a flag below may stop reading,
+        # or output is queued (_wbuf) or the write side is shut (_eof_*). Set by whoever makes it
+        # so; recomputed only by _wait_readable, under the lock.
+        self._hold = False
         self._closing = False
         self._lost = False
         self._released = False
@@ -246,8 +248,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         self._high = engine.settings.max_buffer
         self._low = self._high // 4
         self._buffered = isinstance(protocol, BufferedProtocol)
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._active = False  # set by the reading thread on each message; the idle sweep clears it
 
     # ---- reading (the connection's own thread) ---------------------------------------------------
     def read_loop(self) -> None:
@@ -278,69 +279,101 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             with lock:
                 if self._hold and not self._wait_readable():
                     return
+            rerr: OSError | None = None
             while True:
+                n = -1  # nothing read yet
+                if direct:
+                    # The untraced echo, in as few steps as the plain server it is measured against:
+                    # no lock, no protocol call, no copy. Anything else leaves this inner loop for
+                    # the general path below, with the message just read (n) or the error.
+                    while True:
+                        try:
+                            n = recv_into(buf)
+                        except OSError as exc:
+                            rerr = exc
+                            break
+                        if not n:
+                            break
+                        # Claim the socket first, then look (Dekker's handshake with _busy, set by
+                        # write/write_eof on other threads before they look at _sending): either
+                        # they see _sending and queue behind this reply, or this thread sees _busy
+                        # and takes the locked path - as it does for anything pending (_hold).
+                        self._sending = True
+                        if self._busy or self._hold:
+                            break
+                        self._active = True
+                        try:
+                            sent = send(view[:n], _DONTWAIT)
+                        except (BlockingIOError, InterruptedError):
+                            sent = 0
+                        except OSError as exc:
+                            with lock:
+                                self._sending = False
+                                self._fatal(exc, "sending")
+                            return
+                        if sent != n:  # the kernel took part of it: the rest goes first in the queue
+                            if not self._after_send(view[sent:n]):
+                                return
+                            continue
+                        self._sending = False
+                        if n == size and size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
+                            size = RECV_SIZE
+                            buf = bytearray(size)
+                            view = memoryview(buf)
+                        if self._hold and not self._after_send(None):  # queued meanwhile: hand it on
+                            return
                 try:
-                    if into:
-                        n = recv_into(buf)
-                    else:  # a fresh bytes object: cheaper than recv_into + a copy out of the buffer
-                        data = recv(size)
-                        n = len(data)
+                    if rerr is not None:
+                        raise rerr
+                    if n < 0:
+                        if into:
+                            n = recv_into(buf)
+                        else:  # a fresh bytes object: cheaper than recv_into + a copy out of the buffer
+                            data = recv(size)
+                            n = len(data)
                 except OSError as exc:
                     with lock:
                         if not self._hold or self._wait_readable():
                             self._fatal(exc, "receiving")
                         return
-                claimed = direct and n > 0
-                if claimed:
-                    # Claim the socket first, then look (Dekker's handshake with _busy, set by
-                    # write/write_eof on other threads before they look at _sending): either they
-                    # see _sending and queue behind this reply, or this thread sees _busy and
-                    # takes the locked path. Anything pending or closing: the locked path too.
-                    self._sending = True
-                    claimed = not (self._busy or self._hold or self._wbuf or self._eof_sent
-                                   or self._eof_pending)
-                if claimed:
-                    self.bytes_in += n
-                    out = view[:n]
-                else:
-                    with lock:
-                        if direct and n:  # the claim failed: give the socket back; hand on what others queued
-                            self._sending = False
-                            self._resume_output()
-                            data = bytes(view[:n])  # data_received (write) may keep it: copy out of the buffer
+                with lock:
+                    if direct and n:  # the claim failed: give the socket back; hand on what others queued
+                        self._sending = False
+                        self._resume_output()
+                        data = bytes(view[:n])  # data_received (write) may keep it: copy out of the buffer
+                    if self._hold and not self._wait_readable():
+                        return
+                    if tracer:
+                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
+                    if not n:
+                        self._on_eof()
                         if self._hold and not self._wait_readable():
                             return
-                        if tracer:
-                            tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
-                        if not n:
-                            self._on_eof()
-                            if self._hold and not self._wait_readable():
-                                return
-                            continue
-                        self.bytes_in += n
-                        self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
-                        try:
-                            if deliver is None:
-                                data_received(data)
-                                data = b""  # an idle connection keeps no 64 KiB message alive
-                            else:
-                                deliver(view, n)
-                        except Exception as exc:
-                            self._defer = False
-                            self._out = None
-                            self._bug(exc, "data_received")
-                            return
+                        continue
+                    self._active = True
+                    self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
+                    try:
+                        if deliver is None:
+                            data_received(data)
+                            data = b""  # an idle connection keeps no 64 KiB message alive
+                        else:
+                            deliver(view, n)
+                    except Exception as exc:
                         self._defer = False
-                        out = self._out
-                        if out is not None:
-                            self._out = None
-                            if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
-                                self._write_now(out)
-                                out = None
-                            else:
-                                self._sending = True
-                        elif self._hold and not self._wait_readable():
-                            return
+                        self._out = None
+                        self._bug(exc, "data_received")
+                        return
+                    self._defer = False
+                    out = self._out
+                    if out is not None:
+                        self._out = None
+                        if self._hold:  # closing or paused meanwhile: the ordinary path keeps the order
+                            self._write_now(out)
+                            out = None
+                        else:
+                            self._sending = True
+                    elif self._hold and not self._wait_readable():
+                        return
                 if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
                     size = RECV_SIZE
                     if into:  # (a view of the old buffer in ``out`` keeps that one alive until sent)
@@ -360,23 +393,30 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                     return
                 if tracer:
                     tracer.emit("send", self.sock, peer=self.peer, nbytes=sent, requested=len(out))
-                self.bytes_out += sent
                 if sent == len(out):
                     self._sending = False
-                    if not (self._wbuf or self._eof_pending):
+                    if not self._hold:
                         continue  # the common case: all sent, nothing else queued meanwhile
-                with lock:
-                    self._sending = False
-                    if sent < len(out) and not self._lost:
-                        self._wbuf[:0] = memoryview(out)[sent:]  # the leftover goes first
-                    self._resume_output()
-                    if self._hold and not self._wait_readable():
-                        return
+                if not self._after_send(memoryview(out)[sent:] if sent < len(out) else None):
+                    return
         finally:
             with lock:
                 if not self._lost:  # only on a bug in this module: never leave a connection behind
                     self.abort_with(None)
                 self._release()
+
+    def _after_send(self, leftover: memoryview | None) -> bool:
+        """After a reply sent without the lock: queue its leftover first, hand on what others queued.
+
+        Returns False when the connection is over (the reading thread returns).
+        """
+        with self.engine.lock:
+            self._sending = False
+            if leftover is not None and not self._lost:
+                self._wbuf[:0] = leftover  # (a copy: the reading buffer is reused)
+                self._hold = True
+            self._resume_output()
+            return not self._hold or self._wait_readable()
 
     def _resume_output(self) -> None:
         """After the reading thread's own send: hand what others queued to the flusher (lock held)."""
@@ -410,7 +450,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                     self._finalize(None)  # close() was called: nothing left to flush
                     return False
             elif not (self._eof_received or self._app_paused or self._backpressure):
-                self._hold = False
+                self._hold = bool(self._wbuf) or self._eof_pending or self._eof_sent
                 return True
             self._waiting = True
             try:
@@ -490,13 +530,14 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                 return
             if self.tracer:
                 self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(data))
-            self.bytes_out += n
             if n == len(data):
                 return
             self._wbuf += memoryview(data)[n:]
+            self._hold = True
             self.engine._flusher.watch(self.fd, self)
         else:
             self._wbuf += data
+            self._hold = True
             if self._sending:  # the reading thread is mid-send: the flusher picks this up after it
                 self.engine._flusher.watch(self.fd, self)
         self._check_high_water()
@@ -538,7 +579,6 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             return
         if self.tracer:
             self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
-        self.bytes_out += n
         del self._wbuf[:n]
         if self._protocol_paused and len(self._wbuf) <= self._low:
             self._protocol_paused = False
@@ -563,6 +603,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         if self._defer:
             self._undefer()
         self._busy = True  # (as in _write_now)
+        self._hold = True  # the reading thread's replies now take the locked path (and are dropped)
         try:
             if self._wbuf or self._sending:
                 self._eof_pending = True

@@ -338,12 +338,12 @@ class BlockingEngine(Engine):
         self._check_drained()
 
     def _sweep_idle(self) -> None:
-        # The reading threads only count bytes; the sweep turns "bytes_in moved" into a timestamp
+        # The reading threads only raise a flag per message; the sweep turns it into a timestamp
         # (one clock read per sweep instead of one per recv; precision: one sweep interval).
         now = time.monotonic()
         for conn in self.connections:
-            if isinstance(conn, StreamTransport) and conn.bytes_in != conn._seen_in:
-                conn._seen_in = conn.bytes_in
+            if isinstance(conn, StreamTransport) and conn._active:
+                conn._active = False
                 conn.last_activity = now
         super()._sweep_idle()
 

@@ -138,17 +138,26 @@ def bench() -> None:
 @click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--no-reference", is_flag=True, help="Skip the plain reference servers.")
 @click.option("--with-c", is_flag=True, help="Also run the single-threaded C epoll echo server.")
+@click.option("--interleave/--separate", default=True, show_default=True,
+              help="Measure each engine together with its reference, taking turns every --slice-ms in one "
+                   "generator run (precise ratios on a noisy machine), or each server in a run of its own.")
+@click.option("--slice-ms", type=click.FloatRange(10, 10_000), default=200.0, show_default=True,
+              help="Turn length for --interleave, milliseconds.")
 @click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
          repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
-         no_reference: bool, with_c: bool, sweep: bool) -> None:
+         no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool) -> None:
     """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
 
     Every server runs in its own process pinned to one core; the C load generator runs on
     another and measures round trips. Columns: req/s, MB/s (one direction), latency percentiles,
     server CPU % and memory, ratio to the reference on the same mechanism and to C, and the load
     generator's own CPU % (flagged near 100 %: then it, not the server, is the limit).
+
+    By default each engine runs at the same time as its reference and the generator gives them
+    the load in turns (--slice-ms): on a shared VM two runs a minute apart differ by 10-30 % from
+    the machine alone, two slices 200 ms apart do not, so "vs ref" is the servers' ratio.
     """
     if sweep:
         ctx = click.get_current_context()
@@ -178,8 +187,8 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
               "[/dim]")
     load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
-                       progress=lambda m: err.print(f"[dim]{m}[/dim]"))
-    meta = _meta(load, repeat, pinning, command="echo")
+                       progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=interleave, slice_ms=slice_ms)
+    meta = _meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
     _save(save, results, meta, err)
     if chart:
         write_chart(chart, results, sweep=False, meta=meta)
@@ -187,8 +196,9 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if as_json:
         click.echo(to_json(results, meta))
         return
+    how = f"each engine interleaved with its reference in {slice_ms:g} ms turns" if interleave else "separate runs"
     title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
-             f"median of {repeat} x {duration:g} s ({pinning})")
+             f"median of {repeat} x {duration:g} s, {how} ({pinning})")
     out.print(echo_table(results, title))
     if any(generator_bound(r) for r in results if r.error is None):
         err.print("[yellow]![/yellow] on a flagged row the load generator was busier than the server: the "

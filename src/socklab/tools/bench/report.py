@@ -47,9 +47,23 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
 
 
 def round_ratios(r: Result, base: Result) -> list[float]:
-    """req/s of ``r`` over ``base`` round by round (the runs of one round were minutes apart at most)."""
-    mine = {int(s["round"]): float(s["rps"]) for s in r.samples if s.get("round") is not None}
-    theirs = {int(s["round"]): float(s["rps"]) for s in base.samples if s.get("round") is not None}
+    """req/s of ``r`` over ``base`` round by round (the runs of one round were minutes apart at most).
+
+    An interleaved sample (``paired_rps``: its reference's req/s in the same generator run, when
+    ``base`` is that reference) gives its ratio directly. A server with several samples in one
+    round (a reference paired with several engines) counts with their median.
+    """
+    if r.reference == base.name and r.samples and all("paired_rps" in s for s in r.samples):
+        return [float(s["rps"]) / float(s["paired_rps"]) for s in r.samples if float(s["paired_rps"]) > 0]
+
+    def by_round(res: Result) -> dict[int, float]:
+        rounds: dict[int, list[float]] = {}
+        for s in res.samples:
+            if s.get("round") is not None:
+                rounds.setdefault(int(s["round"]), []).append(float(s["rps"]))
+        return {k: statistics.median(v) for k, v in rounds.items()}
+
+    mine, theirs = by_round(r), by_round(base)
     return [mine[k] / theirs[k] for k in sorted(mine) if theirs.get(k)]
 
 

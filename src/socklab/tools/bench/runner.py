@@ -6,6 +6,12 @@ a shared machine hits every server alike, and reports the median of the repeats 
 servers are taken round by round, then the median: see ``report.paired_ratio``). It samples the
 server's CPU time and memory exactly when the load generator starts and stops measuring (the
 generator says so on stderr), so the warm-up and the connect phase are not counted.
+
+With ``interleave=True`` an engine and its reference are measured *together*: one generator
+holds connections to both and gives them the load in turns of ``slice_ms`` (``loadgen
+--vs-port``). Runs of one server taken a minute apart on this VM differ by 10-30 %; slices
+200 ms apart do not, so the engine's ratio to its reference is measured to about 1 %, where
+separate runs left it at +-8 % even as a median of nine rounds.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from socklab.core.errors import SocklabError
 from socklab.tools.bench.build import binary
 from socklab.tools.bench.procs import REFERENCE_FOR, ServerProcess, ServerSpec
 
-__all__ = ["Load", "Result", "raise_nofile", "run_echo", "run_loadgen", "run_sweep", "summarize"]
+__all__ = ["Load", "Result", "raise_nofile", "run_echo", "run_loadgen", "run_loadgen_pair", "run_sweep",
+           "summarize"]
 
 Progress = Callable[[str], None]
 
@@ -126,24 +133,14 @@ def _ipv4(host: str, port: int) -> str:
     return str(infos[0][4][0])
 
 
-def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
-                server: ServerProcess | None = None, connect_timeout: float = 30.0) -> dict[str, Any]:
-    """Run the C load generator once against ``host:port``; returns its JSON plus server figures.
+Marks = dict[str, tuple[float, list[float | None], list[int | None]]]
 
-    Added keys: ``server_cpu_percent`` and ``server_rss_start``/``server_rss_end`` (bytes) when
-    ``server`` is given (sampled at the generator's measure-start and measure-end lines).
 
-    Raises:
-        SocklabError: the generator failed, hung, or printed no JSON.
-    """
-    argv = [str(binary("loadgen")), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
-            "--connect-timeout", f"{connect_timeout:g}"]
-    if cpu is not None:
-        argv += ["--cpu", str(cpu)]
-    extra: dict[str, Any] = {}
-    marks: dict[str, tuple[float, float | None, int | None]] = {}
+def _generate(argv: list[str], servers: list[ServerProcess | None], timeout: float) -> tuple[dict[str, Any], Marks]:
+    """Run the generator; sample each server's CPU and memory at its measure-start/-end lines."""
+    marks: Marks = {}
     err_lines: list[str] = []
-    deadline = time.monotonic() + connect_timeout + load.warmup + load.duration + 15
+    deadline = time.monotonic() + timeout
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     out = rest = b""
@@ -154,7 +151,7 @@ def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
             while "measure-end" not in marks:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
-                    raise SocklabError(f"load generator did not finish within {connect_timeout + load.duration:g} s")
+                    raise SocklabError(f"load generator did not finish within {timeout - 15:g} s")
                 chunk = os.read(proc.stderr.fileno(), 4096)
                 if not chunk:
                     break
@@ -163,8 +160,8 @@ def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
                     raw, pending = pending.split(b"\n", 1)
                     line = raw.decode(errors="replace").strip()
                     if line in ("measure-start", "measure-end"):
-                        marks[line] = (time.monotonic(), server.cpu_seconds() if server else None,
-                                       server.rss_bytes() if server else None)
+                        marks[line] = (time.monotonic(), [sv.cpu_seconds() if sv else None for sv in servers],
+                                       [sv.rss_bytes() if sv else None for sv in servers])
                     elif line:
                         err_lines.append(line)
         out = proc.stdout.read()
@@ -180,13 +177,62 @@ def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
     if proc.returncode != 0 or not out.strip():
         raise SocklabError(f"load generator failed (exit {proc.returncode}): {' '.join(err_lines)[-500:]}")
     result: dict[str, Any] = json.loads(out)
+    return result, marks
+
+
+def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float | None) -> None:
+    """Add server ``i``'s CPU % (over ``seconds``, default the marks' interval) and RSS to ``result``."""
     if "measure-start" in marks and "measure-end" in marks:
         (t0, c0, r0), (t1, c1, r1) = marks["measure-start"], marks["measure-end"]
-        if c0 is not None and c1 is not None and t1 > t0:
-            extra["server_cpu_percent"] = (c1 - c0) / (t1 - t0) * 100.0
-        extra["server_rss_start"], extra["server_rss_end"] = r0, r1
-    result.update(extra)
+        span = seconds if seconds is not None else t1 - t0
+        if c0[i] is not None and c1[i] is not None and span > 0:
+            result["server_cpu_percent"] = (c1[i] - c0[i]) / span * 100.0  # type: ignore[operator]
+        result["server_rss_start"], result["server_rss_end"] = r0[i], r1[i]
+
+
+def _argv(host: str, port: int, load: Load, cpu: int | None, connect_timeout: float) -> list[str]:
+    argv = [str(binary("loadgen")), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
+            "--connect-timeout", f"{connect_timeout:g}"]
+    if cpu is not None:
+        argv += ["--cpu", str(cpu)]
+    return argv
+
+
+def run_loadgen(host: str, port: int, load: Load, *, cpu: int | None = None,
+                server: ServerProcess | None = None, connect_timeout: float = 30.0) -> dict[str, Any]:
+    """Run the C load generator once against ``host:port``; returns its JSON plus server figures.
+
+    Added keys: ``server_cpu_percent`` and ``server_rss_start``/``server_rss_end`` (bytes) when
+    ``server`` is given (sampled at the generator's measure-start and measure-end lines).
+
+    Raises:
+        SocklabError: the generator failed, hung, or printed no JSON.
+    """
+    result, marks = _generate(_argv(host, port, load, cpu, connect_timeout), [server],
+                              connect_timeout + load.warmup + load.duration + 15)
+    _server_figures(result, marks, 0, None)
     return result
+
+
+def run_loadgen_pair(a: ServerProcess, b: ServerProcess, load: Load, *, cpu: int | None = None,
+                     slice_ms: float = 200.0, connect_timeout: float = 30.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measure two servers in one generator run, taking turns every ``slice_ms`` (both on one host).
+
+    Each gets ``load.connections`` connections; each result counts only its own slices (its
+    ``active_seconds``), and its ``server_cpu_percent`` is its CPU time over those seconds.
+
+    Raises:
+        SocklabError: the generator failed, hung, or printed no JSON.
+    """
+    if load.idle:
+        raise SocklabError("an interleaved run has no idle connections")
+    argv = [*_argv(a.host, a.port, load, cpu, connect_timeout), "--vs-port", str(b.port), "--slice-ms",
+            f"{slice_ms:g}"]
+    first, marks = _generate(argv, [a, b], connect_timeout + load.warmup + load.duration + 15)
+    second = first.pop("vs")
+    for i, res in enumerate((first, second)):
+        _server_figures(res, marks, i, float(res["active_seconds"]))
+    return first, second
 
 
 def summarize(spec: ServerSpec, load: Load, samples: list[dict[str, Any]], rss_idle: list[int],
@@ -215,6 +261,13 @@ def summarize(spec: ServerSpec, load: Load, samples: list[dict[str, Any]], rss_i
     return res
 
 
+def _check_held(sample: dict[str, Any], load: Load) -> None:
+    wanted = load.connections + load.idle
+    if sample["held"] == 0 or (load.idle == 0 and sample["held"] < wanted):
+        raise SocklabError(f"served {sample['held']} of {wanted} connections "
+                           f"({sample['first_error'] or 'no reply'})")
+
+
 def _measure(spec: ServerSpec, load: Load, server_cores: set[int] | None, gen_cpu: int | None,
              connect_timeout: float) -> tuple[dict[str, Any], int | None]:
     with ServerProcess(spec, cores=server_cores) as server:
@@ -223,17 +276,65 @@ def _measure(spec: ServerSpec, load: Load, server_cores: set[int] | None, gen_cp
                              connect_timeout=connect_timeout)
         if not server.alive():
             raise SocklabError(f"server died during the run: {server.last_error()}")
-    wanted = load.connections + load.idle
-    if sample["held"] == 0 or (load.idle == 0 and sample["held"] < wanted):
-        raise SocklabError(f"served {sample['held']} of {wanted} connections "
-                           f"({sample['first_error'] or 'no reply'})")
+    _check_held(sample, load)
     return sample, rss_idle
+
+
+class _PairError(SocklabError):
+    """An interleaved run failed; ``culprits`` names the server(s) to blame."""
+
+    def __init__(self, message: str, culprits: list[str]) -> None:
+        super().__init__(message)
+        self.culprits = culprits
+
+
+def _measure_pair(ref: ServerSpec, spec: ServerSpec, load: Load, server_cores: set[int] | None,
+                  gen_cpu: int | None, connect_timeout: float, slice_ms: float,
+                  ref_first: bool) -> tuple[tuple[dict[str, Any], int | None], tuple[dict[str, Any], int | None]]:
+    """Start ``ref`` and ``spec`` side by side and measure them interleaved; ``(ref, spec)`` samples."""
+    try:
+        with ServerProcess(ref, cores=server_cores) as rs, ServerProcess(spec, cores=server_cores) as ss:
+            idle = {ref.name: rs.rss_bytes(), spec.name: ss.rss_bytes()}
+            a, b = (rs, ss) if ref_first else (ss, rs)
+            sa, sb = run_loadgen_pair(a, b, load, cpu=gen_cpu, slice_ms=slice_ms, connect_timeout=connect_timeout)
+            dead = [sv.spec.name for sv in (rs, ss) if not sv.alive()]
+            if dead:
+                why = "; ".join(f"{sv.spec.name}: {sv.last_error()}" for sv in (rs, ss) if not sv.alive())
+                raise _PairError(f"server died during the run: {why}", dead)
+    except _PairError:
+        raise
+    except SocklabError as exc:  # a server that would not start says so in the message
+        raise _PairError(str(exc), [n for n in (ref.name, spec.name) if n in str(exc)] or [spec.name]) from exc
+    by_name = {a.spec.name: sa, b.spec.name: sb}
+    for name, sample in by_name.items():
+        try:
+            _check_held(sample, load)
+        except SocklabError as exc:
+            raise _PairError(str(exc), [name]) from exc
+    return (by_name[ref.name], idle[ref.name]), (by_name[spec.name], idle[spec.name])
+
+
+def _partners(specs: list[ServerSpec]) -> dict[str, ServerSpec]:
+    """socklab engine row -> its reference's spec, for the engines whose reference is measured too."""
+    by_name = {s.name: s for s in specs}
+    out: dict[str, ServerSpec] = {}
+    for s in specs:
+        ref = REFERENCE_FOR.get(s.engine or "") if s.kind == "socklab" else None
+        if ref is not None and f"ref:{ref}" in by_name:
+            out[s.name] = by_name[f"ref:{ref}"]
+    return out
 
 
 def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_cores: set[int] | None = None,
              gen_cpu: int | None = None, progress: Progress | None = None,
-             connect_timeout: float = 30.0) -> list[Result]:
+             connect_timeout: float = 30.0, interleave: bool = False, slice_ms: float = 200.0) -> list[Result]:
     """Measure every server ``repeats`` times, interleaved, each time in a fresh process.
+
+    Args:
+        interleave: measure each engine together with its reference, in turns of ``slice_ms``
+            within one generator run (see the module docstring); the reference's row then
+            gathers a sample from every engine it was paired with. Servers without a partner
+            (C, targets) run alone as before. Needs ``load.idle == 0``.
 
     Returns:
         One :class:`Result` per spec, in the order given (medians of the repeats). A server that
@@ -242,24 +343,49 @@ def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_co
     samples: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
     idle: dict[str, list[int]] = {s.name: [] for s in specs}
     errors: dict[str, str] = {}
+    partners = _partners(specs) if interleave and load.idle == 0 else {}
+    paired_refs = {r.name for r in partners.values()}
+
+    def keep(spec: ServerSpec, sample: dict[str, Any], rss_idle: int | None, rnd: int) -> None:
+        sample["round"] = rnd
+        samples[spec.name].append(sample)
+        if rss_idle is not None:
+            idle[spec.name].append(rss_idle)
+
+    def fail(name: str, exc: Exception) -> None:
+        errors.setdefault(name, str(exc).splitlines()[0])
+        if progress:
+            progress(f"  {name} failed: {exc}")
+
     for rnd in range(repeats):
         # A, B, C then C, B, A: no server always runs first (or right after a given neighbour).
         for spec in specs if rnd % 2 == 0 else specs[::-1]:
-            if spec.name in errors:
+            if spec.name in errors or spec.name in paired_refs:  # a paired reference runs with its engines
+                continue
+            ref = partners.get(spec.name)
+            if ref is not None and ref.name not in errors:
+                if progress:
+                    progress(f"round {rnd + 1}/{repeats}: {spec.name} interleaved with {ref.name}")
+                try:
+                    (rs, ri), (es, ei) = _measure_pair(ref, spec, load, server_cores, gen_cpu, connect_timeout,
+                                                       slice_ms, ref_first=rnd % 2 == 0)
+                except _PairError as exc:
+                    for name in exc.culprits:
+                        fail(name, exc)
+                    continue
+                es["paired_rps"] = rs["rps"]
+                rs["paired_with"] = spec.name
+                keep(ref, rs, ri, rnd)
+                keep(spec, es, ei, rnd)
                 continue
             if progress:
                 progress(f"round {rnd + 1}/{repeats}: {spec.name}")
             try:
                 sample, rss_idle = _measure(spec, load, server_cores, gen_cpu, connect_timeout)
             except SocklabError as exc:
-                errors[spec.name] = str(exc).splitlines()[0]
-                if progress:
-                    progress(f"  {spec.name} failed: {exc}")
+                fail(spec.name, exc)
                 continue
-            sample["round"] = rnd
-            samples[spec.name].append(sample)
-            if rss_idle is not None:
-                idle[spec.name].append(rss_idle)
+            keep(spec, sample, rss_idle, rnd)
     return [summarize(s, load, samples[s.name], idle[s.name], errors.get(s.name)) for s in specs]
 
 
