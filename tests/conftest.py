@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,18 @@ def engine(request: pytest.FixtureRequest) -> str:
 def concurrent_engine(request: pytest.FixtureRequest) -> str:
     """Every engine that serves several clients at once."""
     return str(request.param)
+
+
+def roundtrip(conn: socket.socket, data: bytes) -> bytes:
+    """Send ``data`` and read until as many bytes came back (or the peer closed): one echo."""
+    conn.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from socklab.core.errors import SocklabError, UsageError
 from socklab.tools.bench import build, report
 from socklab.tools.bench.procs import REFERENCE_FOR, ServerProcess, ServerSpec, pick_cores, server_specs
 from socklab.tools.bench.runner import Load, Result, run_echo, run_loadgen, run_loadgen_pair, run_sweep
+from tests.conftest import roundtrip
 
 QUICK = Load(connections=4, size=1024, pipeline=1, duration=0.4, warmup=0.1)
 
@@ -135,14 +136,7 @@ def test_loadgen_reports_refused_connections() -> None:
 # ---- servers under test --------------------------------------------------------------------------
 def echo_once(host: str, port: int, payload: bytes = b"hello bench\n") -> bytes:
     with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(payload)
-        got = b""
-        while len(got) < len(payload):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
-    return got
+        return roundtrip(s, payload)
 
 
 @pytest.mark.parametrize("ref", sorted(set(REFERENCE_FOR.values())))

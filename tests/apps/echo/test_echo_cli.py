@@ -18,7 +18,7 @@ from socklab.apps.echo.client import EchoClient
 from socklab.apps.echo.protocol import EchoDatagramProtocol
 from socklab.core.errors import ConnectionRefused, ResolveError, TimeoutError_
 from socklab.core.sockets import parse_endpoint
-from tests.conftest import running_server
+from tests.conftest import roundtrip, running_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -141,17 +141,6 @@ def _stderr_until(srv: Any, needle: bytes) -> None:
     raise AssertionError(f"the server never said {needle!r}")
 
 
-def _echo(conn: socket.socket, data: bytes) -> bytes:
-    conn.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 @pytest.mark.parametrize("engine", ["select", "poll", "epoll", "asyncio", "uvloop"])
 def test_one_thread_engines_run_on_the_main_thread_and_still_shut_down_gracefully(spawn: Any, engine: str) -> None:
     """A one-thread engine serves on the main thread: the process has exactly one thread (cheaper
@@ -159,11 +148,11 @@ def test_one_thread_engines_run_on_the_main_thread_and_still_shut_down_gracefull
     srv = spawn("echo", "serve", "--engine", engine, "--port", "0")
     host, port = srv.wait_for(r"listening on tcp://(\S+):(\d+) ").groups()
     with socket.create_connection((host, int(port)), timeout=5) as conn:
-        assert _echo(conn, b"before\n") == b"before\n"
+        assert roundtrip(conn, b"before\n") == b"before\n"
         assert len(os.listdir(f"/proc/{srv.pid}/task")) == 1
         srv.popen.send_signal(signal.SIGTERM)
         _stderr_until(srv, b"shutting down")
-        assert _echo(conn, b"during the grace period\n") == b"during the grace period\n"
+        assert roundtrip(conn, b"during the grace period\n") == b"during the grace period\n"
         deadline = time.monotonic() + 5  # the listener closes as the shutdown begins, on the loop
         while time.monotonic() < deadline:
             try:
@@ -173,7 +162,7 @@ def test_one_thread_engines_run_on_the_main_thread_and_still_shut_down_gracefull
             time.sleep(0.05)
         else:
             raise AssertionError("still accepting 5 s after SIGTERM")
-        assert _echo(conn, b"still served\n") == b"still served\n"
+        assert roundtrip(conn, b"still served\n") == b"still served\n"
     assert srv.popen.wait(8) == 0  # the last connection closed: no need to wait out the grace period
 
 
@@ -182,7 +171,7 @@ def test_a_second_signal_forces_a_one_thread_engine(spawn: Any, engine: str) -> 
     srv = spawn("echo", "serve", "--engine", engine, "--port", "0", "--shutdown-timeout", "60")
     host, port = srv.wait_for(r"listening on tcp://(\S+):(\d+) ").groups()
     with socket.create_connection((host, int(port)), timeout=5) as conn:
-        assert _echo(conn, b"x") == b"x"
+        assert roundtrip(conn, b"x") == b"x"
         srv.popen.send_signal(signal.SIGINT)
         _stderr_until(srv, b"shutting down")
         srv.popen.send_signal(signal.SIGINT)
