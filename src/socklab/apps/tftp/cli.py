@@ -99,18 +99,9 @@ class _Bar:
         self.progress: Any = None
         self.task: Any = None
         if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
+            from socklab.cli.progress import byte_progress
 
-            self.progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                     TimeRemainingColumn(), console=Console(stderr=True))
+            self.progress = byte_progress(label)
             self.task = self.progress.add_task(label, total=total)
 
     def __enter__(self) -> _Bar:

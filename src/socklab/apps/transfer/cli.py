@@ -39,19 +39,9 @@ _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 def _progress(total: int | None, quiet: bool) -> Any:
     if quiet:
         return None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from socklab.cli.progress import byte_progress
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    transient=False)
+    return byte_progress("[bold]{task.description}")
 
 
 def _run_sender(sock: socket.socket, paths: list[str], name: str, chunk_size: int, quiet: bool,

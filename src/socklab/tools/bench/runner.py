@@ -185,8 +185,9 @@ def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float
     if "measure-start" in marks and "measure-end" in marks:
         (t0, c0, r0), (t1, c1, r1) = marks["measure-start"], marks["measure-end"]
         span = seconds if seconds is not None else t1 - t0
-        if c0[i] is not None and c1[i] is not None and span > 0:
-            result["server_cpu_percent"] = (c1[i] - c0[i]) / span * 100.0  # type: ignore[operator]
+        cpu0, cpu1 = c0[i], c1[i]
+        if cpu0 is not None and cpu1 is not None and span > 0:
+            result["server_cpu_percent"] = (cpu1 - cpu0) / span * 100.0
         result["server_rss_start"], result["server_rss_end"] = r0[i], r1[i]
 
 
