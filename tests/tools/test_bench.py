@@ -199,6 +199,19 @@ def test_run_echo_interleaves_each_engine_with_its_reference() -> None:
         mine = sorted(s["rps"] / s["paired_rps"] for s in r.samples)
         assert sorted(report.round_ratios(r, ref)) == pytest.approx(mine)
         assert report.ratios(list(results.values()))[name][0] == pytest.approx(sum(mine) / 2)
+    # Then the faster of the two takes turns with the C server, once per round; its "vs C" is
+    # taken within those runs, the other engine's between separate runs.
+    best = max(results["select"], results["epoll"], key=lambda r: r.rps)
+    other = results["epoll" if best.name == "select" else "select"]
+    assert len(best.c_pairs) == 2 and not other.c_pairs
+    assert all(p["rps"] > 0 and p["c_rps"] > 0 and p["cpu_percent"] > 0 for p in best.c_pairs)
+    within = sorted(p["rps"] / p["c_rps"] for p in best.c_pairs)
+    ratios = report.ratios(list(results.values()))
+    assert ratios[best.name][1] == pytest.approx(sum(within) / 2)
+    assert ratios[other.name][1] == pytest.approx(report.paired_ratio(other, c))
+    # CPU time is split: the Python servers spend some of it in user space, never more than all.
+    assert best.server_user is not None and best.server_cpu is not None
+    assert 0 < best.server_user <= best.server_cpu
 
 
 def test_every_concurrent_engine_can_be_measured(concurrent_engine: str) -> None:
@@ -254,6 +267,21 @@ def test_echo_table_shows_ratios_failures_and_a_busy_generator() -> None:
     assert "96!" in text and "97!" not in text  # flagged only when the generator, not the server, was busy
     assert "9.9" in text  # server CPU µs per request: 0.99 s / 100,000
     assert "failed: server died during the run: [boom]" in text  # markup in errors is escaped
+
+
+def test_table_marks_the_ratio_measured_against_c_and_splits_cpu() -> None:
+    epoll = canned("epoll", "socklab", 88_000, engine="epoll")
+    epoll.server_user = 22.0  # of 99 %
+    epoll.c_pairs = [{"rps": 80.0, "c_rps": 100.0}, {"rps": 81.0, "c_rps": 100.0}, {"rps": 90.0, "c_rps": 100.0}]
+    results = [CANNED[0], CANNED[1], epoll]
+    assert epoll.vs_c_interleaved == pytest.approx(0.81)  # the median of its own runs, not 88,000 / 100,000
+    console = Console(record=True, width=240)
+    console.print(report.echo_table(results, "canned"))
+    text = console.export_text()
+    assert "0.81x*" in text and "0.88x" not in text and "measured interleaved with the C server (3 runs)" in text
+    assert "11.25 (2.50)" in text  # 0.99 s / 88,000 per request, 0.22 s / 88,000 of it in user space
+    doc = json.loads(report.to_json(results, {}))
+    assert doc["results"][2]["vs_c"] == pytest.approx(0.81) and doc["results"][2]["user_us_per_request"] == 2.5
 
 
 def test_json_carries_ratios() -> None:

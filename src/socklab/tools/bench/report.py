@@ -33,7 +33,8 @@ GEN_BUSY = 90.0  # load-generator CPU % above which its row is flagged
 def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | None]]:
     """``name -> (req/s vs its reference, req/s vs the C server)`` within one run and one load.
 
-    For a sweep, call it once per connection count (:func:`ratios_by_level`).
+    An engine measured interleaved with the C server (``Result.c_pairs``) gets that ratio instead
+    of the ratio to C's separate runs. For a sweep, call it once per connection count (:func:`ratios_by_level`).
     """
     by_name = {r.name: r for r in results if r.error is None and r.rps > 0}
     c = next((r for r in by_name.values() if r.kind == "c"), None)
@@ -41,7 +42,7 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
     for r in results:
         ref = by_name.get(r.reference or "")
         vs_ref = paired_ratio(r, ref) if ref is not None and r.error is None else None
-        vs_c = paired_ratio(r, c) if c is not None and r.error is None else None
+        vs_c = r.vs_c_interleaved if r.c_pairs else (paired_ratio(r, c) if c is not None and r.error is None else None)
         out[r.name] = (vs_ref, vs_c)
     return out
 
@@ -114,8 +115,8 @@ def _mib(v: float | None) -> str:
 def echo_table(results: Sequence[Result], title: str) -> Table:
     """The ``bench echo`` table: throughput, latency, costs, ratios, and the generator's CPU."""
     t = Table(title=title, title_justify="left")
-    for col in ("server", "req/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "srv CPU %", "CPU µs/req", "RSS MiB",
-                "vs ref", "vs C", "gen CPU %", "errors"):
+    for col in ("server", "req/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "srv CPU %", "CPU µs/req (user)",
+                "RSS MiB", "vs ref", "vs C", "gen CPU %", "errors"):
         t.add_column(col, justify="left" if col == "server" else "right", no_wrap=True)
     rat = ratios(results)
     for r in results:
@@ -127,10 +128,21 @@ def echo_table(results: Sequence[Result], title: str) -> Table:
         if generator_bound(r):
             gen = f"[yellow]{gen}![/yellow]"
         style = "bold" if r.kind == "socklab" else ("dim" if r.kind == "reference" else "")
+        cost = _num(r.cpu_us_per_request, "{:.2f}")
+        if r.user_us_per_request is not None:
+            cost += f" ({r.user_us_per_request:.2f})"
+        vs_c_cell = _num(vs_c, "{:.2f}x") + ("*" if r.c_pairs else "")
         t.add_row(r.name, _num(r.rps), _num(r.mbps, "{:,.1f}"), _num(r.p50, "{:,.0f}"), _num(r.p90, "{:,.0f}"),
-                  _num(r.p99, "{:,.0f}"), _num(r.server_cpu, "{:.0f}"), _num(r.cpu_us_per_request, "{:.1f}"),
-                  _mib(r.rss), _num(vs_ref, "{:.2f}x"),
-                  _num(vs_c, "{:.2f}x"), gen, str(r.errors), style=style)
+                  _num(r.p99, "{:,.0f}"), _num(r.server_cpu, "{:.0f}"), cost, _mib(r.rss), _num(vs_ref, "{:.2f}x"),
+                  vs_c_cell, gen, str(r.errors), style=style)
+    paired = [r for r in results if r.c_pairs]
+    if paired:
+        t.caption = (f"* {paired[0].name}: measured interleaved with the C server ({len(paired[0].c_pairs)} runs); "
+                     "the other vs-C ratios compare separate runs. CPU µs/req: server CPU time per round trip, "
+                     "(user) the part outside the kernel.")
+    else:
+        t.caption = "CPU µs/req: server CPU time per round trip, (user) the part outside the kernel."
+    t.caption_justify = "left"
     return t
 
 
@@ -288,7 +300,8 @@ def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict
             f"<tr><td>{html.escape(r.name)}</td><td>{r.load.connections + r.load.idle:,}</td>"
             f"<td>{r.rps:,.0f}</td><td>{r.mbps:,.1f}</td><td>{r.p50:,.0f}</td><td>{r.p90:,.0f}</td>"
             f"<td>{r.p99:,.0f}</td><td>{_num(r.server_cpu, '{:.0f}')}</td>"
-            f"<td>{_num(r.cpu_us_per_request, '{:.1f}')}</td><td>{_mib(r.rss)}</td>"
+            f"<td>{_num(r.cpu_us_per_request, '{:.2f}')}</td><td>{_num(r.user_us_per_request, '{:.2f}')}</td>"
+            f"<td>{_mib(r.rss)}</td>"
             f"<td>{_num(rat[lv(r)][0], '{:.2f}x')}</td><td>{_num(rat[lv(r)][1], '{:.2f}x')}</td>"
             f"<td>{r.loadgen_cpu:.0f}</td><td>{html.escape(r.error or '')}</td></tr>" for r in results)
         settings = html.escape(json.dumps(meta, indent=2))
@@ -297,7 +310,7 @@ def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict
                "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
                "</style></head><body>\n<h1>socklab bench</h1>\n" + "\n".join(svgs) +
                "\n<table><tr><th>server</th><th>conns</th><th>req/s</th><th>MB/s</th><th>p50 µs</th>"
-               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>CPU µs/req</th><th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
+               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>CPU µs/req</th><th>user µs/req</th><th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
                f"<th>gen CPU %</th><th>error</th></tr>\n{rows}\n</table>\n<h2>Settings</h2><pre>{settings}</pre>"
                "\n</body></html>\n")
     else:

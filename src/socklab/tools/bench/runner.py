@@ -79,12 +79,14 @@ class Result:
     p99: float = 0.0
     max_us: float = 0.0
     server_cpu: float | None = None
+    server_user: float | None = None  # the part of server_cpu spent in the server's own code
     rss: int | None = None
     rss_idle: int | None = None
     loadgen_cpu: float = 0.0
     errors: int = 0
     held: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    c_pairs: list[dict[str, Any]] = field(default_factory=list)  # runs interleaved with the C server
     error: str | None = None
 
     @property
@@ -101,6 +103,19 @@ class Result:
         return self.server_cpu / 100.0 / self.rps * 1e6
 
     @property
+    def user_us_per_request(self) -> float | None:
+        """The part of :attr:`cpu_us_per_request` in user space: the interpreter, for Python servers."""
+        if self.server_user is None or self.rps <= 0:
+            return None
+        return self.server_user / 100.0 / self.rps * 1e6
+
+    @property
+    def vs_c_interleaved(self) -> float | None:
+        """The median req/s ratio to the C server over the runs interleaved with it (None: none)."""
+        pairs = [float(p["rps"]) / float(p["c_rps"]) for p in self.c_pairs if float(p["c_rps"]) > 0]
+        return statistics.median(pairs) if pairs else None
+
+    @property
     def bytes_per_connection(self) -> float | None:
         """Memory the server gained per open connection (RSS under load minus RSS before)."""
         total = self.load.connections + self.load.idle
@@ -113,6 +128,7 @@ class Result:
         d["reference"] = self.reference
         d["bytes_per_connection"] = self.bytes_per_connection
         d["cpu_us_per_request"] = self.cpu_us_per_request
+        d["user_us_per_request"] = self.user_us_per_request
         return d
 
 
@@ -133,7 +149,7 @@ def _ipv4(host: str, port: int) -> str:
     return str(infos[0][4][0])
 
 
-Marks = dict[str, tuple[float, list[float | None], list[int | None]]]
+Marks = dict[str, tuple[float, list[tuple[float, float] | None], list[int | None]]]
 
 
 def _generate(argv: list[str], servers: list[ServerProcess | None], timeout: float) -> tuple[dict[str, Any], Marks]:
@@ -160,7 +176,7 @@ def _generate(argv: list[str], servers: list[ServerProcess | None], timeout: flo
                     raw, pending = pending.split(b"\n", 1)
                     line = raw.decode(errors="replace").strip()
                     if line in ("measure-start", "measure-end"):
-                        marks[line] = (time.monotonic(), [sv.cpu_seconds() if sv else None for sv in servers],
+                        marks[line] = (time.monotonic(), [sv.cpu_times() if sv else None for sv in servers],
                                        [sv.rss_bytes() if sv else None for sv in servers])
                     elif line:
                         err_lines.append(line)
@@ -181,13 +197,19 @@ def _generate(argv: list[str], servers: list[ServerProcess | None], timeout: flo
 
 
 def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float | None) -> None:
-    """Add server ``i``'s CPU % (over ``seconds``, default the marks' interval) and RSS to ``result``."""
+    """Add server ``i``'s CPU % (over ``seconds``, default the marks' interval) and RSS to ``result``.
+
+    Keys: ``server_cpu_percent`` and its parts ``server_user_percent`` (the server's own code) and
+    ``server_sys_percent`` (the kernel, on its behalf); ``server_rss_start``/``server_rss_end``.
+    """
     if "measure-start" in marks and "measure-end" in marks:
         (t0, c0, r0), (t1, c1, r1) = marks["measure-start"], marks["measure-end"]
         span = seconds if seconds is not None else t1 - t0
         cpu0, cpu1 = c0[i], c1[i]
         if cpu0 is not None and cpu1 is not None and span > 0:
-            result["server_cpu_percent"] = (cpu1 - cpu0) / span * 100.0
+            user, sys_ = (cpu1[0] - cpu0[0]) / span * 100.0, (cpu1[1] - cpu0[1]) / span * 100.0
+            result["server_cpu_percent"] = user + sys_
+            result["server_user_percent"], result["server_sys_percent"] = user, sys_
         result["server_rss_start"], result["server_rss_end"] = r0[i], r1[i]
 
 
@@ -253,6 +275,8 @@ def summarize(spec: ServerSpec, load: Load, samples: list[dict[str, Any]], rss_i
     res.loadgen_cpu = med(lambda s: s["cpu"]["percent"])
     if any(s.get("server_cpu_percent") is not None for s in samples):
         res.server_cpu = med(lambda s: s.get("server_cpu_percent"))
+    if any(s.get("server_user_percent") is not None for s in samples):
+        res.server_user = med(lambda s: s.get("server_user_percent"))
     rss = [max(r for r in (s.get("server_rss_start"), s.get("server_rss_end")) if r is not None)
            for s in samples if s.get("server_rss_start") is not None or s.get("server_rss_end") is not None]
     res.rss = int(statistics.median(rss)) if rss else None
@@ -335,7 +359,9 @@ def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_co
         interleave: measure each engine together with its reference, in turns of ``slice_ms``
             within one generator run (see the module docstring); the reference's row then
             gathers a sample from every engine it was paired with. Servers without a partner
-            (C, targets) run alone as before. Needs ``load.idle == 0``.
+            (C, targets) run alone as before; then, with a C server among ``specs``, the
+            fastest socklab engine is measured ``repeats`` more times interleaved with C (its
+            ``c_pairs``: the precise "best engine vs C" ratio). Needs ``load.idle == 0``.
 
     Returns:
         One :class:`Result` per spec, in the order given (medians of the repeats). A server that
@@ -387,7 +413,41 @@ def run_echo(specs: list[ServerSpec], load: Load, *, repeats: int = 3, server_co
                 fail(spec.name, exc)
                 continue
             keep(spec, sample, rss_idle, rnd)
-    return [summarize(s, load, samples[s.name], idle[s.name], errors.get(s.name)) for s in specs]
+    results = [summarize(s, load, samples[s.name], idle[s.name], errors.get(s.name)) for s in specs]
+    c_spec = next((s for s in specs if s.kind == "c"), None)
+    if interleave and load.idle == 0 and c_spec is not None and c_spec.name not in errors:
+        _pair_best_with_c(c_spec, specs, results, load, repeats, server_cores, gen_cpu, connect_timeout, slice_ms,
+                          progress)
+    return results
+
+
+def _pair_best_with_c(c_spec: ServerSpec, specs: list[ServerSpec], results: list[Result], load: Load, repeats: int,
+                      server_cores: set[int] | None, gen_cpu: int | None, connect_timeout: float, slice_ms: float,
+                      progress: Progress | None) -> None:
+    """Measure the fastest socklab engine interleaved with the C server, ``repeats`` times.
+
+    The C server has no reference to take turns with, so its ratio to an engine measured a minute
+    apart carries the machine's drift (+-8 %). These runs give the one ratio the targets ask
+    about - the best engine against C - to about 1 %, in ``Result.c_pairs`` of that engine.
+    """
+    best = max((r for r in results if r.kind == "socklab" and r.error is None and r.rps > 0),
+               key=lambda r: r.rps, default=None)
+    if best is None:
+        return
+    spec = next(s for s in specs if s.name == best.name)
+    for rnd in range(repeats):
+        if progress:
+            progress(f"against C {rnd + 1}/{repeats}: {spec.name} interleaved with {c_spec.name}")
+        try:
+            (cs, _), (es, _) = _measure_pair(c_spec, spec, load, server_cores, gen_cpu, connect_timeout, slice_ms,
+                                             ref_first=rnd % 2 == 0)
+        except _PairError as exc:
+            if progress:
+                progress(f"  interleaving {spec.name} with {c_spec.name} failed: {exc}")
+            return
+        best.c_pairs.append({"round": rnd, "rps": es["rps"], "c_rps": cs["rps"],
+                             "cpu_percent": es.get("server_cpu_percent"), "c_cpu_percent": cs.get("server_cpu_percent"),
+                             "loadgen_cpu_percent": es["cpu"]["percent"]})
 
 
 def run_sweep(specs: list[ServerSpec], levels: list[int], *, active: int = 10, base: Load | None = None,
