@@ -337,16 +337,6 @@ class BlockingEngine(Engine):
         self.stats.connections = len(self.connections)
         self._check_drained()
 
-    def _sweep_idle(self) -> None:
-        # The reading threads only raise a flag per message; the sweep turns it into a timestamp
-        # (one clock read per sweep instead of one per recv; precision: one sweep interval).
-        now = time.monotonic()
-        for conn in self.connections:
-            if isinstance(conn, StreamTransport) and conn._active:
-                conn._active = False
-                conn.last_activity = now
-        super()._sweep_idle()
-
     def _check_drained(self) -> None:
         if self.shutting_down and not self.connections and not self._starting:
             self._drained.set()

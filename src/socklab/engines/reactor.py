@@ -56,6 +56,7 @@ __all__ = ["EpollEngine", "PollEngine", "Reactor", "SelectEngine"]
 
 READ, WRITE = 1, 4  # the same bits as POLLIN/EPOLLIN and POLLOUT/EPOLLOUT
 _READ_LIKE = select.POLLIN | select.POLLERR | select.POLLHUP
+_IN = select.POLLIN  # == select.EPOLLIN; the pollers report READ as this bit
 RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see docs/benchmarks.md)
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -274,14 +275,21 @@ class Reactor(Engine):
                 events = []
             self.now = time.monotonic()
             for fd, ev in events:
+                if ev == _IN:  # the common case, readable and nothing else: one test, one lookup
+                    try:
+                        cb = readers[fd]
+                    except KeyError:  # removed by an earlier callback of this batch
+                        continue
+                    cb()
+                    continue
                 if ev & _READ_LIKE:
-                    cb = readers.get(fd)
-                    if cb is not None:
-                        cb()
+                    maybe = readers.get(fd)
+                    if maybe is not None:
+                        maybe()
                 if ev & WRITE:
-                    cb = writers.get(fd)
-                    if cb is not None:
-                        cb()
+                    maybe = writers.get(fd)
+                    if maybe is not None:
+                        maybe()
             while timers and timers[0][0] <= self.now:
                 timer = heapq.heappop(timers)[2]
                 if not timer.cancelled:
@@ -451,6 +459,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         self.peer = peer
         self.tracer = reactor.tracer
         self.last_activity = reactor.now
+        self._view = reactor.recv_view  # the loop's one receive buffer (the echo path)
         self._wbuf = bytearray()
         self._closing = False
         self._write_closed = False  # close(), abort(), write_eof() or a fatal error: writes are dropped
@@ -501,7 +510,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._fatal(exc, "receiving")
             return
         if data:
-            self.last_activity = self.reactor.now
+            self._active = True
             try:
                 self.protocol.data_received(data)
             except Exception as exc:
@@ -517,7 +526,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         64 KiB ``recv()`` costs a malloc and a shrinking realloc each time). Only bytes the
         kernel did not take are copied, into the write buffer.
         """
-        sock, view = self.sock, self.reactor.recv_view
+        sock, view = self.sock, self._view
         try:
             n = sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -528,7 +537,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         if not n:
             self._on_eof()
             return
-        self.last_activity = self.reactor.now
+        self._active = True
         if self._wbuf or self._write_closed:
             self.write(bytes(view[:n]))  # queued output or a closing transport: write() keeps order and drops
             return
@@ -556,7 +565,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         assert self.tracer is not None
         self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE)
         if data:
-            self.last_activity = self.reactor.now
+            self._active = True
             try:
                 self.protocol.data_received(data)
             except Exception as exc:
@@ -577,7 +586,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         if self.tracer:
             self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=len(buf))
         if n:
-            self.last_activity = self.reactor.now
+            self._active = True
             try:
                 self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
             except Exception as exc:
