@@ -31,19 +31,28 @@ def echo_table(doc: dict[str, Any]) -> list[str]:
     load = doc["meta"]["load"]
     out = [f"**{load['size']:,} B x {load['connections']} connections, pipeline {load['pipeline']}** "
            f"(median of {doc['meta']['repeats']} x {load['duration']:g} s; {doc['meta']['pinning']})", "",
-           "| server | req/s | MB/s | p50 µs | p90 µs | p99 µs | srv CPU % | CPU µs/req | RSS MiB | vs ref | vs C "
-           "| gen CPU % |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| server | req/s | p50 µs | p99 µs | srv CPU % | CPU µs/req (user) | RSS MiB | vs ref [per run] | vs C "
+           "| gen CPU % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for r in doc["results"]:
         if r["error"]:
-            out.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 10)
+            out.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 8)
             continue
-        out.append(f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['mbps'], '{:,.1f}')} | {fmt(r['p50'])} | "
-                   f"{fmt(r['p90'])} | {fmt(r['p99'])} | {fmt(r['server_cpu'])} | "
-                   f"{fmt(r['cpu_us_per_request'], '{:.1f}')} | "
-                   f"{fmt(None if r['rss'] is None else r['rss'] / 2**20, '{:.1f}')} | "
-                   f"{fmt(r['vs_reference'], '{:.2f}x')} | {fmt(r['vs_c'], '{:.2f}x')} | "
+        cost = fmt(r["cpu_us_per_request"], "{:.2f}")
+        if r.get("user_us_per_request") is not None:
+            cost += f" ({r['user_us_per_request']:.2f})"
+        rounds = r.get("vs_reference_rounds") or []
+        vs_ref = fmt(r["vs_reference"], "{:.2f}x") + (f" [{min(rounds):.2f}-{max(rounds):.2f}]" if rounds else "")
+        pairs = [p["rps"] / p["c_rps"] for p in r.get("c_pairs") or [] if p["c_rps"]]
+        vs_c = fmt(r["vs_c"], "{:.2f}x") + (f"* [{min(pairs):.2f}-{max(pairs):.2f}]" if pairs else "")
+        if pairs:
+            notes.append(f"\\* {r['name']}: measured interleaved with the C server ({len(pairs)} runs, "
+                         "range in brackets); the other vs-C ratios compare separate runs.")
+        out.append(f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['p50'])} | {fmt(r['p99'])} | "
+                   f"{fmt(r['server_cpu'])} | {cost} | "
+                   f"{fmt(None if r['rss'] is None else r['rss'] / 2**20, '{:.1f}')} | {vs_ref} | {vs_c} | "
                    f"{fmt(r['loadgen_cpu'])} |")
-    return out
+    return out + (["", *notes] if notes else [])
 
 
 def calibrate_table(doc: dict[str, Any]) -> list[str]:
