@@ -7,6 +7,7 @@ or from a trace sink; no sleeps for readiness.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import socket
@@ -72,6 +73,27 @@ def test_pool_refuses_when_its_queue_is_full_and_serves_the_rest() -> None:
         assert recv_exactly(queued, 7) == b"waiting"
         queued.close()
     assert "overflow policy" in make_engine("pool").info.limits
+
+
+def test_pool_says_once_that_all_workers_are_busy(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="socklab"), \
+            running_server(EchoProtocol, "pool", workers=1, queue_size=4) as srv:
+        served = connect(srv)
+        served.sendall(b"a")
+        assert served.recv(10) == b"a"
+        assert not [r for r in caplog.records if "workers are busy" in r.getMessage()]
+        waiting = [connect(srv) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while srv.statistics().extra.get("queued", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.statistics().extra["queued"] == 2
+        busy = [r.getMessage() for r in caplog.records if "workers are busy" in r.getMessage()]
+        assert len(busy) == 1 and "raise --workers" in busy[0]  # said once, not per connection
+        served.close()
+        for s in waiting:
+            s.sendall(b"b")
+            assert recv_exactly(s, 1) == b"b"
+            s.close()
 
 
 def test_pool_serves_at_most_workers_clients_at_once() -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import logging
 import select
 import socket
 import ssl
@@ -493,6 +494,7 @@ class PoolEngine(BlockingEngine):
         self._workers = 0
         self._idle = 0
         self._pool_closed = False
+        self._warned_busy = False  # the "all workers busy" warning is given once
 
     def _handle_accepted(self, listener: _Listener, conn: socket.socket, peer: Any) -> None:
         s = self.settings
@@ -514,6 +516,25 @@ class PoolEngine(BlockingEngine):
             elif self._workers < s.workers and self._start_thread(self._serve_thread(self._worker),
                                                                   f"pool-worker-{self._workers + 1}"):
                 self._workers += 1
+            else:
+                self._all_busy(peer)
+
+    def _all_busy(self, peer: Any) -> None:
+        """A connection waits in the queue: count it, and say once why (lock held).
+
+        A client that stays connected (chat, peer, a terminal session) keeps its worker until it
+        leaves, so worker number ``workers`` + 1 gets no answer at all until someone does - the
+        most surprising thing this engine does, and the reason it is said in the log.
+        """
+        self.stats.extra["queued"] = self.stats.extra.get("queued", 0) + 1
+        if self.tracer:
+            self.tracer.note(f"all {self.settings.workers} workers busy: {peer} waits in the queue")
+        if not self._warned_busy:
+            self._warned_busy = True
+            logging.getLogger("socklab").warning("socklab: all %d pool workers are busy; new connections (first: %s) wait in the queue "
+                        "(queue_size=%d) until a client leaves. A long-lived client holds its worker: raise "
+                        "--workers, or use a concurrent engine (threads, epoll, asyncio)",
+                        self.settings.workers, peer, self.settings.queue_size)
 
     def _worker(self) -> None:
         while True:
