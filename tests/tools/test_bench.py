@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -146,6 +147,16 @@ def test_reference_servers_echo(ref: str) -> None:
     with ServerProcess(spec) as srv:
         assert echo_once(srv.host, srv.port) == b"hello bench\n"
         assert srv.cpu_seconds() is not None and (srv.rss_bytes() or 0) > 0
+
+
+def test_the_floor_server_echoes_and_survives_a_reset() -> None:
+    floor = Path(__file__).resolve().parents[2] / "benchmarks" / "echo_floor.py"
+    with ServerProcess(ServerSpec("floor", "reference", (sys.executable, str(floor), "--serve"))) as srv:
+        assert echo_once(srv.host, srv.port) == b"hello bench\n"
+        with socket.create_connection((srv.host, srv.port), timeout=5) as s:  # leave with an RST
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.sendall(b"x")
+        assert echo_once(srv.host, srv.port, b"again\n") == b"again\n" and srv.alive()
 
 
 def test_standin_prints_the_same_readiness_line() -> None:
