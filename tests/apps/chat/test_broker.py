@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,29 @@ def test_three_nodes_share_rooms_nicks_and_history(spawn: Any, redis_server: Red
             assert [m.seq for m in msgs(c)] == list(range(1, 12))  # one order, no gap, on every node
     with LineClient(nodes[1][1], "dan") as dan:  # history is shared too
         assert [m.seq for m in msgs(dan)] == list(range(1, 12))[-20:]
+
+
+def test_a_node_beats_once_per_third_of_the_ttl_not_in_a_loop(spawn: Any, redis_server: RedisServer) -> None:
+    # The heartbeat refreshes each nick here with one SET; with --presence-ttl 3 that is one SET
+    # per nick per second. (A heartbeat that forgot when it last ran sent thousands a second and
+    # took half a core from the node.)
+    import redis
+
+    _, port = start_node(spawn, redis_server.url, "hb")
+    r = redis.Redis(unix_socket_path=redis_server.sock)
+
+    def sets() -> int:
+        return int(r.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+    with LineClient(port, "ann") as ann:
+        ann.send("/who")
+        ann.expect("WHO")
+        before, t0 = sets(), time.monotonic()
+        time.sleep(2.5)
+        beats = sets() - before
+        elapsed = time.monotonic() - t0
+    r.close()
+    assert 1 <= beats <= elapsed + 2, f"{beats} heartbeat SETs in {elapsed:.1f} s"
 
 
 def test_killing_a_node_loses_no_acknowledged_message(spawn: Any, redis_server: RedisServer) -> None:

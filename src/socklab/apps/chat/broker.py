@@ -190,11 +190,14 @@ class RedisBackend:
         while True:
             if carry is not _NOTHING:
                 job, carry = carry, _NOTHING
+            elif time.monotonic() >= next_beat:  # due: before any queued job, so a busy node still beats
+                job = self._heartbeat
+                next_beat = time.monotonic() + self.ttl / 3
             else:
                 try:
                     job = self._jobs.get(timeout=max(0.0, next_beat - time.monotonic()))
                 except queue.Empty:
-                    job = self._heartbeat
+                    continue
             if job is None:
                 with contextlib.suppress(redis.RedisError):
                     self._cleanup()
@@ -222,8 +225,6 @@ class RedisBackend:
                 then = None  # the job reported its own failure (see _call); keep serving
             if then is not None:
                 self.post(then)
-            if job is self._heartbeat:
-                next_beat = time.monotonic() + self.ttl / 3
 
     def _publish_group(self, group: list[_Publish]) -> None:
         def run() -> Any:
