@@ -55,7 +55,10 @@ def test_serve_a_module_target(spawn: Callable[..., Any], tmp_path: Any) -> None
 def test_usage_errors() -> None:
     out = subprocess.run([sys.executable, "-m", "socklab", "rpc", "serve"], capture_output=True, text=True,
                          timeout=30)
-    assert out.returncode == 2 and "--demo" in out.stderr
+    assert out.returncode == 2 and "--demo" in out.stderr and "not both" not in out.stderr  # neither was given
+    out = subprocess.run([sys.executable, "-m", "socklab", "rpc", "serve", "--demo", "x:y"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "not both" in out.stderr
     out = subprocess.run([sys.executable, "-m", "socklab", "rpc", "serve", "--demo", "--listen", "udp://x:1"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "scheme" in out.stderr

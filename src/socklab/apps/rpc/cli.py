@@ -59,8 +59,10 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
     from socklab.apps.rpc.server import serve as rpc_serve
     from socklab.apps.rpc.service import demo_service, load_target
 
-    if demo == (target is not None):
+    if demo and target is not None:
         raise UsageError("give a TARGET (module:object) or --demo, not both")
+    if not demo and target is None:
+        raise UsageError("give the service to serve: a TARGET (module:object), or --demo for the built-in one")
     service = demo_service() if demo else load_target(str(target))
     settings = build_settings(RpcSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
