@@ -72,6 +72,8 @@ from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo
 
 __all__ = ["RECV_SIZE", "BlockingEngine", "IterativeEngine", "PoolEngine", "StreamTransport", "ThreadsEngine"]
 
+log = logging.getLogger("socklab")  # the one logger every engine reports to
+
 BACKOFF_FIRST = 0.05  # seconds without accept() after EMFILE; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 0.4
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -531,7 +533,7 @@ class PoolEngine(BlockingEngine):
             self.tracer.note(f"all {self.settings.workers} workers busy: {peer} waits in the queue")
         if not self._warned_busy:
             self._warned_busy = True
-            logging.getLogger("socklab").warning("socklab: all %d pool workers are busy; new connections (first: %s) wait in the queue "
+            log.warning("socklab: all %d pool workers are busy; new connections (first: %s) wait in the queue "
                         "(queue_size=%d) until a client leaves. A long-lived client holds its worker: raise "
                         "--workers, or use a concurrent engine (threads, epoll, asyncio)",
                         self.settings.workers, peer, self.settings.queue_size)

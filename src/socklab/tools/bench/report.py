@@ -34,7 +34,8 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
     """``name -> (req/s vs its reference, req/s vs the C server)`` within one run and one load.
 
     An engine measured interleaved with the C server (``Result.c_pairs``) gets that ratio instead
-    of the ratio to C's separate runs. For a sweep, call it once per connection count (:func:`ratios_by_level`).
+    of the ratio to C's separate runs. For a sweep, call it once per connection count
+    (:func:`ratios_by_level`).
     """
     by_name = {r.name: r for r in results if r.error is None and r.rps > 0}
     c = next((r for r in by_name.values() if r.kind == "c"), None)
@@ -42,7 +43,9 @@ def ratios(results: Sequence[Result]) -> dict[str, tuple[float | None, float | N
     for r in results:
         ref = by_name.get(r.reference or "")
         vs_ref = paired_ratio(r, ref) if ref is not None and r.error is None else None
-        vs_c = r.vs_c_interleaved if r.c_pairs else (paired_ratio(r, c) if c is not None and r.error is None else None)
+        vs_c = paired_ratio(r, c) if c is not None and r.error is None else None
+        if r.c_pairs:
+            vs_c = r.vs_c_interleaved
         out[r.name] = (vs_ref, vs_c)
     return out
 
@@ -310,7 +313,8 @@ def write_chart(path: str, results: Sequence[Result], *, sweep: bool, meta: dict
                "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
                "</style></head><body>\n<h1>socklab bench</h1>\n" + "\n".join(svgs) +
                "\n<table><tr><th>server</th><th>conns</th><th>req/s</th><th>MB/s</th><th>p50 µs</th>"
-               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>CPU µs/req</th><th>user µs/req</th><th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
+               "<th>p90 µs</th><th>p99 µs</th><th>srv CPU %</th><th>CPU µs/req</th><th>user µs/req</th>"
+               "<th>RSS MiB</th><th>vs ref</th><th>vs C</th>"
                f"<th>gen CPU %</th><th>error</th></tr>\n{rows}\n</table>\n<h2>Settings</h2><pre>{settings}</pre>"
                "\n</body></html>\n")
     else:
