@@ -5,6 +5,7 @@ Real sockets on 127.0.0.1 / ::1 / a Unix path, port 0, readiness = ``Server.star
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
@@ -226,9 +227,10 @@ def test_idle_connections_are_closed(engine: str) -> None:
 
 def test_an_active_connection_outlives_the_idle_timeout(engine: str) -> None:
     """Idle means silent: a client that keeps talking is never cut off, however long it stays."""
-    with running_server(EchoProtocol, engine, idle_timeout=0.4) as srv, \
+    # A message every 0.1 s against a 0.6 s timeout: a 6x margin for a machine loaded by other tests.
+    with running_server(EchoProtocol, engine, idle_timeout=0.6) as srv, \
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
-        deadline = time.monotonic() + 1.5  # almost four idle timeouts
+        deadline = time.monotonic() + 2.0  # more than three idle timeouts
         n = 0
         while time.monotonic() < deadline:
             msg = f"message {n}\n".encode()
@@ -299,6 +301,39 @@ def test_udp_largest_datagram_and_oversized(engine: str) -> None:
         assert "too long" in str(err.value).lower()
         p.sendto(b"after", ("127.0.0.1", srv.port))  # the server is unaffected
         assert p.recvfrom(100)[0] == b"after"
+
+
+class _BuggyDatagramProtocol(EchoDatagramProtocol):
+    """Echoes, except that b"bad" makes it send to port 0 (EINVAL) - and its error handlers raise."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if data == b"bad":
+            self.transport.sendto(b"x", ("127.0.0.1", 0))  # type: ignore[union-attr]
+            return
+        super().datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        raise RuntimeError("a bug in error_received")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        raise RuntimeError("a bug in connection_lost")
+
+
+def test_udp_protocol_bugs_do_not_stop_the_endpoint(engine: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="socklab"), running_server(_BuggyDatagramProtocol, engine, udp=True) as srv, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as p:
+        p.settimeout(5)
+        p.sendto(b"bad", ("127.0.0.1", srv.port))
+        p.sendto(b"after", ("127.0.0.1", srv.port))
+        assert p.recvfrom(100)[0] == b"after"  # the endpoint outlived the bug in error_received
+        deadline = time.monotonic() + 5
+        while not srv.statistics().extra.get("callback_errors") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.statistics().extra.get("callback_errors", 0) >= 1  # reported, not swallowed
+    # Stopping the server closed the endpoint: connection_lost raised, and that was reported as
+    # the protocol's bug too (it once escaped from the reactor's close, cutting its shutdown short).
+    reported = [r.getMessage() for r in caplog.records]
+    assert any("_BuggyDatagramProtocol.connection_lost raised RuntimeError" in m for m in reported), reported
 
 
 # ---- the trace -----------------------------------------------------------------------------------

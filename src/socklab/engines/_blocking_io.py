@@ -16,7 +16,6 @@ one client / a thread per client / a pool); this module holds what they share un
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import heapq
 import itertools
@@ -30,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from socklab.core.errors import translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
-from socklab.core.transport import DatagramTransport, Transport
+from socklab.core.transport import Transport
+from socklab.engines._datagram import DatagramEndpointBase
 from socklab.engines.base import Connection, HalfCloseMixin, socket_extra_info
 
 if TYPE_CHECKING:
@@ -709,23 +709,25 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
 
 
 # ---- datagrams -----------------------------------------------------------------------------------
-class DatagramEndpoint(DatagramTransport, _Writable):
-    """A bound UDP socket read by its own thread (``udp-<fd>``); sends are tried inline."""
+class DatagramEndpoint(DatagramEndpointBase, _Writable):
+    """A bound UDP socket read by its own thread (``udp-<fd>``); sends are tried inline.
+
+    The socket stays blocking for the reading thread; sends use ``MSG_DONTWAIT`` and the engine's
+    flusher finishes what the kernel would not take at once.
+    """
+
+    send_flags = _DONTWAIT
 
     def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: DatagramProtocol) -> None:
-        self.engine, self.sock, self.protocol = engine, sock, protocol
-        self.tracer = engine.tracer
-        self.fd = sock.fileno()
-        self._closed = False
-        self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._pending_bytes = 0
+        super().__init__(engine, sock, protocol)
+        self.blocking_engine = engine
         self._reader = 0
         sock.setblocking(True)
         self.thread = threading.Thread(target=self._run, name=f"udp-{self.fd}", daemon=True)
 
     def _run(self) -> None:
         self._reader = threading.get_ident()
-        lock, engine = self.engine.lock, self.engine
+        engine = self.blocking_engine
         buf = bytearray(65536)
         view = memoryview(buf)
         try:
@@ -735,83 +737,31 @@ class DatagramEndpoint(DatagramTransport, _Writable):
                     n, addr = self.sock.recvfrom_into(buf)
                 except OSError as exc:
                     n, addr, err = 0, None, exc
-                with lock:
+                with engine.lock:
                     if self._closed:
                         return
                     if err is not None:  # ICMP errors (port unreachable) surface here
                         self._error(err, "receiving a datagram")
                         continue
-                    engine.stats.datagrams_in += 1
-                    if self.tracer:
-                        self.tracer.emit("recvfrom", self.sock, peer=addr, nbytes=n)
-                    try:
-                        self.protocol.datagram_received(view[:n].tobytes(), addr)
-                    except Exception as exc:
-                        engine.report_error(exc, f"{type(self.protocol).__name__}.datagram_received")
+                    self._deliver(view[:n].tobytes(), addr)
         finally:
-            with lock:
+            with engine.lock:
                 engine._flusher.unwatch(self.fd)
                 self.sock.close()
                 engine._threads.discard(threading.current_thread())
 
-    def _error(self, exc: OSError, action: str) -> None:
-        try:
-            self.protocol.error_received(translate_oserror(exc, action))
-        except Exception as bug:
-            self.engine.report_error(bug, f"{type(self.protocol).__name__}.error_received")
+    def _watch_writable(self) -> None:
+        self.blocking_engine._flusher.watch(self.fd, self)
 
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
-        if self._closed:
-            return
-        if not self._pending:
-            try:
-                n = self.sock.sendto(data, _DONTWAIT, addr) if addr is not None else self.sock.send(data, _DONTWAIT)
-                if self.tracer:
-                    self.tracer.emit("sendto", self.sock, peer=addr, nbytes=n, requested=len(data))
-                return
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                self._error(exc, "sending a datagram")
-                return
-        if self._pending_bytes > self.engine.settings.max_buffer:
-            if self.tracer:
-                self.tracer.note("UDP send buffer full: datagram dropped (UDP gives no delivery guarantee)")
-            return
-        self._pending.append((bytes(data), addr))
-        self._pending_bytes += len(data)
-        self.engine._flusher.watch(self.fd, self)
-
-    def _on_writable(self) -> None:
-        while self._pending and not self._closed:
-            data, addr = self._pending[0]
-            try:
-                if addr is not None:
-                    self.sock.sendto(data, _DONTWAIT, addr)
-                else:
-                    self.sock.send(data, _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._error(exc, "sending a datagram")
-            self._pending.popleft()
-            self._pending_bytes -= len(data)
-        self.engine._flusher.unwatch(self.fd)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.engine.name,
-                                 tracer=self.tracer, peer=None)
-
-    def is_closing(self) -> bool:
-        return self._closed
+    def _unwatch_writable(self) -> None:
+        self.blocking_engine._flusher.unwatch(self.fd)
 
     def close(self) -> None:
         """Stop serving; the reading thread closes the socket (woken by shutdown())."""
         if self._closed:
             return
         self._closed = True
-        self._pending.clear()
-        self.engine._flusher.unwatch(self.fd)
+        self._unwatch_writable()
         if self.tracer:
             self.tracer.emit("close", self.sock)
         if self.thread.is_alive():
@@ -819,15 +769,6 @@ class DatagramEndpoint(DatagramTransport, _Writable):
                 self.sock.shutdown(socket.SHUT_RDWR)
         else:
             self.sock.close()
-        if self in self.engine._endpoints:
-            self.engine._endpoints.remove(self)
-        try:
-            self.protocol.connection_lost(None)
-        except Exception as bug:
-            self.engine.report_error(bug, f"{type(self.protocol).__name__}.connection_lost")
-
-    def abort(self) -> None:
-        self.close()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
-        return self.engine.call_later(delay, callback)
+        if self in self.blocking_engine._endpoints:
+            self.blocking_engine._endpoints.remove(self)
+        self._closed_now()

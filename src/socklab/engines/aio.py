@@ -431,10 +431,16 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
         self.engine.stats.datagrams_in += 1
         if self.tracer:
             self.tracer.emit("recvfrom", peer=addr, nbytes=len(data), level="transport")
-        self.app.datagram_received(data, addr)
+        try:
+            self.app.datagram_received(data, addr)
+        except Exception as exc:  # one bad datagram must not stop the endpoint (as on every engine)
+            self.engine.report_error(exc, f"{type(self.app).__name__}.datagram_received")
 
     def error_received(self, exc: Exception) -> None:
-        self.app.error_received(translate_oserror(exc, "receiving a datagram"))
+        try:
+            self.app.error_received(translate_oserror(exc, "receiving a datagram"))
+        except Exception as bug:
+            self.engine.report_error(bug, f"{type(self.app).__name__}.error_received")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
@@ -444,7 +450,10 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
             self.engine._endpoints.remove(self)
         if self.tracer:
             self.tracer.emit("close", level="transport", detail="datagram endpoint closed")
-        self.app.connection_lost(_error(exc, "using a datagram socket"))
+        try:
+            self.app.connection_lost(_error(exc, "using a datagram socket"))
+        except Exception as bug:
+            self.engine.report_error(bug, f"{type(self.app).__name__}.connection_lost")
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._t is None or self._t.is_closing():

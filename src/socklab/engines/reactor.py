@@ -40,7 +40,8 @@ from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
 from socklab.core.tls import TLSProtocol
 from socklab.core.trace import format_addr
-from socklab.core.transport import DatagramTransport, Transport
+from socklab.core.transport import Transport
+from socklab.engines._datagram import DatagramEndpointBase
 from socklab.engines.base import (
     Connection,
     DatagramFactory,
@@ -816,16 +817,12 @@ class _Connector:
             self.reactor.tracer.note(f"connect failed: {exc}")
 
 
-class _DatagramEndpoint(DatagramTransport):
-    """A bound UDP socket: every datagram goes to one protocol with its sender's address."""
+class _DatagramEndpoint(DatagramEndpointBase):
+    """A bound UDP socket, non-blocking, read by the loop (up to 64 datagrams per readiness)."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, protocol: DatagramProtocol) -> None:
-        self.reactor, self.sock, self.protocol = reactor, sock, protocol
-        self.tracer = reactor.tracer
-        self.fd = sock.fileno()
-        self._closed = False
-        self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._pending_bytes = 0
+        super().__init__(reactor, sock, protocol)
+        self.reactor = reactor
         sock.setblocking(False)
         protocol.connection_made(self)
         reactor.add_reader(self.fd, self._on_readable)
@@ -837,62 +834,17 @@ class _DatagramEndpoint(DatagramTransport):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP errors (port unreachable) surface here
-                self.protocol.error_received(translate_oserror(exc, "receiving a datagram"))
+                self._error(exc, "receiving a datagram")
                 return
-            self.reactor.stats.datagrams_in += 1
-            if self.tracer:
-                self.tracer.emit("recvfrom", self.sock, peer=addr, nbytes=len(data))
-            try:
-                self.protocol.datagram_received(data, addr)
-            except Exception as exc:  # one bad datagram must not stop the endpoint
-                self.reactor.report_error(exc, f"{type(self.protocol).__name__}.datagram_received")
+            self._deliver(data, addr)
             if self._closed:
                 return
 
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
-        if self._closed:
-            return
-        if not self._pending:
-            try:
-                n = self.sock.sendto(data, addr) if addr is not None else self.sock.send(data)
-                if self.tracer:
-                    self.tracer.emit("sendto", self.sock, peer=addr, nbytes=n, requested=len(data))
-                return
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                self.protocol.error_received(translate_oserror(exc, "sending a datagram"))
-                return
-        if self._pending_bytes > self.reactor.settings.max_buffer:
-            if self.tracer:
-                self.tracer.note("UDP send buffer full: datagram dropped (UDP gives no delivery guarantee)")
-            return
-        self._pending.append((bytes(data), addr))
-        self._pending_bytes += len(data)
+    def _watch_writable(self) -> None:
         self.reactor.add_writer(self.fd, self._on_writable)
 
-    def _on_writable(self) -> None:
-        while self._pending:
-            data, addr = self._pending[0]
-            try:
-                if addr is not None:
-                    self.sock.sendto(data, addr)
-                else:
-                    self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.protocol.error_received(translate_oserror(exc, "sending a datagram"))
-            self._pending.popleft()
-            self._pending_bytes -= len(data)
+    def _unwatch_writable(self) -> None:
         self.reactor.remove_writer(self.fd)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.reactor.name,
-                                 tracer=self.tracer, peer=None)
-
-    def is_closing(self) -> bool:
-        return self._closed
 
     def close(self) -> None:
         if self._closed:
@@ -905,13 +857,7 @@ class _DatagramEndpoint(DatagramTransport):
         self.sock.close()
         if self in self.reactor._endpoints:
             self.reactor._endpoints.remove(self)
-        self.protocol.connection_lost(None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
-        return self.reactor.call_later(delay, callback)
+        self._closed_now()
 
 
 class EpollEngine(Reactor):
