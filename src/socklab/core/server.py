@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -69,10 +70,13 @@ class Server:
 
     # ---- phase 1: start --------------------------------------------------------------------------
     def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,
-               unix: str | None = None, tls: bool = True) -> Any:
+               unix: str | None = None, tls: bool = True, ssl_context: ssl.SSLContext | None = None) -> Any:
         """Bind a stream listener now and serve it with ``protocol_factory``; returns the bound address.
 
         Without arguments it uses the settings' host/port (or unix path) and TLS files.
+        ``tls=False`` serves plain TCP even when the settings name a certificate (a local control
+        socket); ``ssl_context`` replaces the one built from the settings (e.g. one that also
+        requires client certificates).
         """
         s = self.settings
         use_unix = unix if unix is not None else (s.unix if host is None and port is None else None)
@@ -80,7 +84,7 @@ class Server:
             raise UsageError(f"engine {s.engine!r} does not serve Unix sockets")
         sock = open_tcp_listener(host if host is not None else s.host, port if port is not None else s.port,
                                  unix=use_unix, backlog=s.backlog, reuse_port=s.reuse_port, tracer=self.tracer)
-        ctx = server_ssl_context(s.tls_cert, s.tls_key) if (tls and s.tls_cert) else None
+        ctx = ssl_context or (server_ssl_context(s.tls_cert, s.tls_key) if (tls and s.tls_cert) else None)
         if ctx is not None and "tls" not in self.engine.info.supports:
             sock.close()
             raise UsageError(f"engine {s.engine!r} does not support TLS")

@@ -255,22 +255,45 @@ def connect_tcp(endpoint: Endpoint, *, timeout: float | None = 10.0, tracer: Tra
     raise translate_oserror(last, f"connecting to {endpoint}") from last
 
 
-def server_ssl_context(cert: str, key: str | None = None) -> ssl.SSLContext:
-    """A TLS server context from PEM files (TLS 1.2 or newer)."""
+def server_ssl_context(cert: str, key: str | None = None, *, client_ca: str | None = None) -> ssl.SSLContext:
+    """A TLS server context from PEM files (TLS 1.2 or newer).
+
+    Args:
+        client_ca: also require every client to present a certificate signed by this CA (PEM):
+            mutual TLS, the handshake fails for anyone else.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, key or None)
+        if client_ca is not None:
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"cannot load TLS certificate {cert!r}: {exc}") from exc
+        what = f"TLS certificate {cert!r}" + (f" or CA {client_ca!r}" if client_ca else "")
+        raise UsageError(f"cannot load {what}: {exc}") from exc
     return ctx
 
 
-def client_ssl_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
-    """A TLS client context that verifies the server unless ``insecure``."""
+def client_ssl_context(cafile: str | None = None, insecure: bool = False, *, cert: str | None = None,
+                       key: str | None = None, check_hostname: bool = True) -> ssl.SSLContext:
+    """A TLS client context that verifies the server unless ``insecure``.
+
+    Args:
+        cert, key: present this certificate (PEM) when the server asks for one (mutual TLS).
+        check_hostname: False to accept any certificate the CA signed, whatever name it is for
+            (peers that are identified by their CA, not by a host name).
+    """
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    elif not check_hostname:
+        ctx.check_hostname = False  # verify_mode stays CERT_REQUIRED: the CA's signature still counts
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert, key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load TLS certificate {cert!r}: {exc}") from exc
     return ctx

@@ -69,7 +69,7 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
     tracer = make_tracer(settings.engine, trace, trace_json)
     node = PeerNode(settings, join=join, discover=discover, tracer=tracer)
     # The readiness lines go out before the engine runs, so no node news can precede them.
-    for addr, scheme in zip(node.server.addresses, ("tcp", "unix"), strict=False):
+    for addr, scheme in zip(node.server.addresses, ("tls" if settings.tls_cert else "tcp", "unix"), strict=False):
         print(f"socklab peer listening on {describe_address(addr, scheme)} (engine {node.engine.name})")
     print(f"socklab peer {node.name} id {node.id} control unix:{node.control_path}", flush=True)
     print(f"  {PROMPT_HELP}\n  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
@@ -211,7 +211,8 @@ def _render(st: dict[str, Any], messages: int) -> Any:
     from rich.table import Table
 
     m = st["messages"]
-    head = (f"[bold]{st['name']}[/] id {st['id']} listening on {st['listen']} (engine {st['engine']})\n"
+    tls = ", TLS mesh" if st.get("tls") else ""
+    head = (f"[bold]{st['name']}[/] id {st['id']} listening on {st['listen']} (engine {st['engine']}{tls})\n"
             f"messages: {m['unique']} received, {m['sent']} sent, {m['forwarded']} forwarded, "
             f"{m['duplicates']} duplicates dropped; {m['seen_ids']} ids remembered, {m['history']} in history")
     nb = Table(title="neighbours", title_justify="left")

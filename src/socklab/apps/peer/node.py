@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import ssl
 import sys
 import threading
 import time
@@ -45,7 +46,13 @@ from socklab.apps.peer.settings import PeerSettings
 from socklab.apps.transfer.receiver import ReceiveSession, ReceiveSettings
 from socklab.core.errors import RemoteProtocolError, SocklabError, UsageError
 from socklab.core.server import Server
-from socklab.core.sockets import Endpoint, open_tcp_listener, parse_endpoint
+from socklab.core.sockets import (
+    Endpoint,
+    client_ssl_context,
+    open_tcp_listener,
+    parse_endpoint,
+    server_ssl_context,
+)
 from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 from socklab.protocols import gossip as g
@@ -93,13 +100,22 @@ class PeerNode:
         self._out = out
         self.server = Server(settings, tracer=tracer, label="peer")
         self.engine = self.server.engine
-        addr = self.server.listen(lambda: PeerLink(self))
+        # A TLS mesh is mutual: a node shows its certificate when it dials as when it is dialled,
+        # and a link stands only if the mesh's CA signed the other side's (names are not checked:
+        # membership is the CA's signature). Without --tls-cert, links are plain TCP.
+        self._tls_server: ssl.SSLContext | None = None
+        self._tls_client: ssl.SSLContext | None = None
+        if settings.tls_cert and settings.cafile:
+            self._tls_server = server_ssl_context(settings.tls_cert, settings.tls_key, client_ca=settings.cafile)
+            self._tls_client = client_ssl_context(settings.cafile, cert=settings.tls_cert, key=settings.tls_key,
+                                                  check_hostname=False)
+        addr = self.server.listen(lambda: PeerLink(self), ssl_context=self._tls_server)
         self.listen = _hostport(str(addr[0]), int(addr[1]))
         self.control_path = settings.control_path
         Path(self.control_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         from socklab.apps.peer.control import ControlProtocol
 
-        self.server.listen(lambda: ControlProtocol(self), unix=self.control_path)
+        self.server.listen(lambda: ControlProtocol(self), unix=self.control_path, tls=False)  # local, file-mode 0700
         self.server.on_stop(self.remove_control_socket)
         self.links: dict[str, PeerLink] = {}  # node id -> the link to that neighbour
         self.pending: set[PeerLink] = set()  # connections whose HELLO has not arrived
@@ -199,7 +215,7 @@ class PeerNode:
             self.log(f"cannot dial {address}: {exc}")
             del self.targets[address]
             return
-        self.engine.connect_stream(endpoint, lambda: PeerLink(self, dialed=address),
+        self.engine.connect_stream(endpoint, lambda: PeerLink(self, dialed=address), ssl_context=self._tls_client,
                                    timeout=self.settings.connect_timeout,
                                    on_error=lambda exc: self._dial_failed(address, exc))
 
@@ -548,7 +564,7 @@ class PeerNode:
                                        on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
 
         self.engine.connect_stream(endpoint, lambda: FetchRequest(offer, answered, self.settings.max_frame),
-                                   timeout=self.settings.connect_timeout,
+                                   ssl_context=self._tls_client, timeout=self.settings.connect_timeout,
                                    on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
 
     # ---- status -------------------------------------------------------------------------------------------
@@ -563,6 +579,7 @@ class PeerNode:
                                               if kv[1].peer else "") if link.peer is not None]
         return {
             "id": self.id, "name": self.name, "listen": self.listen, "engine": self.engine.name,
+            "tls": self._tls_client is not None,
             "neighbours": neighbours,
             "known": sorted(({"id": m.id, "name": m.name, "listen": m.listen} for m in self.known.values()),
                             key=lambda m: m["name"]),

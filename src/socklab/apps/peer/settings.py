@@ -52,6 +52,8 @@ class PeerSettings(ServerSettings):
     max_text: int = setting(4096, "Longest message typed at the prompt, bytes.")
     transfer_timeout: float = setting(30.0, "Seconds a file transfer may stall (no fetcher, no progress) "
                                             "before it is abandoned.")
+    cafile: str | None = setting(None, "With --tls-cert: the mesh's CA (PEM). Links are TLS both ways and "
+                                       "only nodes whose certificate this CA signed can link.", metavar="PEM")
     downloads: str = setting(".", "Directory fetched files are written to.", metavar="DIR")
     control: str | None = setting(None, "Control socket path (default: $XDG_RUNTIME_DIR/socklab/peer-NAME.sock "
                                         "or /tmp/socklab-UID/peer-NAME.sock).", metavar="PATH")
@@ -75,6 +77,9 @@ class PeerSettings(ServerSettings):
                 raise UsageError(f"{field} must be positive")
         if self.link_timeout <= self.ping_interval:
             raise UsageError("link_timeout must be longer than ping_interval")
+        if bool(self.tls_cert) != bool(self.cafile):
+            raise UsageError("a TLS mesh needs both --tls-cert (this node's certificate) and --cafile (the CA "
+                             "that signed every node's certificate)")
 
     @property
     def control_path(self) -> str:
