@@ -158,15 +158,19 @@ def test_tls_channel_hammered_while_the_server_pushes(pushing_server: Server, tl
 
 def test_close_from_a_callback_reports_lost_once(pushing_server: Server, tls_files: dict[str, str]) -> None:
     lost: list[BaseException] = []
-    got = threading.Event()
+    got, made = threading.Event(), threading.Event()
     ch: TcpChannel
 
     def on_message(data: bytes) -> None:
+        # The server pushes at once: this can run before the constructor below has returned
+        # (the owner thread starts inside it), so wait until ``ch`` exists.
+        assert made.wait(10)
         ch.close()  # on the owner thread: must not wait for itself
         got.set()
 
     ch = TcpChannel(parse_url(f"tls://127.0.0.1:{pushing_server.port}"), on_message, lost.append,
                     ssl_context=tls_context(tls_files["ca"]))
+    made.set()
     assert got.wait(10)
     assert ch._thread is not None
     ch._thread.join(10)

@@ -113,7 +113,12 @@ def _connect(ep: Endpoint, timeout: float, ssl_context: ssl.SSLContext | None = 
 
 
 class Channel:
-    """A connection that carries JSON-RPC messages."""
+    """A connection that carries JSON-RPC messages.
+
+    ``on_message`` and ``on_lost`` run on the channel's own thread, which starts inside the
+    constructor: a server that speaks first (a notification pushed on connect) can call them
+    before the constructor has returned its object to the caller.
+    """
 
     def __init__(self, on_message: OnMessage, on_lost: OnLost) -> None:
         self.on_message = on_message
