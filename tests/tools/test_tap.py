@@ -96,6 +96,49 @@ def test_no_fault_relays_byte_exact_both_ways_with_half_close(splice: bool) -> N
     assert tap.stats["bytes_up"] == tap.stats["bytes_down"] == len(payload)
 
 
+def test_tls_is_terminated_so_the_tap_sees_and_records_the_plaintext(tls_files: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    import ssl
+
+    from socklab.core.sockets import client_ssl_context
+
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll", tls_cert=tls_files["cert"],
+                                tls_key=tls_files["key"]))
+    srv.listen(EchoProtocol)
+    srv.start()
+    record = str(tmp_path / "tls.jsonl")
+    secret = b"GET /secret HTTP/1.1\r\n\r\n" + os.urandom(100_000)
+    try:
+        with Tap(target=("127.0.0.1", srv.port), seed=1, observers=[RecordObserver(record)],
+                 tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+                 upstream_tls=client_ssl_context(tls_files["ca"])) as tap:
+            assert not tap.splice  # splice would move ciphertext between two different sessions
+            ctx = ssl.create_default_context(cafile=tls_files["ca"])
+            with socket.create_connection(("127.0.0.1", tap.port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(secret)
+                got = b""
+                while len(got) < len(secret):
+                    chunk = sock.recv(65536)
+                    assert chunk
+                    got += chunk
+                assert got == secret  # through two TLS sessions, byte-exact
+    finally:
+        srv.shutdown(timeout=1)
+    import base64
+
+    rows = [json.loads(line) for line in Path(record).read_text().splitlines()]
+    up = b"".join(base64.b64decode(r["data"]) for r in rows if r.get("dir") == "up" and "data" in r)
+    assert up == secret  # the recording holds the plaintext, not TLS records
+
+
+def test_tls_needs_a_tcp_tap() -> None:
+    from socklab.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="TCP"):
+        Tap(target=("127.0.0.1", 9), udp=True, tls_cert="x.pem")
+
+
 def test_splice_back_pressure_stops_reading_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A receiver that does not read makes the pump wait for EPOLLOUT, then finish byte-exact."""
     from socklab.tools.tap.relay import _SplicePump

@@ -16,7 +16,7 @@ import click
 
 from socklab.cli.options import EXIT_VERIFY, make_tracer, run_cli, trace_options
 from socklab.core.errors import UsageError
-from socklab.core.sockets import parse_endpoint
+from socklab.core.sockets import client_ssl_context, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols.faults import FAULT_KINDS, Fault
 from socklab.tools.tap.relay import Observer, Tap
@@ -69,12 +69,20 @@ def tap() -> None:
               help="The reactor the relay runs on.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True,
               help="Seconds to reach the target for each client.")
+@click.option("--tls-cert", metavar="PEM", default=None,
+              help="Terminate clients' TLS with this certificate chain: the tap sees the plaintext.")
+@click.option("--tls-key", metavar="PEM", default=None, help="Private key for --tls-cert (default: the cert file).")
+@click.option("--to-tls", is_flag=True, help="Speak TLS to the target (verified against --cafile or the "
+                                             "system's CAs).")
+@click.option("--cafile", metavar="PEM", default=None, help="With --to-tls: trust this CA bundle.")
+@click.option("--insecure", is_flag=True, help="With --to-tls: do not verify the target (testing only).")
 @click.option("--no-splice", is_flag=True,
               help="Copy through Python even when nothing is shown or broken (default: splice(2), zero copy).")
 @trace_options
 @run_cli
 def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record: str | None,
         faults: tuple[str, ...], seed: int | None, ctl: str | None, engine: str, connect_timeout: float,
+        tls_cert: str | None, tls_key: str | None, to_tls: bool, cafile: str | None, insecure: bool,
         no_splice: bool, trace: bool, trace_json: str | None) -> None:
     """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic."""
     from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
@@ -91,11 +99,16 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
         observers.append(PcapObserver(pcap))
     if record:
         observers.append(RecordObserver(record))
+    if (cafile or insecure) and not to_tls:
+        raise UsageError("--cafile and --insecure are for --to-tls")
+    if tls_key and not tls_cert:
+        raise UsageError("--tls-key needs --tls-cert")
+    upstream = client_ssl_context(cafile, insecure) if to_tls else None
     relay = Tap(listen_ep, target_ep, udp=udp, faults=fault_list, seed=seed, observers=observers,
                 engine=engine, tracer=make_tracer(engine, trace, trace_json), connect_timeout=connect_timeout,
-                splice=not no_splice)
+                splice=not no_splice, tls_cert=tls_cert, tls_key=tls_key, upstream_tls=upstream)
     relay.bind()
-    scheme = "udp" if udp else "tcp"
+    scheme = "udp" if udp else ("tls" if tls_cert else "tcp")
     ctl_addr = None
     if ctl is not None:
         ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")

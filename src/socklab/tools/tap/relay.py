@@ -27,6 +27,7 @@ import fcntl
 import itertools
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -513,6 +514,7 @@ class _ClientSide(Protocol):
         transport.pause_reading()
         tap.engine.connect_stream(Endpoint(tap.target.host, tap.target.port, tap.target.unix),
                                   lambda: _ServerSide(relay), timeout=tap.connect_timeout,
+                                  ssl_context=tap.upstream_tls, server_hostname=tap.upstream_hostname,
                                   on_error=self._upstream_failed)
 
     def _upstream_failed(self, exc: BaseException) -> None:
@@ -687,6 +689,11 @@ class Tap:
         tracer: the lifecycle trace, or ``None``.
         connect_timeout: seconds to reach the target for each client.
         splice: move the bytes of fault-free, unobserved connections with ``splice(2)`` (zero copy).
+        tls_cert, tls_key: terminate TLS from clients with this certificate (PEM): the tap then
+            sees, shows, records and breaks the plaintext.
+        upstream_tls: speak TLS to the target with this client context (verify it as you would
+            the target itself); ``upstream_hostname`` is the name to verify (default: the
+            target's host).
 
     Raises:
         UsageError: bad address or fault; NetworkError subclasses when binding fails.
@@ -698,7 +705,8 @@ class Tap:
                  faults: Iterable[Fault] = (), seed: int | None = None,
                  observers: Iterable[Observer] = (), engine: str = "epoll", tracer: Tracer | None = None,
                  connect_timeout: float = 10.0, settings: TapSettings | None = None,
-                 splice: bool = True) -> None:
+                 splice: bool = True, tls_cert: str | None = None, tls_key: str | None = None,
+                 upstream_tls: ssl.SSLContext | None = None, upstream_hostname: str | None = None) -> None:
         if target is None:
             raise UsageError("a tap needs a target (--to HOST:PORT)")
         if engine not in ("epoll", "poll", "select"):
@@ -711,10 +719,17 @@ class Tap:
         self.observers: list[Observer] = list(observers)
         self.tracer = tracer
         self.connect_timeout = connect_timeout
-        self.splice = splice
+        if udp and (tls_cert or upstream_tls):
+            raise UsageError("TLS is for TCP relays (there is no TLS over plain UDP)")
+        self.upstream_tls = upstream_tls
+        self.upstream_hostname = upstream_hostname or (self.target.host if upstream_tls else None)
+        # splice(2) moves the kernel's bytes: with TLS on either side those are ciphertext of two
+        # different sessions, so every byte must pass through the TLS layers instead.
+        self.splice = splice and not tls_cert and upstream_tls is None
         base = settings or TapSettings()
         self.settings: TapSettings = base.replace(host=self.listen_at.host, port=self.listen_at.port,
-                                                  engine=engine)
+                                                  engine=engine, tls_cert=tls_cert or base.tls_cert,
+                                                  tls_key=tls_key or base.tls_key)
         self.server = Server(self.settings, tracer=tracer, label="tap")
         self.engine: Any = self.server.engine
         self.fault_log: list[FaultEvent] = []
