@@ -3,7 +3,8 @@
 Layout (names carry the test run's pid so parallel runs never collide)::
 
     namespace <tag>h   : bridge br0, one port p<i> per host   (the "switch"; holds no address)
-    namespace <tag>n<i>: eth0 = 10.77.0.<i+1>/24, lo up, route 224.0.0.0/4 via eth0 (multicast)
+    namespace <tag>n<i>: eth0 = 10.77.0.<i+1>/24 and fd77::<i+1>/64, lo up, route 224.0.0.0/4 via eth0
+                         (IPv4 multicast; IPv6 multicast routes come with every interface)
 
 Nothing is created in the host's own namespace, so no traffic can leave the namespaces. Cutting
 host i's "cable" sets p<i> down on the bridge side; the namespaces are deleted on teardown, which
@@ -52,6 +53,7 @@ class NetnsLab:
         self.hub = f"{self.tag}h"
         self.hosts = [f"{self.tag}n{i}" for i in range(n)]
         self.addresses = [f"10.77.0.{i + 1}" for i in range(n)]
+        self.addresses6 = [f"fd77::{i + 1}" for i in range(n)]
         self.created: list[str] = []
 
     def setup(self) -> None:
@@ -65,6 +67,7 @@ class NetnsLab:
             _ip("-n", self.hub, "link", "add", f"p{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("-n", self.hub, "link", "set", f"p{i}", "master", "br0", "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", ns, "addr", "add", f"fd77::{i + 1}/64", "dev", "eth0", "nodad")  # usable at once
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")

@@ -14,11 +14,19 @@ the socket part a learner has to get right once - the options that make multicas
 
 The interface is the node's ``--listen`` address when it is a specific IPv4 address (in the
 network-namespace tests each node has its own), else the kernel's choice (``INADDR_ANY``).
+
+An IPv6 group (``--group ff15::7777``, say) takes the same steps with their IPv6 names
+(RFC 3493 section 5.2): ``IPV6_JOIN_GROUP`` with an interface *index* instead of an address,
+``IPV6_MULTICAST_IF``, ``IPV6_MULTICAST_HOPS`` 1, ``IPV6_MULTICAST_LOOP``. The index is that of the
+interface holding the node's ``--listen`` address (read from ``/proc/net/if_inet6``), or 0 for
+the kernel's choice. The group's scope is in its address: ``ff02::`` link-local, ``ff05::``
+site-local, ``ff15::`` a transient site-local group like the IPv4 default's organisation scope.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 from socklab.core.errors import translate_oserror
@@ -33,12 +41,31 @@ if TYPE_CHECKING:
 __all__ = ["DiscoveryEndpoint", "open_multicast_socket", "start_discovery"]
 
 
+def interface_index(address: str) -> int:
+    """The index of the interface that holds IPv6 ``address`` (0 when none or unknown: the kernel chooses)."""
+    try:
+        want = socket.inet_pton(socket.AF_INET6, address).hex()
+        with open("/proc/net/if_inet6", encoding="ascii") as table:  # addr ifindex prefix scope flags name
+            for line in table:
+                fields = line.split()
+                if fields and fields[0] == want:
+                    return int(fields[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def open_multicast_socket(group: str, port: int, interface: str = "0.0.0.0") -> socket.socket:
     """A UDP socket bound to ``group:port``, member of ``group`` on ``interface``, TTL 1, loop on.
+
+    ``group`` may be IPv4 (``interface``: an address of ours, or ``0.0.0.0``) or IPv6
+    (``interface``: an IPv6 address of ours, or ``::``).
 
     Raises:
         NetworkError, AddressInUse: one-line reasons (no route for multicast, say).
     """
+    if ":" in group:
+        return _open_multicast_socket6(group, port, interface)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -55,6 +82,27 @@ def open_multicast_socket(group: str, port: int, interface: str = "0.0.0.0") -> 
     except OSError as exc:
         sock.close()
         raise translate_oserror(exc, f"joining multicast group {group}:{port} on {interface}") from exc
+    return sock
+
+
+def _open_multicast_socket6(group: str, port: int, interface: str) -> socket.socket:
+    index = interface_index(interface) if interface not in ("", "::", "0.0.0.0") else 0
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((group, port, 0, index))  # the scope id matters for link-local groups (ff02::)
+        mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        if index:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise translate_oserror(exc, f"joining multicast group [{group}]:{port} on {interface or '::'}") from exc
     return sock
 
 
@@ -105,10 +153,13 @@ def start_discovery(node: PeerNode) -> DiscoveryEndpoint:
     """
     s = node.settings
     host = s.host
-    try:
-        interface = str(socket.inet_aton(host) and host) if host not in ("", "0.0.0.0") else "0.0.0.0"
-    except OSError:
-        interface = "0.0.0.0"  # a name or an IPv6 address: let the kernel choose
+    if ":" in s.group:  # IPv6: the interface is found from our IPv6 listen address, if we have one
+        interface = host if ":" in host else "::"
+    else:
+        try:
+            interface = str(socket.inet_aton(host) and host) if host not in ("", "0.0.0.0") else "0.0.0.0"
+        except OSError:
+            interface = "0.0.0.0"  # a name or an IPv6 address: let the kernel choose
     sock = open_multicast_socket(s.group, s.discovery_port, interface)
     endpoint = DiscoveryEndpoint(node, Discovery(Announce(node.id, node.name, node.listen),
                                                  (s.group, s.discovery_port)))

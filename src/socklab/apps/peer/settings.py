@@ -6,6 +6,7 @@ and docs/peer.md all come from this one dataclass (see :mod:`socklab.core.settin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,8 @@ class PeerSettings(ServerSettings):
     redial_base: float = setting(0.5, "First redial delay, seconds; doubles each failure (with jitter).")
     redial_max: float = setting(15.0, "Longest redial delay, seconds.")
     connect_timeout: float = setting(5.0, "Seconds to wait for a neighbour's TCP handshake.")
-    group: str = setting("239.255.77.77", "Multicast group of --discover announces (IPv4).")
+    group: str = setting("239.255.77.77", "Multicast group of --discover announces: IPv4 (224.0.0.0/4) or "
+                                          "IPv6 (ff00::/8, e.g. ff15::7777 with an IPv6 --listen).")
     discovery_port: int = setting(7799, "UDP port of --discover announces.")
     announce_interval: float = setting(2.0, "Seconds between --discover announces.")
     max_frame: int = setting(64 * 1024, "Longest frame accepted from a neighbour, bytes.")
@@ -77,6 +79,11 @@ class PeerSettings(ServerSettings):
                 raise UsageError(f"{field} must be positive")
         if self.link_timeout <= self.ping_interval:
             raise UsageError("link_timeout must be longer than ping_interval")
+        try:
+            if not ipaddress.ip_address(self.group).is_multicast:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--group {self.group!r} is not a multicast address (224.0.0.0/4 or ff00::/8)") from None
         if bool(self.tls_cert) != bool(self.cafile):
             raise UsageError("a TLS mesh needs both --tls-cert (this node's certificate) and --cafile (the CA "
                              "that signed every node's certificate)")
