@@ -717,17 +717,17 @@ class DatagramEndpoint(DatagramEndpointBase, _Writable):
     """
 
     send_flags = _DONTWAIT
+    engine: BlockingEngine
 
     def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: DatagramProtocol) -> None:
         super().__init__(engine, sock, protocol)
-        self.blocking_engine = engine
         self._reader = 0
         sock.setblocking(True)
         self.thread = threading.Thread(target=self._run, name=f"udp-{self.fd}", daemon=True)
 
     def _run(self) -> None:
         self._reader = threading.get_ident()
-        engine = self.blocking_engine
+        engine = self.engine
         buf = bytearray(65536)
         view = memoryview(buf)
         try:
@@ -751,10 +751,10 @@ class DatagramEndpoint(DatagramEndpointBase, _Writable):
                 engine._threads.discard(threading.current_thread())
 
     def _watch_writable(self) -> None:
-        self.blocking_engine._flusher.watch(self.fd, self)
+        self.engine._flusher.watch(self.fd, self)
 
     def _unwatch_writable(self) -> None:
-        self.blocking_engine._flusher.unwatch(self.fd)
+        self.engine._flusher.unwatch(self.fd)
 
     def close(self) -> None:
         """Stop serving; the reading thread closes the socket (woken by shutdown())."""
@@ -769,6 +769,6 @@ class DatagramEndpoint(DatagramEndpointBase, _Writable):
                 self.sock.shutdown(socket.SHUT_RDWR)
         else:
             self.sock.close()
-        if self in self.blocking_engine._endpoints:
-            self.blocking_engine._endpoints.remove(self)
+        if self in self.engine._endpoints:
+            self.engine._endpoints.remove(self)
         self._closed_now()

@@ -820,9 +820,11 @@ class _Connector:
 class _DatagramEndpoint(DatagramEndpointBase):
     """A bound UDP socket, non-blocking, read by the loop (up to 64 datagrams per readiness)."""
 
+    engine: Reactor
+
     def __init__(self, reactor: Reactor, sock: socket.socket, protocol: DatagramProtocol) -> None:
         super().__init__(reactor, sock, protocol)
-        self.reactor = reactor
+        self.reactor = reactor  # the name the rest of this module uses
         sock.setblocking(False)
         protocol.connection_made(self)
         reactor.add_reader(self.fd, self._on_readable)
