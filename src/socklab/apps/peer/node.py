@@ -115,7 +115,7 @@ class PeerNode:
         Path(self.control_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         from socklab.apps.peer.control import ControlProtocol
 
-        self.server.listen(lambda: ControlProtocol(self), unix=self.control_path, tls=False)  # local, file-mode 0700
+        self.server.listen(lambda: ControlProtocol(self), unix=self.control_path, tls=False)  # local, in a 0700 directory
         self.server.on_stop(self.remove_control_socket)
         self.links: dict[str, PeerLink] = {}  # node id -> the link to that neighbour
         self.pending: set[PeerLink] = set()  # connections whose HELLO has not arrived
