@@ -35,6 +35,7 @@ from socklab.core.errors import (
     UsageError,
     translate_oserror,
 )
+from socklab.core.sockets import client_ssl_context
 from socklab.protocols.framing import NDJSON, Frame, FrameDecoder, encode_frame
 
 __all__ = ["MAX_QUEUED", "Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel",
@@ -90,11 +91,7 @@ def parse_url(url: str) -> Endpoint:
 
 def tls_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
     """The client's TLS context: the system's CAs (or ``cafile``); ``insecure`` skips verification."""
-    ctx = ssl.create_default_context(cafile=cafile)
-    if insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return client_ssl_context(cafile, insecure)  # socklab's one client context (TLS 1.2 or newer)
 
 
 def _connect(ep: Endpoint, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
