@@ -109,6 +109,30 @@ def test_tls_handshake_failure_does_not_kill_the_server(engine: str, tls_files: 
             assert c.recv(100) == b"still alive"
 
 
+@pytest.mark.parametrize("engine_name", ["iterative", "threads", "pool", "select", "poll", "epoll"])
+def test_a_failed_tls_handshake_is_said_in_the_log_at_most_every_10s(engine_name: str, tls_files: dict[str, str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # socklab's own TLS layer (the engines that own their sockets; asyncio and uvloop use their loops')
+    from socklab.core import tls
+
+    tls._HANDSHAKE_FAILURES.next_at = 0.0  # a fresh process's limiter
+    tls._HANDSHAKE_FAILURES.unsaid = 0
+    with caplog.at_level(logging.WARNING, logger="socklab"), \
+            running_server(EchoProtocol, engine_name, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+                c.sendall(b"GET / HTTP/1.0\r\n\r\nthis is not TLS")
+                c.settimeout(5)
+                with _tolerate_reset():
+                    recv_all(c)
+        deadline = time.monotonic() + 5
+        while tls._HANDSHAKE_FAILURES.unsaid < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    said = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
+    assert len(said) == 1 and "with 127.0.0.1:" in said[0], said  # the first, with the client's address
+    assert tls._HANDSHAKE_FAILURES.unsaid == 2  # the next two are counted for the next line
+
+
 class _tolerate_reset:
     """Tolerate the reset a server may answer garbage with; any other error fails the test."""
 

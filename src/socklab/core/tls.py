@@ -9,7 +9,9 @@ the app cannot tell. (The asyncio and uvloop engines use their loops' own TLS.)
 
 Order of events: the handshake runs first; the app's ``connection_made`` comes only once it
 succeeded. A failed handshake closes the connection without ever calling the app (and the engine
-reports a :class:`~socklab.core.errors.RemoteProtocolError` to the trace).
+reports a :class:`~socklab.core.errors.RemoteProtocolError` to the trace). On the server side it
+is also said in the log - the client knows why it failed, the server's operator should too - at
+most one line per 10 s, with a count of the ones in between (a scanner must not flood the log).
 
 Half-close: TLS has no clean half-close in Python's ``ssl``; ``can_write_eof()`` is False, as in
 asyncio. ``close()`` sends close_notify before the TCP FIN.
@@ -17,17 +19,44 @@ asyncio. ``close()`` sends close_notify before the TCP FIN.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
 from socklab.core.protocol import Protocol
+from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
 
 __all__ = ["TLSProtocol"]
 
 _READ_SIZE = 64 * 1024
+
+
+class _HandshakeFailures:
+    """Server-side handshake failures for the log: the first is said, then one line per ``interval``."""
+
+    interval = 10.0
+
+    def __init__(self) -> None:
+        self.next_at = 0.0
+        self.unsaid = 0
+
+    def failed(self, peer: Any, reason: str) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.unsaid += 1
+            return
+        more = f" (and {self.unsaid} more since the last line)" if self.unsaid else ""
+        who = format_addr(peer) if peer else "a client"
+        logging.getLogger("socklab").warning("socklab: TLS handshake with %s failed: %s%s", who, reason, more)
+        self.unsaid = 0
+        self.next_at = now + self.interval
+
+
+_HANDSHAKE_FAILURES = _HandshakeFailures()  # one per process: the log it protects is one too
 
 
 class TLSProtocol(Protocol, Transport):
@@ -47,6 +76,7 @@ class TLSProtocol(Protocol, Transport):
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
                                      server_hostname=None if server_side else server_hostname)
+        self._server_side = server_side
         self._handshaking = True
         self._app_started = False
         self._closing = False
@@ -111,7 +141,10 @@ class TLSProtocol(Protocol, Transport):
             return
         except (ssl.SSLError, ssl.CertificateError) as exc:
             self._flush()
-            self._fail(RemoteProtocolError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"))
+            reason = str(getattr(exc, "reason", None) or exc)
+            if self._server_side:
+                _HANDSHAKE_FAILURES.failed(self.transport.get_extra_info("peername"), reason)
+            self._fail(RemoteProtocolError(f"TLS handshake failed: {reason}"))
             return
         self._flush()
         self._handshaking = False
