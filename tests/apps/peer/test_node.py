@@ -224,6 +224,15 @@ def test_a_tls_mesh_links_its_members_and_refuses_strangers(tmp_path: Path, engi
         assert status(a)["tls"] and status(b)["tls"]
         on_engine(b, lambda: b.say("over TLS"))
         until(lambda: texts(a) == ["over TLS"], what="the message over TLS")
+        # a file offered in a TLS mesh: the fetch request goes over TLS, the bytes are checked
+        blob = os.urandom(50_000)
+        (tmp_path / "blob.bin").write_bytes(blob)
+        (tmp_path / "dl").mkdir()
+        on_engine(a, lambda: a.share(str(tmp_path / "blob.bin")))
+        until(lambda: [o["file"] for o in status(b)["offers"]] == ["blob.bin"], what="the offer reaching bob")
+        got = control_request(b.control_path, {"cmd": "fetch", "file": "blob.bin", "dest": str(tmp_path / "dl")})
+        assert got["ok"], got
+        assert (tmp_path / "dl" / "blob.bin").read_bytes() == blob
         # a node with a certificate from another CA: the handshake fails both ways, no link
         e = m.add("eve", join=(a.listen,), tls_cert=eve["cert"], tls_key=eve["key"], cafile=ca_file)
         # ann's side of the handshake fails: eve hears a TLS alert (unknown CA) or, if ann's reset
