@@ -2,7 +2,7 @@
 # Reproduce every figure in docs/benchmarks.md in one go (about 20 minutes on a quiet 2-core machine).
 #
 #   benchmarks/run_echo.sh                    # full run: 3 x 10 s per server and load
-#   DURATION=1 REPEAT=1 SWEEP_DURATION=1 benchmarks/run_echo.sh   # a quick smoke run of the same steps
+#   DURATION=1 REPEAT=1 SWEEP_DURATION=1 FLOOR_DURATION=1 benchmarks/run_echo.sh   # a quick smoke run
 #
 # Results (JSON, HTML charts, the tables as Markdown) go to benchmarks/results/<UTC time>/, which git
 # ignores. Run it on an otherwise idle machine: every figure is a ratio measured in the same run,
@@ -14,6 +14,7 @@ DURATION=${DURATION:-10}
 REPEAT=${REPEAT:-3}
 WARMUP=${WARMUP:-1}
 SWEEP_DURATION=${SWEEP_DURATION:-3}
+FLOOR_DURATION=${FLOOR_DURATION:-3}
 OUT=${OUT:-benchmarks/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 bench() { "$PY" -m socklab bench "$@"; }
@@ -40,6 +41,10 @@ bench echo --engines iterative,threads --size 1024 --connections 1 --duration "$
 echo "== 5. connection sweep: 10 -> 10,000 connections, 10 of them active"
 bench sweep --levels 10,100,1000,10000 --active 10 --duration "$SWEEP_DURATION" \
     --warmup 0.5 --with-c --save "$OUT/sweep.json" --chart "$OUT/sweep.html"
+
+echo "== 6. the floor: the smallest Python epoll echo loop, and the epoll engine interleaved with it"
+"$PY" benchmarks/echo_floor.py --engine epoll --runs "$((REPEAT * 3))" --duration "$FLOOR_DURATION" \
+    | tee "$OUT/floor.txt"
 
 "$PY" benchmarks/to_markdown.py "$OUT"/calibrate.json "$OUT"/echo-*.json "$OUT"/sweep.json > "$OUT/tables.md"
 echo "== done: $OUT (tables.md has the Markdown for docs/benchmarks.md)"
