@@ -157,7 +157,10 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
 
     By default each engine runs at the same time as its reference and the generator gives them
     the load in turns (--slice-ms): on a shared VM two runs a minute apart differ by 10-30 % from
-    the machine alone, two slices 200 ms apart do not, so "vs ref" is the servers' ratio.
+    the machine alone, two slices 200 ms apart do not, so "vs ref" is the servers' ratio. With
+    --with-c the fastest engine then takes turns with the C server too (its "vs C" is marked *).
+    "CPU µs/req (user)": the server's CPU per round trip and, in brackets, the part outside the
+    kernel - for a Python server, the interpreter's share.
     """
     if sweep:
         ctx = click.get_current_context()
