@@ -38,6 +38,9 @@ def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,
     Run a node (each in its own terminal):
       socklab peer --listen 7001 --name ann --discover
       socklab peer --listen 7002 --name bob --join 127.0.0.1:7001
+    A mesh only your CA's nodes can join (mutual TLS), or discovery over IPv6:
+      socklab peer --listen 7003 --name cat --tls-cert cat.pem --cafile ca.pem --join ...
+      socklab peer --listen [fd00::1]:7004 --name dan --discover --group ff15::7777
     Type lines at a node's prompt: every node prints them once, with the path they took.
     Ask a running node:
       socklab peer status --name ann        # neighbours, RTT, messages, paths
