@@ -59,50 +59,48 @@ def open_multicast_socket(group: str, port: int, interface: str = "0.0.0.0") -> 
     """A UDP socket bound to ``group:port``, member of ``group`` on ``interface``, TTL 1, loop on.
 
     ``group`` may be IPv4 (``interface``: an address of ours, or ``0.0.0.0``) or IPv6
-    (``interface``: an IPv6 address of ours, or ``::``).
+    (``interface``: an IPv6 address of ours, or ``::``). The two families take the same steps,
+    under their own option names (the lists below).
 
     Raises:
         NetworkError, AddressInUse: one-line reasons (no route for multicast, say).
     """
     if ":" in group:
-        return _open_multicast_socket6(group, port, interface)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        index = interface_index(interface) if interface not in ("", "::", "0.0.0.0") else 0
+        steps: list[tuple[int, Any]] = [
+            (socket.IPV6_JOIN_GROUP, socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)),
+            *([(socket.IPV6_MULTICAST_IF, index)] if index else []),
+            (socket.IPV6_MULTICAST_HOPS, 1),
+            (socket.IPV6_MULTICAST_LOOP, 1),
+        ]
+        # the scope id in the bound address matters for link-local groups (ff02::)
+        return _multicast_socket(socket.AF_INET6, (group, port, 0, index), socket.IPPROTO_IPV6, steps,
+                                 f"joining multicast group [{group}]:{port} on {interface or '::'}")
+    steps = [
+        (socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group) + socket.inet_aton(interface)),
+        *([(socket.IP_MULTICAST_IF, socket.inet_aton(interface))] if interface != "0.0.0.0" else []),
+        (socket.IP_MULTICAST_TTL, 1),
+        (socket.IP_MULTICAST_LOOP, 1),
+    ]
+    return _multicast_socket(socket.AF_INET, (group, port), socket.IPPROTO_IP, steps,
+                             f"joining multicast group {group}:{port} on {interface}")
+
+
+def _multicast_socket(family: int, address: tuple[Any, ...], level: int, steps: list[tuple[int, Any]],
+                      what: str) -> socket.socket:
+    """Share the port (every node on this host gets each datagram), bind the group, then ``steps``."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if hasattr(socket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((group, port))
-        mreq = socket.inet_aton(group) + socket.inet_aton(interface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-        if interface != "0.0.0.0":
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.bind(address)
+        for option, value in steps:
+            sock.setsockopt(level, option, value)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise translate_oserror(exc, f"joining multicast group {group}:{port} on {interface}") from exc
-    return sock
-
-
-def _open_multicast_socket6(group: str, port: int, interface: str) -> socket.socket:
-    index = interface_index(interface) if interface not in ("", "::", "0.0.0.0") else 0
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "SO_REUSEPORT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((group, port, 0, index))  # the scope id matters for link-local groups (ff02::)
-        mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", index)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
-        if index:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise translate_oserror(exc, f"joining multicast group [{group}]:{port} on {interface or '::'}") from exc
+        raise translate_oserror(exc, what) from exc
     return sock
 
 
