@@ -64,7 +64,9 @@ def tap() -> None:
 @click.option("--seed", type=int, default=None, help="Seed of the fault schedule: the same seed replays "
                                                      "the same faults.")
 @click.option("--ctl", "ctl", metavar="[HOST:]PORT", default=None,
-              help="Serve the control API on this loopback port (0: any; printed at start).")
+              help="Serve the control API on this port, on 127.0.0.1 unless HOST says otherwise "
+                   "(0: any free port; printed at start). A HOST that is not loopback lets other "
+                   "machines change the faults: a warning says so.")
 @click.option("--engine", type=click.Choice(["epoll", "poll", "select"]), default="epoll", show_default=True,
               help="The reactor the relay runs on.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True,
@@ -113,6 +115,10 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
     if ctl is not None:
         ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")
         ctl_addr = relay.serve_control(ctl_ep.host, ctl_ep.port)
+        if not _is_loopback(ctl_addr):
+            click.echo(f"socklab tap: warning: the control API listens on {format_addr(ctl_addr)}, not on "
+                       f"loopback: anyone who can reach it can change this tap's faults (it has no "
+                       f"authentication); use --ctl PORT for 127.0.0.1", err=True)
 
     def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
         click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
@@ -128,6 +134,20 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
     relay.serve_forever(on_signal=told, on_ready=ready)
 
 
+def _is_loopback(addr: Any) -> bool:
+    import ipaddress
+
+    if not isinstance(addr, tuple):
+        return True  # a Unix socket is local
+    try:
+        ip = ipaddress.ip_address(str(addr[0]).split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 @tap.command("ctl")
 @click.argument("port", metavar="[HOST:]PORT")
 @click.argument("op", type=click.Choice(["list", "add", "remove", "clear", "stats"]))
@@ -135,6 +155,9 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
 @run_cli
 def ctl(port: str, op: str, arg: str | None) -> None:
     """Change a running tap's faults: list, add SPEC, remove NAME, clear, stats.
+
+    The control port speaks SOCKLAB-TAP/1 (a greeting line, then JSON lines; see docs/tools.md),
+    so an HTTP request from a web page cannot change the faults.
 
     \b
       socklab tap ctl 9999 add latency:downstream,latency=200

@@ -4,7 +4,8 @@ Why this exists: a fault test often needs the network to break *during* a sessio
 that loses its link half-way) and heal again. The tap serves this small protocol on a loopback
 TCP port, on the same engine as the relay; ``socklab tap ctl`` is its client.
 
-Requests and answers are JSON lines::
+A conversation opens with the greeting line ``SOCKLAB-TAP/1``; the tap answers
+``{"ok": true, "hello": "SOCKLAB-TAP/1"}``. Then requests and answers are JSON lines::
 
     {"op": "list"}                                   -> {"ok": true, "seed": 1, "faults": [...]}
     {"op": "add", "fault": {"kind": "latency", "direction": "downstream", "latency": 100}}
@@ -14,11 +15,20 @@ Requests and answers are JSON lines::
 
 An error answers ``{"ok": false, "error": "one line"}`` and keeps the connection open. New
 faults apply to connections (and UDP flows) opened afterwards.
+
+Why the greeting: any web page the user visits can make the browser send an HTTP request to a
+loopback port (``fetch("http://127.0.0.1:9999", {method: "POST", body: ...})`` needs no
+preflight with ``Content-Type: text/plain``). Without a greeting, a JSON command in the body of
+such a POST would be a valid request line on its own - a cross-protocol forgery. An HTTP request
+always starts with its request line, never with ``SOCKLAB-TAP/1``, so it is refused before its
+body is read; and a line that looks like an HTTP request line or header field closes the
+connection at any point, without acting and without an answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +36,23 @@ from socklab.core.errors import RemoteProtocolError, SocklabError, translate_ose
 from socklab.core.protocol import Protocol
 from socklab.protocols.faults import Fault
 from socklab.protocols.lines import Line, LineDecoder
+from socklab.protocols.text import escape_peer_text
 
 if TYPE_CHECKING:
     from socklab.core.transport import Transport
     from socklab.tools.tap.relay import Tap
 
-__all__ = ["ControlProtocol", "handle_request", "request"]
+__all__ = ["GREETING", "ControlProtocol", "handle_request", "looks_like_http", "request"]
+
+GREETING = b"SOCKLAB-TAP/1"
+# An HTTP/1.x request line (RFC 9112 §3: method SP target SP HTTP-version) or a header field
+# (token ":"); JSON requests start with "{" and the greeting has no ":" or space.
+_HTTP_LINE = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: \S+ HTTP/|:)")
+
+
+def looks_like_http(line: bytes) -> bool:
+    """True if ``line`` is an HTTP request line or header field (the control API never is)."""
+    return bool(_HTTP_LINE.match(line.lstrip()))
 
 
 def handle_request(tap: Tap, req: Any) -> dict[str, Any]:
@@ -61,11 +82,12 @@ def handle_request(tap: Tap, req: Any) -> dict[str, Any]:
 
 
 class ControlProtocol(Protocol):
-    """Serves the control API on one connection."""
+    """Serves the control API on one connection: the greeting first, then JSON lines."""
 
     def __init__(self, tap: Tap) -> None:
         self.tap = tap
         self.decoder = LineDecoder(max_line=64 * 1024)
+        self.greeted = False
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -73,42 +95,66 @@ class ControlProtocol(Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.decoder.receive_data(data)
-            while (event := self.decoder.next_event()) is not None:
-                if isinstance(event, Line) and event.data.strip():
-                    self._answer(event.data)
+            while not self.transport.is_closing() and (event := self.decoder.next_event()) is not None:
+                if isinstance(event, Line):
+                    self._line(event.data)
         except RemoteProtocolError as exc:
-            self.transport.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
-            self.transport.close()
+            self._refuse(str(exc))
 
-    def _answer(self, line: bytes) -> None:
+    def _line(self, line: bytes) -> None:
+        if looks_like_http(line):
+            self.transport.close()  # an HTTP request (a web page?) never gets to say anything here
+            return
+        if not self.greeted:
+            if line.strip() != GREETING:
+                shown = escape_peer_text(line[:40].decode("utf-8", "replace"))
+                self._refuse(f"expected the greeting {GREETING.decode()!r} first, got {shown!r}")
+                return
+            self.greeted = True
+            self._send({"ok": True, "hello": GREETING.decode()})
+            return
+        if not line.strip():
+            return
         try:
             req = json.loads(line)
         except ValueError as exc:
-            answer: dict[str, Any] = {"ok": False, "error": f"not JSON: {exc}"}
-        else:
-            answer = handle_request(self.tap, req)
+            self._send({"ok": False, "error": f"not JSON: {exc}"})
+            return
+        self._send(handle_request(self.tap, req))
+
+    def _send(self, answer: dict[str, Any]) -> None:
         self.transport.write(json.dumps(answer).encode() + b"\n")
+
+    def _refuse(self, error: str) -> None:
+        self._send({"ok": False, "error": error})
+        self.transport.close()
 
 
 def request(host: str, port: int, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request to a running tap's control port; return its answer.
+    """Send one request to a running tap's control port (greeting first); return its answer.
 
     Raises:
         NetworkError: the tap cannot be reached or hung up.
+        SocklabError: the port does not speak ``SOCKLAB-TAP/1``.
     """
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(json.dumps(req).encode() + b"\n")
+            sock.sendall(GREETING + b"\n" + json.dumps(req).encode() + b"\n")
             buf = b""
-            while b"\n" not in buf:
+            while buf.count(b"\n") < 2:
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 buf += chunk
     except OSError as exc:
         raise translate_oserror(exc, f"talking to the tap's control port {host}:{port}") from exc
+    lines = buf.split(b"\n")
     try:
-        answer: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
-    except ValueError as exc:
-        raise SocklabError(f"the control port answered something that is not JSON: {buf[:80]!r}") from exc
+        hello: dict[str, Any] = json.loads(lines[0])
+        if hello.get("hello") != GREETING.decode():
+            return hello if "error" in hello else {"ok": False, "error": f"unexpected greeting {hello!r}"}
+        answer: dict[str, Any] = json.loads(lines[1])
+    except (ValueError, AttributeError, IndexError) as exc:
+        shown = escape_peer_text(buf[:80].decode("utf-8", "replace"))
+        raise SocklabError(f"{host}:{port} does not speak {GREETING.decode()}: it answered {shown!r}") from exc
     return answer
