@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "rpc": "socklab.apps.rpc.cli:rpc",
     "peer": "socklab.apps.peer.cli:peer",
     "bench": "socklab.tools.bench.cli:bench",
+    "check": "socklab.tools.check.cli:check",
+    "learn": "socklab.tools.learn:learn",
 }
 
 

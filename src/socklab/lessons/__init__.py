@@ -1,0 +1,1 @@
+"""Lessons: small socket programs in plain Python, one objective each (see ``socklab learn``)."""
