@@ -15,27 +15,53 @@ This module holds everything that needs no socket and no clock:
 - :class:`ChatConnection` frames a byte stream into commands (bounded line length, UTF-8 checked)
   and encodes server events; invalid lines become :class:`Invalid` events, because a typo must
   never cost a user their connection - only a line over the limit is fatal;
-- the server events (:class:`Message`, :class:`Joined`...), each encoded as a line
-  (:func:`encode_event`) or as a JSON object for WebSocket clients (:func:`event_to_json`), and
-  decoded back (:func:`parse_event`, :func:`event_from_json`) by clients;
-- :func:`check_nick`, :func:`check_room`, :func:`check_text`: the naming and content rules;
+- :func:`check_nick`, :func:`check_room`, :func:`check_text`: the naming and content rules; no
+  text a client sends may hold a control, bidi or zero-width character (``ERR 422``), so nothing
+  relayed to another user's terminal can drive it;
 - :class:`TokenBucket`: the per-client rate limit, with "now" passed in by the caller.
+
+The server events (:class:`Message`, :class:`Joined`...) and their line and JSON encodings live in
+:mod:`socklab.protocols.chat_events`; they are re-exported here, so clients import one module.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from socklab.core.errors import RemoteProtocolError
+from socklab.protocols.chat_events import (
+    ACTION,
+    EVENT_TYPES,
+    Bye,
+    ErrorReply,
+    Joined,
+    Members,
+    Message,
+    NickChanged,
+    Notice,
+    Parted,
+    Pong,
+    Private,
+    RoomInfo,
+    RoomList,
+    ServerEvent,
+    Synced,
+    TopicChanged,
+    Welcome,
+    encode_event,
+    event_from_json,
+    event_to_json,
+    parse_event,
+)
 from socklab.protocols.lines import EndOfStream, Line, LineDecoder
+from socklab.protocols.text import check_peer_text
 
 __all__ = [
     "ACTION",
     "CODES",
+    "EVENT_TYPES",
     "Bye",
     "ChatConnection",
     "Command",
@@ -98,9 +124,6 @@ CODES: dict[int, str] = {
 
 NICK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,23}\Z")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_\-]{1,32}\Z")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TOKEN_RE = re.compile(r"[^\s:][^\s]*\Z")
-ACTION = "action"
 
 
 def nick_key(nick: str) -> str:
@@ -138,18 +161,20 @@ def check_room(room: str) -> str:
     return room.lower()
 
 
-def check_text(text: str, max_bytes: int) -> str:
-    """Validate message text: not empty, no control characters (terminal escapes), bounded size.
+def check_text(text: str, max_bytes: int, what: str = "message") -> str:
+    """Validate message text: not empty, nothing a terminal obeys, bounded size.
+
+    "Nothing a terminal obeys" is :func:`~socklab.protocols.text.check_peer_text`: no C0 or C1
+    control (TAB is allowed), no bidi override or isolate, no zero-width character.
 
     Raises:
-        RemoteProtocolError: hint 422 (empty, control characters) or 413 (too long).
+        RemoteProtocolError: hint 422 (empty, unsafe characters) or 413 (too long).
     """
     if not text.strip():
-        raise RemoteProtocolError("empty message", hint=422)
-    if _CONTROL_RE.search(text):
-        raise RemoteProtocolError("control characters are not allowed in messages", hint=422)
+        raise RemoteProtocolError(f"empty {what}", hint=422)
+    check_peer_text(text, what)
     if len(text.encode()) > max_bytes:
-        raise RemoteProtocolError(f"message longer than {max_bytes} bytes", hint=413)
+        raise RemoteProtocolError(f"{what} longer than {max_bytes} bytes", hint=413)
     return text
 
 
@@ -182,7 +207,10 @@ class Join(Command):
 
 @dataclass(frozen=True)
 class Part(Command):
+    """Leave ``room`` (default: the current one), telling its members ``reason``."""
+
     room: str | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,8 +263,9 @@ class Ping(Command):
 
 
 HELP_TEXT = (
-    "commands: /nick NAME | /join #room [LAST_SEQ] | /part [#room] | /msg NICK TEXT | /me ACTION | "
-    "/who [#room] | /rooms | /topic [TEXT] | /history N [#room] | /say [#room] TEXT | /ping [TOKEN] | "
+    "commands: /nick NAME | /join #room [LAST_SEQ] | /part [#room] [REASON] | /msg NICK TEXT | "
+    "/me ACTION | /who [#room] | /rooms | /topic [TEXT] | /history N [#room] | /say [#room] TEXT | "
+    "/ping [TOKEN] | "
     "/quit [REASON] | /help; any other line is said in the current room (start it with // to say a "
     "line beginning with /)"
 )
@@ -249,6 +278,16 @@ def _split1(rest: str) -> tuple[str, str]:
     return head, tail.strip(" ")
 
 
+# What each command's argument is called in a refusal ("quit reason holds U+001B: ...").
+_ARGUMENT = {
+    "say": "message", "nick": "nick", "join": "room", "part": "part reason", "leave": "part reason",
+    "msg": "private message", "query": "private message", "privmsg": "private message", "me": "action",
+    "who": "room", "names": "room", "rooms": "argument", "list": "argument", "topic": "topic",
+    "history": "argument", "quit": "quit reason", "exit": "quit reason", "bye": "quit reason",
+    "help": "argument", "?": "argument", "ping": "ping token",
+}
+
+
 def parse_command(line: str) -> Command:
     """Parse one line of text (terminator already removed) into a :class:`Command`.
 
@@ -256,18 +295,25 @@ def parse_command(line: str) -> Command:
         line: the decoded line. ``//x`` says ``/x``; a line without ``/`` says itself.
 
     Returns:
-        the command. Names are validated here; message text is checked by the server (which knows
-        the size limit) with :func:`check_text`.
+        the command. Names are validated here, and so is every piece of text a client sends (a
+        message, an action, a quit or part reason, a topic, a ping token): a control, bidi or
+        zero-width character anywhere is refused with hint 422 (one rule,
+        :func:`~socklab.protocols.text.check_peer_text`). Message *size* is checked by the server
+        (which knows the limit) with :func:`check_text`.
 
     Raises:
-        RemoteProtocolError: unknown command or bad arguments; ``hint`` is the error code.
+        RemoteProtocolError: unknown command, bad arguments or unsafe text; ``hint`` is the code.
     """
     if not line.startswith("/"):
-        return Say(line)
+        return Say(check_peer_text(line, "message"))
     if line.startswith("//"):
-        return Say(line[1:])
+        return Say(check_peer_text(line[1:], "message"))
     name, rest = _split1(line[1:])
     name = name.lower()
+    what = _ARGUMENT.get(name)
+    if what is None:
+        raise RemoteProtocolError(f"unknown command /{name[:20]}; try /help", hint=400)
+    check_peer_text(rest, what)
     if name == "say":
         first, tail = _split1(rest)
         if first.startswith("#"):
@@ -288,11 +334,10 @@ def parse_command(line: str) -> Command:
             since = int(tail)
         return Join(check_room(room), since)
     if name in ("part", "leave"):
-        if not rest:
-            return Part()
-        if " " in rest:
-            raise RemoteProtocolError("usage: /part [#room]", hint=400)
-        return Part(check_room(rest))
+        if not rest.startswith("#"):
+            return Part(None, rest)
+        room, reason = _split1(rest)
+        return Part(check_room(room), reason)
     if name in ("msg", "query", "privmsg"):
         nick, text = _split1(rest)
         if not nick or not text:
@@ -325,239 +370,6 @@ def parse_command(line: str) -> Command:
     if name == "ping":
         return Ping(rest[:64])
     raise RemoteProtocolError(f"unknown command /{name[:20]}; try /help", hint=400)
-
-
-# ---- server events (server -> client) --------------------------------------------------------------
-@dataclass(frozen=True)
-class ServerEvent:
-    """Base of everything the server sends. ``KIND`` is the line keyword and the JSON ``type``."""
-
-    KIND = ""
-
-
-@dataclass(frozen=True)
-class Welcome(ServerEvent):
-    """First line of every connection."""
-
-    KIND = "HELLO"
-    server: str
-    version: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Message(ServerEvent):
-    """A message in a room; ``seq`` is the room's sequence number (1, 2, 3... without gaps).
-
-    Receiving your own message back is the acknowledgement: it is sent only once the message is
-    durably stored.
-    """
-
-    KIND = "MSG"
-    room: str
-    seq: int
-    ts: float
-    nick: str
-    text: str
-    kind: str = "say"  # or ACTION (/me)
-
-
-@dataclass(frozen=True)
-class Private(ServerEvent):
-    KIND = "PRIV"
-    sender: str
-    target: str
-    ts: float
-    text: str
-
-
-@dataclass(frozen=True)
-class Joined(ServerEvent):
-    KIND = "JOIN"
-    room: str
-    nick: str
-
-
-@dataclass(frozen=True)
-class Parted(ServerEvent):
-    KIND = "PART"
-    room: str
-    nick: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class NickChanged(ServerEvent):
-    """``old`` is ``*`` when a connection chooses its first nick."""
-
-    KIND = "NICK"
-    old: str
-    new: str
-
-
-@dataclass(frozen=True)
-class TopicChanged(ServerEvent):
-    KIND = "TOPIC"
-    room: str
-    nick: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Members(ServerEvent):
-    KIND = "WHO"
-    room: str
-    nicks: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RoomInfo:
-    name: str
-    members: int
-    seq: int
-
-
-@dataclass(frozen=True)
-class RoomList(ServerEvent):
-    KIND = "ROOMS"
-    rooms: tuple[RoomInfo, ...]
-
-
-@dataclass(frozen=True)
-class Synced(ServerEvent):
-    """Catch-up in ``room`` is complete; ``seq`` is the room's latest sequence number."""
-
-    KIND = "SYNC"
-    room: str
-    seq: int
-
-
-@dataclass(frozen=True)
-class Notice(ServerEvent):
-    KIND = "INFO"
-    text: str
-
-
-@dataclass(frozen=True)
-class ErrorReply(ServerEvent):
-    KIND = "ERR"
-    code: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Pong(ServerEvent):
-    KIND = "PONG"
-    token: str
-
-
-@dataclass(frozen=True)
-class Bye(ServerEvent):
-    """The server closes the connection after this line; ``text`` says why."""
-
-    KIND = "BYE"
-    text: str
-
-
-EVENT_TYPES: dict[str, type[ServerEvent]] = {
-    cls.KIND: cls for cls in (Welcome, Message, Private, Joined, Parted, NickChanged, TopicChanged, Members,
-                              RoomList, Synced, Notice, ErrorReply, Pong, Bye)
-}
-_TRAILING = {"Welcome": "text", "Message": "text", "Private": "text", "Parted": "reason",
-             "TopicChanged": "text", "Notice": "text", "ErrorReply": "text", "Bye": "text", "Pong": "token"}
-
-
-def _clean(text: str) -> str:
-    # A server line can never contain a newline: the codec replaces them (defence in depth).
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-def encode_event(event: ServerEvent) -> bytes:
-    """One event as one protocol line (``KIND field... [:trailing]`` + LF)."""
-    out = [event.KIND]
-    if isinstance(event, Members):
-        out += [event.room, *event.nicks]
-    elif isinstance(event, RoomList):
-        out += [f"{r.name}={r.members}/{r.seq}" for r in event.rooms]
-    else:
-        trailing = _TRAILING.get(type(event).__name__)
-        for f in fields(event):
-            value = getattr(event, f.name)
-            if f.name == trailing:
-                continue
-            if isinstance(value, float):
-                out.append(f"{value:.3f}")
-            else:
-                out.append(str(value) if value != "" else "-")
-        if trailing is not None:
-            out.append(":" + _clean(getattr(event, trailing)))
-    return (" ".join(out) + "\n").encode()
-
-
-def parse_event(line: str) -> ServerEvent:
-    """Decode one server line (terminator removed): the client side of :func:`encode_event`.
-
-    Raises:
-        RemoteProtocolError: not a line this protocol's servers send.
-    """
-    head, sep, trailing = line.partition(" :")
-    parts = head.split(" ")
-    cls = EVENT_TYPES.get(parts[0])
-    if cls is None:
-        raise RemoteProtocolError(f"unknown server line {line[:40]!r}")
-    args = parts[1:]
-    try:
-        if cls is Members:
-            return Members(args[0], tuple(args[1:]))
-        if cls is RoomList:
-            rooms = []
-            for item in args:
-                name, _, counts = item.partition("=")
-                members, _, seq = counts.partition("/")
-                rooms.append(RoomInfo(name, int(members), int(seq)))
-            return RoomList(tuple(rooms))
-        tname = _TRAILING.get(cls.__name__)
-        kwargs: dict[str, Any] = {}
-        flist = [f for f in fields(cls) if f.name != tname]
-        if len(args) != len(flist) or (tname is not None and not sep):
-            raise ValueError("wrong number of fields")
-        for f, raw in zip(flist, args, strict=True):
-            value: Any = "" if raw == "-" else raw
-            if f.type in ("int", int):
-                value = int(raw)
-            elif f.type in ("float", float):
-                value = float(raw)
-            kwargs[f.name] = value
-        if tname is not None:
-            kwargs[tname] = trailing
-        return cls(**kwargs)
-    except (ValueError, IndexError, TypeError) as exc:
-        raise RemoteProtocolError(f"malformed {parts[0]} line: {exc}") from None
-
-
-def event_to_json(event: ServerEvent) -> str:
-    """One event as the JSON text a WebSocket client receives: ``{"type": KIND, ...fields}``."""
-    data = asdict(event)
-    data["type"] = event.KIND
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-def event_from_json(text: str) -> ServerEvent:
-    """Decode :func:`event_to_json` output (used by tests and Python clients).
-
-    Raises:
-        RemoteProtocolError: not valid JSON or not a known event.
-    """
-    try:
-        data = json.loads(text)
-        cls = EVENT_TYPES[data.pop("type")]
-        if cls is Members:
-            data["nicks"] = tuple(data["nicks"])
-        if cls is RoomList:
-            data["rooms"] = tuple(RoomInfo(**r) for r in data["rooms"])
-        return cls(**data)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RemoteProtocolError(f"malformed event JSON: {exc}") from None
 
 
 # ---- the server side of one connection --------------------------------------------------------------

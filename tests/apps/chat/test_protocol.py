@@ -49,6 +49,7 @@ from socklab.protocols.chat import (
     parse_command,
     parse_event,
 )
+from socklab.protocols.text import find_unsafe
 
 
 @pytest.mark.parametrize(("line", "expected"), [
@@ -96,7 +97,8 @@ def test_names_and_text() -> None:
     assert check_nick("ann") == "ann"
     assert check_room("#Lobby") == "#lobby"
     assert check_text("héllo", 10) == "héllo"
-    for bad, code in [("", 422), ("  ", 422), ("a\x1b[31mred", 422), ("x" * 11, 413), ("é" * 6, 413)]:
+    for bad, code in [("", 422), ("  ", 422), ("a\x1b[31mred", 422), ("a\x9b31m", 422), ("a\u202eb", 422),
+                      ("x" * 11, 413), ("é" * 6, 413)]:
         with pytest.raises(RemoteProtocolError) as info:
             check_text(bad, 10)
         assert info.value.hint == code
@@ -128,7 +130,62 @@ def test_message_line_is_documented_shape() -> None:
 
 
 def test_newlines_never_split_a_server_line() -> None:
-    assert encode_event(Notice("a\nb\rc")) == b"INFO :a b c\n"
+    assert encode_event(Notice("a\nb\rc")) == b"INFO :a\\nb\\rc\n"
+
+
+UNSAFE_SAMPLES = ["\x1b]0;owned\x07\x1b[2J", "\x9b2J", "\x85", "\u202e", "\u2066", "\u200b", "\ufeff", "\r",
+                  "\x00", "\x7f"]
+
+
+@pytest.mark.parametrize("bad", UNSAFE_SAMPLES, ids=repr)
+@pytest.mark.parametrize("template", [
+    "/quit gone{}", "/part #a bye{}", "/part bye{}", "hello {}", "//x{}", "/say #a hi{}", "/say hi{}",
+    "/me waves{}", "/msg bob psst{}", "/topic new{}", "/ping tok{}", "/nick ann{}", "/join #a{}", "/who #a{}",
+    "/history 5{}", "/rooms {}", "/help {}",
+])
+def test_every_text_field_refuses_controls_bidi_and_zero_width(template: str, bad: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse_command(template.format(bad))
+    assert info.value.hint == 422, info.value
+    assert f"U+{ord(bad[0]):04X}" in str(info.value)
+
+
+def test_quit_reason_with_escapes_is_an_invalid_line_on_the_wire() -> None:
+    conn = ChatConnection()
+    conn.receive_data(b"/quit \x1b]0;owned\x07\x1b[2J\r\n/quit fine\r\n")
+    ev = conn.next_event()
+    assert isinstance(ev, Invalid) and ev.code == 422 and ev.reason.startswith("quit reason holds U+001B")
+    assert conn.next_event() == Quit("fine")
+
+
+def test_part_reason() -> None:
+    assert parse_command("/part #dev see you all") == Part("#dev", "see you all")
+    assert parse_command("/part see you") == Part(None, "see you")
+
+
+def test_tab_is_text() -> None:
+    assert parse_command("a\tb") == Say("a\tb")
+    assert encode_event(Notice("a\tb")) == b"INFO :a\tb\n"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80))
+def test_fuzz_no_command_carries_unsafe_text(text: str) -> None:
+    try:
+        cmd = parse_command(text)
+    except RemoteProtocolError:
+        return
+    for value in vars(cmd).values():
+        assert not isinstance(value, str) or find_unsafe(value, allow_tab=True) is None, cmd
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.text(max_size=20))
+def test_fuzz_server_lines_never_carry_unsafe_characters(text: str, nick: str) -> None:
+    for event in (Message("#a", 1, 1.0, nick, text), Parted("#a", nick, text), Bye(text), Pong(text)):
+        line = encode_event(event)
+        assert line.count(b"\n") == 1 and line.endswith(b"\n")
+        assert find_unsafe(line.decode()[:-1], allow_tab=True) is None
 
 
 def feed(data: bytes, chunk: int) -> list[object]:
@@ -190,7 +247,8 @@ def test_fuzz_parse_command(text: str) -> None:
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,10}", fullmatch=True)
 rooms = st.from_regex(r"#[a-z0-9_\-]{1,8}", fullmatch=True)
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), min_size=1, max_size=40)
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), min_size=1,
+                max_size=40).filter(lambda t: find_unsafe(t, allow_tab=True) is None)  # refused as input
 events = st.one_of(
     st.builds(Message, rooms, st.integers(0, 2**40), st.integers(0, 2**40).map(lambda n: n / 1000), names, texts,
               st.sampled_from(["say", "action"])),

@@ -129,7 +129,7 @@ def test_websocket_limits_1009_and_1007() -> None:
 def test_page_and_static_files_are_served() -> None:
     with chat_node(http_port=0) as node:
         with socket.create_connection(("127.0.0.1", node.http_port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % node.http_port)
             data = b""
             while chunk := s.recv(65536):
                 data += chunk

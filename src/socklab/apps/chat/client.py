@@ -44,6 +44,7 @@ from socklab.protocols.chat import (
     Welcome,
     parse_event,
 )
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["ChatClient", "format_event", "run_terminal_client"]
 
@@ -53,7 +54,16 @@ def _clock(ts: float | None = None) -> str:
 
 
 def format_event(ev: ServerEvent, me: str) -> str | None:
-    """How the terminal shows one event (``None``: nothing to show)."""
+    """How the terminal shows one event (``None``: nothing to show).
+
+    Whatever came from the server is escaped visibly (:func:`escape_peer_text`): the server already
+    refuses such text, but a terminal must not depend on a server being right (defence in depth).
+    """
+    line = _format(ev, me)
+    return None if line is None else escape_peer_text(line)
+
+
+def _format(ev: ServerEvent, me: str) -> str | None:
     if isinstance(ev, Message):
         if ev.kind == ACTION:
             return f"[{_clock(ev.ts)}] {ev.room} * {ev.nick} {ev.text}"
@@ -233,7 +243,7 @@ class ChatClient:
                 try:
                     ev = parse_event(raw.decode("utf-8", "replace").rstrip("\r"))
                 except RemoteProtocolError:
-                    self.show(raw.decode("utf-8", "replace"))
+                    self.show(escape_peer_text(raw.decode("utf-8", "replace").rstrip("\r")))
                     continue
                 self._on_event(ev)
 

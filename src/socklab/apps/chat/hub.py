@@ -75,6 +75,7 @@ from socklab.protocols.chat import (
 __all__ = ["Backend", "ChatHub", "Frame", "LocalBackend", "Member", "Room"]
 
 _ids = itertools.count(1)
+MAX_REASON = 300  # bytes of a topic, or of a part or quit reason
 
 
 class Frame:
@@ -432,7 +433,9 @@ class ChatHub:
 
     def _part(self, member: Member, cmd: Part) -> None:
         self._need_nick(member)
-        self._leave(member, self._target_room(member, cmd.room), "left")
+        name = self._target_room(member, cmd.room)
+        reason = check_text(cmd.reason, MAX_REASON, "part reason") if cmd.reason else ""
+        self._leave(member, name, f"left: {reason}" if reason else "left")
 
     def _privmsg(self, member: Member, cmd: PrivMsg) -> None:
         nick = self._need_nick(member)
@@ -488,7 +491,7 @@ class ChatHub:
             else:
                 member.send(Notice(f"{name} has no topic; set one with /topic TEXT"))
             return
-        text = check_text(cmd.text, min(self.settings.max_message, 300))
+        text = check_text(cmd.text, min(self.settings.max_message, MAX_REASON), "topic")
         room.topic, room.topic_by = text, nick
         self.backend.set_topic(name, nick, text)
         self.backend.room_event(name, TopicChanged(name, nick, text))
@@ -499,8 +502,10 @@ class ChatHub:
         self._replay(member, name, None, min(cmd.count, self.settings.max_catchup))
 
     def _quit(self, member: Member, cmd: Quit) -> None:
-        member.close_with(Bye("bye" + (f": {cmd.reason}" if cmd.reason else "")))
-        self.detach(member, "quit" + (f": {cmd.reason}" if cmd.reason else ""))
+        # parse_command refused unsafe characters already; the size is bounded here like a topic's
+        reason = check_text(cmd.reason, MAX_REASON, "quit reason") if cmd.reason.strip() else ""
+        member.close_with(Bye("bye" + (f": {reason}" if reason else "")))
+        self.detach(member, "quit" + (f": {reason}" if reason else ""))
 
     def _help(self, member: Member, cmd: Help) -> None:
         member.send(Notice(HELP_TEXT))
