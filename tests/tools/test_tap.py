@@ -132,6 +132,50 @@ def test_tls_is_terminated_so_the_tap_sees_and_records_the_plaintext(tls_files: 
     assert up == secret  # the recording holds the plaintext, not TLS records
 
 
+def test_a_request_in_the_same_segment_as_the_tls_finished_is_relayed(tls_files: dict[str, str]) -> None:
+    """The cause of issue 15's flaky TLS test: on a busy machine the client's Finished and its first
+    request reach the tap in one recv; the TLS layer hands the request over before the upstream is
+    connected, and the tap dropped it (the client then waited for an echo that never came). Here
+    the coalescing is made certain: a memory-BIO client sends Finished + request in one write."""
+    import ssl
+
+    from socklab.core.sockets import client_ssl_context
+
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll", tls_cert=tls_files["cert"],
+                                tls_key=tls_files["key"]))
+    srv.listen(EchoProtocol)
+    srv.start()
+    try:
+        with Tap(target=("127.0.0.1", srv.port), tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+                 upstream_tls=client_ssl_context(tls_files["ca"])) as tap, \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ssl.create_default_context(cafile=tls_files["ca"]).wrap_bio(
+                incoming, outgoing, server_hostname="127.0.0.1")
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    assert data, "the tap closed during the handshake"
+                    incoming.write(data)
+            tls.write(b"first request\n")
+            sock.sendall(outgoing.read())  # (TLS 1.3) the client's Finished and the request, together
+            got = b""
+            while len(got) < len(b"first request\n"):
+                data = sock.recv(65536)  # 30 s: only a lost request takes that long
+                assert data, "the tap closed instead of relaying"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    got += tls.read(65536)
+            assert got == b"first request\n"
+    finally:
+        srv.shutdown(timeout=1)
+
+
 def test_tls_needs_a_tcp_tap() -> None:
     from socklab.core.errors import UsageError
 

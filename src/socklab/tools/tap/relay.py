@@ -128,9 +128,17 @@ class _Pipe:
         self.done = False
         self.close_after = False
         self.noted: set[str] = set()
+        # What arrived before the destination was connected. A plain socket is not read until
+        # then (pause_reading), but a TLS layer may already hold decrypted records: a client's
+        # first request often comes in the same segment as its handshake's Finished.
+        self.early: list[bytes] = []
+        self.early_eof = False
 
     # ---- input -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
+        if self.dst is None:
+            self.early.append(data)
+            return
         if self.done or self.close_after:
             return  # finished, or limit_data already cut this direction
         if self.hung:
@@ -194,8 +202,19 @@ class _Pipe:
             i += size
         return out
 
+    def connected(self) -> None:
+        """The destination is there: pass on what arrived before it."""
+        early, self.early = self.early, []
+        for data in early:
+            self.feed(data)
+        if self.early_eof:
+            self.eof()
+
     def eof(self) -> None:
         """The source finished (FIN): pass it on, after queued data and any slow_close delay."""
+        if self.dst is None:
+            self.early_eof = True
+            return
         if self.done or (self.hung and not self.close_after):
             return  # a hung direction passes nothing on, not even the FIN
         slow = self.kinds.get("slow_close")
@@ -406,7 +425,7 @@ class _TcpRelay:
         for obs in self.tap.observers:
             obs.opened(self.info)
         if self.tap.splice and not self.plan.active and not any(o.wants_data for o in self.tap.observers) \
-                and hasattr(os, "splice"):
+                and hasattr(os, "splice") and not self.up.early and not self.up.early_eof:
             self._start_splice(transport)
             return
         for direction in (UPSTREAM, DOWNSTREAM):
@@ -420,7 +439,9 @@ class _TcpRelay:
                            + (f", closing after {hang['timeout']:g} ms" if hang["timeout"] else " (hang)"))
                 if hang["timeout"] > 0:
                     self.timers.append(self.tap.engine.call_later(hang["timeout"] / 1000.0, self.close_all))
-        self.client.resume_reading()
+        self.up.connected()
+        if not self.finished:
+            self.client.resume_reading()
 
     def _start_splice(self, server: Transport) -> None:
         assert self.client is not None
