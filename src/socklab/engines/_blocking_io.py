@@ -31,12 +31,12 @@ from socklab.core.errors import translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.transport import Transport
 from socklab.engines._datagram import DatagramEndpointBase
-from socklab.engines.base import Connection, HalfCloseMixin, socket_extra_info
+from socklab.engines.base import Connection, HalfCloseMixin, Timer, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.blocking import BlockingEngine
 
-__all__ = ["RECV_SIZE", "Clock", "DatagramEndpoint", "Flusher", "StreamTransport"]
+__all__ = ["RECV_SIZE", "Clock", "DatagramEndpoint", "Flusher", "StreamTransport", "Timer"]
 
 RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see PERF_NOTES)
 RECV_START = 16 * 1024  # a connection's first buffer; it grows to RECV_SIZE once a recv fills it
@@ -46,34 +46,24 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 
 # ---- the timer thread ----------------------------------------------------------------------------
-class _Timer:
-    __slots__ = ("callback", "cancelled", "when")
-
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class Clock:
     """One thread running due callbacks under the engine lock; waits on a condition, never polls."""
 
     def __init__(self, engine: BlockingEngine) -> None:
         self.engine = engine
-        self._heap: list[tuple[float, int, _Timer]] = []
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0  # cancelled entries still in the heap (see _timer_cancelled)
         self._seq = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def schedule(self, delay: float, callback: Callable[[], None]) -> _Timer:
-        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+    def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback, self)
         with self._cond:
             if self._closed:
-                timer.cancelled = True
+                timer.popped()
+                timer.cancel()
                 return timer
             heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
             if self._thread is None:
@@ -100,7 +90,12 @@ class Clock:
                 now = time.monotonic()
                 due = []
                 while heap and heap[0][0] <= now:
-                    due.append(heapq.heappop(heap)[2])
+                    timer = heapq.heappop(heap)[2]
+                    if timer.cancelled:
+                        self._cancelled -= 1
+                    else:
+                        timer.popped()
+                        due.append(timer)
             with engine.lock:
                 for timer in due:
                     if timer.cancelled:
@@ -110,9 +105,21 @@ class Clock:
                     except Exception as exc:
                         engine.report_error(exc, f"timer callback {timer.callback!r}")
 
+    def _timer_cancelled(self) -> None:
+        """A timer in the heap was cancelled (any thread): once most entries are dead, rebuild
+        the heap without them, as asyncio does, so churn leaves no trail behind."""
+        with self._cond:
+            self._cancelled += 1
+            heap = self._heap
+            if self._cancelled > 64 and self._cancelled * 2 > len(heap):
+                heap[:] = [entry for entry in heap if not entry[2].cancelled]
+                heapq.heapify(heap)
+                self._cancelled = 0
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._cancelled = 0
             self._heap.clear()
             self._cond.notify()
             thread = self._thread
@@ -704,7 +711,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.engine.name,
                                  tracer=self.tracer, peer=self.peer)
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.engine.call_later(delay, callback)
 
 

@@ -40,12 +40,52 @@ from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 
 __all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "HalfCloseMixin", "ProtocolFactory", "ReadPauseMixin",
-           "socket_extra_info"]
+           "Timer", "socket_extra_info"]
 
 log = logging.getLogger("socklab")
 
 ProtocolFactory = Callable[[], Protocol]
 DatagramFactory = Callable[[], DatagramProtocol]
+
+
+def _nothing() -> None:
+    """What a cancelled timer's callback becomes."""
+
+
+class Timer:
+    """What ``call_later`` returns on socklab's own engines (the reactor and the blocking ones).
+
+    ``cancel()`` releases the callback at once: a cancelled timer stays in its engine's heap
+    until its deadline (or until the engine compacts the heap), and a callback kept there would
+    keep its protocol - and the whole closed connection - in memory until then. (asyncio's
+    ``TimerHandle.cancel`` drops its callback the same way.) ``owner._timer_cancelled()`` lets
+    the engine count the dead entries in its heap and compact it.
+    """
+
+    __slots__ = ("_owner", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None], owner: Any = None) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+        self._owner = owner
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.callback = _nothing
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._timer_cancelled()
+
+    def popped(self) -> None:
+        """The engine took it off its heap (to run it, or dropped it): no more counting."""
+        self._owner = None
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else f"{self.callback!r}"
+        return f"<Timer at {self.when:.3f}: {state}>"
 
 
 @dataclass(frozen=True)

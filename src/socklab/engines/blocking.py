@@ -66,7 +66,7 @@ from socklab.engines._blocking_io import (
     DatagramEndpoint,
     Flusher,
     StreamTransport,
-    _Timer,
+    Timer,
 )
 from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
 
@@ -143,7 +143,7 @@ class BlockingEngine(Engine):
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._clock.schedule(0.0, callback)
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self._clock.schedule(delay, callback)
 
     def stop(self) -> None:

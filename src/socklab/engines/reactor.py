@@ -50,6 +50,7 @@ from socklab.engines.base import (
     HalfCloseMixin,
     ProtocolFactory,
     ReadPauseMixin,
+    Timer,
     socket_extra_info,
 )
 
@@ -151,18 +152,6 @@ class SelectPoller(Poller):
         return list(ready.items())
 
 
-class _Timer:
-    __slots__ = ("callback", "cancelled", "when")
-
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 # ---- the reactor ---------------------------------------------------------------------------------
 class Reactor(Engine):
     """The loop shared by the select, poll and epoll engines."""
@@ -176,7 +165,8 @@ class Reactor(Engine):
         self._poller = self.poller_class()
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
-        self._timers: list[tuple[float, int, _Timer]] = []
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled_timers = 0  # cancelled entries still in the heap (see _timer_cancelled)
         self._seq = itertools.count()
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
@@ -239,10 +229,22 @@ class Reactor(Engine):
         except OSError:
             pass  # closed during shutdown
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
-        timer = _Timer(time.monotonic() + max(0.0, delay), callback)
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback, self)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
+
+    def _timer_cancelled(self) -> None:
+        """A timer in the heap was cancelled: once most entries are dead, rebuild the heap without
+        them (asyncio's rule), so that churn - a long timer per connection, cancelled at close -
+        leaves no trail of dead entries behind."""
+        self._cancelled_timers += 1
+        timers = self._timers
+        if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(timers):
+            live = [entry for entry in timers if not entry[2].cancelled]
+            heapq.heapify(live)
+            timers[:] = live  # in place: run() holds a reference to this list
+            self._cancelled_timers = 0
 
     def _drain_wakeup(self) -> None:
         try:
@@ -263,13 +265,19 @@ class Reactor(Engine):
         self._stopping = False
         if ready is not None:
             ready_q.append(ready)
+        # The last handler, timer and callback run stay in these locals until overwritten; they
+        # are cleared before each wait, so an idle loop holds no closed connection alive.
+        cb: Callable[[], None] | None = None
+        maybe: Callable[[], None] | None = None
+        callback: Callable[[], None] | None = None
+        timer: Timer | None = None
         while not self._stopping:
             if ready_q:
                 timeout: float | None = 0.0
-            elif timers:  # self.now is at most one loop iteration old: good enough for a timeout
-                timeout = max(0.0, timers[0][0] - self.now)
             else:
-                timeout = None
+                cb = maybe = callback = timer = None
+                # self.now is at most one loop iteration old: good enough for a timeout
+                timeout = max(0.0, timers[0][0] - self.now) if timers else None
             try:
                 events = poll(timeout)
             except InterruptedError:
@@ -293,11 +301,14 @@ class Reactor(Engine):
                         maybe()
             while timers and timers[0][0] <= self.now:
                 timer = heapq.heappop(timers)[2]
-                if not timer.cancelled:
-                    try:
-                        timer.callback()
-                    except Exception as exc:
-                        self.report_error(exc, f"timer callback {timer.callback!r}")
+                if timer.cancelled:
+                    self._cancelled_timers -= 1
+                    continue
+                timer.popped()
+                try:
+                    timer.callback()
+                except Exception as exc:
+                    self.report_error(exc, f"timer callback {timer.callback!r}")
             for _ in range(len(ready_q)):
                 callback = ready_q.popleft()
                 try:
@@ -750,7 +761,7 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.reactor.name,
                                  tracer=self.tracer, peer=self.peer)
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.reactor.call_later(delay, callback)
 
 
