@@ -63,6 +63,9 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
                 decl = [f"{name}/--no-{name[2:]}"] if default else [name]
                 func = click.option(*decl, f.name, default=default, is_flag=True, **kwargs)(func)
                 continue
+            if typing.get_origin(typ) is tuple:  # a repeatable option (tuple[str, ...])
+                func = click.option(name, f.name, default=default, multiple=True, type=str, **kwargs)(func)
+                continue
             if f.metadata.get("choices"):
                 kwargs["type"] = click.Choice(f.metadata["choices"])
             else:

@@ -15,6 +15,12 @@ Handlers are synchronous and run on the engine, serialized with the protocol cal
 handler blocks every connection of that engine (or, on the threaded engines, holds the engine
 lock). Keep them short; hand long work to a thread and answer later over a WebSocket.
 
+A handler whose answer comes later (JSON-RPC calls running on a thread pool) returns a
+:class:`Pending` and calls ``pending.resolve(response)`` on the engine thread when it is ready;
+the connection answers nothing else meanwhile (HTTP/1.1 answers in order) and stops reading the
+client once ``max_pipelined`` bytes wait. ``request.connection`` lets a handler keep state for
+the connection (``connection.state``) and learn when it closes (``connection.on_close``).
+
 A ``HEAD`` request is answered by the ``GET`` handler with the body dropped (RFC 9110 §9.3.2).
 """
 
@@ -28,11 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Union
 
+from socklab.apps.http.guards import PeerCount
+from socklab.protocols.text import escape_peer_text
+
 if TYPE_CHECKING:
     from socklab.apps.http.static import StaticFiles
     from socklab.apps.http.websocket import WebSocket
 
-__all__ = ["Body", "FileSpan", "Handler", "Request", "Response", "Router", "WebSocketHandler"]
+__all__ = ["Body", "FileSpan", "Handler", "Pending", "Request", "Response", "Router", "WebSocketHandler"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Request:
         body: the whole body (at most ``max_body`` bytes).
         client: the peer address.
         http_version: ``"1.1"`` or ``"1.0"``.
+        connection: the connection it came on (``state`` dict, ``on_close(callback)``,
+            ``transport``), or ``None`` outside a server.
     """
 
     method: str
@@ -72,6 +83,7 @@ class Request:
     http_version: str = "1.1"
     segments: tuple[str, ...] = ()
     trailing_slash: bool = False
+    connection: Any = field(default=None, repr=False, compare=False)
     _index: dict[bytes, bytes] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -133,7 +145,37 @@ class Response:
         return f"Response({self.status}, {self.headers!r})"
 
 
-Handler = Callable[[Request], Response]
+class Pending:
+    """A response a handler gives later: return it, then call :meth:`resolve` on the engine thread."""
+
+    __slots__ = ("_deliver", "response")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._deliver: Callable[[Response], None] | None = None
+
+    def resolve(self, response: Response) -> None:
+        """Send ``response`` (once; later calls are ignored, as are calls after the connection closed)."""
+        if self.response is not None:
+            return
+        self.response = response
+        deliver, self._deliver = self._deliver, None
+        if deliver is not None:
+            deliver(response)
+
+    def on_resolved(self, deliver: Callable[[Response], None]) -> None:
+        """Called by the HTTP protocol: ``deliver`` gets the response (now, if it is already there)."""
+        if self.response is not None:
+            deliver(self.response)
+        else:
+            self._deliver = deliver
+
+    def cancel(self) -> None:
+        """The connection closed: drop the delivery."""
+        self._deliver = None
+
+
+Handler = Callable[[Request], Response | Pending]
 WebSocketHandler = Callable[["WebSocket"], None]
 
 
@@ -144,6 +186,7 @@ class Router:
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     ws_routes: dict[str, WebSocketHandler] = field(default_factory=dict)
     mounts: list[tuple[tuple[str, ...], StaticFiles]] = field(default_factory=list)
+    peers: PeerCount = field(default_factory=PeerCount)  # connections per client address (every listener)
 
     def add_route(self, method: str, path: str, handler: Handler) -> None:
         """Answer ``method path`` (exact path match) with ``handler``."""
@@ -177,7 +220,7 @@ class Router:
         self.mounts.sort(key=lambda m: -len(m[0]))  # longest prefix first
         return files
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Pending:
         """The response to ``request``: a route, else a static mount, else 404/405."""
         method = "GET" if request.method == "HEAD" else request.method
         handler = self.routes.get((method, request.path))
@@ -187,7 +230,8 @@ class Router:
             try:
                 return handler(request)
             except Exception:  # a handler bug: 500 for the client, the traceback for the operator
-                print(f"socklab http: handler for {request.method} {request.path} failed:", file=sys.stderr)
+                print(f"socklab http: handler for {escape_peer_text(request.method)} {escape_peer_text(request.path)} "
+                      "failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
                 return Response.text(500, "500 Internal Server Error\n")
         allowed = sorted({m for (m, p) in self.routes if p == request.path}) if self.routes else []

@@ -58,6 +58,15 @@ class HttpSettings(ServerSettings):
     sendfile: bool = setting(True, "Send file bodies with sendfile() where the engine allows.")
     file_cache: int = setting(8 << 20, "Bytes of small files (<= 16 KiB) kept in memory between requests, "
                                        "revalidated by fstat of the opened file on every request; 0 = off.")
+    max_connections_per_ip: int = setting(64, "Connections one client address may hold at once; the excess gets "
+                                              "503 and a close (0 = no cap). Behind a proxy every client shares "
+                                              "its address: raise it.")
+    allow_host: tuple[str, ...] = setting((), "A Host name (NAME or NAME:PORT) to answer on a loopback connection "
+                                              "besides localhost, 127.x and [::1] (against DNS rebinding; others "
+                                              "get 421). Repeatable.", metavar="NAME")
+    allow_origin: tuple[str, ...] = setting((), "A web page origin (http://host:port) allowed to open WebSockets "
+                                                "besides this server's own; '*' allows all (others get 403). "
+                                                "Repeatable.", metavar="ORIGIN")
     parser: str = setting("auto", "HTTP/1.1 parser under the strict head framer: httptools (llhttp, C), h11 (pure "
                                   "Python), or auto (httptools when installed).", choices=("auto", "httptools", "h11"))
 
@@ -71,6 +80,8 @@ class HttpSettings(ServerSettings):
                      "ws_max_queue"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.max_connections_per_ip < 0:
+            raise UsageError("max_connections_per_ip cannot be negative (0 = no cap)")
         if self.file_cache < 0:
             raise UsageError("file_cache cannot be negative")
         if self.parser == "httptools":

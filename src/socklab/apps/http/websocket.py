@@ -28,9 +28,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from wsproto import WSConnection
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import Request as WSRequest
+
+from socklab.apps.http.guards import origin_allowed
+from socklab.apps.http.sending import WEBSOCKET
+from socklab.protocols.text import escape_peer_text
 
 if TYPE_CHECKING:
     from socklab.apps.http.protocol import HttpProtocol
@@ -38,10 +43,57 @@ if TYPE_CHECKING:
     from socklab.apps.http.settings import HttpSettings
     from socklab.core.transport import TimerHandle
 
-__all__ = ["WebSocket"]
+__all__ = ["WebSocket", "upgrade"]
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, CLOSE_BAD_DATA = 1000, 1001, 1002, 1009, 1007
 CLOSE_INTERNAL = 1011
+
+
+def upgrade(proto: HttpProtocol, req: Request, line: str) -> None:
+    """Answer a WebSocket handshake on ``proto`` (RFC 6455 §4.2): 404, 403, 400 or 101 and a :class:`WebSocket`.
+
+    The ``Origin`` is checked first (cross-site WebSocket hijacking, RFC 6455 §10.2): absent (not a
+    browser), same-origin with the ``Host`` or the connection's own address, or in ``allow_origin``;
+    anything else gets 403 before the route's handler hears of it.
+    """
+    handler = proto.router.ws_routes.get(req.path)
+    if handler is None:
+        proto._error(404, "no WebSocket endpoint here", line=line, req=req)
+        return
+    settings = proto.settings
+    origin = req.header("origin")
+    if not origin_allowed(origin, req.header("host"), proto.local, tls=proto.tls, allowed=settings.allow_origin):
+        proto._error(403, f"WebSocket from origin {escape_peer_text(origin or '')[:200]} refused: only this "
+                          "server's own pages may connect (see --allow-origin)", line=line, req=req)
+        return
+    conn = WSConnection(ConnectionType.SERVER)
+    try:  # RFC 6455 §4.2.1: the handshake's required fields
+        conn.initiate_upgrade_connection(req.headers, req.target)
+        events = list(conn.events())
+        if not events or not isinstance(events[0], WSRequest):
+            raise ValueError("not a WebSocket handshake")
+    except Exception as exc:
+        proto._error(400, f"bad WebSocket handshake: {escape_peer_text(str(exc))[:200]}", line=line, req=req)
+        return
+    proto.transport.write(conn.send(AcceptConnection()))
+    if proto.access_log:
+        proto.access_log(req, proto.client, 101, 0, line)
+    proto._cancel_timer()
+    proto.state = WEBSOCKET
+    proto.ws = ws = WebSocket(proto, conn, req, settings)
+    try:
+        handler(ws)
+    except Exception:  # a handler bug: close 1011 and serve on
+        print(f"socklab http: WebSocket handler for {escape_peer_text(req.path)} failed:", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        ws.close(1011, "internal error")
+        return
+    ws.flush_queue()
+    leftover = proto.parser.take_leftover()
+    if leftover:
+        ws.receive(leftover)
+    if proto._shutdown:
+        ws.shutdown()
 
 
 class WebSocket:
@@ -148,7 +200,8 @@ class WebSocket:
         try:
             callback(msg)
         except Exception:  # a handler bug: close this connection (1011), tell the operator, serve on
-            print(f"socklab http: WebSocket handler for {self.request.path} failed:", file=sys.stderr)
+            print(f"socklab http: WebSocket handler for {escape_peer_text(self.request.path)} failed:",
+                  file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             self._fail(CLOSE_INTERNAL, "internal error")
 
