@@ -185,7 +185,7 @@ def test_tls_needs_a_tcp_tap() -> None:
 
 def test_splice_back_pressure_stops_reading_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A receiver that does not read makes the pump wait for EPOLLOUT, then finish byte-exact."""
-    from socklab.tools.tap.relay import _SplicePump
+    from socklab.tools.tap.splice import _SplicePump
 
     blocked, writable = threading.Event(), []
     flush, on_writable = _SplicePump._flush, _SplicePump._on_writable

@@ -1,6 +1,6 @@
 """What the tap does with the traffic it relays: print it, capture it as pcapng, record it.
 
-Why this exists: each view is an :class:`~socklab.tools.tap.relay.Observer`, so the relay stays one
+Why this exists: each view is an :class:`~socklab.tools.tap.events.Observer`, so the relay stays one
 loop and the views combine freely (``--hexdump --pcap f.pcapng --record s.jsonl``).
 
 - :class:`DumpObserver`: a hexdump or text view with direction markers (``>>`` client to server,
@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from socklab.core.trace import format_addr
 from socklab.protocols.pcap import PcapngWriter, TcpFlow, udp_frame
-from socklab.tools.tap.relay import UPSTREAM, ConnInfo, Observer
+from socklab.tools.tap.events import UPSTREAM, ConnInfo, Observer
 
 __all__ = ["DumpObserver", "PcapObserver", "RecordObserver", "hexdump"]
 
