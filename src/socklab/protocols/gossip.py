@@ -29,7 +29,9 @@ socklab transfer, see :mod:`socklab.protocols.transfer`) or REFUSED.
 Sans-I/O: :class:`GossipConnection` - ``receive_data(bytes)`` (``b""`` = EOF), ``next_event()``
 returns a frame (a frozen dataclass), :class:`EndOfStream`, or ``None``; ``send(frame) -> bytes``. A peer that breaks the
 format raises :class:`~socklab.core.errors.RemoteProtocolError`; sending a malformed frame
-ourselves raises :class:`~socklab.core.errors.LocalProtocolError`.
+ourselves raises :class:`~socklab.core.errors.LocalProtocolError`. No string in a frame (names,
+paths, text, file names, reasons) may hold a control, bidi or zero-width character (see
+:mod:`socklab.protocols.text`): they reach terminals, so such a frame is a protocol error.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+from socklab.protocols.text import find_unsafe
 
 __all__ = [
     "MAX_FRAME",
@@ -255,6 +258,8 @@ def _str(obj: dict[str, Any], key: str, *, pattern: re.Pattern[str] | None = Non
         raise _bad(f"{key!r} is empty or too long")
     if pattern is not None and not pattern.match(value):
         raise _bad(f"{key!r} is malformed")
+    if find_unsafe(value, allow_tab=key == "text") is not None:  # names and text reach terminals
+        raise _bad(f"{key!r} holds a control, bidi or zero-width character")
     return value
 
 
@@ -281,8 +286,8 @@ def _member(obj: Any) -> Member:
 def _flood_fields(obj: dict[str, Any]) -> dict[str, Any]:
     path = obj.get("path")
     if not isinstance(path, list) or len(path) > 255 or not all(
-            isinstance(p, str) and 0 < len(p) <= _MAX_NAME for p in path):
-        raise _bad("'path' must be a list of up to 255 names")
+            isinstance(p, str) and 0 < len(p) <= _MAX_NAME and find_unsafe(p) is None for p in path):
+        raise _bad("'path' must be a list of up to 255 names (no control characters)")
     return {"mid": _str(obj, "mid", pattern=_ID_RE), "origin": _str(obj, "origin", pattern=_ID_RE),
             "sender": _str(obj, "from"), "hops": _int(obj, "hops", 0, 255), "path": tuple(path)}
 

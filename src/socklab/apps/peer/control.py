@@ -109,12 +109,15 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -
     """Send one request to a node's control socket and return its answer.
 
     Raises:
+        UsageError: the socket or its directory belongs to another user (see ``check_control_socket``).
         NetworkError (ConnectionRefused...): no node listens there.
         TimeoutError_: no answer within ``timeout``.
         RemoteProtocolError: the answer is not JSON.
     """
+    from socklab.apps.peer.settings import check_control_socket
     from socklab.core.errors import RemoteProtocolError
 
+    check_control_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)

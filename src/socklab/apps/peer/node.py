@@ -28,28 +28,25 @@ prompt reader) go through :meth:`PeerNode.submit`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import ssl
 import sys
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, TextIO
 
-from socklab.apps.peer.links import FetchRequest, FetchResult, PeerLink, Receiver, send_file, sha256_of
-from socklab.apps.peer.settings import PeerSettings
-from socklab.apps.transfer.receiver import ReceiveSession, ReceiveSettings
-from socklab.core.errors import RemoteProtocolError, SocklabError, UsageError
+from socklab.apps.peer import files
+from socklab.apps.peer.links import FetchResult, PeerLink
+from socklab.apps.peer.settings import WILDCARD_HOSTS, PeerSettings, prepare_control_dir
+from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.server import Server
 from socklab.core.sockets import (
-    Endpoint,
     client_ssl_context,
-    open_tcp_listener,
     parse_endpoint,
     server_ssl_context,
 )
@@ -57,11 +54,9 @@ from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle
 from socklab.protocols import gossip as g
 from socklab.protocols.chat import check_text
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["PeerNode"]
-
-_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-
 
 @dataclass
 class _Target:
@@ -72,6 +67,20 @@ class _Target:
     dialing: bool = False
     timer: TimerHandle | None = None
     is_self: bool = False
+    expect_id: str | None = None  # a rumoured member: the id its HELLO must carry, or the dial is dropped
+
+
+_MAX_KNOWN = 1024  # members remembered from rumours (a MEMBERS frame holds at most as many)
+
+
+def _dialable(address: str) -> bool:
+    """Whether a rumoured ``host:port`` is a unicast IP literal worth a dial (no name, 0.0.0.0, multicast)."""
+    try:
+        ep = parse_endpoint(address)
+        ip = ipaddress.ip_address(ep.host)
+    except (UsageError, ValueError):
+        return False
+    return 0 < ep.port < 65536 and not (ip.is_unspecified or ip.is_multicast)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -104,15 +113,15 @@ class PeerNode:
         # and a link stands only if the mesh's CA signed the other side's (names are not checked:
         # membership is the CA's signature). Without --tls-cert, links are plain TCP.
         self._tls_server: ssl.SSLContext | None = None
-        self._tls_client: ssl.SSLContext | None = None
+        self.tls_client: ssl.SSLContext | None = None
         if settings.tls_cert and settings.cafile:
             self._tls_server = server_ssl_context(settings.tls_cert, settings.tls_key, client_ca=settings.cafile)
-            self._tls_client = client_ssl_context(settings.cafile, cert=settings.tls_cert, key=settings.tls_key,
+            self.tls_client = client_ssl_context(settings.cafile, cert=settings.tls_cert, key=settings.tls_key,
                                                   check_hostname=False)
         addr = self.server.listen(lambda: PeerLink(self), ssl_context=self._tls_server)
         self.listen = _hostport(str(addr[0]), int(addr[1]))
         self.control_path = settings.control_path
-        Path(self.control_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        prepare_control_dir(self.control_path)
         from socklab.apps.peer.control import ControlProtocol
 
         self.server.listen(lambda: ControlProtocol(self), unix=self.control_path, tls=False)  # local, in a 0700 directory
@@ -167,8 +176,8 @@ class PeerNode:
         return self._out if self._out is not None else sys.stdout
 
     def log(self, text: str) -> None:
-        """One line of node news (links up/down, files) on the output."""
-        print(f"*** {text}", file=self.out, flush=True)
+        """One line of node news (links up/down, files) on the output; peer text in it is shown escaped."""
+        print(f"*** {escape_peer_text(text)}", file=self.out, flush=True)
 
     def _norm(self, address: str) -> str:
         ep = parse_endpoint(address)
@@ -183,17 +192,28 @@ class PeerNode:
     # ---- dialling -------------------------------------------------------------------------------------
     def consider(self, member: g.Member, *, persistent: bool = False) -> None:
         """A node heard of (MEMBERS, discovery): remember it and dial it if we have room."""
-        if member.id == self.id:
+        if member.id == self.id or self.stopping:
+            return
+        # A rumour (a neighbour's MEMBERS, a discovery announce) is not a fact. It is remembered
+        # (``known`` holds at most _MAX_KNOWN members) but its address is dialled only while this
+        # node has room for links (rumoured dials in flight count against that room, so a list of
+        # 1,024 addresses is not 1,024 dials), only if it is a unicast IP:port, and the link stands
+        # only if the HELLO there carries the id the rumour claimed; otherwise the member is forgotten.
+        if member.id not in self.known and len(self.known) >= _MAX_KNOWN and not persistent:
+            return
+        if not persistent and not _dialable(member.listen):
             return
         self.known[member.id] = member
-        if member.id in self.links or self.stopping:
+        if member.id in self.links:
             return
         address = member.listen
         target = self.targets.get(address)
         if target is None:
-            if len(self.links) >= self.settings.max_neighbours and not persistent:
+            rumours_in_flight = sum(1 for t in self.targets.values() if t.expect_id is not None and t.dialing)
+            if not persistent and len(self.links) + rumours_in_flight >= self.settings.max_neighbours:
                 return
-            target = self.targets[address] = _Target(persistent=persistent)
+            target = self.targets[address] = _Target(persistent=persistent,
+                                                     expect_id=None if persistent else member.id)
         if not target.dialing and target.timer is None and not target.is_self:
             self._dial(address)
 
@@ -215,7 +235,7 @@ class PeerNode:
             self.log(f"cannot dial {address}: {exc}")
             del self.targets[address]
             return
-        self.engine.connect_stream(endpoint, lambda: PeerLink(self, dialed=address), ssl_context=self._tls_client,
+        self.engine.connect_stream(endpoint, lambda: PeerLink(self, dialed=address), ssl_context=self.tls_client,
                                    timeout=self.settings.connect_timeout,
                                    on_error=lambda exc: self._dial_failed(address, exc))
 
@@ -258,10 +278,22 @@ class PeerNode:
             return False
         listen = hello.listen
         host = listen.rsplit(":", 1)[0].strip("[]")
-        if host in _WILDCARD_HOSTS:  # it listens everywhere: reach it where it came from
+        if host in WILDCARD_HOSTS:  # it listens everywhere: reach it where it came from
             peer = link.transport.get_extra_info("peername")
             listen = _hostport(str(peer[0]), int(listen.rsplit(":", 1)[1]))
         member = g.Member(hello.id, hello.name, listen)
+        rumoured = self.targets.get(link.dialed) if link.dialed is not None else None
+        if rumoured is not None and rumoured.expect_id is not None and rumoured.expect_id != hello.id:
+            # the rumour named one node and another answered: drop the link and forget the address
+            self.log(f"dropping {escape_peer_text(link.dialed)}: it was announced as node {rumoured.expect_id} "
+                     f"but answered as {hello.id}")
+            del self.targets[str(link.dialed)]
+            if self.known.get(rumoured.expect_id, None) is not None and \
+                    self.known[rumoured.expect_id].listen == link.dialed:
+                del self.known[rumoured.expect_id]
+            link.superseded = True
+            link.close()
+            return False
         existing = self.links.get(hello.id)
         if existing is not None and existing is not link:
             low = min(self.id, hello.id)
@@ -323,7 +355,7 @@ class PeerNode:
             self._tell_members(exclude=link)
             return
         if isinstance(event, g.Want):
-            self._serve_want(link, event)
+            files.serve_want(self, link, event)
             return
         if isinstance(event, g.EndOfStream):
             link.close()
@@ -351,7 +383,7 @@ class PeerNode:
 
     def _tell_members(self, exclude: PeerLink) -> None:
         members = g.Members((*self.known.values(), self.me()))
-        for link in self.links.values():
+        for link in list(self.links.values()):  # a failed send can remove a link while we walk them
             if link is not exclude:
                 link.send(members)
 
@@ -382,15 +414,15 @@ class PeerNode:
         """
         check_text(text, self.settings.max_text)
         frame = g.Msg(uuid.uuid4().hex, self.id, self.name, self.settings.hop_limit, (self.name,), text)
-        self._originate(frame)
+        self.originate(frame)
         return frame.mid
 
-    def _originate(self, frame: g.Flooded) -> None:
+    def originate(self, frame: g.Flooded) -> None:
         self.seen.first_time(frame.mid, time.monotonic())
         self.history.add(frame)
         self._record(frame, frame.path)
         self.counters["sent"] += 1
-        for link in self.links.values():
+        for link in list(self.links.values()):
             link.send(frame)
 
     def receive_flood(self, frame: g.Flooded, via: PeerLink | None) -> None:
@@ -399,12 +431,15 @@ class PeerNode:
             self.counters["duplicates"] += 1
             return
         self.counters["unique"] += 1
+        if frame.hops > self.settings.hop_limit:  # a peer may not buy more reach than this node grants
+            frame = replace(frame, hops=self.settings.hop_limit)
         path = (*frame.path, self.name)
         # kept as this node would pass it on, so a catch-up answer shows the path through here
         self.history.add(replace(frame, hops=max(0, frame.hops - 1), path=path[-255:]))
         self._record(frame, path)
         if isinstance(frame, g.Msg):
-            print(f"<{frame.sender}> {frame.text}   (via {' > '.join(path)})", file=self.out, flush=True)
+            print(escape_peer_text(f"<{frame.sender}> {frame.text}   (via {' > '.join(path)})"), file=self.out,
+                  flush=True)
         elif isinstance(frame, g.Offer):
             self.offers[frame.sha256] = frame
             self.log(f"{frame.sender} shares {frame.file} ({frame.size} bytes, sha256 {frame.sha256[:12]}...): "
@@ -412,7 +447,7 @@ class PeerNode:
         onward = g.forward(frame, self.name)
         if onward is None:
             return
-        for link in self.links.values():
+        for link in list(self.links.values()):
             if link is not via:
                 link.send(onward)
                 self.counters["forwarded"] += 1
@@ -426,146 +461,18 @@ class PeerNode:
             entry["offer"] = {"file": frame.file, "size": frame.size, "sha256": frame.sha256}
         self.delivered.append(entry)
 
-    # ---- files -----------------------------------------------------------------------------------------
+    # ---- files (see socklab.apps.peer.files) -------------------------------------------------------------
     def share(self, path: str) -> g.Offer:
-        """Offer a local file to the mesh (hashes it now; flood an OFFER).
-
-        Raises:
-            UsageError: not a readable regular file.
-        """
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise UsageError(f"cannot share {path!r}: not a regular file")
-        sha256 = sha256_of(str(p))
-        size = p.stat().st_size
-        offer = g.Offer(uuid.uuid4().hex, self.id, self.name, self.settings.hop_limit, (self.name,),
-                        p.name, size, sha256, self.listen)
-        self.shares[offer.sha256] = (str(p.resolve()), offer)
-        self.offers[offer.sha256] = offer
-        self._originate(offer)
-        return offer
-
-    def _serve_want(self, link: PeerLink, want: g.Want) -> None:
-        """A fetcher asks for a file: open a one-shot transfer listener and tell it the port."""
-        shared = self.shares.get(want.sha256)
-        if shared is None:
-            link.send(g.Refused("no such file here"))
-            link.close()
-            return
-        path, offer = shared
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            link.send(g.Refused(f"cannot read the file: {exc.strerror}"))
-            link.close()
-            return
-        if size != offer.size:
-            link.send(g.Refused("the file changed since it was shared"))
-            link.close()
-            return
-        try:
-            listener = open_tcp_listener(self.settings.host, 0, backlog=1)
-        except SocklabError as exc:
-            link.send(g.Refused(f"cannot open a transfer port: {exc}"))
-            link.close()
-            return
-        port = int(listener.getsockname()[1])
-        who = link.describe()
-        self.log(f"sending {offer.file} to {who} (native transfer on port {port})")
-        link.send(g.Transfer(offer.sha256, port))
-        link.close()
-
-        def run() -> None:  # blocking sendfile on its own thread; the engine goes on
-            error = send_file(listener, path, self.settings.transfer_timeout)
-            if error is not None:
-                self.submit(lambda: self.log(f"sending {offer.file} to {who} failed: {error}"))
-
-        threading.Thread(target=run, name="socklab-peer-send", daemon=True).start()
+        """Offer a local file to the mesh (hashes it now; flood an OFFER). Raises UsageError."""
+        return files.share(self, path)
 
     def find_offer(self, key: str) -> g.Offer:
-        """The offer whose file name, or sha256 prefix, is ``key`` (the latest one seen).
-
-        Raises:
-            UsageError: none matches.
-        """
-        for offer in reversed(list(self.offers.values())):
-            if offer.file == key or (len(key) >= 8 and offer.sha256.startswith(key.lower())):
-                return offer
-        raise UsageError(f"no shared file called {key!r} has been offered to this node")
+        """The offer whose file name, or sha256 prefix, is ``key``. Raises UsageError."""
+        return files.find_offer(self, key)
 
     def fetch(self, key: str, done: Callable[[FetchResult], None], dest_dir: str | None = None) -> None:
-        """Fetch an offered file from its holder into ``dest_dir`` (the ``downloads`` setting).
-
-        Raises:
-            UsageError: unknown file, unsafe name, or the destination exists.
-        """
-        offer = self.find_offer(key)
-        name = offer.file
-        if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-            raise UsageError(f"refusing the unsafe file name {name!r}")
-        dest = Path(dest_dir or self.settings.downloads).expanduser() / name
-        if not dest.parent.is_dir():
-            raise UsageError(f"{dest.parent} is not a directory")
-        if dest.exists():
-            raise UsageError(f"{dest} already exists")
-        holder = offer.holder
-        host = holder.rsplit(":", 1)[0].strip("[]")
-        if host in _WILDCARD_HOSTS and offer.origin in self.known:
-            holder = self.known[offer.origin].listen
-        endpoint = parse_endpoint(holder)
-        started = time.monotonic()
-
-        def finished(result: FetchResult) -> None:
-            record = result.as_json() | {"seconds": round(time.monotonic() - started, 3)}
-            self.fetches.append(record)
-            if result.error is None:
-                self.log(f"fetched {offer.file} ({offer.size} bytes, sha256 verified) -> {result.path}")
-            else:
-                self.log(f"fetching {offer.file} failed: {result.error}")
-            done(result)
-
-        def landed(session: ReceiveSession) -> None:  # on the engine, once the transfer ended
-            bad = [r for r in session.reports if not r.ok]
-            if session.failed or bad or not session.reports:
-                why = session.failed or (bad[0].error if bad else "nothing was received")
-                finished(FetchResult(offer, error=f"transfer failed: {why}"))
-                return
-
-            def check() -> None:  # re-read on a thread: the engine must not stall on a big file
-                try:
-                    ok = sha256_of(str(dest)) == offer.sha256
-                except OSError as exc:
-                    why = f"cannot check {dest}: {exc}"
-                    self.submit(lambda: finished(FetchResult(offer, error=why)))
-                    return
-                if not ok:
-                    with contextlib.suppress(OSError):
-                        os.unlink(dest)
-                    self.submit(lambda: finished(FetchResult(
-                        offer, error="verification failed: the holder's file does not match its offer "
-                                     "(sha256 differs); nothing kept")))
-                    return
-                self.submit(lambda: finished(FetchResult(offer, path=str(dest))))
-
-            threading.Thread(target=check, name="socklab-peer-verify", daemon=True).start()
-
-        def answered(port: int | None, error: str | None) -> None:
-            if port is None:
-                finished(FetchResult(offer, error=error or "no answer"))
-                return
-            try:
-                receive = ReceiveSettings(engine=self.settings.engine, dir=str(dest.parent), overwrite=False,
-                                          idle_timeout=self.settings.transfer_timeout)
-            except SocklabError as exc:
-                finished(FetchResult(offer, error=str(exc)))
-                return
-            self.engine.connect_stream(Endpoint(endpoint.host, port), lambda: Receiver(receive, landed),
-                                       timeout=self.settings.connect_timeout,
-                                       on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
-
-        self.engine.connect_stream(endpoint, lambda: FetchRequest(offer, answered, self.settings.max_frame),
-                                   ssl_context=self._tls_client, timeout=self.settings.connect_timeout,
-                                   on_error=lambda exc: finished(FetchResult(offer, error=str(exc))))
+        """Fetch an offered file from its holder into ``dest_dir``; ``done`` gets the result."""
+        files.fetch(self, key, done, dest_dir)
 
     # ---- status -------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -579,7 +486,7 @@ class PeerNode:
                                               if kv[1].peer else "") if link.peer is not None]
         return {
             "id": self.id, "name": self.name, "listen": self.listen, "engine": self.engine.name,
-            "tls": self._tls_client is not None,
+            "tls": self.tls_client is not None,
             "neighbours": neighbours,
             "known": sorted(({"id": m.id, "name": m.name, "listen": m.listen} for m in self.known.values()),
                             key=lambda m: m["name"]),

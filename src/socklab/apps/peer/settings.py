@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from socklab.core.errors import UsageError
 from socklab.core.settings import ServerSettings, setting
 
-__all__ = ["PeerSettings", "control_dir", "default_control_path"]
+__all__ = ["WILDCARD_HOSTS", "PeerSettings", "check_control_socket", "control_dir", "default_control_path", "prepare_control_dir"]
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # a listen address that means "every interface"
 
 
 def control_dir() -> Path:
@@ -28,6 +32,59 @@ def control_dir() -> Path:
 def default_control_path(name: str) -> str:
     """The control socket of the node called ``name`` (``.../peer-<name>.sock``)."""
     return str(control_dir() / f"peer-{name}.sock")
+
+
+def _check_dir(d: Path) -> None:
+    """Refuse a control directory another local user could use to swap the socket."""
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"the control directory {d} is not a directory (a symlink?): remove it, or pass --control")
+    if st.st_uid not in (os.getuid(), 0):
+        raise UsageError(f"the control directory {d} belongs to uid {st.st_uid}, not to you: another user could "
+                         "swap the node's socket there; remove it, or pass --control PATH in a directory of yours")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UsageError(f"the control directory {d} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                         "another user could swap the node's socket there; chmod 700 it, or pass --control")
+
+
+def prepare_control_dir(sock_path: str) -> None:
+    """Create the control socket's directory, 0700, and check it is safe to put the socket in.
+
+    The default directory (:func:`control_dir`) must be this user's and 0700: one found with wider
+    modes is tightened if it is ours and refused if it is not. A directory named by ``--control``
+    must be this user's (or root's) and not writable by others unless sticky (as ``/tmp`` is).
+
+    Raises:
+        UsageError: the directory is a symlink, another user's, or writable by others.
+    """
+    d = Path(sock_path).parent
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if d == control_dir():
+        st = os.lstat(d)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(d, 0o700)
+        elif stat.S_ISDIR(st.st_mode) and st.st_uid != os.getuid():
+            raise UsageError(f"the control directory {d} belongs to uid {st.st_uid}, not to you: another user "
+                             "could swap the node's socket there; remove it, or pass --control")
+    _check_dir(d)
+
+
+def check_control_socket(sock_path: str) -> None:
+    """Before a command goes to a node: the socket must be this user's, in a directory others cannot write.
+
+    Raises:
+        UsageError: the path is not a socket, belongs to another user, or lies in an unsafe directory.
+    """
+    _check_dir(Path(sock_path).parent)
+    try:
+        st = os.lstat(sock_path)
+    except FileNotFoundError:
+        return  # connecting will say "no node listens there"
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"{sock_path} is not a socket: no node's control socket is there")
+    if st.st_uid != os.getuid():
+        raise UsageError(f"the control socket {sock_path} belongs to uid {st.st_uid}, not to you: refusing to send "
+                         "it commands (another user may have put it there)")
 
 
 @dataclass
