@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "rpc": "socklab.apps.rpc.cli:rpc",
     "peer": "socklab.apps.peer.cli:peer",
     "bench": "socklab.tools.bench.cli:bench",
+    "trace": "socklab.tools.tracing.cli:trace",
     "check": "socklab.tools.check.cli:check",
     "learn": "socklab.tools.learn:learn",
 }

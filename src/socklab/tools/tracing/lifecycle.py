@@ -1,0 +1,543 @@
+"""From system calls to the socket lifecycle, with the mistakes a learner makes named as they happen.
+
+Why this exists: strace reports every call of every thread; a learner wants to see *their
+sockets*: which socket was created, bound, connected or accepted, how many bytes each send and
+recv moved, when FIN went out, and where the program did something that bites later. This
+module keeps, per process, a table of its socket file descriptors (shared by its threads, copied
+on fork, pruned on exec) and turns each :class:`Syscall` into a :class:`SockEvent`. Pure: no
+process, no file; whatever the kernel can say *now* (who holds a port) comes in through
+``probe``.
+
+The TCP state shown is the one the calls imply, by this table (RFC 9293 section 3.3.2 seen from
+the application: ``fin`` is shutdown(SHUT_WR) or the last close, ``eof`` is a recv returning 0)::
+
+    CLOSE        --listen-->   LISTEN
+    CLOSE        --connect-->  ESTABLISHED    (EINPROGRESS: SYN_SENT)
+    ESTABLISHED  --eof-->      CLOSE_WAIT     the peer closed first
+    ESTABLISHED  --fin-->      FIN_WAIT1      we closed first
+    FIN_WAIT1    --eof-->      TIME_WAIT      both FINs passed, we closed first
+    CLOSE_WAIT   --fin-->      LAST_ACK       both FINs passed, the peer closed first
+    any          --reset-->    CLOSE          ECONNRESET / EPIPE
+
+Mistake notes: recv returned 0 and the program kept reading; a partial send whose rest was never
+sent (the return value ignored); EADDRINUSE and why; a socket left in CLOSE_WAIT at exit; a
+blocking call without a timeout that waited long; connection refused and reset.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from socklab.protocols.text import escape_peer_text
+from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS, SockEvent
+from socklab.tools.tracing.strace_parse import ProcessEnd, StraceEvent, Syscall, split_args, unquote
+
+__all__ = ["SLOW_CALL", "STRACE_CALLS", "Lifecycle", "SockInfo", "parse_annotation", "parse_sockaddr"]
+
+# What strace must trace for this module (its -e trace= list).
+STRACE_CALLS = ("%network", "close", "read", "write", "readv", "writev", "sendfile", "dup", "dup2", "dup3",
+                "fcntl", "ioctl", "clone", "clone3", "fork", "vfork", "execve")
+SLOW_CALL = 1.0  # seconds a blocking call may wait before it gets a note
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("CLOSE", "listen"): "LISTEN",
+    ("CLOSE", "connect"): "ESTABLISHED",
+    ("CLOSE", "connecting"): "SYN_SENT",
+    ("SYN_SENT", "connect"): "ESTABLISHED",
+    ("ESTABLISHED", "eof"): "CLOSE_WAIT",
+    ("ESTABLISHED", "fin"): "FIN_WAIT1",
+    ("SYN_SENT", "fin"): "CLOSE",
+    ("FIN_WAIT1", "eof"): "TIME_WAIT",
+    ("CLOSE_WAIT", "fin"): "LAST_ACK",
+}
+
+_ANNOT = re.compile(r"(TCP|TCPv6|UDP|UDPv6|UDPLITE|UDPLITEv6|SCTP|SCTPv6):\[(.*)\]\Z", re.S)
+_FD_ARG = re.compile(r"(-?\d+)(?:<(.*)>)?\Z", re.S)
+_PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
+_ADDR4 = re.compile(r'inet_addr\("([^"]*)"\)')
+_ADDR6 = re.compile(r'inet_pton\(AF_INET6, "([^"]*)"')
+_IOV_LEN = re.compile(r"iov_len=(\d+)")
+_TIMEOPT = ("SO_RCVTIMEO", "SO_SNDTIMEO", "SO_RCVTIMEO_OLD", "SO_SNDTIMEO_OLD", "SO_RCVTIMEO_NEW", "SO_SNDTIMEO_NEW")
+
+Probe = Callable[[str, str], str | None]  # (proto, "host:port") -> what the kernel says now
+
+
+def parse_annotation(text: str | None) -> tuple[str, str | None, str | None] | None:
+    """``TCP:[1.2.3.4:5->6.7.8.9:10]`` -> ``("tcp", local, peer)``; ``None`` if not an IP socket."""
+    if not text:
+        return None
+    m = _ANNOT.match(text)
+    if m is None:
+        return None
+    proto = m[1].lower().replace("v6", "6")
+    inner = m[2]
+    if inner.isdigit():  # only the inode: not bound, not connected
+        return proto, None, None
+    local, sep, peer = inner.partition("->")
+    return proto, local or None, (peer or None) if sep else None
+
+
+def parse_sockaddr(text: str) -> str | None:
+    """``{sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("1.2.3.4")}`` -> ``1.2.3.4:80``."""
+    port = _PORT.search(text)
+    if port is None:
+        return None
+    a4 = _ADDR4.search(text)
+    if a4 is not None:
+        return f"{a4[1]}:{port[1]}"
+    a6 = _ADDR6.search(text)
+    if a6 is not None:
+        return f"[{a6[1]}]:{port[1]}"
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip().strip("[]")
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+@dataclass
+class SockInfo:
+    """What the calls so far say about one socket (shared by every fd that refers to it)."""
+
+    proto: str
+    local: str | None = None
+    peer: str | None = None
+    state: str = "CLOSE"
+    refs: int = 1  # file descriptors (across processes) open on it
+    cloexec: bool = False
+    nonblocking: bool = False
+    timeout: bool = False  # SO_RCVTIMEO/SO_SNDTIMEO set
+    reuseaddr: bool = False
+    eof: bool = False  # a recv returned 0
+    reads_after_eof: int = 0
+    fin_sent: bool = False
+    unsent: bytes | None = None  # the rest of a partial send, until sent
+    unsent_count: int = 0
+    listen_fd: int | None = None
+
+    def move(self, what: str) -> None:
+        if what == "reset":
+            self.state = "CLOSE"
+            return
+        if self.proto.startswith("tcp"):
+            self.state = TRANSITIONS.get((self.state, what), self.state)
+
+
+class Lifecycle:
+    """Feeds on strace events, returns socket events.
+
+    Args:
+        probe: asked ``(proto, address)`` when a bind fails with EADDRINUSE; answers one sentence
+            about who holds the address now (or ``None``).
+        slow: seconds a blocking call may wait before a note says it had no timeout.
+    """
+
+    def __init__(self, probe: Probe | None = None, slow: float = SLOW_CALL) -> None:
+        self.probe = probe
+        self.slow = slow
+        self.tables: dict[int, dict[int, SockInfo]] = {}  # tgid -> fd -> socket
+        self.tgid: dict[int, int] = {}  # thread id -> its process
+        self.comm: dict[int, str] = {}
+
+    def feed(self, ev: StraceEvent) -> list[SockEvent]:
+        """The socket events one strace event means (often none: a file read, a getsockname)."""
+        if ev.comm:
+            self.comm[ev.pid] = ev.comm
+        if isinstance(ev, ProcessEnd):
+            return self._process_end(ev)
+        if isinstance(ev, Syscall):
+            return self._syscall(ev)
+        return []
+
+    def finish(self) -> list[SockEvent]:
+        """At the end of the trace: notes for any process whose end strace did not report."""
+        out: list[SockEvent] = []
+        for pid in list(self.tables):
+            out.extend(self._leftovers(pid, None, pid))
+        return out
+
+    # ---- processes and fds -------------------------------------------------------------------------
+    def _pid(self, tid: int) -> int:
+        return self.tgid.get(tid, tid)
+
+    def _table(self, tid: int) -> dict[int, SockInfo]:
+        return self.tables.setdefault(self._pid(tid), {})
+
+    def _name(self, tid: int) -> str:
+        return self.comm.get(self._pid(tid)) or self.comm.get(tid) or "?"
+
+    def _event(self, sc: Syscall, op: str, fd: int | None, info: SockInfo | None, **kw: object) -> SockEvent:
+        ev = SockEvent(ts=sc.ts + (sc.dur or 0.0), op=op, pid=self._pid(sc.pid), tid=sc.pid,
+                       comm=self._name(sc.pid), fd=fd, dur=sc.dur, errno=sc.errno)
+        if info is not None:
+            ev.proto, ev.local, ev.peer = info.proto, info.local, info.peer
+            if info.proto.startswith("tcp"):
+                ev.state = info.state
+        for k, v in kw.items():
+            setattr(ev, k, v)
+        if sc.errno and not ev.detail:
+            ev.detail = f"failed: {sc.errno} ({sc.errmsg})"
+        return ev
+
+    def _fd_info(self, sc: Syscall, arg: str) -> tuple[int | None, SockInfo | None]:
+        """The fd an argument names and its socket (made from the -yy annotation when new)."""
+        m = _FD_ARG.match(arg.strip())
+        if m is None:
+            return None, None
+        fd = int(m[1])
+        table = self._table(sc.pid)
+        ann = parse_annotation(m[2])
+        info = table.get(fd)
+        if ann is None:
+            if info is not None and m[2] is not None and not m[2].startswith(("TCP", "UDP", "SCTP")):
+                del table[fd]  # the fd now names something else (we missed a close)
+                info = None
+            return fd, info
+        proto, local, peer = ann
+        if info is None:
+            info = table[fd] = SockInfo(proto=proto, state="ESTABLISHED" if peer and proto.startswith("tcp")
+                                        else "CLOSE")
+        info.local = local or info.local
+        info.peer = peer or info.peer
+        return fd, info
+
+    def _syscall(self, sc: Syscall) -> list[SockEvent]:
+        name = sc.name
+        args = split_args(sc.args)
+        if name in ("clone", "clone3", "fork", "vfork"):
+            self._cloned(sc)
+            return []
+        if name == "execve":
+            if sc.value == 0:
+                table = self._table(sc.pid)
+                for fd in [fd for fd, s in table.items() if s.cloexec]:
+                    table.pop(fd).refs -= 1
+            return []
+        if name == "socket":
+            return self._socket(sc, args)
+        if not args:
+            return []
+        maybe_fd, info = self._fd_info(sc, args[0])
+        if maybe_fd is None:
+            return []
+        fd = maybe_fd
+        if name in ("dup", "dup2", "dup3", "fcntl") and info is not None:
+            self._dup_or_flags(sc, name, args, info)
+            return []
+        if name == "ioctl" and info is not None and len(args) > 2 and "FIONBIO" in args[1]:
+            info.nonblocking = _int(args[2]) not in (0, None)
+            return []
+        if info is None:
+            return []
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            if name in SEND_CALLS:
+                return self._send(sc, fd, info, args)
+            if name in RECV_CALLS:
+                return self._recv(sc, fd, info, args)
+            return []
+        return handler(self, sc, fd, info, args)
+
+    def _cloned(self, sc: Syscall) -> None:
+        child = sc.value
+        if child is None or child <= 0:
+            return
+        parent = self._pid(sc.pid)
+        if "CLONE_THREAD" in sc.args:
+            self.tgid[child] = parent
+            stray = self.tables.pop(child, None)  # events seen before clone returned
+            if stray:
+                self.tables.setdefault(parent, {}).update(stray)
+            return
+        table = self.tables.setdefault(child, {})
+        if "CLONE_FILES" in sc.args:
+            self.tables[child] = self.tables.setdefault(parent, {})
+            return
+        for fd, info in self.tables.get(parent, {}).items():
+            if fd not in table:
+                table[fd] = info
+                info.refs += 1
+
+    def _dup_or_flags(self, sc: Syscall, name: str, args: list[str], info: SockInfo) -> None:
+        value = sc.value
+        if name == "fcntl":
+            if len(args) > 1 and args[1].startswith(("F_DUPFD", "F_DUPFD_CLOEXEC")) and value is not None \
+                    and value >= 0:
+                self._table(sc.pid)[value] = info
+                info.refs += 1
+            elif len(args) > 2 and args[1] == "F_SETFL":
+                info.nonblocking = "O_NONBLOCK" in args[2]
+            return
+        if value is not None and value >= 0:
+            table = self._table(sc.pid)
+            old = table.get(value)
+            if old is not None and old is not info:
+                old.refs -= 1
+            table[value] = info
+            info.refs += 1
+
+    # ---- the lifecycle calls ---------------------------------------------------------------------
+    def _socket(self, sc: Syscall, args: list[str]) -> list[SockEvent]:
+        ann = parse_annotation(sc.ret_fd)
+        family = args[0] if args else "?"
+        if family not in ("AF_INET", "AF_INET6"):
+            return []
+        kinds = args[1].split("|") if len(args) > 1 else []
+        shown = ", ".join([family] + [k for k in kinds if k != "SOCK_CLOEXEC"])
+        fd = sc.value
+        if fd is None or fd < 0 or ann is None:
+            ev = self._event(sc, "socket", None, None, detail=f"{shown} failed: {sc.errno} ({sc.errmsg})")
+            return [ev]
+        info = SockInfo(proto=ann[0], cloexec="SOCK_CLOEXEC" in kinds, nonblocking="SOCK_NONBLOCK" in kinds)
+        self._table(sc.pid)[fd] = info
+        return [self._event(sc, "socket", fd, info, detail=shown)]
+
+    def _setsockopt(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        opt = args[2] if len(args) > 2 else "?"
+        raw = args[3] if len(args) > 3 else ""
+        value = _int(raw)
+        if opt in ("SO_REUSEADDR", "SO_REUSEPORT") and value:
+            info.reuseaddr = True
+        if opt in _TIMEOPT:
+            info.timeout = "tv_sec=0, tv_usec=0" not in raw
+        shown = f"{opt}={value if value is not None else raw}"
+        notes = []
+        if opt == "SO_LINGER" and "l_onoff=1" in raw and "l_linger=0" in raw:
+            notes.append("SO_LINGER with a zero timeout: close() will send RST instead of FIN (an abortive close)")
+        return [self._event(sc, "setsockopt", fd, info, detail=shown, notes=notes)]
+
+    def _bind(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        addr = parse_sockaddr(args[1]) if len(args) > 1 else None
+        if sc.errno is None:
+            info.local = addr if addr and not addr.endswith(":0") else info.local or addr
+            return [self._event(sc, "bind", fd, info, detail=addr)]
+        notes = []
+        if sc.errno == "EADDRINUSE":
+            notes.append(self._addrinuse_note(info, addr or "?"))
+        elif sc.errno == "EACCES":
+            notes.append("EACCES: ports below 1024 need root (or CAP_NET_BIND_SERVICE); use a port >= 1024")
+        elif sc.errno == "EADDRNOTAVAIL":
+            notes.append("EADDRNOTAVAIL: no interface of this machine has that address; bind 0.0.0.0 or 127.0.0.1")
+        return [self._event(sc, "bind", fd, info, detail=f"{addr} failed: {sc.errno} ({sc.errmsg})", notes=notes)]
+
+    def _addrinuse_note(self, info: SockInfo, addr: str) -> str:
+        if info.reuseaddr:
+            why = ("SO_REUSEADDR was set, so this is not TIME_WAIT: another socket is bound to it or "
+                   "listening there; stop that program or choose another port")
+        else:
+            why = ("SO_REUSEADDR was not set: connections of an earlier run that closed first stay in "
+                   "TIME_WAIT for ~60 s and keep the port; set SO_REUSEADDR before bind(); if another "
+                   "program is listening there, stop it or choose another port")
+        now = self.probe(info.proto, addr) if self.probe is not None else None
+        return f"EADDRINUSE: {addr} is in use. {why}" + (f". Now: {now}" if now else "")
+
+    def _listen(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        if sc.errno is None:
+            info.move("listen")
+        backlog = args[1] if len(args) > 1 else "?"
+        return [self._event(sc, "listen", fd, info, detail=f"backlog={backlog}")]
+
+    def _accept(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        notes = self._slow_notes(sc, info, "accept")
+        new = sc.value
+        ann = parse_annotation(sc.ret_fd)
+        if new is None or new < 0 or ann is None:
+            if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
+                return []  # a non-blocking accept with nobody waiting: noise
+            return [self._event(sc, "accept", fd, info, notes=notes)]
+        flags = args[3] if len(args) > 3 else ""
+        conn = SockInfo(proto=ann[0], local=ann[1], peer=ann[2], state="ESTABLISHED",
+                        cloexec="SOCK_CLOEXEC" in flags, nonblocking="SOCK_NONBLOCK" in flags, listen_fd=fd)
+        self._table(sc.pid)[new] = conn
+        return [self._event(sc, "accept", new, conn, detail=f"new fd from listening fd {fd}", notes=notes)]
+
+    def _connect(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        addr = parse_sockaddr(args[1]) if len(args) > 1 else None
+        info.peer = addr or info.peer
+        notes = self._slow_notes(sc, info, "connect")
+        if sc.errno is None:
+            info.move("connect")
+            detail = ("UDP: only fixes the default peer; nothing is sent" if info.proto.startswith("udp")
+                      else "three-way handshake done (SYN, SYN-ACK, ACK)")
+        elif sc.errno == "EINPROGRESS":
+            info.move("connecting")
+            detail = "EINPROGRESS: SYN sent, waiting for writable"
+        else:
+            detail = f"failed: {sc.errno} ({sc.errmsg})"
+            if sc.errno == "ECONNREFUSED":
+                notes.append("connection refused: nothing listens on that address (its host answered the SYN "
+                             "with RST); is the server running, on this port and address?")
+            elif sc.errno == "ETIMEDOUT":
+                notes.append("no answer to the SYN: a firewall drops it, or the host is down")
+        return [self._event(sc, "connect", fd, info, detail=detail, notes=notes)]
+
+    def _send(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
+            return [self._event(sc, sc.name, fd, info, detail="EAGAIN: the send buffer is full; wait for writable")]
+        data = unquote(args[1]) if len(args) > 1 and sc.name != "sendfile" else None
+        requested = sum(int(n) for n in _IOV_LEN.findall(sc.args)) if sc.name in ("writev", "sendmsg") \
+            else _int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
+        n = sc.value if sc.errno is None else None
+        notes = self._slow_notes(sc, info, "send")
+        notes.extend(self._ignored_send(info, data))
+        peer = parse_sockaddr(args[4]) if sc.name == "sendto" and len(args) > 4 else None
+        if n is not None and requested is not None and n < requested:
+            notes.append(f"partial send: the kernel took {n} of {requested} bytes; the rest must be sent again "
+                         "(sendall() or a loop does it)")
+            if data is not None:
+                info.unsent = data[0][n:]
+                info.unsent_count = requested - n
+        if sc.errno in ("EPIPE", "ECONNRESET"):
+            info.move("reset")
+            notes.append(f"{sc.errno}: the peer is gone (it closed, or reset the connection); writing to it "
+                         "fails - without MSG_NOSIGNAL or SIG_IGN the program is also killed by SIGPIPE")
+        ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
+                         detail=_preview(data) if sc.errno is None else None)
+        if peer:
+            ev.peer = peer
+        return [ev]
+
+    def _ignored_send(self, info: SockInfo, data: tuple[bytes, bool] | None) -> list[str]:
+        if info.unsent is None or not info.unsent:
+            info.unsent = None
+            return []
+        rest, count = info.unsent, info.unsent_count
+        info.unsent = None
+        if data is None:
+            return []
+        sent, _ = data
+        common = min(len(rest), len(sent))
+        if common and sent[:common] == rest[:common]:
+            return []  # the program sends the rest: right
+        return [f"send's return value ignored: the previous send took only part of its data and this one sends "
+                f"something else, so {count} bytes of that message were never sent (use sendall() or loop "
+                "until every byte is taken)"]
+
+    def _recv(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
+            return []  # non-blocking recv with nothing there: the event loop asks again
+        n = sc.value if sc.errno is None else None
+        requested = sum(int(x) for x in _IOV_LEN.findall(sc.args)) if sc.name in ("readv", "recvmsg") \
+            else _int(args[2] if len(args) > 2 else None)
+        notes = self._slow_notes(sc, info, "recv")
+        data = unquote(args[1]) if len(args) > 1 and sc.name in ("read", "recvfrom", "recv") else None
+        peer = parse_sockaddr(args[4]) if sc.name == "recvfrom" and len(args) > 4 else None
+        if n == 0 and info.proto.startswith("tcp"):
+            if info.eof:
+                info.reads_after_eof += 1
+                if info.reads_after_eof > 1:
+                    return []  # said once; counted for the close line
+                notes.append("recv returned 0 again: the peer closed its side earlier (the first 0 was the end "
+                             "of the stream) and this program kept reading; stop reading and close() when recv "
+                             "returns 0")
+            else:
+                info.eof = True
+                info.move("eof")
+                notes.append("recv returned 0 bytes: the peer sent FIN (end of its stream)")
+        if sc.errno == "ECONNRESET":
+            info.move("reset")
+            notes.append("ECONNRESET: the peer reset the connection (RST): it closed with unread data, set "
+                         "SO_LINGER 0, or crashed; whatever it had not yet delivered is lost")
+        ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
+                         detail=_preview(data) if n else None)
+        if peer:
+            ev.peer = peer
+        return [ev]
+
+    def _shutdown(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        how = args[1] if len(args) > 1 else "?"
+        detail = {"SHUT_WR": "SHUT_WR: FIN sent, still reading", "SHUT_RD": "SHUT_RD: no more reading",
+                  "SHUT_RDWR": "SHUT_RDWR: FIN sent, no more reading"}.get(how, how)
+        if sc.errno is None and how in ("SHUT_WR", "SHUT_RDWR"):
+            info.fin_sent = True
+            info.move("fin")
+        return [self._event(sc, "shutdown", fd, info, detail=detail)]
+
+    def _close(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        self._table(sc.pid).pop(fd, None)
+        info.refs -= 1
+        notes: list[str] = []
+        details: list[str] = []
+        if info.reads_after_eof > 1:
+            details.append(f"after {info.reads_after_eof} reads at end of stream")
+        if info.unsent:
+            notes.append(f"closed with {info.unsent_count} bytes of a partial send never sent (the send's "
+                         "return value was ignored)")
+            info.unsent = None
+        if info.refs > 0:
+            details.append(f"another fd still holds the socket ({info.refs}): no FIN yet")
+        elif info.proto.startswith("tcp") and info.state not in ("LISTEN", "CLOSE"):
+            if not info.fin_sent:
+                details.append("FIN sent" if info.state != "CLOSE_WAIT" else "FIN sent (the peer had closed)")
+            info.fin_sent = True
+            info.move("fin")
+        elif info.state == "LISTEN":
+            details.append("listening socket: no more accepts")
+        return [self._event(sc, "close", fd, info, detail="; ".join(details) or None, notes=notes)]
+
+    def _slow_notes(self, sc: Syscall, info: SockInfo, what: str) -> list[str]:
+        if sc.dur is None or sc.dur < self.slow or info.nonblocking or info.timeout:
+            return []
+        if what == "accept":
+            return [f"accept waited {sc.dur:.1f} s for a client (a blocking socket without a timeout): normal for "
+                    "a server that does nothing else; one that must also serve others uses select/poll or threads"]
+        return [f"{sc.name} blocked {sc.dur:.1f} s with no timeout: if the peer never answers (or vanished "
+                "without FIN) it waits forever; use settimeout()/SO_RCVTIMEO, or select/poll with a timeout"]
+
+    def _process_end(self, ev: ProcessEnd) -> list[SockEvent]:
+        pid = self._pid(ev.pid)
+        if pid != ev.pid:
+            return []  # a thread ended; its process goes on
+        out: list[SockEvent] = []
+        if ev.signal == "SIGPIPE":
+            out.append(SockEvent(ts=ev.ts, op="note", pid=pid, tid=pid, comm=self._name(pid),
+                                 detail="killed by SIGPIPE: it wrote to a socket whose peer had closed; "
+                                        "ignore SIGPIPE or send with MSG_NOSIGNAL and handle EPIPE"))
+        out.extend(self._leftovers(pid, ev, ev.pid))
+        return out
+
+    def _leftovers(self, pid: int, ev: ProcessEnd | None, tid: int) -> list[SockEvent]:
+        table = self.tables.pop(pid, {})
+        out: list[SockEvent] = []
+        ts = ev.ts if ev is not None else 0.0
+        for fd, info in sorted(table.items()):
+            info.refs -= 1
+            if info.refs > 0 or not info.proto.startswith("tcp"):
+                continue
+            notes = []
+            if info.state == "CLOSE_WAIT":
+                notes.append(f"fd {fd} was left in CLOSE_WAIT: the peer closed, this program never called close(); "
+                             "the kernel closes it only now that the process exits - a long-running server "
+                             "leaks one socket per client this way")
+            elif info.state == "ESTABLISHED":
+                notes.append(f"fd {fd} was still open at exit: the kernel closes it for the program")
+            if notes:
+                out.append(SockEvent(ts=ts, op="exit", pid=pid, tid=tid, comm=self._name(pid), fd=fd,
+                                     proto=info.proto, local=info.local, peer=info.peer, state=info.state,
+                                     detail="process ended with the socket open", notes=notes))
+        return out
+
+
+def _preview(data: tuple[bytes, bool] | None, limit: int = 32) -> str | None:
+    """``data="GET / HTTP/1.1\\r\\n"...`` with controls escaped (peer text never reaches a terminal raw)."""
+    if data is None:
+        return None
+    raw, cut = data
+    text = escape_peer_text(raw[:limit].decode("utf-8", errors="replace"))
+    return f'data="{text}"' + ("..." if cut or len(raw) > limit else "")
+
+
+Handler = Callable[[Lifecycle, Syscall, int, SockInfo, list[str]], list[SockEvent]]
+_HANDLERS: dict[str, Handler] = {
+    "setsockopt": Lifecycle._setsockopt, "bind": Lifecycle._bind, "listen": Lifecycle._listen,
+    "accept": Lifecycle._accept, "accept4": Lifecycle._accept, "connect": Lifecycle._connect,
+    "shutdown": Lifecycle._shutdown, "close": Lifecycle._close,
+}
