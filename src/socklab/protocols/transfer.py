@@ -15,8 +15,11 @@ One session (S = sender, R = receiver)::
     S: HELLO {version, hash}     R: HELLO {version, hash}   (both must say "blake3-tree")
     per entry:
       S: ENTRY {name, kind, size, mode, mtime}
+         an invalid mode/mtime:  R: RESULT {ok: false, code: "invalid"}   (the session goes on)
          kind "dir":             R: RESULT {ok}
-         kind "file":            R: OFFER {have: full chunks already in the .part, their digests}
+         kind "file":            R: OFFER {have: full chunks already in the .part, their digests,
+                                           present?: root of a same-size file already under the name,
+                                           replace?: false if the receiver keeps an existing file}
                                     (or RESULT {ok: false} - exists, bad name...)
                                  S: START {offset}   (offset = verified prefix, chunk-aligned)
                                  S: <size - offset raw bytes>
@@ -37,11 +40,20 @@ digests, is the proof). BLAKE3 costs ~0.17 CPU s per GiB here (SIMD), against ~0
 and ~0.4 for zlib's CRC-32: cheap enough to run on both sides of a copy that is itself ~0.5 CPU s
 per GiB. Version 2 of the protocol introduced it; a version-1 peer (SHA-256 + CRC-32) fails at
 HELLO with a message saying so, never with a silent mismatch.
+
+What a receiver may take from an ENTRY (the rest is the receiver's policy, see
+``socklab.apps.transfer.landing``): ``mode`` is a *suggestion* of permission bits (an integer in
+0..0o7777; only the 0o777 bits can ever be applied); ``mtime`` is ``null`` or a finite number of
+seconds within :data:`MTIME_MIN`..:data:`MTIME_MAX` (0001-01-01 to 9999-12-31 UTC, what
+``datetime`` represents; a filesystem may store less, ext4 clamps to 1901..2446). An entry that
+breaks these is decoded as :class:`BadEntry`, which the receiver answers with RESULT code
+``invalid``; the session goes on with the next entry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +63,9 @@ from blake3 import blake3
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
-    "CHUNK_SIZE", "HASH", "MAGIC", "Chunk", "Done", "Entry", "ErrorFrame", "Event", "FileHasher", "Hello", "Offer",
-    "RawData", "Result", "Start", "Trailer", "TransferConnection", "check_name", "chunk_digest",
+    "CHUNK_SIZE", "HASH", "MAGIC", "MTIME_MAX", "MTIME_MIN", "BadEntry", "Chunk", "Done", "Entry", "ErrorFrame",
+    "Event", "FileHasher", "Hello", "Offer", "RawData", "Result", "Start", "Trailer", "TransferConnection",
+    "check_mtime", "check_name", "chunk_digest",
 ]
 
 MAGIC = "socklab-transfer"
@@ -62,6 +75,8 @@ CHUNK_SIZE = 4 << 20
 MAX_FRAME = 16 << 20  # JSON control frames (a trailer of a 1 TiB file at 4 MiB chunks: 256 Ki x 32 hex = 8 MiB)
 DIGEST = 32  # bytes of a chunk digest (BLAKE3's default)
 WIRE_DIGEST = 16  # bytes of a chunk digest as listed on the wire (hex: 32 characters)
+MTIME_MIN = -62_135_596_800  # 0001-01-01T00:00:00Z
+MTIME_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z
 _TREE = b"socklab-blake3-tree\0"
 _HEADER = 5
 
@@ -94,11 +109,29 @@ class Entry(Event):
 
 
 @dataclass(frozen=True)
+class BadEntry(Event):
+    """An ENTRY whose metadata the receiver cannot accept (a NaN mtime, a mode out of range):
+    answer it with a RESULT ``{ok: false, code: "invalid"}``; the session goes on."""
+
+    name: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Offer(Event):
-    """The receiver already holds ``have`` full chunks of a partial file; ``chunks``: their wire digests."""
+    """The receiver already holds ``have`` full chunks of a partial file; ``chunks``: their wire digests.
+
+    ``present``: the root of a file of the entry's size already under the final name (``None``: there
+    is none); the sender skips it with ``START {offset: size}`` and a TRAILER when its root is the
+    same. ``replace``: ``False`` when the receiver keeps an existing file whatever the sender has
+    (then a different file is refused without its bytes being sent).
+    """
 
     have: int = 0
     chunks: tuple[str, ...] = ()
+    present: str | None = None
+    replace: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +197,30 @@ def check_name(name: str) -> list[str]:
     if any(p in ("", ".", "..") for p in parts):
         raise RemoteProtocolError(f"refused name {name!r}: '..', '.' or empty component")
     return parts
+
+
+def check_mtime(value: Any) -> float | None:
+    """A peer's mtime: ``None``, or a finite number of seconds within MTIME_MIN..MTIME_MAX.
+
+    Raises:
+        ValueError: anything else (a string, NaN, infinity, 1e300, -1e18), with the reason.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"mtime must be a number of seconds, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"mtime {value!r} is not a finite number")
+    if not MTIME_MIN <= value <= MTIME_MAX:
+        shown = f"{value:.6g}" if isinstance(value, float) else f"{str(value)[:24]}{'...' if value > 1e24 else ''}"
+        raise ValueError(f"mtime {shown} is outside 0001-01-01..9999-12-31 ({MTIME_MIN}..{MTIME_MAX} s)")
+    return float(value)
+
+
+def _check_mode(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise ValueError(f"mode must be an integer within 0..0o7777, not {value!r}")
+    return value
 
 
 def chunk_digest(data: bytes | bytearray | memoryview) -> bytes:
@@ -334,7 +391,7 @@ class TransferConnection:
             raise RemoteProtocolError(f"unexpected {kind} frame while {self.state}")
         try:
             return self._decode(kind, obj)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise RemoteProtocolError(f"malformed {kind} frame: {exc!r}") from None
 
     def _decode(self, kind: str, o: dict[str, Any]) -> Event:
@@ -352,14 +409,22 @@ class TransferConnection:
             self.state = "entries" if self.role == "receiver" else "idle"
             return Hello(VERSION, chunk, HASH)
         if kind == "entry":
-            entry = Entry(str(o["name"]), str(o.get("kind", "file")),
-                          None if o.get("size") is None else _int(o["size"], "size"),
-                          _int(o.get("mode", 0o644), "mode") & 0o7777,
-                          None if o.get("mtime") is None else float(o["mtime"]))
-            if entry.kind not in ("file", "dir", "stream"):
-                raise RemoteProtocolError(f"unknown entry kind {entry.kind!r}")
-            if entry.kind == "file" and entry.size is None:
+            name, what = o["name"], o.get("kind", "file")
+            if not isinstance(name, str) or not isinstance(what, str):
+                raise ValueError("name and kind must be strings")
+            if what not in ("file", "dir", "stream"):
+                raise RemoteProtocolError(f"unknown entry kind {what!r}")
+            size = None if o.get("size") is None else _int(o["size"], "size")
+            if what == "file" and size is None:
                 raise RemoteProtocolError("a file entry needs a size")
+            try:  # metadata: a bad value refuses this entry, not the session
+                mode = _check_mode(o.get("mode", 0o644))
+                mtime = check_mtime(o.get("mtime"))
+            except ValueError as exc:
+                self._entry = None
+                self.state = "result-pending"
+                return BadEntry(name, what, str(exc))
+            entry = Entry(name, what, size, mode, mtime)
             self._entry = entry
             self.state = "result-pending" if entry.kind == "dir" else "offer-sent"
             return entry
@@ -369,7 +434,14 @@ class TransferConnection:
             chunks = _digests(o.get("chunks", ""))
             if len(chunks) != have:
                 raise ValueError(f"offer of {have} chunks lists {len(chunks)} digests")
-            return Offer(have, chunks)
+            present = o.get("present")
+            if present is not None and (not isinstance(present, str) or len(present) != 64
+                                        or not _HEX.issuperset(present)):
+                raise ValueError("present must be a 64-character lowercase hex root")
+            replace = o.get("replace", True)
+            if not isinstance(replace, bool):
+                raise ValueError("replace must be true or false")
+            return Offer(have, chunks, present, replace)
         if kind == "start":
             offset = _int(o.get("offset", 0), "offset")
             current = self._entry
@@ -457,7 +529,12 @@ class TransferConnection:
         if isinstance(event, Offer):
             if self.state != "offer-sent":
                 raise LocalProtocolError(f"OFFER out of turn ({self.state})")
-            return _encode("offer", {"have": event.have, "chunks": "".join(event.chunks)})
+            body: dict[str, Any] = {"have": event.have, "chunks": "".join(event.chunks)}
+            if event.present is not None:
+                body["present"] = event.present
+            if not event.replace:
+                body["replace"] = False
+            return _encode("offer", body)
         if isinstance(event, Result):
             if self.state not in ("result-pending", "offer-sent"):
                 raise LocalProtocolError(f"RESULT out of turn ({self.state})")

@@ -48,7 +48,7 @@ class Sessions(list[ReceiveSession]):
 
 
 @contextmanager
-def receiver(dest: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int, list[ReceiveSession]]]:
+def receiver(dest: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int, Sessions]]:
     settings = ReceiveSettings(host="127.0.0.1", port=0, dir=str(dest), engine=engine, **kw)
     sessions = Sessions()
     srv = Server(settings, label="receive")

@@ -32,6 +32,7 @@ from socklab.core.server import Server
 from socklab.core.sockets import connect_tcp, open_tcp_listener, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols import transfer as tp
+from socklab.protocols.text import escape_peer_text as shown
 
 _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 
@@ -66,21 +67,35 @@ def _run_sender(sock: socket.socket, paths: list[str], name: str, chunk_size: in
     seconds = max(time.monotonic() - start, 1e-9)
     sent = sum(r.sent for r in reports)
     failed = [r for r in reports if not r.ok]
+    present = [r for r in reports if r.ok and r.code == "present"]
     if as_json:
         click.echo(json.dumps({"ok": not failed, "files": len([i for i in items if i.entry.kind != "dir"]),
-                               "bytes": sum(r.bytes for r in reports), "sent": sent,
+                               "bytes": sum(r.bytes for r in reports), "sent": sent, "present": len(present),
                                "seconds": round(seconds, 6), "rate": round(sent / seconds, 1),
                                "entries": [r.__dict__ for r in reports]}))
     elif not quiet:
         for r in reports:
-            if r.ok and r.offset:
-                click.echo(f"  {r.name}: resumed at byte {r.offset}", err=True)
-        click.echo(f"socklab send: {len(reports) - len(failed)}/{len(reports)} entries, {sent} bytes sent in "
-                   f"{seconds:.3f} s ({sent / seconds / 1e6:.1f} MB/s), verified", err=True)
+            if r.ok and r.code == "present":
+                click.echo(f"  {shown(r.name)}: already present on the receiver (same content, verified), "
+                           f"skipped", err=True)
+            elif r.ok and r.offset:
+                click.echo(f"  {shown(r.name)}: resumed at byte {r.offset}", err=True)
+        already = f" ({len(present)} already present)" if present else ""
+        click.echo(f"socklab send: {len(reports) - len(failed)}/{len(reports)} entries{already}, {sent} bytes "
+                   f"sent in {seconds:.3f} s ({sent / seconds / 1e6:.1f} MB/s), verified", err=True)
     for r in failed:
-        click.echo(f"socklab: error: {r.error}", err=True)
+        click.echo(f"socklab: error: {_send_error(r)}", err=True)
     if failed:
         sys.exit(EXIT_VERIFY if any(r.code == "verify" for r in failed) else EXIT_NETWORK)
+
+
+def _send_error(r: Any) -> str:
+    """One line for an entry the receiver refused (its text escaped: it came from the network)."""
+    if r.code == "exists":
+        return (f"{shown(r.name)}: the receiver already has a different file by that name and keeps it - the "
+                f"receiver's policy: `socklab receive --overwrite` on the receiving side replaces such files "
+                f"(receiver said: {shown(r.error)})")
+    return shown(r.error)
 
 
 @click.command()
@@ -104,7 +119,10 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
     socklab receive --port 7070 --dir /tmp/in         # on the receiving side
     socklab send big.iso photos/ --to 127.0.0.1:7070  # zero-copy sendfile, BLAKE3-tree verified
     tar c dir | socklab send - --name dir.tar --to 127.0.0.1:7070
-    Interrupted? Run the same command again: it resumes from the verified prefix.
+    Interrupted? Run the same command again: it resumes from the verified prefix, and
+    files that already arrived are verified (hashed on both sides) and skipped.
+    A different file under the same name is the receiver's choice: it keeps it unless
+    started with `socklab receive --overwrite`.
     """
     if (to is None) == (not listen):
         raise UsageError("give --to HOST:PORT, or --listen for reverse mode")
@@ -133,11 +151,14 @@ def _logger(quiet: bool) -> Any:
     def log(r: FileReport) -> None:
         if quiet:
             return
-        if r.ok:
+        if r.ok and r.code == "present":
+            click.echo(f"  already present {shown(r.name)}: {r.bytes} bytes, same content (verified), kept",
+                       err=True)
+        elif r.ok:
             extra = f" (resumed at {r.resumed_from})" if r.resumed_from else ""
-            click.echo(f"  received {r.name}: {r.bytes} bytes, verified{extra}", err=True)
+            click.echo(f"  received {shown(r.name)}: {r.bytes} bytes, verified{extra}", err=True)
         else:
-            click.echo(f"  refused {r.name}: {r.error}", err=True)
+            click.echo(f"  refused {shown(r.name)}: {shown(r.error)}", err=True)
     return log
 
 
@@ -145,15 +166,22 @@ def _summarize(session: ReceiveSession, seconds: float, as_json: bool, quiet: bo
     reports = session.reports
     failed = [r for r in reports if not r.ok]
     total = sum(r.bytes - r.resumed_from for r in reports if r.ok)
+    rate = f"{total} bytes in {seconds:.3f} s ({total / seconds / 1e6:.1f} MB/s)"
     if as_json:
-        click.echo(json.dumps({"ok": not failed and not session.failed, "error": session.failed,
-                               "bytes": total, "seconds": round(seconds, 6), "rate": round(total / seconds, 1),
+        click.echo(json.dumps({"ok": not failed and not session.failed, "complete": session.done,
+                               "error": session.failed, "partial": session.partial, "bytes": total,
+                               "seconds": round(seconds, 6), "rate": round(total / seconds, 1),
                                "entries": [r.__dict__ for r in reports]}))
+    elif not quiet and session.done:
+        click.echo(f"socklab receive: {len(reports) - len(failed)}/{len(reports)} entries, {rate}", err=True)
     elif not quiet:
-        click.echo(f"socklab receive: {len(reports) - len(failed)}/{len(reports)} entries, {total} bytes in "
-                   f"{seconds:.3f} s ({total / seconds / 1e6:.1f} MB/s)", err=True)
+        # the sender never said DONE: nobody knows how many entries there were meant to be
+        kept = f"; {shown(session.partial)}.part kept to resume (run the same send again)" if session.partial \
+            else ""
+        click.echo(f"socklab receive: session interrupted after {len(reports)} entries ({len(reports) - len(failed)}"
+                   f" ok), {rate}{kept}", err=True)
     if session.failed:
-        click.echo(f"socklab: error: {session.failed}", err=True)
+        click.echo(f"socklab: error: {shown(session.failed)}", err=True)
     if any(r.code == "verify" for r in failed):
         return EXIT_VERIFY
     return EXIT_NETWORK if failed or session.failed else 0
@@ -232,7 +260,7 @@ def _drive_blocking(sock: socket.socket, session: ReceiveSession) -> None:
         try:
             n = sock.recv_into(buf)
         except OSError as exc:
-            session.failed = str(translate_oserror(exc, "receiving"))
+            session.abort(str(translate_oserror(exc, "receiving")))
             return
         if n == 0:
             session.eof()

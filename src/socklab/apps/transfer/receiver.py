@@ -3,8 +3,10 @@
 Why this exists: receiving is where a transfer becomes trustworthy or not. Everything here is
 about the disk: names confined to the destination, data written to ``NAME.part``, hashed while it
 streams, fsynced and renamed (then the directory fsynced) only once the sender's blake3-tree root
-matches, a partial file offered for resumption chunk by chunk, and a full disk reported to the
-sender before it wastes more bandwidth, with nothing left behind.
+matches, a partial file offered for resumption chunk by chunk, a file already there with the same
+content recognised and skipped, and a full disk reported to the sender before it wastes more
+bandwidth, with nothing left behind. What the receiver takes from a sender (names, modes, times)
+and how a file is committed is :mod:`socklab.apps.transfer.landing`; :mod:`~.sink` writes.
 
 Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
 ``recv_into``, no copies): a ring of four page-aligned 4 MiB buffers. Each read is hashed right
@@ -19,151 +21,29 @@ re-uses the digests of the prefix it offered: the kept bytes are not read again.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import mmap
 import os
 import socket
-import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from socklab.core.errors import ProtocolError, RemoteProtocolError, UsageError
+from socklab.apps.transfer import landing
+from socklab.apps.transfer.landing import Refused
+from socklab.apps.transfer.settings import FileReport, ReceiveSettings
+from socklab.apps.transfer.sink import Sink
+from socklab.core.errors import ProtocolError
 from socklab.core.protocol import BufferedProtocol
-from socklab.core.settings import ServerSettings, setting
 from socklab.core.transport import Transport
 from socklab.protocols import transfer as tp
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["FileReport", "ReceiveSession", "ReceiveSettings", "ReceiverProtocol"]
 
 RING = 4
-ALIGN = 4096  # O_DIRECT: file offset, length and memory address in multiples of this
-
-
-@dataclass
-class ReceiveSettings(ServerSettings):
-    """``socklab receive``'s settings."""
-
-    port: int = setting(7070, "TCP port to listen on (0: the kernel picks and the readiness line says).")
-    dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
-    overwrite: bool = setting(False, "Replace existing files (otherwise they are refused).")
-    discard: bool = setting(False, "Verify and count the data but write nothing (benchmarks).")
-    buffer_size: int = setting(tp.CHUNK_SIZE, "Bytes per receive buffer (4 of them per session; best: the "
-                                              "chunk size, one hash call per buffer).")
-    fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
-    idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
-    recv_lowat: int = setting(1 << 20, "SO_RCVLOWAT while a file's bytes stream: the engine wakes up once "
-                                         "this much has arrived (fewer, larger reads; 0: off).")
-    direct_io: bool = setting(True, "Write file data with O_DIRECT (no page-cache copy; falls back to "
-                                    "buffered writes where the filesystem refuses it).")
-    hash_on_recv: bool = setting(True, "Hash each read on the receiving thread right after recv_into, while "
-                                       "its bytes are in the CPU cache (off: a worker thread hashes each "
-                                       "filled buffer).")
-    worker_threads: bool = setting(True, "Hash and write on worker threads, one each (off: on the "
-                                         "receiving thread, no hand-offs but no overlap).")
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.discard and not Path(self.dir).is_dir():
-            raise UsageError(f"--dir {self.dir!r} is not a directory")
-        if self.buffer_size < ALIGN or self.buffer_size % ALIGN:
-            raise UsageError(f"buffer_size must be a multiple of {ALIGN}")
-
-
-@dataclass
-class FileReport:
-    """What happened to one entry."""
-
-    name: str
-    ok: bool
-    bytes: int = 0
-    resumed_from: int = 0
-    error: str | None = None
-    code: str | None = None
-
-
-class _Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _Sink:
-    """Where one file's bytes go: ordered hashing (unless done on receipt) and writing, on worker threads."""
-
-    def __init__(self, session: ReceiveSession, fd: int | None, offset: int, hasher: tp.FileHasher,
-                 out: IO[bytes] | None = None) -> None:
-        self.s = session
-        self.fd = fd
-        self.dfd: int | None = None  # the same file opened with O_DIRECT, for aligned writes
-        self.out = out
-        self.pos = offset
-        self.hasher = hasher
-        self.error: BaseException | None = None
-        self.pending: list[tuple[Future[None], Future[None]]] = []
-
-    def submit(self, view: memoryview, hashed: bool = False) -> tuple[Future[None], Future[None]]:
-        """Hash (unless ``hashed`` already) and write one filled buffer, in order."""
-        pos = self.pos
-        self.pos += len(view)
-        if self.s.settings.worker_threads:
-            if hashed and self.out is None and self.fd is None:
-                done: Future[None] = Future()
-                done.set_result(None)
-                return done, done  # discarding, already hashed: nothing left to do
-            sha = self.s.sha_pool.submit(self.hasher.update, view) if not hashed else None
-            if self.out is None and self.fd is None:
-                assert sha is not None
-                return sha, sha  # discarding: nothing to write, no second hand-off
-            io = self.s.io_pool.submit(self._write, view, pos)
-            return (sha or io), io
-        # inline: hash and write on the receiving thread, like a plain recv/write loop - no
-        # hand-off between threads, but no overlap either
-        done = Future()
-        try:
-            if not hashed:
-                self.hasher.update(view)
-            self._write(view, pos)
-            done.set_result(None)
-        except OSError as exc:
-            done.set_exception(exc)
-        return done, done
-
-    def _write(self, view: memoryview, pos: int) -> None:
-        if self.out is not None:
-            self.out.write(view)
-            return
-        if self.fd is None:
-            return
-        dfd = self.dfd
-        if dfd is not None and pos % ALIGN == 0 and len(view) >= ALIGN:
-            # views start at a ring slot (page-aligned mmap memory): the aligned part goes
-            # straight from our buffer to the device, the kernel neither copies it into the
-            # page cache nor has to find fresh pages for it (the costly part on this VM)
-            aligned = len(view) - len(view) % ALIGN
-            try:
-                done = 0
-                while done < aligned:
-                    done += os.pwrite(dfd, view[done:aligned], pos + done)
-                view, pos = view[aligned:], pos + aligned
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.close_direct()  # the filesystem refuses O_DIRECT after all: buffered from here on
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            pos += n
-            view = view[n:]
-
-    def close_direct(self) -> None:
-        if self.dfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.dfd)
-            self.dfd = None
 
 
 class ReceiveSession:
@@ -187,7 +67,10 @@ class ReceiveSession:
         self.conn = tp.TransferConnection("receiver")
         self.dest = Path(os.path.realpath(settings.dir))
         self.reports: list[FileReport] = []
-        self.dirs: list[tuple[Path, int, float | None]] = []
+        self.dirs: list[tuple[Path, int, float | None, bool]] = []  # path, mode, mtime, created by us
+        self.umask = landing.read_umask()
+        self.done = False  # the sender said DONE: the session is complete
+        self.partial: str | None = None  # an entry left as NAME.part when the session broke off
         self.chunk_size = tp.CHUNK_SIZE
         self.finished = False
         self.failed: str | None = None
@@ -200,11 +83,14 @@ class ReceiveSession:
         self.sha_pool = ThreadPoolExecutor(1, thread_name_prefix="socklab-sha")
         self.io_pool = ThreadPoolExecutor(1, thread_name_prefix="socklab-write")
         self._entry: tp.Entry | None = None
-        self._sink: _Sink | None = None
+        self._sink: Sink | None = None
         self._part: Path | None = None
         self._final: Path | None = None
         self._resumed = 0
         self._prefix: list[bytes] = []  # full digests of the chunks offered for resuming
+        self._present: str | None = None  # the root of a same-size file already under the final name
+        self._skipping = False  # the sender has the same file: no bytes follow
+        self._new_dirs: list[Path] = []  # created by this session, entries not yet fsynced
         self._discarding = False
         self._lock = threading.Lock()
         self.set_lowat: Callable[[int], None] | None = None  # the adapter's SO_RCVLOWAT, if it has a socket
@@ -294,9 +180,19 @@ class ReceiveSession:
                 self.conn.receive_data(b"")
             except ProtocolError as exc:
                 self.failed = str(exc)
-            self._abandon()
-            self.finished = True
+            self.abort("the sender closed the connection before the end of the session (no DONE)")
             self.close()
+
+    def abort(self, reason: str) -> None:
+        """The session ends before the sender's DONE: say so (``failed``), keep a ``.part`` to resume."""
+        if self.done:
+            return
+        self.failed = self.failed or reason
+        if self._part is not None and self._entry is not None and self._sink is not None \
+                and self._sink.error is None and not self._skipping:
+            self.partial = self._entry.name  # its .part stays, to be resumed
+        self._abandon()
+        self.finished = True
 
     # ---- events -----------------------------------------------------------------------------------
     def _handle(self, event: tp.Event) -> None:
@@ -305,6 +201,9 @@ class ReceiveSession:
             self.send(self.conn.send(tp.Hello(chunk_size=event.chunk_size)))
         elif isinstance(event, tp.Entry):
             self._on_entry(event)
+        elif isinstance(event, tp.BadEntry):
+            self._report(FileReport(event.name, False, error=f"invalid entry: {escape_peer_text(event.reason)}",
+                                    code="invalid"))
         elif isinstance(event, tp.Start):
             self._on_start(event)
         elif isinstance(event, tp.RawData):
@@ -317,9 +216,7 @@ class ReceiveSession:
         elif isinstance(event, tp.Done):
             self._on_done()
         elif isinstance(event, tp.ErrorFrame):
-            self.failed = f"sender: {event.message}"
-            self._abandon()
-            self.finished = True
+            self.abort(f"sender: {escape_peer_text(event.message)}")
 
     def _report(self, report: FileReport) -> None:
         self.reports.append(report)
@@ -327,88 +224,83 @@ class ReceiveSession:
             self.log(report)
         self.send(self.conn.send(tp.Result(report.ok, report.error, report.code, report.bytes)))
 
-    def _target(self, name: str) -> Path:
-        try:
-            parts = tp.check_name(name)
-        except RemoteProtocolError as exc:
-            raise _Refused("name", str(exc)) from None
-        target = self.dest.joinpath(*parts)
-        parent = Path(os.path.realpath(target.parent))
-        if parent != self.dest and self.dest not in parent.parents:
-            raise _Refused("name", f"refused name {name!r}: leaves the destination (symlink?)")
-        if target.is_symlink():
-            raise _Refused("name", f"refused name {name!r}: is a symlink")
-        return target
-
     def _on_entry(self, entry: tp.Entry) -> None:
         self._entry = entry
         self._resumed = 0
         self._prefix = []
+        self._present = None
         if self.stdout is not None or self.settings.discard:
             if entry.kind == "dir":
                 self._report(FileReport(entry.name, True))
                 return
-            self._sink = _Sink(self, None, 0, tp.FileHasher(self.chunk_size), out=self.stdout)
+            self._sink = Sink(self, None, 0, tp.FileHasher(self.chunk_size), out=self.stdout)
             self.send(self.conn.send(tp.Offer(0, ())))
             return
+        shown = escape_peer_text(entry.name)
+        fd = -1
         try:
-            target = self._target(entry.name)
+            target = landing.resolve(self.dest, entry.name)
             if entry.kind == "dir":
                 if target.exists() and not target.is_dir():
-                    raise _Refused("exists", f"{entry.name} exists and is not a directory")
-                target.mkdir(parents=True, exist_ok=True)
-                self.dirs.append((target, entry.mode, entry.mtime))
+                    raise Refused("exists", f"{shown} exists and is not a directory")
+                created = landing.make_dirs(self.dest, target)
+                self.dirs.append((target, entry.mode, entry.mtime, target in created))
+                self._new_dirs += created
+                if self.settings.fsync:
+                    for d in {c.parent for c in self._new_dirs}:
+                        landing.fsync_dir(d)  # the RESULT says the directory is there: durably
+                    self._new_dirs = []
                 self._report(FileReport(entry.name, True))
                 return
-            if target.exists() and not self.settings.overwrite:
-                raise _Refused("exists", f"{entry.name} exists (use --overwrite to replace it)")
-            if target.exists() and not target.is_file():
-                raise _Refused("exists", f"{entry.name} exists and is not a regular file")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                if not target.is_file():
+                    raise Refused("exists", f"{shown} exists and is not a regular file")
+                if entry.kind == "file" and target.stat().st_size == entry.size:
+                    self._present = landing.tree_root(target, self.chunk_size)  # the same file already?
+                elif not self.settings.overwrite:
+                    why = "with different content (another size)" if entry.kind == "file" else "(a stream)"
+                    raise Refused("exists", f"{shown} exists {why}; {_KEEPS}")
+            self._final = target
+            if self._present is not None and not self.settings.overwrite:
+                # kept whatever comes: no .part; bytes sent anyway are hashed and dropped
+                self._sink = Sink(self, None, 0, tp.FileHasher(self.chunk_size))
+                self.send(self.conn.send(tp.Offer(0, (), self._present, replace=False)))
+                return
+            self._new_dirs += landing.make_dirs(self.dest, target.parent)
             part = target.with_name(target.name + ".part")
             if part.is_symlink():
-                raise _Refused("name", f"refused: {part.name} is a symlink")
+                raise Refused("name", f"refused: {escape_peer_text(part.name)} is a symlink")
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 # one writer per .part: two senders of the same name would interleave their bytes
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise _Refused("busy", f"{entry.name} is being received from another sender right now") from None
-        except _Refused as exc:
-            self._entry = None
+                raise Refused("busy", f"{shown} is being received from another sender right now") from None
+        except Refused as exc:
+            self._entry = self._final = None
             self._report(FileReport(entry.name, False, error=str(exc), code=exc.code))
             return
         except OSError as exc:
-            self._entry = None
-            self._report(FileReport(entry.name, False, error=f"cannot create {entry.name}: {exc.strerror}",
-                                    code="io"))
+            self._entry = self._final = None
+            self._report(FileReport(entry.name, False, error=f"cannot create {shown}: {exc.strerror}", code="io"))
             return
-        self._part, self._final = part, target
+        self._part = part
         if entry.kind == "file":
-            self._prefix = self._scan_prefix(fd, entry.size or 0)
-        self._sink = _Sink(self, fd, 0, tp.FileHasher(self.chunk_size))
+            self._prefix = landing.prefix_digests(fd, entry.size or 0, self.chunk_size)
+        self._sink = Sink(self, fd, 0, tp.FileHasher(self.chunk_size))
         if self.settings.direct_io:
             with contextlib.suppress(OSError):  # not every filesystem takes O_DIRECT (then: buffered)
                 self._sink.dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        self.send(self.conn.send(tp.Offer(len(self._prefix), tuple(tp.wire(d) for d in self._prefix))))
-
-    def _scan_prefix(self, fd: int, size: int) -> list[bytes]:
-        """The digest of each full chunk of an existing .part (the resumable prefix), read once."""
-        part_size = os.fstat(fd).st_size
-        have = min(part_size, size) // self.chunk_size
-        digests = []
-        buf = bytearray(self.chunk_size) if have else bytearray()
-        for i in range(have):
-            n = os.preadv(fd, [buf], i * self.chunk_size)
-            if n < self.chunk_size:
-                break
-            digests.append(tp.chunk_digest(buf))
-        return digests
+        self.send(self.conn.send(tp.Offer(len(self._prefix), tuple(tp.wire(d) for d in self._prefix),
+                                          self._present)))
 
     def _on_start(self, start: tp.Start) -> None:
-        sink = self._sink
-        assert sink is not None
+        sink, entry = self._sink, self._entry
+        assert sink is not None and entry is not None
+        self._skipping = self._present is not None and start.offset == entry.size and entry.size > 0
+        if self._skipping:
+            return  # "mine is the same": no bytes follow, the TRAILER's root decides
         if start.offset:
             # resume: keep the offered prefix up to the sender's offset (its digests are already
             # known: no re-read), cut the rest
@@ -480,6 +372,9 @@ class ReceiveSession:
     def _on_trailer(self, trailer: tp.Trailer) -> None:
         entry, sink = self._entry, self._sink
         assert entry is not None and sink is not None
+        if self._present is not None and (self._skipping or (sink.fd is None and self.stdout is None)):
+            self._on_present(entry, trailer)
+            return
         self._flush_slot()
         error = self._drain()
         if self.conn.state == "closed":
@@ -495,19 +390,43 @@ class ReceiveSession:
             kept = f" (kept the verified {bad * self.chunk_size} bytes for resuming)" if sink.fd is not None \
                 else ""
             self._report(FileReport(entry.name, False, size, self._resumed,
-                                    error=f"verification failed for {entry.name}: chunk {bad} differs{kept}",
-                                    code="verify"))
+                                    error=f"verification failed for {escape_peer_text(entry.name)}: chunk {bad} "
+                                          f"differs{kept}", code="verify"))
             return
         try:
             self._commit(entry, sink)
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:
             self._abandon()
-            self._report(FileReport(entry.name, False, size, error=f"cannot store {entry.name}: "
-                                                                   f"{exc.strerror or exc}", code="disk"))
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._report(FileReport(entry.name, False, size, error=f"cannot store {escape_peer_text(entry.name)}: "
+                                                                   f"{why}", code="disk"))
             return
         self._report(FileReport(entry.name, True, size, self._resumed))
 
-    def _first_bad_chunk(self, sink: _Sink, theirs: tuple[str, ...]) -> int:
+    def _on_present(self, entry: tp.Entry, trailer: tp.Trailer) -> None:
+        """A file of the entry's size is already under the final name: the same one, or kept."""
+        sink = self._sink
+        assert sink is not None and self._present is not None
+        theirs = trailer.root
+        if not self._skipping:  # the sender sent its bytes to a receiver that keeps the file
+            self._flush_slot()
+            self._drain()
+            if self.conn.state == "closed":
+                return
+            theirs = sink.hasher.hexdigest()
+        size = entry.size or 0
+        if self._part is not None and sink.fd is not None and os.fstat(sink.fd).st_size == 0:
+            with contextlib.suppress(OSError):
+                self._part.unlink()  # the empty .part this entry made: nothing to resume
+        self._abandon()
+        if theirs == self._present:
+            self._report(FileReport(entry.name, True, size, size, code="present"))
+            return
+        policy = "the sender did not send its version" if self.settings.overwrite else _KEEPS
+        self._report(FileReport(entry.name, False, error=f"{escape_peer_text(entry.name)} exists with different "
+                                                          f"content; {policy}", code="exists"))
+
+    def _first_bad_chunk(self, sink: Sink, theirs: tuple[str, ...]) -> int:
         if sink.fd is None:
             return 0
         ours = sink.hasher.final_chunks()
@@ -528,7 +447,7 @@ class ReceiveSession:
             sink.fd = None
         self._sink, self._part, self._final = None, None, None
 
-    def _commit(self, entry: tp.Entry, sink: _Sink) -> None:
+    def _commit(self, entry: tp.Entry, sink: Sink) -> None:
         if self.stdout is not None:
             self.stdout.flush()
             self._sink = None
@@ -538,19 +457,13 @@ class ReceiveSession:
             return
         assert self._part is not None and self._final is not None
         sink.close_direct()
-        fd = sink.fd
+        mode = landing.file_mode(entry.mode, self.umask, self.settings.perms)
+        landing.commit_file(sink.fd, self._part, self._final, mode, entry.mtime, fsync=self.settings.fsync,
+                            overwrite=self.settings.overwrite, new_dirs=self._new_dirs)
         if self.settings.fsync:
-            os.fsync(fd)
-        os.fchmod(fd, entry.mode & 0o7777)
-        if entry.mtime is not None:
-            os.utime(fd, (entry.mtime, entry.mtime))
-        if not self.settings.overwrite and self._final.exists():
-            raise FileExistsError(17, "appeared while receiving; not replaced")
-        os.replace(self._part, self._final)  # still holding the .part's lock: nobody else writes it
-        os.close(fd)
+            self._new_dirs = []
+        os.close(sink.fd)  # after the rename: the .part's lock was held until its name was gone
         sink.fd = None
-        if self.settings.fsync:
-            _fsync_dir(self._final.parent)
         self._sink, self._part, self._final = None, None, None
 
     def _abandon(self) -> None:
@@ -570,11 +483,14 @@ class ReceiveSession:
         self._sink, self._part, self._final = None, None, None
 
     def _on_done(self) -> None:
-        for path, mode, mtime in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
-            with contextlib.suppress(OSError):
-                os.chmod(path, mode | stat.S_IRWXU)
+        # deepest first: a parent's time is set after its children changed it
+        for path, mode, mtime, created in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
+            with contextlib.suppress(OSError, OverflowError, ValueError):
+                if created:  # a directory that was there before keeps its mode
+                    os.chmod(path, landing.dir_mode(mode, self.umask, self.settings.perms))
                 if mtime is not None:
                     os.utime(path, (mtime, mtime))
+        self.done = True
         self.finished = True
 
     def _fatal(self, message: str) -> None:
@@ -582,8 +498,7 @@ class ReceiveSession:
         self.failed = message
         with contextlib.suppress(Exception):
             self.send(self.conn.send(tp.ErrorFrame(message, "protocol")))
-        self._abandon()
-        self.finished = True
+        self.abort(message)
 
     def close(self) -> None:
         """Release the worker threads (the session is over)."""
@@ -592,12 +507,7 @@ class ReceiveSession:
         self.io_pool.shutdown(wait=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_KEEPS = ("this receiver keeps existing files (start `socklab receive` with --overwrite to replace them)")
 
 
 class ReceiverProtocol(BufferedProtocol):
@@ -658,8 +568,7 @@ class ReceiverProtocol(BufferedProtocol):
         s = self.session
         if s is not None:
             if not s.finished:
-                s.failed = s.failed or (f"connection lost: {exc}" if exc else "connection closed early")
-                s.finished = True
+                s.abort(f"connection lost: {exc}" if exc else "connection closed before the end of the session")
             s.close()
             if self._on_session is not None:
                 self._on_session(s)

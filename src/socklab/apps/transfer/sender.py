@@ -29,6 +29,7 @@ from typing import IO
 
 from socklab.core.errors import BrokenError, RemoteProtocolError, SocklabError, UsageError, translate_oserror
 from socklab.protocols import transfer as tp
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["SendItem", "SendReport", "SendSession", "collect"]
 
@@ -74,7 +75,7 @@ def collect(paths: list[str], stdin_name: str = "stdin") -> list[SendItem]:
         except OSError as exc:
             raise UsageError(f"cannot send {raw}: {exc.strerror}") from exc
         if stat.S_ISREG(st.st_mode):
-            items.append(SendItem(tp.Entry(path.name, "file", st.st_size, st.st_mode & 0o7777, st.st_mtime), path))
+            items.append(SendItem(tp.Entry(path.name, "file", st.st_size, st.st_mode & 0o777, st.st_mtime), path))
         elif stat.S_ISDIR(st.st_mode):
             items.extend(_walk(path))
         else:
@@ -85,7 +86,7 @@ def collect(paths: list[str], stdin_name: str = "stdin") -> list[SendItem]:
 def _walk(root: Path) -> Iterator[SendItem]:
     base = root.resolve().name or "root"
     st = root.stat()
-    yield SendItem(tp.Entry(base, "dir", 0, st.st_mode & 0o7777, st.st_mtime), None)
+    yield SendItem(tp.Entry(base, "dir", 0, st.st_mode & 0o777, st.st_mtime), None)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel = Path(dirpath).relative_to(root)
@@ -96,14 +97,14 @@ def _walk(root: Path) -> Iterator[SendItem]:
                 continue
             s = p.stat()
             yield SendItem(tp.Entry(f"{base}/{(rel / d).as_posix()}".replace("/./", "/"), "dir", 0,
-                                    s.st_mode & 0o7777, s.st_mtime), None)
+                                    s.st_mode & 0o777, s.st_mtime), None)
         for f in sorted(filenames):
             p = Path(dirpath) / f
             s = p.lstat()
             if not stat.S_ISREG(s.st_mode):
                 continue  # symlinks, sockets, devices: skipped
             name = (Path(base) / rel / f).as_posix()
-            yield SendItem(tp.Entry(name, "file", s.st_size, s.st_mode & 0o7777, s.st_mtime), p)
+            yield SendItem(tp.Entry(name, "file", s.st_size, s.st_mode & 0o777, s.st_mtime), p)
 
 
 class _Hashes:
@@ -204,7 +205,7 @@ class SendSession:
             pass
         while (ev := self.conn.next_event()) is not None:
             if isinstance(ev, tp.ErrorFrame):
-                raise BrokenError(f"receiver: {ev.message}") from exc
+                raise BrokenError(f"receiver: {escape_peer_text(ev.message)}") from exc
         raise translate_oserror(exc, f"{action} to the receiver") from exc
 
     def _event(self) -> tp.Event:
@@ -212,7 +213,7 @@ class SendSession:
             ev = self.conn.next_event()
             if ev is not None:
                 if isinstance(ev, tp.ErrorFrame):
-                    raise BrokenError(f"receiver: {ev.message}")
+                    raise BrokenError(f"receiver: {escape_peer_text(ev.message)}")
                 return ev
             try:
                 data = self.sock.recv(65536)
@@ -234,7 +235,7 @@ class SendSession:
             self.conn.receive_data(data)
             ev = self.conn.next_event()
             if isinstance(ev, tp.ErrorFrame):
-                raise BrokenError(f"receiver: {ev.message}")
+                raise BrokenError(f"receiver: {escape_peer_text(ev.message)}")
             if ev is not None:
                 raise RemoteProtocolError(f"unexpected {type(ev).__name__} from the receiver while sending")
 
@@ -282,6 +283,15 @@ class SendSession:
         ours = _prefix_digests(fd, have, self.chunk_size)
         good = next((i for i in range(have) if tp.wire(ours[i]) != offer.chunks[i]), have)
         offset = good * self.chunk_size
+        if offer.present is not None:
+            # the receiver already has a file of this size under the name: if it is ours, or if the
+            # receiver keeps it anyway, send no bytes - START at the end and our root decide
+            trailer = _Hashes(fd, size, self.chunk_size, []).result()
+            if trailer.root == offer.present or not offer.replace:
+                self._send(self.conn.send(tp.Start(size)) + self.conn.send(trailer))
+                result = self._event()
+                assert isinstance(result, tp.Result)
+                return SendReport(entry.name, result.ok, size, 0, size, result.error, result.code)
         hashes = _Hashes(fd, size, self.chunk_size, ours[:good])
         self._send(self.conn.send(tp.Start(offset)))
         pos = offset

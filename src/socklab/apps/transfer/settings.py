@@ -1,0 +1,60 @@
+"""``socklab receive``'s settings and what it reports per entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from socklab.apps.transfer.sink import ALIGN
+from socklab.core.errors import UsageError
+from socklab.core.settings import ServerSettings, setting
+from socklab.protocols import transfer as tp
+
+__all__ = ["FileReport", "ReceiveSettings"]
+
+
+@dataclass
+class ReceiveSettings(ServerSettings):
+    """``socklab receive``'s settings."""
+
+    port: int = setting(7070, "TCP port to listen on (0: the kernel picks and the readiness line says).")
+    dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
+    overwrite: bool = setting(False, "Replace existing files that differ from the sender's (a replaced file keeps "
+                                     "its mode and owner); without it they are kept and the sender is told. A file "
+                                     "with the same content is skipped either way.")
+    perms: bool = setting(True, "Give new files the sender's permission bits - rwx only, masked by the umask, "
+                                "never setuid, setgid or sticky (--no-perms: the receiver's default mode, "
+                                "0666 & ~umask).")
+    discard: bool = setting(False, "Verify and count the data but write nothing (benchmarks).")
+    buffer_size: int = setting(tp.CHUNK_SIZE, "Bytes per receive buffer (4 of them per session; best: the "
+                                              "chunk size, one hash call per buffer).")
+    fsync: bool = setting(True, "fsync each file and its directory before reporting success.")
+    idle_timeout: float = setting(60.0, "Close a session silent for this many seconds.")
+    recv_lowat: int = setting(1 << 20, "SO_RCVLOWAT while a file's bytes stream: the engine wakes up once "
+                                         "this much has arrived (fewer, larger reads; 0: off).")
+    direct_io: bool = setting(True, "Write file data with O_DIRECT (no page-cache copy; falls back to "
+                                    "buffered writes where the filesystem refuses it).")
+    hash_on_recv: bool = setting(True, "Hash each read on the receiving thread right after recv_into, while "
+                                       "its bytes are in the CPU cache (off: a worker thread hashes each "
+                                       "filled buffer).")
+    worker_threads: bool = setting(True, "Hash and write on worker threads, one each (off: on the "
+                                         "receiving thread, no hand-offs but no overlap).")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.discard and not Path(self.dir).is_dir():
+            raise UsageError(f"--dir {self.dir!r} is not a directory")
+        if self.buffer_size < ALIGN or self.buffer_size % ALIGN:
+            raise UsageError(f"buffer_size must be a multiple of {ALIGN}")
+
+
+@dataclass
+class FileReport:
+    """What happened to one entry."""
+
+    name: str
+    ok: bool
+    bytes: int = 0
+    resumed_from: int = 0
+    error: str | None = None
+    code: str | None = None
