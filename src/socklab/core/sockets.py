@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from socklab.core.errors import ResolveError, UsageError, translate_oserror
+from socklab.core.errors import AddressInUse, ResolveError, UsageError, translate_oserror
 from socklab.core.trace import Tracer, format_addr
 
 __all__ = [
@@ -116,17 +116,56 @@ def _bind(sock: socket.socket, addr: Any, tracer: Tracer | None) -> None:
     try:
         sock.bind(addr)
     except OSError as exc:
+        family, kind = sock.family, sock.type
         if tracer:
             tracer.emit("bind", sock, detail=f"{format_addr(addr)} failed: {exc.strerror}",
-                        notes=_bind_notes(exc))
+                        notes=_bind_notes(exc, family, kind, addr))
         sock.close()
-        raise translate_oserror(exc, f"binding {format_addr(addr)}") from exc
+        raise _bind_error(exc, family, kind, addr) from exc
     if tracer:
         tracer.emit("bind", sock, detail=f"{format_addr(sock.getsockname())}")
 
 
-def _bind_notes(exc: OSError) -> list[str]:
+def _bind_error(exc: OSError, family: int, kind: int, addr: Any) -> Exception:
+    """The one-line error for a failed bind; EADDRINUSE says what holds the address, per kind."""
+    where = format_addr(addr)
+    if exc.errno != errno.EADDRINUSE:
+        return translate_oserror(exc, f"binding {where}")
+    if family == socket.AF_UNIX:
+        path = os.fsdecode(addr)
+        if _is_other_file(path):
+            hint = f"{path} exists and is not a socket: choose another path, or remove that file"
+        else:
+            hint = (f"another server is listening on this socket file (`ss -xlp | grep {path}` shows "
+                    f"which); if none is, the file is a stale leftover: remove it (`rm {path}`) and start again")
+    elif kind == socket.SOCK_DGRAM:
+        hint = (f"another UDP socket is bound to this port - a running server (`socklab ss --port {addr[1]}` "
+                "shows which); socklab shares a UDP port only when asked (--reuse-port)")
+    else:
+        hint = (f"another socket is bound there - a running server, or connections in TIME_WAIT "
+                f"(socklab sets SO_REUSEADDR on listeners; see `socklab ss --port {addr[1]}`)")
+    err = AddressInUse(f"address already in use while binding {where}: {hint}")
+    err.errno = exc.errno
+    return err
+
+
+def _is_other_file(path: str) -> bool:
+    """Is ``path`` something other than a socket (a regular file, a directory)?"""
+    try:
+        return not stat.S_ISSOCK(os.lstat(path).st_mode)
+    except (OSError, ValueError):  # absent, or an abstract name ("\0...")
+        return False
+
+
+def _bind_notes(exc: OSError, family: int, kind: int, addr: Any) -> list[str]:
     if exc.errno == errno.EADDRINUSE:
+        if family == socket.AF_UNIX:
+            return ["EADDRINUSE on a Unix socket: the path exists. socklab removes a socket file nobody "
+                    "listens on (connect() is refused); this one is in use, or is not a socket."]
+        if kind == socket.SOCK_DGRAM:
+            return ["EADDRINUSE: another UDP socket holds this port. UDP has no TIME_WAIT: a live process "
+                    "owns it. Without SO_REUSEADDR/SO_REUSEPORT two servers cannot share it (with them, "
+                    "the newer one would silently take its datagrams)."]
         return ["EADDRINUSE: another socket holds this address. If a server just exited, its old "
                 "connections may sit in TIME_WAIT for 60 s; SO_REUSEADDR (which socklab sets) lets a "
                 "listener bind anyway, so a live process must still own the port: `socklab ss --port N`."]
@@ -192,7 +231,11 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None = None,
                     tracer: Tracer | None = None, reuse_port: bool = False) -> socket.socket:
-    """A bound (server) or connected (client) UDP socket, traced."""
+    """A bound (server) or connected (client) UDP socket, traced.
+
+    A port in use is refused (:class:`AddressInUse`), as for TCP: two UDP servers share a port
+    only with ``reuse_port`` (SO_REUSEPORT), which both must set.
+    """
     if connect_to is not None:
         info = _resolve(connect_to[0], connect_to[1], socket.SOCK_DGRAM, passive=False)[0]
         sock = _new_socket(info[0], socket.SOCK_DGRAM, tracer)
@@ -210,10 +253,10 @@ def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None 
         info = _resolve(host, port, socket.SOCK_DGRAM, passive=True)[0]
         family, addr = info[0], info[4]
     sock = _new_socket(family, socket.SOCK_DGRAM, tracer)
-    if port != 0:
-        # Not for port 0: on Linux, UDP sockets that all set SO_REUSEADDR may be given the *same*
-        # ephemeral port by bind(0), and then steal each other's datagrams.
-        _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
+    # No SO_REUSEADDR on UDP: it has no TIME_WAIT to step over, and on Linux it lets a second
+    # socket bind a port already in use and silently take the first one's datagrams (and bind(0)
+    # may hand two such sockets the same ephemeral port). Sharing a port is SO_REUSEPORT's job,
+    # set only when asked for (--reuse-port).
     if reuse_port:
         _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEPORT, 1, "SO_REUSEPORT", tracer)
     if family == socket.AF_INET6 and addr[0] == "::":
