@@ -32,10 +32,12 @@ class LineClient:
     """A line-protocol client over a blocking socket; every wait is bounded by ``timeout``."""
 
     def __init__(self, port: int, nick: str | None = None, *, timeout: float = 10.0,
-                 rcvbuf: int | None = None) -> None:
+                 rcvbuf: int | None = None, source: str | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:  # another loopback address (127.0.0.2...): another client address
+            self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(("127.0.0.1", port))
         self.buf = b""
@@ -87,6 +89,19 @@ class LineClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def refused(port: int, source: str = "127.0.0.1") -> bytes:
+    """Connect from ``source`` and read everything until the server closes (bounded by 10 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(4096):
+                data += chunk
+        return data
 
 
 class Pump(threading.Thread):

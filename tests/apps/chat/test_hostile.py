@@ -7,7 +7,8 @@ import threading
 
 from socklab.apps.chat.client import ChatClient
 from socklab.protocols.text import find_unsafe
-from tests.apps.chat.helpers import LineClient, chat_node
+from tests.apps.chat.helpers import LineClient, chat_node, refused
+from tests.apps.chat.test_web import WsClient
 
 ESCAPES = "\x1b]0;owned\x07\x1b[2J"  # retitle the window, clear the screen
 
@@ -77,3 +78,63 @@ def test_terminal_client_escapes_whatever_a_server_sends() -> None:
     assert _clean(shown), shown
     assert "\\x1b]0;owned\\x07" in text and "\\x1b[2Jclear \\x9b2J" in text and "\\u202e" in text
     assert "\\x1b[31m" in text
+
+
+# ---- chat slots ----------------------------------------------------------------------------------
+def test_a_connection_without_a_nick_is_closed_at_its_deadline(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, http_port=0, register_timeout=0.5) as node, \
+            LineClient(node.tcp_port, "ann") as ann, LineClient(node.tcp_port) as silent:
+        ws = WsClient(node.http_port)
+        try:
+            ws.expect("HELLO")
+            assert ws.expect("BYE")["text"].startswith("no nick chosen within 0.5 s (register_timeout)")
+        finally:
+            ws.close()
+        rest = silent.read_until_closed()  # it sent nothing after HELLO
+        assert rest and rest[-1] == \
+            "BYE :no nick chosen within 0.5 s (register_timeout); closing - send /nick NAME first"
+        ann.send("/ping still-here")  # chose a nick in time: stays
+        ann.expect("PONG")
+        assert list(node.hub.members.values()) == [m for m in node.hub.members.values() if m.nick == "ann"]
+
+
+def test_one_address_is_capped_while_another_still_connects(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, max_per_address=3) as node:
+        held = [LineClient(node.tcp_port) for _ in range(3)]
+        try:
+            assert refused(node.tcp_port) == \
+                b"BYE :too many connections from 127.0.0.1 (3, max_per_address); close one and try again\n"
+            with LineClient(node.tcp_port, "elsewhere", source="127.0.0.2") as other:
+                other.send("/ping ok")
+                other.expect("PONG")
+            held[0].send("/quit")
+            held[0].expect("BYE")  # its place is free once the BYE is written
+            held[0].close()
+            with LineClient(node.tcp_port, "again") as again:
+                again.send("/ping ok")
+                again.expect("PONG")
+        finally:
+            for c in held:
+                c.close()
+
+
+def test_the_page_loads_when_every_chat_slot_is_taken(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, http_port=0, max_connections=3) as node:
+        held = [LineClient(node.tcp_port) for _ in range(3)]
+        try:
+            assert refused(node.tcp_port).startswith(b"BYE :server full")
+            with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % node.http_port)
+                page = b""
+                while chunk := s.recv(65536):
+                    page += chunk
+            assert page.startswith(b"HTTP/1.1 200") and b"<title>socklab chat</title>" in page
+            ws = WsClient(node.http_port)  # the page's socket is told why, and closed "try again later"
+            try:
+                assert ws.expect("BYE")["text"].startswith("server full")
+                assert ws.close_code() == 1013
+            finally:
+                ws.close()
+        finally:
+            for c in held:
+                c.close()

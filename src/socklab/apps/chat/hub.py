@@ -22,15 +22,16 @@ serialized), so there are no locks. Backends that use threads post their results
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from typing import Protocol as _TypingProtocol
 
+from socklab.apps.chat.admission import CallLater, Door
+from socklab.apps.chat.backends import Backend, LocalBackend
+from socklab.apps.chat.member import Frame, Member
 from socklab.apps.chat.settings import ChatSettings
-from socklab.apps.chat.store import RoomState, SqliteStore
 from socklab.core.errors import RemoteProtocolError
 from socklab.protocols.chat import (
     ACTION,
@@ -59,7 +60,6 @@ from socklab.protocols.chat import (
     RoomList,
     Rooms,
     Say,
-    ServerEvent,
     Synced,
     TokenBucket,
     Topic,
@@ -67,158 +67,21 @@ from socklab.protocols.chat import (
     Welcome,
     Who,
     check_text,
-    encode_event,
-    event_to_json,
     nick_key,
 )
 
 __all__ = ["Backend", "ChatHub", "Frame", "LocalBackend", "Member", "Room"]
 
-_ids = itertools.count(1)
 MAX_REASON = 300  # bytes of a topic, or of a part or quit reason
-
-
-class Frame:
-    """One server event, encoded on first use for each kind of client and then shared."""
-
-    __slots__ = ("_json", "_line", "event")
-
-    def __init__(self, event: ServerEvent) -> None:
-        self.event = event
-        self._line: bytes | None = None
-        self._json: str | None = None
-
-    @property
-    def line(self) -> bytes:
-        if self._line is None:
-            self._line = encode_event(self.event)
-        return self._line
-
-    @property
-    def json(self) -> str:
-        if self._json is None:
-            self._json = event_to_json(self.event)
-        return self._json
-
-
-class Member:
-    """One connected user. Adapters implement :meth:`send_frame` and :meth:`close_with`."""
-
-    kind = "?"
-
-    def __init__(self, peer: str = "") -> None:
-        self.id = next(_ids)
-        self.peer = peer
-        self.nick: str | None = None
-        self.rooms: list[str] = []
-        self.current: str | None = None
-        self.bucket: TokenBucket | None = None
-        self.limited = False
-        self.gone = False
-        self.pending_nick: str | None = None
-
-    def send(self, event: ServerEvent) -> None:
-        self.send_frame(Frame(event))
-
-    def send_frame(self, frame: Frame) -> None:
-        raise NotImplementedError
-
-    def send_frames(self, frames: list[Frame]) -> None:
-        """Several frames at once (adapters that can, write them in one go)."""
-        for frame in frames:
-            self.send_frame(frame)
-
-    def close_with(self, bye: Bye) -> None:
-        """Send ``bye`` (the reason) and close the connection."""
-        raise NotImplementedError
 
 
 @dataclass
 class Room:
+    """A room with members on this node. It is freed when its last member here leaves; what must
+    outlive it (the last sequence number, the topic) is kept by the hub in two flat tables."""
+
     name: str
     members: dict[int, Member] = field(default_factory=dict)
-    seq: int = 0  # last sequence number delivered here
-    topic: str = ""
-    topic_by: str = ""
-
-
-class Backend(_TypingProtocol):
-    """Where messages become durable and numbered, and how nodes share rooms."""
-
-    def start(self, hub: ChatHub) -> dict[str, RoomState]: ...
-    def publish(self, msg: Message, on_error: Callable[[str], None]) -> None: ...
-    def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None: ...
-    def set_topic(self, room: str, nick: str, text: str) -> None: ...
-    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None: ...
-    def release_nick(self, nick: str) -> None: ...
-    def room_event(self, room: str, event: ServerEvent) -> None: ...
-    def private(self, event: Private, cb: Callable[[bool], None]) -> None: ...
-    def who(self, room: str, cb: Callable[[list[str]], None]) -> None: ...
-    def close(self) -> None: ...
-
-
-class LocalBackend:
-    """One process: numbers messages itself and keeps them in SQLite (:class:`SqliteStore`)."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
-        self.hub: ChatHub | None = None
-        self.next_seq: dict[str, int] = {}
-        self._durable: list[Message] = []
-        store.after_batch = self._deliver_durable
-
-    def _deliver_durable(self) -> None:
-        batch, self._durable = self._durable, []
-        if batch and self.hub is not None:
-            self.hub.on_messages(batch)
-
-    def start(self, hub: ChatHub) -> dict[str, RoomState]:
-        self.hub = hub
-        rooms = self.store.load()
-        self.next_seq = {name: st.seq for name, st in rooms.items()}
-        return rooms
-
-    def publish(self, msg: Message, on_error: Callable[[str], None]) -> None:
-        seq = self.next_seq.get(msg.room, 0) + 1
-        self.next_seq[msg.room] = seq
-        numbered = Message(msg.room, seq, msg.ts, msg.nick, msg.text, msg.kind)
-        hub = self.hub
-        assert hub is not None
-
-        def done(err: BaseException | None) -> None:
-            if err is None:
-                self._durable.append(numbered)  # delivered with its whole batch (after_batch)
-            else:
-                on_error(f"not stored: {err}")
-
-        self.store.append(numbered, done)
-
-    def history(self, room: str, after: int | None, limit: int, cb: Callable[[list[Message]], None]) -> None:
-        cb(self.store.recent(room, limit) if after is None else self.store.after(room, after, limit))
-
-    def set_topic(self, room: str, nick: str, text: str) -> None:
-        self.store.set_topic(room, nick, text)
-
-    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
-        cb(True)  # the hub's own table is the whole truth on one node
-
-    def release_nick(self, nick: str) -> None:
-        pass
-
-    def room_event(self, room: str, event: ServerEvent) -> None:
-        assert self.hub is not None
-        self.hub.fanout(room, Frame(event))
-
-    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
-        cb(False)  # the target is not on this node, and there is no other node
-
-    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
-        assert self.hub is not None
-        r = self.hub.rooms.get(room)
-        cb(sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold) if r else [])
-
-    def close(self) -> None:
-        self.store.close()
 
 
 class ChatHub:
@@ -227,33 +90,65 @@ class ChatHub:
     Args:
         settings: the limits (message size, rate, rooms per client, history replayed...).
         backend: :class:`LocalBackend` or the Redis broker.
-        clock: monotonic seconds, for the token buckets (tests pass their own).
+        clock: monotonic seconds, for the token buckets and deadlines (tests pass their own).
+        call_later: the engine's timer, for the deadline to choose a nick (``None``: no deadline).
+
+    Memory: a :class:`Room` exists only while it has members here; the last sequence number and
+    the topic of every room with history live in two flat tables (``last_seq``, ``topics``), the
+    little the store's history needs. Join/part churn leaves nothing behind.
     """
 
     def __init__(self, settings: ChatSettings, backend: Backend, *,
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
-                 server_name: str = "socklab-chat") -> None:
+                 server_name: str = "socklab-chat", call_later: CallLater | None = None) -> None:
         self.settings = settings
         self.backend = backend
         self.clock = clock
         self.wallclock = wallclock
         self.server_name = server_name
         self.rooms: dict[str, Room] = {}
+        self.last_seq: dict[str, int] = {}  # room -> last sequence number delivered here
+        self.topics: dict[str, tuple[str, str]] = {}  # room -> (topic, set by)
         self.nicks: dict[str, Member] = {}
         self.members: dict[int, Member] = {}
+        self.door = Door(settings, clock, call_later, self._expire)
         self.shutting_down = False
         self.delivered = 0
         self.messages = 0
         for name, st in backend.start(self).items():
-            self.rooms[name] = Room(name, seq=st.seq, topic=st.topic, topic_by=st.topic_by)
+            if st.seq:
+                self.last_seq[name] = st.seq
+            if st.topic:
+                self.topics[name] = (st.topic, st.topic_by)
 
     # ---- membership ------------------------------------------------------------------------------
-    def attach(self, member: Member) -> None:
-        """A new connection: greet it (it must choose a nick before anything else)."""
-        member.bucket = TokenBucket(self.settings.rate, self.settings.burst, self.clock())
+    def attach(self, member: Member) -> bool:
+        """A new connection: greet it (it must choose a nick before anything else).
+
+        Returns:
+            False when it was refused (server full, too many from its address): it was sent
+            ``BYE`` with the reason and closed.
+        """
+        refusal = "server shutting down" if self.shutting_down else self.door.refusal(member, len(self.members))
+        if refusal is not None:
+            self.door.refused += 1
+            member.gone = True
+            member.close_with(Bye(refusal))
+            return False
+        now = self.clock()
+        member.bucket = TokenBucket(self.settings.rate, self.settings.burst, now)
+        member.commands = TokenBucket(self.settings.command_rate, self.settings.command_burst, now)
         self.members[member.id] = member
+        self.door.admit(member)
         member.send(Welcome(self.server_name, 1, "welcome! choose a nick with /nick NAME; /help lists the "
                                                  "commands"))
+        return True
+
+    def _expire(self, member: Member) -> None:
+        t = self.settings.register_timeout
+        member.close_with(Bye(f"no nick chosen within {t:g} s (register_timeout); closing - send /nick NAME "
+                              "first"))
+        self.detach(member, "no nick chosen")
 
     def detach(self, member: Member, reason: str = "") -> None:
         """The connection is gone (or going): leave every room, free the nick. Idempotent."""
@@ -261,6 +156,7 @@ class ChatHub:
             return
         member.gone = True
         self.members.pop(member.id, None)
+        self.door.leave(member)
         for name in list(member.rooms):
             self._leave(member, name, reason, tell_self=False)
         if member.nick is not None:
@@ -271,6 +167,7 @@ class ChatHub:
     def shutdown(self) -> None:
         """Tell everybody the server is going away, and close their connections."""
         self.shutting_down = True
+        self.door.close()
         for member in list(self.members.values()):
             member.close_with(Bye("server shutting down; reconnect later"))
             self.detach(member, "server shutting down")
@@ -280,7 +177,13 @@ class ChatHub:
         member.send(ErrorReply(code, text))
 
     def handle(self, member: Member, cmd: Command) -> None:
-        """Carry out one command of ``member``; every refusal is an ``ERR`` line to it."""
+        """Carry out one command of ``member``; every refusal is an ``ERR`` line to it.
+
+        Commands other than messages take a token from the member's command bucket
+        (``command_rate``, ``command_burst``); without one the command is dropped, with one
+        ``ERR 429`` per burst of refusals. Messages have their own bucket (``rate``, ``burst``);
+        ``/quit`` is never refused.
+        """
         if member.gone:
             return
         try:
@@ -288,10 +191,32 @@ class ChatHub:
         except KeyError:
             self.error(member, 400, f"unsupported command {type(cmd).__name__}")
             return
+        if not isinstance(cmd, (Say, Me, PrivMsg, Quit)) and not self._command_allowed(member):
+            return
         try:
             handler(self, member, cmd)
         except RemoteProtocolError as exc:
             self.error(member, exc.hint or 400, str(exc))
+
+    def invalid(self, member: Member, code: int, text: str) -> None:
+        """A line that is not a valid command: ``ERR code text``, metered like a command."""
+        if not member.gone and self._command_allowed(member):
+            self.error(member, code, text)
+
+    def _command_allowed(self, member: Member) -> bool:
+        bucket = member.commands
+        if bucket is None:
+            return True
+        now = self.clock()
+        if bucket.take(now):
+            member.commands_limited = False
+            return True
+        if not member.commands_limited:  # one notice per burst of refusals, not one per line
+            member.commands_limited = True
+            s = self.settings
+            self.error(member, 429, f"rate limited ({s.command_rate:g} commands/s, bursts of {s.command_burst}): "
+                                    f"commands are dropped for {bucket.retry_after(now):.1f} s")
+        return False
 
     def _need_nick(self, member: Member) -> str:
         if member.nick is None:
@@ -368,6 +293,7 @@ class ChatHub:
                 self.nicks.pop(nick_key(old), None)
                 self.backend.release_nick(old)
             member.nick = new
+            self.door.registered(member)
             event = NickChanged(old or "*", new)
             member.send(event)
             for name in member.rooms:
@@ -391,9 +317,9 @@ class ChatHub:
             room.members[member.id] = member
             self.backend.room_event(name, Joined(name, nick))
         member.current = name
-        room = self.rooms[name]
-        if room.topic:
-            member.send(TopicChanged(name, room.topic_by, room.topic))
+        topic = self.topics.get(name)
+        if topic is not None:
+            member.send(TopicChanged(name, topic[1], topic[0]))
 
         def send_members(nicks: list[str]) -> None:
             if not member.gone:
@@ -409,8 +335,7 @@ class ChatHub:
                 return
             for m in messages:
                 member.send(m)
-            room = self.rooms.get(name)
-            member.send(Synced(name, max(room.seq if room else 0, messages[-1].seq if messages else 0)))
+            member.send(Synced(name, max(self.last_seq.get(name, 0), messages[-1].seq if messages else 0)))
 
         if limit <= 0:
             send([])
@@ -423,6 +348,8 @@ class ChatHub:
             member.rooms.remove(name)
         if room is not None:
             room.members.pop(member.id, None)
+            if not room.members:
+                del self.rooms[name]  # freed: its sequence number and topic stay in the flat tables
         if member.current == name:
             member.current = member.rooms[-1] if member.rooms else None
         if member.nick is not None:
@@ -476,23 +403,29 @@ class ChatHub:
         self.backend.who(name, send)
 
     def _rooms(self, member: Member, cmd: Rooms) -> None:
-        infos = tuple(RoomInfo(r.name, len(r.members), r.seq) for r in sorted(self.rooms.values(),
-                                                                              key=lambda r: r.name)
-                      if r.members or r.seq)
-        member.send(RoomList(infos[:200]))
+        """The ``rooms_listed`` rooms with the most members here (a heap, not a sort of every room),
+        then how many more there are."""
+        self._need_nick(member)
+        limit = self.settings.rooms_listed
+        top = heapq.nlargest(limit, self.rooms.values(), key=lambda r: len(r.members))
+        member.send(RoomList(tuple(RoomInfo(r.name, len(r.members), self.last_seq.get(r.name, 0)) for r in top)))
+        more = len(self.rooms) - len(top)
+        if more > 0:
+            member.send(Notice(f"and {more} more room{'s' if more != 1 else ''} (the {limit} with the most "
+                               "members are listed)"))
 
     def _topic(self, member: Member, cmd: Topic) -> None:
         nick = self._need_nick(member)
         name = self._target_room(member, None)
-        room = self.rooms[name]
         if cmd.text is None:
-            if room.topic:
-                member.send(TopicChanged(name, room.topic_by, room.topic))
+            topic = self.topics.get(name)
+            if topic is not None:
+                member.send(TopicChanged(name, topic[1], topic[0]))
             else:
                 member.send(Notice(f"{name} has no topic; set one with /topic TEXT"))
             return
         text = check_text(cmd.text, min(self.settings.max_message, MAX_REASON), "topic")
-        room.topic, room.topic_by = text, nick
+        self.topics[name] = (text, nick)
         self.backend.set_topic(name, nick, text)
         self.backend.room_event(name, TopicChanged(name, nick, text))
 
@@ -521,11 +454,8 @@ class ChatHub:
     # ---- from the backend (engine thread) ----------------------------------------------------------
     def on_message(self, msg: Message) -> None:
         """A durable, numbered message: deliver it to the room's members here."""
-        room = self.rooms.get(msg.room)
-        if room is None:
-            room = self.rooms[msg.room] = Room(msg.room)
-        if msg.seq > room.seq:
-            room.seq = msg.seq
+        if msg.seq > self.last_seq.get(msg.room, 0):
+            self.last_seq[msg.room] = msg.seq
         self.fanout(msg.room, Frame(msg))
 
     def on_messages(self, messages: list[Message]) -> None:
@@ -534,12 +464,13 @@ class ChatHub:
             self.on_message(messages[0])
             return
         shares: dict[int, tuple[Member, list[Frame]]] = {}
+        last_seq = self.last_seq
         for msg in messages:
+            if msg.seq > last_seq.get(msg.room, 0):
+                last_seq[msg.room] = msg.seq
             room = self.rooms.get(msg.room)
             if room is None:
-                room = self.rooms[msg.room] = Room(msg.room)
-            if msg.seq > room.seq:
-                room.seq = msg.seq
+                continue  # nobody here (a room of another node, or everyone left)
             frame = Frame(msg)
             for m in room.members.values():
                 share = shares.get(m.id)
@@ -552,10 +483,7 @@ class ChatHub:
             m.send_frames(frames)
 
     def on_topic(self, room: str, nick: str, text: str) -> None:
-        r = self.rooms.get(room)
-        if r is None:
-            r = self.rooms[room] = Room(room)
-        r.topic, r.topic_by = text, nick
+        self.topics[room] = (text, nick)
 
     def fanout(self, room: str, frame: Frame) -> None:
         """Send ``frame`` to every member of ``room`` on this node."""

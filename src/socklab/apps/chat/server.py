@@ -16,7 +16,8 @@ import contextlib
 import socket
 from typing import Any
 
-from socklab.apps.chat.hub import Backend, ChatHub, LocalBackend
+from socklab.apps.chat.backends import Backend, LocalBackend
+from socklab.apps.chat.hub import ChatHub
 from socklab.apps.chat.settings import ChatSettings, default_store_path
 from socklab.apps.chat.store import SqliteStore
 from socklab.apps.chat.tcp import ChatLineProtocol
@@ -39,10 +40,14 @@ class ChatServer:
 
     def __init__(self, settings: ChatSettings, tracer: Tracer | None = None) -> None:
         self.settings = settings
-        self.server = Server(settings, tracer=tracer, label="chat")
+        # The hub counts chat slots (max_connections) itself; the engine admits web_reserve more, so
+        # the page (and the refusal of a WebSocket past the slots) is served when every slot is taken.
+        reserve = settings.web_reserve if settings.http_port >= 0 else 0
+        self.server = Server(settings.replace(max_connections=settings.max_connections + reserve), tracer=tracer,
+                             label="chat")
         self.backend = self._make_backend()
         try:
-            self.hub = ChatHub(settings, self.backend,
+            self.hub = ChatHub(settings, self.backend, call_later=self.server.engine.call_later,
                                server_name=f"socklab-chat@{settings.node or socket.gethostname()}")
             self.tcp_address: Any = self.server.listen(lambda: ChatLineProtocol(self.hub),
                                                        port=settings.tcp_port)

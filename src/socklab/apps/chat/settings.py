@@ -44,6 +44,19 @@ class ChatSettings(ServerSettings):
     node: str | None = setting(None, "This node's name in the broker (default: hostname-pid).")
     presence_ttl: float = setting(30.0, "With --broker: seconds a node's nicks and presence outlive it if it "
                                         "dies (renewed every third of it).")
+    register_timeout: float = setting(20.0, "Seconds a new connection has to choose a nick (/nick NAME); then "
+                                            "it is closed with the reason, so silent connections cannot hold "
+                                            "the slots (0 = no deadline).")
+    max_per_address: int = setting(32, "Chat connections (line and WebSocket) one client address may hold at "
+                                       "once; the next is refused with the reason (0 = no cap). Behind a proxy "
+                                       "or NAT, raise it.")
+    web_reserve: int = setting(64, "Connections the web port may use on top of --max-connections, so the page "
+                                   "still loads (and says 'server full') when every chat slot is taken.")
+    command_rate: float = setting(20.0, "Commands other than messages (/join, /who, /rooms...) a client may send "
+                                        "per second; the excess gets one ERR 429 and is dropped.")
+    command_burst: int = setting(40, "Commands other than messages a client may send at once.")
+    rooms_listed: int = setting(100, "Rooms /rooms shows at most (those with the most members here), followed "
+                                     "by how many more there are.")
     max_line: int = setting(4096, "Longest line accepted, bytes; a longer one is an error and a close.")
     max_message: int = setting(2000, "Longest message text, bytes (UTF-8).")
     rate: float = setting(10.0, "Messages a client may send per second (token bucket refill rate).")
@@ -67,6 +80,14 @@ class ChatSettings(ServerSettings):
             raise UsageError("need max_line >= 64 and 1 <= max_message <= max_line")
         if self.rate <= 0 or self.burst < 1:
             raise UsageError("rate must be > 0 and burst >= 1")
+        if self.command_rate <= 0 or self.command_burst < 1:
+            raise UsageError("command_rate must be > 0 and command_burst >= 1")
+        if self.register_timeout < 0:
+            raise UsageError("register_timeout cannot be negative (0 = no deadline)")
+        if self.max_per_address < 0 or self.web_reserve < 0:
+            raise UsageError("max_per_address and web_reserve cannot be negative (0 = no cap, no reserve)")
+        if self.rooms_listed < 1:
+            raise UsageError("rooms_listed must be at least 1")
         if self.max_queue < 1024 or self.max_rooms < 1 or self.history_on_join < 0 or self.max_catchup < 0:
             raise UsageError("max_queue >= 1024, max_rooms >= 1, history counts >= 0")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):

@@ -52,13 +52,11 @@ class ChatLineProtocol(Protocol, Member):
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self.hub.shutting_down:
-            transport.write(Frame(Bye("server shutting down")).line)
-            transport.close()
-            self.gone = True
-            return
-        self.hub.attach(self)
+        if isinstance(peer, tuple):
+            self.peer, self.address = f"{peer[0]}:{peer[1]}", str(peer[0])
+        else:  # a Unix socket: no address to count
+            self.peer = str(peer)
+        self.hub.attach(self)  # or BYE with the reason (full, too many from this address) and close
 
     def data_received(self, data: bytes) -> None:
         if self.gone:
@@ -79,7 +77,7 @@ class ChatLineProtocol(Protocol, Member):
             if ev is None:
                 return
             if isinstance(ev, Invalid):
-                self.send(ErrorReply(ev.code, ev.reason))
+                self.hub.invalid(self, ev.code, ev.reason)
             elif isinstance(ev, EndOfInput):
                 self.hub.detach(self, "connection closed")
                 return

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from socklab.apps.chat.hub import ChatHub, Frame, Member
 from socklab.apps.http.api import HttpProtocol, HttpSettings, Request, Response, Router, WebSocket
 from socklab.core.errors import RemoteProtocolError
-from socklab.protocols.chat import Bye, ErrorReply, parse_command
+from socklab.protocols.chat import Bye, parse_command
 
 if TYPE_CHECKING:
     from socklab.apps.chat.server import ChatServer
@@ -36,7 +36,8 @@ class WebMember(Member):
     kind = "ws"
 
     def __init__(self, hub: ChatHub, ws: WebSocket) -> None:
-        super().__init__(self._describe(ws.client))
+        client = ws.client
+        super().__init__(self._describe(client), str(client[0]) if isinstance(client, tuple) else None)
         self.hub = hub
         self.ws = ws
         self.limit = hub.settings.max_buffer + hub.settings.max_queue
@@ -51,24 +52,25 @@ class WebMember(Member):
     def on_message(self, message: str | bytes) -> None:
         if self.gone:
             return
+        hub = self.hub
         if isinstance(message, bytes):
-            self.send(ErrorReply(400, "send commands as text messages"))
+            hub.invalid(self, 400, "send commands as text messages")
             return
-        if len(message.encode()) > self.hub.settings.max_line:
-            self.send(ErrorReply(413, f"message longer than {self.hub.settings.max_line} bytes"))
+        if len(message.encode()) > hub.settings.max_line:
+            hub.invalid(self, 413, f"message longer than {hub.settings.max_line} bytes")
             return
         line = message.rstrip("\r\n")
         if not line.strip():
             return
         if "\n" in line:
-            self.send(ErrorReply(422, "one command per WebSocket message (no newlines)"))
+            hub.invalid(self, 422, "one command per WebSocket message (no newlines)")
             return
         try:
             cmd = parse_command(line)
         except RemoteProtocolError as exc:
-            self.send(ErrorReply(exc.hint or 400, str(exc)))
+            hub.invalid(self, exc.hint or 400, str(exc))
             return
-        self.hub.handle(self, cmd)
+        hub.handle(self, cmd)
 
     def on_close(self, code: int, reason: str) -> None:
         self.hub.detach(self, "connection closed")
@@ -87,7 +89,9 @@ class WebMember(Member):
     def close_with(self, bye: Bye) -> None:
         if not self.ws.closed:
             self.ws.send(Frame(bye).json)
-            self.ws.close(1001 if "shutting down" in bye.text else 1000, bye.text[:120])
+            # 1001 going away, 1013 try again later (refused: full, too many from this address)
+            code = 1001 if "shutting down" in bye.text else 1013 if "try again" in bye.text else 1000
+            self.ws.close(code, bye.text[:120])
 
 
 def make_router(node: ChatServer) -> Router:
