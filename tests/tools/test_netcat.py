@@ -206,13 +206,14 @@ def test_on_stdin_eof_keep_does_not_send_fin() -> None:
     lsock = socket.create_server(("127.0.0.1", 0))
     with lsock:
         p = subprocess.Popen([sys.executable, "-m", "socklab", "connect", "127.0.0.1", str(lsock.getsockname()[1]),
-                              "--on-stdin-eof", "keep"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+                              "--on-stdin-eof", "keep", "--explain"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         conn, _ = lsock.accept()
         with conn:
-            conn.settimeout(0.5)
-            with pytest.raises(TimeoutError):
-                conn.recv(10)  # no FIN: stdin ended but the connection stays open
+            # the event: the client has handled its stdin EOF (a FIN sent then would be here by now)
+            wait_stderr(p, r"stdin ended; sending nothing")
+            with pytest.raises(BlockingIOError):
+                conn.recv(10, socket.MSG_DONTWAIT)  # no FIN: stdin ended but the connection stays open
             conn.sendall(b"still here\n")
             conn.shutdown(socket.SHUT_WR)
             out, _ = p.communicate(timeout=10)
@@ -221,8 +222,8 @@ def test_on_stdin_eof_keep_does_not_send_fin() -> None:
 
 def test_listen_keep_open_serves_clients_concurrently(spawn: Any, concurrent_engine: str) -> None:
     proc, port = start_listen(spawn, "0", "--keep-open", "--engine", concurrent_engine)
-    a = socket.create_connection(("127.0.0.1", port), timeout=5)
-    b = socket.create_connection(("127.0.0.1", port), timeout=5)
+    a = socket.create_connection(("127.0.0.1", port), timeout=30)
+    b = socket.create_connection(("127.0.0.1", port), timeout=30)
     with a, b:
         b.sendall(b"from-b\n")  # b talks while a is still connected: served at once
         a.sendall(b"from-a\n")
@@ -236,7 +237,7 @@ def test_udp_listen_serves_many_peers(spawn: Any) -> None:
     peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     try:
         for i, s in enumerate(peers):
-            s.settimeout(5)
+            s.settimeout(30)
             s.sendto(b"peer%d\n" % i, ("127.0.0.1", port))
         assert proc.popen.stdout is not None
         lines = {proc.popen.stdout.readline() for _ in peers}
@@ -339,9 +340,23 @@ def test_udp_connect_to_udp_echo() -> None:
     srv = Server(ServerSettings(host="127.0.0.1", port=0))
     srv.listen_udp(EchoDatagramProtocol)
     with srv:
-        out = subprocess.run([sys.executable, "-m", "socklab", "connect", "-u", "127.0.0.1", str(srv.port),
-                              "--idle-timeout", "0.5", "--explain"], input=b"datagram\n", capture_output=True,
-                             timeout=15)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == b"datagram\n"
-    assert b"UDP has no" in out.stderr
+        # stdin stays open until the echo is back (an event), then ends: the client stops after
+        # its quiet period. (With stdin ending at once and --idle-timeout 0.5, a busy machine's
+        # slow echo came after the client had given up.)
+        with subprocess.Popen([sys.executable, "-m", "socklab", "connect", "-u", "127.0.0.1", str(srv.port),
+                               "--explain"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as p:  # closes the pipes
+            try:
+                assert p.stdin is not None and p.stdout is not None and p.stderr is not None
+                p.stdin.write(b"datagram\n")
+                p.stdin.flush()
+                assert p.stdout.readline() == b"datagram\n"
+                p.stdin.close()
+                assert p.wait(30) == 0
+                out, err = p.stdout.read(), p.stderr.read()
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    assert out == b""
+    assert b"UDP has no" in err

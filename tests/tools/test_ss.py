@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,15 +22,14 @@ from socklab.tools import registry
 from socklab.tools.ss import SocketEntry, explain_entries, list_sockets, parse_proc_net, parse_proc_unix
 
 
-def find(port: int, state: str, kinds: tuple[str, ...], deadline: float = 5.0) -> list[SocketEntry]:
-    """Sockets on ``port`` in ``state``; the kernel changes states asynchronously, so look until seen."""
-    end = time.monotonic() + deadline
+def find(port: int, state: str, kinds: tuple[str, ...]) -> list[SocketEntry]:
+    """Sockets on ``port`` in ``state``, in one look.
 
-    def match(entries: list[SocketEntry]) -> list[SocketEntry]:
-        return [e for e in entries if e.state == state and port in (e.local_port, e.peer_port)]
-    while not match(list_sockets(kinds, with_pids=False, port=port)) and time.monotonic() < end:
-        time.sleep(0.02)  # cheap look without the /proc/*/fd walk
-    return match(list_sockets(kinds, port=port))
+    No polling: each caller first waits for an event that implies the state (accept() returned,
+    recv() saw the FIN, an echo came back), and on loopback the kernel has changed the state by
+    the time that event reaches the process.
+    """
+    return [e for e in list_sockets(kinds, port=port) if e.state == state and port in (e.local_port, e.peer_port)]
 
 
 @pytest.fixture(params=["ipv4", "ipv6"])
@@ -97,7 +95,9 @@ def test_socklab_servers_are_labelled(tmp_path: Path, monkeypatch: pytest.Monkey
     srv.listen(EchoProtocol)
     with srv:
         reg = registry.register_server(srv, app="echo", extra={"note": "demo"})
-        with socket.create_connection(("127.0.0.1", srv.port)) as c:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as c:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"  # the server accepted this connection (its fd has an owner now)
             reg.update(peers={f"127.0.0.1:{c.getsockname()[1]}": "nick alice"})
             entries = [e for e in list_sockets(("tcp",), port=srv.port) if srv.port in (e.local_port,)]
             by_state = {e.state: e for e in entries}

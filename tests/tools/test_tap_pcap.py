@@ -57,13 +57,13 @@ def test_followed_stream_equals_the_bytes_sent(tmp_path: Path, family: str) -> N
     srv = Server(ServerSettings(host=host, port=0))
     srv.listen(EchoProtocol)
     with srv, Tap(listen=(host, 0), target=(host, srv.port), observers=[PcapObserver(str(pcap))]) as tap:
-        with socket.create_connection((host, tap.port), timeout=10) as sock:
+        with socket.create_connection((host, tap.port), timeout=30) as sock:
             result: list[bytes] = []
             reader = threading.Thread(target=lambda: result.append(read_all(sock)))
             reader.start()
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
-            reader.join(10)
+            reader.join(30)
     assert result == [payload]
     up, down = follow(pcap)
     assert up == payload and down == payload
@@ -77,8 +77,8 @@ def test_faults_are_packet_comments_and_rst_is_shown(tmp_path: Path) -> None:
     pcap = tmp_path / "reset.pcapng"
     with server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), observers=[PcapObserver(str(pcap))],
                                            faults=[Fault("reset_peer", timeout=30)]) as tap:
-        with contextlib.suppress(ConnectionResetError), \
-                socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError), \
+                socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             sock.sendall(b"before reset\n")
             sock.recv(100)
             sock.recv(100)
@@ -93,7 +93,7 @@ def test_udp_capture_decodes_datagrams(tmp_path: Path) -> None:
     with server(EchoDatagramProtocol, udp=True) as srv, Tap(
             target=("127.0.0.1", srv.port), udp=True, observers=[PcapObserver(str(pcap))]) as tap:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-            c.settimeout(5)
+            c.settimeout(30)
             for msg in (b"first", b"second"):
                 c.sendto(msg, ("127.0.0.1", tap.port))
                 assert c.recvfrom(100)[0] == msg
@@ -113,7 +113,7 @@ def test_tapped_http_request_shows_up_as_http(tmp_path: Path, spawn: Any) -> Non
         line = http.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..." = ready
         port = int(line.split(" port ")[1].split()[0])
         with Tap(target=("127.0.0.1", port), observers=[PcapObserver(str(pcap))]) as tap:
-            with socket.create_connection(("127.0.0.1", tap.port), timeout=5) as sock:
+            with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
                 sock.sendall(b"GET /hello.txt HTTP/1.0\r\nHost: localhost\r\n\r\n")
                 answer = read_all(sock)
         assert answer.endswith(b"hello over http\n")
@@ -149,7 +149,7 @@ def test_dns_style_datagrams_decode_as_dns(tmp_path: Path) -> None:
     with server(EchoDatagramProtocol, udp=True) as srv, Tap(
             target=("127.0.0.1", srv.port), udp=True, observers=[PcapObserver(str(pcap))]) as tap:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-            c.settimeout(5)
+            c.settimeout(30)
             c.sendto(query, ("127.0.0.1", tap.port))
             assert c.recvfrom(512)[0] == query
     names = tshark("-r", str(pcap), "-d", f"udp.port=={srv.port},dns", "-T", "fields", "-e", "dns.qry.name")
