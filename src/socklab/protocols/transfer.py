@@ -17,10 +17,11 @@ One session (S = sender, R = receiver)::
       S: ENTRY {name, kind, size, mode, mtime}
          an invalid mode/mtime:  R: RESULT {ok: false, code: "invalid"}   (the session goes on)
          kind "dir":             R: RESULT {ok}
-         kind "file":            R: OFFER {have: full chunks already in the .part, their digests,
-                                           present?: root of a same-size file already under the name,
-                                           replace?: false if the receiver keeps an existing file}
+         kind "file":            R: OFFER {have: full chunks already in the .part, their digests}
                                     (or RESULT {ok: false} - exists, bad name...)
+                                 or R: OFFER {have: 0, present: true}: a file of this size is already
+                                    under the name and the receiver keeps it; S: START {offset: size}
+                                    S: TRAILER; R: RESULT {ok, code: "present" | "exists"}
                                  S: START {offset}   (offset = verified prefix, chunk-aligned)
                                  S: <size - offset raw bytes>
                                  S: TRAILER {root: the file's tree hash, every chunk's digest}
@@ -122,16 +123,16 @@ class BadEntry(Event):
 class Offer(Event):
     """The receiver already holds ``have`` full chunks of a partial file; ``chunks``: their wire digests.
 
-    ``present``: the root of a file of the entry's size already under the final name (``None``: there
-    is none); the sender skips it with ``START {offset: size}`` and a TRAILER when its root is the
-    same. ``replace``: ``False`` when the receiver keeps an existing file whatever the sender has
-    (then a different file is refused without its bytes being sent).
+    ``present``: a file of the entry's size is already under the final name and the receiver keeps
+    it whatever comes. The sender then sends no bytes: ``START {offset: size}`` and its TRAILER; the
+    receiver compares the root with its file's and answers ``RESULT {ok: true, code: "present"}``
+    (the same file: nothing to do) or ``{ok: false, code: "exists"}``. The receiver never sends its
+    file's hash: a peer learns "same or not" for content it has, not a digest of the receiver's file.
     """
 
     have: int = 0
     chunks: tuple[str, ...] = ()
-    present: str | None = None
-    replace: bool = True
+    present: bool = False
 
 
 @dataclass(frozen=True)
@@ -434,14 +435,10 @@ class TransferConnection:
             chunks = _digests(o.get("chunks", ""))
             if len(chunks) != have:
                 raise ValueError(f"offer of {have} chunks lists {len(chunks)} digests")
-            present = o.get("present")
-            if present is not None and (not isinstance(present, str) or len(present) != 64
-                                        or not _HEX.issuperset(present)):
-                raise ValueError("present must be a 64-character lowercase hex root")
-            replace = o.get("replace", True)
-            if not isinstance(replace, bool):
-                raise ValueError("replace must be true or false")
-            return Offer(have, chunks, present, replace)
+            present = o.get("present", False)
+            if not isinstance(present, bool) or (present and have):
+                raise ValueError("present must be true or false, and true only with no chunks offered")
+            return Offer(have, chunks, present)
         if kind == "start":
             offset = _int(o.get("offset", 0), "offset")
             current = self._entry
@@ -530,10 +527,8 @@ class TransferConnection:
             if self.state != "offer-sent":
                 raise LocalProtocolError(f"OFFER out of turn ({self.state})")
             body: dict[str, Any] = {"have": event.have, "chunks": "".join(event.chunks)}
-            if event.present is not None:
-                body["present"] = event.present
-            if not event.replace:
-                body["replace"] = False
+            if event.present:
+                body["present"] = True
             return _encode("offer", body)
         if isinstance(event, Result):
             if self.state not in ("result-pending", "offer-sent"):

@@ -247,3 +247,96 @@ def test_a_megabyte_of_garbage_is_rejected_fast() -> None:
     r = tp.TransferConnection("receiver")
     with pytest.raises(RemoteProtocolError):
         r.receive_data(os.urandom(1 << 20))
+
+
+# ---- what a receiver may take from an ENTRY (issue 14) ------------------------------------------------
+def entry_frame(obj: dict[str, object]) -> bytes:
+    body = json.dumps(obj).encode()  # NaN/Infinity written as Python's json does
+    return b"E" + len(body).to_bytes(4, "big") + body
+
+
+def receiver_after_hello() -> tp.TransferConnection:
+    r = tp.TransferConnection("receiver")
+    r.receive_data(tp.TransferConnection("sender").send(tp.Hello()))
+    assert isinstance(r.next_event(), tp.Hello)
+    return r
+
+
+def test_mtime_range_and_types() -> None:
+    assert tp.check_mtime(None) is None
+    assert tp.check_mtime(tp.MTIME_MIN) == tp.MTIME_MIN and tp.check_mtime(tp.MTIME_MAX) == tp.MTIME_MAX
+    assert tp.check_mtime(1_700_000_000.25) == 1_700_000_000.25
+    import datetime
+    for t in (tp.MTIME_MIN, tp.MTIME_MAX):  # the range is what datetime and os.utime take
+        datetime.datetime.fromtimestamp(t, datetime.UTC)
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e300, -1e18, tp.MTIME_MAX + 1, tp.MTIME_MIN - 0.5,
+                10**400, "1", True, None.__class__, [1]):
+        with pytest.raises(ValueError, match="mtime"):
+            tp.check_mtime(bad)
+
+
+def test_a_bad_entry_is_an_event_and_the_session_goes_on() -> None:
+    s = tp.TransferConnection("sender", state="idle")
+    turns = [entry_frame({"name": "a", "kind": "file", "size": 1, "mtime": float("nan")}),
+             entry_frame({"name": "b", "kind": "dir", "mode": 0o17777}),
+             s.send(tp.Entry("c", "file", 0, 0o644, 5.0))]
+    for step in (0, 1):
+        r = receiver_after_hello()
+        events: list[tp.Event] = []
+        for wire in turns:  # the sender waits for the receiver's answer between entries
+            for i in range(0, len(wire), step or len(wire)):
+                r.receive_data(wire[i:i + (step or len(wire))])
+            while (ev := r.next_event()) is not None:
+                events.append(ev)
+                if isinstance(ev, tp.BadEntry):
+                    assert r.state == "result-pending"
+                    r.send(tp.Result(False, ev.reason, "invalid"))  # the receiver's answer; then the next
+        assert [type(e) for e in events] == [tp.BadEntry, tp.BadEntry, tp.Entry], events
+        assert events[0] == tp.BadEntry("a", "file", "mtime nan is not a finite number")
+        assert isinstance(events[1], tp.BadEntry) and "mode" in events[1].reason
+        assert events[2] == tp.Entry("c", "file", 0, 0o644, 5.0) and r.state == "offer-sent"
+
+
+_JSONISH = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-2**70, 2**70),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+                     st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(mtime=_JSONISH, mode=_JSONISH, size=_JSONISH, kind=st.sampled_from(["file", "dir", "stream", "x", 3]),
+       name=st.one_of(st.text(max_size=8), st.integers()))
+def test_fuzz_entry_header_whole_and_bytewise(mtime: object, mode: object, size: object, kind: object,
+                                              name: object) -> None:
+    wire = entry_frame({"name": name, "kind": kind, "size": size, "mode": mode, "mtime": mtime})
+    outcomes: list[tuple[object, str | None]] = []
+    for step in (len(wire), 1):
+        r = receiver_after_hello()
+        try:
+            for i in range(0, len(wire), step):
+                r.receive_data(wire[i:i + step])
+            outcomes.append((r.next_event(), r.state))
+        except ProtocolError as exc:  # nothing else may escape
+            outcomes.append((type(exc), None))
+    assert outcomes[0] == outcomes[1]
+    event, state = outcomes[0]
+    if isinstance(event, tp.Entry):
+        assert event.mtime is None or tp.MTIME_MIN <= event.mtime <= tp.MTIME_MAX
+        assert 0 <= event.mode <= 0o7777
+        assert state in ("offer-sent", "result-pending")
+    elif isinstance(event, tp.BadEntry):
+        assert state == "result-pending" and event.reason
+
+
+def test_offer_present_round_trip_and_checks() -> None:
+    r = tp.TransferConnection("receiver", state="offer-sent")
+    wire = r.send(tp.Offer(0, (), present=True))
+    assert json.loads(wire[5:]) == {"have": 0, "chunks": "", "present": True}
+    assert "present" not in json.loads(tp.TransferConnection("receiver", state="offer-sent").send(tp.Offer())[5:])
+    s = tp.TransferConnection("sender", state="answer")
+    s.receive_data(wire)
+    assert s.next_event() == tp.Offer(0, (), present=True)
+    for bad in ({"have": 0, "chunks": "", "present": "yes"}, {"have": 1, "chunks": "ab" * 16, "present": True}):
+        s = tp.TransferConnection("sender", state="answer")
+        body = json.dumps(bad).encode()
+        with pytest.raises(RemoteProtocolError, match="malformed offer"):
+            s.receive_data(b"O" + len(body).to_bytes(4, "big") + body)

@@ -88,7 +88,7 @@ class ReceiveSession:
         self._final: Path | None = None
         self._resumed = 0
         self._prefix: list[bytes] = []  # full digests of the chunks offered for resuming
-        self._present: str | None = None  # the root of a same-size file already under the final name
+        self._present = False  # a same-size file is under the final name, and kept
         self._skipping = False  # the sender has the same file: no bytes follow
         self._new_dirs: list[Path] = []  # created by this session, entries not yet fsynced
         self._discarding = False
@@ -228,7 +228,7 @@ class ReceiveSession:
         self._entry = entry
         self._resumed = 0
         self._prefix = []
-        self._present = None
+        self._present = False
         if self.stdout is not None or self.settings.discard:
             if entry.kind == "dir":
                 self._report(FileReport(entry.name, True))
@@ -255,17 +255,17 @@ class ReceiveSession:
             if target.exists() or target.is_symlink():
                 if not target.is_file():
                     raise Refused("exists", f"{shown} exists and is not a regular file")
-                if entry.kind == "file" and target.stat().st_size == entry.size:
-                    self._present = landing.tree_root(target, self.chunk_size)  # the same file already?
-                elif not self.settings.overwrite:
-                    why = "with different content (another size)" if entry.kind == "file" else "(a stream)"
-                    raise Refused("exists", f"{shown} exists {why}; {_KEEPS}")
+                if not self.settings.overwrite:
+                    if entry.kind != "file" or target.stat().st_size != entry.size:
+                        why = "with different content (another size)" if entry.kind == "file" else "(a stream)"
+                        raise Refused("exists", f"{shown} exists {why}; {_KEEPS}")
+                    # kept whatever comes, but it may be this very file (a re-run send): the sender
+                    # sends its root, no bytes; bytes sent anyway are hashed and dropped. No .part.
+                    self._present, self._final = True, target
+                    self._sink = Sink(self, None, 0, tp.FileHasher(self.chunk_size))
+                    self.send(self.conn.send(tp.Offer(0, (), present=True)))
+                    return
             self._final = target
-            if self._present is not None and not self.settings.overwrite:
-                # kept whatever comes: no .part; bytes sent anyway are hashed and dropped
-                self._sink = Sink(self, None, 0, tp.FileHasher(self.chunk_size))
-                self.send(self.conn.send(tp.Offer(0, (), self._present, replace=False)))
-                return
             self._new_dirs += landing.make_dirs(self.dest, target.parent)
             part = target.with_name(target.name + ".part")
             if part.is_symlink():
@@ -292,13 +292,12 @@ class ReceiveSession:
         if self.settings.direct_io:
             with contextlib.suppress(OSError):  # not every filesystem takes O_DIRECT (then: buffered)
                 self._sink.dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        self.send(self.conn.send(tp.Offer(len(self._prefix), tuple(tp.wire(d) for d in self._prefix),
-                                          self._present)))
+        self.send(self.conn.send(tp.Offer(len(self._prefix), tuple(tp.wire(d) for d in self._prefix))))
 
     def _on_start(self, start: tp.Start) -> None:
         sink, entry = self._sink, self._entry
         assert sink is not None and entry is not None
-        self._skipping = self._present is not None and start.offset == entry.size and entry.size > 0
+        self._skipping = self._present and start.offset == entry.size and entry.size > 0
         if self._skipping:
             return  # "mine is the same": no bytes follow, the TRAILER's root decides
         if start.offset:
@@ -372,7 +371,7 @@ class ReceiveSession:
     def _on_trailer(self, trailer: tp.Trailer) -> None:
         entry, sink = self._entry, self._sink
         assert entry is not None and sink is not None
-        if self._present is not None and (self._skipping or (sink.fd is None and self.stdout is None)):
+        if self._present:
             self._on_present(entry, trailer)
             return
         self._flush_slot()
@@ -404,27 +403,28 @@ class ReceiveSession:
         self._report(FileReport(entry.name, True, size, self._resumed))
 
     def _on_present(self, entry: tp.Entry, trailer: tp.Trailer) -> None:
-        """A file of the entry's size is already under the final name: the same one, or kept."""
-        sink = self._sink
-        assert sink is not None and self._present is not None
+        """A file of the entry's size is kept under the final name: is it the sender's file?"""
+        sink, final = self._sink, self._final
+        assert sink is not None and final is not None
         theirs = trailer.root
-        if not self._skipping:  # the sender sent its bytes to a receiver that keeps the file
+        if not self._skipping:  # the sender sent its bytes anyway: they were hashed and dropped
             self._flush_slot()
             self._drain()
             if self.conn.state == "closed":
                 return
             theirs = sink.hasher.hexdigest()
-        size = entry.size or 0
-        if self._part is not None and sink.fd is not None and os.fstat(sink.fd).st_size == 0:
-            with contextlib.suppress(OSError):
-                self._part.unlink()  # the empty .part this entry made: nothing to resume
         self._abandon()
-        if theirs == self._present:
-            self._report(FileReport(entry.name, True, size, size, code="present"))
+        shown = escape_peer_text(entry.name)
+        try:
+            same = landing.tree_root(final, self.chunk_size) == theirs
+        except OSError as exc:
+            self._report(FileReport(entry.name, False, error=f"cannot read {shown}: {exc.strerror}", code="io"))
             return
-        policy = "the sender did not send its version" if self.settings.overwrite else _KEEPS
-        self._report(FileReport(entry.name, False, error=f"{escape_peer_text(entry.name)} exists with different "
-                                                          f"content; {policy}", code="exists"))
+        if same:
+            self._report(FileReport(entry.name, True, entry.size or 0, entry.size or 0, code="present"))
+        else:
+            self._report(FileReport(entry.name, False, error=f"{shown} exists with different content; {_KEEPS}",
+                                    code="exists"))
 
     def _first_bad_chunk(self, sink: Sink, theirs: tuple[str, ...]) -> int:
         if sink.fd is None:

@@ -283,15 +283,14 @@ class SendSession:
         ours = _prefix_digests(fd, have, self.chunk_size)
         good = next((i for i in range(have) if tp.wire(ours[i]) != offer.chunks[i]), have)
         offset = good * self.chunk_size
-        if offer.present is not None:
-            # the receiver already has a file of this size under the name: if it is ours, or if the
-            # receiver keeps it anyway, send no bytes - START at the end and our root decide
+        if offer.present:
+            # the receiver keeps a file of this size under the name: send no bytes, only our root
+            # (START at the end, then TRAILER); it answers "present" (the same file) or "exists"
             trailer = _Hashes(fd, size, self.chunk_size, []).result()
-            if trailer.root == offer.present or not offer.replace:
-                self._send(self.conn.send(tp.Start(size)) + self.conn.send(trailer))
-                result = self._event()
-                assert isinstance(result, tp.Result)
-                return SendReport(entry.name, result.ok, size, 0, size, result.error, result.code)
+            self._send(self.conn.send(tp.Start(size)) + self.conn.send(trailer))
+            result = self._event()
+            assert isinstance(result, tp.Result)
+            return SendReport(entry.name, result.ok, size, 0, size, result.error, result.code)
         hashes = _Hashes(fd, size, self.chunk_size, ours[:good])
         self._send(self.conn.send(tp.Start(offset)))
         pos = offset
