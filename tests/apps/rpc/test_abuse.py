@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from socklab.apps.rpc.errors import RequestCancelled
 from socklab.protocols.framing import CONTENT_LENGTH
 
 from .helpers import Raw, rpc_server, tcp_port
+
+JSON = {"content-type": "application/json"}  # a JSON-RPC POST without it gets 415
 
 ERR = "error"
 
@@ -162,13 +165,14 @@ def test_http_abuse() -> None:
         url = next(u for u in rs.urls if u.startswith("http://"))
         base = url.rsplit("/", 1)[0]
         with requests.Session() as http:
+            http.headers["content-type"] = "application/json"
             assert http.get(url, timeout=10).status_code == 405
             assert http.post(base + "/elsewhere", data=b"{}", timeout=10).status_code == 404
             r = http.post(url, data=b"[" + b"1," * 5000 + b"1]", timeout=10)
             assert r.status_code == 413
-        r = requests.post(url, data=b"[" * 4000, timeout=10)
+        r = requests.post(url, data=b"[" * 4000, timeout=10, headers=JSON)
         assert r.status_code == 200 and same_shape(r.json(), error(-32700))
-        r = requests.post(url, data=req("add", [1, 2]), timeout=10)
+        r = requests.post(url, data=req("add", [1, 2]), timeout=10, headers=JSON)
         assert r.json() == {"jsonrpc": "2.0", "result": 3, "id": 1}
 
 
@@ -224,8 +228,23 @@ def test_http_slow_or_silent_client_is_cut_at_request_timeout(partial: bytes) ->
         port = int(rs.urls[0].rsplit(":", 1)[1].split("/")[0])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
             slow.sendall(partial)
-            assert requests.post(rs.urls[0], data=req("add", [1, 2]), timeout=10).json()["result"] == 3
+            assert requests.post(rs.urls[0], data=req("add", [1, 2]), timeout=10, headers=JSON).json()["result"] == 3
             answer = b""
             while chunk := slow.recv(4096):  # ends when the server closes (the socket timeout bounds it)
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 408") if partial else answer == b""
+
+
+def test_one_clients_slow_batch_cannot_take_the_handler_pool(concurrent_engine: str) -> None:
+    # before: a batch of 16 sleep(15) took all 4 threads, and another client's add waited ~15 s
+    with rpc_server(concurrent_engine, handler_threads=4, call_timeout=60) as rs, \
+            Raw(tcp_port(rs)) as hog, Raw(tcp_port(rs), timeout=10) as other:
+        batch = b"[" + b",".join(req("sleep", [15], i) for i in range(16)) + b"]"
+        hog.send(batch)
+        deadline = time.monotonic() + 10
+        while rs.dispatcher.stats["calls"] < 16:  # the hog's calls are in (no event to wait on: bounded poll)
+            assert time.monotonic() < deadline, "the server never took the batch"
+            time.sleep(0.01)
+        # ...and the other client's call is answered at once, not after 15 s (its socket times out at 10 s)
+        assert other.call(req("add", [2, 3], "mine")) == {"jsonrpc": "2.0", "result": 5, "id": "mine"}
+        assert max(rs.dispatcher.pool._running.values(), default=0) <= 2

@@ -54,3 +54,29 @@ def test_many_quick_jobs_and_close() -> None:
     pool.close()
     with pytest.raises(RuntimeError):
         pool.submit(done.release)
+
+
+def test_an_owner_holds_at_most_its_share_and_owners_take_turns() -> None:
+    pool = HandlerPool(4, per_owner=2)
+    release = threading.Event()
+    started: list[str] = []
+    lock = threading.Lock()
+    both = threading.Semaphore(0)
+
+    def job(owner: str) -> None:
+        with lock:
+            started.append(owner)
+        both.release()
+        release.wait(20)
+
+    try:
+        for _ in range(6):
+            pool.submit(lambda: job("hog"), owner="hog")
+        pool.submit(lambda: job("other"), owner="other")
+        for _ in range(3):  # two of the hog's and the other's start; the hog's four others wait
+            assert both.acquire(timeout=10)
+        with lock:
+            assert sorted(started) == ["hog", "hog", "other"]
+    finally:
+        release.set()
+        pool.close()

@@ -15,6 +15,10 @@ the engine through ``call_soon_threadsafe`` (the one thread-safe door into an en
   many results;
 - each connection's :class:`Session` caps its running calls (``max_concurrent_calls``); further
   requests wait in order and the transport stops reading that peer (back-pressure, not errors);
+- the pool is shared fairly: each connection may hold at most ``threads_per_connection`` of its
+  threads (half of them by default), and a free thread takes the next job of the connections in
+  turn (round robin), so one client's batch of sixteen ``sleep(20)`` calls cannot keep another
+  client's ``add`` waiting;
 - a call running longer than ``call_timeout`` is answered -32001; ``$/cancelRequest`` answers it
   -32800 at once (idempotent: unknown or finished ids are ignored). A sync handler's thread cannot
   be killed: its late result is discarded. A coroutine is cancelled for real.
@@ -61,19 +65,22 @@ class Dispatcher:
         call_timeout: seconds a call may run (0 = no limit).
         max_concurrent_calls: calls running at once per connection.
         handler_threads: size of the sync-handler thread pool.
+        threads_per_connection: most pool threads one connection's calls hold at once (default:
+            half the pool, at least one).
         engine_loop: the engine's asyncio loop when it has one (asyncio/uvloop engines): coroutines
             then run on it, on the engine thread.
     """
 
     def __init__(self, service: Service, scheduler: Callable[[Callable[[], None]], None], *,
                  limits: j.Limits | None = None, call_timeout: float = 30.0, max_concurrent_calls: int = 64,
-                 handler_threads: int = 8, engine_loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 handler_threads: int = 8, threads_per_connection: int | None = None,
+                 engine_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.service = service
         self.scheduler = scheduler
         self.limits = limits if limits is not None else j.Limits()
         self.call_timeout = call_timeout
         self.max_concurrent_calls = max_concurrent_calls
-        self.pool = HandlerPool(handler_threads)
+        self.pool = HandlerPool(handler_threads, per_owner=threads_per_connection)
         self._lock = threading.Lock()
         self._done: deque[tuple[Session, _Call, Outcome]] = deque()
         self._scheduled = False
@@ -95,7 +102,7 @@ class Dispatcher:
             fut = asyncio.run_coroutine_threadsafe(spec.func(*call.args, **call.kwargs), self._asyncio_loop())
             fut.add_done_callback(lambda f: self._post(session, call, f))
             return fut
-        self.pool.submit(lambda: self._run_sync(session, call))
+        self.pool.submit(lambda: self._run_sync(session, call), owner=session)
         return None
 
     def _run_sync(self, session: Session, call: _Call) -> None:
@@ -196,16 +203,23 @@ class HandlerPool:
     and every thread has been on its current job for more than ``spawn_after`` seconds (it is
     blocking). Fewer threads contending for the GIL is what makes pipelined calls fast; the
     watchdog keeps blocking handlers from starving the queue.
+
+    Jobs belong to an ``owner`` (a connection's session). An owner runs at most ``per_owner`` jobs
+    at once, and free threads serve owners in turn, so no owner can take the whole pool. Jobs
+    submitted without an owner are not capped.
     """
 
-    def __init__(self, max_threads: int, spawn_after: float = 0.002, idle_exit: float = 30.0) -> None:
+    def __init__(self, max_threads: int, spawn_after: float = 0.002, idle_exit: float = 30.0,
+                 per_owner: int | None = None) -> None:
         self.max_threads = max_threads
+        self.per_owner = per_owner if per_owner is not None else max(1, max_threads // 2)
         self.spawn_after = spawn_after
         self.idle_exit = idle_exit
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._watch = threading.Condition(self._lock)
-        self._jobs: deque[Callable[[], None]] = deque()
+        self._queues: dict[object, deque[Callable[[], None]]] = {}  # owner -> its jobs; order = whose turn
+        self._running: dict[object, int] = {}  # owner -> its jobs on a thread now
         self._busy_since: dict[int, float] = {}
         self._threads = 0
         self._idle = 0
@@ -213,13 +227,16 @@ class HandlerPool:
         self._watchdog: threading.Thread | None = None
         self._serial = itertools.count()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue ``job``. Raises RuntimeError once closed."""
+    def submit(self, job: Callable[[], None], owner: object = None) -> None:
+        """Queue ``job`` for ``owner``. Raises RuntimeError once closed."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the handler pool is closed")
-            self._jobs.append(job)
-            if self._idle >= len(self._jobs):  # enough sleeping threads for every queued job
+            self._queues.setdefault(owner, deque()).append(job)
+            runnable = self._runnable()
+            if not runnable:
+                return  # its owner already holds its share: the job waits for one of them to end
+            if self._idle >= runnable:  # enough sleeping threads for every runnable job
                 self._work.notify()
             elif self._threads == 0 or self._all_blocked():
                 self._spawn()
@@ -229,6 +246,25 @@ class HandlerPool:
                                                       daemon=True)
                     self._watchdog.start()
                 self._watch.notify()
+
+    def _cap(self, owner: object) -> int:
+        return self.max_threads if owner is None else self.per_owner  # jobs of no owner share nothing
+
+    def _runnable(self) -> int:
+        """Queued jobs whose owner is below its share (what a free thread could take now)."""
+        return sum(max(0, min(len(q), self._cap(o) - self._running.get(o, 0))) for o, q in self._queues.items())
+
+    def _take(self) -> tuple[object, Callable[[], None]] | None:
+        """The next job in turn from an owner below its share; that owner goes to the back of the line."""
+        for owner, queue in self._queues.items():
+            if self._running.get(owner, 0) < self._cap(owner):
+                job = queue.popleft()
+                del self._queues[owner]
+                if queue:
+                    self._queues[owner] = queue
+                self._running[owner] = self._running.get(owner, 0) + 1
+                return owner, job
+        return None
 
     def _all_blocked(self) -> bool:
         # every thread is on a job (none starting or between jobs) and has been for a while
@@ -245,31 +281,38 @@ class HandlerPool:
         me = threading.get_ident()
         while True:
             with self._lock:
-                while not self._jobs:
+                while (taken := self._take()) is None:
                     if self._closed:
                         self._threads -= 1
                         return
                     self._idle += 1
                     woken = self._work.wait(self.idle_exit)
                     self._idle -= 1
-                    if not woken and not self._jobs:
+                    if not woken and not self._runnable():
                         self._threads -= 1  # idle for long: let the thread go
                         return
-                job = self._jobs.popleft()
+                owner, job = taken
                 self._busy_since[me] = time.monotonic()
             try:
                 job()
             finally:
                 with self._lock:
                     self._busy_since.pop(me, None)
+                    left = self._running[owner] - 1
+                    if left:
+                        self._running[owner] = left
+                    else:
+                        del self._running[owner]
+                    if owner in self._queues and self._idle:  # its next job is runnable again
+                        self._work.notify()
 
     def _watch_loop(self) -> None:
         # Sleeps while nothing waits; while jobs wait behind busy threads, looks every spawn_after.
         with self._lock:
             while not self._closed:
-                if len(self._jobs) > self._idle and self._threads < self.max_threads:
+                if self._runnable() > self._idle and self._threads < self.max_threads:
                     self._watch.wait(self.spawn_after)
-                    if len(self._jobs) > self._idle and self._all_blocked():
+                    if self._runnable() > self._idle and self._all_blocked():
                         self._spawn()
                 else:
                     self._watch.wait()
@@ -278,7 +321,7 @@ class HandlerPool:
         """Drop queued jobs and let the threads end (a running job finishes in the background)."""
         with self._lock:
             self._closed = True
-            self._jobs.clear()
+            self._queues.clear()
             self._work.notify_all()
             self._watch.notify_all()
 
