@@ -6,16 +6,15 @@ wraps the answers; the JSON-RPC work is the shared :class:`~socklab.apps.rpc.dis
 
 - ``tcp://HOST:PORT`` - :class:`RpcStreamProtocol`: newline-delimited JSON or Content-Length
   framing, detected from the client's first bytes (see :mod:`socklab.protocols.framing`);
-- ``http://HOST:PORT/PATH`` - :class:`RpcHttpProtocol`: one message per ``POST`` (h11), answer
-  ``200 application/json``, or ``204 No Content`` when only notifications were sent;
-- ``ws://HOST:PORT/PATH`` - socklab's HTTP layer (:mod:`socklab.apps.http.api`) with
-  :func:`websocket_handler` on a route: one JSON-RPC message per WebSocket message, answers as
-  text messages, many calls in flight.
+- ``http://HOST:PORT/PATH`` - socklab's HTTP layer (:mod:`socklab.apps.http.api`) with
+  :func:`http_handler` as a ``POST`` route: one message per request, answer ``200
+  application/json``, or ``204 No Content`` when only notifications were sent;
+- ``ws://HOST:PORT/PATH`` - the same HTTP layer with :func:`websocket_handler` on a route: one
+  JSON-RPC message per WebSocket message, answers as text messages, many calls in flight.
 
-Why POST does not use the shared HTTP layer: its route handlers are synchronous
-(``Request -> Response`` on the engine thread), so answering a call that runs on the thread pool
-would block the engine until it finished. :class:`RpcHttpProtocol` is a small h11 adapter that
-answers when the calls complete instead.
+Both HTTP listeners are the static server's HTTP layer: the same strict framing (no smuggling
+forms, 400/505 for malformed or unknown-version requests), the same limits, and the same checks
+against web pages (Host on loopback, WebSocket Origin) and per-address caps; see docs/rpc.md.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import h11
-
-from socklab.apps.http.api import HttpProtocol, HttpSettings, Router, WebSocket
+from socklab.apps.http.api import HttpProtocol, HttpSettings, Pending, Request, Response, Router, WebSocket
+from socklab.apps.http.guards import is_json_content_type
 from socklab.apps.rpc.dispatch import Dispatcher, Session
 from socklab.apps.rpc.service import Service
 from socklab.core.errors import RemoteProtocolError, UsageError
@@ -41,8 +39,8 @@ from socklab.core.transport import TimerHandle, Transport
 from socklab.protocols import jsonrpc as j
 from socklab.protocols.framing import EndOfStream, Frame, FrameDecoder, encode_frame
 
-__all__ = ["Listener", "RpcHttpProtocol", "RpcServer", "RpcSettings", "RpcStreamProtocol", "parse_listen",
-           "serve", "websocket_handler"]
+__all__ = ["Listener", "RpcServer", "RpcSettings", "RpcStreamProtocol", "http_handler", "parse_listen", "serve",
+           "websocket_handler"]
 
 
 @dataclass
@@ -59,8 +57,19 @@ class RpcSettings(ServerSettings):
     max_concurrent_calls: int = setting(64, "Calls running at once per connection; more wait and the "
                                             "connection stops being read.")
     handler_threads: int = setting(8, "Threads running sync handlers (shared by all connections).")
+    threads_per_connection: int = setting(0, "Most handler threads one connection's calls hold at once, so one "
+                                             "client's slow calls cannot take the pool (0 = half of "
+                                             "--handler-threads, at least 1).")
     request_timeout: float = setting(30.0, "HTTP listeners: seconds to receive a whole request (and to wait for "
                                            "the next one on a kept-alive connection); then 408 or a close.")
+    max_connections_per_ip: int = setting(64, "HTTP and WebSocket listeners: connections one client address may "
+                                              "hold at once; the excess gets 503 and a close (0 = no cap).")
+    allow_host: tuple[str, ...] = setting((), "HTTP/WebSocket listeners: a Host name (NAME or NAME:PORT) to answer "
+                                              "on a loopback connection besides localhost, 127.x and [::1] (against "
+                                              "DNS rebinding; others get 421). Repeatable.", metavar="NAME")
+    allow_origin: tuple[str, ...] = setting((), "WebSocket listeners: a web page origin (http://host:port) allowed "
+                                                "to connect besides this server's own; '*' allows all (others get "
+                                                "403). Repeatable.", metavar="ORIGIN")
 
     def validate(self) -> None:
         super().validate()
@@ -68,16 +77,24 @@ class RpcSettings(ServerSettings):
                      "handler_threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1")
+        if self.threads_per_connection < 0:
+            raise UsageError("threads_per_connection cannot be negative (0 = half of handler_threads)")
         if self.call_timeout < 0 or self.request_timeout < 0:
             raise UsageError("timeouts cannot be negative")
+        if self.max_connections_per_ip < 0:
+            raise UsageError("max_connections_per_ip cannot be negative (0 = no cap)")
+
+    def http_settings(self) -> HttpSettings:
+        """The HTTP layer's settings for an http:// or ws:// listener of this server."""
+        t = self.request_timeout
+        return HttpSettings(engine=self.engine, ws_max_message=self.max_message_size, max_body=self.max_message_size,
+                            log_format="none", idle_timeout=self.idle_timeout, shutdown_timeout=self.shutdown_timeout,
+                            max_buffer=self.max_buffer, header_timeout=t, body_timeout=t, keepalive_timeout=t,
+                            max_connections_per_ip=self.max_connections_per_ip, allow_host=self.allow_host,
+                            allow_origin=self.allow_origin)
 
     def limits(self) -> j.Limits:
         return j.Limits(self.max_message_size, self.max_batch, self.max_depth, self.max_number_length)
-
-
-_REASONS = {200: b"OK", 204: b"No Content", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            408: b"Request Timeout",
-            413: b"Content Too Large", 431: b"Request Header Fields Too Large"}
 
 
 def _fatal_reply(code: int | None, message: str) -> bytes:
@@ -175,137 +192,35 @@ class RpcStreamProtocol(_Adapter):
         return not self.session.idle
 
 
-class RpcHttpProtocol(_Adapter):
-    """JSON-RPC over HTTP/1.1 POST (one message per request, keep-alive), written on h11.
+def http_handler(dispatcher: Dispatcher) -> Callable[[Request], Response | Pending]:
+    """A ``POST`` route for the HTTP layer's router: one JSON-RPC message per request body.
 
-    Args:
-        dispatcher: the server's dispatcher.
-        path: the one path served (others get 404).
-        request_timeout: an absolute deadline (not reset by each byte, so a client sending one byte
-            at a time cannot hold the connection) for a whole request, and for the next one to
-            start on a kept-alive connection; 0 = none.
+    The answer comes when the calls complete (:class:`~socklab.apps.http.router.Pending`), so the
+    engine never waits for a call: ``200 application/json``, or ``204 No Content`` when only
+    notifications were sent. A body that is not declared JSON (``text/plain`` is what a web page
+    may POST anywhere without a CORS preflight) gets 415 and is not parsed. Each connection has
+    its own :class:`~socklab.apps.rpc.dispatch.Session` (its fair share of the handler pool),
+    closed with the connection.
     """
+    def post(req: Request) -> Response | Pending:
+        if not is_json_content_type(req.header("content-type")):
+            return Response(415, [("content-type", "text/plain; charset=utf-8"), ("accept-post", "application/json")],
+                            b"415 Unsupported Media Type: send JSON-RPC with Content-Type: application/json\n")
+        conn = req.connection  # the HttpProtocol it came on
+        session = conn.conn_state.get("rpc")
+        if session is None:
+            session = conn.conn_state["rpc"] = Session(dispatcher, conn.transport.call_later)
+            conn.on_close(session.close)
+        pending = Pending()
 
-    def __init__(self, dispatcher: Dispatcher, path: str = "/rpc", request_timeout: float = 30.0) -> None:
-        super().__init__(dispatcher)
-        self.path = path.encode()
-        self.conn = h11.Connection(h11.SERVER)
-        self.body = bytearray()
-        self.refuse: tuple[int, str] | None = None
-        self.busy = False
-        self.request_timeout = request_timeout
-        self.timer: TimerHandle | None = None
+        def reply(payload: bytes | None) -> None:
+            pending.resolve(Response(204) if payload is None
+                            else Response(200, [("content-type", "application/json")], payload))
 
-    def connection_made(self, transport: Transport) -> None:
-        super().connection_made(transport)
-        self._arm()
+        session.handle(req.body, reply)
+        return pending
 
-    def _arm(self) -> None:
-        self._disarm()
-        if self.request_timeout > 0:
-            self.timer = self.transport.call_later(self.request_timeout, self._timed_out)
-
-    def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _timed_out(self) -> None:
-        self.timer = None
-        if self.busy or self.transport.is_closing():
-            return
-        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
-            self.transport.close()  # an idle keep-alive connection: just close it
-        elif self.conn.our_state is h11.SEND_RESPONSE:
-            self._respond(408, b"request not received within request_timeout", close=True)
-        else:  # the head itself is incomplete: h11 cannot answer yet, so say it in raw bytes
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n"
-                                 b"connection: close\r\n\r\n")
-            self.transport.close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
-        self._process()
-        self._after_input()
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        self.closing = True
-        return self.busy
-
-    def _process(self) -> None:
-        while not self.busy and not self.transport.is_closing():
-            try:
-                ev = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                # the reason stays generic: h11's message quotes the peer's bytes
-                self._respond(exc.error_status_hint, b"bad HTTP request\n", close=True)
-                return
-            if ev is h11.NEED_DATA or ev is h11.PAUSED:
-                return
-            if isinstance(ev, h11.Request):
-                self.body.clear()
-                self.refuse = None
-                target = ev.target.split(b"?", 1)[0]
-                if target != self.path:
-                    self.refuse = (404, "not found: JSON-RPC is served at " + self.path.decode())
-                elif ev.method != b"POST":
-                    self.refuse = (405, "use POST")
-            elif isinstance(ev, h11.Data):
-                if self.refuse is None:
-                    self.body += ev.data
-                    if len(self.body) > self.dispatcher.limits.max_message_size:
-                        self._respond(413, b"request body larger than max_message_size", close=True)
-                        return
-            elif isinstance(ev, h11.EndOfMessage):
-                if self.refuse is not None:
-                    self._respond(self.refuse[0], self.refuse[1].encode(), text=True)
-                else:
-                    self.busy = True
-                    self._disarm()
-                    self.session.handle(bytes(self.body), self._http_reply)
-            elif isinstance(ev, h11.ConnectionClosed):
-                self.transport.close()
-                return
-
-    def _http_reply(self, payload: bytes | None) -> None:
-        self.busy = False
-        if self.transport.is_closing():
-            return
-        if payload is None:
-            self._respond(204, b"")
-        else:
-            self._respond(200, payload)
-        self._process()
-
-    def _respond(self, status: int, body: bytes, *, text: bool = False, close: bool = False) -> None:
-        ctype = b"text/plain; charset=utf-8" if (text or status >= 400) else b"application/json"
-        # RFC 9110 section 8.6: no Content-Length (and no body) in a 204
-        headers = [] if status == 204 else [(b"content-type", ctype),
-                                             (b"content-length", str(len(body)).encode())]
-        if status == 405:
-            headers.append((b"allow", b"POST"))
-        if close or self.closing:
-            headers.append((b"connection", b"close"))
-        try:
-            out = self.conn.send(h11.Response(status_code=status, headers=headers,
-                                              reason=_REASONS.get(status, b"")))
-            out += self.conn.send(h11.Data(data=body)) if body else b""
-            out += self.conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            self.transport.close()
-            return
-        self.transport.write(out)
-        if close or self.conn.our_state is h11.MUST_CLOSE or self.closing:
-            self.transport.close()
-        elif self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-            self._arm()  # the next request has request_timeout to arrive
+    return post
 
 
 def websocket_handler(dispatcher: Dispatcher, call_later: Callable[[float, Callable[[], None]], TimerHandle]
@@ -441,6 +356,7 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
     loop = getattr(srv.engine, "loop", None)  # the asyncio/uvloop engines run on a loop: use it
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
                             max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads,
+                            threads_per_connection=s.threads_per_connection or None,
                             engine_loop=loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
     srv.on_stop(dispatcher.close)
     urls: list[str] = []
@@ -450,14 +366,14 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
             if ls.scheme == "tcp":
                 def factory() -> Protocol:
                     return RpcStreamProtocol(dispatcher)
-            elif ls.scheme == "http":
-                def factory(path: str = ls.path) -> Protocol:
-                    return RpcHttpProtocol(dispatcher, path, s.request_timeout)
             else:
                 router = Router()
-                router.websocket(ls.path)(websocket_handler(dispatcher, srv.engine.call_later))
-                hs = HttpSettings(engine=s.engine, ws_max_message=s.max_message_size, log_format="none",
-                                  idle_timeout=s.idle_timeout, shutdown_timeout=s.shutdown_timeout)
+                if ls.scheme == "http":
+                    router.add_route("POST", ls.path, http_handler(dispatcher))
+                else:
+                    router.websocket(ls.path)(websocket_handler(dispatcher, srv.engine.call_later))
+
+                hs = s.http_settings()
 
                 def factory(router: Router = router, hs: HttpSettings = hs) -> Protocol:
                     return HttpProtocol(router, hs)
