@@ -84,3 +84,40 @@ def run(json_path: str | None, output: str | None, explain: bool, slow: float, c
             if f is not None and f not in (sys.stdout, sys.stderr):
                 f.close()
     sys.exit(code)
+
+
+@trace.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE.jsonl [FILE.jsonl]...")
+@click.option("-o", "--output", required=True, metavar="OUT.html", help="Where to write the page.")
+@click.option("--title", default=None, help="The page's title (default: the files' names).")
+@run_cli
+def view(files: tuple[str, ...], output: str, title: str | None) -> None:
+    """Draw trace files as a ladder (sequence) diagram: one self-contained HTML page.
+
+    FILES are JSON-lines traces: socklab's own --trace-json files and `socklab trace run --json`
+    files, mixed. Each endpoint gets a lane; events are put on one clock; the two ends of each
+    connection are found by their addresses, and arrows show the handshake, the data (bytes, and
+    where one send was split over several recvs or several merged into one), FIN and RST. The TCP
+    state is written along each lane, and the notes beside the events they explain.
+
+    The page has no script and loads nothing: open it in any browser, on a phone too, or hand
+    it in.
+
+    \b
+    Examples:
+      socklab echo serve --port 7007 --trace-json server.jsonl &
+      socklab trace run --json client.jsonl -- python3 my_client.py 127.0.0.1 7007
+      socklab trace view server.jsonl client.jsonl -o ladder.html
+    """
+    from socklab.tools.tracing.ladder import build
+    from socklab.tools.tracing.svg import render_html
+
+    ladder = build(list(files))
+    page = render_html(ladder, title or "socklab ladder: " + ", ".join(files))
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as exc:
+        raise UsageError(f"--output {output}: {exc.strerror}") from exc
+    click.echo(f"wrote {output}: {len(ladder.lanes)} lanes, {len(ladder.events)} events, "
+               f"{len(ladder.arrows)} arrows", err=True)

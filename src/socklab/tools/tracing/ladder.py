@@ -1,0 +1,431 @@
+"""The ladder diagram's model: trace files in, lanes and arrows out (the drawing is in ``svg.py``).
+
+Why this exists: a textbook draws a TCP conversation as a ladder - one vertical lane per endpoint,
+time going down, an arrow for each segment that matters. ``socklab trace view`` draws that from
+what programs actually did: socklab's own ``--trace-json`` files and ``socklab trace run --json``
+files, mixed. This module reads them, puts every event on one clock, finds which socket of one
+file is the other end of which socket of another (by the connection's addresses: the 4-tuple
+where both are known, the server's address and the time where a socklab client did not record
+its own port), and matches the bytes: each send to the recvs that got its bytes, by byte offset
+in the stream, so a message split across recvs or several merged into one is visible.
+
+Time: trace-run files and newer socklab files carry epoch ``ts``; older socklab files count from
+their own start, and are moved onto the shared clock so that their connections follow causality
+(a connect before its accept completes, a send before its recv). A send, connect, shutdown or
+close is placed when the call *started* (``ts - dur``), a recv or accept when it returned: then
+every arrow points down the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from socklab.core.errors import UsageError
+from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS
+
+__all__ = ["Arrow", "Conn", "Ev", "Ladder", "Lane", "build", "load"]
+
+EPOCH = 1e9  # ts above this is seconds since 1970, below it seconds since the trace started
+_KIND = {**{c: "send" for c in SEND_CALLS}, **{c: "recv" for c in RECV_CALLS}, "accept4": "accept"}
+_ORIGINS = ("send", "connect", "shutdown", "close")
+
+
+@dataclass
+class Ev:
+    """One event from a file, normalised."""
+
+    file: int
+    line: int
+    t: float  # the time it is drawn at, on the shared clock
+    kind: str  # socket, bind, listen, accept, connect, send, recv, shutdown, close, error, note...
+    op: str  # as written in the file
+    proc: str  # the process this file line belongs to
+    fd: int | None
+    local: str | None
+    peer: str | None
+    nbytes: int | None
+    state: str | None
+    detail: str | None
+    notes: list[str]
+    errno: str | None
+    raw: dict[str, Any]
+    sock: Sock | None = None
+    lane: int = -1
+    row: int = -1
+
+
+@dataclass
+class Sock:
+    """One socket's life in one process: from socket()/accept() to close()."""
+
+    proc: str
+    fd: int
+    proto: str = "tcp"
+    local: str | None = None
+    peer: str | None = None
+    listener: Sock | None = None
+    listening: bool = False
+    events: list[Ev] = field(default_factory=list)
+    conn: Conn | None = None
+
+
+@dataclass
+class Conn:
+    """Two sockets that are the two ends of one connection (``b`` is None: the peer was not traced)."""
+
+    a: Sock  # the side that connected
+    b: Sock | None
+
+
+@dataclass
+class Lane:
+    title: str
+    subtitle: str
+    ghost: bool = False  # a peer that was not traced: only its address is known
+
+
+@dataclass
+class Arrow:
+    kind: str  # handshake, data, fin, rst
+    src: Ev
+    dst: Ev | None  # None: into a lane that was not traced
+    dst_lane: int
+    label: str
+    nbytes: int | None = None
+
+
+@dataclass
+class Ladder:
+    lanes: list[Lane]
+    events: list[Ev]
+    arrows: list[Arrow]
+    files: list[str]
+    warnings: list[str]
+
+
+def load(paths: list[str]) -> list[Ev]:
+    """Every event of every file; :class:`UsageError` for a file that is missing or not JSON lines."""
+    out: list[Ev] = []
+    for i, path in enumerate(paths):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+        got = 0
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path} line {n} is not JSON ({exc.msg}); give --trace-json or "
+                                 "trace run --json files") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+                raise UsageError(f"{path} line {n} is not a trace event (no 'op')")
+            out.append(_event(i, n, obj, path))
+            got += 1
+        if not got:
+            raise UsageError(f"{path} has no trace events")
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _event(i: int, n: int, obj: dict[str, Any], path: str) -> Ev:
+    op = str(obj["op"])
+    kind = _KIND.get(op, op)
+    ts = _num(obj.get("ts")) or 0.0
+    dur = _num(obj.get("dur")) or 0.0
+    t = ts - dur if kind in _ORIGINS else ts
+    if obj.get("source") == "strace":
+        proc = f"{i}:{obj.get('comm') or '?'}[{obj.get('pid')}]"
+    else:
+        proc = f"{i}:{obj.get('engine') or '-'}@{os.path.basename(path)}"
+    fd = obj.get("fd")
+    notes = obj.get("notes")
+    return Ev(file=i, line=n, t=t, kind=kind, op=op, proc=proc, fd=fd if isinstance(fd, int) else None,
+              local=_str(obj.get("local")), peer=_str(obj.get("peer")), nbytes=_num_int(obj.get("nbytes")),
+              state=_str(obj.get("state")), detail=_str(obj.get("detail")),
+              notes=[str(x) for x in notes] if isinstance(notes, list) else [],
+              errno=_str(obj.get("errno")), raw=obj)
+
+
+def _num_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _port(addr: str | None) -> str | None:
+    return addr.rsplit(":", 1)[1] if addr and ":" in addr else None
+
+
+def _host(addr: str | None) -> str | None:
+    return addr.rsplit(":", 1)[0].strip("[]") if addr and ":" in addr else None
+
+
+def same_addr(x: str | None, y: str | None) -> bool:
+    """Equal addresses, a wildcard host (0.0.0.0, ::) matching any host on the same port."""
+    if not x or not y or _port(x) != _port(y):
+        return False
+    hx, hy = _host(x), _host(y)
+    return hx == hy or hx in ("0.0.0.0", "::") or hy in ("0.0.0.0", "::")
+
+
+def _sockets(events: list[Ev]) -> list[Sock]:
+    """Group each process's events by socket life (an fd number is reused after close)."""
+    live: dict[tuple[str, int], Sock] = {}
+    socks: list[Sock] = []
+    for ev in events:
+        if ev.fd is None or ev.fd < 0:
+            continue
+        key = (ev.proc, ev.fd)
+        s = live.get(key)
+        if s is None or ev.kind in ("socket", "accept"):
+            s = Sock(proc=ev.proc, fd=ev.fd)
+            live[key] = s
+            socks.append(s)
+            if ev.kind == "accept":
+                lfd = _listen_fd(ev.detail)
+                s.listener = live.get((ev.proc, lfd)) if lfd is not None else None
+        proto = ev.raw.get("proto")
+        if isinstance(proto, str):
+            s.proto = proto
+        elif ev.kind == "socket" and ev.detail and "SOCK_DGRAM" in ev.detail:
+            s.proto = "udp"
+        if ev.kind == "bind" and ev.errno is None and ev.detail and "failed" not in ev.detail:
+            s.local = s.local or ev.detail.split()[0]
+        if ev.kind == "listen":
+            s.listening = True
+        if ev.local and not ev.local.endswith(":0"):
+            s.local = ev.local
+        if ev.peer and ev.kind not in ("sendto", "recvfrom") and s.proto.startswith("tcp"):
+            s.peer = s.peer or ev.peer
+        if s.listener is not None and s.local is None:
+            s.local = s.listener.local
+        ev.sock = s
+        s.events.append(ev)
+        if ev.kind == "close" or (ev.kind == "exit" and ev.op == "exit"):
+            live.pop(key, None)
+    return socks
+
+
+def _listen_fd(detail: str | None) -> int | None:
+    if detail and "listening fd " in detail:
+        tail = detail.split("listening fd ", 1)[1].split()[0]
+        return int(tail) if tail.isdigit() else None
+    return None
+
+
+def _pair(socks: list[Sock]) -> list[Conn]:
+    """Match each connecting socket with the accepted socket at the other end."""
+    accepted = [s for s in socks if s.events and s.events[0].kind == "accept"]
+    connecting = [s for s in socks if any(e.kind == "connect" for e in s.events) and s.proto.startswith("tcp")]
+    conns: list[Conn] = []
+    taken: set[int] = set()
+    for c in connecting:
+        best: Sock | None = None
+        for a in accepted:
+            if id(a) in taken or (a.proc == c.proc and a.fd == c.fd):
+                continue
+            if not same_addr(a.local, c.peer):
+                continue
+            if c.local and a.peer:
+                if same_addr(a.peer, c.local):
+                    best = a
+                    break
+                continue
+            if best is None or _gap(a, c) < _gap(best, c):
+                best = a  # a socklab client did not record its own port: nearest in time
+        if best is not None:
+            taken.add(id(best))
+        conn = Conn(a=c, b=best)
+        c.conn = conn
+        if best is not None:
+            best.conn = conn
+        conns.append(conn)
+    for a in accepted:  # accepted from a client that was not traced
+        if id(a) not in taken:
+            a.conn = Conn(a=a, b=None)
+            conns.append(a.conn)
+    return conns
+
+
+def _gap(a: Sock, c: Sock) -> float:
+    return abs(a.events[0].t - next(e.t for e in c.events if e.kind == "connect"))
+
+
+def _align(events: list[Ev], conns: list[Conn], nfiles: int) -> list[str]:
+    """Put files whose ts counts from their own start onto the clock of the others."""
+    absolute = {e.file for e in events if (_num(e.raw.get("ts")) or 0.0) > EPOCH}
+    relative = sorted(set(range(nfiles)) - absolute)
+    if not relative:
+        return []
+    base = min((e.t for e in events if e.file in absolute), default=0.0)
+    for f in relative:
+        for e in events:
+            if e.file == f:
+                e.t += base
+    warnings = []
+    for f in relative:  # then as late as causality needs: each recv after its send
+        shift = 0.0
+        for conn in conns:
+            if conn.b is None:
+                continue
+            for mine, other in ((conn.a, conn.b), (conn.b, conn.a)):
+                if mine.events[0].file != f or other.events[0].file == f:
+                    continue
+                first_mine = mine.events[0].t
+                first_other = other.events[0].t
+                if mine is conn.b:  # the accept comes after the connect started
+                    shift = max(shift, first_other - first_mine + 1e-6)
+        if shift:
+            for e in events:
+                if e.file == f:
+                    e.t += shift
+        if absolute:
+            warnings.append(f"file {f + 1} counts time from its own start: placed by its connections")
+    return warnings
+
+
+def build(paths: list[str]) -> Ladder:
+    """Read the files and lay out lanes, rows and arrows."""
+    events = load(paths)
+    events.sort(key=lambda e: (e.file, e.line))
+    socks = _sockets(events)
+    conns = _pair(socks)
+    warnings = _align(events, conns, len(paths))
+    events.sort(key=lambda e: (e.t, e.file, e.line))
+    lanes, lane_of = _lanes(events)
+    for ev in events:
+        ev.lane = lane_of(ev)
+    arrows = _arrows(conns, lanes, events)
+    rows: list[Ev] = [e for e in events if _shown(e)]
+    for i, ev in enumerate(rows):
+        ev.row = i
+    arrows = [a for a in arrows if a.src.row >= 0 and (a.dst is None or a.dst.row >= 0)]
+    return Ladder(lanes=lanes, events=rows, arrows=arrows, files=paths, warnings=warnings)
+
+
+def _shown(ev: Ev) -> bool:
+    return ev.kind not in ("getsockname", "getpeername", "getsockopt") and ev.lane >= 0
+
+
+def _lanes(events: list[Ev]) -> tuple[list[Lane], Any]:
+    """One lane per process and listening address (its server side), one per process for its clients."""
+    lanes: list[Lane] = []
+    index: dict[tuple[str, str], int] = {}
+
+    def key_of(ev: Ev) -> tuple[str, str]:
+        s = ev.sock
+        while s is not None and s.listener is not None:
+            s = s.listener
+        if s is not None and s.listening:
+            return ev.proc, f"server {s.local or '?'}"
+        if s is not None and s.conn is not None and s.conn.b is s and s.conn.a.events[0].kind == "accept":
+            return ev.proc, "server"
+        return ev.proc, "client"
+
+    def lane_of(ev: Ev) -> int:
+        key = key_of(ev)
+        if key not in index:
+            name = key[0].split(":", 1)[1].split("@")[0]
+            where = key[0].split("@", 1)[1] if "@" in key[0] else ""
+            index[key] = len(lanes)
+            lanes.append(Lane(title=f"{name} {key[1]}".strip(), subtitle=where))
+        return index[key]
+
+    return lanes, lane_of
+
+
+def _arrows(conns: list[Conn], lanes: list[Lane], events: list[Ev]) -> list[Arrow]:
+    out: list[Arrow] = []
+    ghosts: dict[str, int] = {}
+    for conn in conns:
+        a, b = conn.a, conn.b
+        if b is None:
+            peer = a.peer or "?"
+            if peer not in ghosts:
+                ghosts[peer] = len(lanes)
+                lanes.append(Lane(title=peer, subtitle="not traced", ghost=True))
+            _one_side(a, ghosts[peer], out)
+            continue
+        connect = next((e for e in a.events if e.kind == "connect"), None)
+        accept = b.events[0] if b.events and b.events[0].kind == "accept" else None
+        if connect is not None and accept is not None:
+            out.append(Arrow("handshake", connect, accept, accept.lane, "SYN, SYN-ACK, ACK"))
+        for x, y in ((a, b), (b, a)):
+            out.extend(_data(x, y))
+            out.extend(_fin_rst(x, y))
+    return out
+
+
+def _one_side(s: Sock, lane: int, out: list[Arrow]) -> None:
+    for e in s.events:
+        if e.kind == "connect" and e.errno is None:
+            out.append(Arrow("handshake", e, None, lane, "SYN, SYN-ACK, ACK"))
+        elif e.kind == "send" and e.nbytes:
+            out.append(Arrow("data", e, None, lane, f"{e.nbytes} B", e.nbytes))
+        elif e.kind in ("shutdown", "close") and e.detail and "FIN" in e.detail:
+            out.append(Arrow("fin", e, None, lane, "FIN"))
+
+
+def _data(x: Sock, y: Sock) -> list[Arrow]:
+    """Arrows for the bytes x sent and y received, matched by offset in the stream."""
+    sends = [(e, e.nbytes) for e in x.events if e.kind == "send" and e.nbytes]
+    recvs = [(e, e.nbytes) for e in y.events if e.kind == "recv" and e.nbytes]
+    out: list[Arrow] = []
+    per_send: dict[int, int] = {}
+    per_recv: dict[int, int] = {}
+    i = j = 0
+    s_off = r_off = 0  # bytes of the current send / recv already matched
+    while i < len(sends) and j < len(recvs):
+        se, sn = sends[i]
+        re_, rn = recvs[j]
+        assert sn is not None and rn is not None
+        take = min(sn - s_off, rn - r_off)
+        out.append(Arrow("data", se, re_, re_.lane, f"{take} B", take))
+        per_send[id(se)] = per_send.get(id(se), 0) + 1
+        per_recv[id(re_)] = per_recv.get(id(re_), 0) + 1
+        s_off += take
+        r_off += take
+        if s_off == sn:
+            i, s_off = i + 1, 0
+        if r_off == rn:
+            j, r_off = j + 1, 0
+    for arrow in out:  # say where TCP did not keep the sender's boundaries
+        if per_send[id(arrow.src)] > 1:
+            arrow.label += f" (1 send split over {per_send[id(arrow.src)]} recvs)"
+        elif arrow.dst is not None and per_recv[id(arrow.dst)] > 1:
+            arrow.label += f" ({per_recv[id(arrow.dst)]} sends merged in 1 recv)"
+    return out
+
+
+def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
+    """FIN from x's shutdown(SHUT_WR) or last close to y's recv of 0; RST where y saw a reset."""
+    out: list[Arrow] = []
+    fin = next((e for e in x.events if e.kind == "shutdown" and e.detail and "FIN" in e.detail), None)
+    if fin is None:
+        fin = next((e for e in x.events if e.kind == "close"), None)
+    eof = next((e for e in y.events if e.kind == "recv" and e.nbytes == 0), None)
+    reset = next((e for e in y.events if e.errno in ("ECONNRESET", "EPIPE")
+                  or (e.kind == "error" and e.detail and "reset" in e.detail.lower())), None)
+    if reset is not None:
+        src = fin or (x.events[-1] if x.events else None)
+        if src is not None:
+            out.append(Arrow("rst", src, reset, reset.lane, "RST"))
+    elif fin is not None:
+        out.append(Arrow("fin", fin, eof, eof.lane if eof is not None else _lane_of(y), "FIN"))
+    return out
+
+
+def _lane_of(s: Sock) -> int:
+    return s.events[0].lane if s.events else -1

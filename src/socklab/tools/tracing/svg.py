@@ -1,0 +1,203 @@
+"""The ladder diagram as one self-contained HTML page with an inline SVG (no script, no fetch).
+
+Why this exists: the picture textbooks draw, from a real run, in a file a learner can open on a
+laptop or a phone or hand in. Time goes down the page (one row per event, the shared clock
+written on the left); each lane is an endpoint; arrows are the handshake (green), data (blue,
+with the byte count and where a message was split or merged), FIN (orange) and RST (red); the
+TCP state is written along each lane where it changes, and notes stand on the right, on the row
+of the event they explain (a numbered marker on the event points to each).
+
+Every element carries ``class`` and ``data-*`` attributes (lane, kind, bytes, row) so a test in a
+real browser can check that what is drawn is where the trace says.
+"""
+
+from __future__ import annotations
+
+import html
+import textwrap
+
+from socklab.protocols.text import escape_peer_text
+from socklab.tools.tracing.ladder import Arrow, Ev, Ladder
+
+__all__ = ["render_html"]
+
+LEFT = 78  # the time column
+LANE_W = 190
+TOP = 70
+ROW_H = 30
+LINE_H = 14
+NOTE_W = 440
+NOTE_CHARS = 64
+COLORS = {"handshake": "#1b8a3a", "data": "#1f5fbf", "fin": "#d9731a", "rst": "#c62828"}
+
+
+def _e(text: object) -> str:
+    return html.escape(escape_peer_text(str(text)), quote=True)
+
+
+def _short(ev: Ev) -> str:
+    """What stands beside the event's dot: ``recv 5 B``, ``accept fd 4``."""
+    if ev.kind in ("send", "recv") and ev.nbytes is not None:
+        return f"{ev.op} {ev.nbytes} B" + (f" {ev.errno}" if ev.errno else "")
+    if ev.kind == "accept":
+        return f"accept -> fd {ev.fd}"
+    if ev.errno:
+        return f"{ev.op} {ev.errno}"
+    if ev.kind == "bind" and ev.detail:
+        return f"bind {ev.detail.split()[0]}"
+    if ev.kind == "shutdown" and ev.detail:
+        return f"shutdown {ev.detail.split(':')[0]}"
+    return ev.op if ev.fd is None else f"{ev.op} fd {ev.fd}"
+
+
+def _note_lines(ev: Ev) -> list[str]:
+    lines: list[str] = []
+    for note in ev.notes:
+        lines.extend(textwrap.wrap(note, NOTE_CHARS) or [""])
+    if ev.kind == "note" and ev.detail:
+        lines.extend(textwrap.wrap(ev.detail, NOTE_CHARS))
+    return lines
+
+
+def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
+    """The whole page."""
+    n_lanes = max(1, len(ladder.lanes))
+    width = LEFT + n_lanes * LANE_W + NOTE_W
+    lane_x = [LEFT + LANE_W * i + LANE_W // 2 for i in range(n_lanes)]
+    notes_x = LEFT + n_lanes * LANE_W + 16
+    # row heights grow to hold their notes
+    y = TOP + 20
+    row_y: list[float] = []
+    for ev in ladder.events:
+        row_y.append(y)
+        y += max(ROW_H, LINE_H * len(_note_lines(ev)) + 10)
+    height = y + 30
+    parts: list[str] = []
+    add = parts.append
+    add(f'<svg xmlns="http://www.w3.org/2000/svg" id="ladder" viewBox="0 0 {width} {height:.0f}" '
+        f'preserveAspectRatio="xMinYMin meet" role="img" aria-label="{_e(title)}" '
+        f'data-lanes="{len(ladder.lanes)}" data-rows="{len(ladder.events)}">')
+    add("<defs>" + "".join(
+        f'<marker id="head-{k}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
+        for k, c in COLORS.items()) + "</defs>")
+    add(f'<rect x="0" y="0" width="{width}" height="{height:.0f}" fill="#ffffff"/>')
+    for i, lane in enumerate(ladder.lanes):
+        x = lane_x[i]
+        dash = ' stroke-dasharray="6 5"' if lane.ghost else ""
+        name, _, role = lane.title.partition(" ")
+        add(f'<g class="lane" data-lane="{i}" data-title="{_e(lane.title)}">'
+            f'<line class="lane-line" x1="{x}" y1="{TOP}" x2="{x}" y2="{height - 20:.0f}" stroke="#9aa3ad" '
+            f'stroke-width="2"{dash}/>'
+            f'<text x="{x}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
+            f'{_e(_fit(name, 24))}</text>'
+            f'<text x="{x}" y="34" text-anchor="middle" font-size="12">{_e(_fit(role, 28))}</text>'
+            f'<text x="{x}" y="50" text-anchor="middle" font-size="11" fill="#555">'
+            f'{_e(_fit(lane.subtitle, 30))}</text></g>')
+    add(f'<text x="8" y="{TOP - 8}" font-size="11" fill="#555">time (s)</text>')
+    if ladder.lanes:
+        add(f'<text x="{notes_x}" y="{TOP - 8}" font-size="11" fill="#555">notes</text>')
+    t0 = ladder.events[0].t if ladder.events else 0.0
+    last_state: dict[int, str] = {}
+    note_no = 0
+    for ev, ry in zip(ladder.events, row_y, strict=True):
+        x = lane_x[ev.lane] if 0 <= ev.lane < n_lanes else LEFT
+        add(f'<text class="time" x="8" y="{ry + 4:.0f}" font-size="11" fill="#555">+{ev.t - t0:.6f}</text>')
+        fill = "#c62828" if ev.errno else "#222"
+        add(f'<g class="event" data-lane="{ev.lane}" data-row="{ev.row}" data-op="{_e(ev.op)}" '
+            f'data-kind="{_e(ev.kind)}" data-fd="{ev.fd if ev.fd is not None else ""}" '
+            f'data-bytes="{ev.nbytes if ev.nbytes is not None else ""}">'
+            f'<title>{_e(_tooltip(ev))}</title>'
+            f'<circle cx="{x}" cy="{ry:.0f}" r="4.5" fill="{fill}"/>'
+            f'<text x="{x + 8}" y="{ry - 5:.0f}" font-size="11" fill="{fill}">{_e(_short(ev))}</text></g>')
+        key = id(ev.sock) if ev.sock is not None else -1
+        if ev.state and last_state.get(key) != ev.state and ev.sock is not None and ev.sock.proto.startswith("tcp"):
+            last_state[key] = ev.state
+            add(f'<text class="state" data-lane="{ev.lane}" data-row="{ev.row}" x="{x + 8}" y="{ry + 10:.0f}" '
+                f'font-size="10" fill="#6a1b9a" font-family="monospace">[{_e(ev.state)}]</text>')
+        lines = _note_lines(ev)
+        if lines:
+            note_no += 1
+            add(f'<g class="note" data-row="{ev.row}" data-lane="{ev.lane}">'
+                f'<circle cx="{x - 12}" cy="{ry:.0f}" r="7" fill="#fff3c4" stroke="#b08800"/>'
+                f'<text x="{x - 12}" y="{ry + 3.5:.0f}" text-anchor="middle" font-size="9">{note_no}</text>'
+                f'<line x1="{x + 60}" y1="{ry:.0f}" x2="{notes_x - 4}" y2="{ry:.0f}" stroke="#e0c060" '
+                f'stroke-dasharray="2 3"/>'
+                f'<text x="{notes_x}" y="{ry + 4:.0f}" font-size="11" fill="#5d4500">'
+                + "".join(f'<tspan x="{notes_x}" dy="{0 if k == 0 else LINE_H}">'
+                          f'{_e((str(note_no) + ". ") if k == 0 else "   ")}{_e(line)}</tspan>'
+                          for k, line in enumerate(lines))
+                + "</text></g>")
+    for arrow in ladder.arrows:
+        add(_arrow(arrow, lane_x, row_y))
+    add("</svg>")
+    return _page(title, ladder, "".join(parts), width)
+
+
+def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> str:
+    x1 = lane_x[a.src.lane]
+    y1 = row_y[a.src.row]
+    if a.dst is not None:
+        x2, y2 = lane_x[a.dst.lane], row_y[a.dst.row]
+    else:
+        x2, y2 = lane_x[a.dst_lane] if 0 <= a.dst_lane < len(lane_x) else x1 + 60, y1 + ROW_H * 0.6
+    if x1 == x2:  # both ends on one lane (one process talking to itself): bow out to the right
+        path = f"M{x1},{y1:.0f} C{x1 + 70},{y1:.0f} {x2 + 70},{y2:.0f} {x2 + 6},{y2:.0f}"
+    else:
+        shrink = 6 if x2 > x1 else -6
+        path = f"M{x1},{y1:.0f} L{x2 - shrink},{y2:.0f}"
+    color = COLORS[a.kind]
+    mx, my = (x1 + x2) / 2 + (40 if x1 == x2 else 0), (y1 + y2) / 2
+    dash = ' stroke-dasharray="5 3"' if a.kind in ("fin", "rst") else ""
+    return (f'<g class="arrow" data-kind="{a.kind}" data-from="{a.src.lane}" data-to="{a.dst_lane}" '
+            f'data-from-row="{a.src.row}" data-to-row="{a.dst.row if a.dst is not None else ""}" '
+            f'data-bytes="{a.nbytes if a.nbytes is not None else ""}">'
+            f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"{dash} '
+            f'marker-end="url(#head-{a.kind})"/>'
+            f'<text x="{mx:.0f}" y="{my - 4:.0f}" text-anchor="middle" font-size="10.5" fill="{color}" '
+            f'paint-order="stroke" stroke="#fff" stroke-width="3">{_e(a.label)}</text></g>')
+
+
+def _tooltip(ev: Ev) -> str:
+    bits = [ev.op, f"fd={ev.fd}" if ev.fd is not None else ""]
+    if ev.nbytes is not None:
+        bits.append(f"{ev.nbytes} bytes")
+    for label, v in (("local", ev.local), ("peer", ev.peer), ("", ev.detail)):
+        if v:
+            bits.append(f"{label}={v}" if label else v)
+    if ev.state:
+        bits.append(f"[{ev.state}]")
+    return " ".join(b for b in bits if b)
+
+
+def _fit(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def _page(title: str, ladder: Ladder, svg: str, width: int) -> str:
+    legend = " ".join(f'<span style="color:{c}">&#9472;&#9654; {k.upper() if k in ("fin", "rst") else k}</span>'
+                      for k, c in COLORS.items())
+    files = "".join(f"<li>{_e(p)}</li>" for p in ladder.files)
+    warns = "".join(f"<p class=warn>{_e(w)}</p>" for w in ladder.warnings)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 0.8em; color: #222; }}
+h1 {{ font-size: 1.2em; margin: 0.2em 0; }}
+.legend {{ font-size: 0.9em; margin: 0.3em 0 0.6em; }}
+.legend span {{ margin-right: 1em; white-space: nowrap; }}
+.scroll {{ overflow-x: auto; -webkit-overflow-scrolling: touch; border: 1px solid #ddd; }}
+.scroll svg {{ display: block; width: 100%; min-width: {int(width * 0.62)}px; height: auto; }}
+.warn {{ color: #8a5a00; font-size: 0.9em; }}
+ul {{ font-size: 0.85em; color: #555; }}
+</style></head><body>
+<h1>{_e(title)}</h1>
+<div class="legend">{legend} <span>&#9679; a call</span> <span style="color:#6a1b9a">[STATE]</span>
+<span>time goes down; one lane per endpoint</span></div>
+{warns}
+<div class="scroll">{svg}</div>
+<p>Files:</p><ul>{files}</ul>
+</body></html>
+"""
