@@ -19,9 +19,9 @@ class ReceiveSettings(ServerSettings):
 
     port: int = setting(7070, "TCP port to listen on (0: the kernel picks and the readiness line says).")
     dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
-    overwrite: bool = setting(False, "Replace existing files that differ from the sender's (a replaced file keeps "
-                                     "its mode and owner); without it they are kept and the sender is told. A file "
-                                     "with the same content is skipped either way.")
+    overwrite: bool = setting(False, "Replace existing files (a replaced file keeps its mode and owner). Without "
+                                     "it an existing file is kept: one with the sender's content is verified and "
+                                     "skipped, a different one refused, and the sender told why.")
     perms: bool = setting(True, "Give new files the sender's permission bits - rwx only, masked by the umask, "
                                 "never setuid, setgid or sticky (--no-perms: the receiver's default mode, "
                                 "0666 & ~umask).")
