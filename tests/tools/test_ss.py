@@ -159,3 +159,67 @@ def test_proc_parsers_never_crash_on_garbage(text: str) -> None:
     for proto in ("tcp", "udp6"):
         parse_proc_net(header + text, proto)
     parse_proc_unix("Num RefCount\n" + text)
+
+
+def _real_ss_queues(port: int) -> list[tuple[int, int]]:
+    """(Recv-Q, Send-Q) of the listeners on ``port`` as iproute2's ``ss`` prints them."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [(int(f[1]), int(f[2])) for f in (line.split() for line in out.stdout.splitlines())]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_listeners_send_q_is_its_backlog_and_recv_q_its_accept_queue_as_in_ss(host: str) -> None:
+    """Issue 15: socklab showed Send-Q 0 for every listener (``/proc/net/tcp`` does not carry the
+    backlog); ``ss`` shows the backlog there, and socklab's own --explain says so."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, 0), family=family, backlog=7) as lsock:
+        port = lsock.getsockname()[1]
+        pending = [socket.create_connection((host, port), timeout=30) for _ in range(2)]  # never accepted
+        try:
+            real = _real_ss_queues(port)
+            ours = [(e.recv_q, e.send_q) for e in list_sockets(("tcp", "tcp6"), port=port) if e.state == "LISTEN"]
+            out = subprocess.run([sys.executable, "-m", "socklab", "ss", "-lt", "--port", str(port), "--json"],
+                                 capture_output=True, timeout=30)
+            rows = [(r["recv_q"], r["send_q"]) for r in json.loads(out.stdout) if r["state"] == "LISTEN"]
+        finally:
+            for c in pending:
+                c.close()
+    assert real == [(2, 7)]
+    assert ours == real and rows == real
+
+
+def test_a_full_accept_queue_is_warned_about() -> None:
+    with socket.create_server(("127.0.0.1", 0), backlog=1) as lsock:
+        port = lsock.getsockname()[1]
+        # Linux queues backlog + 1 connections before it drops SYNs
+        pending = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        try:
+            warnings = [w for w in explain_entries(find(port, "LISTEN", ("tcp",))) if "accept queue full" in w]
+        finally:
+            for c in pending:
+                c.close()
+    assert warnings == [f"WARNING: 127.0.0.1:{port} accept queue full (2/1): the server does not accept() fast "
+                        "enough; new SYNs are dropped"]
+
+
+def test_text_an_app_took_from_a_peer_is_escaped_in_the_table(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat nick (a peer's choice) shown as a connection's detail: no raw ESC, no rich markup."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll"))
+    srv.listen(EchoProtocol)
+    with srv:
+        reg = registry.register_server(srv, app="chat")
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as c:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+            reg.update(peers={f"127.0.0.1:{c.getsockname()[1]}": "nick \x1b]0;pwned\x07[bold]evil[/bold]\u202e"})
+            out = subprocess.run([sys.executable, "-m", "socklab", "ss", "--port", str(srv.port)],
+                                 capture_output=True, timeout=30,
+                                 env=dict(os.environ, COLUMNS="300", XDG_RUNTIME_DIR=str(tmp_path)))
+    text = out.stdout.decode()
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert r"nick \x1b]0;pwned\x07[bold]evil[/bold]\u202e" in text

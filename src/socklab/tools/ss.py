@@ -28,7 +28,8 @@ from socklab.cli.options import run_cli
 from socklab.core.errors import UsageError
 from socklab.core.trace import TCP_STATES
 
-__all__ = ["SocketEntry", "explain_entries", "list_sockets", "parse_proc_net", "parse_proc_unix", "ss"]
+__all__ = ["SocketEntry", "explain_entries", "list_sockets", "listen_backlogs", "parse_proc_net", "parse_proc_unix",
+           "ss"]
 
 PROC = "/proc"
 
@@ -205,6 +206,46 @@ def _label(entries: list[SocketEntry]) -> None:
                 break
 
 
+def listen_backlogs(families: tuple[int, ...] = (2, 10)) -> dict[int, tuple[int, int]]:
+    """Listening TCP sockets' queues by inode: ``(accept queue length, backlog)``, as ``ss`` shows them.
+
+    ``/proc/net/tcp`` prints a listener's accept queue but not its backlog (its tx_queue column
+    is 0), so Send-Q would read 0. ``ss`` asks the kernel over netlink (``NETLINK_SOCK_DIAG``,
+    ``inet_diag``): for a listener ``idiag_rqueue`` is the accept queue and ``idiag_wqueue`` the
+    backlog given to ``listen()`` (capped by ``net.core.somaxconn``). Returns ``{}`` where netlink
+    is not available.
+    """
+    import socket
+
+    out: dict[int, tuple[int, int]] = {}
+    for family in families:
+        try:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # 4: NETLINK_SOCK_DIAG
+                nl.settimeout(5)
+                # inet_diag_req_v2: family, IPPROTO_TCP, no extensions, pad, states = 1 << TCP_LISTEN(10)
+                req = struct.pack("=BBBBI", family, 6, 0, 0, 1 << 10) + bytes(48)
+                # nlmsghdr: SOCK_DIAG_BY_FAMILY (20), NLM_F_REQUEST | NLM_F_DUMP
+                nl.sendall(struct.pack("=IHHII", 16 + len(req), 20, 0x301, 1, 0) + req)
+                done = False
+                while not done:
+                    data = nl.recv(65536)
+                    if not data:
+                        break
+                    offset = 0
+                    while offset + 16 <= len(data):
+                        length, kind = struct.unpack_from("=IH", data, offset)
+                        if length < 16 or kind in (2, 3):  # NLMSG_ERROR, NLMSG_DONE
+                            done = True
+                            break
+                        if length >= 16 + 72:
+                            rqueue, wqueue, _uid, inode = struct.unpack_from("=IIII", data, offset + 16 + 56)
+                            out[inode] = (rqueue, wqueue)
+                        offset += (length + 3) & ~3
+        except OSError:
+            continue
+    return out
+
+
 def list_sockets(kinds: tuple[str, ...] = ("tcp", "tcp6", "udp", "udp6", "unix"), *,
                  with_pids: bool = True, port: int | None = None) -> list[SocketEntry]:
     """Every socket of the kinds asked (only those on ``port`` when given), with owners and labels."""
@@ -219,6 +260,13 @@ def list_sockets(kinds: tuple[str, ...] = ("tcp", "tcp6", "udp", "udp6", "unix")
             entries.extend(parse_proc_unix(text) if port is None else [])
         else:
             entries.extend(parse_proc_net(text, kind, port))
+    listeners = [e for e in entries if e.state == "LISTEN" and e.proto.startswith("tcp")]
+    if listeners:
+        families = tuple(sorted({10 if e.proto == "tcp6" else 2 for e in listeners}))
+        queues = listen_backlogs(families)
+        for e in listeners:
+            if e.inode in queues:
+                e.recv_q, e.send_q = queues[e.inode]
     if with_pids:
         owners = _inode_owners()
         names: dict[int, str] = {}
@@ -280,6 +328,14 @@ def _filter(entries: list[SocketEntry], *, listening: bool, port: int | None, st
 
 def _table(entries: list[SocketEntry]) -> Any:
     from rich.table import Table
+    from rich.text import Text
+
+    from socklab.protocols.text import escape_peer_text
+
+    def cell(text: str) -> Text:
+        # Unix socket paths, program names and what apps say about a connection (a chat nick a
+        # peer chose) are other people's text: controls escaped visibly, never read as markup.
+        return Text(escape_peer_text(text))
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("Proto", "State", "Recv-Q", "Send-Q", "Local", "Peer", "Process", "socklab"):
@@ -290,7 +346,8 @@ def _table(entries: list[SocketEntry]) -> Any:
         if e.detail:
             label = f"{label}: {e.detail}" if label else e.detail
         style = "yellow" if e.state == "CLOSE_WAIT" else None
-        table.add_row(e.proto, e.state, str(e.recv_q), str(e.send_q), e.local, e.peer, proc, label, style=style)
+        table.add_row(e.proto, e.state, str(e.recv_q), str(e.send_q), cell(e.local), cell(e.peer), cell(proc),
+                      cell(label), style=style)
     return table
 
 
