@@ -18,7 +18,8 @@ instead of inheriting one (no ``socketserver`` mixins)::
   kernel takes a reference on the socket's file for each call when the fd table is shared).
 - **shutdown**: stop accepting at once; ask every protocol to finish (``shutdown_requested``);
   wait until the connections end or ``shutdown_timeout`` passes; close the rest. A second signal
-  forces an immediate close. (The phases follow uvicorn's server.)
+  forces an immediate close. A Unix socket file the server bound is removed (only if it is still
+  the file it made). (The phases follow uvicorn's server.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from typing import Any
 
 from socklab.core.errors import SocklabError, UsageError
 from socklab.core.settings import ServerSettings
-from socklab.core.sockets import open_tcp_listener, open_udp_socket, server_ssl_context
+from socklab.core.sockets import (
+    open_tcp_listener,
+    open_udp_socket,
+    remove_unix_socket,
+    server_ssl_context,
+    unix_socket_identity,
+)
 from socklab.core.trace import Tracer
 from socklab.engines import make_engine
 from socklab.engines.base import DatagramFactory, Engine, EngineStats, ProtocolFactory
@@ -67,6 +74,7 @@ class Server:
         self._error: BaseException | None = None
         self._on_stop: list[Callable[[], None]] = []
         self._finish_lock = threading.Lock()
+        self._unix_files: list[tuple[str, tuple[int, int] | None]] = []
 
     # ---- phase 1: start --------------------------------------------------------------------------
     def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,
@@ -84,9 +92,13 @@ class Server:
             raise UsageError(f"engine {s.engine!r} does not serve Unix sockets")
         sock = open_tcp_listener(host if host is not None else s.host, port if port is not None else s.port,
                                  unix=use_unix, backlog=s.backlog, reuse_port=s.reuse_port, tracer=self.tracer)
+        if use_unix is not None:  # removed at shutdown, if it is still this socket's file
+            self._unix_files.append((use_unix, unix_socket_identity(use_unix)))
         ctx = ssl_context or (server_ssl_context(s.tls_cert, s.tls_key) if (tls and s.tls_cert) else None)
         if ctx is not None and "tls" not in self.engine.info.supports:
             sock.close()
+            if use_unix is not None:
+                remove_unix_socket(*self._unix_files.pop())
             raise UsageError(f"engine {s.engine!r} does not support TLS")
         address = sock.getsockname()
         self.engine.serve_stream(sock, protocol_factory, ctx)
@@ -263,6 +275,9 @@ class Server:
     def _run_cleanups(self) -> None:
         with contextlib.suppress(Exception):
             self.engine.close()
+        for path, identity in self._unix_files:
+            with contextlib.suppress(OSError):
+                remove_unix_socket(path, identity)
         for cb in self._on_stop:
             try:
                 cb()

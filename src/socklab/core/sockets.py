@@ -29,7 +29,9 @@ __all__ = [
     "open_tcp_listener",
     "open_udp_socket",
     "parse_endpoint",
+    "remove_unix_socket",
     "server_ssl_context",
+    "unix_socket_identity",
 ]
 
 
@@ -208,6 +210,31 @@ def open_tcp_listener(host: str, port: int, *, unix: str | None = None, backlog:
     if tracer:
         tracer.emit("listen", sock, detail=f"backlog={backlog}")
     return sock
+
+
+def unix_socket_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the socket file at ``path``, or ``None`` (absent, not a socket)."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+
+
+def remove_unix_socket(path: str, identity: tuple[int, int] | None) -> bool:
+    """Remove the socket file a server bound, at shutdown - only if it is still the one it made.
+
+    Closing a listening Unix socket leaves its file behind; a later server then finds the path
+    taken. Another process may have replaced the file meanwhile (a second server that removed a
+    file it thought stale): that one is left alone. Returns True when the file was removed.
+    """
+    if identity is None or unix_socket_identity(path) != identity:
+        return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _remove_stale_unix_socket(path: str) -> None:
