@@ -81,6 +81,35 @@ def test_setuid_setgid_sticky_and_world_write_are_never_applied(tmp_path: Path) 
         assert not m & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH)
 
 
+@pytest.mark.parametrize("factory", ["receive", "peer fetch"])
+def test_group_and_world_write_are_never_a_peers_even_with_umask_0(tmp_path: Path, factory: str) -> None:
+    # also through the peer mesh's receiver class (what `socklab peer fetch` runs)
+    from socklab.apps.peer.links import Receiver
+    from socklab.apps.transfer.receiver import ReceiverProtocol
+    from socklab.core.server import Server
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    ended: list[ReceiveSession] = []
+    with umask(0):
+        settings = ReceiveSettings(host="127.0.0.1", port=0, dir=str(dest))
+        srv = Server(settings, label="receive")
+        srv.listen(lambda: Receiver(settings, ended.append) if factory == "peer fetch"
+                   else ReceiverProtocol(settings))
+        srv.start()
+        try:
+            sock, conn, event = raw_session(srv.port)
+            with sock:
+                dir_entry(sock, conn, event, "d", 0o7777)
+                assert send_file(sock, conn, event, "d/f", b"x", mode=0o6777).ok  # type: ignore[attr-defined]
+                sock.sendall(conn.send(tp.Done()))
+                assert sock.recv(1) == b""  # the receiver closes once the session is done
+        finally:
+            srv.shutdown(timeout=2)
+    assert stat.S_IMODE((dest / "d" / "f").stat().st_mode) == 0o755
+    assert stat.S_IMODE((dest / "d").stat().st_mode) == 0o755
+
+
 def test_no_perms_gives_the_receivers_default_mode(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -205,8 +205,9 @@ def receive(source: str | None, to_stdout: bool, once: bool, as_json: bool, quie
     socklab receive --port 7070 --dir /tmp/in              # serve senders (any engine)
     socklab receive --from 127.0.0.1:7071 --dir /tmp/in    # fetch from `send --listen`
     socklab receive --port 7070 --dir /tmp/in --no-perms   # new files 0666 & ~umask
-    A sender only suggests permission bits (rwx, masked by the umask; never
-    setuid, setgid or sticky); names stay inside --dir; bad times are refused.
+    A sender only suggests permission bits (rwxr-xr-x at most, masked by the
+    umask; never setuid, setgid, sticky or group/world write); names stay inside
+    --dir; bad times are refused.
     """
     settings = build_settings(ReceiveSettings, values)
     out = sys.stdout.buffer if to_stdout else None

@@ -9,10 +9,12 @@ The rules (rsync's ``--chmod``/``--no-perms`` and tftp-hpa are the reference):
 
 - **names** stay inside the destination: no absolute path, ``..``, NUL or backslash, no path
   through a symlink that leaves it, no symlink as the final name;
-- **modes**: only the permission bits (``rwx``, 0o777) of the sender's suggestion are used, masked
-  by the receiver's umask; setuid, setgid and sticky never are. ``--no-perms``: new files get the
-  receiver's default (0o666 & ~umask, directories 0o777 & ~umask). A directory keeps ``u+rwx`` (the
-  receiver must be able to write into it), and a directory that already existed keeps its mode;
+- **modes**: only the permission bits of the sender's suggestion are used, masked by the receiver's
+  umask; setuid, setgid and sticky never are, and neither are group or world write (a peer must not
+  open the receiver's files to other local users: 0o755 at most). ``--no-perms``: new files get the
+  receiver's default (0o666 & ~umask, directories 0o777 & ~umask) - the user's umask, the user's
+  choice. A directory keeps ``u+rwx`` (the receiver must be able to write into it), and a
+  directory that already existed keeps its mode;
 - **a replaced file** (``--overwrite``) keeps its permission bits and, as far as the receiver may
   set them, its owner and group; the sender's suggestion does not apply to it;
 - **times** are checked by the protocol (finite, 0001..9999; see :func:`transfer.check_mtime`);
@@ -37,7 +39,8 @@ from socklab.protocols.text import escape_peer_text
 __all__ = ["Refused", "commit_file", "dir_mode", "file_mode", "fsync_dir", "make_dirs", "prefix_digests", "read_umask", "resolve",
            "tree_root"]
 
-PERM_BITS = 0o777  # all a peer may ever suggest: never setuid (0o4000), setgid (0o2000), sticky (0o1000)
+PERM_BITS = 0o777  # permission bits: never setuid (0o4000), setgid (0o2000), sticky (0o1000)
+PEER_BITS = 0o755  # all a peer may ever suggest: no group or world write either
 
 _umask_lock = threading.Lock()
 
@@ -67,14 +70,14 @@ def read_umask() -> int:
 
 
 def file_mode(suggested: int, umask: int, perms: bool = True) -> int:
-    """The mode a new file gets: the sender's rwx bits masked by the umask, or the default."""
-    base = suggested & PERM_BITS if perms else 0o666
+    """The mode a new file gets: the sender's bits (0o755 at most) masked by the umask, or the default."""
+    base = suggested & PEER_BITS if perms else 0o666
     return base & ~umask & PERM_BITS
 
 
 def dir_mode(suggested: int, umask: int, perms: bool = True) -> int:
     """The mode a new directory gets: as :func:`file_mode`, plus ``u+rwx`` (we write into it)."""
-    base = suggested & PERM_BITS if perms else 0o777
+    base = suggested & PEER_BITS if perms else 0o777
     return (base & ~umask & PERM_BITS) | stat.S_IRWXU
 
 

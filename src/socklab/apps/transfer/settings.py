@@ -22,9 +22,9 @@ class ReceiveSettings(ServerSettings):
     overwrite: bool = setting(False, "Replace existing files (a replaced file keeps its mode and owner). Without "
                                      "it an existing file is kept: one with the sender's content is verified and "
                                      "skipped, a different one refused, and the sender told why.")
-    perms: bool = setting(True, "Give new files the sender's permission bits - rwx only, masked by the umask, "
-                                "never setuid, setgid or sticky (--no-perms: the receiver's default mode, "
-                                "0666 & ~umask).")
+    perms: bool = setting(True, "Give new files the sender's permission bits - rwxr-xr-x at most, masked by the "
+                                "umask: never setuid, setgid, sticky, group or world write (--no-perms: the "
+                                "receiver's default mode, 0666 & ~umask).")
     discard: bool = setting(False, "Verify and count the data but write nothing (benchmarks).")
     buffer_size: int = setting(tp.CHUNK_SIZE, "Bytes per receive buffer (4 of them per session; best: the "
                                               "chunk size, one hash call per buffer).")
