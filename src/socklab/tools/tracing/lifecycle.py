@@ -387,14 +387,13 @@ class Lifecycle:
             else _int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
         n = sc.value if sc.errno is None else None
         notes = self._slow_notes(sc, info, "send")
-        notes.extend(self._ignored_send(info, data))
+        notes.extend(self._ignored_send(info, data, requested))
         peer = parse_sockaddr(args[4]) if sc.name == "sendto" and len(args) > 4 else None
         if n is not None and requested is not None and n < requested:
             notes.append(f"partial send: the kernel took {n} of {requested} bytes; the rest must be sent again "
                          "(sendall() or a loop does it)")
-            if data is not None:
-                info.unsent = data[0][n:]
-                info.unsent_count = requested - n
+            info.unsent = data[0][n:] if data is not None else None
+            info.unsent_count = requested - n
         if sc.errno in ("EPIPE", "ECONNRESET"):
             info.move("reset")
             notes.append(f"{sc.errno}: the peer is gone (it closed, or reset the connection); writing to it "
@@ -405,18 +404,20 @@ class Lifecycle:
             ev.peer = peer
         return [ev]
 
-    def _ignored_send(self, info: SockInfo, data: tuple[bytes, bool] | None) -> list[str]:
-        if info.unsent is None or not info.unsent:
-            info.unsent = None
+    def _ignored_send(self, info: SockInfo, data: tuple[bytes, bool] | None, requested: int | None) -> list[str]:
+        """After a partial send, the next send must carry the rest: by content where strace showed
+        it, else by size (sendall() and a C loop send exactly the bytes left)."""
+        count, rest = info.unsent_count, info.unsent
+        info.unsent, info.unsent_count = None, 0
+        if count <= 0:
             return []
-        rest, count = info.unsent, info.unsent_count
-        info.unsent = None
-        if data is None:
+        if rest and data is not None:
+            sent = data[0]
+            common = min(len(rest), len(sent))
+            if common and sent[:common] == rest[:common]:
+                return []
+        elif requested == count:
             return []
-        sent, _ = data
-        common = min(len(rest), len(sent))
-        if common and sent[:common] == rest[:common]:
-            return []  # the program sends the rest: right
         return [f"send's return value ignored: the previous send took only part of its data and this one sends "
                 f"something else, so {count} bytes of that message were never sent (use sendall() or loop "
                 "until every byte is taken)"]
@@ -468,10 +469,10 @@ class Lifecycle:
         details: list[str] = []
         if info.reads_after_eof > 1:
             details.append(f"after {info.reads_after_eof} reads at end of stream")
-        if info.unsent:
+        if info.unsent_count > 0:
             notes.append(f"closed with {info.unsent_count} bytes of a partial send never sent (the send's "
                          "return value was ignored)")
-            info.unsent = None
+            info.unsent, info.unsent_count = None, 0
         if info.refs > 0:
             details.append(f"another fd still holds the socket ({info.refs}): no FIN yet")
         elif info.proto.startswith("tcp") and info.state not in ("LISTEN", "CLOSE"):

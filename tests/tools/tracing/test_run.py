@@ -1,0 +1,219 @@
+"""``socklab trace run`` on real programs under real strace: Python, C, and the classic mistakes."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.tools.tracing.helpers import C_CLIENT, compile_c, echo_server, needs_strace, socklab
+
+pytestmark = needs_strace
+
+
+def lines_of(err: str, op: str) -> list[str]:
+    return [ln for ln in err.splitlines() if re.search(rf" fd=\d+ {op} ", ln)]
+
+
+def test_a_python_client_is_traced_like_socklabs_own_trace(tmp_path: Path) -> None:
+    prog = tmp_path / "client.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        s.sendall(b"hello world")
+        got = b""
+        while len(got) < 11:
+            got += s.recv(100)
+        print(got.decode())
+        s.close()
+    """))
+    with echo_server() as port:
+        r = socklab("trace", "run", "--", sys.executable, str(prog), str(port))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello world\n"  # the program's output alone: the trace went to stderr
+    err = r.stderr
+    name = re.escape(Path(sys.executable).name[:15])
+    connect = lines_of(err, "connect")
+    assert len(connect) == 1
+    assert re.match(rf"\+ ?\d+\.\d{{6}} {name}\[\d+\]/main fd=(\d+) connect peer=127\.0\.0\.1:{port} "
+                    r"three-way handshake done .* \[ESTABLISHED\]$", connect[0]), connect
+    fd = re.search(r"fd=(\d+)", connect[0]).group(1)  # type: ignore[union-attr]
+    assert any(f"fd={fd} sendto 11 bytes peer=127.0.0.1:{port}" in ln for ln in lines_of(err, "sendto"))
+    recvs = lines_of(err, "recvfrom")
+    assert sum(int(re.search(r"recvfrom (\d+) bytes", ln).group(1)) for ln in recvs) == 11  # type: ignore[union-attr]
+    assert "(asked for up to 100)" in recvs[0]
+    assert any(f"fd={fd} close peer=127.0.0.1:{port} FIN sent" in ln for ln in lines_of(err, "close")), err
+    assert lines_of(err, "socket")[0].endswith("socket AF_INET, SOCK_STREAM [CLOSE]")
+
+
+def test_a_c_client_read_write_and_shutdown(tmp_path: Path) -> None:
+    exe = compile_c(tmp_path, "client", C_CLIENT)
+    out = tmp_path / "c.jsonl"
+    with echo_server() as port:
+        r = socklab("trace", "run", "--json", str(out), "--", str(exe), "127.0.0.1", str(port))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "got 11 bytes\n"
+    err = r.stderr
+    assert re.search(rf"client\[\d+\]/main fd=3 connect peer=127\.0\.0\.1:{port} ", err), err
+    assert re.search(rf"fd=3 write 11 bytes peer=127\.0\.0\.1:{port} data=\"hello world\"", err), err
+    assert re.search(r"fd=3 read 11 bytes \(asked for up to 100\)", err), err
+    assert re.search(r"fd=3 shutdown .*SHUT_WR: FIN sent, still reading \[FIN_WAIT1\]", err), err
+    assert re.search(r"fd=3 read 0 bytes \(asked for up to 100\) .*\[TIME_WAIT\]\n    note: recv returned 0", err)
+    assert re.search(r"fd=3 close ", err)
+    import json
+
+    events = [json.loads(x) for x in out.read_text().splitlines()]
+    write = next(e for e in events if e["op"] == "write")
+    assert write["nbytes"] == 11 and write["peer"] == f"127.0.0.1:{port}" and write["local"].startswith("127.0.0.1:")
+    assert write["ts"] > 1e9 and write["source"] == "strace"
+
+
+def test_reading_on_after_recv_returned_0_gets_the_note(tmp_path: Path) -> None:
+    prog = tmp_path / "deaf.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        s.sendall(b"ping")
+        s.shutdown(socket.SHUT_WR)
+        data = s.recv(100)
+        for _ in range(6):          # the mistake: recv() == 0 means the peer closed, yet it reads on
+            data = s.recv(100)
+        s.close()
+    """))
+    with echo_server() as port:
+        r = socklab("trace", "run", "--", sys.executable, str(prog), str(port))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("recv returned 0 again") == 1, r.stderr
+    assert "this program kept reading" in r.stderr
+    assert re.search(r"close .*after \d+ reads at end of stream", r.stderr), r.stderr
+
+
+def test_eaddrinuse_gets_its_note_and_the_exit_status_passes_through(tmp_path: Path) -> None:
+    holder = socket.create_server(("127.0.0.1", 0))  # someone listens there
+    port = holder.getsockname()[1]
+    prog = tmp_path / "server.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", int(sys.argv[1])))
+        except OSError as e:
+            print("bind failed:", e.errno)
+            sys.exit(3)
+    """))
+    try:
+        r = socklab("trace", "run", "--", sys.executable, str(prog), str(port))
+    finally:
+        holder.close()
+    assert r.returncode == 3, r.stderr
+    assert "bind failed: 98" in r.stdout
+    assert re.search(rf"fd=\d+ bind 127\.0\.0\.1:{port} failed: EADDRINUSE", r.stderr), r.stderr
+    assert f"note: EADDRINUSE: 127.0.0.1:{port} is in use. SO_REUSEADDR was not set" in r.stderr
+    assert f"Now: a socket is bound to port {port} in state LISTEN" in r.stderr
+
+
+def test_close_wait_at_exit_and_a_long_blocking_accept(tmp_path: Path) -> None:
+    prog = tmp_path / "leaky.py"
+    ready = tmp_path / "port"
+    prog.write_text(textwrap.dedent(f"""
+        import socket, os
+        srv = socket.create_server(("127.0.0.1", 0))
+        with open({str(ready)!r} + ".tmp", "w") as f:
+            f.write(str(srv.getsockname()[1]))
+        os.rename({str(ready)!r} + ".tmp", {str(ready)!r})
+        conn, _ = srv.accept()
+        conn.recv(100)
+        conn.recv(100)   # 0: the client closed - and this server never closes conn
+        os._exit(0)      # ends like a killed server: no close() at all (Python's exit would close it)
+    """))
+    import subprocess
+
+    env = dict(os.environ, NO_COLOR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--slow", "0", "--",
+                             sys.executable, str(prog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not ready.exists():  # the program's own readiness signal (a file renamed into place)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", int(ready.read_text())), timeout=10) as c:
+            c.sendall(b"x")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert re.search(r"exit peer=127\.0\.0\.1:\d+ process ended with the socket open \[CLOSE_WAIT\]", err), err
+    assert "was left in CLOSE_WAIT: the peer closed, this program never called close()" in err
+    assert re.search(r"accept waited \d+\.\d s for a client \(a blocking socket without a timeout\)", err), err
+
+
+def test_a_partial_send_whose_rest_is_never_sent(tmp_path: Path) -> None:
+    prog = tmp_path / "partial.py"
+    prog.write_text(textwrap.dedent("""
+        import socket
+        srv = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        c.setblocking(False)
+        n = c.send(b"A" * 4_000_000)          # the mistake: n < 4,000,000 and the rest is forgotten
+        assert n < 4_000_000
+        conn.setblocking(False)
+        try:
+            while conn.recv(1 << 20):          # make room
+                pass
+        except BlockingIOError:
+            pass
+        c.setblocking(True)
+        c.send(b"next message")
+        c.close(); conn.close(); srv.close()
+    """))
+    r = socklab("trace", "run", "--", sys.executable, str(prog))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"sendto \d+ of 4000000 bytes", r.stderr), r.stderr
+    assert "send's return value ignored" in r.stderr
+    assert re.search(r"so \d+ bytes of that message were never sent", r.stderr)
+
+
+def test_strace_missing_and_tracing_not_permitted(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = socklab("trace", "run", "--", "/bin/true", env={"PATH": str(empty)})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "socklab: trace run needs strace, which is not installed: apt-get install strace "
+        "(scripts/setup.sh installs it)"]
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "strace").write_text("#!/bin/sh\necho 'strace: test_ptrace_get_syscall_info: PTRACE_TRACEME: "
+                                 "Operation not permitted' >&2\nexit 1\n")
+    (fake / "strace").chmod(0o755)
+    r = socklab("trace", "run", "--", "/bin/true", env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("socklab: tracing is not permitted here (strace: ")
+    assert "SYS_PTRACE" in lines[0] or "ptrace_scope" in lines[0] or "root" in lines[0]
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    r = socklab("trace", "run", "--", "no-such-program-xyz")
+    assert r.returncode == 2 and "no program 'no-such-program-xyz'" in r.stderr
+    r = socklab("trace", "run")
+    assert r.returncode == 2 and "CMD" in r.stderr
+
+
+@pytest.mark.parametrize("sig", [15])
+def test_a_signal_death_is_the_exit_status(tmp_path: Path, sig: int) -> None:
+    prog = tmp_path / "die.py"
+    prog.write_text(f"import os\nos.kill(os.getpid(), {sig})\n")
+    r = socklab("trace", "run", "--", sys.executable, str(prog))
+    assert r.returncode == 128 + sig, r.stderr
