@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -119,37 +122,31 @@ def test_eaddrinuse_gets_its_note_and_the_exit_status_passes_through(tmp_path: P
 
 def test_close_wait_at_exit_and_a_long_blocking_accept(tmp_path: Path) -> None:
     prog = tmp_path / "leaky.py"
-    ready = tmp_path / "port"
-    prog.write_text(textwrap.dedent(f"""
+    prog.write_text(textwrap.dedent("""
         import socket, os
         srv = socket.create_server(("127.0.0.1", 0))
-        with open({str(ready)!r} + ".tmp", "w") as f:
-            f.write(str(srv.getsockname()[1]))
-        os.rename({str(ready)!r} + ".tmp", {str(ready)!r})
+        print(srv.getsockname()[1], flush=True)   # readiness: the port, through trace run's stdout
         conn, _ = srv.accept()
         conn.recv(100)
         conn.recv(100)   # 0: the client closed - and this server never closes conn
         os._exit(0)      # ends like a killed server: no close() at all (Python's exit would close it)
     """))
-    import subprocess
-
     env = dict(os.environ, NO_COLOR="1")
     proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--slow", "0", "--",
                              sys.executable, str(prog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, start_new_session=True)
     try:
-        import time
-
-        deadline = time.monotonic() + 30
-        while not ready.exists():  # the program's own readiness signal (a file renamed into place)
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.02)
-        with socket.create_connection(("127.0.0.1", int(ready.read_text())), timeout=10) as c:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(30), "the traced server did not print its port"
+        port = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"x")
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert proc.returncode == 0, err
     assert re.search(r"exit peer=127\.0\.0\.1:\d+ process ended with the socket open \[CLOSE_WAIT\]", err), err
