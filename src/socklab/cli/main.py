@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "engines": "socklab.cli.engines:engines",
     "echo": "socklab.apps.echo.cli:echo",
     "connect": "socklab.tools.netcat:connect",
-    "listen": "socklab.tools.netcat:listen",
+    "listen": "socklab.tools.listen:listen",
     "ss": "socklab.tools.ss:ss",
     "tap": "socklab.tools.tap:tap",
     "http": "socklab.apps.http.cli:http",

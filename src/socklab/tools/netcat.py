@@ -12,9 +12,10 @@ an explicit option, and ``--explain`` narrates each TCP transition as it happens
   ``keep``: the peer's FIN only ends its direction - keep sending stdin until it ends.
 
 ``connect`` uses one blocking socket, a thread reading stdin and the main thread reading the
-socket (binary-safe, through file descriptors 0 and 1). ``listen`` serves on a socklab engine
-(``--engine``), one client or many (``--keep-open``), TCP, TLS, Unix or UDP (one peer per source
-address), optionally running ``--exec CMD`` per connection with its stdin/stdout on the socket.
+socket (binary-safe, through file descriptors 0 and 1). ``listen`` (:mod:`socklab.tools.listen`)
+serves on a socklab engine (``--engine``), one client or many (``--keep-open``), TCP, TLS, Unix
+or UDP (one peer per source address), optionally running ``--exec CMD`` per connection with its
+stdin/stdout on the socket.
 
 Exit statuses: 0 success (including ``-z`` when every port accepts), 1 a network failure
 (refused, reset, timed out, idle timeout, ``-z`` with a closed port), 2 a usage error, 130
@@ -29,7 +30,6 @@ import os
 import select
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +38,7 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import make_tracer, run_cli, trace_options
 from socklab.core.errors import (
     ConnectError,
     SocklabError,
@@ -46,20 +46,15 @@ from socklab.core.errors import (
     UsageError,
     translate_oserror,
 )
-from socklab.core.protocol import DatagramProtocol, Protocol
-from socklab.core.server import Server
-from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import (
     Endpoint,
     client_ssl_context,
     connect_tcp,
     open_udp_socket,
-    parse_endpoint,
 )
 from socklab.core.trace import Tracer, format_addr, tcp_state
-from socklab.core.transport import DatagramTransport, Transport
 
-__all__ = ["ListenSettings", "connect", "listen"]
+__all__ = ["CHUNK", "Explainer", "connect"]
 
 CHUNK = 64 * 1024
 
@@ -377,233 +372,3 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
         if tracer:
             tracer.emit("close", sock)
         sock.close()
-
-
-# ---- listen ---------------------------------------------------------------------------------------
-@dataclass
-class ListenSettings(ServerSettings):
-    """``socklab listen``: a server whose idle timeout is off unless asked (netcat waits forever)."""
-
-    idle_timeout: float = setting(0.0, "Close a connection silent for this many seconds (0 = never).")
-    shutdown_timeout: float = setting(1.0, "Seconds to let connections finish after Ctrl-C.")
-
-
-class _Hub:
-    """What the stdin thread and the connections share (runs on the engine thread)."""
-
-    def __init__(self, server: Server, *, keep_open: bool, on_stdin_eof: str, on_peer_eof: str,
-                 explain: Explainer, hexdump: bool, execute: str | None) -> None:
-        self.server, self.keep_open = server, keep_open
-        self.on_stdin_eof, self.on_peer_eof = on_stdin_eof, on_peer_eof
-        self.explain, self.hexdump, self.execute = explain, hexdump, execute
-        self.conns: set[_ListenConn] = set()
-        self.udp: _ListenUdp | None = None
-        self.stdin_eof = False
-        self.served = 0
-        self.have_peer = threading.Event()  # stdin is read only once someone can receive it
-
-    def output(self, data: bytes) -> None:
-        if self.hexdump:
-            _hex("<<", data)
-        try:
-            _write_all(1, data)
-        except OSError:
-            self.server.engine.stop()  # stdout went away (| head): nothing more to do
-
-    def from_stdin(self, data: bytes) -> None:
-        if self.hexdump:
-            _hex(">>", data)
-        for conn in list(self.conns):
-            conn.transport.write(data)
-        if self.udp is not None:
-            self.udp.send_all(data)
-
-    def stdin_ended(self) -> None:
-        self.stdin_eof = True
-        for conn in list(self.conns):
-            conn.apply_stdin_eof()
-
-    def finished(self, conn: _ListenConn) -> None:
-        self.conns.discard(conn)
-        if not self.keep_open:
-            self.explain("the client is gone and --keep-open is off: exiting")
-            self.server.engine.stop()
-
-
-class _ListenConn(Protocol):
-    def __init__(self, hub: _Hub) -> None:
-        self.hub = hub
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def connection_made(self, transport: Transport) -> None:
-        self.transport = transport
-        hub = self.hub
-        hub.served += 1
-        if not hub.keep_open:
-            # one client only, as netcat does without -k; deferred: we are inside the accept loop
-            hub.server.engine.call_soon_threadsafe(hub.server.engine.close_listeners)
-        peer = format_addr(transport.get_extra_info("peername"))
-        hub.explain(f"accepted {peer}: accept() returned a new connected socket (ESTABLISHED)"
-                    + ("" if hub.keep_open else "; no --keep-open, so the listening socket is closed now"))
-        hub.conns.add(self)
-        hub.have_peer.set()
-        if hub.execute:
-            self._exec(hub.execute)
-        elif hub.stdin_eof:
-            self.apply_stdin_eof()
-
-    def _exec(self, cmd: str) -> None:
-        sock: socket.socket = self.transport.get_extra_info("socket")
-        self.transport.pause_reading()  # the program owns the socket now
-        fd = os.dup(sock.fileno())
-        os.set_blocking(fd, True)
-        self.hub.explain(f"running {cmd!r} with its stdin and stdout on the socket")
-        try:
-            self.proc = subprocess.Popen(cmd, shell=True, stdin=fd, stdout=fd, close_fds=True)
-        finally:
-            os.close(fd)
-        proc, engine, transport = self.proc, self.hub.server.engine, self.transport
-
-        def reap() -> None:
-            proc.wait()
-            engine.call_soon_threadsafe(transport.close)
-        threading.Thread(target=reap, name="socklab-exec", daemon=True).start()
-
-    def apply_stdin_eof(self) -> None:
-        if self.hub.execute:
-            return
-        policy = self.hub.on_stdin_eof
-        if policy == "shutdown":
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-                self.hub.explain("stdin ended -> FIN sent to the client (half-close); still reading it")
-            else:
-                self.hub.explain("stdin ended; this transport cannot half-close (TLS): still reading")
-        elif policy == "close":
-            self.hub.explain("stdin ended: closing the connection (--on-stdin-eof close)")
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.hub.output(data)
-
-    def eof_received(self) -> bool | None:
-        hub = self.hub
-        if hub.on_peer_eof == "keep" and not hub.stdin_eof:
-            hub.explain("client sent FIN -> this connection is in CLOSE_WAIT -> waiting for stdin EOF "
-                        "because --on-peer-eof keep")
-            return True
-        hub.explain("client sent FIN -> CLOSE_WAIT -> closing our side (LAST_ACK, then gone)")
-        return None
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if exc is not None:
-            self.hub.explain(f"connection lost: {exc}")
-        self.hub.finished(self)
-
-
-class _ListenUdp(DatagramProtocol):
-    """UDP: every source address is a peer of its own (there are no connections to accept)."""
-
-    def __init__(self, hub: _Hub) -> None:
-        self.hub = hub
-        self.peers: dict[Any, float] = {}
-        self.out: DatagramTransport | None = None
-        hub.udp = self
-
-    def connection_made(self, transport: DatagramTransport) -> None:
-        self.out = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if addr not in self.peers:
-            if self.peers and not self.hub.keep_open:
-                self.hub.explain(f"ignoring a datagram from {format_addr(addr)}: serving only the first peer "
-                                 "(use --keep-open for many)")
-                return
-            self.hub.explain(f"new UDP peer {format_addr(addr)}: UDP has no accept(), peers are told apart "
-                             "by their source address")
-        self.peers[addr] = time.monotonic()
-        self.hub.have_peer.set()
-        self.hub.output(data)
-
-    def send_all(self, data: bytes) -> None:
-        if self.out is None:
-            return
-        if not self.peers:
-            self.hub.explain("stdin data but no UDP peer yet: dropped (we learn a peer from its first datagram)")
-        for addr in self.peers:
-            self.out.sendto(data, addr)
-
-
-def _stdin_thread(server: Server, hub: _Hub, crlf: bool) -> None:
-    last = [0]
-    hub.have_peer.wait()
-    try:
-        while True:
-            data = os.read(0, CHUNK)
-            if not data:
-                break
-            if crlf:
-                data = _crlf(data, last)
-            server.call_soon_threadsafe(lambda d=data: hub.from_stdin(d))  # type: ignore[misc]
-    except OSError:
-        pass
-    with contextlib.suppress(Exception):  # the engine may have stopped already
-        server.call_soon_threadsafe(hub.stdin_ended)
-
-
-@click.command()
-@click.argument("args", nargs=-1, metavar="[HOST] PORT")
-@click.option("--udp", "-u", is_flag=True, help="Listen for UDP datagrams.")
-@click.option("--keep-open", "-k", is_flag=True, help="Serve many clients (concurrently on the engine), not one.")
-@click.option("--exec", "execute", metavar="CMD", default=None,
-              help="Run CMD (via /bin/sh) per connection with its stdin/stdout on the socket.")
-@_eof_options
-@options_from(ListenSettings, exclude=("host", "port", "workers", "queue_size", "reuse_port", "backlog"))
-@trace_options
-@run_cli
-def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | None, on_stdin_eof: str,
-           on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool, trace: bool, trace_json: str | None,
-           **values: Any) -> None:
-    """Listen on [HOST] PORT (default host 127.0.0.1) and join stdin/stdout to the client(s).
-
-    \b
-    Examples:
-      socklab listen 9000 > received.bin                     # one client, then exit
-      socklab listen -k 9000 --engine threads --explain      # many clients at once
-      socklab listen -u 9000                                 # UDP, every source address a peer
-      socklab listen -k 9000 --exec 'tr a-z A-Z'             # a per-connection program
-    """
-    if len(args) == 1:
-        host, port_s = "127.0.0.1", args[0]
-    elif len(args) == 2:
-        host, port_s = args
-    elif not args and values.get("unix"):
-        host, port_s = "127.0.0.1", "0"
-    else:
-        raise UsageError("listen needs [HOST] PORT (or --unix PATH)")
-    if not port_s.isdigit():
-        ep = parse_endpoint(port_s)
-        host, port_s = ep.host, str(ep.port)
-    settings = build_settings(ListenSettings, values, host=host.strip("[]"), port=int(port_s))
-    if execute and udp:
-        raise UsageError("--exec needs a stream socket (TCP or Unix), not --udp")
-    tracer = make_tracer(settings.engine, trace, trace_json)
-    server = Server(settings, tracer=tracer, label="listen")
-    hub = _Hub(server, keep_open=keep_open, on_stdin_eof=on_stdin_eof, on_peer_eof=on_peer_eof,
-               explain=Explainer(explain, tracer), hexdump=hexdump, execute=execute)
-    if udp:
-        addr = server.listen_udp(lambda: _ListenUdp(hub))
-        scheme = "udp"
-    else:
-        addr = server.listen(lambda: _ListenConn(hub))
-        scheme = "tls" if settings.tls_cert else "tcp"
-    where = f"unix:{addr}" if isinstance(addr, str) else f"{scheme}://{format_addr(addr)}"
-    if not execute:
-        threading.Thread(target=_stdin_thread, args=(server, hub, crlf), name="socklab-stdin",
-                         daemon=True).start()
-    server.serve_forever(on_ready=lambda: click.echo(
-        f"socklab listen listening on {where} (engine {server.engine.name})", err=True))
-    if isinstance(addr, str):
-        with contextlib.suppress(OSError):
-            os.unlink(addr)
-
