@@ -138,3 +138,50 @@ def test_the_page_loads_when_every_chat_slot_is_taken(concurrent_engine: str) ->
         finally:
             for c in held:
                 c.close()
+
+
+# ---- rooms and commands ----------------------------------------------------------------------------
+def test_rooms_are_freed_after_join_part_churn(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, command_rate=1e6, command_burst=100_000, history_on_join=0) as node, \
+            LineClient(node.tcp_port, "churn") as c:
+        c.sock.sendall(b"".join(b"/join #r%d\n/part #r%d\n" % (i, i) for i in range(1000)))
+        c.send("/join #kept")
+        c.send("kept")  # a room with history: its sequence number outlives its members
+        c.expect("MSG #kept 1 ", timeout=30)
+        c.send("/part #kept")
+        c.send("/ping done")
+        c.expect("PONG", timeout=30)
+        assert sorted(node.hub.rooms) == ["#lobby"], len(node.hub.rooms)
+        assert all(r.members for r in node.hub.rooms.values())
+        assert node.hub.last_seq == {"#kept": 1}
+        c.send("/join #kept")
+        assert c.expect("SYNC #kept") == "SYNC #kept 1"  # nothing forgotten that history needs
+
+
+def test_a_command_flood_is_refused_with_one_429(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, command_rate=1.0, command_burst=5) as node, \
+            LineClient(node.tcp_port, "flood") as f, LineClient(node.tcp_port, "calm") as calm:
+        f.sock.sendall(b"/who\n" * 100 + b"/bogus\n" * 100 + b"still talking\n")
+        f.expect("MSG #lobby 1 ")  # messages have their own bucket
+        notices = [line for line in f.seen if line.startswith("ERR 429 ")]
+        assert len(notices) == 1 and "commands/s" in notices[0], f.seen[:12]
+        answered = [line for line in f.seen if line.startswith(("WHO ", "ERR 400 "))]
+        assert 5 <= len(answered) <= 15, len(answered)  # the burst (and what refilled meanwhile), not 200
+        calm.send("/who")
+        calm.expect("WHO #lobby")  # another client's commands are unaffected
+
+
+def test_rooms_listing_is_bounded(concurrent_engine: str) -> None:
+    with chat_node(concurrent_engine, rooms_listed=3, max_rooms=10, history_on_join=0) as node, \
+            LineClient(node.tcp_port, "ann") as ann, LineClient(node.tcp_port, "bob") as bob:
+        for room in ("#a", "#b", "#c", "#d", "#e"):
+            ann.send(f"/join {room}")
+            ann.expect(f"SYNC {room}")
+        for room in ("#c", "#d"):
+            bob.send(f"/join {room}")
+            bob.expect(f"SYNC {room}")
+        bob.send("/rooms")
+        listed = bob.expect("ROOMS").split()[1:]
+        assert sorted(listed) == ["#c=2/0", "#d=2/0", "#lobby=2/0"], listed
+        assert bob.expect("INFO") == "INFO :and 3 more rooms (the 3 with the most members are listed)"
+        assert len(node.hub.rooms) == 6

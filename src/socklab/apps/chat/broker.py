@@ -55,6 +55,7 @@ from socklab.protocols.chat import (
     event_to_json,
     nick_key,
 )
+from socklab.protocols.text import escape_peer_text
 
 if TYPE_CHECKING:
     from socklab.apps.chat.hub import ChatHub
@@ -366,6 +367,8 @@ class RedisBackend:
             elif isinstance(event, NickChanged):
                 here.discard(event.old)
                 here.add(event.new)
+            if not here:
+                del self._presence[room]  # rooms nobody here is in leave no trail (join/part churn)
 
     def private(self, event: Private, cb: Callable[[bool], None]) -> None:
         data = json.dumps(asdict(event))
@@ -454,7 +457,8 @@ class RedisBackend:
                     if isinstance(ev, Private):
                         hub.deliver_private(ev)
             except (KeyError, ValueError, Exception) as exc:  # one bad entry must not stop the node
-                print(f"socklab chat: skipped a broker entry ({exc})", flush=True)
+                # the entry's text came from the network: escaped, so a log line is only a log line
+                print(f"socklab chat: skipped a broker entry ({escape_peer_text(exc)})", flush=True)
         if pending:
             hub.on_messages(pending)
 

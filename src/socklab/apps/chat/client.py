@@ -300,7 +300,7 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
     session: PromptSession[str] = PromptSession(history=InMemoryHistory())
 
     def show(line: str) -> None:
-        print(line, flush=True)  # patch_stdout draws it above the prompt
+        print(escape_peer_text(line), flush=True)  # patch_stdout draws it above the prompt
 
     client = ChatClient(address, nick, show, room, tls=tls, server_name=server_name)
     with patch_stdout(raw=True):
@@ -330,7 +330,7 @@ def _locked_print() -> Callable[[str], None]:
 
     def show(line: str) -> None:
         with lock:
-            print(line, flush=True)
+            print(escape_peer_text(line), flush=True)
 
     return show
 
