@@ -37,6 +37,7 @@ def test_jsonrpcclient_with_requests() -> None:
     with rpc_server() as rs:
         url = next(u for u in rs.urls if u.startswith("http://"))
         with requests.Session() as http:
+            http.headers["content-type"] = "application/json"  # JSON-RPC POSTs must say so (else 415)
             resp = http.post(url, json=request("subtract", params={"minuend": 42, "subtrahend": 23}), timeout=10)
             assert isinstance(parse(resp.json()), Ok)
             assert parse(resp.json()).result == 19

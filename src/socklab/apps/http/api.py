@@ -14,11 +14,11 @@ See docs/http.md for the request/response model, the limits and the WebSocket ca
 """
 
 from socklab.apps.http.protocol import AccessLog, HttpProtocol
-from socklab.apps.http.router import FileSpan, Request, Response, Router
+from socklab.apps.http.router import FileSpan, Pending, Request, Response, Router
 from socklab.apps.http.server import serve_http
 from socklab.apps.http.settings import HttpSettings
 from socklab.apps.http.static import StaticFiles
 from socklab.apps.http.websocket import WebSocket
 
-__all__ = ["AccessLog", "FileSpan", "HttpProtocol", "HttpSettings", "Request", "Response", "Router", "StaticFiles",
-           "WebSocket", "serve_http"]
+__all__ = ["AccessLog", "FileSpan", "HttpProtocol", "HttpSettings", "Pending", "Request", "Response", "Router",
+           "StaticFiles", "WebSocket", "serve_http"]

@@ -29,7 +29,8 @@ def rpc() -> None:
       socklab rpc call tcp://127.0.0.1:7010 subtract 42 23            # 19
       socklab rpc call http://127.0.0.1:7011/rpc rpc.discover           # the methods
       printf '{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":1}\\n' | nc -N 127.0.0.1 7010
-      curl -d '{"jsonrpc":"2.0","method":"get_data","id":1}' http://127.0.0.1:7011/rpc
+      curl -H 'content-type: application/json' -d '{"jsonrpc":"2.0","method":"get_data","id":1}' \\
+        http://127.0.0.1:7011/rpc
     """
 
 
