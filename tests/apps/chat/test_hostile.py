@@ -185,3 +185,30 @@ def test_rooms_listing_is_bounded(concurrent_engine: str) -> None:
         assert sorted(listed) == ["#c=2/0", "#d=2/0", "#lobby=2/0"], listed
         assert bob.expect("INFO") == "INFO :and 3 more rooms (the 3 with the most members are listed)"
         assert len(node.hub.rooms) == 6
+
+
+# ---- browsers on the same machine --------------------------------------------------------------------
+def _handshake(port: int, origin: str | None, host: str | None = None) -> bytes:
+    head = (f"GET /ws HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+    if origin is not None:
+        head += f"Origin: {origin}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall((head + "\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def test_the_chat_websocket_checks_origin_and_host() -> None:
+    with chat_node(http_port=0, allow_origin=("http://friend.example",)) as node:
+        port = node.http_port
+        assert _handshake(port, "http://evil.example").startswith(b"HTTP/1.1 403")  # a page the user visits
+        assert _handshake(port, f"http://127.0.0.1:{port}").startswith(b"HTTP/1.1 101")  # the chat's own page
+        assert _handshake(port, "http://friend.example").startswith(b"HTTP/1.1 101")  # --allow-origin
+        assert _handshake(port, None).startswith(b"HTTP/1.1 101")  # not a browser (nc, programs)
+        assert _handshake(port, None, host="attacker.example").startswith(b"HTTP/1.1 421")  # DNS rebinding

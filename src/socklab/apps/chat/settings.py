@@ -57,6 +57,12 @@ class ChatSettings(ServerSettings):
     command_burst: int = setting(40, "Commands other than messages a client may send at once.")
     rooms_listed: int = setting(100, "Rooms /rooms shows at most (those with the most members here), followed "
                                      "by how many more there are.")
+    allow_origin: tuple[str, ...] = setting((), "A web page origin (http://host:port) allowed to open the chat's "
+                                                "WebSocket besides the chat's own page; '*' allows all (others get "
+                                                "403). Repeatable.", metavar="ORIGIN")
+    allow_host: tuple[str, ...] = setting((), "A Host name (NAME or NAME:PORT) the web port answers on a loopback "
+                                              "connection besides localhost, 127.x and [::1] (against DNS "
+                                              "rebinding; others get 421). Repeatable.", metavar="NAME")
     max_line: int = setting(4096, "Longest line accepted, bytes; a longer one is an error and a close.")
     max_message: int = setting(2000, "Longest message text, bytes (UTF-8).")
     rate: float = setting(10.0, "Messages a client may send per second (token bucket refill rate).")

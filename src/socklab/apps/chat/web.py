@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["STATIC_DIR", "WebMember", "listen_web"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+WEB_EXTRA_PER_ADDRESS = 16  # HTTP connections an address may hold beyond its chat cap (page loads)
 CLOSE_SLOW = 4507  # application close code (RFC 6455 section 7.4.2: 4000-4999 are ours)
 
 
@@ -118,7 +119,11 @@ def make_router(node: ChatServer) -> Router:
 def listen_web(node: ChatServer) -> Any:
     """Bind the node's HTTP port on its server; returns the bound address."""
     s = node.settings
+    # The HTTP layer checks Host (DNS rebinding) and a WebSocket's Origin with the chat's allow-lists,
+    # and caps HTTP connections per address: the chat's cap plus some for loading the page beside them.
+    per_ip = s.max_per_address + WEB_EXTRA_PER_ADDRESS if s.max_per_address else 0
     hs = HttpSettings(host=s.host, engine=s.engine, max_buffer=s.max_buffer,
-                      ws_max_message=s.max_ws_message, log_format="none", max_body=64 * 1024)
+                      ws_max_message=s.max_ws_message, log_format="none", max_body=64 * 1024,
+                      allow_origin=s.allow_origin, allow_host=s.allow_host, max_connections_per_ip=per_ip)
     router = make_router(node)
     return node.server.listen(lambda: HttpProtocol(router, hs), port=s.http_port)
