@@ -81,8 +81,9 @@ def _run_sender(sock: socket.socket, paths: list[str], name: str, chunk_size: in
             elif r.ok and r.offset:
                 click.echo(f"  {shown(r.name)}: resumed at byte {r.offset}", err=True)
         already = f" ({len(present)} already present)" if present else ""
+        rate = f" ({sent / seconds / 1e6:.1f} MB/s)" if sent else ""
         click.echo(f"socklab send: {len(reports) - len(failed)}/{len(reports)} entries{already}, {sent} bytes "
-                   f"sent in {seconds:.3f} s ({sent / seconds / 1e6:.1f} MB/s), verified", err=True)
+                   f"sent in {seconds:.3f} s{rate}, verified", err=True)
     for r in failed:
         click.echo(f"socklab: error: {_send_error(r)}", err=True)
     if failed:
@@ -166,7 +167,7 @@ def _summarize(session: ReceiveSession, seconds: float, as_json: bool, quiet: bo
     reports = session.reports
     failed = [r for r in reports if not r.ok]
     total = sum(r.bytes - r.resumed_from for r in reports if r.ok)
-    rate = f"{total} bytes in {seconds:.3f} s ({total / seconds / 1e6:.1f} MB/s)"
+    rate = f"{total} bytes in {seconds:.3f} s" + (f" ({total / seconds / 1e6:.1f} MB/s)" if total else "")
     if as_json:
         click.echo(json.dumps({"ok": not failed and not session.failed, "complete": session.done,
                                "error": session.failed, "partial": session.partial, "bytes": total,

@@ -89,6 +89,7 @@ class ReceiveSession:
         self._resumed = 0
         self._prefix: list[bytes] = []  # full digests of the chunks offered for resuming
         self._present = False  # a same-size file is under the final name, and kept
+        self._ours: Future[str] | None = None  # its root, hashed on a worker while the sender hashes its own
         self._skipping = False  # the sender has the same file: no bytes follow
         self._new_dirs: list[Path] = []  # created by this session, entries not yet fsynced
         self._discarding = False
@@ -262,6 +263,7 @@ class ReceiveSession:
                     # kept whatever comes, but it may be this very file (a re-run send): the sender
                     # sends its root, no bytes; bytes sent anyway are hashed and dropped. No .part.
                     self._present, self._final = True, target
+                    self._ours = self.sha_pool.submit(landing.tree_root, target, self.chunk_size)
                     self._sink = Sink(self, None, 0, tp.FileHasher(self.chunk_size))
                     self.send(self.conn.send(tp.Offer(0, (), present=True)))
                     return
@@ -415,8 +417,9 @@ class ReceiveSession:
             theirs = sink.hasher.hexdigest()
         self._abandon()
         shown = escape_peer_text(entry.name)
+        ours, self._ours = self._ours, None
         try:
-            same = landing.tree_root(final, self.chunk_size) == theirs
+            same = (ours.result() if ours is not None else landing.tree_root(final, self.chunk_size)) == theirs
         except OSError as exc:
             self._report(FileReport(entry.name, False, error=f"cannot read {shown}: {exc.strerror}", code="io"))
             return
