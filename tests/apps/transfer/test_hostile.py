@@ -130,6 +130,8 @@ def test_a_replaced_file_and_an_existing_directory_keep_their_modes(tmp_path: Pa
     (dest / "keep").chmod(0o700)
     (dest / "keep" / "f").write_bytes(b"old contents")
     (dest / "keep" / "f").chmod(0o600)
+    owner = (1234, 4321) if os.geteuid() == 0 else (os.getuid(), os.getgid())  # as root: someone else's file
+    os.chown(dest / "keep" / "f", *owner)
     with umask(0o022), receiver(dest, overwrite=True) as (port, sessions):
         sock, conn, event = raw_session(port)
         with sock:
@@ -139,6 +141,7 @@ def test_a_replaced_file_and_an_existing_directory_keep_their_modes(tmp_path: Pa
         sessions.wait_for(1)
     assert (dest / "keep" / "f").read_bytes() == b"new"
     assert stat.S_IMODE((dest / "keep" / "f").stat().st_mode) == 0o600
+    assert ((dest / "keep" / "f").stat().st_uid, (dest / "keep" / "f").stat().st_gid) == owner
     assert stat.S_IMODE((dest / "keep").stat().st_mode) == 0o700
 
 
