@@ -250,16 +250,23 @@ def test_udp_listen_serves_many_peers(spawn: Any) -> None:
             s.close()
 
 
-def test_scan_reports_open_and_closed_ports() -> None:
+@pytest.mark.interop
+def test_scan_exit_status_matches_nc_z() -> None:
+    """Issue 15: ``connect -z`` exited 1 when any port of a range was closed; ``nc -z`` exits 0
+    when any is open (and 1 when none is). Checked against netcat-openbsd on the same ports."""
     with socket.create_server(("127.0.0.1", 0)) as open_sock:
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connecting gets RST
         with closed:
             port_open, port_closed = open_sock.getsockname()[1], closed.getsockname()[1]
-            ok = socklab("connect", "-z", "127.0.0.1", str(port_open))
-            bad = socklab("connect", "-z", "127.0.0.1", f"{port_open},{port_closed}")
-    assert ok.returncode == 0 and b"open" in ok.stdout
-    assert bad.returncode == 1 and b"closed" in bad.stderr
+            cases = {"open": [port_open], "mixed": [port_open, port_closed], "closed": [port_closed]}
+            ours = {k: socklab("connect", "-z", "127.0.0.1", ",".join(map(str, v))) for k, v in cases.items()}
+            theirs = {k: subprocess.run(["nc", "-z", "-w", "10", "127.0.0.1", *map(str, v)], capture_output=True,
+                                        timeout=30).returncode for k, v in cases.items()}
+    assert theirs == {"open": 0, "mixed": 0, "closed": 1}
+    assert {k: r.returncode for k, r in ours.items()} == theirs
+    assert f"127.0.0.1:{port_open} open".encode() in ours["mixed"].stdout
+    assert f"127.0.0.1:{port_closed} closed".encode() in ours["mixed"].stderr
 
 
 def test_refused_is_one_line_and_exit_1() -> None:
@@ -360,3 +367,68 @@ def test_udp_connect_to_udp_echo() -> None:
                     p.wait()
     assert out == b""
     assert b"UDP has no" in err
+
+
+def _closing_listener(spawn: Any) -> tuple[Any, int, socket.socket]:
+    """``listen --explain`` with its stdin held open, and one client connected and accepted."""
+    proc, port = start_listen(spawn, "0", "--explain", stdin=subprocess.PIPE)
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    wait_stderr(proc.popen, r"accepted 127\.0\.0\.1:\d+")
+    return proc, port, client
+
+
+def _server_side_states(port: int) -> list[str]:
+    from socklab.tools.ss import list_sockets
+
+    return [e.state for e in list_sockets(("tcp",), with_pids=False, port=port) if e.local_port == port]
+
+
+def test_listen_explains_the_active_close_when_it_closes_first(spawn: Any) -> None:
+    """Issue 15: stdin ended, so the listener sent FIN first; its explanation said "client sent FIN
+    -> CLOSE_WAIT -> LAST_ACK" while the kernel had it in FIN_WAIT and then TIME_WAIT."""
+    proc, port, client = _closing_listener(spawn)
+    with client:
+        proc.popen.stdin.close()  # stdin EOF: the listener half-closes (FIN first)
+        assert client.recv(10) == b""  # its FIN arrived
+        client.close()  # now ours
+        assert proc.popen.wait(30) == 0
+    err = proc.popen.stderr.read().decode()
+    assert "FIN sent to the client first" in err and "FIN_WAIT1" in err
+    assert "client sent FIN after ours" in err and "TIME_WAIT" in err
+    assert "CLOSE_WAIT" not in err and "LAST_ACK" not in err
+    assert _server_side_states(port) == ["TIME_WAIT"]  # what `ss` shows on the listener's side
+
+
+def test_listen_explains_the_passive_close_when_the_client_closes_first(spawn: Any) -> None:
+    proc, port, client = _closing_listener(spawn)
+    with client:
+        client.shutdown(socket.SHUT_WR)  # the client's FIN first
+        assert client.recv(10) == b""  # the listener closed its side in answer
+        assert proc.popen.wait(30) == 0
+        err = proc.popen.stderr.read().decode()
+        assert "client sent FIN first -> CLOSE_WAIT" in err and "LAST_ACK" in err
+        assert "FIN_WAIT" not in err and "after ours" not in err
+        assert _server_side_states(port) == []  # the passive closer keeps no TIME_WAIT
+        client_port = client.getsockname()[1]
+    from socklab.tools.ss import list_sockets
+
+    mine = [e.state for e in list_sockets(("tcp",), with_pids=False, port=client_port)
+            if e.local_port == client_port]
+    assert mine == ["TIME_WAIT"]  # the client closed first: the TIME_WAIT is on its side
+
+
+def test_listen_explain_escapes_a_unix_clients_chosen_name(spawn: Any, tmp_path: Path) -> None:
+    """A Unix client's bound path is its own choice: the explanation shows it escaped, never raw."""
+    path = str(tmp_path / "l.sock")
+    proc = spawn("listen", "--unix", path, "--explain", stdin=subprocess.PIPE)
+    wait_stderr(proc.popen, r"socklab listen listening on unix:")
+    evil = str(tmp_path / "c\x1b[2J\x1b]0;pwned\x07\u202e.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.bind(evil)
+        c.connect(path)
+        c.shutdown(socket.SHUT_WR)
+        assert c.recv(10) == b""
+    assert proc.popen.wait(30) == 0
+    err = proc.popen.stderr.read().decode()
+    assert r"c\x1b[2J\x1b]0;pwned\x07\u202e.sock" in err  # shown, escaped
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err

@@ -445,3 +445,26 @@ def test_toxicity_zero_relays_untouched() -> None:
                 sock.sendall(b"untouched\n")
                 assert sock.recv(100) == b"untouched\n"
     assert tap.fault_log == []  # a latency, reset or limit that fired would be logged here
+
+
+def test_text_view_escapes_what_the_peers_send() -> None:
+    """--text shows the bytes as text a terminal never obeys: ESC, a lone CR, bidi overrides escaped."""
+    import io
+
+    from socklab.tools.tap.observe import DumpObserver
+
+    out = io.StringIO()
+    evil = "GET / HTTP/1.1\r\nX: \x1b[2J\x1b]0;pwned\x07\rforged line\u202e\r\n".encode()
+    with server(EchoProtocol) as srv, \
+            Tap(target=("127.0.0.1", srv.port), observers=[DumpObserver(out, "text")]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            sock.sendall(evil)
+            got = b""
+            while len(got) < len(evil):
+                chunk = sock.recv(65536)
+                assert chunk
+                got += chunk
+    text = out.getvalue()
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\r" not in text
+    assert r"  >> X: \x1b[2J\x1b]0;pwned\x07\rforged line\u202e" in text
+    assert "  >> GET / HTTP/1.1\n" in text  # a CRLF line end is just an end of line

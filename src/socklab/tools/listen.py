@@ -87,6 +87,10 @@ class _ListenConn(Protocol):
     def __init__(self, hub: _Hub) -> None:
         self.hub = hub
         self.proc: subprocess.Popen[bytes] | None = None
+        # Who sent FIN first decides the states: the first closer goes FIN_WAIT1 -> FIN_WAIT2 ->
+        # TIME_WAIT (the active close), the other CLOSE_WAIT -> LAST_ACK (the passive close).
+        self.fin_sent = False
+        self.fin_received = False
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -129,11 +133,24 @@ class _ListenConn(Protocol):
         if policy == "shutdown":
             if self.transport.can_write_eof():
                 self.transport.write_eof()
-                self.hub.explain("stdin ended -> FIN sent to the client (half-close); still reading it")
+                self.fin_sent = True
+                if self.fin_received:
+                    self.hub.explain("stdin ended -> FIN sent to the client, which had already sent its own: "
+                                     "CLOSE_WAIT -> LAST_ACK (waiting for the ACK of our FIN), then gone")
+                else:
+                    self.hub.explain("stdin ended -> FIN sent to the client first (half-close, shutdown "
+                                     "SHUT_WR): FIN_WAIT1, FIN_WAIT2 once it is ACKed; still reading the "
+                                     "client until its FIN")
             else:
                 self.hub.explain("stdin ended; this transport cannot half-close (TLS): still reading")
         elif policy == "close":
-            self.hub.explain("stdin ended: closing the connection (--on-stdin-eof close)")
+            if self.fin_received:
+                self.hub.explain("stdin ended: closing the connection (--on-stdin-eof close); the client "
+                                 "closed first, so ours is the passive close: LAST_ACK, then gone")
+            else:
+                self.hub.explain("stdin ended: closing the connection first (--on-stdin-eof close): FIN sent, "
+                                 "FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT on our side once the client closes too")
+            self.fin_sent = True
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -141,11 +158,18 @@ class _ListenConn(Protocol):
 
     def eof_received(self) -> bool | None:
         hub = self.hub
+        self.fin_received = True
+        if self.fin_sent:
+            hub.explain("client sent FIN after ours: both directions are finished. We closed first (the "
+                        "active close: FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT), so our side of this "
+                        "connection stays in TIME_WAIT for 60 s (ss shows it); the client's is gone")
+            return None
         if hub.on_peer_eof == "keep" and not hub.stdin_eof:
-            hub.explain("client sent FIN -> this connection is in CLOSE_WAIT -> waiting for stdin EOF "
-                        "because --on-peer-eof keep")
+            hub.explain("client sent FIN first -> this connection is in CLOSE_WAIT -> waiting for stdin EOF "
+                        "because --on-peer-eof keep (we may still send)")
             return True
-        hub.explain("client sent FIN -> CLOSE_WAIT -> closing our side (LAST_ACK, then gone)")
+        hub.explain("client sent FIN first -> CLOSE_WAIT -> closing our side (the passive close: LAST_ACK "
+                    "until our FIN is ACKed, then gone; the client keeps the TIME_WAIT)")
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -17,9 +17,9 @@ serves on a socklab engine (``--engine``), one client or many (``--keep-open``),
 or UDP (one peer per source address), optionally running ``--exec CMD`` per connection with its
 stdin/stdout on the socket.
 
-Exit statuses: 0 success (including ``-z`` when every port accepts), 1 a network failure
-(refused, reset, timed out, idle timeout, ``-z`` with a closed port), 2 a usage error, 130
-interrupted.
+Exit statuses: 0 success (including ``-z`` when at least one port accepts, as ``nc -z``), 1 a
+network failure (refused, reset, timed out, idle timeout, ``-z`` with no port open), 2 a usage
+error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from socklab.core.sockets import (
     open_udp_socket,
 )
 from socklab.core.trace import Tracer, format_addr, tcp_state
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["CHUNK", "Explainer", "connect"]
 
@@ -70,7 +71,8 @@ class Explainer:
             return
         state = tcp_state(sock) if sock is not None else None
         suffix = f"  [kernel: {state}]" if state else ""
-        sys.stderr.write(f"socklab: {text}{suffix}\n")
+        # notes quote addresses (a Unix client's path is its own choice) and errors: never raw
+        sys.stderr.write(f"socklab: {escape_peer_text(text)}{suffix}\n")
         sys.stderr.flush()
 
 
@@ -132,19 +134,25 @@ def _ports(text: str) -> list[int]:
 
 
 def _scan(host: str, ports: list[int], timeout: float, explain: Explainer) -> int:
-    """``-z``: which ports accept a TCP connection (connect, then close at once)."""
-    failures = 0
+    """``-z``: which ports accept a TCP connection (connect, then close at once).
+
+    Exit status as ``nc -z``: 0 when at least one port accepted, 1 when none did.
+    """
+    opened = 0
     for port in ports:
         try:
             sock = connect_tcp(Endpoint(host, port), timeout=timeout)
         except SocklabError as exc:
-            failures += 1
             click.echo(f"{format_addr((host, port))} closed: {exc}", err=True)
             continue
+        opened += 1
         sock.close()
         click.echo(f"{format_addr((host, port))} open")
         explain("the three-way handshake completed, so something listens there; we closed at once")
-    return 0 if failures == 0 else 1
+    if len(ports) > 1:
+        explain(f"{opened} of {len(ports)} ports open; exit status {0 if opened else 1} "
+                "(0 if any port accepted, as nc -z)")
+    return 0 if opened else 1
 
 
 @dataclass
@@ -311,7 +319,8 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
               help="Seconds to wait for the handshake.")
 @click.option("--idle-timeout", type=float, default=0.0, show_default=True,
               help="Exit with status 1 after this many seconds without data either way (0 = never).")
-@click.option("-z", "scan", is_flag=True, help="Only check whether PORT (N, N-M or N,M) accepts connections.")
+@click.option("-z", "scan", is_flag=True, help="Only check which ports of PORT (N, N-M or N,M) accept connections; "
+                                               "exit 0 if any does (as nc -z), 1 if none.")
 @_eof_options
 @trace_options
 @run_cli

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from socklab.core.trace import format_addr
 from socklab.protocols.pcap import PcapngWriter, TcpFlow, udp_frame
+from socklab.protocols.text import escape_peer_text
 from socklab.tools.tap.events import UPSTREAM, ConnInfo, Observer
 
 __all__ = ["DumpObserver", "PcapObserver", "RecordObserver", "hexdump"]
@@ -73,8 +74,14 @@ class DumpObserver(Observer):
         arrow = ">>" if direction == UPSTREAM else "<<"
         head = f"{self._stamp()} #{conn.index} {arrow} {len(data)} bytes"
         if self.mode == "text":
+            # the peers' bytes, as text a terminal shows but never obeys: ESC, CR, bidi escaped
+            # (a CRLF line end is just an end of line)
             body = data.decode("utf-8", errors="backslashreplace")
-            self._line(head + "\n" + "\n".join(f"  {arrow} {ln}" for ln in body.splitlines()))
+            lines = body.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            shown = (escape_peer_text(ln[:-1] if ln.endswith("\r") else ln) for ln in lines)
+            self._line(head + "\n" + "\n".join(f"  {arrow} {ln}" for ln in shown))
         else:
             self._line(head + "\n" + "\n".join("  " + ln for ln in hexdump(data)))
 
