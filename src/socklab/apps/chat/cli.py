@@ -35,6 +35,18 @@ def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
 
     One readiness line per listener is printed on stdout. History survives restarts (SQLite,
     --store); with --broker several nodes share rooms, nicks and history through Redis.
+
+    Anyone who can reach the ports is a peer: text with control, bidi or zero-width characters
+    is refused (ERR 422), a connection must choose a nick within --register-timeout, one address
+    holds at most --max-per-address chat connections, commands are rate-limited, and the web
+    port answers only its own pages (--allow-origin, --allow-host to widen that).
+
+    \b
+    Examples:
+      socklab chat serve --store :memory:                     # nothing kept on disk
+      socklab chat serve --max-per-address 4 --register-timeout 10
+      socklab chat serve --host 0.0.0.0 --max-per-address 256 # clients behind one NAT
+      socklab chat serve --allow-origin http://127.0.0.1:8000 # a page served elsewhere may connect
     """
     from socklab.apps.chat.server import ChatServer
 

@@ -87,13 +87,13 @@ class ChatSettings(ServerSettings):
         if self.rate <= 0 or self.burst < 1:
             raise UsageError("rate must be > 0 and burst >= 1")
         if self.command_rate <= 0 or self.command_burst < 1:
-            raise UsageError("command_rate must be > 0 and command_burst >= 1")
+            raise UsageError(f"--command-rate must be > 0 and --command-burst >= 1 (got {self.command_rate:g}, {self.command_burst})")
         if self.register_timeout < 0:
-            raise UsageError("register_timeout cannot be negative (0 = no deadline)")
+            raise UsageError(f"--register-timeout cannot be negative (got {self.register_timeout:g}; 0 = no deadline)")
         if self.max_per_address < 0 or self.web_reserve < 0:
-            raise UsageError("max_per_address and web_reserve cannot be negative (0 = no cap, no reserve)")
+            raise UsageError("--max-per-address and --web-reserve cannot be negative (0 = no cap, no reserve)")
         if self.rooms_listed < 1:
-            raise UsageError("rooms_listed must be at least 1")
+            raise UsageError(f"--rooms-listed must be at least 1 (got {self.rooms_listed})")
         if self.max_queue < 1024 or self.max_rooms < 1 or self.history_on_join < 0 or self.max_catchup < 0:
             raise UsageError("max_queue >= 1024, max_rooms >= 1, history counts >= 0")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
