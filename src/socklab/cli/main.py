@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "bench": "socklab.tools.bench.cli:bench",
     "trace": "socklab.tools.tracing.cli:trace",
     "check": "socklab.tools.check.cli:check",
-    "learn": "socklab.tools.learn:learn",
+    "learn": "socklab.tools.learn.cli:learn",
 }
 
 

@@ -1,15 +1,14 @@
 """Lesson chat: a multi-client chat server with select(): lines in, lines out to the room.
 
-Run:   python -m socklab.lessons.chat_server 7070
-Try:   nc 127.0.0.1 7070   then type  /nick ann  /join #lobby  hello   (or chat_client.py)
+Run: python -m socklab.lessons.chat_server 7070   Try: nc 127.0.0.1 7070 (/nick ann, /join #lobby, hi)
 Check: socklab check chat 127.0.0.1:7070
 
-It speaks the lab subset of socklab's chat protocol (docs/chat-protocol.md): /nick NAME,
-/join #room, /quit, and any other line is said in the room as "MSG #room NICK :TEXT".
-TCP delivers bytes, not lines: each client gets a buffer, and only complete lines are handled.
+It speaks the lab subset of docs/chat-protocol.md: /nick NAME, /join #room, /quit; any other
+line is said in the room as "MSG #room NICK :TEXT". TCP delivers bytes, not lines: each client
+gets a buffer, and only complete lines are handled.
 
-At full strength: `socklab chat serve` adds many rooms per user, history with sequence numbers,
-rate limits, slow-consumer protection, WebSocket clients, Redis for many nodes, and a trace.
+At full strength: `socklab chat serve` adds history with sequence numbers, rate limits, slow-
+consumer protection, WebSocket clients, Redis for many nodes, and a trace.
 """
 
 import re
@@ -24,10 +23,10 @@ rooms: dict[socket.socket, str] = {}
 
 
 def send(sock: socket.socket, line: str) -> None:
-    try:
-        sock.sendall(line.encode() + b"\n")  # blocks if this client stops reading: see selectors
-    except OSError:
-        pass  # the client is gone; select() will report its EOF or reset and we drop it then
+    try:  # sendall blocks if this client stops reading (the selectors lesson avoids that)
+        sock.sendall(line.encode() + b"\n")
+    except OSError:  # the client is gone; select() will report its EOF or reset: dropped then
+        pass
 
 
 def to_room(room: str, line: str) -> None:
@@ -73,9 +72,7 @@ def drop(sock: socket.socket) -> None:
         to_room(room, f"PART {room} {nick} :left")
 
 
-def main() -> None:
-    listener = socket.create_server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 7070))
-    print("listening on {}:{}".format(*listener.getsockname()), flush=True)
+def serve(listener: socket.socket) -> None:
     while True:
         readable, _, _ = select.select([listener, *buffers], [], [])
         for sock in readable:
@@ -100,6 +97,15 @@ def main() -> None:
             if sock in buffers and len(buffers[sock]) > 4096:  # a "line" without end: refuse it
                 send(sock, "ERR 413 :line too long")
                 drop(sock)
+
+
+def main() -> None:
+    listener = socket.create_server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 7070))
+    print("listening on {}:{}".format(*listener.getsockname()), flush=True)
+    try:
+        serve(listener)
+    except KeyboardInterrupt:  # Ctrl-C: leave quietly
+        pass
 
 
 if __name__ == "__main__":

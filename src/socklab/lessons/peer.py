@@ -58,13 +58,16 @@ def main() -> None:
             link(socket.create_connection((host, int(port)), timeout=5), target)
         except OSError as exc:
             print(f"could not reach {target}: {exc}", flush=True)
-    for line in sys.stdin:  # send each typed line to every peer; a dead one is skipped
-        with lock:
-            for sock in list(links):
-                try:
-                    sock.sendall(line.encode())
-                except OSError:
-                    pass  # its reader thread sees the error too and removes it
+    try:
+        for line in sys.stdin:  # send each typed line to every peer; a dead one is skipped
+            with lock:
+                for sock in list(links):
+                    try:
+                        sock.sendall(line.encode())
+                    except OSError:
+                        pass  # its reader thread sees the error too and removes it
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

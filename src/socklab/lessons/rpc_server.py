@@ -55,9 +55,12 @@ def serve(conn: socket.socket) -> None:
 def main() -> None:
     listener = socket.create_server(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 7095))
     print("listening on {}:{}".format(*listener.getsockname()), flush=True)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    try:
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    except KeyboardInterrupt:  # Ctrl-C: leave quietly
+        pass
 
 
 if __name__ == "__main__":

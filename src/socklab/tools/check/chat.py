@@ -84,8 +84,30 @@ class ChatClient:
                 return None
             self._pump(left)
 
+    def drain(self) -> None:
+        """Read whatever has already arrived, without waiting."""
+        before = -1
+        while before != len(self.buffer) + len(self.lines) and not self.closed:
+            before = len(self.buffer) + len(self.lines)
+            self._pump(0)
+
     def close(self) -> None:
         self.sock.close()
+
+
+def close_cleanly(clients: list[ChatClient], wait: float = 2.0) -> None:
+    """Say EOF (FIN) on every client and read until the server closes: closing a socket with
+    unread bytes would send RST, and the grader must not reset connections the probes did not mean to."""
+    deadline = time.monotonic() + wait
+    for c in clients:
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            c.closed = True
+    for c in clients:
+        while not c.closed and time.monotonic() < deadline:
+            c._pump(deadline - time.monotonic())
+        c.close()
 
 
 def _member(target: Endpoint, room: str, timeout: float, clients: list[ChatClient]) -> ChatClient:
@@ -132,8 +154,7 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
                     _member(target, room, timeout, clients)
                 return body(clients, room)
             finally:
-                for c in clients:
-                    c.close()
+                close_cleanly(clients)
 
         return run
 
@@ -147,6 +168,7 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         _expect_said(b, a, first, "a message")
         a.send(second + "\n")
         _expect_said(b, a, second, "a second message")
+        a.drain()  # the server sent a's copies of the first message before it read the second
         copies = sum(first in line for line in a.lines)
         if copies > 1:
             raise ProbeFailed(f"the sender received its own message {copies} times",
@@ -164,6 +186,12 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
             raise ProbeFailed(f"half a line ({quote(text[:9])}, no newline yet) was delivered as {quote(early)}",
                               "the server treats each recv() as one whole line", LINES)
         a.send(text[9:] + "\n")
+        if b.wait_for(lambda ln: text in ln) is None:
+            cut = b.wait_for(lambda ln: text[9:] in ln, timeout=0)
+            if cut is not None:
+                raise ProbeFailed(f"a line sent in two pieces arrived as {quote(cut)}: its first piece was lost",
+                                  "the server replaces its buffer with each recv() instead of adding to it",
+                                  LINES)
         line = _expect_said(b, a, text, "a line sent in two pieces")
         if text not in line:
             raise ProbeFailed(f"a line sent in two pieces arrived as {quote(line)}", "pieces were not joined", LINES)
@@ -194,6 +222,7 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         a, b, gone = clients
         gone.send("a line without its newline")
         reset_close(gone.sock)
+        gone.closed = True
         text = _token("after-")
         a.send(text + "\n")
         try:

@@ -71,6 +71,20 @@ def tcp_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
             _expect_echo(s, payload, timeout)
         return "1 MiB of random bytes came back byte-exact"
 
+    def slow_reader() -> str:
+        payload = os.urandom(16 << 20)
+        with connect(target, timeout) as s:
+            ex = exchange(s, payload, len(payload), timeout, slow_reader=True)
+        failed = diagnose(ex, payload, timeout)
+        if failed:
+            if ex.end == TIMEOUT and ex.got:
+                failed.mistake = ("bytes were lost while the client was slow to read: the server ignores how "
+                                  "much send() took (a non-blocking send() takes only what fits, or raises "
+                                  "BlockingIOError) and drops the rest")
+                failed.fix = "keep the unsent tail and send it when select() says the socket is writable"
+            raise failed
+        return "16 MiB sent before reading anything (every buffer full) came back byte-exact"
+
     def byte_at_a_time() -> str:
         message = b"one byte at a time\n"
         with connect(target, timeout) as s:
@@ -188,6 +202,7 @@ def tcp_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         Probe("many_in_one", "100 messages sent in one segment all come back", many_in_one),
         Probe("binary", "binary data (every byte value) comes back unchanged", binary),
         Probe("large", "1 MiB comes back byte-exact", large),
+        Probe("slow_reader", "a client that reads only after sending 16 MiB gets it all back", slow_reader),
         Probe("second_client", "a second client is served while the first stays connected", second_client),
         Probe("idle_client", "a client that sends nothing does not block others", idle_client),
         Probe("concurrent_50", "50 clients connected at once are all served", concurrent),

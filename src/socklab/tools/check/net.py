@@ -62,15 +62,29 @@ def connect(target: Endpoint, timeout: float, kind: int = socket.SOCK_STREAM) ->
 
 
 def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
-             shut_after_send: bool = False, until_eof: bool = False) -> Exchange:
+             shut_after_send: bool = False, until_eof: bool = False, slow_reader: bool = False) -> Exchange:
     """Send ``payload`` while reading; stop at ``want`` bytes (or EOF when ``until_eof``).
 
     ``timeout`` bounds each wait for progress, so a large transfer may take longer in total but a
-    stalled one ends ``timeout`` seconds after the last byte moved.
+    stalled one ends ``timeout`` seconds after the last byte moved. ``slow_reader``: first send
+    without reading until the socket stays full for a second (every buffer on the way is full
+    then, so the server's own sends cannot complete), then read as usual.
     """
     sock.setblocking(False)
     got = bytearray()
     sent = 0
+    if slow_reader:
+        with selectors.DefaultSelector() as sel:
+            sel.register(sock, selectors.EVENT_WRITE)
+            while sent < len(payload) and sel.select(1.0):
+                try:
+                    sent += sock.send(payload[sent:sent + 65536])
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    return Exchange(b"", RESET)
+        payload = payload[sent:]
+        sent = 0
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if payload else 0))
         if not payload and shut_after_send:

@@ -58,7 +58,13 @@ class Probe:
 
 def quote(data: bytes | str, limit: int = 60) -> str:
     """Bytes or text from the server, shortened and made safe for a terminal."""
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # binary: show the bytes as hex, 16 at most
+            return "bytes " + data[:16].hex(" ") + (" ..." if len(data) > 16 else "")
+    else:
+        text = data
     short = text if len(text) <= limit else text[:limit] + "..."
     return '"' + escape_peer_text(short) + '"'
 

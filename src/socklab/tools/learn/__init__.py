@@ -1,0 +1,1 @@
+"""``socklab learn``: the lessons walked through - scenes, traces, predictions and exercises."""
