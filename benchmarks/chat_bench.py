@@ -103,7 +103,8 @@ def start_node(engine: str, tmp: Path, clients: int, broker: str | None,
                store_sync: str = "full", pin: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     args = [sys.executable, "-m", "socklab", "chat", "serve", "--engine", engine, "--tcp-port", "0",
             "--http-port", "-1", "--store", ":memory:" if store_sync == "memory" else str(tmp / f"{engine}.db"), "--rate", "1000000", "--burst", "1000000",
-            "--max-connections", str(clients + 100), "--default-room", "#bench", "--history-on-join", "0",
+            "--max-connections", str(clients + 100), "--max-per-address", "0",  # every client is 127.0.0.1
+            "--default-room", "#bench", "--history-on-join", "0",
             "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", "normal" if store_sync == "memory" else store_sync]
     if broker:
         args += ["--broker", broker, "--node", f"bench-{engine}"]
