@@ -369,3 +369,28 @@ def test_ratio_to_the_reference_is_paired_round_by_round() -> None:
     assert report.ratios([ref, eng])["epoll"][0] == pytest.approx(1.1)
     doc = json.loads(report.to_json([ref, eng], {}))
     assert doc["results"][1]["vs_reference_rounds"] == pytest.approx([1.1, 1.1, 1.1])
+
+
+def test_a_target_run_says_what_applies_to_a_target(c_server: ServerProcess, spawn: Callable[..., Any]) -> None:
+    """Issue 15: `bench echo --target` said the server was pinned and compared with a reference;
+    socklab did not start a target, so neither applies - the text says what does."""
+    proc = spawn("bench", "echo", "--target", f"127.0.0.1:{c_server.port}", "--connections", "2",
+                 "--duration", "0.3", "--warmup", "0", "--repeat", "1", env={"COLUMNS": "400"})
+    out, err = proc.popen.communicate(timeout=50)
+    assert proc.popen.returncode == 0, err
+    text = " ".join((out + err).decode().split())
+    assert "server pinned" not in text and "interleaved with its reference" not in text
+    assert "the --target server runs outside socklab: not pinned, its CPU and memory not measured" in text
+    assert "no reference" in text
+
+
+def test_setup_words_for_engines_with_and_without_targets() -> None:
+    from socklab.tools.bench.cli import describe_setup
+
+    pin = "server pinned to core 0, load generator to core 1"
+    assert describe_setup(["reference", "socklab"], pin, 1, True, 200) == (
+        pin, "each engine interleaved with its reference in 200 ms turns")
+    pinning, how = describe_setup(["reference", "socklab", "target"], pin, 1, True, 200)
+    assert pinning == pin + "; --target servers: not pinned, CPU and memory not measured"
+    assert how.startswith("each engine interleaved with its reference") and "each --target in runs of its own" in how
+    assert describe_setup(["c", "target"], pin, 1, True, 200)[1].startswith("separate runs")

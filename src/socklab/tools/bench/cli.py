@@ -115,6 +115,28 @@ def bench() -> None:
     """
 
 
+def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interleave: bool,
+                   slice_ms: float) -> tuple[str, str]:
+    """What applies to this run, in words: (the pinning sentence, how the runs were taken).
+
+    A ``--target`` is a server socklab did not start: it is not pinned, its CPU and memory are
+    not watched, and it has no reference to take turns with (it is compared with whatever else
+    runs: engines, references, C). Only what applies is said.
+    """
+    targets = kinds.count("target")
+    ours = len(kinds) - targets
+    paired = interleave and "socklab" in kinds and "reference" in kinds
+    how = f"each engine interleaved with its reference in {slice_ms:g} ms turns" if paired else "separate runs"
+    if not targets:
+        return pinning, how
+    gen = f"load generator pinned to core {gen_cpu}" if gen_cpu is not None else "no pinning (one core)"
+    if not ours:
+        return (f"{gen}; the --target server runs outside socklab: not pinned, its CPU and memory not measured",
+                "separate runs, no reference (add --engines or --with-c to compare the target with them)")
+    return (f"{pinning}; --target servers: not pinned, CPU and memory not measured",
+            f"{how}; each --target in runs of its own, compared with the servers above")
+
+
 @bench.command()
 @click.option("--engines", "engines_opt", metavar="LIST", default=None,
               help="Comma-separated engines, or 'all' (default: every available engine but iterative; "
@@ -132,7 +154,9 @@ def bench() -> None:
 @click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Runs per server (interleaved, fresh process each); the table shows medians.")
 @click.option("--target", "targets", metavar="HOST:PORT", multiple=True,
-              help="Also measure an already running echo server (repeatable).")
+              help="Also measure an already running echo server (repeatable). socklab did not start it, "
+                   "so it is not pinned and its CPU and memory are not measured; it is compared with "
+                   "the other servers of the run (none unless --engines or --with-c).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
 @click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
 @click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
@@ -186,6 +210,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if not specs:
         raise UsageError("nothing to measure: name --engines, --target or --with-c")
     server_cores, gen_cpu, pinning = pick_cores()
+    pinning, how = describe_setup([s.kind for s in specs], pinning, gen_cpu, interleave, slice_ms)
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs x ({warmup:g} s warm-up + {duration:g} s)"
               "[/dim]")
     load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
@@ -199,7 +224,6 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if as_json:
         click.echo(to_json(results, meta))
         return
-    how = f"each engine interleaved with its reference in {slice_ms:g} ms turns" if interleave else "separate runs"
     title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
              f"median of {repeat} x {duration:g} s, {how} ({pinning})")
     out.print(echo_table(results, title))
