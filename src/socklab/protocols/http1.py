@@ -320,6 +320,9 @@ class Http1Parser:
             if self._eof and self.framer.pending:
                 raise RemoteProtocolError("connection closed in the middle of a request head", hint=400)
             return None
+        first = head_bytes.find(b"\r\n")
+        if not head_bytes[:first].isascii():
+            head_bytes = _escape_raw_target(head_bytes, first)
         if self.backend == "httptools":
             known = _parsed.get(head_bytes)
             if known is not None:  # these very bytes passed every check before: same result
@@ -460,6 +463,22 @@ class Http1Parser:
             if isinstance(event, h11.ConnectionClosed):
                 return None
             raise LocalProtocolError(f"unexpected h11 event {event!r}")
+
+
+def _escape_raw_target(head: bytes, first: int) -> bytes:
+    """Percent-encode the raw bytes >= 0x80 of the request-target (a raw UTF-8 path, ``/café``).
+
+    RFC 3986 allows only ASCII in a URI, but browsers percent-encode and some clients do not;
+    nginx serves such a path as if it had been encoded, and so does socklab: the bytes become
+    ``%XX`` here (llhttp and h11 both refuse them raw) and :func:`~socklab.protocols.http_paths.parse_target`
+    decodes them once, with every check (valid UTF-8, no traversal). Only the target changes; a
+    non-ASCII method or version is left for the parser to refuse.
+    """
+    parts = head[:first].split(b" ")
+    if len(parts) != 3 or not parts[0].isascii() or not parts[2].isascii():
+        return head
+    target = b"".join(b"%%%02X" % c if c >= 0x80 else bytes((c,)) for c in parts[1])
+    return b" ".join((parts[0], target, parts[2])) + head[first:]
 
 
 def _build_head(method: bytes, target: bytes, version: bytes,

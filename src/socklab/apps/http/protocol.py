@@ -105,9 +105,8 @@ class HttpProtocol(ResponseWriter):
         self.tls = transport.get_extra_info("ssl_object") is not None
         self._tracer = transport.get_extra_info("tracer")
         if not self.router.peers.add(self.client, self.settings.max_connections_per_ip):
-            self.state = CLOSED  # this address holds max_connections_per_ip already
-            transport.write(peer_refusal())
-            transport.close()
+            transport.write(peer_refusal())  # this address holds max_connections_per_ip already
+            self._close()  # lingering: closing on its unread request would send an RST over the 503
             return
         self._counted = True
         self._start_timer(self.settings.header_timeout, self._on_head_timeout)

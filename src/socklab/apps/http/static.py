@@ -236,7 +236,7 @@ class StaticFiles:
                         loc += "?" + req.query
                     return Response(301, [("location", loc), ("content-type", "text/plain")], b"moved\n")
                 return self._directory(req, fd, path)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) or req.trailing_slash:  # "/a.txt/" names a directory: 404 (nginx)
                 return Response.text(404, "404 Not Found\n")
             owned, fd = fd, -1
             return self._file(req, owned, st, rel[-1] if rel else "")
