@@ -225,3 +225,28 @@ def test_a_json_request_never_looks_like_http(obj: dict[str, str]) -> None:
                                   b"  Origin: http://evil.example"])
 def test_http_lines_are_recognised(line: bytes) -> None:
     assert looks_like_http(line)
+
+
+def test_the_ctl_command_escapes_an_error_from_whatever_answers() -> None:
+    """Whatever listens on that port wrote the error: `tap ctl` shows it escaped, never raw."""
+    import threading
+
+    from tests.conftest import Proc
+
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        def fake_tap() -> None:
+            conn, _ = lsock.accept()
+            with conn:
+                conn.sendall(json.dumps({"ok": False, "error": "\x1b]0;pwned\x07\x1b[2J"},
+                                        ensure_ascii=False).encode() + b"\n")
+                conn.shutdown(socket.SHUT_WR)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+        t = threading.Thread(target=fake_tap, daemon=True)
+        t.start()
+        ctl = Proc(["tap", "ctl", str(lsock.getsockname()[1]), "list"])
+        out, err = ctl.popen.communicate(timeout=30)
+        t.join(30)
+    assert ctl.popen.returncode == 2
+    assert b"\x1b" not in out + err and b"\x07" not in out + err
+    assert rb"\x1b]0;pwned\x07" in err

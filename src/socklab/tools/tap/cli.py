@@ -178,7 +178,9 @@ def ctl(port: str, op: str, arg: str | None) -> None:
     answer = request(ep.host, ep.port, req)
     click.echo(json.dumps(answer, indent=2))
     if not answer.get("ok"):
-        raise UsageError(str(answer.get("error")))
+        from socklab.protocols.text import escape_peer_text
+
+        raise UsageError(escape_peer_text(answer.get("error")))  # whatever listens there wrote it
 
 
 @tap.command("replay")
