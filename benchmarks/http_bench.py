@@ -224,7 +224,8 @@ def start_all(engines: list[str], peers: list[str], site: Path, work: Path, cpu:
     for engine in engines:
         s = start_process(f"socklab {engine}", [py, "-m", "socklab", "http", "serve", str(site), "--port", "0",
                                                 "--engine", engine, "--log-format", "none",
-                                                "--max-connections", "10000"], work, cpu, servers, True)
+                                                "--max-connections", "10000", "--max-connections-per-ip", "0"],
+                              work, cpu, servers, True)
         s.port = wait_line(s, r"127\.0\.0\.1:(\d+)", work)
         print(f"   started {s.name} (pid {s.proc.pid}, port {s.port})", flush=True)
     for peer in peers:

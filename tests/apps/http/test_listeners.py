@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,19 @@ def test_one_address_cannot_take_every_slot(kind: str) -> None:
         finally:
             for s in held:
                 s.close()
+
+
+def test_http_serve_options(spawn: Any) -> None:
+    """``socklab http serve`` takes the new options; a bad value is one line naming the option, exit 2."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "socklab", "http", "serve", "--max-connections-per-ip", "-1"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "max_connections_per_ip" in bad.stderr
+    p = spawn("http", "serve", ".", "--port", "0", "--log-format", "none", "--allow-host", "myapp.test",
+              "--allow-host", "other.test:8", "--max-connections-per-ip", "2")
+    port = int(p.wait_for(r"127\.0\.0\.1:(\d+)").group(1))
+    for host, status in ((b"myapp.test", 404), (b"other.test:8", 404), (b"other.test:9", 421), (b"evil.test", 421)):
+        out, _ = raw_exchange(port, b"GET /no-such-file HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+        assert status_of(out) == status, host

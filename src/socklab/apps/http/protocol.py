@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from socklab.apps.http.accesslog import AccessLog
-from socklab.apps.http.guards import host_allowed, peer_refusal
+from socklab.apps.http.guards import host_allowed, is_loopback, peer_refusal
 from socklab.apps.http.router import Pending, Request, Response, Router
 from socklab.apps.http.sending import BODY, CHUNK, CLOSED, HEAD, IDLE, RESPOND, WEBSOCKET, ResponseWriter
 from socklab.apps.http.settings import HttpSettings
@@ -72,6 +72,8 @@ class HttpProtocol(ResponseWriter):
         self.client: Any = None
         self.local: Any = None
         self.tls = False
+        self._check_host = False  # a loopback connection: Host is checked (DNS rebinding)
+        self._good_host: str | None = None  # the last Host value that passed (a keep-alive client repeats it)
         self._timer: TimerHandle | None = None
         self._timer_when = 0.0
         self._deadline: float | None = None
@@ -103,6 +105,7 @@ class HttpProtocol(ResponseWriter):
         self.client = transport.get_extra_info("peername")
         self.local = transport.get_extra_info("sockname")
         self.tls = transport.get_extra_info("ssl_object") is not None
+        self._check_host = is_loopback(self.local)
         self._tracer = transport.get_extra_info("tracer")
         if not self.router.peers.add(self.client, self.settings.max_connections_per_ip):
             transport.write(peer_refusal())  # this address holds max_connections_per_ip already
@@ -307,11 +310,14 @@ class HttpProtocol(ResponseWriter):
         req = Request(method, head.target.decode("latin-1"), tp.path, tp.query.decode("latin-1") if tp.query else "",
                       list(head.headers), done.body, self.client, "1.1" if head.http_version == b"1.1" else "1.0",
                       tp.segments, tp.trailing_slash, self)
-        if self.local is not None and not host_allowed(req.header("host"), self.local, tls=self.tls,
-                                                       allowed=self.settings.allow_host):
-            self._error(421, "this server answers to localhost, 127.0.0.1 and [::1] with its port only "
-                             "(see --allow-host)", line=line, req=req)
-            return
+        if self._check_host:
+            host = req.header("host")
+            if host != self._good_host:
+                if not host_allowed(host, self.local, tls=self.tls, allowed=self.settings.allow_host):
+                    self._error(421, "this server answers to localhost, 127.0.0.1 and [::1] with its port only "
+                                     "(see --allow-host)", line=line, req=req)
+                    return
+                self._good_host = host
         if head.upgrade is not None:
             from socklab.apps.http.websocket import upgrade
 

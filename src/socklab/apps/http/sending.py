@@ -28,6 +28,7 @@ from socklab.apps.http.router import Body, FileSpan, Request, Response
 from socklab.apps.http.settings import HttpSettings
 from socklab.core.protocol import Protocol
 from socklab.core.transport import Transport
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["CHUNK", "ResponseWriter", "http_date", "reason"]
 
@@ -166,7 +167,7 @@ class ResponseWriter(Protocol):
             try:
                 parts, length = self._body_parts(body)
             except OSError as exc:
-                print(f"socklab http: cannot open the response body: {exc}", file=sys.stderr)
+                print(f"socklab http: cannot open the response body: {escape_peer_text(str(exc))}", file=sys.stderr)
                 parts, length = [b"500 Internal Server Error\n"], 25
                 status, resp = 500, Response(500, [("content-type", "text/plain")])
         lines = [_status_line(status), _date_block(), resp.head_block]
@@ -290,7 +291,7 @@ class ResponseWriter(Protocol):
             try:
                 data = _read_at(part.file, part.offset, n)
             except OSError as exc:
-                print(f"socklab http: reading a response body failed: {exc}", file=sys.stderr)
+                print(f"socklab http: reading a response body failed: {escape_peer_text(str(exc))}", file=sys.stderr)
                 data = b""
             if not data:  # the file shrank under us: the promised length cannot be kept
                 self.state = CLOSED
