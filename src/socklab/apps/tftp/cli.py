@@ -16,7 +16,10 @@ from socklab.cli.serving import serve_until_signalled
 from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
 
-_EXCLUDE = ("unix", "tls_cert", "tls_key", "backlog", "max_connections", "idle_timeout")
+# TCP-only settings a UDP server has no use for (max_buffer keeps its default: it bounds the
+# datagrams queued when a socket's send buffer is full)
+_EXCLUDE = ("unix", "tls_cert", "tls_key", "backlog", "max_connections", "idle_timeout", "max_buffer", "workers",
+            "queue_size")
 
 
 @click.group()
@@ -26,7 +29,7 @@ def tftp() -> None:
     \b
     Try it:
       mkdir -p /tmp/tftproot && echo hello > /tmp/tftproot/hello.txt
-      socklab tftp serve --root /tmp/tftproot --port 6969 --create --trace
+      socklab tftp serve --root /tmp/tftproot --port 6969 --trace     # read-only
       socklab tftp get 127.0.0.1:6969 hello.txt -o -
       socklab tftp get 127.0.0.1:6969 hello.txt --blksize 1428 --windowsize 8
       tftp 127.0.0.1 6969 -c get hello.txt          # tftp-hpa against socklab
@@ -38,8 +41,23 @@ def tftp() -> None:
 @trace_options
 @run_cli
 def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
-    """Serve the files under --root (RRQ), and accept uploads (WRQ) to existing files or, with
-    --create, new ones. Each transfer is answered from a new port (its TID, RFC 1350 section 4)."""
+    """Serve the files under --root (RRQ). Read-only unless told: --allow-write lets uploads (WRQ)
+    replace existing files, --create lets them create new ones. Each transfer is answered from a
+    new port (its TID, RFC 1350 section 4).
+
+    \b
+    Examples:
+      socklab tftp serve --root /srv/tftp --port 6969                  # read-only
+      socklab tftp serve --root /srv/tftp --port 6969 --create         # a drop box: new files only
+      socklab tftp serve --root /srv/tftp --port 6969 --allow-write --create
+
+    \b
+    Who may write what: a replaced file must be a regular file with a write bit (0444 is never
+    replaced) that the server's user may write; it keeps its mode and owner. An upload is
+    acknowledged only once fsynced and renamed into place. Limits per client: --max-timeout,
+    --stall-timeout, --max-transfers-per-client. On SIGTERM, transfers in flight finish within
+    --shutdown-timeout.
+    """
     from socklab.apps.tftp.server import serve_tftp
 
     settings = build_settings(TftpSettings, values)
@@ -168,7 +186,8 @@ def get(host: str, remote: str, output: str | None, port: int, mode: str, blksiz
 @run_cli
 def put(host: str, local: str, remote: str | None, port: int, mode: str, blksize: int | None,
         windowsize: int | None, timeout: float, retries: int, tsize: bool, quiet: bool, as_json: bool) -> None:
-    """Upload FILE to a TFTP server (it must allow it: tftp-hpa's -c, socklab's --create)."""
+    """Upload FILE to a TFTP server. The server must allow it: socklab's --create (a new file) or
+    --allow-write (replace one); tftp-hpa's -c, or a world-writable existing file."""
     from socklab.apps.tftp.client import tftp_put
 
     h, p = _target(host, port)

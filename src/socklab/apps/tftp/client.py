@@ -5,6 +5,10 @@ socket whose ``recvfrom`` waits until the machine's timer would fire is the whol
 logic (options, windows, rollover, retransmission, TID checks) is the same sans-I/O machine the
 server runs (:mod:`socklab.protocols.tftp`).
 
+Before asking for a window, the client sizes its socket buffers for it and asks for no more
+blocks than its receive buffer holds (see :mod:`socklab.apps.tftp.sockbuf`): a window the kernel
+drops the tail of costs a whole timeout per window.
+
 The server's transfer ID is learned from its first reply (RFC 1350 section 4): the request goes to
 port 69 (or ``--port``), everything after that to the port the answer came from.
 """
@@ -18,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import NetworkError, RemoteProtocolError, translate_oserror
 from socklab.protocols import tftp
+from socklab.protocols.text import escape_peer_text
 
 __all__ = ["TftpClientOptions", "TftpResult", "tftp_get", "tftp_put"]
 
@@ -71,6 +77,7 @@ class TftpResult:
 
 def _run(machine: Any, request: tftp.Request, host: str, port: int,
          progress: Callable[[int, int | None], None] | None) -> float:
+    """Run one transfer; the request's window is lowered to what the socket's buffers hold."""
     try:
         family, _, _, _, server = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)[0]
     except OSError as exc:
@@ -78,6 +85,7 @@ def _run(machine: Any, request: tftp.Request, host: str, port: int,
     sock = socket.socket(family, socket.SOCK_DGRAM)
     start = time.monotonic()
     try:
+        request = _fit_window(sock, request)
         deadline = 0.0
         gen = -1
 
@@ -127,9 +135,20 @@ def _run(machine: Any, request: tftp.Request, host: str, port: int,
         sock.close()
 
 
+def _fit_window(sock: socket.socket, request: tftp.Request) -> tftp.Request:
+    opts = request.options
+    blksize = int(opts.get("blksize", tftp.DEFAULT_BLKSIZE))
+    window = int(opts.get("windowsize", 1))
+    # get: we receive the window (its tail must fit our receive buffer); put: we send it
+    fits = size_for_window(sock, blksize, window, receive=not request.write, send=request.write)
+    if fits < window:
+        return tftp.Request(request.filename, request.mode, {**opts, "windowsize": str(fits)}, request.write)
+    return request
+
+
 def _check(machine: Any) -> None:
     if machine.state is not tftp.State.DONE:
-        message = machine.error or "transfer failed"
+        message = escape_peer_text(machine.error or "transfer failed")  # it may quote the server
         if machine.error_code is not None and "timed out" not in message:
             raise RemoteProtocolError(message, hint=machine.error_code)
         raise NetworkError(message)

@@ -4,39 +4,51 @@ Why this exists: RFC 1350 section 4 makes every transfer a new "connection" iden
 of transfer IDs (TIDs, the UDP ports): the server answers a request *from a new port*, and from
 then on both sides check that each datagram comes from the right TID. This module shows that on
 socklab's engines: the listening socket only takes RRQ/WRQ; for each one it opens a new UDP socket
-(``open_udp_socket(host, 0)``) and serves it with ``engine.serve_datagram``, driven by the sans-I/O
-machines of :mod:`socklab.protocols.tftp`. Retransmission timers are ``transport.call_later``.
+(``open_udp_socket(host, 0)``), sizes its buffers for the window it grants
+(:mod:`~socklab.apps.tftp.sockbuf`) and serves it with ``engine.serve_datagram``, driven by the
+sans-I/O machines of :mod:`socklab.protocols.tftp` through a
+:class:`~socklab.apps.tftp.driver.TransferDriver`.
 
 ``single_port`` is a documented deviation: every transfer is answered from the listening port and
 told apart by the client's address. Proxies and NAT that only expect replies from the port they
 sent to (including ``socklab tap``'s UDP relay, whose upstream socket is connected) need it.
 
-Path policy, as strict as tftp-hpa's ``-s``: names are relative to ``--root`` (a leading ``/`` is
-dropped); ``..`` components, NUL and anything whose real path (symlinks resolved) leaves the root
-are refused with ERROR 2; a WRQ writes only existing files unless ``--create``; uploads land in a
-temporary file renamed into place once complete, so a failed upload leaves nothing behind.
+What a peer may do to files is :mod:`~socklab.apps.tftp.files`' policy: read-only unless
+``allow_write`` (replace) or ``create`` (new files); an upload is acknowledged only once stored
+(fsync, rename, directory fsync, on a worker thread). What one peer may hold: ``max_transfers``
+in all, ``max_transfers_per_client`` per address, a negotiated timeout of at most ``max_timeout``,
+and ``stall_timeout`` seconds without progress; when every slot is taken, a transfer that never
+started (no answer from its client for a second) gives its slot to a new request.
+
+Shutdown (SIGTERM, Ctrl-C): new requests get ERROR 0 at once, transfers in flight run to their end
+within ``shutdown_timeout``, and only what is left then is aborted with an ERROR.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import os
-import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from socklab.apps.tftp.driver import CommitResult, TransferDriver, TransferEndpoint
+from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, resolve_path
+from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import open_udp_socket
 from socklab.core.trace import Tracer
-from socklab.core.transport import DatagramTransport, TimerHandle
+from socklab.core.transport import DatagramTransport
 from socklab.protocols import tftp
+from socklab.protocols.text import escape_peer_text
 
-__all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path"]
+__all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path", "serve_tftp"]
 
 
 @dataclass
@@ -45,12 +57,22 @@ class TftpSettings(ServerSettings):
 
     port: int = setting(69, "UDP port for requests (69 is TFTP's, and needs root); 0 lets the kernel choose.")
     root: str = setting(".", "Directory served; nothing outside it is readable or writable.", metavar="DIR")
-    create: bool = setting(False, "Let WRQ create new files (otherwise only existing files are overwritten).")
+    allow_write: bool = setting(False, "Let WRQ replace existing files (regular files with a write bit that "
+                                       "the server's user may write; their mode and owner are kept). "
+                                       "Without it or --create the server is read-only.")
+    create: bool = setting(False, "Let WRQ create new files (mode 0666 minus the umask). Alone, it never "
+                                  "replaces a file: an existing name gets ERROR 6.")
     timeout: float = setting(1.0, "Retransmission timeout, seconds, unless the client negotiates one (RFC 2349).")
+    max_timeout: int = setting(5, "Largest timeout, seconds, a client may negotiate (RFC 2349 allows 1..255); "
+                                  "a larger one is not acknowledged and --timeout applies.")
     max_retries: int = setting(5, "Timeouts in a row without progress before a transfer is abandoned.")
+    stall_timeout: float = setting(10.0, "Abandon a transfer that made no progress for this many seconds, "
+                                         "whatever its retries (0 = no limit).")
     max_blksize: int = setting(65464, "Largest blksize granted (RFC 2348 allows 8..65464).")
-    max_windowsize: int = setting(64, "Largest windowsize granted (RFC 7440).")
+    max_windowsize: int = setting(64, "Largest windowsize granted (RFC 7440); less when the socket buffers "
+                                      "cannot hold the window.")
     max_transfers: int = setting(1000, "Transfers at once; more requests get ERROR 0 'server busy'.")
+    max_transfers_per_client: int = setting(32, "Transfers at once from one client address; more get ERROR 0.")
     max_file_size: int = setting(1 << 32, "Largest upload accepted, bytes (ERROR 3 beyond).")
     single_port: bool = setting(False, "Answer every transfer from the listening port (an RFC 1350 "
                                        "deviation, for NAT and relays that expect it).")
@@ -60,232 +82,17 @@ class TftpSettings(ServerSettings):
         if not Path(self.root).is_dir():
             raise UsageError(f"--root {self.root!r} is not a directory")
         if not tftp.MIN_BLKSIZE <= self.max_blksize <= tftp.MAX_BLKSIZE:
-            raise UsageError(f"max_blksize must be within {tftp.MIN_BLKSIZE}..{tftp.MAX_BLKSIZE}")
+            raise UsageError(f"--max-blksize must be within {tftp.MIN_BLKSIZE}..{tftp.MAX_BLKSIZE}")
         if not 1 <= self.max_windowsize <= tftp.MAX_WINDOW:
-            raise UsageError("max_windowsize must be within 1..65535")
+            raise UsageError("--max-windowsize must be within 1..65535")
+        if not tftp.MIN_TIMEOUT <= self.max_timeout <= tftp.MAX_TIMEOUT:
+            raise UsageError(f"--max-timeout must be within {tftp.MIN_TIMEOUT}..{tftp.MAX_TIMEOUT}")
         if self.timeout <= 0 or self.max_retries < 1:
-            raise UsageError("timeout must be positive and max_retries at least 1")
-
-
-class TftpAccessError(Exception):
-    """A request the path policy refuses; ``code`` is the TFTP error code to answer with."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def resolve_path(root: str | Path, filename: str, *, write: bool, create: bool) -> Path:
-    """Map a requested name onto a file under ``root``, or refuse it.
-
-    Raises:
-        TftpAccessError: code 2 (access violation) for escapes and forbidden writes, 1 (file not
-            found) for a missing file to read, 6 for a WRQ onto something that is not a file.
-    """
-    if "\0" in filename or "\\" in filename:
-        raise TftpAccessError(tftp.ErrorCode.ACCESS_VIOLATION, "illegal character in file name")
-    parts = [p for p in filename.split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
-        raise TftpAccessError(tftp.ErrorCode.ACCESS_VIOLATION, "access violation: name leaves the root")
-    base = Path(os.path.realpath(root))
-    candidate = base.joinpath(*parts)
-    real = Path(os.path.realpath(candidate))
-    if real != base and base not in real.parents:
-        raise TftpAccessError(tftp.ErrorCode.ACCESS_VIOLATION, "access violation: name leaves the root")
-    if not write:
-        if not real.exists():
-            raise TftpAccessError(tftp.ErrorCode.FILE_NOT_FOUND, "file not found")
-        if not real.is_file():
-            raise TftpAccessError(tftp.ErrorCode.ACCESS_VIOLATION, "not a regular file")
-        return real
-    if real.exists():
-        if not real.is_file():
-            raise TftpAccessError(tftp.ErrorCode.FILE_EXISTS, "exists and is not a regular file")
-        return real
-    if not create:
-        raise TftpAccessError(tftp.ErrorCode.ACCESS_VIOLATION,
-                              "access violation: file does not exist (the server runs without --create)")
-    if not real.parent.is_dir():
-        raise TftpAccessError(tftp.ErrorCode.FILE_NOT_FOUND, "directory not found")
-    return real
-
-
-class TransferDriver:
-    """Runs one sans-I/O machine: sends what it returns, arms its timer, finishes the file.
-
-    Args:
-        machine: a :class:`~socklab.protocols.tftp.Sender` or ``Receiver``.
-        sendto: sends one datagram to an address.
-        call_later: the engine's timer.
-        on_done: called once with the driver when the transfer ended (after dallying).
-        finish: called with ``True`` (complete) or ``False`` before ``on_done`` (rename or delete).
-    """
-
-    def __init__(self, machine: Any, sendto: Callable[[bytes, Any], None],
-                 call_later: Callable[[float, Callable[[], None]], TimerHandle],
-                 on_done: Callable[[TransferDriver], None], finish: Callable[[bool], None]) -> None:
-        self.machine = machine
-        self._sendto = sendto
-        self._call_later = call_later
-        self._on_done = on_done
-        self._finish = finish
-        self._timer: TimerHandle | None = None
-        self._gen = -1
-        self._ended = False
-        self._closed = False
-
-    def handle(self, out: list[tuple[bytes, Any]]) -> None:
-        """Send the machine's output, then finish, dally or (re)arm the timer as its state says."""
-        for data, addr in out:
-            self._sendto(data, addr)
-        m = self.machine
-        if m.finished and not self._ended:
-            self._ended = True
-            try:
-                self._finish(m.state is tftp.State.DONE)
-            except OSError as exc:  # the rename failed: tell the peer if still possible
-                for data, addr in m.abort(tftp.ErrorCode.DISK_FULL, f"cannot store the file: {exc}"):
-                    self._sendto(data, addr)
-            if self._timer is not None:
-                self._timer.cancel()
-            if isinstance(m, tftp.Receiver) and m.state is tftp.State.DONE:
-                # dally: our final ACK may be lost; stay as long as the sender may retry, to
-                # acknowledge a resent last block (RFC 1350 section 6)
-                self._timer = self._call_later(m.timeout * max(2, m.max_retries), self.close)
-            else:
-                self.close()
-            return
-        if m.timer_generation != self._gen and not m.finished:
-            self._gen = m.timer_generation
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._call_later(m.timeout, self._expired)
-
-    def _expired(self) -> None:
-        self._timer = None
-        if not self._closed:
-            self._gen = -1
-            self.handle(self.machine.timer_expired())
-
-    def datagram(self, data: bytes, addr: Any) -> None:
-        """One datagram for this transfer."""
-        if not self._closed:
-            self.handle(self.machine.datagram_received(data, addr))
-
-    def abort(self, message: str) -> None:
-        """Stop now (server shutdown): ERROR 0 to the peer, partial upload removed."""
-        if not self._ended:
-            self.handle(self.machine.abort(tftp.ErrorCode.NOT_DEFINED, message))
-        self.close()
-
-    def release(self) -> None:
-        """The engine stopped under us: close the file (a partial upload is removed), send nothing."""
-        if not self._ended:
-            self._ended = True
-            with contextlib.suppress(OSError):
-                self._finish(False)
-
-    def close(self) -> None:
-        """The transfer is over (idempotent): cancel the timer, tell the owner."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self._on_done(self)
-
-
-class _TransferEndpoint(DatagramProtocol):
-    """The per-transfer socket (the server's new TID)."""
-
-    def __init__(self, make_driver: Callable[[DatagramTransport], TransferDriver], first: Callable[[], list[Any]]) -> None:
-        self._make_driver = make_driver
-        self._first = first
-        self.driver: TransferDriver | None = None
-
-    def connection_made(self, transport: DatagramTransport) -> None:
-        self.transport = transport
-        self.driver = self._make_driver(transport)
-        self.driver.handle(self._first())
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.driver is not None:
-            self.driver.datagram(data, addr)
-
-    def error_received(self, exc: BaseException) -> None:
-        pass  # ICMP port unreachable from a vanished client: the retry limit ends the transfer
-
-
-class _Upload:
-    """A WRQ's destination: a temporary file in the target's directory, renamed when complete."""
-
-    def __init__(self, path: Path, limit: int, netascii: bool) -> None:
-        self.path = path
-        self.limit = limit
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tftp-part", dir=path.parent)
-        self.tmp = Path(tmp)
-        self.file = os.fdopen(fd, "wb")
-        self.size = 0
-        self.decoder = tftp.NetasciiDecoder() if netascii else None
-        self.machine: tftp.Receiver | None = None
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            raise _Refuse(tftp.ErrorCode.DISK_FULL, f"upload exceeds the server's limit ({self.limit} bytes)")
-        if self.decoder is not None:
-            data = self.decoder.decode(data)
-        try:
-            self.file.write(data)
-        except OSError as exc:
-            raise _Refuse(tftp.ErrorCode.DISK_FULL, f"cannot write: {exc.strerror}") from exc
-
-    def finish(self, ok: bool) -> None:
-        try:
-            if ok:
-                if self.decoder is not None:
-                    self.file.write(self.decoder.decode(b"", final=True))
-                self.file.flush()
-                os.fsync(self.file.fileno())
-                self.file.close()
-                os.replace(self.tmp, self.path)
-                return
-        finally:
-            if not self.file.closed:
-                self.file.close()
-            if not ok:
-                with contextlib.suppress(FileNotFoundError):
-                    self.tmp.unlink()
-
-
-class _Refuse(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class _Download:
-    """An RRQ's source; netascii converts on the fly (RFC 1350 section 1)."""
-
-    def __init__(self, path: Path, netascii: bool) -> None:
-        self.file = open(path, "rb")  # noqa: SIM115 - closed in finish()
-        self.size = os.fstat(self.file.fileno()).st_size
-        self.encoder = tftp.NetasciiEncoder() if netascii else None
-        self._pending = b""
-
-    def read(self, n: int) -> bytes:
-        if self.encoder is None:
-            return self.file.read(n)
-        while len(self._pending) < n:
-            raw = self.file.read(max(n, 4096))
-            if not raw:
-                break
-            self._pending += self.encoder.encode(raw)
-        out, self._pending = self._pending[:n], self._pending[n:]
-        return out
-
-    def finish(self, ok: bool) -> None:
-        self.file.close()
+            raise UsageError("--timeout must be positive and --max-retries at least 1")
+        if self.stall_timeout < 0:
+            raise UsageError("--stall-timeout cannot be negative")
+        if self.max_transfers < 1 or self.max_transfers_per_client < 1:
+            raise UsageError("--max-transfers and --max-transfers-per-client must be at least 1")
 
 
 class TftpServer(DatagramProtocol):
@@ -304,9 +111,17 @@ class TftpServer(DatagramProtocol):
         self.transfers: dict[Any, TransferDriver] = {}  # client address -> driver
         # requests whose transfer just ended: a late retransmission of one must not start it again
         self.recent: set[tuple[Any, bytes]] = set()
+        self.active = 0  # transfers not ended yet (dallying ones excluded)
+        self.per_client: dict[str, int] = {}
         self.completed = 0
         self.failed = 0
+        self.refused = 0
+        self.evicted = 0
+        self.retransmissions = 0  # over every transfer that ended (a dallying one counts at its last block)
         self.log: list[str] = []
+        self.draining = False
+        self.drained = threading.Event()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def connection_made(self, transport: DatagramTransport) -> None:
         self.transport = transport
@@ -331,8 +146,10 @@ class TftpServer(DatagramProtocol):
             if not isinstance(packet, tftp.Error):
                 self._error(addr, tftp.ErrorCode.UNKNOWN_TID, "unknown transfer ID")
             return
-        if len(self.transfers) >= self.settings.max_transfers:
-            self._error(addr, tftp.ErrorCode.NOT_DEFINED, "server busy (max_transfers), try again later")
+        refusal = self._admit(addr)
+        if refusal is not None:
+            self.refused += 1
+            self._error(addr, tftp.ErrorCode.NOT_DEFINED, refusal)
             return
         try:
             self._start(packet, addr, data)
@@ -346,35 +163,104 @@ class TftpServer(DatagramProtocol):
             self.failed += 1
             self._error(addr, tftp.ErrorCode.ACCESS_VIOLATION, f"cannot open: {exc.strerror}")
 
+    # ---- limits --------------------------------------------------------------------------------------
+    def _admit(self, addr: Any) -> str | None:
+        """None if a new transfer from ``addr`` may start, else the reason sent in ERROR 0."""
+        s = self.settings
+        if self.draining:
+            return "server shutting down, try again later"
+        if self.per_client.get(addr[0], 0) >= s.max_transfers_per_client:
+            return f"too many transfers from your address (max_transfers_per_client {s.max_transfers_per_client})"
+        if self.active >= s.max_transfers and not self._evict_one():
+            return "server busy (max_transfers), try again later"
+        return None
+
+    def _evict_one(self) -> bool:
+        """Every slot is taken: abort the transfer whose client never answered, longest silent first."""
+        grace = min(1.0, self.settings.timeout)
+        never = [d for d in self.transfers.values()
+                 if d.active and d.machine.progress_count == 0 and d.idle_for() >= grace]
+        if not never:
+            return False
+        victim = max(never, key=lambda d: d.idle_for())
+        self.evicted += 1
+        victim.abort("server full: your transfer never started and its slot was given to another client")
+        return True
+
+    def _slot_taken(self, addr: Any) -> Callable[[TransferDriver], None]:
+        host = addr[0]
+        self.active += 1
+        self.per_client[host] = self.per_client.get(host, 0) + 1
+        freed = False
+
+        def free(driver: TransferDriver) -> None:
+            nonlocal freed
+            if freed:
+                return
+            freed = True
+            self.retransmissions += driver.machine.retransmissions
+            self.active -= 1
+            left = self.per_client.get(host, 1) - 1
+            if left > 0:
+                self.per_client[host] = left
+            else:
+                self.per_client.pop(host, None)
+            if self.draining and self.active == 0:
+                self.drained.set()
+        return free
+
+    # ---- one transfer ---------------------------------------------------------------------------------
     def _start(self, req: tftp.Request, addr: Any, raw: bytes) -> None:
         s = self.settings
         if req.mode == "mail":
             raise TftpAccessError(tftp.ErrorCode.ILLEGAL_OPERATION, "mail mode is not supported")
-        path = resolve_path(s.root, req.filename, write=req.write, create=s.create)
+        path = resolve_path(s.root, req.filename, write=req.write, create=s.create, allow_write=s.allow_write)
         netascii = req.mode == "netascii"
-        resource: _Upload | _Download
+        resource: Upload | Download
         if req.write:
-            run, oack = tftp.negotiate(req, max_blksize=s.max_blksize, max_windowsize=s.max_windowsize,
-                                       default_timeout=s.timeout, max_tsize=s.max_file_size)
-            upload = _Upload(path, s.max_file_size, netascii)
-            resource = upload
-            machine: Any = tftp.Receiver(upload.write, run, peer=addr, max_retries=s.max_retries)
+            resource = Upload(path, s.max_file_size, netascii, replace=s.allow_write)
+            tsize = None
+        else:
+            resource = Download(path, netascii)
+            tsize = None if netascii else resource.size
+
+        def negotiate(max_window: int) -> tuple[tftp.TransferOptions, dict[str, str]]:
+            return tftp.negotiate(req, max_blksize=s.max_blksize, max_windowsize=max_window,
+                                  default_timeout=s.timeout, max_timeout=s.max_timeout,
+                                  max_tsize=s.max_file_size if req.write else None, tsize=tsize)
+        sock: Any = None
+        try:
+            run, oack = negotiate(s.max_windowsize)
+            if s.single_port:
+                sock = self.transport.get_extra_info("socket")
+            else:
+                sock = open_udp_socket(self.transport.get_extra_info("sockname")[0], 0, tracer=self.tracer)
+            if sock is not None:  # RFC 7440 section 3: grant no window our buffers cannot hold
+                fits = size_for_window(sock, run.blksize, run.windowsize, receive=req.write, send=not req.write)
+                if fits < run.windowsize:
+                    run, oack = negotiate(fits)
+        except BaseException:
+            resource.finish(False)
+            if sock is not None and not s.single_port:
+                sock.close()
+            raise
+        commit = None
+        if isinstance(resource, Upload):
+            machine: Any = tftp.Receiver(resource.write, run, peer=addr, max_retries=s.max_retries,
+                                         hold_final_ack=True)
+            commit = self._committer(resource)
 
             def first() -> list[Any]:
                 out: list[Any] = machine.start(tftp.OAck(oack) if oack else None)
                 return out
         else:
-            download = _Download(path, netascii)
-            resource = download
-            run, oack = tftp.negotiate(req, max_blksize=s.max_blksize, max_windowsize=s.max_windowsize,
-                                       default_timeout=s.timeout,
-                                       tsize=None if netascii else download.size)
-            machine = tftp.Sender(download.read, run, peer=addr, max_retries=s.max_retries)
+            machine = tftp.Sender(resource.read, run, peer=addr, max_retries=s.max_retries)
 
             def first() -> list[Any]:
                 out: list[Any] = machine.start_after_oack(tftp.OAck(oack)) if oack else machine.start()
                 return out
-        what = f"{'WRQ' if req.write else 'RRQ'} {req.filename} from {addr[0]}:{addr[1]}"
+        what = f"{'WRQ' if req.write else 'RRQ'} {escape_peer_text(req.filename)} from {addr[0]}:{addr[1]}"
+        on_end = self._slot_taken(addr)
 
         def done(driver: TransferDriver) -> None:
             self.transfers.pop(addr, None)
@@ -387,34 +273,51 @@ class TftpServer(DatagramProtocol):
             else:
                 self.failed += 1
             self.log.append(f"{what}: {m.state.value} {m.bytes} bytes, {m.retransmissions} retransmissions"
-                            + (f" ({m.error})" if m.error else ""))
-            endpoint = getattr(driver, "endpoint", None)
-            if endpoint is not None:
-                endpoint.close()
-
-        def finish(ok: bool) -> None:
-            resource.finish(ok)
+                            + (f" ({escape_peer_text(m.error)})" if m.error else ""))
+            if driver.endpoint is not None:
+                driver.endpoint.close()
 
         guarded = _guard(machine)
-        if s.single_port:
-            driver = TransferDriver(guarded, self.transport.sendto, self.transport.call_later, done, finish)
-            self.transfers[addr] = driver
-            driver.handle(first())
-            return
-        host = self.transport.get_extra_info("sockname")[0]
-        try:
-            sock = open_udp_socket(host, 0, tracer=self.tracer)
-        except Exception:
-            resource.finish(False)
-            raise
 
-        def make_driver(transport: DatagramTransport) -> TransferDriver:
-            d = TransferDriver(guarded, transport.sendto, transport.call_later, done, finish)
-            d.endpoint = transport  # type: ignore[attr-defined]
+        def make_driver(transport: DatagramTransport, endpoint: bool) -> TransferDriver:
+            d = TransferDriver(guarded, transport.sendto, transport.call_later, done, resource.finish,
+                               commit=commit, stall_timeout=s.stall_timeout, on_end=on_end)
+            if endpoint:
+                d.endpoint = transport
             self.transfers[addr] = d
             return d
 
-        self.engine.serve_datagram(sock, lambda: _TransferEndpoint(make_driver, first))
+        if s.single_port:
+            make_driver(self.transport, False).handle(first())
+            return
+        self.engine.serve_datagram(sock, lambda: TransferEndpoint(lambda t: make_driver(t, True), first))
+
+    def _committer(self, upload: Upload) -> Callable[[Callable[[CommitResult], None]], None]:
+        """Store ``upload`` on a worker thread; report back on the engine (never block the engine)."""
+
+        def commit(callback: Callable[[CommitResult], None]) -> None:
+            def work() -> None:
+                result: CommitResult = None
+                try:
+                    upload.commit()
+                except Refuse as exc:
+                    result = (exc.code, str(exc))
+                except Exception as exc:  # a bug must still answer the client, never hang it
+                    result = (tftp.ErrorCode.NOT_DEFINED, f"cannot store the file: {exc}")
+                with contextlib.suppress(Exception):  # the engine may have stopped meanwhile
+                    self.engine.call_soon_threadsafe(lambda: callback(result))
+
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="socklab-tftp-commit")
+            self._executor.submit(work)
+        return commit
+
+    # ---- shutting down --------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Refuse new requests; ``drained`` is set once the transfers in flight ended (on the engine)."""
+        self.draining = True
+        if self.active == 0:
+            self.drained.set()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         # the listener closed (shutdown): tell every client at once instead of letting it time out
@@ -426,7 +329,9 @@ class TftpServer(DatagramProtocol):
             driver.abort(message)
 
     def release_all(self) -> None:
-        """After the engine stopped: close every file still open."""
+        """After the engine stopped: let commits in progress end, then close every file still open."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         for driver in list(self.transfers.values()):
             driver.release()
         self.transfers.clear()
@@ -439,7 +344,7 @@ def _guard(machine: Any) -> Any:
     def datagram_received(data: bytes, addr: Any) -> list[tuple[bytes, Any]]:
         try:
             return inner(data, addr)  # type: ignore[no-any-return]
-        except _Refuse as exc:
+        except Refuse as exc:
             return machine.abort(exc.code, str(exc))  # type: ignore[no-any-return]
         except OSError as exc:
             return machine.abort(tftp.ErrorCode.NOT_DEFINED, f"I/O error: {exc.strerror}")  # type: ignore[no-any-return]
@@ -448,14 +353,37 @@ def _guard(machine: Any) -> Any:
     return machine
 
 
+class _TftpLifecycle(Server):
+    """A :class:`Server` whose graceful shutdown first lets the transfers in flight finish.
+
+    The engine's own drain knows connections, not transfers: closing the listeners would close
+    every transfer socket too. So: refuse new requests, wait (up to the grace period) until the
+    transfers end, then shut down as every server does.
+    """
+
+    proto: TftpServer | None = None
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        running = (self._thread is not None or self._foreground) and not self._shutdown_started
+        proto = self.proto
+        if running and proto is not None:
+            grace = self.settings.shutdown_timeout if timeout is None else timeout
+            start = time.monotonic()
+            self.engine.call_soon_threadsafe(proto.begin_drain)
+            proto.drained.wait(grace)
+            timeout = max(0.0, grace - (time.monotonic() - start))
+        super().shutdown(timeout)
+
+
 def serve_tftp(settings: TftpSettings, tracer: Tracer | None = None) -> tuple[Server, TftpServer]:
     """Bind a TFTP server (not started yet); returns the Server and the listening protocol.
 
     Raises:
         UsageError: bad settings; NetworkError subclasses when binding fails.
     """
-    srv = Server(settings, tracer=tracer, label="tftp")
+    srv = _TftpLifecycle(settings, tracer=tracer, label="tftp")
     proto = TftpServer(settings, srv.engine, tracer)
+    srv.proto = proto
     srv.listen_udp(lambda: proto)
     srv.on_stop(proto.release_all)
     return srv, proto
