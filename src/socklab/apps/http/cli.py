@@ -19,6 +19,7 @@ def http() -> None:
       socklab http serve . --port 8080
       curl -v http://127.0.0.1:8080/
       curl -r 0-99 http://127.0.0.1:8080/README.md     # a Range request: 206
+      curl -H 'Host: attacker.example' http://127.0.0.1:8080/   # 421: DNS rebinding refused
     Compare engines: socklab http serve . --engine threads
     """
 
@@ -33,6 +34,8 @@ def serve(directory: str, trace: bool, trace_json: str | None, **values: Any) ->
 
     Prints `socklab http listening on http://HOST:PORT (engine E)`, then one access-log line per
     response (--log-format common|json|none). Every limit is on by default; see docs/http.md.
+    On loopback only Host names of this machine are answered (--allow-host adds one), and one
+    address holds at most --max-connections-per-ip connections.
     """
     from socklab.apps.http.router import Router
     from socklab.apps.http.server import serve_http
