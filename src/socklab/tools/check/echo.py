@@ -337,7 +337,16 @@ def udp_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         peers = [_udp_socket(target) for _ in range(20)]
         try:
             for i, (s, addr) in enumerate(peers):
-                got = _udp_ask(s, addr, b"peer %02d" % i, timeout)
+                try:
+                    got = _udp_ask(s, addr, b"peer %02d" % i, timeout)
+                except ProbeFailed as fail:
+                    if "refused" in fail.happened:
+                        raise
+                    raise ProbeFailed(f"peer {i} of 20 (a new socket) got no reply in {timeout:.0f} s",
+                                      "replies go to another address than the sender's: the server remembers a "
+                                      "peer (the first one, or a 'current client') instead of answering the "
+                                      "address recvfrom() returned with this datagram",
+                                      "data, addr = sock.recvfrom(65535); sock.sendto(data, addr)") from None
                 if got != b"peer %02d" % i:
                     raise ProbeFailed(f"peer {i} got {quote(got)}", "replies go to the wrong peer",
                                       "reply to the address recvfrom() returned with this datagram")

@@ -153,8 +153,9 @@ def diagnose(ex: Exchange, expected: bytes, timeout: float) -> ProbeFailed | Non
                            "keep calling recv() and echoing each chunk until recv() returns b''")
     if ex.end == RESET:
         return ProbeFailed(f"the connection was reset (RST) after {k} of {n} bytes came back",
-                           "the server closed its socket with unread data still in it (close() then sends "
-                           "RST), or the process died", "read until the client closes before you close()")
+                           "the server closed its socket while data was still arriving (close() with unread "
+                           "bytes sends RST): it stops reading too early - it answers one recv() and hangs up, "
+                           "or it crashed", "keep reading until recv() returns b'' before you close()")
     if k == 0:
         return ProbeFailed(f"nothing came back within {timeout:.0f} s",
                            "the server never sends what it receives, or waits for more than was sent "

@@ -1,0 +1,117 @@
+"""socklab check echo: correct servers pass every probe, each broken one fails with its mistake named.
+
+Servers run as subprocesses on 127.0.0.1 port 0 (readiness line), ended by pid. A failing probe
+waits its deadline (3 s here), which only matters when something is broken.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from socklab.core.sockets import Endpoint
+from socklab.tools.check.echo import CONCURRENT_PROBES, tcp_probes, udp_probes
+from socklab.tools.check.report import Result, run_probes
+
+BROKEN = Path(__file__).parent / "broken"
+TIMEOUT = 3.0
+
+
+def verdicts(address: str, udp: bool = False, only: tuple[str, ...] = ()) -> dict[str, Result]:
+    host, port = address.rsplit(":", 1)
+    ep = Endpoint(host, int(port))
+    probes = udp_probes(ep, TIMEOUT) if udp else tcp_probes(ep, TIMEOUT)
+    return {r.name: r for r in run_probes([p for p in probes if not only or p.name in only])}
+
+
+def failed(results: dict[str, Result]) -> dict[str, Result]:
+    return {n: r for n, r in results.items() if not r.passed}
+
+
+@pytest.mark.parametrize("server", ["threaded_server", "select_server", "selectors_server"])
+def test_concurrent_lesson_servers_pass_every_probe(serve, server):
+    s = serve(server)
+    assert failed(verdicts(s.address)) == {}
+
+
+def test_iterative_server_is_named_iterative(serve):
+    s = serve("tcp_echo_server")
+    bad = failed(verdicts(s.address))
+    assert set(bad) == set(CONCURRENT_PROBES)
+    assert "iterative" in bad["second_client"].mistake
+    assert "only after the first hung up" in bad["second_client"].happened
+    assert "iterative" in bad["concurrent_50"].mistake
+
+
+def test_one_recv_and_hang_up_is_named(serve):
+    s = serve(BROKEN / "one_recv_server.py")
+    bad = failed(verdicts(s.address, only=("small", "large", "byte_at_a_time")))
+    assert set(bad) == {"small", "large", "byte_at_a_time"}
+    assert "answers one recv() and hangs up" in bad["small"].mistake
+    assert "one recv()" in bad["large"].mistake
+
+
+def test_server_that_never_closes_is_named_close_wait(serve):
+    s = serve(BROKEN / "never_closes_server.py")
+    res = verdicts(s.address)
+    assert set(failed(res)) == {"half_close"}
+    r = res["half_close"]
+    assert "CLOSE_WAIT" in r.mistake and "ignores EOF" in r.mistake
+    assert "CLOSE_WAIT" in r.happened  # the kernel's own view of the server's socket, from /proc
+
+
+def test_crash_on_reset_is_named(serve):
+    s = serve(BROKEN / "crash_on_reset_server.py")
+    r = verdicts(s.address, only=("reset",))["reset"]
+    assert not r.passed
+    assert "crashed on the reset" in r.mistake
+
+
+def test_transforming_server_is_named(serve):
+    s = serve(BROKEN / "text_server.py")
+    r = verdicts(s.address, only=("binary",))["binary"]
+    assert not r.passed and "transforms the data" in r.mistake
+
+
+def test_grader_never_hangs_on_a_silent_server(serve):
+    """A server that accepts and never answers: every probe fails, each within its deadline."""
+    s = serve(BROKEN / "silent_server.py")
+    t0 = time.monotonic()
+    res = verdicts(s.address)
+    elapsed = time.monotonic() - t0
+    assert all(not r.passed for r in res.values())
+    assert "nothing came back" in res["small"].happened
+    # 11 probes with 3 s deadlines (concurrent_50 and slow_reader take two): a bounded run
+    assert elapsed < 60
+
+
+def test_same_verdict_on_repeated_runs(serve):
+    s = serve(BROKEN / "one_recv_server.py")
+    runs = [{n: r.passed for n, r in verdicts(s.address, only=("small", "half_close", "reset")).items()}
+            for _ in range(10)]
+    assert all(run == runs[0] for run in runs)
+    assert runs[0] == {"small": False, "half_close": False, "reset": True}
+
+
+def test_udp_lesson_server_passes(serve):
+    s = serve("udp_echo_server")
+    assert failed(verdicts(s.address, udp=True)) == {}
+
+
+def test_udp_reply_to_the_wrong_peer_is_named(serve):
+    s = serve(BROKEN / "udp_wrong_peer_server.py")
+    bad = failed(verdicts(s.address, udp=True))
+    assert "many_peers" in bad
+    assert "another address than the sender's" in bad["many_peers"].mistake
+
+
+def test_refused_when_nothing_listens():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = verdicts(f"127.0.0.1:{port}", only=("small",))["small"]
+    assert not r.passed and "connection refused" in r.happened
