@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from socklab.protocols.chat import Members, Message, parse_event
-from tests.apps.chat.helpers import LineClient
+from tests.apps.chat.helpers import LineClient, chat_node
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -171,3 +171,24 @@ def test_redis_restart_loses_no_acknowledged_message(spawn: Any, redis_server: R
             assert [m.seq for m in msgs(carl)][-20:] == list(range(1, 21))
         with contextlib.suppress(Exception):
             ann.send("/quit")
+
+
+def test_room_churn_on_one_node_leaves_no_rooms_anywhere(redis_server: RedisServer) -> None:
+    """Rooms a node's users left, and rooms only another node uses, hold nothing in a hub."""
+    with chat_node(broker=redis_server.url, node="a", history_on_join=0, rate=1e6, burst=100_000, command_rate=1e6,
+                   command_burst=100_000) as a, chat_node(broker=redis_server.url, node="b") as b, \
+            LineClient(a.tcp_port, "churn") as churn, LineClient(b.tcp_port, "watcher") as watcher:
+        for i in range(50):
+            churn.send(f"/join #r{i}")
+            churn.send(f"in r{i}")
+            try:
+                churn.expect(f"MSG #r{i} 1 ")  # durable in Redis, delivered back through the stream
+            except TimeoutError:
+                raise AssertionError(churn.seen) from None
+            churn.send(f"/part #r{i}")
+        churn.send("/join #lobby")
+        churn.send("done")
+        watcher.expect("MSG #lobby 1 ")  # b has read every entry before this one: the stream is ordered
+        for node in (a, b):
+            assert sorted(node.hub.rooms) == ["#lobby"], (node.settings.node, len(node.hub.rooms))
+        assert sorted(a.backend._presence) == ["#lobby"]  # type: ignore[attr-defined]
