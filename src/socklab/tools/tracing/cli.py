@@ -5,6 +5,7 @@ Why this exists: one place for the options, the help that teaches, and the exit 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -113,7 +114,7 @@ def view(files: tuple[str, ...], output: str, title: str | None) -> None:
     from socklab.tools.tracing.svg import render_html
 
     ladder = build(list(files))
-    page = render_html(ladder, title or "socklab ladder: " + ", ".join(files))
+    page = render_html(ladder, title or "socklab ladder: " + ", ".join(os.path.basename(f) for f in files))
     try:
         with open(output, "w", encoding="utf-8") as f:
             f.write(page)

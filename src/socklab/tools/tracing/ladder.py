@@ -263,37 +263,63 @@ def _gap(a: Sock, c: Sock) -> float:
     return abs(a.events[0].t - next(e.t for e in c.events if e.kind == "connect"))
 
 
-def _align(events: list[Ev], conns: list[Conn], nfiles: int) -> list[str]:
-    """Put files whose ts counts from their own start onto the clock of the others."""
+def _align(events: list[Ev], arrows: list[Arrow], paths: list[str]) -> list[str]:
+    """Put files whose ts counts from their own start onto the clock of the others.
+
+    Each arrow between two files is a constraint: what arrives cannot arrive before it left. A
+    relative file's offset must be at least (send - recv) for arrows into it and at most
+    (recv - send) for arrows out of it; it is put in the middle of what is allowed.
+    """
     absolute = {e.file for e in events if (_num(e.raw.get("ts")) or 0.0) > EPOCH}
-    relative = sorted(set(range(nfiles)) - absolute)
+    relative = sorted(set(range(len(paths))) - absolute)
     if not relative:
         return []
     base = min((e.t for e in events if e.file in absolute), default=0.0)
-    for f in relative:
-        for e in events:
-            if e.file == f:
-                e.t += base
-    warnings = []
-    for f in relative:  # then as late as causality needs: each recv after its send
-        shift = 0.0
-        for conn in conns:
-            if conn.b is None:
-                continue
-            for mine, other in ((conn.a, conn.b), (conn.b, conn.a)):
-                if mine.events[0].file != f or other.events[0].file == f:
+    offset = {f: base for f in relative}
+    for e in events:
+        if e.file in offset:
+            e.t += base
+    for _ in range(3):  # a relative file may only meet another relative one: settle in a few rounds
+        for f in relative:
+            low, high = -float("inf"), float("inf")
+            for a in arrows:
+                if a.dst is None or a.src.file == a.dst.file:
                     continue
-                first_mine = mine.events[0].t
-                first_other = other.events[0].t
-                if mine is conn.b:  # the accept comes after the connect started
-                    shift = max(shift, first_other - first_mine + 1e-6)
-        if shift:
-            for e in events:
-                if e.file == f:
-                    e.t += shift
-        if absolute:
-            warnings.append(f"file {f + 1} counts time from its own start: placed by its connections")
-    return warnings
+                if a.dst.file == f:
+                    low = max(low, a.src.t - a.dst.t)
+                elif a.src.file == f:
+                    high = min(high, a.dst.t - a.src.t)
+            if low == -float("inf") and high == float("inf"):
+                continue
+            shift = (low + high) / 2 if low > -float("inf") and high < float("inf") else \
+                low if low > -float("inf") else high
+            if shift:
+                offset[f] += shift
+                for e in events:
+                    if e.file == f:
+                        e.t += shift
+    return [f"{paths[f]} counts time from its own start: it was put on the shared clock by its connections"
+            for f in relative if absolute]
+
+
+def _causal(events: list[Ev], arrows: list[Arrow]) -> None:
+    """No arrow points up: a receiving event is moved to just after its cause where the clocks of two
+    files disagree (a trace stamped after the call), keeping each thread's own order."""
+    for _ in range(20):
+        moved = False
+        for a in arrows:
+            if a.dst is not None and a.dst.t <= a.src.t and a.dst.file != a.src.file:
+                a.dst.t = a.src.t + 1e-6
+                moved = True
+        last: dict[tuple[str, str], float] = {}
+        for e in events:  # still in file order here; one thread's calls follow each other
+            key = (e.proc, str(e.raw.get("tid") or e.raw.get("thread")))
+            if key in last and e.t < last[key]:
+                e.t = last[key]
+                moved = True
+            last[key] = e.t
+        if not moved:
+            return
 
 
 def build(paths: list[str]) -> Ladder:
@@ -302,7 +328,9 @@ def build(paths: list[str]) -> Ladder:
     events.sort(key=lambda e: (e.file, e.line))
     socks = _sockets(events)
     conns = _pair(socks)
-    warnings = _align(events, conns, len(paths))
+    pre = _arrows(conns, [], events)
+    warnings = _align(events, pre, paths)
+    _causal(events, pre)
     events.sort(key=lambda e: (e.t, e.file, e.line))
     lanes, lane_of = _lanes(events)
     for ev in events:
@@ -401,11 +429,16 @@ def _data(x: Sock, y: Sock) -> list[Arrow]:
             i, s_off = i + 1, 0
         if r_off == rn:
             j, r_off = j + 1, 0
-    for arrow in out:  # say where TCP did not keep the sender's boundaries
-        if per_send[id(arrow.src)] > 1:
-            arrow.label += f" (1 send split over {per_send[id(arrow.src)]} recvs)"
-        elif arrow.dst is not None and per_recv[id(arrow.dst)] > 1:
-            arrow.label += f" ({per_recv[id(arrow.dst)]} sends merged in 1 recv)"
+    said: set[int] = set()
+    for arrow in out:  # say where TCP did not keep the sender's boundaries, once per send or recv
+        n_recvs = per_send[id(arrow.src)]
+        n_sends = per_recv[id(arrow.dst)] if arrow.dst is not None else 1
+        if n_recvs > 1 and id(arrow.src) not in said:
+            said.add(id(arrow.src))
+            arrow.label += f": 1 send of {arrow.src.nbytes} B split over {n_recvs} recvs"
+        elif n_sends > 1 and arrow.dst is not None and id(arrow.dst) not in said:
+            said.add(id(arrow.dst))
+            arrow.label += f": {n_sends} sends merged in 1 recv of {arrow.dst.nbytes} B"
     return out
 
 

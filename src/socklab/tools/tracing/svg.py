@@ -22,12 +22,14 @@ from socklab.tools.tracing.ladder import Arrow, Ev, Ladder
 __all__ = ["render_html"]
 
 LEFT = 78  # the time column
+LABEL_ROOM = 70  # more room left of the first lane when its labels stand there
 LANE_W = 190
 TOP = 70
 ROW_H = 30
 LINE_H = 14
 NOTE_W = 440
 NOTE_CHARS = 64
+HALO = 'paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
 COLORS = {"handshake": "#1b8a3a", "data": "#1f5fbf", "fin": "#d9731a", "rst": "#c62828"}
 
 
@@ -62,9 +64,11 @@ def _note_lines(ev: Ev) -> list[str]:
 def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
     """The whole page."""
     n_lanes = max(1, len(ladder.lanes))
-    width = LEFT + n_lanes * LANE_W + NOTE_W
-    lane_x = [LEFT + LANE_W * i + LANE_W // 2 for i in range(n_lanes)]
-    notes_x = LEFT + n_lanes * LANE_W + 16
+    left_side = _label_sides(ladder, n_lanes)
+    left = LEFT + (LABEL_ROOM if left_side[0] else 0)  # room for the first lane's labels on its left
+    width = left + n_lanes * LANE_W + NOTE_W
+    lane_x = [left + LANE_W * i + LANE_W // 2 for i in range(n_lanes)]
+    notes_x = left + n_lanes * LANE_W + 16
     # row heights grow to hold their notes
     y = TOP + 20
     row_y: list[float] = []
@@ -97,6 +101,11 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
     add(f'<text x="8" y="{TOP - 8}" font-size="11" fill="#555">time (s)</text>')
     if ladder.lanes:
         add(f'<text x="{notes_x}" y="{TOP - 8}" font-size="11" fill="#555">notes</text>')
+    labels: list[str] = []
+    for arrow in ladder.arrows:
+        path, label = _arrow(arrow, lane_x, row_y)
+        add(path)
+        labels.append(label)
     t0 = ladder.events[0].t if ladder.events else 0.0
     last_state: dict[int, str] = {}
     note_no = 0
@@ -104,37 +113,44 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
         x = lane_x[ev.lane] if 0 <= ev.lane < n_lanes else LEFT
         add(f'<text class="time" x="8" y="{ry + 4:.0f}" font-size="11" fill="#555">+{ev.t - t0:.6f}</text>')
         fill = "#c62828" if ev.errno else "#222"
+        short = _short(ev)
+        on_left = 0 <= ev.lane < n_lanes and left_side[ev.lane]
+        # the label stands on the side of the lane that arrows do not come from; a note's number after it
+        lx, anchor = (x - 8, ' text-anchor="end"') if on_left else (x + 8, "")
+        mark_x = max(LEFT - 2, x - 8 - len(short) * 6.3 - 12) if on_left else x + 8 + len(short) * 6.3 + 12
         add(f'<g class="event" data-lane="{ev.lane}" data-row="{ev.row}" data-op="{_e(ev.op)}" '
             f'data-kind="{_e(ev.kind)}" data-fd="{ev.fd if ev.fd is not None else ""}" '
             f'data-bytes="{ev.nbytes if ev.nbytes is not None else ""}">'
             f'<title>{_e(_tooltip(ev))}</title>'
             f'<circle cx="{x}" cy="{ry:.0f}" r="4.5" fill="{fill}"/>'
-            f'<text x="{x + 8}" y="{ry - 5:.0f}" font-size="11" fill="{fill}">{_e(_short(ev))}</text></g>')
+            f'{_backdrop(lx, ry - 16, short, 6.3, on_left)}'
+            f'<text x="{lx}" y="{ry - 5:.0f}"{anchor} font-size="11" fill="{fill}" {HALO}>{_e(short)}</text></g>')
         key = id(ev.sock) if ev.sock is not None else -1
         if ev.state and last_state.get(key) != ev.state and ev.sock is not None and ev.sock.proto.startswith("tcp"):
             last_state[key] = ev.state
-            add(f'<text class="state" data-lane="{ev.lane}" data-row="{ev.row}" x="{x + 8}" y="{ry + 10:.0f}" '
-                f'font-size="10" fill="#6a1b9a" font-family="monospace">[{_e(ev.state)}]</text>')
+            add(_backdrop(lx, ry + 1, f"[{ev.state}]", 6.1, on_left))
+            add(f'<text class="state" data-lane="{ev.lane}" data-row="{ev.row}" x="{lx}" y="{ry + 10:.0f}"{anchor} '
+                f'font-size="10" fill="#6a1b9a" font-family="monospace" {HALO}>[{_e(ev.state)}]</text>')
         lines = _note_lines(ev)
         if lines:
             note_no += 1
             add(f'<g class="note" data-row="{ev.row}" data-lane="{ev.lane}">'
-                f'<circle cx="{x - 12}" cy="{ry:.0f}" r="7" fill="#fff3c4" stroke="#b08800"/>'
-                f'<text x="{x - 12}" y="{ry + 3.5:.0f}" text-anchor="middle" font-size="9">{note_no}</text>'
-                f'<line x1="{x + 60}" y1="{ry:.0f}" x2="{notes_x - 4}" y2="{ry:.0f}" stroke="#e0c060" '
+                f'<line x1="{x + 8 if on_left else mark_x + 8:.0f}" y1="{ry:.0f}" x2="{notes_x - 4}" y2="{ry:.0f}" stroke="#e0c060" '
                 f'stroke-dasharray="2 3"/>'
+                f'<circle cx="{mark_x:.0f}" cy="{ry - 9:.0f}" r="7" fill="#fff3c4" stroke="#b08800"/>'
+                f'<text x="{mark_x:.0f}" y="{ry - 5.5:.0f}" text-anchor="middle" font-size="9">{note_no}</text>'
                 f'<text x="{notes_x}" y="{ry + 4:.0f}" font-size="11" fill="#5d4500">'
                 + "".join(f'<tspan x="{notes_x}" dy="{0 if k == 0 else LINE_H}">'
                           f'{_e((str(note_no) + ". ") if k == 0 else "   ")}{_e(line)}</tspan>'
                           for k, line in enumerate(lines))
                 + "</text></g>")
-    for arrow in ladder.arrows:
-        add(_arrow(arrow, lane_x, row_y))
+    parts.extend(labels)  # last: no line crosses a label
     add("</svg>")
     return _page(title, ladder, "".join(parts), width)
 
 
-def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> str:
+def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> tuple[str, str]:
+    """The arrow's line (a ``g.arrow``) and, apart, its label (drawn over everything else)."""
     x1 = lane_x[a.src.lane]
     y1 = row_y[a.src.row]
     if a.dst is not None:
@@ -149,13 +165,37 @@ def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> str:
     color = COLORS[a.kind]
     mx, my = (x1 + x2) / 2 + (40 if x1 == x2 else 0), (y1 + y2) / 2
     dash = ' stroke-dasharray="5 3"' if a.kind in ("fin", "rst") else ""
-    return (f'<g class="arrow" data-kind="{a.kind}" data-from="{a.src.lane}" data-to="{a.dst_lane}" '
+    line = (f'<g class="arrow" data-kind="{a.kind}" data-from="{a.src.lane}" data-to="{a.dst_lane}" '
             f'data-from-row="{a.src.row}" data-to-row="{a.dst.row if a.dst is not None else ""}" '
-            f'data-bytes="{a.nbytes if a.nbytes is not None else ""}">'
+            f'data-bytes="{a.nbytes if a.nbytes is not None else ""}" data-label="{_e(a.label)}">'
+            f'<title>{_e(a.label)}</title>'
             f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"{dash} '
-            f'marker-end="url(#head-{a.kind})"/>'
-            f'<text x="{mx:.0f}" y="{my - 4:.0f}" text-anchor="middle" font-size="10.5" fill="{color}" '
-            f'paint-order="stroke" stroke="#fff" stroke-width="3">{_e(a.label)}</text></g>')
+            f'marker-end="url(#head-{a.kind})"/></g>')
+    label = (f'<text class="arrow-label" x="{mx:.0f}" y="{my - 4:.0f}" text-anchor="middle" font-size="10.5" '
+             f'fill="{color}" {HALO}>{_e(a.label)}</text>')
+    return line, label
+
+
+def _backdrop(x: float, y: float, text: str, char_w: float, right_aligned: bool = False) -> str:
+    """A white box under a label, so that an arrow passing behind it does not cross its letters."""
+    w = len(text) * char_w + 4
+    x0 = x - w + 2 if right_aligned else x - 2
+    return f'<rect class="backdrop" x="{x0:.0f}" y="{y:.0f}" width="{w:.0f}" height="14" fill="#fff" opacity="0.9"/>'
+
+
+def _label_sides(ladder: Ladder, n_lanes: int) -> list[bool]:
+    """For each lane, whether its labels go on its left: where fewer arrows arrive and leave."""
+    right = [0] * n_lanes
+    leftward = [0] * n_lanes
+    for a in ladder.arrows:
+        ends = (a.src.lane, a.dst.lane if a.dst is not None else a.dst_lane)
+        for me, other in (ends, ends[::-1]):
+            if 0 <= me < n_lanes and 0 <= other < n_lanes and me != other:
+                if other > me:
+                    right[me] += 1
+                else:
+                    leftward[me] += 1
+    return [right[i] > leftward[i] for i in range(n_lanes)]
 
 
 def _tooltip(ev: Ev) -> str:
@@ -189,7 +229,7 @@ h1 {{ font-size: 1.2em; margin: 0.2em 0; }}
 .legend {{ font-size: 0.9em; margin: 0.3em 0 0.6em; }}
 .legend span {{ margin-right: 1em; white-space: nowrap; }}
 .scroll {{ overflow-x: auto; -webkit-overflow-scrolling: touch; border: 1px solid #ddd; }}
-.scroll svg {{ display: block; width: 100%; min-width: {int(width * 0.62)}px; height: auto; }}
+.scroll svg {{ display: block; width: 100%; min-width: {int(width * 0.85)}px; height: auto; }}
 .warn {{ color: #8a5a00; font-size: 0.9em; }}
 ul {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
