@@ -250,3 +250,12 @@ def test_the_ctl_command_escapes_an_error_from_whatever_answers() -> None:
     assert ctl.popen.returncode == 2
     assert b"\x1b" not in out + err and b"\x07" not in out + err
     assert rb"\x1b]0;pwned\x07" in err
+
+
+def test_serving_control_on_a_running_tap_reports_a_failed_bind() -> None:
+    """Tap.call hands the relay thread's exception back (it returned None, then `[1]` failed)."""
+    from socklab.core.errors import SocklabError
+
+    with tap_with_control() as (tap, port):
+        with pytest.raises(SocklabError):
+            tap.serve_control("127.0.0.1", port)  # that port is taken by the first control listener

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from socklab.core.errors import UsageError
+from socklab.core.errors import SocklabError, UsageError
 from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import Endpoint
@@ -192,19 +192,30 @@ class Tap:
     def port(self) -> int:
         return self.server.port
 
-    def call(self, func: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run ``func`` on the relay's thread and return its result (thread-safe)."""
+    def call(self, func: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run ``func`` on the relay's thread and return its result (thread-safe).
+
+        Raises what ``func`` raised; :class:`SocklabError` if the relay's thread did not get to it
+        within ``timeout`` seconds (a generous bound: a busy machine delays it, only a stuck relay
+        reaches it).
+        """
         done = threading.Event()
         box: list[Any] = []
+        failed: list[BaseException] = []
 
         def run() -> None:
             try:
                 box.append(func())
+            except BaseException as exc:  # handed to the caller's thread
+                failed.append(exc)
             finally:
                 done.set()
         self.engine.call_soon_threadsafe(run)
-        done.wait(timeout)
-        return box[0] if box else None
+        if not done.wait(timeout):
+            raise SocklabError(f"the tap's relay thread did not run the call within {timeout:g} s")
+        if failed:
+            raise failed[0]
+        return box[0]
 
     def serve_forever(self, on_signal: Callable[[str], None] | None = None,
                       on_ready: Callable[[], None] | None = None) -> None:
