@@ -130,7 +130,7 @@ class ControlProtocol(Protocol):
         self.transport.close()
 
 
-def request(host: str, port: int, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+def request(host: str, port: int, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to a running tap's control port (greeting first); return its answer.
 
     Raises:
