@@ -95,6 +95,7 @@ class Arrow:
     dst_lane: int
     label: str
     nbytes: int | None = None
+    reverse: bool = False  # drawn from the untraced lane dst_lane into src (src received it)
 
 
 @dataclass
@@ -344,7 +345,8 @@ def build(paths: list[str]) -> Ladder:
 
 
 def _shown(ev: Ev) -> bool:
-    return ev.kind not in ("getsockname", "getpeername", "getsockopt") and ev.lane >= 0
+    hidden = ev.kind in ("getsockname", "getpeername") or (ev.kind == "getsockopt" and not ev.detail)
+    return not hidden and ev.lane >= 0
 
 
 def _lanes(events: list[Ev]) -> tuple[list[Lane], Any]:
@@ -358,6 +360,8 @@ def _lanes(events: list[Ev]) -> tuple[list[Lane], Any]:
             s = s.listener
         if s is not None and s.listening:
             return ev.proc, f"server {s.local or '?'}"
+        if s is not None and s.proto.startswith("udp") and any(e.kind == "bind" for e in s.events):
+            return ev.proc, f"udp {s.local or '?'}"
         if s is not None and s.conn is not None and s.conn.b is s and s.conn.a.events[0].kind == "accept":
             return ev.proc, "server"
         return ev.proc, "client"
@@ -393,15 +397,70 @@ def _arrows(conns: list[Conn], lanes: list[Lane], events: list[Ev]) -> list[Arro
         for x, y in ((a, b), (b, a)):
             out.extend(_data(x, y))
             out.extend(_fin_rst(x, y))
+    out.extend(_datagrams(socks_of(events), lanes, ghosts))
+    return out
+
+
+def socks_of(events: list[Ev]) -> list[Sock]:
+    seen: dict[int, Sock] = {}
+    for e in events:
+        if e.sock is not None:
+            seen.setdefault(id(e.sock), e.sock)
+    return list(seen.values())
+
+
+def _datagrams(socks: list[Sock], lanes: list[Lane], ghosts: dict[str, int]) -> list[Arrow]:
+    """UDP: each datagram sent to the socket bound at its destination, to the first recv there of the
+    same size from this sender; one that no traced socket received goes to the address's lane."""
+    udp = [s for s in socks if s.proto.startswith("udp")]
+    taken: set[int] = set()
+    out: list[Arrow] = []
+    for s in udp:
+        for e in s.events:
+            if e.kind != "send" or not e.peer or e.nbytes is None:
+                continue
+            got = None
+            for other in udp:
+                if other is s or not same_addr(other.local, e.peer):
+                    continue
+                for r in other.events:
+                    if r.kind == "recv" and id(r) not in taken and r.nbytes == e.nbytes and r.t >= e.t - 1e-3 \
+                            and (s.local is None or r.peer is None or same_addr(r.peer, s.local)):
+                        got = r
+                        break
+                if got is not None:
+                    break
+            if got is not None:
+                taken.add(id(got))
+                out.append(Arrow("data", e, got, got.lane, f"{e.nbytes} B datagram", e.nbytes))
+                continue
+            home = next((o for o in udp if o is not s and same_addr(o.local, e.peer)), None)
+            if home is not None and home.events:
+                out.append(Arrow("data", e, None, home.events[0].lane, f"{e.nbytes} B datagram, never received",
+                                 e.nbytes))
+                continue
+            if e.peer not in ghosts:
+                ghosts[e.peer] = len(lanes)
+                lanes.append(Lane(title=e.peer, subtitle="not traced", ghost=True))
+            out.append(Arrow("data", e, None, ghosts[e.peer], f"{e.nbytes} B datagram", e.nbytes))
     return out
 
 
 def _one_side(s: Sock, lane: int, out: list[Arrow]) -> None:
+    """Arrows between a socket and a peer that was not traced: what it sent and what it got."""
     for e in s.events:
-        if e.kind == "connect" and e.errno is None:
+        if e.kind == "connect" and e.errno in (None, "EINPROGRESS"):
             out.append(Arrow("handshake", e, None, lane, "SYN, SYN-ACK, ACK"))
+        elif e.kind == "accept":
+            out.append(Arrow("handshake", e, None, lane, "SYN, SYN-ACK, ACK", reverse=True))
         elif e.kind == "send" and e.nbytes:
             out.append(Arrow("data", e, None, lane, f"{e.nbytes} B", e.nbytes))
+        elif e.kind == "recv" and e.nbytes:
+            out.append(Arrow("data", e, None, lane, f"{e.nbytes} B", e.nbytes, reverse=True))
+        elif e.kind == "recv" and e.nbytes == 0 and e.errno is None:
+            out.append(Arrow("fin", e, None, lane, "FIN", reverse=True))
+        elif e.errno in ("ECONNRESET", "EPIPE"):
+            out.append(Arrow("rst", e, None, lane, "RST", reverse=True))
         elif e.kind in ("shutdown", "close") and e.detail and "FIN" in e.detail:
             out.append(Arrow("fin", e, None, lane, "FIN"))
 

@@ -314,6 +314,18 @@ class Lifecycle:
             notes.append("SO_LINGER with a zero timeout: close() will send RST instead of FIN (an abortive close)")
         return [self._event(sc, "setsockopt", fd, info, detail=shown, notes=notes)]
 
+    def _getsockopt(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
+        """Only SO_ERROR after a non-blocking connect is shown: it says whether the connect worked."""
+        if len(args) < 4 or args[2] != "SO_ERROR" or info.state != "SYN_SENT" or sc.errno:
+            return []
+        err = args[3].strip("[]")
+        if err == "0":
+            info.move("connect")
+            return [self._event(sc, "getsockopt", fd, info, detail="SO_ERROR=0: the non-blocking connect "
+                                "finished (three-way handshake done)")]
+        info.state = "CLOSE"
+        return [self._event(sc, "getsockopt", fd, info, detail=f"SO_ERROR={err}: the non-blocking connect failed")]
+
     def _bind(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         addr = parse_sockaddr(args[1]) if len(args) > 1 else None
         if sc.errno is None:
@@ -386,6 +398,8 @@ class Lifecycle:
         requested = sum(int(n) for n in _IOV_LEN.findall(sc.args)) if sc.name in ("writev", "sendmsg") \
             else _int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
         n = sc.value if sc.errno is None else None
+        if n is not None and info.state == "SYN_SENT":
+            info.move("connect")  # a send went through: the handshake had finished
         notes = self._slow_notes(sc, info, "send")
         notes.extend(self._ignored_send(info, data, requested))
         peer = parse_sockaddr(args[4]) if sc.name == "sendto" and len(args) > 4 else None
@@ -426,6 +440,8 @@ class Lifecycle:
         if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
             return []  # non-blocking recv with nothing there: the event loop asks again
         n = sc.value if sc.errno is None else None
+        if n is not None and info.state == "SYN_SENT":
+            info.move("connect")
         requested = sum(int(x) for x in _IOV_LEN.findall(sc.args)) if sc.name in ("readv", "recvmsg") \
             else _int(args[2] if len(args) > 2 else None)
         notes = self._slow_notes(sc, info, "recv")
@@ -540,5 +556,5 @@ Handler = Callable[[Lifecycle, Syscall, int, SockInfo, list[str]], list[SockEven
 _HANDLERS: dict[str, Handler] = {
     "setsockopt": Lifecycle._setsockopt, "bind": Lifecycle._bind, "listen": Lifecycle._listen,
     "accept": Lifecycle._accept, "accept4": Lifecycle._accept, "connect": Lifecycle._connect,
-    "shutdown": Lifecycle._shutdown, "close": Lifecycle._close,
+    "shutdown": Lifecycle._shutdown, "close": Lifecycle._close, "getsockopt": Lifecycle._getsockopt,
 }

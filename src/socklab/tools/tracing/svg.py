@@ -45,6 +45,8 @@ def _short(ev: Ev) -> str:
         return f"accept -> fd {ev.fd}"
     if ev.errno:
         return f"{ev.op} {ev.errno}"
+    if ev.kind in ("setsockopt", "getsockopt") and ev.detail:
+        return f"{ev.op} {ev.detail.split(':')[0]}"
     if ev.kind == "bind" and ev.detail:
         return f"bind {ev.detail.split()[0]}"
     if ev.kind == "shutdown" and ev.detail:
@@ -112,7 +114,7 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
     for ev, ry in zip(ladder.events, row_y, strict=True):
         x = lane_x[ev.lane] if 0 <= ev.lane < n_lanes else LEFT
         add(f'<text class="time" x="8" y="{ry + 4:.0f}" font-size="11" fill="#555">+{ev.t - t0:.6f}</text>')
-        fill = "#c62828" if ev.errno else "#222"
+        fill = "#c62828" if ev.errno and ev.errno not in ("EINPROGRESS", "EAGAIN") else "#222"
         short = _short(ev)
         on_left = 0 <= ev.lane < n_lanes and left_side[ev.lane]
         # the label stands on the side of the lane that arrows do not come from; a note's number after it
@@ -155,6 +157,9 @@ def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> tuple[str, str]:
     y1 = row_y[a.src.row]
     if a.dst is not None:
         x2, y2 = lane_x[a.dst.lane], row_y[a.dst.row]
+    elif a.reverse:  # from a peer that was not traced, into the call that received it
+        x1, y1, x2, y2 = (lane_x[a.dst_lane] if 0 <= a.dst_lane < len(lane_x) else x1 + 60), y1 - ROW_H * 0.6, \
+            x1, y1
     else:
         x2, y2 = lane_x[a.dst_lane] if 0 <= a.dst_lane < len(lane_x) else x1 + 60, y1 + ROW_H * 0.6
     if x1 == x2:  # both ends on one lane (one process talking to itself): bow out to the right
