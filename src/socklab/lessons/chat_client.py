@@ -27,12 +27,14 @@ def main() -> None:
     sock.settimeout(None)  # from here on select() tells us when recv() will not block
     sock.sendall(f"/nick {sys.argv[3]}\n/join #lobby\n".encode())
     buffer = b""
+    watched = [sock, sys.stdin]
     while True:
-        readable, _, _ = select.select([sock, sys.stdin], [], [])
+        readable, _, _ = select.select(watched, [], [])
         if sys.stdin in readable:
             line = sys.stdin.readline()
             if not line:  # Ctrl-D: say goodbye, and keep reading until the server closes
                 sock.sendall(b"/quit\n")
+                watched.remove(sys.stdin)  # at EOF stdin stays "readable" forever: stop watching it
             else:
                 sock.sendall(line.encode())
         if sock in readable:

@@ -5,9 +5,9 @@ Run:   python -m socklab.lessons.errors_timeouts
 Each scenario sets up a situation on 127.0.0.1, makes the call that fails, catches exactly the
 exception Python raises, and says what it means and what a program should do about it.
 
-At full strength: socklab translates these once, at one boundary, into named errors
-(src/socklab/core/errors.py: ConnectionRefused, ConnectTimeout, BrokenError, AddressInUse...)
-and `socklab connect 127.0.0.1:1` shows them as one line.
+At full strength: `socklab connect 127.0.0.1:1` says such an error in one line: socklab
+translates them once, at one boundary, into named errors (src/socklab/core/errors.py:
+ConnectionRefused, ConnectTimeout, BrokenError, AddressInUse...).
 """
 
 import socket

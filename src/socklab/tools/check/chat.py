@@ -219,7 +219,13 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         return f"{len(clients)} clients in one room each received the other {len(clients) - 1} messages"
 
     def vanish(clients: list[ChatClient], room: str) -> str:
-        a, b, gone = clients
+        a, b = clients
+        # The one that vanishes took a nick but stays out of the room: then nothing the server sends
+        # to the room can consume the reset's error first, and its next recv() meets the reset for sure.
+        gone = ChatClient(target, _token("ck"), timeout)
+        clients.append(gone)
+        gone.send(f"/nick {gone.nick}\n")
+        gone.wait_for(lambda line: gone.nick in line)
         gone.send("a line without its newline")
         reset_close(gone.sock)
         gone.closed = True
@@ -242,5 +248,5 @@ def chat_probes(target: Endpoint, timeout: float = 5.0) -> list[Probe]:
         Probe("partial_line", "a line sent in two pieces is delivered once, whole", scenario(2, partial)),
         Probe("two_in_one", "two lines in one segment are two messages", scenario(2, two_in_one)),
         Probe("concurrent", "10 clients in one room all hear each other", scenario(10, concurrent)),
-        Probe("vanish", "a client that vanishes does not stop the others", scenario(3, vanish)),
+        Probe("vanish", "a client that vanishes does not stop the others", scenario(2, vanish)),
     ]
