@@ -214,3 +214,45 @@ def test_a_signal_death_is_the_exit_status(tmp_path: Path, sig: int) -> None:
     prog.write_text(f"import os\nos.kill(os.getpid(), {sig})\n")
     r = socklab("trace", "run", "--", sys.executable, str(prog))
     assert r.returncode == 128 + sig, r.stderr
+
+
+def test_the_kernel_says_close_wait_while_the_program_has_not_noticed(tmp_path: Path) -> None:
+    prog = tmp_path / "busy.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        srv = socket.create_server(("127.0.0.1", 0))
+        print(srv.getsockname()[1], flush=True)
+        conn, _ = srv.accept()
+        conn.recv(100)
+        sys.stdin.readline()     # busy elsewhere: it does not read the socket while the client leaves
+        conn.close()
+    """))
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--", sys.executable, str(prog)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, NO_COLOR="1"), start_new_session=True, bufsize=1)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(30), "the traced server did not print its port"
+            port = int(proc.stdout.readline())
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(b"x")
+            sel.unregister(proc.stdout)
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            seen = []
+            while not any("the kernel reports CLOSE_WAIT" in ln for ln in seen):
+                assert sel.select(30), f"no CLOSE_WAIT note; trace so far: {seen}"
+                line = proc.stderr.readline()
+                assert line, f"trace ended without the note: {seen}"
+                seen.append(line)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 0, rest
+    note_line = next(ln for ln in seen if "the kernel reports CLOSE_WAIT" in ln)
+    assert re.search(r"fd=\d+ note peer=127\.0\.0\.1:\d+ the kernel reports CLOSE_WAIT", note_line), note_line

@@ -122,6 +122,8 @@ class SockInfo:
     unsent: bytes | None = None  # the rest of a partial send, until sent
     unsent_count: int = 0
     listen_fd: int | None = None
+    kernel_state: str | None = None  # what the kernel's table said at the last look
+    kernel_said: bool = False  # a note about it was given
 
     def move(self, what: str) -> None:
         if what == "reset":
@@ -163,6 +165,26 @@ class Lifecycle:
         for pid in list(self.tables):
             out.extend(self._leftovers(pid, None, pid))
         return out
+
+    def open_tcp(self) -> list[tuple[int, int, SockInfo]]:
+        """(pid, fd, socket) of every connected TCP socket still open, for a look at the kernel's table."""
+        return [(pid, fd, info) for pid, table in self.tables.items() for fd, info in table.items()
+                if info.proto.startswith("tcp") and info.local and info.peer]
+
+    def kernel_state(self, pid: int, fd: int, info: SockInfo, state: str, ts: float) -> list[SockEvent]:
+        """The kernel reports ``state`` for this socket (twice in a row, so the program had time to
+        react): a note when that says something the calls have not shown yet."""
+        previous, info.kernel_state = info.kernel_state, state
+        if state != previous or info.kernel_said:
+            return []
+        if state == "CLOSE_WAIT" and not info.eof:
+            info.kernel_said = True
+            return [SockEvent(ts=ts, op="note", pid=pid, tid=pid, comm=self._name(pid), fd=fd, proto=info.proto,
+                              local=info.local, peer=info.peer, state=state,
+                              detail="the kernel reports CLOSE_WAIT: the peer closed its side (its FIN arrived) "
+                                     "and this program has not read to the end yet; until it reads (recv returns "
+                                     "0) and calls close(), the socket stays in CLOSE_WAIT")]
+        return []
 
     # ---- processes and fds -------------------------------------------------------------------------
     def _pid(self, tid: int) -> int:

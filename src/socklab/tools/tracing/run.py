@@ -36,6 +36,7 @@ from socklab.tools.tracing.strace_parse import StraceParser
 
 __all__ = ["EXPLAIN", "TraceRun", "TracingUnavailable", "kernel_probe", "strace_command"]
 
+KERNEL_LOOK = 0.5  # seconds between looks at the kernel's TCP table (socket states)
 EXIT_NO_STRACE = 2
 EXIT_NOT_PERMITTED = 1
 
@@ -191,6 +192,7 @@ class TraceRun:
         old = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         sel = selectors.DefaultSelector()
         sel.register(rfd, selectors.EVENT_READ)
+        next_look = time.monotonic() + KERNEL_LOOK
         try:
             while True:
                 done = self._proc.poll() is not None
@@ -198,6 +200,9 @@ class TraceRun:
                     sel.select(0.2)
                 if not self._drain(rfd) and done:
                     break
+                if time.monotonic() >= next_look:  # what the kernel says of the open connections
+                    self._look_at_kernel()
+                    next_look = time.monotonic() + KERNEL_LOOK
             self._feed(b"")
             for ev in self.lifecycle.finish():
                 self._emit(ev)
@@ -208,6 +213,24 @@ class TraceRun:
         self._end()
         code = self._proc.returncode
         return 128 - code if code < 0 else code
+
+    def _look_at_kernel(self) -> None:
+        open_socks = self.lifecycle.open_tcp()
+        if not open_socks:
+            return
+        from socklab.tools.ss import list_sockets
+
+        states = {(e.local_port, e.peer_port): e.state for e in list_sockets(("tcp", "tcp6"), with_pids=False)}
+        now = time.time()
+        for pid, fd, info in open_socks:
+            try:
+                key = (int((info.local or "").rsplit(":", 1)[1]), int((info.peer or "").rsplit(":", 1)[1]))
+            except (IndexError, ValueError):
+                continue
+            state = states.get(key)
+            if state is not None:
+                for ev in self.lifecycle.kernel_state(pid, fd, info, state, now):
+                    self._emit(ev)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         """Ctrl-C reaches the program itself (same terminal group); TERM and HUP are passed on."""
