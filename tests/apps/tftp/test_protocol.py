@@ -247,3 +247,50 @@ def test_the_issues_ten_mebibyte_matrix(loss: float, blksize: int, window: int) 
     sender = res.client if (blksize + window) % 2 == 1 else res.server
     faults_seen = sum(res.lost.values()) + sum(res.reordered.values())
     assert sender.retransmissions <= (faults_seen + 1) * window
+
+
+def _pkts(out: list[tuple[bytes, object]]) -> list[tftp.Packet]:
+    return [tftp.parse_packet(d) for d, _ in out]
+
+
+def test_an_upload_is_acknowledged_only_after_its_commit() -> None:
+    got: list[bytes] = []
+    r = tftp.Receiver(got.append, tftp.TransferOptions(), peer=PEER, hold_final_ack=True)
+    assert _pkts(r.datagram_received(tftp.encode_packet(tftp.Data(1, b"x" * 512)), PEER)) == [tftp.Ack(1)]
+    last = tftp.encode_packet(tftp.Data(2, b"end"))
+    assert r.datagram_received(last, PEER) == [] and r.state is tftp.State.COMMITTING and not r.finished
+    assert r.datagram_received(last, PEER) == []  # the sender's resend: still no ACK
+    assert r.timer_expired() == [] and r.retries == 0  # no timer runs while the disk works
+    assert _pkts(r.commit_done(None)) == [tftp.Ack(2)] and r.state is tftp.State.DONE
+    assert _pkts(r.datagram_received(last, PEER)) == [tftp.Ack(2)]  # dallying as before
+    failed = tftp.Receiver(got.append, tftp.TransferOptions(), peer=PEER, hold_final_ack=True)
+    failed.datagram_received(last.replace(b"\x00\x02end", b"\x00\x01end"), PEER)
+    assert _pkts(failed.commit_done((3, "disk full"))) == [tftp.Error(3, "disk full")]
+    assert failed.state is tftp.State.FAILED
+
+
+def test_a_timeout_above_the_cap_is_not_acknowledged() -> None:
+    for asked, granted in (("255", None), ("6", None), ("5", "5"), ("1", "1")):
+        run, oack = tftp.negotiate(tftp.Request("f", options={"timeout": asked}), max_timeout=5,
+                                   default_timeout=1.0)
+        assert oack.get("timeout") == granted
+        assert run.timeout == (float(granted) if granted else 1.0)
+
+
+def test_a_gap_in_a_window_is_repaired_without_a_timeout() -> None:
+    """RFC 7440 section 4: the receiver acknowledges its last in-order block as soon as a later
+    one arrives, and the sender goes back to the block after it - no timer involved."""
+    payloads = [bytes([i]) * 512 for i in range(1, 9)] + [b"end"]
+    feed = iter(payloads)
+    s = tftp.Sender(lambda n: next(feed), tftp.TransferOptions(windowsize=8), peer=PEER)
+    r = tftp.Receiver(lambda b: None, tftp.TransferOptions(windowsize=8), peer=PEER)
+    window = [d for d, _ in s.start()]
+    assert len(window) == 8
+    del window[2]  # block 3 is lost
+    replies = [out for d in window for out in r.datagram_received(d, PEER)]
+    assert _pkts(replies) == [tftp.Ack(2)]  # at once, on block 4, and once per gap
+    resent = _pkts(s.datagram_received(replies[0][0], PEER))
+    assert [p.block for p in resent if isinstance(p, tftp.Data)] == list(range(3, 10))  # 9 is the last
+    final = [out for p in resent for out in r.datagram_received(tftp.encode_packet(p), PEER)]
+    assert _pkts(final) == [tftp.Ack(9)] and r.state is tftp.State.DONE
+    assert r.retransmissions == 0 and s.timer_generation > 0
