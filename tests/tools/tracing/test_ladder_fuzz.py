@@ -1,0 +1,48 @@
+"""``trace view`` reads files people hand it: any JSON lines give a page or a one-line usage error."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from socklab.core.errors import UsageError
+from socklab.tools.tracing.ladder import build
+from socklab.tools.tracing.svg import render_html
+
+OPS = ["socket", "bind", "listen", "accept", "accept4", "connect", "send", "sendto", "write", "recv", "recvfrom",
+       "read", "shutdown", "close", "error", "note", "exit", "getsockopt", "x"]
+ADDRS = ["127.0.0.1:7007", "127.0.0.1:5000", "[::1]:7007", "0.0.0.0:7007", "junk", ":", ""]
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=True), st.text(max_size=8),
+                   st.lists(st.integers(), max_size=2))
+
+EVENT = st.fixed_dictionaries(
+    {"op": st.sampled_from(OPS)},
+    optional={"ts": st.one_of(st.floats(0, 2e9), VALUES), "fd": st.one_of(st.integers(3, 6), VALUES),
+              "peer": st.one_of(st.sampled_from(ADDRS), VALUES), "local": st.one_of(st.sampled_from(ADDRS), VALUES),
+              "nbytes": st.one_of(st.integers(0, 20), VALUES), "detail": st.one_of(st.sampled_from(
+                  ["new fd from listening fd 3", "127.0.0.1:7007", "SHUT_WR: FIN sent", "AF_INET, SOCK_DGRAM"]),
+                  VALUES), "notes": st.one_of(st.lists(st.text(max_size=30), max_size=2), VALUES),
+              "source": st.sampled_from(["strace", "x"]), "pid": VALUES, "comm": VALUES, "proto": st.one_of(
+                  st.sampled_from(["tcp", "udp"]), VALUES), "dur": VALUES, "errno": st.one_of(
+                  st.sampled_from(["ECONNRESET", "EINPROGRESS"]), VALUES), "state": VALUES, "tid": VALUES})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.one_of(EVENT, VALUES), max_size=12), min_size=1, max_size=3))
+def test_any_json_lines_give_a_page_or_a_usage_error(files: list[list[object]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, events in enumerate(files):
+            p = Path(tmp) / f"{i}.jsonl"
+            p.write_text("".join(json.dumps(e) + "\n" for e in events))
+            paths.append(str(p))
+        try:
+            ladder = build(paths)
+        except UsageError:
+            return
+        page = render_html(ladder)
+        assert page.startswith("<!DOCTYPE html>") and "</svg>" in page
