@@ -78,3 +78,38 @@ def test_help_teaches_with_examples():
     done = subprocess.run([sys.executable, "-m", "socklab", "check", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert "socklab check echo 127.0.0.1:7007" in done.stdout and "--gradescope" in done.stdout
+
+
+def test_run_starts_grades_and_stops_the_server(tmp_path):
+    pidfile = tmp_path / "pid"
+    server = tmp_path / "server.py"
+    server.write_text(f"import os, runpy, sys\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                      "runpy.run_module('socklab.lessons.threaded_server', run_name='__main__')\n")
+    done = check("echo", "--run", f"{sys.executable} {server} {{port}}", "--only", "small", "--only",
+                 "second_client")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 of 2 probes passed" in done.stdout
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped (and reaped) by the grader
+        import os
+
+        os.kill(pid, 0)
+
+
+def test_run_a_server_that_dies_is_a_verdict_with_its_output(tmp_path):
+    out = tmp_path / "results.json"
+    done = check("chat", "--run", f"{sys.executable} -c \"import sys; sys.exit('cannot bind {{port}}')\"",
+                 "--gradescope", str(out))
+    assert done.returncode == 1
+    assert "exited (status 1) before it bound port" in done.stdout and "it printed: cannot bind" in done.stdout
+    assert json.loads(out.read_text())["score"] == 0.0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["echo", "--run", "python3 server.py"], "{port}"),
+    (["echo"], "HOST:PORT, or --run"),
+    (["echo", "127.0.0.1:7", "--run", "x {port}"], "one of the two"),
+])
+def test_run_usage_errors(args, says):
+    done = check(*args)
+    assert done.returncode == 2 and says in done.stderr

@@ -11,6 +11,7 @@ import click
 from socklab.cli.options import run_cli
 from socklab.core.errors import UsageError
 from socklab.core.sockets import Endpoint, parse_endpoint
+from socklab.protocols.text import escape_peer_text
 from socklab.tools.check.report import Probe, Result, format_line, results_json, run_probes, write_gradescope
 
 __all__ = ["check"]
@@ -33,14 +34,23 @@ def _only(probes: list[Probe], only: tuple[str, ...]) -> list[Probe]:
     return [p for p in probes if p.name in only]
 
 
-def _run(kind: str, target: Endpoint, probes: list[Probe], as_json: bool, gradescope: str | None) -> None:
+def _run(kind: str, target: Endpoint, probes: list[Probe], as_json: bool, gradescope: str | None,
+         problem: str | None = None) -> None:
+    """Run the probes (or, when the server could not start, fail each with ``problem``) and report."""
+
     def show(result: Result) -> None:
         if not as_json:
             click.echo(format_line(result))
 
     if not as_json:
         click.echo(f"socklab check {kind}: {len(probes)} probes against {target}")
-    results = run_probes(probes, show)
+    if problem is None:
+        results = run_probes(probes, show)
+    else:
+        results = [Result(p.name, p.title, False, problem, "the server did not start",
+                          "run the command yourself and read what it prints") for p in probes]
+        for r in results:
+            show(r)
     passed = sum(r.passed for r in results)
     if as_json:
         click.echo(results_json(kind, str(target), results))
@@ -51,6 +61,30 @@ def _run(kind: str, target: Endpoint, probes: list[Probe], as_json: bool, grades
     sys.exit(0 if passed == len(results) else 1)
 
 
+def _grade(kind: str, target: str | None, run: str | None, udp: bool,
+           make: Callable[[Endpoint], list[Probe]], as_json: bool, gradescope: str | None) -> None:
+    """Grade the server at ``target``, or the one ``--run`` starts (stopped afterwards)."""
+    if (target is None) == (run is None):
+        raise UsageError("give the server's HOST:PORT, or --run 'COMMAND {port}' to start it (one of the two)")
+    if run is None:
+        assert target is not None
+        ep = _target(target)
+        _run(kind, ep, make(ep), as_json, gradescope)
+        return
+    from socklab.tools.check.launch import Launched
+
+    server = Launched(run, udp)
+    try:
+        ep = Endpoint("127.0.0.1", server.port)
+        problem = None
+        if server.problem:
+            tail = server.output_tail()
+            problem = server.problem + (f"; it printed: {escape_peer_text(tail)}" if tail else "")
+        _run(kind, ep, make(ep), as_json, gradescope, problem)
+    finally:
+        server.stop()
+
+
 def _common(func: Callable[..., None]) -> Callable[..., None]:
     func = click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")(func)
     func = click.option("--gradescope", metavar="FILE", type=click.Path(dir_okay=False, writable=True),
@@ -59,6 +93,9 @@ def _common(func: Callable[..., None]) -> Callable[..., None]:
                         help="Run only this probe (repeatable); the names are those printed.")(func)
     func = click.option("--timeout", type=click.FloatRange(0.5, 120), default=5.0, show_default=True,
                         help="Seconds each probe waits for the server to make progress.")(func)
+    func = click.option("--run", "run_cmd", metavar="'CMD {port}'",
+                        help="Start the server with this command ({port}: a free port chosen for it), grade it, "
+                             "then stop it: one command per submission.")(func)
     return func
 
 
@@ -79,19 +116,20 @@ def check() -> None:
       socklab check http 127.0.0.1:8080 --root ./www
       socklab check chat 127.0.0.1:7070
       socklab check echo 127.0.0.1:7007 --gradescope results.json   # for an autograder
+      socklab check echo --run 'python3 server.py {port}'            # start it, grade it, stop it
     """
 
 
 @check.command()
-@click.argument("target", metavar="HOST:PORT")
+@click.argument("target", metavar="HOST:PORT", required=False)
 @click.option("--udp", is_flag=True, help="The server speaks UDP datagrams (a UDP echo server / pinger lab).")
 @click.option("--iterative", is_flag=True,
               help="The lab asks for an iterative server (one client at a time): leave out the probes "
                    "that need clients served at once.")
 @_common
 @run_cli
-def echo(target: str, udp: bool, iterative: bool, as_json: bool, gradescope: str | None, only: tuple[str, ...],
-         timeout: float) -> None:
+def echo(target: str | None, udp: bool, iterative: bool, as_json: bool, gradescope: str | None,
+         only: tuple[str, ...], timeout: float, run_cmd: str | None) -> None:
     """Grade an echo server: every byte (TCP) or datagram (UDP) must come back to its sender.
 
     \b
@@ -110,23 +148,25 @@ def echo(target: str, udp: bool, iterative: bool, as_json: bool, gradescope: str
     """
     from socklab.tools.check.echo import CONCURRENT_PROBES, tcp_probes, udp_probes
 
-    ep = _target(target)
-    probes = udp_probes(ep, timeout) if udp else tcp_probes(ep, timeout)
-    if iterative:
-        probes = [p for p in probes if p.name not in CONCURRENT_PROBES]
-    _run("echo --udp" if udp else "echo", ep, _only(probes, only), as_json, gradescope)
+    def make(ep: Endpoint) -> list[Probe]:
+        probes = udp_probes(ep, timeout) if udp else tcp_probes(ep, timeout)
+        if iterative:
+            probes = [p for p in probes if p.name not in CONCURRENT_PROBES]
+        return _only(probes, only)
+
+    _grade("echo --udp" if udp else "echo", target, run_cmd, udp, make, as_json, gradescope)
 
 
 @check.command()
-@click.argument("target", metavar="HOST:PORT")
+@click.argument("target", metavar="HOST:PORT", required=False)
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The directory the server serves: the grader compares a file from it byte for byte.")
 @click.option("--path", "url_path", default=None, metavar="URL",
               help="The URL of a file that exists (default: the first file in --root, else /).")
 @_common
 @run_cli
-def http(target: str, root: Path | None, url_path: str | None, as_json: bool, gradescope: str | None,
-         only: tuple[str, ...], timeout: float) -> None:
+def http(target: str | None, root: Path | None, url_path: str | None, as_json: bool, gradescope: str | None,
+         only: tuple[str, ...], timeout: float, run_cmd: str | None) -> None:
     """Grade a web server (the classic lab): HTTP/1.1 over a socket you wrote.
 
     \b
@@ -142,15 +182,16 @@ def http(target: str, root: Path | None, url_path: str | None, as_json: bool, gr
     """
     from socklab.tools.check.http import http_probes
 
-    ep = _target(target)
-    _run("http", ep, _only(http_probes(ep, root, url_path, timeout), only), as_json, gradescope)
+    _grade("http", target, run_cmd, False, lambda ep: _only(http_probes(ep, root, url_path, timeout), only),
+           as_json, gradescope)
 
 
 @check.command()
-@click.argument("target", metavar="HOST:PORT")
+@click.argument("target", metavar="HOST:PORT", required=False)
 @_common
 @run_cli
-def chat(target: str, as_json: bool, gradescope: str | None, only: tuple[str, ...], timeout: float) -> None:
+def chat(target: str | None, as_json: bool, gradescope: str | None, only: tuple[str, ...], timeout: float,
+         run_cmd: str | None) -> None:
     """Grade a chat server that speaks the lab subset of socklab's line protocol.
 
     \b
@@ -167,9 +208,9 @@ def chat(target: str, as_json: bool, gradescope: str | None, only: tuple[str, ..
     Example:
       python -m socklab.lessons.chat_server 7070 &
       socklab check chat 127.0.0.1:7070
-      socklab check chat 127.0.0.1:7070      # socklab's own: socklab chat serve --tcp-port 7070
+      socklab chat serve --tcp-port 7071 &    # socklab's own chat speaks the subset too
+      socklab check chat 127.0.0.1:7071
     """
     from socklab.tools.check.chat import chat_probes
 
-    ep = _target(target)
-    _run("chat", ep, _only(chat_probes(ep, timeout), only), as_json, gradescope)
+    _grade("chat", target, run_cmd, False, lambda ep: _only(chat_probes(ep, timeout), only), as_json, gradescope)
