@@ -63,7 +63,8 @@ def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
     settings = build_settings(TftpSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server, proto = serve_tftp(settings, tracer)
-    server.on_stop(lambda: print(f"socklab tftp: {proto.completed} transfers completed, {proto.failed} failed",
+    server.on_stop(lambda: print(f"socklab tftp: {proto.completed} transfers completed, {proto.failed} failed"
+                                 + (f", {proto.refused} requests refused (limits, shutdown)" if proto.refused else ""),
                                  file=sys.stderr, flush=True))
     serve_until_signalled(server, "tftp", ["udp"])
 

@@ -206,8 +206,16 @@ class Upload:
         if exists:
             os.replace(self.tmp, self.path)
         else:
-            os.link(self.tmp, self.path)  # fails if the name appeared meanwhile: never replaces
-            self.tmp.unlink()
+            try:
+                os.link(self.tmp, self.path)  # fails if the name appeared meanwhile: never replaces
+                self.tmp.unlink()
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # a file system without hard links (FAT, some FUSE): check, then rename
+                if os.path.lexists(self.path):
+                    raise FileExistsError(errno.EEXIST, "file exists") from exc
+                os.replace(self.tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
