@@ -113,3 +113,39 @@ def test_curl_a_real_client_with_a_non_blocking_connect(tmp_path: Path, http_por
     assert {"handshake", "data"} <= kinds
     assert any(a["kind"] == "data" and a["label"].startswith(tuple("123456789")) and a.get("to-row") == ""
                for a in arrows(page))
+
+
+def test_a_forking_server_the_child_serves_and_the_parents_close_sends_no_fin(tmp_path: Path) -> None:
+    err, page = traced(tmp_path, "fork", """
+        import os, socket
+        srv = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        pid = os.fork()
+        if pid == 0:
+            srv.close()
+            conn.sendall(conn.recv(100).upper())
+            conn.close()
+            os._exit(0)
+        conn.close()          # the parent's copy: no FIN, the child still has the connection
+        c.sendall(b"hello")
+        c.recv(100)
+        c.close()
+        os.waitpid(pid, 0)
+    """)
+    parent_close = re.search(r"python\S*\[(\d+)\]/main fd=\d+ close peer=\S+ another fd still holds the socket "
+                             r"\(1\): no FIN yet", err)
+    assert parent_close, err
+    names = lanes(page)
+    parent, child = parent_close.group(1), next(p for p in re.findall(r"\[(\d+)\]", " ".join(names))
+                                                if p != parent_close.group(1))
+    child_lane = next(i for i, t in enumerate(names) if f"[{child}] server 127.0.0.1:" in t)
+    client_lane = next(i for i, t in enumerate(names) if f"[{parent}] client" in t)
+    data = [a for a in arrows(page) if a["kind"] == "data"]
+    assert {(int(a["from"]), int(a["to"])) for a in data} == {(client_lane, child_lane), (child_lane, client_lane)}
+    fins = [a for a in arrows(page) if a["kind"] == "fin"]
+    parent_lane = next(i for i, t in enumerate(names) if f"[{parent}] server" in t)
+    assert len(fins) == 2 and child_lane in {int(a["from"]) for a in fins}
+    # none from the parent's close; the client's FIN leaves from whichever process closed it last (the child
+    # inherited the client socket too: if the parent closes first, the child's exit sends it)
+    assert parent_lane not in {int(a["from"]) for a in fins}

@@ -190,6 +190,11 @@ def _sockets(events: list[Ev]) -> list[Sock]:
             continue
         key = (ev.proc, ev.fd)
         s = live.get(key)
+        if s is None and ev.kind not in ("socket", "accept") and ev.local and not ev.local.endswith(":0"):
+            # a socket this process did not open: inherited over fork, the same one as its parent's
+            s = next((o for o in reversed(socks) if o.local == ev.local and o.peer == ev.peer), None)
+            if s is not None:
+                live[key] = s
         if s is None or ev.kind in ("socket", "accept"):
             s = Sock(proc=ev.proc, fd=ev.fd)
             live[key] = s
@@ -461,7 +466,7 @@ def _one_side(s: Sock, lane: int, out: list[Arrow]) -> None:
             out.append(Arrow("fin", e, None, lane, "FIN", reverse=True))
         elif e.errno in ("ECONNRESET", "EPIPE"):
             out.append(Arrow("rst", e, None, lane, "RST", reverse=True))
-        elif e.kind in ("shutdown", "close") and e.detail and "FIN" in e.detail:
+        elif e.kind in ("shutdown", "close", "exit") and _sends_fin(e):
             out.append(Arrow("fin", e, None, lane, "FIN"))
 
 
@@ -501,12 +506,17 @@ def _data(x: Sock, y: Sock) -> list[Arrow]:
     return out
 
 
+def _sends_fin(e: Ev) -> bool:
+    """trace run says which call sent FIN ("FIN sent"); a close after fork or dup does not."""
+    return bool(e.detail and "FIN sent" in e.detail)
+
+
 def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
     """FIN from x's shutdown(SHUT_WR) or last close to y's recv of 0; RST where y saw a reset."""
     out: list[Arrow] = []
-    fin = next((e for e in x.events if e.kind == "shutdown" and e.detail and "FIN" in e.detail), None)
-    if fin is None:
-        fin = next((e for e in x.events if e.kind == "close"), None)
+    fin = next((e for e in x.events if e.kind in ("shutdown", "close", "exit") and _sends_fin(e)), None)
+    if fin is None:  # socklab's own trace does not say which close sent FIN: the last one did
+        fin = next((e for e in reversed(x.events) if e.kind == "close"), None)
     eof = next((e for e in y.events if e.kind == "recv" and e.nbytes == 0), None)
     reset = next((e for e in y.events if e.errno in ("ECONNRESET", "EPIPE")
                   or (e.kind == "error" and e.detail and "reset" in e.detail.lower())), None)
@@ -520,4 +530,4 @@ def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
 
 
 def _lane_of(s: Sock) -> int:
-    return s.events[0].lane if s.events else -1
+    return s.events[-1].lane if s.events else -1

@@ -512,7 +512,8 @@ class Lifecycle:
                          "return value was ignored)")
             info.unsent, info.unsent_count = None, 0
         if info.refs > 0:
-            details.append(f"another fd still holds the socket ({info.refs}): no FIN yet")
+            details.append(f"another fd still holds the socket ({info.refs}): "
+                           + ("it keeps listening" if info.state == "LISTEN" else "no FIN yet"))
         elif info.proto.startswith("tcp") and info.state not in ("LISTEN", "CLOSE"):
             if not info.fin_sent:
                 details.append("FIN sent" if info.state != "CLOSE_WAIT" else "FIN sent (the peer had closed)")
@@ -561,7 +562,8 @@ class Lifecycle:
             if notes:
                 out.append(SockEvent(ts=ts, op="exit", pid=pid, tid=tid, comm=self._name(pid), fd=fd,
                                      proto=info.proto, local=info.local, peer=info.peer, state=info.state,
-                                     detail="process ended with the socket open", notes=notes))
+                                     detail="process ended with the socket open: the kernel closes it, FIN sent",
+                                     notes=notes))
         return out
 
 

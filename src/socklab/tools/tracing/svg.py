@@ -115,8 +115,8 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
         x = lane_x[ev.lane] if 0 <= ev.lane < n_lanes else LEFT
         add(f'<text class="time" x="8" y="{ry + 4:.0f}" font-size="11" fill="#555">+{ev.t - t0:.6f}</text>')
         fill = "#c62828" if ev.errno and ev.errno not in ("EINPROGRESS", "EAGAIN") else "#222"
-        short = _short(ev)
         on_left = 0 <= ev.lane < n_lanes and left_side[ev.lane]
+        short = _fit(_short(ev), 22 if on_left else 40)
         # the label stands on the side of the lane that arrows do not come from; a note's number after it
         lx, anchor = (x - 8, ' text-anchor="end"') if on_left else (x + 8, "")
         mark_x = max(LEFT - 2, x - 8 - len(short) * 6.3 - 12) if on_left else x + 8 + len(short) * 6.3 + 12
