@@ -33,7 +33,7 @@ from pathlib import Path
 
 from socklab.protocols import tftp
 
-__all__ = ["Download", "Refuse", "TftpAccessError", "Upload", "resolve_path"]
+__all__ = ["Download", "Refuse", "TftpAccessError", "Upload", "new_file_mode", "resolve_path"]
 
 
 class TftpAccessError(Exception):
@@ -122,10 +122,12 @@ def check_replaceable(path: Path) -> os.stat_result:
     return st
 
 
-def _current_umask() -> int:
+def new_file_mode() -> int:
+    """``0666`` minus the process's umask (read once at startup: ``os.umask`` can only be read by
+    setting it, which would race with threads creating files)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 class Upload:
@@ -145,7 +147,7 @@ class Upload:
         self.path = path
         self.limit = limit
         self.replace = replace
-        self.new_mode = new_mode if new_mode is not None else 0o666 & ~_current_umask()
+        self.new_mode = new_mode if new_mode is not None else new_file_mode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tftp-part", dir=path.parent)
         self.tmp = Path(tmp)
         self.file = os.fdopen(fd, "wb")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from socklab.apps.tftp.driver import CommitResult, TransferDriver, TransferEndpoint
-from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, resolve_path
+from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, new_file_mode, resolve_path
 from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.protocol import DatagramProtocol
@@ -122,6 +122,7 @@ class TftpServer(DatagramProtocol):
         self.draining = False
         self.drained = threading.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._new_mode = new_file_mode()
 
     def connection_made(self, transport: DatagramTransport) -> None:
         self.transport = transport
@@ -218,7 +219,7 @@ class TftpServer(DatagramProtocol):
         netascii = req.mode == "netascii"
         resource: Upload | Download
         if req.write:
-            resource = Upload(path, s.max_file_size, netascii, replace=s.allow_write)
+            resource = Upload(path, s.max_file_size, netascii, replace=s.allow_write, new_mode=self._new_mode)
             tsize = None
         else:
             resource = Download(path, netascii)
