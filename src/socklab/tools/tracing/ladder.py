@@ -507,8 +507,11 @@ def _data(x: Sock, y: Sock) -> list[Arrow]:
 
 
 def _sends_fin(e: Ev) -> bool:
-    """trace run says which call sent FIN ("FIN sent"); a close after fork or dup does not."""
-    return bool(e.detail and "FIN sent" in e.detail)
+    """trace run says which call sent FIN ("FIN sent"; a close after fork or dup does not); in
+    socklab's own trace a connection's close and a SHUT_WR shutdown do."""
+    if e.detail and "FIN sent" in e.detail:
+        return True
+    return e.raw.get("source") != "strace" and e.kind == "close" and not (e.detail and "listening" in e.detail)
 
 
 def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
