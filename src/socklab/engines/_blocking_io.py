@@ -556,7 +556,8 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             self._hold = True
             if self.tracer:
                 self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol and no longer reading this peer", self.sock)
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
+                                 peer=self.peer)
             try:
                 self.protocol.pause_writing()
             except Exception as exc:
@@ -591,6 +592,10 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             self._protocol_paused = False
             self._backpressure = False
             self._cond.notify()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
+                                 "up; resuming the protocol and reading this peer again", self.sock,
+                                 peer=self.peer)
             try:
                 self.protocol.resume_writing()
             except Exception as exc:

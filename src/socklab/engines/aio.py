@@ -242,12 +242,16 @@ class _Stream(ReadPauseMixin, asyncio.Protocol, Transport, Connection):
         self._sync_reading()
         if self.tracer:
             self.tracer.note(f"write buffer above the high-water mark ({self.engine.settings.max_buffer} B): "
-                             "the peer is not reading; no longer reading it", level="transport")
+                             "the peer is not reading; pausing the protocol and no longer reading this peer",
+                             fd=self._fdno, peer=self._peer, level="transport")
         self.protocol.pause_writing()
 
     def resume_writing(self) -> None:
         self._backpressure = False
         self._sync_reading()
+        if self.tracer:
+            self.tracer.note("write buffer below the low-water mark: the peer caught up; resuming the protocol "
+                             "and reading this peer again", fd=self._fdno, peer=self._peer, level="transport")
         self.protocol.resume_writing()
 
     def _sync_reading(self) -> None:

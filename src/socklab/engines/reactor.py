@@ -649,7 +649,8 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._sync_reading()
             if self.tracer:
                 self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol and no longer reading this peer", self.sock)
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
+                                 peer=self.peer)
             self.protocol.pause_writing()
 
     def _on_writable(self) -> None:
@@ -667,6 +668,10 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._protocol_paused = False
             self._backpressure = False
             self._sync_reading()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
+                                 "up; resuming the protocol and reading this peer again", self.sock,
+                                 peer=self.peer)
             self.protocol.resume_writing()
         if self._wbuf:
             return
