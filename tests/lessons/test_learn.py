@@ -41,7 +41,7 @@ def test_tcp_echo_walk_through_and_exercise(tmp_path):
     original = source_of("tcp_echo_server").read_text()
     assert exercise.read_text() != original and len(exercise.read_text()) > len(original) - 200
     assert "socklab check echo --iterative 127.0.0.1:7007" in out
-    assert f"python {exercise.name} 7007" in out
+    assert f"python3 {exercise.name} 7007" in out
 
 
 def test_exercise_with_another_mistake_and_refusals(tmp_path):

@@ -87,8 +87,8 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
         sent = 0
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if payload else 0))
-        if not payload and shut_after_send:
-            sock.shutdown(socket.SHUT_WR)
+        if not payload and shut_after_send and not _shutdown(sock):
+            return Exchange(b"", RESET)
         while until_eof or len(got) < want:
             events = sel.select(timeout)
             if not events:
@@ -103,8 +103,8 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
                     return Exchange(bytes(got), RESET)
                 if sent == len(payload):
                     sel.modify(sock, selectors.EVENT_READ)
-                    if shut_after_send:
-                        sock.shutdown(socket.SHUT_WR)
+                    if shut_after_send and not _shutdown(sock):
+                        return Exchange(bytes(got), RESET)
             if mask & selectors.EVENT_READ:
                 try:
                     chunk = sock.recv(262144)
@@ -116,6 +116,15 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
                     return Exchange(bytes(got), EOF)
                 got += chunk
     return Exchange(bytes(got), DONE)
+
+
+def _shutdown(sock: socket.socket) -> bool:
+    """shutdown(SHUT_WR); False when the connection is already gone (the server reset or closed it)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return False
+    return True
 
 
 def reset_close(sock: socket.socket) -> None:

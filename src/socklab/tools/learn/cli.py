@@ -130,7 +130,7 @@ def exercise(lesson: Lesson, mistake_name: str | None, directory: Path, force: b
                 (www / "index.html").write_text("<h1>It works</h1>\n", encoding="utf-8")
             args = " www"
         click.echo(f"Wrote {target}: the lesson's program with one classic mistake planted{more}.")
-        click.echo(f"  1. run it:    cd {directory} && python {target.name} {lesson.port}{args}")
+        click.echo(f"  1. run it:    cd {directory} && python3 {target.name} {lesson.port}{args}")
         click.echo(f"  2. grade it:  socklab check {lesson.check} 127.0.0.1:{lesson.port}")
         click.echo("  The check fails now and names the mistake. Fix the program until every probe passes.")
         click.echo(f"  Stuck? compare: diff {source_of(module)} {target}")
