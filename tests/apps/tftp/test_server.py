@@ -261,3 +261,15 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
     finally:
         srv.shutdown(timeout=1)
     assert out.getvalue() == data and (tmp_path / "g").read_bytes() == data
+
+
+def test_serve_help_shows_no_tcp_only_options() -> None:
+    from click.testing import CliRunner
+
+    from socklab.apps.tftp.cli import tftp as tftp_group
+
+    out = CliRunner().invoke(tftp_group, ["serve", "--help"]).output
+    for gone in ("--max-buffer", "--workers", "--queue-size", "--backlog", "--max-connections"):
+        assert gone not in out
+    for shown in ("--allow-write", "--create", "--max-timeout", "--stall-timeout", "--max-transfers-per-client"):
+        assert shown in out
