@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from socklab.core.errors import RemoteProtocolError
+from socklab.tools.tracing.decode import parse_annotation, parse_sockaddr
 from socklab.tools.tracing.events import SockEvent, format_line
-from socklab.tools.tracing.lifecycle import Lifecycle, parse_annotation, parse_sockaddr
+from socklab.tools.tracing.lifecycle import Lifecycle
 from socklab.tools.tracing.strace_parse import StraceParser
 
 C = "TCP:[127.0.0.1:5000->127.0.0.1:7007]"

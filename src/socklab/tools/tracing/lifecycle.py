@@ -26,15 +26,22 @@ blocking call without a timeout that waited long; connection refused and reset.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from socklab.protocols.text import escape_peer_text
+from socklab.tools.tracing.decode import (
+    FD_ARG,
+    IOV_LEN,
+    TIME_OPTIONS,
+    parse_annotation,
+    parse_sockaddr,
+    preview,
+    to_int,
+)
 from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS, SockEvent
 from socklab.tools.tracing.strace_parse import ProcessEnd, StraceEvent, Syscall, split_args, unquote
 
-__all__ = ["SLOW_CALL", "STRACE_CALLS", "Lifecycle", "SockInfo", "parse_annotation", "parse_sockaddr"]
+__all__ = ["SLOW_CALL", "STRACE_CALLS", "Lifecycle", "SockInfo"]
 
 # What strace must trace for this module (its -e trace= list).
 STRACE_CALLS = ("%network", "close", "read", "write", "readv", "writev", "sendfile", "dup", "dup2", "dup3",
@@ -53,54 +60,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("CLOSE_WAIT", "fin"): "LAST_ACK",
 }
 
-_ANNOT = re.compile(r"(TCP|TCPv6|UDP|UDPv6|UDPLITE|UDPLITEv6|SCTP|SCTPv6):\[(.*)\]\Z", re.S)
-_FD_ARG = re.compile(r"(-?\d+)(?:<(.*)>)?\Z", re.S)
-_PORT = re.compile(r"sin6?_port=htons\((\d+)\)")
-_ADDR4 = re.compile(r'inet_addr\("([^"]*)"\)')
-_ADDR6 = re.compile(r'inet_pton\(AF_INET6, "([^"]*)"')
-_IOV_LEN = re.compile(r"iov_len=(\d+)")
-_TIMEOPT = ("SO_RCVTIMEO", "SO_SNDTIMEO", "SO_RCVTIMEO_OLD", "SO_SNDTIMEO_OLD", "SO_RCVTIMEO_NEW", "SO_SNDTIMEO_NEW")
-
 Probe = Callable[[str, str], str | None]  # (proto, "host:port") -> what the kernel says now
-
-
-def parse_annotation(text: str | None) -> tuple[str, str | None, str | None] | None:
-    """``TCP:[1.2.3.4:5->6.7.8.9:10]`` -> ``("tcp", local, peer)``; ``None`` if not an IP socket."""
-    if not text:
-        return None
-    m = _ANNOT.match(text)
-    if m is None:
-        return None
-    proto = m[1].lower().replace("v6", "6")
-    inner = m[2]
-    if inner.isdigit():  # only the inode: not bound, not connected
-        return proto, None, None
-    local, sep, peer = inner.partition("->")
-    return proto, local or None, (peer or None) if sep else None
-
-
-def parse_sockaddr(text: str) -> str | None:
-    """``{sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("1.2.3.4")}`` -> ``1.2.3.4:80``."""
-    port = _PORT.search(text)
-    if port is None:
-        return None
-    a4 = _ADDR4.search(text)
-    if a4 is not None:
-        return f"{a4[1]}:{port[1]}"
-    a6 = _ADDR6.search(text)
-    if a6 is not None:
-        return f"[{a6[1]}]:{port[1]}"
-    return None
-
-
-def _int(text: str | None) -> int | None:
-    if text is None:
-        return None
-    text = text.strip().strip("[]")
-    try:
-        return int(text, 0)
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -211,7 +171,7 @@ class Lifecycle:
 
     def _fd_info(self, sc: Syscall, arg: str) -> tuple[int | None, SockInfo | None]:
         """The fd an argument names and its socket (made from the -yy annotation when new)."""
-        m = _FD_ARG.match(arg.strip())
+        m = FD_ARG.match(arg.strip())
         if m is None:
             return None, None
         fd = int(m[1])
@@ -255,7 +215,7 @@ class Lifecycle:
             self._dup_or_flags(sc, name, args, info)
             return []
         if name == "ioctl" and info is not None and len(args) > 2 and "FIONBIO" in args[1]:
-            info.nonblocking = _int(args[2]) not in (0, None)
+            info.nonblocking = to_int(args[2]) not in (0, None)
             return []
         if info is None:
             return []
@@ -325,10 +285,10 @@ class Lifecycle:
     def _setsockopt(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         opt = args[2] if len(args) > 2 else "?"
         raw = args[3] if len(args) > 3 else ""
-        value = _int(raw)
+        value = to_int(raw)
         if opt in ("SO_REUSEADDR", "SO_REUSEPORT") and value:
             info.reuseaddr = True
-        if opt in _TIMEOPT:
+        if opt in TIME_OPTIONS:
             info.timeout = "tv_sec=0, tv_usec=0" not in raw
         shown = f"{opt}={value if value is not None else raw}"
         notes = []
@@ -417,8 +377,8 @@ class Lifecycle:
         if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
             return [self._event(sc, sc.name, fd, info, detail="EAGAIN: the send buffer is full; wait for writable")]
         data = unquote(args[1]) if len(args) > 1 and sc.name != "sendfile" else None
-        requested = sum(int(n) for n in _IOV_LEN.findall(sc.args)) if sc.name in ("writev", "sendmsg") \
-            else _int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
+        requested = sum(int(n) for n in IOV_LEN.findall(sc.args)) if sc.name in ("writev", "sendmsg") \
+            else to_int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
         n = sc.value if sc.errno is None else None
         if n is not None and info.state == "SYN_SENT":
             info.move("connect")  # a send went through: the handshake had finished
@@ -435,7 +395,7 @@ class Lifecycle:
             notes.append(f"{sc.errno}: the peer is gone (it closed, or reset the connection); writing to it "
                          "fails - without MSG_NOSIGNAL or SIG_IGN the program is also killed by SIGPIPE")
         ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
-                         detail=_preview(data) if sc.errno is None else None)
+                         detail=preview(data) if sc.errno is None else None)
         if peer:
             ev.peer = peer
         return [ev]
@@ -464,8 +424,8 @@ class Lifecycle:
         n = sc.value if sc.errno is None else None
         if n is not None and info.state == "SYN_SENT":
             info.move("connect")
-        requested = sum(int(x) for x in _IOV_LEN.findall(sc.args)) if sc.name in ("readv", "recvmsg") \
-            else _int(args[2] if len(args) > 2 else None)
+        requested = sum(int(x) for x in IOV_LEN.findall(sc.args)) if sc.name in ("readv", "recvmsg") \
+            else to_int(args[2] if len(args) > 2 else None)
         notes = self._slow_notes(sc, info, "recv")
         data = unquote(args[1]) if len(args) > 1 and sc.name in ("read", "recvfrom", "recv") else None
         peer = parse_sockaddr(args[4]) if sc.name == "recvfrom" and len(args) > 4 else None
@@ -486,7 +446,7 @@ class Lifecycle:
             notes.append("ECONNRESET: the peer reset the connection (RST): it closed with unread data, set "
                          "SO_LINGER 0, or crashed; whatever it had not yet delivered is lost")
         ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
-                         detail=_preview(data) if n else None)
+                         detail=preview(data) if n else None)
         if peer:
             ev.peer = peer
         return [ev]
@@ -565,15 +525,6 @@ class Lifecycle:
                                      detail="process ended with the socket open: the kernel closes it, FIN sent",
                                      notes=notes))
         return out
-
-
-def _preview(data: tuple[bytes, bool] | None, limit: int = 32) -> str | None:
-    """``data="GET / HTTP/1.1\\r\\n"...`` with controls escaped (peer text never reaches a terminal raw)."""
-    if data is None:
-        return None
-    raw, cut = data
-    text = escape_peer_text(raw[:limit].decode("utf-8", errors="replace"))
-    return f'data="{text}"' + ("..." if cut or len(raw) > limit else "")
 
 
 Handler = Callable[[Lifecycle, Syscall, int, SockInfo, list[str]], list[SockEvent]]
