@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,46 @@ def test_without_strace_one_line_says_why_and_the_lesson_still_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(not tracing: strace is not installed (scripts/setup.sh installs it);" in done.stdout
     assert "recv(): b''" in done.stdout
+
+
+def test_debug_lesson_finds_close_wait_with_ss(tmp_path):
+    done = learn("debug", "--no-pause", "--no-trace", "--dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "client: no EOF after 2 s - the server never closed" in done.stdout
+    assert re.search(r"\| tcp +CLOSE_WAIT .* python3?/\d+", done.stdout)
+    assert "in CLOSE_WAIT: the peer closed but the application never called close()" in done.stdout
+
+
+def test_pauses_for_a_prediction_on_a_terminal(tmp_path):
+    """On a terminal each scene waits for Enter before it runs (the prediction comes first)."""
+    import os
+    import pty
+    import select as select_mod
+
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "learn", "lifecycle", "--no-trace", "--dir",
+                             str(tmp_path)], stdin=secondary, stdout=secondary, stderr=secondary,
+                            start_new_session=True)
+    os.close(secondary)
+    seen = b""
+    try:
+        while b"your prediction" not in seen:
+            ready, _, _ = select_mod.select([main], [], [], 60)
+            assert ready, seen
+            seen += os.read(main, 4096)
+        assert b"-> socket()" not in seen  # nothing ran before the answer
+        os.write(main, b"it blocks\n")
+        while b"Your exercise" not in seen:
+            ready, _, _ = select_mod.select([main], [], [], 60)
+            assert ready, seen
+            try:
+                seen += os.read(main, 4096)
+            except OSError:
+                break
+        assert b"-> socket()" in seen and b"Why:" in seen
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(main)

@@ -55,9 +55,12 @@ OBJECTIVES = (
     "echo and chat applications",
     "errors and timeouts",
     "classic uses: web, file transfer, RPC, peer-to-peer",
+    "debugging with ss- and tcpdump-like tools",
 )
 
 _SEND_ALL = "        conn.sendall(data)\n"
+NO_CLOSE = Mistake("no-close", "            finally:\n                conn.close()  # our FIN: without it the "
+                   "socket stays in CLOSE_WAIT\n", "", "half_close", "CLOSE_WAIT")
 
 LESSONS: tuple[Lesson, ...] = (
     Lesson("tcp-echo", OBJECTIVES[0], "an iterative TCP echo server and its client",
@@ -65,8 +68,7 @@ LESSONS: tuple[Lesson, ...] = (
            server="tcp_echo_server", check="echo --iterative",
            mistakes=(
                Mistake("one-recv", _SEND_ALL, _SEND_ALL + "        break\n", "small", "answers one recv()"),
-               Mistake("no-close", "            finally:\n                conn.close()  # our FIN: without it the "
-                       "socket stays in CLOSE_WAIT\n", "", "half_close", "CLOSE_WAIT"),
+               NO_CLOSE,
            ),
            full_strength="socklab echo serve --engine iterative --trace"),
     Lesson("udp-echo", OBJECTIVES[1], "a UDP echo server and a pinger with timeouts",
@@ -134,6 +136,9 @@ LESSONS: tuple[Lesson, ...] = (
            server="peer", server_stdin=True, full_strength="socklab peer",
            try_this="start three nodes in a line (A <- B <- C): does C see A's lines? Add forwarding, then "
                     "stop the echo storm with a message id"),
+    Lesson("debug", OBJECTIVES[8], "find a leak with socklab ss and socklab trace run", ("tcp_echo_server",),
+           ("close-wait",), check="echo --iterative", mistakes=(NO_CLOSE,),
+           full_strength="socklab ss --explain, socklab trace run, socklab tap --pcap"),
 )
 
 

@@ -48,7 +48,8 @@ class Program:
     """One lesson program as a child process; its output lines are collected as they come."""
 
     def __init__(self, module: str, args: list[str], trace_file: Path | None, stdin: bool = False) -> None:
-        command = [sys.executable, "-m", module, *args]
+        # a lesson module (socklab.lessons.NAME), or a program file (a planted copy)
+        command = [sys.executable, *([module] if module.endswith(".py") else ["-m", module]), *args]
         if trace_file is not None:
             command = [sys.executable, "-m", "socklab", "trace", "run", "-o", str(trace_file), "--", *command]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -135,7 +136,8 @@ class LessonRun:
 
     def start(self, module: str, args: list[str], *, stdin: bool = False) -> Program:
         n = len(self.programs)
-        trace_file = self.tmp / f"{n}-{module.rsplit('.', 1)[-1]}.trace" if self.trace else None
+        stem = Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
+        trace_file = self.tmp / f"{n}-{stem}.trace" if self.trace else None
         prog = Program(module, args, trace_file, stdin=stdin)
         self.programs.append(prog)
         return prog

@@ -213,6 +213,37 @@ def peers(stage: Stage) -> None:
     stage.say(f"  B stopped; node A printed: {left.string if left else '(nothing)'}")
 
 
+def close_wait(stage: Stage) -> None:
+    """A server that never closes: the client sees no EOF; ss shows the server's socket in CLOSE_WAIT."""
+    import os
+    import subprocess
+    import sys
+
+    from socklab.tools.learn.catalog import NO_CLOSE, find_lesson
+    from socklab.tools.learn.cli import plant
+
+    lesson = find_lesson("tcp-echo")
+    assert lesson is not None
+    patient = stage.workdir / "patient.py"
+    patient.write_text(plant(lesson, NO_CLOSE), encoding="utf-8")
+    prog, host, port = stage.run.start_server(str(patient), [])
+    stage.say(f"  started a copy of tcp_echo_server with a bug, listening on {host}:{port}")
+    with socket.create_connection((host, port), timeout=10) as client:
+        client.sendall(b"hello\n")
+        client.shutdown(socket.SHUT_WR)
+        stage.say(f"  client: sent 'hello', shutdown(SHUT_WR); got back {_answer_within(client, 10)!r}")
+        end = _answer_within(client, 2)
+        stage.say("  client: no EOF after 2 s - the server never closed" if end is None else
+                  f"  client: then {end!r}")
+        ss = subprocess.run([sys.executable, "-m", "socklab", "ss", "-t", "--port", str(port), "--explain"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        stage.say(f"  $ socklab ss -t --port {port} --explain")
+        for line in ss.stdout.splitlines()[:20]:
+            stage.say("  | " + line)
+    prog.stop()
+    show_program(prog, stage.say, "python patient.py (stopped)")
+
+
 SCENES: dict[str, Scene] = {
     "tcp-client": Scene(
         "The client sends 'hello', reads the echo, then calls shutdown(SHUT_WR). What does the server's "
@@ -268,6 +299,13 @@ SCENES: dict[str, Scene] = {
                  rpc_calls,
                  "One JSON object per line each way; the reply carries the request's id. An unknown method is an "
                  "error reply, not a dead connection."),
+    "close-wait": Scene(
+        "A client sends 'hello' and shuts down its side; the server echoes it. What state is the server's "
+        "socket in afterwards, and which tool shows it?", close_wait,
+        "CLOSE_WAIT: the client's FIN arrived (recv() returned b'') but the program never called close(), "
+        "so the client never sees EOF and the socket stays until the process ends. `socklab ss --explain` "
+        "finds it by state; `socklab trace run` shows recv returning 0 with no close after it. The fix is "
+        "one line: close() the connection when recv() returns b''."),
     "peers": Scene("Node B dials node A. When A types a line, who prints it?", peers,
                    "B: once linked, both ends are the same - a socket each, and a reader thread each."),
 }
