@@ -126,3 +126,19 @@ def test_fuzz_lifecycle_never_raises_but_the_protocol_error(lines: list[str]) ->
             format_line(se, 0.0)
             se.to_json()
     lc.finish()
+
+
+def test_the_line_is_socklabs_own_trace_line() -> None:
+    """trace run prints what socklab's --trace console prints for the same event (core/trace.py)."""
+    import io
+
+    from socklab.core import trace as core
+    from socklab.tools.tracing.events import to_trace_event
+
+    events = run(f'1 1.0 sendto(3<{C}>, "abcdefgh", 8, 0, NULL, 0) = 3 <0.001>\n'
+                 f'1 1.5 recvfrom(3<{C}>, "", 100, 0, NULL, NULL) = 0 <0.001>\n'
+                 f'1 2.0 shutdown(3<{C}>, SHUT_WR) = 0 <0.001>\n')
+    for ev in events:
+        out = io.StringIO()
+        core._ConsoleSink(out, color=False)(to_trace_event(ev, 0.5))
+        assert format_line(ev, 0.5) + "\n" == out.getvalue()

@@ -82,7 +82,12 @@ def to_trace_event(e: SockEvent, t0: float) -> TraceEvent:
                       detail=e.detail, notes=list(e.notes))
 
 
-def format_line(e: SockEvent, t0: float) -> str:
+# the colours of socklab's --trace console (core/trace.py), by call
+_STYLE = {"note": "33", "close": "31", "shutdown": "31", "accept": "32", "accept4": "32", "connect": "32",
+          "listen": "36", "bind": "36", "socket": "36", "error": "1;31", "exit": "33"}
+
+
+def format_line(e: SockEvent, t0: float, color: bool = False) -> str:
     """The console lines of ``--trace`` for this event (the first line, then ``    note:`` lines).
 
     The layout is :mod:`socklab.core.trace`'s: time since start, ``engine/thread``, ``fd=``, the
@@ -103,4 +108,7 @@ def format_line(e: SockEvent, t0: float) -> str:
         parts.append(t.detail)
     if t.state:
         parts.append(f"[{t.state}]")
-    return "\n".join([" ".join(parts)] + [f"    note: {n}" for n in t.notes])
+    line = " ".join(parts)
+    if color and (style := _STYLE.get(t.op)) is not None:
+        line = f"\x1b[{style}m{line}\x1b[0m"
+    return "\n".join([line] + [f"    note: {n}" for n in t.notes])

@@ -170,6 +170,7 @@ class TraceRun:
         self._t0 = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._tracee: int | None = None
+        self._color = console is not None and console.isatty() and "NO_COLOR" not in os.environ
 
     def run(self) -> int:
         """Trace the program to its end; returns its exit status (128+N for a signal N)."""
@@ -279,7 +280,7 @@ class TraceRun:
             self.json_out.flush()
         if self.console is None:
             return
-        lines = format_line(ev, self._t0)
+        lines = format_line(ev, self._t0, self._color)
         kind = _kind(ev.op)
         if self.explain and kind not in self._explained and kind in EXPLAIN:
             self._explained.add(kind)
