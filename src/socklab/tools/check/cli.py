@@ -106,7 +106,9 @@ def check() -> None:
     The probes provoke what TCP is allowed to do (split a message, merge several, half-close,
     reset) and what real clients do (arrive together, sit idle, vanish). Every probe has a
     deadline, so a broken server makes the grader fail, never hang. Exit status: 0 all passed,
-    1 some failed, 2 bad arguments.
+    1 some failed, 2 bad arguments. Give the server's HOST:PORT, or --run a command and the
+    check starts the server on a free port and stops it afterwards. docs/learn.md has the
+    probes, the chat subset, and a loop that grades a whole class.
 
     \b
     Examples:
@@ -134,9 +136,10 @@ def echo(target: str | None, udp: bool, iterative: bool, as_json: bool, gradesco
 
     \b
     TCP probes: two small messages on one connection; one message a byte at a time; 100 messages
-    in one segment; every byte value; 1 MiB; a second client while the first stays connected
-    (an iterative server fails here); an idle client; 50 clients at once; half-close (the server
-    must send everything back, then close: CLOSE_WAIT is named); a client that resets.
+    in one segment; every byte value; 1 MiB; 16 MiB sent before reading (a slow reader: partial
+    sends must not lose bytes); a second client while the first stays connected (an iterative
+    server fails here); an idle client; 50 clients at once; half-close (the server must send
+    everything back, then close: CLOSE_WAIT is named); a client that resets.
     UDP probes: one datagram; boundaries kept; a 60,000-byte datagram; 20 peers; a peer that
     vanished before its answer.
 
@@ -145,6 +148,7 @@ def echo(target: str | None, udp: bool, iterative: bool, as_json: bool, gradesco
       socklab check echo 127.0.0.1:7007
       socklab check echo 127.0.0.1:7007 --only half_close --only reset
       socklab check echo --iterative 127.0.0.1:7007   # lesson tcp-echo: one client at a time
+      socklab check echo --run 'python3 server.py {port}' --gradescope results.json
     """
     from socklab.tools.check.echo import CONCURRENT_PROBES, tcp_probes, udp_probes
 
@@ -179,6 +183,7 @@ def http(target: str | None, root: Path | None, url_path: str | None, as_json: b
     Example:
       python -m socklab.lessons.web_server 8080 ./www &
       socklab check http 127.0.0.1:8080 --root ./www
+      socklab check http --run 'python3 server.py {port} www' --root www
     """
     from socklab.tools.check.http import http_probes
 
