@@ -142,3 +142,24 @@ def test_the_line_is_socklabs_own_trace_line() -> None:
         out = io.StringIO()
         core._ConsoleSink(out, color=False)(to_trace_event(ev, 0.5))
         assert format_line(ev, 0.5) + "\n" == out.getvalue()
+
+
+def test_select_poll_and_epoll_on_sockets_are_shown() -> None:
+    s = "TCP:[127.0.0.1:46459]"
+    a = "TCP:[127.0.0.1:46459->127.0.0.1:34520]"
+    events = run(
+        f"1 1.0 pselect6(6, [3<{s}> 5<{a}>], NULL, NULL, {{tv_sec=5, tv_nsec=0}}, NULL) = 1 "
+        "(in [5], left {tv_sec=4, tv_nsec=999993388}) <0.002>\n"
+        f"1 1.1 poll([{{fd=5<{a}>, events=POLLIN}}], 1, 5000) = 0 (Timeout) <5.0>\n"
+        f"1 1.2 epoll_ctl(6<anon_inode:[eventpoll]>, EPOLL_CTL_ADD, 5<{a}>, {{events=EPOLLIN, data={{u32=5, u64=5}}}})"
+        " = 0 <0.0>\n"
+        "1 1.3 epoll_wait(6<anon_inode:[eventpoll]>, [{events=EPOLLIN, data={u32=5, u64=5}}], 1, -1) = 1 <0.5>\n"
+        "1 1.4 epoll_wait(7<anon_inode:[eventpoll]>, [], 1, -1) = 0 <0.5>\n"  # no socket on it: not shown
+        "1 1.5 poll([{fd=0</dev/tty>, events=POLLIN}], 1, -1) = 1 ([{fd=0, revents=POLLIN}]) <0.1>\n")
+    got = [(e.op, e.detail) for e in events if e.op not in ("exit",)]
+    assert got == [
+        ("pselect6", "waits to read on fds 3 5 (up to 5 s) -> ready: fd 5 readable"),
+        ("poll", "waits on fd 5 POLLIN (up to 5 s) -> timed out, nothing ready"),
+        ("epoll_ctl", "EPOLL_CTL_ADD: watch fd 5 for EPOLLIN"),
+        ("epoll_wait", "waits on fds 5 (no timeout) -> ready: fd 5 EPOLLIN"),
+    ]

@@ -257,3 +257,28 @@ def test_the_kernel_says_close_wait_while_the_program_has_not_noticed(tmp_path: 
     assert proc.returncode == 0, rest
     note_line = next(ln for ln in seen if "the kernel reports CLOSE_WAIT" in ln)
     assert re.search(r"fd=\d+ note peer=127\.0\.0\.1:\d+ the kernel reports CLOSE_WAIT", note_line), note_line
+
+
+def test_a_select_server_shows_what_it_waits_on(tmp_path: Path) -> None:
+    prog = tmp_path / "mux.py"
+    prog.write_text(textwrap.dedent("""
+        import select, selectors, socket
+        srv = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        c.sendall(b"x")
+        select.select([srv, conn], [], [], 5)
+        sel = selectors.DefaultSelector()
+        sel.register(conn, selectors.EVENT_READ)
+        sel.select(5)
+    """))
+    r = socklab("trace", "run", "--", sys.executable, str(prog))
+    assert r.returncode == 0, r.stderr
+    fds = re.search(r"fd=(\d+) accept ", r.stderr)
+    srv_fd = re.search(r"fd=(\d+) listen ", r.stderr)
+    assert fds and srv_fd, r.stderr
+    conn, lst = fds.group(1), srv_fd.group(1)
+    assert re.search(rf"fd=- pselect6 waits to read on fds {lst} {conn} \(up to 5 s\) -> ready: fd {conn} readable",
+                     r.stderr), r.stderr
+    assert f"fd=- epoll_ctl EPOLL_CTL_ADD: watch fd {conn} for EPOLLIN" in r.stderr
+    assert f"epoll_wait waits on fds {conn} (up to 5 s) -> ready: fd {conn} EPOLLIN" in r.stderr

@@ -371,8 +371,16 @@ def _lanes(events: list[Ev]) -> tuple[list[Lane], Any]:
             return ev.proc, "server"
         return ev.proc, "client"
 
+    last_lane: dict[str, int] = {}
+
     def lane_of(ev: Ev) -> int:
-        key = key_of(ev)
+        if ev.sock is None and ev.proc in last_lane:  # a poll, a note: on the lane the process used last
+            return last_lane[ev.proc]
+        lane = _lane_for(key_of(ev))
+        last_lane[ev.proc] = lane
+        return lane
+
+    def _lane_for(key: tuple[str, str]) -> int:
         if key not in index:
             name = key[0].split(":", 1)[1].split("@")[0]
             where = key[0].split("@", 1)[1] if "@" in key[0] else ""

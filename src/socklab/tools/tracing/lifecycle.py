@@ -39,13 +39,14 @@ from socklab.tools.tracing.decode import (
     to_int,
 )
 from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS, SockEvent
+from socklab.tools.tracing.multiplex import MULTIPLEX_CALLS, describe
 from socklab.tools.tracing.strace_parse import ProcessEnd, StraceEvent, Syscall, split_args, unquote
 
 __all__ = ["SLOW_CALL", "STRACE_CALLS", "Lifecycle", "SockInfo"]
 
 # What strace must trace for this module (its -e trace= list).
 STRACE_CALLS = ("%network", "close", "read", "write", "readv", "writev", "sendfile", "dup", "dup2", "dup3",
-                "fcntl", "ioctl", "clone", "clone3", "fork", "vfork", "execve")
+                "fcntl", "ioctl", "clone", "clone3", "fork", "vfork", "execve", *sorted(MULTIPLEX_CALLS))
 SLOW_CALL = 1.0  # seconds a blocking call may wait before it gets a note
 
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -108,6 +109,7 @@ class Lifecycle:
         self.tables: dict[int, dict[int, SockInfo]] = {}  # tgid -> fd -> socket
         self.tgid: dict[int, int] = {}  # thread id -> its process
         self.comm: dict[int, str] = {}
+        self.epolls: dict[int, dict[int, set[int]]] = {}  # pid -> epoll fd -> socket fds watched
 
     def feed(self, ev: StraceEvent) -> list[SockEvent]:
         """The socket events one strace event means (often none: a file read, a getsockname)."""
@@ -205,6 +207,9 @@ class Lifecycle:
             return []
         if name == "socket":
             return self._socket(sc, args)
+        if name in MULTIPLEX_CALLS:
+            said = describe(sc, self.epolls.setdefault(self._pid(sc.pid), {}))
+            return [] if said is None else [self._event(sc, said[0], None, None, detail=said[1])]
         if not args:
             return []
         maybe_fd, info = self._fd_info(sc, args[0])

@@ -58,6 +58,12 @@ EXPLAIN = {
     "shutdown": "shutdown(SHUT_WR) sends FIN: 'I have no more to send', while still reading",
     "close": "close() releases the fd; on the last fd of a connected TCP socket it sends FIN",
     "exit": "when a process ends, the kernel closes every fd it still had",
+    "select": "select() waits until one of the sockets given is readable (or writable), or the timeout "
+              "passes: one thread serves many clients this way",
+    "poll": "poll() is select() with a list instead of bit sets (Python's settimeout() waits in poll too)",
+    "epoll_ctl": "epoll_ctl() registers a socket with an epoll instance once, instead of passing every socket "
+                 "on every wait (selectors.DefaultSelector is epoll on Linux)",
+    "epoll_wait": "epoll_wait() waits until a registered socket is ready and says which",
 }
 
 
@@ -321,6 +327,8 @@ def _kind(op: str) -> str:
         return "send"
     if op in RECV_CALLS:
         return "recv"
+    if op in ("pselect6", "ppoll", "epoll_pwait"):
+        return {"pselect6": "select", "ppoll": "poll", "epoll_pwait": "epoll_wait"}[op]
     return "accept" if op.startswith("accept") else op
 
 
