@@ -173,3 +173,28 @@ def test_peer_names_are_escaped_in_the_log(tmp_path: Path) -> None:
         assert client.get(evil) == b"x"
     assert len(proto.log) == 1 and "\x1b" not in proto.log[0] and "\n" not in proto.log[0]
     assert "f\\x1b]0;pwned\\x07\\n" in proto.log[0], proto.log
+
+
+def test_the_client_escapes_a_servers_error_text() -> None:
+    import socket
+
+    from socklab.apps.tftp.client import tftp_get
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as evil_server:
+        evil_server.bind(("127.0.0.1", 0))
+        evil_server.settimeout(10)
+        port = evil_server.getsockname()[1]
+
+        def answer() -> None:
+            _, addr = evil_server.recvfrom(1000)
+            evil_server.sendto(tftp.encode_packet(tftp.Error(1, "nope\x1b[2J\rfake: done")), addr)
+
+        t = threading.Thread(target=answer)
+        t.start()
+        try:
+            with pytest.raises(RemoteProtocolError) as info:
+                tftp_get("127.0.0.1", port, "f", io.BytesIO(), TftpClientOptions(**FAST))
+        finally:
+            t.join(10)
+    text = str(info.value)
+    assert "\x1b" not in text and "\r" not in text and "\\x1b[2J\\rfake" in text
