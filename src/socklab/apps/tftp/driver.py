@@ -168,7 +168,13 @@ class TransferDriver:
             self.handle(self.machine.datagram_received(data, addr))
 
     def abort(self, message: str) -> None:
-        """Stop now (shutdown, stall, eviction): ERROR 0 to the peer, partial upload removed."""
+        """Stop now (shutdown, stall, eviction): ERROR 0 to the peer, partial upload removed.
+
+        Not while an upload is being stored: an ERROR then could be a lie (the rename may still
+        happen), so the commit's own answer - the final ACK or an ERROR - is the one the peer gets.
+        """
+        if self._committing and not self._commit_returned:
+            return
         if not self._ended:
             self.handle(self.machine.abort(tftp.ErrorCode.NOT_DEFINED, message))
             if not self._ended:  # the machine had already finished: end it here
