@@ -147,3 +147,34 @@ def test_sigterm_lets_transfers_in_flight_finish(tmp_path: Path, spawn: Any) -> 
     assert srv.popen.stderr is not None
     err = srv.popen.stderr.read().decode()
     assert f"{5 + late_ones} transfers completed, 0 failed" in err, err
+
+
+def test_the_client_asks_for_no_window_its_receive_buffer_cannot_hold() -> None:
+    import socket
+    import threading
+
+    charge = datagram_charge(65464)
+    fits = min(64, max(1, 2 * _rmem_max() // charge - 2))
+    asked: list[dict[str, str]] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fake_server:
+        fake_server.bind(("127.0.0.1", 0))
+        fake_server.settimeout(10)
+
+        def answer() -> None:
+            raw, addr = fake_server.recvfrom(2000)
+            packet = tftp.parse_packet(raw)
+            assert isinstance(packet, tftp.Request)
+            asked.append(packet.options)
+            fake_server.sendto(tftp.encode_packet(tftp.Error(1, "not here")), addr)
+
+        t = threading.Thread(target=answer)
+        t.start()
+        try:
+            with pytest.raises(Exception, match="not here"):
+                tftp_get("127.0.0.1", fake_server.getsockname()[1], "f", io.BytesIO(),
+                         TftpClientOptions(blksize=65464, windowsize=64, timeout=1.0))
+        finally:
+            t.join(10)
+    assert asked and int(asked[0]["windowsize"]) == fits
+    if fits == 64:
+        pytest.skip("net.core.rmem_max holds a 65464 x 64 window here: nothing to ask less")
