@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -126,6 +127,12 @@ class TftpServer(DatagramProtocol):
 
     def connection_made(self, transport: DatagramTransport) -> None:
         self.transport = transport
+        # room for a burst of requests (about 1.3 KiB of buffer each): a flood of them then costs a
+        # legitimate client a refusal it can read, not a request the kernel silently dropped
+        with contextlib.suppress(OSError, AttributeError):
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 1 << 20:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 
     def _error(self, addr: Any, code: int, message: str) -> None:
         self.transport.sendto(tftp.encode_packet(tftp.Error(code, message)), addr)
