@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from typing import Any
@@ -96,3 +97,43 @@ def _echo_session(engine: str, chunks: list[bytes], **server: Any) -> list[str]:
                     got += len(data)
             assert got == total
     return notes.notes
+
+
+def _binary_messages() -> list[bytes]:
+    """Ping-mode payloads: random bytes, here each with several newlines and none at the end."""
+    rnd = random.Random(15)
+    return [bytes(rnd.getrandbits(8) for _ in range(60)) + b"\n\n\x00" + bytes([i]) for i in range(8)]
+
+
+def test_binary_traffic_gets_no_boundary_notes(engine: str) -> None:
+    # Each recv() on the server holds exactly one ping message; the old echo server claimed every
+    # one was "merged" (several newlines) or "continued" (no newline at the end).
+    notes = _echo_session(engine, _binary_messages())
+    assert _boundary_notes(notes) == []
+
+
+class _LineEcho(Protocol):
+    """A line protocol that says so: the trace may then note how TCP cut its lines."""
+
+    framing = "lines"
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_a_line_protocol_gets_exact_boundary_notes(engine: str) -> None:
+    tracer = Tracer(engine=engine)
+    notes = _Notes(tracer)
+    with running_server(_LineEcho, engine, tracer=tracer) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as c:
+            for chunk in (b"one\ntwo\n", b"thr", b"ee\n"):  # each waits for its echo: one recv() each
+                c.sendall(chunk)
+                got = b""
+                while len(got) < len(chunk):
+                    data = c.recv(100)
+                    assert data
+                    got += data
+            assert notes.wait_for("continues a line begun in an earlier recv()")
+    merged = [n for n in notes.notes if "TCP merged" in n]
+    assert len(merged) == 1 and "held 2 lines" in merged[0], notes.notes
+    assert len([n for n in notes.notes if "continues a line" in n]) == 1, notes.notes

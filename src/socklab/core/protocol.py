@@ -65,6 +65,13 @@ class Protocol(BaseProtocol):
 
     transport: Transport
 
+    #: How this protocol delimits its messages, declared for the trace: ``"lines"`` (each ends
+    #: with LF) or ``"u32-length"`` (a 4-byte big-endian length before each). Under ``--trace``
+    #: the engine then notes exactly when one ``recv()`` held several messages or continued one;
+    #: ``None`` (unknown: echo, a file, any byte stream) means no notes about message boundaries.
+    #: Set it on the class, or on the instance before ``connection_made`` returns.
+    framing: str | None = None
+
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
 

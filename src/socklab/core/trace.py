@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-__all__ = ["TCP_STATES", "TraceEvent", "Tracer", "tcp_state"]
+__all__ = ["FRAMINGS", "TCP_STATES", "BoundaryNotes", "TraceEvent", "Tracer", "tcp_state"]
 
 # Linux include/net/tcp_states.h; the first byte of struct tcp_info is the state.
 TCP_STATES = {
@@ -156,6 +156,81 @@ class Tracer:
     def close(self) -> None:
         if self._own_json and self._json is not None:
             self._json.close()
+
+
+#: framings a protocol can declare (``Protocol.framing``) for the trace's message-boundary notes
+FRAMINGS = ("lines", "u32-length")
+
+
+class BoundaryNotes:
+    """Exact notes on how TCP cut a protocol's messages across ``recv()`` calls.
+
+    Only a protocol that declares its framing (``Protocol.framing``: ``"lines"``, each message
+    ends with LF; ``"u32-length"``, a 4-byte big-endian length before each message) gets them:
+    for any other byte stream (echo's random ping payloads, a file) the trace cannot know where
+    a message ends, and says nothing about it rather than something false. Fed each ``recv()``'s
+    bytes in order, on traced connections only.
+    """
+
+    __slots__ = ("_acc", "_framing", "_header", "_left", "_mid")
+
+    def __init__(self, framing: str) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"unknown framing {framing!r}; declare one of: {', '.join(FRAMINGS)}")
+        self._framing = framing
+        self._mid = False  # the last recv() ended inside a message
+        self._header = 0  # u32-length: bytes of the current length prefix seen so far
+        self._left = 0  # u32-length: body bytes of the current message still to come
+        self._acc = 0  # u32-length: the length prefix being read
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[str]:
+        """The notes for one ``recv()`` that returned ``data`` (not EOF)."""
+        if not data:
+            return []
+        continued = self._mid
+        if self._framing == "lines":
+            view = bytes(data)
+            messages = view.count(b"\n")
+            self._mid = not view.endswith(b"\n")
+            messages += self._mid
+            unit = "lines"
+        else:
+            messages = self._feed_length(memoryview(data).cast("B"), continued)
+            unit = "length-prefixed messages"
+        notes = []
+        if continued:
+            what = "line" if self._framing == "lines" else "message"
+            notes.append(f"this recv() continues a {what} begun in an earlier recv(): one message split "
+                         "across reads")
+        if messages > 1:
+            ends = [part for part, yes in (("the first began in an earlier recv()", continued),
+                                           ("the last is not complete yet", self._mid)) if yes]
+            notes.append(f"this recv() held {messages} {unit}" + (f" ({'; '.join(ends)})" if ends else "")
+                         + ": TCP merged several messages into one read; a protocol must find message "
+                         "boundaries itself")
+        return notes
+
+    def _feed_length(self, data: memoryview, continued: bool) -> int:
+        """Walk length prefixes and bodies; returns how many messages this recv() touched."""
+        i, n, touched = 0, len(data), int(continued)
+        while i < n:
+            if self._left:  # inside a body
+                take = min(self._left, n - i)
+                self._left -= take
+                i += take
+                continue
+            if self._header == 0:
+                touched += 1  # a new message (its length prefix) starts here
+                self._acc = 0
+            while self._header < 4 and i < n:
+                self._acc = (self._acc << 8) | data[i]
+                self._header += 1
+                i += 1
+            if self._header == 4:
+                self._header = 0
+                self._left = self._acc  # 0: an empty message, complete already
+        self._mid = bool(self._left or self._header)
+        return touched
 
 
 def _automatic_notes(event: TraceEvent) -> list[str]:

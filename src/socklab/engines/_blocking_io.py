@@ -351,7 +351,8 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                     if self._hold and not self._wait_readable():
                         return
                     if tracer:
-                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size)
+                        tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=size,
+                                    notes=self.boundary_notes(view[:n] if into else data) if n else None)
                     if not n:
                         self._on_eof()
                         if self._hold and not self._wait_readable():

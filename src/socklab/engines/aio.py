@@ -353,7 +353,8 @@ class _TracedStream(_Stream):
 
     def data_received(self, data: bytes) -> None:
         assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=len(data), level="transport")
+        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=len(data), level="transport",
+                         notes=self.boundary_notes(data))
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -404,7 +405,8 @@ class _BufferedStream(_Stream, asyncio.BufferedProtocol):
 class _TracedBufferedStream(_BufferedStream, _TracedStream):
     def buffer_updated(self, nbytes: int) -> None:
         assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=nbytes, level="transport")
+        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=nbytes, level="transport",
+                         notes=self.boundary_notes(self._view[:nbytes]) if nbytes else None)
         super().buffer_updated(nbytes)
 
     def _app_buffer_updated(self, nbytes: int) -> None:

@@ -36,7 +36,7 @@ from socklab.core.errors import TimeoutError_
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint
-from socklab.core.trace import Tracer
+from socklab.core.trace import BoundaryNotes, Tracer
 from socklab.core.transport import TimerHandle
 
 __all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "HalfCloseMixin", "ProtocolFactory", "ReadPauseMixin",
@@ -123,6 +123,18 @@ class Connection:
     protocol: BaseProtocol
     last_activity: float = 0.0
     _active: bool = False
+    _boundaries: BoundaryNotes | bool | None = False  # False: the protocol's framing not looked up yet
+
+    def boundary_notes(self, data: bytes | bytearray | memoryview) -> list[str] | None:
+        """Traced reads only: notes on message boundaries, if the protocol declared its framing."""
+        b = self._boundaries
+        if b is False:
+            protocol = getattr(self, "protocol", None)
+            if protocol is None:  # (asyncio: data before the app protocol exists)
+                return None
+            framing = getattr(protocol, "framing", None)
+            b = self._boundaries = BoundaryNotes(framing) if framing is not None else None
+        return b.feed(data) if isinstance(b, BoundaryNotes) else None
 
     def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
         """Close at once, dropping buffered output, and report ``exc`` to ``connection_lost``.

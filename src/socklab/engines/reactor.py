@@ -575,7 +575,8 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._fatal(exc, "receiving")
             return
         assert self.tracer is not None
-        self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE)
+        self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE,
+                         notes=self.boundary_notes(data) if data else None)
         if data:
             self._active = True
             try:
@@ -596,7 +597,8 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._fatal(exc, "receiving")
             return
         if self.tracer:
-            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=len(buf))
+            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=len(buf),
+                             notes=self.boundary_notes(memoryview(buf)[:n]) if n else None)
         if n:
             self._active = True
             try:

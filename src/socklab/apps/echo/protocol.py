@@ -18,32 +18,23 @@ __all__ = ["EchoDatagramProtocol", "EchoProtocol"]
 
 
 class EchoProtocol(Protocol):
-    """Stream echo: every byte received is written back."""
+    """Stream echo: every byte received is written back.
+
+    Its framing is unknown (``framing = None``): the client may send lines or random bytes (ping
+    mode), so the trace makes no claim about message boundaries on the server side - the client,
+    which knows each message's length, notes when one came back in several recv() calls.
+    """
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         self.write = transport.write  # one attribute lookup less per message on the hot path
         self.tracer = transport.get_extra_info("tracer")
-        self._mid_line = False
         if not self.tracer and type(self).data_received is EchoProtocol.data_received:
             # Untraced, receiving *is* writing back: the engine calls transport.write directly.
             self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:
-        if self.tracer:
-            self._note_boundaries(data)
         self.write(data)
-
-    def _note_boundaries(self, data: bytes) -> None:
-        """Under --trace, point out how lines (if the client sends lines) were cut by TCP."""
-        lines = data.count(b"\n")
-        if lines > 1:
-            self.tracer.note(f"this recv() held {lines} lines: TCP merged several messages into one read; a "
-                             "protocol must find message boundaries itself (e.g. split on newlines)")
-        if self._mid_line:
-            self.tracer.note("this recv() continues a line begun in an earlier recv(): one message split "
-                             "across reads")
-        self._mid_line = not data.endswith(b"\n")
 
     def eof_received(self) -> bool:
         # The client half-closed: send FIN after everything queued has gone out.
