@@ -195,18 +195,19 @@ class TftpServer(DatagramProtocol):
         victim.abort("server full: your transfer never started and its slot was given to another client")
         return True
 
-    def _slot_taken(self, addr: Any) -> Callable[[TransferDriver], None]:
+    def _slot_taken(self, addr: Any) -> Callable[[TransferDriver | None], None]:
         host = addr[0]
         self.active += 1
         self.per_client[host] = self.per_client.get(host, 0) + 1
         freed = False
 
-        def free(driver: TransferDriver) -> None:
+        def free(driver: TransferDriver | None) -> None:
             nonlocal freed
             if freed:
                 return
             freed = True
-            self.retransmissions += driver.machine.retransmissions
+            if driver is not None:
+                self.retransmissions += driver.machine.retransmissions
             self.active -= 1
             left = self.per_client.get(host, 1) - 1
             if left > 0:
@@ -301,7 +302,13 @@ class TftpServer(DatagramProtocol):
         if s.single_port:
             make_driver(self.transport, False).handle(first())
             return
-        self.engine.serve_datagram(sock, lambda: TransferEndpoint(lambda t: make_driver(t, True), first))
+        try:
+            self.engine.serve_datagram(sock, lambda: TransferEndpoint(lambda t: make_driver(t, True), first))
+        except BaseException:
+            on_end(None)
+            resource.finish(False)
+            sock.close()
+            raise
 
     def _committer(self, upload: Upload) -> Callable[[Callable[[CommitResult], None]], None]:
         """Store ``upload`` on a worker thread; report back on the engine (never block the engine)."""
