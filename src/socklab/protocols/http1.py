@@ -320,9 +320,10 @@ class Http1Parser:
             if self._eof and self.framer.pending:
                 raise RemoteProtocolError("connection closed in the middle of a request head", hint=400)
             return None
-        first = head_bytes.find(b"\r\n")
-        if not head_bytes[:first].isascii():
-            head_bytes = _escape_raw_target(head_bytes, first)
+        if not head_bytes.isascii():  # one C scan; the rare non-ASCII head is looked at closer
+            first = head_bytes.find(b"\r\n")
+            if not head_bytes[:first].isascii():
+                head_bytes = _escape_raw_target(head_bytes, first)
         if self.backend == "httptools":
             known = _parsed.get(head_bytes)
             if known is not None:  # these very bytes passed every check before: same result

@@ -73,7 +73,8 @@ class HttpProtocol(ResponseWriter):
         self.local: Any = None
         self.tls = False
         self._check_host = False  # a loopback connection: Host is checked (DNS rebinding)
-        self._good_host: str | None = None  # the last Host value that passed (a keep-alive client repeats it)
+        self._good_host: bytes | None = None  # the last Host value that passed (a keep-alive client repeats it)
+        self._good_head: RequestHead | None = None  # ...and the last head that carried it
         self._timer: TimerHandle | None = None
         self._timer_when = 0.0
         self._deadline: float | None = None
@@ -267,10 +268,10 @@ class HttpProtocol(ResponseWriter):
             return  # a response finished inside the loop below: the loop goes on by itself
         self._processing = True
         try:
+            if self._write_paused:  # the client is not reading: parse no further for now
+                self._hold()
+                return
             while self.state in (HEAD, BODY, IDLE):
-                if self._write_paused:  # the client is not reading: parse no further for now
-                    self._hold()
-                    return
                 if self.state == IDLE and not self.parser.framer.pending and not self._peer_eof:
                     return  # the response is done and nothing more has arrived (the usual keep-alive case)
                 try:
@@ -290,6 +291,9 @@ class HttpProtocol(ResponseWriter):
                         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     continue
                 self._handle(event)
+                if self._write_paused:  # that answer filled the client's buffer: parse no further for now
+                    self._hold()
+                    return
         finally:
             self._processing = False
 
@@ -310,14 +314,20 @@ class HttpProtocol(ResponseWriter):
         req = Request(method, head.target.decode("latin-1"), tp.path, tp.query.decode("latin-1") if tp.query else "",
                       list(head.headers), done.body, self.client, "1.1" if head.http_version == b"1.1" else "1.0",
                       tp.segments, tp.trailing_slash, self)
-        if self._check_host:
-            host = req.header("host")
+        if self._check_host and head is not self._good_head:  # the parser hands a repeated head back as is
+            host = None
+            for name, value in head.headers:  # Host is usually the first field
+                if name == b"host":
+                    host = value
+                    break
             if host != self._good_host:
-                if not host_allowed(host, self.local, tls=self.tls, allowed=self.settings.allow_host):
+                if not host_allowed(None if host is None else host.decode("latin-1"), self.local, tls=self.tls,
+                                    allowed=self.settings.allow_host):
                     self._error(421, "this server answers to localhost, 127.0.0.1 and [::1] with its port only "
                                      "(see --allow-host)", line=line, req=req)
                     return
                 self._good_host = host
+            self._good_head = head
         if head.upgrade is not None:
             from socklab.apps.http.websocket import upgrade
 
