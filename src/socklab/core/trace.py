@@ -5,7 +5,11 @@ recv, shutdown, close) is invisible in most programs. With ``--trace`` every soc
 client prints it, one line per call, with a timestamp, the file descriptor, the engine and
 thread, the peer, the byte counts and - where the kernel reports it - the TCP state. Notes point
 out the classic surprises inline: a partial send, a message split across recvs or two merged in
-one, EADDRINUSE and TIME_WAIT.
+one (for protocols that declare their framing), back-pressure, EADDRINUSE and TIME_WAIT.
+
+Timestamps are wall-clock time (the console shows the time of day with microseconds, the JSON
+lines seconds since the epoch), so the traces of a server and of its clients - separate
+processes - can be read side by side or merged (``socklab trace view``).
 
 Where an event loop hides the system calls (asyncio, uvloop), the engines trace at the transport
 level and say so (``level="transport"``).
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-__all__ = ["FRAMINGS", "TCP_STATES", "BoundaryNotes", "TraceEvent", "Tracer", "tcp_state"]
+__all__ = ["FRAMINGS", "TCP_STATES", "BoundaryNotes", "TraceEvent", "Tracer", "tcp_state", "time_of_day"]
 
 # Linux include/net/tcp_states.h; the first byte of struct tcp_info is the state.
 TCP_STATES = {
@@ -62,7 +66,13 @@ def format_addr(addr: Any) -> str:
 
 @dataclass
 class TraceEvent:
-    """One traced call. ``op`` is the system call (or transport method) name."""
+    """One traced call. ``op`` is the system call (or transport method) name.
+
+    ``ts`` is wall-clock time, seconds since the Unix epoch, so that traces written by different
+    processes (a server, its clients, ``socklab trace run``) can be merged on one clock; within
+    one tracer it advances with the monotonic clock (no jumps). ``rel`` is the same instant in
+    seconds since the tracer started; ``pid`` the process that wrote the event.
+    """
 
     ts: float
     op: str
@@ -76,6 +86,8 @@ class TraceEvent:
     level: str = "syscall"
     detail: str | None = None
     notes: list[str] = field(default_factory=list)
+    rel: float | None = None
+    pid: int | None = None
 
 
 class Tracer:
@@ -86,20 +98,28 @@ class Tracer:
         console: a text stream for the human-readable lines (``None``: no console output).
         json_file: a path (or open text file) receiving one JSON object per event.
         color: colour the console lines (rich markup) when the stream is a terminal.
+        clock: the console's time column: ``"wall"`` (time of day with microseconds, the
+            default: comparable between processes) or ``"relative"`` (``+seconds`` since start).
+            The JSON lines always carry both (``ts`` since the epoch, ``rel`` since start).
 
     Thread-safe: events from several threads are written whole, in order of emission.
     """
 
     def __init__(self, engine: str = "-", console: IO[str] | None = None,
-                 json_file: str | IO[str] | None = None, color: bool | None = None) -> None:
+                 json_file: str | IO[str] | None = None, color: bool | None = None,
+                 clock: str = "wall") -> None:
+        if clock not in ("wall", "relative"):
+            raise ValueError(f"clock must be 'wall' or 'relative', not {clock!r}")
         self.engine = engine
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
+        self._wall0 = time.time()  # ts = _wall0 + (monotonic - _t0): comparable across processes
+        self._pid = os.getpid()
         self._sinks: list[Callable[[TraceEvent], None]] = []
         self._json: IO[str] | None = None
         self._own_json = False
         if console is not None:
-            self._sinks.append(_ConsoleSink(console, color))
+            self._sinks.append(_ConsoleSink(console, color, clock))
         if json_file is not None:
             if isinstance(json_file, str):
                 self._json = open(json_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -130,11 +150,12 @@ class Tracer:
                     fd = None
             if state is None and fd is not None and fd >= 0:
                 state = tcp_state(sock)
+        rel = time.monotonic() - self._t0
         event = TraceEvent(
-            ts=time.monotonic() - self._t0, op=op, fd=fd, engine=engine or self.engine,
+            ts=self._wall0 + rel, op=op, fd=fd, engine=engine or self.engine,
             thread=threading.current_thread().name, peer=None if peer is None else format_addr(peer),
             nbytes=nbytes, requested=requested, state=state, level=level, detail=detail,
-            notes=list(notes or ()),
+            notes=list(notes or ()), rel=rel, pid=self._pid,
         )
         event.notes.extend(_automatic_notes(event))
         with self._lock:
@@ -244,20 +265,34 @@ def _automatic_notes(event: TraceEvent) -> list[str]:
     return notes
 
 
+def time_of_day(ts: float) -> str:
+    """``12:04:31.123456``: local wall-clock time with microseconds, comparable across processes."""
+    seconds = int(ts)
+    micros = int((ts - seconds) * 1_000_000)
+    return f"{time.strftime('%H:%M:%S', time.localtime(seconds))}.{micros:06d}"
+
+
 class _ConsoleSink:
-    """Human-readable lines: ``+0.000123 fd=5 accept peer=127.0.0.1:5000 [ESTABLISHED]``."""
+    """Human-readable lines: ``12:04:31.123456 epoll/main fd=5 accept peer=127.0.0.1:5000 [ESTABLISHED]``.
+
+    The time is the wall clock's time of day, so the lines of a server and of its clients (each
+    on its own terminal) can be put in order; ``clock="relative"`` prints ``+0.000123`` (seconds
+    since the tracer started) instead.
+    """
 
     _STYLE = {"note": "yellow", "close": "red", "shutdown": "red", "accept": "green", "connect": "green",
               "listen": "cyan", "bind": "cyan", "socket": "cyan", "error": "bold red"}
 
-    def __init__(self, stream: IO[str], color: bool | None) -> None:
+    def __init__(self, stream: IO[str], color: bool | None, clock: str = "wall") -> None:
         self.stream = stream
         if color is None:
             color = stream.isatty() and "NO_COLOR" not in os.environ
         self.color = color
+        self.relative = clock == "relative"
 
     def __call__(self, e: TraceEvent) -> None:
-        parts = [f"+{e.ts:9.6f}", f"{e.engine}/{e.thread}"]
+        when = f"+{e.rel if e.rel is not None else e.ts:9.6f}" if self.relative else time_of_day(e.ts)
+        parts = [when, f"{e.engine}/{e.thread}"]
         parts.append(f"fd={e.fd}" if e.fd is not None else "fd=-")
         op = e.op if e.level == "syscall" else f"{e.op}(transport)"
         parts.append(op)
