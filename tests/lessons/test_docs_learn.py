@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "learn.md"
 
 
@@ -15,6 +17,7 @@ def sh_blocks() -> list[str]:
     return re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
 
 
+@pytest.mark.slow
 def test_the_class_grading_loop_runs_as_documented(tmp_path):
     (block,) = [b for b in sh_blocks() if "for dir in class/" in b]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")

@@ -19,10 +19,10 @@ BROKEN = Path(__file__).parent / "broken"
 TIMEOUT = 3.0
 
 
-def verdicts(address: str, udp: bool = False, only: tuple[str, ...] = ()) -> dict[str, Result]:
+def verdicts(address: str, udp: bool = False, only: tuple[str, ...] = (), timeout: float = TIMEOUT) -> dict[str, Result]:
     host, port = address.rsplit(":", 1)
     ep = Endpoint(host, int(port))
-    probes = udp_probes(ep, TIMEOUT) if udp else tcp_probes(ep, TIMEOUT)
+    probes = udp_probes(ep, timeout) if udp else tcp_probes(ep, timeout)
     return {r.name: r for r in run_probes([p for p in probes if not only or p.name in only])}
 
 
@@ -75,16 +75,17 @@ def test_transforming_server_is_named(serve):
     assert not r.passed and "transforms the data" in r.mistake
 
 
+@pytest.mark.slow
 def test_grader_never_hangs_on_a_silent_server(serve):
     """A server that accepts and never answers: every probe fails, each within its deadline."""
     s = serve(BROKEN / "silent_server.py")
     t0 = time.monotonic()
-    res = verdicts(s.address)
+    res = verdicts(s.address, timeout=1.0)
     elapsed = time.monotonic() - t0
     assert all(not r.passed for r in res.values())
     assert "nothing came back" in res["small"].happened
-    # 11 probes with 3 s deadlines (concurrent_50 and slow_reader take two): a bounded run
-    assert elapsed < 60
+    # 11 probes with 1 s deadlines (a few wait two or three): a bounded run, about 15 s
+    assert elapsed < 50
 
 
 def test_same_verdict_on_repeated_runs(serve):
@@ -102,7 +103,7 @@ def test_udp_lesson_server_passes(serve):
 
 def test_udp_reply_to_the_wrong_peer_is_named(serve):
     s = serve(BROKEN / "udp_wrong_peer_server.py")
-    bad = failed(verdicts(s.address, udp=True))
+    bad = failed(verdicts(s.address, udp=True, only=("many_peers",)))
     assert "many_peers" in bad
     assert "another address than the sender's" in bad["many_peers"].mistake
 
