@@ -353,7 +353,8 @@ class HttpProtocol(ResponseWriter):
 
     # ---- after a response ------------------------------------------------------------------------
     def _response_done(self) -> None:
-        self._end_of_response()
+        if self._files or self._corked or self._sendfile_mode:
+            self._end_of_response()
         if not self._keep_alive or self._shutdown:
             self._close()
             return
