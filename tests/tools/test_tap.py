@@ -254,12 +254,14 @@ def test_latency_delays_every_message_by_at_least_the_latency() -> None:
         assert statistics.median(rtts) <= 0.100 + 5.0  # not, say, a second per message
 
 
-def test_bandwidth_caps_the_rate() -> None:
-    """1 MB at 2 MB/s cannot arrive in less than 0.5 s; the upper bound is loose (a busy machine
-    slows the transfer further, it cannot speed it up)."""
-    size, rate = 1_000_000, 2_000_000
+def test_bandwidth_caps_the_rate_in_kilobytes_per_second() -> None:
+    """1 MB at rate=2000 (KB/s, toxiproxy's unit: 2 MB/s) cannot arrive in less than 0.5 s; the
+    upper bound is loose (a busy machine slows the transfer further, it cannot speed it up). On the
+    old code rate was bytes/s: 2000 B/s would take 500 s, beyond the bound (issue 17)."""
+    size, rate_kb = 1_000_000, 2000
+    rate = rate_kb * 1000
     with server(Sink) as srv, \
-            Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=rate)]) as tap:
+            Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=rate_kb)]) as tap:
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             t0 = time.monotonic()
             sock.sendall(b"b" * size)
@@ -292,7 +294,7 @@ def test_reset_peer_gives_econnreset() -> None:
 
 def test_slicer_fragments_writes_but_keeps_the_bytes() -> None:
     with server(lambda: Source(5000)) as srv, Tap(target=("127.0.0.1", srv.port), faults=[
-            Fault("slicer", average_size=100, size_variation=20, delay=1)]) as tap:
+            Fault("slicer", average_size=100, size_variation=20, delay=1000)]) as tap:  # delay in µs
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             assert len(read_all(sock)) == 5000
         assert any("slicer" in e.text for e in tap.fault_log)

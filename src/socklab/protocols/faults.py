@@ -13,7 +13,10 @@ server), ``downstream`` (server to client) or ``both`` - and has a *toxicity*: t
 it applies to a given connection (or UDP flow). Toxicity 0 is exactly no fault: the fault is not
 even consulted.
 
-Units: times in milliseconds, sizes in bytes, rates in bytes per second, probabilities in 0..1.
+Units are toxiproxy's wherever a name is shared, so a toxic means the same here and there: times in
+milliseconds except the slicer's ``delay`` (microseconds, as toxiproxy's), sizes in bytes, the
+bandwidth ``rate`` in KB/s (1 KB = 1000 bytes; before issue 17 it was bytes per second),
+probabilities in 0..1.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ DIRECTIONS = ("upstream", "downstream", "both")
 # kind -> (transport, {param: default}, one-line meaning)
 FAULT_KINDS: dict[str, tuple[str, dict[str, float], str]] = {
     "latency": ("tcp", {"latency": 0.0, "jitter": 0.0}, "delay every chunk by latency +- jitter ms"),
-    "bandwidth": ("tcp", {"rate": 1_000_000.0}, "limit throughput to rate bytes/s"),
+    "bandwidth": ("tcp", {"rate": 1000.0}, "limit throughput to rate KB/s (1 KB = 1000 bytes, as toxiproxy)"),
     "slicer": ("tcp", {"average_size": 64.0, "size_variation": 0.0, "delay": 0.0},
-               "cut writes into ~average_size-byte pieces, delay ms apart"),
+               "cut writes into ~average_size-byte pieces, delay MICROseconds apart (as toxiproxy)"),
     "limit_data": ("tcp", {"bytes": 0.0}, "forward exactly bytes bytes, then close the connection"),
     "reset_peer": ("tcp", {"timeout": 0.0}, "after timeout ms, reset (RST) the connection"),
     "timeout": ("tcp", {"timeout": 0.0}, "stop all data; close after timeout ms (0 = hang forever)"),
@@ -84,7 +87,7 @@ class Fault:
             if key in ("probability", "p", "r", "loss_good", "loss_bad") and value > 1:
                 raise UsageError(f"fault {kind}: {key} is a probability (0..1)")
         if kind == "bandwidth" and values["rate"] <= 0:
-            raise UsageError("fault bandwidth: rate must be positive (bytes per second)")
+            raise UsageError("fault bandwidth: rate must be positive (KB/s, 1 KB = 1000 bytes)")
         if kind == "slicer" and values["average_size"] < 1:
             raise UsageError("fault slicer: average_size must be at least 1 byte")
         self.kind = kind

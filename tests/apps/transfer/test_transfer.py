@@ -384,7 +384,7 @@ def test_server_shutdown_mid_transfer_leaves_a_resumable_part(tmp_path: Path) ->
     srv = Server(settings, label="receive")
     srv.listen(lambda: ReceiverProtocol(settings))
     srv.start()
-    with Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=1_000_000)]) as tap:
+    with Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=1000)]) as tap:  # KB/s
         def sender() -> None:
             sock = connect_tcp(Endpoint("127.0.0.1", tap.port))
             try:

@@ -14,7 +14,7 @@ A conversation opens with the greeting line ``SOCKLAB-TAP/1``; the tap answers
     {"op": "stats"}                                  -> {"ok": true, "stats": {...}, "recent_faults": [...]}
 
 An error answers ``{"ok": false, "error": "one line"}`` and keeps the connection open. New
-faults apply to connections (and UDP flows) opened afterwards.
+faults apply at once, to connections (and UDP flows) already open too.
 
 Why the greeting: any web page the user visits can make the browser send an HTTP request to a
 loopback port (``fetch("http://127.0.0.1:9999", {method: "POST", body: ...})`` needs no

@@ -31,7 +31,7 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
 from socklab.protocols.faults import Fault, FaultSchedule
 from socklab.tools.tap.events import DOWNSTREAM, UPSTREAM, ConnInfo, FaultEvent, Observer
-from socklab.tools.tap.tcp import _ClientSide
+from socklab.tools.tap.tcp import _ClientSide, _TcpRelay
 from socklab.tools.tap.udp import _UdpFront
 
 __all__ = ["DOWNSTREAM", "UPSTREAM", "ConnInfo", "FaultEvent", "Observer", "Tap", "TapSettings"]
@@ -120,6 +120,11 @@ class Tap:
         self.fault_log: list[FaultEvent] = []
         self.fault_listeners: list[Callable[[FaultEvent], None]] = []
         self.stats: dict[str, int] = collections.defaultdict(int)
+        self.relays: dict[int, _TcpRelay] = {}  # open TCP connections, by index (engine thread only)
+        # Faults may change while connections are open (control port, HTTP API): then every
+        # connection goes through Python so a new fault can reach it; splice(2) only when not.
+        self.live_faults = False
+        self._engine_ident: int | None = None
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self.address: Any = None
@@ -136,16 +141,50 @@ class Tap:
         return list(self.schedule.faults)
 
     def set_faults(self, faults: Iterable[Fault]) -> None:
-        """Replace the faults; new connections (and every UDP flow opened after) get the new set."""
+        """Replace the faults, for new connections and for those open (as toxiproxy does).
+
+        Thread-safe. An open connection meets the new set from its next bytes on (see
+        :meth:`_TcpRelay.replan`); data already delayed keeps its time. Connections moved by
+        splice(2) cannot take faults: call :meth:`allow_live_faults` before they open (the
+        control port and the HTTP API do).
+        """
+        new = list(faults)
+        self._on_engine(lambda: self._set_faults(new))
+
+    def _set_faults(self, faults: list[Fault]) -> None:
         self.schedule.set_faults(faults)
+        for relay in list(self.relays.values()):
+            relay.replan(self.schedule.plan(relay.index))
+        if self._front is not None:
+            for flow in self._front.flows.values():
+                flow.replan()
 
     def add_fault(self, fault: Fault) -> None:
-        self.set_faults([*(f for f in self.schedule.faults if f.name != fault.name), fault])
+        """Add ``fault`` (replacing one of the same name); thread-safe."""
+        def add() -> None:
+            self._set_faults([*(f for f in self.schedule.faults if f.name != fault.name), fault])
+        self._on_engine(add)
 
     def remove_fault(self, name: str) -> bool:
-        before = self.schedule.faults
-        self.set_faults([f for f in before if f.name != name])
-        return len(before) != len(self.schedule.faults)
+        """Remove the fault named ``name``; True if there was one. Thread-safe."""
+        def remove() -> bool:
+            before = self.schedule.faults
+            self._set_faults([f for f in before if f.name != name])
+            return len(before) != len(self.schedule.faults)
+        return bool(self._on_engine(remove))
+
+    def allow_live_faults(self) -> None:
+        """Faults will change at run time: relay every new connection through Python (no splice)."""
+        self.live_faults = True
+
+    def _on_engine(self, func: Callable[[], Any]) -> Any:
+        """Run ``func`` on the relay's thread (at once if this is it, or if the relay is not running)."""
+        if not self._started or self._closed or threading.get_ident() == self._engine_ident:
+            return func()
+        return self.call(func)
+
+    def _note_engine_thread(self) -> None:
+        self._engine_ident = threading.get_ident()
 
     def log_fault(self, conn: ConnInfo, direction: str, kind: str, text: str) -> None:
         event = FaultEvent(time.time(), conn.index, direction, kind, text)
@@ -172,6 +211,8 @@ class Tap:
         """
         from socklab.tools.tap.control import ControlProtocol
 
+        self.allow_live_faults()
+
         def bind() -> Any:
             return self.server.listen(lambda: ControlProtocol(self), host=host, port=port, tls=False)
         return self.call(bind) if self._started else bind()
@@ -184,6 +225,7 @@ class Tap:
         """Bind (if not yet) and run the relay on its own thread; returns once it accepts."""
         self.bind()
         if not self._started:
+            self.engine.call_soon_threadsafe(self._note_engine_thread)  # the first thing it runs
             self._started = True
             self.server.start()
         return self
@@ -221,6 +263,7 @@ class Tap:
                       on_ready: Callable[[], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM (the CLI's main loop); ``on_ready`` once signals are handled."""
         self.bind()
+        self.engine.call_soon_threadsafe(self._note_engine_thread)
         self._started = True
         try:
             self.server.serve_forever(on_signal=on_signal, on_ready=on_ready)

@@ -41,11 +41,11 @@ class _Pipe:
         self.conn, self.direction = conn, direction
         self.src: Transport | None = None
         self.dst: Transport | None = None
-        self.kinds = {f.kind: (f, rng) for f, rng in faults}
-        self.delayed = bool({"latency", "bandwidth", "slicer", "slow_close"} & self.kinds.keys())
-        lim = self.kinds.get("limit_data")
-        self.limit: int | None = int(lim[0]["bytes"]) if lim else None
-        self.hung = "timeout" in self.kinds
+        self.kinds: dict[str, tuple[Fault, Any]] = {}
+        self.delayed = self.hung = False
+        self.limit: int | None = None
+        self.held: list[bytes] = []  # what a timeout toxic holds back, released when it is removed
+        self.apply(faults)
         self.queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.queued = 0
         self.clock = 0.0
@@ -60,6 +60,29 @@ class _Pipe:
         self.early: list[bytes] = []
         self.early_eof = False
 
+    def apply(self, faults: list[tuple[Fault, Any]]) -> None:
+        """Put ``faults`` in force for this direction now, on an open connection too (as toxiproxy).
+
+        Data already queued keeps its release time; what arrives from now on meets the new set.
+        A ``limit_data`` that stays counts on; a new one counts from now. Removing ``timeout``
+        releases what it held back (toxiproxy: "data will be delayed until the toxic is removed").
+        """
+        old_limit = self.kinds.get("limit_data")
+        self.kinds = {f.kind: (f, rng) for f, rng in faults}
+        self.delayed = bool({"latency", "bandwidth", "slicer", "slow_close"} & self.kinds.keys())
+        lim = self.kinds.get("limit_data")
+        if lim is None:
+            self.limit = None
+        elif old_limit is None or old_limit[0] != lim[0]:
+            self.limit = int(lim[0]["bytes"])
+        was_hung, self.hung = self.hung, "timeout" in self.kinds
+        if was_hung and not self.hung:
+            self.noted.discard("timeout")
+            held, self.held = self.held, []
+            for data in held:
+                self.feed(data)
+            self.resume("held")
+
     # ---- input -----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self.dst is None:
@@ -68,7 +91,10 @@ class _Pipe:
         if self.done or self.close_after:
             return  # finished, or limit_data already cut this direction
         if self.hung:
-            self._once("timeout", f"timeout: {len(data)} bytes held back (never delivered)")
+            self._once("timeout", f"timeout: {len(data)} bytes held back (until the fault is removed)")
+            self.held.append(data)
+            if sum(map(len, self.held)) > self.conn.tap.settings.max_buffer:
+                self.pause("held")
             return
         cut = False
         if self.limit is not None:
@@ -95,7 +121,7 @@ class _Pipe:
                 self._once("slicer", f"slicer: {len(data)} bytes cut into {len(chunks)} writes")
         bandwidth = self.kinds.get("bandwidth")
         if bandwidth is not None:
-            rate = bandwidth[0]["rate"]
+            rate = bandwidth[0]["rate"] * 1000.0  # KB/s (toxiproxy's unit) -> bytes/s
             step = max(1024, int(rate / 100))  # ~10 ms of data per release keeps the rate smooth
             chunks = [c[i:i + step] for c in chunks for i in range(0, len(c), step)]
         latency = self.kinds.get("latency")
@@ -108,9 +134,9 @@ class _Pipe:
             self._once("latency", f"latency: delaying by {f['latency']:g} ms (jitter {jitter:g})")
         for i, chunk in enumerate(chunks):
             if slicer is not None and i > 0:
-                t += slicer[0]["delay"] / 1000.0
+                t += slicer[0]["delay"] / 1e6  # microseconds, as toxiproxy's
             if bandwidth is not None:
-                t += len(chunk) / bandwidth[0]["rate"]
+                t += len(chunk) / (bandwidth[0]["rate"] * 1000.0)
             self.queue.append((t, chunk))
             self.queued += len(chunk)
         self.clock = t
@@ -232,9 +258,52 @@ class _TcpRelay:
         self.client: Transport | None = None
         self.server: Transport | None = None
         self.info = ConnInfo(index, None, tap.target_address, False, time.time(), plan)
-        self.timers: list[TimerHandle] = []
+        self.timers: dict[tuple[str, str], tuple[Fault, TimerHandle]] = {}  # (direction, name) -> timer
         self.finished = False
         self.pumps: list[_SplicePump] = []
+
+    def replan(self, plan: Plan) -> None:
+        """The tap's faults changed: put the new set in force on this open connection.
+
+        A fault that stays as it was keeps its random stream and its timer; a new reset_peer or
+        timeout counts its time from now. A spliced connection (opened with no fault and no way
+        to add one: see :attr:`Tap.live_faults`) has no pipe to apply them to.
+        """
+        if self.finished or self.pumps:
+            return
+        old, self.plan = self.plan, plan
+        self.info.plan = plan
+        for pipe in (self.up, self.down):
+            kept = {f.name: (f, rng) for f, rng in old.faults(pipe.direction)}
+            pipe.apply([kept[f.name] if f.name in kept and kept[f.name][0] == f else (f, rng)
+                        for f, rng in plan.faults(pipe.direction)])
+        if self.server is not None:
+            self._arm_timers()
+
+    def _arm_timers(self) -> None:
+        """Timers of the reset_peer and timeout faults in force; those of faults removed are cancelled."""
+        wanted: dict[tuple[str, str], Fault] = {}
+        for direction in (UPSTREAM, DOWNSTREAM):
+            for kind in ("reset_peer", "timeout"):
+                f = self.plan.get(kind, direction)
+                if f is not None:
+                    wanted[(direction, f.name)] = f
+        for key, (f, handle) in list(self.timers.items()):
+            if wanted.get(key) != f:
+                handle.cancel()
+                del self.timers[key]
+        for (direction, name), f in wanted.items():
+            if (direction, name) in self.timers:
+                continue
+            if f.kind == "reset_peer":
+                handle = self.tap.engine.call_later(f["timeout"] / 1000.0, lambda d=direction: self.reset(d))
+            else:
+                self.fault(direction, "timeout", f"timeout: {direction} data stopped"
+                           + (f", closing after {f['timeout']:g} ms" if f["timeout"] else " (hang)"))
+                if not f["timeout"]:
+                    continue
+                handle = self.tap.engine.call_later(f["timeout"] / 1000.0, self.close_all)
+            self.timers[(direction, name)] = (f, handle)
 
     def fault(self, direction: str, kind: str, text: str) -> None:
         self.tap.log_fault(self.info, direction, kind, text)
@@ -247,21 +316,12 @@ class _TcpRelay:
         self.down.src, self.down.dst = transport, self.client
         for obs in self.tap.observers:
             obs.opened(self.info)
-        if self.tap.splice and not self.plan.active and not any(o.wants_data for o in self.tap.observers) \
+        if self.tap.splice and not self.tap.live_faults and not self.plan.active \
+                and not any(o.wants_data for o in self.tap.observers) \
                 and hasattr(os, "splice") and not self.up.early and not self.up.early_eof:
             self._start_splice(transport)
             return
-        for direction in (UPSTREAM, DOWNSTREAM):
-            reset = self.plan.get("reset_peer", direction)
-            if reset is not None:
-                self.timers.append(self.tap.engine.call_later(
-                    reset["timeout"] / 1000.0, lambda d=direction: self.reset(d)))
-            hang = self.plan.get("timeout", direction)
-            if hang is not None:
-                self.fault(direction, "timeout", f"timeout: {direction} data stopped"
-                           + (f", closing after {hang['timeout']:g} ms" if hang["timeout"] else " (hang)"))
-                if hang["timeout"] > 0:
-                    self.timers.append(self.tap.engine.call_later(hang["timeout"] / 1000.0, self.close_all))
+        self._arm_timers()
         self.up.connected()
         if not self.finished:
             self.client.resume_reading()
@@ -310,8 +370,10 @@ class _TcpRelay:
         self.finished = True
         for pump in self.pumps:
             pump.close()
-        for timer in self.timers:
+        for _, timer in self.timers.values():
             timer.cancel()
+        self.timers.clear()
+        self.tap.relays.pop(self.index, None)
         self.up.cancel()
         self.down.cancel()
 
@@ -346,6 +408,7 @@ class _ClientSide(Protocol):
         index = next(tap._counter)
         plan = tap.schedule.plan(index)
         relay = self.relay = _TcpRelay(tap, index, plan)
+        tap.relays[index] = relay  # so faults changed at run time reach it (Tap.set_faults)
         relay.client = transport
         relay.info.client = transport.get_extra_info("peername")
         relay.info.listen = transport.get_extra_info("sockname")
@@ -387,6 +450,8 @@ class _ClientSide(Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.relay is not None:
+            if self.relay.finished:  # refused ("down") or the target unreachable: never stopped
+                self.tap.relays.pop(self.relay.index, None)
             self.relay.side_lost("client", exc)
 
 

@@ -39,6 +39,13 @@ class _UdpFlow(DatagramProtocol):
         for obs in tap.observers:
             obs.opened(self.info)
 
+    def replan(self) -> None:
+        """The tap's faults changed: this flow meets the new set from its next datagram on."""
+        plan = self.tap.schedule.plan(self.info.index)
+        self.up = DatagramFaults(plan.faults(UPSTREAM))
+        self.down = DatagramFaults(plan.faults(DOWNSTREAM))
+        self.info.plan = plan
+
     def datagram_received(self, data: bytes, addr: Any) -> None:  # from the target
         self.last = time.monotonic()
         self.tap.stats["datagrams_down"] += 1

@@ -1,0 +1,87 @@
+"""Faults changed at run time reach connections already open, as toxiproxy's toxics do (issue 17).
+
+Lower bounds only: a busy machine adds delay, it never removes any.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from socklab.apps.echo.protocol import EchoProtocol
+from socklab.tools.tap import Fault, Tap
+from socklab.tools.tap.control import request
+from tests.conftest import running_server
+
+
+def exchange(sock: socket.socket, msg: bytes = b"ping\n") -> float:
+    t0 = time.monotonic()
+    sock.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        chunk = sock.recv(100)
+        assert chunk, "the tap closed the connection"
+        got += chunk
+    assert got == msg
+    return time.monotonic() - t0
+
+
+def test_a_latency_added_while_a_connection_is_open_delays_its_next_exchange_and_removing_it_heals() -> None:
+    """On the old code a fault reached only connections opened after it: the second exchange
+    came back at once and the lower bound failed."""
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        port = int(tap.serve_control()[1])
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            exchange(sock)  # open, relayed, no fault
+            answer = request("127.0.0.1", port, {"op": "add", "fault": {
+                "kind": "latency", "direction": "downstream", "latency": 300}})
+            assert answer["ok"], answer
+            assert exchange(sock) >= 0.299  # the same connection, now delayed
+            assert request("127.0.0.1", port, {"op": "remove", "name": "latency_downstream"})["removed"]
+            # healed: no longer delayed (a loose bound - only a wedged relay takes 300 ms x 10)
+            assert min(exchange(sock) for _ in range(3)) < 3.0
+            assert tap.relays  # still the same open connection
+
+
+def test_a_timeout_added_at_run_time_holds_data_until_it_is_removed() -> None:
+    """toxiproxy: with timeout 0 "data will be delayed until the toxic is removed". The old tap
+    applied it only to new connections (and dropped what it held)."""
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        tap.serve_control()  # faults will change at run time
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            exchange(sock)
+            tap.add_fault(Fault("timeout", "upstream", timeout=0))
+            sock.sendall(b"held\n")
+            sock.settimeout(0.3)
+            try:
+                early = sock.recv(100)
+            except TimeoutError:
+                early = b""
+            assert early == b""  # held back while the fault is in force
+            sock.settimeout(30)
+            assert tap.remove_fault("timeout_upstream")
+            assert sock.recv(100) == b"held\n"  # released, in order
+
+
+def test_a_reset_peer_added_at_run_time_resets_an_open_connection() -> None:
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        tap.serve_control()  # faults will change at run time
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            exchange(sock)
+            tap.add_fault(Fault("reset_peer", "downstream", timeout=0))
+            sock.settimeout(10)  # the old code never reset it: recv timed out
+            got = b""
+            try:
+                got = sock.recv(100)
+            except ConnectionResetError:
+                got = b"RST"
+            assert got in (b"", b"RST")  # closed by the tap; the echo server is still up
+
+
+def test_slicer_delay_is_in_microseconds_as_toxiproxys() -> None:
+    """2000 bytes cut into 100-byte writes 20,000 µs apart take at least 19 x 20 ms. On the old
+    code delay was milliseconds: 19 x 20 s, beyond the test's time bound."""
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), faults=[
+            Fault("slicer", "downstream", average_size=100, delay=20_000)]) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            assert 0.019 * 19 <= exchange(sock, b"s" * 1999 + b"\n") < 30
