@@ -116,3 +116,23 @@ def test_refused_when_nothing_listens():
         port = s.getsockname()[1]
     r = verdicts(f"127.0.0.1:{port}", only=("small",))["small"]
     assert not r.passed and "connection refused" in r.happened
+
+
+def test_a_server_that_keeps_only_the_first_message_of_a_recv_is_named(serve, tmp_path):
+    program = tmp_path / "first_line.py"
+    program.write_text(
+        "import socket, sys, threading\n"
+        "def serve(c):\n"
+        "    with c:\n"
+        "        while data := c.recv(65536):\n"
+        "            c.sendall(data.split(b'\\n')[0] + b'\\n')  # one recv = one message, it thinks\n"
+        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
+        "while True:\n"
+        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    s = serve(program)
+    res = verdicts(s.address, only=("small", "many_in_one"))
+    assert res["small"].passed
+    r = res["many_in_one"]
+    assert not r.passed
+    assert "only 12 of 1200 bytes came back" in r.happened and "one recv() per message" in r.mistake

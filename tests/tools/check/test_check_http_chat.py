@@ -79,3 +79,26 @@ def test_socklab_chat_server_passes(spawn, tmp_path):
     p = spawn("chat", "serve", "--tcp-port", "0", "--http-port", "0", "--store", str(tmp_path / "chat.db"))
     m = p.wait_for(r"listening on tcp://(\S+):(\d+)")
     assert [r for r in chat_verdicts(f"{m.group(1)}:{m.group(2)}").values() if not r.passed] == []
+
+
+WEB_LESSON = Path(__file__).resolve().parents[3] / "src" / "socklab" / "lessons" / "web_server.py"
+
+
+@pytest.mark.parametrize("find, replace, probe, says", [
+    ("Content-Length: {len(body)}", "Content-Length: {len(body.decode('utf-8', 'replace'))}", "content_length",
+     "counts characters, not bytes"),
+    ('(body if send_body else b"")', "body", "head", "sent the body in answer to HEAD"),
+    ('if len(parts) != 3 or not parts[2].startswith("HTTP/1."):', "if False:", "bad_request",
+     "does not parse crashed the handler"),
+    ('respond(conn, "404 Not Found", b"not found\\n", method == "GET", keep)',
+     'respond(conn, "200 OK", b"not found\\n", method == "GET", keep)', "not_found", "must be 404"),
+], ids=["characters", "head-body", "garbage-crash", "missing-200"])
+def test_web_server_mistakes_are_named(serve, www, tmp_path, find, replace, probe, says):
+    source = WEB_LESSON.read_text()
+    assert source.count(find) == 1
+    broken = tmp_path / "web_server.py"
+    broken.write_text(source.replace(find, replace))
+    s = serve(broken, str(www))
+    probes = [p for p in http_probes(endpoint(s.address), www, None, TIMEOUT) if p.name == probe]
+    (r,) = run_probes(probes)
+    assert not r.passed and says in r.mistake + " " + r.happened, r

@@ -166,19 +166,27 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
         return f"GET {path} answered 200" + (" with the file's exact bytes" if content is not None else "")
 
     def content_length() -> str:
-        r = fetch("GET", path, "Connection: close\r\n")
-        expect_ok(r, f"GET {path}")
+        c = HttpConn(target, timeout)
+        try:
+            c.send(_request("GET", path, host, "Connection: close\r\n"))
+            r = c.response(what=f"GET {path}")
+            deadline = time.monotonic() + timeout
+            while c._fill(deadline):  # everything the server sent, up to its close
+                pass
+            sent = len(r.body) + len(c.buffer)
+        finally:
+            c.close()
         length = r.headers.get("content-length")
         if length is None:
             raise ProbeFailed(f"GET {path} answered without a Content-Length header",
                               "without Content-Length the client can only find the end of the body when "
                               "the server closes, so a connection serves one request (no keep-alive)",
                               "send Content-Length: the body's length in bytes")
-        size = len(content) if content is not None else len(r.body)
-        if not length.isdigit() or int(length) != size:
-            raise ProbeFailed(f"Content-Length says {quote(length)} but the body has {size} bytes",
+        if not length.isdigit() or int(length) != sent:
+            raise ProbeFailed(f"Content-Length says {quote(length)} but {sent} bytes of body followed",
                               "the length counts characters, not bytes (len(text) instead of "
                               "len(text.encode())), or belongs to another body", "Content-Length: len(body_bytes)")
+        expect_ok(r, f"GET {path}")
         return f"Content-Length: {length} matches the body"
 
     def pieces() -> str:
