@@ -51,7 +51,7 @@ def test_exercise_with_another_mistake_and_refusals(tmp_path):
     text = (tmp_path / "web_server.py").read_text()
     assert "is_relative_to" not in text  # the check that was removed
     assert (tmp_path / "www" / "index.html").is_file()
-    assert "socklab check http --root www 127.0.0.1:8080" in done.stdout
+    assert f"socklab check http --root {tmp_path / 'www'} 127.0.0.1:8080" in done.stdout
     assert "GET /../../../../etc/passwd ->" in done.stdout and "404 Not Found" in done.stdout
     again = learn("web", "--no-pause", "--no-trace", "--dir", str(tmp_path))
     assert again.returncode == 2 and "exists" in again.stderr  # refused before anything runs

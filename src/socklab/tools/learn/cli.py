@@ -131,7 +131,8 @@ def exercise(lesson: Lesson, mistake_name: str | None, directory: Path, force: b
             args = " www"
         click.echo(f"Wrote {target}: the lesson's program with one classic mistake planted{more}.")
         click.echo(f"  1. run it:    cd {directory} && python3 {target.name} {lesson.port}{args}")
-        click.echo(f"  2. grade it:  socklab check {lesson.check} 127.0.0.1:{lesson.port}")
+        check = (lesson.check or "").replace("--root www", f"--root {directory / 'www'}")
+        click.echo(f"  2. grade it:  socklab check {check} 127.0.0.1:{lesson.port}")
         click.echo("  The check fails now and names the mistake. Fix the program until every probe passes.")
         click.echo(f"  Stuck? compare: diff {source_of(module)} {target}")
     click.echo(f"At full strength: {lesson.full_strength}")
