@@ -13,6 +13,9 @@ and the reason.
 
 from __future__ import annotations
 
+import struct
+import zlib
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ from socklab.protocols.chat import Bye, parse_command
 if TYPE_CHECKING:
     from socklab.apps.chat.server import ChatServer
 
-__all__ = ["STATIC_DIR", "WebMember", "listen_web"]
+__all__ = ["STATIC_DIR", "WebMember", "favicon_ico", "listen_web"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 WEB_EXTRA_PER_ADDRESS = 16  # HTTP connections an address may hold beyond its chat cap (page loads)
@@ -95,8 +98,46 @@ class WebMember(Member):
             self.ws.close(code, bye.text[:120])
 
 
+# The page's icon, a speech bubble with three dots (the page also carries it inline as SVG); browsers
+# and crawlers still ask for /favicon.ico, which answered 404 before.
+_ICON = (
+    "................",
+    "................",
+    "..############..",
+    ".##############.",
+    ".##############.",
+    ".##############.",
+    ".###oo#oo#oo###.",
+    ".###oo#oo#oo###.",
+    ".##############.",
+    ".##############.",
+    "..############..",
+    "...###..........",
+    "...##...........",
+    "...#............",
+    "................",
+    "................",
+)
+_COLOURS = {".": (0, 0, 0, 0), "#": (0x1D, 0x35, 0x57, 255), "o": (0xA8, 0xDA, 0xDC, 255)}
+
+
+@cache
+def favicon_ico() -> bytes:
+    """A 16x16 ICO file holding one PNG image (ICO allows PNG entries since Windows Vista)."""
+    raw = b"".join(b"\0" + b"".join(bytes(_COLOURS[c]) for c in row) for row in _ICON)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack("!IIBBBBB", 16, 16, 8, 6, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    header = struct.pack("<HHH", 0, 1, 1)  # reserved, type 1 (icon), one image
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
 def make_router(node: ChatServer) -> Router:
-    """The chat's routes: ``/ws`` (WebSocket), ``/healthz``, and the page's static files at ``/``."""
+    """The chat's routes: ``/ws`` (WebSocket), ``/healthz``, ``/favicon.ico`` and the page's files at ``/``."""
     router = Router()
     hub = node.hub
 
@@ -110,8 +151,12 @@ def make_router(node: ChatServer) -> Router:
         return Response.json(200, {"members": len(hub.members), "rooms": len(hub.rooms),
                                    "delivered": hub.delivered})
 
+    def favicon(req: Request) -> Response:
+        return Response(200, [("content-type", "image/x-icon"), ("cache-control", "max-age=86400")], favicon_ico())
+
     router.websocket("/ws")(on_ws)
     router.route("GET", "/healthz")(health)
+    router.route("GET", "/favicon.ico")(favicon)
     router.static("/", node.settings.web or STATIC_DIR, listing=False)
     return router
 

@@ -7,7 +7,7 @@
   const state = {
     ws: null, nick: localStorage.getItem("socklab.nick") || "", current: null, rooms: new Map(),
     lastSeq: JSON.parse(localStorage.getItem("socklab.seq") || "{}"), wanted: [], retry: 0, timer: null,
-    wantConnected: false, named: false,
+    wantConnected: false, named: false, nickPending: false, switchOnJoin: null, wantNick: "",
   };
   $("nick").value = state.nick;
 
@@ -19,6 +19,27 @@
   }
 
   function setStatus(text, cls) { const s = $("status"); s.textContent = text; s.className = "status " + cls; }
+
+  // A refused nick: the server's reason in red beside the form, until a nick is accepted.
+  function showRefusal(text) {
+    const e = $("login-error");
+    e.textContent = text; e.hidden = !text;
+    $("nick").setAttribute("aria-invalid", text ? "true" : "false");
+  }
+
+  function setSignedIn(on) {
+    state.named = on;
+    $("text").disabled = !on; $("send-button").disabled = !on;
+    if (on) { setStatus("online as " + state.nick, "on"); showRefusal(""); }
+  }
+
+  // Phones: rooms and members are drawers (CSS decides whether the buttons show at all).
+  function drawer(which) {
+    document.body.classList.toggle("show-rooms", which === "rooms");
+    document.body.classList.toggle("show-members", which === "members");
+    $("menu-rooms").setAttribute("aria-expanded", String(which === "rooms"));
+    $("menu-members").setAttribute("aria-expanded", String(which === "members"));
+  }
 
   function fmtTime(ts) {
     const d = ts ? new Date(ts * 1000) : new Date();
@@ -60,9 +81,10 @@
       const b = document.createElement("button");
       b.textContent = r.name; b.type = "button";
       b.className = (r.name === state.current ? "current" : "") + (r.unread ? " unread" : "");
-      b.onclick = () => switchTo(r.name);
+      b.onclick = () => { drawer(null); switchTo(r.name); };
       nav.appendChild(b);
     }
+    $("menu-room").textContent = state.current || "rooms";
   }
 
   function renderMembers() {
@@ -70,22 +92,23 @@
     const r = state.current ? room(state.current) : null;
     $("room-name").textContent = r ? r.name : "";
     $("topic").textContent = r && r.topic ? "Topic: " + r.topic : "";
+    $("member-count").textContent = r ? String(r.members.size) : "";
     if (!r) return;
     for (const n of [...r.members].sort((a, b) => a.localeCompare(b))) {
-      const li = document.createElement("li"); li.textContent = n;
-      li.onclick = () => { $("text").value = "/msg " + n + " "; $("text").focus(); };
+      const li = document.createElement("li"); li.textContent = n; li.title = n;
+      li.onclick = () => { drawer(null); $("text").value = "/msg " + n + " "; $("text").focus(); };
       ul.appendChild(li);
     }
   }
 
-  function switchTo(name) {
+  function switchTo(name, ask = true) {
     state.current = name;
     const r = room(name); r.unread = false;
     const log = $("log"); log.textContent = "";
     for (const e of r.lines) appendLine(e);
     log.scrollTop = log.scrollHeight;
     renderRooms(); renderMembers();
-    if (state.ws && state.ws.readyState === 1) state.ws.send("/join " + name + " " + (state.lastSeq[name] || 0));
+    if (ask && state.ws && state.ws.readyState === 1) state.ws.send("/join " + name + " " + (state.lastSeq[name] || 0));
   }
 
   function saveSeq() { localStorage.setItem("socklab.seq", JSON.stringify(state.lastSeq)); }
@@ -93,12 +116,16 @@
   function handle(ev) {
     switch (ev.type) {
       case "HELLO":
-        send("/nick " + state.nick);
+        askNick(state.wantNick || state.nick);
         break;
       case "NICK":
-        if (ev.old === "*" || ev.old === state.nick) {
-          state.nick = ev.new; state.named = true; localStorage.setItem("socklab.nick", ev.new);
-          for (const name of state.wanted) send("/join " + name + (name in state.lastSeq ? " " + state.lastSeq[name] : ""));
+        if (ev.old === "*" || ev.old === state.nick) {  // ours: accepted
+          state.nick = ev.new; state.wantNick = ""; state.nickPending = false;
+          localStorage.setItem("socklab.nick", ev.new);
+          setSignedIn(true);
+          if (ev.old === "*") {
+            for (const name of state.wanted) send("/join " + name + (name in state.lastSeq ? " " + state.lastSeq[name] : ""));
+          }
         }
         for (const r of state.rooms.values()) {
           if (r.members.delete(ev.old)) r.members.add(ev.new);
@@ -111,7 +138,8 @@
         if (ev.nick === state.nick) {
           r.joined = true;
           if (!state.wanted.includes(ev.room)) state.wanted.push(ev.room);
-          if (!state.current || state.current === ev.room || !room(state.current).joined) state.current = ev.room;
+          if (state.switchOnJoin === ev.room) { state.switchOnJoin = null; switchTo(ev.room, false); }
+          else if (!state.current || state.current === ev.room || !room(state.current).joined) state.current = ev.room;
           renderRooms();
         } else addLine(ev.room, "info", "", ev.nick + " joined " + ev.room);
         renderMembers();
@@ -142,10 +170,22 @@
         addLine(null, "private", label, ev.text, ev.ts);
         break;
       }
-      case "TOPIC": { const r = room(ev.room); r.topic = ev.text; addLine(ev.room, "info", "", "topic: " + ev.text); renderMembers(); break; }
+      case "TOPIC": {  // sent on every join (and rejoin after a reconnect): shown when it is new
+        const r = room(ev.room);
+        if (r.topic !== ev.text) addLine(ev.room, "info", "", "topic: " + ev.text);
+        r.topic = ev.text; renderMembers(); break;
+      }
       case "ROOMS": addLine(null, "info", "", "rooms: " + ev.rooms.map((r) => r.name + " (" + r.members + ")").join(", ")); break;
       case "INFO": addLine(null, "info", "", ev.text); break;
-      case "ERR": addLine(null, "error", "", ev.code + " " + ev.text); break;
+      case "ERR":
+        if (state.nickPending) {  // the answer to our /nick: refused
+          state.nickPending = false;
+          showRefusal("nick refused: " + ev.code + " " + ev.text + (ev.code === 400 || ev.code === 422
+            ? ". A nick is one word: a letter or _, then up to 23 letters, digits, _ or -" : ""));
+          if (!state.named) setStatus("not signed in", "off");
+        }
+        addLine(null, "error", "", ev.code + " " + ev.text);
+        break;
       case "BYE": addLine(null, "info", "", "server: " + ev.text); break;
       case "SYNC": if (ev.seq > (state.lastSeq[ev.room] || 0)) { /* nothing missing that we know of */ } break;
       default: break;
@@ -154,16 +194,31 @@
 
   function send(text) { if (state.ws && state.ws.readyState === 1) state.ws.send(text); }
 
+  function askNick(nick) {
+    if (!nick) { setStatus("not signed in", "off"); showRefusal("choose a nick"); return; }
+    state.nickPending = true;
+    if (!state.named) setStatus("signing in as " + nick, "wait");
+    send("/nick " + nick);
+  }
+
+  // Make `name` the current room: at once if already in it, else when the server confirms the join.
+  function joinAndShow(name) {
+    const r = state.rooms.get(name);
+    if (r && r.joined) { switchTo(name); return; }
+    state.switchOnJoin = name;
+    send("/join " + name + (name in state.lastSeq ? " " + state.lastSeq[name] : ""));
+  }
+
   function connect() {
     clearTimeout(state.timer);
     const proto = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(proto + location.host + "/ws");
     state.ws = ws;
     setStatus("connecting", "wait");
-    ws.onopen = () => { state.retry = 0; setStatus("online as " + state.nick, "on"); $("text").disabled = false; $("send-button").disabled = false; };
+    ws.onopen = () => { state.retry = 0; setStatus("connected, not signed in", "wait"); };
     ws.onmessage = (m) => { try { handle(JSON.parse(m.data)); } catch (e) { console.error(e); } };
     ws.onclose = (e) => {
-      $("text").disabled = true; $("send-button").disabled = true;
+      setSignedIn(false); state.nickPending = false;
       for (const r of state.rooms.values()) r.members.clear();
       renderMembers();
       if (!state.wantConnected) { setStatus("offline", "off"); return; }
@@ -175,12 +230,19 @@
 
   $("login").addEventListener("submit", (e) => {
     e.preventDefault();
-    state.nick = $("nick").value.trim();
-    const r = $("room").value.trim() || "#lobby";
-    if (!state.wanted.includes(r)) state.wanted.push(r);
+    state.wantNick = $("nick").value.trim();
+    const r = ($("room").value.trim() || "#lobby").toLowerCase();
     state.wantConnected = true;
-    if (state.ws && state.ws.readyState === 1) { send("/nick " + state.nick); send("/join " + r); }
-    else connect();
+    if (!(state.ws && state.ws.readyState === 1)) {
+      if (!state.wanted.includes(r)) state.wanted.push(r);
+      connect();
+    } else if (!state.named) {
+      if (!state.wanted.includes(r)) state.wanted.push(r);
+      askNick(state.wantNick);  // the rooms are joined once a nick is accepted
+    } else {
+      if (state.wantNick && state.wantNick !== state.nick) askNick(state.wantNick);
+      joinAndShow(r);
+    }
   });
 
   $("send").addEventListener("submit", (e) => {
@@ -188,10 +250,19 @@
     const input = $("text");
     let text = input.value;
     if (!text.trim()) return;
+    const join = /^\/join\s+(#\S+)\s*$/i.exec(text.trim());
+    const nick = /^\/nick\s+(\S+)\s*$/i.exec(text.trim());
+    if (join) { joinAndShow(join[1].toLowerCase()); input.value = ""; return; }
+    if (nick) { askNick(nick[1]); input.value = ""; return; }
     if (!text.startsWith("/") && state.current) text = "/say " + state.current + " " + text;
     send(text);
     input.value = "";
   });
+
+  $("menu-rooms").addEventListener("click", () => drawer(document.body.classList.contains("show-rooms") ? null : "rooms"));
+  $("menu-members").addEventListener("click", () => drawer(document.body.classList.contains("show-members") ? null : "members"));
+  $("backdrop").addEventListener("click", () => drawer(null));
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") drawer(null); });
 
   window.socklabChat = state;  // for tests and the curious
 })();
