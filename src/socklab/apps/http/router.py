@@ -19,7 +19,7 @@ A handler whose answer comes later (JSON-RPC calls running on a thread pool) ret
 :class:`Pending` and calls ``pending.resolve(response)`` on the engine thread when it is ready;
 the connection answers nothing else meanwhile (HTTP/1.1 answers in order) and stops reading the
 client once ``max_pipelined`` bytes wait. ``request.connection`` lets a handler keep state for
-the connection (``connection.state``) and learn when it closes (``connection.on_close``).
+the connection (``connection.conn_state``) and learn when it closes (``connection.on_close``).
 
 A ``HEAD`` request is answered by the ``GET`` handler with the body dropped (RFC 9110 §9.3.2).
 """
@@ -69,7 +69,7 @@ class Request:
         body: the whole body (at most ``max_body`` bytes).
         client: the peer address.
         http_version: ``"1.1"`` or ``"1.0"``.
-        connection: the connection it came on (``state`` dict, ``on_close(callback)``,
+        connection: the connection it came on (``conn_state`` dict, ``on_close(callback)``,
             ``transport``), or ``None`` outside a server.
     """
 
