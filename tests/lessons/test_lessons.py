@@ -187,3 +187,11 @@ def test_two_peers_exchange_lines(serve):
     a.popen.stdin.write(b"hello from A\n")
     a.popen.stdin.flush()
     b.wait_for(re.compile(r"\] hello from A"))
+
+
+def test_lessons_grader_and_learn_are_packages_the_wheel_ships():
+    import setuptools
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    packages = setuptools.find_packages(str(src))  # what [tool.setuptools.packages.find] ships
+    assert {"socklab.lessons", "socklab.tools.check", "socklab.tools.learn"} <= set(packages)
