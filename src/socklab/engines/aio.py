@@ -51,6 +51,7 @@ from typing import Any, cast
 from socklab.core.errors import ConnectTimeout, LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
 from socklab.core.sockets import Endpoint
+from socklab.core.trace import format_addr
 from socklab.core.transport import DatagramTransport, TimerHandle, Transport
 from socklab.engines.base import (
     Connection,
@@ -203,7 +204,7 @@ class _Stream(ReadPauseMixin, asyncio.Protocol, Transport, Connection):
         self._refused = True
         engine = self.engine
         if self.tracer:
-            self.tracer.note(f"refusing {self._peer}: max_connections={engine.settings.max_connections} "
+            self.tracer.note(f"refusing {format_addr(self._peer)}: max_connections={engine.settings.max_connections} "
                              "reached (or shutting down)", fd=self._fd(), level="transport")
         if not engine.shutting_down:
             t.write(engine.settings.overflow_message)

@@ -58,6 +58,7 @@ from socklab.core.errors import SocklabError
 from socklab.core.protocol import Protocol
 from socklab.core.sockets import Endpoint, connect_tcp
 from socklab.core.tls import TLSProtocol
+from socklab.core.trace import format_addr
 from socklab.engines._blocking_io import (
     _DONTWAIT,
     JOIN_TIMEOUT,
@@ -256,7 +257,7 @@ class BlockingEngine(Engine):
 
     def _refuse(self, conn: socket.socket, peer: Any, why: str) -> None:
         if self.tracer:
-            self.tracer.note(f"refusing {peer}: {why}", conn)
+            self.tracer.note(f"refusing {format_addr(peer)}: {why}", conn)
         try:
             if not self.shutting_down:
                 conn.send(self.settings.overflow_message, _DONTWAIT)
@@ -519,24 +520,28 @@ class PoolEngine(BlockingEngine):
                                                                   f"pool-worker-{self._workers + 1}"):
                 self._workers += 1
             else:
-                self._all_busy(peer)
+                self._all_busy(conn, peer)
 
-    def _all_busy(self, peer: Any) -> None:
-        """A connection waits in the queue: count it, and say once why (lock held).
+    def _all_busy(self, conn: socket.socket, peer: Any) -> None:
+        """A connection waits in the queue: count it, and say once per server why (lock held).
 
         A client that stays connected (chat, peer, a terminal session) keeps its worker until it
         leaves, so worker number ``workers`` + 1 gets no answer at all until someone does - the
-        most surprising thing this engine does, and the reason it is said in the log.
+        most surprising thing this engine does, and the reason it is said in the log: once for
+        the whole server (all its listeners), the address as ``host:port``. Under ``--trace``
+        each queued connection also gets a note of its own (not the warning again).
         """
         self.stats.extra["queued"] = self.stats.extra.get("queued", 0) + 1
+        where = format_addr(peer)
         if self.tracer:
-            self.tracer.note(f"all {self.settings.workers} workers busy: {peer} waits in the queue")
+            self.tracer.note(f"queued: {where} waits for a free worker ({len(self._queue)} waiting, "
+                             f"queue_size={self.settings.queue_size})", conn, peer=peer)
         if not self._warned_busy:
             self._warned_busy = True
             log.warning("socklab: all %d pool workers are busy; new connections (first: %s) wait in the queue "
                         "(queue_size=%d) until a client leaves. A long-lived client holds its worker: raise "
                         "--workers, or use a concurrent engine (threads, epoll, asyncio)",
-                        self.settings.workers, peer, self.settings.queue_size)
+                        self.settings.workers, where, self.settings.queue_size)
 
     def _worker(self) -> None:
         while True:
@@ -558,7 +563,7 @@ class PoolEngine(BlockingEngine):
             conn, peer, _ = self._queue.popleft()
             self._starting -= 1
             if self.tracer:
-                self.tracer.note(f"closing queued connection from {peer}: {why}", conn)
+                self.tracer.note(f"closing queued connection from {format_addr(peer)}: {why}", conn)
             conn.close()
 
     def _close_workers(self) -> None:

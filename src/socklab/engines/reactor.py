@@ -419,7 +419,7 @@ class _Listener:
     def _refuse(self, conn: socket.socket, peer: Any) -> None:
         reactor = self.reactor
         if reactor.tracer:
-            reactor.tracer.note(f"refusing {peer}: max_connections={reactor.settings.max_connections} reached "
+            reactor.tracer.note(f"refusing {format_addr(peer)}: max_connections={reactor.settings.max_connections} reached "
                                 "(or shutting down)", conn)
         try:
             conn.setblocking(False)
