@@ -8,7 +8,12 @@ interrupted; up/down browse what you typed, the terminal's scrollback keeps the 
 It is also a model of a well-behaved protocol client: one reader thread turns server lines into
 events (:func:`~socklab.protocols.chat.parse_event`); it remembers the last sequence number seen in
 each room and, when the connection drops (a server restart), reconnects with back-off and rejoins
-with ``/join #room LAST_SEQ`` - so nothing is missed and nothing is shown twice.
+with ``/join #room LAST_SEQ`` - so nothing is missed and nothing is shown twice. The same goes for
+what a rejoin repeats (your own join, the topic, the member list): shown again only if it changed.
+
+The server's greeting is written for ``nc`` users ("choose a nick with /nick NAME"); this client
+signs in by itself with ``--nick``, so it says that instead, and tells how to pick another nick
+(``/nick NEW`` at the prompt) when the server refuses one.
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ def _clock(ts: float | None = None) -> str:
     return time.strftime("%H:%M", time.localtime(ts if ts is not None else time.time()))
 
 
+def _presence_text(ev: ServerEvent) -> str | None:
+    """A ``PRESENCE`` line (crowded rooms: a count instead of each join and part), on servers that send it."""
+    text = getattr(ev, "text", None)
+    return f"-- {text}" if isinstance(text, str) else None
+
+
 def format_event(ev: ServerEvent, me: str) -> str | None:
     """How the terminal shows one event (``None``: nothing to show).
 
@@ -91,6 +102,8 @@ def _format(ev: ServerEvent, me: str) -> str | None:
         return f"-- pong {ev.token}"
     if isinstance(ev, Bye):
         return f"-- server: {ev.text}"
+    if ev.KIND == "PRESENCE":
+        return _presence_text(ev)
     return None
 
 
@@ -117,6 +130,15 @@ class ChatClient:
         self.sock: socket.socket | None = None
         self.closed = threading.Event()
         self.quitting = False
+        self.signed_in = False  # the server accepted a nick on this connection
+        self._nick_pending: str | None = None  # a /nick sent and not answered yet
+        self._welcomed = False
+        self._rejoining: set[str] = set()  # rooms rejoined after a reconnect: their JOIN is not news
+        self._topics: dict[str, str] = {}  # what was shown, per room, to show a repeat only if it changed
+        self._members: dict[str, frozenset[str]] = {}
+        self._counts: dict[str, int] = {}
+        self._show_who: set[str] = set()  # asked for by the user (/who, /join): shown even if unchanged
+        self._show_topic: set[str] = set()
         self._lock = threading.Lock()
         # Only the reader thread touches the socket: an SSLSocket must not be read and written from
         # two threads at once (OpenSSL forbids it; a write racing a read fails). send() queues the
@@ -152,11 +174,35 @@ class ChatClient:
         self._greet()
         self._thread.start()
 
+    @property
+    def prompt(self) -> str:
+        """The prompt: current room and nick, or that no nick is accepted yet."""
+        if not self.signed_in:
+            return f"[{self.current or '-'}] (not signed in as {self.nick})> "
+        return f"[{self.current or '-'}] {self.nick}> "
+
     def _greet(self) -> None:
+        self._nick_pending = self.nick
         self.send(f"/nick {self.nick}")
         for room in self.rooms:
             since = self.last_seq.get(room)
             self.send(f"/join {room}" + (f" {since}" if since is not None else ""))
+
+    def submit(self, line: str) -> None:
+        """A line the user typed: noted (what to show of the answer), then sent."""
+        words = line.split()
+        verb = words[0].lower() if words else ""
+        arg = words[1].lower() if len(words) > 1 else None
+        if verb == "/nick" and arg:
+            self._nick_pending = words[1]
+        elif verb == "/who":
+            self._show_who.add(arg or self.current or "")
+        elif verb == "/topic" and arg is None:
+            self._show_topic.add(self.current or "")
+        elif verb == "/join" and arg:
+            self._show_who.add(arg)
+            self._show_topic.add(arg)
+        self.send(line)
 
     def send(self, line: str) -> None:
         """Queue one line for the I/O thread (which owns the socket) and wake it."""
@@ -214,6 +260,8 @@ class ChatClient:
             delay = 0.25
             with self._lock:
                 self.sock = new
+            self.signed_in = False
+            self._rejoining = set(self.rooms)
             self.show(f"-- reconnected to {self.endpoint}; catching up")
             self._greet()
         self.closed.set()
@@ -257,10 +305,20 @@ class ChatClient:
             self.last_seq.setdefault(ev.room, ev.seq)
         elif isinstance(ev, NickChanged) and ev.old in ("*", self.nick):
             self.nick = ev.new
+            self.signed_in = True
+            self._nick_pending = None
         elif isinstance(ev, Joined) and ev.nick == self.nick:
             if ev.room not in self.rooms:
                 self.rooms.append(ev.room)
             self.current = ev.room
+            if ev.room in self._rejoining:
+                self._rejoining.discard(ev.room)
+                return  # rejoined after a reconnect: not news
+        elif isinstance(ev, (Welcome, ErrorReply, TopicChanged, Members)) or ev.KIND == "PRESENCE":
+            line = self._reply(ev)
+            if line is not None:
+                self.show(escape_peer_text(line))
+            return
         elif isinstance(ev, Parted) and ev.nick == self.nick and ev.room in self.rooms:
             self.rooms.remove(ev.room)
             self.current = self.rooms[-1] if self.rooms else None
@@ -269,6 +327,56 @@ class ChatClient:
         text = format_event(ev, self.nick)
         if text is not None:
             self.show(text)
+
+    def _reply(self, ev: ServerEvent) -> str | None:
+        """The line for an event that a reconnect repeats, or that this client words its own way."""
+        if isinstance(ev, Welcome):
+            if self._welcomed:
+                return None  # "reconnected" was said already
+            self._welcomed = True
+            return (f"-- connected to {ev.server}; signing in as {self.nick}. /help lists the commands; "
+                    "/nick NEW changes your nick (start with --nick NEW to choose it); /quit leaves")
+        if isinstance(ev, ErrorReply):
+            refused, self._nick_pending = self._nick_pending, None
+            if refused is not None and ev.code in (400, 409, 422):
+                if self.signed_in:
+                    return f"!! {ev.code} {ev.text} - you are still {self.nick}"
+                return (f"!! {ev.code} {ev.text} - not signed in: type /nick OTHER to choose another nick "
+                        f"(or start with --nick OTHER)")
+            if ev.code == 401:
+                return (f"!! 401 not signed in (the nick {self.nick} was refused): type /nick OTHER to choose "
+                        "a nick, then send again")
+            return _format(ev, self.nick)
+        if isinstance(ev, TopicChanged):
+            if ev.room in self._show_topic:
+                self._show_topic.discard(ev.room)
+            elif self._topics.get(ev.room) == ev.text:
+                return None  # the same topic, repeated by a rejoin
+            self._topics[ev.room] = ev.text
+            return _format(ev, self.nick)
+        if isinstance(ev, Members):
+            return self._members_line(ev)
+        count = getattr(ev, "count", None)  # PRESENCE: a crowded room's count
+        room = str(getattr(ev, "room", ""))
+        if getattr(ev, "joined", 1) == 0 and getattr(ev, "left", 1) == 0 and self._counts.get(room) == count:
+            return None  # the count again, after a rejoin
+        if isinstance(count, int):
+            self._counts[room] = count
+        return _presence_text(ev)
+
+    def _members_line(self, ev: Members) -> str | None:
+        nicks = frozenset(ev.nicks)
+        before = self._members.get(ev.room)
+        self._members[ev.room] = nicks
+        if ev.room in self._show_who or before is None:
+            self._show_who.discard(ev.room)
+            return _format(ev, self.nick)
+        if nicks == before:
+            return None  # the same members, repeated by a rejoin
+        came, went = sorted(nicks - before), sorted(before - nicks)
+        change = "; ".join(part for part in (f"came: {', '.join(came)}" if came else "",
+                                               f"gone: {', '.join(went)}" if went else "") if part)
+        return f"-- in {ev.room} now: {', '.join(ev.nicks) or 'nobody'} ({change})"
 
     def close(self) -> None:
         self.quitting = True
@@ -308,7 +416,7 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
         try:
             while not client.closed.is_set():
                 try:
-                    line = session.prompt(lambda: f"[{client.current or '-'}] {client.nick}> ")
+                    line = session.prompt(lambda: client.prompt)
                 except EOFError:
                     client.send("/quit")
                     break
@@ -316,7 +424,7 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
                     continue
                 if not line.strip():
                     continue
-                client.send(line)
+                client.submit(line)
                 if line.strip().split(" ")[0].lower() in ("/quit", "/exit", "/bye"):
                     client.quitting = True
                     client.closed.wait(2)
@@ -342,7 +450,7 @@ def _run_plain(client: ChatClient) -> None:
             if client.closed.is_set():
                 break
             if line.strip():
-                client.send(line.rstrip("\r\n"))
+                client.submit(line.rstrip("\r\n"))
         else:
             client.send("/quit")
             client.quitting = True
