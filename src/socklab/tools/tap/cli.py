@@ -43,20 +43,29 @@ def tap() -> None:
     Examples:
       socklab tap 127.0.0.1:8081 --to 127.0.0.1:8080 --text            # watch HTTP go by
       socklab tap :8081 --to :8080 --pcap http.pcapng                  # then: tshark -r http.pcapng
+      socklab tap :8081 --to :8080 --pcap - | tshark -r -               # live, in tshark
       socklab tap :5353 --to :53 --udp --fault loss:upstream,probability=0.2 --seed 7
       socklab tap :8081 --to :8080 --ctl 0                              # then: socklab tap ctl PORT list
+      socklab tap --api 8474                                            # a toxiproxy server (its clients, curl)
+      socklab tap :8081 --to :8080 --api 8474   # ...with this proxy in it, named "tap"
+
+    \b
+    Units are toxiproxy's: times in ms, slicer delay in MICROseconds, bandwidth rate in KB/s
+    (1 KB = 1000 bytes; it used to be bytes/s: divide old rates by 1000).
     """
 
 
 @tap.command("run")
-@click.argument("listen")
-@click.option("--to", "target", required=True, metavar="HOST:PORT", help="Where to relay to.")
+@click.argument("listen", required=False)
+@click.option("--to", "target", metavar="HOST:PORT", help="Where to relay to (needed with LISTEN).")
 @click.option("--udp", is_flag=True, help="Relay UDP datagrams (one upstream socket per client).")
 @click.option("--hexdump", "view", flag_value="hex", help="Print what passes as a hexdump.")
 @click.option("--text", "view", flag_value="text", help="Print what passes as text.")
 @click.option("--quiet", "view", flag_value="none", default=True,
               help="Print only connections and faults (the default).")
-@click.option("--pcap", metavar="FILE", help="Write a pcapng capture (faults as packet comments).")
+@click.option("--pcap", metavar="FILE", help="Write a pcapng capture (faults as packet comments). '-': stream "
+                                            "it to stdout, a block at a time, for `| tshark -r -` or "
+                                            "`| wireshark -k -i -` (then every other line goes to stderr).")
 @click.option("--record", metavar="FILE", help="Record sessions as JSON lines for `socklab tap replay`.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="KIND[:DIRECTION][,key=value...], e.g. latency:downstream,latency=100,jitter=10 "
@@ -67,6 +76,13 @@ def tap() -> None:
               help="Serve the control API on this port, on 127.0.0.1 unless HOST says otherwise "
                    "(0: any free port; printed at start). A HOST that is not loopback lets other "
                    "machines change the faults: a warning says so.")
+@click.option("--api", metavar="[HOST:]PORT", default=None,
+              help="Serve toxiproxy's HTTP API (/proxies, /proxies/NAME/toxics, /reset...; toxiproxy's "
+                   "port is 8474) on 127.0.0.1 unless HOST says otherwise: toxiproxy's clients and curl "
+                   "create proxies and add toxics. LISTEN --to TARGET, if given, is the proxy --name. "
+                   "A HOST that is not loopback lets other machines change the faults: a warning says so.")
+@click.option("--name", "proxy_name", default="tap", show_default=True,
+              help="With --api: the name of the LISTEN proxy.")
 @click.option("--engine", type=click.Choice(["epoll", "poll", "select"]), default="epoll", show_default=True,
               help="The reactor the relay runs on.")
 @click.option("--connect-timeout", type=float, default=10.0, show_default=True,
@@ -82,13 +98,29 @@ def tap() -> None:
               help="Copy through Python even when nothing is shown or broken (default: splice(2), zero copy).")
 @trace_options
 @run_cli
-def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record: str | None,
-        faults: tuple[str, ...], seed: int | None, ctl: str | None, engine: str, connect_timeout: float,
-        tls_cert: str | None, tls_key: str | None, to_tls: bool, cafile: str | None, insecure: bool,
-        no_splice: bool, trace: bool, trace_json: str | None) -> None:
-    """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic."""
+def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str | None, record: str | None,
+        faults: tuple[str, ...], seed: int | None, ctl: str | None, api: str | None, proxy_name: str,
+        engine: str, connect_timeout: float, tls_cert: str | None, tls_key: str | None, to_tls: bool,
+        cafile: str | None, insecure: bool, no_splice: bool, trace: bool, trace_json: str | None) -> None:
+    """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic.
+
+    With --api, serve toxiproxy's HTTP API too (or only: `socklab tap --api 8474`).
+    """
     from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
 
+    if listen is None:
+        if api is None:
+            raise UsageError("give LISTEN --to TARGET (a relay), --api PORT (toxiproxy's API), or both")
+        if target or faults or pcap or record or ctl or udp:
+            raise UsageError("--to, --fault, --pcap, --record, --ctl and --udp are for the LISTEN relay: "
+                             "give LISTEN too (the API's own proxies take their toxics over HTTP)")
+        _serve_api(api, None, proxy_name, engine, seed, connect_timeout, not no_splice, [], sys.stdout)
+        return
+    if not target:
+        raise UsageError("LISTEN needs --to HOST:PORT (where to relay to)")
+    if api is not None and udp:
+        raise UsageError("--api speaks toxiproxy's API, whose proxies are TCP: not with --udp")
+    out = sys.stderr if pcap == "-" else sys.stdout  # with --pcap -, stdout carries the capture only
     listen_ep = parse_endpoint(listen, default_host="127.0.0.1")
     target_ep = parse_endpoint(target, default_host="127.0.0.1")
     fault_list = [Fault.parse(spec) for spec in faults]
@@ -96,7 +128,7 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
         if (f.transport == "udp" and not udp) or (f.transport == "tcp" and udp):
             raise UsageError(f"fault {f.kind} is a {f.transport.upper()} fault; "
                              f"this tap relays {'UDP' if udp else 'TCP'}")
-    observers: list[Observer] = [DumpObserver(sys.stdout, view)]
+    observers: list[Observer] = [DumpObserver(out, view)]
     if pcap:
         observers.append(PcapObserver(pcap))
     if record:
@@ -121,17 +153,64 @@ def run(listen: str, target: str, udp: bool, view: str, pcap: str | None, record
                        f"authentication); use --ctl PORT for 127.0.0.1", err=True)
 
     def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
-        click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}")
+        click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}", file=out)
         if ctl_addr is not None:
-            click.echo(f"socklab tap control on tcp://{format_addr(ctl_addr)}")
-        click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}")
-        sys.stdout.flush()
-
-    def told(kind: str) -> None:
-        click.echo(f"socklab tap: {'stopping' if kind == 'graceful' else 'forced stop'}", err=True)
+            click.echo(f"socklab tap control on tcp://{format_addr(ctl_addr)}", file=out)
+        click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}",
+                   file=out)
+        out.flush()
 
     relay.settings.shutdown_timeout = 1.0
-    relay.serve_forever(on_signal=told, on_ready=ready)
+    if api is not None:
+        _serve_api(api, relay, proxy_name, engine, seed, connect_timeout, not no_splice, observers, out,
+                   announce=ready)
+        return
+    relay.serve_forever(on_signal=_told, on_ready=ready)
+
+
+def _told(kind: str) -> None:
+    click.echo(f"socklab tap: {'stopping' if kind == 'graceful' else 'forced stop'}", err=True)
+
+
+def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | None, connect_timeout: float,
+               splice: bool, observers: list[Observer], out: Any, announce: Any = None) -> None:
+    """Serve toxiproxy's HTTP API on the main thread; every proxy (``relay`` too) runs on its own."""
+    from socklab.apps.http.api import HttpSettings, serve_http
+    from socklab.core.sockets import Endpoint
+    from socklab.tools.tap.api import ToxiproxyApi
+
+    def make_tap(listen: Endpoint, upstream: Endpoint, faults: list[Fault]) -> Tap:
+        return Tap(listen, upstream, faults=faults, seed=seed, engine=engine, connect_timeout=connect_timeout,
+                   splice=splice)
+
+    api_ep = parse_endpoint(api, default_host="127.0.0.1")
+    toxi = ToxiproxyApi(make_tap, log=lambda line: click.echo(line, err=True))
+    settings = HttpSettings(host=api_ep.host, port=api_ep.port, engine=engine, log_format="none",
+                            shutdown_timeout=1.0)
+    server = serve_http(settings, toxi.router(), label="tap-api")
+    try:
+        if relay is not None:
+            relay.allow_live_faults()
+            relay.start()
+            toxi.add_proxy(name, Endpoint(), Endpoint(relay.target.host, relay.target.port), tap=relay,
+                           observers=observers)
+        api_addr = server.addresses[0]
+        if not _is_loopback(api_addr):
+            click.echo(f"socklab tap: warning: the toxiproxy API listens on {format_addr(api_addr)}, not on "
+                       f"loopback: anyone who can reach it can change the faults and open proxies (it has "
+                       f"no authentication); use --api PORT for 127.0.0.1", err=True)
+
+        def ready() -> None:
+            if announce is not None:
+                announce()
+            click.echo(f"socklab tap api on http://{format_addr(api_addr)} (toxiproxy's HTTP API; try: "
+                       f"curl http://{format_addr(api_addr)}/proxies)", file=out)
+            out.flush()
+        server.serve_forever(on_signal=_told, on_ready=ready)
+    finally:
+        toxi.close()
+        if relay is not None:
+            relay.close()
 
 
 def _is_loopback(addr: Any) -> bool:

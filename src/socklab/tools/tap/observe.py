@@ -13,8 +13,11 @@ loop and the views combine freely (``--hexdump --pcap f.pcapng --record s.jsonl`
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import string
+import sys
 import threading
 import time
 from typing import IO, Any
@@ -98,26 +101,45 @@ class PcapObserver(Observer):
     """Writes a pcapng capture of everything relayed; tshark and Wireshark read it.
 
     Args:
-        path: the capture file (overwritten).
+        path: the capture file (overwritten); ``"-"``: stdout, flushed after every block, so a
+            reader of the pipe (``tshark -r -``, ``wireshark -k -i -``) sees each packet as it
+            passes. A reader that goes away stops the capture, not the tap.
     """
 
     def __init__(self, path: str) -> None:
         self.writer = PcapngWriter()
-        self.file = open(path, "wb")  # noqa: SIM115 - closed in close()
-        self.file.write(self.writer.header())
+        self.stdout = path == "-"
+        self.file: IO[bytes] = sys.stdout.buffer if self.stdout else open(path, "wb")  # noqa: SIM115
+        self.broken = False
+        self._lock = threading.Lock()
+        self._put(self.writer.header())
         self.flows: dict[int, TcpFlow] = {}
         self.pending: dict[int, list[str]] = {}
         self.closed_dirs: dict[int, set[str]] = {}
-        self._lock = threading.Lock()
+
+    def _put(self, block: bytes) -> None:
+        """Write one block and flush it (a pipe's reader sees whole blocks only)."""
+        with self._lock:
+            if self.broken or self.file.closed:
+                return
+            try:
+                self.file.write(block)
+                self.file.flush()
+            except BrokenPipeError:
+                self.broken = True
+                print("socklab tap: the capture's reader went away; capture stopped, relaying goes on",
+                      file=sys.stderr, flush=True)
+                if self.stdout:  # so that the interpreter's last flush of stdout fails silently
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    os.close(devnull)
 
     def _write(self, conn: ConnInfo, frames: list[bytes]) -> None:
         comments = self.pending.pop(conn.index, None)
         ts = time.time()
-        with self._lock:
-            for i, frame in enumerate(frames):
-                note = "; ".join(comments) if (comments and i == 0) else None
-                self.file.write(self.writer.packet(frame, ts, note))
-            self.file.flush()
+        blocks = [self.writer.packet(frame, ts, "; ".join(comments) if (comments and i == 0) else None)
+                  for i, frame in enumerate(frames)]
+        self._put(b"".join(blocks))
 
     def _flow(self, conn: ConnInfo) -> TcpFlow:
         flow = self.flows.get(conn.index)
@@ -159,7 +181,11 @@ class PcapObserver(Observer):
 
     def close(self) -> None:
         with self._lock:
-            if not self.file.closed:
+            if self.stdout:
+                if not self.broken:
+                    with contextlib.suppress(OSError):
+                        self.file.flush()
+            elif not self.file.closed:
                 self.file.close()
 
 

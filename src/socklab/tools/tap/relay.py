@@ -270,13 +270,18 @@ class Tap:
         finally:
             self._close_observers()
 
-    def close(self) -> None:
-        """Stop at once: close the listener and every relayed connection."""
+    def close(self, keep_observers: bool = False) -> None:
+        """Stop at once: close the listener and every relayed connection.
+
+        ``keep_observers``: leave the observers open (a proxy disabled through the HTTP API
+        starts again later with the same capture file).
+        """
         if self._closed:
             return
         self._closed = True
         self.server.shutdown(timeout=0.5)
-        self._close_observers()
+        if not keep_observers:
+            self._close_observers()
 
     def _close_observers(self) -> None:
         for obs in self.observers:
