@@ -58,7 +58,7 @@ def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
 
 @chat.command()
 @click.argument("address", metavar="HOST:PORT")
-@click.option("--nick", "-n", required=True, help="Your nick (letters, digits, _ and -).")
+@click.option("--nick", "-n", required=True, help="Your nick (letters, digits, _ and -); at the prompt, /nick NEW changes it.")
 @click.option("--room", "-r", default=None, help="Room to join after connecting (default: the server's).")
 @click.option("--plain", is_flag=True, help="No full-screen prompt: read stdin, print lines (for scripts).")
 @options_from(ClientSettings, exclude=("connect_timeout",))

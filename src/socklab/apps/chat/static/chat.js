@@ -13,7 +13,9 @@
 
   function room(name) {
     if (!state.rooms.has(name)) {
-      state.rooms.set(name, { name, lines: [], members: new Set(), topic: "", unread: false, joined: false });
+      // crowded: the server counts joins and parts (PRESENCE) instead of naming them; count is its figure
+      state.rooms.set(name, { name, lines: [], members: new Set(), topic: "", unread: false, joined: false,
+                              crowded: false, count: 0 });
     }
     return state.rooms.get(name);
   }
@@ -92,11 +94,22 @@
     const r = state.current ? room(state.current) : null;
     $("room-name").textContent = r ? r.name : "";
     $("topic").textContent = r && r.topic ? "Topic: " + r.topic : "";
-    $("member-count").textContent = r ? String(r.members.size) : "";
+    $("member-count").textContent = r ? String(r.crowded ? r.count : r.members.size) : "";
     if (!r) return;
-    for (const n of [...r.members].sort((a, b) => a.localeCompare(b))) {
+    if (r.crowded) {  // a crowded room: its count; the names only when asked (/who), as of then
+      const li = document.createElement("li"); li.className = "count";
+      li.textContent = r.count + " members" + (r.members.size ? " (names as of /who)" : " - list them");
+      li.onclick = () => { drawer(null); send("/who " + r.name); };
+      ul.appendChild(li);
+    }
+    const names = [...r.members].sort((a, b) => a.localeCompare(b));
+    for (const n of names.slice(0, 500)) {
       const li = document.createElement("li"); li.textContent = n; li.title = n;
       li.onclick = () => { drawer(null); $("text").value = "/msg " + n + " "; $("text").focus(); };
+      ul.appendChild(li);
+    }
+    if (names.length > 500) {
+      const li = document.createElement("li"); li.className = "count"; li.textContent = "and " + (names.length - 500) + " more";
       ul.appendChild(li);
     }
   }
@@ -135,6 +148,7 @@
         break;
       case "JOIN": {
         const r = room(ev.room); r.members.add(ev.nick);
+        if (ev.nick !== state.nick) r.crowded = false;  // per-nick lines again: the room is small
         if (ev.nick === state.nick) {
           r.joined = true;
           if (!state.wanted.includes(ev.room)) state.wanted.push(ev.room);
@@ -147,6 +161,7 @@
       }
       case "PART": {
         const r = room(ev.room); r.members.delete(ev.nick);
+        if (ev.nick !== state.nick) r.crowded = false;
         if (ev.nick === state.nick) {
           r.joined = false; state.wanted = state.wanted.filter((n) => n !== ev.room);
           const other = [...state.rooms.values()].find((x) => x.joined);
@@ -156,7 +171,14 @@
         renderMembers();
         break;
       }
-      case "WHO": { const r = room(ev.room); r.members = new Set(ev.nicks); renderMembers(); break; }
+      case "WHO": { const r = room(ev.room); r.members = new Set(ev.nicks); r.count = ev.nicks.length; renderMembers(); break; }
+      case "PRESENCE": {  // a crowded room: the count, and how many came and went since the last one
+        const r = room(ev.room);
+        if (ev.joined || ev.left || !r.crowded || r.count !== ev.count) addLine(ev.room, "info", "", ev.text);
+        if (!r.crowded) r.members.clear();  // names are no longer kept up to date: /who asks for them
+        r.crowded = true; r.count = ev.count;
+        renderMembers(); break;
+      }
       case "MSG": {
         const last = state.lastSeq[ev.room] || 0;
         if (ev.seq <= last && room(ev.room).lines.length) break;  // already shown (catch-up overlap)
