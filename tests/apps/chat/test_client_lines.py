@@ -122,3 +122,18 @@ def test_reconnect_shows_topic_join_and_members_once(screen: Screen, tmp_path: P
                 screen.wait_for("-- in #lobby: ann, carl", after=changed)
     finally:
         client.close()
+
+
+def test_a_long_outage_says_disconnected_once(screen: Screen) -> None:
+    with chat_node() as node:
+        client = _client(node.tcp_port, "ann", screen)
+        screen.wait_for("-- in #lobby: ann")
+    try:  # the server is gone and stays gone: the client keeps trying (0.25, 0.5, 1, 2, 4 s apart)
+        deadline = time.monotonic() + 30
+        while getattr(client, "failed_attempts", 0) < 4 and screen.count("-- disconnected") < 2:
+            assert time.monotonic() < deadline, screen.lines
+            client.closed.wait(0.05)  # polling a counter the I/O thread raises: no event to wait on
+        assert screen.count("-- disconnected") == 1, screen.lines
+        assert screen.count("reconnecting") == 1, screen.lines
+    finally:
+        client.close()

@@ -131,6 +131,7 @@ class ChatClient:
         self.closed = threading.Event()
         self.quitting = False
         self.signed_in = False  # the server accepted a nick on this connection
+        self.failed_attempts = 0  # reconnections tried and failed in the current outage
         self._nick_pending: str | None = None  # a /nick sent and not answered yet
         self._welcomed = False
         self._rejoining: set[str] = set()  # rooms rejoined after a reconnect: their JOIN is not news
@@ -238,6 +239,7 @@ class ChatClient:
 
     def _run(self) -> None:
         delay = 0.25
+        said_still = False
         while not self.closed.is_set():
             sock = self.sock
             if sock is not None:
@@ -249,15 +251,22 @@ class ChatClient:
                     sock.close()
             if self.quitting or self.closed.is_set():
                 break
-            self.show(f"-- disconnected; reconnecting in {delay:.1f} s")
+            if self.failed_attempts == 0:  # once per outage, not once per attempt
+                self.show(f"-- disconnected; reconnecting in {delay:.1f} s")
+            elif delay >= 5.0 and not said_still:
+                said_still = True
+                self.show("-- still reconnecting, every 5 s (Ctrl-D to give up)")
             if self.closed.wait(delay):
                 break
             try:
                 new = self._connect()
             except (ConnectError, Exception):
+                self.failed_attempts += 1
                 delay = min(5.0, delay * 2)
                 continue
             delay = 0.25
+            self.failed_attempts = 0
+            said_still = False
             with self._lock:
                 self.sock = new
             self.signed_in = False
