@@ -41,7 +41,7 @@ def test_annotations_and_addresses() -> None:
 def test_partial_send_then_other_data_is_named() -> None:
     events = run(f'1 1.0 sendto(3<{C}>, "abcdefgh", 8, 0, NULL, 0) = 3 <0.001>\n'
                  f'1 1.1 sendto(3<{C}>, "NEXT", 4, 0, NULL, 0) = 4 <0.001>\n')
-    assert format_line(events[0], 1.0).split()[5:8] == ["3", "of", "8"]
+    assert format_line(events[0], 1.0).split()[4:7] == ["3", "of", "8"]
     assert "partial send" in notes(events[:1])
     assert "return value ignored" in notes(events[1:]) and "5 bytes of that message were never sent" in notes(events)
 
@@ -163,3 +163,22 @@ def test_select_poll_and_epoll_on_sockets_are_shown() -> None:
         ("epoll_ctl", "EPOLL_CTL_ADD: watch fd 5 for EPOLLIN"),
         ("epoll_wait", "waits on fds 5 (no timeout) -> ready: fd 5 EPOLLIN"),
     ]
+
+
+def test_an_idle_event_loop_timing_out_again_and_again_is_said_once() -> None:
+    a = "TCP:[127.0.0.1:7007]"
+    lines = f"1 1.0 epoll_ctl(6<anon_inode:[eventpoll]>, EPOLL_CTL_ADD, 3<{a}>, {{events=EPOLLIN, data={{u32=3}}}}) = 0\n"
+    lines += "".join(f"1 {2 + i}.0 epoll_wait(6<anon_inode:[eventpoll]>, [], 64, 1000) = 0 <1.0>\n" for i in range(50))
+    waits = [e for e in run(lines) if e.op == "epoll_wait"]
+    assert len(waits) == 1 and "timed out" in (waits[0].detail or "")
+
+
+def test_waits_with_drifting_timeouts_and_an_interrupted_wait() -> None:
+    a = "TCP:[127.0.0.1:7007]"
+    lines = f"1 1.0 epoll_ctl(6<anon_inode:[eventpoll]>, EPOLL_CTL_ADD, 3<{a}>, {{events=EPOLLIN, data={{u32=3}}}}) = 0\n"
+    lines += "".join(f"1 {2 + i}.0 epoll_wait(6<anon_inode:[eventpoll]>, [], 64, {998 + i}) = 0 <1.0>\n"
+                     for i in range(5))
+    lines += "1 9.0 epoll_wait(6<anon_inode:[eventpoll]>, 0x7f00, 64, 1000) = -1 EINTR (Interrupted system call) <0.3>\n"
+    waits = [e.detail for e in run(lines) if e.op == "epoll_wait"]
+    assert waits == ["waits on fds 3 (up to 0.998 s) -> timed out, nothing ready",
+                     "waits on fds 3 (up to 1 s) -> EINTR (a signal arrived)"]

@@ -43,7 +43,7 @@ def test_a_python_client_is_traced_like_socklabs_own_trace(tmp_path: Path) -> No
     name = re.escape(Path(sys.executable).name[:15])
     connect = lines_of(err, "connect")
     assert len(connect) == 1
-    assert re.match(rf"\+ ?\d+\.\d{{6}} {name}\[\d+\]/main fd=(\d+) connect peer=127\.0\.0\.1:{port} "
+    assert re.match(rf"\d\d:\d\d:\d\d\.\d{{6}} {name}\[\d+\]/main fd=(\d+) connect peer=127\.0\.0\.1:{port} "
                     r"three-way handshake done .* \[ESTABLISHED\]$", connect[0]), connect
     fd = re.search(r"fd=(\d+)", connect[0]).group(1)  # type: ignore[union-attr]
     assert any(f"fd={fd} sendto 11 bytes peer=127.0.0.1:{port}" in ln for ln in lines_of(err, "sendto"))

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
-from socklab.core.trace import TraceEvent
+from socklab.core.trace import TraceEvent, time_of_day
 
 __all__ = ["RECV_CALLS", "SEND_CALLS", "SockEvent", "format_line", "to_trace_event"]
 
@@ -64,22 +64,25 @@ class SockEvent:
     def thread(self) -> str:
         return "main" if self.tid == self.pid else f"thread-{self.tid}"
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON line: socklab's ``--trace-json`` fields (``ts`` absolute) plus strace's extras."""
-        base = asdict(to_trace_event(self, t0=0.0))
+    def to_json(self, t0: float | None = None) -> dict[str, Any]:
+        """The JSON line: socklab's ``--trace-json`` fields (``ts`` since the epoch, ``rel`` since
+        ``t0``, the start of the trace) plus strace's extras."""
+        base = asdict(to_trace_event(self, t0=self.ts if t0 is None else t0))
+        if t0 is None:
+            base["rel"] = None
         base.update(source="strace", pid=self.pid, tid=self.tid, comm=self.comm, proto=self.proto,
                     local=self.local, dur=self.dur, errno=self.errno)
         return base
 
-    def write_json(self, out: IO[str]) -> None:
-        out.write(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+    def write_json(self, out: IO[str], t0: float | None = None) -> None:
+        out.write(json.dumps(self.to_json(t0), separators=(",", ":")) + "\n")
 
 
 def to_trace_event(e: SockEvent, t0: float) -> TraceEvent:
-    """The same event in socklab's own trace vocabulary, its time counted from ``t0``."""
-    return TraceEvent(ts=e.ts - t0, op=e.op, fd=e.fd, engine=e.engine, thread=e.thread, peer=e.peer,
+    """The same event in socklab's own trace vocabulary (``ts`` since the epoch, ``rel`` since ``t0``)."""
+    return TraceEvent(ts=e.ts, op=e.op, fd=e.fd, engine=e.engine, thread=e.thread, peer=e.peer,
                       nbytes=e.nbytes, requested=e.requested, state=e.state, level="syscall",
-                      detail=e.detail, notes=list(e.notes))
+                      detail=e.detail, notes=list(e.notes), rel=e.ts - t0, pid=e.pid)
 
 
 # the colours of socklab's --trace console (core/trace.py), by call
@@ -90,11 +93,13 @@ _STYLE = {"note": "33", "close": "31", "shutdown": "31", "accept": "32", "accept
 def format_line(e: SockEvent, t0: float, color: bool = False) -> str:
     """The console lines of ``--trace`` for this event (the first line, then ``    note:`` lines).
 
-    The layout is :mod:`socklab.core.trace`'s: time since start, ``engine/thread``, ``fd=``, the
-    call, byte counts (``k of n bytes`` for a partial send), the peer, details, ``[STATE]``.
+    The layout is :mod:`socklab.core.trace`'s: the time of day with microseconds (one clock for
+    every process, so a traced client's lines and a socklab server's can be put in order),
+    ``engine/thread``, ``fd=``, the call, byte counts
+    (``k of n bytes`` for a partial send), the peer, details, ``[STATE]``.
     """
     t = to_trace_event(e, t0)
-    parts = [f"+{t.ts:9.6f}", f"{t.engine}/{t.thread}", f"fd={t.fd}" if t.fd is not None else "fd=-", t.op]
+    parts = [time_of_day(t.ts), f"{t.engine}/{t.thread}", f"fd={t.fd}" if t.fd is not None else "fd=-", t.op]
     if t.nbytes is not None:
         if t.requested in (None, t.nbytes):
             parts.append(f"{t.nbytes} bytes")

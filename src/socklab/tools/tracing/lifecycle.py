@@ -26,6 +26,7 @@ blocking call without a timeout that waited long; connection refused and reset.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("CLOSE_WAIT", "fin"): "LAST_ACK",
 }
 
+_WAIT_LIMIT = re.compile(r" \((?:up to [0-9.e+-]+ s|no timeout)\)")
 Probe = Callable[[str, str], str | None]  # (proto, "host:port") -> what the kernel says now
 
 
@@ -110,6 +112,7 @@ class Lifecycle:
         self.tgid: dict[int, int] = {}  # thread id -> its process
         self.comm: dict[int, str] = {}
         self.epolls: dict[int, dict[int, set[int]]] = {}  # pid -> epoll fd -> socket fds watched
+        self._last_wait: dict[int, str] = {}  # thread -> the last wait shown
 
     def feed(self, ev: StraceEvent) -> list[SockEvent]:
         """The socket events one strace event means (often none: a file read, a getsockname)."""
@@ -209,7 +212,11 @@ class Lifecycle:
             return self._socket(sc, args)
         if name in MULTIPLEX_CALLS:
             said = describe(sc, self.epolls.setdefault(self._pid(sc.pid), {}))
-            return [] if said is None else [self._event(sc, said[0], None, None, detail=said[1])]
+            same = _WAIT_LIMIT.sub("", said[1]) if said is not None else None
+            if said is None or (said[2] and self._last_wait.get(sc.pid) == same):
+                return []  # the same wait timing out again (an idle event loop): said once
+            self._last_wait[sc.pid] = same or ""
+            return [self._event(sc, said[0], None, None, detail=said[1])]
         if not args:
             return []
         maybe_fd, info = self._fd_info(sc, args[0])

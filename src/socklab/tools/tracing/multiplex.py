@@ -53,7 +53,7 @@ def describe(sc: Syscall, epoll_socks: dict[int, set[int]]) -> tuple[str, str, b
     """
     args = split_args(sc.args)
     name = sc.name
-    ready = sc.value
+    ready = sc.value if sc.errno is None else None
     if name == "epoll_ctl":
         if len(args) < 3 or _SOCK_FD.match(args[2]) is None:
             return None
@@ -75,7 +75,7 @@ def describe(sc: Syscall, epoll_socks: dict[int, set[int]]) -> tuple[str, str, b
         got = [f"fd {fd} {ev}" for ev, fd in _EPOLL_READY.findall(args[1] if len(args) > 1 else "")]
         limit = _timeout(args[3], 1e-3) if len(args) > 3 else "no timeout"
         on = ", ".join(str(f) for f in sorted(epoll_socks[epfd]))
-        return name, _result(f"waits on fds {on} ({limit})", got, ready), ready == 0
+        return name, _result(f"waits on fds {on} ({limit})", got, ready, sc.errno), ready == 0
     if name in ("poll", "ppoll"):
         fds = [(fd, ev) for fd, ev in _POLL_FD.findall(args[0] if args else "")]
         if not fds or _SOCK_FD.search(args[0]) is None:
@@ -84,7 +84,7 @@ def describe(sc: Syscall, epoll_socks: dict[int, set[int]]) -> tuple[str, str, b
         limit = _timeout(args[2], 1e-3) if name == "poll" and len(args) > 2 else \
             _timeout(args[2], 1.0) if len(args) > 2 else "no timeout"
         polled = ", ".join(f"fd {fd} {ev}" for fd, ev in fds)
-        return name, _result(f"waits on {polled} ({limit})", got, ready), ready == 0
+        return name, _result(f"waits on {polled} ({limit})", got, ready, sc.errno), ready == 0
     if name in ("select", "pselect6"):
         if len(args) < 5 or _SOCK_FD.search(args[1] + args[2]) is None:
             return None
@@ -94,7 +94,7 @@ def describe(sc: Syscall, epoll_socks: dict[int, set[int]]) -> tuple[str, str, b
               [f"fd {fd} writable" for fd in re.findall(r"\d+", _set(extra, "out"))]
         parts = ([f"to read on fds {' '.join(reads)}"] if reads else []) + \
                 ([f"to write on fds {' '.join(writes)}"] if writes else [])
-        return name, _result(f"waits {', '.join(parts)} ({_timeout(args[4], 1.0)})", got, ready), ready == 0
+        return name, _result(f"waits {', '.join(parts)} ({_timeout(args[4], 1.0)})", got, ready, sc.errno), ready == 0
     return None
 
 
@@ -110,7 +110,9 @@ def _set(extra: str, which: str) -> str:
     return m[1] if m else ""
 
 
-def _result(waits: str, got: list[str], ready: int | None) -> str:
+def _result(waits: str, got: list[str], ready: int | None, errno: str | None = None) -> str:
+    if errno is not None:
+        return f"{waits} -> {errno}" + (" (a signal arrived)" if errno in ("EINTR", "ERESTARTNOHAND") else "")
     if ready == 0:
         return f"{waits} -> timed out, nothing ready"
     if got:

@@ -282,7 +282,7 @@ class TraceRun:
         self.events.append(ev)
         self._count(ev)
         if self.json_out is not None:
-            ev.write_json(self.json_out)
+            ev.write_json(self.json_out, self._t0)
             self.json_out.flush()
         if self.console is None:
             return
