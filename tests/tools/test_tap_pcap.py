@@ -154,3 +154,81 @@ def test_dns_style_datagrams_decode_as_dns(tmp_path: Path) -> None:
             assert c.recvfrom(512)[0] == query
     names = tshark("-r", str(pcap), "-d", f"udp.port=={srv.port},dns", "-T", "fields", "-e", "dns.qry.name")
     assert names.split() == ["socklab.test", "socklab.test"]
+
+
+# ---- --pcap -: a live stream on stdout (issue 17) -------------------------------------------------
+def _readline(stream: Any, timeout: float) -> bytes:
+    """One line from a pipe, or b"" once ``timeout`` passes (a bound only a broken pipe reaches)."""
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return b""
+        return bytes(stream.readline())
+
+
+@contextlib.contextmanager
+def _tap_to_stdout(tmp_path: Path, target: int) -> Any:
+    """``socklab tap ... --pcap -`` in its own process group, ended by pid."""
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "tap", "127.0.0.1:0", "--to", f"127.0.0.1:{target}",
+                             "--pcap", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _tap_port(proc: Any) -> int:
+    line = _readline(proc.stderr, 15).decode()  # the banner goes to stderr: stdout is the capture
+    assert "listening on tcp://" in line, line
+    return int(line.split("tcp://")[1].split()[0].rsplit(":", 1)[1])
+
+
+def test_pcap_dash_streams_pcapng_that_tshark_reads_live(tmp_path: Path) -> None:
+    """``socklab tap ... --pcap - | tshark -r -``: tshark shows the packet while the tap still runs.
+    The old code wrote a file named ``-`` and its banner went to stdout: tshark saw no capture."""
+    with server(EchoProtocol) as srv, _tap_to_stdout(tmp_path, srv.port) as tap:
+        shark = subprocess.Popen(["tshark", "-l", "-r", "-", "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload"],
+                                 stdin=tap.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert tap.stdout is not None
+            tap.stdout.close()  # tshark holds the pipe now
+            port = _tap_port(tap)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(b"hello-pcap\n")
+                assert sock.recv(100) == b"hello-pcap\n"
+                first = _readline(shark.stdout, 20)  # live: the tap is still running
+                assert first.strip() == b"hello-pcap\n".hex().encode(), first
+            assert tap.poll() is None
+        finally:
+            shark.kill()
+            shark.communicate(timeout=10)
+        assert not (tmp_path / "-").exists()
+
+
+def test_pcap_dash_puts_nothing_but_pcapng_on_stdout(tmp_path: Path) -> None:
+    with server(EchoProtocol) as srv, _tap_to_stdout(tmp_path, srv.port) as tap:
+        port = _tap_port(tap)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"x\n")
+            assert sock.recv(10) == b"x\n"
+        os.killpg(tap.pid, 15)
+        out, err = tap.communicate(timeout=30)
+    assert out[:4] == b"\x0a\x0d\x0d\x0a"  # a pcapng Section Header Block first
+    capture = tmp_path / "c.pcapng"
+    capture.write_bytes(out)
+    assert "x" in tshark("-r", str(capture), "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload") \
+        .replace("780a", "x")
+    assert b"stopping" in err
