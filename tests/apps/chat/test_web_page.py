@@ -238,10 +238,10 @@ def test_typed_join_switches_room_and_server_text_stays_text(browser: Any, tmp_p
         assert browser.execute_script(
             "return document.querySelectorAll('#log img, #log b, #log i, #log script, #topic *').length") == 0
         assert browser.execute_script("return window.pwned") is None
+        _shot(browser, tmp_path, "chat-desktop-join.png")
         _type(browser, "/join #lobby")  # a room already joined: switches back at once
         _wait(browser, "window.socklabChat.current === '#lobby'", "switched back")
         _wait(browser, "document.getElementById('members').textContent.includes('mallory')", "lobby members")
-        _shot(browser, tmp_path, "chat-desktop-join.png")
 
 
 def test_favicon_is_served() -> None:
