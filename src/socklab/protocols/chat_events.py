@@ -35,6 +35,7 @@ __all__ = [
     "Notice",
     "Parted",
     "Pong",
+    "Presence",
     "Private",
     "RoomInfo",
     "RoomList",
@@ -134,6 +135,26 @@ class Members(ServerEvent):
 
 
 @dataclass(frozen=True)
+class Presence(ServerEvent):
+    """Who came and went in a crowded room, gathered over one presence interval.
+
+    A room with more than ``presence_names`` members does not announce each join and part with
+    its own ``JOIN``/``PART`` line (10,000 joins would be 50 million lines): once per interval its
+    members get one of these instead - the member count now, how many joined and left since the
+    last one, and ``text``, a sentence naming a few of them for people (``nc``). ``joined`` and
+    ``left`` both 0: the count alone (sent to a member joining a crowded room). ``/who`` lists
+    every member on demand.
+    """
+
+    KIND = "PRESENCE"
+    room: str
+    count: int
+    joined: int
+    left: int
+    text: str
+
+
+@dataclass(frozen=True)
 class RoomInfo:
     name: str
     members: int
@@ -184,10 +205,10 @@ class Bye(ServerEvent):
 
 EVENT_TYPES: dict[str, type[ServerEvent]] = {
     cls.KIND: cls for cls in (Welcome, Message, Private, Joined, Parted, NickChanged, TopicChanged, Members,
-                              RoomList, Synced, Notice, ErrorReply, Pong, Bye)
+                              RoomList, Synced, Notice, ErrorReply, Pong, Bye, Presence)
 }
 _TRAILING = {"Welcome": "text", "Message": "text", "Private": "text", "Parted": "reason",
-             "TopicChanged": "text", "Notice": "text", "ErrorReply": "text", "Bye": "text", "Pong": "token"}
+             "TopicChanged": "text", "Notice": "text", "ErrorReply": "text", "Bye": "text", "Pong": "token", "Presence": "text"}
 
 
 def encode_event(event: ServerEvent) -> bytes:

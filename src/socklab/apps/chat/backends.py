@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Protocol as _TypingProtocol
 
-from socklab.apps.chat.member import Frame
 from socklab.apps.chat.store import RoomState, SqliteStore
 from socklab.protocols.chat import Message, Private, ServerEvent
 
@@ -30,6 +29,7 @@ class Backend(_TypingProtocol):
     def room_event(self, room: str, event: ServerEvent) -> None: ...
     def private(self, event: Private, cb: Callable[[bool], None]) -> None: ...
     def who(self, room: str, cb: Callable[[list[str]], None]) -> None: ...
+    def member_count(self, room: str) -> int: ...
     def close(self) -> None: ...
 
 
@@ -83,7 +83,7 @@ class LocalBackend:
 
     def room_event(self, room: str, event: ServerEvent) -> None:
         assert self.hub is not None
-        self.hub.fanout(room, Frame(event))
+        self.hub.on_room_event(room, event)
 
     def private(self, event: Private, cb: Callable[[bool], None]) -> None:
         cb(False)  # the target is not on this node, and there is no other node
@@ -92,6 +92,11 @@ class LocalBackend:
         assert self.hub is not None
         r = self.hub.rooms.get(room)
         cb(sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold) if r else [])
+
+    def member_count(self, room: str) -> int:
+        assert self.hub is not None
+        r = self.hub.rooms.get(room)
+        return len(r.members) if r else 0
 
     def close(self) -> None:
         self.store.close()

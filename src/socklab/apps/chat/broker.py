@@ -145,6 +145,9 @@ class RedisBackend:
         self._nicks: set[str] = set()  # nicks held by this node, case-folded (for the heartbeat)
         self._presence: dict[str, set[str]] = {}  # room -> nicks here
         self._delivered: dict[str, int] = {}  # room -> last seq delivered here (engine thread)
+        # room -> nicks in it on every node, for the member count (engine thread): kept only for rooms
+        # with members here, seeded from the presence set, then followed on the events stream
+        self._roster: dict[str, set[str]] = {}
         self._published = 0
         self.reconnects = 0
         try:
@@ -396,6 +399,47 @@ class RedisBackend:
 
         self._submit(job)
 
+    def member_count(self, room: str) -> int:
+        """Members of ``room`` on every node: the presence set, read once when the room first has a
+        member here, then followed on the events stream (approximate for a moment around that read)."""
+        hub = self.hub
+        assert hub is not None
+        here = hub.rooms.get(room)
+        local = len(here.members) if here else 0
+        roster = self._roster.get(room)
+        if roster is None:
+            if not local:
+                return 0
+            roster = self._roster[room] = {m.nick for m in here.members.values() if m.nick} if here else set()
+
+            def job(r: Any) -> Callable[[], None]:
+                try:
+                    nicks = list(r.zrangebyscore(_members_key(room), time.time(), "+inf"))
+                except redis.RedisError:
+                    nicks = []
+                return lambda: self._roster[room].update(nicks) if room in self._roster else None
+
+            self._submit(job)
+        return max(local, len(roster))
+
+    def _follow(self, room: str, event: ServerEvent) -> None:
+        """Engine thread: keep the room's roster (for the count) in step with the stream."""
+        hub = self.hub
+        assert hub is not None
+        if room not in hub.rooms:
+            self._roster.pop(room, None)  # nobody here any more: nothing to count
+            return
+        roster = self._roster.get(room)
+        if roster is None:
+            return
+        if isinstance(event, Joined):
+            roster.add(event.nick)
+        elif isinstance(event, Parted):
+            roster.discard(event.nick)
+        elif isinstance(event, NickChanged):
+            roster.discard(event.old)
+            roster.add(event.new)
+
     # ---- the subscription (one per node) ------------------------------------------------------------
     def _read(self) -> None:
         conn: Any = None
@@ -428,7 +472,6 @@ class RedisBackend:
         """Engine thread: deliver entries of the events stream to this node's members."""
         hub = self.hub
         assert hub is not None
-        from socklab.apps.chat.hub import Frame
 
         pending: list[Message] = []  # consecutive messages are delivered together (one write each)
         for fields in batch:
@@ -451,7 +494,8 @@ class RedisBackend:
                     event = event_from_json(fields["ev"])
                     if isinstance(event, TopicChanged):
                         hub.on_topic(event.room, event.nick, event.text)
-                    hub.fanout(fields["room"], Frame(event))
+                    self._follow(fields["room"], event)
+                    hub.on_room_event(fields["room"], event)
                 elif kind == "priv":
                     ev = event_from_json(json.dumps({**json.loads(fields["ev"]), "type": "PRIV"}))
                     if isinstance(ev, Private):

@@ -31,6 +31,7 @@ from typing import Any
 from socklab.apps.chat.admission import CallLater, Door
 from socklab.apps.chat.backends import Backend, LocalBackend
 from socklab.apps.chat.member import Frame, Member
+from socklab.apps.chat.presence import PresenceBatcher
 from socklab.apps.chat.settings import ChatSettings
 from socklab.core.errors import RemoteProtocolError
 from socklab.protocols.chat import (
@@ -53,6 +54,7 @@ from socklab.protocols.chat import (
     Parted,
     Ping,
     Pong,
+    Presence,
     Private,
     PrivMsg,
     Quit,
@@ -60,6 +62,7 @@ from socklab.protocols.chat import (
     RoomList,
     Rooms,
     Say,
+    ServerEvent,
     Synced,
     TokenBucket,
     Topic,
@@ -112,6 +115,7 @@ class ChatHub:
         self.nicks: dict[str, Member] = {}
         self.members: dict[int, Member] = {}
         self.door = Door(settings, clock, call_later, self._expire)
+        self.presence = PresenceBatcher(self, call_later)  # joins and parts, gathered per tick
         self.shutting_down = False
         self.delivered = 0
         self.messages = 0
@@ -171,6 +175,7 @@ class ChatHub:
         for member in list(self.members.values()):
             member.close_with(Bye("server shutting down; reconnect later"))
             self.detach(member, "server shutting down")
+        self.presence.close()
 
     # ---- commands --------------------------------------------------------------------------------
     def error(self, member: Member, code: int, text: str) -> None:
@@ -315,7 +320,9 @@ class ChatHub:
                 room = self.rooms[name] = Room(name)
             member.rooms.append(name)
             room.members[member.id] = member
-            self.backend.room_event(name, Joined(name, nick))
+            event = Joined(name, nick)
+            member.send(event)  # at once; the others get it with the room's next presence tick
+            self.backend.room_event(name, event)
         member.current = name
         topic = self.topics.get(name)
         if topic is not None:
@@ -325,7 +332,13 @@ class ChatHub:
             if not member.gone:
                 member.send(Members(name, tuple(nicks)))
 
-        self.backend.who(name, send_members)
+        if self.presence.is_crowded(name):  # the count, not 10,000 names: /who lists them on demand
+            count = self.member_count(name)
+            member.send(Presence(name, count, 0, 0, f"{count} members in {name}; joins and parts are counted, "
+                                                     f"not named, above {self.settings.presence_names} members; "
+                                                     f"/who {name} lists them"))
+        else:
+            self.backend.who(name, send_members)
         limit = self.settings.max_catchup if cmd.since is not None else self.settings.history_on_join
         self._replay(member, name, cmd.since, limit)
 
@@ -452,10 +465,26 @@ class ChatHub:
     }
 
     # ---- from the backend (engine thread) ----------------------------------------------------------
+    def member_count(self, room: str) -> int:
+        """Members of ``room`` (on every node, as far as the backend knows)."""
+        return self.backend.member_count(room)
+
+    def on_room_event(self, room: str, event: ServerEvent) -> None:
+        """An event for everybody in ``room`` (of this node or, through the broker, of another):
+        joins and parts wait for the presence tick (:mod:`.presence`), anything else goes at once,
+        after the room's gathered lines."""
+        if isinstance(event, (Joined, Parted)):
+            self.presence.add(room, event)
+            return
+        self.presence.before(room)
+        self.fanout(room, Frame(event))
+
     def on_message(self, msg: Message) -> None:
         """A durable, numbered message: deliver it to the room's members here."""
         if msg.seq > self.last_seq.get(msg.room, 0):
             self.last_seq[msg.room] = msg.seq
+        if self.presence.pending:
+            self.presence.before(msg.room)
         self.fanout(msg.room, Frame(msg))
 
     def on_messages(self, messages: list[Message]) -> None:
@@ -465,6 +494,9 @@ class ChatHub:
             return
         shares: dict[int, tuple[Member, list[Frame]]] = {}
         last_seq = self.last_seq
+        if self.presence.pending:
+            for room_name in {m.room for m in messages}:
+                self.presence.before(room_name)
         for msg in messages:
             if msg.seq > last_seq.get(msg.room, 0):
                 last_seq[msg.room] = msg.seq

@@ -57,6 +57,12 @@ class ChatSettings(ServerSettings):
     command_burst: int = setting(40, "Commands other than messages a client may send at once.")
     rooms_listed: int = setting(100, "Rooms /rooms shows at most (those with the most members here), followed "
                                      "by how many more there are.")
+    presence_interval: float = setting(0.5, "Seconds joins and parts are gathered before they are sent: one write "
+                                            "per member per interval, not one per join (0 = at once).")
+    presence_names: int = setting(100, "Rooms with more members announce joins and parts as one PRESENCE line per "
+                                       "interval (the count and a few names) instead of a JOIN/PART line per "
+                                       "nick, and a joiner gets the count instead of the full list; /who lists "
+                                       "them.")
     allow_origin: tuple[str, ...] = setting((), "A web page origin (http://host:port) allowed to open the chat's "
                                                 "WebSocket besides the chat's own page; '*' allows all (others get "
                                                 "403). Repeatable.", metavar="ORIGIN")
@@ -92,6 +98,10 @@ class ChatSettings(ServerSettings):
             raise UsageError(f"--register-timeout cannot be negative (got {self.register_timeout:g}; 0 = no deadline)")
         if self.max_per_address < 0 or self.web_reserve < 0:
             raise UsageError("--max-per-address and --web-reserve cannot be negative (0 = no cap, no reserve)")
+        if self.presence_interval < 0 or self.presence_interval > 60:
+            raise UsageError(f"--presence-interval must be in 0..60 seconds (got {self.presence_interval:g})")
+        if self.presence_names < 0:
+            raise UsageError(f"--presence-names cannot be negative (got {self.presence_names})")
         if self.rooms_listed < 1:
             raise UsageError(f"--rooms-listed must be at least 1 (got {self.rooms_listed})")
         if self.max_queue < 1024 or self.max_rooms < 1 or self.history_on_join < 0 or self.max_catchup < 0:
