@@ -6,25 +6,40 @@ reading stdout must not get the bar mixed into its data. Written once, so the ap
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
-__all__ = ["byte_progress"]
+__all__ = ["bar_wanted", "byte_progress"]
 
 
-def byte_progress(label: str) -> Any:
-    """A rich ``Progress`` (label, bar, bytes, rate, time left) writing to stderr; not started yet.
+def bar_wanted(quiet: bool = False) -> bool:
+    """Whether to draw a bar: only on a terminal (stderr), never with ``--quiet``, never on a pipe
+    or a file (there the app's one-line summary says it all) nor a ``TERM=dumb`` terminal."""
+    if quiet or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stderr
+        return False
+
+
+def byte_progress(label: str, **options: Any) -> Any:
+    """A rich ``Progress`` (label, bar, percent, bytes, rate, time left) writing to stderr; not started yet.
 
     ``label`` is a rich ``TextColumn`` format, e.g. ``"[bold]{task.description}"`` or plain text.
+    ``options`` go to rich's ``Progress`` (``transient``, ``redirect_stdout``...).
     """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
         Progress,
+        TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    return Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True))
+    return Progress(TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), **options)

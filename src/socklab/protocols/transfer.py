@@ -64,7 +64,7 @@ from blake3 import blake3
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
-    "CHUNK_SIZE", "HASH", "MAGIC", "MTIME_MAX", "MTIME_MIN", "BadEntry", "Chunk", "Done", "Entry", "ErrorFrame",
+    "CHUNK_SIZE", "DEFAULT_PORT", "HASH", "MAGIC", "MTIME_MAX", "MTIME_MIN", "BadEntry", "Chunk", "Done", "Entry", "ErrorFrame",
     "Event", "FileHasher", "Hello", "Offer", "RawData", "Result", "Start", "Trailer", "TransferConnection",
     "check_mtime", "check_name", "chunk_digest",
 ]
@@ -73,6 +73,7 @@ MAGIC = "socklab-transfer"
 VERSION = 2  # 1: SHA-256 + CRC-32 per chunk; 2: blake3-tree
 HASH = "blake3-tree"
 CHUNK_SIZE = 4 << 20
+DEFAULT_PORT = 7060  # `socklab receive` listens here, `send --to HOST` connects here (7070/7080: the chat's)
 MAX_FRAME = 16 << 20  # JSON control frames (a trailer of a 1 TiB file at 4 MiB chunks: 256 Ki x 32 hex = 8 MiB)
 DIGEST = 32  # bytes of a chunk digest (BLAKE3's default)
 WIRE_DIGEST = 16  # bytes of a chunk digest as listed on the wire (hex: 32 characters)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from socklab.apps.transfer.bars import Bars
 from socklab.apps.transfer.receiver import FileReport, ReceiverProtocol, ReceiveSession, ReceiveSettings
 from socklab.cli.options import (
     EXIT_NETWORK,
@@ -27,7 +28,7 @@ from socklab.cli.options import (
     trace_options,
 )
 from socklab.cli.serving import serve_until_signalled
-from socklab.core.errors import UsageError, translate_oserror
+from socklab.core.errors import ProtocolError, UsageError, translate_oserror
 from socklab.core.server import Server
 from socklab.core.sockets import connect_tcp, open_tcp_listener, parse_endpoint
 from socklab.core.trace import format_addr
@@ -37,53 +38,43 @@ from socklab.protocols.text import escape_peer_text as shown
 _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 
 
-def _progress(total: int | None, quiet: bool) -> Any:
-    if quiet:
-        return None
-    from socklab.cli.progress import byte_progress
+def _run_sender(sock: socket.socket, items: list[Any], chunk_size: int, quiet: bool, as_json: bool) -> None:
+    from socklab.apps.transfer.sender import SendSession
 
-    return byte_progress("[bold]{task.description}")
-
-
-def _run_sender(sock: socket.socket, paths: list[str], name: str, chunk_size: int, quiet: bool,
-                as_json: bool) -> None:
-    from socklab.apps.transfer.sender import SendSession, collect
-
-    items = collect(paths, stdin_name=name)
     sizes = [i.entry.size for i in items if i.entry.kind != "dir"]
     total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-    bar = _progress(total, quiet)
+    bars = Bars(quiet)
     start = time.monotonic()
     try:
-        if bar is not None:
-            with bar:
-                task = bar.add_task("sending", total=total)
-                session = SendSession(sock, chunk_size, progress=lambda n: bar.advance(task, n))
-                reports = session.run(items)
-        else:
-            reports = SendSession(sock, chunk_size).run(items)
+        with bars:
+            task = bars.task("sending", total)
+            advance = (lambda n: bars.progress.advance(task, n)) if task is not None else None
+            reports = SendSession(sock, chunk_size, progress=advance, skipped=advance).run(items)
     finally:
         sock.close()
     seconds = max(time.monotonic() - start, 1e-9)
     sent = sum(r.sent for r in reports)
+    already = sum(r.offset for r in reports)  # resumed prefixes and files present: not sent again
     failed = [r for r in reports if not r.ok]
     present = [r for r in reports if r.ok and r.code == "present"]
     if as_json:
         click.echo(json.dumps({"ok": not failed, "files": len([i for i in items if i.entry.kind != "dir"]),
-                               "bytes": sum(r.bytes for r in reports), "sent": sent, "present": len(present),
-                               "seconds": round(seconds, 6), "rate": round(sent / seconds, 1),
-                               "entries": [r.__dict__ for r in reports]}))
+                               "bytes": sum(r.bytes for r in reports), "sent": sent, "already": already,
+                               "present": len(present), "seconds": round(seconds, 6),
+                               "rate": round(sent / seconds, 1), "entries": [r.__dict__ for r in reports]}))
     elif not quiet:
         for r in reports:
             if r.ok and r.code == "present":
                 click.echo(f"  {shown(r.name)}: already present on the receiver (same content, verified), "
                            f"skipped", err=True)
             elif r.ok and r.offset:
-                click.echo(f"  {shown(r.name)}: resumed at byte {r.offset}", err=True)
-        already = f" ({len(present)} already present)" if present else ""
+                click.echo(f"  {shown(r.name)}: resumed at byte {r.offset} (the receiver had the bytes before)",
+                           err=True)
+        some = f" ({len(present)} already present)" if present else ""
+        kept = f" ({already} already on the receiver)" if already else ""
         rate = f" ({sent / seconds / 1e6:.1f} MB/s)" if sent else ""
-        click.echo(f"socklab send: {len(reports) - len(failed)}/{len(reports)} entries{already}, {sent} bytes "
-                   f"sent in {seconds:.3f} s{rate}, verified", err=True)
+        click.echo(f"socklab send: {len(reports) - len(failed)}/{len(reports)} entries{some}, {sent} bytes "
+                   f"sent this run{kept} in {seconds:.3f} s{rate}, verified", err=True)
     for r in failed:
         click.echo(f"socklab: error: {_send_error(r)}", err=True)
     if failed:
@@ -99,9 +90,18 @@ def _send_error(r: Any) -> str:
     return shown(r.error)
 
 
+def _address(option: str, text: str) -> Any:
+    """``HOST:PORT`` or ``HOST`` (the transfer port) given to ``option``, or a usage error naming it."""
+    try:
+        return parse_endpoint(text, default_port=tp.DEFAULT_PORT)
+    except UsageError as exc:
+        raise UsageError(f"{option} {text!r}: {exc}") from None
+
+
 @click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-@click.option("--to", "to", metavar="HOST:PORT", default=None, help="The receiver's address (`socklab receive`).")
+@click.option("--to", "to", metavar="HOST[:PORT]", default=None,
+              help=f"The receiver's address (`socklab receive`); the port defaults to {tp.DEFAULT_PORT}.")
 @click.option("--listen", "listen", is_flag=True,
               help="Reverse mode: listen and let the receiver connect (`socklab receive --from`).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Reverse mode: address to listen on.")
@@ -117,21 +117,37 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
     """Send files, directories (recursively) or stdin ('-'), verified end to end.
 
     \b
-    socklab receive --port 7070 --dir /tmp/in         # on the receiving side
-    socklab send big.iso photos/ --to 127.0.0.1:7070  # zero-copy sendfile, BLAKE3-tree verified
-    tar c dir | socklab send - --name dir.tar --to 127.0.0.1:7070
+    socklab receive --dir /tmp/in                     # on the receiving side (port 7060)
+    socklab send big.iso photos/ --to 127.0.0.1       # zero-copy sendfile, BLAKE3-tree verified
+    socklab send big.iso --to 127.0.0.1:7061          # a receiver on another port
+    tar c dir | socklab send - --name dir.tar --to 127.0.0.1
+    A progress bar on a terminal (none when stderr is a pipe, or with --quiet).
     Interrupted? Run the same command again: it resumes from the verified prefix, and
-    files that already arrived are verified (hashed on both sides) and skipped.
+    files that already arrived are verified (hashed on both sides) and skipped; the
+    summary says how many bytes were sent this run and how many were already there.
     A different file under the same name is the receiver's choice: it keeps it unless
     started with `socklab receive --overwrite`.
     """
+    # every usage error before any work: no connection, no listener yet
     if (to is None) == (not listen):
-        raise UsageError("give --to HOST:PORT, or --listen for reverse mode")
+        raise UsageError("give --to HOST[:PORT], or --listen for reverse mode (not both)")
     if not 4096 <= chunk_size <= 1 << 30:
-        raise UsageError("--chunk-size must be within 4096..1 GiB")
+        raise UsageError(f"--chunk-size {chunk_size}: must be within 4096..1073741824 (1 GiB)")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be within 0..65535")
+    if "-" in paths:
+        try:
+            tp.check_name(name)
+        except ProtocolError as exc:
+            raise UsageError(f"--name {name!r}: {exc} (a receiver would refuse it)") from None
+    if paths.count("-") > 1:
+        raise UsageError("PATH '-' (stdin) can be given once")
+    from socklab.apps.transfer.sender import collect
+
+    items = collect(list(paths), stdin_name=name)
     if to is not None:
-        sock = connect_tcp(parse_endpoint(to))
-        _run_sender(sock, list(paths), name, chunk_size, quiet, as_json)
+        sock = connect_tcp(_address("--to", to))
+        _run_sender(sock, items, chunk_size, quiet, as_json)
         return
     listener = open_tcp_listener(host, port, backlog=1)
     addr = listener.getsockname()
@@ -145,56 +161,57 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
     finally:
         listener.close()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    _run_sender(sock, list(paths), name, chunk_size, quiet, as_json)
+    _run_sender(sock, items, chunk_size, quiet, as_json)
 
 
-def _logger(quiet: bool) -> Any:
+def _logger(bars: Bars) -> Any:
     def log(r: FileReport) -> None:
-        if quiet:
-            return
         if r.ok and r.code == "present":
-            click.echo(f"  already present {shown(r.name)}: {r.bytes} bytes, same content (verified), kept",
-                       err=True)
+            bars.say(f"  already present {shown(r.name)}: {r.bytes} bytes, same content (verified), kept")
         elif r.ok:
             extra = f" (resumed at {r.resumed_from})" if r.resumed_from else ""
-            click.echo(f"  received {shown(r.name)}: {r.bytes} bytes, verified{extra}", err=True)
+            bars.say(f"  received {shown(r.name)}: {r.bytes} bytes, verified{extra}")
         else:
-            click.echo(f"  refused {shown(r.name)}: {shown(r.error)}", err=True)
+            bars.say(f"  refused {shown(r.name)}: {shown(r.error)}")
     return log
 
 
-def _summarize(session: ReceiveSession, seconds: float, as_json: bool, quiet: bool) -> int:
+def _summarize(session: ReceiveSession, seconds: float, as_json: bool, bars: Bars) -> int:
+    """The session's summary: entries, bytes received this run (a kept .part's too), bytes that were
+    already here (resumed prefixes, files present), and the .part kept after an interruption."""
     reports = session.reports
     failed = [r for r in reports if not r.ok]
-    total = sum(r.bytes - r.resumed_from for r in reports if r.ok)
-    rate = f"{total} bytes in {seconds:.3f} s" + (f" ({total / seconds / 1e6:.1f} MB/s)" if total else "")
+    got = session.received
+    counts = f"{got} bytes received this run" + (f" ({session.already} already here)" if session.already else "")
+    counts += f" in {seconds:.3f} s" + (f" ({got / seconds / 1e6:.1f} MB/s)" if got else "")
     if as_json:
         click.echo(json.dumps({"ok": not failed and not session.failed, "complete": session.done,
-                               "error": session.failed, "partial": session.partial, "bytes": total,
-                               "seconds": round(seconds, 6), "rate": round(total / seconds, 1),
-                               "entries": [r.__dict__ for r in reports]}))
-    elif not quiet and session.done:
-        click.echo(f"socklab receive: {len(reports) - len(failed)}/{len(reports)} entries, {rate}", err=True)
-    elif not quiet:
+                               "error": session.failed, "bytes": got, "received": got,
+                               "already": session.already, "partial": session.partial,
+                               "partial_bytes": session.partial_bytes, "seconds": round(seconds, 6),
+                               "rate": round(got / seconds, 1), "entries": [r.__dict__ for r in reports]}))
+    elif session.done:
+        bars.say(f"socklab receive: {len(reports) - len(failed)}/{len(reports)} entries, {counts}")
+    else:
         # the sender never said DONE: nobody knows how many entries there were meant to be
-        kept = f"; {shown(session.partial)}.part kept to resume (run the same send again)" if session.partial \
-            else ""
-        click.echo(f"socklab receive: session interrupted after {len(reports)} entries ({len(reports) - len(failed)}"
-                   f" ok), {rate}{kept}", err=True)
+        kept = (f"; {shown(session.partial)}.part kept to resume ({session.partial_bytes} bytes in it; run the "
+                f"same send again)") if session.partial else ""
+        bars.say(f"socklab receive: session interrupted after {len(reports)} entries "
+                 f"({len(reports) - len(failed)} ok), {counts}{kept}")
     if session.failed:
-        click.echo(f"socklab: error: {shown(session.failed)}", err=True)
+        bars.say(f"socklab: error: {shown(session.failed)}", always=True)
     if any(r.code == "verify" for r in failed):
         return EXIT_VERIFY
     return EXIT_NETWORK if failed or session.failed else 0
 
 
 @click.command()
-@click.option("--from", "source", metavar="HOST:PORT", default=None,
+@click.option("--from", "source", metavar="HOST[:PORT]", default=None,
               help="Reverse mode: connect to a sender started with `socklab send --listen`.")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Write the received data to stdout instead of --dir.")
 @click.option("--once", is_flag=True, help="Serve one session, then exit with its status.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary of each session on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No per-file lines or summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars, per-file lines or summary.")
 @options_from(ReceiveSettings, exclude=_RECV_EXCLUDE)
 @trace_options
 @run_cli
@@ -203,35 +220,44 @@ def receive(source: str | None, to_stdout: bool, once: bool, as_json: bool, quie
     """Receive files into --dir: verified, atomic (NAME.part until verified), resumable.
 
     \b
-    socklab receive --port 7070 --dir /tmp/in              # serve senders (any engine)
+    socklab receive --dir /tmp/in                          # serve senders on port 7060 (any engine)
+    socklab receive --port 0 --dir /tmp/in                 # a port the kernel picks (it says which)
     socklab receive --from 127.0.0.1:7071 --dir /tmp/in    # fetch from `send --listen`
-    socklab receive --port 7070 --dir /tmp/in --no-perms   # new files 0666 & ~umask
+    socklab receive --dir /tmp/in --no-perms               # new files 0666 & ~umask
+    On a terminal, a progress bar per file being received (none on a pipe, or with
+    --quiet); each session ends with one line: entries, bytes received this run, bytes
+    already here (resumed, present), and the NAME.part kept if the sender broke off.
     A sender only suggests permission bits (rwxr-xr-x at most, masked by the
     umask; never setuid, setgid, sticky or group/world write); names stay inside
     --dir; bad times are refused.
     """
+    # every usage error before any work: nothing listens or connects yet
     settings = build_settings(ReceiveSettings, values)
-    out = sys.stdout.buffer if to_stdout else None
     if to_stdout and as_json:
         raise UsageError("--stdout carries the data: drop --json")
-    log = _logger(quiet)
-    if source is not None:
-        sock = connect_tcp(parse_endpoint(source), timeout=settings.idle_timeout)
+    endpoint = _address("--from", source) if source is not None else None
+    out = sys.stdout.buffer if to_stdout else None
+    bars = Bars(quiet, enabled=False if trace else None)  # --trace's lines would tear a bar
+    log = _logger(bars)
+    if endpoint is not None:
+        sock = connect_tcp(endpoint, timeout=settings.idle_timeout)
         session = ReceiveSession(settings, sock.sendall, log, stdout=out)
+        session.bar = bars.file_bar() or session.bar
         start = time.monotonic()
         try:
-            _drive_blocking(sock, session)
+            with bars:
+                _drive_blocking(sock, session)
         finally:
             sock.close()
             session.close()
-        sys.exit(_summarize(session, max(time.monotonic() - start, 1e-9), as_json, quiet))
+        sys.exit(_summarize(session, max(time.monotonic() - start, 1e-9), as_json, bars))
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="receive")
     status = [0]
     started = [time.monotonic()]
 
     def on_session(s: ReceiveSession) -> None:
-        code = _summarize(s, max(time.monotonic() - started[0], 1e-9), as_json, quiet)
+        code = _summarize(s, max(time.monotonic() - started[0], 1e-9), as_json, bars)
         status[0] = status[0] or code
         if once:
             threading.Thread(target=server.shutdown, daemon=True).start()
@@ -239,23 +265,25 @@ def receive(source: str | None, to_stdout: bool, once: bool, as_json: bool, quie
     def factory() -> ReceiverProtocol:
         started[0] = time.monotonic()
         if out is not None:
-            return _StdoutReceiver(settings, log, on_session, out)
-        return ReceiverProtocol(settings, log, on_session)
+            return _StdoutReceiver(settings, log, on_session, out, bars.file_bar)
+        return ReceiverProtocol(settings, log, on_session, bars.file_bar)
 
     server.listen(factory)
-    serve_until_signalled(server, "receive", ["tcp"], stream=sys.stderr if to_stdout else None, quiet=quiet)
+    with bars:
+        serve_until_signalled(server, "receive", ["tcp"], stream=sys.stderr if to_stdout else None, quiet=quiet)
     if once:
         sys.exit(status[0])
 
 
 class _StdoutReceiver(ReceiverProtocol):
-    def __init__(self, settings: ReceiveSettings, log: Any, on_session: Any, out: Any) -> None:
-        super().__init__(settings, log, on_session)
+    def __init__(self, settings: ReceiveSettings, log: Any, on_session: Any, out: Any, bar: Any) -> None:
+        super().__init__(settings, log, on_session, bar)
         self._out = out
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.session = ReceiveSession(self.settings, transport.write, self._log, stdout=self._out)
+        self.session.bar = (self._bar() if self._bar is not None else None) or self.session.bar
 
 
 def _drive_blocking(sock: socket.socket, session: ReceiveSession) -> None:

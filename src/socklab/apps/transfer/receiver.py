@@ -1,21 +1,17 @@
 """The receiving side of a native transfer: safe landing of files, on an engine or a plain socket.
 
-Why this exists: receiving is where a transfer becomes trustworthy or not. Everything here is
-about the disk: names confined to the destination, data written to ``NAME.part``, hashed while it
-streams, fsynced and renamed (then the directory fsynced) only once the sender's blake3-tree root
-matches, a partial file offered for resumption chunk by chunk, a file already there with the same
-content recognised and skipped, and a full disk reported to the sender before it wastes more
-bandwidth, with nothing left behind. What the receiver takes from a sender (names, modes, times)
-and how a file is committed is :mod:`socklab.apps.transfer.landing`; :mod:`~.sink` writes.
+Why this exists: receiving is where a transfer becomes trustworthy or not: names confined to the
+destination, data written to ``NAME.part``, hashed while it streams, fsynced and renamed (then the
+directory fsynced) only once the sender's blake3-tree root matches, a partial file offered for
+resumption chunk by chunk, a file already there recognised and skipped, a full disk reported to
+the sender at once with nothing left behind. What the receiver takes from a sender (names, modes,
+times) and the commit are :mod:`socklab.apps.transfer.landing`; :mod:`~.sink` writes.
 
-Speed: the session lends its own buffers to the engine (:class:`~socklab.core.protocol.BufferedProtocol`,
-``recv_into``, no copies): a ring of four page-aligned 4 MiB buffers. Each read is hashed right
-away on the receiving thread, while its bytes are in the CPU's cache (BLAKE3, one pass giving the
-chunk digests and the root), and ``SO_RCVLOWAT`` makes reads ~1 MiB. A filled buffer goes to a
-writer thread, which hands it to the disk with ``O_DIRECT`` (no page-cache copy) while the engine
-receives into the next; when the ring is full the receiving thread waits for the oldest buffer,
-which is the back-pressure (the kernel's window then slows the sender down). A resumed file
-re-uses the digests of the prefix it offered: the kept bytes are not read again.
+Speed: the session lends the engine its own buffers (``recv_into``, no copies): a ring of four
+page-aligned 4 MiB buffers. Each read is hashed on the receiving thread while in the CPU's cache,
+``SO_RCVLOWAT`` makes reads ~1 MiB, a filled buffer goes to a writer thread (``O_DIRECT``), and a
+full ring makes the receiving thread wait for the oldest buffer: the back-pressure. A resumed file
+re-uses the digests of the prefix it offered. (docs/transfer.md explains each choice.)
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from socklab.apps.transfer import landing
+from socklab.apps.transfer.bars import NO_BAR, FileBar
 from socklab.apps.transfer.landing import Refused
 from socklab.apps.transfer.settings import FileReport, ReceiveSettings
 from socklab.apps.transfer.sink import Sink
@@ -71,6 +68,10 @@ class ReceiveSession:
         self.umask = landing.read_umask()
         self.done = False  # the sender said DONE: the session is complete
         self.partial: str | None = None  # an entry left as NAME.part when the session broke off
+        self.partial_bytes = 0  # and how many bytes that .part holds
+        self.received = 0  # file bytes that arrived in this session (every entry, a kept .part's too)
+        self.already = 0  # bytes not sent because they were here: resumed prefixes, files present
+        self.bar: FileBar = NO_BAR  # told about each file's bytes (a progress bar)
         self.chunk_size = tp.CHUNK_SIZE
         self.finished = False
         self.failed: str | None = None
@@ -129,6 +130,8 @@ class ReceiveSession:
             return
         if self.conn.raw_remaining and not self.conn.buffered and self._sink is not None:
             self.conn.raw_received(nbytes)
+            self.received += nbytes
+            self.bar.advance(nbytes)
             if self.settings.hash_on_recv:
                 self._sink.hasher.update(memoryview(self._ring[self._slot])[self._fill:self._fill + nbytes])
             self._fill += nbytes
@@ -189,10 +192,17 @@ class ReceiveSession:
         if self.done:
             return
         self.failed = self.failed or reason
+        part = None
         if self._part is not None and self._entry is not None and self._sink is not None \
                 and self._sink.error is None and not self._skipping:
-            self.partial = self._entry.name  # its .part stays, to be resumed
+            self.partial, part = self._entry.name, self._part  # its .part stays, to be resumed
+            with contextlib.suppress(Exception):
+                self._flush_slot()  # what arrived goes to the .part too (a ring slot may be half full)
         self._abandon()
+        if part is not None:
+            with contextlib.suppress(OSError):
+                self.partial_bytes = part.stat().st_size
+        self.bar.end()
         self.finished = True
 
     # ---- events -----------------------------------------------------------------------------------
@@ -220,6 +230,7 @@ class ReceiveSession:
             self.abort(f"sender: {escape_peer_text(event.message)}")
 
     def _report(self, report: FileReport) -> None:
+        self.bar.end()
         self.reports.append(report)
         if self.log is not None:
             self.log(report)
@@ -314,9 +325,11 @@ class ReceiveSession:
             for digest in self._prefix[:chunks]:
                 sink.hasher.add_chunk(digest)
             self._resumed = start.offset
+            self.already += start.offset
         elif sink.fd is not None:
             os.ftruncate(sink.fd, 0)
         sink.pos = start.offset
+        self.bar.begin(entry.name, entry.size, start.offset)
         self._slot, self._fill = 0, 0
         lowat = self.settings.recv_lowat
         if lowat > 1 and self.conn.raw_remaining >= 2 * lowat:
@@ -328,6 +341,8 @@ class ReceiveSession:
             return
         # copying path (file bytes that came with control frames, stream chunks): copied into the
         # ring like received bytes, so every write stays slot-aligned (O_DIRECT) and in order
+        self.received += len(data)
+        self.bar.advance(len(data))
         view = memoryview(data)
         while view:
             if not self._slot_ready():
@@ -366,6 +381,7 @@ class ReceiveSession:
             self._abandon()
             self.send(self.conn.send(tp.ErrorFrame(message, "disk")))
             self.failed = message
+            self.bar.end()
             self.reports.append(FileReport(name, False, error=message, code="disk"))
             if self.log is not None:
                 self.log(self.reports[-1])
@@ -424,6 +440,7 @@ class ReceiveSession:
             self._report(FileReport(entry.name, False, error=f"cannot read {shown}: {exc.strerror}", code="io"))
             return
         if same:
+            self.already += entry.size or 0
             self._report(FileReport(entry.name, True, entry.size or 0, entry.size or 0, code="present"))
         else:
             self._report(FileReport(entry.name, False, error=f"{shown} exists with different content; {_KEEPS}",
@@ -517,15 +534,18 @@ class ReceiverProtocol(BufferedProtocol):
     """A :class:`ReceiveSession` on an engine connection (``recv_into`` the session's buffers)."""
 
     def __init__(self, settings: ReceiveSettings, log: Callable[[FileReport], None] | None = None,
-                 on_session: Callable[[ReceiveSession], None] | None = None) -> None:
+                 on_session: Callable[[ReceiveSession], None] | None = None,
+                 bar: Callable[[], FileBar | None] | None = None) -> None:
         self.settings = settings
         self._log = log
         self._on_session = on_session
+        self._bar = bar
         self.session: ReceiveSession | None = None
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         self.session = ReceiveSession(self.settings, transport.write, self._log)
+        self.session.bar = (self._bar() if self._bar is not None else None) or NO_BAR
         sock = transport.get_extra_info("socket")
         if sock is not None and self.settings.recv_lowat > 1:
 

@@ -73,13 +73,15 @@ def collect(paths: list[str], stdin_name: str = "stdin") -> list[SendItem]:
         try:
             st = path.stat()
         except OSError as exc:
-            raise UsageError(f"cannot send {raw}: {exc.strerror}") from exc
+            raise UsageError(f"PATH {raw!r}: cannot send it: {exc.strerror}") from exc
         if stat.S_ISREG(st.st_mode):
+            if not os.access(path, os.R_OK):
+                raise UsageError(f"PATH {raw!r}: cannot send it: not readable (permission denied)")
             items.append(SendItem(tp.Entry(path.name, "file", st.st_size, st.st_mode & 0o777, st.st_mtime), path))
         elif stat.S_ISDIR(st.st_mode):
             items.extend(_walk(path))
         else:
-            raise UsageError(f"cannot send {raw}: not a regular file or directory")
+            raise UsageError(f"PATH {raw!r}: cannot send it: not a regular file or directory")
     return items
 
 
@@ -174,14 +176,18 @@ class SendSession:
         chunk_size: bytes per verified chunk.
         progress: called with the number of bytes just sent (for a progress bar).
         stdin: where a ``-`` entry reads from.
+        skipped: called with the number of bytes the receiver already had and that need not
+            travel (a resumed prefix, a file present): a bar counts them too, to end at 100 %.
     """
 
     def __init__(self, sock: socket.socket, chunk_size: int = tp.CHUNK_SIZE,
-                 progress: Callable[[int], None] | None = None, stdin: IO[bytes] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, stdin: IO[bytes] | None = None,
+                 skipped: Callable[[int], None] | None = None) -> None:
         self.sock = sock
         self.conn = tp.TransferConnection("sender")
         self.chunk_size = chunk_size
         self.progress = progress
+        self.skipped = skipped
         self.stdin = stdin if stdin is not None else sys.stdin.buffer
         self.reports: list[SendReport] = []
 
@@ -290,9 +296,13 @@ class SendSession:
             self._send(self.conn.send(tp.Start(size)) + self.conn.send(trailer))
             result = self._event()
             assert isinstance(result, tp.Result)
+            if result.ok and self.skipped is not None:
+                self.skipped(size)
             return SendReport(entry.name, result.ok, size, 0, size, result.error, result.code)
         hashes = _Hashes(fd, size, self.chunk_size, ours[:good])
         self._send(self.conn.send(tp.Start(offset)))
+        if offset and self.skipped is not None:
+            self.skipped(offset)
         pos = offset
         while pos < size:
             try:

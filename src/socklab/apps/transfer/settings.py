@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ __all__ = ["FileReport", "ReceiveSettings"]
 class ReceiveSettings(ServerSettings):
     """``socklab receive``'s settings."""
 
-    port: int = setting(7070, "TCP port to listen on (0: the kernel picks and the readiness line says).")
+    port: int = setting(tp.DEFAULT_PORT, "TCP port to listen on (transfer's own; `send --to HOST` connects to it; "
+                                         "0: the kernel picks and the readiness line says).")
     dir: str = setting(".", "Destination directory; nothing is written outside it.", metavar="DIR")
     overwrite: bool = setting(False, "Replace existing files (a replaced file keeps its mode and owner). Without "
                                      "it an existing file is kept: one with the sender's content is verified and "
@@ -41,11 +43,31 @@ class ReceiveSettings(ServerSettings):
                                          "receiving thread, no hand-offs but no overlap).")
 
     def validate(self) -> None:
-        super().validate()
-        if not self.discard and not Path(self.dir).is_dir():
-            raise UsageError(f"--dir {self.dir!r} is not a directory")
+        """Every usage error in one line naming the option and its value, before anything listens."""
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port}: must be within 0..65535")
+        if not self.idle_timeout >= 0:  # also NaN
+            raise UsageError(f"--idle-timeout {self.idle_timeout:g}: must be 0 or more seconds")
+        if self.recv_lowat < 0:
+            raise UsageError(f"--recv-lowat {self.recv_lowat}: must be 0 or more bytes")
         if self.buffer_size < ALIGN or self.buffer_size % ALIGN:
-            raise UsageError(f"buffer_size must be a multiple of {ALIGN}")
+            raise UsageError(f"--buffer-size {self.buffer_size}: must be a multiple of {ALIGN} bytes")
+        super().validate()
+        if not self.discard:
+            _check_dir(self.dir)
+
+
+def _check_dir(path: str) -> None:
+    """``--dir`` must be a directory this process can create files in (tried, not guessed: root, a
+    read-only mount, an ACL all answer the same way)."""
+    if not Path(path).is_dir():
+        why = "does not exist" if not Path(path).exists() else "is not a directory"
+        raise UsageError(f"--dir {path!r}: {why}")
+    try:
+        with tempfile.TemporaryFile(dir=path, prefix=".socklab-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--dir {path!r}: cannot create files there ({exc.strerror or exc})") from None
 
 
 @dataclass
