@@ -46,3 +46,33 @@ def test_any_json_lines_give_a_page_or_a_usage_error(files: list[list[object]]) 
             return
         page = render_html(ladder)
         assert page.startswith("<!DOCTYPE html>") and "</svg>" in page
+
+
+def test_a_trace_counting_from_its_own_start_is_put_on_the_shared_clock(tmp_path: Path) -> None:
+    """An older socklab --trace-json (ts since its own start) beside a trace run file (epoch ts)."""
+    t = 1_800_000_000.0
+    server = [
+        {"ts": 0.001, "op": "bind", "fd": 5, "engine": "epoll", "thread": "M", "detail": "127.0.0.1:7007"},
+        {"ts": 0.002, "op": "listen", "fd": 5, "engine": "epoll", "thread": "M"},
+        {"ts": 0.500, "op": "accept", "fd": 7, "engine": "epoll", "thread": "M", "peer": "127.0.0.1:5000",
+         "detail": "new fd from listening fd 5"},
+        {"ts": 0.501, "op": "recv", "fd": 7, "engine": "epoll", "thread": "M", "peer": "127.0.0.1:5000", "nbytes": 5},
+        {"ts": 0.502, "op": "send", "fd": 7, "engine": "epoll", "thread": "M", "peer": "127.0.0.1:5000", "nbytes": 5},
+    ]
+    strace = {"source": "strace", "pid": 9, "tid": 9, "comm": "c", "local": "127.0.0.1:5000",
+              "peer": "127.0.0.1:7007", "fd": 3}
+    client = [
+        {**strace, "ts": t + 0.010, "dur": 0.001, "op": "connect"},
+        {**strace, "ts": t + 0.020, "dur": 0.0001, "op": "write", "nbytes": 5},
+        {**strace, "ts": t + 0.030, "dur": 0.005, "op": "read", "nbytes": 5},
+    ]
+    paths = []
+    for name, events in (("server.jsonl", server), ("client.jsonl", client)):
+        (tmp_path / name).write_text("".join(json.dumps(e) + "\n" for e in events))
+        paths.append(str(tmp_path / name))
+    ladder = build(paths)
+    kinds = sorted(a.kind for a in ladder.arrows)
+    assert kinds == ["data", "data", "handshake"], kinds
+    for a in ladder.arrows:
+        assert a.dst is not None and a.dst.row > a.src.row, (a.kind, a.src.op, a.dst)
+    assert ladder.warnings and "server.jsonl counts time from its own start" in ladder.warnings[0]
