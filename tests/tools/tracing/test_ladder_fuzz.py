@@ -76,3 +76,27 @@ def test_a_trace_counting_from_its_own_start_is_put_on_the_shared_clock(tmp_path
     for a in ladder.arrows:
         assert a.dst is not None and a.dst.row > a.src.row, (a.kind, a.src.op, a.dst)
     assert ladder.warnings and "server.jsonl counts time from its own start" in ladder.warnings[0]
+
+
+def test_two_sends_merged_in_one_recv_are_labelled(tmp_path: Path) -> None:
+    t = 1_800_000_000.0
+
+    def ev(pid: int, local: str, peer: str, dt: float, op: str, **kw: object) -> dict[str, object]:
+        return {"source": "strace", "pid": pid, "tid": pid, "comm": "p", "fd": 3, "local": local, "peer": peer,
+                "ts": t + dt, "dur": 0.0001, "op": op, **kw}
+
+    c, s = "127.0.0.1:5000", "127.0.0.1:7007"
+    client = [ev(1, c, s, 0.01, "connect"), ev(1, c, s, 0.02, "sendto", nbytes=3),
+              ev(1, c, s, 0.03, "sendto", nbytes=4)]
+    server = [ev(2, s, None, 0.001, "listen"), ev(2, s, c, 0.015, "accept4", detail="new fd from listening fd 3"),
+              ev(2, s, c, 0.05, "recvfrom", nbytes=7)]
+    server[0]["peer"] = None
+    for e in server[1:]:
+        e["fd"] = 4
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(e) + "\n" for e in client))
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(e) + "\n" for e in server))
+    ladder = build([str(tmp_path / "c.jsonl"), str(tmp_path / "s.jsonl")])
+    data = [a for a in ladder.arrows if a.kind == "data"]
+    assert sorted(a.nbytes or 0 for a in data) == [3, 4]
+    assert {a.dst.op for a in data if a.dst is not None} == {"recvfrom"}
+    assert sum("2 sends merged in 1 recv of 7 B" in a.label for a in data) == 1
