@@ -282,3 +282,25 @@ def test_a_select_server_shows_what_it_waits_on(tmp_path: Path) -> None:
                      r.stderr), r.stderr
     assert f"fd=- epoll_ctl EPOLL_CTL_ADD: watch fd {conn} for EPOLLIN" in r.stderr
     assert f"epoll_wait waits on fds {conn} (up to 5 s) -> ready: fd {conn} EPOLLIN" in r.stderr
+
+
+def test_explain_and_output_file(tmp_path: Path) -> None:
+    prog = tmp_path / "client.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        s.sendall(b"hello world")
+        got = b""
+        while len(got) < 11:
+            got += s.recv(100)
+        s.close()
+    """))
+    out = tmp_path / "trace.txt"
+    with echo_server() as port:
+        r = socklab("trace", "run", "--explain", "-o", str(out), "--", sys.executable, str(prog), str(port))
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # the trace went to the file
+    text = out.read_text()
+    assert text.count("    what: connect() on TCP sends SYN") == 1
+    assert re.search(r"summary: \S+\[\d+\]: 1 socket\(s\), 1 connection\(s\), 11 bytes sent, 11 received", text), text
+    r = socklab("trace", "run", "--", str(prog))  # a script that is not executable
+    assert r.returncode == 2 and "is not executable: run it with its interpreter" in r.stderr

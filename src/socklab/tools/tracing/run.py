@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import IO
 
@@ -147,7 +147,6 @@ class Summary:
     received: int = 0
     notes: int = 0
     comm: str = "?"
-    pids: set[int] = field(default_factory=set)
 
 
 class TraceRun:
@@ -182,6 +181,9 @@ class TraceRun:
         """Trace the program to its end; returns its exit status (128+N for a signal N)."""
         strace = check_tracing(shutil.which("strace"))
         if shutil.which(self.cmd[0]) is None:
+            if os.path.isfile(self.cmd[0]):
+                raise FileNotFoundError(f"{self.cmd[0]!r} is not executable: run it with its interpreter "
+                                        f"(socklab trace run -- python3 {self.cmd[0]}) or chmod +x it")
             raise FileNotFoundError(f"no program {self.cmd[0]!r} (not a path, nor on PATH)")
         with tempfile.TemporaryDirectory(prefix="socklab-trace-") as tmp:
             fifo = os.path.join(tmp, "strace.fifo")
