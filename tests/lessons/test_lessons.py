@@ -195,3 +195,30 @@ def test_lessons_grader_and_learn_are_packages_the_wheel_ships():
     src = Path(__file__).resolve().parents[2] / "src"
     packages = setuptools.find_packages(str(src))  # what [tool.setuptools.packages.find] ships
     assert {"socklab.lessons", "socklab.tools.check", "socklab.tools.learn"} <= set(packages)
+
+
+@pytest.mark.parametrize("client, reply", [
+    (["socklab.lessons.rpc_client", "{host}", "{port}", "add", "1", "2"], b'{"id": 1, "result": "\\u001b]0;owned\\u0007"}\n'),
+    (["socklab.lessons.rpc_client", "{host}", "{port}", "add", "1", "2"], b'{"id": 1, "error": "\\u001b[2J"}\n'),
+    (["socklab.lessons.file_client", "{host}", "{port}", "x", "."], b"ERR \x1b[2J\x1b]0;owned\x07\n"),
+], ids=["rpc-result", "rpc-error", "file-refusal"])
+def test_lesson_clients_never_print_server_text_raw(client, reply):
+    """A hostile server's escape sequences reach the terminal escaped, never as ESC bytes."""
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        host, port = listener.getsockname()
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(reply)
+
+        t = threading.Thread(target=answer, daemon=True)
+        t.start()
+        args = [a.format(host=host, port=port) for a in client]
+        done = run_program(*args)
+        t.join(10)
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout + done.stderr
+    assert "owned" in done.stdout + done.stderr or "[2J" in done.stdout + done.stderr  # shown, escaped

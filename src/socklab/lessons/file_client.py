@@ -25,8 +25,8 @@ def main() -> None:
                 sys.exit("the server closed before answering")
             data += chunk
         header, _, body = data.partition(b"\n")
-        if not header.startswith(b"OK "):
-            sys.exit(f"refused: {header.decode(errors='replace')}")
+        if not header.startswith(b"OK "):  # !r: text from the network never reaches the terminal raw
+            sys.exit(f"refused: {header.decode(errors='replace')!r}")
         size = int(header[3:])
         target = dest / Path(name).name  # never trust a path: keep the last part only
         part = target.with_name(target.name + ".part")  # the final name only when complete

@@ -24,7 +24,7 @@ def remote_call(sock: socket.socket, buffer: list[bytes], method: str, *params: 
     line, buffer[0] = data.split(b"\n", 1)  # keep any bytes after the line for the next call
     reply = json.loads(line)
     if "error" in reply:
-        raise RuntimeError(reply["error"])
+        raise RuntimeError(json.dumps(reply["error"]))
     return reply["result"]
 
 
@@ -33,8 +33,8 @@ def main() -> None:
         sys.exit("usage: rpc_client.py HOST PORT METHOD [ARG...]   (numbers are sent as numbers)")
     params = [int(a) if a.lstrip("-").isdigit() else a for a in sys.argv[4:]]
     with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as sock:
-        try:
-            print(remote_call(sock, [b""], sys.argv[3], *params))
+        try:  # json.dumps escapes control characters: the server's text cannot drive the terminal
+            print(json.dumps(remote_call(sock, [b""], sys.argv[3], *params)))
         except TimeoutError:
             sys.exit("no reply in 5 s: the call may or may not have run on the server")
         except (OSError, RuntimeError) as exc:
