@@ -209,3 +209,25 @@ def test_usage_errors_name_the_option() -> None:
         _, err = p.popen.communicate(timeout=30)
         assert p.popen.returncode == 2, (args, err)
         assert text in err.decode(), (args, err)
+
+
+def test_the_command_line_proxy_keeps_its_capture_across_a_disable(spawn: Any, tmp_path: Any) -> None:
+    """Disabled then enabled through the API, the LISTEN proxy is rebuilt with its own options:
+    the same --pcap file goes on, with the connection numbers going on too."""
+    cap = tmp_path / "c.pcapng"
+    with running_server(EchoProtocol) as srv:
+        proc = spawn("tap", "127.0.0.1:0", "--to", f"127.0.0.1:{srv.port}", "--pcap", str(cap), "--api", "0")
+        api = "http://" + proc.wait_for(API_LINE).group(1)
+        port = int(requests.get(f"{api}/proxies/tap", timeout=30).json()["listen"].rsplit(":", 1)[1])
+        for n in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                exchange(sock, b"round%d\n" % n)
+            requests.post(f"{api}/proxies/tap", json={"enabled": False}, timeout=30).raise_for_status()
+            assert refused(port)
+            requests.post(f"{api}/proxies/tap", json={"enabled": True}, timeout=30).raise_for_status()
+        proc.stop()
+    out = subprocess.run(["tshark", "-r", str(cap), "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.stream",
+                          "-e", "tcp.payload"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = {tuple(line.split("\t")) for line in out.stdout.splitlines()}
+    assert {("0", b"round0\n".hex()), ("1", b"round1\n".hex())} <= rows

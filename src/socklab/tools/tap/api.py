@@ -123,6 +123,8 @@ class ProxyEntry:
     toxics: list[Fault] = field(default_factory=list)
     tap: Tap | None = None
     observers: list[Observer] = field(default_factory=list)  # closed when the entry goes
+    factory: TapFactory | None = None  # how to build its tap again (default: the API's make_tap)
+    counter: Any = None  # connection numbers go on across a disable (the views key on them)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "listen": str(self.listen), "upstream": str(self.upstream),
@@ -164,12 +166,14 @@ class ToxiproxyApi:
     # ---- the library side ----------------------------------------------------------------------
     def add_proxy(self, name: str, listen: Endpoint, upstream: Endpoint, enabled: bool = True,
                   toxics: list[Fault] | None = None, tap: Tap | None = None,
-                  observers: list[Observer] | None = None) -> ProxyEntry:
-        """Register a proxy (``tap``: one already started, e.g. the command line's). Raises ApiError."""
+                  observers: list[Observer] | None = None, factory: TapFactory | None = None) -> ProxyEntry:
+        """Register a proxy (``tap``: one already started, e.g. the command line's; ``factory``
+        builds it again after a disable, with the same options and ``observers``). Raises ApiError."""
         with self.lock:
             if name in self.proxies:
                 raise ApiError(409, "proxy already exists")
-            entry = ProxyEntry(name, listen, upstream, enabled, list(toxics or []), tap, list(observers or []))
+            entry = ProxyEntry(name, listen, upstream, enabled, list(toxics or []), tap, list(observers or []),
+                               factory)
             if tap is not None:
                 entry.listen = _bound(tap)
                 entry.toxics = tap.faults
@@ -189,7 +193,9 @@ class ToxiproxyApi:
 
     def _start(self, entry: ProxyEntry) -> None:
         try:
-            tap = self.make_tap(entry.listen, entry.upstream, list(entry.toxics))
+            tap = (entry.factory or self.make_tap)(entry.listen, entry.upstream, list(entry.toxics))
+            if entry.counter is not None:
+                tap._counter = entry.counter
             tap.allow_live_faults()
             tap.start()
         except SocklabError as exc:
@@ -200,6 +206,7 @@ class ToxiproxyApi:
 
     def _stop(self, entry: ProxyEntry) -> None:
         if entry.tap is not None:
+            entry.counter = entry.tap._counter
             entry.tap.close(keep_observers=True)
             entry.tap = None
         entry.enabled = False

@@ -138,9 +138,13 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
     if tls_key and not tls_cert:
         raise UsageError("--tls-key needs --tls-cert")
     upstream = client_ssl_context(cafile, insecure) if to_tls else None
-    relay = Tap(listen_ep, target_ep, udp=udp, faults=fault_list, seed=seed, observers=observers,
-                engine=engine, tracer=make_tracer(engine, trace, trace_json), connect_timeout=connect_timeout,
-                splice=not no_splice, tls_cert=tls_cert, tls_key=tls_key, upstream_tls=upstream)
+    tracer = make_tracer(engine, trace, trace_json)
+
+    def make_relay(at: Any, to: Any, with_faults: list[Fault]) -> Tap:  # again when --api re-enables it
+        return Tap(at, to, udp=udp, faults=with_faults, seed=seed, observers=observers, engine=engine,
+                   tracer=tracer, connect_timeout=connect_timeout, splice=not no_splice, tls_cert=tls_cert,
+                   tls_key=tls_key, upstream_tls=upstream)
+    relay = make_relay(listen_ep, target_ep, fault_list)
     relay.bind()
     scheme = "udp" if udp else ("tls" if tls_cert else "tcp")
     ctl_addr = None
@@ -163,7 +167,7 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
     relay.settings.shutdown_timeout = 1.0
     if api is not None:
         _serve_api(api, relay, proxy_name, engine, seed, connect_timeout, not no_splice, observers, out,
-                   announce=ready)
+                   announce=ready, relay_factory=make_relay)
         return
     relay.serve_forever(on_signal=_told, on_ready=ready)
 
@@ -173,7 +177,8 @@ def _told(kind: str) -> None:
 
 
 def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | None, connect_timeout: float,
-               splice: bool, observers: list[Observer], out: Any, announce: Any = None) -> None:
+               splice: bool, observers: list[Observer], out: Any, announce: Any = None,
+               relay_factory: Any = None) -> None:
     """Serve toxiproxy's HTTP API on the main thread; every proxy (``relay`` too) runs on its own."""
     from socklab.apps.http.api import HttpSettings, serve_http
     from socklab.core.sockets import Endpoint
@@ -193,7 +198,7 @@ def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | 
             relay.allow_live_faults()
             relay.start()
             toxi.add_proxy(name, Endpoint(), Endpoint(relay.target.host, relay.target.port), tap=relay,
-                           observers=observers)
+                           observers=observers, factory=relay_factory)
         api_addr = server.addresses[0]
         if not _is_loopback(api_addr):
             click.echo(f"socklab tap: warning: the toxiproxy API listens on {format_addr(api_addr)}, not on "
