@@ -151,7 +151,8 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
 
     def expect_ok(r: HttpResponse, what: str) -> None:
         if r.status != 200:
-            raise ProbeFailed(f"{what} answered {quote(r.status_line)}, not 200",
+            guess = "" if root or url else " (or / has no index.html: name a file with --root DIR or --path URL)"
+            raise ProbeFailed(f"{what} answered {quote(r.status_line)}, not 200{guess}",
                               "the server maps the URL to the wrong file (relative to its working directory, "
                               "or with the leading / kept)" if r.status == 404 else
                               "an error while serving the file", "map /NAME to ROOT/NAME and send 200 OK")
