@@ -39,6 +39,8 @@ def test_host_allow_list_and_non_loopback_connections() -> None:
     assert host_allowed("anything.example", ("192.0.2.5", 8080))
     assert host_allowed("anything.example", None)
     assert host_allowed("localhost:8080", ("::ffff:127.0.0.1", 8080, 0, 0))
+    assert host_allowed("[::1]:8080", ("::1", 8080, 0, 0)) and not host_allowed("evil:8080", ("::1", 8080, 0, 0))
+    assert origin_allowed("http://[::1]:8080", "[::1]:8080", ("::1", 8080, 0, 0))
 
 
 @pytest.mark.parametrize("origin,host,ok", [
