@@ -231,3 +231,25 @@ def test_the_command_line_proxy_keeps_its_capture_across_a_disable(spawn: Any, t
     assert out.returncode == 0, out.stderr
     rows = {tuple(line.split("\t")) for line in out.stdout.splitlines()}
     assert {("0", b"round0\n".hex()), ("1", b"round1\n".hex())} <= rows
+
+
+def test_proxies_and_toxics_are_capped() -> None:
+    """Each proxy is a thread and a listener: a local script in a loop must not exhaust them."""
+    from socklab.apps.http.api import HttpSettings, serve_http
+    from socklab.tools.tap.api import ToxiproxyApi
+
+    api = ToxiproxyApi(log=lambda line: None, max_proxies=1, max_toxics=1)
+    server = serve_http(HttpSettings(host="127.0.0.1", port=0, log_format="none"), api.router())
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        one = {"listen": "127.0.0.1:0", "upstream": "127.0.0.1:9"}
+        assert requests.post(f"{url}/proxies", json={"name": "a", **one}, timeout=30).status_code == 201
+        r = requests.post(f"{url}/proxies", json={"name": "b", **one}, timeout=30)
+        assert r.status_code == 503 and "too many proxies" in r.json()["error"]
+        assert requests.post(f"{url}/proxies/a/toxics", json={"type": "latency"}, timeout=30).status_code == 200
+        r = requests.post(f"{url}/proxies/a/toxics", json={"type": "slicer"}, timeout=30)
+        assert r.status_code == 409 and "too many toxics" in r.json()["error"]
+    finally:
+        server.shutdown(timeout=2)
+        api.close()

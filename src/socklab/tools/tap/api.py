@@ -153,7 +153,9 @@ class ToxiproxyApi:
     thread-safe methods.
     """
 
-    def __init__(self, make_tap: TapFactory | None = None, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, make_tap: TapFactory | None = None, log: Callable[[str], None] | None = None, *,
+                 max_proxies: int = 256, max_toxics: int = 64) -> None:
+        self.max_proxies, self.max_toxics = max_proxies, max_toxics  # each proxy is a thread and a listener
         self.proxies: dict[str, ProxyEntry] = {}
         self.make_tap: TapFactory = make_tap or _default_tap
         self.log: Callable[[str], None] = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -272,6 +274,9 @@ class ToxiproxyApi:
                 fault = fault_from_toxic(body)
                 if any(f.name == fault.name for f in entry.toxics):
                     raise ApiError(409, "toxic already exists")
+                if len(entry.toxics) >= self.max_toxics:
+                    raise ApiError(409, f"too many toxics on proxy {escape_peer_text(entry.name)} "
+                                        f"(at most {self.max_toxics}): delete one first")
                 self._set_toxics(entry, [*entry.toxics, fault])
                 return 200, toxic_json(fault)
             old = next((f for f in entry.toxics if f.name == seg[3]), None)
@@ -318,6 +323,8 @@ class ToxiproxyApi:
                 raise ApiError(400, f"missing required field: {key}")
         if body["name"] in self.proxies:
             raise ApiError(409, "proxy already exists")
+        if len(self.proxies) >= self.max_proxies:
+            raise ApiError(503, f"too many proxies (at most {self.max_proxies}): delete one first")
         enabled = body.get("enabled", True)
         if not isinstance(enabled, bool):
             raise ApiError(400, "bad request body: enabled must be true or false")
