@@ -96,7 +96,7 @@ RECT = "(s => { const r = document.querySelector(s).getBoundingClientRect(); " \
        "return {left: r.left, right: r.right, width: r.width, height: r.height, top: r.top, " \
        "visible: getComputedStyle(document.querySelector(s)).visibility === 'visible'}; })"
 # Every nick shown: not wrapping, and drawn on one line (an inline box broken over lines has several rects).
-NICKS_WHOLE = """return [...document.querySelectorAll('#log .nick, #members li, #rooms button')].map(e => ({
+NICKS_WHOLE = """return [...document.querySelectorAll('#log .nick, #members li:not(.count), #rooms button')].map(e => ({
     text: e.textContent, ws: getComputedStyle(e).whiteSpace, rects: e.getClientRects().length,
     height: e.getBoundingClientRect().height, line: parseFloat(getComputedStyle(e).lineHeight) || 20}))"""
 
@@ -272,3 +272,4 @@ def test_favicon_decodes_in_the_browser_and_the_page_links_an_icon(browser: Any)
             img.onload = () => done(img.naturalWidth > 0); img.onerror = () => done(false);
             img.src = document.querySelector('link[rel=icon]').href;""")
         assert inline
+

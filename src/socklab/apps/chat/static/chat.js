@@ -7,7 +7,7 @@
   const state = {
     ws: null, nick: localStorage.getItem("socklab.nick") || "", current: null, rooms: new Map(),
     lastSeq: JSON.parse(localStorage.getItem("socklab.seq") || "{}"), wanted: [], retry: 0, timer: null,
-    wantConnected: false, named: false, nickPending: false, switchOnJoin: null, wantNick: "",
+    wantConnected: false, named: false, nickPending: false, switchOnJoin: null, wantNick: "", whoAsked: new Set(),
   };
   $("nick").value = state.nick;
 
@@ -99,7 +99,7 @@
     if (r.crowded) {  // a crowded room: its count; the names only when asked (/who), as of then
       const li = document.createElement("li"); li.className = "count";
       li.textContent = r.count + " members" + (r.members.size ? " (names as of /who)" : " - list them");
-      li.onclick = () => { drawer(null); send("/who " + r.name); };
+      li.onclick = () => { drawer(null); state.whoAsked.add(r.name); send("/who " + r.name); };
       ul.appendChild(li);
     }
     const names = [...r.members].sort((a, b) => a.localeCompare(b));
@@ -171,7 +171,11 @@
         renderMembers();
         break;
       }
-      case "WHO": { const r = room(ev.room); r.members = new Set(ev.nicks); r.count = ev.nicks.length; renderMembers(); break; }
+      case "WHO": {  // asked for (/who): a snapshot; else the server's list (a join, or a crowded room shrank)
+        const r = room(ev.room); r.members = new Set(ev.nicks); r.count = ev.nicks.length;
+        if (!state.whoAsked.delete(ev.room)) r.crowded = false;
+        renderMembers(); break;
+      }
       case "PRESENCE": {  // a crowded room: the count, and how many came and went since the last one
         const r = room(ev.room);
         if (ev.joined || ev.left || !r.crowded || r.count !== ev.count) addLine(ev.room, "info", "", ev.text);
@@ -276,6 +280,8 @@
     const nick = /^\/nick\s+(\S+)\s*$/i.exec(text.trim());
     if (join) { joinAndShow(join[1].toLowerCase()); input.value = ""; return; }
     if (nick) { askNick(nick[1]); input.value = ""; return; }
+    const who = /^\/who(?:\s+(#\S+))?\s*$/i.exec(text.trim());
+    if (who && (who[1] || state.current)) state.whoAsked.add((who[1] || state.current).toLowerCase());
     if (!text.startsWith("/") && state.current) text = "/say " + state.current + " " + text;
     send(text);
     input.value = "";
