@@ -14,10 +14,12 @@ real browser can check that what is drawn is where the trace says.
 from __future__ import annotations
 
 import html
+import math
 import textwrap
 
+from socklab.core.trace import time_of_day
 from socklab.protocols.text import escape_peer_text
-from socklab.tools.tracing.ladder import Arrow, Ev, Ladder
+from socklab.tools.tracing.ladder import EPOCH, Arrow, Ev, Ladder
 
 __all__ = ["render_html"]
 
@@ -100,7 +102,9 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
             f'<text x="{x}" y="34" text-anchor="middle" font-size="12">{_e(_fit(role, 28))}</text>'
             f'<text x="{x}" y="50" text-anchor="middle" font-size="11" fill="#555">'
             f'{_e(_fit(lane.subtitle, 30))}</text></g>')
-    add(f'<text x="8" y="{TOP - 8}" font-size="11" fill="#555">time (s)</text>')
+    start = ladder.events[0].t if ladder.events else 0.0
+    since = f" after {time_of_day(start)}" if start > EPOCH else ""
+    add(f'<text x="8" y="{TOP - 8}" font-size="11" fill="#555">time (s){since}</text>')
     if ladder.lanes:
         add(f'<text x="{notes_x}" y="{TOP - 8}" font-size="11" fill="#555">notes</text>')
     labels: list[str] = []
@@ -176,8 +180,12 @@ def _arrow(a: Arrow, lane_x: list[int], row_y: list[float]) -> tuple[str, str]:
             f'<title>{_e(a.label)}</title>'
             f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"{dash} '
             f'marker-end="url(#head-{a.kind})"/></g>')
+    # the label runs along the arrow, just above it, as textbooks letter their ladders
+    angle = math.degrees(math.atan2(y2 - y1, x2 - x1)) if x1 != x2 else 0.0
+    if angle > 90 or angle < -90:
+        angle -= 180 if angle > 0 else -180
     label = (f'<text class="arrow-label" x="{mx:.0f}" y="{my - 4:.0f}" text-anchor="middle" font-size="10.5" '
-             f'fill="{color}" {HALO}>{_e(a.label)}</text>')
+             f'transform="rotate({angle:.1f} {mx:.0f} {my:.0f})" fill="{color}" {HALO}>{_e(a.label)}</text>')
     return line, label
 
 
