@@ -345,7 +345,9 @@ class TransferConnection:
             self._eof = True
             clean = self.state in ("entries", "hello", "idle") and not self._buf and not self.raw_remaining
             if not clean and self.state != "closed":
-                raise RemoteProtocolError(f"connection closed in the middle of the session ({self.state})")
+                where = f"{self.raw_remaining} bytes of the file still to come" if self.raw_remaining \
+                    else self.state
+                raise RemoteProtocolError(f"connection closed in the middle of the session ({where})")
             return
         self._buf += data
         self._parse()
