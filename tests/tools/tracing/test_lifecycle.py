@@ -182,3 +182,9 @@ def test_waits_with_drifting_timeouts_and_an_interrupted_wait() -> None:
     waits = [e.detail for e in run(lines) if e.op == "epoll_wait"]
     assert waits == ["waits on fds 3 (up to 0.998 s) -> timed out, nothing ready",
                      "waits on fds 3 (up to 1 s) -> EINTR (a signal arrived)"]
+
+
+def test_a_call_interrupted_by_a_signal_says_so() -> None:
+    events = run("1 1.0 accept4(3<TCP:[127.0.0.1:7007]>, 0x7f, [16], SOCK_CLOEXEC) = ? ERESTARTSYS "
+                 "(To be restarted if SA_RESTART is set) <2.0>\n")
+    assert events[0].op == "accept" and (events[0].detail or "").startswith("interrupted by a signal (EINTR)")

@@ -170,7 +170,9 @@ class Lifecycle:
                 ev.state = info.state
         for k, v in kw.items():
             setattr(ev, k, v)
-        if sc.errno and not ev.detail:
+        if sc.errno and (sc.errno == "EINTR" or sc.errno.startswith("ERESTART")) and "detail" not in kw:
+            ev.detail = "interrupted by a signal (EINTR): the call is restarted, or the program handles the signal"
+        elif sc.errno and not ev.detail:
             ev.detail = f"failed: {sc.errno} ({sc.errmsg})"
         return ev
 
