@@ -56,6 +56,10 @@ class Result:
     dropped_clients: int = 0
     server_cpu: float = 0.0
     generator_cpu: float = 0.0
+    join_s: float = 0.0  # first connect -> every client has its SYNC
+    settle_s: float = 0.0  # then until the node has been quiet for 0.5 s (the presence backlog drained)
+    join_cpu: float = 0.0  # server CPU seconds spent on the joins and the settling
+    join_bytes: int = 0  # bytes every client received, in total, until the node was quiet
 
     def pct(self, p: float) -> float:
         if not self.latencies_ms:
@@ -71,7 +75,9 @@ class Result:
                 "p50_ms": round(self.pct(50), 2), "p99_ms": round(self.pct(99), 2),
                 "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
                 "server_cpu_pct": round(self.server_cpu * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
-                "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2)}
+                "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2),
+                "join_s": round(self.join_s, 2), "settle_s": round(self.settle_s, 2),
+                "join_server_cpu_s": round(self.join_cpu, 2), "join_mb_received": round(self.join_bytes / 1e6, 1)}
 
 
 def proc_cpu(pid: int) -> float:
@@ -135,8 +141,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, senders: int, sample: int,
-             broker: bool, server_pid: int, lazy_read: bool = True) -> Result:
+             broker: bool, server_pid: int, lazy_read: bool = True, join_timeout: float = 120.0) -> Result:
     res = Result(engine, broker, clients, rate, seconds)
+    join_cpu0 = proc_cpu(server_pid)
+    t0 = time.monotonic()
     sel = selectors.DefaultSelector()
     socks: list[socket.socket] = []
     bufs: dict[int, bytearray] = {}
@@ -150,7 +158,7 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
         socks.append(s)
         bufs[s.fileno()] = bytearray()
         sel.register(s, selectors.EVENT_READ, i)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + join_timeout
     joined = set()
     while len(joined) < clients and time.monotonic() < deadline:
         for key, _ in sel.select(1.0):
@@ -163,25 +171,33 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
                 raise SystemExit(f"client {key.data} failed during setup: {exc}") from None
             if not data:
                 raise SystemExit(f"client {key.data} closed during setup: {bytes(bufs[s.fileno()][-200:])!r}")
+            res.join_bytes += len(data)
+            if key.data in joined:
+                continue
             b = bufs[s.fileno()]
             b += data
             if b"SYNC #bench" in b:
                 joined.add(key.data)
                 b.clear()
     ready = len(joined)
+    res.join_s = time.monotonic() - t0
     if ready < clients:
-        raise SystemExit(f"only {ready}/{clients} clients joined")
+        raise SystemExit(f"only {ready}/{clients} clients joined after {res.join_s:.1f} s "
+                         f"(server CPU {proc_cpu(server_pid) - join_cpu0:.1f} s, {res.join_bytes / 1e6:.1f} MB received)")
     # drain the JOIN storm of the set-up (N joins x N members) until the node has been quiet for 0.5 s
-    give_up = time.monotonic() + 120
+    t1 = time.monotonic()
+    give_up = t1 + 120
     while time.monotonic() < give_up:
         events = sel.select(0.5)
         if not events:
             break
         for key, _ in events:
             try:
-                key.fileobj.recv(262144)  # type: ignore[union-attr]
+                res.join_bytes += len(key.fileobj.recv(262144))  # type: ignore[union-attr]
             except BlockingIOError:
                 pass
+    res.settle_s = max(0.0, time.monotonic() - t1 - 0.5)
+    res.join_cpu = proc_cpu(server_pid) - join_cpu0
     # 2. measure
     interval = 1.0 / rate
     for s in socks:  # room for ~50 ms of traffic between lazy reads
@@ -284,6 +300,8 @@ def main() -> None:
                          "store, to see the cost of the disk)")
     ap.add_argument("--eager", action="store_true", help="read every member as soon as it is readable "
                                                            "(costs the generator one recv per delivery)")
+    ap.add_argument("--join-timeout", type=float, default=120.0,
+                    help="seconds every client has to join the room (its SYNC line) before the run gives up")
     ap.add_argument("--pin", action="store_true", help="pin the node to core 0 and the generator to core 1")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -300,7 +318,7 @@ def main() -> None:
                 node, port = start_node(engine, tmp, args.clients, url, args.store_sync, args.pin)
                 try:
                     res = run_load(port, engine, args.clients, args.rate, args.seconds, min(args.senders, args.clients),
-                                   args.sample, args.redis, node.pid, not args.eager)
+                                   args.sample, args.redis, node.pid, not args.eager, args.join_timeout)
                 finally:
                     stop(node)
                 rows.append(res.row())
@@ -310,7 +328,9 @@ def main() -> None:
                           f"deliveries={r['deliveries_per_s']}/s (of {r['expected_per_s']})  "
                           f"p50={r['p50_ms']} ms  p99={r['p99_ms']} ms  dropped={r['dropped_clients']}  "
                           f"server CPU {r['server_cpu_pct']}% ({r['server_cpu_us_per_delivery']} us/delivery)  "
-                          f"generator CPU {r['generator_cpu_pct']}%", flush=True)
+                          f"generator CPU {r['generator_cpu_pct']}%  joined in {r['join_s']} s "
+                          f"(+{r['settle_s']} s to settle, server CPU {r['join_server_cpu_s']} s, "
+                          f"{r['join_mb_received']} MB received)", flush=True)
         finally:
             if redis_proc is not None:
                 stop(redis_proc)

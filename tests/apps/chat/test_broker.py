@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from socklab.protocols.chat import Members, Message, parse_event
+from socklab.protocols.chat import Members, Message, Presence, parse_event
 from tests.apps.chat.helpers import LineClient, chat_node
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -192,3 +192,24 @@ def test_room_churn_on_one_node_leaves_no_rooms_anywhere(redis_server: RedisServ
         for node in (a, b):
             assert sorted(node.hub.rooms) == ["#lobby"], (node.settings.node, len(node.hub.rooms))
         assert sorted(a.backend._presence) == ["#lobby"]  # type: ignore[attr-defined]
+
+
+def test_a_crowded_room_counts_members_on_every_node(spawn: Any, redis_server: RedisServer) -> None:
+    """Above --presence-names the count (PRESENCE) covers every node, and /who lists them all."""
+    nodes = []
+    for i in range(2):
+        p = spawn("chat", "serve", "--tcp-port", "0", "--http-port", "-1", "--broker", redis_server.url, "--node",
+                  f"p{i}", "--presence-ttl", "3", "--presence-names", "2", "--presence-interval", "0.1")
+        nodes.append(int(p.wait_for(r"socklab chat listening on tcp://127\.0\.0\.1:(\d+)").group(1)))
+    with LineClient(nodes[0], "ann") as ann, LineClient(nodes[1], "bob"):
+        ann.expect("JOIN #lobby bob")  # two members: per-nick lines, across nodes
+        with LineClient(nodes[1], "cat") as cat, LineClient(nodes[0], "dan") as dan:
+            # dan joins a room of 4 (2 on each node): the count, not the list; and ann is told by count
+            at_join = [parse_event(x) for x in dan.seen if x.startswith("PRESENCE #lobby")]
+            assert len(at_join) == 1 and isinstance(at_join[0], Presence) and at_join[0].count == 4, dan.seen
+            ev = parse_event(ann.expect("PRESENCE #lobby"))
+            while isinstance(ev, Presence) and ev.count < 4:
+                ev = parse_event(ann.expect("PRESENCE #lobby"))
+            assert isinstance(ev, Presence) and ev.count == 4
+            cat.send("/who")
+            assert cat.event("WHO") == Members("#lobby", ("ann", "bob", "cat", "dan"))

@@ -337,3 +337,12 @@ def test_300_clients_join_one_room_with_o1_presence_lines_per_tick(engine: str) 
             sel.close()
             for s in socks:
                 s.close()
+
+
+def test_presence_settings_are_checked_and_named() -> None:
+    from socklab.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="--presence-interval"):
+        ChatSettings(presence_interval=-1).validate()
+    with pytest.raises(UsageError, match="--presence-names"):
+        ChatSettings(presence_names=-1).validate()

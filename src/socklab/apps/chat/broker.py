@@ -344,6 +344,7 @@ class RedisBackend:
 
     def room_event(self, room: str, event: ServerEvent) -> None:
         self._track(room, event)
+        self._follow(room, event)  # counted at once here; the stream brings it back (idempotent)
         data = event_to_json(event)
 
         def job(r: Any) -> None:
@@ -431,6 +432,7 @@ class RedisBackend:
             return
         roster = self._roster.get(room)
         if roster is None:
+            self.member_count(room)  # seeds it (local members now, the presence set soon)
             return
         if isinstance(event, Joined):
             roster.add(event.nick)

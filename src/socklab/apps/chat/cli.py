@@ -41,12 +41,17 @@ def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
     holds at most --max-per-address chat connections, commands are rate-limited, and the web
     port answers only its own pages (--allow-origin, --allow-host to widen that).
 
+    Crowded rooms: joins and parts go out once per --presence-interval; above --presence-names
+    members a room gets one PRESENCE line per tick (the count and a few names) instead of a
+    JOIN/PART line per nick, and /who lists the members on demand.
+
     \b
     Examples:
       socklab chat serve --store :memory:                     # nothing kept on disk
       socklab chat serve --max-per-address 4 --register-timeout 10
       socklab chat serve --host 0.0.0.0 --max-per-address 256 # clients behind one NAT
       socklab chat serve --allow-origin http://127.0.0.1:8000 # a page served elsewhere may connect
+      socklab chat serve --presence-names 1000 --max-connections 20000  # big rooms still named up to 1,000
     """
     from socklab.apps.chat.server import ChatServer
 
