@@ -304,3 +304,25 @@ def test_explain_and_output_file(tmp_path: Path) -> None:
     assert re.search(r"summary: \S+\[\d+\]: 1 socket\(s\), 1 connection\(s\), 11 bytes sent, 11 received", text), text
     r = socklab("trace", "run", "--", str(prog))  # a script that is not executable
     assert r.returncode == 2 and "is not executable: run it with its interpreter" in r.stderr
+
+
+def test_sigterm_to_trace_run_reaches_the_program(tmp_path: Path) -> None:
+    prog = tmp_path / "forever.py"
+    prog.write_text("import socket\nsrv = socket.create_server(('127.0.0.1', 0))\nprint('ready', flush=True)\n"
+                    "srv.accept()\n")
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--", sys.executable, str(prog)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, NO_COLOR="1"), start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(30) and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)  # to trace run alone, not its group
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert re.search(r"fd=\d+ listen backlog=\d+ \[LISTEN\]", err), err
