@@ -343,8 +343,10 @@ class ChatClient:
             if self._welcomed:
                 return None  # "reconnected" was said already
             self._welcomed = True
-            return (f"-- connected to {ev.server}; signing in as {self.nick}. /help lists the commands; "
-                    "/nick NEW changes your nick (start with --nick NEW to choose it); /quit leaves")
+            # The server's own words, less its advice for nc users (which this client follows by itself).
+            said = "; ".join(c for c in ev.text.split("; ") if "/nick" not in c and "/help" not in c).strip()
+            return (f"-- {said + ' ' if said else ''}connected to {ev.server}; signing in as {self.nick}. /help lists "
+                    "the commands; /nick NEW changes your nick (start with --nick NEW to choose it); /quit leaves")
         if isinstance(ev, ErrorReply):
             refused, self._nick_pending = self._nick_pending, None
             if refused is not None and ev.code in (400, 409, 422):
