@@ -1,4 +1,4 @@
-"""The moving parts under the blocking engines: connection transports, the timer and flusher threads.
+"""The moving parts under the blocking engines: the stream transport.
 
 Why this exists: :mod:`socklab.engines.blocking` reads as the three engines (accept, then serve
 one client / a thread per client / a pool); this module holds what they share underneath:
@@ -7,19 +7,13 @@ one client / a thread per client / a pool); this module holds what they share un
   most 16-64 KiB: a fresh bytes object, no copy), then the protocol's callback under
   ``engine.lock``; ``write`` never blocks (``send(MSG_DONTWAIT)``, the leftover buffered for the
   flusher); only the reading thread closes the socket - other threads wake it with ``shutdown(SHUT_RD)``.
-- :class:`DatagramEndpoint`: a UDP socket read by its own thread, sending inline.
-- :class:`Clock`: one thread running ``call_later``/``call_soon_threadsafe`` callbacks under the
-  engine lock (a heap and a condition variable; no polling).
-- :class:`Flusher`: one thread finishing partial sends for every connection (epoll for
-  writability), so a client that does not read never blocks the thread holding the lock.
+- the timer thread, the thread that finishes partial sends and the UDP endpoints (a reading
+  thread each) are in :mod:`socklab.engines._blocking_threads`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import select
 import socket
 import struct
 import threading
@@ -28,189 +22,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from socklab.core.errors import translate_oserror
-from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
+from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.transport import Transport
-from socklab.engines._datagram import DatagramEndpointBase
+from socklab.engines._blocking_threads import _Writable
 from socklab.engines.base import Connection, HalfCloseMixin, Timer, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.blocking import BlockingEngine
 
-__all__ = ["RECV_SIZE", "Clock", "DatagramEndpoint", "Flusher", "StreamTransport", "Timer"]
+__all__ = ["RECV_SIZE", "StreamTransport", "Timer"]
 
 RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see PERF_NOTES)
 RECV_START = 16 * 1024  # a connection's first buffer; it grows to RECV_SIZE once a recv fills it
-JOIN_TIMEOUT = 5.0  # seconds close() waits for the engine's threads
 _DONTWAIT = socket.MSG_DONTWAIT
 _LINGER_RST = struct.pack("ii", 1, 0)
-
-
-# ---- the timer thread ----------------------------------------------------------------------------
-class Clock:
-    """One thread running due callbacks under the engine lock; waits on a condition, never polls."""
-
-    def __init__(self, engine: BlockingEngine) -> None:
-        self.engine = engine
-        self._heap: list[tuple[float, int, Timer]] = []
-        self._cancelled = 0  # cancelled entries still in the heap (see _timer_cancelled)
-        self._seq = itertools.count()
-        self._cond = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def schedule(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + max(0.0, delay), callback, self)
-        with self._cond:
-            if self._closed:
-                timer.popped()
-                timer.cancel()
-                return timer
-            heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"{self.engine.name}-timers", daemon=True)
-                self._thread.start()
-            elif self._heap[0][2] is timer:
-                self._cond.notify()
-        return timer
-
-    def _run(self) -> None:
-        heap, cond, engine = self._heap, self._cond, self.engine
-        while True:
-            with cond:
-                while True:
-                    if self._closed:
-                        return
-                    if not heap:
-                        cond.wait()
-                        continue
-                    delay = heap[0][0] - time.monotonic()
-                    if delay <= 0:
-                        break
-                    cond.wait(delay)
-                now = time.monotonic()
-                due = []
-                while heap and heap[0][0] <= now:
-                    timer = heapq.heappop(heap)[2]
-                    if timer.cancelled:
-                        self._cancelled -= 1
-                    else:
-                        timer.popped()
-                        due.append(timer)
-            with engine.lock:
-                for timer in due:
-                    if timer.cancelled:
-                        continue
-                    try:
-                        timer.callback()
-                    except Exception as exc:
-                        engine.report_error(exc, f"timer callback {timer.callback!r}")
-
-    def _timer_cancelled(self) -> None:
-        """A timer in the heap was cancelled (any thread): once most entries are dead, rebuild
-        the heap without them, as asyncio does, so churn leaves no trail behind."""
-        with self._cond:
-            self._cancelled += 1
-            heap = self._heap
-            if self._cancelled > 64 and self._cancelled * 2 > len(heap):
-                heap[:] = [entry for entry in heap if not entry[2].cancelled]
-                heapq.heapify(heap)
-                self._cancelled = 0
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cancelled = 0
-            self._heap.clear()
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
-
-
-# ---- the flusher thread --------------------------------------------------------------------------
-class _Writable:
-    """What the flusher drives: something with buffered output and an ``_on_writable`` method."""
-
-    def _on_writable(self) -> None:
-        raise NotImplementedError
-
-
-class Flusher:
-    """One thread that finishes partial sends for every connection of the engine.
-
-    ``watch``/``unwatch`` run under the engine lock on any thread (epoll_ctl is thread-safe and
-    takes effect during a wait); the thread waits in ``epoll_wait`` and sends under the lock.
-    """
-
-    def __init__(self, engine: BlockingEngine) -> None:
-        self.engine = engine
-        self._ep: select.epoll | None = None
-        self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._watched: dict[int, _Writable] = {}
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def watch(self, fd: int, target: _Writable) -> None:
-        """Call ``target._on_writable()`` (under the lock) while ``fd`` is writable. Hold the lock."""
-        if self._closed:
-            return
-        self.open()
-        assert self._ep is not None
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"{self.engine.name}-flusher", daemon=True)
-            self._thread.start()
-        if fd in self._watched:
-            self._watched[fd] = target
-            return
-        self._watched[fd] = target
-        self._ep.register(fd, select.EPOLLOUT)
-
-    def open(self) -> None:
-        """Create the epoll and wake-up descriptors now (the engine does it before serving, so a
-        partial send never needs a new descriptor while the process may be out of them)."""
-        if self._ep is None and not self._closed:
-            self._ep = select.epoll()
-            self._wake = socket.socketpair()
-            self._ep.register(self._wake[0].fileno(), select.EPOLLIN)
-
-    def unwatch(self, fd: int) -> None:
-        """Stop watching ``fd`` (before it is closed). Hold the lock."""
-        if self._watched.pop(fd, None) is not None and self._ep is not None:
-            with contextlib.suppress(OSError):
-                self._ep.unregister(fd)
-
-    def _run(self) -> None:
-        assert self._ep is not None
-        poll, lock, watched = self._ep.poll, self.engine.lock, self._watched
-        while True:
-            try:
-                events = poll()
-            except InterruptedError:
-                continue
-            with lock:
-                if self._closed:
-                    return
-                for fd, _ in events:
-                    target = watched.get(fd)
-                    if target is not None:
-                        target._on_writable()
-
-    def close(self) -> None:
-        with self.engine.lock:
-            self._closed = True
-            if self._wake is not None:
-                with contextlib.suppress(OSError):
-                    self._wake[1].send(b"\0")
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(JOIN_TIMEOUT)
-        with self.engine.lock:
-            if self._ep is not None:
-                self._ep.close()
-            if self._wake is not None:
-                self._wake[0].close()
-                self._wake[1].close()
-            self._watched.clear()
 
 
 # ---- stream connections --------------------------------------------------------------------------
@@ -719,69 +544,3 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return self.engine.call_later(delay, callback)
-
-
-# ---- datagrams -----------------------------------------------------------------------------------
-class DatagramEndpoint(DatagramEndpointBase, _Writable):
-    """A bound UDP socket read by its own thread (``udp-<fd>``); sends are tried inline.
-
-    The socket stays blocking for the reading thread; sends use ``MSG_DONTWAIT`` and the engine's
-    flusher finishes what the kernel would not take at once.
-    """
-
-    send_flags = _DONTWAIT
-    engine: BlockingEngine
-
-    def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: DatagramProtocol) -> None:
-        super().__init__(engine, sock, protocol)
-        self._reader = 0
-        sock.setblocking(True)
-        self.thread = threading.Thread(target=self._run, name=f"udp-{self.fd}", daemon=True)
-
-    def _run(self) -> None:
-        self._reader = threading.get_ident()
-        engine = self.engine
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        try:
-            while True:
-                err: OSError | None = None
-                try:
-                    n, addr = self.sock.recvfrom_into(buf)
-                except OSError as exc:
-                    n, addr, err = 0, None, exc
-                with engine.lock:
-                    if self._closed:
-                        return
-                    if err is not None:  # ICMP errors (port unreachable) surface here
-                        self._error(err, "receiving a datagram")
-                        continue
-                    self._deliver(view[:n].tobytes(), addr)
-        finally:
-            with engine.lock:
-                engine._flusher.unwatch(self.fd)
-                self.sock.close()
-                engine._threads.discard(threading.current_thread())
-
-    def _watch_writable(self) -> None:
-        self.engine._flusher.watch(self.fd, self)
-
-    def _unwatch_writable(self) -> None:
-        self.engine._flusher.unwatch(self.fd)
-
-    def close(self) -> None:
-        """Stop serving; the reading thread closes the socket (woken by shutdown())."""
-        if self._closed:
-            return
-        self._closed = True
-        self._unwatch_writable()
-        if self.tracer:
-            self.tracer.emit("close", self.sock)
-        if self.thread.is_alive():
-            with contextlib.suppress(OSError):  # ENOTCONN on UDP, but it wakes recvfrom() all the same
-                self.sock.shutdown(socket.SHUT_RDWR)
-        else:
-            self.sock.close()
-        if self in self.engine._endpoints:
-            self.engine._endpoints.remove(self)
-        self._closed_now()

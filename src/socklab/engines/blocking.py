@@ -35,9 +35,9 @@ How the pieces fit (all three engines share them):
    thread is using lets the number be reused under it.
 
 UDP endpoints get a thread doing ``recvfrom`` and send inline; ``connect_stream`` uses a thread
-that connects and then reads the connection. The flusher uses Linux epoll. The transports, the
-timer thread and the flusher live in :mod:`socklab.engines._blocking_io`; this module is the
-accept loop and the three engines.
+that connects and then reads the connection. The flusher uses Linux epoll. The stream transport
+lives in :mod:`socklab.engines._blocking_io`, the timer thread, the flusher and the UDP endpoint
+in :mod:`socklab.engines._blocking_threads`; this module is the accept loop and the three engines.
 """
 
 from __future__ import annotations
@@ -59,16 +59,8 @@ from socklab.core.protocol import Protocol
 from socklab.core.sockets import Endpoint, connect_tcp
 from socklab.core.tls import TLSProtocol
 from socklab.core.trace import format_addr
-from socklab.engines._blocking_io import (
-    _DONTWAIT,
-    JOIN_TIMEOUT,
-    RECV_SIZE,
-    Clock,
-    DatagramEndpoint,
-    Flusher,
-    StreamTransport,
-    Timer,
-)
+from socklab.engines._blocking_io import _DONTWAIT, RECV_SIZE, StreamTransport, Timer
+from socklab.engines._blocking_threads import JOIN_TIMEOUT, Clock, DatagramEndpoint, Flusher
 from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
 
 __all__ = ["RECV_SIZE", "BlockingEngine", "IterativeEngine", "PoolEngine", "StreamTransport", "ThreadsEngine"]

@@ -1,0 +1,559 @@
+"""The reactor's connections: accepting, one stream connection, connecting, one UDP endpoint.
+
+Why this exists: :mod:`socklab.engines.reactor` is the loop - pollers, timers, the ready queue -
+and this module is what the loop drives, one object per socket, each with the handlers the loop
+calls when its socket is ready:
+
+- :class:`_Listener`: ``accept()`` in bursts; on EMFILE it stops watching the listener for a
+  moment (no busy loop).
+- :class:`StreamTransport`: one non-blocking connection. ``recv`` straight into a bytes object
+  (or, for the untraced echo, into the loop's one buffer and straight back out); writes are tried
+  at once and only the leftover is buffered; above ``max_buffer`` the peer is no longer read.
+- :class:`_Connector`: a non-blocking ``connect()`` (EINPROGRESS, wait for writable, SO_ERROR).
+- :class:`_DatagramEndpoint`: a UDP socket read up to 64 datagrams per readiness.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from socklab.core.errors import ConnectTimeout, translate_oserror
+from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
+from socklab.core.sockets import Endpoint
+from socklab.core.trace import format_addr
+from socklab.core.transport import Transport
+from socklab.engines._datagram import DatagramEndpointBase
+from socklab.engines.base import (
+    Connection,
+    HalfCloseMixin,
+    ProtocolFactory,
+    ReadPauseMixin,
+    Timer,
+    socket_extra_info,
+)
+
+if TYPE_CHECKING:
+    from socklab.engines.reactor import Reactor
+
+__all__ = ["RECV_SIZE", "StreamTransport"]
+
+RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see docs/benchmarks.md)
+_FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class _Listener:
+    """Accepts connections on one listening socket."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, factory: ProtocolFactory,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.factory = factory
+        self.ssl_context = ssl_context
+        self.fd = sock.fileno()
+        self.backoff = 0.05
+        self.closed = False
+        self.is_tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        sock.setblocking(False)
+        reactor.add_reader(self.fd, self._on_accept)
+
+    def _on_accept(self) -> None:
+        reactor, tracer = self.reactor, self.reactor.tracer
+        for _ in range(64):  # accept a burst per wake-up, then let other sockets run
+            if self.closed:  # a protocol closed the listeners from connection_made
+                return
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._back_off(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that client gave up between SYN and accept(): try the next one
+                raise
+            self.backoff = 0.05
+            if tracer:
+                tracer.emit("accept", conn, peer=peer, detail=f"new fd from listening fd {self.fd}")
+            if not reactor.admit():
+                self._refuse(conn, peer)
+                continue
+            conn.setblocking(False)
+            if self.is_tcp:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                protocol = self.factory()
+            except Exception:
+                conn.close()
+                raise
+            reactor.start_stream(conn, protocol, peer=peer, ssl_context=self.ssl_context)
+
+    def _refuse(self, conn: socket.socket, peer: Any) -> None:
+        reactor = self.reactor
+        if reactor.tracer:
+            reactor.tracer.note(f"refusing {format_addr(peer)}: max_connections={reactor.settings.max_connections} reached "
+                                "(or shutting down)", conn)
+        try:
+            conn.setblocking(False)
+            if not reactor.shutting_down:
+                conn.send(reactor.settings.overflow_message)
+        except OSError:
+            pass
+        conn.close()
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of file descriptors: stop accepting for a moment instead of spinning."""
+        reactor = self.reactor
+        if reactor.tracer:
+            reactor.tracer.note(f"accept failed with {errno.errorcode.get(exc.errno or 0, exc.errno)}: out of "
+                                f"file descriptors; pausing accept for {self.backoff:.2f} s")
+        reactor.stats.extra["accept_backoffs"] = reactor.stats.extra.get("accept_backoffs", 0) + 1
+        reactor.remove_reader(self.fd)
+        reactor.call_later(self.backoff, self._resume)
+        self.backoff = min(self.backoff * 2, 0.4)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.reactor.add_reader(self.fd, self._on_accept)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reactor.remove_reader(self.fd)
+        if self.reactor.tracer:
+            self.reactor.tracer.emit("close", self.sock, detail="listening socket: no more accepts")
+        self.sock.close()
+        if self in self.reactor._listeners:
+            self.reactor._listeners.remove(self)
+
+    @property
+    def sockname(self) -> Any:
+        return self.sock.getsockname()
+
+
+class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
+    """One non-blocking stream socket driven by the reactor."""
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol: Protocol = protocol
+        self.peer = peer
+        self.tracer = reactor.tracer
+        self.last_activity = reactor.now
+        self._view = reactor.recv_view  # the loop's one receive buffer (the echo path)
+        self._wbuf = bytearray()
+        self._closing = False
+        self._write_closed = False  # close(), abort(), write_eof() or a fatal error: writes are dropped
+        self._lost = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._eof_received = False
+        self._app_paused = False
+        self._backpressure = False
+        self._reading = False
+        self._protocol_paused = False
+        self._high = reactor.settings.max_buffer
+        self._low = self._high // 4
+        # The read handler is chosen once: no per-read test for buffered protocols or tracing.
+        if isinstance(protocol, BufferedProtocol):
+            self._read_handler: Callable[[], None] = self._on_readable_buffered
+        elif self.tracer:
+            self._read_handler = self._on_readable_traced
+        else:
+            self._read_handler = self._on_readable
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def start_reading(self) -> None:
+        if self._read_handler == self._on_readable and self.protocol.data_received == self.write:
+            # Untraced echo: the protocol's data_received *is* this transport's write (see
+            # apps/echo/protocol.py), so the read handler replies inline - one Python frame per
+            # message instead of two. Decided once, after connection_made.
+            self._read_handler = self._on_readable_echo
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        want = not (self._app_paused or self._backpressure or self._closing or self._eof_received)
+        if want and not self._reading:
+            self.reactor.add_reader(self.fd, self._read_handler)
+        elif not want and self._reading:
+            self.reactor.remove_reader(self.fd)
+        self._reading = want
+
+    def _on_readable(self) -> None:
+        """The hot path: recv() straight into a new bytes object, hand it to the protocol."""
+        try:
+            # Cheaper than recv_into() plus a copy; 64 KiB stays below glibc's mmap threshold
+            # (no mmap/munmap per read, the lesson of docs/benchmarks.md).
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        if data:
+            self._active = True
+            try:
+                self.protocol.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc, "data_received")
+            return
+        self._on_eof()
+
+    def _on_readable_echo(self) -> None:
+        """Untraced echo (``data_received`` *is* :meth:`write`): read and send back in one frame.
+
+        Like the plain selectors loop it is measured against, it reads with ``recv_into`` into
+        the loop's one buffer and sends from that buffer: no bytes object per message (a fresh
+        64 KiB ``recv()`` costs a malloc and a shrinking realloc each time). Only bytes the
+        kernel did not take are copied, into the write buffer.
+        """
+        sock, view = self.sock, self._view
+        try:
+            n = sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        if not n:
+            self._on_eof()
+            return
+        self._active = True
+        if self._wbuf or self._write_closed:
+            self.write(bytes(view[:n]))  # queued output or a closing transport: write() keeps order and drops
+            return
+        try:
+            sent = sock.send(view[:n])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc, "sending")
+            return
+        if sent != n:
+            self._wbuf += view[sent:n]
+            self.reactor.add_writer(self.fd, self._on_writable)
+            self._check_high_water()
+
+    def _on_readable_traced(self) -> None:
+        """The same as :meth:`_on_readable`, with a trace event per recv()."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        assert self.tracer is not None
+        self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=len(data), requested=RECV_SIZE,
+                         notes=self.boundary_notes(data) if data else None)
+        if data:
+            self._active = True
+            try:
+                self.protocol.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc, "data_received")
+            return
+        self._on_eof()
+
+    def _on_readable_buffered(self) -> None:
+        """The zero-copy path: the protocol lends its own buffer (BufferedProtocol)."""
+        try:
+            buf = self.protocol.get_buffer(RECV_SIZE)  # type: ignore[attr-defined]
+            n = self.sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "receiving")
+            return
+        if self.tracer:
+            self.tracer.emit("recv", self.sock, peer=self.peer, nbytes=n, requested=len(buf),
+                             notes=self.boundary_notes(memoryview(buf)[:n]) if n else None)
+        if n:
+            self._active = True
+            try:
+                self.protocol.buffer_updated(n)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._protocol_failed(exc, "buffer_updated")
+            return
+        self._on_eof()
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._sync_reading()
+        try:
+            keep_open = self.protocol.eof_received()
+        except Exception as exc:
+            self._protocol_failed(exc, "eof_received")
+            return
+        if self._eof_sent or not keep_open:
+            self.close()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._write_closed or not data:
+            return  # writes after close, abort or write_eof are dropped, as in asyncio
+        if not self._wbuf:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fatal(exc, "sending")
+                return
+            if self.tracer:
+                self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(data))
+            if n == len(data):
+                return
+            self._wbuf += memoryview(data)[n:]
+            self.reactor.add_writer(self.fd, self._on_writable)
+        else:
+            self._wbuf += data
+        self._check_high_water()
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def _check_high_water(self) -> None:
+        if len(self._wbuf) > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._backpressure = True
+            self._sync_reading()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
+                                 peer=self.peer)
+            self.protocol.pause_writing()
+
+    def _on_writable(self) -> None:
+        try:
+            n = self.sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc, "sending")
+            return
+        if self.tracer:
+            self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
+        del self._wbuf[:n]
+        if self._protocol_paused and len(self._wbuf) <= self._low:
+            self._protocol_paused = False
+            self._backpressure = False
+            self._sync_reading()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
+                                 "up; resuming the protocol and reading this peer again", self.sock,
+                                 peer=self.peer)
+            self.protocol.resume_writing()
+        if self._wbuf:
+            return
+        self.reactor.remove_writer(self.fd)
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._finalize(None)
+
+    def write_eof(self) -> None:
+        if self._eof_sent or self._eof_pending or self._closing:
+            return
+        self._write_closed = True
+        if self._wbuf:
+            self._eof_pending = True
+        else:
+            self._shutdown_write()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._wbuf)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = high if high is not None else self.reactor.settings.max_buffer
+        self._low = low if low is not None else self._high // 4
+
+    # ---- flow control ----------------------------------------------------------------------------
+    def is_reading(self) -> bool:
+        return self._reading
+
+    # ---- closing ---------------------------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._write_closed = True
+        self._sync_reading()
+        if not self._wbuf:
+            self.reactor.call_soon(lambda: self._finalize(None))
+
+    def abort(self) -> None:
+        self.abort_with(None)
+
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
+        if self._lost:
+            return
+        if reset:
+            try:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._closing = True
+        self._write_closed = True
+        self._wbuf.clear()
+        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
+
+    def _protocol_failed(self, exc: BaseException, callback: str) -> None:
+        self.reactor.report_error(exc, f"{type(self.protocol).__name__}.{callback}")
+        self._fatal(exc, callback)
+
+    def _fatal(self, exc: BaseException, action: str) -> None:
+        if self._lost:
+            return
+        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({format_addr(self.peer)})")
+        if self.tracer:
+            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
+        self._closing = True
+        self._write_closed = True
+        self._wbuf.clear()
+        self._finalize(err)
+
+    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
+        if self._lost:
+            return
+        self._lost = True
+        reactor = self.reactor
+        reactor.remove_reader(self.fd)
+        reactor.remove_writer(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
+        self.sock.close()
+        reactor.connection_closed(self)
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as err:
+            reactor.report_error(err, f"{type(self.protocol).__name__}.connection_lost")
+
+    # ---- information -----------------------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return socket_extra_info(name, default, sock=self.sock, fd=self.fd, engine=self.reactor.name,
+                                 tracer=self.tracer, peer=self.peer)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.reactor.call_later(delay, callback)
+
+
+class _Connector:
+    """A non-blocking connect(): EINPROGRESS, wait for writable, read SO_ERROR."""
+
+    def __init__(self, reactor: Reactor, endpoint: Endpoint, factory: ProtocolFactory,
+                 ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float,
+                 on_error: Callable[[BaseException], None] | None) -> None:
+        self.reactor, self.factory, self.on_error = reactor, factory, on_error
+        self.ssl_context, self.server_hostname = ssl_context, server_hostname or endpoint.host
+        self.endpoint = endpoint
+        addr: Any
+        try:
+            if endpoint.unix is not None:
+                family, addr = socket.AF_UNIX, endpoint.unix
+            else:
+                info = socket.getaddrinfo(endpoint.host, endpoint.port, 0, socket.SOCK_STREAM)[0]
+                family, addr = info[0], info[4]
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._fail(translate_oserror(exc, f"connecting to {endpoint}"))
+            return
+        self.addr = addr
+        self.sock.setblocking(False)
+        if reactor.tracer:
+            reactor.tracer.emit("socket", self.sock, detail="client socket (non-blocking)")
+        err = self.sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            self._done(err)
+            return
+        if reactor.tracer:
+            reactor.tracer.emit("connect", self.sock, peer=addr, detail="EINPROGRESS: SYN sent, waiting for writable")
+        self.timer = reactor.call_later(timeout, self._timeout)
+        reactor.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        self.reactor.remove_writer(self.sock.fileno())
+        self.timer.cancel()
+        self._done(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _timeout(self) -> None:
+        self.reactor.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self._fail(ConnectTimeout(f"timed out while connecting to {self.endpoint}"))
+
+    def _done(self, err: int) -> None:
+        if err:
+            self.sock.close()
+            exc = OSError(err, os.strerror(err))
+            self._fail(translate_oserror(exc, f"connecting to {self.endpoint}"))
+            return
+        if self.reactor.tracer:
+            self.reactor.tracer.emit("connect", self.sock, peer=self.addr, detail="connected")
+        if self.sock.family != socket.AF_UNIX:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reactor.start_stream(self.sock, self.factory(), peer=self.addr, ssl_context=self.ssl_context,
+                                  server_side=False, server_hostname=self.server_hostname)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        elif self.reactor.tracer:
+            self.reactor.tracer.note(f"connect failed: {exc}")
+
+
+class _DatagramEndpoint(DatagramEndpointBase):
+    """A bound UDP socket, non-blocking, read by the loop (up to 64 datagrams per readiness)."""
+
+    engine: Reactor
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, protocol: DatagramProtocol) -> None:
+        super().__init__(reactor, sock, protocol)
+        self.reactor = reactor  # the name the rest of this module uses
+        sock.setblocking(False)
+        protocol.connection_made(self)
+        reactor.add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(64):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors (port unreachable) surface here
+                self._error(exc, "receiving a datagram")
+                return
+            self._deliver(data, addr)
+            if self._closed:
+                return
+
+    def _watch_writable(self) -> None:
+        self.reactor.add_writer(self.fd, self._on_writable)
+
+    def _unwatch_writable(self) -> None:
+        self.reactor.remove_writer(self.fd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.reactor.remove_reader(self.fd)
+        self.reactor.remove_writer(self.fd)
+        if self.tracer:
+            self.tracer.emit("close", self.sock)
+        self.sock.close()
+        if self in self.reactor._endpoints:
+            self.reactor._endpoints.remove(self)
+        self._closed_now()
