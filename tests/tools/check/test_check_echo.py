@@ -136,3 +136,51 @@ def test_a_server_that_keeps_only_the_first_message_of_a_recv_is_named(serve, tm
     r = res["many_in_one"]
     assert not r.passed
     assert "only 12 of 1200 bytes came back" in r.happened and "one recv() per message" in r.mistake
+
+
+def test_a_server_that_streams_forever_cannot_hold_the_grader(serve, tmp_path):
+    """Progress resets the per-wait deadline, but every exchange has a total bound too."""
+    program = tmp_path / "stream.py"
+    program.write_text(
+        "import socket, sys, threading\n"
+        "def serve(c):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            c.sendall(b'x' * 1024)\n"
+        "    except OSError:\n"
+        "        c.close()\n"
+        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
+        "while True:\n"
+        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    s = serve(program)
+    t0 = time.monotonic()
+    r = verdicts(s.address, only=("half_close",), timeout=1.0)["half_close"]
+    assert not r.passed and "changed at offset 0" in r.happened
+    assert time.monotonic() - t0 < 30  # it stops reading past what was sent (and after 12 x 1 s at most)
+
+
+@pytest.mark.slow
+def test_a_server_that_trickles_cannot_hold_the_grader(serve, tmp_path):
+    """One byte every 0.3 s is progress each time, yet the exchange ends at its total bound (12 x 1 s)."""
+    program = tmp_path / "trickle.py"
+    program.write_text(
+        "import socket, sys, threading, time\n"
+        "def serve(c):\n"
+        "    try:\n"
+        "        while c.recv(65536):\n"
+        "            for _ in range(1000):\n"
+        "                c.sendall(b'x')\n"
+        "                time.sleep(0.3)\n"
+        "    except OSError:\n"
+        "        c.close()\n"
+        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
+        "while True:\n"
+        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    s = serve(program)
+    t0 = time.monotonic()
+    r = verdicts(s.address, only=("large",), timeout=1.0)["large"]
+    elapsed = time.monotonic() - t0
+    assert not r.passed
+    assert 10 < elapsed < 40

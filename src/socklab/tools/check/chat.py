@@ -69,6 +69,8 @@ class ChatClient:
         while b"\n" in self.buffer:
             raw, self.buffer = self.buffer.split(b"\n", 1)
             self.lines.append(raw.decode("utf-8", "replace").rstrip("\r"))
+        if len(self.buffer) > 65536 or len(self.lines) > 100_000:  # a flood: stop reading, memory bounded
+            self.closed = True
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float | None = None) -> str | None:
         """The first line (new or already seen) matching ``predicate``, or None at the deadline/EOF."""

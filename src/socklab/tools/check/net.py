@@ -24,6 +24,7 @@ from socklab.tools.check.report import ProbeFailed, quote
 __all__ = ["Exchange", "connect", "diagnose", "exchange", "reset_close", "tcp_state_of_server_side"]
 
 DONE, EOF, RESET, TIMEOUT = "done", "eof", "reset", "timeout"
+TOTAL_FACTOR = 12  # an exchange never lasts longer than this many progress timeouts
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
     """Send ``payload`` while reading; stop at ``want`` bytes (or EOF when ``until_eof``).
 
     ``timeout`` bounds each wait for progress, so a large transfer may take longer in total but a
-    stalled one ends ``timeout`` seconds after the last byte moved. ``slow_reader``: first send
+    stalled one ends ``timeout`` seconds after the last byte moved; and the whole exchange ends
+    after ``12 * timeout`` (a server that trickles or streams forever). ``slow_reader``: first send
     without reading until the socket stays full for a second (every buffer on the way is full
     then, so the server's own sends cannot complete), then read as usual.
     """
@@ -89,8 +91,9 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
         sel.register(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if payload else 0))
         if not payload and shut_after_send and not _shutdown(sock):
             return Exchange(b"", RESET)
+        deadline = time.monotonic() + TOTAL_FACTOR * timeout
         while until_eof or len(got) < want:
-            events = sel.select(timeout)
+            events = sel.select(min(timeout, max(0.0, deadline - time.monotonic())))
             if not events:
                 return Exchange(bytes(got), TIMEOUT)
             _, mask = events[0]
@@ -115,6 +118,8 @@ def exchange(sock: socket.socket, payload: bytes, want: int, timeout: float, *,
                 if not chunk:
                     return Exchange(bytes(got), EOF)
                 got += chunk
+                if len(got) > want + 65536:  # far more than was sent: enough to judge, and memory bounded
+                    return Exchange(bytes(got), DONE)
     return Exchange(bytes(got), DONE)
 
 
