@@ -88,3 +88,45 @@ def test_cli_bad_directory_is_a_usage_error(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "socklab", "http", "serve", str(tmp_path / "missing"), "--port", "0"],
                        capture_output=True, timeout=30)
     assert r.returncode == 2 and b"does not exist" in r.stderr
+
+
+def test_a_page_from_another_origin_cannot_drive_the_rpc_server(tmp_path: Path) -> None:
+    """Headless Chromium on a page of one local server tries the RPC server on another port, as any web
+    page the user visits could: its WebSocket is refused (403 -> onerror) and its no-preflight
+    text/plain POST runs nothing (415). Both worked before issue 14."""
+    from socklab.apps.rpc.service import demo_service
+    from tests.apps.rpc.helpers import rpc_server
+
+    svc = demo_service()
+    poked: list[str] = []
+
+    @svc.method
+    def poke(who: str) -> str:
+        poked.append(who)
+        return "poked"
+
+    with rpc_server(service=svc, listen=("http://127.0.0.1:0/rpc", "ws://127.0.0.1:0/ws")) as rs:
+        http_url, ws_url = rs.urls
+        page = tmp_path / "www"
+        page.mkdir()
+        (page / "index.html").write_text(f"""<!DOCTYPE html><html><body><p id="r">waiting</p><script>
+const r = document.getElementById('r');
+const body = JSON.stringify({{jsonrpc: '2.0', method: 'poke', params: ['post'], id: 1}});
+fetch('{http_url}', {{method: 'POST', mode: 'no-cors', body: body}}).catch(() => {{}}).finally(() => {{
+  document.body.dataset.post = 'sent';
+  const ws = new WebSocket('{ws_url}');
+  ws.onopen = () => {{ ws.send(JSON.stringify({{jsonrpc: '2.0', method: 'poke', params: ['ws'], id: 2}}));
+                      document.body.dataset.ws = 'open'; }};
+  ws.onerror = () => {{ document.body.dataset.ws = 'refused'; }};
+}});
+</script></body></html>""")
+        with http_server(page) as site_srv, tempfile.TemporaryDirectory() as profile:
+            r = subprocess.run(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+                 "--dump-dom", f"http://127.0.0.1:{site_srv.port}/"],
+                capture_output=True, timeout=75)
+        dom = r.stdout.decode(errors="replace")
+        assert 'data-post="sent"' in dom and 'data-ws="refused"' in dom, (dom[:600], r.stderr[-1500:])
+        assert poked == []
