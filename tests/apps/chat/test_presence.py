@@ -245,12 +245,14 @@ def test_a_room_shrinking_back_gets_the_list_afresh_then_lines() -> None:
 
 
 def test_presence_of_a_room_everybody_left_is_dropped_and_rooms_freed() -> None:
-    hub, timer = make_hub()
+    hub, timer = make_hub(presence_names=2)
     ms = [join(hub, f"u{i}") for i in range(3)]
+    timer.tick()
+    assert hub.presence.crowded == {"#lobby"}
     for m in ms:
         hub.handle(m, Quit(""))
     timer.tick()
-    assert hub.rooms == {} and hub.presence.pending == {}
+    assert hub.rooms == {} and hub.presence.pending == {} and hub.presence.crowded == set()  # nothing kept
     hub.shutdown()
     assert timer.due == []
 

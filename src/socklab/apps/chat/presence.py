@@ -85,6 +85,7 @@ class PresenceBatcher:
     def add(self, room: str, event: Joined | Parted) -> None:
         """A join or part in ``room`` (of this node or, through the broker, of another)."""
         if room not in self.hub.rooms:
+            self.crowded.discard(room)  # freed: a room that comes back starts small
             return  # nobody here to tell
         events = self.pending.get(room)
         if events is None:
@@ -118,8 +119,11 @@ class PresenceBatcher:
 
     def _flush_room(self, name: str, events: list[Joined | Parted]) -> None:
         room = self.hub.rooms.get(name)
-        if room is None or not events:
+        if room is None:
+            self.crowded.discard(name)
             return  # everybody here left: nobody to tell
+        if not events:
+            return
         self.ticks += 1
         members = list(room.members.values())
         count = self.hub.member_count(name)
