@@ -104,6 +104,13 @@ def test_receive_into_an_unwritable_dir_is_refused_before_listening(read_only_di
     _one_usage_line(out, f"--dir '{read_only_dir}'", "Read-only file system")
 
 
+def test_receive_to_stdout_does_not_need_a_writable_dir(read_only_dir: Path) -> None:
+    # --stdout writes nothing into --dir (default: the current directory, here read-only)
+    out = subprocess.run([sys.executable, "-m", "socklab", "receive", "--from", "127.0.0.1:1", "--stdout"],
+                         capture_output=True, text=True, timeout=20, check=False, cwd=read_only_dir)
+    assert out.returncode == 1 and "--dir" not in out.stderr and "refused" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("case", ["missing", "file"])
 def test_receive_dir_that_is_not_a_directory(tmp_path: Path, case: str) -> None:
     target = tmp_path / "nope"

@@ -233,6 +233,8 @@ def receive(source: str | None, to_stdout: bool, once: bool, as_json: bool, quie
     """
     # every usage error before any work: nothing listens or connects yet
     settings = build_settings(ReceiveSettings, values)
+    if not to_stdout and not settings.discard:
+        settings.check_writable()
     if to_stdout and as_json:
         raise UsageError("--stdout carries the data: drop --json")
     endpoint = _address("--from", source) if source is not None else None

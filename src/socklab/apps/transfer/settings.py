@@ -53,21 +53,18 @@ class ReceiveSettings(ServerSettings):
         if self.buffer_size < ALIGN or self.buffer_size % ALIGN:
             raise UsageError(f"--buffer-size {self.buffer_size}: must be a multiple of {ALIGN} bytes")
         super().validate()
-        if not self.discard:
-            _check_dir(self.dir)
+        if not self.discard and not Path(self.dir).is_dir():
+            why = "does not exist" if not Path(self.dir).exists() else "is not a directory"
+            raise UsageError(f"--dir {self.dir!r}: {why}")
 
-
-def _check_dir(path: str) -> None:
-    """``--dir`` must be a directory this process can create files in (tried, not guessed: root, a
-    read-only mount, an ACL all answer the same way)."""
-    if not Path(path).is_dir():
-        why = "does not exist" if not Path(path).exists() else "is not a directory"
-        raise UsageError(f"--dir {path!r}: {why}")
-    try:
-        with tempfile.TemporaryFile(dir=path, prefix=".socklab-probe-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--dir {path!r}: cannot create files there ({exc.strerror or exc})") from None
+    def check_writable(self) -> None:
+        """``--dir`` must be a directory this process can create files in (tried, not guessed: root,
+        a read-only mount, an ACL all answer the same way). For ``receive`` writing into it."""
+        try:
+            with tempfile.TemporaryFile(dir=self.dir, prefix=".socklab-probe-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--dir {self.dir!r}: cannot create files there ({exc.strerror or exc})") from None
 
 
 @dataclass
