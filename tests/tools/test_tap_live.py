@@ -6,7 +6,10 @@ Lower bounds only: a busy machine adds delay, it never removes any.
 from __future__ import annotations
 
 import socket
+import threading
 import time
+
+import pytest
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.tools.tap import Fault, Tap
@@ -47,7 +50,7 @@ def test_a_timeout_added_at_run_time_holds_data_until_it_is_removed() -> None:
     """toxiproxy: with timeout 0 "data will be delayed until the toxic is removed". The old tap
     applied it only to new connections (and dropped what it held)."""
     with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
-        tap.serve_control()  # faults will change at run time
+        tap.serve_control()  # faults change at run time, as through the control port
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             exchange(sock)
             tap.add_fault(Fault("timeout", "upstream", timeout=0))
@@ -65,7 +68,7 @@ def test_a_timeout_added_at_run_time_holds_data_until_it_is_removed() -> None:
 
 def test_a_reset_peer_added_at_run_time_resets_an_open_connection() -> None:
     with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
-        tap.serve_control()  # faults will change at run time
+        tap.serve_control()  # faults change at run time, as through the control port
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             exchange(sock)
             tap.add_fault(Fault("reset_peer", "downstream", timeout=0))
@@ -85,3 +88,44 @@ def test_slicer_delay_is_in_microseconds_as_toxiproxys() -> None:
             Fault("slicer", "downstream", average_size=100, delay=20_000)]) as tap:
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             assert 0.019 * 19 <= exchange(sock, b"s" * 1999 + b"\n") < 30
+
+
+def test_a_fault_added_to_a_spliced_connection_takes_it_off_the_zero_copy_path() -> None:
+    """A library tap with no fault and no view splices; add_fault must still reach the open
+    connection (before, it stayed on splice(2) and the fault never applied)."""
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            exchange(sock)
+            spliced = tap.call(lambda: [bool(r.pumps) for r in tap.relays.values()])
+            if spliced != [True]:
+                pytest.skip("this platform has no splice(2)")
+            tap.add_fault(Fault("latency", "downstream", latency=300))
+            assert exchange(sock) >= 0.299
+            tap.remove_fault("latency_downstream")
+            assert min(exchange(sock) for _ in range(3)) < 3.0
+
+
+@pytest.mark.parametrize("engine", ["epoll", "poll", "select"])
+def test_leaving_splice_in_the_middle_of_a_bulk_transfer_loses_and_reorders_nothing(engine: str) -> None:
+    size = 8 << 20
+    data = bytes(range(256)) * (size // 256)
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), engine=engine) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            got = bytearray()
+
+            def send() -> None:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+            sender = threading.Thread(target=send)
+            sender.start()
+            while len(got) < size // 4:  # under way on the zero-copy path
+                chunk = sock.recv(65536)
+                assert chunk
+                got += chunk
+            tap.add_fault(Fault("slicer", "downstream", average_size=4096, delay=0))
+            while chunk := sock.recv(65536):
+                got += chunk
+            sender.join(30)
+            assert not sender.is_alive()
+        assert len(got) == size and bytes(got) == data
+        assert any("slicer" in e.text for e in tap.fault_log)  # it did reach this connection

@@ -179,7 +179,6 @@ class ToxiproxyApi:
             if tap is not None:
                 entry.listen = _bound(tap)
                 entry.toxics = tap.faults
-                tap.allow_live_faults()
             elif enabled:
                 self._start(entry)
             self.proxies[name] = entry
@@ -198,7 +197,6 @@ class ToxiproxyApi:
             tap = (entry.factory or self.make_tap)(entry.listen, entry.upstream, list(entry.toxics))
             if entry.counter is not None:
                 tap._counter = entry.counter
-            tap.allow_live_faults()
             tap.start()
         except SocklabError as exc:
             raise ApiError(500, f"cannot start proxy {entry.name}: {exc}") from exc

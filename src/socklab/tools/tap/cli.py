@@ -195,7 +195,6 @@ def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | 
     server = serve_http(settings, toxi.router(), label="tap-api")
     try:
         if relay is not None:
-            relay.allow_live_faults()
             relay.start()
             toxi.add_proxy(name, Endpoint(), Endpoint(relay.target.host, relay.target.port), tap=relay,
                            observers=observers, factory=relay_factory)

@@ -121,9 +121,6 @@ class Tap:
         self.fault_listeners: list[Callable[[FaultEvent], None]] = []
         self.stats: dict[str, int] = collections.defaultdict(int)
         self.relays: dict[int, _TcpRelay] = {}  # open TCP connections, by index (engine thread only)
-        # Faults may change while connections are open (control port, HTTP API): then every
-        # connection goes through Python so a new fault can reach it; splice(2) only when not.
-        self.live_faults = False
         self._engine_ident: int | None = None
         self._counter = itertools.count()
         self._lock = threading.Lock()
@@ -144,9 +141,8 @@ class Tap:
         """Replace the faults, for new connections and for those open (as toxiproxy does).
 
         Thread-safe. An open connection meets the new set from its next bytes on (see
-        :meth:`_TcpRelay.replan`); data already delayed keeps its time. Connections moved by
-        splice(2) cannot take faults: call :meth:`allow_live_faults` before they open (the
-        control port and the HTTP API do).
+        :meth:`_TcpRelay.replan`); data already delayed keeps its time. A connection moved by
+        splice(2) leaves the zero-copy path for it (what its pipes hold is sent on first).
         """
         new = list(faults)
         self._on_engine(lambda: self._set_faults(new))
@@ -172,10 +168,6 @@ class Tap:
             self._set_faults([f for f in before if f.name != name])
             return len(before) != len(self.schedule.faults)
         return bool(self._on_engine(remove))
-
-    def allow_live_faults(self) -> None:
-        """Faults will change at run time: relay every new connection through Python (no splice)."""
-        self.live_faults = True
 
     def _on_engine(self, func: Callable[[], Any]) -> Any:
         """Run ``func`` on the relay's thread (at once if this is it, or if the relay is not running)."""
@@ -210,8 +202,6 @@ class Tap:
         Thread-safe: on a running tap the listener is added on the relay's thread.
         """
         from socklab.tools.tap.control import ControlProtocol
-
-        self.allow_live_faults()
 
         def bind() -> Any:
             return self.server.listen(lambda: ControlProtocol(self), host=host, port=port, tls=False)

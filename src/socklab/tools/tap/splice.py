@@ -110,6 +110,26 @@ class _SplicePump:
             obs.closed(self.relay.info, self.direction, "fin")
         self.relay.splice_done()
 
+    def take_over(self) -> bytes:
+        """Leave the zero-copy path: stop, and return the bytes still in the pipe (to be sent on).
+
+        The caller relays from now on through the transports (a fault was added at run time).
+        """
+        left = []
+        while self.pending > 0 and self.pipe_r >= 0:
+            try:
+                chunk = os.read(self.pipe_r, self.pending)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.pending -= len(chunk)
+            left.append(chunk)
+        finished = self.done
+        self.close()
+        self.done = finished
+        return b"".join(left)
+
     def close(self) -> None:
         """Stop watching the sockets, then free the pipe (its fd numbers are reused at once)."""
         if self.pipe_r < 0:

@@ -266,11 +266,15 @@ class _TcpRelay:
         """The tap's faults changed: put the new set in force on this open connection.
 
         A fault that stays as it was keeps its random stream and its timer; a new reset_peer or
-        timeout counts its time from now. A spliced connection (opened with no fault and no way
-        to add one: see :attr:`Tap.live_faults`) has no pipe to apply them to.
+        timeout counts its time from now. A spliced connection leaves the zero-copy path first
+        (:meth:`_leave_splice`) - unless the new set is empty for it.
         """
-        if self.finished or self.pumps:
+        if self.finished:
             return
+        if self.pumps and plan.active:
+            self._leave_splice()
+        if self.pumps:
+            return  # still nothing to break: zero copy goes on
         old, self.plan = self.plan, plan
         self.info.plan = plan
         for pipe in (self.up, self.down):
@@ -316,7 +320,7 @@ class _TcpRelay:
         self.down.src, self.down.dst = transport, self.client
         for obs in self.tap.observers:
             obs.opened(self.info)
-        if self.tap.splice and not self.tap.live_faults and not self.plan.active \
+        if self.tap.splice and not self.plan.active \
                 and not any(o.wants_data for o in self.tap.observers) \
                 and hasattr(os, "splice") and not self.up.early and not self.up.early_eof:
             self._start_splice(transport)
@@ -333,6 +337,24 @@ class _TcpRelay:
                       _SplicePump(self, DOWNSTREAM, server, self.client)]
         for pump in self.pumps:
             pump.start()
+
+    def _leave_splice(self) -> None:
+        """A fault arrived for a spliced connection: hand what the pipes hold on, relay through Python."""
+        assert self.client is not None and self.server is not None
+        pumps, self.pumps = self.pumps, []
+        for pump in pumps:
+            pipe = self.up if pump.direction == UPSTREAM else self.down
+            self.tap.stats["bytes_up" if pump.direction == UPSTREAM else "bytes_down"] += pump.bytes
+            left = pump.take_over()  # already in flight: passed on as it is, before any fault
+            if left:
+                pipe._deliver(left)
+            if pump.done:
+                pipe.done = True  # the FIN went on already
+            elif pump.eof:
+                pipe.eof()
+        for transport, pump in ((self.client, pumps[0]), (self.server, pumps[1])):
+            if not pump.eof and not transport.is_closing():
+                transport.resume_reading()
 
     def splice_done(self) -> None:
         if all(p.done for p in self.pumps):
