@@ -4,8 +4,9 @@ Why this exists: tcpdump shows packets but needs root and cannot break anything;
 connections but shows nothing. The tap does both from user space: it relays TCP or UDP from a
 listen address to a target, prints a hexdump or text view, writes a pcapng capture that
 Wireshark/tshark decode (with each injected fault as a packet comment), injects faults per
-direction with a seeded schedule, takes new faults at run time through a small control API, and
-records sessions to replay against any server.
+direction with a seeded schedule, takes new faults at run time (reaching open connections too)
+through a small control port or toxiproxy's HTTP API (:mod:`.api`: its clients and curl drive the
+tap), and records sessions to replay against any server.
 
 The library surface is stable::
 

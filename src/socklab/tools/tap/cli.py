@@ -69,7 +69,8 @@ def tap() -> None:
 @click.option("--record", metavar="FILE", help="Record sessions as JSON lines for `socklab tap replay`.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="KIND[:DIRECTION][,key=value...], e.g. latency:downstream,latency=100,jitter=10 "
-                   "(repeatable; see `socklab tap faults`).")
+                   "(repeatable; see `socklab tap faults`). Units are toxiproxy's: ms, but bandwidth "
+                   "rate in KB/s (was bytes/s) and slicer delay in microseconds (was ms).")
 @click.option("--seed", type=int, default=None, help="Seed of the fault schedule: the same seed replays "
                                                      "the same faults.")
 @click.option("--ctl", "ctl", metavar="[HOST:]PORT", default=None,
@@ -105,6 +106,15 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
     """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic.
 
     With --api, serve toxiproxy's HTTP API too (or only: `socklab tap --api 8474`).
+
+    \b
+    Examples:
+      socklab tap 8081 --to 127.0.0.1:8080 --text
+      socklab tap 8081 --to 127.0.0.1:8080 --fault bandwidth:downstream,rate=100   # 100 KB/s
+      socklab tap 8081 --to 127.0.0.1:8080 --pcap - | tshark -l -r -
+      socklab tap --api 8474 &
+      curl --json '{"name":"web","listen":"127.0.0.1:8081","upstream":"127.0.0.1:8080"}' localhost:8474/proxies
+      curl --json '{"type":"latency","attributes":{"latency":200}}' localhost:8474/proxies/web/toxics
     """
     from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
 
