@@ -262,7 +262,7 @@ SCENES: dict[str, Scene] = {
         two_clients,
         "Its echo comes back at once: the server no longer waits inside one client's recv() loop."),
     "slow-reader": Scene(
-        "A client sends 16 MiB and reads nothing until its send() would block. Does the server get "
+        "A client sends without reading anything, until its send() would block. Does the server get "
         "stuck, or lose bytes?", slow_reader,
         "Neither: its sockets are non-blocking, so a send() that cannot take everything takes a part "
         "(or raises BlockingIOError); the rest waits in that client's buffer until the socket is "
