@@ -50,6 +50,7 @@ _CRLF2 = b"\r\n\r\n"
 PARSED_CACHE_SIZE = 512  # heads remembered (then forgotten all at once)
 PARSED_HEAD_MAX = 2048  # longer heads are parsed every time (bounds the memory: ~1 MiB)
 _CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # controls but HTAB, CR and LF
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,11 @@ def _check_fields(head: bytes) -> None:
     parts = head[:first].split(b" ")
     if len(parts) != 3 or not all(parts):  # RFC 9112 §3: method SP request-target SP HTTP-version
         raise RemoteProtocolError("malformed request line (one space between its three parts)", hint=400)
+    version = parts[2]
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":  # the same answer from both parser backends
+        if _VERSION.fullmatch(version):  # RFC 9112 §2.3 form, a version we do not speak (RFC 9110 §15.6.6)
+            raise RemoteProtocolError(f"{version.decode('ascii')} is not supported (HTTP/1.0 and 1.1 are)", hint=505)
+        raise RemoteProtocolError("malformed HTTP version in the request line", hint=400)
     if b"\r\n " in head or b"\r\n\t" in head:
         raise RemoteProtocolError("obsolete line folding (obs-fold) in a header field", hint=400)
     low = head.lower()

@@ -101,6 +101,9 @@ INVALID = [
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n", 431),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
     (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n" + b"a" * 1100000, 413),
+    (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),  # llhttp said 400, h11 505: now both 505
+    (b"GET / HTTP/0.9\r\nHost: a\r\n\r\n", 505),
+    (b"GET / HTTP/1.10\r\nHost: a\r\n\r\n", 400),
 ]
 
 
