@@ -2,13 +2,10 @@
 
 Run: python -m socklab.lessons.chat_server 7070   Try: nc 127.0.0.1 7070 (/nick ann, /join #lobby, hi)
 Check: socklab check chat 127.0.0.1:7070
-
-It speaks the lab subset of docs/chat-protocol.md: /nick NAME, /join #room, /quit; any other
-line is said in the room as "MSG #room NICK :TEXT". TCP delivers bytes, not lines: each client
+It speaks the lab subset of docs/chat-protocol.md. TCP delivers bytes, not lines: each client
 gets a buffer, and only complete lines are handled.
-
-At full strength: `socklab chat serve` adds history with sequence numbers, rate limits, slow-
-consumer protection, WebSocket clients, Redis for many nodes, and a trace.
+At full strength: `socklab chat serve` adds history, rate limits, slow-consumer protection,
+WebSocket clients, Redis for many nodes, and a trace.
 """
 
 import re
@@ -16,7 +13,8 @@ import select
 import socket
 import sys
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,23}")
+NICK = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,23}")
+ROOM = re.compile(r"#[A-Za-z0-9_-]{1,32}")
 buffers: dict[socket.socket, bytes] = {}  # per client: bytes received, not yet a whole line
 nicks: dict[socket.socket, str] = {}
 rooms: dict[socket.socket, str] = {}
@@ -30,43 +28,36 @@ def send(sock: socket.socket, line: str) -> None:
 
 
 def to_room(room: str, line: str) -> None:
-    for sock, r in list(rooms.items()):
-        if r == room:
-            send(sock, line)  # the sender too, exactly once: its copy says "delivered"
+    for sock in [s for s, r in rooms.items() if r == room]:
+        send(sock, line)  # the sender too, exactly once: its copy says "delivered"
 
 
 def handle(sock: socket.socket, line: str) -> bool:
     """One complete line from a client. False: close this client."""
-    nick = nicks.get(sock)
     cmd, _, arg = line.partition(" ")
+    nick = nicks.get(sock)
     if any(ord(c) < 32 for c in line):  # control characters could drive other terminals
         send(sock, "ERR 422 :no control characters")
     elif cmd == "/quit":
         send(sock, "BYE :bye")
         return False
-    elif cmd == "/nick":
-        if not NAME.fullmatch(arg) or arg.lower() in (n.lower() for n in nicks.values()):
-            send(sock, f"ERR 409 :nick {arg!r} is invalid or taken")
-        else:
-            nicks[sock] = arg
-            send(sock, f"NICK {nick or '*'} {arg}")
-    elif nick is None:
-        send(sock, "ERR 401 :choose a nick first: /nick NAME")
-    elif cmd == "/join" and re.fullmatch(r"#[A-Za-z0-9_-]{1,32}", arg):
+    elif cmd == "/nick" and NICK.fullmatch(arg) and arg.lower() not in {n.lower() for n in nicks.values()}:
+        nicks[sock] = arg
+        send(sock, f"NICK {nick or '*'} {arg}")
+    elif cmd == "/nick" or nick is None:
+        send(sock, "ERR 409 :choose a valid nick nobody has: /nick NAME")
+    elif cmd == "/join" and ROOM.fullmatch(arg):
         rooms[sock] = arg.lower()
         to_room(rooms[sock], f"JOIN {rooms[sock]} {nick}")
-    elif line.startswith("/"):
-        send(sock, "ERR 400 :commands: /nick NAME, /join #room, /quit")
-    elif sock not in rooms:
-        send(sock, "ERR 403 :join a room first: /join #room")
+    elif line.startswith("/") or sock not in rooms:
+        send(sock, "ERR 400 :commands: /nick NAME, /join #room, /quit; join a room to talk")
     elif line.strip():
         to_room(rooms[sock], f"MSG {rooms[sock]} {nick} :{line}")
     return True
 
 
 def drop(sock: socket.socket) -> None:
-    room, nick = rooms.pop(sock, None), nicks.pop(sock, None)
-    buffers.pop(sock, None)
+    room, nick, _ = rooms.pop(sock, None), nicks.pop(sock, None), buffers.pop(sock, None)
     sock.close()  # then tell the room, so nobody is sent to a closed socket
     if room and nick:
         to_room(room, f"PART {room} {nick} :left")
