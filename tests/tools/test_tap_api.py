@@ -253,3 +253,14 @@ def test_proxies_and_toxics_are_capped() -> None:
     finally:
         server.shutdown(timeout=2)
         api.close()
+
+
+@pytest.mark.parametrize("attrs", ['{"latency": NaN}', '{"latency": 1e300}', '{"latency": Infinity}',
+                                   '{"latency": true}', '{"latency": "100"}', '[1]'])
+def test_a_bad_attribute_is_a_400_and_the_tap_goes_on(spawn: Any, attrs: str) -> None:
+    api = start_api(spawn)
+    requests.post(f"{api}/proxies", json={"name": "p", "upstream": "127.0.0.1:9"}, timeout=30).raise_for_status()
+    r = requests.post(f"{api}/proxies/p/toxics", data='{"type": "latency", "attributes": ' + attrs + "}",
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "error" in r.json()
+    assert requests.get(f"{api}/proxies/p/toxics", timeout=30).json() == []

@@ -112,6 +112,16 @@ def test_fault_parsing_and_validation() -> None:
             Fault.parse(bad)
 
 
+@pytest.mark.parametrize("spec", ["latency,latency=nan", "latency,jitter=inf", "latency,latency=1e12",
+                                  "timeout,timeout=1e300", "reset_peer,timeout=3e9", "slow_close,delay=-inf",
+                                  "slicer,delay=1e17", "delay,delay=nan", "bandwidth,rate=inf"])
+def test_times_are_finite_and_bounded(spec: str) -> None:
+    """NaN passed ``value < 0``, and a timer past 24.8 days overflows the poll timeout: the relay's
+    loop died (OverflowError) on the old code, which accepted all of these."""
+    with pytest.raises(UsageError):
+        Fault.parse(spec)
+
+
 @given(st.text(max_size=60))
 def test_fault_parse_raises_only_usage_errors(text: str) -> None:
     try:

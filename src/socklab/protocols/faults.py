@@ -21,6 +21,7 @@ probabilities in 0..1.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ __all__ = ["DIRECTIONS", "FAULT_KINDS", "DatagramDecision", "DatagramFaults", "F
            "GilbertElliott", "Plan"]
 
 DIRECTIONS = ("upstream", "downstream", "both")
+# Timers longer than a day serve no test, and past 24.8 days a poll timeout overflows (the
+# relay's loop would die): times are bounded. The slicer's delay is in microseconds.
+MAX_TIME_MS = 86_400_000.0
+_TIMES = ("latency", "jitter", "timeout", "delay")
 
 # kind -> (transport, {param: default}, one-line meaning)
 FAULT_KINDS: dict[str, tuple[str, dict[str, float], str]] = {
@@ -82,6 +87,12 @@ class Fault:
                              f"it takes: {', '.join(defaults) or 'none'}")
         values = {k: float(params.get(k, v)) for k, v in defaults.items()}
         for key, value in values.items():
+            if not math.isfinite(value):
+                raise UsageError(f"fault {kind}: {key} must be a finite number, not {value}")
+            limit = MAX_TIME_MS * (1000 if (kind, key) == ("slicer", "delay") else 1)
+            if key in _TIMES and value > limit:
+                raise UsageError(f"fault {kind}: {key} is at most {limit:.0f} "
+                                 f"({'microseconds' if limit > MAX_TIME_MS else 'ms'}: one day)")
             if value < 0:
                 raise UsageError(f"fault {kind}: {key} cannot be negative")
             if key in ("probability", "p", "r", "loss_good", "loss_bad") and value > 1:
