@@ -63,7 +63,7 @@ class RpcSettings(ServerSettings):
     request_timeout: float = setting(30.0, "HTTP listeners: seconds to receive a whole request (and to wait for "
                                            "the next one on a kept-alive connection); then 408 or a close.")
     max_connections_per_ip: int = setting(64, "HTTP and WebSocket listeners: connections one client address may "
-                                              "hold at once; the excess gets 503 and a close (0 = no cap).")
+                                              "hold at once on each; the excess gets 503 and a close (0 = no cap).")
     allow_host: tuple[str, ...] = setting((), "HTTP/WebSocket listeners: a Host name (NAME or NAME:PORT) to answer "
                                               "on a loopback connection besides localhost, 127.x and [::1] (against "
                                               "DNS rebinding; others get 421). Repeatable.", metavar="NAME")
