@@ -124,8 +124,7 @@ class FakeBackend:
 
     def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
         assert self.hub is not None
-        r = self.hub.rooms.get(room)
-        cb(sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold) if r else [])
+        cb(self.hub.local_names(room))
 
     def member_count(self, room: str) -> int:
         assert self.hub is not None
@@ -348,3 +347,22 @@ def test_presence_settings_are_checked_and_named() -> None:
         ChatSettings(presence_interval=-1).validate()
     with pytest.raises(UsageError, match="--presence-names"):
         ChatSettings(presence_names=-1).validate()
+
+
+def test_who_list_is_kept_until_the_membership_changes() -> None:
+    hub, _ = make_hub(presence_names=1)
+    ann, bob = join(hub, "ann"), join(hub, "bob")
+    hub.handle(ann, Who(None))
+    first = ann.events[-1]
+    hub.handle(ann, Who(None))
+    assert ann.events[-1] == first == Members("#lobby", ("ann", "bob"))
+    assert hub.rooms["#lobby"].names == ["ann", "bob"]  # sorted once, reused
+    hub.handle(bob, Nick("Zed"))
+    hub.handle(ann, Who(None))
+    assert ann.events[-1] == Members("#lobby", ("ann", "Zed"))
+    cat = join(hub, "cat")
+    hub.handle(cat, Who(None))
+    assert cat.events[-1] == Members("#lobby", ("ann", "cat", "Zed"))
+    hub.handle(cat, Quit(""))
+    hub.handle(ann, Who(None))
+    assert ann.events[-1] == Members("#lobby", ("ann", "Zed"))

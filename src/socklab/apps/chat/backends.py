@@ -90,8 +90,7 @@ class LocalBackend:
 
     def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
         assert self.hub is not None
-        r = self.hub.rooms.get(room)
-        cb(sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold) if r else [])
+        cb(self.hub.local_names(room))
 
     def member_count(self, room: str) -> int:
         assert self.hub is not None

@@ -85,6 +85,7 @@ class Room:
 
     name: str
     members: dict[int, Member] = field(default_factory=dict)
+    names: list[str] | None = None  # the sorted nicks (/who), until somebody joins, leaves or renames
 
 
 class ChatHub:
@@ -298,6 +299,10 @@ class ChatHub:
                 self.nicks.pop(nick_key(old), None)
                 self.backend.release_nick(old)
             member.nick = new
+            for name in member.rooms:
+                r = self.rooms.get(name)
+                if r is not None:
+                    r.names = None
             self.door.registered(member)
             event = NickChanged(old or "*", new)
             member.send(event)
@@ -320,6 +325,7 @@ class ChatHub:
                 room = self.rooms[name] = Room(name)
             member.rooms.append(name)
             room.members[member.id] = member
+            room.names = None
             event = Joined(name, nick)
             member.send(event)  # at once; the others get it with the room's next presence tick
             self.backend.room_event(name, event)
@@ -361,6 +367,7 @@ class ChatHub:
             member.rooms.remove(name)
         if room is not None:
             room.members.pop(member.id, None)
+            room.names = None
             if not room.members:
                 del self.rooms[name]  # freed: its sequence number and topic stay in the flat tables
         if member.current == name:
@@ -468,6 +475,16 @@ class ChatHub:
     def member_count(self, room: str) -> int:
         """Members of ``room`` (on every node, as far as the backend knows)."""
         return self.backend.member_count(room)
+
+    def local_names(self, room: str) -> list[str]:
+        """The sorted nicks of ``room`` on this node: sorted once, then reused until somebody joins,
+        leaves or changes nick (10,000 nicks take milliseconds to sort; /who may be asked often)."""
+        r = self.rooms.get(room)
+        if r is None:
+            return []
+        if r.names is None:
+            r.names = sorted((m.nick for m in r.members.values() if m.nick), key=str.casefold)
+        return r.names
 
     def on_room_event(self, room: str, event: ServerEvent) -> None:
         """An event for everybody in ``room`` (of this node or, through the broker, of another):
