@@ -224,6 +224,12 @@ class ToxiproxyApi:
             status, body = self._dispatch(request)
         except ApiError as exc:
             status, body = exc.status, {"error": str(exc), "status": exc.status}
+        except Exception:  # a bug: 500 for the client, the traceback for the operator
+            import traceback
+
+            self.log(f"socklab tap api: {request.method} {escape_peer_text(request.path)} failed:\n"
+                     + traceback.format_exc())
+            status, body = 500, {"error": "internal error (see the tap's stderr)", "status": 500}
         if request.method != "GET":
             self.log(f"socklab tap api: {request.method} {escape_peer_text(request.path)} -> {status}")
         if status == 204:
