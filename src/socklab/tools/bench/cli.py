@@ -168,10 +168,13 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
 @click.option("--slice-ms", type=click.FloatRange(10, 10_000), default=200.0, show_default=True,
               help="Turn length for --interleave, milliseconds.")
 @click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
+@click.option("--cold", is_flag=True,
+              help="Skip the warm-up every server gets before its load (one connection opened and closed "
+                   "without data): shows the figure of a server that never met an EOF (see docs/benchmarks.md).")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
          repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
-         no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool) -> None:
+         no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool, cold: bool) -> None:
     """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
 
     Every server runs in its own process pinned to one core; the C load generator runs on
@@ -185,12 +188,17 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     --with-c the fastest engine then takes turns with the C server too (its "vs C" is marked *).
     "CPU µs/req (user)": the server's CPU per round trip and, in brackets, the part outside the
     kernel - for a Python server, the interpreter's share.
+
+    Warm-up: before its load every server - socklab's, the references, C and --target alike -
+    gets one connection opened and closed without data, then --warmup seconds of load. A plain
+    asyncio server runs 3x faster after its first EOF (glibc's mmap threshold); every real server
+    meets one within seconds. --cold skips it to show the other figure.
     """
     if sweep:
         ctx = click.get_current_context()
         ctx.invoke(sweep_cmd, engines_opt=engines_opt, size=size, active=10, pipeline=pipeline,
                    duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, save=save, chart=chart,
-                   with_c=with_c, levels="10,100,1000,10000")
+                   with_c=with_c, levels="10,100,1000,10000", cold=cold)
         return
     from socklab.tools.bench.procs import pick_cores, server_specs
     from socklab.tools.bench.report import echo_table, generator_bound, to_json, write_chart
@@ -213,7 +221,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     pinning, how = describe_setup([s.kind for s in specs], pinning, gen_cpu, interleave, slice_ms)
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs x ({warmup:g} s warm-up + {duration:g} s)"
               "[/dim]")
-    load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+    load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold)
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=interleave, slice_ms=slice_ms)
     meta = _meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
@@ -225,7 +233,8 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
         click.echo(to_json(results, meta))
         return
     title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
-             f"median of {repeat} x {duration:g} s, {how} ({pinning})")
+             f"median of {repeat} x {duration:g} s, {how}, {'COLD (no warm-up connection)' if cold else 'warm'} "
+             f"({pinning})")
     out.print(echo_table(results, title))
     if any(generator_bound(r) for r in results if r.error is None):
         err.print("[yellow]![/yellow] on a flagged row the load generator was busier than the server: the "
@@ -252,10 +261,13 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
 @click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
 @click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
+@click.option("--cold", is_flag=True,
+              help="Skip the warm-up every server gets before its load (one connection opened and closed "
+                   "without data): shows the figure of a server that never met an EOF (see docs/benchmarks.md).")
 @run_cli
 def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipeline: int, duration: float,
               warmup: float, repeat: int, as_json: bool, save: str | None, chart: str | None,
-              with_c: bool) -> None:
+              with_c: bool, cold: bool) -> None:
     """How each engine scales from 10 to 10,000 mostly idle connections, and what one costs in memory.
 
     Each step starts a fresh server, opens the connections (each does one round trip, proving the
@@ -289,7 +301,7 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
                          pool_workers=max(16, active))
     server_cores, gen_cpu, pinning = pick_cores()
     err.print(f"[dim]{pinning}; steps {steps}, {active} active connections[/dim]")
-    base = Load(connections=active, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+    base = Load(connections=active, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold)
     results = run_sweep(specs, steps, active=active, base=base, repeats=repeat, server_cores=server_cores,
                         gen_cpu=gen_cpu, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
     meta = _meta(base, repeat, pinning, command="sweep", levels=steps)

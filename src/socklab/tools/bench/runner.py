@@ -50,6 +50,8 @@ class Load:
         duration: measured seconds.
         warmup: seconds of load before measuring.
         idle: extra connections that do one round trip and then stay silent (the sweep).
+        cold: skip the warm-up every server otherwise gets before its load (a connection opened
+            and closed without data, issue 19): the figure of a server that never met an EOF.
     """
 
     connections: int = 20
@@ -58,10 +60,12 @@ class Load:
     duration: float = 10.0
     warmup: float = 1.0
     idle: int = 0
+    cold: bool = False
 
     def argv(self) -> list[str]:
         return ["-c", str(self.connections), "-s", str(self.size), "-p", str(self.pipeline),
-                "-d", f"{self.duration:g}", "-w", f"{self.warmup:g}", "--idle", str(self.idle)]
+                "-d", f"{self.duration:g}", "-w", f"{self.warmup:g}", "--idle", str(self.idle),
+                *(["--cold"] if self.cold else [])]
 
 
 @dataclass
@@ -463,7 +467,7 @@ def run_sweep(specs: list[ServerSpec], levels: list[int], *, active: int = 10, b
     for level in levels:
         n_active = min(active, level)
         load = Load(connections=n_active, size=base.size, pipeline=base.pipeline, duration=base.duration,
-                    warmup=base.warmup, idle=level - n_active)
+                    warmup=base.warmup, idle=level - n_active, cold=base.cold)
         if progress:
             progress(f"sweep: {level} connections ({n_active} active)")
         out += run_echo(specs, load, repeats=repeats, server_cores=server_cores, gen_cpu=gen_cpu,

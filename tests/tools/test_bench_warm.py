@@ -1,0 +1,118 @@
+"""socklab bench: every contender gets the same warm-up before its measured window (issue 19).
+
+A plain asyncio server runs ~3x faster after it has met one EOF (glibc raises its mmap threshold
+when the 256 KiB read block of a closed connection is freed), so a benchmark that warms one server
+and not the other compares luck. The load generator opens one connection per server and closes it
+without data, waits for the server to close its side, and only then starts the load; ``--cold``
+skips it. These tests watch it from the server's side and in the JSON of every contender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from socklab.tools.bench.procs import server_specs
+from socklab.tools.bench.runner import Load, run_echo, run_loadgen
+
+QUICK = Load(connections=3, size=512, pipeline=1, duration=0.2, warmup=0.05)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("bench-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOCKLAB_BENCH_CACHE", str(d))
+        yield d
+
+
+class RecordingEcho:
+    """A threaded echo server that logs, in order, each connection's accept, first data and EOF."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.events: list[tuple[str, int, int]] = []  # (what, connection number, bytes so far)
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+
+    def _log(self, what: str, n: int, got: int) -> None:
+        with self.lock:
+            self.events.append((what, n, got))
+
+    def _accept(self) -> None:
+        n = 0
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self._log("accept", n, 0)
+                t = threading.Thread(target=self._serve, args=(conn, n), daemon=True)
+                t.start()
+                self.threads.append(t)
+                n += 1
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        got = 0
+        with conn:
+            with contextlib.suppress(OSError):
+                while data := conn.recv(65536):
+                    if got == 0:
+                        self._log("data", n, len(data))
+                    got += len(data)
+                    conn.sendall(data)
+            self._log("eof", n, got)  # before the close: the peer cannot see our FIN before this line
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.accepter.join(5)
+        for t in self.threads:
+            t.join(5)
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingEcho]:
+    srv = RecordingEcho()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_the_server_sees_an_empty_connection_close_before_any_load(recorder: RecordingEcho) -> None:
+    res = run_loadgen("127.0.0.1", recorder.port, QUICK)
+    assert res["warm"] == {"tcp_empty": "closed by server", "seconds": res["warm"]["seconds"]}
+    assert res["requests"] > 0
+    # Connection 0 came, sent nothing and ended - all before connection 1 was even accepted.
+    first_other = recorder.events.index(("accept", 1, 0))
+    assert recorder.events[:first_other] == [("accept", 0, 0), ("eof", 0, 0)]
+    assert all(n != 0 for what, n, _ in recorder.events[first_other:])
+
+
+def test_cold_skips_the_warm_up(recorder: RecordingEcho) -> None:
+    cold = Load(connections=3, size=512, pipeline=1, duration=0.2, warmup=0.05, cold=True)
+    assert "--cold" in cold.argv() and "--cold" not in QUICK.argv()
+    res = run_loadgen("127.0.0.1", recorder.port, cold)
+    assert res["warm"] is None and res["requests"] > 0
+    # The first connection is one of the load's: its first bytes are the 16-byte ping.
+    assert recorder.events[0] == ("accept", 0, 0) and ("data", 0, 16) in recorder.events
+    assert ("eof", 0, 0) not in recorder.events
+
+
+def test_every_contender_is_warmed_alike_engine_reference_and_c() -> None:
+    """Interleaved engine + reference runs and the C server: each sample says it was warmed."""
+    specs = server_specs(["asyncio"], references=True, with_c=True, targets=[])
+    assert [s.kind for s in specs] == ["c", "reference", "socklab"]
+    results = run_echo(specs, QUICK, repeats=1, interleave=True, slice_ms=50)
+    for r in results:
+        assert r.error is None, r.error
+        assert r.samples, r.name
+        for s in r.samples:
+            assert s["warm"]["tcp_empty"] == "closed by server", (r.name, s["warm"])
