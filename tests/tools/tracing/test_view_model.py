@@ -149,3 +149,20 @@ def test_a_forking_server_the_child_serves_and_the_parents_close_sends_no_fin(tm
     # none from the parent's close; the client's FIN leaves from whichever process closed it last (the child
     # inherited the client socket too: if the parent closes first, the child's exit sends it)
     assert parent_lane not in {int(a["from"]) for a in fins}
+
+
+def test_ipv6_connections_are_traced_and_paired(tmp_path: Path) -> None:
+    err, page = traced(tmp_path, "v6", """
+        import socket
+        srv = socket.create_server(("::1", 0), family=socket.AF_INET6)
+        c = socket.create_connection(("::1", srv.getsockname()[1]))
+        conn, _ = srv.accept()
+        c.sendall(b"six")
+        conn.recv(10)
+        c.close(); conn.close(); srv.close()
+    """)
+    assert "socket AF_INET6, SOCK_STREAM" in err and re.search(r"connect peer=\[::1\]:\d+ three-way", err), err
+    names = lanes(page)
+    server = next(i for i, t in enumerate(names) if " server [::1]:" in t)
+    kinds = {(a["kind"], int(a["to"])) for a in arrows(page)}
+    assert ("handshake", server) in kinds and ("data", server) in kinds
