@@ -82,7 +82,7 @@ def test_closed_connections_are_freed_although_they_armed_a_long_timer(engine: s
         # Every connection is closed: none of their protocols may still be reachable (the old
         # code kept each one in a cancelled timer for 60 s). The threaded engines' reading
         # threads end just after the close: a short wait for them, far below the 60 s timers.
-        assert _wait_until(lambda: _alive(refs) == 0, 10), \
+        assert _wait_until(lambda: _alive(refs) == 0, 20), \
             f"{_alive(refs)} of {N} closed connections are still in memory on {engine}"
 
 
