@@ -196,11 +196,13 @@ def _tap_port(proc: Any) -> int:
     return int(line.split("tcp://")[1].split()[0].rsplit(":", 1)[1])
 
 
-def test_pcap_dash_streams_pcapng_that_tshark_reads_live(tmp_path: Path) -> None:
-    """``socklab tap ... --pcap - | tshark -r -``: tshark shows the packet while the tap still runs.
-    The old code wrote a file named ``-`` and its banner went to stdout: tshark saw no capture."""
+@pytest.mark.parametrize("how", ["-r", "-i"], ids=["tshark -r -", "tshark -i - (as wireshark -k -i -)"])
+def test_pcap_dash_streams_pcapng_that_tshark_reads_live(tmp_path: Path, how: str) -> None:
+    """``socklab tap ... --pcap - | tshark -r -`` (or ``-i -``, the live-capture path Wireshark's
+    ``-k -i -`` takes): tshark shows the packet while the tap still runs. The old code wrote a
+    file named ``-`` and its banner went to stdout: tshark saw no capture."""
     with server(EchoProtocol) as srv, _tap_to_stdout(tmp_path, srv.port) as tap:
-        shark = subprocess.Popen(["tshark", "-l", "-r", "-", "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload"],
+        shark = subprocess.Popen(["tshark", "-l", how, "-", "-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload"],
                                  stdin=tap.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert tap.stdout is not None
@@ -213,8 +215,12 @@ def test_pcap_dash_streams_pcapng_that_tshark_reads_live(tmp_path: Path) -> None
                 assert first.strip() == b"hello-pcap\n".hex().encode(), first
             assert tap.poll() is None
         finally:
-            shark.kill()
-            shark.communicate(timeout=10)
+            shark.terminate()  # SIGTERM: tshark -i removes its temporary capture file
+            try:
+                shark.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                shark.kill()
+                shark.communicate(timeout=10)
         assert not (tmp_path / "-").exists()
 
 
