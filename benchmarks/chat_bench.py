@@ -55,6 +55,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     dropped_clients: int = 0
     server_cpu: float = 0.0
+    server_sys: float = 0.0  # the part of server_cpu spent in the kernel (send() and friends)
     generator_cpu: float = 0.0
     join_s: float = 0.0  # first connect -> every client has its SYNC
     settle_s: float = 0.0  # then until the node has been quiet for 0.5 s (the presence backlog drained)
@@ -74,17 +75,18 @@ class Result:
                 "expected_per_s": round(self.sent / self.seconds * self.clients),
                 "p50_ms": round(self.pct(50), 2), "p99_ms": round(self.pct(99), 2),
                 "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
-                "server_cpu_pct": round(self.server_cpu * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
+                "server_cpu_pct": round(self.server_cpu * 100), "server_sys_pct": round(self.server_sys * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
                 "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2),
                 "join_s": round(self.join_s, 2), "settle_s": round(self.settle_s, 2),
                 "join_server_cpu_s": round(self.join_cpu, 2), "join_mb_received": round(self.join_bytes / 1e6, 1)}
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by process ``pid`` (``/proc/PID/stat``)."""
+def proc_cpu(pid: int, system_only: bool = False) -> float:
+    """CPU seconds (user + system, all threads; or system only) used so far by process ``pid``
+    (``/proc/PID/stat``)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
 
 
 def self_cpu() -> float:
@@ -202,7 +204,7 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
     interval = 1.0 / rate
     for s in socks:  # room for ~50 ms of traffic between lazy reads
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
-    cpu0, gen0 = proc_cpu(server_pid), self_cpu()
+    cpu0, sys0, gen0 = proc_cpu(server_pid), proc_cpu(server_pid, True), self_cpu()
     start = time.monotonic()
     end = start + seconds
     next_send = start
@@ -290,6 +292,7 @@ def run_load(port: int, engine: str, clients: int, rate: float, seconds: float, 
             except (BlockingIOError, InterruptedError, ConnectionError):
                 pass
     res.server_cpu = (proc_cpu(server_pid) - cpu0) / window
+    res.server_sys = (proc_cpu(server_pid, True) - sys0) / window
     res.generator_cpu = (self_cpu() - gen0) / window
     for s in socks:
         s.close()
@@ -338,7 +341,7 @@ def main() -> None:
                     print(f"{r['engine']:>9} {r['broker']:>6}  clients={r['clients']}  in={r['msgs_in_per_s']}/s  "
                           f"deliveries={r['deliveries_per_s']}/s (of {r['expected_per_s']})  "
                           f"p50={r['p50_ms']} ms  p99={r['p99_ms']} ms  dropped={r['dropped_clients']}  "
-                          f"server CPU {r['server_cpu_pct']}% ({r['server_cpu_us_per_delivery']} us/delivery)  "
+                          f"server CPU {r['server_cpu_pct']}% (kernel {r['server_sys_pct']}%, {r['server_cpu_us_per_delivery']} us/delivery)  "
                           f"generator CPU {r['generator_cpu_pct']}%  joined in {r['join_s']} s "
                           f"(+{r['settle_s']} s to settle, server CPU {r['join_server_cpu_s']} s, "
                           f"{r['join_mb_received']} MB received)", flush=True)
