@@ -73,6 +73,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     \b
     Start here:
+      socklab learn                                 # lessons in plain socket code, then a grader
       socklab echo serve --port 7007 --trace        # a traced echo server
       socklab echo client 127.0.0.1:7007 --trace    # talk to it; each line comes back with its RTT
       socklab engines                               # the eight ways to serve many clients
