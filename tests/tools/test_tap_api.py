@@ -300,3 +300,11 @@ def test_any_json_gets_an_answer_never_a_crash(body: Any, path: str, method: str
         api.close()
     cannot_listen = resp.status == 500 and b"cannot start proxy" in bytes(resp.body)  # type: ignore[arg-type]
     assert resp.status in (200, 201, 204, 400, 404, 405, 409, 503) or cannot_listen, (resp.status, resp.body)
+
+
+def test_a_proxy_off_loopback_is_warned_about() -> None:
+    from socklab.tools.tap.api import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("::ffff:127.0.0.2")
+    assert not _loopback("0.0.0.0") and not _loopback("::") and not _loopback("192.0.2.1")
+    assert not _loopback("localhost")  # a name is not checked as loopback: warned about

@@ -203,6 +203,9 @@ class ToxiproxyApi:
         entry.tap = tap
         entry.listen = _bound(tap)  # port 0 -> the port the kernel chose, as toxiproxy reports it
         entry.enabled = True
+        if not _loopback(entry.listen.host):
+            self.log(f"socklab tap api: warning: proxy {escape_peer_text(entry.name)} listens on {entry.listen}, "
+                     "not on loopback: other machines can connect through it")
 
     def _stop(self, entry: ProxyEntry) -> None:
         if entry.tap is not None:
@@ -366,6 +369,17 @@ def _default_tap(listen: Endpoint, upstream: Endpoint, faults: list[Fault]) -> T
 def _bound(tap: Tap) -> Endpoint:
     addr = tap.bind().address
     return Endpoint(str(addr[0]), int(addr[1]))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _close_observers(entry: ProxyEntry) -> None:
