@@ -366,3 +366,24 @@ def test_who_list_is_kept_until_the_membership_changes() -> None:
     hub.handle(cat, Quit(""))
     hub.handle(ann, Who(None))
     assert ann.events[-1] == Members("#lobby", ("ann", "Zed"))
+
+
+def test_a_rename_in_a_crowded_room_is_told_in_the_tick_not_a_line_to_everybody() -> None:
+    from socklab.protocols.chat import NickChanged
+
+    hub, timer = make_hub(presence_names=2)
+    ms = [join(hub, f"u{i}") for i in range(4)]
+    timer.tick()
+    before = len(ms[0].events)
+    hub.handle(ms[1], Nick("zed"))
+    assert NickChanged("u1", "zed") in ms[1].events  # the renamer is told at once
+    assert len(ms[0].events) == before  # the others wait for the tick
+    timer.tick()
+    assert ms[0].events[before:] == [Presence("#lobby", 4, 0, 0, "4 members in #lobby: 1 renamed (u1 is now zed)")]
+    assert summary("#a", 3, [], [], [("a", "b")] * 4) == \
+        "3 members in #a: 4 renamed (a is now b, a is now b, a is now b and 1 more)"
+    # in a small room a rename is still a NICK line at once
+    hub2, _ = make_hub(presence_names=10)
+    a, b = join(hub2, "a"), join(hub2, "b")
+    hub2.handle(b, Nick("c"))
+    assert a.events[-1] == NickChanged("b", "c")

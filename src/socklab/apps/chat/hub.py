@@ -490,8 +490,8 @@ class ChatHub:
         """An event for everybody in ``room`` (of this node or, through the broker, of another):
         joins and parts wait for the presence tick (:mod:`.presence`), anything else goes at once,
         after the room's gathered lines."""
-        if isinstance(event, (Joined, Parted)):
-            self.presence.add(room, event)
+        if isinstance(event, (Joined, Parted)) or (isinstance(event, NickChanged) and self.presence.is_crowded(room)):
+            self.presence.add(room, event)  # a rename in a crowded room is told in its PRESENCE sentence
             return
         self.presence.before(room)
         self.fanout(room, Frame(event))

@@ -11,6 +11,7 @@ the same arithmetic and answer it the same way as this module:
   always, so every client can keep its member list;
 - **crowded rooms** get one ``PRESENCE #room COUNT JOINED LEFT :TEXT`` line per tick instead (the
   count, how many came and went, a sentence naming a few), the same shared frame for everybody;
+  nick changes there are told in that sentence too, not with a ``NICK`` line to every member;
   a member joining a crowded room gets that line with the count instead of the full ``WHO`` list,
   and ``/who`` lists everybody on demand. When the room shrinks back to ``presence_names`` its
   members get a fresh ``WHO`` list once, and per-nick lines again.
@@ -29,7 +30,9 @@ from typing import TYPE_CHECKING
 from socklab.apps.chat.admission import CallLater
 from socklab.apps.chat.member import Frame, Member
 from socklab.core.transport import TimerHandle
-from socklab.protocols.chat import Joined, Members, Parted, Presence
+from socklab.protocols.chat import Joined, Members, NickChanged, Parted, Presence
+
+Change = Joined | Parted | NickChanged
 
 if TYPE_CHECKING:
     from socklab.apps.chat.hub import ChatHub
@@ -44,14 +47,18 @@ def _names(nicks: list[str]) -> str:
     return shown if len(nicks) <= NAMED else f"{shown} and {len(nicks) - NAMED} more"
 
 
-def summary(room: str, count: int, joined: list[str], left: list[str]) -> str:
-    """The sentence of a ``PRESENCE`` line: ``10000 in #big: 37 joined (ann, bob, cat and 34 more);
-    2 left (dan, eve)`` - or, with nobody coming or going, how to list them."""
+def summary(room: str, count: int, joined: list[str], left: list[str],
+            renamed: list[tuple[str, str]] | None = None) -> str:
+    """The sentence of a ``PRESENCE`` line: ``10000 members in #big: 37 joined (ann, bob, cat and 34
+    more); 2 left (dan, eve); 1 renamed (fay is now gus)`` - or, with nobody coming or going, how to
+    list them."""
     parts = []
     if joined:
         parts.append(f"{len(joined)} joined ({_names(joined)})")
     if left:
         parts.append(f"{len(left)} left ({_names(left)})")
+    if renamed:
+        parts.append(f"{len(renamed)} renamed ({_names([f'{old} is now {new}' for old, new in renamed])})")
     head = f"{count} member{'s' if count != 1 else ''} in {room}"
     if not parts:
         return f"{head}; /who {room} lists them"
@@ -72,7 +79,7 @@ class PresenceBatcher:
     def __init__(self, hub: ChatHub, call_later: CallLater | None) -> None:
         self.hub = hub
         self.call_later = call_later
-        self.pending: dict[str, list[Joined | Parted]] = {}
+        self.pending: dict[str, list[Change]] = {}
         self._timer: TimerHandle | None = None
         self.crowded: set[str] = set()  # rooms told by count (PRESENCE) since they grew past the limit
         self.ticks = 0
@@ -82,8 +89,9 @@ class PresenceBatcher:
         """Whether ``room`` is announced by count: more than ``presence_names`` members."""
         return self.hub.member_count(room) > self.hub.settings.presence_names
 
-    def add(self, room: str, event: Joined | Parted) -> None:
-        """A join or part in ``room`` (of this node or, through the broker, of another)."""
+    def add(self, room: str, event: Change) -> None:
+        """A join or part in ``room`` (of this node or, through the broker, of another), or a nick
+        change in a crowded room."""
         if room not in self.hub.rooms:
             self.crowded.discard(room)  # freed: a room that comes back starts small
             return  # nobody here to tell
@@ -117,7 +125,7 @@ class PresenceBatcher:
             self._timer = None
         self.pending.clear()
 
-    def _flush_room(self, name: str, events: list[Joined | Parted]) -> None:
+    def _flush_room(self, name: str, events: list[Change]) -> None:
         room = self.hub.rooms.get(name)
         if room is None:
             self.crowded.discard(name)
@@ -131,7 +139,8 @@ class PresenceBatcher:
             self.crowded.add(name)
             joined = [e.nick for e in events if isinstance(e, Joined)]
             left = [e.nick for e in events if isinstance(e, Parted)]
-            frame = Frame(Presence(name, count, len(joined), len(left), summary(name, count, joined, left)))
+            renamed = [(e.old, e.new) for e in events if isinstance(e, NickChanged)]
+            frame = Frame(Presence(name, count, len(joined), len(left), summary(name, count, joined, left, renamed)))
             for m in members:
                 m.send_frame(frame)
             self.lines += len(members)
@@ -151,7 +160,7 @@ class PresenceBatcher:
             m.send_frame(frame)
         self.lines += len(room.members)
 
-    def _send_lines(self, members: list[Member], events: list[Joined | Parted]) -> None:
+    def _send_lines(self, members: list[Member], events: list[Change]) -> None:
         """Small room: the gathered JOIN/PART lines, one write per member. A member does not get
         its own join or part (it was told at once), nor what happened before its own join in this
         tick (its ``WHO`` list, sent at the join, already had it)."""
@@ -162,7 +171,8 @@ class PresenceBatcher:
             for i, e in enumerate(events):
                 if isinstance(e, Joined) and e.nick == nick:
                     start = i + 1
-            share = [f for f, e in zip(frames[start:], events[start:], strict=True) if e.nick != nick]
+            share = [f for f, e in zip(frames[start:], events[start:], strict=True)
+                     if (e.new if isinstance(e, NickChanged) else e.nick) != nick]
             if share:
                 m.send_frames(share)
                 self.lines += len(share)
