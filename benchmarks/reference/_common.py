@@ -23,6 +23,6 @@ def parse_args(name: str) -> argparse.Namespace:
     return args
 
 
-def ready(name: str, host: str, port: int) -> None:
-    """The readiness line the benchmark waits for."""
-    print(f"reference {name} listening on tcp://{host}:{port}", flush=True)
+def ready(name: str, host: str, port: int, scheme: str = "tcp") -> None:
+    """The readiness line the benchmark waits for (``scheme``: tcp, udp or tls)."""
+    print(f"reference {name} listening on {scheme}://{host}:{port}", flush=True)

@@ -116,3 +116,70 @@ def test_every_contender_is_warmed_alike_engine_reference_and_c() -> None:
         assert r.samples, r.name
         for s in r.samples:
             assert s["warm"]["tcp_empty"] == "closed by server", (r.name, s["warm"])
+
+
+# ---- UDP (bench echo --udp): the udp_loadgen's warm-up is an empty datagram ----------------------
+
+class DatagramEcho:
+    """A UDP echo server in a thread that logs each datagram's length; ``drop_empty`` ignores empty ones."""
+
+    def __init__(self, drop_empty: bool) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.lengths: list[int] = []
+        self.drop_empty = drop_empty
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data, peer = self.sock.recvfrom(65536)
+                if self.stopping:
+                    return
+                self.lengths.append(len(data))
+                if data or not self.drop_empty:
+                    self.sock.sendto(data, peer)
+
+    def close(self) -> None:
+        self.stopping = True
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as poke:  # wakes the recvfrom
+            poke.sendto(b"stop", ("127.0.0.1", self.port))
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("drop_empty", [False, True])
+def test_udp_generator_sends_an_empty_datagram_first_and_says_if_it_came_back(drop_empty: bool) -> None:
+    srv = DatagramEcho(drop_empty)
+    try:
+        load = Load(connections=3, size=64, duration=0.2, warmup=0.05, proto="udp")
+        res = run_loadgen("127.0.0.1", srv.port, load)
+        assert res["warm"]["udp_empty"] == ("dropped" if drop_empty else "echoed")
+        assert res["requests"] > 0 and res["held"] == 3 and res["size"] == 64
+        assert srv.lengths[:2] == [0, 16]  # the empty one, then the datagram whose echo proves it was handled
+        cold = run_loadgen("127.0.0.1", srv.port, Load(connections=3, size=64, duration=0.2, warmup=0.05,
+                                                        proto="udp", cold=True))
+        assert cold["warm"] is None
+    finally:
+        srv.close()
+
+
+def test_udp_every_contender_is_warmed_engine_reference_and_c() -> None:
+    from socklab.tools.bench.procs import udp_server_specs
+
+    specs = udp_server_specs(["epoll", "asyncio"], references=True, with_c=True)
+    assert [s.name for s in specs] == ["C udp loop", "ref:udp_blocking", "epoll", "ref:udp_asyncio_protocol",
+                                       "asyncio", "ref:udp_selectors"]
+    load = Load(connections=3, size=64, duration=0.2, warmup=0.05, proto="udp")
+    results = {r.name: r for r in run_echo(specs, load, repeats=1, interleave=True, slice_ms=50)}
+    for r in results.values():
+        assert r.error is None, r.error
+        assert r.samples and all(s["warm"]["udp_empty"] in ("echoed", "dropped") for s in r.samples), r.name
+    assert results["epoll"].reference == "ref:udp_blocking"
+    assert results["asyncio"].samples[0]["paired_rps"] > 0  # interleaved with its DatagramProtocol reference
+    # The plain loops and C echo an empty datagram; so does the epoll engine.
+    for name in ("C udp loop", "ref:udp_blocking", "ref:udp_selectors", "epoll"):
+        assert results[name].samples[0]["warm"]["udp_empty"] == "echoed", name

@@ -20,7 +20,7 @@ from socklab.core.errors import SocklabError
 __all__ = ["C_DIR", "PROGRAMS", "BuildError", "binary", "cache_dir"]
 
 C_DIR = Path(__file__).resolve().parent / "c"
-PROGRAMS = ("echo_server", "loadgen")
+PROGRAMS = ("echo_server", "loadgen", "udp_echo_server", "udp_loadgen")
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
 
 
@@ -41,7 +41,7 @@ def binary(name: str, *, compiler: str | None = None) -> Path:
     """The path of the compiled program ``name``, compiling it first if its source changed.
 
     Args:
-        name: ``"echo_server"`` or ``"loadgen"``.
+        name: one of :data:`PROGRAMS` (``"loadgen"``, ``"echo_server"``, their ``udp_`` twins...).
         compiler: the C compiler (default ``$CC`` or ``gcc``).
 
     Returns:

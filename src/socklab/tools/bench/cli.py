@@ -171,10 +171,15 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
 @click.option("--cold", is_flag=True,
               help="Skip the warm-up every server gets before its load (one connection opened and closed "
                    "without data): shows the figure of a server that never met an EOF (see docs/benchmarks.md).")
+@click.option("--udp", is_flag=True,
+              help="Echo UDP datagrams instead: --connections flows (one socket each), one datagram of --size "
+                   "bytes in flight per flow; references are a blocking recvfrom loop, a selectors loop and "
+                   "DatagramProtocol; --with-c adds a C recvfrom loop. Try --size 64.")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
          repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
-         no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool, cold: bool) -> None:
+         no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool, cold: bool,
+         udp: bool) -> None:
     """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
 
     Every server runs in its own process pinned to one core; the C load generator runs on
@@ -200,7 +205,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
                    duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, save=save, chart=chart,
                    with_c=with_c, levels="10,100,1000,10000", cold=cold)
         return
-    from socklab.tools.bench.procs import pick_cores, server_specs
+    from socklab.tools.bench.procs import pick_cores, server_specs, udp_server_specs
     from socklab.tools.bench.report import echo_table, generator_bound, to_json, write_chart
     from socklab.tools.bench.runner import Load, raise_nofile, run_echo
 
@@ -208,20 +213,27 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     out = _console()
     tgts = _targets(targets)
     default = () if tgts and engines_opt is None else tuple(e for e in ENGINE_NAMES)
-    engines = _engines(engines_opt, default, connections, err)
+    if udp and (size > 65507 or pipeline != 1):
+        raise UsageError("--udp: --size at most 65507 (one datagram) and --pipeline 1")
+    engines = _engines(engines_opt, default, 1 if udp else connections, err)
     nofile = raise_nofile()
     if connections + 64 > nofile:
         raise UsageError(f"{connections} connections need more file descriptors than the limit {nofile}")
-    specs = server_specs(engines, references=not no_reference, with_c=with_c, targets=tgts,
-                         max_connections=connections + 100 if connections > 900 else None,
-                         pool_workers=max(16, connections))
+    if udp:
+        specs = udp_server_specs(engines, references=not no_reference, with_c=with_c)
+        specs += [s for s in server_specs([], references=False, with_c=False, targets=tgts)]
+    else:
+        specs = server_specs(engines, references=not no_reference, with_c=with_c, targets=tgts,
+                             max_connections=connections + 100 if connections > 900 else None,
+                             pool_workers=max(16, connections))
     if not specs:
         raise UsageError("nothing to measure: name --engines, --target or --with-c")
     server_cores, gen_cpu, pinning = pick_cores()
     pinning, how = describe_setup([s.kind for s in specs], pinning, gen_cpu, interleave, slice_ms)
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs x ({warmup:g} s warm-up + {duration:g} s)"
               "[/dim]")
-    load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold)
+    load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold,
+                proto="udp" if udp else "tcp")
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=interleave, slice_ms=slice_ms)
     meta = _meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
@@ -232,7 +244,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if as_json:
         click.echo(to_json(results, meta))
         return
-    title = (f"echo, {size:,} B x {connections} connections, pipeline {pipeline}, "
+    title = (f"{'UDP ' if udp else ''}echo, {size:,} B x {connections} {'flows' if udp else 'connections'}, pipeline {pipeline}, "
              f"median of {repeat} x {duration:g} s, {how}, {'COLD (no warm-up connection)' if cold else 'warm'} "
              f"({pinning})")
     out.print(echo_table(results, title))

@@ -36,7 +36,7 @@ from socklab.core.errors import SocklabError
 __all__ = ["READY_RE", "REFERENCE_FOR", "ServerProcess", "ServerSpec", "pick_cores", "reference_dir",
            "server_specs"]
 
-READY_RE = re.compile(r"listening on tcp://\[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)")
+READY_RE = re.compile(r"listening on (?:tcp|udp|tls)://\[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)")
 
 #: engine -> the plain server written directly on the same mechanism
 REFERENCE_FOR = {
@@ -49,6 +49,16 @@ REFERENCE_FOR = {
     "pool": "threading_tcpserver",
     "iterative": "threading_tcpserver",
 }
+
+#: over UDP (``bench echo --udp``): the plain server on the same mechanism. One socket needs no
+#: multiplexing, so the readiness-loop engines are held to the blocking loop (the faster); the
+#: ``selectors`` loop (udp_selectors) is measured beside them as a second bar.
+UDP_REFERENCE_FOR = {
+    "asyncio": "udp_asyncio_protocol",
+    "uvloop": "udp_uvloop_protocol",
+    **{e: "udp_blocking" for e in ("select", "poll", "epoll", "threads", "pool", "iterative")},
+}
+UDP_REFERENCE_ARGS = {"udp_uvloop_protocol": ("udp_asyncio_protocol.py", "--uvloop")}
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -64,6 +74,8 @@ class ServerSpec:
         command: the argv to start it (empty for a target).
         engine: the socklab engine, for ``kind == "socklab"``.
         address: ``(host, port)`` for a target.
+        reference: the row name of this engine's reference, when it is not ``REFERENCE_FOR``'s
+            (UDP and TLS runs).
     """
 
     name: str
@@ -71,6 +83,7 @@ class ServerSpec:
     command: tuple[str, ...] = ()
     engine: str | None = None
     address: tuple[str, int] | None = None
+    reference: str | None = None
 
 
 def reference_dir() -> Path | None:
@@ -83,7 +96,7 @@ def reference_dir() -> Path | None:
 
 
 def socklab_command(engine: str, max_connections: int | None = None,
-                    pool_workers: int | None = None) -> tuple[str, ...]:
+                    pool_workers: int | None = None, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The argv of socklab's own echo server on ``engine`` (127.0.0.1, port 0).
 
     Args:
@@ -103,7 +116,7 @@ def socklab_command(engine: str, max_connections: int | None = None,
         cmd += ["--max-connections", str(max_connections)]
     if engine == "pool" and pool_workers is not None:
         cmd += ["--workers", str(pool_workers)]
-    return tuple(cmd)
+    return (*cmd, *extra)
 
 
 def server_specs(engines: list[str], *, references: bool, with_c: bool, targets: list[tuple[str, int]],
@@ -135,6 +148,43 @@ def server_specs(engines: list[str], *, references: bool, with_c: bool, targets:
                                 engine=engine))
     for host, port in targets:
         specs.append(ServerSpec(f"{host}:{port}", "target", address=(host, port)))
+    return specs
+
+
+def udp_server_specs(engines: list[str], *, references: bool, with_c: bool) -> list[ServerSpec]:
+    """The servers of ``bench echo --udp``: C loop, then per engine its reference and itself (``--udp``).
+
+    The ``selectors`` loop (udp_selectors) comes too when a readiness-loop engine is measured: it
+    has no engine to take turns with, so it runs on its own.
+
+    Raises:
+        SocklabError: references were asked for but ``benchmarks/reference`` is not there.
+    """
+    from socklab.tools.bench.build import binary
+
+    specs: list[ServerSpec] = []
+    if with_c:
+        specs.append(ServerSpec("C udp loop", "c", (str(binary("udp_echo_server")), "--port", "0")))
+    ref_dir = reference_dir() if references else None
+    if references and ref_dir is None:
+        raise SocklabError("reference servers not found (benchmarks/reference of a socklab checkout); "
+                           "run from the repository, set SOCKLAB_BENCH_REFERENCE_DIR, or pass --no-reference")
+
+    def ref_spec(ref: str) -> ServerSpec:
+        assert ref_dir is not None
+        script, *args = UDP_REFERENCE_ARGS.get(ref, (f"{ref}.py",))
+        return ServerSpec(f"ref:{ref}", "reference", (sys.executable, str(ref_dir / script), *args, "--port", "0"))
+
+    seen: set[str] = set()
+    for engine in engines:
+        ref = UDP_REFERENCE_FOR.get(engine)
+        if ref_dir is not None and ref is not None and ref not in seen:
+            seen.add(ref)
+            specs.append(ref_spec(ref))
+        specs.append(ServerSpec(engine, "socklab", socklab_command(engine, extra=("--udp",)), engine=engine,
+                                reference=f"ref:{ref}" if ref_dir is not None and ref else None))
+    if ref_dir is not None and {"select", "poll", "epoll"} & set(engines):
+        specs.append(ref_spec("udp_selectors"))
     return specs
 
 

@@ -50,6 +50,8 @@ class Load:
         duration: measured seconds.
         warmup: seconds of load before measuring.
         idle: extra connections that do one round trip and then stay silent (the sweep).
+        proto: ``"tcp"`` (loadgen), ``"udp"`` (udp_loadgen: one connected socket per "connection",
+            one datagram in flight).
         cold: skip the warm-up every server otherwise gets before its load (a connection opened
             and closed without data, issue 19): the figure of a server that never met an EOF.
     """
@@ -61,6 +63,7 @@ class Load:
     warmup: float = 1.0
     idle: int = 0
     cold: bool = False
+    proto: str = "tcp"
 
     def argv(self) -> list[str]:
         return ["-c", str(self.connections), "-s", str(self.size), "-p", str(self.pipeline),
@@ -92,10 +95,13 @@ class Result:
     samples: list[dict[str, Any]] = field(default_factory=list)
     c_pairs: list[dict[str, Any]] = field(default_factory=list)  # runs interleaved with the C server
     error: str | None = None
+    ref_row: str | None = None  # the spec's own reference (UDP, TLS), else REFERENCE_FOR's
 
     @property
     def reference(self) -> str | None:
         """The row name of this engine's reference server."""
+        if self.ref_row is not None:
+            return self.ref_row
         ref = REFERENCE_FOR.get(self.engine or "") if self.kind == "socklab" else None
         return f"ref:{ref}" if ref else None
 
@@ -218,7 +224,8 @@ def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float
 
 
 def _argv(host: str, port: int, load: Load, cpu: int | None, connect_timeout: float) -> list[str]:
-    argv = [str(binary("loadgen")), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
+    program = {"tcp": "loadgen", "udp": "udp_loadgen"}[load.proto]
+    argv = [str(binary(program)), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
             "--connect-timeout", f"{connect_timeout:g}"]
     if cpu is not None:
         argv += ["--cpu", str(cpu)]
@@ -265,7 +272,7 @@ def run_loadgen_pair(a: ServerProcess, b: ServerProcess, load: Load, *, cpu: int
 def summarize(spec: ServerSpec, load: Load, samples: list[dict[str, Any]], rss_idle: list[int],
               error: str | None = None) -> Result:
     """The medians of ``samples`` (loadgen JSON objects) as one :class:`Result`."""
-    res = Result(spec.name, spec.kind, spec.engine, load, samples=samples, error=error)
+    res = Result(spec.name, spec.kind, spec.engine, load, samples=samples, error=error, ref_row=spec.reference)
     if not samples:
         return res
 
@@ -349,8 +356,9 @@ def _partners(specs: list[ServerSpec]) -> dict[str, ServerSpec]:
     out: dict[str, ServerSpec] = {}
     for s in specs:
         ref = REFERENCE_FOR.get(s.engine or "") if s.kind == "socklab" else None
-        if ref is not None and f"ref:{ref}" in by_name:
-            out[s.name] = by_name[f"ref:{ref}"]
+        row = s.reference or (f"ref:{ref}" if ref is not None else None)
+        if row is not None and row in by_name:
+            out[s.name] = by_name[row]
     return out
 
 
