@@ -387,3 +387,25 @@ def test_a_rename_in_a_crowded_room_is_told_in_the_tick_not_a_line_to_everybody(
     a, b = join(hub2, "a"), join(hub2, "b")
     hub2.handle(b, Nick("c"))
     assert a.events[-1] == NickChanged("b", "c")
+
+
+def test_parts_caused_by_a_flush_do_not_nest_flushes() -> None:
+    """On some engines a failed write closes the connection at once: its PART arrives while the
+    PART that caused the write is being sent. 300 such closes in a row recursed 300 deep."""
+    hub, _ = make_hub(presence_interval=0, presence_names=1000)
+    ms = [join(hub, f"u{i}") for i in range(300)]
+
+    class Dying(FakeMember):
+        def send_frames(self, frames: list[Frame]) -> None:
+            hub.detach(self, "connection lost")  # the write failed: gone, before anything else
+
+    for i, m in enumerate(ms[1:], 1):  # swap every member for one whose next write kills it
+        d = Dying()
+        d.nick, d.rooms, d.current = m.nick, m.rooms, m.current
+        hub.rooms["#lobby"].members[m.id] = d
+        hub.members[m.id] = d
+        d.id = m.id
+        d.bucket, d.commands = m.bucket, m.commands
+        ms[i] = d
+    hub.handle(ms[0], Quit(""))  # one part: every other member's write fails in turn
+    assert hub.rooms == {}  # everybody left, and no RecursionError on the way
