@@ -409,3 +409,28 @@ def test_parts_caused_by_a_flush_do_not_nest_flushes() -> None:
         ms[i] = d
     hub.handle(ms[0], Quit(""))  # one part: every other member's write fails in turn
     assert hub.rooms == {}  # everybody left, and no RecursionError on the way
+
+
+def _soft_nofile(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+@pytest.mark.interop
+def test_the_node_raises_its_open_file_limit_to_fit_max_connections(spawn: Any, tmp_path: Any) -> None:
+    """Started from a shell with ulimit -n 1024, a node for 3,000 connections raised its own soft
+    limit (the old node kept 1,024, and accept() failed with EMFILE near 1,000 members); past the
+    hard limit it says so in one line."""
+    common = ("chat", "serve", "--tcp-port", "0", "--http-port", "-1", "--store", ":memory:")
+    p = spawn(*common, "--max-connections", "3000", prefix=["prlimit", "--nofile=1024:8192"])
+    p.wait_for(r"socklab chat listening on tcp://127\.0\.0\.1:(\d+)")
+    assert _soft_nofile(p.pid) >= 3000 + 64
+    q = spawn(*common, "--max-connections", "5000", prefix=["prlimit", "--nofile=1024:2048"])
+    q.wait_for(r"socklab chat listening on tcp://127\.0\.0\.1:(\d+)")
+    assert _soft_nofile(q.pid) == 2048
+    assert q.popen.stderr is not None
+    err = q.popen.stderr.readline().decode()
+    assert "--max-connections 5000 needs about 5064 open files" in err and "2048" in err

@@ -13,7 +13,9 @@ locking; the backend (SQLite alone, or Redis for several nodes) is chosen from t
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
+import sys
 from typing import Any
 
 from socklab.apps.chat.backends import Backend, LocalBackend
@@ -24,7 +26,32 @@ from socklab.apps.chat.tcp import ChatLineProtocol
 from socklab.core.server import Server
 from socklab.core.trace import Tracer
 
-__all__ = ["ChatServer"]
+__all__ = ["ChatServer", "fit_open_files"]
+
+FD_MARGIN = 64  # descriptors besides the connections: listeners, the store, the epoll fd, pipes, Redis
+
+
+def fit_open_files(connections: int) -> str | None:
+    """Raise this process's soft ``RLIMIT_NOFILE`` so that ``connections`` fit (up to the hard
+    limit, which needs no privilege). A shell's usual 1,024 would stop a 10,000-member room at
+    about 1,000 (``accept()`` fails with EMFILE).
+
+    Returns:
+        a one-line warning when even the hard limit is too low, else ``None``.
+    """
+    needed = connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft >= needed:
+        return None
+    return (f"--max-connections {connections} needs about {needed} open files, but this process may have "
+            f"only {soft} (ulimit -n; hard limit {hard}): connections past that are refused until it is "
+            "raised (ulimit -Hn, or LimitNOFILE= in a systemd unit)")
 
 
 class ChatServer:
@@ -43,6 +70,9 @@ class ChatServer:
         # The hub counts chat slots (max_connections) itself; the engine admits web_reserve more, so
         # the page (and the refusal of a WebSocket past the slots) is served when every slot is taken.
         reserve = settings.web_reserve if settings.http_port >= 0 else 0
+        warning = fit_open_files(settings.max_connections + reserve)
+        if warning is not None:
+            print(f"socklab chat: warning: {warning}", file=sys.stderr, flush=True)
         self.server = Server(settings.replace(max_connections=settings.max_connections + reserve), tracer=tracer,
                              label="chat")
         self.backend = self._make_backend()
