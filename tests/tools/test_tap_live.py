@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,63 @@ def test_leaving_splice_in_the_middle_of_a_bulk_transfer_loses_and_reorders_noth
             assert not sender.is_alive()
         assert len(got) == size and bytes(got) == data
         assert any("slicer" in e.text for e in tap.fault_log)  # it did reach this connection
+
+
+class _HalfOpen(EchoProtocol):
+    """Echoes; keeps its side open after the client's FIN until the test says (``finish``)."""
+
+    eof_seen = threading.Event()
+    instance: _HalfOpen | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        type(self).instance = self
+
+    def eof_received(self) -> bool:
+        type(self).eof_seen.set()
+        return True
+
+    def finish(self) -> None:
+        self.transport.write(b"late\n")
+        self.transport.close()
+
+
+def test_leaving_splice_after_a_half_close_still_closes_the_connection() -> None:
+    """The client's FIN passed on the zero-copy path, then a fault arrives: the server's late
+    answer and its FIN still reach the client, and the tap lets the connection go."""
+    _HalfOpen.eof_seen.clear()
+    with running_server(_HalfOpen) as srv, Tap(target=("127.0.0.1", srv.port)) as tap:
+        with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+            exchange(sock)
+            if tap.call(lambda: [bool(r.pumps) for r in tap.relays.values()]) != [True]:
+                pytest.skip("this platform has no splice(2)")
+            sock.shutdown(socket.SHUT_WR)
+            assert _HalfOpen.eof_seen.wait(10)
+            tap.add_fault(Fault("latency", "downstream", latency=50))
+            server_side = _HalfOpen.instance
+            assert server_side is not None
+            srv.call_soon_threadsafe(server_side.finish)
+            got = b""
+            while chunk := sock.recv(100):
+                got += chunk
+            assert got == b"late\n"
+        deadline = time.monotonic() + 10
+        while tap.call(lambda: len(tap.relays)) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the tap notices the client's close on its own schedule
+        assert tap.call(lambda: len(tap.relays)) == 0
+
+
+def test_finished_connections_leave_the_table_of_open_ones() -> None:
+    """The table that lets a new fault reach open connections must not keep closed ones (a
+    connection ending with two FINs is never "stopped")."""
+    with running_server(EchoProtocol) as srv, Tap(target=("127.0.0.1", srv.port), splice=False,
+                                                  faults=[Fault("latency", "upstream", latency=1)]) as tap:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
+                exchange(sock)
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(10) == b""
+        deadline = time.monotonic() + 10
+        while tap.call(lambda: len(tap.relays)) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the tap notices each close on its own schedule
+        assert tap.call(lambda: len(tap.relays)) == 0

@@ -352,8 +352,8 @@ class _TcpRelay:
                 pipe.done = True  # the FIN went on already
             elif pump.eof:
                 pipe.eof()
-        for transport, pump in ((self.client, pumps[0]), (self.server, pumps[1])):
-            if not pump.eof and not transport.is_closing():
+        for transport in (self.client, self.server):
+            if not transport.is_closing():  # a socket at EOF reads EOF again: the transport learns it
                 transport.resume_reading()
 
     def splice_done(self) -> None:
@@ -472,8 +472,9 @@ class _ClientSide(Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.relay is not None:
-            if self.relay.finished:  # refused ("down") or the target unreachable: never stopped
-                self.tap.relays.pop(self.relay.index, None)
+            # the client is gone: nothing left for a new fault to act on (a connection that ends
+            # with two FINs is never "stopped", so this is where it leaves the table)
+            self.tap.relays.pop(self.relay.index, None)
             self.relay.side_lost("client", exc)
 
 
