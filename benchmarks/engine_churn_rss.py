@@ -26,9 +26,9 @@ import weakref
 from typing import Any
 
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ENGINE_NAMES, ServerSettings
 from socklab.core.transport import Transport
+from socklab.runtime import Server
 
 PER_CONNECTION = 64 * 1024
 alive: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from socklab.core.server import Server
 from socklab.core.settings import ENGINE_NAMES, ServerSettings
+from socklab.runtime import Server
 
 CONCURRENT_ENGINES = [e for e in ENGINE_NAMES if e != "iterative"]
 REPO = Path(__file__).resolve().parent.parent

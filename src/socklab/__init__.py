@@ -12,9 +12,9 @@ The public surface, in layers (each imports only the layers above it in this lis
 
 from socklab.core.errors import SocklabError
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ClientSettings, ServerSettings
 from socklab.core.transport import DatagramTransport, Transport
+from socklab.runtime import Server
 
 __version__ = "0.1.0"
 

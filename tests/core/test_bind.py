@@ -17,9 +17,9 @@ import pytest
 
 from socklab.apps.echo.protocol import EchoDatagramProtocol
 from socklab.core.errors import AddressInUse
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import open_tcp_listener, open_udp_socket
+from socklab.runtime import Server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ import pytest
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.core.errors import AddressInUse
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
+from socklab.runtime import Server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.core.errors import ConnectionRefused, LocalProtocolError
 from socklab.core.protocol import BufferedProtocol, Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint, open_tcp_listener
 from socklab.core.trace import Tracer
 from socklab.core.transport import Transport
 from socklab.engines import make_engine
 from socklab.engines.base import Engine
+from socklab.runtime import Server
 from tests.conftest import running_server
 from tests.engines.test_behaviour import echo_roundtrip, recv_all
 

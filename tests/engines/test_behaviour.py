@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.trace import Tracer
+from socklab.runtime import Server
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.timeout(60)

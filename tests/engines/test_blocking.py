@@ -20,13 +20,13 @@ import pytest
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint, open_tcp_listener
 from socklab.core.trace import TraceEvent, Tracer
 from socklab.core.transport import Transport
 from socklab.engines import make_engine
 from socklab.engines.blocking import BACKOFF_MAX, RECV_SIZE
+from socklab.runtime import Server
 from tests.conftest import running_server
 
 pytestmark = pytest.mark.timeout(60)

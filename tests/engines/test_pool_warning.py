@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.trace import TraceEvent, Tracer
 from socklab.core.transport import Transport
+from socklab.runtime import Server
 
 pytestmark = pytest.mark.timeout(60)
 

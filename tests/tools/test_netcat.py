@@ -341,8 +341,8 @@ def test_crlf_and_unix_socket(tmp_path: Path) -> None:
 
 def test_udp_connect_to_udp_echo() -> None:
     from socklab.apps.echo.protocol import EchoDatagramProtocol
-    from socklab.core.server import Server
     from socklab.core.settings import ServerSettings
+    from socklab.runtime import Server
 
     srv = Server(ServerSettings(host="127.0.0.1", port=0))
     srv.listen_udp(EchoDatagramProtocol)

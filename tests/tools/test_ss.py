@@ -16,9 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from socklab.apps.echo.protocol import EchoProtocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
-from socklab.tools import registry
+from socklab.runtime import Server, registry
 from socklab.tools.ss import SocketEntry, explain_entries, list_sockets, parse_proc_net, parse_proc_unix
 
 

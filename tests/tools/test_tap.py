@@ -18,11 +18,11 @@ import pytest
 
 from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint
 from socklab.core.transport import Transport
 from socklab.protocols.faults import FaultSchedule
+from socklab.runtime import Server
 from socklab.tools.tap import Fault, Tap
 from socklab.tools.tap.control import request
 from socklab.tools.tap.observe import RecordObserver

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.protocols.pcap import TcpFlow, checksum
+from socklab.runtime import Server
 from socklab.tools.tap import Fault, Tap
 from socklab.tools.tap.observe import PcapObserver
 from tests.tools.test_tap import read_all, server

@@ -3,7 +3,7 @@
 Why this exists: an engine owns sockets and calls protocols. Eight engines implement the same
 interface - shaped like an asyncio event loop (``run``, ``stop``, ``call_soon_threadsafe``,
 ``call_later``, serve a listening socket, open a client connection) - so that apps and the
-:class:`~socklab.core.server.Server` never care which one runs. The policies every server needs
+:class:`~socklab.runtime.Server` never care which one runs. The policies every server needs
 are written once here and inherited:
 
 - admission: ``max_connections`` (the excess gets ``overflow_message`` and a close);

@@ -9,7 +9,7 @@ files are expected: a ``kill -9`` cannot run cleanup code).
 
 How an app uses it::
 
-    from socklab.tools.registry import register_server
+    from socklab.runtime import register_server
 
     reg = register_server(server, app="chat", extra={"room": "lobby"})
     reg.update(peers={"127.0.0.1:50122": "nick alice"})   # shown next to that connection
@@ -81,14 +81,15 @@ class Registration:
             self.path.unlink()
 
 
-def register_server(server: Any = None, *, app: str, engine: str | None = None,
+def register_server(server: Any = None, *, app: str | None = None, engine: str | None = None,
                     addresses: list[Any] | None = None, extra: dict[str, Any] | None = None) -> Registration:
     """Announce a running server to ``socklab ss``.
 
     Args:
-        server: a :class:`~socklab.core.server.Server` whose listeners are bound (its engine,
+        server: a :class:`~socklab.runtime.Server` whose listeners are bound (its engine,
             addresses and label are read; removal is hooked on its ``on_stop``), or ``None``.
-        app: the app's name as ``ss`` shows it (``"echo"``, ``"chat"``...).
+        app: the app's name as ``ss`` shows it (``"echo"``, ``"chat"``...; default: the
+            server's label).
         engine: the engine name (default: the server's).
         addresses: the bound addresses (default: the server's).
         extra: app-specific information (``{"peers": {...}}``, ``{"transfer": "a.iso 41%"}``...).
@@ -98,6 +99,7 @@ def register_server(server: Any = None, *, app: str, engine: str | None = None,
     """
     global _counter
     if server is not None:
+        app = app or getattr(server, "label", None)
         engine = engine or server.engine.name
         addresses = addresses if addresses is not None else list(server.addresses)
     with _counter_lock:
@@ -105,7 +107,7 @@ def register_server(server: Any = None, *, app: str, engine: str | None = None,
         n = _counter
     pid = os.getpid()
     name = f"{pid}.json" if n == 1 else f"{pid}-{n}.json"
-    record = {"pid": pid, "app": app, "engine": engine or "-", "started": time.time(),
+    record = {"pid": pid, "app": app or "server", "engine": engine or "-", "started": time.time(),
               "addresses": [_address_text(a) for a in addresses or []], "extra": dict(extra or {})}
     reg = Registration(registry_dir() / name, record)
     atexit.register(reg.remove)

@@ -20,6 +20,10 @@ instead of inheriting one (no ``socketserver`` mixins)::
   wait until the connections end or ``shutdown_timeout`` passes; close the rest. A second signal
   forces an immediate close. A Unix socket file the server bound is removed (only if it is still
   the file it made). (The phases follow uvicorn's server.)
+
+This module is the runtime layer (``socklab.runtime``): it stands on the engines, which never
+import it, and ``socklab.core`` knows nothing of it. A server command serves through
+:func:`socklab.runtime.serve_until_signalled`, which also registers it for ``socklab ss``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ class Server:
     Args:
         settings: limits, engine, address and TLS (see :class:`ServerSettings`).
         tracer: lifecycle trace sink, or ``None``.
-        label: what ``socklab ss`` shows for this server's sockets (``"echo"``, ``"chat"``...).
+        label: what ``socklab ss`` shows for this server's sockets (``"echo"``, ``"chat"``...) when
+            it is registered without naming the app (:func:`socklab.runtime.register_server`).
     """
 
     def __init__(self, settings: ServerSettings | None = None, *, tracer: Tracer | None = None,

@@ -1,17 +1,20 @@
-"""Running a server from the CLI: the readiness line, signals, and what the user is told.
+"""Running a server from a command: the readiness line, signals, and what the user is told.
 
-Why this exists: every server command ends the same way - print where it listens (tests and
-scripts wait for that line), serve until Ctrl-C or SIGTERM, shut down gracefully and say so, force
-on a second signal. Written once here.
+Why this exists: every server command ends the same way - say where it listens (tests and
+scripts wait for that line), register in the directory ``socklab ss`` reads, serve until Ctrl-C
+or SIGTERM, shut down gracefully and say so, force on a second signal. Written once here, so a
+server command cannot forget a step (before this, four commands re-typed it and never appeared
+labelled in ``socklab ss``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from socklab.core.server import Server
-from socklab.tools.registry import register_server
+from socklab.runtime.registry import register_server
+from socklab.runtime.server import Server
 
 __all__ = ["describe_address", "serve_until_signalled"]
 
@@ -27,36 +30,50 @@ def describe_address(addr: Any, scheme: str) -> str:
 
 
 def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = None, *,
-                          stream: Any = None, quiet: bool = False) -> None:
-    """Print one readiness line per listener, then serve until SIGINT/SIGTERM.
+                          stream: Any = None, quiet: bool = False, where: Sequence[str] | None = None,
+                          on_ready: Callable[[], None] | None = None, waiting_for: str = "open ones",
+                          serve: Callable[..., None] | None = None,
+                          extra: dict[str, Any] | None = None) -> None:
+    """Register, print one readiness line per listener, then serve until SIGINT/SIGTERM.
 
     Args:
         server: a server whose listeners are bound.
-        app: the app's name in the readiness line (``socklab echo listening on ...``).
+        app: the app's name in the readiness line (``socklab echo listening on ...``) and in ``ss``.
         schemes: one URL scheme per listener (default ``tcp``).
         stream: where the readiness lines go (stdout unless the command's stdout carries data).
+        quiet: no Ctrl-C hint and no shutdown messages on stderr.
+        where: the text after ``listening on`` for each line, instead of the listeners'
+            addresses (``rpc`` prints its URLs; an empty list prints no readiness line).
+        on_ready: called after the readiness lines, once the signal handlers are in place.
+        waiting_for: what a graceful shutdown waits for, as the user is told.
+        serve: runs the server instead of ``server.serve_forever`` (a wrapper that does more
+            around it); called with the keywords ``on_signal`` and ``on_ready``.
+        extra: app-specific information for ``socklab ss``.
     """
     out = stream if stream is not None else sys.stdout
-    register_server(server, app=app)  # so `socklab ss` labels this server's sockets
+    register_server(server, app=app, extra=extra)  # so `socklab ss` labels this server's sockets
+    lines = list(where) if where is not None else [
+        describe_address(addr, schemes[i] if schemes and i < len(schemes) else "tcp")
+        for i, addr in enumerate(server.addresses)]
 
     def ready() -> None:  # printed once the signal handlers are in place: SIGTERM is then graceful
-        for i, addr in enumerate(server.addresses):
-            scheme = (schemes[i] if schemes and i < len(schemes) else "tcp")
-            print(f"socklab {app} listening on {describe_address(addr, scheme)} (engine {server.engine.name})",
-                  file=out, flush=True)
+        for line in lines:
+            print(f"socklab {app} listening on {line} (engine {server.engine.name})", file=out, flush=True)
+        if on_ready is not None:
+            on_ready()
         if not quiet:
             print("  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
 
     def told(kind: str) -> None:
+        if quiet:
+            return
         if kind == "graceful":
             print(f"\nsocklab {app}: shutting down - no new connections; waiting up to "
-                  f"{server.settings.shutdown_timeout:g} s for open ones (Ctrl-C again to force)",
+                  f"{server.settings.shutdown_timeout:g} s for {waiting_for} (Ctrl-C again to force)",
                   file=sys.stderr, flush=True)
         else:
             print(f"socklab {app}: forced shutdown", file=sys.stderr, flush=True)
 
-    server.serve_forever(on_signal=told, on_ready=ready)
+    (serve or server.serve_forever)(on_signal=told, on_ready=ready)
     if not quiet:
         print(f"socklab {app}: stopped", file=sys.stderr, flush=True)
-
-

@@ -23,11 +23,11 @@ import click
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.errors import UsageError
 from socklab.core.protocol import DatagramProtocol, Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.core.transport import DatagramTransport, Transport
+from socklab.runtime import Server
 from socklab.tools.netcat import CHUNK, Explainer, _crlf, _eof_options, _hex, _write_all
 
 __all__ = ["ListenSettings", "listen"]

@@ -4,7 +4,7 @@ Why this exists: ``ss``/``netstat`` answer "what is listening, who is connected,
 but leave the reader to know what ``CLOSE_WAIT`` or a full Recv-Q says about a program. This
 tool reads the same kernel tables (``/proc/net/tcp``, ``tcp6``, ``udp``, ``udp6``, ``unix``),
 maps socket inodes to processes through ``/proc/<pid>/fd``, labels sockets that belong to a
-running socklab server (from :mod:`socklab.tools.registry`), and with ``--explain`` says what
+running socklab server (from :mod:`socklab.runtime.registry`), and with ``--explain`` says what
 each state means and warns about the patterns that usually reveal a bug.
 
 Pure Python, no root: another user's processes just show no pid.
@@ -180,7 +180,7 @@ def _program(pid: int, cache: dict[int, str]) -> str:
 
 
 def _label(entries: list[SocketEntry]) -> None:
-    from socklab.tools.registry import read_servers
+    from socklab.runtime.registry import read_servers
 
     servers = read_servers()
     if not servers:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from socklab.apps.http.api import HttpSettings, Router, serve_http
-from socklab.core.server import Server
+from socklab.runtime import Server
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from socklab import rpc
 from socklab.apps.rpc.channels import TcpChannel, parse_url, tls_context
 from socklab.core.errors import BrokenError, ClosedError, TimeoutError_
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings
 from socklab.core.transport import Transport
+from socklab.runtime import Server
 
 from .helpers import rpc_server
 

@@ -86,7 +86,7 @@ def test_group_and_world_write_are_never_a_peers_even_with_umask_0(tmp_path: Pat
     # also through the peer mesh's receiver class (what `socklab peer fetch` runs)
     from socklab.apps.peer.links import Receiver
     from socklab.apps.transfer.receiver import ReceiverProtocol
-    from socklab.core.server import Server
+    from socklab.runtime import Server
 
     dest = tmp_path / "dest"
     dest.mkdir()

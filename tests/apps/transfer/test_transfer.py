@@ -21,9 +21,9 @@ import pytest
 from socklab.apps.transfer.receiver import ReceiverProtocol, ReceiveSession, ReceiveSettings
 from socklab.apps.transfer.sender import SendReport, SendSession, collect
 from socklab.core.errors import BrokenError, SocklabError
-from socklab.core.server import Server
 from socklab.core.sockets import Endpoint, connect_tcp
 from socklab.protocols import transfer as tp
+from socklab.runtime import Server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ import click
 
 from socklab.apps.chat.settings import ChatSettings
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
-from socklab.cli.serving import serve_until_signalled
 from socklab.core.settings import ClientSettings
+from socklab.runtime import serve_until_signalled
 
 
 @click.group()

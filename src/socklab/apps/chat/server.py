@@ -23,8 +23,8 @@ from socklab.apps.chat.hub import ChatHub
 from socklab.apps.chat.settings import ChatSettings, default_store_path
 from socklab.apps.chat.store import SqliteStore
 from socklab.apps.chat.tcp import ChatLineProtocol
-from socklab.core.server import Server
 from socklab.core.trace import Tracer
+from socklab.runtime import Server
 
 __all__ = ["ChatServer", "fit_open_files"]
 

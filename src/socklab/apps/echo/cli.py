@@ -10,11 +10,10 @@ from typing import Any
 import click
 
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
-from socklab.cli.serving import serve_until_signalled
 from socklab.core.errors import UsageError
-from socklab.core.server import Server
 from socklab.core.settings import ClientSettings, ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
+from socklab.runtime import Server, serve_until_signalled
 
 
 @dataclass

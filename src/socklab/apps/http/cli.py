@@ -39,7 +39,7 @@ def serve(directory: str, trace: bool, trace_json: str | None, **values: Any) ->
     """
     from socklab.apps.http.router import Router
     from socklab.apps.http.server import serve_http
-    from socklab.cli.serving import serve_until_signalled
+    from socklab.runtime import serve_until_signalled
 
     settings = build_settings(HttpSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)

@@ -11,14 +11,14 @@ from typing import Any
 from socklab.apps.http.protocol import AccessLog, HttpProtocol
 from socklab.apps.http.router import Router
 from socklab.apps.http.settings import HttpSettings
-from socklab.core.server import Server
+from socklab.runtime import Server
 
 __all__ = ["serve_http"]
 
 
 def serve_http(settings: HttpSettings, router: Router, *, tracer: Any = None, access_log: Any = None,
                label: str = "http") -> Server:
-    """A :class:`~socklab.core.server.Server` listening with ``router``, not yet started.
+    """A :class:`~socklab.runtime.Server` listening with ``router``, not yet started.
 
     Args:
         settings: address, engine and limits.

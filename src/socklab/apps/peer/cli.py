@@ -59,9 +59,9 @@ def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,
 def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, trace_json: str | None,
               values: dict[str, Any]) -> None:
     from socklab.apps.peer.node import PeerNode
-    from socklab.cli.serving import describe_address
     from socklab.core.errors import UsageError
     from socklab.core.sockets import parse_endpoint
+    from socklab.runtime import describe_address
 
     if not values.get("name"):
         raise UsageError("a node needs a name: --name NAME")

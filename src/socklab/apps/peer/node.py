@@ -44,7 +44,6 @@ from socklab.apps.peer import files
 from socklab.apps.peer.links import FetchResult, PeerLink
 from socklab.apps.peer.settings import WILDCARD_HOSTS, PeerSettings, prepare_control_dir
 from socklab.core.errors import RemoteProtocolError, UsageError
-from socklab.core.server import Server
 from socklab.core.sockets import (
     client_ssl_context,
     parse_endpoint,
@@ -55,6 +54,7 @@ from socklab.core.transport import TimerHandle
 from socklab.protocols import gossip as g
 from socklab.protocols.chat import check_text
 from socklab.protocols.text import escape_peer_text
+from socklab.runtime import Server
 
 __all__ = ["PeerNode"]
 

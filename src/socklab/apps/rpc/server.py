@@ -32,12 +32,12 @@ from socklab.apps.rpc.dispatch import Dispatcher, Session
 from socklab.apps.rpc.service import Service
 from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.protocol import Protocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.trace import Tracer
 from socklab.core.transport import TimerHandle, Transport
 from socklab.protocols import jsonrpc as j
 from socklab.protocols.framing import EndOfStream, Frame, FrameDecoder, encode_frame
+from socklab.runtime import Server
 
 __all__ = ["Listener", "RpcServer", "RpcSettings", "RpcStreamProtocol", "http_handler", "parse_listen", "serve",
            "websocket_handler"]
@@ -305,10 +305,10 @@ def parse_listen(url: str) -> Listener:
 
 
 class RpcServer:
-    """A started-or-not :class:`~socklab.core.server.Server` with its dispatcher and listeners.
+    """A started-or-not :class:`~socklab.runtime.Server` with its dispatcher and listeners.
 
     Attributes:
-        server: the core server (``start``, ``serve_forever``, ``shutdown``).
+        server: the runtime server (``start``, ``serve_forever``, ``shutdown``).
         dispatcher: the shared dispatcher (``stats``).
         urls: the real URL of each listener (ports resolved), in ``--listen`` order.
     """

@@ -12,9 +12,9 @@ import click
 
 from socklab.apps.tftp.server import TftpSettings
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
-from socklab.cli.serving import serve_until_signalled
 from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
+from socklab.runtime import serve_until_signalled
 
 # TCP-only settings a UDP server has no use for (max_buffer keeps its default: it bounds the
 # datagrams queued when a socket's send buffer is full)

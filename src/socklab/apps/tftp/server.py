@@ -41,13 +41,13 @@ from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, n
 from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.protocol import DatagramProtocol
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import open_udp_socket
 from socklab.core.trace import Tracer
 from socklab.core.transport import DatagramTransport
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
+from socklab.runtime import Server
 
 __all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path", "serve_tftp"]
 

@@ -27,13 +27,12 @@ from socklab.cli.options import (
     run_cli,
     trace_options,
 )
-from socklab.cli.serving import serve_until_signalled
 from socklab.core.errors import ProtocolError, UsageError, translate_oserror
-from socklab.core.server import Server
 from socklab.core.sockets import connect_tcp, open_tcp_listener, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols import transfer as tp
 from socklab.protocols.text import escape_peer_text as shown
+from socklab.runtime import Server, serve_until_signalled
 
 _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 

@@ -2,7 +2,7 @@
 
 Why this exists: the benchmark starts socklab's echo server as a subprocess and waits for its
 readiness line. ``socklab echo serve`` is the real thing; this module starts the same
-:class:`~socklab.core.server.Server` with the same :class:`~socklab.apps.echo.protocol.EchoProtocol`
+:class:`~socklab.runtime.Server` with the same :class:`~socklab.apps.echo.protocol.EchoProtocol`
 and prints the same line, so the benchmark works while the CLI is being written.
 
 Usage: ``python -m socklab.tools.bench.standin --engine epoll --port 0 [--max-connections N] [--workers N]``
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 
 from socklab.apps.echo.protocol import EchoProtocol
-from socklab.core.server import Server
 from socklab.core.settings import ENGINE_NAMES, ServerSettings
+from socklab.runtime import Server
 
 
 def main(argv: list[str] | None = None) -> None:

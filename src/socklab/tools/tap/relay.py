@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from socklab.core.errors import SocklabError, UsageError
-from socklab.core.server import Server
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
 from socklab.protocols.faults import Fault, FaultSchedule
+from socklab.runtime import Server
 from socklab.tools.tap.events import DOWNSTREAM, UPSTREAM, ConnInfo, FaultEvent, Observer
 from socklab.tools.tap.tcp import _ClientSide, _TcpRelay
 from socklab.tools.tap.udp import _UdpFront
