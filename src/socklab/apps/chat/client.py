@@ -41,6 +41,7 @@ from socklab.protocols.chat import (
     Notice,
     Parted,
     Pong,
+    Presence,
     Private,
     RoomList,
     ServerEvent,
@@ -56,12 +57,6 @@ __all__ = ["ChatClient", "format_event", "run_terminal_client"]
 
 def _clock(ts: float | None = None) -> str:
     return time.strftime("%H:%M", time.localtime(ts if ts is not None else time.time()))
-
-
-def _presence_text(ev: ServerEvent) -> str | None:
-    """A ``PRESENCE`` line (crowded rooms: a count instead of each join and part), on servers that send it."""
-    text = getattr(ev, "text", None)
-    return f"-- {text}" if isinstance(text, str) else None
 
 
 def format_event(ev: ServerEvent, me: str) -> str | None:
@@ -102,8 +97,8 @@ def _format(ev: ServerEvent, me: str) -> str | None:
         return f"-- pong {ev.token}"
     if isinstance(ev, Bye):
         return f"-- server: {ev.text}"
-    if ev.KIND == "PRESENCE":
-        return _presence_text(ev)
+    if isinstance(ev, Presence):  # a crowded room: the count, who came, went or was renamed
+        return f"-- {ev.text}"
     return None
 
 
@@ -137,7 +132,7 @@ class ChatClient:
         self._rejoining: set[str] = set()  # rooms rejoined after a reconnect: their JOIN is not news
         self._topics: dict[str, str] = {}  # what was shown, per room, to show a repeat only if it changed
         self._members: dict[str, frozenset[str]] = {}
-        self._counts: dict[str, int] = {}
+        self._counted: dict[str, set[str]] = {}  # PRESENCE sentences with nobody coming or going, shown
         self._show_who: set[str] = set()  # asked for by the user (/who, /join): shown even if unchanged
         self._show_topic: set[str] = set()
         self._lock = threading.Lock()
@@ -323,7 +318,7 @@ class ChatClient:
             if ev.room in self._rejoining:
                 self._rejoining.discard(ev.room)
                 return  # rejoined after a reconnect: not news
-        elif isinstance(ev, (Welcome, ErrorReply, TopicChanged, Members)) or ev.KIND == "PRESENCE":
+        elif isinstance(ev, (Welcome, ErrorReply, TopicChanged, Members, Presence)):
             line = self._reply(ev)
             if line is not None:
                 self.show(escape_peer_text(line))
@@ -367,13 +362,18 @@ class ChatClient:
             return _format(ev, self.nick)
         if isinstance(ev, Members):
             return self._members_line(ev)
-        count = getattr(ev, "count", None)  # PRESENCE: a crowded room's count
-        room = str(getattr(ev, "room", ""))
-        if getattr(ev, "joined", 1) == 0 and getattr(ev, "left", 1) == 0 and self._counts.get(room) == count:
-            return None  # the count again, after a rejoin
-        if isinstance(count, int):
-            self._counts[room] = count
-        return _presence_text(ev)
+        if isinstance(ev, Presence):
+            # The count alone (0 joined, 0 left) comes with every join, so a rejoin repeats it: shown
+            # again only if it says something new. A 0/0 line can also tell renames: a new sentence.
+            if ev.joined == 0 and ev.left == 0:
+                seen = self._counted.setdefault(ev.room, set())
+                if ev.text in seen:
+                    return None
+                if len(seen) >= 32:
+                    seen.clear()
+                seen.add(ev.text)
+            return _format(ev, self.nick)
+        return _format(ev, self.nick)
 
     def _members_line(self, ev: Members) -> str | None:
         nicks = frozenset(ev.nicks)

@@ -15,7 +15,7 @@
     if (!state.rooms.has(name)) {
       // crowded: the server counts joins and parts (PRESENCE) instead of naming them; count is its figure
       state.rooms.set(name, { name, lines: [], members: new Set(), topic: "", unread: false, joined: false,
-                              crowded: false, count: 0 });
+                              crowded: false, count: 0, counted: new Set() });
     }
     return state.rooms.get(name);
   }
@@ -178,7 +178,10 @@
       }
       case "PRESENCE": {  // a crowded room: the count, and how many came and went since the last one
         const r = room(ev.room);
-        if (ev.joined || ev.left || !r.crowded || r.count !== ev.count) addLine(ev.room, "info", "", ev.text);
+        // the count alone (0 joined, 0 left) comes with every join: a rejoin's repeat is not logged again
+        // (a 0/0 line may also tell renames: its sentence differs)
+        if (ev.joined || ev.left || !r.counted.has(ev.text)) addLine(ev.room, "info", "", ev.text);
+        if (!ev.joined && !ev.left) { if (r.counted.size >= 32) r.counted.clear(); r.counted.add(ev.text); }
         if (!r.crowded) r.members.clear();  // names are no longer kept up to date: /who asks for them
         r.crowded = true; r.count = ev.count;
         renderMembers(); break;
