@@ -183,3 +183,32 @@ def test_udp_every_contender_is_warmed_engine_reference_and_c() -> None:
     # The plain loops and C echo an empty datagram; so does the epoll engine.
     for name in ("C udp loop", "ref:udp_blocking", "ref:udp_selectors", "epoll"):
         assert results[name].samples[0]["warm"]["udp_empty"] == "echoed", name
+
+
+# ---- WebSocket (bench ws): loadgen --ws upgrades, then echoes text frames ------------------------
+
+def test_ws_every_contender_is_warmed_and_echoes_frames() -> None:
+    from socklab.tools.bench.ws import ws_server_specs
+
+    specs = ws_server_specs(["epoll"], references=True, peers=False)
+    assert [(s.name, s.reference) for s in specs] == [("ref:aiohttp_uvloop", None), ("epoll", "ref:aiohttp_uvloop")]
+    for size in (256, 70_000):  # a 2-byte length and an 8-byte length frame header
+        load = Load(connections=2, size=size, duration=0.2, warmup=0.05, proto="ws")
+        results = run_echo(specs, load, repeats=1, interleave=True, slice_ms=50)
+        for r in results:
+            assert r.error is None, r.error
+            [s] = r.samples
+            assert s["warm"]["tcp_empty"] == "closed by server", r.name
+            assert s["requests"] > 0 and s["errors"] == 0 and s["held"] == 2
+            header = 2 + (2 if size < 65536 else 8)  # the server's unmasked frame
+            assert s["bytes"] >= s["requests"] * (size + header)
+
+
+def test_ws_generator_fails_when_the_upgrade_is_refused(recorder: RecordingEcho) -> None:
+    """An echo server sends the request back: not "HTTP/1.1 101", so every connection fails."""
+    from socklab.core.errors import SocklabError
+
+    with pytest.raises(SocklabError, match="websocket upgrade refused"):
+        res = run_loadgen("127.0.0.1", recorder.port, Load(connections=2, size=256, duration=0.2, warmup=0.05,
+                                                             proto="ws"))
+        raise SocklabError(res["first_error"])

@@ -429,6 +429,15 @@ for _name, (_script, _summary) in _SCRIPTS.items():
     bench.add_command(_script_command(_name, _script, _summary))
 
 
+def _add_ws_bench() -> None:
+    from socklab.tools.bench.ws import ws
+
+    bench.add_command(ws)
+
+
+_add_ws_bench()
+
+
 def _add_rpc_bench() -> None:
     from socklab.apps.rpc.cli import bench as rpc_bench  # `socklab bench rpc` is `socklab rpc bench`
 

@@ -51,7 +51,7 @@ class Load:
         warmup: seconds of load before measuring.
         idle: extra connections that do one round trip and then stay silent (the sweep).
         proto: ``"tcp"`` (loadgen), ``"udp"`` (udp_loadgen: one connected socket per "connection",
-            one datagram in flight).
+            one datagram in flight), ``"ws"`` (loadgen --ws /ws: one text frame of ``size`` per message).
         cold: skip the warm-up every server otherwise gets before its load (a connection opened
             and closed without data, issue 19): the figure of a server that never met an EOF.
     """
@@ -224,9 +224,9 @@ def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float
 
 
 def _argv(host: str, port: int, load: Load, cpu: int | None, connect_timeout: float) -> list[str]:
-    program = {"tcp": "loadgen", "udp": "udp_loadgen"}[load.proto]
+    program = {"tcp": "loadgen", "ws": "loadgen", "udp": "udp_loadgen"}[load.proto]
     argv = [str(binary(program)), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
-            "--connect-timeout", f"{connect_timeout:g}"]
+            "--connect-timeout", f"{connect_timeout:g}", *(["--ws", "/ws"] if load.proto == "ws" else [])]
     if cpu is not None:
         argv += ["--cpu", str(cpu)]
     return argv

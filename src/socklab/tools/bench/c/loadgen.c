@@ -34,6 +34,13 @@
  * machine, so their ratio is the servers'. Each side's req/s counts only its own slices; B's
  * figures come out as the "vs" object of the JSON. (No --idle with --vs-port.)
  *
+ * WebSocket (--ws PATH, `socklab bench ws`): each connection first upgrades with GET PATH (RFC 6455
+ * handshake, in place of the 16-byte round trip; anything but "HTTP/1.1 101" fails it); then a message
+ * is one masked text frame of --size bytes of 'x' (FIN set; the masking key is 0, which leaves the
+ * payload as it is, so the frames are built once), and it is complete when the server's unmasked
+ * frame of the same payload (2, 4 or 10 bytes of header + --size) came back. Other frames from the
+ * server (a ping) would be miscounted: raise the server's ping interval above the run.
+ *
  * Usage: loadgen --port P [--host 127.0.0.1] [-c 20] [-s 1024] [-p 1] [-d 10] [-w 1] [--idle 0]
  *                [--cpu N] [--connect-timeout 30] [--max-connecting 128] [--vs-port Q] [--slice-ms 200]
  */
@@ -70,6 +77,8 @@ struct conn {
     int want_out;         /* EPOLLOUT registered */
     uint64_t to_send;     /* bytes of queued messages not yet written */
     uint64_t rpos;        /* bytes of the current reply received so far */
+    uint64_t spos;        /* --ws: where the next byte to send is within a frame */
+    uint32_t hs_tail;     /* --ws: the last 4 bytes of the handshake response so far */
     uint64_t *sent_at;    /* ring of send times, one per message in flight */
     int head, count;
 };
@@ -93,6 +102,10 @@ static char sbuf[SEND_CHUNK];
 static char rbuf[READ_SIZE];
 static uint64_t errors, connect_errors;
 static int recording, cold;
+static const char *ws_path;          /* --ws: the path to upgrade */
+static const char *ws_host;
+static uint64_t msg_out, msg_in;     /* bytes per message sent / expected back (--size, or frames) */
+static uint64_t sbuf_stream;         /* bytes of sbuf that are whole messages, repeated */
 static const char *warm_result[2];
 static double warm_seconds[2];
 static char first_error[160];
@@ -155,7 +168,12 @@ static void kill_conn(struct conn *c, const char *why, int err) {
 static void pump(struct conn *c) {
     while (c->to_send > 0) {
         size_t want = c->to_send < SEND_CHUNK ? (size_t)c->to_send : SEND_CHUNK;
-        ssize_t n = send(c->fd, sbuf, want, MSG_NOSIGNAL);
+        uint64_t off = 0;
+        if (ws_path) {  /* sbuf holds whole frames back to back: resume where the last send stopped */
+            off = c->spos;
+            if (want > sbuf_stream - off) want = (size_t)(sbuf_stream - off);
+        }
+        ssize_t n = send(c->fd, sbuf + off, want, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) { set_out(c, 1); return; }
@@ -163,6 +181,7 @@ static void pump(struct conn *c) {
             return;
         }
         c->to_send -= (uint64_t)n;
+        if (ws_path) c->spos = (off + (uint64_t)n) % msg_out;
     }
     set_out(c, 0);
 }
@@ -170,7 +189,7 @@ static void pump(struct conn *c) {
 static void queue_message(struct conn *c, uint64_t t) {
     c->sent_at[(c->head + c->count) % pipeline] = t;
     c->count++;
-    c->to_send += (uint64_t)size;
+    c->to_send += msg_out;
     sides[c->side].inflight++;
 }
 
@@ -186,13 +205,25 @@ static void on_readable(struct conn *c, int *pinging) {  /* pinging: connections
         /* MSG_TRUNC: TCP discards the echoed bytes in the kernel instead of copying them out. Only
          * their count matters here, and at 64 KiB the copy would make this generator, not the
          * server, the limit (it does the same copying work as the server it measures). */
-        ssize_t n = recv(c->fd, rbuf, sizeof rbuf, MSG_TRUNC);
+        int handshake = ws_path && c->st == PINGING;  /* the 101 response is read, not discarded */
+        ssize_t n = recv(c->fd, rbuf, sizeof rbuf, handshake ? 0 : MSG_TRUNC);
         if (n == 0) { kill_conn(c, "server closed the connection", ECONNRESET); return; }
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             kill_conn(c, "recv", errno);
             return;
+        }
+        if (handshake) {
+            if (c->rpos == 0 && (n < 12 || memcmp(rbuf, "HTTP/1.1 101", 12) != 0)) {
+                kill_conn(c, "websocket upgrade refused", EPROTO);
+                return;
+            }
+            c->rpos += (uint64_t)n;
+            for (ssize_t i = 0; i < n; i++) c->hs_tail = (c->hs_tail << 8) | (uint8_t)rbuf[i];
+            if (c->hs_tail == 0x0d0a0d0au) { c->st = HELD; c->rpos = 0; (*pinging)--; }
+            if ((size_t)n < sizeof rbuf) return;
+            continue;
         }
         if (c->st == PINGING) {
             c->rpos += (uint64_t)n;
@@ -205,8 +236,8 @@ static void on_readable(struct conn *c, int *pinging) {  /* pinging: connections
         struct side *s = &sides[c->side];
         c->rpos += (uint64_t)n;
         if (recording) s->nbytes += (uint64_t)n;
-        while (c->rpos >= (uint64_t)size && c->count > 0) {
-            c->rpos -= (uint64_t)size;
+        while (c->rpos >= msg_in && c->count > 0) {
+            c->rpos -= msg_in;
             uint64_t lat = t - c->sent_at[c->head];
             c->head = (c->head + 1) % pipeline;
             c->count--;
@@ -249,6 +280,15 @@ static void on_connected(struct conn *c) {
     c->st = PINGING;
     c->rpos = 0;
     set_out(c, 0);
+    if (ws_path) {
+        char req[1024];
+        int len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n", ws_path, ws_host, sides[c->side].port);
+        if (len <= 0 || len >= (int)sizeof req || send(c->fd, req, (size_t)len, MSG_NOSIGNAL) != len)
+            kill_conn(c, "send", errno);
+        return;
+    }
     if (send(c->fd, sbuf, PING_SIZE, MSG_NOSIGNAL) != PING_SIZE) kill_conn(c, "send", errno);
 }
 
@@ -279,7 +319,7 @@ static double cpu_seconds(struct rusage *u, struct rusage *s, int sys) {
 static void usage(const char *me) {
     fprintf(stderr, "usage: %s --port P [--host H] [-c CONNS] [-s SIZE] [-p PIPELINE] [-d SECONDS] "
             "[-w WARMUP] [--idle N] [--cpu N] [--connect-timeout S] [--max-connecting N] "
-            "[--vs-port Q] [--slice-ms MS] [--cold]\n", me);
+            "[--vs-port Q] [--slice-ms MS] [--cold] [--ws PATH]\n", me);
     exit(2);
 }
 
@@ -304,6 +344,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--max-connecting")) max_connecting = atoi(v);
         else if (!strcmp(a, "--vs-port")) vs_port = atoi(v);
         else if (!strcmp(a, "--slice-ms")) slice_ms = atof(v);
+        else if (!strcmp(a, "--ws")) ws_path = v;
         else usage(argv[0]);
     }
     if (port <= 0 || port > 65535 || size < 1 || pipeline < 1 || nactive < 0 || nidle < 0 || duration <= 0 ||
@@ -323,6 +364,21 @@ int main(int argc, char **argv) {
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
     signal(SIGPIPE, SIG_IGN);
     memset(sbuf, 'x', sizeof sbuf);
+    msg_out = msg_in = (uint64_t)size;
+    if (ws_path) {  /* one masked text frame (key 0), repeated to fill sbuf; the echo comes unmasked */
+        uint8_t hdr[14] = {0x81};
+        int h = 2;
+        if (size < 126) hdr[1] = (uint8_t)(0x80 | size);
+        else if (size < 65536) { hdr[1] = 0x80 | 126; hdr[2] = (uint8_t)(size >> 8); hdr[3] = (uint8_t)size; h = 4; }
+        else { hdr[1] = 0x80 | 127; for (int k = 0; k < 8; k++) hdr[2 + k] = (uint8_t)((uint64_t)size >> (56 - 8 * k)); h = 10; }
+        h += 4;  /* the masking key, all zero */
+        msg_out = (uint64_t)(h + size);
+        msg_in = (uint64_t)(h - 4 + size);
+        if (msg_out > SEND_CHUNK) { fprintf(stderr, "--ws: --size at most %d\n", SEND_CHUNK - 14); return 2; }
+        sbuf_stream = (SEND_CHUNK / msg_out) * msg_out;
+        for (uint64_t f = 0; f < sbuf_stream; f += msg_out) memcpy(sbuf + f, hdr, (size_t)h);
+        ws_host = host;  /* each connection names its own server's port in Host (servers check it) */
+    }
     struct sockaddr_in sin[2];
     for (int k = 0; k < 2; k++) {
         sin[k] = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons((unsigned short)sides[k].port)};
