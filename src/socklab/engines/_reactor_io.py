@@ -19,7 +19,6 @@ import errno
 import os
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,21 +28,14 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.engines._datagram import DatagramEndpointBase
-from socklab.engines.base import (
-    Connection,
-    HalfCloseMixin,
-    ProtocolFactory,
-    ReadPauseMixin,
-    Timer,
-    socket_extra_info,
-)
+from socklab.engines._stream import RECV_SIZE, ConnState, Event, StreamCore
+from socklab.engines.base import Connection, ProtocolFactory, Timer, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.reactor import Reactor
 
 __all__ = ["RECV_SIZE", "StreamTransport"]
 
-RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see docs/benchmarks.md)
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -139,11 +131,11 @@ class _Listener:
         return self.sock.getsockname()
 
 
-class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
-    """One non-blocking stream socket driven by the reactor."""
+class StreamTransport(StreamCore, Transport, Connection):
+    """One non-blocking stream socket driven by the reactor; the rules are :class:`StreamCore`'s."""
 
     def __init__(self, reactor: Reactor, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
-        self.reactor = reactor
+        self.reactor = self.engine = reactor
         self.sock = sock
         self.fd = sock.fileno()
         self.protocol: Protocol = protocol
@@ -152,18 +144,10 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         self.last_activity = reactor.now
         self._view = reactor.recv_view  # the loop's one receive buffer (the echo path)
         self._wbuf = bytearray()
-        self._closing = False
-        self._write_closed = False  # close(), abort(), write_eof() or a fatal error: writes are dropped
-        self._lost = False
-        self._eof_pending = False
-        self._eof_sent = False
-        self._eof_received = False
-        self._app_paused = False
-        self._backpressure = False
+        self._init_core(reactor.settings.max_buffer)
+        self._write_closed = False  # the fast-path flag: not OPEN/READ_SHUT any more, writes are dropped
+        self._eof_pending = False  # write_eof() with output queued: the FIN follows the flush
         self._reading = False
-        self._protocol_paused = False
-        self._high = reactor.settings.max_buffer
-        self._low = self._high // 4
         # The read handler is chosen once: no per-read test for buffered protocols or tracing.
         if isinstance(protocol, BufferedProtocol):
             self._read_handler: Callable[[], None] = self._on_readable_buffered
@@ -179,10 +163,10 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             # apps/echo/protocol.py), so the read handler replies inline - one Python frame per
             # message instead of two. Decided once, after connection_made.
             self._read_handler = self._on_readable_echo
-        self._sync_reading()
+        self._reading_changed()
 
-    def _sync_reading(self) -> None:
-        want = not (self._app_paused or self._backpressure or self._closing or self._eof_received)
+    def _reading_changed(self) -> None:
+        want = self._read_wanted()
         if want and not self._reading:
             self.reactor.add_reader(self.fd, self._read_handler)
         elif not want and self._reading:
@@ -288,15 +272,15 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         self._on_eof()
 
     def _on_eof(self) -> None:
-        self._eof_received = True
-        self._sync_reading()
+        both = self._to(Event.PEER_EOF) is ConnState.CLOSING  # our FIN was sent (or queued) already
+        self._reading_changed()
         try:
             keep_open = self.protocol.eof_received()
         except Exception as exc:
             self._protocol_failed(exc, "eof_received")
             return
-        if self._eof_sent or not keep_open:
-            self.close()
+        if both or not keep_open:
+            self._close_now()
 
     # ---- writing ---------------------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -320,20 +304,6 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
             self._wbuf += data
         self._check_high_water()
 
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def _check_high_water(self) -> None:
-        if len(self._wbuf) > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            self._backpressure = True
-            self._sync_reading()
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
-                                 peer=self.peer)
-            self.protocol.pause_writing()
-
     def _on_writable(self) -> None:
         try:
             n = self.sock.send(self._wbuf)
@@ -345,25 +315,16 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         if self.tracer:
             self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
         del self._wbuf[:n]
-        if self._protocol_paused and len(self._wbuf) <= self._low:
-            self._protocol_paused = False
-            self._backpressure = False
-            self._sync_reading()
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
-                                 "up; resuming the protocol and reading this peer again", self.sock,
-                                 peer=self.peer)
-            self.protocol.resume_writing()
-        if self._wbuf:
+        if not self._check_low_water() or self._wbuf:
             return
         self.reactor.remove_writer(self.fd)
         if self._eof_pending:
             self._shutdown_write()
-        if self._closing:
+        if self._state is ConnState.CLOSING:
             self._finalize(None)
 
     def write_eof(self) -> None:
-        if self._eof_sent or self._eof_pending or self._closing:
+        if self._write_closed:
             return
         self._write_closed = True
         if self._wbuf:
@@ -371,76 +332,52 @@ class StreamTransport(HalfCloseMixin, ReadPauseMixin, Transport, Connection):
         else:
             self._shutdown_write()
 
-    def get_write_buffer_size(self) -> int:
-        return len(self._wbuf)
+    def _shutdown_write(self) -> None:
+        """The FIN, once the buffer drained; when the peer's FIN came already, the connection closes."""
+        self._eof_pending = False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc, "shutting down")
+            return
+        if self.tracer:
+            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
+        if self._to(Event.WRITE_EOF) is ConnState.CLOSING:
+            self._close_now()
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = high if high is not None else self.reactor.settings.max_buffer
-        self._low = low if low is not None else self._high // 4
+    def can_write_eof(self) -> bool:
+        return True
 
     # ---- flow control ----------------------------------------------------------------------------
     def is_reading(self) -> bool:
         return self._reading
 
     # ---- closing ---------------------------------------------------------------------------------
-    def is_closing(self) -> bool:
-        return self._closing or self._lost
-
     def close(self) -> None:
-        if self._closing:
+        if self._state is ConnState.CLOSING or self._state is ConnState.CLOSED:
             return
-        self._closing = True
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """In CLOSING: stop reading, drop later writes, finish once the buffer drained."""
+        self._to(Event.CLOSE)
         self._write_closed = True
-        self._sync_reading()
+        self._reading_changed()
         if not self._wbuf:
             self.reactor.call_soon(lambda: self._finalize(None))
 
-    def abort(self) -> None:
-        self.abort_with(None)
-
-    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
-        if self._lost:
-            return
-        if reset:
-            try:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-        self._closing = True
+    def _drop_output(self) -> None:
         self._write_closed = True
         self._wbuf.clear()
-        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
 
-    def _protocol_failed(self, exc: BaseException, callback: str) -> None:
-        self.reactor.report_error(exc, f"{type(self.protocol).__name__}.{callback}")
-        self._fatal(exc, callback)
-
-    def _fatal(self, exc: BaseException, action: str) -> None:
-        if self._lost:
-            return
-        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({format_addr(self.peer)})")
-        if self.tracer:
-            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
-        self._closing = True
+    def _release(self, how: str) -> None:
         self._write_closed = True
-        self._wbuf.clear()
-        self._finalize(err)
-
-    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
-        if self._lost:
-            return
-        self._lost = True
         reactor = self.reactor
         reactor.remove_reader(self.fd)
         reactor.remove_writer(self.fd)
         if self.tracer:
             self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
         self.sock.close()
-        reactor.connection_closed(self)
-        try:
-            self.protocol.connection_lost(exc)
-        except Exception as err:
-            reactor.report_error(err, f"{type(self.protocol).__name__}.connection_lost")
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -1,0 +1,239 @@
+"""The stream-transport rules, written once: connection state, flow control, close vs abort.
+
+Why this exists: socklab's own engines (the reactor and the blocking ones) each drive a stream
+socket their own way - readiness callbacks on one thread, or a thread blocked in ``recv()`` - but
+the *rules* a protocol sees are the same (``socklab.core.transport``). They live here, in the
+spirit of Twisted's ``abstract.FileDescriptor`` and asyncio's ``_FlowControlMixin``:
+
+- the connection state is one :class:`ConnState`, and every change goes through
+  :meth:`StreamCore._to` and the one table :data:`TRANSITIONS` (as h11 keeps its state table);
+- the write buffer's water marks: above ``high`` the protocol gets ``pause_writing`` and the peer
+  is no longer read; at or under ``low`` both resume;
+- ``abort`` drops the buffer and closes now (RST unless told otherwise); a fatal error is
+  translated once (:func:`~socklab.core.errors.translate_oserror`) and aborts;
+- ``connection_lost`` is called exactly once, after the engine has let go of the socket.
+
+An engine's transport keeps only how bytes move: its read handlers, ``write``, the flush when
+the socket is writable, and three hooks: :meth:`StreamCore._reading_changed` (watch the socket or
+not), :meth:`StreamCore._drop_output` (forget queued output) and :meth:`StreamCore._release`
+(stop watching the socket and close it). The asyncio and uvloop engines keep the loop's own
+transport rules (they are asyncio's), so they use only :data:`RECV_SIZE` from here.
+
+Fast-path flags: the echo hot paths must not pay for a state lookup per message, so the
+transport also keeps one boolean it tests on every write (``_write_closed`` on the reactor,
+``_hold`` on the blocking engines), set on the transitions that change it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import socket
+import struct
+from typing import Any
+
+from socklab.core.errors import translate_oserror
+from socklab.core.protocol import Protocol
+from socklab.core.trace import Tracer, format_addr
+
+__all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "Event", "StreamCore"]
+
+#: The most any socklab read asks the kernel for, on every engine, TCP, UDP and TLS alike:
+#: below glibc's 128 KiB mmap threshold, so a fresh ``recv()`` buffer never costs an
+#: mmap/munmap pair (docs/benchmarks.md, "the mmap threshold").
+RECV_SIZE = 64 * 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class ConnState(enum.Enum):
+    """Where one stream connection is. Reading and writing close independently (half-close)."""
+
+    OPEN = "open"  # both directions open
+    READ_SHUT = "read-shut"  # the peer's FIN arrived (eof_received); we may still write
+    WRITE_SHUT = "write-shut"  # write_eof: our FIN is sent, or queued behind the buffer; still reading
+    CLOSING = "closing"  # close(), or both directions finished: flush the buffer, then close
+    CLOSED = "closed"  # the socket is closed and connection_lost was called (once)
+
+
+class Event(enum.Enum):
+    PEER_EOF = "peer-eof"
+    WRITE_EOF = "write-eof"
+    CLOSE = "close"
+    LOST = "lost"  # abort, a fatal error, or the end of a close
+
+
+S, E = ConnState, Event
+#: Every legal change of state. An event not listed for a state leaves the state as it is
+#: (close() twice, write_eof() while closing, ...): those calls are no-ops, as in asyncio.
+TRANSITIONS: dict[tuple[ConnState, Event], ConnState] = {
+    (S.OPEN, E.PEER_EOF): S.READ_SHUT,
+    (S.OPEN, E.WRITE_EOF): S.WRITE_SHUT,
+    (S.OPEN, E.CLOSE): S.CLOSING,
+    (S.READ_SHUT, E.WRITE_EOF): S.CLOSING,  # both directions finished
+    (S.READ_SHUT, E.CLOSE): S.CLOSING,
+    (S.WRITE_SHUT, E.PEER_EOF): S.CLOSING,  # both directions finished
+    (S.WRITE_SHUT, E.CLOSE): S.CLOSING,
+    (S.OPEN, E.LOST): S.CLOSED,
+    (S.READ_SHUT, E.LOST): S.CLOSED,
+    (S.WRITE_SHUT, E.LOST): S.CLOSED,
+    (S.CLOSING, E.LOST): S.CLOSED,
+}
+del S, E
+
+_OPEN, _READ_SHUT, _WRITE_SHUT, _CLOSING, _CLOSED = (ConnState.OPEN, ConnState.READ_SHUT, ConnState.WRITE_SHUT,
+                                                     ConnState.CLOSING, ConnState.CLOSED)
+
+
+class StreamCore:
+    """The rules every socklab-owned stream transport shares; see the module docstring.
+
+    Subclasses set ``sock``, ``peer``, ``tracer``, ``protocol``, ``engine`` and ``_wbuf`` and call
+    :meth:`_init_core` from ``__init__``.
+    """
+
+    sock: socket.socket
+    peer: Any
+    tracer: Tracer | None
+    protocol: Protocol
+    engine: Any
+    _wbuf: bytearray
+
+    def _init_core(self, high: int) -> None:
+        self._state = ConnState.OPEN
+        self._app_paused = False  # pause_reading()
+        self._backpressure = False  # our write buffer is above high water: the peer is not read
+        self._protocol_paused = False  # pause_writing() was called, resume_writing() not yet
+        self._high = high
+        self._low = high // 4
+
+    # ---- state -----------------------------------------------------------------------------------
+    def _to(self, event: Event) -> ConnState:
+        """Apply ``event`` through :data:`TRANSITIONS`; returns the state now."""
+        state = TRANSITIONS.get((self._state, event))
+        if state is not None:
+            self._state = state
+        return self._state
+
+    @property
+    def _lost(self) -> bool:
+        return self._state is _CLOSED
+
+    @property
+    def _closing(self) -> bool:
+        return self._state is _CLOSING or self._state is _CLOSED
+
+    @property
+    def _eof_received(self) -> bool:
+        return self._state is _READ_SHUT
+
+    def _read_wanted(self) -> bool:
+        """Should the peer be read now? (The app's pause, back-pressure, EOF and closing all say no.)"""
+        return (self._state is _OPEN or self._state is _WRITE_SHUT) and not (self._app_paused or self._backpressure)
+
+    def is_closing(self) -> bool:
+        return self._state is _CLOSING or self._state is _CLOSED
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def _reading_changed(self) -> None:
+        """Pause, back-pressure or state changed: watch the socket for reading, or stop."""
+        raise NotImplementedError
+
+    def _drop_output(self) -> None:
+        """Forget queued output (abort, fatal error)."""
+        self._wbuf.clear()
+
+    def _release(self, how: str) -> None:
+        """Stop watching the socket and close it (or have its owning thread close it)."""
+        raise NotImplementedError
+
+    # ---- flow control ----------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        self._app_paused = True
+        self._reading_changed()
+
+    def resume_reading(self) -> None:
+        if self._app_paused:
+            self._app_paused = False
+            self._reading_changed()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._wbuf)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = high if high is not None else self.engine.settings.max_buffer
+        self._low = low if low is not None else self._high // 4
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))  # type: ignore[attr-defined]
+
+    def _check_high_water(self) -> None:
+        """After output was queued: above ``high``, pause the protocol and stop reading the peer."""
+        if len(self._wbuf) > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._backpressure = True
+            self._reading_changed()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
+                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
+                                 peer=self.peer)
+            try:
+                self.protocol.pause_writing()
+            except Exception as exc:
+                self._protocol_failed(exc, "pause_writing")
+
+    def _check_low_water(self) -> bool:
+        """After a flush: at or under ``low``, resume. False when the protocol's callback failed."""
+        if self._protocol_paused and len(self._wbuf) <= self._low:
+            self._protocol_paused = False
+            self._backpressure = False
+            self._reading_changed()
+            if self.tracer:
+                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
+                                 "up; resuming the protocol and reading this peer again", self.sock,
+                                 peer=self.peer)
+            try:
+                self.protocol.resume_writing()
+            except Exception as exc:
+                self._protocol_failed(exc, "resume_writing")
+                return False
+        return True
+
+    # ---- ending ----------------------------------------------------------------------------------
+    def abort(self) -> None:
+        self.abort_with(None)
+
+    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
+        """Close now, dropping buffered output; ``reset`` sends RST (SO_LINGER 0), else a FIN."""
+        if self._state is _CLOSED:
+            return
+        if reset:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        self._drop_output()
+        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
+
+    def _protocol_failed(self, exc: BaseException, callback: str) -> None:
+        """A protocol callback raised: report it, close this connection, serve the others."""
+        self.engine.report_error(exc, f"{type(self.protocol).__name__}.{callback}")
+        self._fatal(exc, callback)
+
+    def _fatal(self, exc: BaseException, action: str) -> None:
+        if self._state is _CLOSED:
+            return
+        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({format_addr(self.peer)})")
+        if self.tracer:
+            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
+        self._drop_output()
+        self._finalize(err)
+
+    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
+        """The end, exactly once: let go of the socket, tell the engine, then the protocol."""
+        if self._state is _CLOSED:
+            return
+        self._to(Event.LOST)
+        self._release(how)
+        self.engine.connection_closed(self)
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as err:
+            self.engine.report_error(err, f"{type(self.protocol).__name__}.connection_lost")
