@@ -82,6 +82,8 @@ class TLSProtocol(Protocol, Transport):
         self._closing = False
         self._lost = False
         self._eof_delivered = False
+        self._app_paused = False  # the app called pause_reading(): decrypted data waits in the TLS object
+        self._resume_scheduled = False
 
     # ---- Protocol side (ciphertext from the engine) ----------------------------------------------
     def connection_made(self, transport: Transport) -> None:
@@ -101,6 +103,8 @@ class TLSProtocol(Protocol, Transport):
             self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"))
             return None
         self._read_plaintext()
+        if self._app_paused:  # plaintext is held for the app: its EOF comes after it, on resume
+            return True
         return self._deliver_eof()
 
     def _deliver_eof(self) -> bool | None:
@@ -153,7 +157,9 @@ class TLSProtocol(Protocol, Transport):
         self._read_plaintext()
 
     def _read_plaintext(self) -> None:
-        while not self._lost:
+        # Stops while the app is paused: the rest stays decrypted-or-not in the TLS object (the
+        # engine stopped reading too, so that is at most one ciphertext chunk) until resume_reading.
+        while not self._lost and not self._app_paused:
             try:
                 chunk = self._ssl.read(_READ_SIZE)
             except ssl.SSLWantReadError:
@@ -228,13 +234,27 @@ class TLSProtocol(Protocol, Transport):
         return self._closing or self.transport.is_closing()
 
     def pause_reading(self) -> None:
+        self._app_paused = True
         self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if not self._app_paused:
+            return
+        self._app_paused = False
         self.transport.resume_reading()
+        if not self._resume_scheduled and not self._handshaking:
+            # Held plaintext (and a held EOF) goes to the app from the engine, not from inside the
+            # app's own resume_reading() call.
+            self._resume_scheduled = True
+            self.transport.call_later(0, self._resumed)
+
+    def _resumed(self) -> None:
+        self._resume_scheduled = False
+        if not self._app_paused and not self._lost and not self._closing:
+            self._read_plaintext()
 
     def is_reading(self) -> bool:
-        return self.transport.is_reading()
+        return not self._app_paused and self.transport.is_reading()
 
     def get_write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() + self._out.pending
