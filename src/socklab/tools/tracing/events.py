@@ -33,7 +33,9 @@ class SockEvent:
         proto: ``tcp``/``udp`` (``tcp6``/``udp6`` for IPv6), where known.
         local, peer: the socket's addresses (``127.0.0.1:5000``) where known.
         nbytes, requested: bytes moved, and bytes asked for (send: given; recv: room offered).
-        state: the TCP state after the call, as the calls imply it.
+        state: the TCP state after the call (none for UDP).
+        state_from: ``calls`` when the calls imply that state (tcp_state's table), ``kernel`` when
+            the kernel's TCP table reported it.
         dur: seconds spent inside the call (``-T``).
         errno: the error name when the call failed (``EADDRINUSE``).
     """
@@ -50,6 +52,7 @@ class SockEvent:
     nbytes: int | None = None
     requested: int | None = None
     state: str | None = None
+    state_from: str | None = None
     detail: str | None = None
     notes: list[str] = field(default_factory=list)
     dur: float | None = None
@@ -71,7 +74,7 @@ class SockEvent:
         if t0 is None:
             base["rel"] = None
         base.update(source="strace", pid=self.pid, tid=self.tid, comm=self.comm, proto=self.proto,
-                    local=self.local, dur=self.dur, errno=self.errno)
+                    local=self.local, dur=self.dur, errno=self.errno, state_from=self.state_from)
         return base
 
     def write_json(self, out: IO[str], t0: float | None = None) -> None:

@@ -8,16 +8,10 @@ on fork, pruned on exec) and turns each :class:`Syscall` into a :class:`SockEven
 process, no file; whatever the kernel can say *now* (who holds a port) comes in through
 ``probe``.
 
-The TCP state shown is the one the calls imply, by this table (RFC 9293 section 3.3.2 seen from
-the application: ``fin`` is shutdown(SHUT_WR) or the last close, ``eof`` is a recv returning 0)::
-
-    CLOSE        --listen-->   LISTEN
-    CLOSE        --connect-->  ESTABLISHED    (EINPROGRESS: SYN_SENT)
-    ESTABLISHED  --eof-->      CLOSE_WAIT     the peer closed first
-    ESTABLISHED  --fin-->      FIN_WAIT1      we closed first
-    FIN_WAIT1    --eof-->      TIME_WAIT      both FINs passed, we closed first
-    CLOSE_WAIT   --fin-->      LAST_ACK       both FINs passed, the peer closed first
-    any          --reset-->    CLOSE          ECONNRESET / EPIPE
+The TCP state shown is the one the calls imply, by the table of
+:mod:`socklab.tools.tracing.tcp_state` (which call means which step is decided here); where the
+kernel's TCP table reports a state the network alone has moved the socket to since, that wins
+(``kernel_state``), and the JSON line says which (``state_from``: ``calls`` or ``kernel``).
 
 Mistake notes: recv returned 0 and the program kept reading; a partial send whose rest was never
 sent (the return value ignored); EADDRINUSE and why; a socket left in CLOSE_WAIT at exit; a
@@ -28,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from socklab.tools.tracing.decode import (
     FD_ARG,
@@ -40,8 +33,10 @@ from socklab.tools.tracing.decode import (
     to_int,
 )
 from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS, SockEvent
-from socklab.tools.tracing.multiplex import MULTIPLEX_CALLS, describe
+from socklab.tools.tracing.multiplex import MULTIPLEX_CALLS, describe, ready_fds
+from socklab.tools.tracing.sockinfo import SockInfo
 from socklab.tools.tracing.strace_parse import ProcessEnd, StraceEvent, Syscall, split_args, unquote
+from socklab.tools.tracing.tcp_state import Step, TcpState, network_move
 
 __all__ = ["SLOW_CALL", "STRACE_CALLS", "Lifecycle", "SockInfo"]
 
@@ -50,50 +45,11 @@ STRACE_CALLS = ("%network", "close", "read", "write", "readv", "writev", "sendfi
                 "fcntl", "ioctl", "clone", "clone3", "fork", "vfork", "execve", *sorted(MULTIPLEX_CALLS))
 SLOW_CALL = 1.0  # seconds a blocking call may wait before it gets a note
 
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("CLOSE", "listen"): "LISTEN",
-    ("CLOSE", "connect"): "ESTABLISHED",
-    ("CLOSE", "connecting"): "SYN_SENT",
-    ("SYN_SENT", "connect"): "ESTABLISHED",
-    ("ESTABLISHED", "eof"): "CLOSE_WAIT",
-    ("ESTABLISHED", "fin"): "FIN_WAIT1",
-    ("SYN_SENT", "fin"): "CLOSE",
-    ("FIN_WAIT1", "eof"): "TIME_WAIT",
-    ("CLOSE_WAIT", "fin"): "LAST_ACK",
-}
+# errors by which a connect (blocking, or finished later) says it failed
+CONNECT_ERRORS = frozenset({"ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"})
 
 _WAIT_LIMIT = re.compile(r" \((?:up to [0-9.e+-]+ s|no timeout)\)")
 Probe = Callable[[str, str], str | None]  # (proto, "host:port") -> what the kernel says now
-
-
-@dataclass
-class SockInfo:
-    """What the calls so far say about one socket (shared by every fd that refers to it)."""
-
-    proto: str
-    local: str | None = None
-    peer: str | None = None
-    state: str = "CLOSE"
-    refs: int = 1  # file descriptors (across processes) open on it
-    cloexec: bool = False
-    nonblocking: bool = False
-    timeout: bool = False  # SO_RCVTIMEO/SO_SNDTIMEO set
-    reuseaddr: bool = False
-    eof: bool = False  # a recv returned 0
-    reads_after_eof: int = 0
-    fin_sent: bool = False
-    unsent: bytes | None = None  # the rest of a partial send, until sent
-    unsent_count: int = 0
-    listen_fd: int | None = None
-    kernel_state: str | None = None  # what the kernel's table said at the last look
-    kernel_said: bool = False  # a note about it was given
-
-    def move(self, what: str) -> None:
-        if what == "reset":
-            self.state = "CLOSE"
-            return
-        if self.proto.startswith("tcp"):
-            self.state = TRANSITIONS.get((self.state, what), self.state)
 
 
 class Lifecycle:
@@ -134,11 +90,16 @@ class Lifecycle:
     def open_tcp(self) -> list[tuple[int, int, SockInfo]]:
         """(pid, fd, socket) of every connected TCP socket still open, for a look at the kernel's table."""
         return [(pid, fd, info) for pid, table in self.tables.items() for fd, info in table.items()
-                if info.proto.startswith("tcp") and info.local and info.peer]
+                if info.is_tcp and info.local and info.peer]
 
     def kernel_state(self, pid: int, fd: int, info: SockInfo, state: str, ts: float) -> list[SockEvent]:
-        """The kernel reports ``state`` for this socket (twice in a row, so the program had time to
-        react): a note when that says something the calls have not shown yet."""
+        """The kernel reports ``state`` for this socket. Where the network alone can have moved it
+        there from the state the calls implied (the peer's ACK, its FIN, the handshake's end), later
+        lines show the kernel's state. Seen twice in a row (the program had time to react): a note
+        when it says something the calls have not shown yet."""
+        moved = network_move(info.tcp, state) if info.is_tcp else None
+        if moved is not None or state == info.state:
+            info.tcp, info.state_from = moved or info.tcp, "kernel"
         previous, info.kernel_state = info.kernel_state, state
         if state != previous or info.kernel_said:
             return []
@@ -166,8 +127,8 @@ class Lifecycle:
                        comm=self._name(sc.pid), fd=fd, dur=sc.dur, errno=sc.errno)
         if info is not None:
             ev.proto, ev.local, ev.peer = info.proto, info.local, info.peer
-            if info.proto.startswith("tcp"):
-                ev.state = info.state
+            if info.is_tcp:
+                ev.state, ev.state_from = info.state, info.state_from
         for k, v in kw.items():
             setattr(ev, k, v)
         if sc.errno and (sc.errno == "EINTR" or sc.errno.startswith("ERESTART")) and "detail" not in kw:
@@ -192,8 +153,8 @@ class Lifecycle:
             return fd, info
         proto, local, peer = ann
         if info is None:
-            info = table[fd] = SockInfo(proto=proto, state="ESTABLISHED" if peer and proto.startswith("tcp")
-                                        else "CLOSE")
+            info = table[fd] = SockInfo(proto=proto, tcp=TcpState.ESTABLISHED if peer and proto.startswith("tcp")
+                                        else TcpState.CLOSE)
         info.local = local or info.local
         info.peer = peer or info.peer
         return fd, info
@@ -213,6 +174,7 @@ class Lifecycle:
         if name == "socket":
             return self._socket(sc, args)
         if name in MULTIPLEX_CALLS:
+            self._readiness(sc)
             said = describe(sc, self.epolls.setdefault(self._pid(sc.pid), {}))
             same = _WAIT_LIMIT.sub("", said[1]) if said is not None else None
             if said is None or (said[2] and self._last_wait.get(sc.pid) == same):
@@ -241,6 +203,20 @@ class Lifecycle:
                 return self._recv(sc, fd, info, args)
             return []
         return handler(self, sc, fd, info, args)
+
+    def _readiness(self, sc: Syscall) -> None:
+        """A wait said a connecting socket is ready: writable alone is a finished handshake, an
+        error (POLLERR/POLLHUP) a failed one; readable and writable at once (select reports a
+        failure that way too) proves neither, so the state waits for SO_ERROR or the next call."""
+        table = self._table(sc.pid)
+        for r in ready_fds(sc):
+            info = table.get(r.fd)
+            if info is None or info.tcp is not TcpState.SYN_SENT:
+                continue
+            if r.error:
+                info.move(Step.CONNECT_FAILED)
+            elif r.writable and (not r.readable or sc.name not in ("select", "pselect6")):
+                info.move(Step.CONNECTED)
 
     def _cloned(self, sc: Syscall) -> None:
         child = sc.value
@@ -306,20 +282,23 @@ class Lifecycle:
             info.timeout = "tv_sec=0, tv_usec=0" not in raw
         shown = f"{opt}={value if value is not None else raw}"
         notes = []
-        if opt == "SO_LINGER" and "l_onoff=1" in raw and "l_linger=0" in raw:
+        if opt == "SO_LINGER" and not sc.errno:
+            info.linger0 = "l_onoff=1" in raw and "l_linger=0" in raw
+        if opt == "SO_LINGER" and info.linger0:
             notes.append("SO_LINGER with a zero timeout: close() will send RST instead of FIN (an abortive close)")
         return [self._event(sc, "setsockopt", fd, info, detail=shown, notes=notes)]
 
     def _getsockopt(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         """Only SO_ERROR after a non-blocking connect is shown: it says whether the connect worked."""
-        if len(args) < 4 or args[2] != "SO_ERROR" or info.state != "SYN_SENT" or sc.errno:
+        if len(args) < 4 or args[2] != "SO_ERROR" or not info.connecting or sc.errno:
             return []
+        info.connecting = False
         err = args[3].strip("[]")
         if err == "0":
-            info.move("connect")
+            info.move(Step.CONNECTED)
             return [self._event(sc, "getsockopt", fd, info, detail="SO_ERROR=0: the non-blocking connect "
                                 "finished (three-way handshake done)")]
-        info.state = "CLOSE"
+        info.move(Step.CONNECT_FAILED)
         return [self._event(sc, "getsockopt", fd, info, detail=f"SO_ERROR={err}: the non-blocking connect failed")]
 
     def _bind(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
@@ -349,7 +328,7 @@ class Lifecycle:
 
     def _listen(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         if sc.errno is None:
-            info.move("listen")
+            info.move(Step.LISTEN)
         backlog = args[1] if len(args) > 1 else "?"
         return [self._event(sc, "listen", fd, info, detail=f"backlog={backlog}")]
 
@@ -362,7 +341,7 @@ class Lifecycle:
                 return []  # a non-blocking accept with nobody waiting: noise
             return [self._event(sc, "accept", fd, info, notes=notes)]
         flags = args[3] if len(args) > 3 else ""
-        conn = SockInfo(proto=ann[0], local=ann[1], peer=ann[2], state="ESTABLISHED",
+        conn = SockInfo(proto=ann[0], local=ann[1], peer=ann[2], tcp=TcpState.ESTABLISHED,
                         cloexec="SOCK_CLOEXEC" in flags, nonblocking="SOCK_NONBLOCK" in flags, listen_fd=fd)
         self._table(sc.pid)[new] = conn
         return [self._event(sc, "accept", new, conn, detail=f"new fd from listening fd {fd}", notes=notes)]
@@ -372,14 +351,22 @@ class Lifecycle:
         info.peer = addr or info.peer
         notes = self._slow_notes(sc, info, "connect")
         if sc.errno is None:
-            info.move("connect")
+            info.move(Step.CONNECTED)
             detail = ("UDP: only fixes the default peer; nothing is sent" if info.proto.startswith("udp")
                       else "three-way handshake done (SYN, SYN-ACK, ACK)")
         elif sc.errno == "EINPROGRESS":
-            info.move("connecting")
+            info.move(Step.CONNECTING)
+            info.connecting = True
             detail = "EINPROGRESS: SYN sent, waiting for writable"
+        elif sc.errno == "EALREADY":
+            detail = "EALREADY: the earlier connect is still in progress (no answer to the SYN yet)"
+        elif sc.errno == "EISCONN" and info.tcp in (TcpState.SYN_SENT, TcpState.ESTABLISHED):
+            info.move(Step.CONNECTED)
+            detail = "EISCONN: already connected - the non-blocking connect had finished"
         else:
             detail = f"failed: {sc.errno} ({sc.errmsg})"
+            if sc.errno in CONNECT_ERRORS:
+                info.move(Step.CONNECT_FAILED)
             if sc.errno == "ECONNREFUSED":
                 notes.append("connection refused: nothing listens on that address (its host answered the SYN "
                              "with RST); is the server running, on this port and address?")
@@ -394,8 +381,7 @@ class Lifecycle:
         requested = sum(int(n) for n in IOV_LEN.findall(sc.args)) if sc.name in ("writev", "sendmsg") \
             else to_int(args[3] if sc.name == "sendfile" and len(args) > 3 else args[2] if len(args) > 2 else None)
         n = sc.value if sc.errno is None else None
-        if n is not None and info.state == "SYN_SENT":
-            info.move("connect")  # a send went through: the handshake had finished
+        self._io_proves(sc, info, n)
         notes = self._slow_notes(sc, info, "send")
         notes.extend(self._ignored_send(info, data, requested))
         peer = parse_sockaddr(args[4]) if sc.name == "sendto" and len(args) > 4 else None
@@ -404,8 +390,11 @@ class Lifecycle:
                          "(sendall() or a loop does it)")
             info.unsent = data[0][n:] if data is not None else None
             info.unsent_count = requested - n
-        if sc.errno in ("EPIPE", "ECONNRESET"):
-            info.move("reset")
+        if sc.errno == "EPIPE" and info.fin_sent:
+            notes.append("EPIPE: this program had already shut down its sending side (shutdown or FIN sent); "
+                         "nothing more can be sent on it")
+        elif sc.errno in ("EPIPE", "ECONNRESET"):
+            info.move(Step.RESET)
             notes.append(f"{sc.errno}: the peer is gone (it closed, or reset the connection); writing to it "
                          "fails - without MSG_NOSIGNAL or SIG_IGN the program is also killed by SIGPIPE")
         ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
@@ -436,14 +425,16 @@ class Lifecycle:
         if sc.errno in ("EAGAIN", "EWOULDBLOCK"):
             return []  # non-blocking recv with nothing there: the event loop asks again
         n = sc.value if sc.errno is None else None
-        if n is not None and info.state == "SYN_SENT":
-            info.move("connect")
+        self._io_proves(sc, info, n)
         requested = sum(int(x) for x in IOV_LEN.findall(sc.args)) if sc.name in ("readv", "recvmsg") \
             else to_int(args[2] if len(args) > 2 else None)
         notes = self._slow_notes(sc, info, "recv")
         data = unquote(args[1]) if len(args) > 1 and sc.name in ("read", "recvfrom", "recv") else None
         peer = parse_sockaddr(args[4]) if sc.name == "recvfrom" and len(args) > 4 else None
-        if n == 0 and info.proto.startswith("tcp"):
+        if n == 0 and info.is_tcp and info.shut_rd:
+            notes.append("recv returned 0 because this program shut down its reading side (SHUT_RD): not a FIN "
+                         "from the peer")
+        elif n == 0 and info.is_tcp:
             if info.eof:
                 info.reads_after_eof += 1
                 if info.reads_after_eof > 1:
@@ -453,10 +444,10 @@ class Lifecycle:
                              "returns 0")
             else:
                 info.eof = True
-                info.move("eof")
+                info.move(Step.EOF)
                 notes.append("recv returned 0 bytes: the peer sent FIN (end of its stream)")
         if sc.errno == "ECONNRESET":
-            info.move("reset")
+            info.move(Step.RESET)
             notes.append("ECONNRESET: the peer reset the connection (RST): it closed with unread data, set "
                          "SO_LINGER 0, or crashed; whatever it had not yet delivered is lost")
         ev = self._event(sc, sc.name, fd, info, nbytes=n, requested=requested, notes=notes,
@@ -469,9 +460,16 @@ class Lifecycle:
         how = args[1] if len(args) > 1 else "?"
         detail = {"SHUT_WR": "SHUT_WR: FIN sent, still reading", "SHUT_RD": "SHUT_RD: no more reading",
                   "SHUT_RDWR": "SHUT_RDWR: FIN sent, no more reading"}.get(how, how)
+        was = info.tcp
+        if sc.errno is None and how in ("SHUT_RD", "SHUT_RDWR"):
+            info.shut_rd = True
+            info.move(Step.SHUT_RD)
         if sc.errno is None and how in ("SHUT_WR", "SHUT_RDWR"):
-            info.fin_sent = True
-            info.move("fin")
+            info.move(Step.SEND_FIN)
+            info.fin_sent = info.fin_sent or was is not TcpState.SYN_SENT
+        if sc.errno is None and was is TcpState.SYN_SENT:
+            detail = (f"{how}: the connect had not been seen to finish, so the attempt is dropped (no FIN); "
+                      "wait for writable or SO_ERROR=0 first")
         return [self._event(sc, "shutdown", fd, info, detail=detail)]
 
     def _close(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
@@ -488,14 +486,21 @@ class Lifecycle:
         if info.refs > 0:
             details.append(f"another fd still holds the socket ({info.refs}): "
                            + ("it keeps listening" if info.state == "LISTEN" else "no FIN yet"))
-        elif info.proto.startswith("tcp") and info.state not in ("LISTEN", "CLOSE"):
-            if not info.fin_sent:
-                details.append("FIN sent" if info.state != "CLOSE_WAIT" else "FIN sent (the peer had closed)")
-            info.fin_sent = True
-            info.move("fin")
-        elif info.state == "LISTEN":
-            details.append("listening socket: no more accepts")
+        elif info.is_tcp:
+            said = info.last_close()
+            if said:
+                details.append(said)
         return [self._event(sc, "close", fd, info, detail="; ".join(details) or None, notes=notes)]
+
+    def _io_proves(self, sc: Syscall, info: SockInfo, n: int | None) -> None:
+        """A send or recv on a socket whose connect was not seen to finish: it went through (the
+        handshake had finished), or it failed with the connect's error."""
+        if info.tcp is not TcpState.SYN_SENT:
+            return
+        if n is not None:
+            info.move(Step.CONNECTED)
+        elif sc.errno in CONNECT_ERRORS:
+            info.move(Step.CONNECT_FAILED)
 
     def _slow_notes(self, sc: Syscall, info: SockInfo, what: str) -> list[str]:
         if sc.dur is None or sc.dur < self.slow or info.nonblocking or info.timeout:
@@ -524,7 +529,7 @@ class Lifecycle:
         ts = ev.ts if ev is not None else 0.0
         for fd, info in sorted(table.items()):
             info.refs -= 1
-            if info.refs > 0 or not info.proto.startswith("tcp"):
+            if info.refs > 0 or not info.is_tcp:
                 continue
             notes = []
             if info.state == "CLOSE_WAIT":
@@ -533,11 +538,13 @@ class Lifecycle:
                              "leaks one socket per client this way")
             elif info.state == "ESTABLISHED":
                 notes.append(f"fd {fd} was still open at exit: the kernel closes it for the program")
+            said = info.last_close()
             if notes:
                 out.append(SockEvent(ts=ts, op="exit", pid=pid, tid=tid, comm=self._name(pid), fd=fd,
                                      proto=info.proto, local=info.local, peer=info.peer, state=info.state,
-                                     detail="process ended with the socket open: the kernel closes it, FIN sent",
-                                     notes=notes))
+                                     state_from=info.state_from, notes=notes,
+                                     detail="process ended with the socket open: the kernel closes it"
+                                            + (f", {said}" if said else "")))
         return out
 
 

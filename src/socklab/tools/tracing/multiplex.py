@@ -18,11 +18,12 @@ registered, which Python's selectors and most C programs set to the fd)::
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from socklab.tools.tracing.decode import to_int
 from socklab.tools.tracing.strace_parse import Syscall, split_args
 
-__all__ = ["MULTIPLEX_CALLS", "describe"]
+__all__ = ["MULTIPLEX_CALLS", "Ready", "describe", "ready_fds"]
 
 MULTIPLEX_CALLS = frozenset({"select", "pselect6", "poll", "ppoll", "epoll_ctl", "epoll_wait", "epoll_pwait"})
 
@@ -96,6 +97,35 @@ def describe(sc: Syscall, epoll_socks: dict[int, set[int]]) -> tuple[str, str, b
                 ([f"to write on fds {' '.join(writes)}"] if writes else [])
         return name, _result(f"waits {', '.join(parts)} ({_timeout(args[4], 1.0)})", got, ready, sc.errno), ready == 0
     return None
+
+
+class Ready(NamedTuple):
+    """One fd a wait reported ready: for reading, for writing, with an error (POLLERR/POLLHUP)."""
+
+    fd: int
+    readable: bool
+    writable: bool
+    error: bool
+
+
+def ready_fds(sc: Syscall) -> list[Ready]:
+    """The fds a poll/select/epoll call came back with (epoll: its ``data``, which Python's
+    selectors and most C programs set to the fd)."""
+    if sc.errno is not None or not sc.value:
+        return []
+    name = sc.name
+    if name in ("poll", "ppoll", "epoll_wait", "epoll_pwait"):
+        if name.startswith("epoll"):
+            args = split_args(sc.args)
+            found = [(fd, ev) for ev, fd in _EPOLL_READY.findall(args[1] if len(args) > 1 else "")]
+        else:
+            found = _POLL_READY.findall(sc.extra or "")
+        return [Ready(int(fd), "IN" in ev, "OUT" in ev, "ERR" in ev or "HUP" in ev) for fd, ev in found]
+    if name in ("select", "pselect6"):
+        ins = {int(x) for x in re.findall(r"\d+", _set(sc.extra or "", "in"))}
+        outs = {int(x) for x in re.findall(r"\d+", _set(sc.extra or "", "out"))}
+        return [Ready(fd, fd in ins, fd in outs, False) for fd in sorted(ins | outs)]
+    return []
 
 
 def _fds(fdset: str) -> list[str]:
