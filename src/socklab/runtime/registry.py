@@ -95,9 +95,15 @@ def register_server(server: Any = None, *, app: str | None = None, engine: str |
         extra: app-specific information (``{"peers": {...}}``, ``{"transfer": "a.iso 41%"}``...).
 
     Returns:
-        The :class:`Registration`; also removed at interpreter exit.
+        The :class:`Registration`; also removed at interpreter exit. A server registered before
+        gets its registration back (``extra`` merged in), so there is one file per server.
     """
     global _counter
+    previous = getattr(server, "registration", None)
+    if isinstance(previous, Registration):  # one file per server, however often it is announced
+        if extra:
+            previous.update(**extra)
+        return previous
     if server is not None:
         app = app or getattr(server, "label", None)
         engine = engine or server.engine.name
@@ -113,6 +119,7 @@ def register_server(server: Any = None, *, app: str | None = None, engine: str |
     atexit.register(reg.remove)
     if server is not None and hasattr(server, "on_stop"):
         server.on_stop(reg.remove)
+        server.registration = reg
     return reg
 
 

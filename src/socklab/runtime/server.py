@@ -80,6 +80,7 @@ class Server:
         self._on_stop: list[Callable[[], None]] = []
         self._finish_lock = threading.Lock()
         self._unix_files: list[tuple[str, tuple[int, int] | None]] = []
+        self.registration: Any = None  # its entry for `socklab ss` (runtime.registry), once registered
 
     # ---- phase 1: start --------------------------------------------------------------------------
     def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,

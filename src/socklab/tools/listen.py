@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.core.transport import DatagramTransport, Transport
-from socklab.runtime import Server
+from socklab.runtime import Server, serve_until_signalled
 from socklab.tools.netcat import CHUNK, Explainer, _crlf, _eof_options, _hex, _write_all
 
 __all__ = ["ListenSettings", "listen"]
@@ -278,8 +279,7 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
     if not execute:
         threading.Thread(target=_stdin_thread, args=(server, hub, crlf), name="socklab-stdin",
                          daemon=True).start()
-    server.serve_forever(on_ready=lambda: click.echo(
-        f"socklab listen listening on {where} (engine {server.engine.name})", err=True))
+    serve_until_signalled(server, "listen", where=[where], stream=sys.stderr, quiet=True)
     if isinstance(addr, str):
         with contextlib.suppress(OSError):
             os.unlink(addr)

@@ -61,7 +61,7 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
     from socklab.apps.peer.node import PeerNode
     from socklab.core.errors import UsageError
     from socklab.core.sockets import parse_endpoint
-    from socklab.runtime import describe_address
+    from socklab.runtime import describe_address, register_server, serve_until_signalled
 
     if not values.get("name"):
         raise UsageError("a node needs a name: --name NAME")
@@ -71,19 +71,15 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
     settings = build_settings(PeerSettings, values, host=ep.host, port=ep.port)
     tracer = make_tracer(settings.engine, trace, trace_json)
     node = PeerNode(settings, join=join, discover=discover, tracer=tracer)
+    register_server(node.server, app="peer")  # before the readiness lines: `ss` labels it once they are out
     # The readiness lines go out before the engine runs, so no node news can precede them.
     for addr, scheme in zip(node.server.addresses, ("tls" if settings.tls_cert else "tcp", "unix"), strict=False):
         print(f"socklab peer listening on {describe_address(addr, scheme)} (engine {node.engine.name})")
     print(f"socklab peer {node.name} id {node.id} control unix:{node.control_path}", flush=True)
-    print(f"  {PROMPT_HELP}\n  press Ctrl-C to stop (graceful; a second Ctrl-C forces)", file=sys.stderr, flush=True)
+    print(f"  {PROMPT_HELP}", file=sys.stderr, flush=True)
     node.start()
     threading.Thread(target=_prompt_loop, args=(node,), name="socklab-peer-prompt", daemon=True).start()
-
-    def told(kind: str) -> None:
-        print(f"\nsocklab peer: {'shutting down (Ctrl-C again to force)' if kind == 'graceful' else 'forced'}",
-              file=sys.stderr, flush=True)
-
-    node.server.serve_forever(on_signal=told)
+    serve_until_signalled(node.server, "peer", where=[])  # lines printed above; registered for `ss`
     # Server.on_stop callbacks may still be running on the shutdown thread when serve_forever
     # returns (a daemon thread, cut short at exit): remove the socket file here as well.
     node.remove_control_socket()

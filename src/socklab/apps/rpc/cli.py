@@ -59,6 +59,7 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
     from socklab.apps.rpc.server import RpcSettings
     from socklab.apps.rpc.server import serve as rpc_serve
     from socklab.apps.rpc.service import demo_service, load_target
+    from socklab.runtime import serve_until_signalled
 
     if demo and target is not None:
         raise UsageError("give a TARGET (module:object) or --demo, not both")
@@ -68,24 +69,9 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
     settings = build_settings(RpcSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
     rs = rpc_serve(service, list(listen), settings, tracer=tracer)
-    server = rs.server
-    server.start()
-
-    def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
-        for url in rs.urls:
-            print(f"socklab rpc listening on {url} (engine {server.engine.name})", flush=True)
-        click.echo(f"  {len(service.methods)} methods; press Ctrl-C to stop (graceful; a second Ctrl-C forces)",
-                   err=True)
-
-    def told(kind: str) -> None:
-        if kind == "graceful":
-            click.echo(f"\nsocklab rpc: shutting down - waiting up to {settings.shutdown_timeout:g} s for calls "
-                       "in flight (Ctrl-C again to force)", err=True)
-        else:
-            click.echo("socklab rpc: forced shutdown", err=True)
-
-    server.serve_forever(on_signal=told, on_ready=ready)
-    click.echo("socklab rpc: stopped", err=True)
+    rs.server.start()
+    serve_until_signalled(rs.server, "rpc", where=rs.urls, waiting_for="calls in flight",
+                          on_ready=lambda: click.echo(f"  {len(service.methods)} methods", err=True))
 
 
 def _arg(text: str) -> Any:

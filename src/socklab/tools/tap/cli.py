@@ -19,6 +19,7 @@ from socklab.core.errors import UsageError
 from socklab.core.sockets import client_ssl_context, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols.faults import FAULT_KINDS, Fault
+from socklab.runtime import register_server, serve_until_signalled
 from socklab.tools.tap.relay import Observer, Tap
 
 __all__ = ["tap"]
@@ -166,8 +167,13 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
                        f"loopback: anyone who can reach it can change this tap's faults (it has no "
                        f"authentication); use --ctl PORT for 127.0.0.1", err=True)
 
+    where = f"{scheme}://{format_addr(relay.address)} -> {target_ep}"
+
     def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
-        click.echo(f"socklab tap listening on {scheme}://{format_addr(relay.address)} -> {target_ep}", file=out)
+        click.echo(f"socklab tap listening on {where}", file=out)
+        details()
+
+    def details() -> None:
         if ctl_addr is not None:
             click.echo(f"socklab tap control on tcp://{format_addr(ctl_addr)}", file=out)
         click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}",
@@ -179,11 +185,8 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
         _serve_api(api, relay, proxy_name, engine, seed, connect_timeout, not no_splice, observers, out,
                    announce=ready, relay_factory=make_relay)
         return
-    relay.serve_forever(on_signal=_told, on_ready=ready)
-
-
-def _told(kind: str) -> None:
-    click.echo(f"socklab tap: {'stopping' if kind == 'graceful' else 'forced stop'}", err=True)
+    serve_until_signalled(relay.server, "tap", stream=out, where=[where], on_ready=details,
+                          waiting_for="relayed connections", serve=relay.serve_forever)
 
 
 def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | None, connect_timeout: float,
@@ -206,6 +209,7 @@ def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | 
     try:
         if relay is not None:
             relay.start()
+            register_server(relay.server, app="tap")  # the proxy given on the command line, for `ss`
             toxi.add_proxy(name, Endpoint(), Endpoint(relay.target.host, relay.target.port), tap=relay,
                            observers=observers, factory=relay_factory)
         api_addr = server.addresses[0]
@@ -220,7 +224,8 @@ def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | 
             click.echo(f"socklab tap api on http://{format_addr(api_addr)} (toxiproxy's HTTP API; try: "
                        f"curl http://{format_addr(api_addr)}/proxies)", file=out)
             out.flush()
-        server.serve_forever(on_signal=_told, on_ready=ready)
+        serve_until_signalled(server, "tap-api", stream=out, where=[], on_ready=ready,
+                              waiting_for="API calls")
     finally:
         toxi.close()
         if relay is not None:
