@@ -15,38 +15,40 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from socklab.core.errors import translate_oserror
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.transport import Transport
 from socklab.engines._blocking_threads import _Writable
-from socklab.engines.base import Connection, HalfCloseMixin, Timer, socket_extra_info
+from socklab.engines._stream import RECV_SIZE, ConnState, Event, StreamCore
+from socklab.engines.base import Connection, Timer, socket_extra_info
 
 if TYPE_CHECKING:
     from socklab.engines.blocking import BlockingEngine
 
 __all__ = ["RECV_SIZE", "StreamTransport", "Timer"]
 
-RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold (see PERF_NOTES)
 RECV_START = 16 * 1024  # a connection's first buffer; it grows to RECV_SIZE once a recv fills it
 _DONTWAIT = socket.MSG_DONTWAIT
-_LINGER_RST = struct.pack("ii", 1, 0)
+_OPEN, _READ_SHUT, _CLOSING = ConnState.OPEN, ConnState.READ_SHUT, ConnState.CLOSING
 
 
 # ---- stream connections --------------------------------------------------------------------------
-class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
+class StreamTransport(StreamCore, Transport, Connection, _Writable):
     """One connected blocking socket, read by one thread; see the module docstring.
+
+    The rules (state, water marks, abort, connection_lost once) are :class:`StreamCore`'s; this
+    class is how the bytes move with a thread per connection.
 
     Every method except :meth:`read_loop` runs with ``engine.lock`` held (protocol callbacks,
     timers and the flusher all hold it), so protocols need no locks.
     """
 
     protocol: Protocol
+    engine: BlockingEngine
 
     def __init__(self, engine: BlockingEngine, sock: socket.socket, protocol: Protocol, peer: Any) -> None:
         self.engine = engine
@@ -64,21 +66,13 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         self._sending = False  # the reading thread is sending ``_out`` without the lock
         self._busy = False  # another thread is in write/write_eof (see read_loop's unlocked claim)
         self._wbuf = bytearray()
+        self._init_core(engine.settings.max_buffer)
         # True when the reading thread must take the locked path: a flag below may stop reading,
         # or output is queued (_wbuf) or the write side is shut (_eof_*). Set by whoever makes it
         # so; recomputed only by _wait_readable, under the lock.
         self._hold = False
-        self._closing = False
-        self._lost = False
         self._released = False
-        self._eof_pending = False
-        self._eof_sent = False
-        self._eof_received = False
-        self._app_paused = False
-        self._backpressure = False
-        self._protocol_paused = False
-        self._high = engine.settings.max_buffer
-        self._low = self._high // 4
+        self._eof_pending = False  # write_eof() with output queued: the FIN follows the flush
         self._buffered = isinstance(protocol, BufferedProtocol)
         self._active = False  # set by the reading thread on each message; the idle sweep clears it
 
@@ -184,7 +178,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                             return
                         continue
                     self._active = True
-                    self._defer = not (self._wbuf or self._eof_sent or self._eof_pending)
+                    self._defer = not (self._wbuf or self._eof_pending) and self._state is _OPEN
                     try:
                         if deliver is None:
                             data_received(data)
@@ -236,7 +230,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             with lock:
                 if not self._lost:  # only on a bug in this module: never leave a connection behind
                     self.abort_with(None)
-                self._release()
+                self._close_fd()
 
     def _after_send(self, leftover: memoryview | None) -> bool:
         """After a reply sent without the lock: queue its leftover first, hand on what others queued.
@@ -260,7 +254,7 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
             self._check_high_water()
         elif self._eof_pending:
             self._shutdown_write()
-        elif self._closing:
+        elif self._state is _CLOSING:
             self._wake_reader()
 
     def _feed_buffered(self, view: memoryview, n: int) -> None:
@@ -276,14 +270,15 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
     def _wait_readable(self) -> bool:
         """With the lock held: wait until reading may go on; False when the connection is over."""
         while True:
-            if self._lost:
+            state = self._state
+            if state is ConnState.CLOSED:
                 return False
-            if self._closing:
+            if state is _CLOSING:
                 if not self._wbuf:
                     self._finalize(None)  # close() was called: nothing left to flush
                     return False
-            elif not (self._eof_received or self._app_paused or self._backpressure):
-                self._hold = bool(self._wbuf) or self._eof_pending or self._eof_sent
+            elif self._read_wanted():
+                self._hold = bool(self._wbuf) or self._eof_pending or state is not _OPEN
                 return True
             self._waiting = True
             try:
@@ -292,17 +287,17 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                 self._waiting = False
 
     def _on_eof(self) -> None:
-        self._eof_received = True
+        both = self._to(Event.PEER_EOF) is _CLOSING  # our FIN was sent already
         self._hold = True
         try:
             keep_open = self.protocol.eof_received()
         except Exception as exc:
             self._bug(exc, "eof_received")
             return
-        if self._eof_sent or not keep_open:
-            self.close()
+        if both or not keep_open:
+            self._close_now()
 
-    def _release(self) -> None:
+    def _close_fd(self) -> None:
         """Close the descriptor; only the reading thread does it, once nothing else uses it."""
         if not self._released:
             self._released = True
@@ -332,8 +327,8 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                 self._out = data
                 return
             self._undefer()
-        if self._closing or self._eof_pending or self._eof_sent or not data:
-            return  # writes after close are dropped, as in asyncio
+        if not (self._state is _OPEN or self._state is _READ_SHUT) or self._eof_pending or not data:
+            return  # writes after close or write_eof are dropped, as in asyncio
         self._write_now(data)
 
     def _undefer(self) -> None:
@@ -375,23 +370,6 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
                 self.engine._flusher.watch(self.fd, self)
         self._check_high_water()
 
-    def _check_high_water(self) -> None:
-        if len(self._wbuf) > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            self._backpressure = True
-            self._hold = True
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
-                                 peer=self.peer)
-            try:
-                self.protocol.pause_writing()
-            except Exception as exc:
-                self._bug(exc, "pause_writing")
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
     def _on_writable(self) -> None:
         """The flusher says the socket can take more (lock held)."""
         self._busy = True  # (as in _write_now: it sends, or sends the FIN)
@@ -414,29 +392,16 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         if self.tracer:
             self.tracer.emit("send", self.sock, peer=self.peer, nbytes=n, requested=len(self._wbuf))
         del self._wbuf[:n]
-        if self._protocol_paused and len(self._wbuf) <= self._low:
-            self._protocol_paused = False
-            self._backpressure = False
-            self._cond.notify()
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
-                                 "up; resuming the protocol and reading this peer again", self.sock,
-                                 peer=self.peer)
-            try:
-                self.protocol.resume_writing()
-            except Exception as exc:
-                self._bug(exc, "resume_writing")
-                return
-        if self._wbuf:
+        if not self._check_low_water() or self._wbuf:
             return
         self.engine._flusher.unwatch(self.fd)
         if self._eof_pending:
             self._shutdown_write()
-        if self._closing:
+        if self._state is _CLOSING:
             self._finalize(None)
 
     def write_eof(self) -> None:
-        if self._eof_sent or self._eof_pending or self._closing:
+        if not (self._state is _OPEN or self._state is _READ_SHUT) or self._eof_pending:
             return
         if self._defer:
             self._undefer()
@@ -452,75 +417,55 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         finally:
             self._busy = False
 
+    def _shutdown_write(self) -> None:
+        """The FIN, once the buffer drained; when the peer's FIN came already, the connection closes."""
+        self._eof_pending = False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc, "shutting down")
+            return
+        if self.tracer:
+            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
+        if self._to(Event.WRITE_EOF) is _CLOSING:
+            self._close_now()
+
+    def can_write_eof(self) -> bool:
+        return True
+
     def get_write_buffer_size(self) -> int:
         return len(self._wbuf) + (len(self._out) if self._out is not None else 0)
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = high if high is not None else self.engine.settings.max_buffer
-        self._low = low if low is not None else self._high // 4
-
-    # ---- flow control ----------------------------------------------------------------------------
-    def pause_reading(self) -> None:
-        self._app_paused = True
-        self._hold = True
-
-    def resume_reading(self) -> None:
-        if self._app_paused:
-            self._app_paused = False
-            self._cond.notify()
+    # ---- flow control and closing: the rules are StreamCore's; these are the hooks -----------------
+    def _reading_changed(self) -> None:
+        self._hold = True  # the reading thread takes the locked path and re-decides (_wait_readable)
+        self._cond.notify()
 
     def is_reading(self) -> bool:
-        return not (self._app_paused or self._backpressure or self._closing or self._eof_received)
-
-    # ---- closing ---------------------------------------------------------------------------------
-    def is_closing(self) -> bool:
-        return self._closing or self._lost
+        return self._read_wanted()
 
     def close(self) -> None:
-        if self._closing:
+        if self._state is _CLOSING or self._state is ConnState.CLOSED:
             return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._defer:
             self._undefer()
-        self._closing = True
+        self._to(Event.CLOSE)
         self._hold = True
         if not self._wbuf:
             self._wake_reader()  # the reading thread finalizes (after the current callback, if it is us)
 
-    def abort(self) -> None:
-        self.abort_with(None)
-
-    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
-        if self._lost:
-            return
-        if reset:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        self._closing = True
+    def _drop_output(self) -> None:
         self._wbuf.clear()
         self._out = None
-        self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
-
-    def _fatal(self, exc: BaseException, action: str) -> None:
-        if self._lost:
-            return
-        err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({self.peer})")
-        if self.tracer:
-            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
-        self._closing = True
-        self._wbuf.clear()
-        self._out = None
-        self._finalize(err)
 
     def _bug(self, exc: Exception, where: str) -> None:
         """A protocol callback raised: report it, close this connection, serve the others."""
-        self.engine.report_error(exc, f"{type(self.protocol).__name__}.{where}")
-        self._fatal(exc, where)
+        self._protocol_failed(exc, where)
 
-    def _finalize(self, exc: BaseException | None, how: str = "") -> None:
-        if self._lost:
-            return
-        self._lost = True
-        self._closing = True
+    def _let_go(self, how: str) -> None:
         self._hold = True
         self._defer = False
         self._out = None
@@ -528,14 +473,9 @@ class StreamTransport(HalfCloseMixin, Transport, Connection, _Writable):
         if self.tracer:
             self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
         if threading.get_ident() == self._reader:
-            self._release()
+            self._close_fd()
         else:
             self._wake_reader()
-        self.engine.connection_closed(self)
-        try:
-            self.protocol.connection_lost(exc)
-        except Exception as bug:
-            self.engine.report_error(bug, f"{type(self.protocol).__name__}.connection_lost")
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:

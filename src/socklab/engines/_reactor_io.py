@@ -370,7 +370,7 @@ class StreamTransport(StreamCore, Transport, Connection):
         self._write_closed = True
         self._wbuf.clear()
 
-    def _release(self, how: str) -> None:
+    def _let_go(self, how: str) -> None:
         self._write_closed = True
         reactor = self.reactor
         reactor.remove_reader(self.fd)

@@ -15,7 +15,7 @@ spirit of Twisted's ``abstract.FileDescriptor`` and asyncio's ``_FlowControlMixi
 
 An engine's transport keeps only how bytes move: its read handlers, ``write``, the flush when
 the socket is writable, and three hooks: :meth:`StreamCore._reading_changed` (watch the socket or
-not), :meth:`StreamCore._drop_output` (forget queued output) and :meth:`StreamCore._release`
+not), :meth:`StreamCore._drop_output` (forget queued output) and :meth:`StreamCore._let_go`
 (stop watching the socket and close it). The asyncio and uvloop engines keep the loop's own
 transport rules (they are asyncio's), so they use only :data:`RECV_SIZE` from here.
 
@@ -142,7 +142,7 @@ class StreamCore:
         """Forget queued output (abort, fatal error)."""
         self._wbuf.clear()
 
-    def _release(self, how: str) -> None:
+    def _let_go(self, how: str) -> None:
         """Stop watching the socket and close it (or have its owning thread close it)."""
         raise NotImplementedError
 
@@ -231,7 +231,7 @@ class StreamCore:
         if self._state is _CLOSED:
             return
         self._to(Event.LOST)
-        self._release(how)
+        self._let_go(how)
         self.engine.connection_closed(self)
         try:
             self.protocol.connection_lost(exc)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
@@ -39,7 +38,7 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import BoundaryNotes, Tracer
 from socklab.core.transport import TimerHandle
 
-__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "HalfCloseMixin", "ProtocolFactory", "ReadPauseMixin",
+__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory", "ReadPauseMixin",
            "Timer", "socket_extra_info"]
 
 log = logging.getLogger("socklab")
@@ -328,37 +327,3 @@ class ReadPauseMixin:
     def resume_reading(self) -> None:
         self._app_paused = False
         self._sync_reading()
-
-
-class HalfCloseMixin:
-    """``write_eof``'s last step for transports that own their socket: FIN, traced.
-
-    Once both directions are shut (our FIN sent, the peer's received), the connection closes.
-    """
-
-    sock: socket.socket
-    peer: Any
-    tracer: Tracer | None
-    _eof_pending: bool
-    _eof_sent: bool
-    _eof_received: bool
-
-    if TYPE_CHECKING:  # provided by the transport; declared here only for the type checker
-        def _fatal(self, exc: BaseException, action: str) -> None: ...
-        def close(self) -> None: ...
-
-    def _shutdown_write(self) -> None:
-        self._eof_pending = False
-        self._eof_sent = True
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self._fatal(exc, "shutting down")
-            return
-        if self.tracer:
-            self.tracer.emit("shutdown", self.sock, peer=self.peer, detail="SHUT_WR: FIN sent, still reading")
-        if self._eof_received:
-            self.close()
-
-    def can_write_eof(self) -> bool:
-        return True
