@@ -212,3 +212,26 @@ def test_ws_generator_fails_when_the_upgrade_is_refused(recorder: RecordingEcho)
         res = run_loadgen("127.0.0.1", recorder.port, Load(connections=2, size=256, duration=0.2, warmup=0.05,
                                                              proto="ws"))
         raise SocklabError(res["first_error"])
+
+
+# ---- TLS (bench echo --tls): an empty connection, then a record split across two writes ----------
+
+def test_tls_every_contender_is_warmed_with_a_split_record(tmp_path: Path) -> None:
+    from socklab.tools.bench.tls import make_certificate, tls_server_specs
+
+    cert, key = make_certificate(tmp_path)
+    specs = tls_server_specs(["asyncio", "uvloop"], references=True, cert=cert, key=key)
+    assert [(s.name, s.reference) for s in specs] == [
+        ("ref:tls_asyncio_protocol", None), ("asyncio", "ref:tls_asyncio_protocol"),
+        ("ref:tls_uvloop_protocol", None), ("uvloop", "ref:tls_uvloop_protocol")]
+    load = Load(connections=2, size=1024, duration=0.2, warmup=0.05, proto="tls")
+    for r in run_echo(specs, load, repeats=1, interleave=True, slice_ms=50):
+        assert r.error is None, r.error
+        for s in r.samples:
+            # the split record's echo came back: the server handled it before the load began
+            assert s["warm"]["tls_split"] == "echoed", (r.name, s["warm"])
+            assert s["warm"]["tcp_empty"] == "closed by server", (r.name, s["warm"])
+            assert s["requests"] > 0 and s["errors"] == 0 and s["held"] == 2
+    cold = run_echo(specs[:1], Load(connections=2, size=1024, duration=0.2, warmup=0.05, proto="tls", cold=True),
+                    repeats=1)
+    assert cold[0].samples[0]["warm"] is None

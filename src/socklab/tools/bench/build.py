@@ -20,7 +20,8 @@ from socklab.core.errors import SocklabError
 __all__ = ["C_DIR", "PROGRAMS", "BuildError", "binary", "cache_dir"]
 
 C_DIR = Path(__file__).resolve().parent / "c"
-PROGRAMS = ("echo_server", "loadgen", "udp_echo_server", "udp_loadgen")
+PROGRAMS = ("echo_server", "loadgen", "udp_echo_server", "udp_loadgen", "tls_loadgen")
+LIBS = {"tls_loadgen": ("-lssl", "-lcrypto")}  # linked after the source (OpenSSL: libssl-dev)
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
 
 
@@ -54,7 +55,8 @@ def binary(name: str, *, compiler: str | None = None) -> Path:
         raise BuildError(f"unknown benchmark program {name!r}; choose one of: {', '.join(PROGRAMS)}")
     source = C_DIR / f"{name}.c"
     cc = compiler or os.environ.get("CC") or "gcc"
-    digest = hashlib.sha256(source.read_bytes() + " ".join((cc, *CFLAGS)).encode()).hexdigest()[:16]
+    libs = LIBS.get(name, ())
+    digest = hashlib.sha256(source.read_bytes() + " ".join((cc, *CFLAGS, *libs)).encode()).hexdigest()[:16]
     out_dir = cache_dir()
     target = out_dir / f"{name}-{digest}"
     if target.exists():
@@ -65,7 +67,7 @@ def binary(name: str, *, compiler: str | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=out_dir)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(source)], capture_output=True, text=True,
+        done = subprocess.run([cc, *CFLAGS, "-o", tmp, str(source), *libs], capture_output=True, text=True,
                               timeout=120, check=False)
         if done.returncode != 0:
             raise BuildError(f"compiling {source.name} failed:\n{done.stderr.strip()}")

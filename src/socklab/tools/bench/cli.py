@@ -175,11 +175,14 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
               help="Echo UDP datagrams instead: --connections flows (one socket each), one datagram of --size "
                    "bytes in flight per flow; references are a blocking recvfrom loop, a selectors loop and "
                    "DatagramProtocol; --with-c adds a C recvfrom loop. Try --size 64.")
+@click.option("--tls", is_flag=True,
+              help="Echo over TLS (a throwaway self-signed certificate; the C generator uses OpenSSL); "
+                   "references: the loop's own TLS in a plain asyncio or uvloop server.")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
          repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
          no_reference: bool, with_c: bool, interleave: bool, slice_ms: float, sweep: bool, cold: bool,
-         udp: bool) -> None:
+         udp: bool, tls: bool) -> None:
     """Echo throughput and latency per engine, each next to its reference (and C with --with-c).
 
     Every server runs in its own process pinned to one core; the C load generator runs on
@@ -205,16 +208,28 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
                    duration=duration, warmup=warmup, repeat=repeat, as_json=as_json, save=save, chart=chart,
                    with_c=with_c, levels="10,100,1000,10000", cold=cold)
         return
-    from socklab.tools.bench.procs import pick_cores, server_specs, udp_server_specs
-    from socklab.tools.bench.report import echo_table, generator_bound, to_json, write_chart
-    from socklab.tools.bench.runner import Load, raise_nofile, run_echo
+    from socklab.tools.bench.procs import server_specs, udp_server_specs
+    from socklab.tools.bench.runner import raise_nofile
 
     err = Console(stderr=True)
-    out = _console()
     tgts = _targets(targets)
     default = () if tgts and engines_opt is None else tuple(e for e in ENGINE_NAMES)
     if udp and (size > 65507 or pipeline != 1):
         raise UsageError("--udp: --size at most 65507 (one datagram) and --pipeline 1")
+    if tls and (udp or pipeline != 1 or with_c or tgts):
+        raise UsageError("--tls: TCP only, --pipeline 1, no --with-c (no C TLS server) and no --target")
+    if tls:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="socklab-bench-tls-") as d:
+            from socklab.tools.bench.tls import make_certificate, tls_server_specs
+
+            cert, key = make_certificate(Path(d))
+            specs = tls_server_specs(_engines(engines_opt, default, connections, err), references=not no_reference,
+                                     cert=cert, key=key)
+            _run_echo(specs, size, connections, pipeline, duration, warmup, repeat, as_json, save, chart, interleave,
+                      slice_ms, cold, "tls", err)
+        return
     engines = _engines(engines_opt, default, 1 if udp else connections, err)
     nofile = raise_nofile()
     if connections + 64 > nofile:
@@ -226,6 +241,18 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
         specs = server_specs(engines, references=not no_reference, with_c=with_c, targets=tgts,
                              max_connections=connections + 100 if connections > 900 else None,
                              pool_workers=max(16, connections))
+    _run_echo(specs, size, connections, pipeline, duration, warmup, repeat, as_json, save, chart, interleave,
+              slice_ms, cold, "udp" if udp else "tcp", err)
+
+
+def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, duration: float, warmup: float,
+              repeat: int, as_json: bool, save: str | None, chart: str | None, interleave: bool, slice_ms: float,
+              cold: bool, proto: str, err: Console) -> None:
+    """Measure ``specs`` (bench echo's TCP, UDP or TLS servers), then print or save the figures."""
+    from socklab.tools.bench.procs import pick_cores
+    from socklab.tools.bench.report import echo_table, generator_bound, to_json, write_chart
+    from socklab.tools.bench.runner import Load, run_echo
+
     if not specs:
         raise UsageError("nothing to measure: name --engines, --target or --with-c")
     server_cores, gen_cpu, pinning = pick_cores()
@@ -233,7 +260,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs x ({warmup:g} s warm-up + {duration:g} s)"
               "[/dim]")
     load = Load(connections=connections, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold,
-                proto="udp" if udp else "tcp")
+                proto=proto)
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=interleave, slice_ms=slice_ms)
     meta = _meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
@@ -244,10 +271,11 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     if as_json:
         click.echo(to_json(results, meta))
         return
-    title = (f"{'UDP ' if udp else ''}echo, {size:,} B x {connections} {'flows' if udp else 'connections'}, pipeline {pipeline}, "
-             f"median of {repeat} x {duration:g} s, {how}, {'COLD (no warm-up connection)' if cold else 'warm'} "
+    what = {"udp": "UDP echo", "tls": "TLS echo"}.get(proto, "echo")
+    title = (f"{what}, {size:,} B x {connections} {'flows' if proto == 'udp' else 'connections'}, "
+             f"pipeline {pipeline}, median of {repeat} x {duration:g} s, {how}, {'COLD (no warm-up connection)' if cold else 'warm'} "
              f"({pinning})")
-    out.print(echo_table(results, title))
+    _console().print(echo_table(results, title))
     if any(generator_bound(r) for r in results if r.error is None):
         err.print("[yellow]![/yellow] on a flagged row the load generator was busier than the server: the "
                   "figure is a lower bound for the server (see `socklab bench calibrate`)")

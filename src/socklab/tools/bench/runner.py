@@ -224,7 +224,7 @@ def _server_figures(result: dict[str, Any], marks: Marks, i: int, seconds: float
 
 
 def _argv(host: str, port: int, load: Load, cpu: int | None, connect_timeout: float) -> list[str]:
-    program = {"tcp": "loadgen", "ws": "loadgen", "udp": "udp_loadgen"}[load.proto]
+    program = {"tcp": "loadgen", "ws": "loadgen", "udp": "udp_loadgen", "tls": "tls_loadgen"}[load.proto]
     argv = [str(binary(program)), "--host", _ipv4(host, port), "--port", str(port), *load.argv(),
             "--connect-timeout", f"{connect_timeout:g}", *(["--ws", "/ws"] if load.proto == "ws" else [])]
     if cpu is not None:
