@@ -83,6 +83,23 @@ def test_an_abortive_close_is_an_rst_arrow_and_named(tmp_path: Path) -> None:
     assert names[int(rst["from"])].endswith(" client") and " server " in names[int(rst["to"])]
 
 
+def test_an_abortive_close_the_peer_never_reads_about_is_still_an_rst_not_a_fin(tmp_path: Path) -> None:
+    err, page = traced(tmp_path, "rst-unread", """
+        import socket, struct
+        srv = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()                     # RST; the server closes without reading
+        conn.close()
+    """)
+    assert re.search(r"close peer=\S+ RST sent \(SO_LINGER 0\).* \[CLOSE\]", err), err
+    names = lanes(page)
+    from_client = [a["kind"] for a in arrows(page) if a["kind"] in ("fin", "rst")
+                   and names[int(a["from"])].endswith(" client")]
+    assert from_client == ["rst"], arrows(page)  # the old page drew a FIN from the client
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

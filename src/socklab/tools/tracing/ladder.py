@@ -474,6 +474,8 @@ def _one_side(s: Sock, lane: int, out: list[Arrow]) -> None:
             out.append(Arrow("fin", e, None, lane, "FIN", reverse=True))
         elif e.errno in ("ECONNRESET", "EPIPE"):
             out.append(Arrow("rst", e, None, lane, "RST", reverse=True))
+        elif e.kind in ("close", "exit") and _sends_rst(e):
+            out.append(Arrow("rst", e, None, lane, "RST"))
         elif e.kind in ("shutdown", "close", "exit") and _sends_fin(e):
             out.append(Arrow("fin", e, None, lane, "FIN"))
 
@@ -522,9 +524,19 @@ def _sends_fin(e: Ev) -> bool:
     return e.raw.get("source") != "strace" and e.kind == "close" and not (e.detail and "listening" in e.detail)
 
 
+def _sends_rst(e: Ev) -> bool:
+    """trace run says when a close aborted the connection (SO_LINGER 0): "RST sent"."""
+    return bool(e.detail and "RST sent" in e.detail)
+
+
 def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
-    """FIN from x's shutdown(SHUT_WR) or last close to y's recv of 0; RST where y saw a reset."""
+    """FIN from x's shutdown(SHUT_WR) or last close to y's recv of 0; RST where y saw a reset or x's
+    close sent one."""
     out: list[Arrow] = []
+    abort = next((e for e in x.events if e.kind in ("close", "exit") and _sends_rst(e)), None)
+    if abort is not None and not any(e.kind in ("shutdown", "close", "exit") and _sends_fin(e) for e in x.events):
+        reset = next((e for e in y.events if e.errno in ("ECONNRESET", "EPIPE") and e.t >= abort.t - 1e-3), None)
+        return [Arrow("rst", abort, reset, reset.lane if reset is not None else _lane_of(y), "RST")]
     fin = next((e for e in x.events if e.kind in ("shutdown", "close", "exit") and _sends_fin(e)), None)
     if fin is None:  # socklab's own trace does not say which close sent FIN: the last one did
         fin = next((e for e in reversed(x.events) if e.kind == "close"), None)
