@@ -22,6 +22,7 @@ from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
+from socklab.engines._stream import RECV_SIZE
 from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RECV_SIZE"]
 
-RECV_SIZE = 64 * 1024  # below glibc's 128 KiB mmap threshold: see the module docstring
 _LINGER_RST = struct.pack("ii", 1, 0)
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, 9 u32s, then tcpi_last_data_sent, _last_ack_sent,
 # tcpi_last_data_recv (milliseconds since the last data segment arrived).
@@ -55,13 +55,34 @@ def _last_data_recv(sock: Any) -> float | None:
     return float(struct.unpack_from("I", raw, _LAST_DATA_RECV)[0]) / 1000.0
 
 
+def _shrink_tls_read_buffer(t: asyncio.BaseTransport) -> None:
+    """asyncio's TLS layer reads ciphertext with ``recv_into`` a 256 KiB buffer: make it 64 KiB.
+
+    (Its buffer is allocated once, so this is not the per-read mmap, but socklab's rule is one:
+    no receive of 128 KiB or more anywhere.) CPython's ``SSLProtocol`` keeps the buffer and its
+    cap in ``_ssl_buffer``/``max_size``; uvloop's are C fields and are left alone (it reads into
+    one preallocated buffer). Runs in ``connection_made``, after the handshake bytes were copied out.
+    """
+    sp = getattr(t, "_ssl_protocol", None)
+    if sp is None or not isinstance(getattr(sp, "_ssl_buffer", None), bytearray) or \
+            getattr(sp, "max_size", 0) <= RECV_SIZE:
+        return
+    sp.max_size = RECV_SIZE
+    sp._ssl_buffer = bytearray(RECV_SIZE)
+    sp._ssl_buffer_view = memoryview(sp._ssl_buffer)
+
+
 def _error(exc: BaseException | None, action: str) -> BaseException | None:
     return translate_oserror(exc, action) if isinstance(exc, OSError) else exc
 
 
 # ---- one stream connection: an asyncio protocol to the loop, a socklab transport to the app -------
-class _Stream(ReadPauseMixin, asyncio.Protocol, Transport, Connection):
+class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
     """Bridges one loop connection to one socklab protocol.
+
+    It has ``asyncio.Protocol``'s methods without being an ``asyncio.Protocol`` instance: uvloop's
+    TLS layer gives a protocol that *is* one the copying read path (``SSLObject.read(256 KiB)``, a
+    fresh object above glibc's mmap threshold per record) even when it has ``get_buffer``.
 
     Server side (``factory`` given): admission is decided in ``connection_made`` - after the TLS
     handshake on TLS listeners - and only an admitted connection gets an app protocol.
@@ -101,6 +122,8 @@ class _Stream(ReadPauseMixin, asyncio.Protocol, Transport, Connection):
         self._peer = t.get_extra_info("peername")
         self._fdno = self._fd()
         self._tls = t.get_extra_info("sslcontext") is not None
+        if self._tls:
+            _shrink_tls_read_buffer(t)
         if self._server_side:
             if self.tracer:
                 self.tracer.emit("accept", fd=self._fdno, peer=self._peer, level="transport",

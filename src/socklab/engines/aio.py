@@ -83,14 +83,54 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
         self.tracer = engine.tracer
         self.app = app
         self._t: asyncio.DatagramTransport | None = None
+        self._raw: socket.socket | None = None  # a dup of the socket, for empty datagrams only
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = cast(asyncio.DatagramTransport, transport)
         self._t = t
+        if getattr(t, "max_size", 0) > RECV_SIZE:
+            # asyncio's selector transport calls recvfrom(256 KiB) per datagram: a fresh bytes
+            # object above glibc's mmap threshold each time. 64 KiB holds any UDP payload (65,507).
+            t.max_size = RECV_SIZE  # type: ignore[attr-defined]
         if self.tracer is None:
-            self.sendto = t.sendto  # type: ignore[method-assign]
+            loop_sendto = t.sendto
+            send_empty = self._send_empty
+
+            def sendto(data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+                if data:
+                    loop_sendto(data, addr)
+                else:
+                    send_empty(addr)
+
+            self.sendto = sendto  # type: ignore[method-assign]
         self.app.connection_made(self)
+
+    def _send_empty(self, addr: Any) -> None:
+        """A zero-length datagram, sent by socklab: the loops drop it (asyncio: ``if not data: return``).
+
+        Every engine sends it (a UDP probe or keep-alive may be empty). Sent on a duplicate of the
+        endpoint's descriptor, non-blocking; a full socket buffer drops it, as the kernel may.
+        """
+        t = self._t
+        if t is None or t.is_closing():
+            return
+        raw = self._raw
+        if raw is None:
+            sock = t.get_extra_info("socket")
+            if sock is None:
+                return
+            raw = self._raw = sock.dup()
+            raw.setblocking(False)
+        try:
+            if addr is None:
+                raw.send(b"")
+            else:
+                raw.sendto(b"", addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self.error_received(exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.engine.stats.datagrams_in += 1
@@ -111,6 +151,9 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
         if self._lost:
             return
         self._lost = True
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
         if self in self.engine._endpoints:
             self.engine._endpoints.remove(self)
         if self.tracer:
@@ -125,7 +168,10 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
             return
         if self.tracer:
             self.tracer.emit("sendto", peer=addr, nbytes=len(data), level="transport")
-        self._t.sendto(data, addr)
+        if data:
+            self._t.sendto(data, addr)
+        else:
+            self._send_empty(addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "engine":
@@ -317,8 +363,13 @@ class _AioEngine(Engine):
             self._noted = True
             self.tracer.note(_HIDDEN_NOTE.format(loop=self.name), level="transport")
 
-    def _stream_factory(self, factory: ProtocolFactory, server_side: bool) -> Callable[[], _Stream]:
+    def _stream_factory(self, factory: ProtocolFactory, server_side: bool, tls: bool = False) -> Callable[[], _Stream]:
         cls = self.traced_stream_class if self.tracer else self.stream_class
+        if tls and not issubclass(cls, _BufferedStream):
+            # The loop's TLS layer hands a plain protocol ``SSLObject.read(256 KiB)``: a fresh
+            # object above glibc's mmap threshold per record. A BufferedProtocol gets the
+            # plaintext decrypted into its own (64 KiB, reused) buffer instead.
+            cls = _TracedBufferedStream if self.tracer else _BufferedStream
         return lambda: cls(self, factory, server_side)
 
     def serve_stream(self, sock: socket.socket, protocol_factory: ProtocolFactory,
@@ -331,7 +382,7 @@ class _AioEngine(Engine):
         self._note_hidden_syscalls()
         listener = _Listener(self)
         self._listeners.append(listener)
-        bridge = self._stream_factory(protocol_factory, server_side=True)
+        bridge = self._stream_factory(protocol_factory, server_side=True, tls=ssl_context is not None)
 
         async def start() -> None:
             if sock.family == socket.AF_UNIX:
@@ -373,7 +424,7 @@ class _AioEngine(Engine):
         ``ConnectTimeout``, ``ResolveError``...).
         """
         self._note_hidden_syscalls()
-        bridge = self._stream_factory(protocol_factory, server_side=False)
+        bridge = self._stream_factory(protocol_factory, server_side=False, tls=ssl_context is not None)
         loop = self.loop
         hostname = (server_hostname or endpoint.host) if ssl_context is not None else None
 
