@@ -27,6 +27,7 @@ from socklab.protocols.chat import (
     Parted,
     Ping,
     Pong,
+    Presence,
     Private,
     PrivMsg,
     Quit,
@@ -257,6 +258,7 @@ events = st.one_of(
     st.builds(Members, rooms, st.lists(names, max_size=5).map(tuple)),
     st.builds(ErrorReply, st.integers(100, 599), texts), st.builds(Notice, texts),
     st.builds(TopicChanged, rooms, names, texts), st.builds(Synced, rooms, st.integers(0, 2**40)),
+    st.builds(Presence, rooms, st.integers(0, 10**6), st.integers(0, 10**6), st.integers(0, 10**6), texts),
 )
 
 
@@ -268,7 +270,9 @@ def test_fuzz_event_codec_round_trip(event: object) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=100))
+@given(st.one_of(st.text(max_size=100), st.text(max_size=60).map(lambda t: "PRESENCE " + t),
+                 st.lists(st.sampled_from(["#a", "1", "-1", "x", ":", " :t", "2"]), max_size=7).map(
+                     lambda parts: "PRESENCE " + " ".join(parts))))
 def test_fuzz_parse_event_garbage(text: str) -> None:
     try:
         parse_event(text)
