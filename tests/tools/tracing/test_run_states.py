@@ -128,3 +128,71 @@ def test_a_server_whose_client_closes_first_is_close_wait_then_last_ack(tmp_path
     assert conn[eof + 1:] == [("sendto", "CLOSE_WAIT"), ("close", "LAST_ACK")], err
     listening = [(m[2], m[3]) for ln in err.splitlines() if (m := LINE.search(ln)) and m[1] == "3"]
     assert ("listen", "LISTEN") in listening and listening[-1] == ("close", "CLOSE"), err  # old: [LISTEN]
+
+
+def test_the_kernels_fin_wait2_replaces_the_guess_while_the_program_runs(tmp_path: Path) -> None:
+    """After shutdown(SHUT_WR) the calls can only say FIN_WAIT1; the peer's ACK (FIN_WAIT2) only the
+    kernel knows. A second connection, closed by the server, makes trace run say "the kernel reports
+    CLOSE_WAIT": proof that it has looked at the kernel's table (twice) while the first was in FIN_WAIT2."""
+    prog = tmp_path / "halfclose.py"
+    prog.write_text(textwrap.dedent("""
+        import socket, sys
+        port = int(sys.argv[1])
+        a = socket.create_connection(("127.0.0.1", port), timeout=60)
+        a.sendall(b"A")
+        b = socket.create_connection(("127.0.0.1", port), timeout=60)
+        b.sendall(b"B")
+        a.shutdown(socket.SHUT_WR)
+        while a.recv(100):
+            pass
+        a.close()
+        while b.recv(100):
+            pass
+        b.close()
+    """))
+    out = tmp_path / "t.jsonl"
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(30)
+    cmd = [sys.executable, "-m", "socklab", "trace", "run", "--json", str(out), "--", sys.executable, str(prog),
+           str(srv.getsockname()[1])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env=dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
+    err = b""
+    try:
+        conns = {}
+        for _ in range(2):
+            c, _ = srv.accept()
+            c.settimeout(30)
+            conns[c.recv(1)] = c
+        a, b = conns[b"A"], conns[b"B"]
+        assert a.recv(100) == b""  # the client's FIN on A: A is in FIN_WAIT2 on its side
+        b.shutdown(socket.SHUT_WR)  # B: the client's kernel goes CLOSE_WAIT, the program does not read B yet
+        assert proc.stderr is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            while b"the kernel reports CLOSE_WAIT" not in err:
+                assert sel.select(30), err.decode()
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                assert chunk, err.decode()
+                err += chunk
+        a.sendall(b"x")
+        a.close()
+        b.close()
+        _, rest = proc.communicate(timeout=30)
+        err += rest
+    finally:
+        srv.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    text = err.decode()
+    assert proc.returncode == 0, text
+    shut = re.search(r" fd=(\d+) shutdown .*\[FIN_WAIT1\]$", text, re.M)
+    assert shut, text
+    got = re.search(rf" fd={shut[1]} recvfrom 1 bytes .*\[(\w+)\]$", text, re.M)
+    assert got and got[1] == "FIN_WAIT2", text  # the old code said FIN_WAIT1
+    import json
+
+    events = [json.loads(ln) for ln in out.read_text().splitlines()]
+    recv = next(e for e in events if e["op"] == "recvfrom" and e["fd"] == int(shut[1]) and e["nbytes"] == 1)
+    assert recv["state_from"] == "kernel"
