@@ -68,6 +68,7 @@ def test_a_refused_non_blocking_connect_is_closed_after_pollerr_and_so_error() -
                  + f"1 1.04 close(3<{NEW}>) = 0 <0.00001>\n")
     close = events[-1]
     assert (close.op, close.state) == ("close", "CLOSE") and "FIN" not in (close.detail or "")
+    assert "connection refused: nothing listens" in events[-2].notes[0]  # SO_ERROR says it as connect would
 
 
 def test_select_readable_and_writable_proves_nothing_so_so_error_decides() -> None:

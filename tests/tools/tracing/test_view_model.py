@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.tracing.helpers import needs_strace, socklab
+from tests.tools.tracing.helpers import echo_server, needs_strace, socklab
 
 pytestmark = needs_strace
 
@@ -98,6 +98,20 @@ def test_an_abortive_close_the_peer_never_reads_about_is_still_an_rst_not_a_fin(
     from_client = [a["kind"] for a in arrows(page) if a["kind"] in ("fin", "rst")
                    and names[int(a["from"])].endswith(" client")]
     assert from_client == ["rst"], arrows(page)  # the old page drew a FIN from the client
+
+
+def test_a_recv_of_0_after_shut_rd_is_no_fin_from_the_peer(tmp_path: Path) -> None:
+    with echo_server() as port:
+        err, page = traced(tmp_path, "shutrd", f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=30)
+            s.shutdown(socket.SHUT_RD)
+            assert s.recv(100) == b""     # this side stopped reading: not the server's FIN
+            s.close()
+        """)
+    assert "recv returned 0 because this program shut down its reading side (SHUT_RD)" in err
+    fins = [a for a in arrows(page) if a["kind"] == "fin"]
+    assert len(fins) == 1, fins  # the client's close; the old page drew a FIN from the server too
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

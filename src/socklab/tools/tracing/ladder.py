@@ -470,7 +470,7 @@ def _one_side(s: Sock, lane: int, out: list[Arrow]) -> None:
             out.append(Arrow("data", e, None, lane, f"{e.nbytes} B", e.nbytes))
         elif e.kind == "recv" and e.nbytes:
             out.append(Arrow("data", e, None, lane, f"{e.nbytes} B", e.nbytes, reverse=True))
-        elif e.kind == "recv" and e.nbytes == 0 and e.errno is None:
+        elif e.kind == "recv" and e.nbytes == 0 and e.errno is None and not _own_eof(e):
             out.append(Arrow("fin", e, None, lane, "FIN", reverse=True))
         elif e.errno in ("ECONNRESET", "EPIPE"):
             out.append(Arrow("rst", e, None, lane, "RST", reverse=True))
@@ -524,6 +524,11 @@ def _sends_fin(e: Ev) -> bool:
     return e.raw.get("source") != "strace" and e.kind == "close" and not (e.detail and "listening" in e.detail)
 
 
+def _own_eof(e: Ev) -> bool:
+    """A recv of 0 after this side's shutdown(SHUT_RD) is no FIN from the peer (trace run says so)."""
+    return any("SHUT_RD" in n for n in e.notes)
+
+
 def _sends_rst(e: Ev) -> bool:
     """trace run says when a close aborted the connection (SO_LINGER 0): "RST sent"."""
     return bool(e.detail and "RST sent" in e.detail)
@@ -540,7 +545,7 @@ def _fin_rst(x: Sock, y: Sock) -> list[Arrow]:
     fin = next((e for e in x.events if e.kind in ("shutdown", "close", "exit") and _sends_fin(e)), None)
     if fin is None:  # socklab's own trace does not say which close sent FIN: the last one did
         fin = next((e for e in reversed(x.events) if e.kind == "close"), None)
-    eof = next((e for e in y.events if e.kind == "recv" and e.nbytes == 0), None)
+    eof = next((e for e in y.events if e.kind == "recv" and e.nbytes == 0 and not _own_eof(e)), None)
     reset = next((e for e in y.events if e.errno in ("ECONNRESET", "EPIPE")
                   or (e.kind == "error" and e.detail and "reset" in e.detail.lower())), None)
     if reset is not None:

@@ -48,6 +48,8 @@ SLOW_CALL = 1.0  # seconds a blocking call may wait before it gets a note
 # errors by which a connect (blocking, or finished later) says it failed
 CONNECT_ERRORS = frozenset({"ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ECONNABORTED"})
 
+_REFUSED = ("connection refused: nothing listens on that address (its host answered the SYN with RST); is the "
+            "server running, on this port and address?")
 _WAIT_LIMIT = re.compile(r" \((?:up to [0-9.e+-]+ s|no timeout)\)")
 Probe = Callable[[str, str], str | None]  # (proto, "host:port") -> what the kernel says now
 
@@ -299,7 +301,8 @@ class Lifecycle:
             return [self._event(sc, "getsockopt", fd, info, detail="SO_ERROR=0: the non-blocking connect "
                                 "finished (three-way handshake done)")]
         info.move(Step.CONNECT_FAILED)
-        return [self._event(sc, "getsockopt", fd, info, detail=f"SO_ERROR={err}: the non-blocking connect failed")]
+        return [self._event(sc, "getsockopt", fd, info, detail=f"SO_ERROR={err}: the non-blocking connect failed",
+                            notes=[_REFUSED] if err == "ECONNREFUSED" else [])]
 
     def _bind(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         addr = parse_sockaddr(args[1]) if len(args) > 1 else None
@@ -368,8 +371,7 @@ class Lifecycle:
             if sc.errno in CONNECT_ERRORS:
                 info.move(Step.CONNECT_FAILED)
             if sc.errno == "ECONNREFUSED":
-                notes.append("connection refused: nothing listens on that address (its host answered the SYN "
-                             "with RST); is the server running, on this port and address?")
+                notes.append(_REFUSED)
             elif sc.errno == "ETIMEDOUT":
                 notes.append("no answer to the SYN: a firewall drops it, or the host is down")
         return [self._event(sc, "connect", fd, info, detail=detail, notes=notes)]
