@@ -50,13 +50,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, _, attr = target.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                return None  # not written yet
-            raise
-        command: click.Command = getattr(mod, attr)
+        command: click.Command = getattr(importlib.import_module(module), attr)
         return command
 
 

@@ -23,7 +23,7 @@ The tree::
         ├── AddressInUse              bind() found the address taken (EADDRINUSE)
         ├── ClosedError               *our* side already closed the socket (a bug if it surprises you)
         ├── BrokenError               the *peer* or the network broke the connection (RST, EPIPE)
-        ├── TimeoutError_             an operation timed out (idle, send, header deadline)
+        ├── OperationTimeout          an operation timed out (idle, send, header deadline)
         └── ResourceExhausted         out of file descriptors or memory (EMFILE, ENFILE, ENOBUFS)
 
 Which ones mean a bug: ``LocalProtocolError`` and ``ClosedError`` point at the calling code.
@@ -49,6 +49,7 @@ __all__ = [
     "LimitExceeded",
     "LocalProtocolError",
     "NetworkError",
+    "OperationTimeout",
     "ProtocolError",
     "RemoteProtocolError",
     "ResolveError",
@@ -136,8 +137,16 @@ class BrokenError(NetworkError):
     """The peer or the network broke the connection (reset, broken pipe)."""
 
 
-class TimeoutError_(NetworkError):
-    """An operation did not finish within its deadline."""
+class OperationTimeout(NetworkError):
+    """An operation did not finish within its deadline.
+
+    (Not called ``TimeoutError``: that name is a builtin, and ``OSError``'s subclass for ETIMEDOUT.)
+    """
+
+
+TimeoutError_ = OperationTimeout
+"""Deprecated alias of :class:`OperationTimeout` (its old name, which read like the builtin);
+kept for one release while code outside this repository moves."""
 
 
 class ResourceExhausted(NetworkError):
@@ -187,7 +196,7 @@ def translate_oserror(exc: BaseException, action: str) -> SocklabError:
     if isinstance(exc, (TimeoutError, socket.timeout)) and exc.errno is None:
         if action.startswith("connect"):
             return ConnectTimeout(f"timed out while {action}")
-        return TimeoutError_(f"timed out while {action}")
+        return OperationTimeout(f"timed out while {action}")
     if isinstance(exc, OSError):
         code = exc.errno
         cls = _BY_ERRNO.get(code, NetworkError) if code is not None else NetworkError

@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -319,8 +318,3 @@ class _ConsoleSink:
 
 
 _ANSI = {"yellow": "33", "red": "31", "green": "32", "cyan": "36", "bold red": "1;31"}
-
-
-def stderr_tracer(engine: str, json_path: str | None = None) -> Tracer:
-    """The tracer ``--trace`` builds: human lines on stderr, optionally JSON lines to a file."""
-    return Tracer(engine=engine, console=sys.stderr, json_file=json_path)

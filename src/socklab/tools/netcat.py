@@ -41,8 +41,8 @@ import click
 from socklab.cli.options import make_tracer, run_cli, trace_options
 from socklab.core.errors import (
     ConnectError,
+    OperationTimeout,
     SocklabError,
-    TimeoutError_,
     UsageError,
     translate_oserror,
 )
@@ -266,7 +266,7 @@ def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdu
             if session.udp and session.stdin_done:
                 explain("no more replies: UDP has no EOF, so silence after stdin ended is the normal end")
                 return
-            raise TimeoutError_(f"no data either way for {idle_timeout:g} s (--idle-timeout)")
+            raise OperationTimeout(f"no data either way for {idle_timeout:g} s (--idle-timeout)")
         if session.wake_r in ready:
             os.read(session.wake_r, 64)
             continue

@@ -16,7 +16,7 @@ import pytest
 
 from socklab.apps.echo.client import EchoClient
 from socklab.apps.echo.protocol import EchoDatagramProtocol
-from socklab.core.errors import ConnectionRefused, ResolveError, TimeoutError_
+from socklab.core.errors import ConnectionRefused, OperationTimeout, ResolveError
 from socklab.core.sockets import parse_endpoint
 from tests.conftest import roundtrip, running_server
 
@@ -122,7 +122,7 @@ def test_client_library_errors_are_typed() -> None:
         EchoClient(parse_endpoint("no-such-host.invalid:7"))
     with running_server(_Silent, udp=True) as srv:
         c = EchoClient(parse_endpoint(f"127.0.0.1:{srv.port}"), udp=True, timeout=0.1, retries=0)
-        with c, pytest.raises(TimeoutError_):
+        with c, pytest.raises(OperationTimeout):
             c.roundtrip(b"anyone?")
 
 

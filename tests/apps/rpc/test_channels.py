@@ -21,7 +21,7 @@ import pytest
 
 from socklab import rpc
 from socklab.apps.rpc.channels import TcpChannel, parse_url, tls_context
-from socklab.core.errors import BrokenError, ClosedError, TimeoutError_
+from socklab.core.errors import BrokenError, ClosedError, OperationTimeout
 from socklab.core.protocol import Protocol
 from socklab.core.settings import ServerSettings
 from socklab.core.transport import Transport
@@ -190,7 +190,7 @@ def test_a_server_that_stops_reading_blocks_senders_at_max_queued() -> None:
         try:
             big = b"x" * (16 * 1024 * 1024)  # more than the kernel buffers: most of it stays queued
             ch.send(big)  # a message larger than the limit is accepted when nothing else waits
-            with pytest.raises(TimeoutError_):
+            with pytest.raises(OperationTimeout):
                 ch.send(b"y", timeout=0.2)
             blocked: list[BaseException] = []
             waiting = threading.Thread(target=lambda: blocked.extend(_raises(ch.send, b"z")))

@@ -237,26 +237,25 @@ class ChatHub:
             raise RemoteProtocolError(f"you are not in {name}; /join {name} first", hint=403)
         return name
 
-    def _metered(self, member: Member) -> None:
+    def _metered(self, member: Member) -> bool:
+        """True when ``member`` may send now; False: dropped by the rate limit (the notice is sent)."""
         assert member.bucket is not None
         now = self.clock()
         if member.bucket.take(now):
             member.limited = False
-            return
+            return True
         wait = member.bucket.retry_after(now)
         if not member.limited:  # one notice per burst of refusals, not one per line
             member.limited = True
             self.error(member, 429, f"rate limited ({self.settings.rate:g} messages/s, bursts of "
                                     f"{self.settings.burst}): messages are dropped for {wait:.1f} s")
-        raise _Dropped
+        return False
 
     def _say(self, member: Member, cmd: Say | Me) -> None:
         nick = self._need_nick(member)
         room = self._target_room(member, cmd.room if isinstance(cmd, Say) else None)
         text = check_text(cmd.text, self.settings.max_message)
-        try:
-            self._metered(member)
-        except _Dropped:
+        if not self._metered(member):  # dropped; the notice was already sent
             return
         self.messages += 1
         msg = Message(room, 0, round(self.wallclock(), 3), nick, text, ACTION if isinstance(cmd, Me) else "say")
@@ -387,9 +386,7 @@ class ChatHub:
     def _privmsg(self, member: Member, cmd: PrivMsg) -> None:
         nick = self._need_nick(member)
         text = check_text(cmd.text, self.settings.max_message)
-        try:
-            self._metered(member)
-        except _Dropped:
+        if not self._metered(member):  # dropped; the notice was already sent
             return
         target = self.nicks.get(nick_key(cmd.nick))
         event = Private(nick, cmd.nick if target is None or target.nick is None else target.nick,
@@ -551,7 +548,3 @@ class ChatHub:
             return False
         target.send(event)
         return True
-
-
-class _Dropped(Exception):
-    """Internal: the message was refused by the rate limit (the notice was already sent)."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from socklab.core.errors import BrokenError, RemoteProtocolError, TimeoutError_, translate_oserror
+from socklab.core.errors import BrokenError, OperationTimeout, RemoteProtocolError, translate_oserror
 from socklab.core.sockets import Endpoint, client_ssl_context, connect_tcp, open_udp_socket
 from socklab.core.trace import Tracer
 
@@ -87,7 +87,7 @@ class EchoClient:
         """Send ``message`` and wait until all of it came back; returns the RTT in milliseconds.
 
         Raises:
-            TimeoutError_: no (complete) reply in time (UDP: after the retries).
+            OperationTimeout: no (complete) reply in time (UDP: after the retries).
             BrokenError: the server closed or reset the connection.
             RemoteProtocolError: the reply differs from what was sent.
         """
@@ -163,7 +163,7 @@ class EchoClient:
                 self.resends += 1
                 if tr:
                     tr.note(f"no reply within {self.timeout:g} s: the datagram or its echo was lost; resending")
-        raise TimeoutError_(f"no echo within {self.timeout:g} s after {self.retries + 1} tries")
+        raise OperationTimeout(f"no echo within {self.timeout:g} s after {self.retries + 1} tries")
 
     # ---- modes -----------------------------------------------------------------------------------
     def ping(self, count: int, size: int, interval: float,
@@ -179,7 +179,7 @@ class EchoClient:
                 assert rtt is not None
                 stats.rtts_ms.append(rtt)
                 err = None
-            except TimeoutError_ as exc:
+            except OperationTimeout as exc:
                 rtt, err = None, str(exc)
                 if not self.udp:
                     raise

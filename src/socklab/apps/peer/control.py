@@ -111,7 +111,7 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -
     Raises:
         UsageError: the socket or its directory belongs to another user (see ``check_control_socket``).
         NetworkError (ConnectionRefused...): no node listens there.
-        TimeoutError_: no answer within ``timeout``.
+        OperationTimeout: no answer within ``timeout``.
         RemoteProtocolError: the answer is not JSON.
     """
     from socklab.apps.peer.settings import check_control_socket

@@ -30,8 +30,8 @@ import wsproto.events as wse
 from socklab.core.errors import (
     BrokenError,
     ClosedError,
+    OperationTimeout,
     RemoteProtocolError,
-    TimeoutError_,
     UsageError,
     translate_oserror,
 )
@@ -150,7 +150,7 @@ class _ThreadedChannel(Channel):
 
     Back-pressure: at most ``max_queued`` bytes (default :data:`MAX_QUEUED`, 4 MiB) wait to be
     written. A sender that would go over waits for room - up to its ``timeout``, then
-    :class:`~socklab.core.errors.TimeoutError_` - so a server that stops reading cannot make the
+    :class:`~socklab.core.errors.OperationTimeout` - so a server that stops reading cannot make the
     client buffer without bound. A single message larger than the limit is accepted when nothing
     else waits; the owner thread itself (answering a WebSocket ping from a callback) and close
     frames never wait.
@@ -190,7 +190,7 @@ class _ThreadedChannel(Channel):
 
         Raises:
             ClosedError: close() was called. BrokenError: the connection ended.
-            TimeoutError_: no room within ``timeout`` seconds (the server does not read).
+            OperationTimeout: no room within ``timeout`` seconds (the server does not read).
         """
         bounded = bounded and threading.current_thread() is not self._thread
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +204,7 @@ class _ThreadedChannel(Channel):
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError_(f"timed out while sending a request: {self._queued} bytes already wait "
+                    raise OperationTimeout(f"timed out while sending a request: {self._queued} bytes already wait "
                                         f"for a server that does not read them (max_queued={self.max_queued})")
                 self._cond.wait(left)
             data = encode()  # under the lock: the encoder's state (wsproto) follows the queue's order
@@ -385,7 +385,7 @@ class TcpChannel(_ThreadedChannel):
         """Queue one message (returns before it is written; see :class:`_ThreadedChannel`).
 
         Raises:
-            ClosedError, BrokenError, TimeoutError_: see ``_enqueue``.
+            ClosedError, BrokenError, OperationTimeout: see ``_enqueue``.
         """
         frame = encode_frame(payload, self.framing)
         self._enqueue(len(frame), lambda: frame, timeout)
@@ -463,7 +463,7 @@ class WsChannel(_ThreadedChannel):
         """Queue one text message (returns before it is written; see :class:`_ThreadedChannel`).
 
         Raises:
-            ClosedError, BrokenError, TimeoutError_: see ``_enqueue``.
+            ClosedError, BrokenError, OperationTimeout: see ``_enqueue``.
         """
         self._send_event(wse.TextMessage(data=payload.decode()), len(payload), timeout)
 

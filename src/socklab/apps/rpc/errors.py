@@ -8,14 +8,14 @@ still read ``code``, ``message`` and ``data``.
 
 Everything here is a :class:`~socklab.core.errors.SocklabError`. Client-side failures that are
 not answers from the server use the core classes: :class:`CallTimeout` (no answer in time) is a
-``TimeoutError_``; a lost connection is a ``BrokenError``.
+``OperationTimeout``; a lost connection is a ``BrokenError``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from socklab.core.errors import SocklabError, TimeoutError_
+from socklab.core.errors import OperationTimeout, SocklabError
 from socklab.protocols import jsonrpc as j
 
 __all__ = ["CallTimeout", "InternalError", "InvalidParams", "InvalidRequest", "MethodNotFound", "ParseError",
@@ -95,7 +95,7 @@ class RequestCancelled(ServerError):
     default_code = j.REQUEST_CANCELLED
 
 
-class CallTimeout(TimeoutError_):
+class CallTimeout(OperationTimeout):
     """The client gave up waiting for an answer (its per-call timeout)."""
 
 

@@ -31,12 +31,13 @@ import stat
 import tempfile
 from pathlib import Path
 
+from socklab.core.errors import SocklabError
 from socklab.protocols import tftp
 
 __all__ = ["Download", "Refuse", "TftpAccessError", "Upload", "new_file_mode", "resolve_path"]
 
 
-class TftpAccessError(Exception):
+class TftpAccessError(SocklabError):
     """A request the path policy refuses; ``code`` is the TFTP error code to answer with."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -32,7 +32,7 @@ import stat
 import threading
 from pathlib import Path
 
-from socklab.core.errors import RemoteProtocolError
+from socklab.core.errors import RemoteProtocolError, SocklabError
 from socklab.protocols import transfer as tp
 from socklab.protocols.text import escape_peer_text
 
@@ -45,7 +45,7 @@ PEER_BITS = 0o755  # all a peer may ever suggest: no group or world write either
 _umask_lock = threading.Lock()
 
 
-class Refused(Exception):
+class Refused(SocklabError):
     """An entry the receiver will not take; ``code`` goes to the sender in RESULT."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from socklab.core.errors import SocklabError
 from socklab.protocols.text import escape_peer_text
 
 __all__ = ["Probe", "ProbeFailed", "Result", "format_line", "gradescope_json", "quote", "results_json",
            "run_probes"]
 
 
-class ProbeFailed(Exception):
+class ProbeFailed(SocklabError):
     """Raised inside a probe: what happened, the mistake that causes it, and the fix."""
 
     def __init__(self, happened: str, mistake: str, fix: str) -> None:

@@ -65,7 +65,7 @@ STREAMS = ("upstream", "downstream")
 TapFactory = Callable[[Endpoint, Endpoint, list[Fault]], Tap]
 
 
-class ApiError(Exception):
+class ApiError(SocklabError):
     """An answer ``{"error": message, "status": status}``."""
 
     def __init__(self, status: int, message: str) -> None:

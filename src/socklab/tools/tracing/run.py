@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO
 
-from socklab.core.errors import ProtocolError
+from socklab.core.errors import ProtocolError, SocklabError
 from socklab.tools.tracing.events import RECV_CALLS, SEND_CALLS, SockEvent, format_line
 from socklab.tools.tracing.lifecycle import SLOW_CALL, STRACE_CALLS, Lifecycle
 from socklab.tools.tracing.strace_parse import StraceParser
@@ -67,7 +67,7 @@ EXPLAIN = {
 }
 
 
-class TracingUnavailable(Exception):
+class TracingUnavailable(SocklabError):
     """strace is missing, or the kernel will not let it trace. ``exit_code``: 2 or 1."""
 
     def __init__(self, message: str, exit_code: int) -> None:
