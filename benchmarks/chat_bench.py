@@ -116,7 +116,7 @@ def start_node(engine: str, tmp: Path, clients: int, broker: str | None,
             "--backlog", "4096", "--workers", str(min(clients + 100, 2000)), "--store-sync", "normal" if store_sync == "memory" else store_sync]
     if broker:
         args += ["--broker", broker, "--node", f"bench-{engine}"]
-    if pin:  # the node on core 0, this generator on core 1 (as in PERF_NOTES)
+    if pin:  # the node on core 0, this generator on core 1 (as docs/benchmarks.md, "Method", explains)
         args = ["taskset", "-c", "0", *args]
         os.sched_setaffinity(0, {1})
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -1,9 +1,9 @@
 """Slowloris against `socklab http serve`: N connections dribbling header bytes while a probe measures latency.
 
-Why this exists: the reliability bar (docs/http.md, /work/shared/RELIABILITY.md) is that every slow
-connection is cut at its absolute header deadline and that a normal client's p99 latency stays
-under 3x its unloaded value meanwhile. CI runs a small version (tests/apps/http/test_hardening.py);
-this is the full-size one:
+Why this exists: the reliability bar (docs/http.md: `header_timeout` and "Slowloris at full size")
+is that every slow connection is cut at its absolute header deadline and that a normal client's p99
+latency stays under 3x its unloaded value meanwhile. CI runs a small version
+(tests/apps/http/test_hardening.py); this is the full-size one:
 
     .venv/bin/python benchmarks/http_slowloris.py --connections 1000 --engine epoll
     .venv/bin/python benchmarks/http_slowloris.py --connections 200 --seconds 8      # a smoke run
