@@ -23,8 +23,8 @@ What the adapter adds to the loop's own transport, and why:
 - the trace: the loop hides its system calls, so with ``--trace`` the adapter reports transport
   callbacks instead (``level="transport"``: accept, recv, send, shutdown, close) and says so once.
 
-Why the asyncio engine reads with :class:`asyncio.BufferedProtocol` (see docs/benchmarks.md and
-PERF_NOTES.md): CPython's selector transport otherwise calls ``recv(256 KiB)`` for every read,
+Why the asyncio engine reads with :class:`asyncio.BufferedProtocol` (see docs/engines-aio.md and
+docs/benchmarks.md): CPython's selector transport otherwise calls ``recv(256 KiB)`` for every read,
 above glibc's 128 KiB mmap threshold, so each read pays an mmap/mremap/munmap. ``recv_into`` one
 reused 64 KiB buffer and copying out only the bytes that arrived is several times faster for
 small messages. uvloop reads into its own preallocated buffer, so its engine keeps the plain
