@@ -6,6 +6,10 @@ the kernel would report (RFC 9293 section 3.3.2, Linux's tcp_close_state), never
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from socklab.core.trace import TCP_STATES
 from socklab.tools.tracing.events import SockEvent
 from socklab.tools.tracing.lifecycle import Lifecycle
 from socklab.tools.tracing.strace_parse import StraceParser
@@ -189,3 +193,59 @@ def test_the_kernels_report_wins_within_what_the_network_can_do() -> None:
     events = run(f'1 1.8 recvfrom(3<{C}>, "", 100, 0, NULL, NULL) = 0 <0.00002>\n', lc, False)
     assert (events[0].state, events[0].state_from) == ("TIME_WAIT", "calls")
     assert events[0].to_json(1.0)["state_from"] == "calls"
+
+
+_TCP_LINES = [
+    SOCKET.strip(), NB_CONNECT.strip(),
+    f"1 1.1 connect(3<{NEW}>, {ADDR}, 16) = 0 <0.0001>",
+    f"1 1.1 connect(3<{NEW}>, {ADDR}, 16) = -1 ECONNREFUSED (Connection refused) <0.0001>",
+    f"1 1.1 connect(3<{C}>, {ADDR}, 16) = -1 EISCONN (Transport endpoint is already connected) <0.0001>",
+    "1 1.2 poll([{fd=3<TCP:[1]>, events=POLLOUT}], 1, 5000) = 1 ([{fd=3, revents=POLLOUT}]) <0.0001>",
+    "1 1.2 poll([{fd=3<TCP:[1]>, events=POLLOUT}], 1, 5000) = 1 ([{fd=3, revents=POLLOUT|POLLERR|POLLHUP}]) <0>",
+    f"1 1.3 pselect6(4, [3<{NEW}>], [3<{NEW}>], NULL, NULL, NULL) = 2 (in [3], out [3]) <0.0001>",
+    f"1 1.3 getsockopt(3<{NEW}>, SOL_SOCKET, SO_ERROR, [0], [4]) = 0 <0.0001>",
+    f'1 1.4 sendto(3<{C}>, "ab", 2, 0, NULL, 0) = 2 <0.0001>',
+    f'1 1.4 sendto(3<{C}>, "ab", 2, 0, NULL, 0) = -1 EPIPE (Broken pipe) <0.0001>',
+    f'1 1.5 recvfrom(3<{C}>, "ab", 100, 0, NULL, NULL) = 2 <0.0001>',
+    f'1 1.5 recvfrom(3<{C}>, "", 100, 0, NULL, NULL) = 0 <0.0001>',
+    f"1 1.5 recvfrom(3<{C}>, 0x7f, 100, 0, NULL, NULL) = -1 ECONNRESET (Connection reset by peer) <0.0001>",
+    f"1 1.6 shutdown(3<{C}>, SHUT_WR) = 0 <0.0001>", f"1 1.6 shutdown(3<{C}>, SHUT_RD) = 0 <0.0001>",
+    f"1 1.6 shutdown(3<{C}>, SHUT_RDWR) = 0 <0.0001>",
+    f"1 1.7 setsockopt(3<{C}>, SOL_SOCKET, SO_LINGER, {{l_onoff=1, l_linger=0}}, 8) = 0 <0.0001>",
+    "1 1.8 listen(3<TCP:[127.0.0.1:7007]>, 5) = 0 <0.0001>",
+    f"1 1.9 close(3<{C}>) = 0 <0.0001>",
+]
+_AFTER_FIN = {"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "TIME_WAIT", "LAST_ACK", "CLOSE"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TCP_LINES), max_size=25))
+def test_any_order_of_calls_never_shows_a_state_it_has_left(lines: list[str]) -> None:
+    """Whatever the order: states are the kernel's names; once a FIN went out the connection never
+    shows ESTABLISHED or SYN_SENT again; once data moved, never SYN_SENT (until it is CLOSE)."""
+    fin = moved = False
+    for ev in run("\n".join(lines) + "\n", finish=False):
+        if ev.fd is None:
+            continue
+        if ev.op == "socket" or (ev.op == "connect" and ev.state == "SYN_SENT" and not fin and not moved):
+            fin = moved = False  # a new socket on fd 3 (the old one was closed)
+        assert ev.state in TCP_STATES.values()
+        if fin:
+            assert ev.state in _AFTER_FIN, (lines, ev)
+        if moved:
+            assert ev.state != "SYN_SENT", (lines, ev)
+        fin = fin or bool(ev.detail and "FIN sent" in ev.detail)
+        moved = moved or (ev.op in ("sendto", "recvfrom") and ev.errno is None and ev.state != "CLOSE")
+        if ev.op == "close" or ev.state == "CLOSE":
+            fin = moved = False  # fd 3 may name a new socket next; a TCP socket in CLOSE may connect anew
+
+
+def test_a_failed_shutdown_sends_no_fin_and_a_second_one_no_new_fin() -> None:
+    events = run(SOCKET + f"1 1.1 shutdown(3<{NEW}>, SHUT_WR) = -1 ENOTCONN (Transport endpoint is not connected) "
+                 "<0.00001>\n", finish=False)
+    assert events[-1].state == "CLOSE" and events[-1].detail == "failed: ENOTCONN (Transport endpoint is not connected)"
+    events = run(f"1 1.0 shutdown(3<{C}>, SHUT_WR) = 0 <0.00002>\n1 1.1 shutdown(3<{C}>, SHUT_RDWR) = 0 <0.00002>\n",
+                 finish=False)
+    assert [(e.detail, e.state) for e in events] == [("SHUT_WR: FIN sent, still reading", "FIN_WAIT1"),
+                                                     ("SHUT_RDWR: no more reading; no new FIN (already sent)",
+                                                      "FIN_WAIT1")]

@@ -460,18 +460,23 @@ class Lifecycle:
 
     def _shutdown(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
         how = args[1] if len(args) > 1 else "?"
-        detail = {"SHUT_WR": "SHUT_WR: FIN sent, still reading", "SHUT_RD": "SHUT_RD: no more reading",
-                  "SHUT_RDWR": "SHUT_RDWR: FIN sent, no more reading"}.get(how, how)
         was = info.tcp
+        detail: str | None = None
         if sc.errno is None and how in ("SHUT_RD", "SHUT_RDWR"):
             info.shut_rd = True
             info.move(Step.SHUT_RD)
+            detail = "SHUT_RD: no more reading (nothing is sent)"
         if sc.errno is None and how in ("SHUT_WR", "SHUT_RDWR"):
             info.move(Step.SEND_FIN)
-            info.fin_sent = info.fin_sent or was is not TcpState.SYN_SENT
-        if sc.errno is None and was is TcpState.SYN_SENT:
-            detail = (f"{how}: the connect had not been seen to finish, so the attempt is dropped (no FIN); "
-                      "wait for writable or SO_ERROR=0 first")
+            if was in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT) or not info.is_tcp:
+                info.fin_sent = True
+                detail = {"SHUT_WR": "SHUT_WR: FIN sent, still reading"}.get(how, f"{how}: FIN sent, no more reading")
+            elif was is TcpState.SYN_SENT:
+                detail = (f"{how}: the connect had not been seen to finish, so the attempt is dropped (no FIN); "
+                          "wait for writable or SO_ERROR=0 first")
+            else:
+                detail = (f"{how}: " + ("no more reading; " if how == "SHUT_RDWR" else "")
+                          + ("no new FIN (already sent)" if info.fin_sent else "no FIN (not connected)"))
         return [self._event(sc, "shutdown", fd, info, detail=detail)]
 
     def _close(self, sc: Syscall, fd: int, info: SockInfo, args: list[str]) -> list[SockEvent]:
