@@ -41,7 +41,7 @@ def wait_line(stream: Any, pattern: str, timeout: float = 30.0) -> str:
     with selectors.DefaultSelector() as sel:
         sel.register(stream, selectors.EVENT_READ)
         while sel.select(max(0.0, deadline - time.monotonic())):
-            line = stream.readline().decode(errors="replace")
+            line: str = stream.readline().decode(errors="replace")
             if not line:
                 break
             seen.append(line)
@@ -72,3 +72,22 @@ def test_every_server_command_is_labelled_in_ss(label: str, argv: list[str], whe
         for s in (proc.stdin, proc.stdout, proc.stderr):
             if s is not None:
                 s.close()
+
+
+def test_a_server_registered_without_naming_the_app_shows_its_label(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Server(label=...)`` is what ``ss`` shows by default, and a server has one registry file."""
+    from socklab.apps.echo.protocol import EchoProtocol
+    from socklab.core.settings import ServerSettings
+    from socklab.runtime import Server, read_servers, register_server
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    srv = Server(ServerSettings(host="127.0.0.1", port=0, engine="epoll"), label="mine")
+    srv.listen(EchoProtocol)
+    try:
+        reg = register_server(srv)
+        assert register_server(srv, app="other", extra={"note": "x"}) is reg  # announced twice: one file
+        assert [(r["app"], r["extra"]) for r in read_servers()] == [("mine", {"note": "x"})]
+    finally:
+        srv.close()
+    assert read_servers() == []  # removed when the server stopped
