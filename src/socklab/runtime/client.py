@@ -1,0 +1,280 @@
+"""Clients on the same contract as servers: ``connect(endpoint, factory, settings)`` and a blocking wrapper.
+
+Why this exists: a server is a Protocol driven by an engine; a client should be the same thing
+(Twisted's ``connectTCP`` and h11's client are the model): the protocol's callbacks come in the
+order :mod:`socklab.core.protocol` documents, on any engine, and OS errors are translated once,
+on the engines' connect path - never by the app. This module lives in the *runtime* layer
+(``core <- engines <- runtime <- apps <- cli``): it uses only the engines' public API
+(``make_engine``, ``connect_stream``, ``serve_datagram``, ``call_soon_threadsafe``, ``run``/``stop``).
+
+- :func:`connect` opens a stream (TCP, TLS, Unix) client on an engine that is running (call it on
+  the engine's thread, or before ``run``); :func:`open_datagram` the UDP equivalent (a connected
+  UDP socket: ``transport.sendto(data)`` goes to the server). Both return a :class:`ClientHandle`.
+- :class:`BlockingClient` is for command-line clients: it runs an engine on a helper thread and
+  lets the calling thread connect, call into the engine and wait for the protocol's end, with
+  socklab's own errors (``ConnectionRefused``, ``ConnectTimeout``...) raised on the caller.
+- :func:`run_client` is the one-shot form: connect, wait for ``connection_lost``, return the
+  protocol (its result is whatever the protocol kept), or raise why the connection failed.
+
+Example::
+
+    with BlockingClient(ClientSettings(connect_timeout=2)) as client:
+        handle = client.connect(parse_endpoint("127.0.0.1:7"), MyProtocol)
+        client.call(lambda: handle.transport.write(b"hi\\n"))
+        handle.wait_closed(5)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError
+from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint, client_ssl_context, open_udp_socket
+from socklab.core.trace import Tracer
+from socklab.engines import Engine, make_engine
+
+__all__ = ["BlockingClient", "ClientHandle", "connect", "open_datagram", "run_client"]
+
+P = TypeVar("P", bound=BaseProtocol)
+T = TypeVar("T")
+
+
+class ClientHandle(Generic[P]):
+    """One client connection (or UDP endpoint): its protocol, transport and how it ended.
+
+    ``connected`` is set once ``connection_made`` ran (or the connect failed: then ``error`` says
+    why); ``closed`` once ``connection_lost`` ran (``error`` then holds its ``exc``, if any).
+    The events may be waited on from any thread; the attributes are the engine's, read them
+    after the matching event.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.protocol: P | None = None
+        self.transport: Any = None
+        self.error: BaseException | None = None
+        self.connected = threading.Event()
+        self.closed = threading.Event()
+
+    # ---- the engine's side ------------------------------------------------------------------------
+    def _adopt(self, protocol: P) -> P:
+        """Watch ``protocol``'s first and last callbacks without wrapping it (its type stays its own)."""
+        self.protocol = protocol
+        made, lost = protocol.connection_made, protocol.connection_lost
+
+        def connection_made(transport: Any) -> None:
+            self.transport = transport
+            try:
+                made(transport)
+            finally:
+                self.connected.set()
+
+        def connection_lost(exc: BaseException | None) -> None:
+            if exc is not None and self.error is None:
+                self.error = exc
+            try:
+                lost(exc)
+            finally:
+                self.connected.set()
+                self.closed.set()
+
+        try:
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+        except AttributeError as exc:  # __slots__ without __dict__: the handle could not follow it
+            raise UsageError(f"{type(protocol).__name__} must allow instance attributes to be a client") from exc
+        return protocol
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self.connected.set()
+        self.closed.set()
+
+    # ---- the caller's side ------------------------------------------------------------------------
+    def wait_connected(self, timeout: float | None = None) -> P:
+        """Block until ``connection_made`` ran; returns the protocol.
+
+        Raises:
+            the connect's own error (``ConnectionRefused``, ``ConnectTimeout``, ``ResolveError``...),
+            ``ConnectTimeout`` when nothing happened within ``timeout``.
+        """
+        if not self.connected.wait(timeout):
+            raise ConnectTimeout(f"no connection to {self.endpoint} within {timeout:g} s")
+        if self.protocol is None or self.transport is None:
+            raise self.error if self.error is not None else SocklabError(f"connecting to {self.endpoint} failed")
+        return self.protocol
+
+    def wait_closed(self, timeout: float | None = None) -> P:
+        """Block until ``connection_lost`` ran; returns the protocol, or raises why it ended.
+
+        Raises:
+            the error ``connection_lost`` was given (or the connect's), ``OperationTimeout`` when
+            the connection is still open after ``timeout`` seconds.
+        """
+        if not self.closed.wait(timeout):
+            raise OperationTimeout(f"the connection to {self.endpoint} is still open after {timeout:g} s")
+        if self.error is not None:
+            raise self.error
+        assert self.protocol is not None
+        return self.protocol
+
+
+def _ssl_for(settings: ClientSettings) -> Any:
+    return client_ssl_context(settings.cafile, settings.insecure) if settings.tls else None
+
+
+def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: ClientSettings | None = None,
+            *, engine: Engine) -> ClientHandle[P]:
+    """Open a stream client connection on ``engine``; returns at once with its handle.
+
+    Call on the engine's thread (from a callback) or before ``engine.run``. ``connection_made``
+    follows on the engine, or the handle's ``error`` is set (the engine translated the OS error).
+    TLS, its CA, ``insecure`` and the name to verify come from ``settings``.
+    """
+    settings = settings if settings is not None else ClientSettings()
+    handle: ClientHandle[P] = ClientHandle(endpoint)
+
+    def factory() -> Protocol:
+        proto = handle._adopt(protocol_factory())
+        assert isinstance(proto, Protocol), f"{type(proto).__name__} is not a stream Protocol"
+        return proto
+
+    engine.connect_stream(endpoint, factory, ssl_context=_ssl_for(settings),
+                          server_hostname=settings.server_name, timeout=settings.connect_timeout,
+                          on_error=handle._failed)
+    return handle
+
+
+def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engine: Engine,
+                  tracer: Tracer | None = None) -> ClientHandle[P]:
+    """A UDP client endpoint on ``engine``: a socket connected to ``endpoint``, driven like a server's.
+
+    ``transport.sendto(data)`` sends to ``endpoint``; ICMP errors (nothing listens there) reach
+    ``error_received`` as socklab errors. Call on the engine's thread or before ``run``.
+
+    Raises:
+        UsageError: ``endpoint`` is a Unix path; ResolveError and friends from making the socket.
+    """
+    if endpoint.unix is not None:
+        raise UsageError("UDP needs HOST:PORT, not a Unix path")
+    handle: ClientHandle[P] = ClientHandle(endpoint)
+    sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
+
+    def factory() -> DatagramProtocol:
+        proto = handle._adopt(protocol_factory())
+        assert isinstance(proto, DatagramProtocol), f"{type(proto).__name__} is not a DatagramProtocol"
+        return proto
+
+    try:
+        engine.serve_datagram(sock, factory)
+    except BaseException:
+        sock.close()
+        raise
+    return handle
+
+
+class BlockingClient:
+    """An engine on a helper thread, driven from the calling (command-line) thread.
+
+    Args:
+        settings: the client's settings (timeouts, TLS).
+        engine: an engine's name (``epoll`` by default) or an engine to run.
+        tracer: the lifecycle trace, or ``None``.
+
+    Use as a context manager; :meth:`close` stops the engine and joins its thread.
+    """
+
+    def __init__(self, settings: ClientSettings | None = None, *, engine: str | Engine = "epoll",
+                 tracer: Tracer | None = None) -> None:
+        self.settings = settings if settings is not None else ClientSettings()
+        self.tracer = tracer
+        self.engine = make_engine(engine, tracer=tracer) if isinstance(engine, str) else engine
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"socklab-client-{self.engine.name}",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(max(10.0, self.settings.connect_timeout)):
+            raise SocklabError(f"engine {self.engine.name} did not start")
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        try:
+            self.engine.run(ready=self._ready.set)
+        except BaseException as exc:  # reported to the caller, never swallowed
+            self._failure = exc
+            raise
+        finally:
+            self._ready.set()
+
+    def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``fn()`` on the engine's thread and return its result (or raise what it raised)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self.engine.call_soon_threadsafe(run)
+        if not done.wait(timeout if timeout is not None else max(30.0, self.settings.connect_timeout * 2)):
+            raise OperationTimeout(f"the {self.engine.name} engine did not answer")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], P]) -> ClientHandle[P]:
+        """Connect and wait for ``connection_made``; returns the handle.
+
+        Raises:
+            ConnectionRefused, ConnectTimeout, ResolveError, TlsError...: why it failed, translated by the engine.
+        """
+        handle = self.call(lambda: connect(endpoint, protocol_factory, self.settings, engine=self.engine))
+        # The engine enforces connect_timeout; the margin here only matters when the engine is stuck.
+        handle.wait_connected(self.settings.connect_timeout + 5.0)
+        return handle
+
+    def open_datagram(self, endpoint: Endpoint, protocol_factory: Callable[[], P]) -> ClientHandle[P]:
+        """A UDP endpoint connected to ``endpoint``; returns once ``connection_made`` ran."""
+        handle = self.call(lambda: open_datagram(endpoint, protocol_factory, engine=self.engine,
+                                                 tracer=self.tracer))
+        handle.wait_connected(self.settings.connect_timeout + 5.0)
+        return handle
+
+    def close(self) -> None:
+        """Stop the engine (closing what is still open) and join its thread."""
+        if self._thread.is_alive():
+            self.engine.stop()
+            self._thread.join(10.0)
+        self.engine.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_client(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: ClientSettings | None = None,
+               *, engine: str | Engine = "epoll", timeout: float | None = None,
+               tracer: Tracer | None = None) -> P:
+    """Connect, run until ``connection_lost``, and return the protocol (its result is what it kept).
+
+    Raises:
+        the connect's error, the error ``connection_lost`` was given, or ``OperationTimeout``
+        after ``timeout`` seconds.
+    """
+    with BlockingClient(settings, engine=engine, tracer=tracer) as client:
+        return client.connect(endpoint, protocol_factory).wait_closed(timeout)
