@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything socklab needs on a fresh Debian machine: system packages (the real peers the
+# Everything the whole test suite needs on a fresh Debian machine (root or sudo): system packages (the real peers the
 # interop tests talk to, and the tools the benchmarks compare against) and a virtualenv in .venv.
 # Idempotent and quick when nothing is missing. Usage: scripts/setup.sh
 set -euo pipefail
