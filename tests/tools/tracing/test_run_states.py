@@ -196,3 +196,9 @@ def test_the_kernels_fin_wait2_replaces_the_guess_while_the_program_runs(tmp_pat
     events = [json.loads(ln) for ln in out.read_text().splitlines()]
     recv = next(e for e in events if e["op"] == "recvfrom" and e["fd"] == int(shut[1]) and e["nbytes"] == 1)
     assert recv["state_from"] == "kernel"
+    page = tmp_path / "t.html"
+    v = socklab("trace", "view", str(out), "-o", str(page))
+    assert v.returncode == 0, v.stderr
+    shown = set(re.findall(r'<text class="state" [^>]*data-from="(\w+)"[^>]*>\[(\w+)\]',
+                           page.read_text()))  # the ladder marks which states the kernel reported
+    assert {("calls", "FIN_WAIT1"), ("kernel", "FIN_WAIT2")} <= shown, shown

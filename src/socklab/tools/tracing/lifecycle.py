@@ -108,7 +108,7 @@ class Lifecycle:
         if state == "CLOSE_WAIT" and not info.eof:
             info.kernel_said = True
             return [SockEvent(ts=ts, op="note", pid=pid, tid=pid, comm=self._name(pid), fd=fd, proto=info.proto,
-                              local=info.local, peer=info.peer, state=state,
+                              local=info.local, peer=info.peer, state=state, state_from="kernel",
                               detail="the kernel reports CLOSE_WAIT: the peer closed its side (its FIN arrived) "
                                      "and this program has not read to the end yet; until it reads (recv returns "
                                      "0) and calls close(), the socket stays in CLOSE_WAIT")]

@@ -56,6 +56,18 @@ def _short(ev: Ev) -> str:
     return ev.op if ev.fd is None else f"{ev.op} fd {ev.fd}"
 
 
+_STATE_FROM = {"kernel": "TCP state reported by the kernel",
+               "calls": "TCP state worked out from the calls (strace sees no packets)"}
+
+
+def _state_from(ev: Ev) -> str:
+    """``kernel`` or ``calls``: socklab's own --trace asks the kernel (TCP_INFO); trace run says which."""
+    said = ev.raw.get("state_from")
+    if said in _STATE_FROM:
+        return str(said)
+    return "calls" if ev.raw.get("source") == "strace" else "kernel"
+
+
 def _note_lines(ev: Ev) -> list[str]:
     lines: list[str] = []
     for note in ev.notes:
@@ -135,8 +147,11 @@ def render_html(ladder: Ladder, title: str = "socklab ladder") -> str:
         if ev.state and last_state.get(key) != ev.state and ev.sock is not None and ev.sock.proto.startswith("tcp"):
             last_state[key] = ev.state
             add(_backdrop(lx, ry + 1, f"[{ev.state}]", 6.1, on_left))
-            add(f'<text class="state" data-lane="{ev.lane}" data-row="{ev.row}" x="{lx}" y="{ry + 10:.0f}"{anchor} '
-                f'font-size="10" fill="#6a1b9a" font-family="monospace" {HALO}>[{_e(ev.state)}]</text>')
+            known = _state_from(ev)
+            bold = ' font-weight="bold"' if known == "kernel" else ""
+            add(f'<g><title>{_STATE_FROM[known]}</title><text class="state" data-lane="{ev.lane}" '
+                f'data-row="{ev.row}" data-from="{known}" x="{lx}" y="{ry + 10:.0f}"{anchor} font-size="10" '
+                f'fill="#6a1b9a" font-family="monospace"{bold} {HALO}>[{_e(ev.state)}]</text></g>')
         lines = _note_lines(ev)
         if lines:
             note_no += 1
@@ -247,7 +262,8 @@ h1 {{ font-size: 1.2em; margin: 0.2em 0; }}
 ul {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>{_e(title)}</h1>
-<div class="legend">{legend} <span>&#9679; a call</span> <span style="color:#6a1b9a">[STATE]</span>
+<div class="legend">{legend} <span>&#9679; a call</span> <span style="color:#6a1b9a">[STATE] from the calls</span>
+<span style="color:#6a1b9a"><b>[STATE]</b> from the kernel</span>
 <span>time goes down; one lane per endpoint</span></div>
 {warns}
 <div class="scroll">{svg}</div>
