@@ -108,6 +108,10 @@ class ChatSettings(ServerSettings):
             raise UsageError("max_queue >= 1024, max_rooms >= 1, history counts >= 0")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
             raise UsageError("--broker must be a redis://, rediss:// or unix:// URL")
+        if self.broker:
+            from socklab.core.extras import require
+
+            require("redis", "--broker (multi-node chat)")
         from socklab.protocols.chat import check_room
 
         try:
