@@ -38,6 +38,17 @@ def setting(default: Any, help: str, *, cli: str | None = None, choices: tuple[s
 ENGINE_NAMES = ("iterative", "threads", "pool", "select", "poll", "epoll", "asyncio", "uvloop")
 
 
+def best_engine() -> str:
+    """The default engine: the best readiness API this platform has (epoll is Linux-only; poll is
+    POSIX; select is everywhere)."""
+    import select
+
+    for name in ("epoll", "poll"):
+        if hasattr(select, name):
+            return name
+    return "select"
+
+
 @dataclass
 class ServerSettings:
     """What every socklab server accepts. All limits are on by default."""
@@ -46,7 +57,8 @@ class ServerSettings:
     port: int = setting(0, "Port to bind; 0 lets the kernel choose and socklab prints the real one.")
     unix: str | None = setting(None, "Bind a Unix domain socket at this path instead of host:port.",
                                metavar="PATH")
-    engine: str = setting("epoll", "How to handle many clients (see `socklab engines`).", choices=ENGINE_NAMES)
+    engine: str = setting(best_engine(), "How to handle many clients (see `socklab engines`); the default is "
+                         "the best the platform has (epoll on Linux).", choices=ENGINE_NAMES)
     backlog: int = setting(1024, "listen() backlog: connections the kernel queues before accept().")
     max_connections: int = setting(1000, "Connections served at once; the excess gets one line and a close.")
     idle_timeout: float = setting(300.0, "Close a connection silent for this many seconds (0 = never).")
