@@ -185,7 +185,7 @@ def test_tls_needs_a_tcp_tap() -> None:
 
 def test_splice_back_pressure_stops_reading_then_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A receiver that does not read makes the pump wait for EPOLLOUT, then finish byte-exact."""
-    from socklab.tools.tap.splice import _SplicePump
+    from socklab.engines._splice import SplicePump as _SplicePump  # the engine's splice_to capability
 
     blocked, writable = threading.Event(), []
     flush, on_writable = _SplicePump._flush, _SplicePump._on_writable
@@ -197,7 +197,8 @@ def test_splice_back_pressure_stops_reading_then_resumes(monkeypatch: pytest.Mon
         return ok
 
     def spy_writable(self: _SplicePump) -> None:
-        writable.append(self.direction)
+        # upstream = the pump whose destination is the target server
+        writable.append("upstream" if self.dst.peer[1] == lsock.getsockname()[1] else "downstream")
         on_writable(self)
 
     monkeypatch.setattr(_SplicePump, "_flush", spy_flush)

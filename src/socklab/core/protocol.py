@@ -72,6 +72,13 @@ class Protocol(BaseProtocol):
     #: Set it on the class, or on the instance before ``connection_made`` returns.
     framing: str | None = None
 
+    #: A declaration, not a guess: True when ``data_received(data)`` does nothing but write
+    #: ``data`` back unchanged (the echo). An untraced engine may then reply straight from its
+    #: receive buffer without calling ``data_received`` at all (the zero-copy echo path). Set it on
+    #: the instance in ``connection_made`` (or on the class); a subclass that changes
+    #: ``data_received`` must leave it False.
+    zero_copy_echo: bool = False
+
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
 

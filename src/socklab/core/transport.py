@@ -17,16 +17,36 @@ Semantics every engine honours:
 - ``call_later`` schedules a callback on the engine (the protocol's only clock); it runs under
   the same serialization as the protocol's callbacks.
 - ``get_extra_info(name)`` answers at least: ``peername``, ``sockname``, ``socket`` (where the
-  engine owns one), ``engine`` (its name), ``ssl_object`` (TLS only), ``fd``.
+  engine owns one), ``engine`` (its name), ``ssl_object`` (TLS only), ``fd``. Apps and tools do
+  not take the socket from it to call the kernel themselves: what they need is a capability below.
+
+Capabilities (what apps used to reach under the contract for), each with a fallback where an
+engine or TLS cannot do it the fast way:
+
+- ``sendfile(file, offset, count)``: the kernel copies file pages to the socket; fallback: read and
+  ``write`` (TLS always falls back: the bytes must be encrypted).
+- ``set_cork(on)``: hold partial segments (Linux ``TCP_CORK``); fallback: nothing (returns False).
+- ``set_recv_lowat(n)``: wake the reader only once ``n`` bytes are there (``SO_RCVLOWAT``);
+  fallback: nothing (returns False; the protocol just gets smaller pieces).
+- ``splice_to(other, ...)``: move this connection's bytes to ``other`` inside the kernel
+  (``splice(2)``); fallback: ``None`` - relay through ``data_received``/``write`` as usual.
+- ``detach()``: hand the socket over (e.g. to a child process) and stop the engine watching it.
+- the zero-copy echo: a protocol declares ``zero_copy_echo`` (see :mod:`socklab.core.protocol`).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 from typing import Protocol as _TypingProtocol
 
-__all__ = ["DatagramTransport", "TimerHandle", "Transport"]
+from socklab.core.errors import LocalProtocolError
+
+__all__ = ["DatagramTransport", "SpliceHandle", "TimerHandle", "Transport"]
+
+_CHUNK = 64 * 1024  # the fallback sendfile's read: below glibc's mmap threshold
 
 
 class TimerHandle(_TypingProtocol):
@@ -97,6 +117,70 @@ class Transport(BaseTransport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Set the water marks that drive ``pause_writing``/``resume_writing``."""
         raise NotImplementedError
+
+    # ---- capabilities (see the module docstring): the fallbacks ------------------------------------
+    def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
+        """Send up to ``count`` bytes of ``file`` from ``offset``; returns how many were taken now.
+
+        Where the engine can, the kernel sends them from the page cache (``os.sendfile``) and 0
+        means "the socket is full: try again once the write buffer drained". This fallback reads
+        at most 64 KiB and ``write``s it (always progress). Raises :class:`EOFError` when the file
+        ends before ``offset + count``.
+        """
+        if count <= 0:
+            return 0
+        data = _read_at(file, offset, min(count, _CHUNK))
+        if not data:
+            raise EOFError(f"the file ended at offset {offset}, {count} bytes short")
+        self.write(data)
+        return len(data)
+
+    def set_cork(self, on: bool) -> bool:
+        """Hold (``True``) or release (``False``) partial TCP segments; False when not applied."""
+        return False
+
+    def set_recv_lowat(self, nbytes: int) -> bool:
+        """Deliver data only once ``nbytes`` are there (``SO_RCVLOWAT``); False when not applied."""
+        return False
+
+    def splice_to(self, other: Transport, on_done: Callable[[], None],
+                  on_error: Callable[[BaseException], None]) -> SpliceHandle | None:
+        """Move everything this connection receives to ``other`` in the kernel, until EOF.
+
+        While it runs neither transport reads or calls its protocol for those bytes; at EOF the
+        FIN is passed on and ``on_done()`` called; an error calls ``on_error(exc)``. Returns a
+        handle (``take_over()`` stops and returns the bytes in flight; ``close()``), or ``None``
+        when this engine or either side (TLS) cannot: relay through the protocols instead.
+        """
+        return None
+
+    def detach(self) -> socket.socket:
+        """Hand over the socket: the engine stops watching it, and ``connection_lost(None)`` follows.
+
+        The caller owns the returned socket (blocking mode) and closes it. Raises
+        :class:`~socklab.core.errors.LocalProtocolError` where there is no socket to hand over (TLS).
+        """
+        raise LocalProtocolError(f"{type(self).__name__} cannot hand over its socket")
+
+
+class SpliceHandle(_TypingProtocol):
+    """What ``splice_to`` returns."""
+
+    moved: int  # bytes moved so far
+
+    def take_over(self) -> bytes:
+        """Stop splicing; the bytes still in flight are returned (the caller sends them on)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _read_at(file: BinaryIO, offset: int, n: int) -> bytes:
+    try:
+        return os.pread(file.fileno(), n, offset)
+    except (AttributeError, OSError, ValueError):  # not a real file (BytesIO...): seek and read
+        file.seek(offset)
+        return file.read(n)
 
 
 class DatagramTransport(BaseTransport):

@@ -336,6 +336,42 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.engine.loop.call_later(delay, callback)
 
+    # ---- capabilities (socklab.core.transport); sendfile and splice use the fallbacks ---------------
+    def _setsockopt(self, level: int, name: int, value: int) -> bool:
+        sock = None if self._t is None else self._t.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            return False
+        return True
+
+    def set_cork(self, on: bool) -> bool:
+        cork = getattr(socket, "TCP_CORK", 0)
+        if not cork or self._tls or not isinstance(self._peer, tuple):
+            return False
+        return self._setsockopt(socket.IPPROTO_TCP, cork, 1 if on else 0)
+
+    def set_recv_lowat(self, nbytes: int) -> bool:
+        if self._tls:  # the loop reads ciphertext: a byte count of plaintext means nothing there
+            return False
+        return self._setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+
+    def detach(self) -> socket.socket:
+        """A blocking duplicate of the socket; the loop's transport is then aborted (no FIN: the dup holds it)."""
+        t = self._t
+        sock = None if t is None or self._tls else t.get_extra_info("socket")
+        if t is None or sock is None or t.is_closing():
+            raise LocalProtocolError("this connection has no socket to hand over (TLS, or closed)")
+        if t.get_write_buffer_size():
+            raise LocalProtocolError("detach() with output still queued would lose it")
+        t.pause_reading()
+        new: socket.socket = sock.dup()
+        new.setblocking(True)
+        t.abort()
+        return new
+
 
 class _TracedStream(_Stream):
     """The same bridge, reporting every transport callback to the tracer."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from socklab.core.errors import LocalProtocolError
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.transport import Transport
 from socklab.engines._blocking_threads import _Writable
@@ -82,7 +83,7 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
 
         The hot path, per message: ``recv`` (no lock) -> lock -> ``data_received`` (its
         first write is kept) -> unlock -> ``send`` of that reply (no lock). When
-        ``data_received`` *is* this transport's ``write`` (untraced echo: no protocol code runs)
+        the protocol declared ``zero_copy_echo`` (untraced echo: no protocol code runs)
         the lock is skipped too, unless another thread is at work on this connection.
         """
         lock = self.engine.lock
@@ -91,10 +92,10 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
         tracer = self.tracer
         deliver = self._feed_buffered if self._buffered else None
         data_received = self.protocol.data_received
-        # A protocol whose data_received *is* this transport's write (untraced echo) runs no
-        # protocol code: the reply is the message itself, sent without taking the engine lock -
+        # A protocol that declared itself an echo (core.protocol.zero_copy_echo), untraced, runs
+        # no protocol code: the reply is the message itself, sent without taking the engine lock -
         # and sent from the buffer it was read into (no bytes object, no malloc per message).
-        direct = deliver is None and not tracer and data_received == self.write
+        direct = deliver is None and not tracer and getattr(self.protocol, "zero_copy_echo", False)
         into = buffered or direct  # read with recv_into this connection's buffer
         buf = bytearray(size if into else 0)  # otherwise recv() makes a fresh bytes object: cheaper than a copy
         view = memoryview(buf)
@@ -460,6 +461,16 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
     def _drop_output(self) -> None:
         self._wbuf.clear()
         self._out = None
+
+    def detach(self) -> socket.socket:
+        """As :meth:`StreamCore.detach`, from the connection's own callbacks only: another thread
+        could wake the reading thread from ``recv()`` only with ``shutdown``, which would end the
+        connection for the new owner too."""
+        if threading.get_ident() != self._reader:
+            raise LocalProtocolError("on the blocking engines detach() is called from the connection's callbacks")
+        if self._defer:
+            self._undefer()
+        return StreamCore.detach(self)
 
     def _bug(self, exc: Exception, where: str) -> None:
         """A protocol callback raised: report it, close this connection, serve the others."""

@@ -16,11 +16,12 @@ calls when its socket is ready:
 from __future__ import annotations
 
 import errno
+import io
 import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from socklab.core.errors import ConnectTimeout, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
@@ -28,6 +29,7 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.engines._datagram import DatagramEndpointBase
+from socklab.engines._splice import SplicePump
 from socklab.engines._stream import RECV_SIZE, ConnState, Event, StreamCore
 from socklab.engines.base import Connection, ProtocolFactory, Timer, socket_extra_info
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RECV_SIZE", "StreamTransport"]
 
+_SENDFILE_MAX = 1 << 30  # per call (Linux sends at most 0x7ffff000 anyway)
 _FD_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -158,10 +161,10 @@ class StreamTransport(StreamCore, Transport, Connection):
 
     # ---- reading ---------------------------------------------------------------------------------
     def start_reading(self) -> None:
-        if self._read_handler == self._on_readable and self.protocol.data_received == self.write:
-            # Untraced echo: the protocol's data_received *is* this transport's write (see
-            # apps/echo/protocol.py), so the read handler replies inline - one Python frame per
-            # message instead of two. Decided once, after connection_made.
+        if self._read_handler == self._on_readable and getattr(self.protocol, "zero_copy_echo", False):
+            # The protocol declared itself an echo (core.protocol.zero_copy_echo): the read
+            # handler replies inline from the loop's buffer - one Python frame per message
+            # instead of two. Decided once, after connection_made.
             self._read_handler = self._on_readable_echo
         self._reading_changed()
 
@@ -194,7 +197,7 @@ class StreamTransport(StreamCore, Transport, Connection):
         self._on_eof()
 
     def _on_readable_echo(self) -> None:
-        """Untraced echo (``data_received`` *is* :meth:`write`): read and send back in one frame.
+        """The declared zero-copy echo, untraced: read and send back in one frame.
 
         Like the plain selectors loop it is measured against, it reads with ``recv_into`` into
         the loop's one buffer and sends from that buffer: no bytes object per message (a fresh
@@ -378,6 +381,43 @@ class StreamTransport(StreamCore, Transport, Connection):
         if self.tracer:
             self.tracer.emit("close", self.sock, peer=self.peer, detail=how or None)
         self.sock.close()
+
+    # ---- capabilities: sendfile and splice (see socklab.core.transport) -----------------------------
+    def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
+        """``os.sendfile`` on the non-blocking socket when nothing is queued (else the fallback keeps order)."""
+        if self._write_closed:
+            return max(count, 0)  # dropped, as write() drops after close
+        if self._wbuf or count <= 0:
+            return Transport.sendfile(self, file, offset, count)
+        try:
+            n = os.sendfile(self.fd, file.fileno(), offset, min(count, _SENDFILE_MAX))
+        except BlockingIOError:
+            n = -1
+        except (AttributeError, ValueError, io.UnsupportedOperation):  # not a real file
+            return Transport.sendfile(self, file, offset, count)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ESPIPE, errno.EOPNOTSUPP):
+                return Transport.sendfile(self, file, offset, count)
+            self._fatal(exc, "sending a file")
+            return 0
+        if self.tracer:
+            self.tracer.emit("sendfile", self.sock, peer=self.peer, nbytes=max(n, 0),
+                             requested=min(count, _SENDFILE_MAX),
+                             detail=f"from file offset {offset}" + (" - EAGAIN: socket full" if n < 0 else ""))
+        if n == 0:
+            raise EOFError(f"the file ended at offset {offset}, {count} bytes short")
+        return max(n, 0)
+
+    def splice_to(self, other: Transport, on_done: Callable[[], None],
+                  on_error: Callable[[BaseException], None]) -> SplicePump | None:
+        """Zero copy to another transport of this reactor with ``splice(2)`` (see engines/_splice.py)."""
+        if not hasattr(os, "splice") or not isinstance(other, StreamTransport) or other.reactor is not self.reactor \
+                or self._state is not ConnState.OPEN or other._write_closed:
+            return None
+        self.pause_reading()  # the pump reads this socket from now on
+        pump = SplicePump(self, other, on_done, on_error)
+        pump.start()
+        return pump
 
     # ---- information -----------------------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:

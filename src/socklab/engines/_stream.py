@@ -32,7 +32,7 @@ import socket
 import struct
 from typing import Any
 
-from socklab.core.errors import translate_oserror
+from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import Protocol
 from socklab.core.trace import Tracer, format_addr
 
@@ -43,6 +43,7 @@ __all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "Event", "StreamCore"]
 #: mmap/munmap pair (docs/benchmarks.md, "the mmap threshold").
 RECV_SIZE = 64 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
+_CORK = getattr(socket, "TCP_CORK", 0)  # Linux: hold partial segments until uncorked
 
 
 class ConnState(enum.Enum):
@@ -197,6 +198,43 @@ class StreamCore:
                 self._protocol_failed(exc, "resume_writing")
                 return False
         return True
+
+    # ---- capabilities (socklab.core.transport): the socket options ------------------------------------
+    def set_cork(self, on: bool) -> bool:
+        if not _CORK or self.sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1 if on else 0)
+        except OSError:
+            return False
+        return True
+
+    def set_recv_lowat(self, nbytes: int) -> bool:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+        except (OSError, AttributeError):
+            return False
+        return True
+
+    def detach(self) -> socket.socket:
+        """Hand the connection over as a blocking socket of its own; ``connection_lost(None)`` follows.
+
+        The engine closes only *its* descriptor (a duplicate stays open, so no FIN is sent) after
+        sending what was still queued.
+        """
+        if self._state is _CLOSED:
+            raise LocalProtocolError("the connection is closed: there is no socket to hand over")
+        sock = self.sock.dup()
+        try:
+            sock.setblocking(True)
+            if self._wbuf:
+                sock.sendall(self._wbuf)
+        except OSError:
+            sock.close()
+            raise
+        self._drop_output()
+        self._finalize(None, how="detached: the socket was handed over")
+        return sock
 
     # ---- ending ----------------------------------------------------------------------------------
     def abort(self) -> None:

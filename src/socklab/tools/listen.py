@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -92,6 +91,7 @@ class _ListenConn(Protocol):
         # TIME_WAIT (the active close), the other CLOSE_WAIT -> LAST_ACK (the passive close).
         self.fin_sent = False
         self.fin_received = False
+        self.handed_over = False  # --exec: the socket was handed to the program (transport.detach)
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -111,20 +111,23 @@ class _ListenConn(Protocol):
             self.apply_stdin_eof()
 
     def _exec(self, cmd: str) -> None:
-        sock: socket.socket = self.transport.get_extra_info("socket")
-        self.transport.pause_reading()  # the program owns the socket now
-        fd = os.dup(sock.fileno())
-        os.set_blocking(fd, True)
+        # The program owns the socket now: the engine hands it over (transport.detach) and stops
+        # watching it; this connection ends for the engine, and for the hub when the program exits.
+        self.handed_over = True
+        sock = self.transport.detach()
         self.hub.explain(f"running {cmd!r} with its stdin and stdout on the socket")
         try:
-            self.proc = subprocess.Popen(cmd, shell=True, stdin=fd, stdout=fd, close_fds=True)
+            self.proc = subprocess.Popen(cmd, shell=True, stdin=sock.fileno(), stdout=sock.fileno(), close_fds=True)
+        except BaseException:
+            self.hub.finished(self)
+            raise
         finally:
-            os.close(fd)
-        proc, engine, transport = self.proc, self.hub.server.engine, self.transport
+            sock.close()  # the program has its own copy
+        proc, engine, hub = self.proc, self.hub.server.engine, self.hub
 
         def reap() -> None:
             proc.wait()
-            engine.call_soon_threadsafe(transport.close)
+            engine.call_soon_threadsafe(lambda: hub.finished(self))
         threading.Thread(target=reap, name="socklab-exec", daemon=True).start()
 
     def apply_stdin_eof(self) -> None:
@@ -176,7 +179,8 @@ class _ListenConn(Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if exc is not None:
             self.hub.explain(f"connection lost: {exc}")
-        self.hub.finished(self)
+        if not self.handed_over:  # (with --exec the program's exit ends it: see _exec)
+            self.hub.finished(self)
 
 
 class _ListenUdp(DatagramProtocol):

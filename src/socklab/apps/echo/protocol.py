@@ -30,7 +30,10 @@ class EchoProtocol(Protocol):
         self.write = transport.write  # one attribute lookup less per message on the hot path
         self.tracer = transport.get_extra_info("tracer")
         if not self.tracer and type(self).data_received is EchoProtocol.data_received:
-            # Untraced, receiving *is* writing back: the engine calls transport.write directly.
+            # Untraced, receiving *is* writing back: declared, so an engine may reply from its
+            # receive buffer without calling data_received (socklab.core.protocol.zero_copy_echo);
+            # an engine that does call it reaches transport.write directly.
+            self.zero_copy_echo = True
             self.data_received = transport.write  # type: ignore[method-assign]
 
     def data_received(self, data: bytes) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import mmap
 import os
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,7 +94,7 @@ class ReceiveSession:
         self._new_dirs: list[Path] = []  # created by this session, entries not yet fsynced
         self._discarding = False
         self._lock = threading.Lock()
-        self.set_lowat: Callable[[int], None] | None = None  # the adapter's SO_RCVLOWAT, if it has a socket
+        self.set_lowat: Callable[[int], object] | None = None  # transport.set_recv_lowat (SO_RCVLOWAT)
         self._lowat = 1
 
     # ---- feeding ----------------------------------------------------------------------------------
@@ -546,14 +545,8 @@ class ReceiverProtocol(BufferedProtocol):
         self.transport = transport
         self.session = ReceiveSession(self.settings, transport.write, self._log)
         self.session.bar = (self._bar() if self._bar is not None else None) or NO_BAR
-        sock = transport.get_extra_info("socket")
-        if sock is not None and self.settings.recv_lowat > 1:
-
-            def set_lowat(n: int) -> None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-
-            self.session.set_lowat = set_lowat
+        if self.settings.recv_lowat > 1:
+            self.session.set_lowat = transport.set_recv_lowat  # SO_RCVLOWAT where the engine can
 
     def get_buffer(self, sizehint: int) -> memoryview:
         assert self.session is not None
