@@ -29,7 +29,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "rpc/aio_client.py": (2, LEFT),
     "chat/client.py": (4, LEFT),
     "peer/control.py": (3, LEFT),
-    "echo/client.py": (8, LEFT),
     "tftp/client.py": (5, LEFT),
     "transfer/cli.py": (5, LEFT),
     "transfer/sender.py": (5, LEFT),

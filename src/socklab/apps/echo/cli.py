@@ -91,9 +91,7 @@ def client(address: str, udp: bool, count: int | None, size: int, interval: floa
         raise UsageError("--size must be 0..65503 for UDP (one datagram, 4 bytes of it a sequence number)")
     tracer = make_tracer("client", trace, trace_json)
     endpoint = parse_endpoint(address)
-    with EchoClient(endpoint, udp=udp, timeout=timeout, retries=retries, connect_timeout=cs.connect_timeout,
-                    tls=cs.tls, cafile=cs.cafile, insecure=cs.insecure, server_name=cs.server_name,
-                    tracer=tracer) as c:
+    with EchoClient(endpoint, udp=udp, timeout=timeout, retries=retries, settings=cs, tracer=tracer) as c:
         if count is not None:
             _ping(c, address, count, size, interval, as_json)
         else:

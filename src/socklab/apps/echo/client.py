@@ -1,26 +1,35 @@
 """The echo client: interactive (each line back with its round-trip time) or ping mode.
 
-Why this exists: a client is the other half of every lesson. This one uses plain *blocking*
-sockets on purpose - ``connect``, ``sendall``, ``recv`` in a loop until the whole message is
-back - the way a first socket program is written, with every call traced under ``--trace``.
-Over TCP a reply may arrive in pieces (the loop shows it); over UDP a datagram may never arrive,
-so ping mode waits ``timeout`` seconds, retries, and counts losses like ``ping`` does.
+Why this exists: a client is the other half of every lesson. It stands on the same contract as
+the server (:mod:`socklab.runtime.client`): a protocol driven by an engine, whose callbacks say
+what arrived, and the engine's own trace of every ``connect``, ``send`` and ``recv``. The whole
+ping runs on the engine's thread - the next message leaves from the callback that received the
+last echo - so a round trip costs no thread switch. Over TCP a reply may arrive in pieces (the
+trace notes it); over UDP a datagram may never arrive, so ping mode waits ``timeout`` seconds,
+retries, and counts losses like ``ping`` does.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from socklab.core.errors import BrokenError, OperationTimeout, RemoteProtocolError, translate_oserror
-from socklab.core.sockets import Endpoint, client_ssl_context, connect_tcp, open_udp_socket
+from socklab.core.errors import BrokenError, OperationTimeout, RemoteProtocolError
+from socklab.core.protocol import DatagramProtocol, Protocol
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
+from socklab.core.transport import TimerHandle
+from socklab.runtime.client import BlockingClient, ClientHandle
 
 __all__ = ["EchoClient", "PingStats"]
+
+Report = Callable[[bytes, float | None, str | None], None]
 
 
 @dataclass
@@ -48,39 +57,203 @@ class PingStats:
         }
 
 
+class _Run:
+    """One series of round trips, driven on the engine's thread; the caller waits for ``done``.
+
+    ``report(message, rtt_ms | None, error | None)`` is called (on the engine) after each message;
+    a loss on UDP is reported and the series goes on, any other error ends it.
+    """
+
+    def __init__(self, client: EchoClient, messages: Iterator[bytes], interval: float, report: Report) -> None:
+        self.client, self.messages, self.interval, self.report = client, messages, interval, report
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.message = b""
+        self.payload = b""
+        self.got = bytearray()
+        self.recvs = 0
+        self.t0 = 0.0
+        self.attempt = 0
+        self.timer: TimerHandle | None = None
+        self.ahead: bytes | None = None  # the message after this one (None: this is the last)
+
+    def next(self) -> None:
+        if self.done.is_set():
+            return
+        message = self.ahead if self.t0 else next(self.messages, None)
+        if message is None:
+            self.finish(None)
+            return
+        self.message = message
+        self.ahead = next(self.messages, None)
+        self.attempt = 0
+        self.send()
+
+    def send(self) -> None:
+        c = self.client
+        self.got.clear()
+        self.recvs = 0
+        if c.udp:
+            c._seq += 1
+            self.payload = c._seq.to_bytes(4, "big") + self.message
+        else:
+            self.payload = self.message
+        self.timer = c._engine.call_later(c.timeout, self.timed_out)
+        self.t0 = time.perf_counter()
+        if c.udp:
+            c._transport.sendto(self.payload)
+        else:
+            c._transport.write(self.payload)
+
+    def stream_data(self, data: bytes) -> None:
+        self.got += data
+        self.recvs += 1
+        if len(self.got) >= len(self.payload):
+            rtt = (time.perf_counter() - self.t0) * 1000
+            tr = self.client.tracer
+            if tr and self.recvs > 1:
+                tr.note(f"one message of {len(self.payload)} bytes arrived in {self.recvs} recv() calls: TCP "
+                        "is a byte stream, it keeps no message boundaries - loop until you have it all")
+            if bytes(self.got) != self.payload:
+                self.finish(RemoteProtocolError("the echo differs from what was sent"))
+                return
+            self.answered(rtt)
+
+    def datagram(self, data: bytes) -> None:
+        if data[:4] != self.payload[:4] or not self.payload:
+            if self.client.tracer:
+                self.client.tracer.note("a late reply to an earlier datagram arrived: UDP does not order or "
+                                        "deduplicate")
+            return
+        rtt = (time.perf_counter() - self.t0) * 1000
+        if data != self.payload:
+            self.finish(RemoteProtocolError("the echoed datagram differs from what was sent"))
+            return
+        self.payload = b""
+        self.answered(rtt)
+
+    def answered(self, rtt: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.report(self.message, rtt, None)
+        self.then_next()
+
+    def then_next(self) -> None:
+        if self.interval > 0 and self.ahead is not None:
+            self.client._engine.call_later(self.interval, self.next)
+        else:
+            self.next()
+
+    def timed_out(self) -> None:
+        c = self.client
+        if self.done.is_set():
+            return
+        if not c.udp:
+            self.finish(OperationTimeout(f"no complete echo within {c.timeout:g} s"))
+            return
+        if self.attempt < c.retries:
+            self.attempt += 1
+            c.resends += 1
+            if c.tracer:
+                c.tracer.note(f"no reply within {c.timeout:g} s: the datagram or its echo was lost; resending")
+            c._seq -= 1  # the same sequence number again: a late echo of the first try still counts
+            self.send()
+            return
+        self.payload = b""
+        err = OperationTimeout(f"no echo within {c.timeout:g} s after {c.retries + 1} tries")
+        if c.raise_loss:
+            self.finish(err)
+            return
+        self.report(self.message, None, str(err))
+        self.then_next()
+
+    def finish(self, error: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.error is None:
+            self.error = error
+        self.done.set()
+
+
+class _StreamSide(Protocol):
+    def __init__(self, client: EchoClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        run = self.client._run
+        if run is not None:
+            run.stream_data(data)
+
+    def eof_received(self) -> bool | None:
+        run = self.client._run
+        if run is not None and not run.done.is_set():
+            run.finish(BrokenError(f"the server closed the connection after {len(run.got)} of "
+                                   f"{len(run.payload)} bytes"))
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        run = self.client._run
+        if run is not None and not run.done.is_set():
+            run.finish(exc or BrokenError("the server closed the connection"))
+
+
+class _DatagramSide(DatagramProtocol):
+    def __init__(self, client: EchoClient) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        run = self.client._run
+        if run is not None:
+            run.datagram(data)
+
+    def error_received(self, exc: BaseException) -> None:  # ICMP: nothing listens on that UDP port
+        run = self.client._run
+        if run is not None:
+            run.finish(exc)
+
+
 class EchoClient:
-    """A blocking echo client over TCP (optionally TLS), Unix or UDP.
+    """An echo client over TCP (optionally TLS), Unix or UDP, on an engine.
 
     Args:
         endpoint: where the server is.
         udp: speak UDP (one datagram per message).
         timeout: seconds to wait for each reply.
         retries: UDP only - how many times to resend an unanswered datagram.
+        settings: connect timeout and TLS (:class:`~socklab.core.settings.ClientSettings`).
+        engine: the engine that drives the client (``epoll`` by default).
         tracer: the lifecycle trace, or ``None``.
+
+    Raises:
+        ConnectionRefused, ConnectTimeout, ResolveError, TlsError...: from connecting.
     """
 
     def __init__(self, endpoint: Endpoint, *, udp: bool = False, timeout: float = 2.0, retries: int = 2,
-                 connect_timeout: float = 10.0, tls: bool = False, cafile: str | None = None,
-                 insecure: bool = False, server_name: str | None = None, tracer: Tracer | None = None) -> None:
+                 settings: ClientSettings | None = None, engine: str = "epoll",
+                 tracer: Tracer | None = None) -> None:
         self.endpoint, self.udp, self.timeout, self.retries, self.tracer = endpoint, udp, timeout, retries, tracer
         self._seq = 0
         self.resends = 0
-        if udp:
-            if endpoint.unix is not None:
-                raise RemoteProtocolError("UDP needs HOST:PORT, not a Unix path")
-            self.sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
-        else:
-            self.sock = connect_tcp(endpoint, timeout=connect_timeout, tracer=tracer)
-            if tls:
-                ctx = client_ssl_context(cafile, insecure)
-                try:
-                    self.sock = ctx.wrap_socket(self.sock, server_hostname=server_name or endpoint.host)
-                except OSError as exc:
-                    self.sock.close()
-                    raise translate_oserror(exc, "during the TLS handshake") from exc
-                if tracer:
-                    tracer.note(f"TLS handshake done: {self.sock.version()}", self.sock)
-        self.sock.settimeout(timeout)
+        self.raise_loss = True
+        self._run: _Run | None = None
+        self._client = BlockingClient(settings, engine=engine, tracer=tracer)
+        self._engine = self._client.engine
+        try:
+            self._handle: ClientHandle[Any] = (
+                self._client.open_datagram(endpoint, lambda: _DatagramSide(self)) if udp
+                else self._client.connect(endpoint, lambda: _StreamSide(self)))
+        except BaseException:
+            self._client.close()
+            raise
+        self._transport: Any = self._handle.transport
+
+    def _series(self, messages: Iterable[bytes], interval: float, report: Report) -> None:
+        run = self._run = _Run(self, iter(messages), interval, report)
+        self._engine.call_soon_threadsafe(run.next)
+        run.done.wait()
+        self._run = None
+        if run.error is not None:
+            raise run.error
 
     # ---- one message -----------------------------------------------------------------------------
     def roundtrip(self, message: bytes) -> float:
@@ -91,128 +264,52 @@ class EchoClient:
             BrokenError: the server closed or reset the connection.
             RemoteProtocolError: the reply differs from what was sent.
         """
-        return self._udp_roundtrip(message) if self.udp else self._tcp_roundtrip(message)
-
-    def _tcp_roundtrip(self, message: bytes) -> float:
-        tr = self.tracer
-        t0 = time.perf_counter()
-        try:
-            self.sock.sendall(message)
-        except OSError as exc:
-            raise translate_oserror(exc, "sending") from exc
-        if tr:
-            tr.emit("send", self.sock, nbytes=len(message), requested=len(message), detail="sendall")
-        got = bytearray()
-        recvs = 0
-        while len(got) < len(message):
-            try:
-                chunk = self.sock.recv(max(65536, len(message) - len(got)))
-            except OSError as exc:
-                raise translate_oserror(exc, "waiting for the echo") from exc
-            recvs += 1
-            if tr:
-                tr.emit("recv", self.sock, nbytes=len(chunk), requested=len(message) - len(got))
-            if not chunk:
-                raise BrokenError(f"the server closed the connection after {len(got)} of {len(message)} bytes")
-            got += chunk
-        rtt = (time.perf_counter() - t0) * 1000
-        if tr and recvs > 1:
-            tr.note(f"one message of {len(message)} bytes arrived in {recvs} recv() calls: TCP is a byte "
-                    "stream, it keeps no message boundaries - loop until you have it all", self.sock)
-        if bytes(got) != message:
-            raise RemoteProtocolError("the echo differs from what was sent")
-        return rtt
-
-    def _udp_roundtrip(self, message: bytes) -> float:
-        tr = self.tracer
-        self._seq += 1
-        tag = self._seq.to_bytes(4, "big")
-        payload = tag + message
-        for attempt in range(self.retries + 1):
-            t0 = time.perf_counter()
-            try:
-                self.sock.send(payload)
-            except OSError as exc:
-                raise translate_oserror(exc, "sending a datagram") from exc
-            if tr:
-                tr.emit("send", self.sock, nbytes=len(payload), detail=f"datagram seq={self._seq}")
-            deadline = t0 + self.timeout
-            while True:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self.sock.settimeout(left)
-                try:
-                    data = self.sock.recv(65536)
-                except TimeoutError:
-                    break
-                except ConnectionRefusedError as exc:  # ICMP port unreachable from an earlier datagram
-                    raise translate_oserror(exc, "waiting for the echo (nothing listens on that UDP port)") \
-                        from exc
-                except OSError as exc:
-                    raise translate_oserror(exc, "waiting for the echo") from exc
-                if tr:
-                    tr.emit("recv", self.sock, nbytes=len(data))
-                if data[:4] == tag:
-                    if data != payload:
-                        raise RemoteProtocolError("the echoed datagram differs from what was sent")
-                    return (time.perf_counter() - t0) * 1000
-                if tr:
-                    tr.note("a late reply to an earlier datagram arrived: UDP does not order or deduplicate")
-            if attempt < self.retries:
-                self.resends += 1
-                if tr:
-                    tr.note(f"no reply within {self.timeout:g} s: the datagram or its echo was lost; resending")
-        raise OperationTimeout(f"no echo within {self.timeout:g} s after {self.retries + 1} tries")
+        rtts: list[float] = []
+        self._series([message], 0, lambda _m, rtt, _e: rtts.append(rtt or 0.0))
+        return rtts[0]
 
     # ---- modes -----------------------------------------------------------------------------------
     def ping(self, count: int, size: int, interval: float,
              report: Callable[[int, float | None, str | None], None] | None = None) -> PingStats:
-        """Send ``count`` messages of ``size`` bytes, ``interval`` seconds apart; never raises on loss."""
+        """Send ``count`` messages of ``size`` bytes, ``interval`` seconds apart; never raises on UDP loss."""
         stats = PingStats()
-        for i in range(count):
-            message = os.urandom(size) if size else b""
+
+        def messages() -> Iterator[bytes]:
+            for _ in range(count):
+                yield os.urandom(size) if size else b"\n"
+
+        def each(_message: bytes, rtt: float | None, err: str | None) -> None:
             stats.sent += 1
-            try:
-                rtt: float | None = self.roundtrip(message) if size else self.roundtrip(b"\n")
+            if rtt is not None:
                 stats.received += 1
-                assert rtt is not None
                 stats.rtts_ms.append(rtt)
-                err = None
-            except OperationTimeout as exc:
-                rtt, err = None, str(exc)
-                if not self.udp:
-                    raise
             if report:
-                report(i + 1, rtt, err)
-            if i + 1 < count and interval > 0:
-                time.sleep(interval)
+                report(stats.sent, rtt, err)
+
+        self.raise_loss = not self.udp
+        try:
+            self._series(messages(), interval, each)
+        finally:
+            self.raise_loss = True
         stats.retries = self.resends
         return stats
 
     def interactive(self, lines: Iterable[bytes], report: Callable[[bytes, float], None]) -> None:
         """Echo each input line and report it with its round-trip time."""
         for line in lines:
-            rtt = self.roundtrip(line)
-            report(line, rtt)
+            report(line, self.roundtrip(line))
 
     def close(self) -> None:
-        tr = self.tracer
-        if not self.udp:
-            try:
-                self.sock.shutdown(socket.SHUT_WR)
-                if tr:
-                    tr.emit("shutdown", self.sock, detail="SHUT_WR: FIN sent; waiting for the server's FIN")
-                self.sock.settimeout(self.timeout)
-                while self.sock.recv(65536):
-                    pass
-                if tr:
-                    tr.emit("recv", self.sock, nbytes=0)
-            except OSError:
-                pass
-        if tr:
-            tr.emit("close", self.sock)
-        self.sock.close()
+        """TCP: send FIN and wait (``timeout``) for the server's; then stop the engine."""
+        try:
+            if not self.udp and not self._handle.closed.is_set():
+                self._engine.call_soon_threadsafe(self._transport.write_eof)
+                self._handle.closed.wait(self.timeout)
+            elif self.udp:
+                self._engine.call_soon_threadsafe(self._transport.close)
+                self._handle.closed.wait(self.timeout)
+        finally:
+            self._client.close()
 
     def __enter__(self) -> EchoClient:
         return self
