@@ -28,7 +28,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "rpc/channels.py": (9, LEFT),
     "rpc/aio_client.py": (2, LEFT),
     "chat/client.py": (4, LEFT),
-    "peer/control.py": (3, LEFT),
     "tftp/client.py": (5, LEFT),
     "transfer/cli.py": (5, LEFT),
     "transfer/sender.py": (5, LEFT),

@@ -17,13 +17,15 @@ exec`` is still reachable here from the host, which is how the namespace tests d
 from __future__ import annotations
 
 import json
-import socket
 from typing import TYPE_CHECKING, Any
 
-from socklab.core.errors import ProtocolError, SocklabError, translate_oserror
+from socklab.core.errors import ProtocolError, SocklabError
 from socklab.core.protocol import Protocol
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint
 from socklab.core.transport import Transport
 from socklab.protocols.lines import EndOfStream, LineDecoder
+from socklab.runtime.client import run_client
 
 if TYPE_CHECKING:
     from socklab.apps.peer.links import FetchResult
@@ -105,6 +107,23 @@ class ControlProtocol(Protocol):
             self._reply({"ok": False, "error": str(exc)})
 
 
+class _OneAnswer(Protocol):
+    """The client's side: send one request line, keep the first answer line, close."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.answer = bytearray()
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.answer += data
+        if b"\n" in self.answer or len(self.answer) > 1 << 20:
+            self.transport.close()
+
+
 def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send one request to a node's control socket and return its answer.
 
@@ -118,23 +137,11 @@ def control_request(path: str, request: dict[str, Any], timeout: float = 10.0) -
     from socklab.core.errors import RemoteProtocolError
 
     check_control_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    answer_line = run_client(Endpoint(unix=path), lambda: _OneAnswer(json.dumps(request).encode() + b"\n"),
+                             ClientSettings(connect_timeout=timeout), timeout=timeout).answer
+    buf = bytes(answer_line)
     try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        buf = bytearray()
-        while b"\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    except OSError as exc:
-        raise translate_oserror(exc, f"talking to the node's control socket {path}") from exc
-    finally:
-        sock.close()
-    try:
-        answer = json.loads(bytes(buf).split(b"\n", 1)[0])
+        answer = json.loads(buf.split(b"\n", 1)[0])
     except ValueError as exc:
         raise RemoteProtocolError(f"the node answered something that is not JSON: {bytes(buf[:80])!r}") from exc
     if not isinstance(answer, dict):
