@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, list[str], str]] = [
     ("http", ["http", "serve", "--port", "0", "{tmp}"], "stdout"),
     ("tftp", ["tftp", "serve", "--port", "0", "--root", "{tmp}"], "stdout"),
     ("receive", ["receive", "--port", "0", "--dir", "{tmp}"], "stdout"),
+    ("send", ["send", "--listen", "--host", "127.0.0.1", "--port", "0", "{tmp}"], "stdout"),
     ("rpc", ["rpc", "serve", "--demo", "--port", "0"], "stdout"),
     ("tap", ["tap", "127.0.0.1:0", "--to", "127.0.0.1:9"], "stdout"),
     ("peer", ["peer", "--listen", "127.0.0.1:0", "--name", "ann", "--control", "{tmp}/ann.sock"], "stdout"),

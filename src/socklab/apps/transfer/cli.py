@@ -32,7 +32,7 @@ from socklab.core.sockets import connect_tcp, open_tcp_listener, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols import transfer as tp
 from socklab.protocols.text import escape_peer_text as shown
-from socklab.runtime import Server, serve_until_signalled
+from socklab.runtime import Server, register_server, serve_until_signalled
 
 _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 
@@ -151,6 +151,8 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
     listener = open_tcp_listener(host, port, backlog=1)
     addr = listener.getsockname()
     where = format_addr(addr)
+    # One accept() on a plain socket, not a Server; still announced, so `socklab ss` labels it.
+    register_server(app="send", engine="blocking", addresses=[addr])
     print(f"socklab send listening on tcp://{where} (fetch with: socklab receive --from {where} --dir DIR)",
           flush=True)
     try:
