@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
+from typing import IO, Any
 from typing import Protocol as _TypingProtocol
 
 from socklab.core.errors import LocalProtocolError
@@ -119,7 +119,7 @@ class Transport(BaseTransport):
         raise NotImplementedError
 
     # ---- capabilities (see the module docstring): the fallbacks ------------------------------------
-    def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
+    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """Send up to ``count`` bytes of ``file`` from ``offset``; returns how many were taken now.
 
         Where the engine can, the kernel sends them from the page cache (``os.sendfile``) and 0
@@ -175,7 +175,7 @@ class SpliceHandle(_TypingProtocol):
     def close(self) -> None: ...
 
 
-def _read_at(file: BinaryIO, offset: int, n: int) -> bytes:
+def _read_at(file: IO[bytes], offset: int, n: int) -> bytes:
     try:
         return os.pread(file.fileno(), n, offset)
     except (AttributeError, OSError, ValueError):  # not a real file (BytesIO...): seek and read

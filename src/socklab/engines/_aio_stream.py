@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import io
+import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, Protocol
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["RECV_SIZE"]
 
 _LINGER_RST = struct.pack("ii", 1, 0)
+_SENDFILE_MAX = 1 << 30
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, 9 u32s, then tcpi_last_data_sent, _last_ack_sent,
 # tcpi_last_data_recv (milliseconds since the last data segment arrived).
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
@@ -357,6 +361,32 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
         if self._tls:  # the loop reads ciphertext: a byte count of plaintext means nothing there
             return False
         return self._setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+
+    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
+        """``os.sendfile`` on the loop's non-blocking socket when the loop has nothing queued."""
+        t = self._t
+        if t is None or t.is_closing() or self._lost:
+            return max(count, 0)  # dropped, as writes after close are
+        sock = None if self._tls else t.get_extra_info("socket")
+        if sock is None or count <= 0 or t.get_write_buffer_size():
+            return Transport.sendfile(self, file, offset, count)
+        try:
+            n = os.sendfile(sock.fileno(), file.fileno(), offset, min(count, _SENDFILE_MAX))
+        except BlockingIOError:
+            n = -1
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            return Transport.sendfile(self, file, offset, count)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ESPIPE, errno.EOPNOTSUPP):
+                return Transport.sendfile(self, file, offset, count)
+            self.abort_with(translate_oserror(exc, f"sending a file to {format_addr(self._peer)}"))
+            return 0
+        if self.tracer:
+            self.tracer.emit("sendfile", fd=self._fdno, peer=self._peer, nbytes=max(n, 0), requested=count,
+                             detail=f"from file offset {offset}" + (" - EAGAIN: socket full" if n < 0 else ""))
+        if n == 0:
+            raise EOFError(f"the file ended at offset {offset}, {count} bytes short")
+        return max(n, 0)
 
     def detach(self) -> socket.socket:
         """A blocking duplicate of the socket; the loop's transport is then aborted (no FIN: the dup holds it)."""

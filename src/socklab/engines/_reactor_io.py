@@ -21,7 +21,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 from socklab.core.errors import ConnectTimeout, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
@@ -383,7 +383,7 @@ class StreamTransport(StreamCore, Transport, Connection):
         self.sock.close()
 
     # ---- capabilities: sendfile and splice (see socklab.core.transport) -----------------------------
-    def sendfile(self, file: BinaryIO, offset: int, count: int) -> int:
+    def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """``os.sendfile`` on the non-blocking socket when nothing is queued (else the fallback keeps order)."""
         if self._write_closed:
             return max(count, 0)  # dropped, as write() drops after close

@@ -13,9 +13,7 @@ or LF is dropped (no response splitting).
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 import sys
 import time
 from collections import deque
@@ -35,7 +33,6 @@ __all__ = ["CHUNK", "ResponseWriter", "http_date", "reason"]
 CHUNK = 64 * 1024  # bytes read from a file per write when sendfile is not used
 SENDFILE_MAX = 1 << 30
 SMALL_FILE = 16 * 1024  # files up to this size are read and sent with the head in one write
-_CORK = getattr(socket, "TCP_CORK", 0)  # Linux: hold partial segments until uncorked
 
 # The connection's states (HttpProtocol's life cycle; see its module docstring).
 IDLE, HEAD, BODY, RESPOND, WEBSOCKET, CLOSED = range(6)
@@ -108,20 +105,13 @@ class ResponseWriter(Protocol):
     def _init_writer(self) -> None:
         self._out: deque[bytes | FileSpan] = deque()
         self._files: list[IO[bytes]] = []
-        self._sendfile_fd: int | None = None
+        self._sendfile = False  # transport.sendfile for file bodies (the engine's capability)
         self._sendfile_mode = False
-        self._sock: Any = None  # the engine's socket, when sendfile may be used on it
         self._corked = False
 
     def _setup_sendfile(self, transport: Transport) -> None:
-        if self.settings.sendfile and transport.get_extra_info("ssl_object") is None:
-            sock = transport.get_extra_info("socket")
-            try:
-                if sock is not None and sock.gettimeout() == 0.0:
-                    self._sendfile_fd = sock.fileno()
-                    self._sock = sock
-            except (OSError, AttributeError):
-                self._sendfile_fd = None
+        # TLS cannot send from the page cache (the bytes must be encrypted): chunks, as before
+        self._sendfile = bool(self.settings.sendfile) and transport.get_extra_info("ssl_object") is None
 
     def _response_done(self) -> None:
         raise NotImplementedError
@@ -213,13 +203,9 @@ class ResponseWriter(Protocol):
             if self.state == RESPOND:
                 self._response_done()
             return
-        if parts and self._sendfile_fd is not None and not self._out and isinstance(parts[-1], FileSpan) and _CORK:
+        if parts and self._sendfile and not self._out and isinstance(parts[-1], FileSpan):
             # The head and the file in full segments (nginx's tcp_nopush): cork until the response is out.
-            try:
-                self._sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
-                self._corked = True
-            except (OSError, AttributeError):
-                pass
+            self._corked = self.transport.set_cork(True)
         self._out.append(head)
         self._out.extend(parts)
         self._pump()
@@ -282,8 +268,8 @@ class ResponseWriter(Protocol):
             if part.length <= 0:
                 out.popleft()
                 continue
-            if self._sendfile_fd is not None and transport.get_write_buffer_size() == 0:
-                if self._sendfile(part):
+            if self._sendfile and transport.get_write_buffer_size() == 0:
+                if self._send_file(part):
                     continue
                 if self.state != RESPOND:
                     return
@@ -302,39 +288,29 @@ class ResponseWriter(Protocol):
         if not out and self.state == RESPOND:
             self._response_done()
 
-    def _sendfile(self, part: FileSpan) -> bool:
-        """Try ``os.sendfile``; True if bytes went out. False means: wait for the socket to drain.
+    def _send_file(self, part: FileSpan) -> bool:
+        """``transport.sendfile``; True if bytes went out. False means: wait for the socket to drain.
 
-        When the socket is full, one chunk is written through the transport with the write
-        buffer's water marks at zero: ``resume_writing`` then means "buffer empty", which is
-        exactly when sendfile can be tried again.
+        Where the engine can, the kernel sends from the page cache (``os.sendfile``; the engine
+        traces it); elsewhere the transport reads and writes a chunk. When the socket is full
+        (0), one chunk is written through the transport with the write buffer's water marks at
+        zero: ``resume_writing`` then means "buffer empty", exactly when sendfile can be tried again.
         """
-        assert self._sendfile_fd is not None
         try:
-            fileno = part.file.fileno()
-            sent = os.sendfile(self._sendfile_fd, fileno, part.offset, min(part.length, SENDFILE_MAX))
-        except BlockingIOError:
-            sent = -1
-        except (OSError, ValueError, AttributeError) as exc:
-            err = getattr(exc, "errno", None)
-            if err in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF):
-                self.state = CLOSED
-                self.transport.abort()
-                return False
-            self._sendfile_fd = None  # not a regular file, or the engine's socket refuses it: use chunks
-            return False
-        tracer = self._tracer
-        if tracer is not None:
-            tracer.emit("sendfile", fd=self._sendfile_fd, peer=self.client, nbytes=max(sent, 0),
-                        requested=min(part.length, SENDFILE_MAX),
-                        detail=f"from file offset {part.offset}" + (" - EAGAIN: socket full" if sent < 0 else ""))
-        if sent == 0:  # end of file before the promised length
+            sent = self.transport.sendfile(part.file, part.offset, min(part.length, SENDFILE_MAX))
+        except EOFError:  # end of file before the promised length
             self.state = CLOSED
             self.transport.abort()
+            return False
+        except OSError as exc:  # reading the file failed: the chunk path below says so
+            print(f"socklab http: sending a response body failed: {escape_peer_text(str(exc))}", file=sys.stderr)
+            self._sendfile = False
             return False
         if sent > 0:
             self._out[0] = FileSpan(part.file, part.offset + sent, part.length - sent)
             return True
+        if self.state != RESPOND or self.transport.is_closing():  # the connection failed meanwhile
+            return False
         if not self._sendfile_mode:
             self._sendfile_mode = True
             self.transport.set_write_buffer_limits(high=0, low=0)
@@ -346,10 +322,7 @@ class ResponseWriter(Protocol):
             self._close_files()
         if self._corked:
             self._corked = False
-            try:
-                self._sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # flush the last partial segment
-            except (OSError, AttributeError):
-                pass
+            self.transport.set_cork(False)  # flush the last partial segment
         if self._sendfile_mode:
             self._sendfile_mode = False
             self.transport.set_write_buffer_limits()
