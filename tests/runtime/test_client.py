@@ -20,7 +20,7 @@ from socklab.core.errors import ConnectionRefused, ConnectTimeout
 from socklab.core.protocol import DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings
 from socklab.core.sockets import Endpoint
-from socklab.runtime.client import BlockingClient, run_client
+from socklab.runtime.client import BlockingClient, connect, run_client
 from tests.conftest import running_server
 
 WAIT = 20.0  # only matters when something is broken
@@ -168,3 +168,28 @@ def test_datagram_nothing_listens(engine: str) -> None:
         handle = client.open_datagram(Endpoint("127.0.0.1", port), Pinger)
         assert handle.protocol is not None and handle.protocol.got.wait(WAIT)
         assert [type(e) for e in handle.protocol.errors] == [ConnectionRefused]
+
+
+def test_a_client_engine_never_closes_an_idle_connection() -> None:
+    # A server closes idle clients (idle_timeout 300 s by default); a client's own engine must not
+    # close the connection it was asked to keep (a chat client waits for hours).
+    with BlockingClient() as client:
+        assert client.engine.settings.idle_timeout == 0
+
+
+def test_on_error_is_told_on_the_engine(engine: str) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    told: list[BaseException] = []
+    done = threading.Event()
+
+    def on_error(exc: BaseException) -> None:
+        told.append(exc)
+        done.set()
+
+    with BlockingClient(engine=engine) as client:
+        client.call(lambda: connect(Endpoint("127.0.0.1", port), Recorder, engine=client.engine, on_error=on_error))
+        assert done.wait(WAIT)
+    assert [type(e) for e in told] == [ConnectionRefused]

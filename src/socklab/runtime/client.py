@@ -26,13 +26,14 @@ Example::
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
-from socklab.core.settings import ClientSettings
+from socklab.core.settings import ClientSettings, ServerSettings
 from socklab.core.sockets import Endpoint, client_ssl_context, open_udp_socket
 from socklab.core.trace import Tracer
 from socklab.engines import Engine, make_engine
@@ -128,24 +129,31 @@ def _ssl_for(settings: ClientSettings) -> Any:
 
 
 def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: ClientSettings | None = None,
-            *, engine: Engine) -> ClientHandle[P]:
+            *, engine: Engine, ssl_context: ssl.SSLContext | None = None,
+            on_error: Callable[[BaseException], None] | None = None) -> ClientHandle[P]:
     """Open a stream client connection on ``engine``; returns at once with its handle.
 
     Call on the engine's thread (from a callback) or before ``engine.run``. ``connection_made``
-    follows on the engine, or the handle's ``error`` is set (the engine translated the OS error).
-    TLS, its CA, ``insecure`` and the name to verify come from ``settings``.
+    follows on the engine, or the handle's ``error`` is set (the engine translated the OS error)
+    and ``on_error(exc)`` is called on the engine. TLS, its CA, ``insecure`` and the name to verify
+    come from ``settings``; ``ssl_context`` replaces the context they make (mutual TLS, a CA-only check).
     """
     settings = settings if settings is not None else ClientSettings()
     handle: ClientHandle[P] = ClientHandle(endpoint)
+
+    def failed(exc: BaseException) -> None:
+        handle._failed(exc)
+        if on_error is not None:
+            on_error(exc)
 
     def factory() -> Protocol:
         proto = handle._adopt(protocol_factory())
         assert isinstance(proto, Protocol), f"{type(proto).__name__} is not a stream Protocol"
         return proto
 
-    engine.connect_stream(endpoint, factory, ssl_context=_ssl_for(settings),
+    engine.connect_stream(endpoint, factory, ssl_context=ssl_context or _ssl_for(settings),
                           server_hostname=settings.server_name, timeout=settings.connect_timeout,
-                          on_error=handle._failed)
+                          on_error=failed)
     return handle
 
 
@@ -185,14 +193,16 @@ class BlockingClient:
         engine: an engine's name (``epoll`` by default) or an engine to run.
         tracer: the lifecycle trace, or ``None``.
 
-    Use as a context manager; :meth:`close` stops the engine and joins its thread.
+    Use as a context manager; :meth:`close` stops the engine and joins its thread. A named
+    engine is made with no idle timeout: a client decides itself how long it waits.
     """
 
     def __init__(self, settings: ClientSettings | None = None, *, engine: str | Engine = "epoll",
                  tracer: Tracer | None = None) -> None:
         self.settings = settings if settings is not None else ClientSettings()
         self.tracer = tracer
-        self.engine = make_engine(engine, tracer=tracer) if isinstance(engine, str) else engine
+        self.engine = (make_engine(engine, ServerSettings(idle_timeout=0), tracer=tracer)
+                       if isinstance(engine, str) else engine)
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"socklab-client-{self.engine.name}",
@@ -235,13 +245,15 @@ class BlockingClient:
             raise value
         return value  # type: ignore[no-any-return]
 
-    def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], P]) -> ClientHandle[P]:
-        """Connect and wait for ``connection_made``; returns the handle.
+    def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], P], *,
+                ssl_context: ssl.SSLContext | None = None) -> ClientHandle[P]:
+        """Connect and wait for ``connection_made``; returns the handle (``ssl_context``: see :func:`connect`).
 
         Raises:
             ConnectionRefused, ConnectTimeout, ResolveError, TlsError...: why it failed, translated by the engine.
         """
-        handle = self.call(lambda: connect(endpoint, protocol_factory, self.settings, engine=self.engine))
+        handle = self.call(lambda: connect(endpoint, protocol_factory, self.settings, engine=self.engine,
+                                           ssl_context=ssl_context))
         # The engine enforces connect_timeout; the margin here only matters when the engine is stuck.
         handle.wait_connected(self.settings.connect_timeout + 5.0)
         return handle
