@@ -1,0 +1,210 @@
+"""``socklab nc``: netcat-openbsd's flags and meanings, on socklab's ``connect`` and ``listen``.
+
+Why this exists: people type ``nc -l -p 9000`` and ``nc -z -w 2 host 22`` from habit. ``socklab
+connect``/``listen`` explain half-close and EOF with long option names; ``socklab nc`` takes the
+short flags nc users know and runs those same commands, so both behave the same underneath.
+
+Mapping (nc -> socklab):
+  -l            listen (else connect)          -p PORT  the port to listen on (with -l)
+  -u            --udp                          -k       --keep-open (with -l)
+  -v            --explain (narrate on stderr)  -C       --crlf
+  -N            --on-stdin-eof shutdown (FIN when stdin ends; without -N nothing is sent, as nc)
+  -q 0          --on-stdin-eof close (quit when stdin ends)
+  -w SECS       --connect-timeout and --idle-timeout SECS
+  -z            connect -z (exit 0 if any port accepts, like nc)
+  -4 / -6       resolve HOST as IPv4 / IPv6 only   -s ADDR  the address to listen on (with -l)
+  --ssl         TLS (ncat's flag): with -l a self-signed in-memory certificate, its SHA-256 printed;
+                connecting, --pin SHA256 accepts exactly that certificate (no CA)
+One difference on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: every address).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from socklab.cli.options import run_cli
+from socklab.core.errors import NetworkError, ResolveError, UsageError, translate_oserror
+from socklab.core.sockets import Endpoint, connect_tcp
+
+__all__ = ["nc", "split_host_port"]
+
+
+def split_host_port(args: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """``HOST PORT``, ``HOST:PORT``, ``[v6]:PORT``, ``PORT`` or nothing -> (host, port)."""
+    if len(args) == 2:
+        return args[0].strip("[]"), args[1]
+    if len(args) == 1:
+        text = args[0]
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            return host, rest[1:] if rest.startswith(":") else None
+        if text.count(":") == 1:
+            host, _, port = text.partition(":")
+            return host or None, port
+        if text.replace("-", "").replace(",", "").isdigit():
+            return None, text
+        return text, None
+    if not args:
+        return None, None
+    raise UsageError(f"too many arguments {' '.join(args)!r}: write HOST PORT or HOST:PORT")
+
+
+def _resolve(host: str, family: int) -> str:
+    if family == socket.AF_UNSPEC:
+        return host
+    try:
+        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        flag = "-4" if family == socket.AF_INET else "-6"
+        raise ResolveError(f"{host!r} has no {'IPv4' if flag == '-4' else 'IPv6'} address ({flag}): "
+                           f"{exc.strerror}") from exc
+    return str(infos[0][4][0])
+
+
+def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, verbose: bool) -> None:
+    """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket."""
+    from socklab.core.selfsigned import check_pin, normalize_pin, pinned_client_context
+
+    normalize_pin(pin)  # a malformed pin is a usage error before any connection
+    sock = connect_tcp(Endpoint(host, port), timeout=timeout)
+    try:
+        tls = pinned_client_context().wrap_socket(sock, server_hostname=None)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise translate_oserror(exc, f"TLS handshake with {host}:{port}") from exc
+    with tls:
+        got = check_pin(tls, pin)
+        if verbose:
+            click.echo(f"nc: TLS to {host}:{port}, certificate SHA-256 {got} matches --pin", err=True)
+        tls.settimeout(None)
+        lock = threading.Lock()
+
+        def pump() -> None:
+            for line in iter(sys.stdin.buffer.readline, b""):
+                if crlf and line.endswith(b"\n") and not line.endswith(b"\r\n"):
+                    line = line[:-1] + b"\r\n"
+                with lock:
+                    tls.sendall(line)
+
+        threading.Thread(target=pump, name="socklab-nc-stdin", daemon=True).start()
+        while True:
+            try:
+                data = tls.recv(65536)
+            except (OSError, ssl.SSLError) as exc:
+                raise NetworkError(f"TLS connection to {host}:{port}: {exc}") from exc
+            if not data:
+                return
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, metavar="[HOST] [PORT] | HOST:PORT")
+@click.option("-l", "listen_mode", is_flag=True, help="Listen for a connection instead of connecting.")
+@click.option("-p", "port_opt", metavar="PORT", default=None, help="The port to listen on (with -l).")
+@click.option("-u", "udp", is_flag=True, help="UDP instead of TCP.")
+@click.option("-k", "keep", is_flag=True, help="With -l: keep listening after a client leaves (many clients).")
+@click.option("-v", "verbose", is_flag=True, help="Say what happens on stderr (socklab's --explain).")
+@click.option("-w", "wait", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECS",
+              help="Give up a connection attempt, or an idle connection, after SECS.")
+@click.option("-N", "shutdown_on_eof", is_flag=True, help="Shut down the socket (send FIN) when stdin ends.")
+@click.option("-q", "quit_after", type=click.FloatRange(min=0), default=None, metavar="SECS",
+              help="Quit when stdin ends (only -q 0 is supported).")
+@click.option("-z", "scan", is_flag=True, help="Only scan: exit 0 if any PORT (N, N-M or N,M) accepts.")
+@click.option("-4", "ipv4", is_flag=True, help="IPv4 only.")
+@click.option("-6", "ipv6", is_flag=True, help="IPv6 only.")
+@click.option("-s", "source", metavar="ADDR", default=None, help="With -l: the local address to listen on.")
+@click.option("-C", "crlf", is_flag=True, help="Send CRLF as line ending.")
+@click.option("--ssl", "use_tls", is_flag=True,
+              help="TLS. With -l: a self-signed certificate made now (its SHA-256 is printed); "
+                   "connecting: pair with --pin.")
+@click.option("--pin", metavar="SHA256", default=None,
+              help="Connecting with --ssl: accept only the certificate with this SHA-256 fingerprint.")
+@click.pass_context
+@run_cli
+def nc(ctx: click.Context, args: tuple[str, ...], listen_mode: bool, port_opt: str | None, udp: bool, keep: bool,
+       verbose: bool, wait: float | None, shutdown_on_eof: bool, quit_after: float | None, scan: bool,
+       ipv4: bool, ipv6: bool, source: str | None, crlf: bool, use_tls: bool, pin: str | None) -> None:
+    """netcat with netcat-openbsd's flags: connect to HOST PORT, or listen with -l.
+
+    \b
+    Examples:
+      socklab nc -l -p 9000 > got.bin          # receive one connection's bytes
+      socklab nc -N 127.0.0.1 9000 < file.bin  # send a file, FIN at its end
+      socklab nc -z -w 2 127.0.0.1 8000-8010   # exit 0 if any port accepts
+      socklab nc -u 127.0.0.1:9000             # UDP; HOST:PORT works too
+      socklab nc -l -p 9443 --ssl              # TLS with a self-signed certificate (prints its SHA-256)
+      socklab nc --ssl --pin AB:CD:… 127.0.0.1 9443
+    For the same things with explanations, see `socklab connect --help` and `socklab listen --help`.
+    """
+    if ipv4 and ipv6:
+        raise UsageError("-4 and -6 exclude each other")
+    family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
+    if quit_after not in (None, 0):
+        raise UsageError(f"-q {quit_after:g}: only -q 0 (quit when stdin ends) is supported")
+    on_stdin_eof = "close" if quit_after == 0 else "shutdown" if shutdown_on_eof else "keep"
+    host, port = split_host_port(args)
+    if listen_mode:
+        _listen(ctx, host or source, port_opt or port, family, udp=udp, keep=keep, verbose=verbose,
+                crlf=crlf, on_stdin_eof=on_stdin_eof, use_tls=use_tls)
+        return
+    if port_opt is not None:
+        raise UsageError("-p PORT without -l would be a source port, which socklab nc does not set; "
+                         "write the destination as HOST PORT")
+    if source is not None:
+        raise UsageError("-s ADDR is supported with -l only (the address to listen on)")
+    if host is None or port is None:
+        raise UsageError("nc needs HOST PORT (or HOST:PORT), or -l -p PORT")
+    host = _resolve(host, family)
+    if pin is not None or use_tls:
+        if pin is None:
+            raise UsageError("--ssl connecting needs --pin SHA256 (the fingerprint the server printed)")
+        if not port.isdigit():
+            raise UsageError(f"bad port {port!r}")
+        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose)
+        return
+    from socklab.tools.netcat import connect
+
+    ctx.invoke(connect, host=host, port=port, udp=udp, scan=scan, connect_timeout=wait or 10.0,
+               idle_timeout=0.0 if (wait is None or scan) else wait, on_stdin_eof=on_stdin_eof,
+               on_peer_eof="exit", crlf=crlf, explain=verbose)
+
+
+def _listen(ctx: click.Context, host: str | None, port: str | None, family: int, *, udp: bool, keep: bool,
+            verbose: bool, crlf: bool, on_stdin_eof: str, use_tls: bool) -> None:
+    from socklab.tools.listen import listen
+
+    if port is None or not port.isdigit():
+        raise UsageError("-l needs a PORT: nc -l -p PORT (or nc -l PORT)")
+    default = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    host = default if host is None else _resolve(host, family)
+    kwargs: dict[str, Any] = {"args": (host, port), "udp": udp, "keep_open": keep, "explain": verbose,
+                              "crlf": crlf, "on_stdin_eof": on_stdin_eof, "on_peer_eof": "exit"}
+    tmp: str | None = None
+    try:
+        if use_tls:
+            if udp:
+                raise UsageError("--ssl needs TCP, not -u")
+            from socklab.core.selfsigned import make_self_signed
+
+            cert = make_self_signed()
+            tmp = tempfile.mkdtemp(prefix="socklab-nc-tls-")  # mode 0700, removed when nc ends
+            pem = Path(tmp) / "self-signed.pem"
+            pem.touch(mode=0o600)
+            pem.write_bytes(cert.key_pem + cert.cert_pem)
+            click.echo(f"nc: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
+            click.echo(f"nc: clients: socklab nc --ssl --pin {cert.fingerprint} HOST {port}", err=True)
+            kwargs["tls_cert"] = str(pem)
+        ctx.invoke(listen, **kwargs)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
