@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "echo": "socklab.apps.echo.cli:echo",
     "connect": "socklab.tools.netcat:connect",
     "listen": "socklab.tools.listen:listen",
+    "nc": "socklab.tools.nc:nc",
     "ss": "socklab.tools.ss:ss",
     "tap": "socklab.tools.tap:tap",
     "http": "socklab.apps.http.cli:http",
