@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -55,6 +56,15 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
 
     The same service is reachable on every --listen URL at once. One line per listener is
     printed when it is ready: `socklab rpc listening on URL (engine NAME)`.
+
+    TARGET is imported with the current directory first on the module path, as `uvicorn calc:app`
+    does: from the folder that holds calc.py, `socklab rpc serve calc` works.
+
+    \b
+    Examples:
+      socklab rpc serve calc --port 7000                 # calc.py in this folder: its public functions
+      socklab rpc serve calc:Service --engine pool --workers 8
+      socklab rpc serve --demo --listen http://127.0.0.1:8000/rpc
     """
     from socklab.apps.rpc.server import RpcSettings
     from socklab.apps.rpc.server import serve as rpc_serve
@@ -65,6 +75,8 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
         raise UsageError("give a TARGET (module:object) or --demo, not both")
     if not demo and target is None:
         raise UsageError("give the service to serve: a TARGET (module:object), or --demo for the built-in one")
+    if not demo:
+        _import_from_cwd()
     service = demo_service() if demo else load_target(str(target))
     settings = build_settings(RpcSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
@@ -72,6 +84,24 @@ def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, 
     rs.server.start()
     serve_until_signalled(rs.server, "rpc", where=rs.urls, waiting_for="calls in flight",
                           on_ready=lambda: click.echo(f"  {len(service.methods)} methods", err=True))
+
+
+def _import_from_cwd() -> None:
+    """Put the current directory first on ``sys.path`` (uvicorn's default ``--app-dir .``).
+
+    ``python -m socklab`` has it there already; the ``socklab`` console script does not, so a
+    module beside the user could not be imported.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+# --workers comes from the shared server settings: say what it means here, for uvicorn users
+for _param in serve.params:
+    if _param.name == "workers" and isinstance(_param, click.Option):
+        _param.help = ("Threads of the 'pool' engine (used with --engine pool): calls run on this many "
+                       "threads of one process. Not uvicorn's --workers, which starts processes.")
 
 
 def _arg(text: str) -> Any:
