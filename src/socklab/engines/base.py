@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from socklab.core.errors import TimeoutError_
+from socklab.core.errors import OperationTimeout
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint
@@ -255,7 +255,7 @@ class Engine(ABC):
             self.stats.idle_closed += 1
             if self.tracer:
                 self.tracer.note(f"closing a connection idle for more than {limit:g} s (idle_timeout)")
-            conn.abort_with(TimeoutError_(f"idle for more than {limit:g} s (idle_timeout)"), reset=False)
+            conn.abort_with(OperationTimeout(f"idle for more than {limit:g} s (idle_timeout)"), reset=False)
         self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
 
     def begin_shutdown(self) -> None:
