@@ -40,6 +40,9 @@ TCP_STATES = {
 _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 
 
+_CLOSING_OPS = frozenset({"socket", "accept", "recv", "shutdown", "close"})
+
+
 def tcp_state(sock: socket.socket) -> str | None:
     """The kernel's TCP state of ``sock`` (Linux ``TCP_INFO``), or ``None`` where unknown."""
     try:
@@ -127,6 +130,7 @@ class Tracer:
                 self._json = json_file
             self._sinks.append(self._write_json)
         self.events: list[TraceEvent] | None = None
+        self._closing: dict[int, str | None] = {}  # fd -> "fin_sent" | "peer_fin" | "time_wait"
 
     def record(self) -> list[TraceEvent]:
         """Also keep every event in a list (for tests and replay); returns that list."""
@@ -150,6 +154,9 @@ class Tracer:
             if state is None and fd is not None and fd >= 0:
                 state = tcp_state(sock)
         rel = time.monotonic() - self._t0
+        with self._lock:
+            if fd is not None and op in _CLOSING_OPS:
+                state = self._closing_story(op, fd, nbytes, detail, state)
         event = TraceEvent(
             ts=self._wall0 + rel, op=op, fd=fd, engine=engine or self.engine,
             thread=threading.current_thread().name, peer=None if peer is None else format_addr(peer),
@@ -163,6 +170,30 @@ class Tracer:
             for sink in self._sinks:
                 sink(event)
         return event
+
+    def _closing_story(self, op: str, fd: int, nbytes: int | None, detail: str | None,
+                       state: str | None) -> str | None:
+        """Who sent FIN first on ``fd``, so the state shown after both FINs is TCP's, not the fd's.
+
+        When the side that closed first gets the peer's FIN, Linux hands the connection to a
+        TIME_WAIT mini-socket (what ``ss`` lists) and the socket the program still holds reports
+        CLOSE. A learner must see TIME_WAIT there: it is the state of the connection, and the
+        reason a restarted server may meet EADDRINUSE. The side that closed second really ends in
+        CLOSE (after LAST_ACK). Called under the lock.
+        """
+        story = self._closing.get(fd)
+        if op in ("socket", "accept"):
+            self._closing.pop(fd, None)
+            return state
+        if op == "recv" and nbytes == 0:
+            story = "time_wait" if story == "fin_sent" else (story or "peer_fin")
+        elif op == "close" or (op == "shutdown" and (detail is None or "SHUT_RD:" not in detail)):
+            if story is None:
+                story = "fin_sent"
+        self._closing[fd] = story
+        if op == "close":
+            del self._closing[fd]  # the fd number may be reused by the next socket
+        return "TIME_WAIT" if story == "time_wait" and state == "CLOSE" else state
 
     def note(self, text: str, sock: socket.socket | None = None, **kw: Any) -> TraceEvent:
         """An explanatory line that is not a system call (a split message, a state change...)."""
