@@ -37,7 +37,6 @@ engine or TLS cannot do it the fast way:
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 from typing import Protocol as _TypingProtocol
@@ -154,7 +153,7 @@ class Transport(BaseTransport):
         """
         return None
 
-    def detach(self) -> socket.socket:
+    def detach(self) -> Any:  # a socket.socket (not imported: this module stays sans-I/O)
         """Hand over the socket: the engine stops watching it, and ``connection_lost(None)`` follows.
 
         The caller owns the returned socket (blocking mode) and closes it. Raises
