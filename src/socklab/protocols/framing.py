@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+from socklab.protocols.lines import EndOfStream  # the one end-of-stream event (partial: an unfinished frame)
 
 __all__ = ["CONTENT_LENGTH", "NDJSON", "EndOfStream", "Frame", "FrameDecoder", "encode_frame"]
 
@@ -47,13 +48,6 @@ class Frame:
     """One complete message body (a JSON text, not yet parsed)."""
 
     data: bytes
-
-
-@dataclass(frozen=True)
-class EndOfStream:
-    """The peer closed its side. ``partial`` holds the bytes of an unfinished frame, if any."""
-
-    partial: bytes = b""
 
 
 class FrameDecoder:

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+from socklab.protocols.lines import EndOfStream  # the one end-of-stream event (here: between frames)
 from socklab.protocols.text import find_unsafe
 
 __all__ = [
@@ -186,11 +187,6 @@ class Transfer(Frame):
 
     sha256: str
     port: int
-
-
-@dataclass(frozen=True)
-class EndOfStream:
-    """The peer closed its side cleanly, between frames."""
 
 
 Event = Frame | EndOfStream

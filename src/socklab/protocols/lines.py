@@ -29,7 +29,11 @@ class Line:
 
 @dataclass(frozen=True)
 class EndOfStream:
-    """The peer closed its side; ``partial`` holds bytes after the last newline (if any)."""
+    """The peer closed its side; ``partial`` holds the bytes of an unfinished message, if any.
+
+    The one end-of-stream event of every socklab decoder (lines, JSON-RPC framing, gossip): they
+    import it from here.
+    """
 
     partial: bytes = b""
 
