@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
 from collections.abc import Callable
@@ -266,8 +267,10 @@ class BlockingClient:
         return handle
 
     def close(self) -> None:
-        """Stop the engine (closing what is still open) and join its thread."""
+        """Close what is still open (``connection_lost`` runs), stop the engine and join its thread."""
         if self._thread.is_alive():
+            with contextlib.suppress(SocklabError):
+                self.call(self.engine.abort_all, timeout=5.0)
             self.engine.stop()
             self._thread.join(10.0)
         self.engine.close()

@@ -5,8 +5,9 @@ waits - scribbles messages over the line being typed. This client draws the prom
 prompt_toolkit and prints incoming messages *above* it (``patch_stdout``), so typing is never
 interrupted; up/down browse what you typed, the terminal's scrollback keeps the conversation.
 
-It is also a model of a well-behaved protocol client: one reader thread turns server lines into
-events (:func:`~socklab.protocols.chat.parse_event`); it remembers the last sequence number seen in
+It is also a model of a well-behaved protocol client, on the same contract as the server
+(:mod:`socklab.runtime.client`): an engine drives the connection on its own thread, whose
+protocol turns server lines into events (:func:`~socklab.protocols.chat.parse_event`); it remembers the last sequence number seen in
 each room and, when the connection drops (a server restart), reconnects with back-off and rejoins
 with ``/join #room LAST_SEQ`` - so nothing is missed and nothing is shown twice. The same goes for
 what a rejoin repeats (your own join, the topic, the member list): shown again only if it changed.
@@ -18,17 +19,16 @@ signs in by itself with ``--nick``, so it says that instead, and tells how to pi
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import select
-import socket
 import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from socklab.core.errors import ConnectError, RemoteProtocolError, translate_oserror
+from socklab.core.errors import RemoteProtocolError
+from socklab.core.protocol import Protocol
+from socklab.core.settings import ClientSettings
 from socklab.core.sockets import parse_endpoint
 from socklab.protocols.chat import (
     ACTION,
@@ -51,6 +51,7 @@ from socklab.protocols.chat import (
     parse_event,
 )
 from socklab.protocols.text import escape_peer_text
+from socklab.runtime.client import BlockingClient, connect
 
 __all__ = ["ChatClient", "format_event", "run_terminal_client"]
 
@@ -122,7 +123,7 @@ class ChatClient:
         self.rooms: list[str] = [room] if room else []
         self.current: str | None = room
         self.last_seq: dict[str, int] = {}
-        self.sock: socket.socket | None = None
+        self.transport: Any = None  # the live connection's, or None between connections
         self.closed = threading.Event()
         self.quitting = False
         self.signed_in = False  # the server accepted a nick on this connection
@@ -136,39 +137,62 @@ class ChatClient:
         self._show_who: set[str] = set()  # asked for by the user (/who, /join): shown even if unchanged
         self._show_topic: set[str] = set()
         self._lock = threading.Lock()
-        # Only the reader thread touches the socket: an SSLSocket must not be read and written from
-        # two threads at once (OpenSSL forbids it; a write racing a read fails). send() queues the
-        # line and wakes that thread through a socketpair.
-        self._outbox: collections.deque[bytes] = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._thread = threading.Thread(target=self._run, name="chat-io", daemon=True)
-
-    def _connect(self) -> socket.socket:
-        try:
-            if self.endpoint.unix is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.connect(self.endpoint.unix)
-                except OSError:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection((self.endpoint.host, self.endpoint.port), timeout=5)
-            if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.server_name or self.endpoint.host or None)
-        except OSError as exc:
-            raise translate_oserror(exc, f"connecting to {self.endpoint}") from exc
-        # TLS goes non-blocking: session tickets make the socket readable with no application data,
-        # and a blocking SSL recv() would then hold the I/O thread (and every queued line) hostage.
-        sock.settimeout(0 if self.tls is not None else None)
-        return sock
+        self._delay = 0.25  # the next reconnection's wait (doubles to 5 s)
+        self._said_still = False
+        self._rejoin_due = False
+        self._client: BlockingClient | None = None
+        self._settings = ClientSettings(connect_timeout=5.0, server_name=server_name)
 
     def start(self) -> None:
-        """Connect now (errors raise) and start reading."""
-        self.sock = self._connect()
+        """Connect now (errors raise: ConnectionRefused, TlsError...) and start reading."""
+        self._client = BlockingClient(self._settings)
+        try:
+            self._client.connect(self.endpoint, lambda: _ChatSide(self), ssl_context=self.tls)
+        except BaseException:
+            self._client.close()
+            raise
         self._greet()
-        self._thread.start()
+
+    # ---- the engine's side: one connection, then reconnections with back-off ---------------------
+    def _connected(self, transport: Any) -> None:
+        with self._lock:
+            self.transport = transport
+        if self._rejoin_due:  # a reconnection (the first connection greets from start())
+            self._rejoin_due = False
+            self._delay, self.failed_attempts, self._said_still = 0.25, 0, False
+            self.signed_in = False
+            self._rejoining = set(self.rooms)
+            self.show(f"-- reconnected to {self.endpoint}; catching up")
+            self._greet()
+
+    def _lost(self) -> None:
+        with self._lock:
+            self.transport = None
+        self._outage_step()
+
+    def _outage_step(self) -> None:
+        """After a lost connection or a failed attempt: say so (once per outage) and try again later."""
+        if self.quitting or self.closed.is_set() or self._client is None:
+            self.closed.set()
+            return
+        self._rejoin_due = True
+        if self.failed_attempts == 0:  # once per outage, not once per attempt
+            self.show(f"-- disconnected; reconnecting in {self._delay:.1f} s")
+        elif self._delay >= 5.0 and not self._said_still:
+            self._said_still = True
+            self.show("-- still reconnecting, every 5 s (Ctrl-D to give up)")
+        self._client.engine.call_later(self._delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if self.closed.is_set() or self._client is None:
+            return
+        connect(self.endpoint, lambda: _ChatSide(self), self._settings, engine=self._client.engine,
+                ssl_context=self.tls, on_error=self._attempt_failed)
+
+    def _attempt_failed(self, exc: BaseException) -> None:
+        self.failed_attempts += 1
+        self._delay = min(5.0, self._delay * 2)
+        self._outage_step()
 
     @property
     def prompt(self) -> str:
@@ -201,103 +225,23 @@ class ChatClient:
         self.send(line)
 
     def send(self, line: str) -> None:
-        """Queue one line for the I/O thread (which owns the socket) and wake it."""
+        """Queue one line for the engine (which owns the connection)."""
         with self._lock:
-            if self.sock is None:
-                self.show("!! not connected (reconnecting); try again in a moment")
-                return
-            self._outbox.append(line.encode() + b"\n")
-        self._wake()
+            transport = self.transport
+        if transport is None or self._client is None:
+            self.show("!! not connected (reconnecting); try again in a moment")
+            return
+        # bound to this connection: a line for a dead connection is not replayed on the next
+        self._client.engine.call_soon_threadsafe(lambda: transport.write(line.encode() + b"\n"))
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (already woken) or closed
-            self._wake_w.send(b"\0")
-
-    def _flush(self, sock: socket.socket) -> bool:
-        """Send every queued line; False when the connection broke."""
-        with contextlib.suppress(BlockingIOError):
-            while self._wake_r.recv(4096):
-                pass
-        while True:
-            with self._lock:
-                if not self._outbox:
-                    return True
-                data = self._outbox.popleft()
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[sock.send(view):]
-                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    select.select([], [sock], [])  # a slow server: wait for room
-                except OSError:
-                    return False
-
-    def _run(self) -> None:
-        delay = 0.25
-        said_still = False
-        while not self.closed.is_set():
-            sock = self.sock
-            if sock is not None:
-                self._read(sock)
-                with self._lock:
-                    self.sock = None
-                    self._outbox.clear()  # lines for a dead connection are not replayed on the next
-                with contextlib.suppress(OSError):
-                    sock.close()
-            if self.quitting or self.closed.is_set():
-                break
-            if self.failed_attempts == 0:  # once per outage, not once per attempt
-                self.show(f"-- disconnected; reconnecting in {delay:.1f} s")
-            elif delay >= 5.0 and not said_still:
-                said_still = True
-                self.show("-- still reconnecting, every 5 s (Ctrl-D to give up)")
-            if self.closed.wait(delay):
-                break
+    def _lines(self, raw_lines: list[bytes]) -> None:
+        for raw in raw_lines:
             try:
-                new = self._connect()
-            except (ConnectError, Exception):
-                self.failed_attempts += 1
-                delay = min(5.0, delay * 2)
+                ev = parse_event(raw.decode("utf-8", "replace").rstrip("\r"))
+            except RemoteProtocolError:
+                self.show(escape_peer_text(raw.decode("utf-8", "replace").rstrip("\r")))
                 continue
-            delay = 0.25
-            self.failed_attempts = 0
-            said_still = False
-            with self._lock:
-                self.sock = new
-            self.signed_in = False
-            self._rejoining = set(self.rooms)
-            self.show(f"-- reconnected to {self.endpoint}; catching up")
-            self._greet()
-        self.closed.set()
-
-    def _read(self, sock: socket.socket) -> None:
-        """Serve one connection: write queued lines and read events, all on this thread."""
-        buf = b""
-        pending = getattr(sock, "pending", lambda: 0)  # TLS may hold decrypted bytes select() cannot see
-        while True:
-            if not self._flush(sock):
-                return
-            if not pending():
-                ready, _, _ = select.select([sock, self._wake_r], [], [])
-                if sock not in ready:
-                    continue  # woken to send
-            try:
-                chunk = sock.recv(65536)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                continue  # TLS records with no application data (session tickets)
-            except OSError:
-                return
-            if not chunk:
-                return
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for raw in lines:
-                try:
-                    ev = parse_event(raw.decode("utf-8", "replace").rstrip("\r"))
-                except RemoteProtocolError:
-                    self.show(escape_peer_text(raw.decode("utf-8", "replace").rstrip("\r")))
-                    continue
-                self._on_event(ev)
+            self._on_event(ev)
 
     def _on_event(self, ev: ServerEvent) -> None:
         if isinstance(ev, Message):
@@ -392,18 +336,32 @@ class ChatClient:
     def close(self) -> None:
         self.quitting = True
         self.closed.set()
-        with self._lock:
-            sock, self.sock = self.sock, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the I/O thread, which closes the socket
-        self._wake()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(2)
-        elif sock is not None:
-            sock.close()
-        for end in (self._wake_r, self._wake_w):
-            end.close()
+        client, self._client = self._client, None
+        if client is not None:
+            with self._lock:
+                transport, self.transport = self.transport, None
+            if transport is not None:
+                client.engine.call_soon_threadsafe(transport.close)
+            client.close()
+
+
+class _ChatSide(Protocol):
+    """One connection to the chat server, on the client's engine: lines in, events out."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+        self.buf = b""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.client._connected(transport)
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.buf = (self.buf + data).split(b"\n")
+        self.client._lines(lines)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.client._lost()
 
 
 def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False,
