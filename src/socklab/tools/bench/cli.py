@@ -226,7 +226,7 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
 
             cert, key = make_certificate(Path(d))
             specs = tls_server_specs(_engines(engines_opt, default, connections, err), references=not no_reference,
-                                     cert=cert, key=key)
+                                     cert=cert, key=key, pool_workers=max(16, connections))
             _run_echo(specs, size, connections, pipeline, duration, warmup, repeat, as_json, save, chart, interleave,
                       slice_ms, cold, "tls", err)
         return

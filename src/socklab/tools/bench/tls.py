@@ -42,8 +42,12 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def tls_server_specs(engines: list[str], *, references: bool, cert: Path, key: Path) -> list[ServerSpec]:
+def tls_server_specs(engines: list[str], *, references: bool, cert: Path, key: Path,
+                     pool_workers: int = 16) -> list[ServerSpec]:
     """Per engine its reference (asyncio or uvloop TLS) and itself, all serving ``cert``/``key``.
+
+    ``pool_workers``: the pool engine's ``--workers`` (at least the run's connections, or the
+    excess would wait in its queue and time out in the handshake).
 
     Raises:
         SocklabError: references were asked for but ``benchmarks/reference`` is not there.
@@ -63,6 +67,6 @@ def tls_server_specs(engines: list[str], *, references: bool, cert: Path, key: P
             specs.append(ServerSpec(f"ref:{ref}", "reference",
                                     (sys.executable, str(ref_dir / "tls_protocol.py"), *loop, "--cert", str(cert),
                                      "--key", str(key), "--port", "0")))
-        specs.append(ServerSpec(engine, "socklab", socklab_command(engine, extra=tls_args), engine=engine,
+        specs.append(ServerSpec(engine, "socklab", socklab_command(engine, pool_workers=pool_workers, extra=tls_args), engine=engine,
                                 reference=f"ref:{ref}" if ref in seen else None))
     return specs

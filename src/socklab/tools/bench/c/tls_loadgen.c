@@ -122,8 +122,11 @@ static const char *warm_tcp(const struct sockaddr_in *sin) {
     char b[256];
     ssize_t n;
     while ((n = recv(fd, b, sizeof b, 0)) > 0) {}
+    int err = errno;
     close(fd);
-    return n == 0 ? "closed by server" : "server kept it open for 10 s";
+    if (n == 0) return "closed by server";
+    return err == EAGAIN || err == EWOULDBLOCK ? "server kept it open for 10 s"
+           : err == ECONNRESET ? "reset by server" : "recv failed";
 }
 
 /* Write what SSL put into the memory BIO, as one write, or split after `split` bytes (20 ms apart). */
