@@ -10,7 +10,7 @@ installed, else an ``int.from_bytes`` XOR), with every check wsproto made:
 - control frames (close, ping, pong) carry at most 125 bytes and are never fragmented; they may
   arrive between the fragments of a message; a continuation needs a message in progress and a
   new data frame may not start inside one - all of that closes with 1002;
-- a close frame's code must be one a peer may send (1000-1003, 1007-1014, 3000-4999), its reason
+- a close frame's code must be one a peer may send (1000-1003, 1007-1013, 3000-4999), its reason
   valid UTF-8 (else 1007);
 - text must be valid UTF-8 (1007), checked fragment by fragment so an invalid byte fails fast;
 - a message longer than ``max_message`` closes with 1009 as soon as a frame header says so,
@@ -40,8 +40,9 @@ __all__ = ["Close", "FrameParser", "Ping", "Pong", "WsProtocolError", "apply_mas
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 CLOSE_PROTOCOL, CLOSE_BAD_DATA, CLOSE_TOO_BIG, CLOSE_NO_STATUS = 1002, 1007, 1009, 1005
 MAX_CONTROL: Final = 125
-#: Close codes a peer may send (RFC 6455 §7.4; 1012-1014 registered since): 1004-1006 and 1015 never.
-_PEER_CODES = frozenset((*range(1000, 1004), *range(1007, 1015)))
+#: Close codes a peer may send (RFC 6455 §7.4, 1012-1013 registered since; wsproto's set): 1004-1006 and
+#: 1015 never.
+_PEER_CODES = frozenset((*range(1000, 1004), *range(1007, 1014)))
 
 _H2 = struct.Struct("!H")
 _Q = struct.Struct("!Q")
