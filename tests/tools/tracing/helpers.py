@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -24,6 +27,31 @@ def socklab(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "socklab", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+@contextmanager
+def trace_run(*args: str, text: bool = True, stdout: int = subprocess.PIPE, stdin: int = subprocess.DEVNULL,
+              **popen: Any) -> Iterator[subprocess.Popen[Any]]:
+    """``socklab trace run ARGS`` running in its own process group (stderr piped); at the end of the
+    block the group is killed if it is still running, so no traced program outlives the test."""
+    env = dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", *args], stdin=stdin, stdout=stdout,
+                            stderr=subprocess.PIPE, text=text, env=env, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def first_line(stream: IO[Any] | None, what: str, timeout: float = 30.0) -> Any:
+    """The next line of ``stream`` once there is one; fails with ``what`` if none comes within ``timeout``."""
+    assert stream is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        assert sel.select(timeout), what
+    return stream.readline()
 
 
 @contextmanager

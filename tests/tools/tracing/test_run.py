@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import selectors
 import signal
@@ -14,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.tracing.helpers import C_CLIENT, compile_c, echo_server, needs_strace, socklab
+from tests.tools.tracing.helpers import (
+    C_CLIENT,
+    compile_c,
+    echo_server,
+    first_line,
+    needs_strace,
+    socklab,
+    trace_run,
+)
 
 pytestmark = needs_strace
 
@@ -48,7 +55,7 @@ def test_a_python_client_is_traced_like_socklabs_own_trace(tmp_path: Path) -> No
     fd = re.search(r"fd=(\d+)", connect[0]).group(1)  # type: ignore[union-attr]
     assert any(f"fd={fd} sendto 11 bytes peer=127.0.0.1:{port}" in ln for ln in lines_of(err, "sendto"))
     recvs = lines_of(err, "recvfrom")
-    assert sum(int(re.search(r"recvfrom (\d+) bytes", ln).group(1)) for ln in recvs) == 11  # type: ignore[union-attr]
+    assert sum(int(re.search(r"recvfrom (\d+) bytes", ln).group(1)) for ln in recvs) == 11  # type: ignore[union-attr,misc]
     assert "(asked for up to 100)" in recvs[0]
     assert any(f"fd={fd} close peer=127.0.0.1:{port} FIN sent" in ln for ln in lines_of(err, "close")), err
     assert lines_of(err, "socket")[0].endswith("socket AF_INET, SOCK_STREAM [CLOSE]")
@@ -131,23 +138,11 @@ def test_close_wait_at_exit_and_a_long_blocking_accept(tmp_path: Path) -> None:
         conn.recv(100)   # 0: the client closed - and this server never closes conn
         os._exit(0)      # ends like a killed server: no close() at all (Python's exit would close it)
     """))
-    env = dict(os.environ, NO_COLOR="1")
-    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--slow", "0", "--",
-                             sys.executable, str(prog)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(30), "the traced server did not print its port"
-        port = int(proc.stdout.readline())
+    with trace_run("--slow", "0", "--", sys.executable, str(prog)) as proc:
+        port = int(first_line(proc.stdout, "the traced server did not print its port"))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"x")
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     assert proc.returncode == 0, err
     assert re.search(r"exit peer=127\.0\.0\.1:\d+ process ended with the socket open: the kernel closes it, "
                      r"FIN sent \(the peer had closed\) \[LAST_ACK\]", err), err  # the state after the kernel's close
@@ -228,20 +223,14 @@ def test_the_kernel_says_close_wait_while_the_program_has_not_noticed(tmp_path: 
         sys.stdin.readline()     # busy elsewhere: it does not read the socket while the client leaves
         conn.close()
     """))
-    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--", sys.executable, str(prog)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, NO_COLOR="1"), start_new_session=True, bufsize=1)
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    try:
+    with trace_run("--", sys.executable, str(prog), stdin=subprocess.PIPE, bufsize=1) as proc:
+        assert proc.stdin is not None and proc.stderr is not None
+        port = int(first_line(proc.stdout, "the traced server did not print its port"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(b"x")
         with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(30), "the traced server did not print its port"
-            port = int(proc.stdout.readline())
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
-                c.sendall(b"x")
-            sel.unregister(proc.stdout)
             sel.register(proc.stderr, selectors.EVENT_READ)
-            seen = []
+            seen: list[str] = []
             while not any("the kernel reports CLOSE_WAIT" in ln for ln in seen):
                 assert sel.select(30), f"no CLOSE_WAIT note; trace so far: {seen}"
                 line = proc.stderr.readline()
@@ -250,10 +239,6 @@ def test_the_kernel_says_close_wait_while_the_program_has_not_noticed(tmp_path: 
         proc.stdin.write("\n")
         proc.stdin.flush()
         _, rest = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     assert proc.returncode == 0, rest
     note_line = next(ln for ln in seen if "the kernel reports CLOSE_WAIT" in ln)
     assert re.search(r"fd=\d+ note peer=127\.0\.0\.1:\d+ the kernel reports CLOSE_WAIT", note_line), note_line
@@ -310,19 +295,9 @@ def test_sigterm_to_trace_run_reaches_the_program(tmp_path: Path) -> None:
     prog = tmp_path / "forever.py"
     prog.write_text("import socket\nsrv = socket.create_server(('127.0.0.1', 0))\nprint('ready', flush=True)\n"
                     "srv.accept()\n")
-    proc = subprocess.Popen([sys.executable, "-m", "socklab", "trace", "run", "--", sys.executable, str(prog)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, NO_COLOR="1"), start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(30) and proc.stdout.readline() == "ready\n"
+    with trace_run("--", sys.executable, str(prog)) as proc:
+        assert first_line(proc.stdout, "the traced server did not say ready") == "ready\n"
         proc.send_signal(signal.SIGTERM)  # to trace run alone, not its group
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert re.search(r"fd=\d+ listen backlog=\d+ \[LISTEN\]", err), err

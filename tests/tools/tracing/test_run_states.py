@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import selectors
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.tools.tracing.helpers import echo_server, needs_strace, socklab
+from tests.tools.tracing.helpers import echo_server, first_line, needs_strace, socklab, trace_run
 
 pytestmark = needs_strace
 
@@ -99,15 +98,8 @@ def test_a_server_whose_client_closes_first_is_close_wait_then_last_ack(tmp_path
         conn.close()                       # our FIN: LAST_ACK until the client ACKs it
         srv.close()
     """))
-    cmd = [sys.executable, "-m", "socklab", "trace", "run", "--", sys.executable, str(prog)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(30), "the traced server did not print its port"
-        port = int(proc.stdout.readline())
+    with trace_run("--", sys.executable, str(prog)) as proc:
+        port = int(first_line(proc.stdout, "the traced server did not print its port"))
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"bye")
             c.shutdown(socket.SHUT_WR)
@@ -115,10 +107,6 @@ def test_a_server_whose_client_closes_first_is_close_wait_then_last_ack(tmp_path
             while data := c.recv(100):
                 reply += data
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     assert proc.returncode == 0, err
     assert reply == b"BYE"
     conn = [(m[2], m[3]) for ln in err.splitlines() if (m := LINE.search(ln)) and m[1] == "4"]
@@ -153,12 +141,9 @@ def test_the_kernels_fin_wait2_replaces_the_guess_while_the_program_runs(tmp_pat
     out = tmp_path / "t.jsonl"
     srv = socket.create_server(("127.0.0.1", 0))
     srv.settimeout(30)
-    cmd = [sys.executable, "-m", "socklab", "trace", "run", "--json", str(out), "--", sys.executable, str(prog),
-           str(srv.getsockname()[1])]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env=dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1"), stdin=subprocess.DEVNULL)
     err = b""
-    try:
+    with srv, trace_run("--json", str(out), "--", sys.executable, str(prog), str(srv.getsockname()[1]),
+                        text=False, stdout=subprocess.DEVNULL) as proc:
         conns = {}
         for _ in range(2):
             c, _ = srv.accept()
@@ -180,11 +165,6 @@ def test_the_kernels_fin_wait2_replaces_the_guess_while_the_program_runs(tmp_pat
         b.close()
         _, rest = proc.communicate(timeout=30)
         err += rest
-    finally:
-        srv.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
     text = err.decode()
     assert proc.returncode == 0, text
     shut = re.search(r" fd=(\d+) shutdown .*\[FIN_WAIT1\]$", text, re.M)
