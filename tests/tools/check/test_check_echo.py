@@ -26,6 +26,18 @@ def verdicts(address: str, udp: bool = False, only: tuple[str, ...] = (), timeou
     return {r.name: r for r in run_probes([p for p in probes if not only or p.name in only])}
 
 
+def thread_per_client(program: Path, serve: str) -> Path:
+    """A server program at ``program``: ``serve`` (Python source defining ``serve(c)``) runs in a thread
+    per client; it listens on the port given as its argument and prints its readiness line."""
+    program.write_text(
+        "import socket, sys, threading, time\n" + serve
+        + "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
+        "while True:\n"
+        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    return program
+
+
 def failed(results: dict[str, Result]) -> dict[str, Result]:
     return {n: r for n, r in results.items() if not r.passed}
 
@@ -119,17 +131,13 @@ def test_refused_when_nothing_listens():
 
 
 def test_a_server_that_keeps_only_the_first_message_of_a_recv_is_named(serve, tmp_path):
-    program = tmp_path / "first_line.py"
-    program.write_text(
-        "import socket, sys, threading\n"
+    program = thread_per_client(
+        tmp_path / "first_line.py",
         "def serve(c):\n"
         "    with c:\n"
         "        while data := c.recv(65536):\n"
         "            c.sendall(data.split(b'\\n')[0] + b'\\n')  # one recv = one message, it thinks\n"
-        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
-        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
-        "while True:\n"
-        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    )
     s = serve(program)
     res = verdicts(s.address, only=("small", "many_in_one"))
     assert res["small"].passed
@@ -140,19 +148,15 @@ def test_a_server_that_keeps_only_the_first_message_of_a_recv_is_named(serve, tm
 
 def test_a_server_that_streams_forever_cannot_hold_the_grader(serve, tmp_path):
     """Progress resets the per-wait deadline, but every exchange has a total bound too."""
-    program = tmp_path / "stream.py"
-    program.write_text(
-        "import socket, sys, threading\n"
+    program = thread_per_client(
+        tmp_path / "stream.py",
         "def serve(c):\n"
         "    try:\n"
         "        while True:\n"
         "            c.sendall(b'x' * 1024)\n"
         "    except OSError:\n"
         "        c.close()\n"
-        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
-        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
-        "while True:\n"
-        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    )
     s = serve(program)
     t0 = time.monotonic()
     r = verdicts(s.address, only=("half_close",), timeout=1.0)["half_close"]
@@ -163,9 +167,8 @@ def test_a_server_that_streams_forever_cannot_hold_the_grader(serve, tmp_path):
 @pytest.mark.slow
 def test_a_server_that_trickles_cannot_hold_the_grader(serve, tmp_path):
     """One byte every 0.3 s is progress each time, yet the exchange ends at its total bound (12 x 1 s)."""
-    program = tmp_path / "trickle.py"
-    program.write_text(
-        "import socket, sys, threading, time\n"
+    program = thread_per_client(
+        tmp_path / "trickle.py",
         "def serve(c):\n"
         "    try:\n"
         "        while c.recv(65536):\n"
@@ -174,10 +177,7 @@ def test_a_server_that_trickles_cannot_hold_the_grader(serve, tmp_path):
         "                time.sleep(0.3)\n"
         "    except OSError:\n"
         "        c.close()\n"
-        "s = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
-        "print('listening on {}:{}'.format(*s.getsockname()), flush=True)\n"
-        "while True:\n"
-        "    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()\n")
+    )
     s = serve(program)
     t0 = time.monotonic()
     r = verdicts(s.address, only=("large",), timeout=1.0)["large"]
