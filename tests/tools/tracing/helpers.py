@@ -17,6 +17,24 @@ from typing import IO, Any
 
 import pytest
 
+from socklab.tools.tracing.events import SockEvent
+from socklab.tools.tracing.lifecycle import Lifecycle
+from socklab.tools.tracing.strace_parse import StraceParser
+
+
+def lifecycle_events(text: str, lc: Lifecycle | None = None, finish: bool = True) -> list[SockEvent]:
+    """strace's output ``text`` (whole, then EOF) through the parser and ``lc``: the socket events, and
+    with ``finish`` those of the program's end too."""
+    lc = lc or Lifecycle()
+    p = StraceParser()
+    p.receive_data(text.encode())
+    p.receive_data(b"")
+    out: list[SockEvent] = []
+    while (ev := p.next_event()) is not None:
+        out.extend(lc.feed(ev))
+    return out + (lc.finish() if finish else [])
+
+
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is installed by scripts/setup.sh")
 
 

@@ -10,19 +10,9 @@ from socklab.tools.tracing.decode import parse_annotation, parse_sockaddr
 from socklab.tools.tracing.events import SockEvent, format_line
 from socklab.tools.tracing.lifecycle import Lifecycle
 from socklab.tools.tracing.strace_parse import StraceParser
+from tests.tools.tracing.helpers import lifecycle_events as run
 
 C = "TCP:[127.0.0.1:5000->127.0.0.1:7007]"
-
-
-def run(text: str, lc: Lifecycle | None = None) -> list[SockEvent]:
-    lc = lc or Lifecycle()
-    p = StraceParser()
-    p.receive_data(text.encode())
-    p.receive_data(b"")
-    out: list[SockEvent] = []
-    while (ev := p.next_event()) is not None:
-        out.extend(lc.feed(ev))
-    return out + lc.finish()
 
 
 def notes(events: list[SockEvent]) -> str:

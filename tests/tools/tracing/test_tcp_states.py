@@ -12,24 +12,13 @@ from hypothesis import strategies as st
 from socklab.core.trace import TCP_STATES
 from socklab.tools.tracing.events import SockEvent
 from socklab.tools.tracing.lifecycle import Lifecycle
-from socklab.tools.tracing.strace_parse import StraceParser
+from tests.tools.tracing.helpers import lifecycle_events as run
 
 C = "TCP:[127.0.0.1:40000->127.0.0.1:7007]"  # a connected socket, as -yy shows it
 NEW = "TCP:[1323936]"  # a socket not yet bound nor connected
 ADDR = '{sa_family=AF_INET, sin_port=htons(7007), sin_addr=inet_addr("127.0.0.1")}'
 SOCKET = f"1 1.00 socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_TCP) = 3<{NEW}> <0.00002>\n"
 NB_CONNECT = (f"1 1.01 connect(3<{NEW}>, {ADDR}, 16) = -1 EINPROGRESS (Operation now in progress) <0.00005>\n")
-
-
-def run(text: str, lc: Lifecycle | None = None, finish: bool = True) -> list[SockEvent]:
-    lc = lc or Lifecycle()
-    p = StraceParser()
-    p.receive_data(text.encode())
-    p.receive_data(b"")
-    out: list[SockEvent] = []
-    while (ev := p.next_event()) is not None:
-        out.extend(lc.feed(ev))
-    return out + (lc.finish() if finish else [])
 
 
 def states(events: list[SockEvent]) -> list[tuple[str, str | None]]:
