@@ -393,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (site / "1m.bin").write_bytes(os.urandom(1048576))
         try:
             start_all(args.engines.split(), args.peers.split(), site, work, args.server_cpu, servers)
+            from socklab.tools.bench.warm import warm_tcp  # issue 19: every server warmed alike first
+
+            for srv in servers:
+                print(f"warm-up {srv.name}: {warm_tcp('127.0.0.1', srv.port)}", file=sys.stderr)
             with open(out / "runs.jsonl", "w") as jsonl:
                 for rnd in range(1, args.rounds + 1):
                     shift = (rnd - 1) % len(servers)

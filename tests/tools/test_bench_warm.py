@@ -235,3 +235,19 @@ def test_tls_every_contender_is_warmed_with_a_split_record(tmp_path: Path) -> No
     cold = run_echo(specs[:1], Load(connections=2, size=1024, duration=0.2, warmup=0.05, proto="tls", cold=True),
                     repeats=1)
     assert cold[0].samples[0]["warm"] is None
+
+
+# ---- the same warm-up for benchmarks driven from Python (http_bench.py: wrk) ---------------------
+
+def test_python_warm_up_helpers_tcp_and_udp(recorder: RecordingEcho) -> None:
+    from socklab.tools.bench.warm import warm_tcp, warm_udp
+
+    assert warm_tcp("127.0.0.1", recorder.port) == "closed by server"
+    assert recorder.events[:2] == [("accept", 0, 0), ("eof", 0, 0)]
+    for drop_empty in (False, True):
+        srv = DatagramEcho(drop_empty)
+        try:
+            assert warm_udp("127.0.0.1", srv.port) == ("dropped" if drop_empty else "echoed")
+            assert srv.lengths[:2] == [0, 16]
+        finally:
+            srv.close()
