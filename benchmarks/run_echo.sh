@@ -46,5 +46,15 @@ echo "== 6. the floor: the smallest Python epoll echo loop, and the epoll engine
 "$PY" benchmarks/echo_floor.py --engine epoll --runs "$((REPEAT * 3))" --duration "$FLOOR_DURATION" \
     | tee "$OUT/floor.txt"
 
+echo "== 7. UDP 64 B x 20 flows, TLS 1 KiB x 20, WebSocket 256 B x 20 and 64 KiB x 10 (issue 19)"
+bench echo --udp --engines all --size 64 --connections 20 --duration "$DURATION" --warmup "$WARMUP" \
+    --repeat "$REPEAT" --with-c --save "$OUT/echo-udp-64-20.json"
+bench echo --tls --engines all --size 1024 --connections 20 --duration "$DURATION" --warmup "$WARMUP" \
+    --repeat "$REPEAT" --save "$OUT/echo-tls-1k-20.json"
+bench ws --size 256 --connections 20 --duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" \
+    --save "$OUT/ws-256-20.json"
+bench ws --size 65536 --connections 10 --duration "$DURATION" --warmup "$WARMUP" --repeat "$REPEAT" \
+    --save "$OUT/ws-64k-10.json"
+
 "$PY" benchmarks/to_markdown.py "$OUT"/calibrate.json "$OUT"/echo-*.json "$OUT"/sweep.json > "$OUT/tables.md"
 echo "== done: $OUT (tables.md has the Markdown for docs/benchmarks.md)"

@@ -106,6 +106,11 @@ def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: f
     its own event loop (epoll and threads: aiohttp on uvloop), taken in interleaved turns; picows
     and websockets run on their own. "gen CPU %" near 100 would mean the generator is the limit.
     No C WebSocket server is measured: the generator's own CPU share is the evidence.
+
+    \b
+      socklab bench ws                                   # 256 B text x 20 clients, 3 x 10 s
+      socklab bench ws --size 65536 --connections 10     # 64 KiB messages
+      socklab bench ws --engines epoll --repeat 1 --duration 3
     """
     from socklab.core.settings import ENGINE_NAMES
     from socklab.tools.bench.cli import _console, _meta, _save
