@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["bar_wanted", "byte_progress"]
+__all__ = ["BarScope", "bar_wanted", "byte_progress"]
 
 
 def bar_wanted(quiet: bool = False) -> bool:
@@ -43,3 +43,19 @@ def byte_progress(label: str, **options: Any) -> Any:
 
     return Progress(TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), **options)
+
+
+class BarScope:
+    """A command's bars for the length of a ``with`` block: ``progress`` (a :func:`byte_progress`, or
+    ``None`` for no bars) starts on entering and stops on leaving, also on an error."""
+
+    progress: Any = None
+
+    def __enter__(self) -> Self:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()

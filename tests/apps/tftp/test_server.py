@@ -21,7 +21,7 @@ from socklab.protocols import tftp
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = dict(timeout=0.2, max_retries=5)
+FAST: dict[str, Any] = dict(timeout=0.2, max_retries=5)
 
 
 @contextmanager
@@ -246,6 +246,37 @@ def test_cli_serve_get_put(tmp_path: Path, spawn: Any) -> None:
     r = cli("get", f"127.0.0.1:{port}", "../etc/passwd", "-o", "x")
     assert r.returncode == 1 and b"access violation" in r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+def test_cli_bar_on_a_terminal_names_the_file_as_typed_and_none_on_a_pipe(tmp_path: Path, spawn: Any) -> None:
+    """The bar's label is the name as typed: braces and brackets are neither a format nor rich markup
+    (the old code crashed with KeyError on 'a{x}'); on a pipe no bar at all (the old code drew one)."""
+    import subprocess
+    import sys
+
+    from tests.apps.terminal import Tty
+
+    root = tmp_path / "root"
+    root.mkdir()
+    name = "a{x}[bold].bin"
+    data = os.urandom(100_000)
+    (root / name).write_bytes(data)
+    srv = spawn("tftp", "serve", "--root", str(root), "--port", "0")
+    port = srv.wait_for(r"socklab tftp listening on udp://127\.0\.0\.1:(\d+)").group(1)
+    term = Tty(["tftp", "get", f"127.0.0.1:{port}", name, "-o", str(tmp_path / "tty.bin")])
+    try:
+        code, err = term.finish(30)
+    finally:
+        term.close()
+    assert code == 0, err
+    assert "\u2501" in err and f"get {name}" in err, err  # rich's bar glyph, and the name unchanged
+    assert (tmp_path / "tty.bin").read_bytes() == data
+    r = subprocess.run([sys.executable, "-m", "socklab", "tftp", "get", f"127.0.0.1:{port}", name, "-o",
+                        str(tmp_path / "pipe.bin")], capture_output=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.decode()
+    assert "\u2501" not in err and err.startswith(f"socklab tftp: get {name}: 100000 bytes"), err
+    assert (tmp_path / "pipe.bin").read_bytes() == data
 
 
 def test_ipv6_loopback(tmp_path: Path) -> None:

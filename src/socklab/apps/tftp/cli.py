@@ -12,6 +12,7 @@ import click
 
 from socklab.apps.tftp.server import TftpSettings
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.progress import BarScope, bar_wanted, byte_progress
 from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
 from socklab.runtime import serve_until_signalled
@@ -111,26 +112,18 @@ def _summary(kind: str, name: str, result: Any, quiet: bool, as_json: bool) -> N
                    f"{result.retransmissions} retransmissions", err=True)
 
 
-class _Bar:
-    """A rich progress bar (rate, ETA once the size is known from tsize) on stderr, or nothing."""
+class _Bar(BarScope):
+    """A rich progress bar (rate, ETA once the size is known from tsize) on stderr when it is a
+    terminal and not ``--quiet`` (:func:`bar_wanted`), or nothing. ``label`` is shown as it is: no
+    format fields, no rich markup (a file may be called ``a{x}[bold]``)."""
 
-    def __init__(self, label: str, enabled: bool, total: int | None = None) -> None:
-        self.progress: Any = None
+    def __init__(self, label: str, quiet: bool, total: int | None = None) -> None:
         self.task: Any = None
-        if enabled:
-            from socklab.cli.progress import byte_progress
+        if bar_wanted(quiet):
+            from rich.markup import escape
 
-            self.progress = byte_progress(label)
-            self.task = self.progress.add_task(label, total=total)
-
-    def __enter__(self) -> _Bar:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+            self.progress = byte_progress("{task.description}")
+            self.task = self.progress.add_task(escape(label), total=total)
 
     def update(self, done: int, tsize: int | None) -> None:
         if self.progress is not None:
@@ -168,7 +161,7 @@ def get(host: str, remote: str, output: str | None, port: int, mode: str, blksiz
     dest = Path(output or Path(remote).name or "download")
     part = dest.with_name(dest.name + ".part")
     try:
-        with open(part, "wb") as f, _Bar(f"get {remote}", not quiet and not as_json) as bar:
+        with open(part, "wb") as f, _Bar(f"get {remote}", quiet or as_json) as bar:
             result = tftp_get(h, p, remote, f, opts, progress=bar.update)
             f.flush()
             os.fsync(f.fileno())
@@ -204,6 +197,6 @@ def put(host: str, local: str, remote: str | None, port: int, mode: str, blksize
         except OSError as exc:
             raise UsageError(f"cannot read {local}: {exc.strerror}") from exc
         size = os.fstat(f.fileno()).st_size
-        with f, _Bar(f"put {name}", not quiet and not as_json, size) as bar:
+        with f, _Bar(f"put {name}", quiet or as_json, size) as bar:
             result = tftp_put(h, p, name, f, opts, progress=lambda done, _t: bar.update(done, size))
     _summary("put", name, result, quiet, as_json)

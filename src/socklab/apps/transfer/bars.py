@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import click
 
-from socklab.cli.progress import bar_wanted, byte_progress
+from socklab.cli.progress import BarScope, bar_wanted, byte_progress
 from socklab.protocols.text import escape_peer_text
 
 __all__ = ["NO_BAR", "Bars", "FileBar"]
@@ -32,23 +32,14 @@ class FileBar(Protocol):
         """The file is over (landed, refused or interrupted)."""
 
 
-class Bars:
+class Bars(BarScope):
     """A command's bars (``enabled``: on a terminal and not ``--quiet``; see :func:`bar_wanted`)."""
 
     def __init__(self, quiet: bool, enabled: bool | None = None) -> None:
         self.quiet = quiet
         on = bar_wanted(quiet) if enabled is None else enabled
         # stdout may carry data (--stdout) or JSON: the bars never touch it
-        self.progress: Any = byte_progress("{task.description}", redirect_stdout=False) if on else None
-
-    def __enter__(self) -> Bars:
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress = byte_progress("{task.description}", redirect_stdout=False) if on else None
 
     def say(self, line: str, always: bool = False) -> None:
         """One line on stderr (above the bars while they show); with ``--quiet`` only if ``always``."""
