@@ -149,3 +149,84 @@ def test_user_errors_are_one_line_exit_2() -> None:
                            stdin=subprocess.DEVNULL)
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def _tls_server(extra: tuple[str, ...] = ()) -> tuple[list[str], int]:
+    port = free_port()
+    # no -N: the server sends nothing and ends when the client's FIN arrives (its stdin is empty, and
+    # TLS cannot half-close, so -N there would close before the client's bytes arrived)
+    return [*SOCKLAB, "nc", "-l", "-p", str(port), "--ssl", *extra], port
+
+
+def _fingerprint(srv: subprocess.Popen[bytes], port: int) -> str:
+    assert srv.stderr is not None
+    fp = read_until(srv.stderr, r"SHA-256 ((?:[0-9A-F]{2}:){31}[0-9A-F]{2})").group(1)
+    read_until(srv.stderr, rf"listening on tls://127\.0\.0\.1:{port}")
+    return fp
+
+
+def test_self_signed_server_and_pinned_client() -> None:
+    args, port = _tls_server()
+    with spawn(args) as srv:
+        fp = _fingerprint(srv, port)
+        r = subprocess.run([*SOCKLAB, "nc", "-N", "--ssl", "--pin", fp.lower().replace(":", ""), "127.0.0.1",
+                            str(port)],
+                           input=b"over TLS\n", timeout=20, capture_output=True, env=ENV)
+        assert r.returncode == 0, r.stderr
+        out, _ = srv.communicate(timeout=15)
+        assert out == b"over TLS\n"
+
+
+def test_wrong_pin_is_refused_in_one_line() -> None:
+    args, port = _tls_server()
+    with spawn(args) as srv:
+        fp = _fingerprint(srv, port)
+        wrong = ("00" if not fp.startswith("00") else "11") + fp[2:]
+        r = subprocess.run([*SOCKLAB, "nc", "--ssl", "--pin", wrong, "127.0.0.1", str(port)], input="secret\n",
+                           timeout=20, capture_output=True, text=True, env=ENV)
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not the pinned one" in lines[0] and fp in lines[0], r.stderr
+        out, _ = srv.communicate(timeout=15)
+        assert b"secret" not in out  # nothing was sent to the wrong server
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl_k_talks_to_the_self_signed_server() -> None:
+    args, port = _tls_server()
+    with spawn(args) as srv:
+        _fingerprint(srv, port)
+        subprocess.run(["curl", "-sk", "--max-time", "5", f"https://127.0.0.1:{port}/"], timeout=20,
+                       capture_output=True)
+        out, _ = srv.communicate(timeout=15)  # curl gave up waiting for an answer and closed
+        assert out.startswith(b"GET / HTTP/1.1\r\n")
+
+
+def test_selfsigned_context_and_pin_unit() -> None:
+    import ssl
+
+    from socklab.core.selfsigned import (
+        PinMismatch,
+        check_pin,
+        normalize_pin,
+        pinned_client_context,
+        self_signed_context,
+    )
+
+    ctx, cert = self_signed_context()
+    assert isinstance(ctx, ssl.SSLContext)
+    assert normalize_pin("sha256:" + cert.fingerprint.replace(":", "").lower()) == cert.fingerprint
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        def serve() -> None:
+            conn, _ = lst.accept()
+            with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as t:
+                t.recv(1)
+
+        th = threading.Thread(target=serve, daemon=True)
+        th.start()
+        with socket.create_connection(lst.getsockname(), timeout=10) as raw, \
+                pinned_client_context().wrap_socket(raw) as tls:
+            assert check_pin(tls, cert.fingerprint) == cert.fingerprint
+            with pytest.raises(PinMismatch):
+                check_pin(tls, "AA" * 32)
+        th.join(10)

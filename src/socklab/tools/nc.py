@@ -20,6 +20,7 @@ One difference on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
@@ -70,8 +71,13 @@ def _resolve(host: str, family: int) -> str:
     return str(infos[0][4][0])
 
 
-def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, verbose: bool) -> None:
-    """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket."""
+def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, verbose: bool,
+                    on_stdin_eof: str) -> None:
+    """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket.
+
+    When stdin ends: ``keep`` sends nothing, ``shutdown`` (-N) sends a TCP FIN and keeps reading
+    (TLS 1.3 lets each side close its direction), ``close`` (-q 0) ends the session.
+    """
     from socklab.core.selfsigned import check_pin, normalize_pin, pinned_client_context
 
     normalize_pin(pin)  # a malformed pin is a usage error before any connection
@@ -87,6 +93,7 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
             click.echo(f"nc: TLS to {host}:{port}, certificate SHA-256 {got} matches --pin", err=True)
         tls.settimeout(None)
         lock = threading.Lock()
+        closed = threading.Event()  # set once our FIN went out (-N / -q 0)
 
         def pump() -> None:
             for line in iter(sys.stdin.buffer.readline, b""):
@@ -94,12 +101,26 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
                     line = line[:-1] + b"\r\n"
                 with lock:
                     tls.sendall(line)
+            if on_stdin_eof != "keep":
+                how = socket.SHUT_WR if on_stdin_eof == "shutdown" else socket.SHUT_RDWR
+                with lock, contextlib.suppress(OSError):
+                    # the plain socket's shutdown: SSLSocket.shutdown would also drop the TLS state
+                    socket.socket.shutdown(tls, how)
+                    closed.set()
 
         threading.Thread(target=pump, name="socklab-nc-stdin", daemon=True).start()
         while True:
             try:
                 data = tls.recv(65536)
+            except ssl.SSLEOFError:  # TCP FIN without close_notify: the end, as nc sees it
+                return
             except (OSError, ssl.SSLError) as exc:
+                if closed.is_set():
+                    # Python's ssl sends no close_notify before our FIN, so a strict peer answers our
+                    # half-close with an alert: that is its goodbye, not a failure of the session
+                    if verbose:
+                        click.echo(f"nc: the server ended TLS after our FIN ({exc})", err=True)
+                    return
                 raise NetworkError(f"TLS connection to {host}:{port}: {exc}") from exc
             if not data:
                 return
@@ -170,7 +191,7 @@ def nc(ctx: click.Context, args: tuple[str, ...], listen_mode: bool, port_opt: s
             raise UsageError("--ssl connecting needs --pin SHA256 (the fingerprint the server printed)")
         if not port.isdigit():
             raise UsageError(f"bad port {port!r}")
-        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose)
+        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose, on_stdin_eof)
         return
     from socklab.tools.netcat import connect
 
