@@ -7,6 +7,8 @@ command's module is imported only when that command runs (or when ``--help`` lis
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import click
@@ -52,7 +54,49 @@ class LazyGroup(click.Group):
             return None
         module, _, attr = target.partition(":")
         command: click.Command = getattr(importlib.import_module(module), attr)
+        _add_debug_option(command)
         return command
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ["SOCKLAB_DEBUG"] = "1"
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        root.obj["debug"] = True
+
+
+def _debug_option() -> click.Option:
+    return click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                        help="Show full tracebacks instead of one-line errors (or SOCKLAB_DEBUG=1).")
+
+
+def _add_debug_option(command: click.Command) -> None:
+    """``--debug`` on every subcommand too: the one-line error tells users to add it, wherever they do."""
+    if not any(isinstance(p, click.Option) and "--debug" in p.opts for p in command.params):
+        command.params.append(_debug_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_debug_option(sub)
+
+
+def usage_line(exc: click.ClickException) -> str:
+    """One line for a click usage error: ``socklab: --port: 'abc' is not a valid integer.``"""
+    if isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter) \
+            and exc.param is not None:
+        hint = exc.param_hint if isinstance(exc.param_hint, str) else None
+        if hint is None:
+            opts = [o for o in getattr(exc.param, "opts", []) if o.startswith("--")] or \
+                getattr(exc.param, "opts", []) or [exc.param.human_readable_name]
+            hint = opts[0] if isinstance(exc.param, click.Option) else exc.param.human_readable_name
+        line = f"socklab: {hint}: {exc.message}"
+    else:
+        line = f"socklab: {exc.format_message()}"
+    line = " ".join(line.split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        line += f" (see '{ctx.command_path} --help')"
+    return line
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -74,11 +118,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
       socklab engines                               # the eight ways to serve many clients
     """
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
+    if debug:
+        os.environ["SOCKLAB_DEBUG"] = "1"
 
 
 def main(argv: Any = None) -> None:
-    cli.main(args=argv, prog_name="socklab")
+    """Run the command; click's own usage errors become one line on stderr and exit 2."""
+    try:
+        status = cli.main(args=argv, prog_name="socklab", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(usage_line(exc), err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("socklab: interrupted", err=True)
+        sys.exit(130)
+    # without standalone mode click returns ctx.exit()'s status (--help, --version: 0) instead of exiting
+    if isinstance(status, int) and not isinstance(status, bool) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 
 import click
 
+from socklab.cli.params import Number, WritablePath
 from socklab.core.errors import ProtocolError, SocklabError, UsageError
+from socklab.core.settings import option_name
 
-__all__ = ["EXIT_NETWORK", "EXIT_USAGE", "EXIT_VERIFY", "build_settings", "options_from", "run_cli",
-           "trace_options"]
+__all__ = ["EXIT_NETWORK", "EXIT_USAGE", "EXIT_VERIFY", "Number", "WritablePath", "build_settings", "options_from",
+           "run_cli", "trace_options"]
 
 EXIT_NETWORK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -33,18 +35,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S")
 
 
-def _option_name(f: dataclasses.Field[Any]) -> str:
-    cli = f.metadata.get("cli")
-    return cli if cli else "--" + f.name.replace("_", "-")
+def _value_type(f: dataclasses.Field[Any], typ: Any) -> Any:
+    """The click type of a field: its choices, its declared range, a writable path, or the plain type."""
+    if f.metadata.get("choices"):
+        return click.Choice(f.metadata["choices"])
+    output = f.metadata.get("output")
+    if output:
+        return WritablePath(special=output if isinstance(output, tuple) else ())
+    base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if base[0] in (int, float) and (lo is not None or hi is not None):
+        return Number(base[0], lo, hi)
+    return {int: int, float: float, str: str}.get(base[0], str)
 
 
 def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
-                 defaults: dict[str, Any] | None = None) -> Callable[[F], F]:
+                 defaults: dict[str, Any] | None = None, transport: str | None = None) -> Callable[[F], F]:
     """Add one click option per field of ``settings_cls`` (fields with ``cli=""`` are skipped).
 
     Args:
         exclude: field names the command sets itself (a positional argument, say).
         defaults: per-command defaults that differ from the dataclass's.
+        transport: ``"udp"`` for a datagram server: settings declared for other transports only
+            (``setting(..., transports=("tcp", "unix"))``) are left out.
     """
     hints = typing.get_type_hints(settings_cls)
 
@@ -52,13 +65,15 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
         for f in reversed(dataclasses.fields(settings_cls)):
             if f.name in exclude or f.metadata.get("cli") == "" or "help" not in f.metadata:
                 continue
+            if transport is not None and transport not in f.metadata.get("transports", (transport,)):
+                continue
             default = (defaults or {}).get(f.name, f.default)
             typ = hints[f.name]
             kwargs: dict[str, Any] = {"help": f.metadata["help"], "hidden": f.metadata.get("hidden", False),
                                       "show_default": default not in (None, False, "")}
             if f.metadata.get("metavar"):
                 kwargs["metavar"] = f.metadata["metavar"]
-            name = _option_name(f)
+            name = option_name(f)
             if typ is bool:
                 decl = [f"{name}/--no-{name[2:]}"] if default else [name]
                 func = click.option(*decl, f.name, default=default, is_flag=True, **kwargs)(func)
@@ -66,11 +81,7 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
             if typing.get_origin(typ) is tuple:  # a repeatable option (tuple[str, ...])
                 func = click.option(name, f.name, default=default, multiple=True, type=str, **kwargs)(func)
                 continue
-            if f.metadata.get("choices"):
-                kwargs["type"] = click.Choice(f.metadata["choices"])
-            else:
-                base = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
-                kwargs["type"] = {int: int, float: float, str: str}.get(base[0], str)
+            kwargs["type"] = _value_type(f, typ)
             func = click.option(name, f.name, default=default, **kwargs)(func)
         return func
 
@@ -91,7 +102,7 @@ def build_settings(settings_cls: type[S], values: dict[str, Any], **overrides: A
 
 def trace_options(func: F) -> F:
     """``--trace`` and ``--trace-json FILE``: the lifecycle trace on stderr and/or as JSON lines."""
-    func = click.option("--trace-json", "trace_json", metavar="FILE", default=None,
+    func = click.option("--trace-json", "trace_json", metavar="FILE", default=None, type=WritablePath(),
                         help="Also write every traced event as one JSON object per line to FILE.")(func)
     func = click.option("--trace", "trace", is_flag=True, default=False,
                         help="Print every socket call (socket, bind, accept, recv, send, close...) as it "

@@ -15,12 +15,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClientSettings", "ServerSettings", "setting"]
+__all__ = ["ClientSettings", "ServerSettings", "check_ranges", "option_name", "setting"]
+
+TRANSPORTS = ("tcp", "udp", "unix")
 
 
 def setting(default: Any, help: str, *, cli: str | None = None, choices: tuple[str, ...] | None = None,
-            hidden: bool = False, metavar: str | None = None) -> Any:
-    """Declare a settings field with its CLI help.
+            hidden: bool = False, metavar: str | None = None, min: float | None = None,
+            max: float | None = None, output: bool | tuple[str, ...] = False,
+            transports: tuple[str, ...] = TRANSPORTS) -> Any:
+    """Declare a settings field with its CLI help and the values it accepts.
 
     Args:
         default: the default value (immutable, or a tuple).
@@ -30,9 +34,38 @@ def setting(default: Any, help: str, *, cli: str | None = None, choices: tuple[s
         choices: allowed values for a string field.
         hidden: keep it out of ``--help`` (still accepted).
         metavar: how ``--help`` names the value.
+        min, max: the accepted range (inclusive); the CLI refuses values outside it before any
+            work starts, and :meth:`ServerSettings.validate` (via :func:`check_ranges`) refuses
+            them from the library, both naming the option.
+        output: a path socklab creates or writes: the CLI checks it is writable when parsing
+            (a tuple: values that are not paths and pass as they are, e.g. ``(":memory:",)``).
+        transports: the transports the setting applies to (``("tcp",)`` for a write buffer);
+            a UDP command leaves the others out of its options and ``--help``.
     """
     return field(default=default, metadata={"help": help, "cli": cli, "choices": choices,
-                                            "hidden": hidden, "metavar": metavar})
+                                            "hidden": hidden, "metavar": metavar, "min": min, "max": max,
+                                            "output": output, "transports": transports})
+
+
+def option_name(f: dataclasses.Field[Any]) -> str:
+    """The command-line name of a settings field: ``max_connections`` -> ``--max-connections``."""
+    cli = f.metadata.get("cli")
+    return cli if cli else "--" + f.name.replace("_", "-")
+
+
+def check_ranges(settings: Any) -> None:
+    """Raise :class:`~socklab.core.errors.UsageError` naming the option for a value out of its range."""
+    from socklab.core.errors import UsageError
+
+    for f in dataclasses.fields(settings):
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        value = getattr(settings, f.name)
+        if (lo is None and hi is None) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if lo is not None and value < lo:
+            raise UsageError(f"{option_name(f)} is {value}: it must be at least {lo}")
+        if hi is not None and value > hi:
+            raise UsageError(f"{option_name(f)} is {value}: it must be at most {hi}")
 
 
 ENGINE_NAMES = ("iterative", "threads", "pool", "select", "poll", "epoll", "asyncio", "uvloop")
@@ -54,26 +87,32 @@ class ServerSettings:
     """What every socklab server accepts. All limits are on by default."""
 
     host: str = setting("127.0.0.1", "Address to bind: an IPv4/IPv6 address, a name, or '::' for dual-stack.")
-    port: int = setting(0, "Port to bind; 0 lets the kernel choose and socklab prints the real one.")
+    port: int = setting(0, "Port to bind; 0 lets the kernel choose and socklab prints the real one.",
+                         min=0, max=65535)
     unix: str | None = setting(None, "Bind a Unix domain socket at this path instead of host:port.",
-                               metavar="PATH")
+                               metavar="PATH", output=True, transports=("unix",))
     engine: str = setting(best_engine(), "How to handle many clients (see `socklab engines`); the default is "
                          "the best the platform has (epoll on Linux).", choices=ENGINE_NAMES)
-    backlog: int = setting(1024, "listen() backlog: connections the kernel queues before accept().")
-    max_connections: int = setting(1000, "Connections served at once; the excess gets one line and a close.")
-    idle_timeout: float = setting(300.0, "Close a connection silent for this many seconds (0 = never).")
+    backlog: int = setting(1024, "listen() backlog: connections the kernel queues before accept().", min=1,
+                            transports=("tcp", "unix"))
+    max_connections: int = setting(1000, "Connections served at once; the excess gets one line and a close.",
+                                    min=1, transports=("tcp", "unix"))
+    idle_timeout: float = setting(300.0, "Close a connection silent for this many seconds (0 = never).",
+                                   min=0, transports=("tcp", "unix"))
     max_buffer: int = setting(256 * 1024, "Write-buffer high-water mark per connection, bytes: above it the "
-                                          "server stops reading that peer.")
+                                          "server stops reading that peer.", min=1,
+                               transports=("tcp", "unix"))
     shutdown_timeout: float = setting(10.0, "Graceful-shutdown deadline, seconds, before open connections are "
-                                            "closed.")
-    workers: int = setting(16, "Threads of the 'pool' engine.")
+                                            "closed.", min=0)
+    workers: int = setting(16, "Threads of the 'pool' engine.", min=1, transports=("tcp", "unix"))
     queue_size: int = setting(64, "Accepted connections the 'pool' engine queues for a free worker; the "
-                                  "excess is refused.")
-    reuse_port: bool = setting(False, "Set SO_REUSEPORT so several processes can bind the same port.")
+                                  "excess is refused.", min=1, transports=("tcp", "unix"))
+    reuse_port: bool = setting(False, "Set SO_REUSEPORT so several processes can bind the same port.",
+                                transports=("tcp", "udp"))
     tls_cert: str | None = setting(None, "Serve TLS with this certificate chain (PEM).", cli="--tls-cert",
-                                   metavar="PEM")
+                                   metavar="PEM", transports=("tcp", "unix"))
     tls_key: str | None = setting(None, "Private key for --tls-cert (PEM; defaults to the cert file).",
-                                  cli="--tls-key", metavar="PEM")
+                                  cli="--tls-key", metavar="PEM", transports=("tcp", "unix"))
     overflow_message: bytes = setting(b"socklab: server full (max_connections reached), try again later\r\n",
                                       "Sent to a connection refused for max_connections.", cli="")
 
@@ -83,13 +122,7 @@ class ServerSettings:
 
         if self.engine not in ENGINE_NAMES:
             raise UsageError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"port {self.port} is out of range 0..65535")
-        for name in ("max_connections", "max_buffer", "backlog", "workers", "queue_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1")
-        if self.idle_timeout < 0 or self.shutdown_timeout < 0:
-            raise UsageError("timeouts cannot be negative")
+        check_ranges(self)
         if self.tls_key and not self.tls_cert:
             raise UsageError("--tls-key needs --tls-cert")
 
@@ -102,7 +135,8 @@ class ServerSettings:
 class ClientSettings:
     """What every socklab client accepts."""
 
-    connect_timeout: float = setting(10.0, "Seconds to wait for the connection to be established.")
+    connect_timeout: float = setting(10.0, "Seconds to wait for the connection to be established.",
+                                     min=0)
     tls: bool = setting(False, "Speak TLS to the server.")
     cafile: str | None = setting(None, "Trust this CA bundle (PEM) instead of the system's.", metavar="PEM")
     insecure: bool = setting(False, "Do not verify the server's certificate (testing only).")

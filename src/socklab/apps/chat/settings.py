@@ -36,7 +36,7 @@ class ChatSettings(ServerSettings):
                                    "choose, -1 turns the web side off.")
     store: str | None = setting(None, "SQLite file keeping the rooms' history (default: "
                                       "~/.local/share/socklab/chat.sqlite3; ':memory:' keeps nothing).",
-                                metavar="PATH")
+                                metavar="PATH", output=(":memory:",))
     store_sync: str = setting("full", "SQLite synchronous mode: 'full' survives power loss, 'normal' "
                                       "survives a crashed process.", choices=("full", "normal"))
     broker: str | None = setting(None, "Share rooms, nicks and history with other chat nodes through "

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.errors import UsageError
 from socklab.core.settings import ClientSettings, ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
@@ -38,40 +38,53 @@ def echo() -> None:
 
 @echo.command()
 @options_from(EchoSettings)
+@click.option("--tls-self-signed", "self_signed", is_flag=True,
+              help="TLS with a certificate made now, in memory (no --tls-cert needed); its SHA-256 "
+                   "fingerprint is printed for clients to pin (socklab nc --ssl --pin SHA256).")
 @trace_options
 @run_cli
-def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
+def serve(trace: bool, trace_json: str | None, self_signed: bool, **values: Any) -> None:
     """Run an echo server: every byte (TCP) or datagram (UDP) goes back to its sender.
 
     With --port 0 the kernel picks a free port; the first line printed says which.
+    TLS without a certificate file: `socklab echo serve --port 7443 --tls-self-signed`, then
+    `socklab nc -N --ssl --pin SHA256 127.0.0.1 7443` with the fingerprint it printed.
     """
     from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
 
     settings = build_settings(EchoSettings, values)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="echo")
+    if self_signed and settings.tls_cert:
+        raise UsageError("--tls-self-signed makes its own certificate: drop --tls-cert")
     if settings.udp:
-        if settings.tls_cert:
-            raise UsageError("TLS needs TCP: drop --udp or --tls-cert")
+        if settings.tls_cert or self_signed:
+            raise UsageError("TLS needs TCP: drop --udp or --tls-cert/--tls-self-signed")
         if settings.unix:
             raise UsageError("--unix serves a stream socket: drop --udp")
         server.listen_udp(EchoDatagramProtocol)
+    elif self_signed:
+        from socklab.core.selfsigned import self_signed_context
+
+        ctx, cert = self_signed_context()
+        server.listen(EchoProtocol, ssl_context=ctx)
+        click.echo(f"socklab echo: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
     else:
         server.listen(EchoProtocol)
-    scheme = "udp" if settings.udp else ("tls" if settings.tls_cert else "tcp")
+    scheme = "udp" if settings.udp else ("tls" if settings.tls_cert or self_signed else "tcp")
     serve_until_signalled(server, "echo", [scheme])
 
 
 @echo.command()
 @click.argument("address", metavar="HOST:PORT")
 @click.option("--udp", is_flag=True, help="Speak UDP: one datagram per message, with retries on loss.")
-@click.option("--count", "-c", type=int, default=None,
+@click.option("--count", "-c", type=Number(int, 1), default=None,
               help="Ping mode: send this many messages and print statistics (like ping).")
-@click.option("--size", "-s", type=int, default=64, show_default=True, help="Ping mode: bytes per message.")
-@click.option("--interval", "-i", type=float, default=0.2, show_default=True,
+@click.option("--size", "-s", type=Number(int, 1, 16 * 1024 * 1024), default=64, show_default=True, help="Ping mode: bytes per message.")
+@click.option("--interval", "-i", type=Number(float, 0), default=0.2, show_default=True,
               help="Ping mode: seconds between messages.")
-@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for each echo.")
-@click.option("--retries", type=int, default=2, show_default=True,
+@click.option("--timeout", type=Number(float, above=0), default=2.0, show_default=True, help="Seconds to wait for each echo.")
+@click.option("--retries", type=Number(int, 0), default=2, show_default=True,
               help="UDP: resend an unanswered datagram this many times before counting it lost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ping statistics as JSON.")
 @options_from(ClientSettings)
@@ -87,7 +100,7 @@ def client(address: str, udp: bool, count: int | None, size: int, interval: floa
     from socklab.apps.echo.client import EchoClient
 
     cs = build_settings(ClientSettings, values)
-    if size < 0 or (udp and size > 65503):
+    if udp and size > 65503:
         raise UsageError("--size must be 0..65503 for UDP (one datagram, 4 bytes of it a sequence number)")
     tracer = make_tracer("client", trace, trace_json)
     endpoint = parse_endpoint(address)
