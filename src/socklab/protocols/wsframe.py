@@ -166,6 +166,10 @@ class FrameParser:
         """
         if self.closed:
             return []
+        if not self._buf and not self._op:  # the fast path: exactly one whole unfragmented data frame
+            fast = self._one_frame(data)
+            if fast is not None:
+                return [fast]
         buf = self._buf + data if self._buf else data
         out: list[Event] = []
         try:
@@ -177,6 +181,32 @@ class FrameParser:
             raise
         self._buf = b"" if self.closed else buf[pos:]
         return out
+
+    def _one_frame(self, data: bytes) -> str | bytes | None:
+        """``data`` is one valid final text/binary frame of < 64 KiB: its message; else None (the full path)."""
+        size = len(data)
+        if size < 6:
+            return None
+        b0, n = data[0], data[1] ^ 0x80  # b1 without the mask bit; >= 128 if unmasked
+        if b0 != 0x81 and b0 != 0x82:
+            return None
+        head = 6
+        if n == 126 and size >= 8:
+            n = data[2] << 8 | data[3]
+            head = 8
+            if n <= MAX_CONTROL:
+                return None
+        elif n >= 126:
+            return None
+        if head + n != size or n > self.max_message:
+            return None
+        payload = apply_mask(data[head:], data[head - 4:head])
+        if b0 == 0x82:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # the full path reports it
 
     def _parse(self, buf: bytes, out: list[Event]) -> int:
         pos, end = 0, len(buf)
