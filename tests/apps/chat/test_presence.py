@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from socklab.apps.chat.backends import OneNode
 from socklab.apps.chat.hub import ChatHub, Frame, Member
 from socklab.apps.chat.presence import summary
 from socklab.apps.chat.settings import ChatSettings
@@ -29,7 +30,6 @@ from socklab.protocols.chat import (
     Nick,
     Parted,
     Presence,
-    Private,
     Quit,
     Say,
     ServerEvent,
@@ -87,11 +87,10 @@ class FakeTimer:
             cb()
 
 
-class FakeBackend:
+class FakeBackend(OneNode):
     """Like LocalBackend, without a store: numbers messages and delivers them at once."""
 
     def __init__(self) -> None:
-        self.hub: ChatHub | None = None
         self.seq = 0
 
     def start(self, hub: ChatHub) -> dict[str, RoomState]:
@@ -108,28 +107,6 @@ class FakeBackend:
 
     def set_topic(self, room: str, nick: str, text: str) -> None:
         pass
-
-    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
-        cb(True)
-
-    def release_nick(self, nick: str) -> None:
-        pass
-
-    def room_event(self, room: str, event: ServerEvent) -> None:
-        assert self.hub is not None
-        self.hub.on_room_event(room, event)
-
-    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
-        cb(False)
-
-    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
-        assert self.hub is not None
-        cb(self.hub.local_names(room))
-
-    def member_count(self, room: str) -> int:
-        assert self.hub is not None
-        r = self.hub.rooms.get(room)
-        return len(r.members) if r else 0
 
     def close(self) -> None:
         pass

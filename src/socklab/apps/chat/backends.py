@@ -14,7 +14,7 @@ from socklab.protocols.chat import Message, Private, ServerEvent
 if TYPE_CHECKING:
     from socklab.apps.chat.hub import ChatHub
 
-__all__ = ["Backend", "LocalBackend"]
+__all__ = ["Backend", "LocalBackend", "OneNode"]
 
 
 class Backend(_TypingProtocol):
@@ -33,12 +33,41 @@ class Backend(_TypingProtocol):
     def close(self) -> None: ...
 
 
-class LocalBackend:
+class OneNode:
+    """What a backend with no other node answers: every nick is free unless the hub's own table says
+    otherwise, room events go straight back to the hub, a private message to someone not here goes
+    nowhere, and who/how many are the hub's own members. A subclass adds the messages' part."""
+
+    hub: ChatHub | None = None
+
+    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
+        cb(True)  # the hub's own table is the whole truth on one node
+
+    def release_nick(self, nick: str) -> None:
+        pass
+
+    def room_event(self, room: str, event: ServerEvent) -> None:
+        assert self.hub is not None
+        self.hub.on_room_event(room, event)
+
+    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
+        cb(False)  # the target is not on this node, and there is no other node
+
+    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
+        assert self.hub is not None
+        cb(self.hub.local_names(room))
+
+    def member_count(self, room: str) -> int:
+        assert self.hub is not None
+        r = self.hub.rooms.get(room)
+        return len(r.members) if r else 0
+
+
+class LocalBackend(OneNode):
     """One process: numbers messages itself and keeps them in SQLite (:class:`SqliteStore`)."""
 
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
-        self.hub: ChatHub | None = None
         self.next_seq: dict[str, int] = {}
         self._durable: list[Message] = []
         store.after_batch = self._deliver_durable
@@ -74,28 +103,6 @@ class LocalBackend:
 
     def set_topic(self, room: str, nick: str, text: str) -> None:
         self.store.set_topic(room, nick, text)
-
-    def claim_nick(self, nick: str, old: str | None, cb: Callable[[bool], None]) -> None:
-        cb(True)  # the hub's own table is the whole truth on one node
-
-    def release_nick(self, nick: str) -> None:
-        pass
-
-    def room_event(self, room: str, event: ServerEvent) -> None:
-        assert self.hub is not None
-        self.hub.on_room_event(room, event)
-
-    def private(self, event: Private, cb: Callable[[bool], None]) -> None:
-        cb(False)  # the target is not on this node, and there is no other node
-
-    def who(self, room: str, cb: Callable[[list[str]], None]) -> None:
-        assert self.hub is not None
-        cb(self.hub.local_names(room))
-
-    def member_count(self, room: str) -> int:
-        assert self.hub is not None
-        r = self.hub.rooms.get(room)
-        return len(r.members) if r else 0
 
     def close(self) -> None:
         self.store.close()

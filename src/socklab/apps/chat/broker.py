@@ -139,6 +139,17 @@ def _members_key(room: str) -> str:
     return f"{PREFIX}members:{room}"
 
 
+def _apply_membership(nicks: set[str], event: ServerEvent) -> None:
+    """``nicks``, a room's members, after ``event`` (a join, part or nick change; others change nothing)."""
+    if isinstance(event, Joined):
+        nicks.add(event.nick)
+    elif isinstance(event, Parted):
+        nicks.discard(event.nick)
+    elif isinstance(event, NickChanged):
+        nicks.discard(event.old)
+        nicks.add(event.new)
+
+
 def _message(room: str, fields: dict[str, str]) -> Message:
     return Message(room, int(fields["seq"]), float(fields["ts"]), fields["nick"], fields["text"],
                    fields.get("kind", "say"))
@@ -411,13 +422,7 @@ class RedisBackend:
     def _track(self, room: str, event: ServerEvent) -> None:
         with self._lock:
             here = self._presence.setdefault(room, set())
-            if isinstance(event, Joined):
-                here.add(event.nick)
-            elif isinstance(event, Parted):
-                here.discard(event.nick)
-            elif isinstance(event, NickChanged):
-                here.discard(event.old)
-                here.add(event.new)
+            _apply_membership(here, event)
             if not here:
                 del self._presence[room]  # rooms nobody here is in leave no trail (join/part churn)
 
@@ -481,13 +486,7 @@ class RedisBackend:
         if roster is None:
             self.member_count(room)  # seeds it (local members now, the presence set soon)
             return
-        if isinstance(event, Joined):
-            roster.add(event.nick)
-        elif isinstance(event, Parted):
-            roster.discard(event.nick)
-        elif isinstance(event, NickChanged):
-            roster.discard(event.old)
-            roster.add(event.new)
+        _apply_membership(roster, event)
 
     # ---- the subscription (one per node) ------------------------------------------------------------
     def _read(self) -> None:
