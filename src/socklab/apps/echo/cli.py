@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.errors import UsageError
 from socklab.core.settings import ClientSettings, ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
@@ -78,13 +78,13 @@ def serve(trace: bool, trace_json: str | None, self_signed: bool, **values: Any)
 @echo.command()
 @click.argument("address", metavar="HOST:PORT")
 @click.option("--udp", is_flag=True, help="Speak UDP: one datagram per message, with retries on loss.")
-@click.option("--count", "-c", type=int, default=None,
+@click.option("--count", "-c", type=Number(int, 1), default=None,
               help="Ping mode: send this many messages and print statistics (like ping).")
-@click.option("--size", "-s", type=int, default=64, show_default=True, help="Ping mode: bytes per message.")
-@click.option("--interval", "-i", type=float, default=0.2, show_default=True,
+@click.option("--size", "-s", type=Number(int, 1, 16 * 1024 * 1024), default=64, show_default=True, help="Ping mode: bytes per message.")
+@click.option("--interval", "-i", type=Number(float, 0), default=0.2, show_default=True,
               help="Ping mode: seconds between messages.")
-@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for each echo.")
-@click.option("--retries", type=int, default=2, show_default=True,
+@click.option("--timeout", type=Number(float, above=0), default=2.0, show_default=True, help="Seconds to wait for each echo.")
+@click.option("--retries", type=Number(int, 0), default=2, show_default=True,
               help="UDP: resend an unanswered datagram this many times before counting it lost.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ping statistics as JSON.")
 @options_from(ClientSettings)
@@ -100,7 +100,7 @@ def client(address: str, udp: bool, count: int | None, size: int, interval: floa
     from socklab.apps.echo.client import EchoClient
 
     cs = build_settings(ClientSettings, values)
-    if size < 0 or (udp and size > 65503):
+    if udp and size > 65503:
         raise UsageError("--size must be 0..65503 for UDP (one datagram, 4 bytes of it a sequence number)")
     tracer = make_tracer("client", trace, trace_json)
     endpoint = parse_endpoint(address)
