@@ -1,4 +1,4 @@
-"""Test helpers: a chat node on port 0, and a blocking line client that waits for given lines."""
+"""Test helpers: a chat node on port 0, a blocking line client that waits for given lines, a plain HTTP GET."""
 
 from __future__ import annotations
 
@@ -101,6 +101,18 @@ def refused(port: int, source: str = "127.0.0.1") -> bytes:
         with contextlib.suppress(ConnectionResetError):
             while chunk := s.recv(4096):
                 data += chunk
+        return data
+
+
+def http_get(port: int, path: str = "/", timeout: float = 10.0) -> bytes:
+    """``GET path`` on 127.0.0.1:port with ``Connection: close``: the whole response, read until the
+    server closes (or ``timeout`` runs out)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % (path.encode(), port))
+        data = b""
+        deadline = time.monotonic() + timeout
+        while (chunk := s.recv(65536)) and time.monotonic() < deadline:
+            data += chunk
         return data
 
 

@@ -7,7 +7,7 @@ import threading
 
 from socklab.apps.chat.client import ChatClient
 from socklab.protocols.text import find_unsafe
-from tests.apps.chat.helpers import LineClient, chat_node, refused
+from tests.apps.chat.helpers import LineClient, chat_node, http_get, refused
 from tests.apps.chat.test_web import WsClient
 
 ESCAPES = "\x1b]0;owned\x07\x1b[2J"  # retitle the window, clear the screen
@@ -123,11 +123,7 @@ def test_the_page_loads_when_every_chat_slot_is_taken(concurrent_engine: str) ->
         held = [LineClient(node.tcp_port) for _ in range(3)]
         try:
             assert refused(node.tcp_port).startswith(b"BYE :server full")
-            with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % node.http_port)
-                page = b""
-                while chunk := s.recv(65536):
-                    page += chunk
+            page = http_get(node.http_port)
             assert page.startswith(b"HTTP/1.1 200") and b"<title>socklab chat</title>" in page
             ws = WsClient(node.http_port)  # the page's socket is told why, and closed "try again later"
             try:

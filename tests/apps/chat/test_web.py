@@ -22,7 +22,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from socklab.protocols.chat import Message, event_from_json
-from tests.apps.chat.helpers import LineClient, Pump, chat_node
+from tests.apps.chat.helpers import LineClient, Pump, chat_node, http_get
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -128,11 +128,7 @@ def test_websocket_limits_1009_and_1007() -> None:
 
 def test_page_and_static_files_are_served() -> None:
     with chat_node(http_port=0) as node:
-        with socket.create_connection(("127.0.0.1", node.http_port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % node.http_port)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
+        data = http_get(node.http_port)
         assert data.startswith(b"HTTP/1.1 200") and b"<title>socklab chat</title>" in data
 
 

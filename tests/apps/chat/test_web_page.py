@@ -7,15 +7,13 @@ screenshots (tmp_path, and artifacts/ for people to look at).
 from __future__ import annotations
 
 import shutil
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.apps.chat.helpers import LineClient, chat_node
+from tests.apps.chat.helpers import LineClient, chat_node, http_get
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -246,14 +244,7 @@ def test_typed_join_switches_room_and_server_text_stays_text(browser: Any, tmp_p
 
 def test_favicon_is_served() -> None:
     with chat_node(http_port=0) as node:
-        with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as s:
-            s.sendall(b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
-                      % node.http_port)
-            data = b""
-            deadline = time.monotonic() + 10
-            while (chunk := s.recv(65536)) and time.monotonic() < deadline:
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, _, body = http_get(node.http_port, "/favicon.ico").partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head  # was 404
         assert b"content-type: image/x-icon" in head.lower()
         assert body[:4] == b"\0\0\1\0" and b"\x89PNG" in body  # an ICO holding a PNG
