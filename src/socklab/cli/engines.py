@@ -36,8 +36,9 @@ def engines(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from socklab.cli.output import print_rich
 
     table = Table(title="socklab engines (choose with --engine)", show_lines=True)
     table.add_column("engine", style="bold cyan")
@@ -47,4 +48,4 @@ def engines(as_json: bool) -> None:
     table.add_column("limits", style="yellow")
     for r in rows:
         table.add_row(r["name"], r["model"], " ".join(r["supports"]), r["choose_when"], r["limits"])
-    Console().print(table)
+    print_rich(table)

@@ -402,10 +402,12 @@ def ss(listening: bool, tcp: bool, udp: bool, unix: bool, ipv4: bool, ipv6: bool
     if as_json:
         click.echo(json.dumps([asdict(e) for e in snapshot()], indent=1))
         return
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.text import Text
 
-    console = Console(highlight=False, soft_wrap=False)
+    from socklab.cli.output import print_rich, stdout_console
+
+    console = stdout_console()
 
     def render() -> Any:
         entries = snapshot()
@@ -417,7 +419,7 @@ def ss(listening: bool, tcp: bool, udp: bool, unix: bool, ipv4: bool, ipv6: bool
         return Group(*parts)
 
     if watch is None:
-        console.print(render())
+        print_rich(render())
         return
     from rich.live import Live
 

@@ -17,6 +17,7 @@ from socklab.cli.options import (
     run_cli,
     trace_options,
 )
+from socklab.cli.output import json_text
 from socklab.core.errors import UsageError
 
 
@@ -171,7 +172,7 @@ def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], p
             detail = f" (data: {json.dumps(exc.data)})" if exc.has_data else ""
             click.echo(f"socklab: error {exc.code}: {exc.message}{detail}", err=True)
             sys.exit(EXIT_NETWORK)
-    click.echo(json.dumps(result, ensure_ascii=False))
+    click.echo(json_text(result))  # pretty on a terminal, one compact line in a pipe (as httpie)
 
 
 @rpc.command("bench")
