@@ -23,6 +23,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from socklab.protocols.chat import Message, event_from_json
 from tests.apps.chat.helpers import LineClient, Pump, chat_node, http_get
+from tests.browser import headless_chromium
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -176,22 +177,8 @@ class NcClient:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    driver_path = shutil.which("chromedriver")
-    assert driver_path, "chromium-driver is installed by scripts/setup.sh"
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,700", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    driver.set_page_load_timeout(20)
-    try:
+    with headless_chromium((1100, 700)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _open_page(driver: Any, url: str, nick: str) -> str:

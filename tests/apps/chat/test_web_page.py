@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 from tests.apps.chat.helpers import LineClient, chat_node, http_get
+from tests.browser import headless_chromium
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[3]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 PHONE = (375, 812)
 DESKTOP = (1280, 800)
 LONG_NICK = "Maximilian_Oberhausen-x"  # 23 characters: a nick the old 80 px column broke mid-word
@@ -27,21 +26,8 @@ LONG_NICK = "Maximilian_Oberhausen-x"  # 23 characters: a nick the old 80 px col
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={DESKTOP[0]},{DESKTOP[1]}", "--no-first-run", "--disable-extensions",
-                "--force-prefers-reduced-motion"):
-        opts.add_argument(arg)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(20)
-    try:
+    with headless_chromium(DESKTOP, "--force-prefers-reduced-motion") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _viewport(driver: Any, size: tuple[int, int], *, mobile: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import headless_chromium
 from tests.tools.tracing.helpers import C_CLIENT, compile_c, needs_strace, socklab
 
 pytestmark = needs_strace
@@ -81,21 +82,8 @@ def traced_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, i
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1800", "--no-first-run", "--disable-extensions", "--hide-scrollbars",
-                "--force-device-scale-factor=1"):
-        opts.add_argument(arg)
-    opts.binary_location = "/usr/bin/chromium"
-    drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
-    drv.set_page_load_timeout(20)
-    try:
+    with headless_chromium((1400, 1800), "--hide-scrollbars", "--force-device-scale-factor=1") as drv:
         yield drv
-    finally:
-        drv.quit()
 
 
 GEOMETRY = """
