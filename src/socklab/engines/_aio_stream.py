@@ -25,7 +25,7 @@ from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
-from socklab.engines._stream import RECV_SIZE
+from socklab.engines._stream import RECV_SIZE, ConnState, ConnStateMachine, Event
 from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def _shrink_tls_read_buffer(t: asyncio.BaseTransport) -> None:
     (Its buffer is allocated once, so this is not the per-read mmap, but socklab's rule is one:
     no receive of 128 KiB or more anywhere.) CPython's ``SSLProtocol`` keeps the buffer and its
     cap in ``_ssl_buffer``/``max_size``; uvloop's are C fields and are left alone (it reads into
-    one preallocated buffer). Runs in ``connection_made``, after the handshake bytes were copied out.
+    one preallocated buffer). Runs in ``connection_made``, after the handshake bytes were copied out:
+    the handshake's own first reads (one or two per connection) still use the loop's buffer.
     """
     sp = getattr(t, "_ssl_protocol", None)
     if sp is None or not isinstance(getattr(sp, "_ssl_buffer", None), bytearray) or \
@@ -81,7 +82,7 @@ def _error(exc: BaseException | None, action: str) -> BaseException | None:
 
 
 # ---- one stream connection: an asyncio protocol to the loop, a socklab transport to the app -------
-class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
+class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
     """Bridges one loop connection to one socklab protocol.
 
     It has ``asyncio.Protocol``'s methods without being an ``asyncio.Protocol`` instance: uvloop's
@@ -108,14 +109,12 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
         self.last_activity = time.monotonic()
         self._refused = False
         self._made = False
-        self._lost = False
+        self._state = ConnState.OPEN  # changed only through engines/_stream.py's TRANSITIONS
         self._aborted = False
         self._abort_exc: BaseException | None = None
         self._app_paused = False
         self._backpressure = False
         self._reading = True
-        self._eof_received = False
-        self._eof_written = False
         self._tls = False
 
     # ---- loop side -----------------------------------------------------------------------------
@@ -208,20 +207,20 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
 
     def eof_received(self) -> bool | None:
         self.active = True
-        self._eof_received = True
+        both = self._to(Event.PEER_EOF) is ConnState.CLOSING  # our FIN went first
         if not self._made:
             return None
         keep_open = self.protocol.eof_received()
-        if keep_open and (self._eof_written or self._tls):
+        if keep_open and (both or self._tls):
             # both directions are finished: close (as socklab's reactor does); TLS cannot stay
             # half-open here (and the loop would log a warning for trying)
             return None
         return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._made or self._lost:
+        if not self._made or self._state is ConnState.CLOSED:
             return
-        self._lost = True
+        self._to(Event.LOST)
         self.write = _drop  # type: ignore[method-assign]
         err = self._abort_exc if self._aborted else _error(exc, f"talking to {self._peer}")
         if self.tracer:
@@ -270,7 +269,7 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
         self.write(b"".join(chunks))
 
     def write_eof(self) -> None:
-        if self._eof_written or self._lost:
+        if self._state is not ConnState.OPEN and self._state is not ConnState.READ_SHUT:
             return
         t = self._transport()
         if self._tls:
@@ -278,10 +277,9 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
         if self.tracer:
             self.tracer.emit("shutdown", fd=self._fdno, peer=self._peer, level="transport",
                              detail="write_eof: FIN after the buffered data, still reading")
-        self._eof_written = True
         t.write_eof()
         self.write = _drop  # type: ignore[method-assign]
-        if self._eof_received:
+        if self._to(Event.WRITE_EOF) is ConnState.CLOSING:  # the peer's FIN came first: both done
             t.close()
 
     def can_write_eof(self) -> bool:
@@ -297,10 +295,11 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
         return self._reading and not self.is_closing()
 
     def is_closing(self) -> bool:
-        return self._lost or self._t is None or self._t.is_closing()
+        return self._state is ConnState.CLOSED or self._t is None or self._t.is_closing()
 
     def close(self) -> None:
         self.write = _drop  # type: ignore[method-assign]
+        self._to(Event.CLOSE)
         if self._t is not None:
             self._t.close()
 
@@ -309,7 +308,7 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
 
     def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
         t = self._t
-        if t is None or self._lost:
+        if t is None or self._state is ConnState.CLOSED:
             return
         self._aborted = True
         self._abort_exc = exc
@@ -365,7 +364,7 @@ class _Stream(ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
     def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """``os.sendfile`` on the loop's non-blocking socket when the loop has nothing queued."""
         t = self._t
-        if t is None or t.is_closing() or self._lost:
+        if t is None or t.is_closing() or self._state is ConnState.CLOSED:
             return max(count, 0)  # dropped, as writes after close are
         sock = None if self._tls else t.get_extra_info("socket")
         if sock is None or count <= 0 or t.get_write_buffer_size():

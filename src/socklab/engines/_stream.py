@@ -17,7 +17,8 @@ An engine's transport keeps only how bytes move: its read handlers, ``write``, t
 the socket is writable, and three hooks: :meth:`StreamCore._reading_changed` (watch the socket or
 not), :meth:`StreamCore._drop_output` (forget queued output) and :meth:`StreamCore._let_go`
 (stop watching the socket and close it). The asyncio and uvloop engines keep the loop's own
-transport rules (they are asyncio's), so they use only :data:`RECV_SIZE` from here.
+transport rules (they are asyncio's), so they take only the state machine
+(:class:`ConnStateMachine`) and :data:`RECV_SIZE` from here.
 
 Fast-path flags: the echo hot paths must not pay for a state lookup per message, so the
 transport also keeps one boolean it tests on every write (``_write_closed`` on the reactor,
@@ -36,7 +37,7 @@ from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import Protocol
 from socklab.core.trace import Tracer, format_addr
 
-__all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "Event", "StreamCore"]
+__all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "ConnStateMachine", "Event", "StreamCore"]
 
 #: The most any socklab read asks the kernel for, on every engine, TCP, UDP and TLS alike:
 #: below glibc's 128 KiB mmap threshold, so a fresh ``recv()`` buffer never costs an
@@ -85,7 +86,24 @@ _OPEN, _READ_SHUT, _WRITE_SHUT, _CLOSING, _CLOSED = (ConnState.OPEN, ConnState.R
                                                      ConnState.CLOSING, ConnState.CLOSED)
 
 
-class StreamCore:
+class ConnStateMachine:
+    """A connection's :class:`ConnState`, changed only through :data:`TRANSITIONS`.
+
+    Every stream transport keeps its state this way: :class:`StreamCore` (reactor, blocking) and
+    the asyncio/uvloop bridge, whose flow control is the loop's own.
+    """
+
+    _state: ConnState = ConnState.OPEN
+
+    def _to(self, event: Event) -> ConnState:
+        """Apply ``event`` through :data:`TRANSITIONS`; returns the state now."""
+        state = TRANSITIONS.get((self._state, event))
+        if state is not None:
+            self._state = state
+        return self._state
+
+
+class StreamCore(ConnStateMachine):
     """The rules every socklab-owned stream transport shares; see the module docstring.
 
     Subclasses set ``sock``, ``peer``, ``tracer``, ``protocol``, ``engine`` and ``_wbuf`` and call
@@ -108,13 +126,6 @@ class StreamCore:
         self._low = high // 4
 
     # ---- state -----------------------------------------------------------------------------------
-    def _to(self, event: Event) -> ConnState:
-        """Apply ``event`` through :data:`TRANSITIONS`; returns the state now."""
-        state = TRANSITIONS.get((self._state, event))
-        if state is not None:
-            self._state = state
-        return self._state
-
     @property
     def _lost(self) -> bool:
         return self._state is _CLOSED
