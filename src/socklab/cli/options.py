@@ -88,8 +88,15 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
     return decorate
 
 
-def build_settings(settings_cls: type[S], values: dict[str, Any], **overrides: Any) -> S:
-    """The settings dataclass from parsed CLI values (unknown keys are ignored)."""
+def build_settings(settings_cls: type[S], values: dict[str, Any], *, transport: str | None = None,
+                   **overrides: Any) -> S:
+    """The settings dataclass from parsed CLI values (unknown keys are ignored).
+
+    ``transport``: the transport the command chose at run time (``echo serve --udp``): an option
+    given on the command line that does not apply to it is a usage error naming it.
+    """
+    if transport is not None:
+        _refuse_unused(settings_cls, transport)
     names = {f.name for f in dataclasses.fields(settings_cls)}  # type: ignore[arg-type]
     kwargs = {k: v for k, v in values.items() if k in names}
     kwargs.update(overrides)
@@ -98,6 +105,18 @@ def build_settings(settings_cls: type[S], values: dict[str, Any], **overrides: A
     if validate is not None:
         validate()
     return settings
+
+
+def _refuse_unused(settings_cls: type[Any], transport: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for f in dataclasses.fields(settings_cls):
+        if transport in f.metadata.get("transports", (transport,)):
+            continue
+        if ctx.get_parameter_source(f.name) == click.core.ParameterSource.COMMANDLINE:
+            applies = "/".join(t.upper() for t in f.metadata["transports"])
+            raise UsageError(f"{option_name(f)} applies to {applies} only, not {transport.upper()}: drop it")
 
 
 def trace_options(func: F) -> F:

@@ -52,7 +52,7 @@ def serve(trace: bool, trace_json: str | None, self_signed: bool, **values: Any)
     """
     from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
 
-    settings = build_settings(EchoSettings, values)
+    settings = build_settings(EchoSettings, values, transport="udp" if values.get("udp") else None)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="echo")
     if self_signed and settings.tls_cert:

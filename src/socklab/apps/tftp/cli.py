@@ -17,12 +17,6 @@ from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
 from socklab.runtime import serve_until_signalled
 
-# TCP-only settings a UDP server has no use for (max_buffer keeps its default: it bounds the
-# datagrams queued when a socket's send buffer is full)
-_EXCLUDE = ("unix", "tls_cert", "tls_key", "backlog", "max_connections", "idle_timeout", "max_buffer", "workers",
-            "queue_size")
-
-
 @click.group()
 def tftp() -> None:
     """TFTP: reliable file transfer built from UDP datagrams, timeouts and retransmission.
@@ -38,7 +32,7 @@ def tftp() -> None:
 
 
 @tftp.command()
-@options_from(TftpSettings, exclude=_EXCLUDE)
+@options_from(TftpSettings, transport="udp")  # TCP-only settings (TLS, --workers...) left out
 @trace_options
 @run_cli
 def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
