@@ -17,6 +17,7 @@ from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
 from socklab.runtime import serve_until_signalled
 
+
 @click.group()
 def tftp() -> None:
     """TFTP: reliable file transfer built from UDP datagrams, timeouts and retransmission.
