@@ -89,6 +89,26 @@ def test_typed_lines_flood_and_status_shows_neighbours_rtt_and_paths(spawn: Any,
     assert not (tmp_path / "ann.sock").exists()
 
 
+def test_status_shows_a_peers_brackets_as_typed(spawn: Any, tmp_path: Path) -> None:
+    """Brackets are allowed in gossip text and file names, and rich reads them as markup: '[/b]' made
+    `peer status` fail (MarkupError) on every node that had heard it, '[red]' recoloured the table."""
+    ann, ann_addr = node(spawn, tmp_path, "ann", stdin=subprocess.PIPE)
+    bob, _ = node(spawn, tmp_path, "bob", "--join", ann_addr)
+    bob.wait_for(r"link up: ann")
+    ann.popen.stdin.write(b"[/b] and [red]red[/red]\n")
+    ann.popen.stdin.flush()
+    bob.wait_for(r"<ann> \[/b\] and \[red\]red\[/red\]   \(via ann > bob\)")
+    shared = tmp_path / "p[1].txt"
+    shared.write_bytes(b"x")
+    ann.popen.stdin.write(f"/share {shared}\n".encode())
+    ann.popen.stdin.flush()
+    bob.wait_for(r"ann shares p\[1\]\.txt")
+    r = run("status", "--control", str(tmp_path / "bob.sock"))
+    assert r.returncode == 0, r.stderr
+    assert "[/b] and [red]red[/red]" in r.stdout, r.stdout
+    assert "[shares p[1].txt]" in r.stdout, r.stdout  # the old code showed an empty cell ('[shares' was a tag)
+
+
 def test_json_status_is_machine_readable(spawn: Any, tmp_path: Path) -> None:
     import json
 

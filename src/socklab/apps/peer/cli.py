@@ -14,6 +14,7 @@ import click
 
 from socklab.apps.peer.settings import PeerSettings, default_control_path
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.protocols.text import escape_peer_text
 
 PROMPT_HELP = ("type a line to send it to every node; /share PATH offers a file; /fetch NAME [DIR] fetches one; "
                "/peers lists neighbours; /quit stops")
@@ -206,35 +207,42 @@ def status(name: str | None, control: str | None, as_json: bool, watch: float | 
 
 
 def _render(st: dict[str, Any], messages: int) -> Any:
+    """The status as rich tables. Every name, text and file name came from a peer (or may have): shown
+    as typed - ``[red]`` is not markup (``[/b]`` made rich raise) - and with controls escaped."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
+
+    def shown(value: Any) -> str:
+        return escape(escape_peer_text(str(value)))
 
     m = st["messages"]
     tls = ", TLS mesh" if st.get("tls") else ""
-    head = (f"[bold]{st['name']}[/] id {st['id']} listening on {st['listen']} (engine {st['engine']}{tls})\n"
+    head = (f"[bold]{shown(st['name'])}[/] id {st['id']} listening on {shown(st['listen'])} "
+            f"(engine {st['engine']}{tls})\n"
             f"messages: {m['unique']} received, {m['sent']} sent, {m['forwarded']} forwarded, "
             f"{m['duplicates']} duplicates dropped; {m['seen_ids']} ids remembered, {m['history']} in history")
     nb = Table(title="neighbours", title_justify="left")
     for col in ("name", "address", "dir", "RTT ms", "up s"):
         nb.add_column(col)
     for n in st["neighbours"]:
-        nb.add_row(n["name"], n["listen"], n["direction"], "-" if n["rtt_ms"] is None else f"{n['rtt_ms']:.3f}",
+        nb.add_row(shown(n["name"]), shown(n["listen"]), n["direction"], "-" if n["rtt_ms"] is None else f"{n['rtt_ms']:.3f}",
                    f"{n['up_s']:.0f}")
     recent = Table(title="recent messages (path they took)", title_justify="left")
     for col in ("from", "text", "path"):
         recent.add_column(col)
     for r in st["recent"][-messages:] if messages > 0 else []:
-        text = r.get("text") or f"[shares {r['offer']['file']}]"
-        recent.add_row(r["from"], text, " > ".join(r["path"]))
+        text = shown(r["text"]) if r.get("text") else f"\\[shares {shown(r['offer']['file'])}]"
+        recent.add_row(shown(r["from"]), text, shown(" > ".join(r["path"])))
     parts: list[Any] = [head, nb, recent]
     if st["redialling"]:
-        parts.append("redialling: " + ", ".join(st["redialling"]))
+        parts.append("redialling: " + shown(", ".join(st["redialling"])))
     if st["offers"]:
         files = Table(title="files offered", title_justify="left")
         for col in ("file", "size", "from", "sha256"):
             files.add_column(col)
         for o in st["offers"]:
-            files.add_row(o["file"], str(o["size"]), o["from"], o["sha256"][:16] + "...")
+            files.add_row(shown(o["file"]), str(o["size"]), shown(o["from"]), shown(o["sha256"][:16]) + "...")
         parts.append(files)
     return Group(*parts)
 
