@@ -311,8 +311,15 @@ def frame(op: int, payload: bytes) -> bytes:
 def data_frame(message: str | bytes) -> bytes:
     """A text (``str``) or binary (``bytes``) message as one frame."""
     if isinstance(message, str):
-        return frame(OP_TEXT, message.encode("utf-8"))
-    return frame(OP_BINARY, bytes(message))
+        payload, b0 = message.encode("utf-8"), 0x81
+    else:
+        payload, b0 = bytes(message), 0x82
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 0x10000:
+        return bytes((b0, 126, n >> 8, n & 0xFF)) + payload
+    return bytes((b0, 127)) + _Q.pack(n) + payload
 
 
 def close_frame(code: int | None, reason: str = "") -> bytes:

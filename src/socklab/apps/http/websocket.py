@@ -183,7 +183,13 @@ class WebSocket:
             self._fail(exc.code, str(exc))
             return
         for event in events:
-            if not self._handle(event):
+            kind = type(event)
+            if (kind is str or kind is bytes) and self.on_message is not None and not self._queue \
+                    and not self._close_sent:  # the common case, without one more call
+                self._call(self.on_message, event)  # type: ignore[arg-type]
+                if self._closed:
+                    return
+            elif not self._handle(event):
                 return
 
     def _handle(self, event: str | bytes | Ping | Pong | Close) -> bool:
