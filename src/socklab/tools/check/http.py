@@ -115,6 +115,12 @@ class HttpConn:
             body, self.buffer = self.buffer, b""
         return HttpResponse(lines[0], headers, body, self.closed)
 
+    def __enter__(self) -> HttpConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.sock.close()
 
@@ -143,12 +149,9 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
     host = str(target)
 
     def fetch(method: str, url: str, extra: str = "", head_only: bool = False) -> HttpResponse:
-        c = HttpConn(target, timeout)
-        try:
+        with HttpConn(target, timeout) as c:
             c.send(_request(method, url, host, extra))
             return c.response(head_only, f"{method} {url}")
-        finally:
-            c.close()
 
     def expect_ok(r: HttpResponse, what: str) -> None:
         if r.status != 200:
@@ -168,16 +171,13 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
         return f"GET {path} answered 200" + (" with the file's exact bytes" if content is not None else "")
 
     def content_length() -> str:
-        c = HttpConn(target, timeout)
-        try:
+        with HttpConn(target, timeout) as c:
             c.send(_request("GET", path, host, "Connection: close\r\n"))
             r = c.response(what=f"GET {path}")
             deadline = time.monotonic() + timeout
             while c._fill(deadline):  # everything the server sent, up to its close
                 pass
             sent = len(r.body) + len(c.buffer)
-        finally:
-            c.close()
         length = r.headers.get("content-length")
         if length is None:
             raise ProbeFailed(f"GET {path} answered without a Content-Length header",
@@ -192,8 +192,7 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
         return f"Content-Length: {length} matches the body"
 
     def pieces() -> str:
-        c = HttpConn(target, timeout)
-        try:
+        with HttpConn(target, timeout) as c:
             request = _request("GET", path, host)
             for start, end in ((0, 7), (7, len(request) // 2), (len(request) // 2, len(request))):
                 if start and c.anything_within(min(1.5, timeout)):
@@ -202,13 +201,10 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
                                       ONE_RECV, READ_LOOP)
                 c.send(request[start:end])
             expect_ok(c.response(what="a request sent in three pieces"), "a request sent in three pieces")
-        finally:
-            c.close()
         return "a request sent in three pieces got one full answer"
 
     def keep_alive() -> str:
-        c = HttpConn(target, timeout)
-        try:
+        with HttpConn(target, timeout) as c:
             c.send(_request("GET", path, host))
             first = c.response(what=f"GET {path}")
             second = None
@@ -227,8 +223,6 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
                                   "unless one side says Connection: close",
                                   "loop: read a request, answer it (with Content-Length), until the client closes")
             expect_ok(second, "the second request on one connection")
-        finally:
-            c.close()
         return "two requests on one connection got two answers"
 
     def not_found() -> str:
@@ -241,8 +235,7 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
         return "a missing file got 404"
 
     def head() -> str:
-        c = HttpConn(target, timeout)
-        try:
+        with HttpConn(target, timeout) as c:
             c.send(_request("HEAD", path, host))
             r = c.response(head_only=True, what=f"HEAD {path}")
             if r.status != 200 or "content-length" not in r.headers:
@@ -255,8 +248,6 @@ def http_probes(target: Endpoint, root: Path | None = None, url: str | None = No
             if c.buffer and not c.buffer.startswith(b"HTTP/1."):
                 raise ProbeFailed(f"after the HEAD response's headers came {quote(c.buffer[:30])}",
                                   "the server sent the body in answer to HEAD", "send headers only for HEAD")
-        finally:
-            c.close()
         return "HEAD got 200 and Content-Length, and no body"
 
     def bad_request() -> str:
