@@ -149,7 +149,9 @@ class FrameParser:
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._buf = b""
+        self._chunks: list[bytes] = []  # unparsed bytes, joined only once ``_need`` of them are here
+        self._have = 0
+        self._need = 0
         self._op = 0  # opcode of the fragmented message in progress (0 = none)
         self._parts: list[bytes] = []
         self._texts: list[str] = []
@@ -166,20 +168,29 @@ class FrameParser:
         """
         if self.closed:
             return []
-        if not self._buf and not self._op:  # the fast path: exactly one whole unfragmented data frame
-            fast = self._one_frame(data)
-            if fast is not None:
-                return [fast]
-        buf = self._buf + data if self._buf else data
+        if self._chunks:  # a frame in progress: keep the pieces until it can be complete (no quadratic joins)
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._chunks)
+            self._chunks = []
+        else:
+            if not self._op:  # the fast path: exactly one whole unfragmented data frame
+                fast = self._one_frame(data)
+                if fast is not None:
+                    return [fast]
+            buf = data
         out: list[Event] = []
         try:
             pos = self._parse(buf, out)
         except WsProtocolError as exc:
             self.closed = True
-            self._buf = b""
             exc.events = out
             raise
-        self._buf = b"" if self.closed else buf[pos:]
+        if pos < len(buf) and not self.closed:
+            self._chunks = [buf[pos:]]
+            self._have = len(buf) - pos
         return out
 
     def _one_frame(self, data: bytes) -> str | bytes | None:
@@ -210,6 +221,7 @@ class FrameParser:
 
     def _parse(self, buf: bytes, out: list[Event]) -> int:
         pos, end = 0, len(buf)
+        self._need = 2
         while end - pos >= 2 and not self.closed:
             b0, b1 = buf[pos], buf[pos + 1]
             if b0 & 0x70:
@@ -233,6 +245,7 @@ class FrameParser:
                 raise WsProtocolError(CLOSE_PROTOCOL, "new message inside a fragmented one")
             if n == 126:
                 if end - pos < 4:
+                    self._need = 4
                     break
                 n = _H2.unpack_from(buf, pos + 2)[0]
                 if n <= MAX_CONTROL:
@@ -240,6 +253,7 @@ class FrameParser:
                 head = 8
             elif n == 127:
                 if end - pos < 10:
+                    self._need = 10
                     break
                 n = _Q.unpack_from(buf, pos + 2)[0]
                 if n >> 63:
@@ -250,11 +264,16 @@ class FrameParser:
             if op < OP_CLOSE and self._size + n > self.max_message:
                 raise WsProtocolError(CLOSE_TOO_BIG, f"message larger than {self.max_message} bytes")
             if end - pos < head + n:
+                self._need = head + n
                 break
+            self._need = 2
             mask = buf[pos + head - 4:pos + head]
             start = pos + head
             pos = start + n
-            payload = apply_mask(buf[start:pos], mask) if n else b""
+            if n > 4096:  # no copy of a large payload before unmasking
+                payload = apply_mask(memoryview(buf)[start:pos], mask)  # type: ignore[arg-type]
+            else:
+                payload = apply_mask(buf[start:pos], mask) if n else b""
             if op >= OP_CLOSE:
                 self._control(op, payload, out)
             elif fin and not self._op:  # the fast path: a whole message in one frame
