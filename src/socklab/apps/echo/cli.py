@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from socklab.cli.access import access_logged, log_options
 from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.errors import UsageError
 from socklab.core.settings import ClientSettings, ServerSettings, setting
@@ -38,6 +39,7 @@ def echo() -> None:
 
 @echo.command()
 @options_from(EchoSettings)
+@log_options
 @click.option("--tls-self-signed", "self_signed", is_flag=True,
               help="TLS with a certificate made now, in memory (no --tls-cert needed); its SHA-256 "
                    "fingerprint is printed for clients to pin (socklab nc --ssl --pin SHA256).")
@@ -67,10 +69,10 @@ def serve(trace: bool, trace_json: str | None, self_signed: bool, **values: Any)
         from socklab.core.selfsigned import self_signed_context
 
         ctx, cert = self_signed_context()
-        server.listen(EchoProtocol, ssl_context=ctx)
+        server.listen(access_logged(EchoProtocol, "echo"), ssl_context=ctx)
         click.echo(f"socklab echo: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
     else:
-        server.listen(EchoProtocol)
+        server.listen(access_logged(EchoProtocol, "echo"))
     scheme = "udp" if settings.udp else ("tls" if settings.tls_cert or self_signed else "tcp")
     serve_until_signalled(server, "echo", [scheme])
 
