@@ -78,3 +78,15 @@ def test_quiet_hides_the_access_lines(spawn: Callable[..., Proc]) -> None:
 def test_log_level_is_checked(spawn: Callable[..., Proc], args: list[str]) -> None:
     proc = spawn("echo", "serve", "--port", "0", *args)
     assert proc.popen.wait(30) == 2
+
+
+@pytest.mark.parametrize("command", [["echo", "serve"], ["http", "serve"], ["chat", "serve"], ["rpc", "serve"],
+                                     ["peer"], ["tftp", "serve"]])
+def test_every_server_takes_the_same_logging_options(command: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from socklab.cli.main import cli
+
+    out = CliRunner().invoke(cli, [*command, "--help"])
+    assert out.exit_code == 0, out.output
+    assert "--log-level" in out.output and "-v, --verbose" in out.output and "-q, --quiet" in out.output

@@ -42,7 +42,6 @@ def _configure(ctx: click.Context) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._socklab = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-        root.propagate = False
 
 
 def _store(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:

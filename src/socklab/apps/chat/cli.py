@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from socklab.apps.chat.settings import ChatSettings
+from socklab.cli.access import log_options
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.settings import ClientSettings
 from socklab.runtime import serve_until_signalled
@@ -28,6 +29,7 @@ def chat() -> None:
 
 @chat.command()
 @options_from(ChatSettings, exclude=("port", "unix", "web"))
+@log_options
 @trace_options
 @run_cli
 def serve(trace: bool, trace_json: str | None, **values: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from socklab.apps.http.settings import HttpSettings
+from socklab.cli.access import log_options
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 
 
@@ -27,6 +28,7 @@ def http() -> None:
 @http.command()
 @click.argument("directory", required=False, default=".", type=click.Path(exists=True, file_okay=False))
 @options_from(HttpSettings)
+@log_options
 @trace_options
 @run_cli
 def serve(directory: str, trace: bool, trace_json: str | None, **values: Any) -> None:

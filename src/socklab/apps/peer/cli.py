@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from socklab.apps.peer.settings import PeerSettings, default_control_path
+from socklab.cli.access import log_options
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.protocols.text import escape_peer_text
 
@@ -29,6 +30,7 @@ PROMPT_HELP = ("type a line to send it to every node; /share PATH offers a file;
 @click.option("--discover", is_flag=True, default=False,
               help="Find other nodes with UDP multicast announces (--group, --discovery-port).")
 @options_from(PeerSettings, exclude=("host", "port", "unix"))
+@log_options
 @trace_options
 @run_cli
 def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from socklab.cli.access import log_options
 from socklab.cli.options import (
     EXIT_NETWORK,
     build_settings,
@@ -49,6 +50,7 @@ def _settings_cls() -> Any:
               help="tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH (tls://, https://, wss:// "
                    "with --tls-cert); repeat for several (default: tcp:// on --host/--port).")
 @options_from(_settings_cls())
+@log_options
 @trace_options
 @run_cli
 def serve(target: str | None, demo: bool, listen: tuple[str, ...], trace: bool, trace_json: str | None,

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from socklab.apps.tftp.server import TftpSettings
+from socklab.cli.access import log_options
 from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.cli.progress import BarScope, bar_wanted, byte_progress
 from socklab.core.errors import UsageError
@@ -34,6 +35,7 @@ def tftp() -> None:
 
 @tftp.command()
 @options_from(TftpSettings, transport="udp")  # TCP-only settings (TLS, --workers...) left out
+@log_options
 @trace_options
 @run_cli
 def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
