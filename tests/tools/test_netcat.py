@@ -432,3 +432,20 @@ def test_listen_explain_escapes_a_unix_clients_chosen_name(spawn: Any, tmp_path:
     err = proc.popen.stderr.read().decode()
     assert r"c\x1b[2J\x1b]0;pwned\x07\u202e.sock" in err  # shown, escaped
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+
+
+def test_a_big_pipe_through_an_echo_server_does_not_deadlock(tmp_path: Path) -> None:
+    # Full duplex: both sides write more than their buffers hold while the other also writes. The
+    # engines stop reading while their own write buffer is over high water, so a connect session
+    # that let its buffer fill waited for the echo server, which waited for it (the first
+    # engine-based session stalled after ~1.4 MB). 20 MB must go through and come back whole.
+    from socklab.apps.echo.protocol import EchoProtocol
+    from tests.conftest import running_server
+
+    data = os.urandom(20_000_000)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    with running_server(EchoProtocol) as srv, open(path, "rb") as f:
+        out = socklab("connect", "127.0.0.1", str(srv.port), stdin=f, timeout=40)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == data

@@ -11,8 +11,9 @@ an explicit option, and ``--explain`` narrates each TCP transition as it happens
 - ``--on-peer-eof exit`` (default): the peer sent FIN, so finish (after stdin is half-closed);
   ``keep``: the peer's FIN only ends its direction - keep sending stdin until it ends.
 
-``connect`` uses one blocking socket, a thread reading stdin and the main thread reading the
-socket (binary-safe, through file descriptors 0 and 1). ``listen`` (:mod:`socklab.tools.listen`)
+``connect`` is a client on the servers' contract (:mod:`socklab.runtime.client`): an engine
+owns the connection and its callbacks write to stdout, a thread reads stdin (binary-safe, through
+file descriptors 0 and 1); OS errors come translated from the engine. ``listen`` (:mod:`socklab.tools.listen`)
 serves on a socklab engine (``--engine``), one client or many (``--keep-open``), TCP, TLS, Unix
 or UDP (one peer per source address), optionally running ``--exec CMD`` per connection with its
 stdin/stdout on the socket.
@@ -24,40 +25,36 @@ error, 130 interrupted.
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
-import select
 import socket
-import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from socklab.cli.options import make_tracer, run_cli, trace_options
 from socklab.core.errors import (
+    BrokenError,
     ConnectError,
+    ConnectionRefused,
     OperationTimeout,
     SocklabError,
     UsageError,
-    translate_oserror,
 )
-from socklab.core.sockets import (
-    Endpoint,
-    client_ssl_context,
-    connect_tcp,
-    open_udp_socket,
-)
+from socklab.core.protocol import DatagramProtocol, Protocol
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer, format_addr, tcp_state
 from socklab.protocols.text import escape_peer_text
+from socklab.runtime.client import BlockingClient
 
 __all__ = ["CHUNK", "Explainer", "connect"]
 
 CHUNK = 64 * 1024
+_GATE_HIGH, _GATE_LOW, _GATE_POLL = 1 << 20, 256 * 1024, 0.005  # stdin held back above 1 MiB unsent
+_ENGINE_HIGH = 64 << 20  # never reached: the gate stops stdin first
 
 
 class Explainer:
@@ -139,171 +136,222 @@ def _scan(host: str, ports: list[int], timeout: float, explain: Explainer) -> in
     Exit status as ``nc -z``: 0 when at least one port accepted, 1 when none did.
     """
     opened = 0
-    for port in ports:
-        try:
-            sock = connect_tcp(Endpoint(host, port), timeout=timeout)
-        except SocklabError as exc:
-            click.echo(f"{format_addr((host, port))} closed: {exc}", err=True)
-            continue
-        opened += 1
-        sock.close()
-        click.echo(f"{format_addr((host, port))} open")
-        explain("the three-way handshake completed, so something listens there; we closed at once")
+    with BlockingClient(ClientSettings(connect_timeout=timeout)) as client:
+        for port in ports:
+            try:
+                handle = client.connect(Endpoint(host, port), Protocol)
+            except SocklabError as exc:
+                click.echo(f"{format_addr((host, port))} closed: {exc}", err=True)
+                continue
+            opened += 1
+            client.call(handle.transport.close)
+            click.echo(f"{format_addr((host, port))} open")
+            explain("the three-way handshake completed, so something listens there; we closed at once")
     if len(ports) > 1:
         explain(f"{opened} of {len(ports)} ports open; exit status {0 if opened else 1} "
                 "(0 if any port accepted, as nc -z)")
     return 0 if opened else 1
 
 
-@dataclass
 class _Session:
-    """The shared state of the stdin thread and the socket reader of ``connect``."""
+    """One ``connect`` session: stdin (a thread) to the peer, the peer (the engine's callbacks) to stdout.
 
-    sock: socket.socket
-    udp: bool
-    tls: bool
-    on_stdin_eof: str
-    explain: Explainer
-    crlf: bool
-    hexdump: bool
-    stdin_done: bool = False
-    wr_closed: bool = False
-    closing: bool = False
-    error: BaseException | None = None
-    last_activity: float = 0.0
+    The engine owns the connection; the stdin thread hands each read to it (waiting while the
+    transport's buffer is over its high-water mark: the peer does not read). The main thread waits
+    for ``done`` (or the idle timeout).
+    """
 
-    def __post_init__(self) -> None:
-        self.wake_r, self.wake_w = os.pipe()
+    def __init__(self, client: BlockingClient, udp: bool, on_stdin_eof: str, on_peer_eof: str,
+                 explain: Explainer, crlf: bool, hexdump: bool) -> None:
+        self.client, self.udp, self.on_stdin_eof, self.on_peer_eof = client, udp, on_stdin_eof, on_peer_eof
+        self.explain, self.crlf, self.hexdump = explain, crlf, hexdump
+        self.transport: Any = None
+        self.stdin_done = False
+        self.wr_closed = False
+        self.peer_eof = False
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.can_write = threading.Event()
+        self.can_write.set()
+        self.activity = threading.Event()  # set on each byte either way (the idle timer restarts)
         self.last_activity = time.monotonic()
-        # An SSLSocket must not be written on one thread while another reads it (OpenSSL forbids
-        # it; the write can fail or hang). With TLS the stdin thread hands its data to the main
-        # thread, which owns every socket call; a plain socket is written directly.
-        self.outbox: collections.deque[bytes] = collections.deque()
 
-    def flush_outbox(self) -> None:
-        """Send what the stdin thread queued (TLS only; the socket is non-blocking). Main thread."""
-        while self.outbox:
-            view = memoryview(self.outbox.popleft())
-            while view:
-                try:
-                    n = self.sock.send(view)
-                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    select.select([], [self.sock], [])  # the peer is slow to read: wait for room
-                    continue
-                view = view[n:]
+    def sock(self) -> Any:
+        """The socket, only to show its kernel state in --explain (TCP_INFO); never read or written."""
+        return self.transport.get_extra_info("socket") if self.transport is not None else None
 
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.error is None:
+            self.error = error
+        self.done.set()
+        self.activity.set()  # wakes the main thread
+
+    def touched(self) -> None:
+        self.last_activity = time.monotonic()
+        self.activity.set()
+
+    # ---- the stdin thread --------------------------------------------------------------------------
     def pump_stdin(self) -> None:
         last = [0]
         try:
-            while True:
+            while not self.done.is_set():
+                self.can_write.wait()
                 data = os.read(0, CHUNK)
                 if not data:
                     break
-                self.last_activity = time.monotonic()
+                self.touched()
                 if self.crlf:
                     data = _crlf(data, last)
                 if self.hexdump:
                     _hex(">>", data)
-                if self.tls:
-                    self.outbox.append(data)
-                    os.write(self.wake_w, b"x")
-                else:
-                    self.sock.sendall(data)
+                self.client.engine.call_soon_threadsafe(lambda d=data: self._send(d))  # type: ignore[misc]
         except OSError as exc:
-            if not self.closing:
-                self.error = exc
-        self.stdin_done = True
-        if self.error is None and not self.closing:
-            self._stdin_eof()
-        os.write(self.wake_w, b"x")
+            err = SocklabError(f"reading stdin: {exc.strerror or exc}")
+            self.client.engine.call_soon_threadsafe(lambda: self.finish(err))
+            return
+        self.client.engine.call_soon_threadsafe(self._stdin_eof)
+
+    # ---- the engine's thread -----------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        if self.transport is None or self.done.is_set():
+            return
+        if self.udp:
+            self.transport.sendto(data)
+            return
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > _GATE_HIGH:
+            self.can_write.clear()  # the stdin thread waits; the engine keeps reading the peer
+            self.client.engine.call_later(_GATE_POLL, self._drained)
+
+    def _drained(self) -> None:
+        if self.done.is_set() or self.transport is None or self.transport.get_write_buffer_size() <= _GATE_LOW:
+            self.can_write.set()
+        else:
+            self.client.engine.call_later(_GATE_POLL, self._drained)
 
     def _stdin_eof(self) -> None:
+        self.stdin_done = True
+        if self.done.is_set():
+            return
         policy = self.on_stdin_eof
         if policy == "keep":
             self.explain("stdin ended; sending nothing (--on-stdin-eof keep), still reading the peer")
         elif policy == "close":
-            self.explain("stdin ended: closing the connection (--on-stdin-eof close)", self.sock)
-            self.closing = True
+            self.explain("stdin ended: closing the connection (--on-stdin-eof close)", self.sock())
+            self.finish()
         elif self.udp:
             self.explain("stdin ended; UDP has no FIN, so the peer is not told - still reading replies "
                          "until --idle-timeout")
-        elif self.tls:
+        elif not self.transport.can_write_eof():
             self.explain("stdin ended; TLS cannot half-close here (close_notify ends both directions), so we "
                          "keep reading until the peer closes")
         else:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
+            self.transport.write_eof()
             self.wr_closed = True
             self.explain("stdin ended -> we sent FIN (shutdown SHUT_WR): a half-close. We are in FIN_WAIT "
-                         "and still read the peer until it sends its own FIN", self.sock)
+                         "and still read the peer until it sends its own FIN", self.sock())
+        if self.peer_eof and not self.done.is_set():
+            self.explain("both directions are finished: closing the socket", self.sock())
+            self.finish()
+        self.activity.set()  # the main thread re-reads stdin_done (UDP: the end of replies)
 
+    def received(self, data: bytes) -> None:
+        self.touched()
+        if self.hexdump:
+            _hex("<<", data)
+        _write_all(1, data)
 
-def _run_session(session: _Session, on_peer_eof: str, idle_timeout: float, hexdump: bool) -> None:
-    sock, explain = session.sock, session.explain
-    threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
-    peer_eof = False
-    while True:
-        try:
-            session.flush_outbox()
-        except OSError as exc:
-            session.error = exc
-        if session.error is not None:
-            raise translate_oserror(session.error, "sending stdin")
-        if session.closing:
-            return
-        if peer_eof and session.stdin_done:
-            explain("both directions are finished: closing the socket", sock)
-            return
-        wait: float | None = None
-        if idle_timeout > 0:
-            wait = max(0.0, session.last_activity + idle_timeout - time.monotonic())
-        elif session.udp and session.stdin_done:
-            wait = 2.0  # UDP has no EOF: after stdin ended, give replies a moment
-        rlist = [session.wake_r] + ([] if peer_eof else [sock])
-        pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-        ready = rlist if pending else select.select(rlist, [], [], wait)[0]
-        if not ready:
-            if session.udp and session.stdin_done:
-                explain("no more replies: UDP has no EOF, so silence after stdin ended is the normal end")
+    def peer_finished(self) -> bool:
+        """The peer sent FIN: finish, or keep the connection half-open (True) while stdin goes on."""
+        self.peer_eof = True
+        if self.wr_closed:
+            self.explain("peer sent FIN after ours: both sides finished (we close; our side keeps TIME_WAIT "
+                         "for 60 s because we sent FIN first)", self.sock())
+            self.finish()
+            return False
+        if self.stdin_done:
+            self.explain("peer sent FIN and stdin had ended: both directions are finished, closing", self.sock())
+            self.finish()
+            return False
+        if self.on_peer_eof == "exit":
+            self.explain("peer sent FIN -> we are in CLOSE_WAIT -> closing now because --on-peer-eof exit",
+                         self.sock())
+            self.finish()
+            return False
+        self.explain("peer sent FIN -> we are in CLOSE_WAIT -> waiting for stdin EOF because --on-peer-eof keep "
+                     "(we may still send)", self.sock())
+        return True
+
+    def lost(self, exc: BaseException | None) -> None:
+        if isinstance(exc, BrokenError) and "reset" in str(exc):
+            self.explain("the peer sent RST: the connection is reset (no FIN, unread data is lost)")
+        self.finish(exc if exc is not None or self.done.is_set() or self.peer_eof
+                    else BrokenError("the connection closed"))
+
+    # ---- the main thread ---------------------------------------------------------------------------
+    def wait(self, idle_timeout: float) -> None:
+        """Until the session is over; raises why it failed (or OperationTimeout when idle)."""
+        while not self.done.is_set():
+            wait: float | None = None
+            if idle_timeout > 0:
+                wait = max(0.0, self.last_activity + idle_timeout - time.monotonic())
+            elif self.udp and self.stdin_done:
+                wait = max(0.0, self.last_activity + 2.0 - time.monotonic())  # UDP has no EOF
+            self.activity.clear()
+            if self.done.is_set() or self.activity.wait(wait):
+                continue
+            if self.done.is_set():
+                break
+            if self.udp and self.stdin_done and idle_timeout <= 0:
+                self.explain("no more replies: UDP has no EOF, so silence after stdin ended is the normal end")
                 return
             raise OperationTimeout(f"no data either way for {idle_timeout:g} s (--idle-timeout)")
-        if session.wake_r in ready:
-            os.read(session.wake_r, 64)
-            continue
-        try:
-            data = sock.recv(CHUNK)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            continue  # only TLS records without application data (session tickets): wait again
-        except ssl.SSLError as exc:
-            raise translate_oserror(exc, "reading TLS data") from exc
-        except ConnectionRefusedError as exc:
-            if session.udp:
-                raise ConnectError(f"nothing listens there (ICMP port unreachable): {exc.strerror}") from exc
-            raise
-        except OSError as exc:
-            if session.closing:
-                return
-            if exc.errno is not None and exc.errno in (104,):
-                explain("the peer sent RST: the connection is reset (no FIN, unread data is lost)")
-            raise translate_oserror(exc, "reading from the peer") from exc
-        session.last_activity = time.monotonic()
-        if data:
-            if hexdump:
-                _hex("<<", data)
-            _write_all(1, data)
-            continue
-        if session.udp:
-            continue  # an empty datagram is data too (zero bytes), not an EOF
-        peer_eof = True
-        if session.wr_closed:
-            explain("peer sent FIN after ours: both sides finished (we close; our side keeps TIME_WAIT "
-                    "for 60 s because we sent FIN first)", sock)
-            return
-        if on_peer_eof == "exit":
-            explain("peer sent FIN -> we are in CLOSE_WAIT -> closing now because --on-peer-eof exit", sock)
-            return
-        explain("peer sent FIN -> we are in CLOSE_WAIT -> waiting for stdin EOF because --on-peer-eof keep "
-                "(we may still send)", sock)
+        if self.error is not None:
+            raise self.error
+
+
+class _StreamSide(Protocol):
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = self.session.transport = transport
+        # The engine stops reading while its write buffer is over the high-water mark. A pipe to a
+        # peer that does the same (an echo) would then deadlock, each side waiting for the other to
+        # read; so the session holds stdin back itself, well below that mark (see _Session._send).
+        transport.set_write_buffer_limits(high=_ENGINE_HIGH)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.session.peer_finished()
+
+    def pause_writing(self) -> None:
+        self.session.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.session.can_write.set()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.session.can_write.set()
+        self.session.lost(exc)
+
+
+class _DatagramSide(DatagramProtocol):
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = self.session.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.session.received(data)  # an empty datagram is data too (zero bytes), not an EOF
+
+    def error_received(self, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionRefused):
+            exc = ConnectError(f"nothing listens there (ICMP port unreachable): {exc}")
+        self.session.finish(exc)
 
 
 @click.command()
@@ -351,33 +399,28 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
         endpoint = Endpoint(host.strip("[]"), int(port))
     else:
         endpoint = Endpoint(unix=unix)
-    if udp:
-        if unix is not None:
-            raise UsageError("--udp and Unix sockets do not mix here")
-        sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
-        ex(f"UDP socket ready for {endpoint}: no handshake happened, nothing is known about the peer yet")
-    else:
-        ex(f"connecting to {endpoint}: SYN sent, waiting for SYN-ACK")
-        sock = connect_tcp(endpoint, timeout=connect_timeout, tracer=tracer)
-        ex("SYN-ACK received, ACK sent: ESTABLISHED (three-way handshake done)", sock)
-        if tls:
-            ctx = client_ssl_context(cafile, insecure)
-            name = server_name or endpoint.host or None
-            sock.settimeout(connect_timeout)
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=name)
-            except (OSError, ssl.SSLError) as exc:
-                raise translate_oserror(exc, f"TLS handshake with {endpoint}") from exc
-            # Non-blocking from here on: TLS 1.3 session tickets make the socket readable with no
-            # application data behind them, and a blocking SSL recv() would then wait forever.
-            sock.setblocking(False)
-            cipher = sock.cipher()
-            ex(f"TLS handshake done ({sock.version()}, {cipher[0] if cipher else '?'})")
-    session = _Session(sock, udp, tls, on_stdin_eof, ex, crlf, hexdump)
-    try:
-        _run_session(session, on_peer_eof, idle_timeout, hexdump)
-    finally:
-        session.closing = True
-        if tracer:
-            tracer.emit("close", sock)
-        sock.close()
+    if udp and unix is not None:
+        raise UsageError("--udp and Unix sockets do not mix here")
+    settings = ClientSettings(connect_timeout=connect_timeout, tls=tls and not udp, cafile=cafile,
+                              insecure=insecure, server_name=server_name)
+    with BlockingClient(settings, tracer=tracer) as client:
+        session = _Session(client, udp, on_stdin_eof, on_peer_eof, ex, crlf, hexdump)
+        if udp:
+            client.open_datagram(endpoint, lambda: _DatagramSide(session))
+            ex(f"UDP socket ready for {endpoint}: no handshake happened, nothing is known about the peer yet")
+        else:
+            ex(f"connecting to {endpoint}: SYN sent, waiting for SYN-ACK")
+            client.connect(endpoint, lambda: _StreamSide(session))
+            ex("SYN-ACK received, ACK sent: ESTABLISHED (three-way handshake done)", session.sock())
+            if tls:
+                cipher = session.transport.get_extra_info("cipher")
+                ex(f"TLS handshake done ({session.transport.get_extra_info('tls_version') or 'TLS'}, "
+                   f"{cipher[0] if cipher else '?'})")
+        threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
+        try:
+            session.wait(idle_timeout)
+        finally:
+            session.done.set()
+            session.can_write.set()
+            if session.transport is not None:
+                client.call(session.transport.close)
