@@ -169,12 +169,12 @@ def test_self_signed_server_and_pinned_client() -> None:
     args, port = _tls_server()
     with spawn(args) as srv:
         fp = _fingerprint(srv, port)
-        r = subprocess.run([*SOCKLAB, "nc", "-N", "--ssl", "--pin", fp.lower().replace(":", ""), "127.0.0.1",
+        r = subprocess.run([*SOCKLAB, "nc", "-v", "-N", "--ssl", "--pin", fp.lower().replace(":", ""), "127.0.0.1",
                             str(port)],
                            input=b"over TLS\n", timeout=20, capture_output=True, env=ENV)
         assert r.returncode == 0, r.stderr
-        out, _ = srv.communicate(timeout=15)
-        assert out == b"over TLS\n"
+        out, err = srv.communicate(timeout=15)
+        assert out == b"over TLS\n", (err, r.stderr)
 
 
 def test_wrong_pin_is_refused_in_one_line() -> None:

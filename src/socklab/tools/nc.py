@@ -21,14 +21,15 @@ One difference on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: 
 from __future__ import annotations
 
 import contextlib
+import os
+import selectors
 import shutil
 import socket
 import ssl
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -75,8 +76,8 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
                     on_stdin_eof: str) -> None:
     """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket.
 
-    When stdin ends: ``keep`` sends nothing, ``shutdown`` (-N) sends a TCP FIN and keeps reading
-    (TLS 1.3 lets each side close its direction), ``close`` (-q 0) ends the session.
+    One thread, one selector over the socket and stdin. When stdin ends: ``keep`` sends nothing,
+    ``shutdown`` (-N) sends a FIN and keeps reading, ``close`` (-q 0) ends the session.
     """
     from socklab.core.selfsigned import check_pin, normalize_pin, pinned_client_context
 
@@ -87,45 +88,65 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
     except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise translate_oserror(exc, f"TLS handshake with {host}:{port}") from exc
-    with tls:
+    with tls, selectors.DefaultSelector() as sel:
         got = check_pin(tls, pin)
         if verbose:
             click.echo(f"nc: TLS to {host}:{port}, certificate SHA-256 {got} matches --pin", err=True)
-        tls.settimeout(None)
-        lock = threading.Lock()
-        closed = threading.Event()  # set once our FIN went out (-N / -q 0)
-
-        def pump() -> None:
-            for line in iter(sys.stdin.buffer.readline, b""):
-                if crlf and line.endswith(b"\n") and not line.endswith(b"\r\n"):
-                    line = line[:-1] + b"\r\n"
-                with lock:
-                    tls.sendall(line)
-            if on_stdin_eof != "keep":
-                how = socket.SHUT_WR if on_stdin_eof == "shutdown" else socket.SHUT_RDWR
-                with lock, contextlib.suppress(OSError):
-                    # the plain socket's shutdown: SSLSocket.shutdown would also drop the TLS state
-                    socket.socket.shutdown(tls, how)
-                    closed.set()
-
-        threading.Thread(target=pump, name="socklab-nc-stdin", daemon=True).start()
+        tls.setblocking(False)
+        stdin = sys.stdin.buffer.fileno()
+        sel.register(tls, selectors.EVENT_READ)
+        sel.register(stdin, selectors.EVENT_READ)
+        out = sys.stdout.buffer
+        half_closed = False
         while True:
-            try:
-                data = tls.recv(65536)
-            except ssl.SSLEOFError:  # TCP FIN without close_notify: the end, as nc sees it
-                return
-            except (OSError, ssl.SSLError) as exc:
-                if closed.is_set():
-                    # Python's ssl sends no close_notify before our FIN, so a strict peer answers our
-                    # half-close with an alert: that is its goodbye, not a failure of the session
-                    if verbose:
-                        click.echo(f"nc: the server ended TLS after our FIN ({exc})", err=True)
+            for key, _ in sel.select():
+                if key.fileobj is tls:
+                    if not _pinned_read(tls, out, host, port, half_closed):
+                        return
+                    continue
+                data = os.read(stdin, 65536)
+                if data:
+                    if crlf:
+                        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                    tls.setblocking(True)
+                    tls.sendall(data)
+                    tls.setblocking(False)
+                    continue
+                sel.unregister(stdin)
+                if on_stdin_eof == "close":
                     return
-                raise NetworkError(f"TLS connection to {host}:{port}: {exc}") from exc
-            if not data:
-                return
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+                if on_stdin_eof == "shutdown":
+                    # A TCP FIN, without close_notify: ssl's unwrap() would also wait for the peer's
+                    # close_notify and throw away data that arrives first. The plain socket's
+                    # shutdown (SSLSocket.shutdown would drop the TLS state); reading goes on.
+                    half_closed = True
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(tls, socket.SHUT_WR)
+
+
+def _pinned_read(tls: ssl.SSLSocket, out: BinaryIO, host: str, port: int, half_closed: bool) -> bool:
+    """Copy what TLS has to stdout; False at the end of the session.
+
+    After our FIN, a strict peer may answer the missing close_notify with an alert: that is its
+    goodbye, not a failure of the session.
+    """
+    while True:
+        try:
+            data = tls.recv(65536)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a plain TCP FIN
+            return False
+        except (OSError, ssl.SSLError) as exc:
+            if half_closed:
+                return False
+            raise NetworkError(f"TLS connection to {host}:{port}: {exc}") from exc
+        if not data:
+            return False
+        out.write(data)
+        out.flush()
+        if not tls.pending():
+            return True
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
