@@ -14,7 +14,7 @@ import click
 
 from socklab.apps.peer.settings import PeerSettings, default_control_path
 from socklab.cli.access import log_options
-from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.protocols.text import escape_peer_text
 
 PROMPT_HELP = ("type a line to send it to every node; /share PATH offers a file; /fetch NAME [DIR] fetches one; "
@@ -272,7 +272,7 @@ def share(name: str | None, control: str | None, path: str) -> None:
 @_control_options
 @click.argument("file")
 @click.option("--dest", default=None, metavar="DIR", help="Directory to write it to (default: the node's --downloads).")
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for the transfer.")
+@click.option("--timeout", type=Number(float, above=0), default=300.0, show_default=True, help="Seconds to wait for the transfer.")
 @run_cli
 def fetch(name: str | None, control: str | None, file: str, dest: str | None, timeout: float) -> None:
     """Have a running node fetch an offered file (by name or sha256 prefix) straight from its holder."""

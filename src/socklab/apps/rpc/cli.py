@@ -12,6 +12,7 @@ import click
 from socklab.cli.access import log_options
 from socklab.cli.options import (
     EXIT_NETWORK,
+    Number,
     build_settings,
     make_tracer,
     options_from,
@@ -124,7 +125,7 @@ def _arg(text: str) -> Any:
 @click.option("--params", "params_json", metavar="JSON", default=None,
               help="The params member verbatim: a JSON array or object.")
 @click.option("--notify", is_flag=True, help="Send a notification (no answer is expected or printed).")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--timeout", type=Number(float, above=0), default=30.0, show_default=True, help="Seconds to wait for the answer.")
 @click.option("--framing", type=click.Choice(["ndjson", "content-length"]), default="ndjson",
               show_default=True, help="TCP framing.")
 @click.option("--cafile", metavar="PEM", default=None, help="TLS: trust this CA bundle instead of the system's.")
