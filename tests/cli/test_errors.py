@@ -49,6 +49,11 @@ def closed_port() -> int:
     (["echo", "client", "--timeout", "-1", "127.0.0.1:9"], "--timeout", "-1"),
     (["echo", "client", "--connect-timeout", "-1", "127.0.0.1:9"], "--connect-timeout", "-1"),
     (["rpc", "call", "--timeout", "-1", "127.0.0.1:9", "ping"], "--timeout", "-1"),
+    (["tap", "run", "127.0.0.1:0", "--to", "127.0.0.1:9", "--pcap", f"{MISSING_DIR}/c.pcapng"], "--pcap",
+     MISSING_DIR),
+    (["tap", "run", "127.0.0.1:0", "--to", "127.0.0.1:9", "--record", f"{MISSING_DIR}/r.jsonl"], "--record",
+     MISSING_DIR),
+    (["tap", "run", "127.0.0.1:0", "--to", "127.0.0.1:9", "--connect-timeout", "-1"], "--connect-timeout", "-1"),
     (["peer", "fetch", "--timeout", "0", "somefile"], "--timeout", "0"),
 ])
 def test_a_bad_option_is_one_line_naming_it_with_exit_2(args: list[str], option: str, value: str) -> None:

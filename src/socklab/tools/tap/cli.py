@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from socklab.cli.options import EXIT_VERIFY, make_tracer, run_cli, trace_options
+from socklab.cli.params import Number, WritablePath
 from socklab.core.errors import UsageError
 from socklab.core.sockets import client_ssl_context, parse_endpoint
 from socklab.core.trace import format_addr
@@ -64,10 +65,10 @@ def tap() -> None:
 @click.option("--text", "view", flag_value="text", help="Print what passes as text.")
 @click.option("--quiet", "view", flag_value="none", default=True,
               help="Print only connections and faults (the default).")
-@click.option("--pcap", metavar="FILE", help="Write a pcapng capture (faults as packet comments). '-': stream "
+@click.option("--pcap", metavar="FILE", type=WritablePath(allow_dash=True), help="Write a pcapng capture (faults as packet comments). '-': stream "
                                             "it to stdout, a block at a time, for `| tshark -r -` or "
                                             "`| wireshark -k -i -` (then every other line goes to stderr).")
-@click.option("--record", metavar="FILE", help="Record sessions as JSON lines for `socklab tap replay`.")
+@click.option("--record", metavar="FILE", type=WritablePath(), help="Record sessions as JSON lines for `socklab tap replay`.")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="KIND[:DIRECTION][,key=value...], e.g. latency:downstream,latency=100,jitter=10 "
                    "(repeatable; see `socklab tap faults`). Units are toxiproxy's: ms, but bandwidth "
@@ -87,7 +88,7 @@ def tap() -> None:
               help="With --api: the name of the LISTEN proxy.")
 @click.option("--engine", type=click.Choice(["epoll", "poll", "select"]), default="epoll", show_default=True,
               help="The reactor the relay runs on.")
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+@click.option("--connect-timeout", type=Number(float, above=0), default=10.0, show_default=True,
               help="Seconds to reach the target for each client.")
 @click.option("--tls-cert", metavar="PEM", default=None,
               help="Terminate clients' TLS with this certificate chain: the tap sees the plaintext.")
