@@ -27,7 +27,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "rpc/bench.py": (1, "the rpc benchmark's load generator measures the server, so it owns a raw socket"),
     "rpc/channels.py": (9, LEFT),
     "rpc/aio_client.py": (2, LEFT),
-    "tftp/client.py": (5, LEFT),
     "transfer/cli.py": (5, LEFT),
     "transfer/sender.py": (5, LEFT),
 }

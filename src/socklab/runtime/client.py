@@ -27,12 +27,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError
+from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError, translate_oserror
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings, ServerSettings
 from socklab.core.sockets import Endpoint, client_ssl_context, open_udp_socket
@@ -59,6 +60,7 @@ class ClientHandle(Generic[P]):
         self.protocol: P | None = None
         self.transport: Any = None
         self.error: BaseException | None = None
+        self.remote: Any = None  # UDP: the server's resolved address
         self.connected = threading.Event()
         self.closed = threading.Event()
 
@@ -159,11 +161,15 @@ def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: Cli
 
 
 def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engine: Engine,
-                  tracer: Tracer | None = None) -> ClientHandle[P]:
-    """A UDP client endpoint on ``engine``: a socket connected to ``endpoint``, driven like a server's.
+                  tracer: Tracer | None = None, connected: bool = True) -> ClientHandle[P]:
+    """A UDP client endpoint on ``engine``, driven like a server's; ``handle.remote`` is the server's address.
 
-    ``transport.sendto(data)`` sends to ``endpoint``; ICMP errors (nothing listens there) reach
-    ``error_received`` as socklab errors. Call on the engine's thread or before ``run``.
+    ``connected`` (the default): the socket is connected to ``endpoint``, so ``transport.sendto(data)``
+    goes there, only its datagrams are received, and ICMP errors (nothing listens there) reach
+    ``error_received`` as socklab errors. ``connected=False``: the socket is bound to an ephemeral
+    port of the server's address family and talks to anyone (``sendto(data, handle.remote)``):
+    for protocols whose server answers from another port (TFTP's transfer IDs).
+    Call on the engine's thread or before ``run``.
 
     Raises:
         UsageError: ``endpoint`` is a Unix path; ResolveError and friends from making the socket.
@@ -171,7 +177,16 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
     if endpoint.unix is not None:
         raise UsageError("UDP needs HOST:PORT, not a Unix path")
     handle: ClientHandle[P] = ClientHandle(endpoint)
-    sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
+    if connected:
+        sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
+        handle.remote = sock.getpeername()
+    else:
+        try:
+            family, _, _, _, handle.remote = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_UNSPEC,
+                                                                socket.SOCK_DGRAM)[0]
+        except OSError as exc:
+            raise translate_oserror(exc, f"resolving {endpoint.host!r}") from exc
+        sock = open_udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, tracer=tracer)
 
     def factory() -> DatagramProtocol:
         proto = handle._adopt(protocol_factory())
@@ -259,10 +274,11 @@ class BlockingClient:
         handle.wait_connected(self.settings.connect_timeout + 5.0)
         return handle
 
-    def open_datagram(self, endpoint: Endpoint, protocol_factory: Callable[[], P]) -> ClientHandle[P]:
-        """A UDP endpoint connected to ``endpoint``; returns once ``connection_made`` ran."""
+    def open_datagram(self, endpoint: Endpoint, protocol_factory: Callable[[], P], *,
+                      connected: bool = True) -> ClientHandle[P]:
+        """A UDP endpoint for ``endpoint`` (see :func:`open_datagram`); returns once ``connection_made`` ran."""
         handle = self.call(lambda: open_datagram(endpoint, protocol_factory, engine=self.engine,
-                                                 tracer=self.tracer))
+                                                 tracer=self.tracer, connected=connected))
         handle.wait_connected(self.settings.connect_timeout + 5.0)
         return handle
 

@@ -1,8 +1,8 @@
-"""The TFTP client: ``get`` and ``put`` over one UDP socket, timers from the socket timeout.
+"""The TFTP client: ``get`` and ``put`` over one UDP socket on an engine, the machine's timers as engine timers.
 
-Why this exists: a client has exactly one transfer, so it needs no event loop - a blocking UDP
-socket whose ``recvfrom`` waits until the machine's timer would fire is the whole adapter. The
-logic (options, windows, rollover, retransmission, TID checks) is the same sans-I/O machine the
+Why this exists: a client has exactly one transfer, run like a server's on the same contract
+(:mod:`socklab.runtime.client`): an engine drives one unconnected UDP socket, its datagrams go to
+the machine and the machine's timer is an engine timer. The logic (options, windows, rollover, retransmission, TID checks) is the same sans-I/O machine the
 server runs (:mod:`socklab.protocols.tftp`).
 
 Before asking for a window, the client sizes its socket buffers for it and asks for no more
@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
 from socklab.apps.tftp.sockbuf import size_for_window
-from socklab.core.errors import NetworkError, RemoteProtocolError, translate_oserror
+from socklab.core.errors import ConnectionRefused, NetworkError, RemoteProtocolError
+from socklab.core.protocol import DatagramProtocol
+from socklab.core.sockets import Endpoint
+from socklab.core.transport import TimerHandle
+from socklab.engines import Engine
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
+from socklab.runtime.client import BlockingClient
 
 __all__ = ["TftpClientOptions", "TftpResult", "tftp_get", "tftp_put"]
 
@@ -75,64 +81,99 @@ class TftpResult:
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
 
 
+class _Transfer(DatagramProtocol):
+    """One transfer on the client's engine: the machine's datagrams out, the server's in, its timer armed."""
+
+    def __init__(self, machine: Any, progress: Callable[[int, int | None], None] | None) -> None:
+        self.machine, self.progress = machine, progress
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.timer: TimerHandle | None = None
+        self.gen = -1
+        self.start = self.elapsed = self.deadline = 0.0
+        self.dallying = False
+        self.engine: Engine | None = None
+
+    def begin(self, request: tftp.Request, server: Any) -> None:
+        sock = self.transport.get_extra_info("socket")  # only to size its buffers (SO_RCVBUF/SO_SNDBUF)
+        if sock is not None:
+            request = _fit_window(sock, request)
+        self.start = time.monotonic()
+        self.send(self.machine.request(request, server))
+
+    def send(self, out: list[tuple[bytes, Any]]) -> None:
+        for data, addr in out:
+            self.transport.sendto(data, addr)
+        self.settle()
+
+    def settle(self) -> None:
+        """After each step: finished (then dally or end), or re-arm the timer if the machine asked."""
+        m = self.machine
+        if self.done.is_set():
+            return
+        if m.finished and not self.dallying:
+            self.elapsed = time.monotonic() - self.start
+            if self.timer is not None:
+                self.timer.cancel()
+            if m.state is tftp.State.DONE and isinstance(m, tftp.Receiver):
+                # dally (RFC 1350 section 6): acknowledge the last block again if the server resends it
+                self.dallying = True
+                self.timer = self.call_later(m.timeout, self.done.set)
+            else:
+                self.done.set()
+            return
+        if not self.dallying and m.timer_generation != self.gen:
+            # One engine timer, moved lazily: a new generation only sets the deadline (no timer
+            # heap work per block); the timer, when it fires early, sleeps again until the deadline.
+            self.gen = m.timer_generation
+            self.deadline = time.monotonic() + m.timeout
+            if self.timer is None:
+                self.timer = self.call_later(m.timeout, self.expired)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        assert self.engine is not None
+        return self.engine.call_later(delay, callback)
+
+    def expired(self) -> None:
+        self.timer = None
+        if self.done.is_set() or self.dallying:
+            return
+        left = self.deadline - time.monotonic()
+        if left > 0.001:
+            self.timer = self.call_later(left, self.expired)
+            return
+        self.gen = -1  # the machine's timer fired: re-arm after its answer
+        self.send(self.machine.timer_expired())
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.done.is_set():
+            return
+        self.send(self.machine.datagram_received(data, addr))
+        if self.progress is not None and not self.dallying:
+            self.progress(self.machine.bytes, self.machine.options.tsize)
+
+    def error_received(self, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionRefused):
+            return  # ICMP port unreachable for an earlier datagram: the timer decides
+        self.error = exc
+        self.done.set()
+
+
 def _run(machine: Any, request: tftp.Request, host: str, port: int,
          progress: Callable[[int, int | None], None] | None) -> float:
     """Run one transfer; the request's window is lowered to what the socket's buffers hold."""
-    try:
-        family, _, _, _, server = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)[0]
-    except OSError as exc:
-        raise translate_oserror(exc, f"resolving {host!r}") from exc
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    start = time.monotonic()
-    try:
-        request = _fit_window(sock, request)
-        deadline = 0.0
-        gen = -1
-
-        def send(out: list[tuple[bytes, Any]]) -> None:
-            for data, addr in out:
-                try:
-                    sock.sendto(data, addr)
-                except OSError as exc:
-                    raise translate_oserror(exc, f"sending to {addr[0]}:{addr[1]}") from exc
-
-        send(machine.request(request, server))
-        while True:
-            if machine.timer_generation != gen:
-                gen = machine.timer_generation
-                deadline = time.monotonic() + machine.timeout
-            if machine.finished:
-                break
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                send(machine.timer_expired())
-                continue
-            sock.settimeout(wait)
-            try:
-                data, addr = sock.recvfrom(65536)
-            except TimeoutError:
-                continue
-            except ConnectionRefusedError:
-                continue  # ICMP port unreachable for an earlier datagram: the timer decides
-            except OSError as exc:
-                raise translate_oserror(exc, "receiving") from exc
-            send(machine.datagram_received(data, addr))
-            if progress is not None:
-                progress(machine.bytes, machine.options.tsize)
-        elapsed = time.monotonic() - start
-        if machine.state is tftp.State.DONE and isinstance(machine, tftp.Receiver):
-            # dally (RFC 1350 section 6): acknowledge the last block again if the server resends it
-            end = time.monotonic() + machine.timeout
-            while (wait := end - time.monotonic()) > 0:
-                sock.settimeout(wait)
-                try:
-                    data, addr = sock.recvfrom(65536)
-                except (TimeoutError, ConnectionRefusedError):
-                    break
-                send(machine.datagram_received(data, addr))
-        return elapsed
-    finally:
-        sock.close()
+    with BlockingClient() as client:
+        transfer = _Transfer(machine, progress)
+        transfer.engine = client.engine
+        handle = client.open_datagram(Endpoint(host, port), lambda: transfer, connected=False)
+        client.call(lambda: transfer.begin(request, handle.remote))
+        transfer.done.wait()
+        if transfer.timer is not None:
+            client.call(transfer.timer.cancel)
+        client.call(transfer.transport.close)
+    if transfer.error is not None:
+        raise transfer.error
+    return transfer.elapsed
 
 
 def _fit_window(sock: socket.socket, request: tftp.Request) -> tftp.Request:
