@@ -193,3 +193,18 @@ def test_on_error_is_told_on_the_engine(engine: str) -> None:
         client.call(lambda: connect(Endpoint("127.0.0.1", port), Recorder, engine=client.engine, on_error=on_error))
         assert done.wait(WAIT)
     assert [type(e) for e in told] == [ConnectionRefused]
+
+
+class _Anyone(Pinger):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport  # sends once the handle knows the server's address
+
+
+def test_unconnected_datagram_endpoint_talks_to_the_resolved_server(engine: str) -> None:
+    with running_server(EchoDatagramProtocol, engine, udp=True) as srv, BlockingClient(engine=engine) as client:
+        handle = client.open_datagram(Endpoint("localhost", srv.port), _Anyone, connected=False)
+        assert handle.remote[:2] == ("127.0.0.1", srv.port)
+        proto = handle.protocol
+        assert proto is not None
+        client.call(lambda: proto.transport.sendto(b"tid", handle.remote))
+        assert proto.got.wait(WAIT) and proto.replies == [b"tid"]
