@@ -8,6 +8,9 @@ running socklab server (from :mod:`socklab.runtime.registry`), and with ``--expl
 each state means and warns about the patterns that usually reveal a bug.
 
 Pure Python, no root: another user's processes just show no pid.
+
+It keeps raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`): it reads the
+kernel's tables and probes sockets itself, which is its whole job.
 """
 
 from __future__ import annotations

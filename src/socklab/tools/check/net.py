@@ -6,6 +6,10 @@ Why this exists: a grader that talks to a broken server must never hang and must
 ends in one of four named outcomes; :func:`diagnose` turns a short or wrong reply into the
 mistake that usually causes it. Deadlines are generous (the verdict must not depend on how busy
 the machine is): they matter only when something is broken.
+
+These helpers keep raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`): a
+grader's probe is the raw call itself - a half-written request, a reset, a deadline per recv - which
+no engine is meant to make.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Why this exists: a learner remembers what they predicted wrong. Each scene asks 
 ``recv`` return after the client closes? what does a second client see?), then runs the lesson's
 programs or a few lines of socket code against the lesson's server, shows what came out - the
 programs' output and, when tracing works, their socket calls - and then explains.
+
+It keeps raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`): each scene
+shows one system call and what the kernel answers, so it makes that call itself.
 """
 
 from __future__ import annotations

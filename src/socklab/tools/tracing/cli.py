@@ -1,6 +1,9 @@
 """``socklab trace run`` and ``socklab trace view``: the commands (the work is in the modules beside).
 
 Why this exists: one place for the options, the help that teaches, and the exit statuses.
+
+It keeps raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`): tracing shows
+the system calls themselves, so its demonstrations make them by hand.
 """
 
 from __future__ import annotations
