@@ -167,3 +167,12 @@ def wsproto_view(data: bytes) -> tuple[list[Any], int | None]:
 @given(data=st.lists(frames, max_size=8).map(b"".join))
 def test_same_events_and_codes_as_wsproto(data: bytes) -> None:
     assert run(data) == wsproto_view(data)
+
+
+@given(data=st.binary(max_size=300), mask=st.binary(min_size=4, max_size=4))
+def test_the_pure_python_mask_matches_the_c_one(data: bytes, mask: bytes) -> None:
+    from socklab.protocols.wsframe import _py_mask, apply_mask
+
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert _py_mask(data, mask) == expected == apply_mask(data, mask)
+    assert _py_mask(memoryview(b"!" + data)[1:], mask) == expected
