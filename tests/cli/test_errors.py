@@ -16,7 +16,7 @@ import pytest
 from socklab.core.errors import UsageError
 from socklab.core.settings import ServerSettings
 
-MISSING_DIR = "/nonexistent-socklab-dir/out"
+MISSING_DIR = "/dev/null/socklab"  # under a character device: no command can ever create it
 
 
 def socklab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
