@@ -187,9 +187,8 @@ class Tracer:
             return state
         if op == "recv" and nbytes == 0:
             story = "time_wait" if story == "fin_sent" else (story or "peer_fin")
-        elif op == "close" or (op == "shutdown" and (detail is None or "SHUT_RD:" not in detail)):
-            if story is None:
-                story = "fin_sent"
+        elif story is None and (op == "close" or (op == "shutdown" and (detail is None or "SHUT_RD:" not in detail))):
+            story = "fin_sent"
         self._closing[fd] = story
         if op == "close":
             del self._closing[fd]  # the fd number may be reused by the next socket
