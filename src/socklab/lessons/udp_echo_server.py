@@ -33,7 +33,7 @@ def main() -> None:
             except OSError as exc:
                 # A send can fail (the peer's network is gone, buffers are full). UDP is
                 # best-effort: drop this reply, keep serving everyone else.
-                print(f"could not answer {addr}: {exc}", flush=True)
+                print(f"could not answer {addr[0]}:{addr[1]}: {exc}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

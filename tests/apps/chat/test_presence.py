@@ -411,3 +411,32 @@ def test_the_node_raises_its_open_file_limit_to_fit_max_connections(spawn: Any, 
     assert q.popen.stderr is not None
     err = q.popen.stderr.readline().decode()
     assert "--max-connections 5000 needs about 5064 open files" in err and "2048" in err
+
+
+def test_an_ipv6_peer_is_named_with_brackets() -> None:
+    # before: "::1:5000", which reads as an address with no port
+    from socklab.apps.chat.tcp import ChatLineProtocol
+
+    class _Transport:
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("::1", 5000, 0, 0) if name == "peername" else default
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+            pass
+
+    hub, _ = make_hub()
+    proto = ChatLineProtocol(hub)
+    proto.connection_made(_Transport())  # type: ignore[arg-type]
+    assert proto.peer == "[::1]:5000" and proto.address == "::1"

@@ -20,6 +20,7 @@ from collections import deque
 from socklab.apps.chat.hub import ChatHub, Frame, Member
 from socklab.core.errors import RemoteProtocolError
 from socklab.core.protocol import Protocol
+from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.protocols.chat import Bye, ChatConnection, Command, EndOfInput, ErrorReply, Invalid
 
@@ -53,7 +54,7 @@ class ChatLineProtocol(Protocol, Member):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            self.peer, self.address = f"{peer[0]}:{peer[1]}", str(peer[0])
+            self.peer, self.address = format_addr(peer), str(peer[0])  # [::1]:5000 for IPv6
         else:  # a Unix socket: no address to count
             self.peer = str(peer)
         self.hub.attach(self)  # or BYE with the reason (full, too many from this address) and close

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from socklab.apps.chat.hub import ChatHub, Frame, Member
 from socklab.apps.http.api import HttpProtocol, HttpSettings, Request, Response, Router, WebSocket
 from socklab.core.errors import RemoteProtocolError
+from socklab.core.trace import format_addr
 from socklab.protocols.chat import Bye, parse_command
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class WebMember(Member):
 
     @staticmethod
     def _describe(client: Any) -> str:
-        return f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        return format_addr(client) if isinstance(client, tuple) else str(client)  # [::1]:5000 for IPv6
 
     def on_message(self, message: str | bytes) -> None:
         if self.gone:
