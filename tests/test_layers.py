@@ -26,9 +26,10 @@ import socklab
 SRC = Path(socklab.__file__).parent
 
 # Modules of the ``socklab.cli`` package that are not the command line itself but the kit every
-# command module uses (click option helpers and parameter types, the progress bar): they stand on
-# core only, so an app's or a tool's command may use them without importing upward.
-KIT = {"cli.options", "cli.params", "cli.progress"}
+# command module uses (click option helpers and parameter types, the progress bar, the -v/-q logging
+# options and access line, tables and JSON that pipe cleanly): they stand on core only, so an app's
+# or a tool's command may use them without importing upward.
+KIT = {"cli.options", "cli.params", "cli.progress", "cli.access", "cli.output"}
 
 # layer -> the units it may import (besides itself; an app also imports itself, see APPS_USE)
 RULES: dict[str, set[str]] = {

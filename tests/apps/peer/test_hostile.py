@@ -94,8 +94,9 @@ def test_peer_text_never_reaches_the_console_raw(tmp_path: Path) -> None:
     with mesh(tmp_path) as m:
         a = m.add("ann")
         with stranger(a) as eve:
-            eve.sendall(_flood(4, "\x1b]0;pwned\x07\x1b[2J"))
-            eve.sendall(_flood(4, "fine", sender="ev\ril"))
+            # one write: ann drops the link at the first bad frame, so a second write could meet its reset
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                eve.sendall(_flood(4, "\x1b]0;pwned\x07\x1b[2J") + _flood(4, "fine", sender="ev\ril"))
             eve.settimeout(10)
             with contextlib.suppress(ConnectionResetError):
                 while eve.recv(65536):  # ann drops a link that sends such frames
