@@ -60,6 +60,18 @@ def test_each_client_gets_a_connected_and_a_closed_line(spawn: Callable[..., Pro
     finally:
         proc.stop()
     assert f"socklab echo: 127.0.0.1:{local} - connected" in err, err
+    # at info the line stays off the data path (no per-message cost): no byte counts
+    assert re.search(rf"127\.0\.0\.1:{local} - closed after [\d.]+ s\n", err), err
+    assert not re.search(r"\('127\.0\.0\.1', \d+\)", err)  # never a Python tuple
+
+
+def test_verbose_access_lines_count_the_bytes(spawn: Callable[..., Proc]) -> None:
+    proc, host, port = _serve(spawn, "-v")
+    try:
+        local = _one_client(host, port)
+        err = _wait_stderr(proc, rf"127\.0\.0\.1:{local} - closed after")
+    finally:
+        proc.stop()
     assert re.search(rf"127\.0\.0\.1:{local} - closed after [\d.]+ s, 6 B in, 6 B out", err), err
     assert not re.search(r"\('127\.0\.0\.1', \d+\)", err)  # never a Python tuple
 

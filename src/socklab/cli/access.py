@@ -80,7 +80,7 @@ def _size(n: int) -> str:
 class _CountingTransport:
     """The transport a protocol sees: counts the bytes it writes, passes everything else through."""
 
-    def __init__(self, transport: Any, owner: _Access) -> None:
+    def __init__(self, transport: Any, owner: _CountingAccess) -> None:
         self._transport, self._owner = transport, owner
 
     def write(self, data: Any) -> None:
@@ -96,11 +96,18 @@ class _CountingTransport:
 
 
 class _Access:
-    """Wraps one connection's protocol: one line when it opens, one when it closes."""
+    """Wraps one connection's protocol: one line when it opens, one when it closes.
+
+    It stays off the data path: ``data_received`` and the transport are the inner protocol's own
+    (found through ``__getattr__``), so the line per client costs nothing per message - the
+    engines' fast paths (uvloop calling the app directly, the zero-copy echo) are kept. Byte
+    counts need the data path: :class:`_CountingAccess` adds them at debug level (``-v``).
+    """
+
+    bytes_in = bytes_out = -1  # not counted
 
     def __init__(self, inner: Any, label: str) -> None:
         self._inner, self._label = inner, label
-        self.bytes_in = self.bytes_out = 0
         self._start = time.monotonic()
         self._who = "-"
 
@@ -108,18 +115,17 @@ class _Access:
         self._start = time.monotonic()
         self._who = format_addr(transport.get_extra_info("peername"))
         log.info("socklab %s: %s - connected", self._label, self._who)
-        self._inner.connection_made(_CountingTransport(transport, self))
+        self._inner.connection_made(self._transport_for_inner(transport))
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self._inner.data_received(data)
+    def _transport_for_inner(self, transport: Any) -> Any:
+        return transport
 
     def connection_lost(self, exc: BaseException | None) -> None:
         took = time.monotonic() - self._start
         why = f" ({exc})" if exc is not None else ""
-        if getattr(self._inner, "zero_copy_echo", False) and not self.bytes_in:
-            # the engine echoed from its receive buffer without calling the protocol (kept: the
-            # access line must not cost the fast path); the bytes went by uncounted
+        if self.bytes_in < 0 or (getattr(self._inner, "zero_copy_echo", False) and not self.bytes_in):
+            # not counted, or the engine echoed from its receive buffer without calling the
+            # protocol (the access line must not cost the fast path): no byte counts
             log.info("socklab %s: %s - closed after %.1f s%s", self._label, self._who, took, why)
         else:
             log.info("socklab %s: %s - closed after %.1f s, %s in, %s out%s", self._label, self._who, took,
@@ -130,8 +136,24 @@ class _Access:
         return getattr(self._inner, name)
 
 
+class _CountingAccess(_Access):
+    """At debug level: the same lines, with the bytes each way (one Python call more per message)."""
+
+    def __init__(self, inner: Any, label: str) -> None:
+        super().__init__(inner, label)
+        self.bytes_in = self.bytes_out = 0
+
+    def _transport_for_inner(self, transport: Any) -> Any:
+        return _CountingTransport(transport, self)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._inner.data_received(data)
+
+
 def access_logged(factory: Callable[[], Any], label: str) -> Callable[[], Any]:
     """A protocol factory whose connections each log an access line (when info is on)."""
     if not log.isEnabledFor(logging.INFO):
         return factory
-    return lambda: _Access(factory(), label)
+    cls = _CountingAccess if log.isEnabledFor(logging.DEBUG) else _Access
+    return lambda: cls(factory(), label)
