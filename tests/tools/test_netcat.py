@@ -449,3 +449,34 @@ def test_a_big_pipe_through_an_echo_server_does_not_deadlock(tmp_path: Path) -> 
         out = socklab("connect", "127.0.0.1", str(srv.port), stdin=f, timeout=40)
     assert out.returncode == 0, out.stderr
     assert out.stdout == data
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_connect_takes_host_colon_port_like_every_other_command(family: str) -> None:
+    # issue 17: `socklab connect 127.0.0.1:7070` said "connect needs HOST PORT"
+    host, fam = ("127.0.0.1", socket.AF_INET) if family == "ipv4" else ("::1", socket.AF_INET6)
+    with socket.create_server((host, 0), family=fam) as srv:
+        port = srv.getsockname()[1]
+        target = f"{host}:{port}" if family == "ipv4" else f"[{host}]:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "socklab", "connect", target], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            srv.settimeout(30)
+            conn, _ = srv.accept()
+            with conn:
+                assert proc.stdin is not None
+                proc.stdin.write(b"hi\n")
+                proc.stdin.close()
+                conn.settimeout(30)
+                got = b""
+                while chunk := conn.recv(64):
+                    got += chunk
+                assert got == b"hi\n"
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()

@@ -384,11 +384,14 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
       socklab connect 127.0.0.1 7007 --on-peer-eof keep       # keep sending after the server's FIN
       socklab connect -z 127.0.0.1 8000-8010                   # which ports accept connections?
       socklab connect unix:/tmp/app.sock
+      socklab connect 127.0.0.1:7007                            # HOST:PORT works too
     """
     tracer = make_tracer("client", trace, trace_json)
     ex = Explainer(explain, tracer)
     if host.startswith("unix:"):
         unix = host[5:]
+    elif port is None and ":" in host and host.rsplit(":", 1)[1].replace("-", "").replace(",", "").isdigit():
+        host, port = host.rsplit(":", 1)  # HOST:PORT, [::1]:PORT, like every other socklab command
     if scan:
         if port is None:
             raise UsageError("-z needs a PORT (N, N-M or N,M)")
