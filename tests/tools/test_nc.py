@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,8 +17,7 @@ from typing import IO
 
 import pytest
 
-pytestmark = [pytest.mark.interop,
-              pytest.mark.skipif(shutil.which("nc") is None, reason="netcat-openbsd not installed")]
+pytestmark = [pytest.mark.interop]  # netcat-openbsd and curl come from scripts/setup.sh: a missing one fails
 
 SOCKLAB = [sys.executable, "-m", "socklab"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", NO_COLOR="1")
@@ -191,7 +189,6 @@ def test_wrong_pin_is_refused_in_one_line() -> None:
         assert b"secret" not in out  # nothing was sent to the wrong server
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_k_talks_to_the_self_signed_server() -> None:
     args, port = _tls_server()
     with spawn(args) as srv:

@@ -76,7 +76,7 @@ def test_a_toxiproxy_client_creates_a_proxy_adds_latency_measures_it_and_deletes
 def test_curl_drives_the_api(spawn: Any) -> None:
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl is not installed")
+        pytest.fail("curl is not installed (scripts/setup.sh installs it)")
     with running_server(EchoProtocol) as srv:
         api = start_api(spawn)
 
@@ -190,7 +190,7 @@ def test_the_api_binds_loopback_by_default_and_warns_when_not(spawn: Any) -> Non
     assert [line.split()[3] for line in ss.stdout.splitlines()] == [f"127.0.0.1:{port}"]
     ns = _netns()
     if ns is None:
-        pytest.skip("needs root and `ip netns` (binds 0.0.0.0 only inside a namespace of its own)")
+        pytest.fail("needs root and `ip netns` (binds 0.0.0.0 only inside a namespace of its own)")
     try:
         other = spawn("tap", "--api", "0.0.0.0:0", prefix=["ip", "netns", "exec", ns])
         other.wait_for(r"api on http://0\.0\.0\.0:\d+")

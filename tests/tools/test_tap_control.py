@@ -65,7 +65,7 @@ def test_curl_posting_a_command_changes_nothing() -> None:
     """
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl is not installed")
+        pytest.fail("curl is not installed (scripts/setup.sh installs it)")
     with tap_with_control() as (tap, port):
         out = subprocess.run([curl, "-sS", "--http0.9", "--max-time", "20", "-H", "Content-Type: text/plain",
                               "--data-binary", json.dumps(ADD) + "\n", f"http://127.0.0.1:{port}/"],
@@ -143,7 +143,7 @@ def test_a_ctl_host_that_is_not_loopback_is_warned_about_on_stderr(spawn: Any) -
     """``--ctl 0.0.0.0:0`` is honoured, with a warning. Run in a fresh network namespace (only lo)."""
     ns = _netns()
     if ns is None:
-        pytest.skip("needs root and `ip netns` (binds 0.0.0.0 only inside a namespace of its own)")
+        pytest.fail("needs root and `ip netns` (binds 0.0.0.0 only inside a namespace of its own)")
     try:
         proc = spawn("tap", "127.0.0.1:0", "--to", "127.0.0.1:9", "--ctl", "0.0.0.0:0",
                      prefix=["ip", "netns", "exec", ns])

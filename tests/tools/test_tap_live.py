@@ -99,7 +99,7 @@ def test_a_fault_added_to_a_spliced_connection_takes_it_off_the_zero_copy_path()
             exchange(sock)
             spliced = tap.call(lambda: [bool(r.pumps) for r in tap.relays.values()])
             if spliced != [True]:
-                pytest.skip("this platform has no splice(2)")
+                pytest.fail("this platform has no splice(2): the tap's zero-copy path is Linux's")
             tap.add_fault(Fault("latency", "downstream", latency=300))
             assert exchange(sock) >= 0.299
             tap.remove_fault("latency_downstream")
@@ -159,7 +159,7 @@ def test_leaving_splice_after_a_half_close_still_closes_the_connection() -> None
         with socket.create_connection(("127.0.0.1", tap.port), timeout=30) as sock:
             exchange(sock)
             if tap.call(lambda: [bool(r.pumps) for r in tap.relays.values()]) != [True]:
-                pytest.skip("this platform has no splice(2)")
+                pytest.fail("this platform has no splice(2): the tap's zero-copy path is Linux's")
             sock.shutdown(socket.SHUT_WR)
             assert _HalfOpen.eof_seen.wait(10)
             tap.add_fault(Fault("latency", "downstream", latency=50))

@@ -45,11 +45,11 @@ def test_the_default_port_is_transfers_own() -> None:
 def netns() -> Iterator[str]:
     """A network namespace of the test's own (its loopback up): the fixed default port is free there."""
     if os.geteuid() != 0:
-        pytest.skip("needs root for `ip netns`")
+        pytest.fail("needs root for `ip netns` (CI runs as root)")
     name = f"sltx{os.getpid() % 100000}"
     made = subprocess.run(["ip", "netns", "add", name], capture_output=True, timeout=10, check=False)
     if made.returncode:
-        pytest.skip(f"ip netns add failed: {made.stderr!r}")
+        pytest.fail(f"ip netns add failed: {made.stderr!r}")
     try:
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True, timeout=10)
         yield name
@@ -81,7 +81,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True,
                              timeout=10, check=False)
     if mounted.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr!r}")
+        pytest.fail(f"cannot mount a read-only tmpfs: {mounted.stderr!r}")
     try:
         yield d
     finally:

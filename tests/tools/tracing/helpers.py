@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +34,7 @@ def lifecycle_events(text: str, lc: Lifecycle | None = None, finish: bool = True
     return out + (lc.finish() if finish else [])
 
 
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace is installed by scripts/setup.sh")
+needs_strace = pytest.mark.interop  # strace comes from scripts/setup.sh: without it these tests fail, never skip
 
 
 def socklab(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None,
