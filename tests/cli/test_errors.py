@@ -55,6 +55,10 @@ def closed_port() -> int:
      MISSING_DIR),
     (["tap", "run", "127.0.0.1:0", "--to", "127.0.0.1:9", "--connect-timeout", "-1"], "--connect-timeout", "-1"),
     (["peer", "fetch", "--timeout", "0", "somefile"], "--timeout", "0"),
+    # issue 17: bench --save/--chart failed only after the whole run
+    (["bench", "echo", "--engines", "epoll", "--save", f"{MISSING_DIR}/b.json"], "--save", MISSING_DIR),
+    (["bench", "echo", "--engines", "epoll", "--chart", f"{MISSING_DIR}/b.html"], "--chart", MISSING_DIR),
+    (["bench", "ws", "--save", f"{MISSING_DIR}/w.json"], "--save", MISSING_DIR),
 ])
 def test_a_bad_option_is_one_line_naming_it_with_exit_2(args: list[str], option: str, value: str) -> None:
     out = socklab(*args)

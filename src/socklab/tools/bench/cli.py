@@ -25,6 +25,7 @@ import click
 from rich.console import Console
 
 from socklab.cli.options import run_cli
+from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
 from socklab.core.settings import ENGINE_NAMES
 
@@ -158,8 +159,8 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
                    "so it is not pinned and its CPU and memory are not measured; it is compared with "
                    "the other servers of the run (none unless --engines or --with-c).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
-@click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
+@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
+@click.option("--chart", metavar="FILE", default=None, type=WritablePath(), help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--no-reference", is_flag=True, help="Skip the plain reference servers.")
 @click.option("--with-c", is_flag=True, help="Also run the single-threaded C epoll echo server.")
 @click.option("--interleave/--separate", default=True, show_default=True,
@@ -298,8 +299,8 @@ def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, dura
               help="Seconds of load before measuring.")
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per step.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
-@click.option("--chart", metavar="FILE", default=None, help="Write a chart: FILE.html or FILE.svg.")
+@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
+@click.option("--chart", metavar="FILE", default=None, type=WritablePath(), help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
 @click.option("--cold", is_flag=True,
               help="Skip the warm-up every server gets before its load (one connection opened and closed "
@@ -365,7 +366,7 @@ CALIBRATION = ((1024, 20, 1), (1024, 20, 8), (65536, 10, 1), (1024, 200, 1))
               help="Seconds of load before measuring.")
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per load.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
+@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
 @run_cli
 def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: str | None) -> None:
     """Show that the load generator is not the limit: it drives the C server to a full core.

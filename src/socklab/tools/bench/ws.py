@@ -21,6 +21,7 @@ import click
 from rich.console import Console
 
 from socklab.cli.options import run_cli
+from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
 from socklab.tools.bench.procs import ServerSpec
 
@@ -95,7 +96,7 @@ def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True)
 @click.option("--no-reference", is_flag=True, help="Only socklab's servers (no aiohttp, picows, websockets).")
 @click.option("--cold", is_flag=True, help="Skip the warm-up connection every server otherwise gets first.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, help="Also write every figure as JSON to FILE.")
+@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
 @run_cli
 def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: float, repeat: int,
        slice_ms: float, no_reference: bool, cold: bool, as_json: bool, save: str | None) -> None:
