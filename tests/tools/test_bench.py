@@ -320,6 +320,15 @@ def test_charts_are_self_contained_svg_and_html(tmp_path: Path) -> None:
         report.write_chart(str(tmp_path / "echo.png"), CANNED, sweep=False, meta={})
 
 
+def test_the_echo_chart_has_a_legend_and_says_which_way_is_better(tmp_path: Path) -> None:
+    # issue 17: no legend (grey reference, blue socklab) and no word that lower latency is better
+    svg = tmp_path / "echo.svg"
+    report.write_chart(str(svg), CANNED, sweep=False, meta={})
+    text = svg.read_text()
+    assert "higher is better" in text and "lower is better" in text
+    assert "plain reference server" in text and "socklab engine" in text
+
+
 def test_sweep_table_and_chart(tmp_path: Path) -> None:
     rows = []
     for total in (10, 1000):

@@ -187,15 +187,30 @@ def to_json(results: Sequence[Result], meta: dict[str, Any]) -> str:
     return json.dumps({"meta": meta, "results": rows}, indent=2)
 
 
-def bar_chart_svg(title: str, bars: Sequence[tuple[str, float, str]], unit: str, width: int = 760) -> str:
-    """A horizontal bar chart. ``bars`` are ``(label, value, colour)``; returns an ``<svg>`` element."""
-    row, top, left = 26, 40, 190
+LEGEND = {"socklab": "socklab engine", "reference": "plain reference server", "c": "C server", "target": "target"}
+
+
+def bar_chart_svg(title: str, bars: Sequence[tuple[str, float, str]], unit: str, width: int = 760,
+                  better: str = "", legend: Sequence[tuple[str, str]] = ()) -> str:
+    """A horizontal bar chart. ``bars`` are ``(label, value, colour)``; returns an ``<svg>`` element.
+
+    ``better`` ("higher" or "lower") is said under the title; ``legend`` is ``(colour, meaning)`` pairs.
+    """
+    row, top, left = 26, 40 + (18 if better or legend else 0), 190
     height = top + row * max(1, len(bars)) + 20
     vmax = max((v for _, v, _ in bars), default=0.0) or 1.0
     span = width - left - 110
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
              f'<text x="10" y="22" font-size="15" font-weight="bold">{html.escape(title)}</text>']
+    x = 10
+    if better:
+        parts.append(f'<text x="{x}" y="44" fill="#444">{html.escape(better)} is better</text>')
+        x += 130
+    for colour, meaning in legend:
+        parts.append(f'<rect x="{x}" y="34" width="12" height="12" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 16}" y="44">{html.escape(meaning)}</text>')
+        x += 24 + 7 * len(meaning)
     for i, (label, value, colour) in enumerate(bars):
         y = top + i * row
         w = max(1.0, value / vmax * span)
@@ -257,9 +272,13 @@ def _echo_svgs(results: Sequence[Result]) -> list[str]:
     ok = [r for r in results if r.error is None]
     load = results[0].load if results else None
     what = f"{load.size:,} B x {load.connections} conns, pipeline {load.pipeline}" if load else ""
+    kinds = list(dict.fromkeys(r.kind for r in ok))
+    legend = [(KIND_COLOR.get(k, "#2a7ab9"), LEGEND.get(k, k)) for k in kinds]
     return [bar_chart_svg(f"Echo round trips per second ({what})",
-                          [(r.name, r.rps, KIND_COLOR.get(r.kind, "#2a7ab9")) for r in ok], "req/s"),
-            bar_chart_svg("p99 latency", [(r.name, r.p99, KIND_COLOR.get(r.kind, "#2a7ab9")) for r in ok], "µs")]
+                          [(r.name, r.rps, KIND_COLOR.get(r.kind, "#2a7ab9")) for r in ok], "req/s",
+                          better="higher", legend=legend),
+            bar_chart_svg("p99 latency", [(r.name, r.p99, KIND_COLOR.get(r.kind, "#2a7ab9")) for r in ok], "µs",
+                          better="lower", legend=legend)]
 
 
 def _sweep_svgs(results: Sequence[Result]) -> list[str]:
