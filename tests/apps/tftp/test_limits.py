@@ -109,8 +109,6 @@ def test_the_server_grants_no_window_its_receive_buffer_cannot_hold(tmp_path: Pa
         assert isinstance(oack, tftp.OAck)
         assert int(oack.options["windowsize"]) == fits
         client.send(tftp.Error(0, "enough"))
-    if fits == 64:
-        pytest.skip("net.core.rmem_max holds a 65464 x 64 window here: nothing to negotiate down")
 
 
 def test_sigterm_lets_transfers_in_flight_finish(tmp_path: Path, spawn: Any) -> None:
@@ -176,5 +174,3 @@ def test_the_client_asks_for_no_window_its_receive_buffer_cannot_hold() -> None:
         finally:
             t.join(10)
     assert asked and int(asked[0]["windowsize"]) == fits
-    if fits == 64:
-        pytest.skip("net.core.rmem_max holds a 65464 x 64 window here: nothing to ask less")
