@@ -7,6 +7,7 @@ socket options where the engine has a socket, and TLS falls back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -125,3 +126,106 @@ def test_tls_falls_back(engine: str, tmp_path: Path, tls_files: dict[str, str]) 
                 pass
             assert bytes(got) == data  # plaintext: sendfile fell back to read + write through TLS
     assert options["lowat"] is False  # a plaintext byte count means nothing to the ciphertext socket
+
+
+# ---- set_buffer_sizes: SO_RCVBUF / SO_SNDBUF without the raw socket (tftp sizes its window with it) ----
+# Linux's defaults are at most rmem_max / wmem_max (212,992 B unless raised), and setsockopt is capped
+# there *before* the kernel doubles it: asking for up to twice the cap is granted whatever the machine.
+_CAP = min(int(Path("/proc/sys/net/core/rmem_max").read_text()), int(Path("/proc/sys/net/core/wmem_max").read_text()))
+_WANT = min(2 * _CAP, 400_000)
+
+
+class _Sizer:
+    """Records what ``set_buffer_sizes`` answered on its transport, and the socket's own view."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, int] | None] = []
+        self.kernel: tuple[int, int] | None = None
+        self.done = threading.Event()
+
+    def size(self, transport: Any) -> None:
+        try:
+            self.answers.append(transport.set_buffer_sizes(rcvbuf=_WANT, sndbuf=_WANT))
+            self.answers.append(transport.set_buffer_sizes(rcvbuf=1024, sndbuf=1024))  # never shrinks
+            self.answers.append(transport.set_buffer_sizes())  # only asks
+            self.answers.append(transport.set_buffer_sizes(rcvbuf=8 * _CAP))  # capped: no error
+            sock = transport.get_extra_info("socket")  # the test checks the kernel itself; apps do not
+            self.kernel = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                           sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+        finally:
+            self.done.set()
+
+    def check(self) -> None:
+        assert self.done.wait(10)
+        first, again, asked, capped = self.answers
+        assert first is not None and first[0] >= _WANT and first[1] >= _WANT, first
+        assert again == first and asked == first, self.answers
+        assert capped is not None and first[0] <= capped[0] <= 2 * _CAP and capped[1] == first[1], capped
+        assert self.kernel == capped, (self.kernel, capped)
+
+
+def test_set_buffer_sizes_on_a_datagram_endpoint(engine: str) -> None:
+    from socklab.core.protocol import DatagramProtocol
+
+    sizer = _Sizer()
+
+    class Sized(DatagramProtocol):
+        def connection_made(self, transport: Any) -> None:
+            sizer.size(transport)
+
+    with running_server(Sized, engine, udp=True):
+        sizer.check()
+
+
+def test_set_buffer_sizes_on_a_stream(engine: str) -> None:
+    sizer = _Sizer()
+
+    class Sized(Protocol):
+        def connection_made(self, transport: Any) -> None:
+            sizer.size(transport)
+            transport.close()
+
+    with running_server(Sized, engine) as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+        assert _read_all(c) == b""
+        sizer.check()
+
+
+def test_set_buffer_sizes_through_tls(engine: str, tls_files: dict[str, str]) -> None:
+    import ssl
+
+    sizer = _Sizer()
+
+    class Sized(Protocol):
+        def connection_made(self, transport: Any) -> None:
+            sizer.size(transport)
+            transport.write(b"sized\n")
+            transport.close()
+
+    with running_server(Sized, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv:
+        ctx = ssl.create_default_context(cafile=tls_files["ca"])
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as c:
+            assert c.recv(100) == b"sized\n"
+        sizer.check()
+
+
+def test_set_buffer_sizes_after_close_says_nothing(engine: str) -> None:
+    answers: list[Any] = []
+    done = threading.Event()
+
+    class Aborter(Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            transport.abort()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            answers.append(self.t.set_buffer_sizes(rcvbuf=_WANT))
+            done.set()
+
+    with running_server(Aborter, engine) as srv, socket.socket() as c:
+        c.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):  # the RST may beat connect()'s return
+            c.connect(("127.0.0.1", srv.port))
+            c.recv(10)
+        assert done.wait(10)
+    assert answers == [None]

@@ -262,6 +262,10 @@ class TLSProtocol(Protocol, Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.transport.set_write_buffer_limits(high, low)
 
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        # the kernel's buffers hold ciphertext, a little more than the plaintext: sized all the same
+        return self.transport.set_buffer_sizes(rcvbuf, sndbuf)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self._ssl

@@ -31,6 +31,8 @@ engine or TLS cannot do it the fast way:
 - ``splice_to(other, ...)``: move this connection's bytes to ``other`` inside the kernel
   (``splice(2)``); fallback: ``None`` - relay through ``data_received``/``write`` as usual.
 - ``detach()``: hand the socket over (e.g. to a child process) and stop the engine watching it.
+- ``set_buffer_sizes(rcvbuf, sndbuf)`` (stream and datagram): grow the kernel's socket buffers
+  (``SO_RCVBUF``/``SO_SNDBUF``) and say what it granted; fallback: ``None`` (nothing known).
 - the zero-copy echo: a protocol declares ``zero_copy_echo`` (see :mod:`socklab.core.protocol`).
 """
 
@@ -76,6 +78,20 @@ class BaseTransport:
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback()`` after ``delay`` seconds on the engine, serialized with protocol callbacks."""
         raise NotImplementedError
+
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        """Grow the socket's receive / send buffers to hold at least ``rcvbuf`` / ``sndbuf`` bytes.
+
+        Sizes are as ``getsockopt`` reports them (Linux doubles what ``setsockopt`` asks for, for
+        its bookkeeping, and reports the double); a buffer is never shrunk, ``None`` leaves it as it
+        is, and the kernel caps a request at ``net.core.rmem_max`` / ``wmem_max`` without an error.
+        A UDP receiver that wants a burst of datagrams queued (a TFTP window) checks what it got.
+
+        Returns:
+            ``(rcvbuf, sndbuf)`` the kernel holds now, or ``None`` where the engine has no socket
+            to size (this fallback): then nothing is known and nothing changed.
+        """
+        return None
 
 
 class Transport(BaseTransport):

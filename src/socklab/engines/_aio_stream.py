@@ -26,7 +26,7 @@ from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
 from socklab.engines._stream import RECV_SIZE, ConnState, ConnStateMachine, Event
-from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin
+from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin, grow_socket_buffers
 
 if TYPE_CHECKING:
     from socklab.engines.aio import _AioEngine
@@ -360,6 +360,12 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         if self._tls:  # the loop reads ciphertext: a byte count of plaintext means nothing there
             return False
         return self._setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        t = self._t
+        if t is None or t.is_closing():
+            return None
+        return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
 
     def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """``os.sendfile`` on the loop's non-blocking socket when the loop has nothing queued."""

@@ -16,7 +16,7 @@ from typing import Any
 from socklab.core.errors import translate_oserror
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.transport import DatagramTransport
-from socklab.engines.base import Engine, socket_extra_info
+from socklab.engines.base import Engine, grow_socket_buffers, socket_extra_info
 
 __all__ = ["DatagramEndpointBase"]
 
@@ -130,3 +130,6 @@ class DatagramEndpointBase(DatagramTransport):
 
     def call_later(self, delay: float, callback: Any) -> Any:
         return self.engine.call_later(delay, callback)
+
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        return None if self._closed else grow_socket_buffers(self.sock, rcvbuf, sndbuf, self.tracer)

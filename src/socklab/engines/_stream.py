@@ -36,6 +36,7 @@ from typing import Any
 from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import Protocol
 from socklab.core.trace import Tracer, format_addr
+from socklab.engines.base import grow_socket_buffers
 
 __all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "ConnStateMachine", "Event", "StreamCore"]
 
@@ -226,6 +227,11 @@ class StreamCore(ConnStateMachine):
         except (OSError, AttributeError):
             return False
         return True
+
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        if self._state is _CLOSED:
+            return None
+        return grow_socket_buffers(self.sock, rcvbuf, sndbuf, self.tracer)
 
     def detach(self) -> socket.socket:
         """Hand the connection over as a blocking socket of its own; ``connection_lost(None)`` follows.

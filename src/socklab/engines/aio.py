@@ -69,6 +69,7 @@ from socklab.engines.base import (
     Engine,
     EngineInfo,
     ProtocolFactory,
+    grow_socket_buffers,
 )
 
 __all__ = ["AsyncioEngine", "UvloopEngine"]
@@ -198,6 +199,12 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.engine.loop.call_later(delay, callback)
+
+    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
+        t = self._t
+        if t is None or t.is_closing():
+            return None
+        return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
 
 
 class _Listener:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -39,7 +40,7 @@ from socklab.core.trace import BoundaryNotes, Tracer
 from socklab.core.transport import TimerHandle
 
 __all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory", "ReadPauseMixin",
-           "Timer", "socket_extra_info"]
+           "Timer", "grow_socket_buffers", "socket_extra_info"]
 
 log = logging.getLogger("socklab")
 
@@ -306,6 +307,35 @@ def socket_extra_info(name: str, default: Any, *, sock: Any, fd: int, engine: st
     if name == "tracer":
         return tracer
     return default
+
+
+def grow_socket_buffers(sock: Any, rcvbuf: int | None, sndbuf: int | None,
+                        tracer: Tracer | None = None) -> tuple[int, int] | None:
+    """``set_buffer_sizes`` (:mod:`socklab.core.transport`) for every transport that reaches its socket.
+
+    Asks for half of each size (plus one) since Linux doubles it, then for the whole size if the
+    kernel reports less (a kernel that does not double); a cap (``rmem_max``) is no error: the
+    answer says what was granted. ``None`` when ``sock`` is missing or has no such options.
+    """
+    if sock is None:
+        return None
+    try:
+        for option, name, want in ((socket.SO_RCVBUF, "SO_RCVBUF", rcvbuf), (socket.SO_SNDBUF, "SO_SNDBUF", sndbuf)):
+            if want is None or sock.getsockopt(socket.SOL_SOCKET, option) >= want:
+                continue
+            for ask in (want // 2 + 1, want):
+                with contextlib.suppress(OSError):  # EPERM/ENOBUFS: what we hold is the answer
+                    sock.setsockopt(socket.SOL_SOCKET, option, ask)
+                got = int(sock.getsockopt(socket.SOL_SOCKET, option))
+                if got >= want:
+                    break
+            if tracer:
+                tracer.emit("setsockopt", sock, detail=f"{name}: asked for {want} B, the kernel holds {got} B"
+                            + ("" if got >= want else " (capped: net.core.rmem_max / wmem_max)"))
+        return (int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)),
+                int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)))
+    except (OSError, AttributeError, ValueError):  # closed, or a wrapper without the options
+        return None
 
 
 class ReadPauseMixin:
