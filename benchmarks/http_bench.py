@@ -235,7 +235,7 @@ def start_all(engines: list[str], peers: list[str], site: Path, work: Path, cpu:
                               work, cpu, servers, True)
             s.port = wait_line(s, r"port (\d+)", work)
         elif peer == "aiohttp":
-            s = start_process("aiohttp static", [py, str(ROOT / "benchmarks" / "http_aiohttp_static.py"),
+            s = start_process("aiohttp static", [py, str(ROOT / "src" / "socklab" / "tools" / "bench" / "servers" / "aiohttp_static.py"),
                                                  str(site)], work, cpu, servers, True)
             s.port = wait_line(s, r"ready (\d+)", work)
         elif peer == "nginx":

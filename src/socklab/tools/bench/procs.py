@@ -9,7 +9,7 @@ Which server is which (:func:`server_specs`):
 
 - ``socklab``: ``python -m socklab echo serve --engine E`` (the real CLI);
 - ``reference``: a plain server written directly on the engine's mechanism
-  (``benchmarks/reference/*.py``), the bar each engine must reach;
+  (``socklab/tools/bench/reference/*.py``), the bar each engine must reach;
 - ``c``: the single-threaded C epoll server (:mod:`socklab.tools.bench.build`);
 - ``target``: any HOST:PORT the user names (no process to watch).
 """
@@ -60,6 +60,12 @@ UDP_REFERENCE_FOR = {
 }
 UDP_REFERENCE_ARGS = {"udp_uvloop_protocol": ("udp_asyncio_protocol.py", "--uvloop")}
 
+#: the plain reference servers, shipped with the package (scripts run by path, see :func:`reference_dir`)
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+MISSING_REFERENCES = ("the reference servers are missing (is SOCKLAB_BENCH_REFERENCE_DIR set to a directory "
+                      "without them?); pass --no-reference to measure without them")
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -87,11 +93,13 @@ class ServerSpec:
 
 
 def reference_dir() -> Path | None:
-    """``benchmarks/reference`` of this checkout (or ``$SOCKLAB_BENCH_REFERENCE_DIR``), if present."""
+    """The reference servers: ``$SOCKLAB_BENCH_REFERENCE_DIR`` if set, else the ones shipped in the package.
+
+    Each is a plain script run by its path (``python DIR/selectors_loop.py --port 0``), so it
+    imports nothing of socklab and its memory and start-up are its own.
+    """
     env = os.environ.get("SOCKLAB_BENCH_REFERENCE_DIR")
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    d = Path(__file__).resolve().parents[4] / "benchmarks" / "reference"
+    d = Path(env) if env else REFERENCE_DIR
     return d if d.is_dir() else None
 
 
@@ -126,7 +134,7 @@ def server_specs(engines: list[str], *, references: bool, with_c: bool, targets:
     ``max_connections`` and ``pool_workers`` go to socklab's servers (:func:`socklab_command`).
 
     Raises:
-        SocklabError: references were asked for but ``benchmarks/reference`` is not there.
+        SocklabError: references were asked for but their directory is missing.
     """
     from socklab.tools.bench.build import binary
 
@@ -135,8 +143,7 @@ def server_specs(engines: list[str], *, references: bool, with_c: bool, targets:
         specs.append(ServerSpec("C epoll", "c", (str(binary("echo_server")), "--port", "0")))
     ref_dir = reference_dir() if references else None
     if references and ref_dir is None:
-        raise SocklabError("reference servers not found (benchmarks/reference of a socklab checkout); "
-                           "run from the repository, set SOCKLAB_BENCH_REFERENCE_DIR, or pass --no-reference")
+        raise SocklabError(MISSING_REFERENCES)
     seen_refs: set[str] = set()
     for engine in engines:
         ref = REFERENCE_FOR.get(engine)
@@ -158,7 +165,7 @@ def udp_server_specs(engines: list[str], *, references: bool, with_c: bool) -> l
     has no engine to take turns with, so it runs on its own.
 
     Raises:
-        SocklabError: references were asked for but ``benchmarks/reference`` is not there.
+        SocklabError: references were asked for but their directory is missing.
     """
     from socklab.tools.bench.build import binary
 
@@ -167,8 +174,7 @@ def udp_server_specs(engines: list[str], *, references: bool, with_c: bool) -> l
         specs.append(ServerSpec("C udp loop", "c", (str(binary("udp_echo_server")), "--port", "0")))
     ref_dir = reference_dir() if references else None
     if references and ref_dir is None:
-        raise SocklabError("reference servers not found (benchmarks/reference of a socklab checkout); "
-                           "run from the repository, set SOCKLAB_BENCH_REFERENCE_DIR, or pass --no-reference")
+        raise SocklabError(MISSING_REFERENCES)
 
     def ref_spec(ref: str) -> ServerSpec:
         assert ref_dir is not None

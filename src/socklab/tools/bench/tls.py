@@ -1,7 +1,7 @@
 """The servers of ``socklab bench echo --tls``, and the throwaway certificate they share.
 
 Why this exists: a TLS row compares socklab's engines serving ``--tls-cert`` with the loop's own
-TLS in a plain server (``benchmarks/reference/tls_protocol.py``), all with the same self-signed
+TLS in a plain server (``reference/tls_protocol.py`` beside this module), all with the same self-signed
 certificate made for the run, driven by the C generator ``tls_loadgen`` (OpenSSL).
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from socklab.core.errors import SocklabError
-from socklab.tools.bench.procs import ServerSpec, reference_dir, socklab_command
+from socklab.tools.bench.procs import MISSING_REFERENCES, ServerSpec, reference_dir, socklab_command
 
 __all__ = ["TLS_REFERENCE_FOR", "make_certificate", "tls_server_specs"]
 
@@ -50,12 +50,11 @@ def tls_server_specs(engines: list[str], *, references: bool, cert: Path, key: P
     excess would wait in its queue and time out in the handshake).
 
     Raises:
-        SocklabError: references were asked for but ``benchmarks/reference`` is not there.
+        SocklabError: references were asked for but their directory is missing.
     """
     ref_dir = reference_dir() if references else None
     if references and ref_dir is None:
-        raise SocklabError("reference servers not found (benchmarks/reference of a socklab checkout); "
-                           "run from the repository, set SOCKLAB_BENCH_REFERENCE_DIR, or pass --no-reference")
+        raise SocklabError(MISSING_REFERENCES)
     tls_args = ("--tls-cert", str(cert), "--tls-key", str(key))
     specs: list[ServerSpec] = []
     seen: set[str] = set()

@@ -25,7 +25,9 @@ from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
 from socklab.tools.bench.procs import ServerSpec
 
-__all__ = ["WS_REFERENCE_FOR", "ws", "ws_dir", "ws_server_specs"]
+SERVERS_DIR = Path(__file__).resolve().parent / "servers"
+
+__all__ = ["SERVERS_DIR", "WS_REFERENCE_FOR", "ws", "ws_dir", "ws_server_specs"]
 
 #: engine -> its bar: aiohttp on the same event loop; the readiness-loop and thread engines have
 #: no loop of their own, so they are held to the faster of the two (aiohttp on uvloop).
@@ -36,10 +38,9 @@ _SCRIPTS = {"aiohttp_asyncio": ("aiohttp_ws.py",), "aiohttp_uvloop": ("aiohttp_w
             "picows": ("picows_ws.py",), "websockets": ("websockets_ws.py",)}
 
 
-def ws_dir() -> Path | None:
-    """``benchmarks/ws`` of this checkout, if present (the servers of this benchmark)."""
-    d = Path(__file__).resolve().parents[4] / "benchmarks" / "ws"
-    return d if d.is_dir() else None
+def ws_dir() -> Path:
+    """The servers of this benchmark, shipped with the package (scripts run by path)."""
+    return SERVERS_DIR
 
 
 def _peer_available(name: str) -> bool:
@@ -50,14 +51,8 @@ def _peer_available(name: str) -> bool:
 
 
 def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True) -> list[ServerSpec]:
-    """Per engine its aiohttp reference and itself; then picows and websockets (``peers``) if installed.
-
-    Raises:
-        UsageError: ``benchmarks/ws`` is not here (run from a socklab checkout).
-    """
+    """Per engine its aiohttp reference and itself; then picows and websockets (``peers``) if installed."""
     d = ws_dir()
-    if d is None:
-        raise UsageError("benchmarks/ws is not here: run `socklab bench ws` from a socklab checkout")
 
     def spec(name: str) -> ServerSpec:
         script, *args = _SCRIPTS[name]

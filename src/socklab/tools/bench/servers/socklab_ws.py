@@ -5,7 +5,7 @@ call meets: :func:`socklab.apps.http.server.serve_http` with a router whose ``/w
 every message back as it came (text as text). Pings are off for the run (the generator counts
 bytes and would miscount a ping frame); access logging is off (no log line per upgrade).
 
-Usage: ``python benchmarks/ws/socklab_ws.py --engine epoll [--port 0]``
+Usage: ``python servers/socklab_ws.py --engine epoll [--port 0]``
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Reference: an echo server on a plain ``asyncio.Protocol`` running on uvloop.
+"""Reference: an echo server on a plain ``asyncio.Protocol`` (CPython's own event loop).
 
-Why this exists: it is the bar for socklab's ``uvloop`` engine - libuv's loop with the plainest
-protocol possible. (uvloop sets TCP_NODELAY on TCP sockets itself.)
+Why this exists: it is the bar for socklab's ``asyncio`` engine - the same loop, used the way
+the asyncio documentation shows, with nothing socklab adds. (asyncio's transport already sets
+TCP_NODELAY on TCP sockets.)
 
-Usage: ``python benchmarks/reference/uvloop_protocol.py [--port 0]``
+Usage: ``python reference/asyncio_protocol.py [--port 0]``
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-import uvloop
 from _common import parse_args, ready
 
 
@@ -24,16 +24,16 @@ class Echo(asyncio.Protocol):
 
 
 async def main() -> None:
-    args = parse_args("uvloop_protocol")
+    args = parse_args("asyncio_protocol")
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Echo, args.host, args.port, backlog=4096)
-    ready("uvloop_protocol", args.host, server.sockets[0].getsockname()[1])
+    ready("asyncio_protocol", args.host, server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
     try:
-        uvloop.run(main())
+        asyncio.run(main())
     except KeyboardInterrupt:
         pass

@@ -1,4 +1,4 @@
-"""aiohttp's static file handler on a port-0 socket, for benchmarks/http_bench.sh (prints `ready PORT`)."""
+"""aiohttp's static file handler on a port-0 socket, for `socklab bench http` (prints `ready PORT`)."""
 
 from __future__ import annotations
 

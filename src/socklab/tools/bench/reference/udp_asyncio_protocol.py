@@ -4,7 +4,7 @@ Why this exists: it is the bar for socklab's ``asyncio`` (and, with ``--uvloop``
 engine over UDP - the same loop, the protocol the asyncio documentation shows, nothing added.
 Every datagram goes back to its sender, an empty one too.
 
-Usage: ``python benchmarks/reference/udp_asyncio_protocol.py [--port 0] [--uvloop]``
+Usage: ``python reference/udp_asyncio_protocol.py [--port 0] [--uvloop]``
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Reference: an echo server on a plain ``asyncio.Protocol`` (CPython's own event loop).
+"""Reference: an echo server on a plain ``asyncio.Protocol`` running on uvloop.
 
-Why this exists: it is the bar for socklab's ``asyncio`` engine - the same loop, used the way
-the asyncio documentation shows, with nothing socklab adds. (asyncio's transport already sets
-TCP_NODELAY on TCP sockets.)
+Why this exists: it is the bar for socklab's ``uvloop`` engine - libuv's loop with the plainest
+protocol possible. (uvloop sets TCP_NODELAY on TCP sockets itself.)
 
-Usage: ``python benchmarks/reference/asyncio_protocol.py [--port 0]``
+Usage: ``python reference/uvloop_protocol.py [--port 0]``
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import uvloop
 from _common import parse_args, ready
 
 
@@ -24,16 +24,16 @@ class Echo(asyncio.Protocol):
 
 
 async def main() -> None:
-    args = parse_args("asyncio_protocol")
+    args = parse_args("uvloop_protocol")
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Echo, args.host, args.port, backlog=4096)
-    ready("asyncio_protocol", args.host, server.sockets[0].getsockname()[1])
+    ready("uvloop_protocol", args.host, server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main())
+        uvloop.run(main())
     except KeyboardInterrupt:
         pass

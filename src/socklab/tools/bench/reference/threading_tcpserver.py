@@ -5,7 +5,7 @@ the standard library's blocking-socket server, used as its documentation shows, 
 ``recv``/``sendall`` loop (not the line-buffered ``StreamRequestHandler``, which would echo
 line by line rather than byte-exact) and TCP_NODELAY like every other server here.
 
-Usage: ``python benchmarks/reference/threading_tcpserver.py [--port 0]``
+Usage: ``python reference/threading_tcpserver.py [--port 0]``
 """
 
 from __future__ import annotations

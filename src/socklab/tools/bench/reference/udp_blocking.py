@@ -5,7 +5,7 @@ Why this exists: it is the bar for socklab's UDP echo on the ``threads``, ``pool
 fastest plain Python UDP server there is; an engine's readiness loop has to keep up with it.
 Every datagram goes back to its sender, an empty one too.
 
-Usage: ``python benchmarks/reference/udp_blocking.py [--port 0]``
+Usage: ``python reference/udp_blocking.py [--port 0]``
 """
 
 from __future__ import annotations

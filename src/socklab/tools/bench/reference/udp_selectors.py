@@ -4,7 +4,7 @@ Why this exists: the readiness-loop shape of socklab's ``select``/``poll``/``epo
 written the way a tutorial would: wait until readable, then read every queued datagram
 (until BlockingIOError) and echo each at once. Every datagram goes back, an empty one too.
 
-Usage: ``python benchmarks/reference/udp_selectors.py [--port 0]``
+Usage: ``python reference/udp_selectors.py [--port 0]``
 """
 
 from __future__ import annotations

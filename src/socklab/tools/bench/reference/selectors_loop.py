@@ -5,7 +5,7 @@ thread, non-blocking sockets, the readiness loop every Python tutorial shows, do
 one reused receive buffer (``recv_into``, never a big fresh allocation per call), send at once,
 keep only the leftover and stop reading that peer until it is gone.
 
-Usage: ``python benchmarks/reference/selectors_loop.py [--port 0]``
+Usage: ``python reference/selectors_loop.py [--port 0]``
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Why this exists: it is the bar for socklab's engines over TLS (``bench echo --tl
 own TLS, the way the asyncio documentation shows it, nothing added. TLS 1.2 or newer, the
 certificate and key given on the command line (the benchmark makes a throwaway self-signed pair).
 
-Usage: ``python benchmarks/reference/tls_protocol.py --cert C.pem --key K.pem [--port 0] [--uvloop]``
+Usage: ``python reference/tls_protocol.py --cert C.pem --key K.pem [--port 0] [--uvloop]``
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why this exists: the most used Python WebSocket library, as its documentation shows an echo
 server; compression and keep-alive pings off, as in every contender of the run.
 
-Usage: ``python benchmarks/ws/websockets_ws.py [--port 0]``
+Usage: ``python servers/websockets_ws.py [--port 0]``
 """
 
 from __future__ import annotations

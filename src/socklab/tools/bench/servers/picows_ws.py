@@ -4,7 +4,7 @@ Why this exists: picows parses frames in Cython and hands the payload over as a 
 the stretch bar (issue 19: socklab >= 0.8x picows). Frames are echoed as they came (a message
 is one frame here: the generator sends FIN frames).
 
-Usage: ``python benchmarks/ws/picows_ws.py [--port 0]``
+Usage: ``python servers/picows_ws.py [--port 0]``
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Why this exists: the bar for socklab's WebSocket path on the same event loop - a
 ``WebSocketResponse`` the way its documentation shows it, text echoed as text, binary as
 binary; heartbeat off and no compression (socklab negotiates none either).
 
-Usage: ``python benchmarks/ws/aiohttp_ws.py [--port 0] [--uvloop]``
+Usage: ``python servers/aiohttp_ws.py [--port 0] [--uvloop]``
 """
 
 from __future__ import annotations
