@@ -54,10 +54,11 @@ APPS_USE: dict[str, set[str]] = {
 }
 
 # Tools may use each other; an app only where stated (the tap serves toxiproxy's API on the HTTP
-# app; bench measures the rpc server, and its stand-in serves the echo app without the CLI).
+# app; bench measures the rpc server, its stand-in serves the echo app without the CLI, its
+# WebSocket server is the HTTP app's /ws route, and the TFTP benchmark drives the tftp app).
 TOOLS_USE: dict[str, set[str]] = {
     "tools.tap": {"apps.http"},
-    "tools.bench": {"apps.rpc", "apps.echo"},
+    "tools.bench": {"apps.rpc", "apps.echo", "apps.http", "apps.tftp"},
 }
 
 # Sans-I/O: these modules never touch the socket world, a clock or a thread.
