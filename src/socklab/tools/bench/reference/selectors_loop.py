@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import selectors
 import socket
+from typing import TYPE_CHECKING
 
-from _common import parse_args, ready
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 READ_SIZE = 65536
 

@@ -15,8 +15,12 @@ import socket
 import socketserver
 import sys
 import threading
+from typing import TYPE_CHECKING
 
-from _common import parse_args, ready
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 
 class EchoHandler(socketserver.BaseRequestHandler):

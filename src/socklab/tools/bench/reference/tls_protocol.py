@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from _common import parse_args, ready
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 
 class Echo(asyncio.Protocol):

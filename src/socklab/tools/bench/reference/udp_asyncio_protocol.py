@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from _common import parse_args, ready
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 
 class Echo(asyncio.DatagramProtocol):

@@ -11,8 +11,12 @@ Usage: ``python reference/udp_blocking.py [--port 0]``
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
-from _common import parse_args, ready
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 
 def main() -> None:

@@ -9,10 +9,14 @@ Usage: ``python reference/uvloop_protocol.py [--port 0]``
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import uvloop
-from _common import parse_args, ready
+
+if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
+    from ._common import parse_args, ready
+else:
+    from _common import parse_args, ready
 
 
 class Echo(asyncio.Protocol):

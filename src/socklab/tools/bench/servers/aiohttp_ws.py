@@ -33,9 +33,7 @@ async def main(host: str, port: int, name: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets
-    real = server.sockets[0].getsockname()[1]
+    real = runner.addresses[0][1]  # the port the kernel chose for port 0
     print(f"reference {name} listening on tcp://{host}:{real}", flush=True)
     await asyncio.Event().wait()
 
