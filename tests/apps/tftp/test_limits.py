@@ -100,10 +100,14 @@ def test_8192_x_16_runs_without_a_single_retransmission(tmp_path: Path, upload: 
     assert res.retransmissions == 0 and proto.retransmissions == 0
 
 
-def test_the_server_grants_no_window_its_receive_buffer_cannot_hold(tmp_path: Path) -> None:
+@pytest.mark.parametrize("single_port", [False, True])
+def test_the_server_grants_no_window_its_receive_buffer_cannot_hold(tmp_path: Path, engine: str,
+                                                                   single_port: bool) -> None:
+    # every engine: the window is sized through the transport's set_buffer_sizes (no raw socket)
     charge = datagram_charge(65464)
     fits = min(64, max(1, 2 * _rmem_max() // charge - 2))
-    with tftp_server(tmp_path, create=True, max_windowsize=64) as (port, _), RawClient(port) as client:
+    with tftp_server(tmp_path, engine, create=True, max_windowsize=64, single_port=single_port) as (port, _), \
+            RawClient(port) as client:
         client.request("up.bin", write=True, blksize="65464", windowsize="64")
         oack = client.recv()
         assert isinstance(oack, tftp.OAck)

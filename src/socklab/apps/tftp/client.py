@@ -16,7 +16,6 @@ port 69 (or ``--port``), everything after that to the port the answer came from.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import ConnectionRefused, NetworkError, RemoteProtocolError
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.sockets import Endpoint
-from socklab.core.transport import TimerHandle
+from socklab.core.transport import DatagramTransport, TimerHandle
 from socklab.engines import Engine
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
@@ -95,9 +94,7 @@ class _Transfer(DatagramProtocol):
         self.engine: Engine | None = None
 
     def begin(self, request: tftp.Request, server: Any) -> None:
-        sock = self.transport.get_extra_info("socket")  # only to size its buffers (SO_RCVBUF/SO_SNDBUF)
-        if sock is not None:
-            request = _fit_window(sock, request)
+        request = _fit_window(self.transport, request)
         self.start = time.monotonic()
         self.send(self.machine.request(request, server))
 
@@ -176,12 +173,12 @@ def _run(machine: Any, request: tftp.Request, host: str, port: int,
     return transfer.elapsed
 
 
-def _fit_window(sock: socket.socket, request: tftp.Request) -> tftp.Request:
+def _fit_window(transport: DatagramTransport, request: tftp.Request) -> tftp.Request:
     opts = request.options
     blksize = int(opts.get("blksize", tftp.DEFAULT_BLKSIZE))
     window = int(opts.get("windowsize", 1))
     # get: we receive the window (its tail must fit our receive buffer); put: we send it
-    fits = size_for_window(sock, blksize, window, receive=not request.write, send=request.write)
+    fits = size_for_window(transport, blksize, window, receive=not request.write, send=request.write)
     if fits < window:
         return tftp.Request(request.filename, request.mode, {**opts, "windowsize": str(fits)}, request.write)
     return request

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -129,10 +128,7 @@ class TftpServer(DatagramProtocol):
         self.transport = transport
         # room for a burst of requests (about 1.3 KiB of buffer each): a flood of them then costs a
         # legitimate client a refusal it can read, not a request the kernel silently dropped
-        with contextlib.suppress(OSError, AttributeError):
-            sock = transport.get_extra_info("socket")
-            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 1 << 20:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        transport.set_buffer_sizes(rcvbuf=2 << 20)  # as the kernel counts it (2x what is asked), capped at rmem_max
 
     def _error(self, addr: Any, code: int, message: str) -> None:
         self.transport.sendto(tftp.encode_packet(tftp.Error(code, message)), addr)
@@ -240,37 +236,36 @@ class TftpServer(DatagramProtocol):
         sock: Any = None
         try:
             run, oack = negotiate(s.max_windowsize)
-            if s.single_port:
-                sock = self.transport.get_extra_info("socket")
-            else:
+            if not s.single_port:
                 sock = open_udp_socket(self.transport.get_extra_info("sockname")[0], 0, tracer=self.tracer)
-            if sock is not None:  # RFC 7440 section 3: grant no window our buffers cannot hold
-                try:
-                    fits = size_for_window(sock, run.blksize, run.windowsize, receive=req.write, send=not req.write)
-                except (OSError, AttributeError):  # an engine's socket wrapper without the options
-                    fits = 1
-                if fits < run.windowsize:
-                    run, oack = negotiate(fits)
         except BaseException:
             resource.finish(False)
-            if sock is not None and not s.single_port:
-                sock.close()
             raise
-        commit = None
-        if isinstance(resource, Upload):
-            machine: Any = tftp.Receiver(resource.write, run, peer=addr, max_retries=s.max_retries,
-                                         hold_final_ack=True)
-            commit = self._committer(resource)
+        commit = self._committer(resource) if isinstance(resource, Upload) else None
+        machine: Any = None
 
-            def first() -> list[Any]:
-                out: list[Any] = machine.start(tftp.OAck(oack) if oack else None)
-                return out
-        else:
-            machine = tftp.Sender(resource.read, run, peer=addr, max_retries=s.max_retries)
+        def build(transport: DatagramTransport) -> Any:
+            """The machine, once the transfer's socket is there: its window is what that socket holds."""
+            nonlocal machine, run, oack
+            # RFC 7440 section 3: grant no window our buffers cannot hold (a smaller one in the OACK)
+            fits = size_for_window(transport, run.blksize, run.windowsize, receive=req.write, send=not req.write)
+            if fits < run.windowsize:
+                run, oack = negotiate(fits)
+            if isinstance(resource, Upload):
+                machine = tftp.Receiver(resource.write, run, peer=addr, max_retries=s.max_retries,
+                                        hold_final_ack=True)
+            else:
+                machine = tftp.Sender(resource.read, run, peer=addr, max_retries=s.max_retries)
+            return _guard(machine)
 
-            def first() -> list[Any]:
-                out: list[Any] = machine.start_after_oack(tftp.OAck(oack)) if oack else machine.start()
-                return out
+        def first() -> list[Any]:
+            out: list[Any]
+            if isinstance(machine, tftp.Receiver):
+                out = machine.start(tftp.OAck(oack) if oack else None)
+            else:
+                out = machine.start_after_oack(tftp.OAck(oack)) if oack else machine.start()
+            return out
+
         what = f"{'WRQ' if req.write else 'RRQ'} {escape_peer_text(req.filename)} from {addr[0]}:{addr[1]}"
         on_end = self._slot_taken(addr)
 
@@ -289,10 +284,8 @@ class TftpServer(DatagramProtocol):
             if driver.endpoint is not None:
                 driver.endpoint.close()
 
-        guarded = _guard(machine)
-
         def make_driver(transport: DatagramTransport, endpoint: bool) -> TransferDriver:
-            d = TransferDriver(guarded, transport.sendto, transport.call_later, done, resource.finish,
+            d = TransferDriver(build(transport), transport.sendto, transport.call_later, done, resource.finish,
                                commit=commit, stall_timeout=s.stall_timeout, on_end=on_end)
             if endpoint:
                 d.endpoint = transport

@@ -11,7 +11,8 @@ What a datagram costs: Linux charges each queued datagram its buffer's *truesize
 and a 65,468-byte one about 73 KiB. :func:`datagram_charge` over-estimates that on purpose
 (a power of two above the datagram plus 1 KiB). ``setsockopt(SO_RCVBUF, n)`` is capped by
 ``net.core.rmem_max`` (``wmem_max`` for SO_SNDBUF) and the kernel doubles what it grants (the
-double is what it compares the queue with); ``getsockopt`` tells what was granted, and
+double is what it compares the queue with). The transport's ``set_buffer_sizes`` capability
+(:mod:`socklab.core.transport`) does the asking on every engine and says what was granted, and
 :func:`size_for_window` returns the window that fits, so that a server grants no window its
 buffers cannot hold (RFC 7440 section 3 lets it answer a smaller windowsize in its OACK) and a
 client asks for none.
@@ -19,8 +20,7 @@ client asks for none.
 
 from __future__ import annotations
 
-import contextlib
-import socket
+from socklab.core.transport import DatagramTransport
 
 __all__ = ["datagram_charge", "size_for_window"]
 
@@ -36,34 +36,24 @@ def datagram_charge(blksize: int) -> int:
     return (1 << (size - 1).bit_length()) + 1024
 
 
-def _grow(sock: socket.socket, option: int, want: int) -> int:
-    have = int(sock.getsockopt(socket.SOL_SOCKET, option))
-    if have < want:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, want // 2 + 1)  # the kernel doubles it
-        have = int(sock.getsockopt(socket.SOL_SOCKET, option))
-    return have
-
-
-def size_for_window(sock: socket.socket, blksize: int, windowsize: int, *, receive: bool = True,
+def size_for_window(transport: DatagramTransport, blksize: int, windowsize: int, *, receive: bool = True,
                     send: bool = True) -> int:
-    """Grow ``sock``'s buffers to hold ``windowsize`` blocks of ``blksize``; return the window they hold.
+    """Grow the transport's buffers to hold ``windowsize`` blocks of ``blksize``; return the window they hold.
 
     Args:
-        sock: a UDP socket.
+        transport: the UDP endpoint the window will run on.
         blksize, windowsize: the window wanted.
         receive: size SO_RCVBUF (the side that receives DATA needs it).
-        send: size SO_SNDBUF (the side that sends a window in one burst).
+        send: size SO_SNDBUF (the side that sends a window in one burst; a full send buffer only
+            delays: the engine queues).
 
     Returns:
         The largest window (1..``windowsize``) the granted receive buffer holds; never below 1, since
-        lock-step always works.
+        lock-step always works. ``windowsize`` itself where the engine cannot tell (no socket).
     """
     charge = datagram_charge(blksize)
     want = charge * (windowsize + _SLACK)
-    fits = windowsize
-    if send:  # a full send buffer only delays (the engine queues, a blocking client waits)
-        _grow(sock, socket.SO_SNDBUF, want)
-    if receive:  # a full receive buffer drops: this one decides the window
-        fits = min(fits, _grow(sock, socket.SO_RCVBUF, want) // charge - _SLACK)
-    return max(1, fits)
+    granted = transport.set_buffer_sizes(rcvbuf=want if receive else None, sndbuf=want if send else None)
+    if granted is None or not receive:
+        return windowsize
+    return max(1, min(windowsize, granted[0] // charge - _SLACK))  # a full receive buffer drops: it decides
