@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static files over HTTP/1.1: socklab (each engine asked for) beside python -m http.server, aiohttp's
 # static handler and nginx with one worker, measured by wrk in paired, rotated rounds.
-# The work is done by benchmarks/http_bench.py (see its --help for why rounds are paired).
+# The work is done by `socklab bench http` (benchmarks/http_bench.py reads the settings below).
 #
 #   benchmarks/http_bench.sh                                     # full: 5 rounds x 10 s per server and file
 #   DURATION=1 ROUNDS=2 ENGINES=epoll benchmarks/http_bench.sh   # a short smoke run

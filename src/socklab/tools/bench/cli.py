@@ -1,8 +1,11 @@
-"""``socklab bench``: measure the echo server on every engine against fair references.
+"""``socklab bench``: measure the echo server on every engine against fair references, and each app.
 
 Why this exists: the commands below are the whole method in one place - which servers are run,
-how they are pinned, how long, how many times - so anyone can reproduce a figure in
-``docs/benchmarks.md`` or compare socklab with their own server (``--target HOST:PORT``).
+how they are pinned, how long, how many times - so anyone can reproduce a published figure or
+compare socklab with their own server (``--target HOST:PORT``). Everything they start ships in
+the package: the reference servers, the C sources of the load generators (compiled on first use
+into a user cache), and each app's benchmark (:mod:`.tap`, :mod:`.transfer`, :mod:`.http`,
+:mod:`.chat`, :mod:`.ws`).
 
 \b
   socklab bench echo                          # every engine, 1 KiB x 20 connections, ping-pong
@@ -16,7 +19,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,10 +111,17 @@ def _meta(load: Any, repeats: int, pinning: str, **more: Any) -> dict[str, Any]:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: the echo server on every engine (C load generator, pinned cores, medians), and each app.
+    """Measure socklab beside fair baselines: every figure next to one taken in the same run.
 
-    Targets live here, never in tests: every figure is compared with a baseline measured in the same
-    run. Results and how to reproduce them: docs/benchmarks.md.
+    On a shared machine two runs a minute apart differ by 10-30 %, more than the servers do, so
+    each command runs socklab and its baselines together (a plain server written directly on the
+    same mechanism, a C server, well-known peers such as nginx or netcat) and reports ratios.
+    Servers run in their own processes, pinned to one core; the load comes from another.
+
+    \b
+      socklab bench echo --duration 3 --repeat 1     # every engine vs its plain reference
+      socklab bench tap --smoke                      # what the tap adds to a connection
+      socklab bench http --engines epoll --duration 2 --rounds 2
     """
 
 
@@ -171,7 +180,7 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
 @click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
 @click.option("--cold", is_flag=True,
               help="Skip the warm-up every server gets before its load (one connection opened and closed "
-                   "without data): shows the figure of a server that never met an EOF (see docs/benchmarks.md).")
+                   "without data): shows the figure of a server that never met an EOF.")
 @click.option("--udp", is_flag=True,
               help="Echo UDP datagrams instead: --connections flows (one socket each), one datagram of --size "
                    "bytes in flight per flow; references are a blocking recvfrom loop, a selectors loop and "
@@ -304,7 +313,7 @@ def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, dura
 @click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
 @click.option("--cold", is_flag=True,
               help="Skip the warm-up every server gets before its load (one connection opened and closed "
-                   "without data): shows the figure of a server that never met an EOF (see docs/benchmarks.md).")
+                   "without data): shows the figure of a server that never met an EOF.")
 @run_cli
 def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipeline: int, duration: float,
               warmup: float, repeat: int, as_json: bool, save: str | None, chart: str | None,
@@ -425,52 +434,17 @@ def build() -> None:
 
 
 # ---- the other apps' benchmarks ------------------------------------------------------------------
-# Each app's benchmark lives beside the references it compares against: rpc ships one in the package,
-# the others are scripts under benchmarks/ in a socklab checkout. `socklab bench NAME --help` shows
-# the script's own options.
-_REPO = Path(__file__).resolve().parents[4]
-_SCRIPTS = {
-    "chat": ("chat_bench.py", "Chat fan-out: N clients in a room, M messages/s, deliveries/s and latency."),
-    "transfer": ("transfer_bench.py", "File transfer: native vs netcat vs bare sendfile; TFTP lock-step vs windowed."),
-    "tap": ("tap_bench.py", "The tap relay: bulk throughput vs direct, added latency for small messages."),
-    "http": ("http_bench.sh", "HTTP static files with wrk: socklab vs http.server, aiohttp and nginx."),
-}
-
-
-def _script_command(name: str, script: str, summary: str) -> click.Command:
-    @click.command(name, help=f"{summary}\n\nRuns benchmarks/{script} from a socklab checkout; every "
-                               "argument goes to it (try `--help` after the name).",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                     "help_option_names": []})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @run_cli
-    def command(args: tuple[str, ...]) -> None:
-        path = _REPO / "benchmarks" / script
-        if not path.exists():
-            raise UsageError(f"benchmarks/{script} is not here: run `socklab bench {name}` from a socklab checkout")
-        runner = ["bash"] if script.endswith(".sh") else [sys.executable]
-        sys.exit(subprocess.call([*runner, str(path), *args]))
-
-    return command
-
-
-for _name, (_script, _summary) in _SCRIPTS.items():
-    bench.add_command(_script_command(_name, _script, _summary))
-
-
-def _add_ws_bench() -> None:
+def _add_app_benches() -> None:
+    from socklab.apps.rpc.cli import bench as rpc_bench  # `socklab bench rpc` is `socklab rpc bench`
+    from socklab.tools.bench.chat import chat
+    from socklab.tools.bench.http import http
+    from socklab.tools.bench.tap import tap
+    from socklab.tools.bench.transfer import transfer
     from socklab.tools.bench.ws import ws
 
-    bench.add_command(ws)
-
-
-_add_ws_bench()
-
-
-def _add_rpc_bench() -> None:
-    from socklab.apps.rpc.cli import bench as rpc_bench  # `socklab bench rpc` is `socklab rpc bench`
-
+    for command in (chat, http, tap, transfer, ws):
+        bench.add_command(command)
     bench.add_command(rpc_bench, "rpc")
 
 
-_add_rpc_bench()
+_add_app_benches()

@@ -33,8 +33,8 @@ from typing import IO
 
 from socklab.core.errors import SocklabError
 
-__all__ = ["READY_RE", "REFERENCE_FOR", "ServerProcess", "ServerSpec", "pick_cores", "reference_dir",
-           "server_specs"]
+__all__ = ["READY_RE", "REFERENCE_FOR", "SERVERS_DIR", "ServerProcess", "ServerSpec", "pick_cores", "process_cpu", "process_cpu_times",
+           "reference_dir", "server_specs"]
 
 READY_RE = re.compile(r"listening on (?:tcp|udp|tls)://\[?(?P<host>[^\s\]]+)\]?:(?P<port>\d+)")
 
@@ -62,6 +62,8 @@ UDP_REFERENCE_ARGS = {"udp_uvloop_protocol": ("udp_asyncio_protocol.py", "--uvlo
 
 #: the plain reference servers, shipped with the package (scripts run by path, see :func:`reference_dir`)
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+#: the other servers benchmarks start (WebSocket echo servers, aiohttp's static files), shipped alike
+SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 
 MISSING_REFERENCES = ("the reference servers are missing (is SOCKLAB_BENCH_REFERENCE_DIR set to a directory "
                       "without them?); pass --no-reference to measure without them")
@@ -90,6 +92,25 @@ class ServerSpec:
     engine: str | None = None
     address: tuple[str, int] | None = None
     reference: str | None = None
+
+
+def process_cpu_times(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of every thread of process ``pid`` so far, or None once it is gone.
+
+    Read from ``/proc/PID/stat``, whose process line already sums all its threads.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 is fields[0]
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 once it is gone)."""
+    times = process_cpu_times(pid)
+    return 0.0 if times is None else times[0] + times[1]
 
 
 def reference_dir() -> Path | None:
@@ -300,14 +321,7 @@ class ServerProcess:
         The split shows where a request's time goes: the interpreter runs in user time, the
         kernel's TCP work (the same for every server on the same load) in system time.
         """
-        if self.pid is None:
-            return None
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": field 3 is fields[0]
-        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14, 15)
+        return None if self.pid is None else process_cpu_times(self.pid)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of all the server's threads so far."""

@@ -23,9 +23,7 @@ from rich.console import Console
 from socklab.cli.options import run_cli
 from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
-from socklab.tools.bench.procs import ServerSpec
-
-SERVERS_DIR = Path(__file__).resolve().parent / "servers"
+from socklab.tools.bench.procs import SERVERS_DIR, ServerSpec
 
 __all__ = ["SERVERS_DIR", "WS_REFERENCE_FOR", "ws", "ws_dir", "ws_server_specs"]
 
