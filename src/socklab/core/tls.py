@@ -9,7 +9,9 @@ the app cannot tell. (The asyncio and uvloop engines use their loops' own TLS.)
 
 Order of events: the handshake runs first; the app's ``connection_made`` comes only once it
 succeeded. A failed handshake closes the connection without ever calling the app (and the engine
-reports a :class:`~socklab.core.errors.RemoteProtocolError` to the trace). On the server side it
+reports a :class:`~socklab.core.errors.RemoteProtocolError` to the trace); on the client side
+``on_failed`` hears why (a :class:`~socklab.core.errors.NetworkError`), so a connect can fail with
+the reason instead of waiting for a ``connection_made`` that never comes. On the server side it
 is also said in the log - the client knows why it failed, the server's operator should too - at
 most one line per 10 s, with a count of the ones in between (a scanner must not flood the log).
 
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from socklab.core.errors import LocalProtocolError, RemoteProtocolError
+from socklab.core.errors import BrokenError, LocalProtocolError, NetworkError, RemoteProtocolError
 from socklab.core.protocol import Protocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
@@ -67,11 +69,16 @@ class TLSProtocol(Protocol, Transport):
         context: a server or client ``ssl.SSLContext``.
         server_side: True on the accepting side.
         server_hostname: the name to verify (client side).
+        on_failed: called once, instead of any app callback, when the connection ends before the
+            handshake completed: with a ``NetworkError`` saying why (a connect's ``on_error``).
     """
 
     def __init__(self, app: Protocol, context: ssl.SSLContext, *, server_side: bool,
-                 server_hostname: str | None = None) -> None:
+                 server_hostname: str | None = None,
+                 on_failed: Callable[[BaseException], None] | None = None) -> None:
         self.app = app
+        self._on_failed = on_failed
+        self._handshake_error: str | None = None
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
@@ -119,6 +126,15 @@ class TLSProtocol(Protocol, Transport):
         if self._app_started:
             self._app_started = False
             self.app.connection_lost(exc)
+        elif self._handshaking and self._on_failed is not None:
+            failed, self._on_failed = self._on_failed, None
+            peer = self.transport.get_extra_info("peername")
+            who = f" with {format_addr(peer)}" if peer else ""
+            if self._handshake_error is not None:
+                failed(NetworkError(f"TLS handshake{who} failed: {self._handshake_error}"))
+            else:
+                failed(BrokenError(f"the connection{who} ended during the TLS handshake"
+                                   + (f": {exc}" if exc is not None else "")))
 
     def pause_writing(self) -> None:
         self.app.pause_writing()
@@ -146,6 +162,7 @@ class TLSProtocol(Protocol, Transport):
         except (ssl.SSLError, ssl.CertificateError) as exc:
             self._flush()
             reason = str(getattr(exc, "reason", None) or exc)
+            self._handshake_error = str(exc)
             if self._server_side:
                 _HANDSHAKE_FAILURES.failed(self.transport.get_extra_info("peername"), reason)
             self._fail(RemoteProtocolError(f"TLS handshake failed: {reason}"))

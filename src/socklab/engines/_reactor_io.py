@@ -482,7 +482,7 @@ class _Connector:
         if self.sock.family != socket.AF_UNIX:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reactor.start_stream(self.sock, self.factory(), peer=self.addr, ssl_context=self.ssl_context,
-                                  server_side=False, server_hostname=self.server_hostname)
+                                  server_side=False, server_hostname=self.server_hostname, on_error=self._fail)
 
     def _fail(self, exc: BaseException) -> None:
         if self.on_error is not None:

@@ -445,7 +445,8 @@ class _AioEngine(Engine):
                                                   server_hostname=hostname)
                 await asyncio.wait_for(coro, timeout)
             except (OSError, TimeoutError) as exc:
-                if type(exc) is not socket.gaierror and exc.errno:  # asyncio's "Connect call failed (...)"
+                if type(exc) is not socket.gaierror and not isinstance(exc, ssl.SSLError) and exc.errno:
+                    # asyncio's "Connect call failed (...)"; an SSLError keeps its own words
                     exc = OSError(exc.errno, os.strerror(exc.errno))  # -> the errno's own words
                 err = translate_oserror(exc, f"connecting to {endpoint}")
                 if isinstance(exc, TimeoutError) and not isinstance(err, ConnectTimeout):

@@ -282,8 +282,12 @@ class BlockingEngine(Engine):
     # ---- serving one connection on the current thread -------------------------------------------
     def _serve(self, sock: socket.socket, peer: Any, factory: ProtocolFactory,
                ssl_context: ssl.SSLContext | None, *, server_side: bool = True,
-               server_hostname: str | None = None, admitted: bool = True) -> None:
-        """Open the connection (``connection_made``) and read it until it ends, on this thread."""
+               server_hostname: str | None = None, admitted: bool = True,
+               on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Open the connection (``connection_made``) and read it until it ends, on this thread.
+
+        ``on_error``: a client's TLS handshake that fails reports its reason there.
+        """
         with self.lock:
             if admitted:
                 self._starting -= 1  # accepted before a shutdown began: it is served all the same
@@ -296,7 +300,7 @@ class BlockingEngine(Engine):
                 return
             if ssl_context is not None:
                 protocol = TLSProtocol(protocol, ssl_context, server_side=server_side,
-                                       server_hostname=server_hostname)
+                                       server_hostname=server_hostname, on_failed=on_error)
             transport = StreamTransport(self, sock, protocol, peer)
             self.connection_opened(transport)
             try:
@@ -397,7 +401,7 @@ class BlockingEngine(Engine):
             except OSError:
                 peer = str(endpoint)
             self._serve(sock, peer, protocol_factory, ssl_context, server_side=False,
-                        server_hostname=server_hostname or endpoint.host, admitted=False)
+                        server_hostname=server_hostname or endpoint.host, admitted=False, on_error=on_error)
 
         with self.lock:
             if not self._start_thread(self._serve_thread(body), f"connect-{endpoint}") and on_error is not None:

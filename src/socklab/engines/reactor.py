@@ -346,11 +346,15 @@ class Reactor(Engine):
 
     def start_stream(self, sock: socket.socket, protocol: Protocol, *, peer: Any,
                      ssl_context: ssl.SSLContext | None = None, server_side: bool = True,
-                     server_hostname: str | None = None) -> StreamTransport:
-        """Adopt a connected non-blocking socket: build the transport and call ``connection_made``."""
+                     server_hostname: str | None = None,
+                     on_error: Callable[[BaseException], None] | None = None) -> StreamTransport:
+        """Adopt a connected non-blocking socket: build the transport and call ``connection_made``.
+
+        ``on_error``: a client's TLS handshake that fails reports its reason there.
+        """
         if ssl_context is not None:
             protocol = TLSProtocol(protocol, ssl_context, server_side=server_side,
-                                   server_hostname=server_hostname)
+                                   server_hostname=server_hostname, on_failed=on_error)
         transport = StreamTransport(self, sock, protocol, peer)
         self.connection_opened(transport)
         try:
