@@ -241,10 +241,14 @@ class _AioEngine(Engine):
     direct_reads = False  # may the loop call the app's data_received directly? (see _read_directly)
     one_thread = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        """``loop``: drive this (running) loop instead of making one - an async client's own loop,
+        which the engine then neither runs, stops nor closes (nor takes its exception handler)."""
         super().__init__(*args, **kwargs)
-        self.loop: asyncio.AbstractEventLoop = self._new_loop()
-        self.loop.set_exception_handler(self._on_loop_error)
+        self.own_loop = loop is None
+        self.loop: asyncio.AbstractEventLoop = self._new_loop() if loop is None else loop
+        if self.own_loop:
+            self.loop.set_exception_handler(self._on_loop_error)
         self._listeners: list[_Listener] = []
         self._endpoints: list[_Datagram] = []
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -325,6 +329,11 @@ class _AioEngine(Engine):
 
     def close(self) -> None:
         loop = self.loop
+        if not self.own_loop:  # the caller's loop: end what this engine opened, leave the loop be
+            self.close_listeners()
+            for conn in list(self.connections):
+                conn.abort_with(None)
+            return
         if loop.is_closed() or loop.is_running():
             return
         self.close_listeners()

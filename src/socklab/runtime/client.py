@@ -15,6 +15,9 @@ on the engines' connect path - never by the app. This module lives in the *runti
   socklab's own errors (``ConnectionRefused``, ``ConnectTimeout``...) raised on the caller.
 - :func:`run_client` is the one-shot form: connect, wait for ``connection_lost``, return the
   protocol (its result is whatever the protocol kept), or raise why the connection failed.
+- :func:`loop_engine` is for clients written with ``async``/``await``: an asyncio (or uvloop)
+  engine on the caller's running loop, so :func:`connect` on it calls the protocol on that loop,
+  with no thread in between.
 
 Example::
 
@@ -40,7 +43,7 @@ from socklab.core.sockets import Endpoint, client_ssl_context, open_udp_socket
 from socklab.core.trace import Tracer
 from socklab.engines import Engine, make_engine
 
-__all__ = ["BlockingClient", "ClientHandle", "connect", "open_datagram", "run_client"]
+__all__ = ["BlockingClient", "ClientHandle", "connect", "loop_engine", "open_datagram", "run_client"]
 
 P = TypeVar("P", bound=BaseProtocol)
 T = TypeVar("T")
@@ -199,6 +202,24 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
         sock.close()
         raise
     return handle
+
+
+def loop_engine(loop: Any = None, *, tracer: Tracer | None = None) -> Engine:
+    """An engine on ``loop`` (an ``asyncio`` event loop; default: the running one), for async clients.
+
+    The engine drives the caller's loop without owning it: nothing to run or stop, and ``close()``
+    ends only the connections it opened. :func:`connect` and :func:`open_datagram` on it call the
+    protocol on that loop (from a coroutine on it: ``connect(..., engine=loop_engine())``). A uvloop
+    loop gets the uvloop engine. No idle timeout, as for :class:`BlockingClient`.
+
+    Raises:
+        RuntimeError: no loop given and none is running.
+    """
+    import asyncio
+
+    loop = loop if loop is not None else asyncio.get_running_loop()
+    name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    return make_engine(name, ServerSettings(idle_timeout=0), tracer=tracer, loop=loop)
 
 
 class BlockingClient:
