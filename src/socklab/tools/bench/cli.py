@@ -211,6 +211,13 @@ def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, du
     gets one connection opened and closed without data, then --warmup seconds of load. A plain
     asyncio server runs 3x faster after its first EOF (glibc's mmap threshold); every real server
     meets one within seconds. --cold skips it to show the other figure.
+
+    \b
+      socklab bench echo                                   # every engine, 1 KiB x 20 connections
+      socklab bench echo --engines epoll,uvloop --duration 3 --repeat 1
+      socklab bench echo --size 65536 --connections 10 --with-c --chart echo.html
+      socklab bench echo --engines epoll --target 127.0.0.1:8080   # beside another echo server
+      socklab bench echo --udp --size 64                   # UDP datagrams; --tls for TLS
     """
     if sweep:
         ctx = click.get_current_context()
@@ -324,6 +331,10 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
     server holds it), then measures the active ones. "KiB per conn" is the server's resident
     memory under load minus before, divided by the open connections. iterative is never swept
     (one connection at a time); pool only when asked (idle connections occupy its workers).
+
+    \b
+      socklab bench sweep --chart sweep.html               # 10 -> 10,000 connections, every engine
+      socklab bench sweep --engines epoll,asyncio --levels 10,1000 --duration 1
     """
     from socklab.tools.bench.procs import pick_cores, server_specs
     from socklab.tools.bench.report import sweep_table, to_json, write_chart
@@ -384,6 +395,10 @@ def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: 
     (srv CPU near 100 %) the server is the bottleneck, so any slower server measured with the same
     generator is measured at its own limit. A row where only the generator is busy would mean the
     opposite, and is said so.
+
+    \b
+      socklab bench calibrate                              # four loads, 5 s each
+      socklab bench calibrate --duration 1 --warmup 0.2
     """
     from rich.table import Table
 
@@ -426,7 +441,15 @@ def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: 
 @bench.command()
 @run_cli
 def build() -> None:
-    """Compile the C load generator and echo server now and print where they are."""
+    """Compile the C load generators and echo servers now and print where they are.
+
+    They ship as C source and are compiled with gcc -O2 the first time a benchmark needs them,
+    into the user's cache directory ($SOCKLAB_BENCH_CACHE, else $XDG_CACHE_HOME/socklab/bench or
+    ~/.cache/socklab/bench); a changed source is compiled again.
+
+    \b
+      socklab bench build
+    """
     from socklab.tools.bench.build import PROGRAMS, binary
 
     for name in PROGRAMS:

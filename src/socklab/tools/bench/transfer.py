@@ -346,6 +346,10 @@ def native_cmd(ctx: click.Context, size: int, repeat: int, as_json: bool) -> Non
     receiver's CPU seconds per GiB, and each pair's ratio round by round (the bars: native
     >= 1.2x nc, >= 0.8x bare sendfile when discarding; >= 1.0x bare when writing to disk).
     Needs nc (netcat-openbsd).
+
+    \b
+      socklab bench transfer native --size 256              # 256 MiB, every contender once
+      socklab bench transfer native --size 1024 --repeat 3  # 1 GiB, median of 3 interleaved rounds
     """
     if shutil.which("nc") is None:
         raise SocklabError("the native comparison needs nc (netcat-openbsd) on PATH")
@@ -368,6 +372,10 @@ def tftp_cmd(ctx: click.Context, size: float, blksize: int, windows: str, latenc
     A TFTP server and client on loopback, with a tap between them adding the delay each way.
     Lock-step (window 1) waits one round trip per block; a window of N sends N blocks per round
     trip, so the gap grows with the delay.
+
+    \b
+      socklab bench transfer tftp --size 4 --latency 0,1,5,10
+      socklab bench transfer tftp --blksize 8192 --windows 1,16
     """
     for name, value, kind in (("--windows", windows, int), ("--latency", latency, float)):
         try:
@@ -387,5 +395,8 @@ def tftp_faults_cmd(ctx: click.Context, size: float) -> None:
 
     5 % and 20 % loss each way (plus 2 % duplicates and 2 % reordering), for block sizes 512,
     1428 and 8192 and windows 1, 8 and 32.
+
+    \b
+      socklab bench transfer tftp-faults --size 10
     """
     run_tftp_faults(size, ctx.obj.get("tmp_dir"))
