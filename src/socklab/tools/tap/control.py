@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from typing import TYPE_CHECKING, Any
 
-from socklab.core.errors import RemoteProtocolError, SocklabError, translate_oserror
+from socklab.core.errors import RemoteProtocolError, SocklabError
 from socklab.core.protocol import Protocol
 from socklab.protocols.faults import Fault
 from socklab.protocols.lines import Line, LineDecoder
@@ -130,24 +129,39 @@ class ControlProtocol(Protocol):
         self.transport.close()
 
 
+class _Exchange(Protocol):
+    """The client's side: the greeting and one request, then the two answer lines (hello, answer)."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.answer = bytearray()
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        transport.write(GREETING + b"\n" + self.request + b"\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.answer += data
+        if self.answer.count(b"\n") >= 2 or len(self.answer) > 1 << 20:
+            self.transport.close()
+
+
 def request(host: str, port: int, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to a running tap's control port (greeting first); return its answer.
 
+    A client on the runtime's contract (:func:`socklab.runtime.client.run_client`): the engine
+    connects and translates OS errors, the exchange is the protocol above.
+
     Raises:
-        NetworkError: the tap cannot be reached or hung up.
+        NetworkError: the tap cannot be reached or hung up; OperationTimeout: no answer in ``timeout``.
         SocklabError: the port does not speak ``SOCKLAB-TAP/1``.
     """
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(GREETING + b"\n" + json.dumps(req).encode() + b"\n")
-            buf = b""
-            while buf.count(b"\n") < 2:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-    except OSError as exc:
-        raise translate_oserror(exc, f"talking to the tap's control port {host}:{port}") from exc
+    from socklab.core.settings import ClientSettings
+    from socklab.core.sockets import Endpoint
+    from socklab.runtime.client import run_client
+
+    buf = bytes(run_client(Endpoint(host, port), lambda: _Exchange(json.dumps(req).encode()),
+                           ClientSettings(connect_timeout=timeout), timeout=timeout).answer)
     lines = buf.split(b"\n")
     try:
         hello: dict[str, Any] = json.loads(lines[0])

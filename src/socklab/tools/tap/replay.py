@@ -10,13 +10,17 @@ bytes arrived as the recording had at that point - so request/response protocols
 from __future__ import annotations
 
 import base64
+import functools
 import json
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from socklab.core.errors import UsageError, translate_oserror
-from socklab.core.sockets import Endpoint, connect_tcp
+from socklab.core.errors import UsageError
+from socklab.core.protocol import DatagramProtocol, Protocol
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint
+from socklab.core.transport import DatagramTransport, TimerHandle, Transport
+from socklab.runtime.client import BlockingClient
 
 __all__ = ["ReplayResult", "load_recording", "replay"]
 
@@ -70,82 +74,165 @@ def load_recording(path: str) -> list[_Conn]:
     return [conns[k] for k in sorted(conns)]
 
 
-def _read_until(sock: socket.socket, received: bytearray, want: int, eof: bool) -> bool:
-    """Read until ``want`` bytes (or EOF when ``eof``); False when the peer closed early."""
-    while eof or len(received) < want:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return False
-        if not chunk:
-            return False
-        received += chunk
-    return True
+class _StreamReplay(Protocol):
+    """One recorded TCP connection, replayed: its client chunks in order, the answers kept.
 
-
-def replay(path: str, target: Endpoint, *, timeout: float = 5.0) -> list[ReplayResult]:
-    """Replay every TCP connection of the recording at ``path`` against ``target``.
-
-    Raises:
-        UsageError: not a recording; ConnectError and friends: the target cannot be reached.
+    Before each client chunk it waits until as many answer bytes arrived as the recording had at
+    that point - or until the server has been silent for ``timeout`` seconds, or sent EOF - so a
+    request/response protocol replays in step. At the end it waits for the rest of the answer (for
+    EOF when the recorded client half-closed), under the same silence limit.
     """
-    results = []
-    for conn in load_recording(path):
-        if conn.udp:
-            results.append(_replay_udp(conn, target, timeout))
-            continue
-        sock = connect_tcp(target, timeout=timeout)
-        sock.settimeout(timeout)
-        expected, received = bytearray(), bytearray()
-        try:
-            for kind, data in conn.steps:
-                if kind == "down":
-                    expected += data
-                elif kind == "up":
-                    _read_until(sock, received, len(expected), eof=False)
-                    sock.sendall(data)
-                else:
-                    sock.shutdown(socket.SHUT_WR)
-            _read_until(sock, received, len(expected), eof=("fin", b"") in conn.steps)
-        except OSError as exc:
-            raise translate_oserror(exc, f"replaying connection #{conn.index} to {target}") from exc
-        finally:
-            sock.close()
-        results.append(ReplayResult(conn.index, bytes(expected), bytes(received)))
-    return results
+
+    def __init__(self, steps: list[tuple[str, bytes]], timeout: float) -> None:
+        self.steps, self.timeout = steps, timeout
+        self.at = 0
+        self.expected, self.received = bytearray(), bytearray()
+        self.until_eof = ("fin", b"") in steps
+        self.peer_done = self.gave_up = self.done = False
+        self.timer: TimerHandle | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self._advance()
+
+    def _enough(self) -> bool:
+        if self.peer_done or self.gave_up:
+            return True
+        if self.at == len(self.steps) and self.until_eof:
+            return False
+        return len(self.received) >= len(self.expected)
+
+    def _advance(self) -> None:
+        if self.done:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.at < len(self.steps):
+            kind, data = self.steps[self.at]
+            if kind == "down":
+                self.expected += data
+            elif kind == "fin":
+                self.transport.write_eof()
+            elif not self._enough():
+                self.timer = self.transport.call_later(self.timeout, self._silent)
+                return
+            else:
+                self.transport.write(data)
+                self.gave_up = False  # the next chunk waits afresh
+            self.at += 1
+        if self._enough():
+            self.done = True
+            self.transport.close()
+        else:
+            self.timer = self.transport.call_later(self.timeout, self._silent)
+
+    def _silent(self) -> None:
+        self.timer = None
+        self.gave_up = True
+        self._advance()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        self._advance()  # enough now, or the silence timer starts again
+
+    def eof_received(self) -> bool:
+        self.peer_done = True
+        self._advance()
+        return True  # the recorded client may still have chunks to send
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
-def _replay_udp(conn: _Conn, target: Endpoint, timeout: float) -> ReplayResult:
-    """UDP: send each recorded datagram, then wait for as many answers as were recorded after it.
+class _DatagramReplay(DatagramProtocol):
+    """One recorded UDP flow: each client datagram, then up to as many answers as were recorded
+    after it (each within ``timeout`` seconds). Answers are length-prefixed, so boundaries count."""
 
-    Datagrams are compared one by one (each is length-prefixed in the result, so boundaries count).
-    """
-    from socklab.core.sockets import open_udp_socket
+    def __init__(self, steps: list[tuple[str, bytes]], timeout: float) -> None:
+        self.steps, self.timeout = steps, timeout
+        self.at = self.waiting = 0
+        self.expected, self.received = bytearray(), bytearray()
+        self.timer: TimerHandle | None = None
+        self.error: BaseException | None = None
+        self.done = False
 
-    sock = open_udp_socket("", 0, connect_to=(target.host, target.port))
-    sock.settimeout(timeout)
-    expected, received = bytearray(), bytearray()
-    try:
-        steps = conn.steps
-        for i, (kind, data) in enumerate(steps):
+    def connection_made(self, transport: DatagramTransport) -> None:
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.at < len(self.steps):
+            kind, data = self.steps[self.at]
+            self.at += 1
             if kind != "up":
                 continue
-            sock.send(data)
-            answers = 0
-            for later_kind, later in steps[i + 1:]:
+            self.transport.sendto(data)
+            for later_kind, later in self.steps[self.at:]:
                 if later_kind == "up":
                     break
                 if later_kind == "down":
-                    answers += 1
-                    expected += len(later).to_bytes(4, "big") + later
-            for _ in range(answers):
-                try:
-                    got = sock.recv(65536)
-                except TimeoutError:
-                    break
-                received += len(got).to_bytes(4, "big") + got
-    except OSError as exc:
-        raise translate_oserror(exc, f"replaying UDP flow #{conn.index} to {target}") from exc
-    finally:
-        sock.close()
-    return ReplayResult(conn.index, bytes(expected), bytes(received))
+                    self.waiting += 1
+                    self.expected += len(later).to_bytes(4, "big") + later
+            if self.waiting:
+                self.timer = self.transport.call_later(self.timeout, self._silent)
+                return
+        self.done = True
+        self.transport.close()
+
+    def _silent(self) -> None:
+        self.timer = None
+        self.waiting = 0  # give up on this datagram's other answers
+        self._next()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.done or not self.waiting:
+            return
+        self.received += len(data).to_bytes(4, "big") + data
+        self.waiting -= 1
+        if self.waiting:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.transport.call_later(self.timeout, self._silent)
+        else:
+            self._next()
+
+    def error_received(self, exc: BaseException) -> None:  # ICMP: nothing listens there
+        if not self.done:
+            self.error = exc
+            self.done = True
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def replay(path: str, target: Endpoint, *, timeout: float = 5.0) -> list[ReplayResult]:
+    """Replay every connection (and UDP flow) of the recording at ``path`` against ``target``.
+
+    A client on the runtime's contract (:mod:`socklab.runtime.client`): the engine connects and
+    translates OS errors; each connection is one of the protocols above.
+
+    Raises:
+        UsageError: not a recording; ConnectionRefused and friends: the target cannot be reached.
+    """
+    results = []
+    with BlockingClient(ClientSettings(connect_timeout=timeout)) as client:
+        for conn in load_recording(path):
+            if conn.udp:
+                flow = client.open_datagram(target, functools.partial(_DatagramReplay, conn.steps, timeout))
+                udp = flow.wait_closed()
+                if udp.error is not None:
+                    raise udp.error
+                results.append(ReplayResult(conn.index, bytes(udp.expected), bytes(udp.received)))
+                continue
+            tcp = client.connect(target, functools.partial(_StreamReplay, conn.steps, timeout)).wait_closed()
+            results.append(ReplayResult(conn.index, bytes(tcp.expected), bytes(tcp.received)))
+    return results

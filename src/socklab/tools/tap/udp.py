@@ -1,8 +1,8 @@
 """The tap's UDP relay: one upstream socket per client address, so replies find their way back.
 
 Why this exists: UDP has no connections, so the tap makes "flows": a datagram from a new client
-address opens an upstream socket connected to the target, and the target's answers on it go
-back to that client. Each flow draws its faults from the seeded schedule, like a TCP connection.
+address opens an upstream socket connected to the target (a client endpoint of
+:func:`socklab.runtime.client.open_datagram`), and the target's answers on it go back to that client. Each flow draws its faults from the seeded schedule, like a TCP connection.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from socklab.core.protocol import DatagramProtocol
-from socklab.core.sockets import open_udp_socket
+from socklab.core.sockets import Endpoint
 from socklab.core.transport import DatagramTransport
 from socklab.protocols.faults import DatagramFaults
+from socklab.runtime.client import open_datagram
 from socklab.tools.tap.events import DOWNSTREAM, UPSTREAM, ConnInfo
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ class _UdpFlow(DatagramProtocol):
         self.down = DatagramFaults(plan.faults(DOWNSTREAM))
         self.info = ConnInfo(index, addr, tap.target_address, True, time.time(), plan)
         self.last = time.monotonic()
-        sock = open_udp_socket("", 0, connect_to=(tap.target.host, tap.target.port), tracer=tap.tracer)
-        self.info.server = sock.getpeername()
-        self.endpoint: DatagramTransport = tap.engine.serve_datagram(sock, lambda: self)
+        # a UDP client like any other (socklab.runtime.client): a socket connected to the target
+        handle = open_datagram(Endpoint(tap.target.host, tap.target.port), lambda: self, engine=tap.engine,
+                               tracer=tap.tracer)
+        self.info.server = handle.remote
+        self.endpoint: DatagramTransport = handle.transport  # the reactor ran connection_made already
         for obs in tap.observers:
             obs.opened(self.info)
 
