@@ -294,5 +294,8 @@ class TLSProtocol(Protocol, Transport):
             return self._ssl.version()
         return self.transport.get_extra_info(name, default)
 
+    def tcp_state(self) -> str | None:
+        return self.transport.tcp_state()
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.transport.call_later(delay, callback)

@@ -31,6 +31,8 @@ engine or TLS cannot do it the fast way:
 - ``splice_to(other, ...)``: move this connection's bytes to ``other`` inside the kernel
   (``splice(2)``); fallback: ``None`` - relay through ``data_received``/``write`` as usual.
 - ``detach()``: hand the socket over (e.g. to a child process) and stop the engine watching it.
+- ``tcp_state()``: the kernel's TCP state of the connection (``ESTABLISHED``, ``FIN_WAIT2``...: Linux
+  ``TCP_INFO``), for tools that explain it; fallback: ``None``.
 - ``set_buffer_sizes(rcvbuf, sndbuf)`` (stream and datagram): grow the kernel's socket buffers
   (``SO_RCVBUF``/``SO_SNDBUF``) and say what it granted; fallback: ``None`` (nothing known).
 - the zero-copy echo: a protocol declares ``zero_copy_echo`` (see :mod:`socklab.core.protocol`).
@@ -166,6 +168,14 @@ class Transport(BaseTransport):
         FIN is passed on and ``on_done()`` called; an error calls ``on_error(exc)``. Returns a
         handle (``take_over()`` stops and returns the bytes in flight; ``close()``), or ``None``
         when this engine or either side (TLS) cannot: relay through the protocols instead.
+        """
+        return None
+
+    def tcp_state(self) -> str | None:
+        """The kernel's TCP state of this connection (``ESTABLISHED``, ``CLOSE_WAIT``...), or ``None``.
+
+        ``None`` where it is unknown: not TCP (a Unix socket), closed, or a platform without
+        ``TCP_INFO``. Under TLS it is the state of the TCP connection that carries it.
         """
         return None
 

@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, Protocol
-from socklab.core.trace import format_addr
+from socklab.core.trace import format_addr, tcp_state
 from socklab.core.transport import TimerHandle, Transport
 from socklab.engines._stream import RECV_SIZE, ConnState, ConnStateMachine, Event
 from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin, grow_socket_buffers
@@ -366,6 +366,11 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         if t is None or t.is_closing():
             return None
         return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
+
+    def tcp_state(self) -> str | None:
+        t = self._t
+        sock = None if t is None or t.is_closing() else t.get_extra_info("socket")
+        return None if sock is None else tcp_state(sock)
 
     def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """``os.sendfile`` on the loop's non-blocking socket when the loop has nothing queued."""

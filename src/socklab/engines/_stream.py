@@ -35,7 +35,7 @@ from typing import Any
 
 from socklab.core.errors import LocalProtocolError, translate_oserror
 from socklab.core.protocol import Protocol
-from socklab.core.trace import Tracer, format_addr
+from socklab.core.trace import Tracer, format_addr, tcp_state
 from socklab.engines.base import grow_socket_buffers
 
 __all__ = ["RECV_SIZE", "TRANSITIONS", "ConnState", "ConnStateMachine", "Event", "StreamCore"]
@@ -232,6 +232,9 @@ class StreamCore(ConnStateMachine):
         if self._state is _CLOSED:
             return None
         return grow_socket_buffers(self.sock, rcvbuf, sndbuf, self.tracer)
+
+    def tcp_state(self) -> str | None:
+        return None if self._state is _CLOSED else tcp_state(self.sock)
 
     def detach(self) -> socket.socket:
         """Hand the connection over as a blocking socket of its own; ``connection_lost(None)`` follows.
