@@ -8,6 +8,10 @@ second client is answered while the first stays connected, or it is not (an iter
 
 UDP probes: one datagram, boundaries kept, a large datagram, many peers each answered at its own
 address, and a peer that vanished before its answer.
+
+Its UDP probes keep raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`),
+as the grader's helpers in :mod:`.net` do: a peer that sends, resends after silence and closes
+before the answer comes is the system call sequence being graded.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ terminals. ``--run "python server.py {port}"`` picks a free port, starts the com
 process group, waits until the server has bound the port (a TCP connect succeeds, or for UDP the
 port is taken) - bounded, 20 s by default - grades it, and stops it by its pid (SIGTERM, then
 SIGKILL). A server that exits or never binds is a verdict too, with the last lines it printed.
+
+It keeps raw sockets on purpose (issue 18: clients use :mod:`socklab.runtime.client`): whether the
+learner's program has bound its port is asked of the kernel itself - a bare connect, a bind that
+finds the port taken - before any client of socklab's may talk to it.
 """
 
 from __future__ import annotations
