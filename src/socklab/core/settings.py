@@ -141,3 +141,58 @@ class ClientSettings:
     cafile: str | None = setting(None, "Trust this CA bundle (PEM) instead of the system's.", metavar="PEM")
     insecure: bool = setting(False, "Do not verify the server's certificate (testing only).")
     server_name: str | None = setting(None, "Name to verify in the server's certificate (SNI).", metavar="NAME")
+    pin: str | None = setting(None, "Accept only the server certificate with this SHA-256 fingerprint (as a "
+                                    "--tls-self-signed server prints it); implies --tls and replaces the CA and "
+                                    "name checks.", metavar="SHA256", transports=("tcp", "unix"))
+    source: str | None = setting(None, "Bind this local address before connecting: HOST, HOST:PORT, [v6]:PORT "
+                                       "or :PORT (netcat's -s and -p).", metavar="ADDR", transports=("tcp", "udp"))
+
+    def validate(self) -> None:
+        """Raise :class:`~socklab.core.errors.UsageError` naming the option for a bad value or pair."""
+        from socklab.core.errors import UsageError
+        from socklab.core.selfsigned import normalize_pin
+
+        check_ranges(self)
+        if self.pin is not None:
+            normalize_pin(self.pin)
+            if self.insecure:
+                raise UsageError("--pin checks the certificate and --insecure skips the check: give one of them")
+            if self.cafile:
+                raise UsageError(f"--pin {self.pin} trusts that one certificate, not a CA: drop --cafile")
+        self.source_address()
+
+    @property
+    def uses_tls(self) -> bool:
+        """TLS was asked for: ``--tls``, or ``--pin`` (a fingerprint is only checked over TLS)."""
+        return self.tls or self.pin is not None
+
+    def source_address(self) -> tuple[str, int] | None:
+        """``source`` as ``(host, port)`` (host ``""``: any address; port 0: the kernel picks), or None.
+
+        Raises:
+            UsageError: naming ``--source`` and the value.
+        """
+        from socklab.core.errors import UsageError
+
+        text = self.source
+        if text is None:
+            return None
+        host, port_s = text.strip(), ""
+        if host.startswith("["):
+            host, _, rest = host[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise UsageError(f"--source {text!r}: write [v6addr]:PORT")
+            port_s = rest[1:]
+        elif host.count(":") == 1:
+            host, port_s = host.split(":")
+        if not host and not port_s:
+            raise UsageError(f"--source {text!r}: give an address, HOST:PORT or :PORT")
+        if not port_s:
+            return host, 0
+        if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+            raise UsageError(f"--source {text!r}: the port must be a number 0..65535")
+        return host, int(port_s)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)

@@ -24,7 +24,9 @@ from socklab.core.trace import Tracer, format_addr
 
 __all__ = [
     "Endpoint",
+    "bind_source",
     "client_ssl_context",
+    "client_targets",
     "connect_tcp",
     "open_tcp_listener",
     "open_udp_socket",
@@ -257,22 +259,26 @@ def _remove_stale_unix_socket(path: str) -> None:
 
 
 def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None = None,
-                    tracer: Tracer | None = None, reuse_port: bool = False) -> socket.socket:
+                    tracer: Tracer | None = None, reuse_port: bool = False,
+                    source: tuple[str, int] | None = None) -> socket.socket:
     """A bound (server) or connected (client) UDP socket, traced.
 
     A port in use is refused (:class:`AddressInUse`), as for TCP: two UDP servers share a port
-    only with ``reuse_port`` (SO_REUSEPORT), which both must set.
+    only with ``reuse_port`` (SO_REUSEPORT), which both must set. ``source`` (with ``connect_to``):
+    bind this ``(host, port)`` before connecting (see :func:`client_targets`).
     """
     if connect_to is not None:
-        info = _resolve(connect_to[0], connect_to[1], socket.SOCK_DGRAM, passive=False)[0]
-        sock = _new_socket(info[0], socket.SOCK_DGRAM, tracer)
+        family, addr, local = client_targets(Endpoint(connect_to[0], connect_to[1]), socket.SOCK_DGRAM, source)[0]
+        sock = _new_socket(family, socket.SOCK_DGRAM, tracer)
+        if local is not None:
+            bind_source(sock, local, tracer)
         try:
-            sock.connect(info[4])
+            sock.connect(addr)
         except OSError as exc:
             sock.close()
-            raise translate_oserror(exc, f"connecting UDP to {format_addr(info[4])}") from exc
+            raise translate_oserror(exc, f"connecting UDP to {format_addr(addr)}") from exc
         if tracer:
-            tracer.emit("connect", sock, peer=info[4], detail="UDP: only fixes the default peer; nothing is sent")
+            tracer.emit("connect", sock, peer=addr, detail="UDP: only fixes the default peer; nothing is sent")
         return sock
     if host in ("", "::", "*"):
         family, addr = socket.AF_INET6, ("::", port)
@@ -292,20 +298,95 @@ def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None 
     return sock
 
 
-def connect_tcp(endpoint: Endpoint, *, timeout: float | None = 10.0, tracer: Tracer | None = None,
-                nodelay: bool = True) -> socket.socket:
-    """A connected, *blocking* TCP (or Unix) socket; tries each resolved address in turn.
+def _describe_source(source: tuple[str, int]) -> str:
+    host, port = source
+    if not host:
+        return f"port {port}"
+    return format_addr(source) if port else host
+
+
+def client_targets(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM,
+                   source: tuple[str, int] | None = None) -> list[tuple[int, Any, Any]]:
+    """Where a client connects: ``(family, address, local)`` per resolved address, in the resolver's order.
+
+    ``local`` is the address to bind before connecting - ``source`` (netcat's ``-s``/``-p``; host
+    ``""`` is any address, port 0 lets the kernel pick) resolved in that address's family - or
+    ``None``: the kernel picks at ``connect``. With a source, destination addresses of a family the
+    source has no address in are left out (netcat-openbsd resolves ``-s`` in the destination's family).
 
     Raises:
-        ConnectionRefused, ConnectTimeout, HostUnreachable, ResolveError: one-line reasons.
+        ResolveError: the destination or the source does not resolve, or they share no family.
+        UsageError: a source for a Unix socket.
     """
     if endpoint.unix is not None:
-        targets: list[tuple[int, Any]] = [(socket.AF_UNIX, endpoint.unix)]
-    else:
-        targets = [(i[0], i[4]) for i in _resolve(endpoint.host, endpoint.port, socket.SOCK_STREAM, False)]
+        if source is not None:
+            raise UsageError(f"a source address ({_describe_source(source)}) is for TCP and UDP, not the "
+                             f"Unix socket {endpoint.unix}")
+        return [(socket.AF_UNIX, endpoint.unix, None)]
+    infos = _resolve(endpoint.host, endpoint.port, socktype, False)
+    if source is None:
+        return [(i[0], i[4], None) for i in infos]
+    try:
+        socket.getaddrinfo(source[0] or None, source[1], socket.AF_UNSPEC, socktype, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise translate_oserror(exc, f"resolving the source address {source[0]!r}") from exc
+    local: dict[int, Any] = {}
+    for family in dict.fromkeys(i[0] for i in infos):
+        with contextlib.suppress(socket.gaierror):
+            found = socket.getaddrinfo(source[0] or None, source[1], family, socktype, 0, socket.AI_PASSIVE)
+            local[family] = found[0][4]
+    out = [(i[0], i[4], local[i[0]]) for i in infos if i[0] in local]
+    if not out:
+        names = {int(socket.AF_INET): "IPv4", int(socket.AF_INET6): "IPv6"}
+        kinds = " or ".join(sorted({names.get(i[0], str(i[0])) for i in infos}))
+        raise ResolveError(f"the source address {_describe_source(source)} has no {kinds} address, and "
+                           f"{endpoint.host!r} has only {kinds} ones: give a source of the same family")
+    return out
+
+
+def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -> None:
+    """Bind a client socket to ``local`` before ``connect`` (netcat's ``-s``/``-p``).
+
+    A TCP socket given a port gets SO_REUSEADDR first: an earlier connection from that port may
+    still sit in TIME_WAIT (netcat-openbsd sets it too). Not on UDP, where it would let two sockets
+    share the port. The socket is closed when the bind fails.
+
+    Raises:
+        AddressInUse: the port is taken, or the address is not one of this host's (EADDRNOTAVAIL).
+    """
+    if local[1] and sock.type == socket.SOCK_STREAM:
+        _setsockopt(sock, socket.SOL_SOCKET, socket.SO_REUSEADDR, 1, "SO_REUSEADDR", tracer)
+    try:
+        sock.bind(local)
+    except OSError as exc:
+        if tracer:
+            tracer.emit("bind", sock, detail=f"source address {format_addr(local)} failed: {exc.strerror}")
+        sock.close()
+        where = f"binding the source address {format_addr(local)}"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            err = AddressInUse(f"{local[0]} is not an address of this host (cannot assign requested address "
+                               f"while {where})")
+            err.errno = exc.errno
+            raise err from exc
+        raise translate_oserror(exc, where) from exc
+    if tracer:
+        tracer.emit("bind", sock, detail=f"source address {format_addr(sock.getsockname())}, before connect()")
+
+
+def connect_tcp(endpoint: Endpoint, *, timeout: float | None = 10.0, tracer: Tracer | None = None,
+                nodelay: bool = True, source: tuple[str, int] | None = None) -> socket.socket:
+    """A connected, *blocking* TCP (or Unix) socket; tries each resolved address in turn.
+
+    ``source``: bind this ``(host, port)`` first (see :func:`client_targets`).
+
+    Raises:
+        ConnectionRefused, ConnectTimeout, HostUnreachable, ResolveError, AddressInUse: one-line reasons.
+    """
     last: BaseException | None = None
-    for family, addr in targets:
+    for family, addr, local in client_targets(endpoint, socket.SOCK_STREAM, source):
         sock = _new_socket(family, socket.SOCK_STREAM, tracer)
+        if local is not None:
+            bind_source(sock, local, tracer)
         sock.settimeout(timeout)
         try:
             sock.connect(addr)

@@ -23,9 +23,9 @@ import ssl
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from socklab.core.errors import ConnectTimeout, translate_oserror
+from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
-from socklab.core.sockets import Endpoint
+from socklab.core.sockets import Endpoint, bind_source, client_targets
 from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.engines._datagram import DatagramEndpointBase
@@ -433,19 +433,17 @@ class _Connector:
 
     def __init__(self, reactor: Reactor, endpoint: Endpoint, factory: ProtocolFactory,
                  ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float,
-                 on_error: Callable[[BaseException], None] | None) -> None:
+                 on_error: Callable[[BaseException], None] | None,
+                 source: tuple[str, int] | None = None) -> None:
         self.reactor, self.factory, self.on_error = reactor, factory, on_error
         self.ssl_context, self.server_hostname = ssl_context, server_hostname or endpoint.host
         self.endpoint = endpoint
-        addr: Any
         try:
-            if endpoint.unix is not None:
-                family, addr = socket.AF_UNIX, endpoint.unix
-            else:
-                info = socket.getaddrinfo(endpoint.host, endpoint.port, 0, socket.SOCK_STREAM)[0]
-                family, addr = info[0], info[4]
+            family, addr, local = client_targets(endpoint, socket.SOCK_STREAM, source)[0]
             self.sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
+            if local is not None:
+                bind_source(self.sock, local, reactor.tracer)  # (closes the socket when it fails)
+        except (OSError, SocklabError) as exc:
             self._fail(translate_oserror(exc, f"connecting to {endpoint}"))
             return
         self.addr = addr

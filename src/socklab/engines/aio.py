@@ -50,9 +50,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from socklab.core.errors import ConnectTimeout, translate_oserror
+from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
 from socklab.core.protocol import DatagramProtocol
-from socklab.core.sockets import Endpoint
+from socklab.core.sockets import Endpoint, bind_source, client_targets
 from socklab.core.transport import DatagramTransport, TimerHandle
 from socklab.engines._aio_stream import (
     _HIDDEN_NOTE,
@@ -433,7 +433,8 @@ class _AioEngine(Engine):
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                        timeout: float = 10.0,
-                       on_error: Callable[[BaseException], None] | None = None) -> None:
+                       on_error: Callable[[BaseException], None] | None = None,
+                       source_address: tuple[str, int] | None = None) -> None:
         """Open a client connection with the loop; ``connection_made`` follows, or ``on_error(exc)``.
 
         ``exc`` is a :class:`~socklab.core.errors.SocklabError` (``ConnectionRefused``,
@@ -444,15 +445,41 @@ class _AioEngine(Engine):
         loop = self.loop
         hostname = (server_hostname or endpoint.host) if ssl_context is not None else None
 
+        async def from_source() -> Any:
+            # A source address: the same resolution and bind as the other engines (client_targets,
+            # bind_source), then the loop connects that socket and adopts it.
+            assert source_address is not None
+            targets = await loop.run_in_executor(None, client_targets, endpoint, socket.SOCK_STREAM,
+                                                 source_address)
+            family, addr, local = targets[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                bind_source(sock, local, self.tracer)
+                await loop.sock_connect(sock, addr)
+            except BaseException:
+                sock.close()
+                raise
+            return await loop.create_connection(bridge, sock=sock, ssl=ssl_context, server_hostname=hostname)
+
         async def connect() -> None:
             try:
                 if endpoint.unix is not None:
+                    if source_address is not None:  # (client_targets says why in one line)
+                        client_targets(endpoint, socket.SOCK_STREAM, source_address)
                     coro = loop.create_unix_connection(bridge, endpoint.unix, ssl=ssl_context,
                                                        server_hostname=hostname)
+                elif source_address is not None:
+                    coro = from_source()
                 else:
                     coro = loop.create_connection(bridge, endpoint.host, endpoint.port, ssl=ssl_context,
                                                   server_hostname=hostname)
                 await asyncio.wait_for(coro, timeout)
+            except SocklabError as failure:  # from client_targets / bind_source (a source address)
+                if on_error is not None:
+                    on_error(failure)
+                elif self.tracer:
+                    self.tracer.note(f"connect failed: {failure}", level="transport")
             except (OSError, TimeoutError) as exc:
                 if type(exc) is not socket.gaierror and not isinstance(exc, ssl.SSLError) and exc.errno:
                     # asyncio's "Connect call failed (...)"; an SSLError keeps its own words

@@ -204,8 +204,14 @@ class Engine(ABC):
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                        timeout: float = 10.0,
-                       on_error: Callable[[BaseException], None] | None = None) -> None:
-        """Open a client connection; the protocol's ``connection_made`` follows, or ``on_error(exc)``."""
+                       on_error: Callable[[BaseException], None] | None = None,
+                       source_address: tuple[str, int] | None = None) -> None:
+        """Open a client connection; the protocol's ``connection_made`` follows, or ``on_error(exc)``.
+
+        ``source_address``: bind this ``(host, port)`` before connecting (netcat's ``-s``/``-p``; host
+        ``""`` any address, port 0 the kernel's pick), resolved in the destination's family
+        (:func:`socklab.core.sockets.client_targets`).
+        """
 
     # ---- shared policies ----------------------------------------------------------------------
     def report_error(self, exc: BaseException, context: str) -> None:

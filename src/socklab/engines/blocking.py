@@ -385,10 +385,11 @@ class BlockingEngine(Engine):
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                        timeout: float = 10.0,
-                       on_error: Callable[[BaseException], None] | None = None) -> None:
+                       on_error: Callable[[BaseException], None] | None = None,
+                       source_address: tuple[str, int] | None = None) -> None:
         def body() -> None:
             try:
-                sock = connect_tcp(endpoint, timeout=timeout, tracer=self.tracer)
+                sock = connect_tcp(endpoint, timeout=timeout, tracer=self.tracer, source=source_address)
             except SocklabError as exc:
                 with self.lock:
                     if on_error is not None:

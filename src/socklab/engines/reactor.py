@@ -341,8 +341,10 @@ class Reactor(Engine):
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                        timeout: float = 10.0,
-                       on_error: Callable[[BaseException], None] | None = None) -> None:
-        _Connector(self, endpoint, protocol_factory, ssl_context, server_hostname, timeout, on_error)
+                       on_error: Callable[[BaseException], None] | None = None,
+                       source_address: tuple[str, int] | None = None) -> None:
+        _Connector(self, endpoint, protocol_factory, ssl_context, server_hostname, timeout, on_error,
+                   source_address)
 
     def start_stream(self, sock: socket.socket, protocol: Protocol, *, peer: Any,
                      ssl_context: ssl.SSLContext | None = None, server_side: bool = True,

@@ -39,11 +39,12 @@ from typing import Any, Generic, TypeVar
 from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError, translate_oserror
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings, ServerSettings
-from socklab.core.sockets import Endpoint, client_ssl_context, open_udp_socket
+from socklab.core.sockets import Endpoint, client_ssl_context, client_targets, open_udp_socket
 from socklab.core.trace import Tracer
 from socklab.engines import Engine, make_engine
 
-__all__ = ["BlockingClient", "ClientHandle", "connect", "loop_engine", "open_datagram", "run_client"]
+__all__ = ["BlockingClient", "ClientHandle", "connect", "loop_engine", "open_datagram", "run_client",
+           "ssl_context_for"]
 
 P = TypeVar("P", bound=BaseProtocol)
 T = TypeVar("T")
@@ -66,21 +67,42 @@ class ClientHandle(Generic[P]):
         self.remote: Any = None  # UDP: the server's resolved address
         self.connected = threading.Event()
         self.closed = threading.Event()
+        self._refused = False  # the check (--pin) turned the connection down: the app never saw it
 
     # ---- the engine's side ------------------------------------------------------------------------
-    def _adopt(self, protocol: P) -> P:
-        """Watch ``protocol``'s first and last callbacks without wrapping it (its type stays its own)."""
+    def _adopt(self, protocol: P, check: Callable[[Any], None] | None = None,
+               on_refused: Callable[[BaseException], None] | None = None) -> P:
+        """Watch ``protocol``'s first and last callbacks without wrapping it (its type stays its own).
+
+        ``check(transport)`` runs before the protocol's ``connection_made``; when it raises a
+        :class:`SocklabError` the connection is aborted, the protocol never hears of it (neither
+        ``connection_made`` nor ``connection_lost``) and ``on_refused(exc)`` is told why.
+        """
         self.protocol = protocol
         made, lost = protocol.connection_made, protocol.connection_lost
 
         def connection_made(transport: Any) -> None:
             self.transport = transport
+            if check is not None:
+                try:
+                    check(transport)
+                except SocklabError as exc:
+                    self._refused, self.error = True, exc
+                    self.connected.set()
+                    transport.abort()
+                    self.closed.set()
+                    if on_refused is not None:
+                        on_refused(exc)
+                    return
             try:
                 made(transport)
             finally:
                 self.connected.set()
 
         def connection_lost(exc: BaseException | None) -> None:
+            if self._refused:
+                self.closed.set()
+                return
             if exc is not None and self.error is None:
                 self.error = exc
             try:
@@ -111,7 +133,7 @@ class ClientHandle(Generic[P]):
         """
         if not self.connected.wait(timeout):
             raise ConnectTimeout(f"no connection to {self.endpoint} within {timeout:g} s")
-        if self.protocol is None or self.transport is None:
+        if self.protocol is None or self.transport is None or self._refused:
             raise self.error if self.error is not None else SocklabError(f"connecting to {self.endpoint} failed")
         return self.protocol
 
@@ -130,8 +152,31 @@ class ClientHandle(Generic[P]):
         return self.protocol
 
 
-def _ssl_for(settings: ClientSettings) -> Any:
+def ssl_context_for(settings: ClientSettings) -> ssl.SSLContext | None:
+    """The TLS context ``settings`` ask for, or ``None`` for plain TCP.
+
+    ``pin``: no CA and no name check - the certificate's fingerprint is the check, made by
+    :func:`connect` once the handshake is done; ``tls``: the system's CAs (or ``cafile``),
+    unless ``insecure``.
+    """
+    if settings.pin is not None:
+        from socklab.core.selfsigned import pinned_client_context
+
+        return pinned_client_context()
     return client_ssl_context(settings.cafile, settings.insecure) if settings.tls else None
+
+
+def _pin_check(pin: str) -> Callable[[Any], None]:
+    from socklab.core.selfsigned import PinMismatch, check_pin, normalize_pin
+
+    normalize_pin(pin)  # a malformed pin is a UsageError here, before any connection
+
+    def check(transport: Any) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        if tls is None:
+            raise PinMismatch("--pin needs TLS, and this connection has none")
+        check_pin(tls, pin)
+    return check
 
 
 def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: ClientSettings | None = None,
@@ -143,8 +188,13 @@ def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: Cli
     follows on the engine, or the handle's ``error`` is set (the engine translated the OS error)
     and ``on_error(exc)`` is called on the engine. TLS, its CA, ``insecure`` and the name to verify
     come from ``settings``; ``ssl_context`` replaces the context they make (mutual TLS, a CA-only check).
+    ``settings.pin``: the server's certificate must have that SHA-256 fingerprint, or the connection
+    is aborted before the protocol hears of it and the error is a ``PinMismatch``.
+    ``settings.source``: the local address bound before connecting (the engines' ``source_address``).
     """
     settings = settings if settings is not None else ClientSettings()
+    source = settings.source_address()
+    check = _pin_check(settings.pin) if settings.pin is not None else None
     handle: ClientHandle[P] = ClientHandle(endpoint)
 
     def failed(exc: BaseException) -> None:
@@ -153,25 +203,27 @@ def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: Cli
             on_error(exc)
 
     def factory() -> Protocol:
-        proto = handle._adopt(protocol_factory())
+        proto = handle._adopt(protocol_factory(), check, on_error)
         assert isinstance(proto, Protocol), f"{type(proto).__name__} is not a stream Protocol"
         return proto
 
-    engine.connect_stream(endpoint, factory, ssl_context=ssl_context or _ssl_for(settings),
+    engine.connect_stream(endpoint, factory, ssl_context=ssl_context or ssl_context_for(settings),
                           server_hostname=settings.server_name, timeout=settings.connect_timeout,
-                          on_error=failed)
+                          on_error=failed, source_address=source)
     return handle
 
 
 def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engine: Engine,
-                  tracer: Tracer | None = None, connected: bool = True) -> ClientHandle[P]:
+                  tracer: Tracer | None = None, connected: bool = True,
+                  source: tuple[str, int] | None = None) -> ClientHandle[P]:
     """A UDP client endpoint on ``engine``, driven like a server's; ``handle.remote`` is the server's address.
 
     ``connected`` (the default): the socket is connected to ``endpoint``, so ``transport.sendto(data)``
     goes there, only its datagrams are received, and ICMP errors (nothing listens there) reach
     ``error_received`` as socklab errors. ``connected=False``: the socket is bound to an ephemeral
     port of the server's address family and talks to anyone (``sendto(data, handle.remote)``):
-    for protocols whose server answers from another port (TFTP's transfer IDs).
+    for protocols whose server answers from another port (TFTP's transfer IDs). ``source``: bind
+    this ``(host, port)`` instead (:meth:`ClientSettings.source_address`), in the server's family.
     Call on the engine's thread or before ``run``.
 
     Raises:
@@ -181,8 +233,11 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
         raise UsageError("UDP needs HOST:PORT, not a Unix path")
     handle: ClientHandle[P] = ClientHandle(endpoint)
     if connected:
-        sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer)
+        sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer, source=source)
         handle.remote = sock.getpeername()
+    elif source is not None:
+        family, handle.remote, local = client_targets(endpoint, socket.SOCK_DGRAM, source)[0]
+        sock = open_udp_socket(local[0], local[1], tracer=tracer)
     else:
         try:
             family, _, _, _, handle.remote = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_UNSPEC,
@@ -298,8 +353,9 @@ class BlockingClient:
     def open_datagram(self, endpoint: Endpoint, protocol_factory: Callable[[], P], *,
                       connected: bool = True) -> ClientHandle[P]:
         """A UDP endpoint for ``endpoint`` (see :func:`open_datagram`); returns once ``connection_made`` ran."""
+        source = self.settings.source_address()
         handle = self.call(lambda: open_datagram(endpoint, protocol_factory, engine=self.engine,
-                                                 tracer=self.tracer, connected=connected))
+                                                 tracer=self.tracer, connected=connected, source=source))
         handle.wait_connected(self.settings.connect_timeout + 5.0)
         return handle
 

@@ -80,5 +80,6 @@ def connect(address: str, nick: str, room: str | None, plain: bool, **values: An
     from socklab.core.sockets import client_ssl_context
 
     cs = build_settings(ClientSettings, values)
-    tls = client_ssl_context(cs.cafile, cs.insecure) if (cs.tls or cs.cafile or cs.insecure) else None
-    run_terminal_client(address, nick, room=room, plain=plain, tls=tls, server_name=cs.server_name)
+    # --pin makes its own context (no CA: the fingerprint is the check), from the settings
+    tls = client_ssl_context(cs.cafile, cs.insecure) if (cs.tls or cs.cafile or cs.insecure) and not cs.pin else None
+    run_terminal_client(address, nick, room=room, plain=plain, tls=tls, server_name=cs.server_name, settings=cs)

@@ -114,7 +114,8 @@ class ChatClient:
     """
 
     def __init__(self, address: str, nick: str, show: Callable[[str], None], room: str | None = None, *,
-                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None,
+                 settings: ClientSettings | None = None) -> None:
         self.endpoint = parse_endpoint(address)
         self.tls = tls
         self.server_name = server_name
@@ -141,7 +142,9 @@ class ChatClient:
         self._said_still = False
         self._rejoin_due = False
         self._client: BlockingClient | None = None
-        self._settings = ClientSettings(connect_timeout=5.0, server_name=server_name)
+        # settings: the command line's (--pin, --source...); TLS is ``tls`` when given, else theirs
+        base = settings if settings is not None else ClientSettings(server_name=server_name)
+        self._settings = base.replace(connect_timeout=5.0)
 
     def start(self) -> None:
         """Connect now (errors raise: ConnectionRefused, TlsError...) and start reading."""
@@ -365,10 +368,12 @@ class _ChatSide(Protocol):
 
 
 def run_terminal_client(address: str, nick: str, *, room: str | None = None, plain: bool = False,
-                        tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
+                        tls: ssl.SSLContext | None = None, server_name: str | None = None,
+                        settings: ClientSettings | None = None) -> None:
     """The ``socklab chat connect`` command: prompt until /quit, EOF or Ctrl-D."""
     if plain or not sys.stdin.isatty():
-        _run_plain(ChatClient(address, nick, _locked_print(), room, tls=tls, server_name=server_name))
+        _run_plain(ChatClient(address, nick, _locked_print(), room, tls=tls, server_name=server_name,
+                              settings=settings))
         return
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import InMemoryHistory
@@ -379,7 +384,7 @@ def run_terminal_client(address: str, nick: str, *, room: str | None = None, pla
     def show(line: str) -> None:
         print(escape_peer_text(line), flush=True)  # patch_stdout draws it above the prompt
 
-    client = ChatClient(address, nick, show, room, tls=tls, server_name=server_name)
+    client = ChatClient(address, nick, show, room, tls=tls, server_name=server_name, settings=settings)
     with patch_stdout(raw=True):
         client.start()
         try:
