@@ -141,7 +141,9 @@ def test_udp_datagrams_both_ways() -> None:
 def test_user_errors_are_one_line_exit_2() -> None:
     for args, needle in ((["-4", "-6", "127.0.0.1", "1"], "-4 and -6"),
                          (["-l"], "-l needs a PORT"),
-                         (["-q", "3", "127.0.0.1", "1"], "-q"),
+                         (["-q", "x", "127.0.0.1", "1"], "-q"),
+                         (["-p", "99999", "127.0.0.1", "1"], "-p '99999'"),
+                         (["-s", "127.0.0.2:x", "127.0.0.1", "1"], "--source '127.0.0.2:x'"),
                          (["--ssl", "--pin", "nothex", "127.0.0.1", "1"], "--pin")):
         r = subprocess.run([*SOCKLAB, "nc", *args], timeout=20, capture_output=True, text=True, env=ENV,
                            stdin=subprocess.DEVNULL)

@@ -20,7 +20,16 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import (
+    Number,
+    build_settings,
+    make_tracer,
+    options_from,
+    run_cli,
+    self_signed_tls,
+    tls_self_signed_option,
+    trace_options,
+)
 from socklab.core.errors import UsageError
 from socklab.core.protocol import DatagramProtocol, Protocol
 from socklab.core.settings import ServerSettings, setting
@@ -45,8 +54,8 @@ class _Hub:
     """What the stdin thread and the connections share (runs on the engine thread)."""
 
     def __init__(self, server: Server, *, keep_open: bool, on_stdin_eof: str, on_peer_eof: str,
-                 explain: Explainer, hexdump: bool, execute: str | None) -> None:
-        self.server, self.keep_open = server, keep_open
+                 explain: Explainer, hexdump: bool, execute: str | None, quit_after: float | None = None) -> None:
+        self.server, self.keep_open, self.quit_after = server, keep_open, quit_after
         self.on_stdin_eof, self.on_peer_eof = on_stdin_eof, on_peer_eof
         self.explain, self.hexdump, self.execute = explain, hexdump, execute
         self.conns: set[_ListenConn] = set()
@@ -75,6 +84,10 @@ class _Hub:
         self.stdin_eof = True
         for conn in list(self.conns):
             conn.apply_stdin_eof()
+        if self.quit_after is not None:
+            self.explain(f"stdin ended: exiting in {self.quit_after:g} s (--quit-after, nc -q); what clients "
+                         "send goes on to stdout until then")
+            self.server.engine.call_later(self.quit_after, self.server.engine.stop)
 
     def finished(self, conn: _ListenConn) -> None:
         self.conns.discard(conn)
@@ -239,13 +252,17 @@ def _stdin_thread(server: Server, hub: _Hub, crlf: bool) -> None:
 @click.option("--keep-open", "-k", is_flag=True, help="Serve many clients (concurrently on the engine), not one.")
 @click.option("--exec", "execute", metavar="CMD", default=None,
               help="Run CMD (via /bin/sh) per connection with its stdin/stdout on the socket.")
+@click.option("--quit-after", type=Number(float, 0), default=None, metavar="SECS",
+              help="Once stdin ended, exit with status 0 after SECS even if clients are still connected "
+                   "(nc -l -q SECS).")
 @_eof_options
 @options_from(ListenSettings, exclude=("host", "port", "workers", "queue_size", "reuse_port", "backlog"))
+@tls_self_signed_option
 @trace_options
 @run_cli
-def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | None, on_stdin_eof: str,
-           on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool, trace: bool, trace_json: str | None,
-           **values: Any) -> None:
+def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | None, quit_after: float | None,
+           on_stdin_eof: str, on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool, tls_self_signed: bool,
+           trace: bool, trace_json: str | None, **values: Any) -> None:
     """Listen on [HOST] PORT (default host 127.0.0.1) and join stdin/stdout to the client(s).
 
     \b
@@ -254,6 +271,7 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
       socklab listen -k 9000 --engine threads --explain      # many clients at once
       socklab listen -u 9000                                 # UDP, every source address a peer
       socklab listen -k 9000 --exec 'tr a-z A-Z'             # a per-connection program
+      socklab listen 9443 --tls-self-signed                  # TLS; clients: connect --pin SHA256
     """
     if len(args) == 1:
         host, port_s = "127.0.0.1", args[0]
@@ -269,16 +287,19 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
     settings = build_settings(ListenSettings, values, host=host.strip("[]"), port=int(port_s))
     if execute and udp:
         raise UsageError("--exec needs a stream socket (TCP or Unix), not --udp")
+    if udp and (settings.tls_cert or tls_self_signed):
+        raise UsageError("TLS needs a stream: drop --udp or --tls-cert/--tls-self-signed")
+    tls = self_signed_tls("listen", tls_self_signed, settings.tls_cert)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="listen")
     hub = _Hub(server, keep_open=keep_open, on_stdin_eof=on_stdin_eof, on_peer_eof=on_peer_eof,
-               explain=Explainer(explain, tracer), hexdump=hexdump, execute=execute)
+               explain=Explainer(explain, tracer), hexdump=hexdump, execute=execute, quit_after=quit_after)
     if udp:
         addr = server.listen_udp(lambda: _ListenUdp(hub))
         scheme = "udp"
     else:
-        addr = server.listen(lambda: _ListenConn(hub))
-        scheme = "tls" if settings.tls_cert else "tcp"
+        addr = server.listen(lambda: _ListenConn(hub), ssl_context=tls)
+        scheme = "tls" if settings.tls_cert or tls else "tcp"
     where = f"unix:{addr}" if isinstance(addr, str) else f"{scheme}://{format_addr(addr)}"
     if not execute:
         threading.Thread(target=_stdin_thread, args=(server, hub, crlf), name="socklab-stdin",

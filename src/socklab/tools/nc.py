@@ -5,17 +5,27 @@ connect``/``listen`` explain half-close and EOF with long option names; ``sockla
 short flags nc users know and runs those same commands, so both behave the same underneath.
 
 Mapping (nc -> socklab):
-  -l            listen (else connect)          -p PORT  the port to listen on (with -l)
-  -u            --udp                          -k       --keep-open (with -l)
-  -v            --explain (narrate on stderr)  -C       --crlf
+  -l            listen (else connect)          -k       --keep-open (with -l)
+  -p PORT       with -l the port to listen on; connecting, the source port (--source :PORT)
+  -s ADDR       with -l the address to listen on; connecting, the source address (--source ADDR)
+  -u            --udp                          -C       --crlf
+  -v            --explain (narrate on stderr)
   -N            --on-stdin-eof shutdown (FIN when stdin ends; without -N nothing is sent, as nc)
   -q 0          --on-stdin-eof close (quit when stdin ends)
+  -q SECS       -N, then --quit-after SECS: exit (status 0) SECS after stdin ended, even if the
+                peer is still open (a negative SECS: wait for the peer, nc's default)
   -w SECS       --connect-timeout and --idle-timeout SECS
   -z            connect -z (exit 0 if any port accepts, like nc)
-  -4 / -6       resolve HOST as IPv4 / IPv6 only   -s ADDR  the address to listen on (with -l)
+  -4 / -6       resolve HOST as IPv4 / IPv6 only
   --ssl         TLS (ncat's flag): with -l a self-signed in-memory certificate, its SHA-256 printed;
                 connecting, --pin SHA256 accepts exactly that certificate (no CA)
-One difference on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: every address).
+Differences on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: every address).
+``-q SECS`` follows nc's manual ("after EOF on stdin, wait the specified number of seconds and then
+quit"); netcat-openbsd 1.219 on Linux starts that wait only once the peer has closed too.
+
+Connecting with ``--ssl`` keeps its own TLS loop (:func:`_pinned_session`, a tool that owns its
+raw call): ``-N`` there sends a TCP FIN without close_notify, a half-close the engines' TLS
+transport does not offer (its ``can_write_eof()`` is False), so the server still answers.
 """
 
 from __future__ import annotations
@@ -23,13 +33,11 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import shutil
 import socket
 import ssl
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any, BinaryIO
+import time
+from typing import BinaryIO
 
 import click
 
@@ -73,16 +81,18 @@ def _resolve(host: str, family: int) -> str:
 
 
 def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, verbose: bool,
-                    on_stdin_eof: str) -> None:
+                    on_stdin_eof: str, source: tuple[str, int] | None = None,
+                    quit_after: float | None = None) -> None:
     """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket.
 
     One thread, one selector over the socket and stdin. When stdin ends: ``keep`` sends nothing,
-    ``shutdown`` (-N) sends a FIN and keeps reading, ``close`` (-q 0) ends the session.
+    ``shutdown`` (-N) sends a FIN and keeps reading, ``close`` (-q 0) ends the session;
+    ``quit_after`` (-q SECS) ends it that long after stdin ended.
     """
     from socklab.core.selfsigned import check_pin, normalize_pin, pinned_client_context
 
     normalize_pin(pin)  # a malformed pin is a usage error before any connection
-    sock = connect_tcp(Endpoint(host, port), timeout=timeout)
+    sock = connect_tcp(Endpoint(host, port), timeout=timeout, source=source)
     try:
         tls = pinned_client_context().wrap_socket(sock, server_hostname=None)
     except (OSError, ssl.SSLError) as exc:
@@ -98,8 +108,12 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
         sel.register(stdin, selectors.EVENT_READ)
         out = sys.stdout.buffer
         half_closed = False
+        quit_at: float | None = None
         while True:
-            for key, _ in sel.select():
+            ready = sel.select(None if quit_at is None else max(0.0, quit_at - time.monotonic()))
+            if not ready and quit_at is not None and time.monotonic() >= quit_at:
+                return  # -q SECS passed since stdin ended
+            for key, _ in ready:
                 if key.fileobj is tls:
                     if not _pinned_read(tls, out, host, port, half_closed):
                         return
@@ -115,6 +129,8 @@ def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, 
                 sel.unregister(stdin)
                 if on_stdin_eof == "close":
                     return
+                if quit_after is not None:
+                    quit_at = time.monotonic() + quit_after
                 if on_stdin_eof == "shutdown":
                     # A TCP FIN, without close_notify: ssl's unwrap() would also wait for the peer's
                     # close_notify and throw away data that arrives first. The plain socket's
@@ -152,19 +168,22 @@ def _pinned_read(tls: ssl.SSLSocket, out: BinaryIO, host: str, port: int, half_c
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1, metavar="[HOST] [PORT] | HOST:PORT")
 @click.option("-l", "listen_mode", is_flag=True, help="Listen for a connection instead of connecting.")
-@click.option("-p", "port_opt", metavar="PORT", default=None, help="The port to listen on (with -l).")
+@click.option("-p", "port_opt", metavar="PORT", default=None,
+              help="With -l: the port to listen on. Connecting: the source port.")
 @click.option("-u", "udp", is_flag=True, help="UDP instead of TCP.")
 @click.option("-k", "keep", is_flag=True, help="With -l: keep listening after a client leaves (many clients).")
 @click.option("-v", "verbose", is_flag=True, help="Say what happens on stderr (socklab's --explain).")
 @click.option("-w", "wait", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECS",
               help="Give up a connection attempt, or an idle connection, after SECS.")
 @click.option("-N", "shutdown_on_eof", is_flag=True, help="Shut down the socket (send FIN) when stdin ends.")
-@click.option("-q", "quit_after", type=click.FloatRange(min=0), default=None, metavar="SECS",
-              help="Quit when stdin ends (only -q 0 is supported).")
+@click.option("-q", "quit_after", type=float, default=None, metavar="SECS",
+              help="After EOF on stdin, wait SECS then quit (exit 0); implies -N. -q 0: quit at once; "
+                   "negative: wait for the peer (the default).")
 @click.option("-z", "scan", is_flag=True, help="Only scan: exit 0 if any PORT (N, N-M or N,M) accepts.")
 @click.option("-4", "ipv4", is_flag=True, help="IPv4 only.")
 @click.option("-6", "ipv6", is_flag=True, help="IPv6 only.")
-@click.option("-s", "source", metavar="ADDR", default=None, help="With -l: the local address to listen on.")
+@click.option("-s", "source", metavar="ADDR", default=None,
+              help="With -l: the local address to listen on. Connecting: the source address.")
 @click.option("-C", "crlf", is_flag=True, help="Send CRLF as line ending.")
 @click.option("--ssl", "use_tls", is_flag=True,
               help="TLS. With -l: a self-signed certificate made now (its SHA-256 is printed); "
@@ -186,67 +205,66 @@ def nc(ctx: click.Context, args: tuple[str, ...], listen_mode: bool, port_opt: s
       socklab nc -u 127.0.0.1:9000             # UDP; HOST:PORT works too
       socklab nc -l -p 9443 --ssl              # TLS with a self-signed certificate (prints its SHA-256)
       socklab nc --ssl --pin AB:CD:… 127.0.0.1 9443
+      socklab nc -s 127.0.0.2 127.0.0.1 9000  # connect from 127.0.0.2 (-p PORT: that source port)
+      printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' | socklab nc -q 1 127.0.0.1 8080  # exit 1 s after stdin
     For the same things with explanations, see `socklab connect --help` and `socklab listen --help`.
     """
     if ipv4 and ipv6:
         raise UsageError("-4 and -6 exclude each other")
     family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
-    if quit_after not in (None, 0):
-        raise UsageError(f"-q {quit_after:g}: only -q 0 (quit when stdin ends) is supported")
-    on_stdin_eof = "close" if quit_after == 0 else "shutdown" if shutdown_on_eof else "keep"
+    if quit_after is not None and quit_after < 0:
+        quit_after = None  # nc: a negative -q waits for the peer, as without -q
+    # -q SECS implies -N (netcat-openbsd's manual); -q 0 quits as stdin ends
+    on_stdin_eof = "close" if quit_after == 0 else "shutdown" if shutdown_on_eof or quit_after else "keep"
+    linger = quit_after or None
     host, port = split_host_port(args)
     if listen_mode:
         _listen(ctx, host or source, port_opt or port, family, udp=udp, keep=keep, verbose=verbose,
-                crlf=crlf, on_stdin_eof=on_stdin_eof, use_tls=use_tls)
+                crlf=crlf, on_stdin_eof=on_stdin_eof, use_tls=use_tls, quit_after=linger)
         return
-    if port_opt is not None:
-        raise UsageError("-p PORT without -l would be a source port, which socklab nc does not set; "
-                         "write the destination as HOST PORT")
-    if source is not None:
-        raise UsageError("-s ADDR is supported with -l only (the address to listen on)")
     if host is None or port is None:
         raise UsageError("nc needs HOST PORT (or HOST:PORT), or -l -p PORT")
+    source_text = _source(source, port_opt)
     host = _resolve(host, family)
     if pin is not None or use_tls:
         if pin is None:
             raise UsageError("--ssl connecting needs --pin SHA256 (the fingerprint the server printed)")
+        if udp:
+            raise UsageError("--ssl needs TCP, not -u")
         if not port.isdigit():
             raise UsageError(f"bad port {port!r}")
-        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose, on_stdin_eof)
+        from socklab.core.settings import ClientSettings
+
+        src = ClientSettings(source=source_text).source_address()
+        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose, on_stdin_eof, src, linger)
         return
     from socklab.tools.netcat import connect
 
     ctx.invoke(connect, host=host, port=port, udp=udp, scan=scan, connect_timeout=wait or 10.0,
                idle_timeout=0.0 if (wait is None or scan) else wait, on_stdin_eof=on_stdin_eof,
-               on_peer_eof="exit", crlf=crlf, explain=verbose)
+               on_peer_eof="exit", crlf=crlf, explain=verbose, source=source_text, quit_after=linger)
+
+
+def _source(addr: str | None, port: str | None) -> str | None:
+    """``-s ADDR`` and ``-p PORT`` when connecting: the ``--source`` they mean (``ADDR``, ``ADDR:PORT``, ``:PORT``)."""
+    if port is not None and (not port.isdigit() or int(port) > 65535):
+        raise UsageError(f"-p {port!r}: the source port must be a number 0..65535")
+    if addr is None:
+        return None if port is None else f":{port}"
+    if port is None:
+        return addr
+    return f"[{addr.strip('[]')}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def _listen(ctx: click.Context, host: str | None, port: str | None, family: int, *, udp: bool, keep: bool,
-            verbose: bool, crlf: bool, on_stdin_eof: str, use_tls: bool) -> None:
+            verbose: bool, crlf: bool, on_stdin_eof: str, use_tls: bool, quit_after: float | None) -> None:
     from socklab.tools.listen import listen
 
     if port is None or not port.isdigit():
         raise UsageError("-l needs a PORT: nc -l -p PORT (or nc -l PORT)")
+    if use_tls and udp:
+        raise UsageError("--ssl needs TCP, not -u")
     default = "::1" if family == socket.AF_INET6 else "127.0.0.1"
     host = default if host is None else _resolve(host, family)
-    kwargs: dict[str, Any] = {"args": (host, port), "udp": udp, "keep_open": keep, "explain": verbose,
-                              "crlf": crlf, "on_stdin_eof": on_stdin_eof, "on_peer_eof": "exit"}
-    tmp: str | None = None
-    try:
-        if use_tls:
-            if udp:
-                raise UsageError("--ssl needs TCP, not -u")
-            from socklab.core.selfsigned import make_self_signed
-
-            cert = make_self_signed()
-            tmp = tempfile.mkdtemp(prefix="socklab-nc-tls-")  # mode 0700, removed when nc ends
-            pem = Path(tmp) / "self-signed.pem"
-            pem.touch(mode=0o600)
-            pem.write_bytes(cert.key_pem + cert.cert_pem)
-            click.echo(f"nc: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
-            click.echo(f"nc: clients: socklab nc --ssl --pin {cert.fingerprint} HOST {port}", err=True)
-            kwargs["tls_cert"] = str(pem)
-        ctx.invoke(listen, **kwargs)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    ctx.invoke(listen, args=(host, port), udp=udp, keep_open=keep, explain=verbose, crlf=crlf,
+               on_stdin_eof=on_stdin_eof, on_peer_eof="exit", tls_self_signed=use_tls, quit_after=quit_after)

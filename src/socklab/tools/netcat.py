@@ -26,7 +26,6 @@ error, 130 interrupted.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import make_tracer, run_cli, trace_options
+from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
 from socklab.core.errors import (
     BrokenError,
     ConnectError,
@@ -46,7 +45,7 @@ from socklab.core.errors import (
 from socklab.core.protocol import DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings
 from socklab.core.sockets import Endpoint
-from socklab.core.trace import Tracer, format_addr, tcp_state
+from socklab.core.trace import Tracer, format_addr
 from socklab.protocols.text import escape_peer_text
 from socklab.runtime.client import BlockingClient
 
@@ -63,10 +62,11 @@ class Explainer:
     def __init__(self, enabled: bool, tracer: Tracer | None = None) -> None:
         self.enabled, self.tracer = enabled, tracer
 
-    def __call__(self, text: str, sock: socket.socket | None = None) -> None:
+    def __call__(self, text: str, transport: Any = None) -> None:
+        """Say ``text``; with ``transport``, beside the kernel's TCP state (``transport.tcp_state()``)."""
         if not self.enabled:
             return
-        state = tcp_state(sock) if sock is not None else None
+        state = transport.tcp_state() if transport is not None else None
         suffix = f"  [kernel: {state}]" if state else ""
         # notes quote addresses (a Unix client's path is its own choice) and errors: never raw
         sys.stderr.write(f"socklab: {escape_peer_text(text)}{suffix}\n")
@@ -130,13 +130,13 @@ def _ports(text: str) -> list[int]:
     return out
 
 
-def _scan(host: str, ports: list[int], timeout: float, explain: Explainer) -> int:
-    """``-z``: which ports accept a TCP connection (connect, then close at once).
+def _scan(host: str, ports: list[int], settings: ClientSettings, explain: Explainer) -> int:
+    """``-z``: which ports accept a TCP connection (connect, then close at once; no TLS).
 
     Exit status as ``nc -z``: 0 when at least one port accepted, 1 when none did.
     """
     opened = 0
-    with BlockingClient(ClientSettings(connect_timeout=timeout)) as client:
+    with BlockingClient(settings.replace(tls=False, pin=None)) as client:
         for port in ports:
             try:
                 handle = client.connect(Endpoint(host, port), Protocol)
@@ -162,9 +162,9 @@ class _Session:
     """
 
     def __init__(self, client: BlockingClient, udp: bool, on_stdin_eof: str, on_peer_eof: str,
-                 explain: Explainer, crlf: bool, hexdump: bool) -> None:
+                 explain: Explainer, crlf: bool, hexdump: bool, quit_after: float | None = None) -> None:
         self.client, self.udp, self.on_stdin_eof, self.on_peer_eof = client, udp, on_stdin_eof, on_peer_eof
-        self.explain, self.crlf, self.hexdump = explain, crlf, hexdump
+        self.explain, self.crlf, self.hexdump, self.quit_after = explain, crlf, hexdump, quit_after
         self.transport: Any = None
         self.stdin_done = False
         self.wr_closed = False
@@ -177,8 +177,8 @@ class _Session:
         self.last_activity = time.monotonic()
 
     def sock(self) -> Any:
-        """The socket, only to show its kernel state in --explain (TCP_INFO); never read or written."""
-        return self.transport.get_extra_info("socket") if self.transport is not None else None
+        """The transport, for --explain to show its kernel state beside a step (``tcp_state()``)."""
+        return self.transport if self.transport is not None and not self.udp else None
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.error is None:
@@ -253,7 +253,17 @@ class _Session:
         if self.peer_eof and not self.done.is_set():
             self.explain("both directions are finished: closing the socket", self.sock())
             self.finish()
+        if self.quit_after is not None and not self.done.is_set():
+            self.explain(f"quitting in {self.quit_after:g} s (--quit-after, nc -q) unless the peer finishes "
+                         "first; its data goes on to stdout until then")
+            self.client.engine.call_later(self.quit_after, self._quit)
         self.activity.set()  # the main thread re-reads stdin_done (UDP: the end of replies)
+
+    def _quit(self) -> None:
+        if not self.done.is_set():
+            self.explain(f"{self.quit_after:g} s since stdin ended (--quit-after): closing, exit status 0",
+                         self.sock())
+            self.finish()
 
     def received(self, data: bytes) -> None:
         self.touched()
@@ -295,14 +305,14 @@ class _Session:
             wait: float | None = None
             if idle_timeout > 0:
                 wait = max(0.0, self.last_activity + idle_timeout - time.monotonic())
-            elif self.udp and self.stdin_done:
+            elif self.udp and self.stdin_done and self.quit_after is None:
                 wait = max(0.0, self.last_activity + 2.0 - time.monotonic())  # UDP has no EOF
             self.activity.clear()
             if self.done.is_set() or self.activity.wait(wait):
                 continue
             if self.done.is_set():
                 break
-            if self.udp and self.stdin_done and idle_timeout <= 0:
+            if self.udp and self.stdin_done and idle_timeout <= 0 and self.quit_after is None:
                 self.explain("no more replies: UDP has no EOF, so silence after stdin ended is the normal end")
                 return
             raise OperationTimeout(f"no data either way for {idle_timeout:g} s (--idle-timeout)")
@@ -359,23 +369,20 @@ class _DatagramSide(DatagramProtocol):
 @click.argument("port", required=False)
 @click.option("--udp", "-u", is_flag=True, help="Use UDP (each stdin read is one datagram).")
 @click.option("--unix", "unix", metavar="PATH", default=None, help="Connect to a Unix stream socket.")
-@click.option("--tls", is_flag=True, help="Speak TLS to the server.")
-@click.option("--cafile", metavar="PEM", default=None, help="Trust this CA bundle for --tls.")
-@click.option("--insecure", is_flag=True, help="Do not verify the server certificate (testing only).")
-@click.option("--server-name", metavar="NAME", default=None, help="Name to verify (SNI) for --tls.")
-@click.option("--connect-timeout", type=float, default=10.0, show_default=True,
-              help="Seconds to wait for the handshake.")
-@click.option("--idle-timeout", type=float, default=0.0, show_default=True,
+@options_from(ClientSettings)
+@click.option("--idle-timeout", type=Number(float, 0), default=0.0, show_default=True,
               help="Exit with status 1 after this many seconds without data either way (0 = never).")
+@click.option("--quit-after", type=Number(float, 0), default=None, metavar="SECS",
+              help="Once stdin ended (and --on-stdin-eof was applied), exit with status 0 after SECS even if "
+                   "the peer is still open; its data goes on to stdout until then (nc -q SECS).")
 @click.option("-z", "scan", is_flag=True, help="Only check which ports of PORT (N, N-M or N,M) accept connections; "
                                                "exit 0 if any does (as nc -z), 1 if none.")
 @_eof_options
 @trace_options
 @run_cli
-def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool, cafile: str | None,
-            insecure: bool, server_name: str | None, connect_timeout: float, idle_timeout: float, scan: bool,
-            on_stdin_eof: str, on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool, trace: bool,
-            trace_json: str | None) -> None:
+def connect(host: str, port: str | None, udp: bool, unix: str | None, idle_timeout: float,
+            quit_after: float | None, scan: bool, on_stdin_eof: str, on_peer_eof: str, crlf: bool, hexdump: bool,
+            explain: bool, trace: bool, trace_json: str | None, **values: Any) -> None:
     """Connect to HOST PORT and join stdin/stdout to the socket (binary-safe).
 
     \b
@@ -385,6 +392,8 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
       socklab connect -z 127.0.0.1 8000-8010                   # which ports accept connections?
       socklab connect unix:/tmp/app.sock
       socklab connect 127.0.0.1:7007                            # HOST:PORT works too
+      socklab connect 127.0.0.1 7443 --pin AB:CD:…             # TLS to a --tls-self-signed server
+      socklab connect 127.0.0.1 7007 --source 127.0.0.2        # from this local address
     """
     tracer = make_tracer("client", trace, trace_json)
     ex = Explainer(explain, tracer)
@@ -392,10 +401,14 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
         unix = host[5:]
     elif port is None and ":" in host and host.rsplit(":", 1)[1].replace("-", "").replace(",", "").isdigit():
         host, port = host.rsplit(":", 1)  # HOST:PORT, [::1]:PORT, like every other socklab command
+    settings = build_settings(ClientSettings, values,
+                              transport="udp" if udp else "unix" if unix is not None else "tcp")
+    if udp and settings.uses_tls:
+        raise UsageError("--tls needs a stream: drop --udp or --tls")
     if scan:
         if port is None:
             raise UsageError("-z needs a PORT (N, N-M or N,M)")
-        sys.exit(_scan(host, _ports(port), connect_timeout, ex))
+        sys.exit(_scan(host, _ports(port), settings, ex))
     if unix is None:
         if port is None or not port.isdigit():
             raise UsageError("connect needs HOST PORT (or unix:/path)")
@@ -404,21 +417,18 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
         endpoint = Endpoint(unix=unix)
     if udp and unix is not None:
         raise UsageError("--udp and Unix sockets do not mix here")
-    settings = ClientSettings(connect_timeout=connect_timeout, tls=tls and not udp, cafile=cafile,
-                              insecure=insecure, server_name=server_name)
     with BlockingClient(settings, tracer=tracer) as client:
-        session = _Session(client, udp, on_stdin_eof, on_peer_eof, ex, crlf, hexdump)
+        session = _Session(client, udp, on_stdin_eof, on_peer_eof, ex, crlf, hexdump, quit_after)
         if udp:
             client.open_datagram(endpoint, lambda: _DatagramSide(session))
             ex(f"UDP socket ready for {endpoint}: no handshake happened, nothing is known about the peer yet")
         else:
-            ex(f"connecting to {endpoint}: SYN sent, waiting for SYN-ACK")
+            ex(f"connecting to {endpoint}" + (f" from {settings.source}" if settings.source else "")
+               + ": SYN sent, waiting for SYN-ACK")
             client.connect(endpoint, lambda: _StreamSide(session))
             ex("SYN-ACK received, ACK sent: ESTABLISHED (three-way handshake done)", session.sock())
-            if tls:
-                cipher = session.transport.get_extra_info("cipher")
-                ex(f"TLS handshake done ({session.transport.get_extra_info('tls_version') or 'TLS'}, "
-                   f"{cipher[0] if cipher else '?'})")
+            if settings.uses_tls:
+                _explain_tls(ex, session.transport, settings.pin)
         threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
         try:
             session.wait(idle_timeout)
@@ -427,3 +437,13 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, tls: bool,
             session.can_write.set()
             if session.transport is not None:
                 client.call(session.transport.close)
+
+
+def _explain_tls(ex: Explainer, transport: Any, pin: str | None) -> None:
+    cipher = transport.get_extra_info("cipher")
+    ex(f"TLS handshake done ({transport.get_extra_info('tls_version') or 'TLS'}, {cipher[0] if cipher else '?'})")
+    if pin is not None:
+        from socklab.core.selfsigned import fingerprint
+
+        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        ex(f"the server's certificate has SHA-256 {fingerprint(der)}: the one --pin names (no CA was asked)")
