@@ -15,6 +15,9 @@ The library surface is stable::
     with Tap(listen=("127.0.0.1", 0), target=("127.0.0.1", 8080), udp=False,
              faults=[Fault("limit_data", direction="downstream", bytes=1000)], seed=1) as tap:
         ...  # connect to ("127.0.0.1", tap.port)
+
+Those keywords are fields of :class:`TapSettings`, the one settings object ``socklab tap run`` builds
+from its options too; ``Tap(settings, observers=..., tracer=...)`` takes it as it is.
 """
 
 from __future__ import annotations

@@ -363,7 +363,7 @@ class ToxiproxyApi:
 
 # ---- helpers ------------------------------------------------------------------------------------
 def _default_tap(listen: Endpoint, upstream: Endpoint, faults: list[Fault]) -> Tap:
-    return Tap(listen, upstream, faults=faults)
+    return Tap(listen=listen, target=upstream, faults=faults)
 
 
 def _bound(tap: Tap) -> Endpoint:

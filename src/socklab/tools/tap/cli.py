@@ -14,14 +14,15 @@ from typing import Any
 
 import click
 
-from socklab.cli.options import EXIT_VERIFY, make_tracer, run_cli, trace_options
-from socklab.cli.params import Number, WritablePath
+from socklab.cli.options import EXIT_VERIFY, build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
-from socklab.core.sockets import client_ssl_context, parse_endpoint
+from socklab.core.sockets import parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols.faults import FAULT_KINDS, Fault
 from socklab.runtime import register_server, serve_until_signalled
 from socklab.tools.tap.relay import Observer, Tap
+from socklab.tools.tap.settings import TapSettings
 
 __all__ = ["tap"]
 
@@ -59,8 +60,8 @@ def tap() -> None:
 
 @tap.command("run")
 @click.argument("listen", required=False)
-@click.option("--to", "target", metavar="HOST:PORT", help="Where to relay to (needed with LISTEN).")
-@click.option("--udp", is_flag=True, help="Relay UDP datagrams (one upstream socket per client).")
+@options_from(TapSettings, exclude=("host", "port", "unix", "workers", "queue_size"),
+              defaults={"shutdown_timeout": 1.0})
 @click.option("--hexdump", "view", flag_value="hex", help="Print what passes as a hexdump.")
 @click.option("--text", "view", flag_value="text", help="Print what passes as text.")
 @click.option("--quiet", "view", flag_value="none", default=True,
@@ -69,16 +70,6 @@ def tap() -> None:
                                             "it to stdout, a block at a time, for `| tshark -r -` or "
                                             "`| wireshark -k -i -` (then every other line goes to stderr).")
 @click.option("--record", metavar="FILE", type=WritablePath(), help="Record sessions as JSON lines for `socklab tap replay`.")
-@click.option("--fault", "faults", multiple=True, metavar="SPEC",
-              help="KIND[:DIRECTION][,key=value...], e.g. latency:downstream,latency=100,jitter=10 "
-                   "(repeatable; see `socklab tap faults`). Units are toxiproxy's: ms, but bandwidth "
-                   "rate in KB/s (was bytes/s) and slicer delay in microseconds (was ms).")
-@click.option("--seed", type=int, default=None, help="Seed of the fault schedule: the same seed replays "
-                                                     "the same faults.")
-@click.option("--ctl", "ctl", metavar="[HOST:]PORT", default=None,
-              help="Serve the control API on this port, on 127.0.0.1 unless HOST says otherwise "
-                   "(0: any free port; printed at start). A HOST that is not loopback lets other "
-                   "machines change the faults: a warning says so.")
 @click.option("--api", metavar="[HOST:]PORT", default=None,
               help="Serve toxiproxy's HTTP API (/proxies, /proxies/NAME/toxics, /reset...; toxiproxy's "
                    "port is 8474) on 127.0.0.1 unless HOST says otherwise: toxiproxy's clients and curl "
@@ -86,28 +77,14 @@ def tap() -> None:
                    "A HOST that is not loopback lets other machines change the faults: a warning says so.")
 @click.option("--name", "proxy_name", default="tap", show_default=True,
               help="With --api: the name of the LISTEN proxy.")
-@click.option("--engine", type=click.Choice(["epoll", "poll", "select"]), default="epoll", show_default=True,
-              help="The reactor the relay runs on.")
-@click.option("--connect-timeout", type=Number(float, above=0), default=10.0, show_default=True,
-              help="Seconds to reach the target for each client.")
-@click.option("--tls-cert", metavar="PEM", default=None,
-              help="Terminate clients' TLS with this certificate chain: the tap sees the plaintext.")
-@click.option("--tls-key", metavar="PEM", default=None, help="Private key for --tls-cert (default: the cert file).")
-@click.option("--to-tls", is_flag=True, help="Speak TLS to the target (verified against --cafile or the "
-                                             "system's CAs).")
-@click.option("--cafile", metavar="PEM", default=None, help="With --to-tls: trust this CA bundle.")
-@click.option("--insecure", is_flag=True, help="With --to-tls: do not verify the target (testing only).")
-@click.option("--no-splice", is_flag=True,
-              help="Copy through Python even when nothing is shown or broken (default: splice(2), zero copy).")
 @trace_options
 @run_cli
-def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str | None, record: str | None,
-        faults: tuple[str, ...], seed: int | None, ctl: str | None, api: str | None, proxy_name: str,
-        engine: str, connect_timeout: float, tls_cert: str | None, tls_key: str | None, to_tls: bool,
-        cafile: str | None, insecure: bool, no_splice: bool, trace: bool, trace_json: str | None) -> None:
+def run(listen: str | None, view: str, pcap: str | None, record: str | None, api: str | None, proxy_name: str,
+        trace: bool, trace_json: str | None, **values: Any) -> None:
     """Relay LISTEN (HOST:PORT, or PORT on 127.0.0.1) to --to, showing, recording and breaking traffic.
 
-    With --api, serve toxiproxy's HTTP API too (or only: `socklab tap --api 8474`).
+    With --api, serve toxiproxy's HTTP API too (or only: `socklab tap --api 8474`). The relay's
+    options are the fields of socklab.tools.tap.TapSettings, which the library takes as they are.
 
     \b
     Examples:
@@ -120,55 +97,41 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
     """
     from socklab.tools.tap.observe import DumpObserver, PcapObserver, RecordObserver
 
+    udp = bool(values["udp"])
     if listen is None:
         if api is None:
             raise UsageError("give LISTEN --to TARGET (a relay), --api PORT (toxiproxy's API), or both")
-        if target or faults or pcap or record or ctl or udp:
+        if values["target"] or values["faults"] or pcap or record or values["ctl"] or udp:
             raise UsageError("--to, --fault, --pcap, --record, --ctl and --udp are for the LISTEN relay: "
                              "give LISTEN too (the API's own proxies take their toxics over HTTP)")
-        _serve_api(api, None, proxy_name, engine, seed, connect_timeout, not no_splice, [], sys.stdout)
+        _serve_api(api, None, build_settings(TapSettings, values), proxy_name, [], sys.stdout)
         return
-    if not target:
+    if not values["target"]:
         raise UsageError("LISTEN needs --to HOST:PORT (where to relay to)")
     if api is not None and udp:
         raise UsageError("--api speaks toxiproxy's API, whose proxies are TCP: not with --udp")
+    at = parse_endpoint(listen, default_host="127.0.0.1")
+    settings = build_settings(TapSettings, values, transport="udp" if udp else "tcp", host=at.host, port=at.port)
     out = sys.stderr if pcap == "-" else sys.stdout  # with --pcap -, stdout carries the capture only
-    listen_ep = parse_endpoint(listen, default_host="127.0.0.1")
-    target_ep = parse_endpoint(target, default_host="127.0.0.1")
-    fault_list = [Fault.parse(spec) for spec in faults]
-    for f in fault_list:
-        if (f.transport == "udp" and not udp) or (f.transport == "tcp" and udp):
-            raise UsageError(f"fault {f.kind} is a {f.transport.upper()} fault; "
-                             f"this tap relays {'UDP' if udp else 'TCP'}")
     observers: list[Observer] = [DumpObserver(out, view)]
     if pcap:
         observers.append(PcapObserver(pcap))
     if record:
         observers.append(RecordObserver(record))
-    if (cafile or insecure) and not to_tls:
-        raise UsageError("--cafile and --insecure are for --to-tls")
-    if tls_key and not tls_cert:
-        raise UsageError("--tls-key needs --tls-cert")
-    upstream = client_ssl_context(cafile, insecure) if to_tls else None
-    tracer = make_tracer(engine, trace, trace_json)
+    tracer = make_tracer(settings.engine, trace, trace_json)
 
     def make_relay(at: Any, to: Any, with_faults: list[Fault]) -> Tap:  # again when --api re-enables it
-        return Tap(at, to, udp=udp, faults=with_faults, seed=seed, observers=observers, engine=engine,
-                   tracer=tracer, connect_timeout=connect_timeout, splice=not no_splice, tls_cert=tls_cert,
-                   tls_key=tls_key, upstream_tls=upstream)
-    relay = make_relay(listen_ep, target_ep, fault_list)
-    relay.bind()
-    scheme = "udp" if udp else ("tls" if tls_cert else "tcp")
-    ctl_addr = None
-    if ctl is not None:
-        ctl_ep = parse_endpoint(ctl, default_host="127.0.0.1")
-        ctl_addr = relay.serve_control(ctl_ep.host, ctl_ep.port)
-        if not _is_loopback(ctl_addr):
-            click.echo(f"socklab tap: warning: the control API listens on {format_addr(ctl_addr)}, not on "
-                       f"loopback: anyone who can reach it can change this tap's faults (it has no "
-                       f"authentication); use --ctl PORT for 127.0.0.1", err=True)
+        return Tap(settings.with_fields(listen=at, target=to, faults=with_faults, ctl=None), observers=observers,
+                   tracer=tracer)
+    relay = Tap(settings, observers=observers, tracer=tracer).bind()
+    scheme = "udp" if udp else ("tls" if settings.tls_cert else "tcp")
+    ctl_addr = relay.control_address
+    if ctl_addr is not None and not _is_loopback(ctl_addr):
+        click.echo(f"socklab tap: warning: the control API listens on {format_addr(ctl_addr)}, not on "
+                   f"loopback: anyone who can reach it can change this tap's faults (it has no "
+                   f"authentication); use --ctl PORT for 127.0.0.1", err=True)
 
-    where = f"{scheme}://{format_addr(relay.address)} -> {target_ep}"
+    where = f"{scheme}://{format_addr(relay.address)} -> {relay.target}"
 
     def ready() -> None:  # once the signal handlers are in place: a SIGTERM after it is graceful
         click.echo(f"socklab tap listening on {where}", file=out)
@@ -177,36 +140,39 @@ def run(listen: str | None, target: str | None, udp: bool, view: str, pcap: str 
     def details() -> None:
         if ctl_addr is not None:
             click.echo(f"socklab tap control on tcp://{format_addr(ctl_addr)}", file=out)
-        click.echo(f"socklab tap seed {relay.seed} faults: {', '.join(repr(f) for f in fault_list) or 'none'}",
-                   file=out)
+        click.echo(f"socklab tap seed {relay.seed} faults: "
+                   f"{', '.join(repr(f) for f in settings.faults) or 'none'}", file=out)
         out.flush()
 
-    relay.settings.shutdown_timeout = 1.0
     if api is not None:
-        _serve_api(api, relay, proxy_name, engine, seed, connect_timeout, not no_splice, observers, out,
-                   announce=ready, relay_factory=make_relay)
+        _serve_api(api, relay, settings, proxy_name, observers, out, announce=ready, relay_factory=make_relay)
         return
     serve_until_signalled(relay.server, "tap", stream=out, where=[where], on_ready=details,
                           waiting_for="relayed connections", serve=relay.serve_forever)
 
 
-def _serve_api(api: str, relay: Tap | None, name: str, engine: str, seed: int | None, connect_timeout: float,
-               splice: bool, observers: list[Observer], out: Any, announce: Any = None,
-               relay_factory: Any = None) -> None:
-    """Serve toxiproxy's HTTP API on the main thread; every proxy (``relay`` too) runs on its own."""
+def _serve_api(api: str, relay: Tap | None, settings: TapSettings, name: str, observers: list[Observer],
+               out: Any, announce: Any = None, relay_factory: Any = None) -> None:
+    """Serve toxiproxy's HTTP API on the main thread; every proxy (``relay`` too) runs on its own.
+
+    The API's proxies take the command's settings (engine, seed, timeouts, splice...) without its
+    TLS, UDP and control port: toxiproxy's proxies are plain TCP, their toxics come over HTTP.
+    """
     from socklab.apps.http.api import HttpSettings, serve_http
     from socklab.core.sockets import Endpoint
     from socklab.tools.tap.api import ToxiproxyApi
 
+    base = settings.with_fields(tls_cert=None, tls_key=None, to_tls=False, cafile=None, insecure=False,
+                                to_server_name=None, udp=False, ctl=None, faults=())
+
     def make_tap(listen: Endpoint, upstream: Endpoint, faults: list[Fault]) -> Tap:
-        return Tap(listen, upstream, faults=faults, seed=seed, engine=engine, connect_timeout=connect_timeout,
-                   splice=splice)
+        return Tap(base.with_fields(listen=listen, target=upstream, faults=faults))
 
     api_ep = parse_endpoint(api, default_host="127.0.0.1")
     toxi = ToxiproxyApi(make_tap, log=lambda line: click.echo(line, err=True))
-    settings = HttpSettings(host=api_ep.host, port=api_ep.port, engine=engine, log_format="none",
-                            shutdown_timeout=1.0)
-    server = serve_http(settings, toxi.router(), label="tap-api")
+    http = HttpSettings(host=api_ep.host, port=api_ep.port, engine=settings.engine, log_format="none",
+                        shutdown_timeout=settings.shutdown_timeout)
+    server = serve_http(http, toxi.router(), label="tap-api")
     try:
         if relay is not None:
             relay.start()

@@ -21,100 +21,72 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from socklab.core.errors import SocklabError, UsageError
-from socklab.core.settings import ServerSettings, setting
-from socklab.core.sockets import Endpoint
+from socklab.core.sockets import Endpoint, client_ssl_context, parse_endpoint
 from socklab.core.trace import Tracer
 from socklab.protocols.faults import Fault, FaultSchedule
 from socklab.runtime import Server
 from socklab.tools.tap.events import DOWNSTREAM, UPSTREAM, ConnInfo, FaultEvent, Observer
+from socklab.tools.tap.settings import TapSettings, endpoint_of
 from socklab.tools.tap.tcp import _ClientSide, _TcpRelay
 from socklab.tools.tap.udp import _UdpFront
 
 __all__ = ["DOWNSTREAM", "UPSTREAM", "ConnInfo", "FaultEvent", "Observer", "Tap", "TapSettings"]
 
 
-@dataclass
-class TapSettings(ServerSettings):
-    """The tap's settings: a server's, with no idle timeout (a hung connection is often the point)."""
-
-    idle_timeout: float = setting(0.0, "Close a connection silent for this many seconds (0 = never).")
-    max_connections: int = setting(10000, "Connections relayed at once.")
-    udp_flow_timeout: float = setting(60.0, "Forget a UDP peer (and its upstream socket) after this many "
-                                            "seconds without a datagram.")
-
-
-# ---- the public object --------------------------------------------------------------------------
-def _endpoint(value: Any, what: str) -> Endpoint:
-    if isinstance(value, Endpoint):
-        return value
-    if isinstance(value, tuple):
-        return Endpoint(str(value[0]), int(value[1]))
-    if isinstance(value, str):
-        from socklab.core.sockets import parse_endpoint
-
-        return parse_endpoint(value)
-    raise UsageError(f"bad {what} address {value!r}")
-
-
 class Tap:
-    """A fault-injecting, observing relay from ``listen`` to ``target``.
+    """A fault-injecting, observing relay from where its settings listen to their ``target``.
 
     Args:
-        listen: where to accept clients, ``(host, port)`` (port 0: the kernel picks; see :attr:`port`).
-        target: where to relay to, ``(host, port)`` or ``"HOST:PORT"``.
-        udp: relay datagrams instead of a stream.
-        faults: the faults in force (change them later with :meth:`set_faults`).
-        seed: seed of the fault schedule (``None``: random; :attr:`seed` tells which, to replay).
+        settings: what to relay, where, with which faults and TLS (:class:`TapSettings`: the same
+            object ``socklab tap run`` builds from its options).
         observers: receivers of traffic and fault events (hexdump, pcap writer, recorder...).
-        engine: ``epoll`` (default), ``poll`` or ``select``.
         tracer: the lifecycle trace, or ``None``.
-        connect_timeout: seconds to reach the target for each client.
-        splice: move the bytes of fault-free, unobserved connections with ``splice(2)`` (zero copy).
-        tls_cert, tls_key: terminate TLS from clients with this certificate (PEM): the tap then
-            sees, shows, records and breaks the plaintext.
-        upstream_tls: speak TLS to the target with this client context (verify it as you would
-            the target itself); ``upstream_hostname`` is the name to verify (default: the
-            target's host).
+        upstream_tls: speak TLS to the target with this client context instead of the one
+            ``to_tls``/``cafile``/``insecure`` make (mutual TLS, a pinned CA...).
+        **fields: settings fields to change on ``settings`` (or on the defaults), for short library
+            use: ``Tap(target=("127.0.0.1", port), faults=[...], seed=1)``. ``listen`` and
+            ``target`` take ``(host, port)``, ``"HOST:PORT"`` or an Endpoint. Nothing else
+            overrides the settings: the tap reads only ``self.settings``.
 
     Raises:
-        UsageError: bad address or fault; NetworkError subclasses when binding fails.
+        UsageError: bad address, fault or combination; NetworkError subclasses when binding fails.
+        TypeError: a keyword that is not a setting.
 
     Use it as a context manager (``with Tap(...) as tap``), or call :meth:`start` and :meth:`close`.
     """
 
-    def __init__(self, listen: Any = ("127.0.0.1", 0), target: Any = None, *, udp: bool = False,
-                 faults: Iterable[Fault] = (), seed: int | None = None,
-                 observers: Iterable[Observer] = (), engine: str = "epoll", tracer: Tracer | None = None,
-                 connect_timeout: float = 10.0, settings: TapSettings | None = None,
-                 splice: bool = True, tls_cert: str | None = None, tls_key: str | None = None,
-                 upstream_tls: ssl.SSLContext | None = None, upstream_hostname: str | None = None) -> None:
-        if target is None:
+    def __init__(self, settings: TapSettings | None = None, *, observers: Iterable[Observer] = (),
+                 tracer: Tracer | None = None, upstream_tls: ssl.SSLContext | None = None, **fields: Any) -> None:
+        if settings is not None and not isinstance(settings, TapSettings):
+            raise UsageError(f"Tap() takes a TapSettings, not {type(settings).__name__} (for addresses write "
+                             "Tap(listen=..., target=...))")
+        s = (settings or TapSettings()).with_fields(**fields) if fields else (settings or TapSettings())
+        s.validate()
+        if s.target is None:
             raise UsageError("a tap needs a target (--to HOST:PORT)")
-        if engine not in ("epoll", "poll", "select"):
-            raise UsageError(f"the tap runs on a reactor engine (epoll, poll, select), not {engine!r}")
-        self.listen_at = _endpoint(listen, "listen")
-        self.target = _endpoint(target, "target")
+        if s.udp and upstream_tls is not None:
+            raise UsageError("TLS is for TCP relays (there is no TLS over plain UDP)")
+        self.settings: TapSettings = s
+        # what the relay modules read, derived once from the settings
+        self.listen_at = Endpoint(s.host, s.port)
+        self.target = endpoint_of(s.target, "target")
         self.target_address: Any = (self.target.host, self.target.port)
-        self.udp = udp
-        self.schedule = FaultSchedule(faults, seed)
+        self.udp = s.udp
+        self.connect_timeout = s.connect_timeout
+        self.schedule = FaultSchedule(s.faults, s.seed)
         self.observers: list[Observer] = list(observers)
         self.tracer = tracer
-        self.connect_timeout = connect_timeout
-        if udp and (tls_cert or upstream_tls):
-            raise UsageError("TLS is for TCP relays (there is no TLS over plain UDP)")
+        if upstream_tls is None and s.to_tls:
+            upstream_tls = client_ssl_context(s.cafile, s.insecure)
         self.upstream_tls = upstream_tls
-        self.upstream_hostname = upstream_hostname or (self.target.host if upstream_tls else None)
+        self.upstream_hostname = s.to_server_name or (self.target.host if upstream_tls else None)
         # splice(2) moves the kernel's bytes: with TLS on either side those are ciphertext of two
         # different sessions, so every byte must pass through the TLS layers instead.
-        self.splice = splice and not tls_cert and upstream_tls is None
-        base = settings or TapSettings()
-        self.settings: TapSettings = base.replace(host=self.listen_at.host, port=self.listen_at.port,
-                                                  engine=engine, tls_cert=tls_cert or base.tls_cert,
-                                                  tls_key=tls_key or base.tls_key)
+        self.splice = s.splice and not s.tls_cert and upstream_tls is None
+        self.control_address: Any = None
         self.server = Server(self.settings, tracer=tracer, label="tap")
         self.engine: Any = self.server.engine
         self.fault_log: list[FaultEvent] = []
@@ -188,12 +160,15 @@ class Tap:
             listener(event)
 
     def bind(self) -> Tap:
-        """Bind the listener now (the port is known after this); :meth:`start` calls it."""
+        """Bind the listener (and the control port if ``settings.ctl``) now; :meth:`start` calls it."""
         if self.address is None:
             if self.udp:
                 self.address = self.server.listen_udp(self._make_front)
             else:
                 self.address = self.server.listen(lambda: _ClientSide(self))
+            if self.settings.ctl is not None:
+                at = parse_endpoint(self.settings.ctl, default_host="127.0.0.1")
+                self.control_address = self.serve_control(at.host, at.port)
         return self
 
     def serve_control(self, host: str = "127.0.0.1", port: int = 0) -> Any:
