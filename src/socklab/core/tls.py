@@ -294,6 +294,9 @@ class TLSProtocol(Protocol, Transport):
             return self._ssl.version()
         return self.transport.get_extra_info(name, default)
 
+    def keep_reading_when_full(self) -> bool:
+        return self.transport.keep_reading_when_full()  # the ciphertext's transport is the one that reads
+
     def tcp_state(self) -> str | None:
         return self.transport.tcp_state()
 

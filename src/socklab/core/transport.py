@@ -35,6 +35,9 @@ engine or TLS cannot do it the fast way:
   ``TCP_INFO``), for tools that explain it; fallback: ``None``.
 - ``set_buffer_sizes(rcvbuf, sndbuf)`` (stream and datagram): grow the kernel's socket buffers
   (``SO_RCVBUF``/``SO_SNDBUF``) and say what it granted; fallback: ``None`` (nothing known).
+- ``keep_reading_when_full()``: go on reading the peer while the write buffer is above ``high``
+  (a client's, whose server stops reading requests while its answers are not read); fallback:
+  False (reading stops above ``high`` as usual).
 - the zero-copy echo: a protocol declares ``zero_copy_echo`` (see :mod:`socklab.core.protocol`).
 """
 
@@ -170,6 +173,17 @@ class Transport(BaseTransport):
         when this engine or either side (TLS) cannot: relay through the protocols instead.
         """
         return None
+
+    def keep_reading_when_full(self) -> bool:
+        """From now on, go on reading the peer while the write buffer is above ``high``.
+
+        ``pause_writing``/``resume_writing`` still come; only the server's rule "stop reading a peer
+        that does not read" is lifted. A client needs it: its server stops reading requests while
+        its answers are not read, so a client that stopped reading too whenever its requests back
+        up would deadlock with it (both sides waiting for the other to read). Returns False where
+        the transport cannot (reading then stops above ``high`` as usual).
+        """
+        return False
 
     def tcp_state(self) -> str | None:
         """The kernel's TCP state of this connection (``ESTABLISHED``, ``CLOSE_WAIT``...), or ``None``.

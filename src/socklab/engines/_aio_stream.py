@@ -114,6 +114,7 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         self._abort_exc: BaseException | None = None
         self._app_paused = False
         self._backpressure = False
+        self._read_when_full = False  # keep_reading_when_full(): back-pressure does not stop reading
         self._reading = True
         self._tls = False
 
@@ -230,11 +231,12 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         self.protocol.connection_lost(err)
 
     def pause_writing(self) -> None:
-        self._backpressure = True
+        self._backpressure = not self._read_when_full
         self._sync_reading()
         if self.tracer:
             self.tracer.note(f"write buffer above the high-water mark ({self.engine.settings.max_buffer} B): "
-                             "the peer is not reading; pausing the protocol and no longer reading this peer",
+                             "the peer is not reading; pausing the protocol" + ("" if self._read_when_full else
+                                                                              " and no longer reading this peer"),
                              fd=self._fdno, peer=self._peer, level="transport")
         self.protocol.pause_writing()
 
@@ -366,6 +368,12 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         if t is None or t.is_closing():
             return None
         return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
+
+    def keep_reading_when_full(self) -> bool:
+        self._read_when_full = True
+        self._backpressure = False
+        self._sync_reading()
+        return True
 
     def tcp_state(self) -> str | None:
         t = self._t

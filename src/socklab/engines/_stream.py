@@ -123,6 +123,7 @@ class StreamCore(ConnStateMachine):
         self._app_paused = False  # pause_reading()
         self._backpressure = False  # our write buffer is above high water: the peer is not read
         self._protocol_paused = False  # pause_writing() was called, resume_writing() not yet
+        self._read_when_full = False  # keep_reading_when_full(): back-pressure does not stop reading
         self._high = high
         self._low = high // 4
 
@@ -183,12 +184,14 @@ class StreamCore(ConnStateMachine):
         """After output was queued: above ``high``, pause the protocol and stop reading the peer."""
         if len(self._wbuf) > self._high and not self._protocol_paused:
             self._protocol_paused = True
-            self._backpressure = True
-            self._reading_changed()
+            if not self._read_when_full:
+                self._backpressure = True
+                self._reading_changed()
             if self.tracer:
                 self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol and no longer reading this peer", self.sock,
-                                 peer=self.peer)
+                                 "reading; pausing the protocol" + ("" if self._read_when_full else
+                                                                    " and no longer reading this peer"),
+                                 self.sock, peer=self.peer)
             try:
                 self.protocol.pause_writing()
             except Exception as exc:
@@ -232,6 +235,13 @@ class StreamCore(ConnStateMachine):
         if self._state is _CLOSED:
             return None
         return grow_socket_buffers(self.sock, rcvbuf, sndbuf, self.tracer)
+
+    def keep_reading_when_full(self) -> bool:
+        self._read_when_full = True
+        if self._backpressure:
+            self._backpressure = False
+            self._reading_changed()
+        return True
 
     def tcp_state(self) -> str | None:
         return None if self._state is _CLOSED else tcp_state(self.sock)
