@@ -16,10 +16,6 @@ into a user cache), and each app's benchmark (:mod:`.tap`, :mod:`.transfer`, :mo
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +23,15 @@ import click
 from rich.console import Console
 
 from socklab.cli.options import run_cli
-from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
 from socklab.core.settings import ENGINE_NAMES
+from socklab.tools.bench.options import (
+    measurement_options,
+    run_meta,
+    save_figures,
+    slice_option,
+    table_console,
+)
 
 __all__ = ["bench"]
 
@@ -67,12 +69,6 @@ def _engines(spec: str | None, default: tuple[str, ...], connections: int, err: 
     return out
 
 
-def _console() -> Console:
-    """stdout; when it is not a terminal (a file, a pipe) wide enough for the whole table."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
 def _targets(values: tuple[str, ...]) -> list[tuple[str, int]]:
     out = []
     for v in values:
@@ -81,32 +77,6 @@ def _targets(values: tuple[str, ...]) -> list[tuple[str, int]]:
             raise UsageError(f"--target {v!r}: expected HOST:PORT")
         out.append((host.strip("[]"), int(port)))
     return out
-
-
-def _save(path: str | None, results: Any, meta: dict[str, Any], err: Console) -> None:
-    if path:
-        from socklab.tools.bench.report import to_json
-
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(to_json(results, meta) + "\n")
-        err.print(f"figures saved to {path}")
-
-
-def _meta(load: Any, repeats: int, pinning: str, **more: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from socklab.tools.bench.build import binary
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "load": asdict(load),
-            "repeats": repeats, "pinning": pinning, "cpus": os.cpu_count(), "cpu_model": model,
-            "kernel": platform.release(), "python": sys.version.split()[0], "loadgen": str(binary("loadgen")),
-            **more}
 
 
 @click.group()
@@ -157,30 +127,18 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
               help="Active connections.")
 @click.option("--pipeline", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Messages in flight per connection (1 = ping-pong).")
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
-              help="Measured seconds per run.")
-@click.option("--warmup", type=click.FloatRange(0, 600), default=1.0, show_default=True,
-              help="Seconds of load before measuring.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Runs per server (interleaved, fresh process each); the table shows medians.")
+@measurement_options(repeat_help="Runs per server (interleaved, fresh process each); the table shows medians.")
 @click.option("--target", "targets", metavar="HOST:PORT", multiple=True,
               help="Also measure an already running echo server (repeatable). socklab did not start it, "
                    "so it is not pinned and its CPU and memory are not measured; it is compared with "
                    "the other servers of the run (none unless --engines or --with-c).")
-@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
-@click.option("--chart", metavar="FILE", default=None, type=WritablePath(), help="Write a chart: FILE.html or FILE.svg.")
 @click.option("--no-reference", is_flag=True, help="Skip the plain reference servers.")
 @click.option("--with-c", is_flag=True, help="Also run the single-threaded C epoll echo server.")
 @click.option("--interleave/--separate", default=True, show_default=True,
               help="Measure each engine together with its reference, taking turns every --slice-ms in one "
                    "generator run (precise ratios on a noisy machine), or each server in a run of its own.")
-@click.option("--slice-ms", type=click.FloatRange(10, 10_000), default=200.0, show_default=True,
-              help="Turn length for --interleave, milliseconds.")
+@slice_option("Turn length for --interleave, milliseconds.")
 @click.option("--sweep", is_flag=True, help="Run the connection sweep instead (same as `bench sweep`).")
-@click.option("--cold", is_flag=True,
-              help="Skip the warm-up every server gets before its load (one connection opened and closed "
-                   "without data): shows the figure of a server that never met an EOF.")
 @click.option("--udp", is_flag=True,
               help="Echo UDP datagrams instead: --connections flows (one socket each), one datagram of --size "
                    "bytes in flight per flow; references are a blocking recvfrom loop, a selectors loop and "
@@ -280,8 +238,8 @@ def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, dura
                 proto=proto)
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=interleave, slice_ms=slice_ms)
-    meta = _meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
-    _save(save, results, meta, err)
+    meta = run_meta(load, repeat, pinning, command="echo", interleave=interleave, slice_ms=slice_ms)
+    save_figures(save, results, meta, err)
     if chart:
         write_chart(chart, results, sweep=False, meta=meta)
         err.print(f"chart written to {chart}")
@@ -292,7 +250,7 @@ def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, dura
     title = (f"{what}, {size:,} B x {connections} {'flows' if proto == 'udp' else 'connections'}, "
              f"pipeline {pipeline}, median of {repeat} x {duration:g} s, {how}, {'COLD (no warm-up connection)' if cold else 'warm'} "
              f"({pinning})")
-    _console().print(echo_table(results, title))
+    table_console().print(echo_table(results, title))
     if any(generator_bound(r) for r in results if r.error is None):
         err.print("[yellow]![/yellow] on a flagged row the load generator was busier than the server: the "
                   "figure is a lower bound for the server (see `socklab bench calibrate`)")
@@ -309,18 +267,8 @@ def _run_echo(specs: list[Any], size: int, connections: int, pipeline: int, dura
               help="Message size, bytes.")
 @click.option("--pipeline", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Messages in flight per active connection.")
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=3.0, show_default=True,
-              help="Measured seconds per step.")
-@click.option("--warmup", type=click.FloatRange(0, 600), default=0.5, show_default=True,
-              help="Seconds of load before measuring.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per step.")
-@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
-@click.option("--chart", metavar="FILE", default=None, type=WritablePath(), help="Write a chart: FILE.html or FILE.svg.")
+@measurement_options(per="step", duration=3.0, warmup=0.5, repeat=1)
 @click.option("--with-c", is_flag=True, help="Also sweep the C epoll echo server.")
-@click.option("--cold", is_flag=True,
-              help="Skip the warm-up every server gets before its load (one connection opened and closed "
-                   "without data): shows the figure of a server that never met an EOF.")
 @run_cli
 def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipeline: int, duration: float,
               warmup: float, repeat: int, as_json: bool, save: str | None, chart: str | None,
@@ -365,30 +313,24 @@ def sweep_cmd(engines_opt: str | None, levels: str, active: int, size: int, pipe
     base = Load(connections=active, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold)
     results = run_sweep(specs, steps, active=active, base=base, repeats=repeat, server_cores=server_cores,
                         gen_cpu=gen_cpu, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
-    meta = _meta(base, repeat, pinning, command="sweep", levels=steps)
-    _save(save, results, meta, err)
+    meta = run_meta(base, repeat, pinning, command="sweep", levels=steps)
+    save_figures(save, results, meta, err)
     if chart:
         write_chart(chart, results, sweep=True, meta=meta)
         err.print(f"chart written to {chart}")
     if as_json:
         click.echo(to_json(results, meta))
         return
-    _console().print(sweep_table(results, f"connection sweep, {active} active x {size:,} B ({pinning})"))
+    table_console().print(sweep_table(results, f"connection sweep, {active} active x {size:,} B ({pinning})"))
 
 
 CALIBRATION = ((1024, 20, 1), (1024, 20, 8), (65536, 10, 1), (1024, 200, 1))
 
 
 @bench.command()
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
-              help="Measured seconds per load.")
-@click.option("--warmup", type=click.FloatRange(0, 600), default=1.0, show_default=True,
-              help="Seconds of load before measuring.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="Runs per load.")
-@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
+@measurement_options(per="load", duration=5.0, warmup=1.0, repeat=1, chart=False)
 @run_cli
-def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: str | None) -> None:
+def calibrate(duration: float, warmup: float, repeat: int, cold: bool, as_json: bool, save: str | None) -> None:
     """Show that the load generator is not the limit: it drives the C server to a full core.
 
     Runs the C epoll echo server under the benchmark's loads. When the server's core is busy
@@ -413,11 +355,11 @@ def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: 
     [spec] = server_specs([], references=False, with_c=True, targets=[])
     results = []
     for size, conns, pipeline in CALIBRATION:
-        load = Load(connections=conns, size=size, pipeline=pipeline, duration=duration, warmup=warmup)
+        load = Load(connections=conns, size=size, pipeline=pipeline, duration=duration, warmup=warmup, cold=cold)
         results += run_echo([spec], load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                             progress=lambda m: err.print(f"[dim]{m}[/dim]"))
-    meta = _meta(results[0].load, repeat, pinning, command="calibrate")
-    _save(save, results, meta, err)
+    meta = run_meta(results[0].load, repeat, pinning, command="calibrate")
+    save_figures(save, results, meta, err)
     if as_json:
         click.echo(to_json(results, meta))
         return
@@ -435,7 +377,7 @@ def calibrate(duration: float, warmup: float, repeat: int, as_json: bool, save: 
                    else "[yellow]generator-bound: figures are lower bounds[/yellow]" if r.loadgen_cpu >= GEN_BUSY
                    else "neither core full: a busy machine, or latency-bound")
         t.add_row(what, f"{r.rps:,.0f}", f"{r.mbps:,.1f}", f"{srv:.0f}", f"{r.loadgen_cpu:.0f}", verdict)
-    _console().print(t)
+    table_console().print(t)
 
 
 @bench.command()

@@ -31,11 +31,15 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from socklab.cli.options import run_cli
 from socklab.core.errors import SocklabError
+
+if TYPE_CHECKING:
+    from socklab.tools.tap import Fault
 
 __all__ = ["run_native_table", "run_tftp_faults", "run_tftp_table", "transfer"]
 
@@ -254,7 +258,7 @@ def run_native_table(size: int, repeat: int, tmp_dir: str | None, as_json: bool)
                                    "cpu_recv_s_per_gib": round(rx[k], 3)} for k, v in med.items()}))
 
 
-def _tftp_once(size: int, blksize: int, window: int, faults: Sequence[object], seed: int, timeout: float,
+def _tftp_once(size: int, blksize: int, window: int, faults: Sequence[Fault], seed: int, timeout: float,
                root: Path) -> tuple[float, int]:
     from socklab.apps.tftp.client import TftpClientOptions, tftp_get
     from socklab.apps.tftp.server import TftpSettings, serve_tftp
@@ -265,7 +269,7 @@ def _tftp_once(size: int, blksize: int, window: int, faults: Sequence[object], s
     srv, _ = serve_tftp(settings)
     srv.start()
     try:
-        with Tap(target=("127.0.0.1", srv.port), udp=True, faults=faults, seed=seed) as tap:  # type: ignore[arg-type]
+        with Tap(target=("127.0.0.1", srv.port), udp=True, faults=faults, seed=seed) as tap:
             out = io.BytesIO()
             start = time.perf_counter()
             res = tftp_get("127.0.0.1", tap.port, "f.bin", out,

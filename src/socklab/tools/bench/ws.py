@@ -1,7 +1,7 @@
 """``socklab bench ws``: WebSocket echo on socklab's HTTP layer against aiohttp, picows and websockets.
 
-Why this exists: every web chat client and every ``ws://`` RPC call takes this path, and issue 19
-sets its bar at the best Python peers on the same event loop. The method is ``bench echo``'s: the
+Why this exists: every web chat client and every ``ws://`` RPC call takes this path, and its bar
+is the best Python peers on the same event loop. The method is ``bench echo``'s: the
 C load generator (``loadgen --ws /ws``: an RFC 6455 upgrade per connection, then masked text
 frames of --size bytes, ping-pong), each socklab engine interleaved with its reference in turns,
 fresh processes per round, medians; every contender warmed alike (one connection opened and
@@ -21,8 +21,14 @@ import click
 from rich.console import Console
 
 from socklab.cli.options import run_cli
-from socklab.cli.params import WritablePath
 from socklab.core.errors import UsageError
+from socklab.tools.bench.options import (
+    measurement_options,
+    run_meta,
+    save_figures,
+    slice_option,
+    table_console,
+)
 from socklab.tools.bench.procs import SERVERS_DIR, ServerSpec
 
 __all__ = ["SERVERS_DIR", "WS_REFERENCE_FOR", "ws", "ws_dir", "ws_server_specs"]
@@ -78,21 +84,12 @@ def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True)
               help="Text message size, bytes (one frame each).")
 @click.option("--connections", type=click.IntRange(1, 10_000), default=20, show_default=True,
               help="Clients, each with one message in flight.")
-@click.option("--duration", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
-              help="Measured seconds per run.")
-@click.option("--warmup", type=click.FloatRange(0, 600), default=1.0, show_default=True,
-              help="Seconds of load before measuring.")
-@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Runs per server (fresh processes each); the table shows medians.")
-@click.option("--slice-ms", type=click.FloatRange(10, 10_000), default=200.0, show_default=True,
-              help="Turn length when an engine and its reference take turns, milliseconds.")
+@measurement_options(repeat_help="Runs per server (fresh processes each); the table shows medians.")
+@slice_option()
 @click.option("--no-reference", is_flag=True, help="Only socklab's servers (no aiohttp, picows, websockets).")
-@click.option("--cold", is_flag=True, help="Skip the warm-up connection every server otherwise gets first.")
-@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of the table.")
-@click.option("--save", metavar="FILE", default=None, type=WritablePath(), help="Also write every figure as JSON to FILE.")
 @run_cli
 def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: float, repeat: int,
-       slice_ms: float, no_reference: bool, cold: bool, as_json: bool, save: str | None) -> None:
+       slice_ms: float, no_reference: bool, cold: bool, as_json: bool, save: str | None, chart: str | None) -> None:
     """WebSocket echo: socklab's /ws route on each engine vs aiohttp (same loop), picows, websockets.
 
     One C generator process on its own core holds --connections clients; a message is one masked
@@ -107,9 +104,8 @@ def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: f
       socklab bench ws --engines epoll --repeat 1 --duration 3
     """
     from socklab.core.settings import ENGINE_NAMES
-    from socklab.tools.bench.cli import _console, _meta, _save
     from socklab.tools.bench.procs import pick_cores
-    from socklab.tools.bench.report import echo_table, to_json
+    from socklab.tools.bench.report import echo_table, to_json, write_chart
     from socklab.tools.bench.runner import Load, raise_nofile, run_echo
 
     err = Console(stderr=True)
@@ -125,11 +121,14 @@ def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: f
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs[/dim]")
     results = run_echo(specs, load, repeats=repeat, server_cores=server_cores, gen_cpu=gen_cpu,
                        progress=lambda m: err.print(f"[dim]{m}[/dim]"), interleave=True, slice_ms=slice_ms)
-    meta = _meta(load, repeat, pinning, command="ws", interleave=True, slice_ms=slice_ms)
-    _save(save, results, meta, err)
+    meta = run_meta(load, repeat, pinning, command="ws", interleave=True, slice_ms=slice_ms)
+    save_figures(save, results, meta, err)
+    if chart:
+        write_chart(chart, results, sweep=False, meta=meta)
+        err.print(f"chart written to {chart}")
     if as_json:
         click.echo(to_json(results, meta))
         return
     title = (f"WebSocket echo, {size:,} B text x {connections} clients, median of {repeat} x {duration:g} s, "
              f"{'COLD' if cold else 'warm'} ({pinning})")
-    _console().print(echo_table(results, title))
+    table_console().print(echo_table(results, title))
