@@ -81,12 +81,12 @@ class Mesh:
         self.engine = engine
         self.nodes: list[PeerNode] = []
 
-    def add(self, name: str, *, join: tuple[str, ...] = (), port: int = 0, discover: bool = False,
-            **settings: Any) -> PeerNode:
+    def add(self, name: str, *, port: int = 0, **settings: Any) -> PeerNode:
+        """A started node; ``settings`` are PeerSettings fields (``join=(...)``, ``discover=True``...)."""
         values = dict(FAST, **settings)
         s = PeerSettings(name=name, host="127.0.0.1", port=port, engine=self.engine,
                          control=str(self.tmp / f"{name}.sock"), downloads=str(self.tmp), **values)
-        node = PeerNode(s, join=join, discover=discover, out=Out())
+        node = PeerNode(s, out=Out())
         self.nodes.append(node)
         node.start()
         return node

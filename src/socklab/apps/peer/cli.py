@@ -25,16 +25,11 @@ PROMPT_HELP = ("type a line to send it to every node; /share PATH offers a file;
 @click.option("--listen", "listen", metavar="[HOST:]PORT", default=None,
               help="Run a node accepting links here (HOST defaults to 127.0.0.1; give a LAN address to "
                    "be reachable from other hosts).")
-@click.option("--join", "join", metavar="HOST:PORT", multiple=True,
-              help="A node to link to at start (repeatable); redialled with backoff if lost.")
-@click.option("--discover", is_flag=True, default=False,
-              help="Find other nodes with UDP multicast announces (--group, --discovery-port).")
 @options_from(PeerSettings, exclude=("host", "port", "unix"))
 @log_options
 @trace_options
 @run_cli
-def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,
-         trace_json: str | None, **values: Any) -> None:
+def peer(listen: str | None, trace: bool, trace_json: str | None, **values: Any) -> None:
     """A peer-to-peer gossip mesh: every node both listens and dials.
 
     \b
@@ -56,11 +51,10 @@ def peer(listen: str | None, join: tuple[str, ...], discover: bool, trace: bool,
     if listen is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
-    _run_node(listen, join, discover, trace, trace_json, values)
+    _run_node(listen, trace, trace_json, values)
 
 
-def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, trace_json: str | None,
-              values: dict[str, Any]) -> None:
+def _run_node(listen: str, trace: bool, trace_json: str | None, values: dict[str, Any]) -> None:
     from socklab.apps.peer.node import PeerNode
     from socklab.core.errors import UsageError
     from socklab.core.sockets import parse_endpoint
@@ -73,7 +67,7 @@ def _run_node(listen: str, join: tuple[str, ...], discover: bool, trace: bool, t
         raise UsageError("--listen takes [HOST:]PORT (links are TCP)")
     settings = build_settings(PeerSettings, values, host=ep.host, port=ep.port)
     tracer = make_tracer(settings.engine, trace, trace_json)
-    node = PeerNode(settings, join=join, discover=discover, tracer=tracer)
+    node = PeerNode(settings, tracer=tracer)
     register_server(node.server, app="peer")  # before the readiness lines: `ss` labels it once they are out
     # The readiness lines go out before the engine runs, so no node news can precede them.
     for addr, scheme in zip(node.server.addresses, ("tls" if settings.tls_cert else "tcp", "unix"), strict=False):

@@ -91,9 +91,9 @@ class PeerNode:
     """One mesh node on one engine.
 
     Args:
-        settings: the node's settings (``host``/``port`` are where it listens).
-        join: ``HOST:PORT`` addresses to dial at start and redial for ever.
-        discover: announce and listen on the multicast group (see :mod:`socklab.apps.peer.discovery`).
+        settings: the node's settings (``host``/``port`` are where it listens; ``join``: ``HOST:PORT``
+            addresses to dial at start and redial for ever; ``discover``: announce and listen on the
+            multicast group, see :mod:`socklab.apps.peer.discovery`).
         tracer: socket trace sink, or ``None``.
         out: where delivered messages and link events are printed (stdout by default).
 
@@ -101,8 +101,7 @@ class PeerNode:
         UsageError, AddressInUse...: from binding the listener or the control socket.
     """
 
-    def __init__(self, settings: PeerSettings, *, join: tuple[str, ...] = (), discover: bool = False,
-                 tracer: Tracer | None = None, out: TextIO | None = None) -> None:
+    def __init__(self, settings: PeerSettings, *, tracer: Tracer | None = None, out: TextIO | None = None) -> None:
         self.settings = settings
         self.id = uuid.uuid4().hex[:16]
         self.name = settings.name
@@ -141,11 +140,11 @@ class PeerNode:
         self._ping_seq = 0
         self._rng = random.Random()
         self.discovery: Any = None
-        if discover:
+        if settings.discover:
             from socklab.apps.peer.discovery import start_discovery
 
             self.discovery = start_discovery(self)
-        for address in join:
+        for address in settings.join:
             self.targets[self._norm(address)] = _Target(persistent=True)
 
     # ---- lifecycle ------------------------------------------------------------------------------------

@@ -116,6 +116,9 @@ class PeerSettings(ServerSettings):
     downloads: str = setting(".", "Directory fetched files are written to.", metavar="DIR")
     control: str | None = setting(None, "Control socket path (default: $XDG_RUNTIME_DIR/socklab/peer-NAME.sock "
                                         "or /tmp/socklab-UID/peer-NAME.sock).", metavar="PATH")
+    join: tuple[str, ...] = setting((), "A node to link to at start (repeatable); redialled with backoff if lost.",
+                                    metavar="HOST:PORT")
+    discover: bool = setting(False, "Find other nodes with UDP multicast announces (--group, --discovery-port).")
 
     def validate(self) -> None:
         super().validate()
