@@ -15,7 +15,7 @@ example that shows ``socket.create_connection`` does not count) and holds them t
 - nowhere in ``apps`` or ``tools`` does code take the socket or its fd from a transport
   (``get_extra_info("socket")`` / ``("fd")``): what apps needed is a capability of the transport
   (:mod:`socklab.core.transport`: ``sendfile``, ``set_cork``, ``set_recv_lowat``, ``splice_to``,
-  ``detach``, ``set_buffer_sizes``).
+  ``detach``, ``set_buffer_sizes``, ``tcp_state``).
 
 The contenders of ``socklab bench`` (``bench/reference/``: plain-socket reference servers;
 ``bench/servers/``: aiohttp, websockets, picows and socklab's own WebSocket server as the others
@@ -62,10 +62,7 @@ NOT_SAID_YET = {"bench/warm.py", "bench/chat.py", "bench/http.py", "bench/tap.py
                 "nc.py"}
 
 # get_extra_info("socket"/"fd") in apps or tools: path under socklab/ -> (most calls allowed, why)
-EXTRA_INFO_ALLOWED: dict[str, tuple[int, str]] = {
-    "tools/netcat.py": (1, "--explain shows the kernel's TCP state (TCP_INFO) of the connection: "
-                           "transport.tcp_state() now gives it; the entry goes once netcat uses it"),
-}
+EXTRA_INFO_ALLOWED: dict[str, tuple[int, str]] = {}  # none: netcat's --explain asks transport.tcp_state()
 
 
 def _tool_modules() -> list[Path]:
