@@ -2,8 +2,9 @@
 
 Why this exists: the load generator and the C yardstick server ship as source (package data, so an
 installed socklab has them too) and are compiled with ``gcc -O2`` the first time they are needed.
-The binary's name carries a hash of its source and flags, so editing the ``.c`` file recompiles
-it, and two runs compiling at once never see a half-written binary (compile, then rename).
+The binary's name carries a hash of its source, the headers beside it and the flags, so editing a
+``.c`` or ``.h`` file recompiles, and two runs compiling at once never see a half-written binary
+(compile, then rename).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def binary(name: str, *, compiler: str | None = None) -> Path:
     source = C_DIR / f"{name}.c"
     cc = compiler or os.environ.get("CC") or "gcc"
     libs = LIBS.get(name, ())
-    digest = hashlib.sha256(source.read_bytes() + " ".join((cc, *CFLAGS, *libs)).encode()).hexdigest()[:16]
+    headers = b"".join(h.read_bytes() for h in sorted(C_DIR.glob("*.h")))  # common.h, included by the sources
+    digest = hashlib.sha256(source.read_bytes() + headers + " ".join((cc, *CFLAGS, *libs)).encode()).hexdigest()[:16]
     out_dir = cache_dir()
     target = out_dir / f"{name}-{digest}"
     if target.exists():

@@ -61,10 +61,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define SEND_CHUNK (256 * 1024)
 #define READ_SIZE (256 * 1024)
 #define PING_SIZE 16
-#define NBUCKETS 1024
 #define MAX_EVENTS 512
 
 enum state { CONNECTING, PINGING, HELD, ACTIVE, DEAD };
@@ -83,64 +84,19 @@ struct conn {
     int head, count;
 };
 
-/* What one server got: round trips, bytes and latencies while recording, and its share of the time. */
-struct side {
-    int port;
-    int running;          /* its connections queue a new message when one completes */
-    int64_t inflight;     /* messages sent and not yet fully echoed */
-    uint64_t hist[NBUCKETS];
-    uint64_t requests, nbytes, lat_sum, lat_max, slices;
-    uint64_t active_ns;   /* recorded time this side had the load (interleaved runs) */
-};
-
 static struct conn *conns;
-static struct side sides[2];
 static int nconns, nactive, nidle, size = 1024, pipeline = 1, max_connecting = 128;
 static double duration = 10, warmup = 1, connect_timeout = 30, slice_ms = 200;
 static int ep;
 static char sbuf[SEND_CHUNK];
 static char rbuf[READ_SIZE];
-static uint64_t errors, connect_errors;
-static int recording, cold;
+static int cold;
 static const char *ws_path;          /* --ws: the path to upgrade */
 static const char *ws_host;
 static uint64_t msg_out, msg_in;     /* bytes per message sent / expected back (--size, or frames) */
 static uint64_t sbuf_stream;         /* bytes of sbuf that are whole messages, repeated */
 static const char *warm_result[2];
 static double warm_seconds[2];
-static char first_error[160];
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int bucket_of(uint64_t v) {
-    if (v < 16) return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int idx = (msb - 3) * 16 + (int)((v >> (msb - 4)) & 15);
-    return idx < NBUCKETS ? idx : NBUCKETS - 1;
-}
-
-static double bucket_mid(int idx) {  /* middle of the bucket, nanoseconds */
-    if (idx < 16) return idx;
-    int msb = idx / 16 + 3, sub = idx % 16;
-    double low = (double)((uint64_t)(16 + sub) << (msb - 4));
-    return low + (double)(1ull << (msb - 4)) / 2.0;
-}
-
-static double percentile_us(const struct side *s, double q) {
-    if (!s->requests) return 0;
-    uint64_t want = (uint64_t)(q * (double)s->requests);
-    if (want >= s->requests) want = s->requests - 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < NBUCKETS; i++) {
-        seen += s->hist[i];
-        if (seen > want) return bucket_mid(i) / 1000.0;
-    }
-    return (double)s->lat_max / 1000.0;
-}
 
 static void note_error(const char *what, int err) {
     if (!first_error[0]) snprintf(first_error, sizeof first_error, "%s: %s", what, strerror(err));
@@ -242,12 +198,7 @@ static void on_readable(struct conn *c, int *pinging) {  /* pinging: connections
             c->head = (c->head + 1) % pipeline;
             c->count--;
             s->inflight--;
-            if (recording) {
-                s->requests++;
-                s->hist[bucket_of(lat)]++;
-                s->lat_sum += lat;
-                if (lat > s->lat_max) s->lat_max = lat;
-            }
+            if (recording) record_round_trip(s, lat, 0);  /* bytes are counted as they arrive */
             if (s->running) queue_message(c, t);
         }
         if (c->to_send) pump(c);
@@ -292,30 +243,6 @@ static void on_connected(struct conn *c) {
     if (send(c->fd, sbuf, PING_SIZE, MSG_NOSIGNAL) != PING_SIZE) kill_conn(c, "send", errno);
 }
 
-/* The warm-up connection: open, send nothing, close our side, wait for the server to close its. */
-static const char *warm_tcp(const struct sockaddr_in *sin) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return "socket failed";
-    struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  /* bounds connect() too */
-    if (connect(fd, (const struct sockaddr *)sin, sizeof *sin) < 0) { close(fd); return "connect failed"; }
-    shutdown(fd, SHUT_WR);
-    char b[256];
-    ssize_t n;
-    int got = 0;
-    while ((n = recv(fd, b, sizeof b, 0)) > 0) got = 1;
-    int err = errno;
-    close(fd);
-    if (n == 0) return got ? "server sent data, then closed" : "closed by server";
-    return err == EAGAIN || err == EWOULDBLOCK ? "server kept it open for 5 s" : "reset";
-}
-
-static double cpu_seconds(struct rusage *u, struct rusage *s, int sys) {
-    const struct timeval *a = sys ? &u->ru_stime : &u->ru_utime, *b = sys ? &s->ru_stime : &s->ru_utime;
-    return (double)(a->tv_sec - b->tv_sec) + (double)(a->tv_usec - b->tv_usec) / 1e6;
-}
-
 static void usage(const char *me) {
     fprintf(stderr, "usage: %s --port P [--host H] [-c CONNS] [-s SIZE] [-p PIPELINE] [-d SECONDS] "
             "[-w WARMUP] [--idle N] [--cpu N] [--connect-timeout S] [--max-connecting N] "
@@ -354,12 +281,7 @@ int main(int argc, char **argv) {
     int nsides = vs_port ? 2 : 1;
     sides[0].port = port;
     sides[1].port = vs_port;
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) perror("sched_setaffinity");
-    }
+    pin_to_cpu(cpu);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) { rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl); }
     signal(SIGPIPE, SIG_IGN);
@@ -427,48 +349,17 @@ int main(int argc, char **argv) {
     double connect_seconds = (double)(now_ns() - t0) / 1e9;
 
     /* phases 2 and 3: warm-up, then measure (interleaved: side `cur` has the load, in slices) */
-    struct rusage ru0, ru1;
-    uint64_t start = now_ns(), measure_at = start + (uint64_t)(warmup * 1e9);
-    uint64_t end = measure_at + (uint64_t)(duration * 1e9), measured_from = start;
-    uint64_t slice_ns = (uint64_t)(slice_ms * 1e6), slice_from = start, slice_end = start + slice_ns;
-    int cur = 0, draining = 0;
-    sides[0].running = 1;
-    sides[0].slices = 1;
+    struct run run;
+    run_start(&run, nsides, warmup, duration, slice_ms);
     for (int i = nidle; i < nconns; i++)
-        if (conns[i].st == HELD && conns[i].side == 0) start_load(&conns[i], start);
-    if (warmup == 0) {
-        recording = 1;
-        getrusage(RUSAGE_SELF, &ru0);
-        fprintf(stderr, "measure-start\n");
-    }
+        if (conns[i].st == HELD && conns[i].side == 0) start_load(&conns[i], run.start);
     int dummy = 0;
     for (;;) {
         uint64_t t = now_ns();
-        if (!recording && t >= measure_at) {
-            recording = 1;
-            measured_from = t;
-            for (int k = 0; k < nsides; k++) sides[k].slices = k == cur;
-            getrusage(RUSAGE_SELF, &ru0);
-            fprintf(stderr, "measure-start\n");
-        }
-        if (nsides == 2) {
-            if (!draining && t >= slice_end) {  /* this side's turn is over: finish what is in flight */
-                draining = 1;
-                sides[cur].running = 0;
-            }
-            if (draining && sides[cur].inflight <= 0) {  /* hand the load to the other side */
-                if (recording) sides[cur].active_ns += t - (slice_from > measured_from ? slice_from : measured_from);
-                cur ^= 1;
-                draining = 0;
-                slice_from = t;
-                slice_end = t + slice_ns;
-                sides[cur].running = 1;
-                if (recording) sides[cur].slices++;
-                for (int i = nidle; i < nconns; i++)
-                    if (conns[i].side == cur && (conns[i].st == HELD || conns[i].st == ACTIVE)) start_load(&conns[i], t);
-            }
-        }
-        if (t >= end) break;
+        if (run_tick(&run, t))  /* the other server's turn: its connections start */
+            for (int i = nidle; i < nconns; i++)
+                if (conns[i].side == run.cur && (conns[i].st == HELD || conns[i].st == ACTIVE)) start_load(&conns[i], t);
+        if (t >= run.end) break;
         int n = epoll_wait(ep, evs, MAX_EVENTS, 5);
         if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
         for (int i = 0; i < n; i++) {
@@ -478,42 +369,14 @@ int main(int argc, char **argv) {
             if (c->st != DEAD && (evs[i].events & EPOLLOUT) && c->to_send) pump(c);
         }
     }
-    uint64_t measured_to = now_ns();
-    getrusage(RUSAGE_SELF, &ru1);
-    fprintf(stderr, "measure-end\n");
-    fflush(stderr);
-    if (warmup == 0) measured_from = start;
-    if (nsides == 2)  /* the slice in progress counts up to the end */
-        sides[cur].active_ns += measured_to - (slice_from > measured_from ? slice_from : measured_from);
-    else
-        sides[0].active_ns = measured_to - measured_from;
-
-    double secs = (double)(measured_to - measured_from) / 1e9;
-    double user = cpu_seconds(&ru1, &ru0, 0), sys = cpu_seconds(&ru1, &ru0, 1);
+    run_finish(&run);
     int alive[2] = {0, 0};
     for (int i = 0; i < nconns; i++) alive[conns[i].side] += conns[i].st != DEAD;
     for (int k = 0; k < nsides; k++) {
-        const struct side *s = &sides[k];
-        double on = (double)s->active_ns / 1e9;
-        if (k == 1) printf(", \"vs\": ");
-        printf("{\"target\": \"%s:%d\", \"connections\": %d, \"idle\": %d, \"held\": %d, \"alive\": %d, "
-               "\"size\": %d, \"pipeline\": %d, \"warmup\": %.3f, \"duration\": %.6f, \"active_seconds\": %.6f, "
-               "\"slices\": %llu, \"connect_seconds\": %.3f, "
-               "\"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, \"mbps\": %.3f, "
-               "\"latency_us\": {\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f, "
-               "\"mean\": %.2f}, \"cpu\": {\"user\": %.4f, \"sys\": %.4f, \"percent\": %.1f}, "
-               "\"errors\": %llu, \"connect_errors\": %llu, \"first_error\": \"%s\"",
-               host, s->port, nactive, k ? 0 : nidle, held[k], alive[k],
-               size, pipeline, warmup, secs, on, (unsigned long long)s->slices, connect_seconds,
-               (unsigned long long)s->requests, (unsigned long long)s->nbytes, on > 0 ? (double)s->requests / on : 0.0,
-               on > 0 ? (double)s->nbytes / on / 1e6 : 0.0,
-               percentile_us(s, 0.50), percentile_us(s, 0.90), percentile_us(s, 0.99), percentile_us(s, 0.999),
-               (double)s->lat_max / 1000.0, s->requests ? (double)s->lat_sum / (double)s->requests / 1000.0 : 0.0,
-               user, sys, secs > 0 ? (user + sys) / secs * 100.0 : 0.0,
-               (unsigned long long)errors, (unsigned long long)connect_errors, first_error);
+        print_side(&run, k, "", host, nactive, k ? 0 : nidle, held[k], alive[k], size, pipeline, connect_seconds);
         if (cold) printf(", \"warm\": null");
         else printf(", \"warm\": {\"tcp_empty\": \"%s\", \"seconds\": %.3f}", warm_result[k], warm_seconds[k]);
     }
-    printf(nsides == 2 ? "}}\n" : "}\n");
+    print_end(&run);
     return 0;
 }

@@ -38,7 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NBUCKETS 1024
+#include "common.h"
+
 #define MAX_EVENTS 512
 
 struct conn {
@@ -47,54 +48,13 @@ struct conn {
     uint64_t sent_at, rpos, wpos;  /* wpos: bytes of the current message written (< size: a write is pending) */
 };
 
-struct side {
-    int port, running;
-    int64_t inflight;
-    uint64_t hist[NBUCKETS];
-    uint64_t requests, nbytes, lat_sum, lat_max, slices, active_ns;
-};
-
 static struct conn *conns;
-static struct side sides[2];
-static int nconns, nactive = 20, size = 1024, cold, recording, ep;
+static int nconns, nactive = 20, size = 1024, cold, ep;
 static double duration = 10, warmup = 1, slice_ms = 200;
 static char *sbuf, *rbuf;
-static uint64_t errors, connect_errors;
-static char first_error[200];
 static const char *warm_tcp_res[2], *warm_tls_res[2];
 static double warm_seconds[2];
 static SSL_CTX *ctx;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int bucket_of(uint64_t v) {
-    if (v < 16) return (int)v;
-    int msb = 63 - __builtin_clzll(v);
-    int idx = (msb - 3) * 16 + (int)((v >> (msb - 4)) & 15);
-    return idx < NBUCKETS ? idx : NBUCKETS - 1;
-}
-
-static double bucket_mid(int idx) {
-    if (idx < 16) return idx;
-    int msb = idx / 16 + 3, sub = idx % 16;
-    double low = (double)((uint64_t)(16 + sub) << (msb - 4));
-    return low + (double)(1ull << (msb - 4)) / 2.0;
-}
-
-static double percentile_us(const struct side *s, double q) {
-    if (!s->requests) return 0;
-    uint64_t want = (uint64_t)(q * (double)s->requests), seen = 0;
-    if (want >= s->requests) want = s->requests - 1;
-    for (int i = 0; i < NBUCKETS; i++) {
-        seen += s->hist[i];
-        if (seen > want) return bucket_mid(i) / 1000.0;
-    }
-    return (double)s->lat_max / 1000.0;
-}
 
 static void note_error(const char *what) {
     if (!first_error[0]) {
@@ -113,20 +73,6 @@ static int tcp_connect(const struct sockaddr_in *sin) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, (const struct sockaddr *)sin, sizeof *sin) < 0) { close(fd); return -1; }
     return fd;
-}
-
-static const char *warm_tcp(const struct sockaddr_in *sin) {
-    int fd = tcp_connect(sin);
-    if (fd < 0) return "connect failed";
-    shutdown(fd, SHUT_WR);
-    char b[256];
-    ssize_t n;
-    while ((n = recv(fd, b, sizeof b, 0)) > 0) {}
-    int err = errno;
-    close(fd);
-    if (n == 0) return "closed by server";
-    return err == EAGAIN || err == EWOULDBLOCK ? "server kept it open for 10 s"
-           : err == ECONNRESET ? "reset by server" : "recv failed";
 }
 
 /* Write what SSL put into the memory BIO, as one write, or split after `split` bytes (20 ms apart). */
@@ -222,24 +168,12 @@ static void on_event(struct conn *c) {
         uint64_t t = now_ns();
         struct side *s = &sides[c->side];
         s->inflight--;
-        if (recording) {
-            uint64_t lat = t - c->sent_at;
-            s->requests++;
-            s->nbytes += (uint64_t)size;
-            s->hist[bucket_of(lat)]++;
-            s->lat_sum += lat;
-            if (lat > s->lat_max) s->lat_max = lat;
-        }
+        if (recording) record_round_trip(s, t - c->sent_at, (uint64_t)size);
         c->rpos = 0;
         c->wpos = (uint64_t)size;
         if (s->running) start_message(c, t);
         else return;
     }
-}
-
-static double cpu_seconds(struct rusage *u, struct rusage *s, int sys) {
-    const struct timeval *a = sys ? &u->ru_stime : &u->ru_utime, *b = sys ? &s->ru_stime : &s->ru_utime;
-    return (double)(a->tv_sec - b->tv_sec) + (double)(a->tv_usec - b->tv_usec) / 1e6;
 }
 
 static void usage(const char *me) {
@@ -276,12 +210,7 @@ int main(int argc, char **argv) {
     int nsides = vs_port ? 2 : 1;
     sides[0].port = port;
     sides[1].port = vs_port;
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        if (sched_setaffinity(0, sizeof set, &set) < 0) perror("sched_setaffinity");
-    }
+    pin_to_cpu(cpu);
     signal(SIGPIPE, SIG_IGN);
     sbuf = malloc((size_t)size);
     rbuf = malloc((size_t)size);
@@ -326,78 +255,30 @@ int main(int argc, char **argv) {
     }
     double connect_seconds = (double)(now_ns() - t0) / 1e9;
 
-    struct rusage ru0, ru1;
-    uint64_t start = now_ns(), measure_at = start + (uint64_t)(warmup * 1e9);
-    uint64_t end = measure_at + (uint64_t)(duration * 1e9), measured_from = start;
-    uint64_t slice_ns = (uint64_t)(slice_ms * 1e6), slice_from = start, slice_end = start + slice_ns;
-    int cur = 0, draining = 0;
-    sides[0].running = 1;
-    sides[0].slices = 1;
+    struct run run;
+    run_start(&run, nsides, warmup, duration, slice_ms);
     for (int i = 0; i < nconns; i++)
-        if (conns[i].alive && conns[i].side == 0) start_message(&conns[i], start);
-    if (warmup == 0) { recording = 1; getrusage(RUSAGE_SELF, &ru0); fprintf(stderr, "measure-start\n"); }
+        if (conns[i].alive && conns[i].side == 0) start_message(&conns[i], run.start);
     struct epoll_event evs[MAX_EVENTS];
     for (;;) {
         uint64_t t = now_ns();
-        if (!recording && t >= measure_at) {
-            recording = 1;
-            measured_from = t;
-            for (int k = 0; k < nsides; k++) sides[k].slices = k == cur;
-            getrusage(RUSAGE_SELF, &ru0);
-            fprintf(stderr, "measure-start\n");
-        }
-        if (nsides == 2) {
-            if (!draining && t >= slice_end) { draining = 1; sides[cur].running = 0; }
-            if (draining && sides[cur].inflight <= 0) {
-                if (recording) sides[cur].active_ns += t - (slice_from > measured_from ? slice_from : measured_from);
-                cur ^= 1;
-                draining = 0;
-                slice_from = t;
-                slice_end = t + slice_ns;
-                sides[cur].running = 1;
-                if (recording) sides[cur].slices++;
-                for (int i = 0; i < nconns; i++)
-                    if (conns[i].side == cur && conns[i].alive) start_message(&conns[i], t);
-            }
-        }
-        if (t >= end) break;
+        if (run_tick(&run, t))  /* the other server's turn: its connections start */
+            for (int i = 0; i < nconns; i++)
+                if (conns[i].side == run.cur && conns[i].alive) start_message(&conns[i], t);
+        if (t >= run.end) break;
         int n = epoll_wait(ep, evs, MAX_EVENTS, 5);
         if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
         for (int i = 0; i < n; i++) on_event(evs[i].data.ptr);
     }
-    uint64_t measured_to = now_ns();
-    getrusage(RUSAGE_SELF, &ru1);
-    fprintf(stderr, "measure-end\n");
-    fflush(stderr);
-    if (warmup == 0) measured_from = start;
-    if (nsides == 2) sides[cur].active_ns += measured_to - (slice_from > measured_from ? slice_from : measured_from);
-    else sides[0].active_ns = measured_to - measured_from;
-    double secs = (double)(measured_to - measured_from) / 1e9;
-    double user = cpu_seconds(&ru1, &ru0, 0), sys = cpu_seconds(&ru1, &ru0, 1);
+    run_finish(&run);
     int alive[2] = {0, 0};
     for (int i = 0; i < nconns; i++) alive[conns[i].side] += conns[i].alive;
     for (int k = 0; k < nsides; k++) {
-        const struct side *s = &sides[k];
-        double on = (double)s->active_ns / 1e9;
-        if (k == 1) printf(", \"vs\": ");
-        printf("{\"target\": \"tls://%s:%d\", \"connections\": %d, \"idle\": 0, \"held\": %d, \"alive\": %d, "
-               "\"size\": %d, \"pipeline\": 1, \"warmup\": %.3f, \"duration\": %.6f, \"active_seconds\": %.6f, "
-               "\"slices\": %llu, \"connect_seconds\": %.3f, "
-               "\"requests\": %llu, \"bytes\": %llu, \"rps\": %.1f, \"mbps\": %.3f, "
-               "\"latency_us\": {\"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f, "
-               "\"mean\": %.2f}, \"cpu\": {\"user\": %.4f, \"sys\": %.4f, \"percent\": %.1f}, "
-               "\"errors\": %llu, \"connect_errors\": %llu, \"first_error\": \"%s\"",
-               host, s->port, nactive, held[k], alive[k], size, warmup, secs, on, (unsigned long long)s->slices,
-               connect_seconds, (unsigned long long)s->requests, (unsigned long long)s->nbytes,
-               on > 0 ? (double)s->requests / on : 0.0, on > 0 ? (double)s->nbytes / on / 1e6 : 0.0,
-               percentile_us(s, 0.50), percentile_us(s, 0.90), percentile_us(s, 0.99), percentile_us(s, 0.999),
-               (double)s->lat_max / 1000.0, s->requests ? (double)s->lat_sum / (double)s->requests / 1000.0 : 0.0,
-               user, sys, secs > 0 ? (user + sys) / secs * 100.0 : 0.0,
-               (unsigned long long)errors, (unsigned long long)connect_errors, first_error);
+        print_side(&run, k, "tls://", host, nactive, 0, held[k], alive[k], size, 1, connect_seconds);
         if (cold) printf(", \"warm\": null");
         else printf(", \"warm\": {\"tcp_empty\": \"%s\", \"tls_split\": \"%s\", \"seconds\": %.3f}",
                     warm_tcp_res[k], warm_tls_res[k], warm_seconds[k]);
     }
-    printf(nsides == 2 ? "}}\n" : "}\n");
+    print_end(&run);
     return 0;
 }
