@@ -27,8 +27,16 @@ __all__ = ["PinMismatch", "SelfSigned", "check_pin", "fingerprint", "make_self_s
            "pinned_client_context", "self_signed_context"]
 
 
-class PinMismatch(SocklabError):
-    """The server's certificate is not the pinned one."""
+class PinMismatch(SocklabError, ssl.SSLCertVerificationError):
+    """The server's certificate is not the pinned one.
+
+    Also an ``ssl.SSLCertVerificationError``: raised from inside a handshake (see
+    :func:`pinned_client_context`), asyncio, uvloop and socklab's TLS layer treat it as the failed
+    certificate check it is.
+    """
+
+    def __str__(self) -> str:  # the message itself (ssl.SSLError would show the args tuple)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,42 @@ def self_signed_context(cert: SelfSigned | None = None) -> tuple[ssl.SSLContext,
     return ctx, cert
 
 
-def pinned_client_context() -> ssl.SSLContext:
-    """A client context for pinning: no CA and no name check - :func:`check_pin` is the check."""
+def pinned_client_context(pin: str | None = None) -> ssl.SSLContext:
+    """A client context for pinning: no CA and no name check - the fingerprint is the check.
+
+    With ``pin``, every handshake made with this context checks it and fails with
+    :class:`PinMismatch` for any other certificate, whoever drives it: ``wrap_socket`` (a blocking
+    client) or ``wrap_bio`` (asyncio, uvloop, socklab's TLS layer) - so a client that is handed this
+    context cannot forget the check. Without, the caller calls :func:`check_pin` after the handshake.
+
+    Raises:
+        UsageError: ``pin`` is not a SHA-256 fingerprint.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if pin is not None:
+        want = normalize_pin(pin)
+        ctx.sslobject_class = type("PinnedSSLObject", (_PinnedObject,), {"pin": want})
+        ctx.sslsocket_class = type("PinnedSSLSocket", (_PinnedSocket,), {"pin": want})
     return ctx
+
+
+class _PinnedObject(ssl.SSLObject):
+    pin = ""
+
+    def do_handshake(self) -> None:
+        super().do_handshake()  # raises SSLWantReadError until it is done
+        check_pin(self, self.pin)
+
+
+class _PinnedSocket(ssl.SSLSocket):
+    pin = ""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        check_pin(self, self.pin)
 
 
 def check_pin(sock: ssl.SSLSocket | ssl.SSLObject, pin: str) -> str:

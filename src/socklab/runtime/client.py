@@ -155,14 +155,14 @@ class ClientHandle(Generic[P]):
 def ssl_context_for(settings: ClientSettings) -> ssl.SSLContext | None:
     """The TLS context ``settings`` ask for, or ``None`` for plain TCP.
 
-    ``pin``: no CA and no name check - the certificate's fingerprint is the check, made by
-    :func:`connect` once the handshake is done; ``tls``: the system's CAs (or ``cafile``),
-    unless ``insecure``.
+    ``pin``: no CA and no name check - every handshake made with the context checks the
+    certificate's fingerprint (a client on raw sockets or asyncio gets the check with it);
+    ``tls``: the system's CAs (or ``cafile``), unless ``insecure``.
     """
     if settings.pin is not None:
         from socklab.core.selfsigned import pinned_client_context
 
-        return pinned_client_context()
+        return pinned_client_context(settings.pin)
     return client_ssl_context(settings.cafile, settings.insecure) if settings.tls else None
 
 
@@ -207,6 +207,11 @@ def connect(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: Cli
         assert isinstance(proto, Protocol), f"{type(proto).__name__} is not a stream Protocol"
         return proto
 
+    if ssl_context is None and settings.pin is not None:
+        # the check runs in the handle (a PinMismatch, and the protocol never hears), not the handshake
+        from socklab.core.selfsigned import pinned_client_context
+
+        ssl_context = pinned_client_context()
     engine.connect_stream(endpoint, factory, ssl_context=ssl_context or ssl_context_for(settings),
                           server_hostname=settings.server_name, timeout=settings.connect_timeout,
                           on_error=failed, source_address=source)

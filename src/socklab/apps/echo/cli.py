@@ -10,7 +10,16 @@ from typing import Any
 import click
 
 from socklab.cli.access import access_logged, log_options
-from socklab.cli.options import Number, build_settings, make_tracer, options_from, run_cli, trace_options
+from socklab.cli.options import (
+    Number,
+    build_settings,
+    make_tracer,
+    options_from,
+    run_cli,
+    self_signed_tls,
+    tls_self_signed_option,
+    trace_options,
+)
 from socklab.core.errors import UsageError
 from socklab.core.settings import ClientSettings, ServerSettings, setting
 from socklab.core.sockets import parse_endpoint
@@ -40,40 +49,31 @@ def echo() -> None:
 @echo.command()
 @options_from(EchoSettings)
 @log_options
-@click.option("--tls-self-signed", "self_signed", is_flag=True,
-              help="TLS with a certificate made now, in memory (no --tls-cert needed); its SHA-256 "
-                   "fingerprint is printed for clients to pin (socklab nc --ssl --pin SHA256).")
+@tls_self_signed_option
 @trace_options
 @run_cli
-def serve(trace: bool, trace_json: str | None, self_signed: bool, **values: Any) -> None:
+def serve(trace: bool, trace_json: str | None, tls_self_signed: bool, **values: Any) -> None:
     """Run an echo server: every byte (TCP) or datagram (UDP) goes back to its sender.
 
     With --port 0 the kernel picks a free port; the first line printed says which.
     TLS without a certificate file: `socklab echo serve --port 7443 --tls-self-signed`, then
-    `socklab nc -N --ssl --pin SHA256 127.0.0.1 7443` with the fingerprint it printed.
+    `socklab echo client 127.0.0.1:7443 --pin SHA256` with the fingerprint it printed.
     """
     from socklab.apps.echo.protocol import EchoDatagramProtocol, EchoProtocol
 
     settings = build_settings(EchoSettings, values, transport="udp" if values.get("udp") else None)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="echo")
-    if self_signed and settings.tls_cert:
-        raise UsageError("--tls-self-signed makes its own certificate: drop --tls-cert")
     if settings.udp:
-        if settings.tls_cert or self_signed:
+        if settings.tls_cert or tls_self_signed:
             raise UsageError("TLS needs TCP: drop --udp or --tls-cert/--tls-self-signed")
         if settings.unix:
             raise UsageError("--unix serves a stream socket: drop --udp")
         server.listen_udp(EchoDatagramProtocol)
-    elif self_signed:
-        from socklab.core.selfsigned import self_signed_context
-
-        ctx, cert = self_signed_context()
-        server.listen(access_logged(EchoProtocol, "echo"), ssl_context=ctx)
-        click.echo(f"socklab echo: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
     else:
-        server.listen(access_logged(EchoProtocol, "echo"))
-    scheme = "udp" if settings.udp else ("tls" if settings.tls_cert or self_signed else "tcp")
+        server.listen(access_logged(EchoProtocol, "echo"),
+                      ssl_context=self_signed_tls("echo", tls_self_signed, settings.tls_cert))
+    scheme = "udp" if settings.udp else ("tls" if settings.tls_cert or tls_self_signed else "tcp")
     serve_until_signalled(server, "echo", [scheme])
 
 
@@ -101,7 +101,9 @@ def client(address: str, udp: bool, count: int | None, size: int, interval: floa
     """
     from socklab.apps.echo.client import EchoClient
 
-    cs = build_settings(ClientSettings, values)
+    cs = build_settings(ClientSettings, values, transport="udp" if udp else None)
+    if udp and cs.uses_tls:
+        raise UsageError("--tls needs TCP: drop --udp or --tls")
     if udp and size > 65503:
         raise UsageError("--size must be 0..65503 for UDP (one datagram, 4 bytes of it a sequence number)")
     tracer = make_tracer("client", trace, trace_json)

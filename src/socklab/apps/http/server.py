@@ -17,7 +17,7 @@ __all__ = ["serve_http"]
 
 
 def serve_http(settings: HttpSettings, router: Router, *, tracer: Any = None, access_log: Any = None,
-               label: str = "http") -> Server:
+               label: str = "http", ssl_context: Any = None) -> Server:
     """A :class:`~socklab.runtime.Server` listening with ``router``, not yet started.
 
     Args:
@@ -26,6 +26,7 @@ def serve_http(settings: HttpSettings, router: Router, *, tracer: Any = None, ac
         tracer: lifecycle trace sink, or ``None``.
         access_log: a callable ``(request, client, status, size, line)``; by default one line per
             response on stdout in ``settings.log_format`` (``none``: no log).
+        ssl_context: serve TLS with this context instead of ``settings.tls_cert`` (``--tls-self-signed``).
 
     Returns:
         The server: call ``start()`` / ``serve_forever()``; ``server.port`` is the bound port.
@@ -36,5 +37,5 @@ def serve_http(settings: HttpSettings, router: Router, *, tracer: Any = None, ac
     if access_log is None and settings.log_format != "none":
         access_log = AccessLog(settings.log_format)
     server = Server(settings, tracer=tracer, label=label)
-    server.listen(lambda: HttpProtocol(router, settings, access_log))
+    server.listen(lambda: HttpProtocol(router, settings, access_log), ssl_context=ssl_context)
     return server
