@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +21,10 @@ from typing import Any
 import pytest
 
 from socklab.apps.transfer.receiver import ReceiverProtocol, ReceiveSession, ReceiveSettings
-from socklab.apps.transfer.sender import SendReport, SendSession, collect
-from socklab.core.errors import BrokenError, SocklabError
-from socklab.core.sockets import Endpoint, connect_tcp
+from socklab.apps.transfer.sender import SendReport, collect, send_to
+from socklab.apps.transfer.settings import SendSettings
+from socklab.core.errors import BrokenError, OperationTimeout, SocklabError
+from socklab.core.sockets import Endpoint
 from socklab.protocols import transfer as tp
 from socklab.runtime import Server
 
@@ -60,12 +63,10 @@ def receiver(dest: Path, engine: str = "epoll", **kw: Any) -> Iterator[tuple[int
         srv.shutdown(timeout=2)
 
 
-def send(port: int, paths: list[str], stdin: bytes = b"", via: int | None = None) -> list[SendReport]:
-    sock = connect_tcp(Endpoint("127.0.0.1", via or port))
-    try:
-        return SendSession(sock, CHUNK, stdin=io.BytesIO(stdin)).run(collect(paths, stdin_name="piped.bin"))
-    finally:
-        sock.close()
+def send(port: int, paths: list[str], stdin: bytes = b"", via: int | None = None, engine: str = "epoll",
+         host: str = "127.0.0.1", **kw: Any) -> list[SendReport]:
+    return send_to(Endpoint(host, via or port), collect(paths, stdin_name="piped.bin"),
+                   SendSettings(chunk_size=CHUNK, engine=engine), stdin=io.BytesIO(stdin), **kw).result()
 
 
 def make_tree(root: Path) -> dict[str, bytes]:
@@ -100,6 +101,70 @@ def test_files_directories_and_stdin_on_every_engine(engine: str, tmp_path: Path
     assert (dest / "top.bin").stat().st_mtime == 1_600_000_000
     assert (dest / "src" / "d").stat().st_mtime == 1_500_000_000
     assert not list(dest.rglob("*.part"))
+
+
+def test_the_sender_runs_on_every_engine(engine: str, tmp_path: Path) -> None:
+    # the sender is a protocol on an engine like a server: the kernel's sendfile where the engine has
+    # it, the transport's read-and-write fallback where not; a file and a stream larger than the
+    # socket buffers, so the pump meets a full socket (pause_writing) and its drain (resume_writing)
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    dest.mkdir()
+    files = make_tree(src)
+    big = os.urandom(160 * CHUNK + 7)  # 10 MiB
+    (tmp_path / "big.bin").write_bytes(big)
+    piped = os.urandom(40 * CHUNK + 3)
+    with receiver(dest) as (port, _sessions):
+        reports = send(port, [str(tmp_path / "big.bin"), str(src), "-"], stdin=piped, engine=engine)
+    assert all(r.ok for r in reports), reports
+    assert (reports[0].sent, reports[-1].sent) == (len(big), len(piped))
+    assert (dest / "big.bin").read_bytes() == big
+    assert (dest / "piped.bin").read_bytes() == piped
+    for name, data in files.items():
+        assert (dest / "src" / name).read_bytes() == data
+
+
+@contextmanager
+def silent_after_offer() -> Iterator[int]:
+    """A receiver that answers HELLO and the first ENTRY's OFFER, then reads nothing more."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(20)
+    over = threading.Event()
+
+    def serve() -> None:
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        with c:
+            c.settimeout(20)
+            conn = tp.TransferConnection("receiver")
+            while not isinstance(ev := conn.next_event(), tp.Entry):
+                if isinstance(ev, tp.Hello):
+                    c.sendall(conn.send(tp.Hello(chunk_size=ev.chunk_size)))
+                elif ev is None:
+                    conn.receive_data(c.recv(65536))
+            c.sendall(conn.send(tp.Offer(0, ())))
+            over.wait(20)  # the sender's bytes pile up in the socket buffers until the test ends
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        over.set()
+        lsock.close()
+        t.join(20)
+
+
+def test_a_receiver_that_stops_reading_is_given_up_after_the_stall_timeout(tmp_path: Path) -> None:
+    # what TCP_USER_TIMEOUT did for the peer's sender: bytes that cannot go out for that long end it
+    (tmp_path / "f.bin").write_bytes(os.urandom(48 << 20))  # more than both socket buffers hold
+    with silent_after_offer() as port:
+        started = time.monotonic()
+        with pytest.raises(OperationTimeout, match=r"nothing could be sent for 0\.5 s"):
+            send_to(Endpoint("127.0.0.1", port), collect([str(tmp_path / "f.bin")]),
+                    SendSettings(chunk_size=CHUNK, stall_timeout=0.5)).result()
+        assert time.monotonic() - started < 15
 
 
 def test_existing_file_needs_overwrite(tmp_path: Path) -> None:
@@ -329,6 +394,29 @@ def test_cli_reverse_mode_and_stdout(tmp_path: Path, spawn: Callable[..., Any]) 
     assert tx.popen.wait(15) == 0
 
 
+def test_cli_reverse_mode_interrupted_before_a_receiver_came(spawn: Callable[..., Any], tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"a")
+    tx = spawn("send", str(tmp_path / "a.bin"), "--listen", "--port", "0")
+    tx.wait_for(r"socklab send listening on tcp://\S+ \(fetch with: socklab receive --from")
+    tx.popen.send_signal(signal.SIGINT)
+    assert tx.popen.wait(15) == 130
+    assert tx.popen.stderr is not None
+    assert tx.popen.stderr.read().decode().strip().splitlines() == ["socklab: interrupted"]
+
+
+def test_reverse_mode_gives_up_when_no_receiver_comes_and_stops_listening(tmp_path: Path) -> None:
+    # the peer's one-shot transfer port: a deadline for the fetcher, then nothing listens there
+    from socklab.apps.transfer.sender import SendServer
+
+    (tmp_path / "f").write_bytes(b"f")
+    sender = SendServer(collect([str(tmp_path / "f")]), SendSettings(port=0))
+    port = sender.address[1]
+    with pytest.raises(OperationTimeout, match=r"no receiver connected within 0\.2 s"):
+        sender.run(accept_timeout=0.2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
 def test_cli_exit_status_1_on_refusal(tmp_path: Path, spawn: Callable[..., Any]) -> None:
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -386,13 +474,11 @@ def test_server_shutdown_mid_transfer_leaves_a_resumable_part(tmp_path: Path) ->
     srv.start()
     with Tap(target=("127.0.0.1", srv.port), faults=[Fault("bandwidth", "upstream", rate=1000)]) as tap:  # KB/s
         def sender() -> None:
-            sock = connect_tcp(Endpoint("127.0.0.1", tap.port))
             try:
-                SendSession(sock, CHUNK, progress=lambda n: started.set()).run(collect([str(tmp_path / "f.bin")]))
+                send(tap.port, [str(tmp_path / "f.bin")], progress=lambda n: started.set())
             except SocklabError as exc:
                 failure.append(exc)
             finally:
-                sock.close()
                 started.set()
 
         t = threading.Thread(target=sender)
@@ -420,11 +506,7 @@ def test_ipv6_loopback(tmp_path: Path) -> None:
     srv.listen(lambda: ReceiverProtocol(settings))
     srv.start()
     try:
-        sock = connect_tcp(Endpoint("::1", srv.port))
-        try:
-            [r] = SendSession(sock, CHUNK).run(collect([str(tmp_path / "f.bin")]))
-        finally:
-            sock.close()
+        [r] = send(srv.port, [str(tmp_path / "f.bin")], host="::1")
     finally:
         srv.shutdown(timeout=2)
     assert r.ok and (dest / "f.bin").read_bytes() == data

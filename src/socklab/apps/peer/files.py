@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 from socklab.apps.peer.links import FetchRequest, FetchResult, PeerLink, Receiver, send_file, sha256_of
 from socklab.apps.peer.settings import WILDCARD_HOSTS
 from socklab.apps.transfer.receiver import ReceiveSession, ReceiveSettings
+from socklab.apps.transfer.sender import SendServer, collect
+from socklab.apps.transfer.settings import SendSettings
 from socklab.core.errors import SocklabError, UsageError
-from socklab.core.sockets import Endpoint, open_tcp_listener, parse_endpoint
+from socklab.core.sockets import Endpoint, parse_endpoint
 from socklab.protocols import gossip as g
 
 if TYPE_CHECKING:
@@ -67,19 +69,26 @@ def serve_want(node: PeerNode, link: PeerLink, want: g.Want) -> None:
         link.close()
         return
     try:
-        listener = open_tcp_listener(node.settings.host, 0, backlog=1)
+        items = collect([path])
+    except SocklabError as exc:
+        link.send(g.Refused(f"cannot read the file: {exc}"))
+        link.close()
+        return
+    timeout = node.settings.transfer_timeout
+    try:  # a one-connection transfer server on an engine of its own: the node's engine goes on
+        sender = SendServer(items, SendSettings(host=node.settings.host, port=0, stall_timeout=timeout))
     except SocklabError as exc:
         link.send(g.Refused(f"cannot open a transfer port: {exc}"))
         link.close()
         return
-    port = int(listener.getsockname()[1])
+    port = int(sender.address[1])
     who = link.describe()
     node.log(f"sending {offer.file} to {who} (native transfer on port {port})")
     link.send(g.Transfer(offer.sha256, port))
     link.close()
 
-    def run() -> None:  # blocking sendfile on its own thread; the engine goes on
-        error = send_file(listener, path, node.settings.transfer_timeout)
+    def run() -> None:  # waits for the transfer on its own thread
+        error = send_file(sender, timeout)
         if error is not None:
             node.submit(lambda: node.log(f"sending {offer.file} to {who} failed: {error}"))
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from socklab.apps.transfer.receiver import ReceiverProtocol, ReceiveSession, ReceiveSettings
-from socklab.apps.transfer.sender import SendSession, collect
+from socklab.apps.transfer.sender import SendServer
 from socklab.core.errors import ProtocolError, SocklabError
 from socklab.core.protocol import Protocol
 from socklab.core.trace import format_addr
@@ -185,26 +184,17 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def send_file(listener: socket.socket, path: str, timeout: float) -> str | None:
-    """Accept one fetcher on ``listener`` and send it ``path`` with the native transfer (blocking).
+def send_file(sender: SendServer, timeout: float) -> str | None:
+    """Let one fetcher connect to ``sender`` (a one-shot transfer port) within ``timeout`` seconds and
+    send it the file with the native transfer; blocks (run it on a thread of its own). A fetcher
+    that stops taking bytes is given up after ``timeout`` seconds too (the sender's stall timeout).
 
     Returns:
         ``None`` on success, else why it failed (one line).
     """
     try:
-        listener.settimeout(timeout)
-        try:
-            sock, _ = listener.accept()
-        except OSError as exc:
-            return f"no fetcher connected: {exc}"
-        finally:
-            listener.close()
-        with sock:
-            sock.settimeout(None)  # blocking, as os.sendfile needs; a vanished peer is bounded by:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reports = SendSession(sock).run(collect([path]))
-        bad = [r for r in reports if not r.ok]
-        return None if not bad else f"{bad[0].name}: {bad[0].error}"
-    except (SocklabError, OSError) as exc:
-        return str(exc)
+        reports = sender.run(accept_timeout=timeout).result()
+    except SocklabError as exc:
+        return str(exc) if sender.connected.is_set() else f"no fetcher connected within {timeout:g} s"
+    bad = [r for r in reports if not r.ok]
+    return None if not bad else f"{bad[0].name}: {bad[0].error}"

@@ -8,16 +8,16 @@ connects to fetch (``receive --from``), for when only the receiver can open conn
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from socklab.apps.transfer.bars import Bars
 from socklab.apps.transfer.receiver import FileReport, ReceiverProtocol, ReceiveSession, ReceiveSettings
+from socklab.apps.transfer.settings import SendSettings
 from socklab.cli.options import (
     EXIT_NETWORK,
     EXIT_VERIFY,
@@ -27,31 +27,52 @@ from socklab.cli.options import (
     run_cli,
     trace_options,
 )
-from socklab.core.errors import ProtocolError, UsageError, translate_oserror
-from socklab.core.sockets import connect_tcp, open_tcp_listener, parse_endpoint
+from socklab.core.errors import ProtocolError, UsageError
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint, parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols import transfer as tp
 from socklab.protocols.text import escape_peer_text as shown
-from socklab.runtime import Server, register_server, serve_until_signalled
+from socklab.runtime import Server, serve_until_signalled
+from socklab.runtime.client import BlockingClient
+
+if TYPE_CHECKING:
+    from socklab.apps.transfer.sender import SenderProtocol, SendItem
 
 _RECV_EXCLUDE = ("unix", "tls_cert", "tls_key")
 
 
-def _run_sender(sock: socket.socket, items: list[Any], chunk_size: int, quiet: bool, as_json: bool) -> None:
-    from socklab.apps.transfer.sender import SendSession
+def _send_to(endpoint: Endpoint, items: list[SendItem], settings: SendSettings, bars: Bars,
+             advance: Any) -> SenderProtocol:
+    """``send --to``: connect, then draw the bar (none for a connection that fails) until the session ended."""
+    from socklab.apps.transfer.sender import SenderProtocol
 
-    sizes = [i.entry.size for i in items if i.entry.kind != "dir"]
-    total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-    bars = Bars(quiet)
-    start = time.monotonic()
-    try:
+    with BlockingClient(settings.client(), engine=settings.engine) as client:
+        handle = client.connect(endpoint, lambda: SenderProtocol(
+            items, settings, client.engine.call_soon_threadsafe, progress=advance, skipped=advance))
         with bars:
-            task = bars.task("sending", total)
-            advance = (lambda n: bars.progress.advance(task, n)) if task is not None else None
-            reports = SendSession(sock, chunk_size, progress=advance, skipped=advance).run(items)
-    finally:
-        sock.close()
-    seconds = max(time.monotonic() - start, 1e-9)
+            handle.closed.wait()
+    assert handle.protocol is not None
+    return handle.protocol
+
+
+def _send_listening(items: list[SendItem], settings: SendSettings, bars: Bars, advance: Any) -> SenderProtocol:
+    """``send --listen``: serve one receiver through the runtime (readiness line, signals, ``ss``)."""
+    from socklab.apps.transfer.sender import SendServer
+
+    sender = SendServer(items, settings, progress=advance, skipped=advance)
+    where = format_addr(sender.address)
+    with bars:
+        serve_until_signalled(sender.server, "send", quiet=True,
+                              where=[f"tcp://{where} (fetch with: socklab receive --from {where} --dir DIR)"])
+    if sender.protocol is None or sender.protocol.interrupted:
+        raise KeyboardInterrupt  # Ctrl-C or SIGTERM before or during the session: "interrupted", 130
+    return sender.protocol
+
+
+def _report_sent(items: list[SendItem], session: SenderProtocol, quiet: bool, as_json: bool) -> None:
+    reports = session.result()
+    seconds = max(session.ended - session.started, 1e-9)
     sent = sum(r.sent for r in reports)
     already = sum(r.offset for r in reports)  # resumed prefixes and files present: not sent again
     failed = [r for r in reports if not r.ok]
@@ -103,16 +124,11 @@ def _address(option: str, text: str) -> Any:
               help=f"The receiver's address (`socklab receive`); the port defaults to {tp.DEFAULT_PORT}.")
 @click.option("--listen", "listen", is_flag=True,
               help="Reverse mode: listen and let the receiver connect (`socklab receive --from`).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Reverse mode: address to listen on.")
-@click.option("--port", type=int, default=0, show_default=True, help="Reverse mode: port (0: the kernel picks).")
-@click.option("--name", default="stdin", show_default=True, help="Name given to stdin ('-') on the receiver.")
-@click.option("--chunk-size", type=int, default=tp.CHUNK_SIZE, show_default=True,
-              help="Bytes per verified chunk; a resume re-sends at most one.")
+@options_from(SendSettings)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @run_cli
-def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: int, name: str,
-         chunk_size: int, quiet: bool, as_json: bool) -> None:
+def send(paths: tuple[str, ...], to: str | None, listen: bool, quiet: bool, as_json: bool, **values: Any) -> None:
     """Send files, directories (recursively) or stdin ('-'), verified end to end.
 
     \b
@@ -130,39 +146,28 @@ def send(paths: tuple[str, ...], to: str | None, listen: bool, host: str, port: 
     # every usage error before any work: no connection, no listener yet
     if (to is None) == (not listen):
         raise UsageError("give --to HOST[:PORT], or --listen for reverse mode (not both)")
-    if not 4096 <= chunk_size <= 1 << 30:
-        raise UsageError(f"--chunk-size {chunk_size}: must be within 4096..1073741824 (1 GiB)")
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--port {port}: must be within 0..65535")
+    settings = build_settings(SendSettings, values)
     if "-" in paths:
         try:
-            tp.check_name(name)
+            tp.check_name(settings.name)
         except ProtocolError as exc:
-            raise UsageError(f"--name {name!r}: {exc} (a receiver would refuse it)") from None
+            raise UsageError(f"--name {settings.name!r}: {exc} (a receiver would refuse it)") from None
     if paths.count("-") > 1:
         raise UsageError("PATH '-' (stdin) can be given once")
     from socklab.apps.transfer.sender import collect
 
-    items = collect(list(paths), stdin_name=name)
-    if to is not None:
-        sock = connect_tcp(_address("--to", to))
-        _run_sender(sock, items, chunk_size, quiet, as_json)
-        return
-    listener = open_tcp_listener(host, port, backlog=1)
-    addr = listener.getsockname()
-    where = format_addr(addr)
-    # One accept() on a plain socket, not a Server; still announced, so `socklab ss` labels it.
-    register_server(app="send", engine="blocking", addresses=[addr])
-    print(f"socklab send listening on tcp://{where} (fetch with: socklab receive --from {where} --dir DIR)",
-          flush=True)
-    try:
-        sock, _ = listener.accept()
-    except OSError as exc:
-        raise translate_oserror(exc, "accepting the receiver") from exc
-    finally:
-        listener.close()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    _run_sender(sock, items, chunk_size, quiet, as_json)
+    items = collect(list(paths), stdin_name=settings.name)
+    endpoint = _address("--to", to) if to is not None else None
+    sizes = [i.entry.size for i in items if i.entry.kind != "dir"]
+    total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+    bars = Bars(quiet)
+    task = bars.task("sending", total)
+    advance = (lambda n: bars.progress.advance(task, n)) if task is not None else None
+    if endpoint is not None:
+        session = _send_to(endpoint, items, settings, bars, advance)
+    else:
+        session = _send_listening(items, settings, bars, advance)
+    _report_sent(items, session, quiet, as_json)
 
 
 def _logger(bars: Bars) -> Any:
@@ -242,19 +247,9 @@ def receive(source: str | None, to_stdout: bool, once: bool, as_json: bool, quie
     out = sys.stdout.buffer if to_stdout else None
     bars = Bars(quiet, enabled=False if trace else None)  # --trace's lines would tear a bar
     log = _logger(bars)
-    if endpoint is not None:
-        sock = connect_tcp(endpoint, timeout=settings.idle_timeout)
-        session = ReceiveSession(settings, sock.sendall, log, stdout=out)
-        session.bar = bars.file_bar() or session.bar
-        start = time.monotonic()
-        try:
-            with bars:
-                _drive_blocking(sock, session)
-        finally:
-            sock.close()
-            session.close()
-        sys.exit(_summarize(session, max(time.monotonic() - start, 1e-9), as_json, bars))
     tracer = make_tracer(settings.engine, trace, trace_json)
+    if endpoint is not None:
+        sys.exit(_fetch(endpoint, settings, out, as_json, bars, tracer))
     server = Server(settings, tracer=tracer, label="receive")
     status = [0]
     started = [time.monotonic()]
@@ -289,16 +284,25 @@ class _StdoutReceiver(ReceiverProtocol):
         self.session.bar = (self._bar() if self._bar is not None else None) or self.session.bar
 
 
-def _drive_blocking(sock: socket.socket, session: ReceiveSession) -> None:
-    """The same session on a blocking socket (reverse mode): recv_into its buffers until done."""
-    while not session.finished:
-        buf = session.get_buffer()
-        try:
-            n = sock.recv_into(buf)
-        except OSError as exc:
-            session.abort(str(translate_oserror(exc, "receiving")))
-            return
-        if n == 0:
-            session.eof()
-            return
-        session.buffer_updated(n)
+def _fetch(endpoint: Endpoint, settings: ReceiveSettings, out: Any, as_json: bool, bars: Bars, tracer: Any) -> int:
+    """``receive --from`` (reverse mode): the receiver's protocol as a client of a ``send --listen``.
+
+    Returns the session's exit status. Raises ConnectionRefused, ConnectTimeout... when it cannot connect.
+    """
+    log = _logger(bars)
+    # the connect waits up to --idle-timeout (0: as long as the kernel tries); the session has no
+    # idle limit here, as before: a sender may hash a large file before its first byte
+    client_settings = ClientSettings(connect_timeout=settings.idle_timeout or 130.0)
+    with BlockingClient(client_settings, engine=settings.engine, tracer=tracer) as client:
+        def factory() -> ReceiverProtocol:
+            if out is not None:
+                return _StdoutReceiver(settings, log, None, out, bars.file_bar)
+            return ReceiverProtocol(settings, log, None, bars.file_bar)
+
+        handle = client.connect(endpoint, factory)
+        start = time.monotonic()
+        with bars:
+            handle.closed.wait()
+    session = handle.protocol.session if handle.protocol is not None else None
+    assert session is not None
+    return _summarize(session, max(time.monotonic() - start, 1e-9), as_json, bars)

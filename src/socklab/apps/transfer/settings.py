@@ -1,4 +1,4 @@
-"""``socklab receive``'s settings and what it reports per entry."""
+"""``socklab send``'s and ``socklab receive``'s settings, and what the receiver reports per entry."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 from socklab.apps.transfer.sink import ALIGN
 from socklab.core.errors import UsageError
-from socklab.core.settings import ServerSettings, setting
+from socklab.core.settings import ENGINE_NAMES, ClientSettings, ServerSettings, best_engine, setting
 from socklab.protocols import transfer as tp
 
-__all__ = ["FileReport", "ReceiveSettings"]
+__all__ = ["FileReport", "ReceiveSettings", "SendSettings"]
 
 
 @dataclass
@@ -77,3 +77,43 @@ class FileReport:
     resumed_from: int = 0
     error: str | None = None
     code: str | None = None
+
+
+@dataclass
+class SendSettings:
+    """``socklab send``'s settings, and the sender's library API's (``send_to``, ``SendServer``).
+
+    The fields with ``cli=""`` are the library's only: the command keeps their defaults.
+    """
+
+    host: str = setting("127.0.0.1", "Reverse mode: address to listen on.")
+    port: int = setting(0, "Reverse mode: port (default 0: the kernel picks).")
+    name: str = setting("stdin", "Name given to stdin ('-') on the receiver.")
+    chunk_size: int = setting(tp.CHUNK_SIZE, "Bytes per verified chunk; a resume re-sends at most one.")
+    connect_timeout: float = setting(10.0, "Seconds to wait for the receiver's TCP handshake.", cli="")
+    stall_timeout: float = setting(0.0, "Give up when bytes waiting to go out have not moved for this many "
+                                        "seconds: a receiver that vanished without FIN or RST (0: never).", cli="")
+    engine: str = setting(best_engine(), "The engine the sender runs on (see `socklab engines`).", cli="",
+                          choices=ENGINE_NAMES)
+
+    def validate(self) -> None:
+        """Every usage error in one line naming the option and its value, before anything connects."""
+        if not 4096 <= self.chunk_size <= 1 << 30:
+            raise UsageError(f"--chunk-size {self.chunk_size}: must be within 4096..1073741824 (1 GiB)")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port}: must be within 0..65535")
+        for name in ("connect_timeout", "stall_timeout"):
+            if not getattr(self, name) >= 0:  # also NaN
+                raise UsageError(f"{name} {getattr(self, name):g}: must be 0 or more seconds")
+        if self.engine not in ENGINE_NAMES:
+            raise UsageError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+
+    def client(self) -> ClientSettings:
+        """What connecting to a receiver needs (``send --to``)."""
+        return ClientSettings(connect_timeout=self.connect_timeout)
+
+    def listener(self) -> ServerSettings:
+        """The one-connection server of reverse mode (``send --listen``): no idle timeout - a sender
+        may stream a large file for longer than any idle limit while the receiver says nothing."""
+        return ServerSettings(host=self.host, port=self.port, engine=self.engine, backlog=1, max_connections=1,
+                              idle_timeout=0, shutdown_timeout=1.0)
