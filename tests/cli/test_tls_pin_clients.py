@@ -125,6 +125,7 @@ def test_echo_client_pin(echo_tls: tuple[str, str]) -> None:
     ok = run("echo", "client", addr, "--pin", fp, "-c", "2", "-i", "0")
     assert ok.returncode == 0, ok.stderr
     assert "2 sent, 2 received, 0.0% loss" in ok.stdout
+    assert ok.stderr == ""  # (it used to end a TLS connection with write_eof, which TLS refuses)
     assert_refused(run("echo", "client", addr, "--pin", wrong(fp), "-c", "1"), fp)
 
 

@@ -300,10 +300,12 @@ class EchoClient:
             report(line, self.roundtrip(line))
 
     def close(self) -> None:
-        """TCP: send FIN and wait (``timeout``) for the server's; then stop the engine."""
+        """TCP: send FIN (TLS: close_notify, it cannot half-close) and wait (``timeout``) for the server's
+        end; then stop the engine."""
         try:
             if not self.udp and not self._handle.closed.is_set():
-                self._engine.call_soon_threadsafe(self._transport.write_eof)
+                t = self._transport
+                self._engine.call_soon_threadsafe(t.write_eof if t.can_write_eof() else t.close)
                 self._handle.closed.wait(self.timeout)
             elif self.udp:
                 self._engine.call_soon_threadsafe(self._transport.close)
