@@ -44,8 +44,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "rpc/aio_client.py": (2, LEFT),
     "tftp/server.py": (2, "each transfer's own UDP socket (RFC 1350 TIDs); moving onto socklab.runtime "
                           "(issue 18) - this entry goes with that move"),
-    "transfer/cli.py": (5, LEFT),
-    "transfer/sender.py": (5, LEFT),
 }
 
 
