@@ -58,8 +58,7 @@ ALLOWED: dict[str, tuple[int, str]] = {
 }
 
 # ALLOWED modules whose docstring does not say why yet (issue 18: add the sentence, then drop the entry)
-NOT_SAID_YET = {"bench/warm.py", "bench/chat.py", "bench/http.py", "bench/tap.py", "bench/transfer.py",
-                "nc.py"}
+NOT_SAID_YET = {"nc.py"}
 
 # get_extra_info("socket"/"fd") in apps or tools: path under socklab/ -> (most calls allowed, why)
 EXTRA_INFO_ALLOWED: dict[str, tuple[int, str]] = {}  # none: netcat's --explain asks transport.tcp_state()

@@ -10,6 +10,9 @@ carrying its send time, CLOCK_MONOTONIC, which both processes share), and measur
 - delivery latency p50/p99: from the send time in the message to its arrival, sampled on a
   subset of members (``--sample``) so that parsing does not become the bottleneck of the
   generator itself.
+
+The generator owns raw sockets (one epoll loop of plain sockets): a load generator measures the
+server, so it must not run on the code it measures.
 """
 
 from __future__ import annotations

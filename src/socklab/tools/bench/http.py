@@ -13,6 +13,8 @@ shows the median of those per-round ratios with their min-max. Beside wall-clock
 the server's CPU time per request (utime+stime from /proc/PID/stat; for nginx, its worker), which
 hardly moves with load. Servers are pinned to one core and wrk (one thread) to another; the files
 are a 1 KiB and a 1 MiB random file in a temporary directory.
+
+One raw socket finds a free port for nginx, which cannot report a port-0 bind.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ connection, and < 0.2 ms added to the median round trip of a small message.
 The tap runs as its own process (``socklab tap``), as a user would run it; the sink and echo
 servers and the client are threads of this process, the same for the direct and the tapped run.
 Runs are interleaved (direct, tap, direct, tap...) so a burst of load elsewhere hits both alike.
+
+The sink, echo server and client are raw sockets, the same for the direct and the tapped run, so
+the only difference measured is the tap.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ The TFTP runs go through a :class:`~socklab.tools.tap.Tap` that adds delay or lo
 
 The nc receiver needs a port number before it starts; the benchmark binds port 0, closes it and
 hands the number to nc (a benchmark-only shortcut the tests never take), retrying on a clash.
+
+One raw socket finds a free port for the nc contender, which cannot report a port-0 bind.
 """
 
 from __future__ import annotations

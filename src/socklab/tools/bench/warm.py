@@ -6,6 +6,9 @@ threshold for the rest of the process, making the server ~3x faster. Every real 
 a connection within seconds, so a fair benchmark gives it to every server alike before measuring.
 The C generators do this themselves (``loadgen``, ``udp_loadgen``, ``tls_loadgen``: see their
 headers); scripts that drive servers with other clients (wrk, curl, a Python client) call these.
+
+It owns raw sockets because the warm-up must be the same bare connect/close (and empty datagram)
+for every contender, socklab's servers and the plain references alike.
 """
 
 from __future__ import annotations
