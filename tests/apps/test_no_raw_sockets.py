@@ -42,8 +42,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "rpc/bench.py": (1, "the rpc benchmark's load generator measures the server, so it owns a raw socket"),
     "rpc/channels.py": (9, LEFT),
     "rpc/aio_client.py": (2, LEFT),
-    "tftp/server.py": (2, "each transfer's own UDP socket (RFC 1350 TIDs); moving onto socklab.runtime "
-                          "(issue 18) - this entry goes with that move"),
 }
 
 

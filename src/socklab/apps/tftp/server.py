@@ -3,11 +3,11 @@
 Why this exists: RFC 1350 section 4 makes every transfer a new "connection" identified by a pair
 of transfer IDs (TIDs, the UDP ports): the server answers a request *from a new port*, and from
 then on both sides check that each datagram comes from the right TID. This module shows that on
-socklab's engines: the listening socket only takes RRQ/WRQ; for each one it opens a new UDP socket
-(``open_udp_socket(host, 0)``), sizes its buffers for the window it grants
-(:mod:`~socklab.apps.tftp.sockbuf`) and serves it with ``engine.serve_datagram``, driven by the
-sans-I/O machines of :mod:`socklab.protocols.tftp` through a
-:class:`~socklab.apps.tftp.driver.TransferDriver`.
+socklab's engines: the listening socket only takes RRQ/WRQ; for each one the runtime opens a new UDP
+socket on the listener's host and engine (:func:`socklab.runtime.client.bind_datagram` with
+``Endpoint(host, 0)``), whose transport sizes its buffers for the window granted
+(:mod:`~socklab.apps.tftp.sockbuf`), driven by the sans-I/O machines of
+:mod:`socklab.protocols.tftp` through a :class:`~socklab.apps.tftp.driver.TransferDriver`.
 
 ``single_port`` is a documented deviation: every transfer is answered from the listening port and
 told apart by the client's address. Proxies and NAT that only expect replies from the port they
@@ -41,12 +41,13 @@ from socklab.apps.tftp.sockbuf import size_for_window
 from socklab.core.errors import RemoteProtocolError, UsageError
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.settings import ServerSettings, setting
-from socklab.core.sockets import open_udp_socket
+from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
 from socklab.core.transport import DatagramTransport
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
 from socklab.runtime import Server
+from socklab.runtime.client import bind_datagram
 
 __all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path", "serve_tftp"]
 
@@ -233,11 +234,8 @@ class TftpServer(DatagramProtocol):
             return tftp.negotiate(req, max_blksize=s.max_blksize, max_windowsize=max_window,
                                   default_timeout=s.timeout, max_timeout=s.max_timeout,
                                   max_tsize=s.max_file_size if req.write else None, tsize=tsize)
-        sock: Any = None
         try:
             run, oack = negotiate(s.max_windowsize)
-            if not s.single_port:
-                sock = open_udp_socket(self.transport.get_extra_info("sockname")[0], 0, tracer=self.tracer)
         except BaseException:
             resource.finish(False)
             raise
@@ -295,12 +293,13 @@ class TftpServer(DatagramProtocol):
         if s.single_port:
             make_driver(self.transport, False).handle(first())
             return
-        try:
-            self.engine.serve_datagram(sock, lambda: TransferEndpoint(lambda t: make_driver(t, True), first))
+        try:  # the transfer's own TID: a new port of the listener's host, on the listener's engine
+            bind_datagram(Endpoint(self.transport.get_extra_info("sockname")[0], 0),
+                          lambda: TransferEndpoint(lambda t: make_driver(t, True), first),
+                          engine=self.engine, tracer=self.tracer)
         except BaseException:
             on_end(None)
             resource.finish(False)
-            sock.close()
             raise
 
     def _committer(self, upload: Upload) -> Callable[[Callable[[CommitResult], None]], None]:
