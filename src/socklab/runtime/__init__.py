@@ -11,18 +11,20 @@ so the engines never import it and ``socklab.core`` does not depend on it
 (``tests/test_layers.py`` checks this).
 
 - :class:`Server` (``runtime.server``): one engine, its listeners, the three phases;
+  :func:`bind_datagram` a server's extra UDP socket on that engine (TFTP's socket per transfer);
 - :func:`serve_until_signalled` (``runtime.serving``): what every server command does last - the
   readiness line, the signals, what the user is told, the registry entry;
 - :func:`register_server`, :func:`read_servers` (``runtime.registry``): the files ``socklab ss`` reads.
 """
 
 from socklab.runtime.registry import Registration, read_servers, register_server, registry_dir
-from socklab.runtime.server import Server
+from socklab.runtime.server import Server, bind_datagram
 from socklab.runtime.serving import describe_address, serve_until_signalled
 
 __all__ = [
     "Registration",
     "Server",
+    "bind_datagram",
     "describe_address",
     "read_servers",
     "register_server",

@@ -10,7 +10,6 @@ on the engines' connect path - never by the app. This module lives in the *runti
 - :func:`connect` opens a stream (TCP, TLS, Unix) client on an engine that is running (call it on
   the engine's thread, or before ``run``); :func:`open_datagram` the UDP equivalent (a connected
   UDP socket: ``transport.sendto(data)`` goes to the server). Both return a :class:`ClientHandle`.
-  :func:`bind_datagram` is a server's extra UDP socket on its own engine (TFTP's socket per transfer).
 - :class:`BlockingClient` is for command-line clients: it runs an engine on a helper thread and
   lets the calling thread connect, call into the engine and wait for the protocol's end, with
   socklab's own errors (``ConnectionRefused``, ``ConnectTimeout``...) raised on the caller.
@@ -44,8 +43,8 @@ from socklab.core.sockets import Endpoint, client_ssl_context, client_targets, o
 from socklab.core.trace import Tracer
 from socklab.engines import Engine, make_engine
 
-__all__ = ["BlockingClient", "ClientHandle", "bind_datagram", "connect", "loop_engine", "open_datagram",
-           "run_client", "ssl_context_for"]
+__all__ = ["BlockingClient", "ClientHandle", "connect", "loop_engine", "open_datagram", "run_client",
+           "ssl_context_for"]
 
 P = TypeVar("P", bound=BaseProtocol)
 T = TypeVar("T")
@@ -251,34 +250,6 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
         except OSError as exc:
             raise translate_oserror(exc, f"resolving {endpoint.host!r}") from exc
         sock = open_udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, tracer=tracer)
-    return _serve_datagram(handle, sock, protocol_factory, engine)
-
-
-def bind_datagram(local: Endpoint, protocol_factory: Callable[[], P], *, engine: Engine,
-                  tracer: Tracer | None = None) -> ClientHandle[P]:
-    """A UDP endpoint bound to ``local`` on ``engine`` that talks to anyone: a server's socket per peer.
-
-    For a server that answers a peer from a new port of its own address - TFTP's transfer IDs
-    (RFC 1350 section 4): ``bind_datagram(Endpoint(listener_host, 0), factory, engine=engine)`` from
-    the listener's protocol serves the new socket on the listener's engine. The socket is bound as
-    a server's (``"::"`` is dual-stack; port 0: the kernel picks) and not connected: the protocol
-    answers with ``transport.sendto(data, addr)`` and checks who sent what it receives.
-    ``handle.endpoint`` is ``local`` (``transport.get_extra_info("sockname")`` the bound address),
-    ``handle.remote`` ``None``. Call on the engine's thread or before ``run``.
-
-    Raises:
-        UsageError: ``local`` is a Unix path; AddressInUse, ResourceExhausted...: the socket could
-        not be made or bound (nothing is left open).
-    """
-    if local.unix is not None:
-        raise UsageError("UDP needs HOST:PORT, not a Unix path")
-    sock = open_udp_socket(local.host, local.port, tracer=tracer)
-    return _serve_datagram(ClientHandle(local), sock, protocol_factory, engine)
-
-
-def _serve_datagram(handle: ClientHandle[P], sock: socket.socket, protocol_factory: Callable[[], P],
-                    engine: Engine) -> ClientHandle[P]:
-    """Serve ``sock`` on ``engine`` with ``protocol_factory``'s protocol, watched by ``handle``; closes it on failure."""
 
     def factory() -> DatagramProtocol:
         proto = handle._adopt(protocol_factory())

@@ -40,6 +40,7 @@ from typing import Any
 from socklab.core.errors import SocklabError, UsageError
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import (
+    Endpoint,
     open_tcp_listener,
     open_udp_socket,
     remove_unix_socket,
@@ -50,7 +51,7 @@ from socklab.core.trace import Tracer
 from socklab.engines import make_engine
 from socklab.engines.base import DatagramFactory, Engine, EngineStats, ProtocolFactory
 
-__all__ = ["Server"]
+__all__ = ["Server", "bind_datagram"]
 
 
 class Server:
@@ -297,3 +298,34 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def bind_datagram(local: Endpoint, protocol_factory: DatagramFactory, *, engine: Engine,
+                  tracer: Tracer | None = None) -> Any:
+    """Bind a UDP socket at ``local`` and serve it on ``engine`` with one protocol; returns the bound address.
+
+    A server's extra socket for one peer, on the engine that serves its listener: TFTP answers each
+    request from a new port of its own address (the transfer ID, RFC 1350 section 4), so its
+    listener's protocol calls ``bind_datagram(Endpoint(host, 0), factory, engine=engine)``. The
+    socket is bound as a server's (``"::"`` is dual-stack; port 0: the kernel picks) and not
+    connected: the protocol answers with ``transport.sendto(data, addr)`` and checks who sent what
+    it receives; ``transport.close()`` ends it. Call on the engine's thread (from a protocol's
+    callback) or before the engine runs.
+
+    Raises:
+        UsageError: ``local`` is a Unix path, or the engine serves no UDP; AddressInUse,
+        ResourceExhausted...: the socket could not be made or bound (nothing is left open).
+    """
+    if local.unix is not None:
+        raise UsageError("UDP needs HOST:PORT, not a Unix path")
+    if "udp" not in engine.info.supports:
+        raise UsageError(f"engine {engine.name!r} does not serve UDP")
+    sock = open_udp_socket(local.host, local.port, tracer=tracer)
+    try:
+        address = sock.getsockname()
+        engine.serve_datagram(sock, protocol_factory)
+    except BaseException:
+        sock.close()
+        raise
+    return address
+

@@ -4,7 +4,7 @@ Why this exists: RFC 1350 section 4 makes every transfer a new "connection" iden
 of transfer IDs (TIDs, the UDP ports): the server answers a request *from a new port*, and from
 then on both sides check that each datagram comes from the right TID. This module shows that on
 socklab's engines: the listening socket only takes RRQ/WRQ; for each one the runtime opens a new UDP
-socket on the listener's host and engine (:func:`socklab.runtime.client.bind_datagram` with
+socket on the listener's host and engine (:func:`socklab.runtime.bind_datagram` with
 ``Endpoint(host, 0)``), whose transport sizes its buffers for the window granted
 (:mod:`~socklab.apps.tftp.sockbuf`), driven by the sans-I/O machines of
 :mod:`socklab.protocols.tftp` through a :class:`~socklab.apps.tftp.driver.TransferDriver`.
@@ -46,8 +46,7 @@ from socklab.core.trace import Tracer
 from socklab.core.transport import DatagramTransport
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
-from socklab.runtime import Server
-from socklab.runtime.client import bind_datagram
+from socklab.runtime import Server, bind_datagram
 
 __all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path", "serve_tftp"]
 
