@@ -111,6 +111,14 @@ class DatagramProtocol(BaseProtocol):
 
     transport: DatagramTransport
 
+    #: A declaration, as :attr:`Protocol.zero_copy_echo`: True when ``datagram_received(data,
+    #: addr)`` does nothing but ``transport.sendto(data, addr)`` (the UDP echo). An untraced engine
+    #: may then send each datagram back from its receive buffer without calling
+    #: ``datagram_received`` (every datagram still goes back, an empty one too). Set it on the
+    #: instance in ``connection_made``; a subclass that changes ``datagram_received`` must leave it
+    #: False.
+    zero_copy_echo: bool = False
+
     def connection_made(self, transport: DatagramTransport) -> None:
         self.transport = transport
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from socklab.core.protocol import DatagramProtocol
 from socklab.engines._datagram import DatagramEndpointBase
+from socklab.engines._stream import RECV_SIZE
 from socklab.engines.base import Timer
 
 if TYPE_CHECKING:
@@ -225,27 +226,80 @@ class DatagramEndpoint(DatagramEndpointBase, _Writable):
     def _run(self) -> None:
         self._reader = threading.get_ident()
         engine = self.engine
-        buf = bytearray(65536)
-        view = memoryview(buf)
         try:
-            while True:
-                err: OSError | None = None
-                try:
-                    n, addr = self.sock.recvfrom_into(buf)
-                except OSError as exc:
-                    n, addr, err = 0, None, exc
-                with engine.lock:
-                    if self._closed:
-                        return
-                    if err is not None:  # ICMP errors (port unreachable) surface here
-                        self._error(err, "receiving a datagram")
+            if self._echo_declared():
+                self._run_echo()
+            elif self.tracer:
+                self._run_traced()
+            else:
+                # The first recvfrom waits outside the lock; then, holding it, the protocol gets
+                # that datagram and up to 63 more already queued (MSG_DONTWAIT): one lock per run.
+                while not self._closed:
+                    try:
+                        data, addr = self.sock.recvfrom(RECV_SIZE)
+                    except OSError as exc:
+                        with engine.lock:
+                            if self._closed:
+                                return
+                            self._error(exc, "receiving a datagram")  # ICMP errors surface here
                         continue
-                    self._deliver(view[:n].tobytes(), addr)
+                    with engine.lock:
+                        if self._closed:
+                            return
+                        self._deliver(data, addr)
+                        if not self._closed:
+                            engine.stats.datagrams_in += self._read_burst(63, _DONTWAIT)
         finally:
             with engine.lock:
                 engine._flusher.unwatch(self.fd)
                 self.sock.close()
                 engine._threads.discard(threading.current_thread())
+
+    def _run_traced(self) -> None:
+        engine = self.engine
+        while True:
+            err: OSError | None = None
+            try:
+                data, addr = self.sock.recvfrom(RECV_SIZE)
+            except OSError as exc:
+                data, addr, err = b"", None, exc
+            with engine.lock:
+                if self._closed:
+                    return
+                if err is not None:  # ICMP errors (port unreachable) surface here
+                    self._error(err, "receiving a datagram")
+                    continue
+                self._deliver(data, addr)
+
+    def _run_echo(self) -> None:
+        """The declared echo: no protocol code runs, so no lock per datagram - only to count a run
+        (a blocking read, then what is queued), to queue a reply and to report an error."""
+        engine, recv_into = self.engine, self.sock.recvfrom_into
+        buf = self._echo_buf
+        assert buf is not None
+        while True:
+            try:
+                first = recv_into(buf)  # waits, outside the lock
+            except OSError as exc:
+                self._error(exc, "receiving a datagram")  # ICMP errors surface here
+                if self._closed:
+                    return
+                continue
+            if self._closed:  # shutdown() woke the read
+                return
+            count = self._echo_burst(64, _DONTWAIT, first)
+            with engine.lock:
+                engine.stats.datagrams_in += count
+
+    def _queue(self, data: bytes, addr: object) -> None:
+        with self.engine.lock:  # the echo path queues from the reading thread, outside the lock
+            if not self._closed:
+                super()._queue(data, addr)
+
+    def _error(self, exc: OSError, action: str) -> None:
+        with self.engine.lock:
+            if not self._closed:
+                super()._error(exc, action)
 
     def _watch_writable(self) -> None:
         self.engine._flusher.watch(self.fd, self)

@@ -6,19 +6,30 @@ a reading thread and lets its flusher finish queued sends. Everything else - a d
 kernel would not take right away goes to a bounded queue, an error goes to ``error_received``, a
 protocol that raises is reported and never stops the endpoint - is written once, here, so the
 engines cannot drift apart on it.
+
+The hot paths are here too, shared by the reactor (non-blocking socket) and the reading thread
+(blocking socket, ``MSG_DONTWAIT`` after its first read): :meth:`_read_burst` hands a run of
+datagrams to the protocol with its callback bound once and the count added once per run, and
+:meth:`_echo_burst` is the declared UDP echo (``DatagramProtocol.zero_copy_echo``), untraced:
+``recvfrom_into`` one reused buffer and ``sendto`` straight from it, no ``bytes`` and no Python
+call per datagram (issue 19: a plain blocking ``recvfrom``/``sendto`` loop is the bar).
 """
 
 from __future__ import annotations
 
 import collections
+import socket
 from typing import Any
 
 from socklab.core.errors import translate_oserror
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.transport import DatagramTransport
+from socklab.engines._stream import RECV_SIZE
 from socklab.engines.base import Engine, grow_socket_buffers, socket_extra_info
 
 __all__ = ["DatagramEndpointBase"]
+
+_IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # every datagram received comes with an address
 
 
 class DatagramEndpointBase(DatagramTransport):
@@ -38,6 +49,7 @@ class DatagramEndpointBase(DatagramTransport):
         self._closed = False
         self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._pending_bytes = 0
+        self._echo_buf: bytearray | None = None  # the declared echo's receive buffer (_echo_declared)
 
     # ---- what a subclass provides -------------------------------------------------------------------
     def _watch_writable(self) -> None:
@@ -47,6 +59,108 @@ class DatagramEndpointBase(DatagramTransport):
         raise NotImplementedError
 
     # ---- receiving ---------------------------------------------------------------------------------
+    def _echo_declared(self) -> bool:
+        """After ``connection_made``: take the echo path? The protocol declared ``zero_copy_echo``,
+        nothing is traced and the socket is IP (a sender address to answer with every datagram)."""
+        if self.tracer or not getattr(self.protocol, "zero_copy_echo", False):
+            return False
+        if self.sock.family not in _IP_FAMILIES:
+            return False
+        self._echo_buf = bytearray(RECV_SIZE)  # 64 KiB: any UDP payload, below the mmap threshold
+        return True
+
+    def _read_burst(self, limit: int, flags: int) -> int:
+        """Up to ``limit`` datagrams already queued to the protocol, untraced; returns how many
+        (the caller counts them in the stats). ``flags``: ``MSG_DONTWAIT`` on a blocking socket."""
+        recvfrom = self.sock.recvfrom
+        received = self.protocol.datagram_received
+        count = 0
+        while count < limit:
+            try:
+                data, addr = recvfrom(RECV_SIZE, flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors (port unreachable) surface here
+                self._error(exc, "receiving a datagram")
+                break
+            count += 1
+            try:
+                received(data, addr)
+            except Exception as exc:  # one bad datagram must not stop the endpoint
+                self.engine.report_error(exc, f"{type(self.protocol).__name__}.datagram_received")
+            if self._closed:
+                break
+        return count
+
+    def _echo_burst(self, limit: int, flags: int, first: tuple[int, Any] | None = None) -> int:
+        """The declared echo: up to ``limit`` datagrams read into one buffer and sent straight back.
+
+        What the protocol would do (``transport.sendto(data, addr)``), without its call or a
+        ``bytes`` per datagram: the reply is a view of the buffer, sent before the next read (one
+        view per distinct size). ``first``: a datagram already read into the buffer (the reading
+        thread's blocking ``recvfrom_into``). Returns how many datagrams were answered or queued.
+        """
+        if self._pending:  # earlier replies wait for the socket: this burst goes behind them
+            return self._echo_queued(limit, flags, first)
+        buf = self._echo_buf
+        assert buf is not None
+        view = memoryview(buf)
+        recv_into, send, sflags = self.sock.recvfrom_into, self.sock.sendto, self.send_flags
+        if first is None:
+            try:
+                n, addr = recv_into(buf, 0, flags)
+            except (BlockingIOError, InterruptedError):
+                return 0
+            except OSError as exc:
+                self._error(exc, "receiving a datagram")
+                return 0
+        else:
+            n, addr = first
+        count, last, out = 0, -1, view
+        while True:
+            count += 1
+            if n != last:
+                last, out = n, view[:n]
+            try:
+                send(out, sflags, addr)
+            except (BlockingIOError, InterruptedError):  # the rest of the burst queues behind it
+                self._queue(out.tobytes(), addr)
+                return count + self._echo_queued(limit - count, flags, None)
+            except OSError as exc:
+                self._error(exc, "sending a datagram")
+                if self._closed:
+                    return count
+            if count == limit:
+                return count
+            try:
+                n, addr = recv_into(buf, 0, flags)
+            except (BlockingIOError, InterruptedError):
+                return count
+            except OSError as exc:
+                self._error(exc, "receiving a datagram")
+                return count
+
+    def _echo_queued(self, limit: int, flags: int, first: tuple[int, Any] | None) -> int:
+        """The echo while replies are queued: each new one is queued behind them, in order."""
+        buf = self._echo_buf
+        assert buf is not None
+        view = memoryview(buf)
+        count = 0
+        if first is not None:
+            count = 1
+            self._queue(view[:first[0]].tobytes(), first[1])
+        while count < limit and not self._closed:
+            try:
+                n, addr = self.sock.recvfrom_into(buf, 0, flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._error(exc, "receiving a datagram")
+                break
+            count += 1
+            self._queue(view[:n].tobytes(), addr)
+        return count
+
     def _deliver(self, data: bytes, addr: Any) -> None:
         """One datagram to the protocol; a protocol that raises is reported, the endpoint goes on."""
         self.engine.stats.datagrams_in += 1
@@ -82,11 +196,15 @@ class DatagramEndpointBase(DatagramTransport):
             except OSError as exc:
                 self._error(exc, "sending a datagram")
                 return
+        self._queue(bytes(data), addr)
+
+    def _queue(self, data: bytes, addr: Any) -> None:
+        """A datagram the kernel would not take now: after the queued ones, or dropped above the limit."""
         if self._pending_bytes > self.engine.settings.max_buffer:
             if self.tracer:
                 self.tracer.note("UDP send buffer full: datagram dropped (UDP gives no delivery guarantee)")
             return
-        self._pending.append((bytes(data), addr))
+        self._pending.append((data, addr))
         self._pending_bytes += len(data)
         self._watch_writable()
 

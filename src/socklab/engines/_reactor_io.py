@@ -10,7 +10,8 @@ calls when its socket is ready:
   (or, for the untraced echo, into the loop's one buffer and straight back out); writes are tried
   at once and only the leftover is buffered; above ``max_buffer`` the peer is no longer read.
 - :class:`_Connector`: a non-blocking ``connect()`` (EINPROGRESS, wait for writable, SO_ERROR).
-- :class:`_DatagramEndpoint`: a UDP socket read up to 64 datagrams per readiness.
+- :class:`_DatagramEndpoint`: a UDP socket read up to 64 datagrams per readiness (the declared
+  echo answers each from one reused buffer: :mod:`socklab.engines._datagram`).
 """
 
 from __future__ import annotations
@@ -499,12 +500,25 @@ class _DatagramEndpoint(DatagramEndpointBase):
         self.reactor = reactor  # the name the rest of this module uses
         sock.setblocking(False)
         protocol.connection_made(self)
-        reactor.add_reader(self.fd, self._on_readable)
+        # The read handler is chosen once, after connection_made (where an echo declares itself).
+        if self._echo_declared():
+            handler = self._on_readable_echo
+        elif self.tracer:
+            handler = self._on_readable_traced
+        else:
+            handler = self._on_readable
+        reactor.add_reader(self.fd, handler)
 
     def _on_readable(self) -> None:
+        self.engine.stats.datagrams_in += self._read_burst(64, 0)
+
+    def _on_readable_echo(self) -> None:
+        self.engine.stats.datagrams_in += self._echo_burst(64, 0)
+
+    def _on_readable_traced(self) -> None:
         for _ in range(64):
             try:
-                data, addr = self.sock.recvfrom(65536)
+                data, addr = self.sock.recvfrom(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP errors (port unreachable) surface here

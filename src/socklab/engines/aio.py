@@ -106,6 +106,36 @@ class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
 
             self.sendto = sendto  # type: ignore[method-assign]
         self.app.connection_made(self)
+        if self.tracer is None:
+            self.datagram_received = self._receiver(t)  # type: ignore[method-assign,assignment]
+
+    def _receiver(self, t: asyncio.DatagramTransport) -> Callable[[bytes, Any], None]:
+        """What the loop calls per datagram, untraced: one Python frame, as a plain DatagramProtocol.
+
+        The declared echo (``DatagramProtocol.zero_copy_echo``) sends straight back on the loop's
+        transport (an empty datagram too); any other protocol is called with its method bound once.
+        """
+        stats, app = self.engine.stats, self.app
+        loop_sendto, send_empty = t.sendto, self._send_empty
+        if getattr(app, "zero_copy_echo", False):
+            def echo(data: bytes, addr: Any) -> None:
+                stats.datagrams_in += 1
+                if data:
+                    loop_sendto(data, addr)
+                else:
+                    send_empty(addr)
+
+            return echo
+        app_received, report = app.datagram_received, self.engine.report_error
+
+        def received(data: bytes, addr: Any) -> None:
+            stats.datagrams_in += 1
+            try:
+                app_received(data, addr)
+            except Exception as exc:  # one bad datagram must not stop the endpoint (as on every engine)
+                report(exc, f"{type(app).__name__}.datagram_received")
+
+        return received
 
     def _send_empty(self, addr: Any) -> None:
         """A zero-length datagram, sent by socklab: the loops drop it (asyncio: ``if not data: return``).
