@@ -40,8 +40,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "peer/discovery.py": (3, "multicast discovery: joins a group with IP_ADD_MEMBERSHIP on its own UDP socket, "
                              "which no engine call offers (neither client nor server)"),
     "rpc/bench.py": (1, "the rpc benchmark's load generator measures the server, so it owns a raw socket"),
-    "rpc/channels.py": (10, LEFT + "; the wider grep also counts its wake-up socket.socketpair()"),
-    "rpc/aio_client.py": (2, LEFT),
 }
 
 

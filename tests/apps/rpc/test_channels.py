@@ -1,11 +1,11 @@
-"""The blocking channels under load: one thread owns each socket, any thread may send.
+"""The channels under load: the engine owns each connection, any thread may send.
 
-An ``ssl.SSLSocket`` must not be read on one thread while another writes it, so the TCP and
-WebSocket channels give the socket to one owner thread and senders queue their bytes. These
-tests hammer tls:// and wss:// connections from several threads while the server answers (and,
-for the raw channel, pushes notifications of its own), check that every answer arrives intact,
-that a server which stops reading blocks senders instead of growing a queue without bound, and
-that close() works from any thread with ``on_lost`` reported once.
+A TLS connection must not be read on one thread while another writes it, so the TCP and
+WebSocket channels leave the connection to their engine's thread and senders queue their bytes.
+These tests hammer tls:// and wss:// connections from several threads while the server answers
+(and, for the raw channel, pushes notifications of its own), check that every answer arrives
+intact, that a server which stops reading blocks senders instead of growing a queue without
+bound, and that close() works from any thread with ``on_lost`` reported once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 
 from socklab import rpc
 from socklab.apps.rpc.channels import TcpChannel, parse_url, tls_context
+from socklab.apps.rpc.settings import RpcClientSettings
 from socklab.core.errors import BrokenError, ClosedError, OperationTimeout
 from socklab.core.protocol import Protocol
 from socklab.core.settings import ServerSettings
@@ -153,7 +154,7 @@ def test_tls_channel_hammered_while_the_server_pushes(pushing_server: Server, tl
     finally:
         ch.close()
     assert len(lost) == 1 and isinstance(lost[0], ClosedError)
-    assert ch._thread is not None and not ch._thread.is_alive()
+    assert ch.done.is_set()  # the connection ended before close() returned
 
 
 def test_close_from_a_callback_reports_lost_once(pushing_server: Server, tls_files: dict[str, str]) -> None:
@@ -172,9 +173,7 @@ def test_close_from_a_callback_reports_lost_once(pushing_server: Server, tls_fil
                     ssl_context=tls_context(tls_files["ca"]))
     made.set()
     assert got.wait(10)
-    assert ch._thread is not None
-    ch._thread.join(10)
-    assert not ch._thread.is_alive()
+    assert ch.done.wait(10)  # closed from its own callback: the connection still ended
     ch.close()  # again, from another thread: nothing more happens
     assert len(lost) == 1 and isinstance(lost[0], ClosedError)
     with pytest.raises(ClosedError):
@@ -185,7 +184,7 @@ def test_a_server_that_stops_reading_blocks_senders_at_max_queued() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         lost: list[BaseException] = []
         ch = TcpChannel(parse_url(f"tcp://127.0.0.1:{listener.getsockname()[1]}"), lambda data: None,
-                        lost.append, max_queued=64 * 1024)
+                        lost.append, settings=RpcClientSettings(max_queued=64 * 1024))
         peer, _ = listener.accept()  # accepted, never read
         try:
             big = b"x" * (16 * 1024 * 1024)  # more than the kernel buffers: most of it stays queued

@@ -1,53 +1,59 @@
-"""The client's byte pipes: TCP (framed), HTTP POST (h11) and WebSocket (wsproto), all blocking.
+"""The client's byte pipes: TCP (framed), HTTP POST (h11) and WebSocket (wsproto), on socklab's engines.
 
 Why this exists: the client's logic (ids, futures, timeouts, reconnect) should not care how a
 message travels. A channel offers ``send(payload)`` and delivers every message that arrives to
-``on_message(payload)``; when the connection dies it calls ``on_lost(exc)`` once. TCP and
-WebSocket channels give their socket to one thread of its own, which reads it and writes what
-``send`` queued (any thread may send; TLS sockets must not be read and written from two threads
-at once), so many calls can be in flight; the HTTP channel does one POST per message in the
-caller's thread (HTTP/1.1 answers in order, so a call waits its turn - send a batch to do
-several at once).
+``on_message(payload)``; when the connection dies it calls ``on_lost(exc)`` once.
+
+Each connection is a protocol on an engine (:mod:`socklab.runtime.client`), as a server's are:
+the engine's thread owns it - reads, writes, TLS - and OS errors are translated there, once; no
+channel touches a socket. TCP and WebSocket channels take ``send`` from any thread: the whole
+message is queued under a lock (messages never interleave and leave in order) and the engine is
+asked, once per batch, to write what is queued; many calls can be in flight, and ``on_message``
+and ``on_lost`` run on the engine (they may run before the constructor returned: a server that
+speaks first). The HTTP channel does one POST per message and waits for its answer (HTTP/1.1
+answers in order, so a call waits its turn - send a batch to do several at once).
+
+Back-pressure: at most ``max_queued`` bytes (:data:`~socklab.apps.rpc.settings.MAX_QUEUED`,
+4 MiB) wait for the server - queued here or held by the transport because the kernel would not
+take them. A sender that would go over waits for room, up to its ``timeout``, then
+:class:`~socklab.core.errors.OperationTimeout`: a server that stops reading cannot make the client
+buffer without bound. A message larger than the limit is accepted when nothing else waits; the
+engine's own sends (a WebSocket pong, a close frame) never wait. Meanwhile the connection goes on
+reading (``keep_reading_when_full``): the server may be waiting for its answers to be read before
+it reads more requests.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import selectors
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-import h11
 import wsproto
 import wsproto.events as wse
 
-from socklab.core.errors import (
-    BrokenError,
-    ClosedError,
-    OperationTimeout,
-    RemoteProtocolError,
-    UsageError,
-    translate_oserror,
-)
+from socklab.apps.rpc.settings import MAX_QUEUED, RpcClientSettings
+from socklab.core.errors import BrokenError, ClosedError, OperationTimeout, RemoteProtocolError, UsageError
+from socklab.core.protocol import Protocol
+from socklab.core.sockets import Endpoint as Address
 from socklab.core.sockets import client_ssl_context
-from socklab.protocols.framing import NDJSON, Frame, FrameDecoder, encode_frame
+from socklab.core.transport import Transport
+from socklab.protocols.framing import Frame, FrameDecoder, encode_frame
+from socklab.runtime.client import BlockingClient, ClientHandle, connect
 
-__all__ = ["MAX_QUEUED", "Channel", "Endpoint", "HttpChannel", "TcpChannel", "WsChannel", "open_channel",
-           "parse_url", "tls_context"]
+__all__ = ["MAX_QUEUED", "Channel", "Endpoint", "TcpChannel", "WsChannel", "open_channel", "parse_url",
+           "tls_context"]
 
 OnMessage = Callable[[bytes], None]
 OnLost = Callable[[BaseException], None]
-_RECV = 64 * 1024
-MAX_QUEUED = 4 * 1024 * 1024
-"""Bytes a TCP/WebSocket channel lets wait for the server before ``send`` blocks (back-pressure)."""
-_EMPTY = memoryview(b"")
-_DRAIN = 2.0  # seconds bytes queued before close() (or a server's close) get to leave
+MAX_MESSAGE = 64 * 1024 * 1024  # the largest answer a client accepts from the server it chose
+_NUDGE = 8  # a sender lets the engine run after this many messages queued behind one wake-up (see _enqueue)
+_DRAIN = 2.0  # seconds bytes queued before close() get to leave
+_CLOSE_WAIT = 5.0  # seconds close() waits for the connection's end (from another thread than the engine's)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class Endpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def address(self) -> Address:
+        """The host and port as the engines take them."""
+        return Address(self.host, self.port)
+
 
 def parse_url(url: str) -> Endpoint:
     """Raises UsageError for an unsupported scheme or a missing port."""
@@ -89,40 +100,41 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(scheme, parts.hostname, port, path, tls)
 
 
-def tls_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+def tls_context(cafile: str | None = None, insecure: bool = False) -> Any:
     """The client's TLS context: the system's CAs (or ``cafile``); ``insecure`` skips verification."""
     return client_ssl_context(cafile, insecure)  # socklab's one client context (TLS 1.2 or newer)
 
 
-def _connect(ep: Endpoint, timeout: float, ssl_context: ssl.SSLContext | None = None) -> socket.socket:
-    try:
-        sock = socket.create_connection((ep.host, ep.port), timeout=timeout)
-    except OSError as exc:
-        raise translate_oserror(exc, f"connecting to {ep.authority}") from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if ep.tls:
-        try:
-            sock = (ssl_context or tls_context()).wrap_socket(sock, server_hostname=ep.host)
-        except OSError as exc:  # ssl.SSLError is an OSError
-            sock.close()
-            raise translate_oserror(exc, f"starting TLS with {ep.authority}") from exc
-    return sock
+def _connect(runner: BlockingClient, ep: Endpoint, factory: Callable[[], Protocol], settings: RpcClientSettings,
+             ssl_context: Any) -> ClientHandle[Protocol]:
+    """Connect on ``runner``'s engine and wait for ``connection_made``; raises why it failed (translated)."""
+    cs = settings if settings.tls == ep.tls else settings.replace(tls=ep.tls)  # the URL decides TLS
+    handle: ClientHandle[Protocol] = runner.call(
+        lambda: connect(ep.address, factory, cs, engine=runner.engine, ssl_context=ssl_context))
+    handle.wait_connected(cs.connect_timeout + 5.0)  # the engine enforces connect_timeout itself
+    return handle
 
 
 class Channel:
-    """A connection that carries JSON-RPC messages.
+    """A connection that carries JSON-RPC messages, on ``runner``'s engine (its own when not given).
 
-    ``on_message`` and ``on_lost`` run on the channel's own thread, which starts inside the
-    constructor: a server that speaks first (a notification pushed on connect) can call them
-    before the constructor has returned its object to the caller.
+    ``on_message`` and ``on_lost`` run on the engine's side (for HTTP, ``on_message`` runs in the
+    sender's thread). A channel that made its own runner stops it in :meth:`close`.
     """
 
-    def __init__(self, on_message: OnMessage, on_lost: OnLost) -> None:
+    def __init__(self, on_message: OnMessage, on_lost: OnLost, settings: RpcClientSettings | None,
+                 runner: BlockingClient | None) -> None:
         self.on_message = on_message
         self.on_lost = on_lost
+        self.settings = settings if settings is not None else RpcClientSettings()
         self.closed = False
         self._lost = False
+        self._opened = False  # the constructor returned: a loss is reported from then on
         self._send_lock = threading.Lock()
+        self._callback: int | None = None  # the thread running one of this connection's callbacks
+        self._owns_runner = runner is None
+        self.runner = runner if runner is not None else BlockingClient(self.settings, engine=self.settings.engine)
+        self.engine = self.runner.engine
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
         raise NotImplementedError
@@ -130,69 +142,77 @@ class Channel:
     def close(self) -> None:
         raise NotImplementedError
 
-    def _report_lost(self, exc: BaseException) -> None:
-        if not self._lost:
-            self._lost = True
-            self.on_lost(exc)
+    def in_callback(self) -> bool:
+        """Is the calling thread running one of this connection's callbacks (then it must not wait for it)?"""
+        return self._callback == threading.get_ident()
+
+    def _stop_runner(self, from_engine: bool) -> None:
+        if not self._owns_runner:
+            return
+        if from_engine:  # a callback cannot join the thread it runs on: stop it from a helper
+            threading.Thread(target=self.runner.close, name="socklab-rpc-close", daemon=True).start()
+        else:
+            self.runner.close()
 
 
-class _ThreadedChannel(Channel):
-    """A socket owned by one I/O thread, which reads it and writes what ``send`` queued.
+class _StreamChannel(Channel, Protocol):
+    """A TCP or WebSocket connection: the engine writes what ``send`` queued and reads the answers."""
 
-    Why one owner: an ``ssl.SSLSocket`` is one OpenSSL object, and reading it on one thread while
-    another writes it is not safe (TLS 1.3 session tickets arrive after the handshake; a write
-    racing a read can fail silently or hang). So the socket is non-blocking and only the owner
-    thread calls it: a sender appends its whole message to a queue under a lock (messages never
-    interleave and leave in the order they were queued) and wakes the owner through a socketpair;
-    the owner waits on both with ``selectors``. Plain TCP uses the same owner, with one shortcut:
-    a sender that finds nothing queued writes the socket itself (two threads may read and write a
-    kernel socket; this saves a thread hand-off per call) and queues only what did not fit.
+    _t: Transport | None
 
-    Back-pressure: at most ``max_queued`` bytes (default :data:`MAX_QUEUED`, 4 MiB) wait to be
-    written. A sender that would go over waits for room - up to its ``timeout``, then
-    :class:`~socklab.core.errors.OperationTimeout` - so a server that stops reading cannot make the
-    client buffer without bound. A single message larger than the limit is accepted when nothing
-    else waits; the owner thread itself (answering a WebSocket ping from a callback) and close
-    frames never wait.
-    """
-
-    sock: socket.socket
-
-    def __init__(self, on_message: OnMessage, on_lost: OnLost, max_queued: int = MAX_QUEUED) -> None:
-        super().__init__(on_message, on_lost)
-        self.max_queued = max_queued
-        self._cond = threading.Condition()  # guards the queue, the counters, the wake socket
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0  # bytes send() accepted that are not written yet (queue + owner's buffer)
+    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *,
+                 settings: RpcClientSettings | None = None, runner: BlockingClient | None = None,
+                 ssl_context: Any = None) -> None:
+        Channel.__init__(self, on_message, on_lost, settings, runner)
+        self.ep = ep
+        self.max_queued = self.settings.max_queued
+        self._t = None
+        self.done = threading.Event()  # connection_lost ran
+        self._cond = threading.Condition()  # guards the queue, the counters and the state below
+        self._queue: list[bytes] = []
+        self._pending = 0  # bytes in _queue
+        self._held = 0  # bytes the transport held after the last write (the kernel would not take them)
+        self._paused = False  # pause_writing() came: the transport holds bytes, wait for resume_writing()
+        self._flush_due = False  # a flush is scheduled on the engine
         self._reason: BaseException | None = None  # why the connection ended; send() refuses after
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._direct = False  # senders may write the socket themselves (not TLS; see _enqueue)
-
-    def _start_reader(self, name: str) -> None:
+        self._drain_timer: Any = None
         try:
-            self._wake_r, self._wake_w = socket.socketpair()
-        except OSError as exc:
-            self.sock.close()
-            raise translate_oserror(exc, "creating the wake-up socketpair") from exc
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.sock.setblocking(False)
-        self._direct = not isinstance(self.sock, ssl.SSLSocket)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+            _connect(self.runner, ep, lambda: self, self.settings, ssl_context)
+            self._handshake()
+        except BaseException:
+            self._abandon()
+            raise
+        with self._cond:
+            self._opened = True
+            missed = self._lost  # lost while the constructor ran (not reported then): report it now
+        if missed and self._reason is not None:
+            self.on_lost(self._reason)
 
-    # ---- any thread --------------------------------------------------------------------------------
+    def _handshake(self) -> None:
+        """After ``connection_made``: what must happen before the channel is usable (WebSocket)."""
+
+    def _abandon(self) -> None:
+        """The constructor failed: end the connection without reporting it, release the runner."""
+        with self._cond:
+            self._lost = True
+            self.closed = True
+            self._cond.notify_all()
+        t = self._t
+        if t is not None:
+            with contextlib.suppress(Exception):
+                self.engine.call_soon_threadsafe(t.abort)
+        self._stop_runner(self.in_callback())
+
+    # ---- any thread ------------------------------------------------------------------------------
     def _enqueue(self, size: int, encode: Callable[[], bytes], timeout: float | None, *,
                  bounded: bool = True) -> None:
-        """Queue ``encode()``'s bytes for the owner; waits for room while ``max_queued`` is reached.
+        """Queue ``encode()``'s bytes for the engine; waits for room while ``max_queued`` is reached.
 
         Raises:
             ClosedError: close() was called. BrokenError: the connection ended.
             OperationTimeout: no room within ``timeout`` seconds (the server does not read).
         """
-        bounded = bounded and threading.current_thread() is not self._thread
+        bounded = bounded and not self.in_callback()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -200,180 +220,158 @@ class _ThreadedChannel(Channel):
                     raise ClosedError("this client was closed")
                 if self._reason is not None:
                     raise BrokenError(f"the connection is lost: {self._reason}")
-                if not bounded or not self._queued or self._queued + size <= self.max_queued:
+                queued = self._pending + self._held
+                if not bounded or not queued or queued + size <= self.max_queued:
                     break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise OperationTimeout(f"timed out while sending a request: {self._queued} bytes already wait "
-                                        f"for a server that does not read them (max_queued={self.max_queued})")
+                    raise OperationTimeout(f"timed out while sending a request: {queued} bytes already wait "
+                                           f"for a server that does not read them (max_queued={self.max_queued})")
                 self._cond.wait(left)
             data = encode()  # under the lock: the encoder's state (wsproto) follows the queue's order
-            if self._direct and not self._queued:
-                # Plain TCP with nothing waiting: write now, from this thread - a kernel socket may
-                # be read and written by two threads at once (only TLS may not), and this saves a
-                # thread hand-off per call. What does not fit goes to the owner, in order.
-                try:
-                    n = self.sock.send(data)
-                except BlockingIOError:
-                    n = 0
-                except OSError as exc:
-                    raise translate_oserror(exc, "sending a request") from exc
-                if n == len(data):
-                    return
-                data = data[n:]
-            first = not self._queue
             self._queue.append(data)
-            self._queued += len(data)
-            if first:  # the owner takes the whole queue once woken: one byte is enough. Append
-                self._wake_locked()  # first: the owner peeks at the queue without the lock
-
-    def _wake_locked(self) -> None:
-        if self._wake_w is not None:  # closed by the owner under the same lock: never a reused fd
-            with contextlib.suppress(OSError):  # full means already woken
-                self._wake_w.send(b"\0")
+            self._pending += len(data)
+            schedule = not self._flush_due and not self._paused
+            self._flush_due = self._flush_due or schedule
+            nudge = not schedule and len(self._queue) % _NUDGE == 0
+        if schedule:  # one wake-up of the engine per batch of sends
+            self.engine.call_soon_threadsafe(self._flush)
+        elif nudge:
+            # A thread submitting a burst keeps the GIL for its whole slice, so the woken engine
+            # would write nothing until the burst is queued and the server would start late. Let
+            # it take what is queued now and then (pipelined calls/s: 0.75x the old client's
+            # direct writes without this, 0.9-1x with it; docs/benchmarks.md, RPC).
+            time.sleep(0)
 
     def close(self) -> None:
-        """Stop the owner thread and close the socket; safe from any thread, callbacks included.
+        """Close the connection; safe from any thread, callbacks included (``on_lost`` once, ClosedError).
 
         Bytes already queued get up to ``_DRAIN`` seconds to leave. From another thread this waits
-        for the owner thread to end (up to 5 s); from the owner's own callbacks it returns at once.
+        for the connection's end (up to 5 s); from the channel's own callbacks it returns at once.
         """
         with self._cond:
             if self.closed:
                 return
             self.closed = True
             self._cond.notify_all()  # senders waiting for room
-            self._wake_locked()
-        if self._thread is not None and threading.current_thread() is not self._thread:
-            self._thread.join(5)
+        self._end(ClosedError("the client closed the connection"), keep_queue=True)
+        with contextlib.suppress(Exception):
+            self.engine.call_soon_threadsafe(self._shut)
+        from_engine = self.in_callback()
+        if not from_engine:
+            self.done.wait(_CLOSE_WAIT)
+        self._stop_runner(from_engine)
 
-    # ---- the owner thread --------------------------------------------------------------------------
+    # ---- the engine ------------------------------------------------------------------------------
+    def connection_made(self, transport: Transport) -> None:
+        self._t = transport
+        transport.set_write_buffer_limits(high=0, low=0)  # told as soon as the kernel does not take all
+        transport.keep_reading_when_full()  # the server may wait for its answers to be read
+
+    def data_received(self, data: bytes) -> None:
+        if self._lost or self._reason is not None:
+            return  # after close() the answers have nobody to go to
+        self._callback = threading.get_ident()
+        try:
+            self._feed(data)
+        except Exception as exc:  # SocklabError from the decoder; anything a callback raised
+            self._end(exc)
+            if self._t is not None:
+                self._t.abort()
+        finally:
+            self._callback = None
+
+    def eof_received(self) -> bool | None:
+        return None  # the server closed: so do we (connection_lost follows)
+
+    def pause_writing(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume_writing(self) -> None:
+        t = self._t
+        with self._cond:
+            self._paused = False
+            self._held = t.get_write_buffer_size() if t is not None else 0
+            self._cond.notify_all()
+        self._flush()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        if self.closed:
+            reason: BaseException = ClosedError("the client closed the connection")
+        else:
+            reason = exc if exc is not None else BrokenError("the server closed the connection")
+        self._callback = threading.get_ident()
+        try:
+            self._end(reason)
+        finally:
+            self._callback = None
+            self.done.set()
+
     def _feed(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def _end(self, reason: BaseException) -> None:
+    def _flush(self) -> None:
+        """Hand what is queued to the transport (unless it holds bytes already: then on resume)."""
+        t = self._t
+        with self._cond:
+            self._flush_due = False
+            if t is None or self._paused or not self._queue or self._reason is not None:
+                return
+            data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
+            self._queue.clear()
+            self._pending = 0
+            self._held += len(data)  # still waiting while write() runs: senders count them
+        t.write(data)  # pause_writing() may come from inside
+        with self._cond:
+            self._held = t.get_write_buffer_size()
+            self._cond.notify_all()
+
+    def _shut(self) -> None:
+        """close(): what is queued goes to the transport, which closes once it is written (or in _DRAIN s)."""
+        t = self._t
+        if t is None or t.is_closing():
+            return
+        with self._cond:
+            data = b"".join(self._queue)
+            self._queue.clear()
+            self._pending = 0
+        if data:
+            t.write(data)
+        t.close()
+        self._drain_timer = t.call_later(_DRAIN, t.abort)  # the server would not take them in time
+
+    def _end(self, reason: BaseException, keep_queue: bool = False) -> None:
         """The connection is over: refuse new sends, release waiting senders, report once."""
         with self._cond:
             if self._reason is None:
                 self._reason = reason
+            if not keep_queue:
+                self._queue.clear()
+                self._pending = 0
             self._cond.notify_all()
         self._report_lost(reason)
 
-    def _take(self) -> memoryview:
-        if not self._queue:  # unlocked peek: an append after it wakes the owner again
-            return _EMPTY
+    def _report_lost(self, exc: BaseException) -> None:
         with self._cond:
-            data = self._queue[0] if len(self._queue) == 1 else b"".join(self._queue)
-            self._queue.clear()
-        return memoryview(data)
-
-    def _written(self, n: int) -> None:
-        with self._cond:
-            self._queued -= n
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        sock, wake = self.sock, self._wake_r
-        assert wake is not None
-        # TLS may hold decrypted bytes that select() cannot see.
-        pending = sock.pending if isinstance(sock, ssl.SSLSocket) else None
-        sel = selectors.DefaultSelector()
-        sel.register(wake, selectors.EVENT_READ)
-        sel.register(sock, selectors.EVENT_READ)
-        interest = selectors.EVENT_READ
-        out = _EMPTY  # taken from the queue, not written yet (a TLS retry needs the same bytes)
-        write_waits = False  # the last send() found no room: wait for EVENT_WRITE
-        read_waits = False  # a TLS recv() wants to write first (SSLWantWriteError)
-        deadline: float | None = None  # once the connection is over: how long queued bytes may take
-        try:
-            while True:
-                if self.closed and not self._lost:
-                    self._end(ClosedError("the client closed the connection"))
-                if self._lost and deadline is None:
-                    deadline = time.monotonic() + _DRAIN
-                # Write until no room: what is left, then the queue - taken once per turn so a
-                # stream of sends cannot starve reading, but emptied when the connection is over.
-                write_waits = took = False
-                while True:
-                    if not out:
-                        if took and deadline is None:
-                            break
-                        out, took = self._take(), True
-                        if not out:
-                            break
-                    try:
-                        n = sock.send(out)
-                    except (BlockingIOError, ssl.SSLWantWriteError):
-                        write_waits = True
-                        break
-                    except ssl.SSLWantReadError:
-                        break  # needs the server's bytes first: reading is always watched
-                    out = out[n:]
-                    self._written(n)
-                if deadline is not None and (not out or time.monotonic() >= deadline):
-                    return  # everything queued left (or the server would not take it in time)
-                want = selectors.EVENT_READ | (selectors.EVENT_WRITE if write_waits or read_waits else 0)
-                if want != interest:
-                    sel.modify(sock, want)
-                    interest = want
-                sock_ready = pending is not None and pending() > 0
-                wait = 0.0 if sock_ready else None
-                if deadline is not None and wait is None:
-                    wait = max(0.0, deadline - time.monotonic())
-                ready = sel.select(wait)
-                for key, _ in ready:
-                    if key.fileobj is wake:
-                        with contextlib.suppress(OSError):
-                            wake.recv(4096)
-                    else:
-                        sock_ready = True
-                if not sock_ready:
-                    continue
-                # Read one chunk per turn (then write again).
-                try:
-                    data = sock.recv(_RECV)
-                except (BlockingIOError, ssl.SSLWantReadError):
-                    read_waits = False  # nothing yet, or TLS records without application data (tickets)
-                    continue
-                except ssl.SSLWantWriteError:
-                    read_waits = True
-                    continue
-                read_waits = False
-                if not data:
-                    self._end(BrokenError("the server closed the connection"))
-                    return
-                if not self._lost:  # after close() the answers have nobody to go to
-                    try:
-                        self._feed(data)
-                    except Exception as exc:  # SocklabError from the decoder; anything a callback raised
-                        self._end(exc)
-        except OSError as exc:
-            self._end(ClosedError("the client closed the connection") if self.closed else
-                      translate_oserror(exc, "talking to the server"))
-        except Exception as exc:  # a bug here must still fail the waiting calls, not hang them
-            self._end(exc)
-        finally:
-            sel.close()
-            with self._cond:  # senders use these under the lock: never a closed (or reused) fd
-                self._wake_w, wake_w = None, self._wake_w
-                wake.close()
-                if wake_w is not None:
-                    wake_w.close()
-                with contextlib.suppress(OSError):
-                    sock.close()
+            report = not self._lost and self._opened
+            self._lost = True
+        if report:
+            self.on_lost(exc)
 
 
-class TcpChannel(_ThreadedChannel):
-    """JSON-RPC over TCP with ndjson (default) or Content-Length framing."""
+class TcpChannel(_StreamChannel):
+    """JSON-RPC over TCP with ndjson (default) or Content-Length framing (``settings.framing``)."""
 
-    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 framing: str = NDJSON, max_message: int = 64 * 1024 * 1024,
-                 ssl_context: ssl.SSLContext | None = None, max_queued: int = MAX_QUEUED) -> None:
-        super().__init__(on_message, on_lost, max_queued)
-        self.framing = framing
-        self.decoder = FrameDecoder(max_frame=max_message, mode=framing)
-        self.sock = _connect(ep, timeout, ssl_context)
-        self._start_reader(f"socklab-rpc-tcp-{ep.authority}")
+    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *,
+                 settings: RpcClientSettings | None = None, runner: BlockingClient | None = None,
+                 ssl_context: Any = None, max_message: int = MAX_MESSAGE) -> None:
+        s = settings if settings is not None else RpcClientSettings()
+        self.framing = s.framing
+        self.decoder = FrameDecoder(max_frame=max_message, mode=s.framing)
+        super().__init__(ep, on_message, on_lost, settings=s, runner=runner, ssl_context=ssl_context)
 
     def _feed(self, data: bytes) -> None:
         self.decoder.receive_data(data)
@@ -382,7 +380,7 @@ class TcpChannel(_ThreadedChannel):
                 self.on_message(ev.data)
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
-        """Queue one message (returns before it is written; see :class:`_ThreadedChannel`).
+        """Queue one message (returns before it is written; see the module docstring).
 
         Raises:
             ClosedError, BrokenError, OperationTimeout: see ``_enqueue``.
@@ -391,38 +389,37 @@ class TcpChannel(_ThreadedChannel):
         self._enqueue(len(frame), lambda: frame, timeout)
 
 
-class WsChannel(_ThreadedChannel):
-    """JSON-RPC over a WebSocket (RFC 6455) on a blocking socket, with wsproto."""
+class WsChannel(_StreamChannel):
+    """JSON-RPC over a WebSocket (RFC 6455) with wsproto: one message per JSON-RPC message."""
 
-    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None, max_queued: int = MAX_QUEUED) -> None:
-        super().__init__(on_message, on_lost, max_queued)
+    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *,
+                 settings: RpcClientSettings | None = None, runner: BlockingClient | None = None,
+                 ssl_context: Any = None) -> None:
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        self.sock = _connect(ep, timeout, ssl_context)
         self._parts: list[str] = []
-        try:
-            self.sock.sendall(self.ws.send(wse.Request(host=ep.authority, target=ep.path)))
-            accepted = False
-            while not accepted:
-                data = self.sock.recv(_RECV)
-                if not data:
-                    raise BrokenError("the server closed the connection during the WebSocket handshake")
-                self.ws.receive_data(data)
-                for ev in self.ws.events():
-                    if isinstance(ev, wse.AcceptConnection):
-                        accepted = True
-                    elif isinstance(ev, wse.RejectConnection):
-                        raise RemoteProtocolError(f"WebSocket upgrade refused: HTTP {ev.status_code}")
-                    elif accepted:
-                        self._event(ev)
-        except BaseException as exc:
-            self.sock.close()
-            if isinstance(exc, OSError):
-                raise translate_oserror(exc, "opening the WebSocket") from exc
-            if isinstance(exc, wsproto.utilities.ProtocolError):
-                raise RemoteProtocolError(f"WebSocket handshake failed: {exc}") from exc
-            raise
-        self._start_reader(f"socklab-rpc-ws-{ep.authority}")
+        self._accepted = False
+        self._answered = threading.Event()  # the handshake was answered (or the connection ended)
+        self._refused: BaseException | None = None
+        super().__init__(ep, on_message, on_lost, settings=settings, runner=runner, ssl_context=ssl_context)
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        with self._cond:  # RFC 6455 section 4.1: the opening handshake
+            request = self.ws.send(wse.Request(host=self.ep.authority, target=self.ep.path))
+        transport.write(request)
+
+    def _handshake(self) -> None:
+        wait = self.settings.connect_timeout
+        if not self._answered.wait(wait):
+            raise OperationTimeout(f"no answer to the WebSocket handshake from {self.ep.authority} within {wait:g} s")
+        if self._refused is not None:
+            raise self._refused
+        if not self._accepted:
+            raise BrokenError(f"the server closed the connection during the WebSocket handshake: {self._reason}")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._answered.set()
 
     def _feed(self, data: bytes) -> None:
         events: list[wse.Event] = []
@@ -436,10 +433,25 @@ class WsChannel(_ThreadedChannel):
         for ev in events:  # callbacks run without the lock (they may send)
             self._event(ev)
         if error is not None:
-            raise RemoteProtocolError(f"bad WebSocket data from the server: {error}") from error
+            what = "handshake failed" if not self._accepted else "data from the server is bad"
+            failure = RemoteProtocolError(f"WebSocket {what}: {error}")
+            if not self._accepted:
+                self._refuse(failure)
+            raise failure from error
+
+    def _refuse(self, exc: BaseException) -> None:
+        self._refused = exc
+        self._answered.set()
 
     def _event(self, ev: wse.Event) -> None:
-        if isinstance(ev, wse.TextMessage):
+        if isinstance(ev, wse.AcceptConnection):
+            self._accepted = True
+            self._answered.set()
+        elif isinstance(ev, wse.RejectConnection):
+            failure = RemoteProtocolError(f"WebSocket upgrade refused: HTTP {ev.status_code}")
+            self._refuse(failure)
+            raise failure
+        elif isinstance(ev, wse.TextMessage):
             self._parts.append(ev.data)
             if ev.message_finished:
                 text = "".join(self._parts)
@@ -449,18 +461,21 @@ class WsChannel(_ThreadedChannel):
             if ev.message_finished:
                 self.on_message(bytes(ev.data))
         elif isinstance(ev, wse.Ping):
-            self._send_event(ev.response())
+            self._send_event(ev.response(), bounded=False)
         elif isinstance(ev, wse.CloseConnection):
             with contextlib.suppress(Exception):
-                self._send_event(ev.response(), bounded=False)  # written before the socket closes
-            raise BrokenError(f"the server closed the WebSocket ({ev.code} {ev.reason})".strip())
+                self._send_event(ev.response(), bounded=False)
+            self._flush()  # the answering close frame leaves before the connection closes
+            self._end(BrokenError(f"the server closed the WebSocket ({ev.code} {ev.reason})".strip()))
+            if self._t is not None:
+                self._t.close()
 
     def _send_event(self, event: wse.Event, size: int = 0, timeout: float | None = None, *,
                     bounded: bool = True) -> None:
         self._enqueue(size, lambda: self.ws.send(event), timeout, bounded=bounded)
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
-        """Queue one text message (returns before it is written; see :class:`_ThreadedChannel`).
+        """Queue one text message (returns before it is written; see the module docstring).
 
         Raises:
             ClosedError, BrokenError, OperationTimeout: see ``_enqueue``.
@@ -469,110 +484,23 @@ class WsChannel(_ThreadedChannel):
 
     def close(self) -> None:
         """Send a close frame (RFC 6455 section 5.5.1), then close like the other channels."""
-        if not self.closed:
+        if not self.closed and self._accepted:
             with contextlib.suppress(Exception):  # refused once the connection is over
                 self._send_event(wse.CloseConnection(code=1000), bounded=False)
         super().close()
 
 
-class HttpChannel(Channel):
-    """JSON-RPC over HTTP/1.1 POST with keep-alive (h11): one round trip per message."""
+def open_channel(ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, settings: RpcClientSettings | None = None,
+                 runner: BlockingClient | None = None, ssl_context: Any = None) -> Channel:
+    """Connect to ``ep`` with the channel its scheme names (on ``runner``'s engine, or one of its own).
 
-    def __init__(self, ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        super().__init__(on_message, on_lost)
-        self.ep = ep
-        self.connect_timeout = timeout
-        self.ssl_context = ssl_context
-        self.sock: socket.socket | None = None
-        self.conn = h11.Connection(h11.CLIENT)
-        self._used = False  # the current connection already carried a request
-        self._answered = False  # the current request got answer bytes
-        self._open()  # fail early when nothing listens
-
-    def _open(self) -> None:
-        self.sock = _connect(self.ep, self.connect_timeout, self.ssl_context)
-        self.conn = h11.Connection(h11.CLIENT)
-        self._used = False
-
-    def _drop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    def send(self, payload: bytes, timeout: float | None = None) -> None:
-        if self.closed:
-            raise ClosedError("this client was closed")
-        with self._send_lock:
-            try:
-                try:
-                    reused = self.sock is not None and self._used
-                    self._answered = False
-                    body = self._roundtrip(payload, timeout)
-                except (OSError, h11.ProtocolError):
-                    # A kept-alive connection the server closed while idle fails before any answer
-                    # byte: the request was never read, so it is safe to send it once more on a new
-                    # connection (what urllib3 does). Anything else is reported.
-                    if not reused or self._answered or self.closed:
-                        raise
-                    self._drop()
-                    body = self._roundtrip(payload, timeout)
-            except OSError as exc:
-                self._drop()
-                raise translate_oserror(exc, f"posting to {self.ep.authority}{self.ep.path}") from exc
-            except h11.ProtocolError as exc:
-                self._drop()
-                raise RemoteProtocolError(f"bad HTTP answer: {exc}") from exc
-        if body:
-            self.on_message(body)
-
-    def _roundtrip(self, payload: bytes, timeout: float | None) -> bytes:
-        if self.sock is None:
-            self._open()
-        assert self.sock is not None
-        self.sock.settimeout(timeout)
-        conn = self.conn
-        out = conn.send(h11.Request(method="POST", target=self.ep.path, headers=[
-            ("Host", self.ep.authority), ("Content-Type", "application/json"),
-            ("Content-Length", str(len(payload))), ("Accept", "application/json")]))
-        out += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
-        self._used = True
-        self.sock.sendall(out)
-        status = 0
-        body = bytearray()
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                data = self.sock.recv(_RECV)
-                self._answered = self._answered or bool(data)
-                conn.receive_data(data)
-                continue
-            if isinstance(ev, h11.Response):
-                status = ev.status_code
-            elif isinstance(ev, h11.Data):
-                body += ev.data
-            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
-                break
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:
-            self._drop()
-        if status == 204:
-            return b""
-        if status != 200:
-            raise RemoteProtocolError(f"HTTP {status} from the server: {bytes(body[:200]).decode(errors='replace')}")
-        return bytes(body)
-
-    def close(self) -> None:
-        self.closed = True
-        self._drop()
-
-
-def open_channel(ep: Endpoint, on_message: OnMessage, on_lost: OnLost, *, timeout: float = 10.0,
-                 framing: str = NDJSON, ssl_context: ssl.SSLContext | None = None) -> Channel:
-    """Connect to ``ep`` with the channel its scheme names."""
+    Raises:
+        ConnectionRefused, ConnectTimeout, ResolveError, NetworkError (TLS)...: why it failed.
+    """
     if ep.scheme == "tcp":
-        return TcpChannel(ep, on_message, on_lost, timeout=timeout, framing=framing, ssl_context=ssl_context)
+        return TcpChannel(ep, on_message, on_lost, settings=settings, runner=runner, ssl_context=ssl_context)
     if ep.scheme == "ws":
-        return WsChannel(ep, on_message, on_lost, timeout=timeout, ssl_context=ssl_context)
-    return HttpChannel(ep, on_message, on_lost, timeout=timeout, ssl_context=ssl_context)
+        return WsChannel(ep, on_message, on_lost, settings=settings, runner=runner, ssl_context=ssl_context)
+    from socklab.apps.rpc.http_channel import HttpChannel  # it builds on Channel, defined here
+
+    return HttpChannel(ep, on_message, on_lost, settings=settings, runner=runner, ssl_context=ssl_context)

@@ -12,7 +12,6 @@ import click
 from socklab.cli.access import log_options
 from socklab.cli.options import (
     EXIT_NETWORK,
-    Number,
     build_settings,
     make_tracer,
     options_from,
@@ -42,6 +41,12 @@ def _settings_cls() -> Any:
     from socklab.apps.rpc.server import RpcSettings
 
     return RpcSettings
+
+
+def _client_settings_cls() -> Any:
+    from socklab.apps.rpc.settings import RpcClientSettings
+
+    return RpcClientSettings
 
 
 @rpc.command()
@@ -125,24 +130,26 @@ def _arg(text: str) -> Any:
 @click.option("--params", "params_json", metavar="JSON", default=None,
               help="The params member verbatim: a JSON array or object.")
 @click.option("--notify", is_flag=True, help="Send a notification (no answer is expected or printed).")
-@click.option("--timeout", type=Number(float, above=0), default=30.0, show_default=True, help="Seconds to wait for the answer.")
-@click.option("--framing", type=click.Choice(["ndjson", "content-length"]), default="ndjson",
-              show_default=True, help="TCP framing.")
-@click.option("--cafile", metavar="PEM", default=None, help="TLS: trust this CA bundle instead of the system's.")
-@click.option("--insecure", is_flag=True, help="TLS: do not verify the server's certificate (testing only).")
+@options_from(_client_settings_cls(), exclude=("tls",))  # the URL's scheme says TLS
 @run_cli
 def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], params_json: str | None,
-         notify: bool, timeout: float, framing: str, cafile: str | None, insecure: bool) -> None:
+         notify: bool, **values: Any) -> None:
     """Call METHOD at URL with ARGS and print the result as JSON (or the error on stderr).
 
-    URL: tcp://HOST:PORT, http://HOST:PORT/PATH, ws://HOST:PORT/PATH (tls://, https://, wss:// for TLS).
+    URL: tcp://HOST:PORT, http://HOST:PORT/PATH, ws://HOST:PORT/PATH (tls://, https://, wss:// for TLS;
+    --pin SHA256 trusts a --tls-self-signed server's certificate, no CA needed).
 
     ARGS are parsed as JSON when they parse (42, "text", [1,2], {"a":1}) and passed as strings
     otherwise. Exit status 1 when the server answers with an error.
     """
+    from socklab.apps.rpc.channels import parse_url
     from socklab.apps.rpc.client import Client
     from socklab.apps.rpc.errors import RpcError
+    from socklab.apps.rpc.settings import RpcClientSettings
 
+    settings = build_settings(RpcClientSettings, values, retries=0)  # one attempt: a command says why at once
+    if (settings.pin or settings.cafile or settings.insecure) and not parse_url(url).tls:
+        raise UsageError(f"--pin, --cafile and --insecure are for TLS: {url!r} is not tls://, https:// or wss://")
     positional = [_arg(a) for a in args]
     kwargs: dict[str, Any] = {}
     for item in named:
@@ -165,7 +172,7 @@ def call(url: str, method: str, args: tuple[str, ...], named: tuple[str, ...], p
             raise UsageError("--params must be a JSON array or object")
     if positional and kwargs:
         raise UsageError("JSON-RPC passes parameters by position or by name, not both")
-    with Client(url, timeout=timeout, framing=framing, retries=0, cafile=cafile, insecure=insecure) as client:
+    with Client(url, settings) as client:
         if notify:
             client.notify(method, *positional, **kwargs)
             return

@@ -22,6 +22,11 @@ client tells the server with ``$/cancelRequest``). An error answer raises the
 Reconnect: when the connection drops, calls in flight fail with ``BrokenError`` (they may or may
 not have run: they are never resent behind your back). The next call reconnects, retrying with
 exponential backoff (``backoff`` seconds doubling up to ``max_backoff``, ``retries`` times).
+
+Settings: one :class:`~socklab.apps.rpc.settings.RpcClientSettings` (timeouts, framing, the
+reconnect policy, TLS); keyword arguments are changes to it (``rpc.connect(url, timeout=5)``).
+The connections run on a socklab engine of the client's own (one thread, started with the
+client, stopped by :meth:`Client.close`), on the same contract as the servers.
 """
 
 from __future__ import annotations
@@ -34,18 +39,25 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from socklab.apps.rpc.channels import Channel, Endpoint, open_channel, parse_url, tls_context
+from socklab.apps.rpc.channels import MAX_MESSAGE, Channel, Endpoint, open_channel, parse_url
 from socklab.apps.rpc.errors import CallTimeout, error_from_object
-from socklab.core.errors import BrokenError, ClosedError, ConnectError, NetworkError, UsageError
+from socklab.apps.rpc.settings import RpcClientSettings
+from socklab.core.errors import (
+    BrokenError,
+    ClosedError,
+    ConnectError,
+    NetworkError,
+    OperationTimeout,
+    UsageError,
+)
 from socklab.protocols import jsonrpc as j
-from socklab.protocols.framing import NDJSON
+from socklab.runtime.client import BlockingClient
 
 __all__ = ["Batch", "Client", "connect"]
 
 _UNSET: Any = object()
 # What the client accepts from the server it chose to talk to: generous, but still bounded.
-REPLY_LIMITS = j.Limits(max_message_size=64 * 1024 * 1024, max_batch=1_000_000, max_depth=500,
-                        max_number_length=4300)
+REPLY_LIMITS = j.Limits(max_message_size=MAX_MESSAGE, max_batch=1_000_000, max_depth=500, max_number_length=4300)
 
 
 def _params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | dict[str, Any] | None:
@@ -77,37 +89,21 @@ class Client:
     """A blocking JSON-RPC client, safe to share between threads.
 
     Args:
-        url: ``tcp://HOST:PORT``, ``http://HOST:PORT/PATH`` or ``ws://HOST:PORT/PATH``.
-        timeout: default seconds to wait for each answer (``None`` = forever).
-        connect_timeout: seconds to wait for each connection attempt.
-        framing: ``"ndjson"`` or ``"content-length"`` (tcp:// only).
-        reconnect: reconnect on the next call after the connection dropped.
-        retries: connection attempts after the first one failed.
-        backoff: the first delay between attempts, seconds (doubles each time).
-        max_backoff: the longest delay between attempts.
-        cancel_on_timeout: send ``$/cancelRequest`` for a call that timed out.
-        cafile: for ``tls://``/``https://``/``wss://``: trust this CA bundle instead of the system's.
-        insecure: do not verify the server's certificate (testing only).
+        url: ``tcp://HOST:PORT``, ``http://HOST:PORT/PATH`` or ``ws://HOST:PORT/PATH`` (``tls://``,
+            ``https://``, ``wss://``: the same over TLS, checked with ``cafile``, ``insecure`` or ``pin``).
+        settings: timeouts, framing, the reconnect policy, TLS (:class:`RpcClientSettings`;
+            ``timeout=None`` waits forever). ``tls`` follows the URL.
+        **changes: fields of ``settings`` to change (``timeout=5, retries=0``).
 
     Raises:
-        UsageError: a bad URL. ConnectError: the first connection failed (after the retries).
+        UsageError: a bad URL or setting. ConnectError: the first connection failed (after the
+        retries); NetworkError: TLS failed.
     """
 
-    def __init__(self, url: str, *, timeout: float | None = 30.0, connect_timeout: float = 10.0,
-                 framing: str = NDJSON, reconnect: bool = True, retries: int = 5, backoff: float = 0.05,
-                 max_backoff: float = 2.0, cancel_on_timeout: bool = True, cafile: str | None = None,
-                 insecure: bool = False) -> None:
+    def __init__(self, url: str, settings: RpcClientSettings | None = None, **changes: Any) -> None:
         self.endpoint: Endpoint = parse_url(url)
-        self.ssl_context = tls_context(cafile, insecure) if self.endpoint.tls else None
+        self.settings = RpcClientSettings.for_url(self.endpoint.tls, settings, changes)
         self.url = url
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.framing = framing
-        self.reconnect = reconnect
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.cancel_on_timeout = cancel_on_timeout
         self._ids = itertools.count(1)
         self._pending: dict[tuple[str, Any], Future[Any]] = {}
         self._lock = threading.Lock()
@@ -115,7 +111,17 @@ class Client:
         self._channel: Channel | None = None
         self._closed = False
         self.connections = 0  # how many times a connection was opened (reconnects show here)
-        self._ensure()
+        self._runner = BlockingClient(self.settings, engine=self.settings.engine)
+        try:
+            self._ensure()
+        except BaseException:
+            self._runner.close()
+            raise
+
+    @property
+    def timeout(self) -> float | None:
+        """Default seconds to wait for each answer (``None``: forever)."""
+        return self.settings.timeout
 
     # ---- connection ------------------------------------------------------------------------------
     def _ensure(self) -> Channel:
@@ -128,22 +134,21 @@ class Client:
             ch = self._channel
             if ch is not None and not ch._lost:
                 return ch
+            s = self.settings
             if ch is not None:
                 ch.close()
-                if not self.reconnect:
+                if not s.reconnect:
                     raise BrokenError("the connection was lost (reconnect=False)")
-            delay = self.backoff
-            for attempt in range(self.retries + 1):
+            delay = s.backoff
+            for attempt in range(s.retries + 1):
                 try:
-                    ch = open_channel(self.endpoint, self._on_message, self._on_lost,
-                                      timeout=self.connect_timeout, framing=self.framing,
-                                      ssl_context=self.ssl_context)
+                    ch = open_channel(self.endpoint, self._on_message, self._on_lost, settings=s, runner=self._runner)
                     break
                 except ConnectError:
-                    if attempt == self.retries:
+                    if attempt == s.retries:
                         raise
                     time.sleep(delay)  # backoff between attempts, not a readiness poll
-                    delay = min(delay * 2, self.max_backoff)
+                    delay = min(delay * 2, s.max_backoff)
             assert ch is not None
             self._channel = ch
             self.connections += 1
@@ -199,7 +204,7 @@ class Client:
             with self._lock:
                 for req, _ in futures:
                     self._pending.pop(j.id_key(req.id), None)
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, (TimeoutError, OperationTimeout)):
                 raise CallTimeout(f"no answer within {timeout:g} s") from exc
             if isinstance(exc, NetworkError) and "timed out" in str(exc):
                 raise CallTimeout(f"no answer within {timeout:g} s") from exc
@@ -237,7 +242,7 @@ class Client:
         except FutureTimeout:
             with self._lock:
                 self._pending.pop(j.id_key(req.id), None)
-            if self.cancel_on_timeout:
+            if self.settings.cancel_on_timeout:
                 try:
                     self.notify("$/cancelRequest", id=req.id)
                 except Exception:
@@ -261,8 +266,11 @@ class Client:
     def close(self) -> None:
         """Close the connection; calls still waiting fail with ``ClosedError``."""
         with self._connect_lock:
+            if self._closed:
+                return
             self._closed = True
             ch, self._channel = self._channel, None
+        from_engine = ch is not None and ch.in_callback()
         if ch is not None:
             ch.close()
         with self._lock:
@@ -271,6 +279,10 @@ class Client:
         for fut in pending:
             if not fut.done():
                 fut.set_exception(ClosedError("the client was closed"))
+        if from_engine:  # called from an answer's callback: the engine's thread cannot join itself
+            threading.Thread(target=self._runner.close, name="socklab-rpc-close", daemon=True).start()
+        else:
+            self._runner.close()
 
     def __enter__(self) -> Client:
         return self
@@ -321,6 +333,6 @@ class Batch:
             self.send()
 
 
-def connect(url: str, **options: Any) -> Client:
+def connect(url: str, settings: RpcClientSettings | None = None, **changes: Any) -> Client:
     """A connected :class:`Client` (see its arguments)."""
-    return Client(url, **options)
+    return Client(url, settings, **changes)
