@@ -337,6 +337,13 @@ class _AioEngine(Engine):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.loop.call_later(delay, callback)
 
+    def start_coroutine(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run ``coro`` as a task of this engine's loop (call on the engine's thread); see Engine."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)  # close() cancels what is still running
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _on_loop_thread(self) -> bool:
         try:
             return asyncio.get_running_loop() is self.loop

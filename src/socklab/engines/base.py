@@ -28,9 +28,12 @@ import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 from socklab.core.errors import OperationTimeout
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
@@ -212,6 +215,18 @@ class Engine(ABC):
         ``""`` any address, port 0 the kernel's pick), resolved in the destination's family
         (:func:`socklab.core.sockets.client_targets`).
         """
+
+    # ---- capabilities -------------------------------------------------------------------------
+    def start_coroutine(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | None:
+        """Run ``coro`` as a task of the engine's own event loop; call on the engine's thread.
+
+        Returns the task (``cancel()``, ``add_done_callback``; its callbacks run on the engine), or
+        ``None`` when this engine has no event loop (every engine but asyncio and uvloop): ``coro``
+        is not started then, and the caller runs it where it can (a loop of its own). So an app
+        with ``async def`` handlers (rpc) runs them on the engine's loop with no thread hop,
+        without reaching for the loop itself.
+        """
+        return None
 
     # ---- shared policies ----------------------------------------------------------------------
     def report_error(self, exc: BaseException, context: str) -> None:

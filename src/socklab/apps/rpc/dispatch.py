@@ -31,7 +31,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -67,14 +67,16 @@ class Dispatcher:
         handler_threads: size of the sync-handler thread pool.
         threads_per_connection: most pool threads one connection's calls hold at once (default:
             half the pool, at least one).
-        engine_loop: the engine's asyncio loop when it has one (asyncio/uvloop engines): coroutines
-            then run on it, on the engine thread.
+        start_coroutine: the engine's ``start_coroutine`` (a capability of every engine): coroutines
+            run on the engine's own loop when it has one (asyncio, uvloop: no thread hop), else on
+            one asyncio loop on a thread of the dispatcher's own.
     """
 
     def __init__(self, service: Service, scheduler: Callable[[Callable[[], None]], None], *,
                  limits: j.Limits | None = None, call_timeout: float = 30.0, max_concurrent_calls: int = 64,
                  handler_threads: int = 8, threads_per_connection: int | None = None,
-                 engine_loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 start_coroutine: Callable[[Coroutine[Any, Any, Any]], asyncio.Future[Any] | None] | None = None
+                 ) -> None:
         self.service = service
         self.scheduler = scheduler
         self.limits = limits if limits is not None else j.Limits()
@@ -84,7 +86,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._done: deque[tuple[Session, _Call, Outcome]] = deque()
         self._scheduled = False
-        self.engine_loop = engine_loop
+        self.start_coroutine = start_coroutine
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self.stats = {"calls": 0, "errors": 0, "internal_errors": 0, "timeouts": 0, "cancelled": 0}
@@ -93,13 +95,14 @@ class Dispatcher:
     def submit(self, session: Session, call: _Call) -> Cancellable | None:
         """Start a call off the engine; returns the coroutine's future (``None`` for a sync call)."""
         spec = call.spec
-        if spec.is_async and self.engine_loop is not None:
-            # We are on the engine thread, which runs this loop: the task's callback is too.
-            task = self.engine_loop.create_task(spec.func(*call.args, **call.kwargs))
-            task.add_done_callback(lambda t: self._task_done(session, call, t))
-            return task
         if spec.is_async:
-            fut = asyncio.run_coroutine_threadsafe(spec.func(*call.args, **call.kwargs), self._asyncio_loop())
+            coro = spec.func(*call.args, **call.kwargs)
+            # We are on the engine thread: on an engine with a loop the task (and its callback) runs there.
+            task = self.start_coroutine(coro) if self.start_coroutine is not None else None
+            if task is not None:
+                task.add_done_callback(lambda t: self._task_done(session, call, t))
+                return task
+            fut = asyncio.run_coroutine_threadsafe(coro, self._asyncio_loop())
             fut.add_done_callback(lambda f: self._post(session, call, f))
             return fut
         self.pool.submit(lambda: self._run_sync(session, call), owner=session)
@@ -115,7 +118,7 @@ class Dispatcher:
             outcome = self.outcome_of(exc)
         self._deliver(session, call, outcome)
 
-    def _task_done(self, session: Session, call: _Call, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, session: Session, call: _Call, task: asyncio.Future[Any]) -> None:
         if task.cancelled():
             return
         exc = task.exception()

@@ -19,7 +19,6 @@ against web pages (Host on loopback, WebSocket Origin) and per-address caps; see
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -353,11 +352,10 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
         if ls.tls and not s.tls_cert:
             raise UsageError(f"{ls.url()}: a TLS listener needs --tls-cert (and --tls-key)")
     srv = Server(s, tracer=tracer, label="rpc")
-    loop = getattr(srv.engine, "loop", None)  # the asyncio/uvloop engines run on a loop: use it
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
                             max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads,
                             threads_per_connection=s.threads_per_connection or None,
-                            engine_loop=loop if isinstance(loop, asyncio.AbstractEventLoop) else None)
+                            start_coroutine=srv.engine.start_coroutine)
     srv.on_stop(dispatcher.close)
     urls: list[str] = []
     try:
