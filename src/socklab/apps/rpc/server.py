@@ -20,6 +20,7 @@ against web pages (Host on loopback, WebSocket Origin) and per-address caps; see
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,16 +85,52 @@ class RpcSettings(ServerSettings):
             raise UsageError("max_connections_per_ip cannot be negative (0 = no cap)")
 
     def http_settings(self) -> HttpSettings:
-        """The HTTP layer's settings for an http:// or ws:// listener of this server."""
+        """The HTTP layer's settings for an http:// or ws:// listener of this server.
+
+        Derived, not copied by hand: every field the two share comes from here (all of
+        ServerSettings, the per-address cap, --allow-host, --allow-origin), the ones in
+        :data:`HTTP_FROM_RPC` are computed from RPC settings, and the rest are the HTTP layer's
+        defaults on purpose (:data:`HTTP_DEFAULTS` says why). A field of HttpSettings in none of
+        the three fails tests/apps/rpc/test_http_settings.py, so none is defaulted silently.
+        """
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(HttpSettings)
+                  if f.name in _RPC_FIELDS and f.name not in HTTP_FROM_RPC}
         t = self.request_timeout
-        return HttpSettings(engine=self.engine, ws_max_message=self.max_message_size, max_body=self.max_message_size,
-                            log_format="none", idle_timeout=self.idle_timeout, shutdown_timeout=self.shutdown_timeout,
-                            max_buffer=self.max_buffer, header_timeout=t, body_timeout=t, keepalive_timeout=t,
-                            max_connections_per_ip=self.max_connections_per_ip, allow_host=self.allow_host,
-                            allow_origin=self.allow_origin)
+        return HttpSettings(**shared, max_body=self.max_message_size, ws_max_message=self.max_message_size,
+                            header_timeout=t, body_timeout=t, keepalive_timeout=t, log_format="none")
 
     def limits(self) -> j.Limits:
         return j.Limits(self.max_message_size, self.max_batch, self.max_depth, self.max_number_length)
+
+
+_RPC_FIELDS = frozenset(f.name for f in dataclasses.fields(RpcSettings))
+
+HTTP_FROM_RPC: dict[str, str] = {
+    "max_body": "--max-message-size: a POST body is one JSON-RPC message",
+    "ws_max_message": "--max-message-size: a WebSocket message is one JSON-RPC message",
+    "header_timeout": "--request-timeout: one deadline for a whole request",
+    "body_timeout": "--request-timeout",
+    "keepalive_timeout": "--request-timeout: and for the next request on a kept-alive connection",
+    "log_format": "none: the RPC server writes no HTTP access log",
+}
+"""HttpSettings fields an RPC listener computes from its own settings (field -> from what)."""
+
+HTTP_DEFAULTS: dict[str, str] = {
+    "send_timeout": "a client that stops reading answers is closed after the HTTP layer's 30 s",
+    "linger_timeout": "the HTTP layer's lingering close after an error answer",
+    "max_request_line": "POST /path HTTP/1.1 is short: the HTTP layer's 8 KiB is plenty",
+    "max_headers_size": "the HTTP layer's 64 KiB head limit",
+    "max_pipelined": "the HTTP layer's bound on pipelined requests waiting for their turn",
+    "ws_ping_interval": "the HTTP layer's WebSocket keep-alive pings",
+    "ws_ping_timeout": "the HTTP layer's WebSocket keep-alive pings",
+    "ws_max_queue": "messages queued while a connection's calls are saturated: the HTTP layer's bound",
+    "follow_symlinks": "files only: an RPC listener serves no file",
+    "listing": "files only: an RPC listener serves no directory",
+    "sendfile": "files only: an RPC listener sends no file",
+    "file_cache": "files only: an RPC listener caches no file",
+    "parser": "the HTTP layer's choice (httptools when installed)",
+}
+"""HttpSettings fields an RPC listener leaves at the HTTP layer's default, on purpose (field -> why)."""
 
 
 def _fatal_reply(code: int | None, message: str) -> bytes:
