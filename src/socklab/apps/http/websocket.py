@@ -155,6 +155,15 @@ class WebSocket:
             return
         self._write(data_frame(message))
 
+    def send_framed(self, data: bytes) -> None:
+        """Send messages already framed by :func:`~socklab.protocols.wsframe.data_frame` (one or
+        several frames back to back); ignored once closing. A fan-out frames a message once for
+        every connection: server frames are not masked (RFC 6455 section 5.1), so the bytes are
+        the same for each."""
+        if self._closed or self._close_sent:
+            return
+        self._write(data)
+
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake (RFC 6455 §7.1.2); the TCP close follows the peer's answer."""
         if self.closed:
