@@ -25,11 +25,11 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from socklab.apps.chat.admission import CallLater, Door
 from socklab.apps.chat.backends import Backend, LocalBackend
+from socklab.apps.chat.fanout import Room
 from socklab.apps.chat.member import Frame, Member
 from socklab.apps.chat.presence import PresenceBatcher
 from socklab.apps.chat.settings import ChatSettings
@@ -76,16 +76,6 @@ from socklab.protocols.chat import (
 __all__ = ["Backend", "ChatHub", "Frame", "LocalBackend", "Member", "Room"]
 
 MAX_REASON = 300  # bytes of a topic, or of a part or quit reason
-
-
-@dataclass
-class Room:
-    """A room with members on this node. It is freed when its last member here leaves; what must
-    outlive it (the last sequence number, the topic) is kept by the hub in two flat tables."""
-
-    name: str
-    members: dict[int, Member] = field(default_factory=dict)
-    names: list[str] | None = None  # the sorted nicks (/who), until somebody joins, leaves or renames
 
 
 class ChatHub:
@@ -502,44 +492,37 @@ class ChatHub:
         self.fanout(msg.room, Frame(msg))
 
     def on_messages(self, messages: list[Message]) -> None:
-        """Several durable messages at once: each member gets all of its share in one write."""
+        """Several durable messages at once: each member gets a room's share of them in one write
+        (the same bytes for every member of the room; a member of two of the rooms gets two writes,
+        each room's messages in order)."""
         if len(messages) == 1:
             self.on_message(messages[0])
             return
-        shares: dict[int, tuple[Member, list[Frame]]] = {}
         last_seq = self.last_seq
-        if self.presence.pending:
-            for room_name in {m.room for m in messages}:
-                self.presence.before(room_name)
+        by_room: dict[str, list[Frame]] = {}
         for msg in messages:
             if msg.seq > last_seq.get(msg.room, 0):
                 last_seq[msg.room] = msg.seq
-            room = self.rooms.get(msg.room)
-            if room is None:
-                continue  # nobody here (a room of another node, or everyone left)
-            frame = Frame(msg)
-            for m in room.members.values():
-                share = shares.get(m.id)
-                if share is None:
-                    shares[m.id] = (m, [frame])
-                else:
-                    share[1].append(frame)
-            self.delivered += len(room.members)
-        for m, frames in shares.values():
-            m.send_frames(frames)
+            frames = by_room.get(msg.room)
+            if frames is None:
+                by_room[msg.room] = [Frame(msg)]
+            else:
+                frames.append(Frame(msg))
+        for name, frames in by_room.items():
+            if self.presence.pending:
+                self.presence.before(name)
+            room = self.rooms.get(name)
+            if room is not None:  # else nobody here (a room of another node, or everyone left)
+                self.delivered += room.send_batch(frames)
 
     def on_topic(self, room: str, nick: str, text: str) -> None:
         self.topics[room] = (text, nick)
 
     def fanout(self, room: str, frame: Frame) -> None:
-        """Send ``frame`` to every member of ``room`` on this node."""
+        """Send ``frame`` to every member of ``room`` on this node (:meth:`Room.send`)."""
         r = self.rooms.get(room)
-        if r is None:
-            return
-        members = list(r.members.values())
-        for m in members:
-            m.send_frame(frame)
-        self.delivered += len(members)
+        if r is not None:
+            self.delivered += r.send(frame)
 
     def deliver_private(self, event: Private) -> bool:
         """A private message routed from another node; returns whether the target is here."""

@@ -147,7 +147,6 @@ class PresenceBatcher:
         if not events:
             return
         self.ticks += 1
-        members = list(room.members.values())
         count = self.hub.member_count(name)
         if count > self.hub.settings.presence_names:
             self.crowded.add(name)
@@ -155,24 +154,19 @@ class PresenceBatcher:
             left = [e.nick for e in events if isinstance(e, Parted)]
             renamed = [(e.old, e.new) for e in events if isinstance(e, NickChanged)]
             frame = Frame(Presence(name, count, len(joined), len(left), summary(name, count, joined, left, renamed)))
-            for m in members:
-                m.send_frame(frame)
-            self.lines += len(members)
+            self.lines += room.send(frame)  # the same bytes for everybody (the fan-out's fast path)
             return
         if name in self.crowded:  # back to a small room: everybody's list is stale, send it afresh
             self.crowded.discard(name)
             self.hub.backend.who(name, lambda nicks: self._send_list(name, nicks))
             return
-        self._send_lines(members, events)
+        self._send_lines(list(room.members.values()), events)
 
     def _send_list(self, name: str, nicks: list[str]) -> None:
         room = self.hub.rooms.get(name)
         if room is None:
             return
-        frame = Frame(Members(name, tuple(nicks)))
-        for m in room.members.values():
-            m.send_frame(frame)
-        self.lines += len(room.members)
+        self.lines += room.send(Frame(Members(name, tuple(nicks))))
 
     def _send_lines(self, members: list[Member], events: list[Change]) -> None:
         """Small room: the gathered JOIN/PART lines, one write per member. A member does not get

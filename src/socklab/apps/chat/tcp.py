@@ -5,7 +5,8 @@ Why this exists: it glues three things together - the engine's transport, the sa
 :class:`~socklab.apps.chat.hub.ChatHub`. Its one piece of policy is the *slow consumer*:
 
 - while the transport accepts data, frames are written at once (the engine tries ``send()``
-  immediately and buffers only the leftover, up to its high-water mark);
+  immediately and buffers only the leftover, up to its high-water mark); meanwhile the transport's
+  ``write`` is this member's ``fast_write``, which a room's fan-out calls directly (:mod:`.fanout`);
 - when the transport says ``pause_writing`` (the peer stopped reading and the kernel buffers are
   full), frames wait in a per-client queue bounded by ``max_queue`` bytes;
 - when that queue is full the client is disconnected with ``BYE`` and the reason (best effort: a
@@ -52,6 +53,7 @@ class ChatLineProtocol(Protocol, Member):
     # ---- transport callbacks ---------------------------------------------------------------------
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
+        self.fast_write = transport.write  # until paused or closing: the fan-out writes to it directly
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer, self.address = format_addr(peer), str(peer[0])  # [::1]:5000 for IPv6
@@ -93,11 +95,14 @@ class ChatLineProtocol(Protocol, Member):
         return None  # close our side too
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.fast_write = None
         self.queue.clear()
         self.hub.detach(self, "connection lost" if exc is None else f"connection lost: {exc}")
 
     def pause_writing(self) -> None:
+        # Called inside the write that crossed the high-water mark: the next frame already queues.
         self.paused = True
+        self.fast_write = None
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -106,6 +111,8 @@ class ChatLineProtocol(Protocol, Member):
             data = self.queue.popleft()
             self.queued -= len(data)
             write(data)
+        if not self.paused and not self.closing:  # the queue is empty: frames may skip it again
+            self.fast_write = write
 
     def shutdown_requested(self) -> None:
         if not self.gone:
@@ -131,6 +138,7 @@ class ChatLineProtocol(Protocol, Member):
 
     def _drop_slow(self) -> None:
         self.dropped_slow = True
+        self.fast_write = None
         self.queue.clear()
         self.queued = 0
         self.paused = False
@@ -150,6 +158,7 @@ class ChatLineProtocol(Protocol, Member):
     def close_with(self, bye: Bye) -> None:
         if self.closing:
             return
+        self.fast_write = None
         self.transport.write(Frame(bye).line)
         self.closing = True
         self.transport.close()

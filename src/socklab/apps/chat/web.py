@@ -89,7 +89,16 @@ class WebMember(Member):
             ws.close(CLOSE_SLOW, "outbound queue full: not reading; disconnected")
             self.hub.detach(self, "too slow (outbound queue full)")
             return
-        ws.send(frame.json)
+        ws.send_framed(frame.ws)  # framed once for every browser in the room
+
+    def send_frames(self, frames: list[Frame]) -> None:
+        ws = self.ws
+        if ws.closed:
+            return
+        if ws.buffered_amount > self.limit:
+            self.send_frame(frames[0])  # the same check, the same close
+            return
+        ws.send_framed(b"".join([f.ws for f in frames]))  # one write for the batch
 
     def close_with(self, bye: Bye) -> None:
         if not self.ws.closed:
