@@ -42,6 +42,8 @@ from socklab.tools.bench.procs import process_cpu_times
 __all__ = ["Result", "chat", "run_load", "start_node"]
 
 READY_TIMEOUT = 30.0
+LAZY_SLICES = 50  # lazily read members are drained in this many slices per period: a slice takes ~1 ms,
+# so a sampled member's line never waits long behind them (10 slices of 1,000 sockets took ~5-10 ms)
 
 MSG_RE = re.compile(rb"MSG #bench \d+ [0-9.]+ \S+ say :t=(\d+) ")
 
@@ -59,6 +61,7 @@ class Result:
     dropped_clients: int = 0
     server_cpu: float = 0.0
     server_sys: float = 0.0  # the part of server_cpu spent in the kernel (send() and friends)
+    load_avg: tuple[float, float] = (0.0, 0.0)  # the 1-minute load average when the window began and ended
     generator_cpu: float = 0.0
     join_s: float = 0.0  # first connect -> every client has its SYNC
     settle_s: float = 0.0  # then until the node has been quiet for 0.5 s (the presence backlog drained)
@@ -80,6 +83,10 @@ class Result:
                 "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
                 "server_cpu_pct": round(self.server_cpu * 100), "server_sys_pct": round(self.server_sys * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
                 "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2),
+                "server_user_us_per_delivery": round((self.server_cpu - self.server_sys) * self.seconds
+                                                     / max(1, self.deliveries) * 1e6, 2),
+                "server_sys_us_per_delivery": round(self.server_sys * self.seconds / max(1, self.deliveries) * 1e6, 2),
+                "load_avg": [round(x, 2) for x in self.load_avg],
                 "join_s": round(self.join_s, 2), "settle_s": round(self.settle_s, 2),
                 "join_server_cpu_s": round(self.join_cpu, 2), "join_mb_received": round(self.join_bytes / 1e6, 1)}
 
@@ -229,6 +236,7 @@ def _measure(sel: selectors.BaseSelector, socks: list[socket.socket], port: int,
     for s in socks:  # room for ~50 ms of traffic between lazy reads
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
     cpu0, sys0, gen0 = proc_cpu(server_pid), proc_cpu(server_pid, True), self_cpu()
+    load0 = os.getloadavg()[0]
     start = time.monotonic()
     end = start + seconds
     next_send = start
@@ -243,7 +251,7 @@ def _measure(sel: selectors.BaseSelector, socks: list[socket.socket], port: int,
         for s in lazy:
             sel.unregister(s)
     live_lazy = set(lazy)
-    slice_len = max(1, len(lazy) // 10)
+    slice_len = max(1, -(-len(lazy) // LAZY_SLICES))
     turn = 0
     next_lazy = start
     k = 0
@@ -253,7 +261,7 @@ def _measure(sel: selectors.BaseSelector, socks: list[socket.socket], port: int,
         if now >= end:
             break
         if lazy_read and now >= next_lazy:
-            next_lazy = now + lazy_period / 10
+            next_lazy = now + lazy_period / LAZY_SLICES
             for s in lazy[turn * slice_len:(turn + 1) * slice_len]:
                 if s not in live_lazy:
                     continue
@@ -269,7 +277,7 @@ def _measure(sel: selectors.BaseSelector, socks: list[socket.socket], port: int,
                         res.dropped_clients += 1
                         break
                     res.deliveries += data.count(b"MSG #bench")
-            turn = (turn + 1) % 10 if (turn + 1) * slice_len < len(lazy) else 0
+            turn = turn + 1 if (turn + 1) * slice_len < len(lazy) else 0
         while next_send <= now and next_send < end:
             s = socks[k % senders]
             try:
@@ -317,6 +325,7 @@ def _measure(sel: selectors.BaseSelector, socks: list[socket.socket], port: int,
                 pass
     res.server_cpu = (proc_cpu(server_pid) - cpu0) / window
     res.server_sys = (proc_cpu(server_pid, True) - sys0) / window
+    res.load_avg = (load0, os.getloadavg()[0])
     res.generator_cpu = (self_cpu() - gen0) / window
     return res
 
@@ -390,10 +399,12 @@ def chat(clients: int, rate: float, seconds: float, senders: int, sample: int, e
                                f"deliveries={r['deliveries_per_s']}/s (of {r['expected_per_s']})  "
                                f"p50={r['p50_ms']} ms  p99={r['p99_ms']} ms  dropped={r['dropped_clients']}  "
                                f"server CPU {r['server_cpu_pct']}% (kernel {r['server_sys_pct']}%, "
-                               f"{r['server_cpu_us_per_delivery']} us/delivery)  "
+                               f"{r['server_cpu_us_per_delivery']} us/delivery: {r['server_user_us_per_delivery']} "
+                               f"user + {r['server_sys_us_per_delivery']} kernel)  "
                                f"generator CPU {r['generator_cpu_pct']}%  joined in {r['join_s']} s "
                                f"(+{r['settle_s']} s to settle, server CPU {r['join_server_cpu_s']} s, "
-                               f"{r['join_mb_received']} MB received)")
+                               f"{r['join_mb_received']} MB received)  load average {res.load_avg[0]:.2f}-"
+                               f"{res.load_avg[1]:.2f}")
         finally:
             if redis_proc is not None:
                 stop(redis_proc)
