@@ -1,9 +1,9 @@
 """The declared UDP echo (``DatagramProtocol.zero_copy_echo``) and the batched datagram paths (issue 19).
 
 An untraced ``EchoDatagramProtocol`` declares itself an echo; every engine then answers each
-datagram from its receive buffer without calling ``datagram_received`` (the reactor and the
-reading thread: ``recvfrom_into`` one reused buffer, ``sendto`` a view of it; asyncio/uvloop: the
-loop's own ``sendto`` straight from the loop's callback). The replies must still be exact, in
+datagram from its receive buffer without calling ``datagram_received`` (``recvfrom_into`` one
+reused buffer, ``sendto`` a view of it; on asyncio/uvloop too, which read their UDP socket
+themselves when the loop says it is readable). The replies must still be exact, in
 order, for every size (the view is reused while the size stays the same), empty ones included,
 and counted in the engine's statistics. A reply the kernel will not take at once is queued, and
 the ones after it queue behind it: the order a peer sees never changes.
@@ -89,6 +89,11 @@ def test_traced_the_protocol_is_called_for_every_datagram(engine: str) -> None:
     assert calls == SIZES
     received = [e for e in events if e.op == "recvfrom"]
     assert len(received) == len(payloads), f"{engine}: the trace lost datagrams"
+    # Every engine reads its UDP socket itself (asyncio/uvloop too: the loop only says when it is
+    # readable), so every receive and send is a real system call on the endpoint's descriptor.
+    sent = [e for e in events if e.op == "sendto"]
+    assert len(sent) == len(payloads)
+    assert {(e.level, e.fd is not None) for e in received + sent} == {("syscall", True)}
 
 
 class _Changed(EchoDatagramProtocol):

@@ -32,7 +32,8 @@ small messages. uvloop reads into its own preallocated buffer, so its engine kee
 (its BufferedProtocol path costs two callbacks and a copy per read instead of one callback).
 
 The per-connection bridge (``_Stream`` and its traced and buffered variants) lives in
-:mod:`socklab.engines._aio_stream`; this module is the engines, listeners and UDP endpoints.
+:mod:`socklab.engines._aio_stream`, the UDP endpoint in :mod:`socklab.engines._aio_datagram`; this
+module is the engines and listeners.
 
 TLS is the loop's own (``ssl=context``), not :mod:`socklab.core.tls`. Write after ``write_eof``
 or ``close`` is dropped when the protocol calls ``transport.write``; a protocol that cached the
@@ -51,14 +52,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
-from socklab.core.protocol import DatagramProtocol
 from socklab.core.sockets import Endpoint, bind_source, client_targets
-from socklab.core.transport import DatagramTransport, TimerHandle
+from socklab.core.transport import TimerHandle
+from socklab.engines._aio_datagram import LoopDatagramEndpoint
 from socklab.engines._aio_stream import (
     _HIDDEN_NOTE,
     RECV_SIZE,
     _BufferedStream,
-    _error,
     _last_data_recv,
     _Stream,
     _TracedBufferedStream,
@@ -69,172 +69,9 @@ from socklab.engines.base import (
     Engine,
     EngineInfo,
     ProtocolFactory,
-    grow_socket_buffers,
 )
 
 __all__ = ["AsyncioEngine", "UvloopEngine"]
-
-
-# ---- datagrams ------------------------------------------------------------------------------------
-class _Datagram(asyncio.DatagramProtocol, DatagramTransport):
-    """Bridges one loop datagram endpoint to one socklab DatagramProtocol."""
-
-    def __init__(self, engine: _AioEngine, app: DatagramProtocol) -> None:
-        self.engine = engine
-        self.tracer = engine.tracer
-        self.app = app
-        self._t: asyncio.DatagramTransport | None = None
-        self._raw: socket.socket | None = None  # a dup of the socket, for empty datagrams only
-        self._lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        t = cast(asyncio.DatagramTransport, transport)
-        self._t = t
-        if getattr(t, "max_size", 0) > RECV_SIZE:
-            # asyncio's selector transport calls recvfrom(256 KiB) per datagram: a fresh bytes
-            # object above glibc's mmap threshold each time. 64 KiB holds any UDP payload (65,507).
-            t.max_size = RECV_SIZE  # type: ignore[attr-defined]
-        if self.tracer is None:
-            loop_sendto = t.sendto
-            send_empty = self._send_empty
-
-            def sendto(data: bytes | bytearray | memoryview, addr: Any = None) -> None:
-                if data:
-                    loop_sendto(data, addr)
-                else:
-                    send_empty(addr)
-
-            self.sendto = sendto  # type: ignore[method-assign]
-        self.app.connection_made(self)
-        if self.tracer is None:
-            self.datagram_received = self._receiver(t)  # type: ignore[method-assign,assignment]
-
-    def _receiver(self, t: asyncio.DatagramTransport) -> Callable[[bytes, Any], None]:
-        """What the loop calls per datagram, untraced: one Python frame, as a plain DatagramProtocol.
-
-        The declared echo (``DatagramProtocol.zero_copy_echo``) sends straight back on the loop's
-        transport (an empty datagram too); any other protocol is called with its method bound once.
-        """
-        stats, app = self.engine.stats, self.app
-        loop_sendto, send_empty = t.sendto, self._send_empty
-        if getattr(app, "zero_copy_echo", False):
-            def echo(data: bytes, addr: Any) -> None:
-                stats.datagrams_in += 1
-                if data:
-                    loop_sendto(data, addr)
-                else:
-                    send_empty(addr)
-
-            return echo
-        app_received, report = app.datagram_received, self.engine.report_error
-
-        def received(data: bytes, addr: Any) -> None:
-            stats.datagrams_in += 1
-            try:
-                app_received(data, addr)
-            except Exception as exc:  # one bad datagram must not stop the endpoint (as on every engine)
-                report(exc, f"{type(app).__name__}.datagram_received")
-
-        return received
-
-    def _send_empty(self, addr: Any) -> None:
-        """A zero-length datagram, sent by socklab: the loops drop it (asyncio: ``if not data: return``).
-
-        Every engine sends it (a UDP probe or keep-alive may be empty). Sent on a duplicate of the
-        endpoint's descriptor, non-blocking; a full socket buffer drops it, as the kernel may.
-        """
-        t = self._t
-        if t is None or t.is_closing():
-            return
-        raw = self._raw
-        if raw is None:
-            sock = t.get_extra_info("socket")
-            if sock is None:
-                return
-            raw = self._raw = sock.dup()
-            raw.setblocking(False)
-        try:
-            if addr is None:
-                raw.send(b"")
-            else:
-                raw.sendto(b"", addr)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as exc:
-            self.error_received(exc)
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.engine.stats.datagrams_in += 1
-        if self.tracer:
-            self.tracer.emit("recvfrom", peer=addr, nbytes=len(data), level="transport")
-        try:
-            self.app.datagram_received(data, addr)
-        except Exception as exc:  # one bad datagram must not stop the endpoint (as on every engine)
-            self.engine.report_error(exc, f"{type(self.app).__name__}.datagram_received")
-
-    def error_received(self, exc: Exception) -> None:
-        try:
-            self.app.error_received(translate_oserror(exc, "receiving a datagram"))
-        except Exception as bug:
-            self.engine.report_error(bug, f"{type(self.app).__name__}.error_received")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:
-            return
-        self._lost = True
-        if self._raw is not None:
-            self._raw.close()
-            self._raw = None
-        if self in self.engine._endpoints:
-            self.engine._endpoints.remove(self)
-        if self.tracer:
-            self.tracer.emit("close", level="transport", detail="datagram endpoint closed")
-        try:
-            self.app.connection_lost(_error(exc, "using a datagram socket"))
-        except Exception as bug:
-            self.engine.report_error(bug, f"{type(self.app).__name__}.connection_lost")
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
-        if self._t is None or self._t.is_closing():
-            return
-        if self.tracer:
-            self.tracer.emit("sendto", peer=addr, nbytes=len(data), level="transport")
-        if data:
-            self._t.sendto(data, addr)
-        else:
-            self._send_empty(addr)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "engine":
-            return self.engine.name
-        if name == "tracer":
-            return self.tracer
-        if self._t is None:
-            return default
-        if name == "fd":
-            sock = self._t.get_extra_info("socket")
-            return default if sock is None else sock.fileno()
-        return self._t.get_extra_info(name, default)
-
-    def is_closing(self) -> bool:
-        return self._t is None or self._t.is_closing()
-
-    def close(self) -> None:
-        if self._t is not None:
-            self._t.close()
-
-    def abort(self) -> None:
-        if self._t is not None:
-            self._t.abort()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        return self.engine.loop.call_later(delay, callback)
-
-    def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
-        t = self._t
-        if t is None or t.is_closing():
-            return None
-        return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
 
 
 class _Listener:
@@ -280,7 +117,7 @@ class _AioEngine(Engine):
         if self.own_loop:
             self.loop.set_exception_handler(self._on_loop_error)
         self._listeners: list[_Listener] = []
-        self._endpoints: list[_Datagram] = []
+        self._endpoints: list[LoopDatagramEndpoint] = []
         self._tasks: set[asyncio.Future[Any]] = set()
         self.recv_buffer = bytearray(RECV_SIZE)
         self.recv_view = memoryview(self.recv_buffer)
@@ -302,8 +139,6 @@ class _AioEngine(Engine):
         bridge = context.get("protocol")
         if isinstance(bridge, _Stream) and bridge._made:
             where = f"{type(bridge.protocol).__name__} (a protocol callback)"
-        elif isinstance(bridge, _Datagram):
-            where = f"{type(bridge.app).__name__} (a datagram protocol callback)"
         else:
             where = str(context.get("message") or "a loop callback")
         self.report_error(exc, where)
@@ -449,14 +284,17 @@ class _AioEngine(Engine):
         self._submit(start())
         return listener
 
-    def serve_datagram(self, sock: socket.socket, protocol_factory: DatagramFactory) -> _Datagram:
-        """Drive one datagram protocol with the bound UDP ``sock``; returns the endpoint (``close()``)."""
-        self._note_hidden_syscalls()
-        endpoint = _Datagram(self, protocol_factory())
+    def serve_datagram(self, sock: socket.socket, protocol_factory: DatagramFactory) -> LoopDatagramEndpoint:
+        """Drive one datagram protocol with the bound UDP ``sock``; returns the endpoint (``close()``).
+
+        socklab reads the socket itself when the loop says it is readable (a burst per readiness,
+        :mod:`socklab.engines._aio_datagram`), not through the loop's datagram transport.
+        """
+        endpoint = LoopDatagramEndpoint(self, sock, protocol_factory())
         self._endpoints.append(endpoint)
 
         async def start() -> None:
-            await self.loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+            endpoint.start()
 
         self._submit(start())
         return endpoint
