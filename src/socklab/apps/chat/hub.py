@@ -13,7 +13,8 @@ Where messages go, step by step (``/say hello`` in ``#lobby``):
 3. the *backend* makes the message durable and numbers it: :class:`LocalBackend` with SQLite
    (:mod:`.store`), or the Redis broker (:mod:`.broker`) shared by several nodes;
 4. once durable, the backend calls :meth:`ChatHub.on_message` on the engine thread, and the hub
-   writes the frame to every member of the room - the sender's own copy is its acknowledgement.
+   writes the frame to every member of the room (:mod:`.fanout`: one call per member) - the
+   sender's own copy is its acknowledgement.
 
 Thread model: everything here runs on the engine's thread (callbacks of one engine are
 serialized), so there are no locks. Backends that use threads post their results back with
