@@ -1,7 +1,7 @@
 """``--pin SHA256`` on every client that speaks TLS, and ``http serve --tls-self-signed`` (issue 17).
 
 One option definition (``ClientSettings.pin``) reaches ``connect``, ``echo client``, ``chat connect``
-(``rpc call``: tests/apps/rpc); each is run against a self-signed server: the printed fingerprint connects (no
+and ``rpc call``; each is run against a self-signed server: the printed fingerprint connects (no
 CA), any other fails in one line naming the certificate, exit 1 (a failed certificate check, as
 ``--cafile`` failing is). Usage errors around it are one line, exit 2.
 """
@@ -142,6 +142,19 @@ def test_chat_connect_pin(cert_file: tuple[str, str]) -> None:
                            stdin=b"hello\n"), fp)
 
 
+def test_rpc_call_pin(cert_file: tuple[str, str]) -> None:
+    pem, fp = cert_file
+    with server("rpc", "serve", "--demo", "--listen", "tls://127.0.0.1:0", "--listen", "https://127.0.0.1:0/rpc",
+                "--tls-cert", pem) as p:
+        assert p.stdout is not None
+        urls = [read_until(p.stdout, r"listening on (tls://\S+)").group(1),
+                read_until(p.stdout, r"listening on (https://\S+)").group(1)]
+        for url in urls:
+            ok = run("rpc", "call", url, "subtract", "42", "23", "--pin", fp)
+            assert (ok.returncode, ok.stdout.strip()) == (0, "19"), (url, ok.stderr)
+            assert_refused(run("rpc", "call", url, "subtract", "42", "23", "--pin", wrong(fp)), fp)
+
+
 def test_http_serve_tls_self_signed(tmp_path: Path) -> None:
     (tmp_path / "hello.txt").write_text("hello over https\n")
     with server("http", "serve", str(tmp_path), "--port", "0", "--tls-self-signed") as p:
@@ -166,6 +179,7 @@ def test_http_serve_tls_self_signed(tmp_path: Path) -> None:
     (["connect", "127.0.0.1", "1", "--pin", "nothex"], "--pin"),
     (["connect", "-u", "127.0.0.1", "1", "--pin", "AB" * 32], "--pin"),
     (["echo", "client", "127.0.0.1:1", "--udp", "--pin", "AB" * 32], "--pin"),
+    (["rpc", "call", "tcp://127.0.0.1:1", "ping", "--pin", "AB" * 32], "--pin"),
     (["http", "serve", ".", "--tls-self-signed", "--tls-cert", "x.pem"], "--tls-cert"),
     (["listen", "-u", "0", "--tls-self-signed"], "--tls-self-signed"),
 ])
