@@ -6,9 +6,11 @@ every module under ``src/socklab/tools`` as a syntax tree (calls, not text: a do
 example that shows ``socket.create_connection`` does not count) and holds them to it:
 
 - a call that makes a socket by hand (``socket.socket``, ``socket.create_connection``,
-  ``socket.create_server``, ``socket.socketpair``, ``socket.fromfd``, ``connect_tcp``,
-  ``open_udp_socket``, ``open_tcp_listener``) or translates an OS error (``translate_oserror``)
-  fails the test unless its module is in ALLOWED - with at most that many such calls, and the reason;
+  ``socket.create_server``, ``socket.socketpair``, ``socket.fromfd``, or any helper of
+  :mod:`socklab.core.sockets` that returns a socket - ``open_udp_socket``, ``open_tcp_listener``,
+  ``connect_tcp``, ``_new_socket``...: read from that module, so a new helper is caught too) or
+  translates an OS error (``translate_oserror``) fails the test unless its module is in ALLOWED -
+  with at most that many such calls, and the reason;
 - each ALLOWED module says why in its own docstring (the words "raw socket"), except the entries
   of NOT_SAID_YET, which must then really not say it (so that list shrinks as docstrings are written);
 - an entry that allows more than its module has fails too: the list shrinks as code does;
@@ -32,10 +34,19 @@ import socklab
 
 SRC = Path(socklab.__file__).parent
 TOOLS = SRC / "tools"
+SOCKETS_MODULE = SRC / "core" / "sockets.py"
 CONTENDERS = ("bench/reference/", "bench/servers/")
 
+
+def socket_helpers() -> list[str]:
+    """The functions of core/sockets.py annotated to return a socket (``-> socket.socket``)."""
+    tree = ast.parse(SOCKETS_MODULE.read_text(encoding="utf-8"))
+    return sorted(node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                  and node.returns is not None and "socket.socket" in ast.unparse(node.returns))
+
+
 SOCKET_MODULE_CALLS = {"socket", "create_connection", "create_server", "socketpair", "fromfd"}
-NAMED_CALLS = {"connect_tcp", "open_udp_socket", "open_tcp_listener", "translate_oserror"}
+NAMED_CALLS = {*socket_helpers(), "translate_oserror"}
 
 GRADER = "the grader's probe is the raw call itself (a half-written request, a reset, a deadline per recv)"
 GENERATOR = "a load generator measures the server, so it owns its sockets (the same client for every contender)"
@@ -158,4 +169,10 @@ help = "socklab trace run -- python3 -c 'import socket; socket.create_connection
     tree = ast.parse(code)
     assert [c.split(": ")[1] for c in raw_calls(tree)] == ["socket.socket", "socket.create_connection",
                                                            "translate_oserror", "open_udp_socket"]
+    helpers = socket_helpers()
+    assert {"open_udp_socket", "open_tcp_listener", "connect_tcp", "_new_socket"} <= set(helpers), helpers
+    for name in helpers:  # each helper, called by name or through its module
+        calls = raw_calls(ast.parse(f"a = {name}(x, y)\nb = sockets.{name}(x, y)\n"))
+        assert calls == [f"1: {name}", f"2: {name}"], (name, calls)
+    assert not raw_calls(ast.parse("sock.connect_tcp_later()\nreopen_udp_socket_count = 1\n"))
     assert extra_info_escapes(tree) == ["7: get_extra_info('fd')"]
