@@ -412,8 +412,10 @@ def test_listen_explains_the_passive_close_when_the_client_closes_first(spawn: A
         client_port = client.getsockname()[1]
     from socklab.tools.ss import list_sockets
 
+    # this connection only: the kernel reuses an ephemeral port for other destinations, and their
+    # TIME_WAITs (earlier tests' connections from the same port number) would be counted too
     mine = [e.state for e in list_sockets(("tcp",), with_pids=False, port=client_port)
-            if e.local_port == client_port]
+            if e.local_port == client_port and e.peer_port == port]
     assert mine == ["TIME_WAIT"]  # the client closed first: the TIME_WAIT is on its side
 
 
