@@ -375,35 +375,18 @@ def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -
 
 def connect_tcp(endpoint: Endpoint, *, timeout: float | None = 10.0, tracer: Tracer | None = None,
                 nodelay: bool = True, source: tuple[str, int] | None = None) -> socket.socket:
-    """A connected, *blocking* TCP (or Unix) socket; tries each resolved address in turn.
+    """A connected, *blocking* TCP (or Unix) socket: every resolved address, Happy Eyeballs style.
 
-    ``source``: bind this ``(host, port)`` first (see :func:`client_targets`).
+    The rules (order, ``timeout`` as the budget of the whole connect, the error naming every
+    address tried) are :mod:`socklab.core.dial`'s, the same on every engine. ``source``: bind this
+    ``(host, port)`` first, in each destination's family (see :func:`client_targets`).
 
     Raises:
         ConnectionRefused, ConnectTimeout, HostUnreachable, ResolveError, AddressInUse: one-line reasons.
     """
-    last: BaseException | None = None
-    for family, addr, local in client_targets(endpoint, socket.SOCK_STREAM, source):
-        sock = _new_socket(family, socket.SOCK_STREAM, tracer)
-        if local is not None:
-            bind_source(sock, local, tracer)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-        except OSError as exc:
-            if tracer:
-                tracer.emit("connect", sock, peer=addr, detail=f"failed: {exc.strerror or exc}")
-            sock.close()
-            last = exc
-            continue
-        sock.settimeout(None)
-        if tracer:
-            tracer.emit("connect", sock, peer=addr, detail="three-way handshake done (SYN, SYN-ACK, ACK)")
-        if nodelay and family != socket.AF_UNIX:
-            _setsockopt(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY", tracer)
-        return sock
-    assert last is not None
-    raise translate_oserror(last, f"connecting to {endpoint}") from last
+    from socklab.core.dial import connect_blocking  # (dial builds on this module)
+
+    return connect_blocking(endpoint, timeout=timeout, tracer=tracer, nodelay=nodelay, source=source)
 
 
 def server_ssl_context(cert: str, key: str | None = None, *, client_ca: str | None = None) -> ssl.SSLContext:

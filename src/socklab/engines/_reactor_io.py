@@ -9,7 +9,7 @@ calls when its socket is ready:
 - :class:`StreamTransport`: one non-blocking connection. ``recv`` straight into a bytes object
   (or, for the untraced echo, into the loop's one buffer and straight back out); writes are tried
   at once and only the leftover is buffered; above ``max_buffer`` the peer is no longer read.
-- :class:`_Connector`: a non-blocking ``connect()`` (EINPROGRESS, wait for writable, SO_ERROR).
+- :class:`_Connector`: a client connect - :mod:`socklab.core.dial`'s rules, the reactor's waiting.
 - :class:`_DatagramEndpoint`: a UDP socket read up to 64 datagrams per readiness (the declared
   echo answers each from one reused buffer: :mod:`socklab.engines._datagram`).
 """
@@ -24,9 +24,9 @@ import ssl
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
+from socklab.core.dial import start_dial
 from socklab.core.protocol import BufferedProtocol, DatagramProtocol, Protocol
-from socklab.core.sockets import Endpoint, bind_source, client_targets
+from socklab.core.sockets import Endpoint
 from socklab.core.trace import format_addr
 from socklab.core.transport import Transport
 from socklab.engines._datagram import DatagramEndpointBase
@@ -430,7 +430,12 @@ class StreamTransport(StreamCore, Transport, Connection):
 
 
 class _Connector:
-    """A non-blocking connect(): EINPROGRESS, wait for writable, read SO_ERROR."""
+    """A client connect on the reactor: resolve, then :class:`~socklab.core.dial.Dial` over every address.
+
+    The dial's rules (RFC 8305 order and timing, the timeout as one budget, the error naming every
+    address) are core's; the reactor lends it ``add_writer``/``call_later``. The winner is adopted
+    as a stream (TLS verifies ``server_hostname``, the name - not the address that answered).
+    """
 
     def __init__(self, reactor: Reactor, endpoint: Endpoint, factory: ProtocolFactory,
                  ssl_context: ssl.SSLContext | None, server_hostname: str | None, timeout: float,
@@ -438,49 +443,11 @@ class _Connector:
                  source: tuple[str, int] | None = None) -> None:
         self.reactor, self.factory, self.on_error = reactor, factory, on_error
         self.ssl_context, self.server_hostname = ssl_context, server_hostname or endpoint.host
-        self.endpoint = endpoint
-        try:
-            family, addr, local = client_targets(endpoint, socket.SOCK_STREAM, source)[0]
-            self.sock = socket.socket(family, socket.SOCK_STREAM)
-            if local is not None:
-                bind_source(self.sock, local, reactor.tracer)  # (closes the socket when it fails)
-        except (OSError, SocklabError) as exc:
-            self._fail(translate_oserror(exc, f"connecting to {endpoint}"))
-            return
-        self.addr = addr
-        self.sock.setblocking(False)
-        if reactor.tracer:
-            reactor.tracer.emit("socket", self.sock, detail="client socket (non-blocking)")
-        err = self.sock.connect_ex(addr)
-        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
-            self._done(err)
-            return
-        if reactor.tracer:
-            reactor.tracer.emit("connect", self.sock, peer=addr, detail="EINPROGRESS: SYN sent, waiting for writable")
-        self.timer = reactor.call_later(timeout, self._timeout)
-        reactor.add_writer(self.sock.fileno(), self._on_writable)
+        start_dial(reactor, endpoint, timeout=timeout, source=source, tracer=reactor.tracer,
+                   on_connected=self._connected, on_failed=self._fail)
 
-    def _on_writable(self) -> None:
-        self.reactor.remove_writer(self.sock.fileno())
-        self.timer.cancel()
-        self._done(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-
-    def _timeout(self) -> None:
-        self.reactor.remove_writer(self.sock.fileno())
-        self.sock.close()
-        self._fail(ConnectTimeout(f"timed out while connecting to {self.endpoint}"))
-
-    def _done(self, err: int) -> None:
-        if err:
-            self.sock.close()
-            exc = OSError(err, os.strerror(err))
-            self._fail(translate_oserror(exc, f"connecting to {self.endpoint}"))
-            return
-        if self.reactor.tracer:
-            self.reactor.tracer.emit("connect", self.sock, peer=self.addr, detail="connected")
-        if self.sock.family != socket.AF_UNIX:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reactor.start_stream(self.sock, self.factory(), peer=self.addr, ssl_context=self.ssl_context,
+    def _connected(self, sock: socket.socket, addr: Any) -> None:
+        self.reactor.start_stream(sock, self.factory(), peer=addr, ssl_context=self.ssl_context,
                                   server_side=False, server_hostname=self.server_hostname, on_error=self._fail)
 
     def _fail(self, exc: BaseException) -> None:

@@ -51,8 +51,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from socklab.core.dial import Dial, Target
 from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
-from socklab.core.sockets import Endpoint, bind_source, client_targets
+from socklab.core.sockets import Endpoint, client_targets
 from socklab.core.transport import TimerHandle
 from socklab.engines._aio_datagram import LoopDatagramEndpoint
 from socklab.engines._aio_stream import (
@@ -305,56 +306,73 @@ class _AioEngine(Engine):
         for endpoint in list(self._endpoints):
             endpoint.close()
 
+    async def _dial(self, targets: list[Target], timeout: float, what: str) -> socket.socket:
+        """:class:`~socklab.core.dial.Dial` on this loop; a cancelled task closes what it had opened."""
+        done: asyncio.Future[socket.socket] = self.loop.create_future()
+
+        def connected(sock: socket.socket, addr: Any) -> None:
+            if done.done():
+                sock.close()
+            else:
+                done.set_result(sock)
+
+        def failed(err: SocklabError) -> None:
+            if not done.done():
+                done.set_exception(err)
+
+        dial = Dial(self.loop, targets, timeout=max(0.0, timeout), what=what, tracer=self.tracer,
+                    on_connected=connected, on_failed=failed)
+        dial.start()
+        try:
+            return await done
+        finally:
+            dial.cancel()  # (nothing left to do once it finished)
+
     def connect_stream(self, endpoint: Endpoint, protocol_factory: ProtocolFactory, *,
                        ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
                        timeout: float = 10.0,
                        on_error: Callable[[BaseException], None] | None = None,
                        source_address: tuple[str, int] | None = None) -> None:
-        """Open a client connection with the loop; ``connection_made`` follows, or ``on_error(exc)``.
+        """Open a client connection on the loop; ``connection_made`` follows, or ``on_error(exc)``.
 
         ``exc`` is a :class:`~socklab.core.errors.SocklabError` (``ConnectionRefused``,
-        ``ConnectTimeout``, ``ResolveError``...).
+        ``ConnectTimeout``, ``ResolveError``...). The connect itself is :mod:`socklab.core.dial`'s
+        (every address, RFC 8305 timing, traced), as on the other engines - not the loop's
+        ``create_connection(host, port)`` - and the loop adopts the winning socket (with TLS).
         """
         self._note_hidden_syscalls()
         bridge = self._stream_factory(protocol_factory, server_side=False, tls=ssl_context is not None)
         loop = self.loop
         hostname = (server_hostname or endpoint.host) if ssl_context is not None else None
 
-        async def from_source() -> Any:
-            # A source address: the same resolution and bind as the other engines (client_targets,
-            # bind_source), then the loop connects that socket and adopts it.
-            assert source_address is not None
-            targets = await loop.run_in_executor(None, client_targets, endpoint, socket.SOCK_STREAM,
-                                                 source_address)
-            family, addr, local = targets[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                bind_source(sock, local, self.tracer)
-                await loop.sock_connect(sock, addr)
-            except BaseException:
-                sock.close()
-                raise
-            return await loop.create_connection(bridge, sock=sock, ssl=ssl_context, server_hostname=hostname)
+        def report(err: SocklabError) -> None:
+            if on_error is not None:
+                on_error(err)
+            elif self.tracer:
+                self.tracer.note(f"connect failed: {err}", level="transport")
 
         async def connect() -> None:
+            deadline = loop.time() + timeout
             try:
-                if endpoint.unix is not None:
-                    if source_address is not None:  # (client_targets says why in one line)
-                        client_targets(endpoint, socket.SOCK_STREAM, source_address)
-                    coro = loop.create_unix_connection(bridge, endpoint.unix, ssl=ssl_context,
-                                                       server_hostname=hostname)
-                elif source_address is not None:
-                    coro = from_source()
+                if endpoint.unix is not None or _is_address(endpoint.host):  # nothing to look up
+                    targets = client_targets(endpoint, socket.SOCK_STREAM, source_address)
                 else:
-                    coro = loop.create_connection(bridge, endpoint.host, endpoint.port, ssl=ssl_context,
-                                                  server_hostname=hostname)
-                await asyncio.wait_for(coro, timeout)
-            except SocklabError as failure:  # from client_targets / bind_source (a source address)
-                if on_error is not None:
-                    on_error(failure)
-                elif self.tracer:
-                    self.tracer.note(f"connect failed: {failure}", level="transport")
+                    targets = await asyncio.wait_for(loop.run_in_executor(
+                        None, client_targets, endpoint, socket.SOCK_STREAM, source_address), timeout)
+                sock = await self._dial(targets, deadline - loop.time(), str(endpoint))
+                try:
+                    if sock.family == socket.AF_UNIX:
+                        adopt = loop.create_unix_connection(bridge, sock=sock, ssl=ssl_context,
+                                                            server_hostname=hostname)
+                    else:
+                        adopt = loop.create_connection(bridge, sock=sock, ssl=ssl_context, server_hostname=hostname)
+                    # the TLS handshake within what is left of the budget, as the connect before it
+                    await (asyncio.wait_for(adopt, max(0.001, deadline - loop.time())) if ssl_context else adopt)
+                except BaseException:
+                    sock.close()
+                    raise
+            except SocklabError as failure:  # the dial's, client_targets'
+                report(failure)
             except (OSError, TimeoutError) as exc:
                 if type(exc) is not socket.gaierror and not isinstance(exc, ssl.SSLError) and exc.errno:
                     # asyncio's "Connect call failed (...)"; an SSLError keeps its own words
@@ -362,10 +380,7 @@ class _AioEngine(Engine):
                 err = translate_oserror(exc, f"connecting to {endpoint}")
                 if isinstance(exc, TimeoutError) and not isinstance(err, ConnectTimeout):
                     err = ConnectTimeout(f"timed out while connecting to {endpoint}")
-                if on_error is not None:
-                    on_error(err)
-                elif self.tracer:
-                    self.tracer.note(f"connect failed: {err}", level="transport")
+                report(err)
 
         if self._on_loop_thread() or not loop.is_running():
             task = loop.create_task(connect())
@@ -373,6 +388,17 @@ class _AioEngine(Engine):
             task.add_done_callback(self._tasks.discard)
         else:
             asyncio.run_coroutine_threadsafe(connect(), loop)
+
+
+def _is_address(host: str) -> bool:
+    """An IPv4/IPv6 literal (``getaddrinfo`` answers at once: no thread hop to resolve it)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.split("%", 1)[0])
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
 
 
 class AsyncioEngine(_AioEngine):

@@ -211,6 +211,8 @@ class Engine(ABC):
                        source_address: tuple[str, int] | None = None) -> None:
         """Open a client connection; the protocol's ``connection_made`` follows, or ``on_error(exc)``.
 
+        Every address the name resolves to is tried, RFC 8305 style, and ``timeout`` is the budget
+        of the whole connect: the rules are :mod:`socklab.core.dial`'s, the same on every engine.
         ``source_address``: bind this ``(host, port)`` before connecting (netcat's ``-s``/``-p``; host
         ``""`` any address, port 0 the kernel's pick), resolved in the destination's family
         (:func:`socklab.core.sockets.client_targets`).
