@@ -27,7 +27,7 @@ from socklab.core.errors import ProtocolError, SocklabError, UsageError
 from socklab.core.settings import option_name
 
 __all__ = ["EXIT_NETWORK", "EXIT_USAGE", "EXIT_VERIFY", "Number", "WritablePath", "build_settings", "options_from",
-           "run_cli", "self_signed_tls", "tls_self_signed_option", "trace_options"]
+           "run_cli", "trace_options"]
 
 EXIT_NETWORK, EXIT_USAGE, EXIT_VERIFY, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -55,13 +55,16 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
     """Add one click option per field of ``settings_cls`` (fields with ``cli=""`` are skipped).
 
     Args:
-        exclude: field names the command sets itself (a positional argument, say).
+        exclude: field names the command sets itself (a positional argument, say). Leaving out
+            ``tls_cert`` leaves out ``tls_self_signed`` too: a server serves TLS both ways or not at all.
         only: just these fields (``only=("cafile", "insecure", "pin")``: a command that takes a few).
         defaults: per-command defaults that differ from the dataclass's.
         transport: ``"udp"`` for a datagram server: settings declared for other transports only
             (``setting(..., transports=("tcp", "unix"))``) are left out.
     """
     hints = typing.get_type_hints(settings_cls)
+    if "tls_cert" in exclude:
+        exclude = (*exclude, "tls_self_signed")
 
     def decorate(func: F) -> F:
         for f in reversed(dataclasses.fields(settings_cls)):
@@ -121,34 +124,6 @@ def _refuse_unused(settings_cls: type[Any], transport: str) -> None:
         if ctx.get_parameter_source(f.name) == click.core.ParameterSource.COMMANDLINE:
             applies = "/".join(t.upper() for t in f.metadata["transports"])
             raise UsageError(f"{option_name(f)} applies to {applies} only, not {transport.upper()}: drop it")
-
-
-def tls_self_signed_option(func: F) -> F:
-    """``--tls-self-signed``: serve TLS with a certificate made at start (see :func:`self_signed_tls`)."""
-    return click.option("--tls-self-signed", "tls_self_signed", is_flag=True,
-                        help="TLS with a certificate made now, in memory (no --tls-cert needed); its SHA-256 "
-                             "fingerprint is printed for clients to pin (--pin SHA256).")(func)
-
-
-def self_signed_tls(label: str, enabled: bool, tls_cert: str | None) -> Any:
-    """The server context ``--tls-self-signed`` asks for (``None`` when not asked), its fingerprint said.
-
-    Prints ``socklab LABEL: TLS with a self-signed certificate, SHA-256 AB:CD:...`` on stderr, before
-    the listening line, so a client can pin it.
-
-    Raises:
-        UsageError: ``--tls-cert`` given too.
-    """
-    if not enabled:
-        return None
-    if tls_cert:
-        raise UsageError(f"--tls-self-signed makes its own certificate: drop --tls-cert {tls_cert}")
-    from socklab.core.selfsigned import self_signed_context
-
-    ctx, cert = self_signed_context()
-    click.echo(f"socklab {label}: TLS with a self-signed certificate, SHA-256 {cert.fingerprint}", err=True)
-    click.echo(f"socklab {label}: clients check it with --pin {cert.fingerprint}", err=True)
-    return ctx
 
 
 def trace_options(func: F) -> F:

@@ -113,6 +113,9 @@ class ServerSettings:
                                    metavar="PEM", transports=("tcp", "unix"))
     tls_key: str | None = setting(None, "Private key for --tls-cert (PEM; defaults to the cert file).",
                                   cli="--tls-key", metavar="PEM", transports=("tcp", "unix"))
+    tls_self_signed: bool = setting(False, "Serve TLS with a certificate made at start, in memory (no --tls-cert "
+                                           "needed); its SHA-256 fingerprint is printed for clients to pin "
+                                           "(--pin SHA256).", cli="--tls-self-signed", transports=("tcp", "unix"))
     overflow_message: bytes = setting(b"socklab: server full (max_connections reached), try again later\r\n",
                                       "Sent to a connection refused for max_connections.", cli="")
 
@@ -123,8 +126,16 @@ class ServerSettings:
         if self.engine not in ENGINE_NAMES:
             raise UsageError(f"unknown engine {self.engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
         check_ranges(self)
+        if self.tls_self_signed and self.tls_cert:
+            raise UsageError(f"--tls-self-signed makes its own certificate: drop --tls-cert {self.tls_cert}")
         if self.tls_key and not self.tls_cert:
             raise UsageError("--tls-key needs --tls-cert")
+
+    @property
+    def serves_tls(self) -> bool:
+        """The listeners speak TLS: ``--tls-cert``, or ``--tls-self-signed`` (whose certificate
+        ``socklab.runtime.Server.tls_context`` makes)."""
+        return bool(self.tls_cert) or self.tls_self_signed
 
     def replace(self, **changes: Any) -> Any:
         """A copy with some fields changed (``dataclasses.replace``)."""

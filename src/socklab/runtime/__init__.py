@@ -19,11 +19,12 @@ so the engines never import it and ``socklab.core`` does not depend on it
 
 from socklab.runtime.registry import Registration, read_servers, register_server, registry_dir
 from socklab.runtime.server import Server, bind_datagram
-from socklab.runtime.serving import describe_address, serve_until_signalled
+from socklab.runtime.serving import announce_tls, describe_address, serve_until_signalled
 
 __all__ = [
     "Registration",
     "Server",
+    "announce_tls",
     "bind_datagram",
     "describe_address",
     "read_servers",

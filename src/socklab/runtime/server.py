@@ -82,6 +82,8 @@ class Server:
         self._finish_lock = threading.Lock()
         self._unix_files: list[tuple[str, tuple[int, int] | None]] = []
         self.registration: Any = None  # its entry for `socklab ss` (runtime.registry), once registered
+        self.tls_fingerprint: str | None = None  # SHA-256 of the --tls-self-signed certificate, once made
+        self._tls_context: ssl.SSLContext | None = None
 
     # ---- phase 1: start --------------------------------------------------------------------------
     def listen(self, protocol_factory: ProtocolFactory, *, host: str | None = None, port: int | None = None,
@@ -101,7 +103,7 @@ class Server:
                                  unix=use_unix, backlog=s.backlog, reuse_port=s.reuse_port, tracer=self.tracer)
         if use_unix is not None:  # removed at shutdown, if it is still this socket's file
             self._unix_files.append((use_unix, unix_socket_identity(use_unix)))
-        ctx = ssl_context or (server_ssl_context(s.tls_cert, s.tls_key) if (tls and s.tls_cert) else None)
+        ctx = ssl_context or (self.tls_context() if tls else None)
         if ctx is not None and "tls" not in self.engine.info.supports:
             sock.close()
             if use_unix is not None:
@@ -111,6 +113,22 @@ class Server:
         self.engine.serve_stream(sock, protocol_factory, ctx)
         self.addresses.append(address)
         return address
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The settings' TLS context, made once for every listener: ``tls_cert`` (and ``tls_key``), or a
+        self-signed certificate made now, in memory, for ``tls_self_signed`` (its SHA-256 is then
+        :attr:`tls_fingerprint`, which :func:`~socklab.runtime.serve_until_signalled` prints for
+        clients to ``--pin``); ``None`` when the settings ask for no TLS.
+        """
+        s = self.settings
+        if self._tls_context is None and s.tls_cert:
+            self._tls_context = server_ssl_context(s.tls_cert, s.tls_key)
+        elif self._tls_context is None and s.tls_self_signed:
+            from socklab.core.selfsigned import self_signed_context
+
+            self._tls_context, cert = self_signed_context()
+            self.tls_fingerprint = cert.fingerprint
+        return self._tls_context
 
     def listen_udp(self, protocol_factory: DatagramFactory, *, host: str | None = None,
                    port: int | None = None) -> Any:

@@ -10,13 +10,14 @@ labelled in ``socklab ss``).
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from socklab.runtime.registry import register_server
 from socklab.runtime.server import Server
 
-__all__ = ["describe_address", "serve_until_signalled"]
+__all__ = ["announce_tls", "describe_address", "serve_until_signalled"]
 
 
 def describe_address(addr: Any, scheme: str) -> str:
@@ -27,6 +28,24 @@ def describe_address(addr: Any, scheme: str) -> str:
         return f"{scheme}://{host}:{port}"
     path = addr.decode() if isinstance(addr, bytes) else str(addr)
     return f"unix:{path}"
+
+
+_announced: weakref.WeakSet[Server] = weakref.WeakSet()  # servers whose fingerprint was said
+
+
+def announce_tls(server: Server, app: str) -> None:
+    """Say a ``--tls-self-signed`` certificate's SHA-256 on stderr, once, so a client can pin it.
+
+    ``socklab APP: TLS with a self-signed certificate, SHA-256 AB:CD:...`` and the ``--pin`` to
+    give; nothing when the server made no such certificate. :func:`serve_until_signalled` calls
+    it before the readiness lines; a command that prints its own readiness lines calls it first.
+    """
+    fp = server.tls_fingerprint
+    if fp is None or server in _announced:
+        return
+    _announced.add(server)
+    print(f"socklab {app}: TLS with a self-signed certificate, SHA-256 {fp}", file=sys.stderr)
+    print(f"socklab {app}: clients check it with --pin {fp}", file=sys.stderr, flush=True)
 
 
 def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = None, *,
@@ -51,6 +70,7 @@ def serve_until_signalled(server: Server, app: str, schemes: list[str] | None = 
         extra: app-specific information for ``socklab ss``.
     """
     out = stream if stream is not None else sys.stdout
+    announce_tls(server, app)  # the fingerprint first: a client waiting for the readiness line has it
     register_server(server, app=app, extra=extra)  # so `socklab ss` labels this server's sockets
     lines = list(where) if where is not None else [
         describe_address(addr, schemes[i] if schemes and i < len(schemes) else "tcp")

@@ -26,8 +26,6 @@ from socklab.cli.options import (
     make_tracer,
     options_from,
     run_cli,
-    self_signed_tls,
-    tls_self_signed_option,
     trace_options,
 )
 from socklab.core.errors import UsageError
@@ -257,11 +255,10 @@ def _stdin_thread(server: Server, hub: _Hub, crlf: bool) -> None:
                    "(nc -l -q SECS).")
 @_eof_options
 @options_from(ListenSettings, exclude=("host", "port", "workers", "queue_size", "reuse_port", "backlog"))
-@tls_self_signed_option
 @trace_options
 @run_cli
 def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | None, quit_after: float | None,
-           on_stdin_eof: str, on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool, tls_self_signed: bool,
+           on_stdin_eof: str, on_peer_eof: str, crlf: bool, hexdump: bool, explain: bool,
            trace: bool, trace_json: str | None, **values: Any) -> None:
     """Listen on [HOST] PORT (default host 127.0.0.1) and join stdin/stdout to the client(s).
 
@@ -287,9 +284,8 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
     settings = build_settings(ListenSettings, values, host=host.strip("[]"), port=int(port_s))
     if execute and udp:
         raise UsageError("--exec needs a stream socket (TCP or Unix), not --udp")
-    if udp and (settings.tls_cert or tls_self_signed):
+    if udp and settings.serves_tls:
         raise UsageError("TLS needs a stream: drop --udp or --tls-cert/--tls-self-signed")
-    tls = self_signed_tls("listen", tls_self_signed, settings.tls_cert)
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="listen")
     hub = _Hub(server, keep_open=keep_open, on_stdin_eof=on_stdin_eof, on_peer_eof=on_peer_eof,
@@ -298,8 +294,8 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
         addr = server.listen_udp(lambda: _ListenUdp(hub))
         scheme = "udp"
     else:
-        addr = server.listen(lambda: _ListenConn(hub), ssl_context=tls)
-        scheme = "tls" if settings.tls_cert or tls else "tcp"
+        addr = server.listen(lambda: _ListenConn(hub))
+        scheme = "tls" if settings.serves_tls else "tcp"
     where = f"unix:{addr}" if isinstance(addr, str) else f"{scheme}://{format_addr(addr)}"
     if not execute:
         threading.Thread(target=_stdin_thread, args=(server, hub, crlf), name="socklab-stdin",

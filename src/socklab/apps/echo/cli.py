@@ -16,8 +16,6 @@ from socklab.cli.options import (
     make_tracer,
     options_from,
     run_cli,
-    self_signed_tls,
-    tls_self_signed_option,
     trace_options,
 )
 from socklab.core.errors import UsageError
@@ -49,10 +47,9 @@ def echo() -> None:
 @echo.command()
 @options_from(EchoSettings)
 @log_options
-@tls_self_signed_option
 @trace_options
 @run_cli
-def serve(trace: bool, trace_json: str | None, tls_self_signed: bool, **values: Any) -> None:
+def serve(trace: bool, trace_json: str | None, **values: Any) -> None:
     """Run an echo server: every byte (TCP) or datagram (UDP) goes back to its sender.
 
     With --port 0 the kernel picks a free port; the first line printed says which.
@@ -65,15 +62,14 @@ def serve(trace: bool, trace_json: str | None, tls_self_signed: bool, **values: 
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="echo")
     if settings.udp:
-        if settings.tls_cert or tls_self_signed:
+        if settings.serves_tls:
             raise UsageError("TLS needs TCP: drop --udp or --tls-cert/--tls-self-signed")
         if settings.unix:
             raise UsageError("--unix serves a stream socket: drop --udp")
         server.listen_udp(EchoDatagramProtocol)
     else:
-        server.listen(access_logged(EchoProtocol, "echo"),
-                      ssl_context=self_signed_tls("echo", tls_self_signed, settings.tls_cert))
-    scheme = "udp" if settings.udp else ("tls" if settings.tls_cert or tls_self_signed else "tcp")
+        server.listen(access_logged(EchoProtocol, "echo"))
+    scheme = "udp" if settings.udp else ("tls" if settings.serves_tls else "tcp")
     serve_until_signalled(server, "echo", [scheme])
 
 

@@ -8,15 +8,7 @@ import click
 
 from socklab.apps.http.settings import HttpSettings
 from socklab.cli.access import log_options
-from socklab.cli.options import (
-    build_settings,
-    make_tracer,
-    options_from,
-    run_cli,
-    self_signed_tls,
-    tls_self_signed_option,
-    trace_options,
-)
+from socklab.cli.options import build_settings, make_tracer, options_from, run_cli, trace_options
 
 
 @click.group()
@@ -36,11 +28,10 @@ def http() -> None:
 @http.command()
 @click.argument("directory", required=False, default=".", type=click.Path(exists=True, file_okay=False))
 @options_from(HttpSettings)
-@tls_self_signed_option
 @log_options
 @trace_options
 @run_cli
-def serve(directory: str, trace: bool, trace_json: str | None, tls_self_signed: bool, **values: Any) -> None:
+def serve(directory: str, trace: bool, trace_json: str | None, **values: Any) -> None:
     """Serve the files under DIRECTORY (default: the current one).
 
     Prints `socklab http listening on http://HOST:PORT (engine E)`, then one access-log line per
@@ -54,10 +45,9 @@ def serve(directory: str, trace: bool, trace_json: str | None, tls_self_signed: 
     from socklab.runtime import serve_until_signalled
 
     settings = build_settings(HttpSettings, values)
-    tls = self_signed_tls("http", tls_self_signed, settings.tls_cert)
     tracer = make_tracer(settings.engine, trace, trace_json)
     router = Router()
     router.static("/", directory, follow_symlinks=settings.follow_symlinks, listing=settings.listing,
                   cache_bytes=settings.file_cache)
-    server = serve_http(settings, router, tracer=tracer, ssl_context=tls)
-    serve_until_signalled(server, "http", ["https" if settings.tls_cert or tls else "http"])
+    server = serve_http(settings, router, tracer=tracer)
+    serve_until_signalled(server, "http", ["https" if settings.serves_tls else "http"])

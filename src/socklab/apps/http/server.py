@@ -26,7 +26,8 @@ def serve_http(settings: HttpSettings, router: Router, *, tracer: Any = None, ac
         tracer: lifecycle trace sink, or ``None``.
         access_log: a callable ``(request, client, status, size, line)``; by default one line per
             response on stdout in ``settings.log_format`` (``none``: no log).
-        ssl_context: serve TLS with this context instead of ``settings.tls_cert`` (``--tls-self-signed``).
+        ssl_context: serve TLS with this context instead of the settings' (``tls_cert`` or
+            ``tls_self_signed``, see :meth:`~socklab.runtime.Server.tls_context`).
 
     Returns:
         The server: call ``start()`` / ``serve_forever()``; ``server.port`` is the bound port.
