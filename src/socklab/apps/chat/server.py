@@ -82,12 +82,12 @@ class ChatServer:
             self.tcp_address: Any = self.server.listen(lambda: ChatLineProtocol(self.hub),
                                                        port=settings.tcp_port)
             self.http_address: Any = None
-            self.schemes = ["tls" if settings.tls_cert else "tcp"]
+            self.schemes = ["tls" if settings.serves_tls else "tcp"]
             if settings.http_port >= 0:
                 from socklab.apps.chat.web import listen_web
 
                 self.http_address = listen_web(self)
-                self.schemes.append("https" if settings.tls_cert else "http")
+                self.schemes.append("https" if settings.serves_tls else "http")
         except BaseException:
             self.backend.close()
             self.server.close()
