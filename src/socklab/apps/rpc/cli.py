@@ -54,7 +54,7 @@ def _client_settings_cls() -> Any:
 @click.option("--demo", is_flag=True, help="Serve the demo service (the specification's example methods).")
 @click.option("--listen", "listen", multiple=True, metavar="URL",
               help="tcp://HOST:PORT, http://HOST:PORT/PATH or ws://HOST:PORT/PATH (tls://, https://, wss:// "
-                   "with --tls-cert); repeat for several (default: tcp:// on --host/--port).")
+                   "with --tls-cert or --tls-self-signed); repeat for several (default: tcp:// on --host/--port).")
 @options_from(_settings_cls())
 @log_options
 @trace_options

@@ -324,7 +324,7 @@ def parse_listen(url: str) -> Listener:
     parts = urlsplit(url)
     if parts.scheme not in _SECURE and parts.scheme not in _PLAIN:
         raise UsageError(f"--listen {url!r}: the scheme must be tcp://, http:// or ws:// (tls://, https://, "
-                         "wss:// with --tls-cert)")
+                         "wss:// with --tls-cert or --tls-self-signed)")
     tls = parts.scheme in _PLAIN
     scheme = _PLAIN.get(parts.scheme, parts.scheme)
     try:
@@ -384,10 +384,10 @@ def serve(service: Service, listen: Sequence[str] = (), settings: RpcSettings | 
     s = settings if settings is not None else RpcSettings()
     if s.unix:
         raise UsageError("the RPC server listens on tcp://, http:// and ws:// URLs; --unix is not supported")
-    listeners = [parse_listen(u) for u in listen] or [Listener("tcp", s.host, s.port, tls=bool(s.tls_cert))]
+    listeners = [parse_listen(u) for u in listen] or [Listener("tcp", s.host, s.port, tls=s.serves_tls)]
     for ls in listeners:
-        if ls.tls and not s.tls_cert:
-            raise UsageError(f"{ls.url()}: a TLS listener needs --tls-cert (and --tls-key)")
+        if ls.tls and not s.serves_tls:
+            raise UsageError(f"{ls.url()}: a TLS listener needs --tls-cert (and --tls-key) or --tls-self-signed")
     srv = Server(s, tracer=tracer, label="rpc")
     dispatcher = Dispatcher(service, srv.call_soon_threadsafe, limits=s.limits(), call_timeout=s.call_timeout,
                             max_concurrent_calls=s.max_concurrent_calls, handler_threads=s.handler_threads,
