@@ -1,0 +1,256 @@
+"""The dial's rules (socklab.core.dial), with real sockets on loopback, on each kind of waiter.
+
+Targets are given as addresses here (one port each), so every rule can be shown without a name:
+a refused first address, a silent one (a listener whose accept queue is full: the kernel drops
+later SYNs, so that connect can only time out - no traffic leaves loopback), the timeout as the
+budget of the whole connect, the error line naming every address, the source bound per attempt.
+The same Dial runs on the blocking engines' selector, an asyncio loop and the epoll reactor. The
+engines' wiring with a real name (``localhost`` -> ``::1``, ``127.0.0.1``) is
+tests/runtime/test_connect_fallback.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from socklab.core.dial import ATTEMPT_DELAY, Dial, Target, _SelectorLoop, interleave
+from socklab.core.errors import AddressInUse, ConnectionRefused, ConnectTimeout, SocklabError
+from socklab.core.settings import ServerSettings
+from socklab.core.sockets import Endpoint, connect_tcp
+from socklab.core.trace import TraceEvent, Tracer
+from socklab.engines import make_engine
+
+WAIT = 20.0  # only matters when something is broken
+V4, V6 = int(socket.AF_INET), int(socket.AF_INET6)
+
+
+def test_interleave_alternates_families_from_the_first() -> None:
+    a6, b6, c6 = (V6, ("::1", 1), None), (V6, ("::1", 2), None), (V6, ("::1", 3), None)
+    a4, b4 = (V4, ("127.0.0.1", 1), None), (V4, ("127.0.0.1", 2), None)
+    assert interleave([a6, b6, c6, a4, b4]) == [a6, a4, b6, b4, c6]
+    assert interleave([a4, a6, b6]) == [a4, a6, b6]
+    assert interleave([a6, b6]) == [a6, b6]
+    assert interleave([]) == []
+
+
+# ---- the places a dial runs --------------------------------------------------------------------------
+class Run:
+    """One dial's outcome: ``sock`` or ``error``, how long it took, and its trace."""
+
+    def __init__(self, outcome: Any, elapsed: float, events: list[TraceEvent]) -> None:
+        self.sock: socket.socket | None = outcome[0] if isinstance(outcome, tuple) else None
+        self.error: SocklabError | None = outcome if isinstance(outcome, SocklabError) else None
+        self.elapsed, self.events = elapsed, events
+
+    def trace(self, op: str) -> list[str]:
+        return [f"{e.peer} {e.detail}" for e in self.events if e.op == op]
+
+
+@pytest.fixture(params=["selector", "asyncio", "epoll"])
+def dial(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``dial(targets, timeout=, **kw) -> Run`` on the blocking engines' selector, asyncio, or the reactor."""
+    kind = str(request.param)
+    opened: list[socket.socket] = []
+    stops: list[Any] = []
+
+    def run(targets: list[Target], *, timeout: float | None, **kw: Any) -> Run:
+        tracer = Tracer()
+        events = tracer.record()
+        done: queue.Queue[Any] = queue.Queue()
+
+        def make(waiter: Any) -> Dial:
+            return Dial(waiter, targets, timeout=timeout, what="name.test:7", tracer=tracer,
+                        on_connected=lambda sock, addr: done.put((sock, addr)), on_failed=done.put, **kw)
+
+        start = time.monotonic()
+        if kind == "selector":
+            loop = _SelectorLoop()
+            d = make(loop)
+            d.start()
+            loop.run(lambda: d.done)
+            loop.close()
+        elif kind == "asyncio":
+            aloop = asyncio.new_event_loop()
+            thread = threading.Thread(target=aloop.run_forever, daemon=True)
+            thread.start()
+            stops.append(lambda: (aloop.call_soon_threadsafe(aloop.stop), thread.join(WAIT), aloop.close()))
+            aloop.call_soon_threadsafe(lambda: make(aloop).start())
+        else:
+            engine = make_engine("epoll", ServerSettings(idle_timeout=0))
+            ready = threading.Event()
+            thread = threading.Thread(target=engine.run, kwargs={"ready": ready.set}, daemon=True)
+            thread.start()
+            assert ready.wait(WAIT)
+            stops.append(lambda: (engine.stop(), thread.join(WAIT), engine.close()))
+            engine.call_soon_threadsafe(lambda: make(engine).start())
+        outcome = done.get(timeout=WAIT)
+        if isinstance(outcome, tuple):
+            opened.append(outcome[0])
+        return Run(outcome, time.monotonic() - start, events)
+
+    yield run
+    for sock in opened:
+        sock.close()
+    for stop in stops:
+        stop()
+
+
+# ---- peers on loopback --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def listening(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as lst:
+        lst.bind((host, 0))
+        lst.listen(8)
+        yield lst.getsockname()[:2]
+
+
+@contextlib.contextmanager
+def nobody(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    """An address nothing listens on (a bound, not listening, socket holds the port meanwhile)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as holder:
+        holder.bind((host, 0))
+        yield holder.getsockname()[:2]
+
+
+@contextlib.contextmanager
+def silent(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    """A listener that never accepts, its accept queue full: later SYNs are dropped, a connect times out."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        for _ in range(16):
+            s = socket.socket(family)
+            s.settimeout(0.3)
+            fillers.append(s)
+            try:
+                s.connect(listener.getsockname())
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("the backlog never filled: the silent-address case cannot be set up")
+        yield listener.getsockname()[:2]
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+def target(addr: tuple[str, int], local: Any = None) -> Target:
+    return (V6 if ":" in addr[0] else V4, addr, local)
+
+
+# ---- the rules ----------------------------------------------------------------------------------------
+def test_a_refused_first_address_falls_back_to_the_next(dial: Any) -> None:
+    with nobody("::1") as first, listening("127.0.0.1") as second:
+        run = dial([target(first), target(second)], timeout=10)
+        assert run.error is None and run.sock is not None
+        assert run.sock.getpeername()[:2] == second
+        assert run.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    connects = run.trace("connect")
+    assert any(c.startswith(f"[::1]:{first[1]} failed: Connection refused") for c in connects), connects
+    assert connects[-1].startswith(f"127.0.0.1:{second[1]} three-way handshake done"), connects
+    assert any(f"trying 127.0.0.1:{second[1]}, the next address" in str(n) for n in run.trace("note"))
+
+
+def test_every_address_refused_is_one_line_naming_them_all(dial: Any) -> None:
+    with nobody("::1") as first, nobody("127.0.0.1") as second:
+        run = dial([target(first), target(second)], timeout=10)
+    assert isinstance(run.error, ConnectionRefused)
+    assert str(run.error) == (f"connection refused while connecting to name.test:7 "
+                              f"(tried [::1]:{first[1]} and 127.0.0.1:{second[1]})")
+    assert "\n" not in str(run.error)
+
+
+def test_one_address_keeps_the_plain_message(dial: Any) -> None:
+    with nobody() as only:
+        run = dial([target(only)], timeout=10)
+    assert isinstance(run.error, ConnectionRefused)
+    assert str(run.error) == "connection refused while connecting to name.test:7"
+
+
+def test_a_silent_first_address_costs_the_attempt_delay_not_the_timeout(dial: Any) -> None:
+    with silent() as first, listening() as second:
+        run = dial([target(first), target(second)], timeout=10)
+        assert run.error is None and run.sock is not None
+        assert run.sock.getpeername()[:2] == second
+    assert run.elapsed < ATTEMPT_DELAY + 2.0, run.elapsed  # the budget was 10 s
+    notes = run.trace("note")
+    assert any("within 250 ms: trying 127.0.0.1" in n for n in notes), notes
+    closes = run.trace("close")
+    assert closes == [f"127.0.0.1:{first[1]} the connect is abandoned: 127.0.0.1:{second[1]} connected first"]
+
+
+def test_the_timeout_is_the_budget_of_the_whole_connect(dial: Any) -> None:
+    with silent() as first, silent() as second:
+        run = dial([target(first), target(second)], timeout=1.0)
+    assert isinstance(run.error, ConnectTimeout)
+    assert 0.9 < run.elapsed < 1.8, run.elapsed  # not one timeout per address (2 s)
+    assert str(run.error) == (f"timed out while connecting to name.test:7 "
+                              f"(tried 127.0.0.1:{first[1]} and 127.0.0.1:{second[1]})")
+
+
+def test_addresses_the_budget_did_not_reach_are_counted(dial: Any) -> None:
+    with silent() as a, silent() as b, nobody() as c, nobody() as d:
+        run = dial([target(a), target(b), target(c), target(d)], timeout=0.15, attempt_delay=0.1)
+    assert isinstance(run.error, ConnectTimeout), run.error
+    m = re.fullmatch(r"timed out while connecting to name\.test:7 \(tried (.*); (\d) more not tried "
+                     r"within the 0\.15 s connect timeout\)", str(run.error))
+    assert m, run.error
+    assert m.group(2) in ("1", "2") and f":{d[1]}" not in m.group(1)
+
+
+def test_the_most_telling_failure_names_the_error(dial: Any) -> None:
+    """A refusal says more than a timeout: the error is ConnectionRefused, each address says what it met."""
+    with nobody() as refused, silent() as quiet:
+        run = dial([target(quiet), target(refused)], timeout=1.0)
+    assert isinstance(run.error, ConnectionRefused), run.error
+    assert str(run.error) == (f"connection refused while connecting to name.test:7 (tried 127.0.0.1:{quiet[1]}: "
+                              f"timed out, 127.0.0.1:{refused[1]}: connection refused)")
+
+
+def test_the_source_is_bound_per_attempt_and_a_failed_bind_is_one_failed_attempt(dial: Any) -> None:
+    with listening() as server, listening() as taken, nobody("::1") as v6:
+        run = dial([target(v6, ("::1", 0)), target(server, ("127.0.0.1", taken[1])),
+                    target(server, ("127.0.0.1", 0))], timeout=10)
+        assert run.error is None and run.sock is not None
+        assert run.sock.getsockname()[0] == "127.0.0.1"
+    binds = [e.detail or "" for e in run.events if e.op == "bind"]
+    assert len(binds) == 3, binds
+    assert binds[0].startswith("source address [::1]:") and "failed" not in binds[0]
+    assert binds[1].startswith(f"source address 127.0.0.1:{taken[1]} failed: Address already in use")
+    assert binds[2].startswith(f"source address 127.0.0.1:{run.sock.getsockname()[1]}, before connect()")
+
+
+def test_every_attempt_failing_to_bind_is_the_bind_error(dial: Any) -> None:
+    with listening() as server, listening() as taken:
+        run = dial([target(server, ("127.0.0.1", taken[1]))], timeout=10)
+    assert isinstance(run.error, AddressInUse), run.error
+
+
+def test_connect_tcp_uses_the_same_rules() -> None:
+    """The blocking helper (the blocking engines, nc): a blocking socket, the budget for the whole connect."""
+    with silent() as quiet:
+        start = time.monotonic()
+        with pytest.raises(ConnectTimeout, match=r"^timed out while connecting to 127\.0\.0\.1:\d+$"):
+            connect_tcp(Endpoint(*quiet), timeout=0.5)
+        assert time.monotonic() - start < 1.5
+    with listening() as server:
+        sock = connect_tcp(Endpoint(*server), timeout=5)
+        with sock:
+            assert sock.getblocking() and sock.gettimeout() is None
+            assert sock.getpeername()[:2] == server
