@@ -76,8 +76,10 @@ def options_from(settings_cls: type[Any], *, exclude: tuple[str, ...] = (),
                 continue
             default = (defaults or {}).get(f.name, f.default)
             typ = hints[f.name]
+            # identity, not ``in (None, False, "")``: 0 == False, and a default of 0 (--port) is worth showing
+            shown = not (default is None or default is False or (isinstance(default, str) and default == ""))
             kwargs: dict[str, Any] = {"help": f.metadata["help"], "hidden": f.metadata.get("hidden", False),
-                                      "show_default": default not in (None, False, "")}
+                                      "show_default": shown}
             if f.metadata.get("metavar"):
                 kwargs["metavar"] = f.metadata["metavar"]
             name = option_name(f)
