@@ -20,7 +20,7 @@ from socklab.core.errors import UsageError
 from socklab.core.sockets import parse_endpoint
 from socklab.core.trace import format_addr
 from socklab.protocols.faults import FAULT_KINDS, Fault
-from socklab.runtime import register_server, serve_until_signalled
+from socklab.runtime import announce_tls, register_server, serve_until_signalled
 from socklab.tools.tap.relay import Observer, Tap
 from socklab.tools.tap.settings import TapSettings
 
@@ -124,7 +124,7 @@ def run(listen: str | None, view: str, pcap: str | None, record: str | None, api
         return Tap(settings.with_fields(listen=at, target=to, faults=with_faults, ctl=None), observers=observers,
                    tracer=tracer)
     relay = Tap(settings, observers=observers, tracer=tracer).bind()
-    scheme = "udp" if udp else ("tls" if settings.tls_cert else "tcp")
+    scheme = "udp" if udp else ("tls" if settings.serves_tls else "tcp")
     ctl_addr = relay.control_address
     if ctl_addr is not None and not _is_loopback(ctl_addr):
         click.echo(f"socklab tap: warning: the control API listens on {format_addr(ctl_addr)}, not on "
@@ -145,6 +145,7 @@ def run(listen: str | None, view: str, pcap: str | None, record: str | None, api
         out.flush()
 
     if api is not None:
+        announce_tls(relay.server, "tap")  # its readiness line is the API's: the fingerprint goes first
         _serve_api(api, relay, settings, proxy_name, observers, out, announce=ready, relay_factory=make_relay)
         return
     serve_until_signalled(relay.server, "tap", stream=out, where=[where], on_ready=details,
@@ -162,8 +163,8 @@ def _serve_api(api: str, relay: Tap | None, settings: TapSettings, name: str, ob
     from socklab.core.sockets import Endpoint
     from socklab.tools.tap.api import ToxiproxyApi
 
-    base = settings.with_fields(tls_cert=None, tls_key=None, to_tls=False, cafile=None, insecure=False,
-                                to_server_name=None, udp=False, ctl=None, faults=())
+    base = settings.with_fields(tls_cert=None, tls_key=None, tls_self_signed=False, to_tls=False, cafile=None,
+                                insecure=False, to_server_name=None, pin=None, udp=False, ctl=None, faults=())
 
     def make_tap(listen: Endpoint, upstream: Endpoint, faults: list[Fault]) -> Tap:
         return Tap(base.with_fields(listen=listen, target=upstream, faults=faults))

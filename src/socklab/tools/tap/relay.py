@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from socklab.core.errors import SocklabError, UsageError
-from socklab.core.sockets import Endpoint, client_ssl_context, parse_endpoint
+from socklab.core.settings import ClientSettings
+from socklab.core.sockets import Endpoint, parse_endpoint
 from socklab.core.trace import Tracer
 from socklab.protocols.faults import Fault, FaultSchedule
 from socklab.runtime import Server
+from socklab.runtime.client import ssl_context_for
 from socklab.tools.tap.events import DOWNSTREAM, UPSTREAM, ConnInfo, FaultEvent, Observer
 from socklab.tools.tap.settings import TapSettings, endpoint_of
 from socklab.tools.tap.tcp import _ClientSide, _TcpRelay
@@ -45,7 +47,7 @@ class Tap:
         observers: receivers of traffic and fault events (hexdump, pcap writer, recorder...).
         tracer: the lifecycle trace, or ``None``.
         upstream_tls: speak TLS to the target with this client context instead of the one
-            ``to_tls``/``cafile``/``insecure`` make (mutual TLS, a pinned CA...).
+            ``to_tls``/``cafile``/``insecure``/``pin`` make (mutual TLS, a pinned CA...).
         **fields: settings fields to change on ``settings`` (or on the defaults), for short library
             use: ``Tap(target=("127.0.0.1", port), faults=[...], seed=1)``. ``listen`` and
             ``target`` take ``(host, port)``, ``"HOST:PORT"`` or an Endpoint. Nothing else
@@ -79,13 +81,13 @@ class Tap:
         self.schedule = FaultSchedule(s.faults, s.seed)
         self.observers: list[Observer] = list(observers)
         self.tracer = tracer
-        if upstream_tls is None and s.to_tls:
-            upstream_tls = client_ssl_context(s.cafile, s.insecure)
+        if upstream_tls is None and s.upstream_uses_tls:  # a --pin is checked inside every handshake
+            upstream_tls = ssl_context_for(ClientSettings(tls=True, cafile=s.cafile, insecure=s.insecure, pin=s.pin))
         self.upstream_tls = upstream_tls
         self.upstream_hostname = s.to_server_name or (self.target.host if upstream_tls else None)
         # splice(2) moves the kernel's bytes: with TLS on either side those are ciphertext of two
         # different sessions, so every byte must pass through the TLS layers instead.
-        self.splice = s.splice and not s.tls_cert and upstream_tls is None
+        self.splice = s.splice and not s.serves_tls and upstream_tls is None
         self.control_address: Any = None
         self.server = Server(self.settings, tracer=tracer, label="tap")
         self.engine: Any = self.server.engine

@@ -46,6 +46,9 @@ class TapSettings(ServerSettings):
                                          "plaintext.", cli="--tls-cert", metavar="PEM", transports=("tcp",))
     tls_key: str | None = setting(None, "Private key for --tls-cert (default: the cert file).", cli="--tls-key",
                                   metavar="PEM", transports=("tcp",))
+    tls_self_signed: bool = setting(False, "Terminate clients' TLS with a certificate made at start, in memory "
+                                           "(no --tls-cert needed); its SHA-256 fingerprint is printed for clients "
+                                           "to pin (--pin SHA256).", cli="--tls-self-signed", transports=("tcp",))
     target: str | None = setting(None, "Where to relay to (needed with LISTEN).", cli="--to", metavar="HOST:PORT")
     udp: bool = setting(False, "Relay UDP datagrams (one upstream socket per client).")
     faults: tuple[Fault, ...] = setting(
@@ -64,6 +67,9 @@ class TapSettings(ServerSettings):
     insecure: bool = setting(False, "With --to-tls: do not verify the target (testing only).", transports=("tcp",))
     to_server_name: str | None = setting(None, "With --to-tls: the name to verify in the target's certificate "
                                                "(default: the --to host).", metavar="NAME", transports=("tcp",))
+    pin: str | None = setting(None, "Accept only the target certificate with this SHA-256 fingerprint (as a "
+                                    "--tls-self-signed server prints it); implies --to-tls and replaces the CA and "
+                                    "name checks.", metavar="SHA256", transports=("tcp",))
     splice: bool = setting(True, "Move the bytes of connections with nothing to show or break with splice(2), "
                                  "zero copy; --no-splice copies them through Python.", transports=("tcp",))
     udp_flow_timeout: float = setting(60.0, "Forget a UDP peer (and its upstream socket) after this many seconds "
@@ -71,6 +77,11 @@ class TapSettings(ServerSettings):
 
     def __post_init__(self) -> None:
         self.faults = tuple(f if isinstance(f, Fault) else Fault.parse(str(f)) for f in self.faults)
+
+    @property
+    def upstream_uses_tls(self) -> bool:
+        """The tap speaks TLS to the target: ``--to-tls``, or ``--pin`` (a fingerprint is checked over TLS)."""
+        return self.to_tls or self.pin is not None
 
     @property
     def transport(self) -> str:
@@ -84,10 +95,18 @@ class TapSettings(ServerSettings):
             raise UsageError(f"the tap runs on a reactor engine (epoll, poll, select), not {self.engine!r}")
         if self.connect_timeout <= 0:
             raise UsageError(f"--connect-timeout is {self.connect_timeout:g}: it must be more than 0")
-        if self.udp and (self.tls_cert or self.to_tls):
+        if self.udp and (self.serves_tls or self.upstream_uses_tls):
             raise UsageError("TLS is for TCP relays (there is no TLS over plain UDP)")
-        if (self.cafile or self.insecure or self.to_server_name) and not self.to_tls:
+        if (self.cafile or self.insecure or self.to_server_name) and not self.upstream_uses_tls:
             raise UsageError("--cafile, --insecure and --to-server-name are for --to-tls")
+        if self.pin is not None:
+            from socklab.core.selfsigned import normalize_pin
+
+            normalize_pin(self.pin)
+            if self.insecure:
+                raise UsageError("--pin checks the target's certificate and --insecure skips the check: give one")
+            if self.cafile:
+                raise UsageError(f"--pin {self.pin} trusts that one certificate, not a CA: drop --cafile")
         for f in self.faults:
             if f.transport not in ("any", self.transport):
                 raise UsageError(f"fault {f.kind} is a {f.transport.upper()} fault; "
