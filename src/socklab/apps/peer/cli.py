@@ -38,6 +38,8 @@ def peer(listen: str | None, trace: bool, trace_json: str | None, **values: Any)
       socklab peer --listen 7002 --name bob --join 127.0.0.1:7001
     A mesh only your CA's nodes can join (mutual TLS), or discovery over IPv6:
       socklab peer --listen 7003 --name cat --tls-cert cat.pem --cafile ca.pem --join ...
+    Links encrypted with no certificate files (but not authenticated: anyone may join):
+      socklab peer --listen 7005 --name eve --tls-self-signed --join ...
       socklab peer --listen [fd00::1]:7004 --name dan --discover --group ff15::7777
     Type lines at a node's prompt: every node prints them once, with the path they took.
     Ask a running node:
@@ -58,7 +60,7 @@ def _run_node(listen: str, trace: bool, trace_json: str | None, values: dict[str
     from socklab.apps.peer.node import PeerNode
     from socklab.core.errors import UsageError
     from socklab.core.sockets import parse_endpoint
-    from socklab.runtime import describe_address, register_server, serve_until_signalled
+    from socklab.runtime import announce_tls, describe_address, register_server, serve_until_signalled
 
     if not values.get("name"):
         raise UsageError("a node needs a name: --name NAME")
@@ -70,7 +72,8 @@ def _run_node(listen: str, trace: bool, trace_json: str | None, values: dict[str
     node = PeerNode(settings, tracer=tracer)
     register_server(node.server, app="peer")  # before the readiness lines: `ss` labels it once they are out
     # The readiness lines go out before the engine runs, so no node news can precede them.
-    for addr, scheme in zip(node.server.addresses, ("tls" if settings.tls_cert else "tcp", "unix"), strict=False):
+    announce_tls(node.server, "peer")  # a --tls-self-signed node's fingerprint, before them
+    for addr, scheme in zip(node.server.addresses, ("tls" if settings.serves_tls else "tcp", "unix"), strict=False):
         print(f"socklab peer listening on {describe_address(addr, scheme)} (engine {node.engine.name})")
     print(f"socklab peer {node.name} id {node.id} control unix:{node.control_path}", flush=True)
     print(f"  {PROMPT_HELP}", file=sys.stderr, flush=True)

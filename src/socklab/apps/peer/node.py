@@ -110,13 +110,18 @@ class PeerNode:
         self.engine = self.server.engine
         # A TLS mesh is mutual: a node shows its certificate when it dials as when it is dialled,
         # and a link stands only if the mesh's CA signed the other side's (names are not checked:
-        # membership is the CA's signature). Without --tls-cert, links are plain TCP.
+        # membership is the CA's signature). With --tls-self-signed, links are TLS with each node's own
+        # certificate, which no other node can check: encrypted, not authenticated (ncat --ssl's
+        # default). Without either, links are plain TCP.
         self._tls_server: ssl.SSLContext | None = None
         self.tls_client: ssl.SSLContext | None = None
         if settings.tls_cert and settings.cafile:
             self._tls_server = server_ssl_context(settings.tls_cert, settings.tls_key, client_ca=settings.cafile)
             self.tls_client = client_ssl_context(settings.cafile, cert=settings.tls_cert, key=settings.tls_key,
                                                   check_hostname=False)
+        elif settings.tls_self_signed:
+            self._tls_server = self.server.tls_context()  # made now; its SHA-256 is server.tls_fingerprint
+            self.tls_client = client_ssl_context(insecure=True)
         addr = self.server.listen(lambda: PeerLink(self), ssl_context=self._tls_server)
         self.listen = _hostport(str(addr[0]), int(addr[1]))
         self.control_path = settings.control_path

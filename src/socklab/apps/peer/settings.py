@@ -144,6 +144,9 @@ class PeerSettings(ServerSettings):
                 raise ValueError
         except ValueError:
             raise UsageError(f"--group {self.group!r} is not a multicast address (224.0.0.0/4 or ff00::/8)") from None
+        if self.tls_self_signed and self.cafile:
+            raise UsageError("--cafile admits nodes a CA signed, and a --tls-self-signed node has no CA: give "
+                             "--tls-cert with --cafile (a closed mesh), or --tls-self-signed alone (encrypted)")
         if bool(self.tls_cert) != bool(self.cafile):
             raise UsageError("a TLS mesh needs both --tls-cert (this node's certificate) and --cafile (the CA "
                              "that signed every node's certificate)")
