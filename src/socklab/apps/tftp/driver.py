@@ -47,13 +47,16 @@ class TransferDriver:
             calls ``callback(CommitResult)`` on the engine.
         stall_timeout: seconds without progress before the transfer is abandoned (0: no limit).
         on_end: called once when the transfer ends (before dallying: the slot it held is free).
+        on_dally: called once if the transfer, ended, stays to re-acknowledge a resent last block
+            (its socket stays open until ``on_done``; ``close()`` ends the dally early).
     """
 
     def __init__(self, machine: Any, sendto: Callable[[bytes, Any], None],
                  call_later: Callable[[float, Callable[[], None]], TimerHandle],
                  on_done: Callable[[TransferDriver], None], finish: Callable[[bool], None], *,
                  commit: Callable[[Callable[[CommitResult], None]], None] | None = None,
-                 stall_timeout: float = 0.0, on_end: Callable[[TransferDriver], None] | None = None) -> None:
+                 stall_timeout: float = 0.0, on_end: Callable[[TransferDriver], None] | None = None,
+                 on_dally: Callable[[TransferDriver], None] | None = None) -> None:
         self.machine = machine
         self._sendto = sendto
         self._call_later = call_later
@@ -61,6 +64,7 @@ class TransferDriver:
         self._finish = finish
         self._commit = commit
         self._on_end = on_end
+        self._on_dally = on_dally
         self._stall_timeout = stall_timeout
         self._timer: TimerHandle | None = None
         self._stall_timer: TimerHandle | None = None
@@ -73,11 +77,27 @@ class TransferDriver:
         self._ended = False
         self._closed = False
         self.endpoint: DatagramTransport | None = None
+        self.request = b""  # the RRQ/WRQ datagram that started it (the server's to set)
 
     @property
     def active(self) -> bool:
         """Still transferring (or storing): not ended, not dallying."""
         return not self._ended
+
+    @property
+    def committing(self) -> bool:
+        """An upload being stored: its last block is in, its final ACK waits for the commit."""
+        return self.machine.state is tftp.State.COMMITTING
+
+    @property
+    def finishing(self) -> bool:
+        """Nothing left but the peer's last word: every block of a download sent (its final ACK
+        may already be queued, unread), an upload being stored, or ended and dallying."""
+        m = self.machine
+        if self._ended or m.state is tftp.State.COMMITTING:
+            return True
+        return (isinstance(m, tftp.Sender) and m.state is tftp.State.RUNNING and m.last_block is not None
+                and m.next > m.last_block)
 
     def idle_for(self) -> float:
         """Seconds since the machine last moved forward."""
@@ -105,6 +125,8 @@ class TransferDriver:
                 # dally: our final ACK may be lost; stay as long as the sender may retry, to
                 # acknowledge a resent last block (RFC 1350 section 6)
                 self._timer = self._call_later(m.timeout * max(2, m.max_retries), self.close)
+                if self._on_dally is not None:
+                    self._on_dally(self)
             else:
                 self.close()
             return
@@ -187,6 +209,15 @@ class TransferDriver:
             self._ended = True
             with contextlib.suppress(OSError):
                 self._finish(False)
+
+    def discard(self) -> None:
+        """Its socket was refused after the machine started: stop the timers, send and tell nothing
+        (the owner frees the slot and the file)."""
+        self._ended = self._closed = True
+        self._cancel_timer()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def close(self) -> None:
         """The transfer is over (idempotent): cancel the timers, tell the owner."""

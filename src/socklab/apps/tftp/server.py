@@ -20,14 +20,31 @@ in all, ``max_transfers_per_client`` per address, a negotiated timeout of at mos
 and ``stall_timeout`` seconds without progress; when every slot is taken, a transfer that never
 started (no answer from its client for a second) gives its slot to a new request.
 
+A slot is free when its transfer really ended: the final ACK read, or the upload stored. A fast
+client sends its next request right after its final ACK, and the engine may read that request
+before the ACK (another socket, read later in the same turn): a request that finds its slots held
+by transfers with nothing left but that last word (:attr:`TransferDriver.finishing`) waits for
+one of them to end - at most ``PARK_WAIT`` seconds - instead of being refused. So a client with one
+transfer at a time is never refused, and one that holds ``max_transfers_per_client`` transfers that
+never end still is. A new request from the port of a transfer that is finishing ends that
+transfer's wait (the client has moved on: a dallying upload's socket closes at once) or waits for
+it; a repeat of the same request is the client's retransmission and is ignored. An ended upload
+dallies (keeps its socket, to acknowledge a resent last block); a client's dallying sockets beyond
+``max_transfers_per_client`` are closed oldest first, so a fast uploader cannot pile up descriptors.
+
+A transfer that cannot be opened because the server is out of resources (no file descriptor left,
+no port, no buffer) gets ``ERROR 0`` "server busy", and the server goes on.
+
 Shutdown (SIGTERM, Ctrl-C): new requests get ERROR 0 at once, transfers in flight run to their end
 within ``shutdown_timeout``, and only what is left then is aborted with an ERROR.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -38,17 +55,36 @@ from typing import Any
 from socklab.apps.tftp.driver import CommitResult, TransferDriver, TransferEndpoint
 from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, new_file_mode, resolve_path
 from socklab.apps.tftp.sockbuf import size_for_window
-from socklab.core.errors import RemoteProtocolError, UsageError
+from socklab.core.errors import RemoteProtocolError, SocklabError, UsageError
 from socklab.core.protocol import DatagramProtocol
 from socklab.core.settings import ServerSettings, setting
 from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer
-from socklab.core.transport import DatagramTransport
+from socklab.core.transport import DatagramTransport, TimerHandle
 from socklab.protocols import tftp
 from socklab.protocols.text import escape_peer_text
 from socklab.runtime import Server, bind_datagram
 
-__all__ = ["TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path", "serve_tftp"]
+__all__ = ["PARK_WAIT", "TftpAccessError", "TftpServer", "TftpSettings", "TransferDriver", "resolve_path",
+           "serve_tftp"]
+
+#: seconds a request over a limit may wait for a slot held by a transfer that is only waiting for
+#: its final ACK (or its commit); it starts as soon as that transfer ends, else it is refused then
+PARK_WAIT = 0.25
+#: what a client hears when the server is out of descriptors, ports or buffers (no detail: the log has it)
+BUSY = "server busy (out of resources), try again later"
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_STILL_RUNNING = "a transfer from your port is still running"
+_SHUTTING_DOWN = "server shutting down, try again later"
+
+
+@dataclass
+class _Waiting:
+    """A request waiting for a slot (see PARK_WAIT)."""
+
+    packet: tftp.Request
+    raw: bytes
+    timer: TimerHandle | None = None
 
 
 @dataclass
@@ -109,6 +145,7 @@ class TftpServer(DatagramProtocol):
         self.engine = engine
         self.tracer = tracer
         self.transfers: dict[Any, TransferDriver] = {}  # client address -> driver
+        self._of_host: dict[str, set[Any]] = {}  # client host -> the addresses in transfers
         # requests whose transfer just ended: a late retransmission of one must not start it again
         self.recent: set[tuple[Any, bytes]] = set()
         self.active = 0  # transfers not ended yet (dallying ones excluded)
@@ -118,7 +155,11 @@ class TftpServer(DatagramProtocol):
         self.refused = 0
         self.evicted = 0
         self.retransmissions = 0  # over every transfer that ended (a dallying one counts at its last block)
-        self.log: list[str] = []
+        self.parked = 0  # requests that waited for a finishing transfer's slot (and got one or not)
+        self.log: collections.deque[str] = collections.deque(maxlen=1000)  # the last transfers' outcomes
+        self._waiting: dict[Any, _Waiting] = {}  # client address -> its request waiting for a slot
+        self._wake_scheduled = False
+        self._dallying: dict[str, dict[Any, TransferDriver]] = {}  # host -> its dallying uploads, oldest first
         self.draining = False
         self.drained = threading.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -136,11 +177,17 @@ class TftpServer(DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         driver = self.transfers.get(addr)
         if driver is not None:
-            if self.settings.single_port and data[:2] not in (b"\x00\x01", b"\x00\x02"):
-                driver.datagram(data, addr)  # (a repeated RRQ/WRQ is the client's retransmission)
-            return  # per-TID mode: a retransmitted request for a transfer already running
-        if (addr, data) in self.recent:
-            return  # a client's retransmitted request that crossed our first answer
+            is_request = data[:2] in (b"\x00\x01", b"\x00\x02")
+            if self.settings.single_port and not is_request:
+                driver.datagram(data, addr)
+                return
+            if not is_request or data == driver.request or not driver.finishing:
+                # a retransmitted request (or a stray packet) for a transfer still running
+                return
+            # a new request from the port of a transfer that has nothing left but its last word:
+            # the client has moved on
+        if addr in self._waiting or (addr, data) in self.recent:
+            return  # a client's retransmitted request (waiting, or that crossed our first answer)
         try:
             packet = tftp.parse_packet(data)
         except RemoteProtocolError as exc:
@@ -150,29 +197,123 @@ class TftpServer(DatagramProtocol):
             if not isinstance(packet, tftp.Error):
                 self._error(addr, tftp.ErrorCode.UNKNOWN_TID, "unknown transfer ID")
             return
+        if driver is not None:
+            if driver.active:  # its final ACK may be queued, unread: wait for the transfer to end
+                if not self.draining and self._wait(packet, addr, data):
+                    return
+                self.refused += 1
+                self._error(addr, tftp.ErrorCode.NOT_DEFINED, _SHUTTING_DOWN if self.draining else _STILL_RUNNING)
+                return
+            driver.close()  # dallying: our final ACK reached the client
+        self._request(packet, addr, data)
+
+    def _request(self, packet: tftp.Request, addr: Any, raw: bytes, *, may_wait: bool = True) -> None:
+        """Admit and start one request, wait for a slot about to be freed, or refuse it."""
         refusal = self._admit(addr)
         if refusal is not None:
+            if may_wait and not self.draining and self._slot_ending_for(addr) and self._wait(packet, addr, raw):
+                return
             self.refused += 1
             self._error(addr, tftp.ErrorCode.NOT_DEFINED, refusal)
             return
+        self._open(packet, addr, raw)
+
+    def _open(self, packet: tftp.Request, addr: Any, raw: bytes) -> None:
+        """Start an admitted request; what stops it becomes the client's ERROR."""
         try:
-            self._start(packet, addr, data)
+            self._start(packet, addr, raw)
         except TftpAccessError as exc:
             self.failed += 1
             self._error(addr, exc.code, str(exc))
         except RemoteProtocolError as exc:
             self.failed += 1
             self._error(addr, exc.hint or tftp.ErrorCode.NOT_DEFINED, str(exc))
-        except OSError as exc:
+        except (OSError, SocklabError) as exc:
             self.failed += 1
-            self._error(addr, tftp.ErrorCode.ACCESS_VIOLATION, f"cannot open: {exc.strerror}")
+            what = f"{'WRQ' if packet.write else 'RRQ'} {escape_peer_text(packet.filename)} from {addr[0]}:{addr[1]}"
+            if isinstance(exc, SocklabError) or exc.errno in _OUT_OF_RESOURCES:
+                # no descriptor, port or buffer for the transfer: the client may try again later
+                self.log.append(f"{what}: refused, {escape_peer_text(str(exc))}")
+                self._error(addr, tftp.ErrorCode.NOT_DEFINED, BUSY)
+            else:
+                self._error(addr, tftp.ErrorCode.ACCESS_VIOLATION, f"cannot open: {exc.strerror}")
+
+    # ---- requests waiting for a slot that is about to be freed ----------------------------------------
+    def _slot_ending_for(self, addr: Any) -> bool:
+        """Does a transfer that holds a slot ``addr`` needs have nothing left but its last word?"""
+        host, s = addr[0], self.settings
+        if self.per_client.get(host, 0) >= s.max_transfers_per_client:
+            held = [self.transfers[a] for a in self._of_host.get(host, ())]
+        else:  # every slot is taken
+            held = list(self.transfers.values())
+        return any(d.active and d.finishing for d in held)
+
+    def _wait(self, packet: tftp.Request, addr: Any, raw: bytes) -> bool:
+        """Hold a request until a slot frees (a transfer ends) or ``PARK_WAIT`` passes; False if
+        too many wait already (at most max_transfers_per_client per address, max_transfers in all)."""
+        s, host = self.settings, addr[0]
+        if len(self._waiting) >= s.max_transfers or \
+                sum(1 for a in self._waiting if a[0] == host) >= s.max_transfers_per_client:
+            return False
+        waiting = _Waiting(packet, raw)
+        waiting.timer = self.transport.call_later(PARK_WAIT, lambda: self._wait_over(addr, waiting))
+        self._waiting[addr] = waiting
+        self.parked += 1
+        return True
+
+    def _wake_waiting(self) -> None:
+        """A transfer ended: try the waiting requests once the engine is done with it (next turn)."""
+        if self._waiting and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.transport.call_later(0, self._retry_waiting)
+
+    def _retry_waiting(self) -> None:
+        self._wake_scheduled = False
+        for addr, waiting in list(self._waiting.items()):
+            if self._waiting.get(addr) is not waiting:
+                continue
+            busy = self.transfers.get(addr)
+            if busy is not None:
+                if busy.active:
+                    continue  # the transfer from that port has not ended yet
+                busy.close()  # dallying: the client has moved on
+            if self._admit(addr) is None:
+                self._stop_waiting(addr, waiting)
+                self._open(waiting.packet, addr, waiting.raw)
+
+    def _wait_over(self, addr: Any, waiting: _Waiting) -> None:
+        """``PARK_WAIT`` passed: start the request if it can start now, else refuse it."""
+        if self._waiting.get(addr) is not waiting:
+            return
+        self._stop_waiting(addr, waiting)
+        busy = self.transfers.get(addr)
+        if busy is not None:
+            if not busy.finishing or busy.committing:
+                self.refused += 1
+                self._error(addr, tftp.ErrorCode.NOT_DEFINED, _STILL_RUNNING)
+                return
+            # the client moved on from that port, so it has the last block: our transfer's last
+            # word was lost. End it without an ERROR (that port's next answer must be the new one's)
+            busy.close()
+        self._request(waiting.packet, addr, waiting.raw, may_wait=False)
+
+    def _stop_waiting(self, addr: Any, waiting: _Waiting) -> None:
+        del self._waiting[addr]
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+
+    def _refuse_waiting(self, message: str) -> None:
+        for addr, waiting in list(self._waiting.items()):
+            self._stop_waiting(addr, waiting)
+            self.refused += 1
+            self._error(addr, tftp.ErrorCode.NOT_DEFINED, message)
 
     # ---- limits --------------------------------------------------------------------------------------
     def _admit(self, addr: Any) -> str | None:
         """None if a new transfer from ``addr`` may start, else the reason sent in ERROR 0."""
         s = self.settings
         if self.draining:
-            return "server shutting down, try again later"
+            return _SHUTTING_DOWN
         if self.per_client.get(addr[0], 0) >= s.max_transfers_per_client:
             return f"too many transfers from your address (max_transfers_per_client {s.max_transfers_per_client})"
         if self.active >= s.max_transfers and not self._evict_one():
@@ -212,7 +353,38 @@ class TftpServer(DatagramProtocol):
                 self.per_client.pop(host, None)
             if self.draining and self.active == 0:
                 self.drained.set()
+            self._wake_waiting()
         return free
+
+    def _dally(self, driver: TransferDriver) -> None:
+        """An ended upload keeps its socket to re-acknowledge a resent last block (RFC 1350
+        section 6); past max_transfers_per_client such sockets per address, the oldest closes."""
+        peer = driver.machine.peer
+        mine = self._dallying.setdefault(peer[0], {})
+        mine[peer] = driver
+        while len(mine) > self.settings.max_transfers_per_client:
+            oldest = next(iter(mine.values()))
+            oldest.close()  # (done() takes it out of the table)
+            if next(iter(mine.values()), None) is oldest:
+                break
+
+    def _forget(self, addr: Any, driver: TransferDriver) -> None:
+        if self.transfers.get(addr) is driver:
+            del self.transfers[addr]
+            mine = self._of_host.get(addr[0])
+            if mine is not None:
+                mine.discard(addr)
+                if not mine:
+                    del self._of_host[addr[0]]
+
+    def _undally(self, addr: Any, driver: TransferDriver) -> None:
+        mine = self._dallying.get(addr[0])
+        if mine is not None and mine.get(addr) is driver:
+            del mine[addr]
+            if not mine:
+                del self._dallying[addr[0]]
+        if addr in self._waiting:
+            self._wake_waiting()
 
     # ---- one transfer ---------------------------------------------------------------------------------
     def _start(self, req: tftp.Request, addr: Any, raw: bytes) -> None:
@@ -267,11 +439,17 @@ class TftpServer(DatagramProtocol):
         on_end = self._slot_taken(addr)
 
         def done(driver: TransferDriver) -> None:
-            self.transfers.pop(addr, None)
-            key = (addr, raw)
-            self.recent.add(key)
-            self.transport.call_later(s.timeout * (s.max_retries + 1), lambda: self.recent.discard(key))
+            self._forget(addr, driver)
+            self._undally(addr, driver)
             m = driver.machine
+            key = (addr, raw)
+            # ignore a late copy of the request for a while: a client that never heard us (no
+            # progress) may resend it for its whole retry budget; one that answered could only have
+            # resent it before its first answer - a copy still on its way, or unread, just after
+            if key not in self.recent:
+                self.recent.add(key)
+                keep = s.timeout * (s.max_retries + 1) if m.progress_count == 0 else s.timeout
+                self.transport.call_later(keep, lambda: self.recent.discard(key))
             if m.state is tftp.State.DONE:
                 self.completed += 1
             else:
@@ -283,10 +461,12 @@ class TftpServer(DatagramProtocol):
 
         def make_driver(transport: DatagramTransport, endpoint: bool) -> TransferDriver:
             d = TransferDriver(build(transport), transport.sendto, transport.call_later, done, resource.finish,
-                               commit=commit, stall_timeout=s.stall_timeout, on_end=on_end)
+                               commit=commit, stall_timeout=s.stall_timeout, on_end=on_end, on_dally=self._dally)
+            d.request = raw
             if endpoint:
                 d.endpoint = transport
             self.transfers[addr] = d
+            self._of_host.setdefault(addr[0], set()).add(addr)
             return d
 
         if s.single_port:
@@ -297,6 +477,10 @@ class TftpServer(DatagramProtocol):
                           lambda: TransferEndpoint(lambda t: make_driver(t, True), first),
                           engine=self.engine, tracer=self.tracer)
         except BaseException:
+            made = self.transfers.get(addr)
+            if made is not None and made.request is raw:  # served, then refused by the engine
+                made.discard()  # (select: fd >= 1024); bind_datagram closed the socket
+                self._forget(addr, made)
             on_end(None)
             resource.finish(False)
             raise
@@ -325,6 +509,7 @@ class TftpServer(DatagramProtocol):
     def begin_drain(self) -> None:
         """Refuse new requests; ``drained`` is set once the transfers in flight ended (on the engine)."""
         self.draining = True
+        self._refuse_waiting(_SHUTTING_DOWN)
         if self.active == 0:
             self.drained.set()
 
@@ -334,6 +519,7 @@ class TftpServer(DatagramProtocol):
 
     def shutdown_all(self, message: str = "server shutting down") -> None:
         """Abort every transfer with an ERROR (runs on the engine)."""
+        self._refuse_waiting(message)
         for driver in list(self.transfers.values()):
             driver.abort(message)
 
@@ -344,6 +530,9 @@ class TftpServer(DatagramProtocol):
         for driver in list(self.transfers.values()):
             driver.release()
         self.transfers.clear()
+        self._of_host.clear()
+        self._waiting.clear()
+        self._dallying.clear()
 
 
 def _guard(machine: Any) -> Any:
