@@ -83,6 +83,16 @@ class TLSProtocol(Protocol, Transport):
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side,
                                      server_hostname=None if server_side else server_hostname)
+        # The per-record calls go to the C object under ssl.SSLObject (CPython's _ssl._SSLSocket):
+        # SSLObject.read/write only forward to it, one Python frame more per record each way. A
+        # context's own sslobject_class that changes read or write is called as it is.
+        cls: Any = type(self._ssl)
+        plain = cls.read is ssl.SSLObject.read and cls.write is ssl.SSLObject.write
+        core = (getattr(self._ssl, "_sslobj", None) if plain else None) or self._ssl
+        self._ssl_read: Callable[[int], bytes] = core.read
+        self._ssl_write: Callable[[Any], int] = core.write
+        self._ssl_pending: Callable[[], int] = core.pending
+        self._app_data: Callable[[bytes], None] | None = None  # app.data_received, bound once started
         self._server_side = server_side
         self._handshaking = True
         self._app_started = False
@@ -171,14 +181,19 @@ class TLSProtocol(Protocol, Transport):
         self._handshaking = False
         self._app_started = True
         self.app.connection_made(self)
+        # Bound once, after connection_made (where an echo makes it transport.write), as the
+        # engines do: through an access-log wrapper it is otherwise a __getattr__ per record.
+        self._app_data = self.app.data_received
         self._read_plaintext()
 
     def _read_plaintext(self) -> None:
         # Stops while the app is paused: the rest stays decrypted-or-not in the TLS object (the
         # engine stopped reading too, so that is at most one ciphertext chunk) until resume_reading.
+        read, incoming, pending = self._ssl_read, self._in, self._ssl_pending
+        deliver = self._app_data or self.app.data_received
         while not self._lost and not self._app_paused:
             try:
-                chunk = self._ssl.read(_READ_SIZE)
+                chunk = read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a TCP FIN without one
@@ -191,7 +206,12 @@ class TLSProtocol(Protocol, Transport):
                 if not self._eof_delivered and not self._deliver_eof():
                     self.close()
                 return
-            self.app.data_received(chunk)
+            deliver(chunk)
+            # Read again only if something is left: ciphertext, decrypted bytes, or the peer's
+            # EOF to report. Otherwise the read would just raise SSLWantReadError - an exception
+            # with a formatted message built in C, on every record.
+            if not incoming.pending and not pending() and not incoming.eof:
+                break
         self._flush()
 
     def _fail(self, exc: BaseException) -> None:
@@ -208,11 +228,14 @@ class TLSProtocol(Protocol, Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._lost or not data:
             return
-        view = memoryview(data)
-        while view:
-            n = self._ssl.write(view)
-            view = view[n:]
-        self._flush()
+        n = self._ssl_write(data)  # all of it: SSLObject has no partial writes (ENABLE_PARTIAL_WRITE off)
+        if n < len(data):
+            view = memoryview(data).cast("B")[n:]
+            while view:
+                view = view[self._ssl_write(view):]
+        out = self._out
+        if out.pending:
+            self.transport.write(out.read())
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(chunks))
