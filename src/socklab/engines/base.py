@@ -158,6 +158,8 @@ class Engine(ABC):
     info: ClassVar[EngineInfo]
     #: the whole loop runs on one thread (``Server.serve_forever`` then runs it on the main thread)
     one_thread: ClassVar[bool] = False
+    #: ``run_until`` turns the loop on the caller's thread (a blocking client's wait, no engine thread)
+    runs_on_caller: ClassVar[bool] = False
 
     def __init__(self, settings: ServerSettings | None = None, tracer: Tracer | None = None) -> None:
         self.settings = settings if settings is not None else ServerSettings()
@@ -181,6 +183,13 @@ class Engine(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Make :meth:`run` return soon. Thread-safe."""
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Run the loop on the calling thread until ``predicate()``; ``False`` after ``timeout`` s.
+
+        Only where ``runs_on_caller`` (the reactor engines); the others run on a thread of their own.
+        """
+        raise NotImplementedError(f"the {self.name} engine runs on a thread of its own")
 
     @abstractmethod
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:

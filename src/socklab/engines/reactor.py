@@ -11,6 +11,11 @@ on many sockets at once, then does the work each ready socket allows without eve
 3. timers whose time came run (``call_later``), then callbacks queued from other threads
    (``call_soon_threadsafe``, which wakes the loop through a socketpair - never by polling).
 
+The loop runs on one thread at a time, and it need not be its own: ``run()`` turns it until
+``stop()`` (a server's thread), ``run_until(predicate, timeout)`` on the caller's thread until
+``predicate()`` holds - a blocking client waits that way, with no second thread and no hand-off
+per message (:class:`socklab.runtime.client.BlockingClient`; asyncio's ``run_until_complete``).
+
 Writes are tried at once and only the leftover is buffered (the writable event is watched only
 while something is buffered). A connection whose buffer passes ``max_buffer`` stops being read
 until the peer catches up, so a client that never reads cannot make the server's memory grow.
@@ -31,6 +36,7 @@ import itertools
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,11 +155,16 @@ class SelectPoller(Poller):
         return list(ready.items())
 
 
+def _never() -> bool:
+    return False
+
+
 # ---- the reactor ---------------------------------------------------------------------------------
 class Reactor(Engine):
     """The loop shared by the select, poll and epoll engines."""
 
     one_thread = True
+    runs_on_caller = True
 
     poller_class: type[Poller] = EpollPoller
 
@@ -167,6 +178,7 @@ class Reactor(Engine):
         self._seq = itertools.count()
         self._ready: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
+        self._loop_thread: int | None = None  # the thread turning the loop now (run or run_until)
         self._listeners: list[_Listener] = []
         self._endpoints: list[_DatagramEndpoint] = []
         self.now = time.monotonic()
@@ -219,6 +231,12 @@ class Reactor(Engine):
 
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
         self._ready.append(callback)
+        loop_thread = self._loop_thread
+        if loop_thread is None or loop_thread == threading.get_ident():
+            # Nobody waits in poll(): whoever turns the loop next sees the queue before it waits
+            # (the thread is noted before the queue is looked at). On the loop's own thread the
+            # queue is run before the next wait. No byte to write, none to drain.
+            return
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, InterruptedError):
@@ -256,25 +274,75 @@ class Reactor(Engine):
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self, ready: Callable[[], None] | None = None) -> None:
+        self._stopping = False
+        if ready is not None:
+            self._ready.append(ready)
+        self._enter()
+        try:
+            self._loop(None, None)
+        finally:
+            self._loop_thread = None
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Turn the loop on the calling thread until ``predicate()`` is true; ``False`` after ``timeout`` s.
+
+        ``predicate`` is checked first (true: no turn at all), then after each turn; a turn waits
+        at most until the next timer or the deadline, and a ``call_soon_threadsafe`` from another
+        thread wakes it. At least one turn runs (``timeout=0``: one turn that does not wait).
+        Callbacks run on the calling thread. One thread at a time: the caller keeps others out.
+
+        Raises:
+            RuntimeError: the loop is running already (``run`` on another thread, or a callback
+            of this loop calling ``run_until``).
+        """
+        if predicate():
+            return True
+        self._enter()
+        try:
+            self.now = time.monotonic()  # the loop may have stood still since its last turn
+            return self._loop(predicate, None if timeout is None else self.now + max(0.0, timeout))
+        finally:
+            self._loop_thread = None
+
+    def run_once(self, timeout: float | None = 0.0) -> None:
+        """One turn on the calling thread: wait up to ``timeout`` s for events, run what is due."""
+        self.run_until(_never, timeout)
+
+    def _enter(self) -> None:
+        if self._loop_thread is not None:
+            raise RuntimeError(f"the {self.name} loop is already running (thread {self._loop_thread})")
+        self._loop_thread = threading.get_ident()
+
+    def _loop(self, done: Callable[[], bool] | None, deadline: float | None) -> bool:
+        """Turn until ``stop()`` (``done`` is None) or ``done()``; ``False`` once ``deadline`` passed."""
         poll = self._poller.poll
         readers, writers = self._readers, self._writers
         timers, ready_q = self._timers, self._ready
-        self._stopping = False
-        if ready is not None:
-            ready_q.append(ready)
         # The last handler, timer and callback run stay in these locals until overwritten; they
         # are cleared before each wait, so an idle loop holds no closed connection alive.
         cb: Callable[[], None] | None = None
         maybe: Callable[[], None] | None = None
         callback: Callable[[], None] | None = None
         timer: Timer | None = None
-        while not self._stopping:
+        turned = False
+        while True:
+            if done is None:
+                if self._stopping:
+                    return True
+            elif turned and done():
+                return True
             if ready_q:
                 timeout: float | None = 0.0
             else:
                 cb = maybe = callback = timer = None
                 # self.now is at most one loop iteration old: good enough for a timeout
                 timeout = max(0.0, timers[0][0] - self.now) if timers else None
+            if deadline is not None:
+                left = deadline - self.now
+                if left <= 0.0 and turned:
+                    return False
+                timeout = max(0.0, left) if timeout is None else min(timeout, max(0.0, left))
+            turned = True
             try:
                 events = poll(timeout)
             except InterruptedError:

@@ -10,9 +10,11 @@ on the engines' connect path - never by the app. This module lives in the *runti
 - :func:`connect` opens a stream (TCP, TLS, Unix) client on an engine that is running (call it on
   the engine's thread, or before ``run``); :func:`open_datagram` the UDP equivalent (a connected
   UDP socket: ``transport.sendto(data)`` goes to the server). Both return a :class:`ClientHandle`.
-- :class:`BlockingClient` is for command-line clients: it runs an engine on a helper thread and
-  lets the calling thread connect, call into the engine and wait for the protocol's end, with
-  socklab's own errors (``ConnectionRefused``, ``ConnectTimeout``...) raised on the caller.
+- :class:`BlockingClient` is for command-line clients: the calling thread connects, calls into
+  the engine and waits for the protocol's end, with socklab's own errors (``ConnectionRefused``,
+  ``ConnectTimeout``...) raised on the caller. The engine runs on a helper thread of its own, or
+  (``background=False``, reactor engines) on the caller's thread while it waits - no second
+  thread and no hand-off per message.
 - :func:`run_client` is the one-shot form: connect, wait for ``connection_lost``, return the
   protocol (its result is whatever the protocol kept), or raise why the connection failed.
 - :func:`loop_engine` is for clients written with ``async``/``await``: an asyncio (or uvloop)
@@ -33,10 +35,18 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from socklab.core.errors import ConnectTimeout, OperationTimeout, SocklabError, UsageError, translate_oserror
+from socklab.core.errors import (
+    ClosedError,
+    ConnectTimeout,
+    OperationTimeout,
+    SocklabError,
+    UsageError,
+    translate_oserror,
+)
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings, ServerSettings
 from socklab.core.sockets import Endpoint, client_ssl_context, client_targets, open_udp_socket
@@ -50,13 +60,26 @@ P = TypeVar("P", bound=BaseProtocol)
 T = TypeVar("T")
 
 
+def _event_wait(event: threading.Event, timeout: float | None) -> bool:
+    return event.wait(timeout)
+
+
+def _never() -> bool:
+    return False
+
+
+def _nothing() -> None:
+    """Wakes the thread turning the loop (its next turn looks at the closing flag)."""
+
+
 class ClientHandle(Generic[P]):
     """One client connection (or UDP endpoint): its protocol, transport and how it ended.
 
     ``connected`` is set once ``connection_made`` ran (or the connect failed: then ``error`` says
     why); ``closed`` once ``connection_lost`` ran (``error`` then holds its ``exc``, if any).
-    The events may be waited on from any thread; the attributes are the engine's, read them
-    after the matching event.
+    The events may be waited on from any thread (a client with ``background=False``: through
+    ``wait_connected``/``wait_closed`` or ``BlockingClient.wait``, which turn its engine meanwhile);
+    the attributes are the engine's, read them after the matching event.
     """
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -68,6 +91,7 @@ class ClientHandle(Generic[P]):
         self.connected = threading.Event()
         self.closed = threading.Event()
         self._refused = False  # the check (--pin) turned the connection down: the app never saw it
+        self._wait: Callable[[threading.Event, float | None], bool] = _event_wait  # a caller-driven client's
 
     # ---- the engine's side ------------------------------------------------------------------------
     def _adopt(self, protocol: P, check: Callable[[Any], None] | None = None,
@@ -131,7 +155,7 @@ class ClientHandle(Generic[P]):
             the connect's own error (``ConnectionRefused``, ``ConnectTimeout``, ``ResolveError``...),
             ``ConnectTimeout`` when nothing happened within ``timeout``.
         """
-        if not self.connected.wait(timeout):
+        if not self._wait(self.connected, timeout):
             raise ConnectTimeout(f"no connection to {self.endpoint} within {timeout:g} s")
         if self.protocol is None or self.transport is None or self._refused:
             raise self.error if self.error is not None else SocklabError(f"connecting to {self.endpoint} failed")
@@ -144,7 +168,7 @@ class ClientHandle(Generic[P]):
             the error ``connection_lost`` was given (or the connect's), ``OperationTimeout`` when
             the connection is still open after ``timeout`` seconds.
         """
-        if not self.closed.wait(timeout):
+        if not self._wait(self.closed, timeout):
             raise OperationTimeout(f"the connection to {self.endpoint} is still open after {timeout:g} s")
         if self.error is not None:
             raise self.error
@@ -283,23 +307,50 @@ def loop_engine(loop: Any = None, *, tracer: Tracer | None = None) -> Engine:
 
 
 class BlockingClient:
-    """An engine on a helper thread, driven from the calling (command-line) thread.
+    """An engine driven from the calling (command-line) thread.
 
     Args:
         settings: the client's settings (timeouts, TLS).
         engine: an engine's name (``epoll`` by default) or an engine to run.
         tracer: the lifecycle trace, or ``None``.
+        background: ``True`` (the default): the engine runs on a helper thread of its own, so the
+            connection is served while the caller does something else (reads stdin, sleeps), and
+            waiting on any ``threading.Event`` a protocol sets works. ``False``: on a reactor
+            engine (select, poll, epoll) the engine runs on the caller's thread *while it waits* -
+            in :meth:`connect`, :meth:`wait`, :meth:`run_until`, :meth:`call` and a handle's
+            ``wait_connected``/``wait_closed`` - as asyncio's ``run_until_complete`` does: no
+            second thread, no hand-off per message, the protocol's callbacks on the caller's
+            thread. Between waits nothing runs (bytes wait in the kernel, timers fire late), and an
+            event of the protocol's must be waited on with :meth:`wait`. Other engines keep their
+            thread (``runs_on_caller`` says which mode runs).
 
-    Use as a context manager; :meth:`close` stops the engine and joins its thread. A named
+    Several threads may wait on one caller-driven client at once: one of them turns the loop
+    and the others sleep until their own condition holds or the loop is free (leader/followers);
+    ``call_soon_threadsafe`` from any thread wakes whichever thread turns it.
+
+    Use as a context manager; :meth:`close` stops the engine (and joins its thread). A named
     engine is made with no idle timeout: a client decides itself how long it waits.
     """
 
     def __init__(self, settings: ClientSettings | None = None, *, engine: str | Engine = "epoll",
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, background: bool = True) -> None:
         self.settings = settings if settings is not None else ClientSettings()
         self.tracer = tracer
         self.engine = (make_engine(engine, ServerSettings(idle_timeout=0), tracer=tracer)
                        if isinstance(engine, str) else engine)
+        #: the engine runs on the caller's thread while it waits (``background=False`` on a reactor)
+        self.runs_on_caller = not background and self.engine.runs_on_caller
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # caller mode: who turns the loop (the thread holding _driving), who waits for it
+        self._driving = threading.Lock()
+        self._turn = threading.Condition(threading.Lock())
+        self._followers = 0
+        self._driver: int | None = None
+        self._close_due = False
+        self._engine_closed = False
+        if self.runs_on_caller:
+            return
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"socklab-client-{self.engine.name}",
@@ -319,12 +370,103 @@ class BlockingClient:
         finally:
             self._ready.set()
 
+    # ---- waiting -----------------------------------------------------------------------------------
+    def wait(self, event: threading.Event, timeout: float | None = None) -> bool:
+        """Block until ``event`` is set (``False`` after ``timeout`` s); in caller mode the engine runs meanwhile."""
+        if self.runs_on_caller:
+            return self.run_until(event.is_set, timeout)
+        return event.wait(timeout)
+
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Turn the engine on this thread until ``predicate()`` holds; ``False`` after ``timeout`` s.
+
+        Caller mode only (:meth:`wait` works in both). ``predicate`` is checked after each turn of
+        the loop on the thread that turns it, or - on a thread that waits for another to let go of
+        the loop - whenever that one finished a turn. A closed client ends every wait at once.
+
+        Raises:
+            UsageError: the engine runs on its own thread, or a callback of this client's engine waits.
+        """
+        if predicate():
+            return True
+        if not self.runs_on_caller:
+            raise UsageError("run_until turns the engine on the caller's thread: BlockingClient(background=False) "
+                             "on select, poll or epoll; wait(event) works in both modes")
+        if self._driver == threading.get_ident():
+            raise UsageError(f"a callback of the {self.engine.name} engine cannot wait for it: the engine "
+                             "runs on this very thread")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._take(predicate, deadline):
+            return predicate()
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self.engine.run_until(lambda: self._turned(predicate), left)
+        finally:
+            self._let_go()
+        return predicate()
+
+    def _take(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+        """Become the thread that turns the loop; ``False`` when ``predicate()`` held or time ran out first."""
+        with self._turn:
+            while not predicate() and not self._engine_closed:
+                if self._driving.acquire(blocking=False):
+                    self._driver = threading.get_ident()
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._followers += 1
+                try:
+                    self._turn.wait(left)
+                finally:
+                    self._followers -= 1
+        return False
+
+    def _turned(self, predicate: Callable[[], bool]) -> bool:
+        """After each turn: threads waiting for the loop look at their own conditions; ours decides."""
+        with self._turn:  # taken even with no follower: one registering now is not missed
+            if self._followers:
+                self._turn.notify_all()
+        return self._close_due or predicate()
+
+    def _let_go(self) -> None:
+        """Leave the loop to the next thread that waits (and close the engine when close() asked)."""
+        try:
+            if self._close_due and not self._engine_closed:
+                self._engine_closed = True
+                try:
+                    self.engine.abort_all()
+                finally:
+                    self.engine.close()
+        finally:
+            with self._turn:
+                self._driver = None
+                self._driving.release()
+                if self._followers:
+                    self._turn.notify_all()
+
+    # ---- calling into the engine -------------------------------------------------------------------
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """Run ``fn()`` on the engine's thread and return its result (or raise what it raised)."""
-        if threading.current_thread() is self._thread:
+        """Run ``fn()`` on the engine and return its result (or raise what it raised).
+
+        Caller mode: ``fn`` runs at once on this thread when no other thread turns the loop;
+        otherwise the thread that turns it runs ``fn`` and this one waits.
+        """
+        if self._thread is not None and threading.current_thread() is self._thread:
             return fn()
-        done = threading.Event()
+        if self.runs_on_caller:
+            if self._engine_closed:
+                raise ClosedError(f"this client's {self.engine.name} engine is closed")
+            if self._driver == threading.get_ident():
+                return fn()
+            if self._driving.acquire(blocking=False):
+                self._driver = threading.get_ident()
+                try:
+                    return fn()
+                finally:
+                    self._let_go()
         box: list[Any] = []
+        done = threading.Event()
 
         def run() -> None:
             try:
@@ -335,43 +477,89 @@ class BlockingClient:
                 done.set()
 
         self.engine.call_soon_threadsafe(run)
-        if not done.wait(timeout if timeout is not None else max(30.0, self.settings.connect_timeout * 2)):
+        if not self.wait(done, timeout if timeout is not None else max(30.0, self.settings.connect_timeout * 2)):
             raise OperationTimeout(f"the {self.engine.name} engine did not answer")
         ok, value = box[0]
         if not ok:
             raise value
         return value  # type: ignore[no-any-return]
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the engine without waiting for it; what it raises is the engine's to report.
+
+        Caller mode: at once on this thread when no other thread turns the loop (a sender writes
+        the socket itself); otherwise queued for the thread that turns it, which it wakes.
+        """
+        if self._engine_closed:
+            return  # as a stopped engine thread would: nothing runs any more
+        if self.runs_on_caller and self._driver != threading.get_ident() and self._driving.acquire(blocking=False):
+            self._driver = threading.get_ident()
+            try:
+                fn()
+            except Exception as exc:
+                self.engine.report_error(exc, f"callback {fn!r}")
+            finally:
+                self._let_go()
+            return
+        self.engine.call_soon_threadsafe(fn)
+
+    # ---- connections -------------------------------------------------------------------------------
+    def _follow(self, handle: ClientHandle[P]) -> ClientHandle[P]:
+        if self.runs_on_caller:
+            handle._wait = self.wait
+        return handle
+
     def connect(self, endpoint: Endpoint, protocol_factory: Callable[[], P], *,
-                ssl_context: ssl.SSLContext | None = None) -> ClientHandle[P]:
+                ssl_context: ssl.SSLContext | None = None, settings: ClientSettings | None = None) -> ClientHandle[P]:
         """Connect and wait for ``connection_made``; returns the handle (``ssl_context``: see :func:`connect`).
+
+        ``settings``: this connection's, instead of the client's.
 
         Raises:
             ConnectionRefused, ConnectTimeout, ResolveError, TlsError...: why it failed, translated by the engine.
         """
-        handle = self.call(lambda: connect(endpoint, protocol_factory, self.settings, engine=self.engine,
-                                           ssl_context=ssl_context))
+        cs = settings if settings is not None else self.settings
+        handle = self._follow(self.call(lambda: connect(endpoint, protocol_factory, cs, engine=self.engine,
+                                                        ssl_context=ssl_context)))
         # The engine enforces connect_timeout; the margin here only matters when the engine is stuck.
-        handle.wait_connected(self.settings.connect_timeout + 5.0)
+        handle.wait_connected(cs.connect_timeout + 5.0)
         return handle
 
     def open_datagram(self, endpoint: Endpoint, protocol_factory: Callable[[], P], *,
                       connected: bool = True) -> ClientHandle[P]:
         """A UDP endpoint for ``endpoint`` (see :func:`open_datagram`); returns once ``connection_made`` ran."""
         source = self.settings.source_address()
-        handle = self.call(lambda: open_datagram(endpoint, protocol_factory, engine=self.engine,
-                                                 tracer=self.tracer, connected=connected, source=source))
+        handle = self._follow(self.call(lambda: open_datagram(endpoint, protocol_factory, engine=self.engine,
+                                                              tracer=self.tracer, connected=connected,
+                                                              source=source)))
         handle.wait_connected(self.settings.connect_timeout + 5.0)
         return handle
 
     def close(self) -> None:
-        """Close what is still open (``connection_lost`` runs), stop the engine and join its thread."""
-        if self._thread.is_alive():
-            with contextlib.suppress(SocklabError):
-                self.call(self.engine.abort_all, timeout=5.0)
-            self.engine.stop()
-            self._thread.join(10.0)
-        self.engine.close()
+        """Close what is still open (``connection_lost`` runs), stop the engine and join its thread.
+
+        Caller mode, from another thread than the one turning the loop: that thread's wait ends
+        (with its condition as it stands) and the engine closes as it lets go; from a callback,
+        the connections are aborted at once and the engine closes when the loop stops turning.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if not self.runs_on_caller:
+            if self._thread is not None and self._thread.is_alive():
+                with contextlib.suppress(SocklabError):
+                    self.call(self.engine.abort_all, timeout=5.0)
+                self.engine.stop()
+                self._thread.join(10.0)
+            self.engine.close()
+            return
+        self._close_due = True
+        if self._driver == threading.get_ident():
+            self.engine.abort_all()
+            return
+        self.engine.call_soon_threadsafe(_nothing)  # a thread waiting in poll() looks at _close_due
+        if self._take(_never, time.monotonic() + 10.0):
+            self._let_go()  # closes the engine
 
     def __enter__(self) -> BlockingClient:
         return self
@@ -385,9 +573,12 @@ def run_client(endpoint: Endpoint, protocol_factory: Callable[[], P], settings: 
                tracer: Tracer | None = None) -> P:
     """Connect, run until ``connection_lost``, and return the protocol (its result is what it kept).
 
+    A reactor engine runs on the calling thread meanwhile (``background=False``): the protocol's
+    callbacks run there, and no thread is started.
+
     Raises:
         the connect's error, the error ``connection_lost`` was given, or ``OperationTimeout``
         after ``timeout`` seconds.
     """
-    with BlockingClient(settings, engine=engine, tracer=tracer) as client:
+    with BlockingClient(settings, engine=engine, tracer=tracer, background=False) as client:
         return client.connect(endpoint, protocol_factory).wait_closed(timeout)
