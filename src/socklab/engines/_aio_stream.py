@@ -1,17 +1,39 @@
 """The asyncio/uvloop bridge for one stream connection: an asyncio protocol to the loop, a socklab
-transport to the app.
+transport to the app, on the same rules as every other engine (:class:`~socklab.engines._stream.StreamCore`).
 
 Why this exists: :mod:`socklab.engines.aio` is the two engines (the loop, listeners, UDP, the
-shared policies); this module is the per-connection adapter they hand to the loop, in four
-variants chosen once per connection: plain (``_Stream``), traced (``_TracedStream``), and for
-asyncio the ``recv_into`` read path (``_BufferedStream``, ``_TracedBufferedStream``). See the
-engines' module docstring for why each exists and what it costs.
+shared policies); this module is the per-connection adapter they hand to the loop.
+
+What is the loop's and what is StreamCore's. The loop owns the socket and the write buffer: it
+sends, queues what the kernel did not take, and calls ``pause_writing``/``resume_writing`` when
+that queue crosses the water marks (asyncio's ``_FlowControlMixin``). Everything a protocol sees
+besides that is StreamCore's, as on the reactor and blocking engines: the connection state and its
+table, what a crossing of the marks does (pause the protocol *and* stop reading that peer), the
+app's ``pause_reading``, the EOF rule (half-open or close), ``close``/``abort`` (RST), one
+translation of OS errors, ``connection_lost`` exactly once, and the capabilities that are socket
+options. The seam is small: the loop's ``pause_writing``/``resume_writing`` call
+``_above_high_water``/``_below_low_water``, new limits are passed on in ``_limits_changed``, and
+``_let_go`` aborts the loop's transport unless the loop let go first.
+
+The read path, chosen per connection once the app exists (the engines' module docstring says
+what each costs):
+
+- plain TCP, untraced: the loop calls the app's ``data_received`` itself - for the echo app that
+  *is* the loop transport's ``write`` - so no adapter frame runs per read. The idle sweep asks the
+  kernel when data last came (``TCP_INFO``). asyncio's transport reads ``recv(max_size)``; its
+  ``max_size`` is set to :data:`RECV_SIZE` (below glibc's mmap threshold: no mmap per read, and no
+  dependence on whether anything raised that threshold first);
+- Unix sockets, traced connections: ``data_received`` on the adapter (an activity flag, trace);
+- an app that is a socklab :class:`BufferedProtocol` lends its buffer: the bridge becomes a
+  ``_BufferedStream`` (an ``asyncio.BufferedProtocol``: both loops pick their read path by the
+  protocol's class) and the loop receives into the app's buffer, no copy;
+- TLS: always ``_BufferedStream``, the plaintext decrypted into one reused 64 KiB buffer (a plain
+  protocol would get ``SSLObject.read(256 KiB)``, a fresh object above the mmap threshold).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import io
 import os
@@ -21,19 +43,18 @@ import time
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from socklab.core.errors import LocalProtocolError, translate_oserror
+from socklab.core.errors import LocalProtocolError
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.trace import format_addr, tcp_state
 from socklab.core.transport import TimerHandle, Transport
-from socklab.engines._stream import RECV_SIZE, ConnState, ConnStateMachine, Event
-from socklab.engines.base import Connection, ProtocolFactory, ReadPauseMixin, grow_socket_buffers
+from socklab.engines._stream import RECV_SIZE, ConnState, Event, StreamCore
+from socklab.engines.base import Connection, ProtocolFactory
 
 if TYPE_CHECKING:
     from socklab.engines.aio import _AioEngine
 
 __all__ = ["RECV_SIZE"]
 
-_LINGER_RST = struct.pack("ii", 1, 0)
 _SENDFILE_MAX = 1 << 30
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, 9 u32s, then tcpi_last_data_sent, _last_ack_sent,
 # tcpi_last_data_recv (milliseconds since the last data segment arrived).
@@ -45,7 +66,7 @@ _HIDDEN_NOTE = ("the {loop} event loop makes the system calls itself and hides t
 
 
 def _drop(data: Any) -> None:
-    """What ``write`` becomes after ``close``/``write_eof``: the bytes are dropped."""
+    """What ``write`` becomes after ``close``/``write_eof``/``abort``: the bytes are dropped."""
 
 
 def _last_data_recv(sock: Any) -> float | None:
@@ -77,23 +98,24 @@ def _shrink_tls_read_buffer(t: asyncio.BaseTransport) -> None:
     sp._ssl_buffer_view = memoryview(sp._ssl_buffer)
 
 
-def _error(exc: BaseException | None, action: str) -> BaseException | None:
-    return translate_oserror(exc, action) if isinstance(exc, OSError) else exc
+_OPEN, _READ_SHUT, _CLOSING, _CLOSED = ConnState.OPEN, ConnState.READ_SHUT, ConnState.CLOSING, ConnState.CLOSED
 
 
 # ---- one stream connection: an asyncio protocol to the loop, a socklab transport to the app -------
-class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport, Connection):
-    """Bridges one loop connection to one socklab protocol.
+class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
+    """Bridges one loop connection to one socklab protocol; the rules are :class:`StreamCore`'s.
 
     It has ``asyncio.Protocol``'s methods without being an ``asyncio.Protocol`` instance: uvloop's
     TLS layer gives a protocol that *is* one the copying read path (``SSLObject.read(256 KiB)``, a
     fresh object above glibc's mmap threshold per record) even when it has ``get_buffer``.
 
-    Server side (``factory`` given): admission is decided in ``connection_made`` - after the TLS
+    Server side (``server_side``): admission is decided in ``connection_made`` - after the TLS
     handshake on TLS listeners - and only an admitted connection gets an app protocol.
     """
 
+    sock: Any  # the loop's socket object (asyncio's TransportSocket, uvloop's pseudo-socket)
     protocol: Protocol
+    engine: _AioEngine
 
     def __init__(self, engine: _AioEngine, factory: ProtocolFactory, server_side: bool) -> None:
         self.engine = engine
@@ -102,42 +124,41 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         self._server_side = server_side
         self._t: asyncio.Transport | None = None
         self._app_data_received: Callable[[bytes], None] = _drop
-        self._peer: Any = None
+        self._view = engine.recv_view  # the engine's one receive buffer (the _BufferedStream path)
+        self.sock = None
+        self.peer: Any = None
         self._fdno: int | None = None
-        self.active = False
-        self.kernel_clock: Any = None  # a socket whose TCP_INFO tells the last receive (see _read_directly)
+        self.kernel_clock: Any = None  # a TCP socket whose TCP_INFO tells the last receive (_bind_reads)
         self.last_activity = time.monotonic()
-        self._refused = False
-        self._made = False
-        self._state = ConnState.OPEN  # changed only through engines/_stream.py's TRANSITIONS
-        self._aborted = False
-        self._abort_exc: BaseException | None = None
-        self._app_paused = False
-        self._backpressure = False
-        self._read_when_full = False  # keep_reading_when_full(): back-pressure does not stop reading
-        self._reading = True
+        self._made = False  # admitted, with an app protocol
+        self._loop_let_go = False  # the loop called connection_lost: its transport is closed already
+        self._reading = True  # the loop reads from connection_made on
+        self._held: list[bytes] | None = None  # bytes read while the app's first pause had not taken
+        self._held_eof = False
         self._tls = False
+        self._init_core(engine.settings.max_buffer)
 
     # ---- loop side -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         t = cast(asyncio.Transport, transport)
         self._t = t
         engine = self.engine
-        self._peer = t.get_extra_info("peername")
+        self.sock = t.get_extra_info("socket")
+        self.peer = t.get_extra_info("peername")
         self._fdno = self._fd()
         self._tls = t.get_extra_info("sslcontext") is not None
         if self._tls:
             _shrink_tls_read_buffer(t)
+        elif getattr(t, "max_size", 0) > RECV_SIZE:  # asyncio's recv(256 KiB) per read (module docstring)
+            t.max_size = RECV_SIZE  # type: ignore[attr-defined]
         if self._server_side:
             if self.tracer:
-                self.tracer.emit("accept", fd=self._fdno, peer=self._peer, level="transport",
-                                 detail="connection_made (the loop accepted it)")
+                self._emit("accept", detail="connection_made (the loop accepted it)")
             if not engine.admit():
                 self._refuse(t)
                 return
         elif self.tracer:
-            self.tracer.emit("connect", fd=self._fdno, peer=self._peer, level="transport",
-                             detail="connection_made (connected)")
+            self._emit("connect", detail="connection_made (connected)")
         try:
             app = self._factory()
         except Exception as exc:  # a bug in the app's factory: refuse this one, serve the others
@@ -145,8 +166,15 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
             t.abort()
             return
         self.protocol = app
-        self._bind(t, app)
-        t.set_write_buffer_limits(high=engine.settings.max_buffer)
+        if isinstance(app, BufferedProtocol) and not isinstance(self, asyncio.BufferedProtocol):
+            # The app lends its buffer. Both loops choose their read path by the protocol's class
+            # (recv_into for an asyncio.BufferedProtocol), and the app's class is known only now;
+            # _bind_reads makes the loop look again.
+            self.__class__ = _TracedBufferedStream if self.tracer else _BufferedStream
+        if self.tracer is None:  # the hot path: the app calls the loop's methods directly
+            self.write = t.write  # type: ignore[method-assign]
+            self.get_write_buffer_size = t.get_write_buffer_size  # type: ignore[method-assign]
+        self._limits_changed()
         self._made = True
         self.last_activity = time.monotonic()
         engine.connection_opened(self)
@@ -155,111 +183,148 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         except Exception as exc:  # a bug in the app: close this connection, serve the others
             engine.report_error(exc, f"{type(app).__name__}.connection_made")
             self.abort_with(exc)
+            return
+        if self._reading or self._tls:
+            self._bind_reads(t, app)
+        else:
+            # The app paused reading in connection_made. asyncio's transport keeps that pause, but
+            # uvloop starts reading only after this returns and may read before it hears of the
+            # pause again: whatever comes meanwhile is held, and handed over on resume (_release).
+            self._held = []
+            self._app_data_received = self._hold
 
-    def _bind(self, t: asyncio.Transport, app: Protocol) -> None:
-        if isinstance(app, BufferedProtocol):
-            self._app_data_received = self._feed_buffered
+    def _hold(self, data: bytes) -> None:
+        assert self._held is not None
+        self._held.append(data)
+        t = self._t
+        if t is not None and not t.is_closing():
+            t.pause_reading()  # (reading has started now: this pause takes)
+
+    def _release(self) -> None:
+        """After ``resume_reading``: the held bytes (and EOF) go to the app first, then the loop reads."""
+        t, held = self._t, self._held
+        if t is None or held is None or not self._reading or self._state is _CLOSED:
+            return  # paused again meanwhile, or ended
+        self._held = None
+        self._app_data_received = _drop
+        app = self.protocol
+        self._bind_reads(t, app)
+        data = b"".join(held)
+        try:
+            if data and isinstance(app, BufferedProtocol):  # into the app's own buffer
+                view = memoryview(data)
+                while view:
+                    buf = memoryview(app.get_buffer(len(view)))
+                    n = min(len(buf), len(view))
+                    buf[:n] = view[:n]
+                    app.buffer_updated(n)
+                    view = view[n:]
+            elif data:
+                app.data_received(data)
+        except Exception as exc:
+            self._protocol_failed(exc, "data_received")
+            return
+        if self._held_eof:
+            self.eof_received()  # (it closes, or stays half-open: the loop stopped reading already)
+        elif self._read_wanted() and not t.is_closing():
+            t.resume_reading()
+
+    def _bind_reads(self, t: asyncio.Transport, app: Protocol) -> None:
+        """How received bytes reach the app; after its ``connection_made``, which may rebind its methods.
+
+        Untraced plain TCP: the loop calls the app's ``data_received`` itself (no adapter frame);
+        the idle sweep then asks the kernel instead of a per-read flag (``TCP_INFO``'s
+        ``tcpi_last_data_recv``: the milliseconds since data last arrived).
+        """
+        sock = self.sock
+        if self.tracer is None and not self._tls and sock is not None and \
+                sock.family in (socket.AF_INET, socket.AF_INET6) and _last_data_recv(sock) is not None:
+            self.data_received = app.data_received  # type: ignore[method-assign]
+            self.kernel_clock = sock
+            t.set_protocol(self)  # uvloop caches protocol.data_received: make it cache the app's
         else:
             self._app_data_received = app.data_received
-        if self.tracer is None:  # the hot path: the app calls the loop's methods directly
-            self.write = t.write  # type: ignore[method-assign]
-            self.get_write_buffer_size = t.get_write_buffer_size  # type: ignore[method-assign]
-            if self.engine.direct_reads and not isinstance(app, BufferedProtocol):
-                self._read_directly(t, app)
-
-    def _read_directly(self, t: asyncio.Transport, app: Protocol) -> None:
-        """Let the loop call the app's ``data_received`` itself: no adapter frame per read.
-
-        Only for plain TCP, where the idle sweep can ask the kernel instead of a per-read flag:
-        TCP_INFO's ``tcpi_last_data_recv`` is the milliseconds since data last arrived.
-        """
-        sock = t.get_extra_info("socket")
-        if self._tls or sock is None or \
-                sock.family not in (socket.AF_INET, socket.AF_INET6) or _last_data_recv(sock) is None:
-            return
-        self.data_received = app.data_received  # type: ignore[method-assign]
-        self.kernel_clock = sock
-        t.set_protocol(self)  # uvloop caches protocol.data_received: make it cache the app's
-
-    def _feed_buffered(self, data: bytes) -> None:
-        """Hand bytes to a socklab BufferedProtocol through its own buffer."""
-        app = cast(BufferedProtocol, self.protocol)
-        view = memoryview(data)
-        while view:
-            buf = app.get_buffer(len(view))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            app.buffer_updated(n)
-            view = view[n:]
 
     def _refuse(self, t: asyncio.Transport) -> None:
-        self._refused = True
         engine = self.engine
         if self.tracer:
-            self.tracer.note(f"refusing {format_addr(self._peer)}: max_connections={engine.settings.max_connections} "
-                             "reached (or shutting down)", fd=self._fd(), level="transport")
+            self._emit("note", detail=f"refusing {format_addr(self.peer)}: max_connections="
+                       f"{engine.settings.max_connections} reached (or shutting down)")
         if not engine.shutting_down:
             t.write(engine.settings.overflow_message)
         t.close()
 
     def data_received(self, data: bytes) -> None:
-        self.active = True
+        self._active = True
         self._app_data_received(data)
 
     def eof_received(self) -> bool | None:
-        self.active = True
-        both = self._to(Event.PEER_EOF) is ConnState.CLOSING  # our FIN went first
+        self._active = True
         if not self._made:
             return None
-        keep_open = self.protocol.eof_received()
-        if keep_open and (both or self._tls):
-            # both directions are finished: close (as socklab's reactor does); TLS cannot stay
-            # half-open here (and the loop would log a warning for trying)
-            return None
-        return keep_open
+        if self._held is not None:  # the app has not had the bytes before it yet (_release)
+            self._held_eof = True
+            return True
+        self._held_eof = False
+        if self._peer_eof() and not self._tls:  # TLS cannot stay half-open here (the loop would warn)
+            return True  # half-open: the loop stops reading, the app may still write
+        self.close()  # our FIN after what is queued
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._made or self._state is ConnState.CLOSED:
-            return
-        self._to(Event.LOST)
-        self.write = _drop  # type: ignore[method-assign]
-        err = self._abort_exc if self._aborted else _error(exc, f"talking to {self._peer}")
-        if self.tracer:
-            self.tracer.emit("close", fd=self._fdno, peer=self._peer, level="transport",
-                             detail=f"connection_lost({err or ''})")
-        self.engine.connection_closed(self)
-        self.protocol.connection_lost(err)
+        if not self._made or self._state is _CLOSED:
+            return  # refused, or ended by us already (abort, a fatal error, detach)
+        self._loop_let_go = True
+        if exc is None:
+            self._finalize(None)
+        else:
+            self._fatal(exc, "talking to the peer")
 
     def pause_writing(self) -> None:
-        self._backpressure = not self._read_when_full
-        self._sync_reading()
-        if self.tracer:
-            self.tracer.note(f"write buffer above the high-water mark ({self.engine.settings.max_buffer} B): "
-                             "the peer is not reading; pausing the protocol" + ("" if self._read_when_full else
-                                                                              " and no longer reading this peer"),
-                             fd=self._fdno, peer=self._peer, level="transport")
-        self.protocol.pause_writing()
+        """The loop's queue passed the high-water mark (``max_buffer``): StreamCore's rule."""
+        if self._made:
+            self._above_high_water()
 
     def resume_writing(self) -> None:
-        self._backpressure = False
-        self._sync_reading()
-        if self.tracer:
-            self.tracer.note("write buffer below the low-water mark: the peer caught up; resuming the protocol "
-                             "and reading this peer again", fd=self._fdno, peer=self._peer, level="transport")
-        self.protocol.resume_writing()
+        if self._made:
+            self._below_low_water()
 
-    def _sync_reading(self) -> None:
+    # ---- StreamCore's hooks ----------------------------------------------------------------------
+    def _reading_changed(self) -> None:
         t = self._t
-        want = not (self._app_paused or self._backpressure)
-        if t is None or want == self._reading or t.is_closing():
+        want = self._read_wanted()
+        if t is None or want is self._reading:
             return
         self._reading = want
-        if want:
-            t.resume_reading()
-        else:
+        if t.is_closing():
+            return
+        if not want:
             t.pause_reading()
+        elif self._held is not None:
+            self.engine.loop.call_soon(self._release)  # held bytes first, then the loop reads again
+        else:
+            t.resume_reading()
 
-    # ---- app side (socklab Transport) ------------------------------------------------------------
+    def _drop_output(self) -> None:
+        self.write = _drop  # type: ignore[method-assign]  # (the loop drops its own queue in abort())
+
+    def _let_go(self, how: str) -> None:
+        self.write = _drop  # type: ignore[method-assign]
+        if self.tracer:
+            self._emit("close", detail=how or "connection_lost")
+        t = self._t
+        if t is not None and not self._loop_let_go:
+            t.abort()  # the loop closes the socket; its connection_lost comes later and is ignored
+
+    def _limits_changed(self) -> None:
+        if self._t is not None:
+            self._t.set_write_buffer_limits(self._high, self._low)
+
+    def _emit(self, op: str, **kw: Any) -> None:
+        assert self.tracer is not None
+        self.tracer.emit(op, fd=self._fdno, peer=self.peer, level="transport", **kw)
+
+    # ---- app side (socklab Transport); flow control and abort are StreamCore's ----------------------
     def _transport(self) -> asyncio.Transport:
         assert self._t is not None, "the transport is used before connection_made"
         return self._t
@@ -271,60 +336,42 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         self.write(b"".join(chunks))
 
     def write_eof(self) -> None:
-        if self._state is not ConnState.OPEN and self._state is not ConnState.READ_SHUT:
+        if self._state is not _OPEN and self._state is not _READ_SHUT:
             return
         t = self._transport()
         if self._tls:
             raise LocalProtocolError("TLS connections cannot half-close here (can_write_eof() is False)")
         if self.tracer:
-            self.tracer.emit("shutdown", fd=self._fdno, peer=self._peer, level="transport",
-                             detail="write_eof: FIN after the buffered data, still reading")
-        t.write_eof()
+            self._emit("shutdown", detail="write_eof: FIN after the buffered data, still reading")
         self.write = _drop  # type: ignore[method-assign]
-        if self._to(Event.WRITE_EOF) is ConnState.CLOSING:  # the peer's FIN came first: both done
+        try:
+            t.write_eof()  # asyncio: shutdown(SHUT_WR) now if nothing is queued
+        except OSError as exc:  # the peer reset meanwhile (ENOTCONN): the connection's error, as on the reactor
+            self._fatal(exc, "shutting down")
+            return
+        if self._to(Event.WRITE_EOF) is _CLOSING:  # the peer's FIN came first: both directions are done
             t.close()
 
     def can_write_eof(self) -> bool:
         return self._transport().can_write_eof()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport().get_write_buffer_size()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport().set_write_buffer_limits(high, low)
+        return 0 if self._t is None else self._t.get_write_buffer_size()
 
     def is_reading(self) -> bool:
         return self._reading and not self.is_closing()
 
     def is_closing(self) -> bool:
-        return self._state is ConnState.CLOSED or self._t is None or self._t.is_closing()
+        return self._state is _CLOSING or self._state is _CLOSED or self._t is None or self._t.is_closing()
 
     def close(self) -> None:
         self.write = _drop  # type: ignore[method-assign]
-        self._to(Event.CLOSE)
-        if self._t is not None:
-            self._t.close()
-
-    def abort(self) -> None:
-        self.abort_with(None)
-
-    def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
-        t = self._t
-        if t is None or self._state is ConnState.CLOSED:
-            return
-        self._aborted = True
-        self._abort_exc = exc
-        self.write = _drop  # type: ignore[method-assign]
-        if reset:  # SO_LINGER 0: close() sends RST instead of FIN and drops unsent data
-            sock = t.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        t.abort()
+        if self._to(Event.CLOSE) is _CLOSING and self._t is not None:
+            self._t.close()  # the loop sends what is queued, then connection_lost(None)
 
     def _fd(self) -> int | None:
-        sock = self._t.get_extra_info("socket") if self._t is not None else None
         try:
-            return int(sock.fileno()) if sock is not None else None
+            return int(self.sock.fileno()) if self.sock is not None else None
         except (OSError, ValueError):
             return None
 
@@ -341,51 +388,26 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.engine.loop.call_later(delay, callback)
 
-    # ---- capabilities (socklab.core.transport); sendfile and splice use the fallbacks ---------------
-    def _setsockopt(self, level: int, name: int, value: int) -> bool:
-        sock = None if self._t is None else self._t.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            sock.setsockopt(level, name, value)
-        except OSError:
-            return False
-        return True
-
+    # ---- capabilities (socklab.core.transport): StreamCore's socket options, not through TLS ---------
     def set_cork(self, on: bool) -> bool:
-        cork = getattr(socket, "TCP_CORK", 0)
-        if not cork or self._tls or not isinstance(self._peer, tuple):
-            return False
-        return self._setsockopt(socket.IPPROTO_TCP, cork, 1 if on else 0)
+        return not self._tls and self.sock is not None and StreamCore.set_cork(self, on)
 
     def set_recv_lowat(self, nbytes: int) -> bool:
-        if self._tls:  # the loop reads ciphertext: a byte count of plaintext means nothing there
-            return False
-        return self._setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+        # TLS: the loop reads ciphertext, a byte count of plaintext means nothing there
+        return not self._tls and self.sock is not None and StreamCore.set_recv_lowat(self, nbytes)
 
     def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
-        t = self._t
-        if t is None or t.is_closing():
-            return None
-        return grow_socket_buffers(t.get_extra_info("socket"), rcvbuf, sndbuf, self.tracer)
-
-    def keep_reading_when_full(self) -> bool:
-        self._read_when_full = True
-        self._backpressure = False
-        self._sync_reading()
-        return True
+        return None if self.is_closing() else StreamCore.set_buffer_sizes(self, rcvbuf, sndbuf)
 
     def tcp_state(self) -> str | None:
-        t = self._t
-        sock = None if t is None or t.is_closing() else t.get_extra_info("socket")
-        return None if sock is None else tcp_state(sock)
+        return None if self.is_closing() or self.sock is None else tcp_state(self.sock)
 
     def sendfile(self, file: IO[bytes], offset: int, count: int) -> int:
         """``os.sendfile`` on the loop's non-blocking socket when the loop has nothing queued."""
         t = self._t
-        if t is None or t.is_closing() or self._state is ConnState.CLOSED:
+        if t is None or self.is_closing():
             return max(count, 0)  # dropped, as writes after close are
-        sock = None if self._tls else t.get_extra_info("socket")
+        sock = None if self._tls else self.sock
         if sock is None or count <= 0 or t.get_write_buffer_size():
             return Transport.sendfile(self, file, offset, count)
         try:
@@ -397,27 +419,26 @@ class _Stream(ConnStateMachine, ReadPauseMixin, asyncio.BaseProtocol, Transport,
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ESPIPE, errno.EOPNOTSUPP):
                 return Transport.sendfile(self, file, offset, count)
-            self.abort_with(translate_oserror(exc, f"sending a file to {format_addr(self._peer)}"))
+            self._fatal(exc, "sending a file")
             return 0
         if self.tracer:
-            self.tracer.emit("sendfile", fd=self._fdno, peer=self._peer, nbytes=max(n, 0), requested=count,
-                             detail=f"from file offset {offset}" + (" - EAGAIN: socket full" if n < 0 else ""))
+            self._emit("sendfile", nbytes=max(n, 0), requested=count,
+                       detail=f"from file offset {offset}" + (" - EAGAIN: socket full" if n < 0 else ""))
         if n == 0:
             raise EOFError(f"the file ended at offset {offset}, {count} bytes short")
         return max(n, 0)
 
     def detach(self) -> socket.socket:
-        """A blocking duplicate of the socket; the loop's transport is then aborted (no FIN: the dup holds it)."""
-        t = self._t
-        sock = None if t is None or self._tls else t.get_extra_info("socket")
-        if t is None or sock is None or t.is_closing():
+        """A blocking duplicate of the socket; the loop's transport is aborted (no FIN: the dup holds it)."""
+        sock = None if self._tls else self.sock
+        if sock is None or self.is_closing():
             raise LocalProtocolError("this connection has no socket to hand over (TLS, or closed)")
-        if t.get_write_buffer_size():
+        if self.get_write_buffer_size():
             raise LocalProtocolError("detach() with output still queued would lose it")
-        t.pause_reading()
         new: socket.socket = sock.dup()
         new.setblocking(True)
-        t.abort()
+        self._drop_output()
+        self._finalize(None, how="detached: the socket was handed over")
         return new
 
 
@@ -425,64 +446,53 @@ class _TracedStream(_Stream):
     """The same bridge, reporting every transport callback to the tracer."""
 
     def data_received(self, data: bytes) -> None:
-        assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=len(data), level="transport",
-                         notes=self.boundary_notes(data))
+        self._emit("recv", nbytes=len(data), notes=self.boundary_notes(data))
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
-        assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=0, level="transport",
-                         detail="eof_received")
+        self._emit("recv", nbytes=0, detail="eof_received")
         return super().eof_received()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self.tracer is not None
-        self.tracer.emit("send", fd=self._fdno, peer=self._peer, nbytes=len(data), level="transport",
-                         detail="write (the loop sends now or buffers the rest)")
+        self._emit("send", nbytes=len(data), detail="write (the loop sends now or buffers the rest)")
         super().write(data)
 
 
 class _BufferedStream(_Stream, asyncio.BufferedProtocol):
-    """asyncio's fast read path: ``recv_into`` one reused engine buffer (see the module docstring).
+    """The loop receives into a buffer: the engine's one reused buffer, copied out for a plain app
+    (TLS), or the app's own when it is a socklab :class:`BufferedProtocol` (no copy at all)."""
 
-    A socklab :class:`BufferedProtocol` app lends its own buffer instead: no copy at all.
-    """
-
-    def _bind(self, t: asyncio.Transport, app: Protocol) -> None:
-        super()._bind(t, app)
+    def _bind_reads(self, t: asyncio.Transport, app: Protocol) -> None:
         if isinstance(app, BufferedProtocol):
-            self.get_buffer = self._app_get_buffer  # type: ignore[method-assign,assignment]
+            self.get_buffer = self._app_get_buffer  # type: ignore[method-assign]
             self.buffer_updated = self._app_buffer_updated  # type: ignore[method-assign]
-
-    def __init__(self, engine: _AioEngine, factory: ProtocolFactory, server_side: bool) -> None:
-        super().__init__(engine, factory, server_side)
-        self._view = engine.recv_view
+            t.set_protocol(self)  # the loops and their TLS layers cache these two: make them cache these
+        else:
+            self._app_data_received = app.data_received
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.active = True
+        self._active = True
         self._app_data_received(self._view[:nbytes].tobytes())
 
-    def _app_get_buffer(self, sizehint: int) -> memoryview | bytearray:
-        # asyncio passes -1 ("any size"); socklab's engines always pass a positive hint
-        return cast(BufferedProtocol, self.protocol).get_buffer(sizehint if sizehint > 0 else RECV_SIZE)
+    def _app_get_buffer(self, sizehint: int) -> memoryview:
+        # asyncio passes -1 ("any size"); socklab's engines always pass a positive hint. A view,
+        # never the app's bytearray itself: asyncio's TLS layer reads the rest of a record into
+        # buf[offset:], which would be a copy of a bytearray (and the bytes lost).
+        return memoryview(cast(BufferedProtocol, self.protocol).get_buffer(sizehint if sizehint > 0 else RECV_SIZE))
 
     def _app_buffer_updated(self, nbytes: int) -> None:
-        self.active = True
+        self._active = True
         self.protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
 
 
 class _TracedBufferedStream(_BufferedStream, _TracedStream):
     def buffer_updated(self, nbytes: int) -> None:
-        assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=nbytes, level="transport",
-                         notes=self.boundary_notes(self._view[:nbytes]) if nbytes else None)
+        self._emit("recv", nbytes=nbytes, notes=self.boundary_notes(self._view[:nbytes]) if nbytes else None)
         super().buffer_updated(nbytes)
 
     def _app_buffer_updated(self, nbytes: int) -> None:
-        assert self.tracer is not None
-        self.tracer.emit("recv", fd=self._fdno, peer=self._peer, nbytes=nbytes, level="transport")
+        self._emit("recv", nbytes=nbytes)
         super()._app_buffer_updated(nbytes)

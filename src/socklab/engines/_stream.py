@@ -1,28 +1,41 @@
-"""The stream-transport rules, written once: connection state, flow control, close vs abort.
+"""The stream-transport rules, written once: connection state, flow control, EOF, close vs abort.
 
-Why this exists: socklab's own engines (the reactor and the blocking ones) each drive a stream
-socket their own way - readiness callbacks on one thread, or a thread blocked in ``recv()`` - but
-the *rules* a protocol sees are the same (``socklab.core.transport``). They live here, in the
-spirit of Twisted's ``abstract.FileDescriptor`` and asyncio's ``_FlowControlMixin``:
+Why this exists: socklab's engines move a stream's bytes in three ways - readiness callbacks on
+one thread (the reactor), a thread blocked in ``recv()`` (the blocking engines), or an asyncio or
+uvloop event loop that owns the socket and its write buffer (``_aio_stream``) - but the *rules* a
+protocol sees are one (``socklab.core.transport``). They live here, in the spirit of Twisted's
+``abstract.FileDescriptor`` and asyncio's ``_FlowControlMixin``:
 
 - the connection state is one :class:`ConnState`, and every change goes through
   :meth:`StreamCore._to` and the one table :data:`TRANSITIONS` (as h11 keeps its state table);
 - the write buffer's water marks: above ``high`` the protocol gets ``pause_writing`` and the peer
-  is no longer read; at or under ``low`` both resume;
+  is no longer read (unless ``keep_reading_when_full``); at or under ``low`` both resume;
+- the app's ``pause_reading``, back-pressure, EOF and closing decide together whether the peer
+  is read (:meth:`StreamCore._read_wanted`);
+- the peer's EOF: ``eof_received`` decides between half-open and close (:meth:`StreamCore._peer_eof`;
+  the reactor's and the blocking engines' read paths still spell out the same few lines);
 - ``abort`` drops the buffer and closes now (RST unless told otherwise); a fatal error is
-  translated once (:func:`~socklab.core.errors.translate_oserror`) and aborts;
+  translated once (:func:`~socklab.core.errors.translate_oserror`) and aborts; a protocol
+  callback that raises is reported and closes that connection only;
 - ``connection_lost`` is called exactly once, after the engine has let go of the socket.
 
 An engine's transport keeps only how bytes move: its read handlers, ``write``, the flush when
-the socket is writable, and three hooks: :meth:`StreamCore._reading_changed` (watch the socket or
-not), :meth:`StreamCore._drop_output` (forget queued output) and :meth:`StreamCore._let_go`
-(stop watching the socket and close it). The asyncio and uvloop engines keep the loop's own
-transport rules (they are asyncio's), so they take only the state machine
-(:class:`ConnStateMachine`) and :data:`RECV_SIZE` from here.
+the socket is writable, and a few hooks: :meth:`StreamCore._reading_changed` (watch the socket or
+not), :meth:`StreamCore._drop_output` (forget queued output), :meth:`StreamCore._let_go` (stop
+watching the socket and close it) and, for tracing, :meth:`StreamCore._emit`.
+
+Who holds the output decides who watches the water marks. The reactor and blocking engines queue
+it in ``_wbuf`` and call :meth:`StreamCore._check_high_water`/:meth:`StreamCore._check_low_water`
+after each change. An asyncio or uvloop transport queues it in the loop (asyncio's own
+``_FlowControlMixin``), which calls ``pause_writing``/``resume_writing`` when it crosses the marks:
+the bridge passes those calls to :meth:`StreamCore._above_high_water` and
+:meth:`StreamCore._below_low_water`, the same rules, and tells the loop of new limits through
+:meth:`StreamCore._limits_changed`. That is the one seam between the two kinds of engine.
 
 Fast-path flags: the echo hot paths must not pay for a state lookup per message, so the
 transport also keeps one boolean it tests on every write (``_write_closed`` on the reactor,
-``_hold`` on the blocking engines), set on the transitions that change it.
+``_hold`` on the blocking engines), set on the transitions that change it; the asyncio bridge
+instead rebinds ``write`` (the loop's own, or a drop once writing has ended).
 """
 
 from __future__ import annotations
@@ -105,10 +118,10 @@ class ConnStateMachine:
 
 
 class StreamCore(ConnStateMachine):
-    """The rules every socklab-owned stream transport shares; see the module docstring.
+    """The rules every socklab stream transport shares; see the module docstring.
 
-    Subclasses set ``sock``, ``peer``, ``tracer``, ``protocol``, ``engine`` and ``_wbuf`` and call
-    :meth:`_init_core` from ``__init__``.
+    Subclasses set ``sock``, ``peer``, ``tracer``, ``protocol`` and ``engine`` (and ``_wbuf`` when
+    the output is queued here) and call :meth:`_init_core` from ``__init__``.
     """
 
     sock: socket.socket
@@ -160,6 +173,14 @@ class StreamCore(ConnStateMachine):
         """Stop watching the socket and close it (or have its owning thread close it)."""
         raise NotImplementedError
 
+    def _limits_changed(self) -> None:
+        """The water marks changed: a transport whose output is queued elsewhere passes them on."""
+
+    def _emit(self, op: str, **kw: Any) -> None:
+        """One trace event about this connection (only called when ``tracer`` is set)."""
+        assert self.tracer is not None
+        self.tracer.emit(op, self.sock, peer=self.peer, **kw)
+
     # ---- flow control ----------------------------------------------------------------------------
     def pause_reading(self) -> None:
         self._app_paused = True
@@ -176,43 +197,74 @@ class StreamCore(ConnStateMachine):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self._high = high if high is not None else self.engine.settings.max_buffer
         self._low = low if low is not None else self._high // 4
+        self._limits_changed()
 
     def writelines(self, chunks: Any) -> None:
         self.write(b"".join(chunks))  # type: ignore[attr-defined]
 
     def _check_high_water(self) -> None:
-        """After output was queued: above ``high``, pause the protocol and stop reading the peer."""
+        """After output was queued in ``_wbuf``: above ``high``, :meth:`_above_high_water`."""
         if len(self._wbuf) > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            if not self._read_when_full:
-                self._backpressure = True
-                self._reading_changed()
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B > high-water {self._high} B: the peer is not "
-                                 "reading; pausing the protocol" + ("" if self._read_when_full else
-                                                                    " and no longer reading this peer"),
-                                 self.sock, peer=self.peer)
-            try:
-                self.protocol.pause_writing()
-            except Exception as exc:
-                self._protocol_failed(exc, "pause_writing")
+            self._above_high_water()
 
     def _check_low_water(self) -> bool:
-        """After a flush: at or under ``low``, resume. False when the protocol's callback failed."""
+        """After ``_wbuf`` was flushed: at or under ``low``, :meth:`_below_low_water`.
+
+        False when the protocol's callback failed (the connection is closed then).
+        """
         if self._protocol_paused and len(self._wbuf) <= self._low:
-            self._protocol_paused = False
-            self._backpressure = False
-            self._reading_changed()
-            if self.tracer:
-                self.tracer.note(f"write buffer {len(self._wbuf)} B <= low-water {self._low} B: the peer caught "
-                                 "up; resuming the protocol and reading this peer again", self.sock,
-                                 peer=self.peer)
-            try:
-                self.protocol.resume_writing()
-            except Exception as exc:
-                self._protocol_failed(exc, "resume_writing")
-                return False
+            return self._below_low_water()
         return True
+
+    def _above_high_water(self) -> None:
+        """The output passed ``high``: pause the protocol and stop reading the peer."""
+        if self._protocol_paused or self._state is _CLOSED:
+            return
+        self._protocol_paused = True
+        if not self._read_when_full:
+            self._backpressure = True
+            self._reading_changed()
+        if self.tracer:
+            self._emit("note", detail=f"write buffer {self.get_write_buffer_size()} B > high-water {self._high} B: "
+                       "the peer is not reading; pausing the protocol" + ("" if self._read_when_full else
+                                                                          " and no longer reading this peer"))
+        try:
+            self.protocol.pause_writing()
+        except Exception as exc:
+            self._protocol_failed(exc, "pause_writing")
+
+    def _below_low_water(self) -> bool:
+        """The output drained to ``low``: resume the protocol and reading. False if the protocol failed."""
+        if not self._protocol_paused or self._state is _CLOSED:
+            return True
+        self._protocol_paused = False
+        self._backpressure = False
+        self._reading_changed()
+        if self.tracer:
+            self._emit("note", detail=f"write buffer {self.get_write_buffer_size()} B <= low-water {self._low} B: "
+                       "the peer caught up; resuming the protocol and reading this peer again")
+        try:
+            self.protocol.resume_writing()
+        except Exception as exc:
+            self._protocol_failed(exc, "resume_writing")
+            return False
+        return True
+
+    # ---- the peer's EOF --------------------------------------------------------------------------
+    def _peer_eof(self) -> bool:
+        """The peer's FIN arrived: tell the protocol. True: stay open (half-open, we may still write).
+
+        False: close now - the protocol did not ask to stay open, or our FIN went first (both
+        directions are finished), or its callback raised (the connection is closed already).
+        """
+        both = self._to(Event.PEER_EOF) is _CLOSING
+        self._reading_changed()
+        try:
+            keep_open = self.protocol.eof_received()
+        except Exception as exc:
+            self._protocol_failed(exc, "eof_received")
+            return False
+        return bool(keep_open) and not both and self._state is not _CLOSED  # (a write_eof that failed)
 
     # ---- capabilities (socklab.core.transport): the socket options ------------------------------------
     def set_cork(self, on: bool) -> bool:
@@ -275,7 +327,7 @@ class StreamCore(ConnStateMachine):
         if self._state is _CLOSED:
             return
         if reset:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         self._drop_output()
         self._finalize(exc, how="abort (SO_LINGER 0: RST)" if reset else str(exc or ""))
@@ -290,7 +342,7 @@ class StreamCore(ConnStateMachine):
             return
         err = exc if not isinstance(exc, OSError) else translate_oserror(exc, f"{action} ({format_addr(self.peer)})")
         if self.tracer:
-            self.tracer.emit("error", self.sock, peer=self.peer, detail=str(err))
+            self._emit("error", detail=str(err))
         self._drop_output()
         self._finalize(err)
 

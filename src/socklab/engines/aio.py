@@ -8,28 +8,33 @@ one call, exactly as in a hand-written asyncio server).
 
 What the adapter adds to the loop's own transport, and why:
 
+- the rules every socklab engine shares (``engines/_stream.py``, StreamCore): the connection
+  state and its one table, what passing the write high-water mark does (``max_buffer``: the
+  protocol gets ``pause_writing`` *and* that peer is no longer read, so a client that never reads
+  cannot make the server's memory grow), the EOF rule (``eof_received`` returns ``True`` to stay
+  half-open; when both directions are finished the connection is closed), ``abort`` with RST,
+  one translation of OS errors (:func:`~socklab.core.errors.translate_oserror`) and
+  ``connection_lost`` exactly once. The loop keeps the socket and its write buffer; the bridge's
+  docstring says where the seam is.
 - admission (``max_connections``), the idle sweep, graceful shutdown and statistics: the shared
   policies of :class:`~socklab.engines.base.Engine`. The idle sweep's clock costs one attribute
-  store per receive (``active = True``), or nothing at all where uvloop hands data straight to
-  the app: the sweep then asks the kernel (Linux ``TCP_INFO``: milliseconds since data last
-  arrived). A timer per connection or per byte would cost far more.
-- flow control: the write high-water mark is ``max_buffer``; above it the adapter stops reading
-  that peer (as well as telling the protocol ``pause_writing``), so a client that never reads
-  cannot make the server's memory grow.
-- errors: ``OSError`` reaching ``connection_lost`` or a failed connect is translated once with
-  :func:`~socklab.core.errors.translate_oserror`.
-- half-close: ``eof_received`` keeps asyncio's meaning (return ``True`` to stay half-open); when
-  both directions are finished the connection is closed, as on socklab's own reactor.
+  store per receive (``_active = True``), or nothing at all where the loop hands data straight
+  to the app (plain TCP): the sweep then asks the kernel (Linux ``TCP_INFO``: milliseconds since
+  data last arrived). A timer per connection or per byte would cost far more.
 - the trace: the loop hides its system calls, so with ``--trace`` the adapter reports transport
   callbacks instead (``level="transport"``: accept, recv, send, shutdown, close) and says so once.
 
-Why the asyncio engine reads with :class:`asyncio.BufferedProtocol` (see docs/engines-aio.md and
-docs/benchmarks.md): CPython's selector transport otherwise calls ``recv(256 KiB)`` for every read,
-above glibc's 128 KiB mmap threshold, so each read pays an mmap/mremap/munmap. ``recv_into`` one
-reused 64 KiB buffer and copying out only the bytes that arrived is several times faster for
-small messages. uvloop reads into its own preallocated buffer, so its engine keeps the plain
-``data_received`` path and, for plain TCP, lets uvloop call the app's ``data_received`` itself
-(its BufferedProtocol path costs two callbacks and a copy per read instead of one callback).
+How the engines read (docs/engines-aio.md, docs/benchmarks.md). On plain TCP both loops call the
+app's ``data_received`` themselves, as in a hand-written asyncio server - for the echo app that
+*is* the loop transport's ``write``, so a round trip runs no socklab code at all. CPython's
+selector transport would read with ``recv(256 KiB)``, above glibc's 128 KiB mmap threshold: each
+read then pays an mmap/mremap/munmap until something in the process raises that threshold (a
+plain asyncio server is 3-4x slower before its first EOF than after). The engine sets that
+transport's ``max_size`` to 64 KiB, so its speed does not depend on that luck. (Until issue 19
+the asyncio engine read through ``asyncio.BufferedProtocol`` into one reused buffer: immune too,
+but two more callbacks and a copy per read, 0.85-0.89x the warm reference.) uvloop reads into its
+own preallocated buffer. An app that lends its own buffer (a socklab ``BufferedProtocol``) gets
+the loop's ``recv_into`` path, and TLS decrypts into one reused 64 KiB buffer.
 
 The per-connection bridge (``_Stream`` and its traced and buffered variants) lives in
 :mod:`socklab.engines._aio_stream`, the UDP endpoint in :mod:`socklab.engines._aio_datagram`; this
@@ -104,9 +109,6 @@ class _Listener:
 class _AioEngine(Engine):
     """What the asyncio and uvloop engines share: everything but the loop and the read path."""
 
-    stream_class: type[_Stream] = _Stream
-    traced_stream_class: type[_Stream] = _TracedStream
-    direct_reads = False  # may the loop call the app's data_received directly? (see _read_directly)
     one_thread = True
 
     def __init__(self, *args: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
@@ -230,17 +232,14 @@ class _AioEngine(Engine):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _sweep_idle(self) -> None:
-        # Turn the per-receive flag into a time (one store per receive, one pass per sweep),
-        # then let the shared policy compare it with idle_timeout.
+        # Where the loop hands data straight to the app no flag is raised (plain TCP): ask the
+        # kernel instead, and only for a connection that looks idle (one getsockopt() call). The
+        # shared policy then turns the per-receive flags into times and compares with idle_timeout.
         now = time.monotonic()
         deadline = now - self.settings.idle_timeout
         for conn in self.connections:
             stream = cast(_Stream, conn)
-            if stream.active:
-                stream.active = False
-                stream.last_activity = now
-            elif stream.kernel_clock is not None and stream.last_activity < deadline:
-                # only a connection that looks idle costs a getsockopt() call
+            if stream.kernel_clock is not None and not stream._active and stream.last_activity < deadline:
                 quiet = _last_data_recv(stream.kernel_clock)
                 if quiet is not None:
                     stream.last_activity = max(stream.last_activity, now - quiet)
@@ -253,8 +252,8 @@ class _AioEngine(Engine):
             self.tracer.note(_HIDDEN_NOTE.format(loop=self.name), level="transport")
 
     def _stream_factory(self, factory: ProtocolFactory, server_side: bool, tls: bool = False) -> Callable[[], _Stream]:
-        cls = self.traced_stream_class if self.tracer else self.stream_class
-        if tls and not issubclass(cls, _BufferedStream):
+        cls: type[_Stream] = _TracedStream if self.tracer else _Stream
+        if tls:
             # The loop's TLS layer hands a plain protocol ``SSLObject.read(256 KiB)``: a fresh
             # object above glibc's mmap threshold per record. A BufferedProtocol gets the
             # plaintext decrypted into its own (64 KiB, reused) buffer instead.
@@ -402,7 +401,7 @@ def _is_address(host: str) -> bool:
 
 
 class AsyncioEngine(_AioEngine):
-    """CPython's asyncio loop, reading through BufferedProtocol into one reused 64 KiB buffer."""
+    """CPython's asyncio loop; its transport reads at most 64 KiB at a time (see the module docstring)."""
 
     info = EngineInfo(
         name="asyncio", model="CPython's asyncio event loop (selectors + callbacks), socklab protocols adapted 1:1",
@@ -410,22 +409,19 @@ class AsyncioEngine(_AioEngine):
         choose_when="embedding socklab protocols in an asyncio program, or comparing with stock asyncio",
         limits="pure-Python loop: slower than uvloop or epoll per message; syscalls are traced at the "
                "transport level")
-    stream_class = _BufferedStream
-    traced_stream_class = _TracedBufferedStream
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
 class UvloopEngine(_AioEngine):
-    """The libuv-based uvloop, with the plain ``data_received`` path (uvloop reuses its read buffer)."""
+    """The libuv-based uvloop (it reads into its own preallocated buffer)."""
 
     info = EngineInfo(
         name="uvloop", model="uvloop: the asyncio API on libuv (C), socklab protocols adapted 1:1",
         concurrent=True, supports=frozenset({"tcp", "udp", "unix", "tls", "client"}),
         choose_when="the fastest loop for many connections with small messages",
         limits="needs the uvloop package; no loop.sendfile(); syscalls are traced at the transport level")
-    direct_reads = True
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         import uvloop
