@@ -538,9 +538,9 @@ class BlockingClient:
     def close(self) -> None:
         """Close what is still open (``connection_lost`` runs), stop the engine and join its thread.
 
-        Caller mode, from another thread than the one turning the loop: that thread's wait ends
-        (with its condition as it stands) and the engine closes as it lets go; from a callback,
-        the connections are aborted at once and the engine closes when the loop stops turning.
+        Caller mode: a wait in progress ends (with its condition as it stands) and the engine
+        closes as the thread turning it lets go of it - after the current callback, when called
+        from one.
         """
         if self._closed:
             return
@@ -555,8 +555,7 @@ class BlockingClient:
             return
         self._close_due = True
         if self._driver == threading.get_ident():
-            self.engine.abort_all()
-            return
+            return  # a callback: no connection is torn down under it
         self.engine.call_soon_threadsafe(_nothing)  # a thread waiting in poll() looks at _close_due
         if self._take(_never, time.monotonic() + 10.0):
             self._let_go()  # closes the engine
