@@ -5,13 +5,17 @@ message travels. A channel offers ``send(payload)`` and delivers every message t
 ``on_message(payload)``; when the connection dies it calls ``on_lost(exc)`` once.
 
 Each connection is a protocol on an engine (:mod:`socklab.runtime.client`), as a server's are:
-the engine's thread owns it - reads, writes, TLS - and OS errors are translated there, once; no
-channel touches a socket. TCP and WebSocket channels take ``send`` from any thread: the whole
-message is queued under a lock (messages never interleave and leave in order) and the engine is
-asked, once per batch, to write what is queued; many calls can be in flight, and ``on_message``
-and ``on_lost`` run on the engine (they may run before the constructor returned: a server that
-speaks first). The HTTP channel does one POST per message and waits for its answer (HTTP/1.1
-answers in order, so a call waits its turn - send a batch to do several at once).
+the engine owns it - reads, writes, TLS - and OS errors are translated there, once; no channel
+touches a socket. A :class:`~socklab.apps.rpc.client.Client`'s runner turns a select, poll or
+epoll engine on the thread that waits (a call, a future's ``result()``, ``close()``), so a
+sender writes the socket itself and the waiting thread reads the answer - no thread hand-off;
+other engines, ``background=True`` and a channel with a runner of its own have an engine thread.
+TCP and WebSocket channels take ``send`` from any thread: the whole message is queued under a
+lock (messages never interleave and leave in order) and the engine writes what is queued (at
+once, or once per batch when another thread turns it); many calls can be in flight, and
+``on_message`` and ``on_lost`` run on the engine (they may run before the constructor returned:
+a server that speaks first). The HTTP channel does one POST per message and waits for its
+answer (HTTP/1.1 answers in order, so a call waits its turn - send a batch to do several at once).
 
 Back-pressure: at most ``max_queued`` bytes (:data:`~socklab.apps.rpc.settings.MAX_QUEUED`,
 4 MiB) wait for the server - queued here or held by the transport because the kernel would not
@@ -43,7 +47,7 @@ from socklab.core.sockets import Endpoint as Address
 from socklab.core.sockets import client_ssl_context
 from socklab.core.transport import Transport
 from socklab.protocols.framing import Frame, FrameDecoder, encode_frame
-from socklab.runtime.client import BlockingClient, ClientHandle, connect
+from socklab.runtime.client import BlockingClient, ClientHandle
 
 __all__ = ["MAX_QUEUED", "Channel", "Endpoint", "TcpChannel", "WsChannel", "open_channel", "parse_url",
            "tls_context"]
@@ -109,17 +113,15 @@ def _connect(runner: BlockingClient, ep: Endpoint, factory: Callable[[], Protoco
              ssl_context: Any) -> ClientHandle[Protocol]:
     """Connect on ``runner``'s engine and wait for ``connection_made``; raises why it failed (translated)."""
     cs = settings if settings.tls == ep.tls else settings.replace(tls=ep.tls)  # the URL decides TLS
-    handle: ClientHandle[Protocol] = runner.call(
-        lambda: connect(ep.address, factory, cs, engine=runner.engine, ssl_context=ssl_context))
-    handle.wait_connected(cs.connect_timeout + 5.0)  # the engine enforces connect_timeout itself
-    return handle
+    return runner.connect(ep.address, factory, settings=cs, ssl_context=ssl_context)
 
 
 class Channel:
     """A connection that carries JSON-RPC messages, on ``runner``'s engine (its own when not given).
 
-    ``on_message`` and ``on_lost`` run on the engine's side (for HTTP, ``on_message`` runs in the
-    sender's thread). A channel that made its own runner stops it in :meth:`close`.
+    ``on_message`` and ``on_lost`` run on the engine's side - the thread that turns it (for HTTP,
+    ``on_message`` runs in the sender's thread). A channel that made its own runner stops it in
+    :meth:`close`.
     """
 
     def __init__(self, on_message: OnMessage, on_lost: OnLost, settings: RpcClientSettings | None,
@@ -133,6 +135,7 @@ class Channel:
         self._send_lock = threading.Lock()
         self._callback: int | None = None  # the thread running one of this connection's callbacks
         self._owns_runner = runner is None
+        # a channel alone delivers by callbacks, with nothing to wait in: its own engine has a thread
         self.runner = runner if runner is not None else BlockingClient(self.settings, engine=self.settings.engine)
         self.engine = self.runner.engine
 
@@ -149,10 +152,10 @@ class Channel:
     def _stop_runner(self, from_engine: bool) -> None:
         if not self._owns_runner:
             return
-        if from_engine:  # a callback cannot join the thread it runs on: stop it from a helper
+        if from_engine and not self.runner.runs_on_caller:  # a callback cannot join its own thread
             threading.Thread(target=self.runner.close, name="socklab-rpc-close", daemon=True).start()
         else:
-            self.runner.close()
+            self.runner.close()  # from a callback on the caller's thread: closes as the loop lets go
 
 
 class _StreamChannel(Channel, Protocol):
@@ -200,7 +203,7 @@ class _StreamChannel(Channel, Protocol):
         t = self._t
         if t is not None:
             with contextlib.suppress(Exception):
-                self.engine.call_soon_threadsafe(t.abort)
+                self.runner.post(t.abort)
         self._stop_runner(self.in_callback())
 
     # ---- any thread ------------------------------------------------------------------------------
@@ -227,21 +230,33 @@ class _StreamChannel(Channel, Protocol):
                 if left is not None and left <= 0:
                     raise OperationTimeout(f"timed out while sending a request: {queued} bytes already wait "
                                            f"for a server that does not read them (max_queued={self.max_queued})")
-                self._cond.wait(left)
+                if not self.runner.runs_on_caller:
+                    self._cond.wait(left)
+                    continue
+                self._cond.release()  # the engine turns on this thread meanwhile, and takes the lock
+                try:
+                    self.runner.run_until(lambda: self._room_or_end(size), left)
+                finally:
+                    self._cond.acquire()
             data = encode()  # under the lock: the encoder's state (wsproto) follows the queue's order
             self._queue.append(data)
             self._pending += len(data)
             schedule = not self._flush_due and not self._paused
             self._flush_due = self._flush_due or schedule
             nudge = not schedule and len(self._queue) % _NUDGE == 0
-        if schedule:  # one wake-up of the engine per batch of sends
-            self.engine.call_soon_threadsafe(self._flush)
+        if schedule:  # written now (the engine is free), else one wake-up of its thread per batch of sends
+            self.runner.post(self._flush)
         elif nudge:
             # A thread submitting a burst keeps the GIL for its whole slice, so the woken engine
             # would write nothing until the burst is queued and the server would start late. Let
             # it take what is queued now and then: more calls/s for more CPU per call (tcp://
             # pipelined 12.4k vs 10.1k calls/s, 59 vs 49 us; docs/benchmarks.md, RPC).
             time.sleep(0)
+
+    def _room_or_end(self, size: int) -> bool:
+        """May a sender waiting for room go on? (Read without the lock: a hint, checked again under it.)"""
+        queued = self._pending + self._held
+        return self.closed or self._reason is not None or not queued or queued + size <= self.max_queued
 
     def close(self) -> None:
         """Close the connection; safe from any thread, callbacks included (``on_lost`` once, ClosedError).
@@ -256,10 +271,10 @@ class _StreamChannel(Channel, Protocol):
             self._cond.notify_all()  # senders waiting for room
         self._end(ClosedError("the client closed the connection"), keep_queue=True)
         with contextlib.suppress(Exception):
-            self.engine.call_soon_threadsafe(self._shut)
+            self.runner.post(self._shut)
         from_engine = self.in_callback()
         if not from_engine:
-            self.done.wait(_CLOSE_WAIT)
+            self.runner.wait(self.done, _CLOSE_WAIT)
         self._stop_runner(from_engine)
 
     # ---- the engine ------------------------------------------------------------------------------
@@ -410,7 +425,7 @@ class WsChannel(_StreamChannel):
 
     def _handshake(self) -> None:
         wait = self.settings.connect_timeout
-        if not self._answered.wait(wait):
+        if not self.runner.wait(self._answered, wait):
             raise OperationTimeout(f"no answer to the WebSocket handshake from {self.ep.authority} within {wait:g} s")
         if self._refused is not None:
             raise self._refused

@@ -25,8 +25,12 @@ exponential backoff (``backoff`` seconds doubling up to ``max_backoff``, ``retri
 
 Settings: one :class:`~socklab.apps.rpc.settings.RpcClientSettings` (timeouts, framing, the
 reconnect policy, TLS); keyword arguments are changes to it (``rpc.connect(url, timeout=5)``).
-The connections run on a socklab engine of the client's own (one thread, started with the
-client, stopped by :meth:`Client.close`), on the same contract as the servers.
+The connections run on a socklab engine of the client's own, on the same contract as the
+servers. On select, poll and epoll (epoll is the default) it turns on the thread that waits - a
+call, a future's ``result()``/``exception()``, :meth:`Client.close` - so no thread is started
+and no message is handed between threads; answers are read while some thread waits (a future
+waited on with ``concurrent.futures.wait`` or a done callback needs ``background=True``: the
+engine then runs on a thread of its own, as on the other engines).
 """
 
 from __future__ import annotations
@@ -56,6 +60,30 @@ from socklab.runtime.client import BlockingClient
 __all__ = ["Batch", "Client", "connect"]
 
 _UNSET: Any = object()
+
+
+class _Answer(Future[Any]):
+    """A call's future on a client whose engine turns on the caller's thread: waiting for it turns the engine."""
+
+    def __init__(self, runner: BlockingClient) -> None:
+        super().__init__()
+        self._runner = runner
+
+    def _turn(self, timeout: float | None) -> float | None:
+        """Turn the engine until answered; what is left of ``timeout`` (a closed client ends the turning early,
+        and its close() fails the future)."""
+        if self.done():
+            return timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._runner.run_until(self.done, timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._turn(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._turn(timeout))
+
 # What the client accepts from the server it chose to talk to: generous, but still bounded.
 REPLY_LIMITS = j.Limits(max_message_size=MAX_MESSAGE, max_batch=1_000_000, max_depth=500, max_number_length=4300)
 
@@ -111,7 +139,7 @@ class Client:
         self._channel: Channel | None = None
         self._closed = False
         self.connections = 0  # how many times a connection was opened (reconnects show here)
-        self._runner = BlockingClient(self.settings, engine=self.settings.engine)
+        self._runner = BlockingClient(self.settings, engine=self.settings.engine, background=self.settings.background)
         try:
             self._ensure()
         except BaseException:
@@ -192,7 +220,7 @@ class Client:
     # ---- calls -----------------------------------------------------------------------------------
     def _new(self, method: str, params: Any) -> tuple[j.Request, Future[Any]]:
         req = j.make_request(method, params, next(self._ids))
-        fut: Future[Any] = Future()
+        fut: Future[Any] = _Answer(self._runner) if self._runner.runs_on_caller else Future()
         with self._lock:
             self._pending[j.id_key(req.id)] = fut
         return req, fut
@@ -279,10 +307,10 @@ class Client:
         for fut in pending:
             if not fut.done():
                 fut.set_exception(ClosedError("the client was closed"))
-        if from_engine:  # called from an answer's callback: the engine's thread cannot join itself
+        if from_engine and not self._runner.runs_on_caller:  # from an answer's callback: no thread joins itself
             threading.Thread(target=self._runner.close, name="socklab-rpc-close", daemon=True).start()
         else:
-            self._runner.close()
+            self._runner.close()  # from a callback on the caller's thread: closes as the loop lets go
 
     def __enter__(self) -> Client:
         return self

@@ -4,7 +4,8 @@ Why this exists: ``http://`` is the transport every proxy and every language spe
 its own rules: one answer per request, in order (so one call waits for the previous one; a batch
 does several at once), and a kept-alive connection the server may close while it is idle. The
 connection is a protocol on the client's engine (:mod:`socklab.runtime.client`); the caller's
-thread posts through it and waits for the answer.
+thread posts through it and waits for the answer (on select, poll and epoll it writes the request
+and reads the answer itself, turning the engine while it waits: no thread hand-off).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class HttpChannel(Channel):
         conn, self.conn = self.conn, None
         if conn is not None and conn._t is not None:
             conn.lost = True
-            self.engine.call_soon_threadsafe(conn._t.abort)
+            self.runner.post(conn._t.abort)
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
         """POST one message and wait for its answer, which goes to ``on_message`` (none for 204).
@@ -204,8 +205,8 @@ class HttpChannel(Channel):
 
     def _roundtrip(self, conn: _HttpConnection, payload: bytes, timeout: float | None) -> _Answer:
         answer = _Answer()
-        self.engine.call_soon_threadsafe(lambda: conn.post(answer, payload))
-        if not answer.done.wait(timeout):
+        self.runner.post(lambda: conn.post(answer, payload))
+        if not self.runner.wait(answer.done, timeout):
             self._drop()
             raise OperationTimeout(f"timed out while waiting for the answer to the POST to "
                                    f"{self.ep.authority}{self.ep.path}")

@@ -46,6 +46,9 @@ class RpcClientSettings(ClientSettings):
                                           "not read them before a call waits for room.", min=1, cli="")
     engine: str = setting(best_engine(), "The engine the client's connections run on (see `socklab engines`).",
                           choices=ENGINE_NAMES, cli="")
+    background: bool = setting(False, "Read answers on a thread of the engine's own, also while no call waits "
+                                      "(for futures waited on with concurrent.futures.wait or done callbacks); "
+                                      "otherwise select, poll and epoll run on the thread that waits.", cli="")
 
     def validate(self) -> None:
         """Raise :class:`~socklab.core.errors.UsageError` naming the option for a value it cannot take."""
