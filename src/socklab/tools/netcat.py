@@ -136,7 +136,8 @@ def _scan(host: str, ports: list[int], settings: ClientSettings, explain: Explai
     Exit status as ``nc -z``: 0 when at least one port accepted, 1 when none did.
     """
     opened = 0
-    with BlockingClient(settings.replace(tls=False, pin=None)) as client:
+    # connect and close: nothing to read meanwhile, so the engine turns on this thread while it waits
+    with BlockingClient(settings.replace(tls=False, pin=None), background=False) as client:
         for port in ports:
             try:
                 handle = client.connect(Endpoint(host, port), Protocol)
@@ -158,7 +159,8 @@ class _Session:
 
     The engine owns the connection; the stdin thread hands each read to it (waiting while the
     transport's buffer is over its high-water mark: the peer does not read). The main thread waits
-    for ``done`` (or the idle timeout).
+    for ``done`` (or the idle timeout). The engine keeps a thread of its own (``BlockingClient``'s
+    default): stdin needs a thread anyway, and the peer is read whatever the main thread does.
     """
 
     def __init__(self, client: BlockingClient, udp: bool, on_stdin_eof: str, on_peer_eof: str,

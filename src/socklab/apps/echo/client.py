@@ -3,8 +3,9 @@
 Why this exists: a client is the other half of every lesson. It stands on the same contract as
 the server (:mod:`socklab.runtime.client`): a protocol driven by an engine, whose callbacks say
 what arrived, and the engine's own trace of every ``connect``, ``send`` and ``recv``. The whole
-ping runs on the engine's thread - the next message leaves from the callback that received the
-last echo - so a round trip costs no thread switch. Over TCP a reply may arrive in pieces (the
+ping runs on the engine - the next message leaves from the callback that received the last echo
+- and a reactor engine turns on the calling thread while it waits (``background=False``), so
+neither a round trip nor a typed line costs a thread switch. Over TCP a reply may arrive in pieces (the
 trace notes it); over UDP a datagram may never arrive, so ping mode waits ``timeout`` seconds,
 retries, and counts losses like ``ping`` does.
 """
@@ -58,7 +59,7 @@ class PingStats:
 
 
 class _Run:
-    """One series of round trips, driven on the engine's thread; the caller waits for ``done``.
+    """One series of round trips, driven by the engine; the caller waits for ``done`` (turning it).
 
     ``report(message, rtt_ms | None, error | None)`` is called (on the engine) after each message;
     a loss on UDP is reported and the series goes on, any other error ends it.
@@ -236,7 +237,7 @@ class EchoClient:
         self.resends = 0
         self.raise_loss = True
         self._run: _Run | None = None
-        self._client = BlockingClient(settings, engine=engine, tracer=tracer)
+        self._client = BlockingClient(settings, engine=engine, tracer=tracer, background=False)
         self._engine = self._client.engine
         try:
             self._handle: ClientHandle[Any] = (
@@ -249,8 +250,8 @@ class EchoClient:
 
     def _series(self, messages: Iterable[bytes], interval: float, report: Report) -> None:
         run = self._run = _Run(self, iter(messages), interval, report)
-        self._engine.call_soon_threadsafe(run.next)
-        run.done.wait()
+        self._client.post(run.next)
+        self._client.wait(run.done)
         self._run = None
         if run.error is not None:
             raise run.error
@@ -305,11 +306,11 @@ class EchoClient:
         try:
             if not self.udp and not self._handle.closed.is_set():
                 t = self._transport
-                self._engine.call_soon_threadsafe(t.write_eof if t.can_write_eof() else t.close)
-                self._handle.closed.wait(self.timeout)
+                self._client.post(t.write_eof if t.can_write_eof() else t.close)
+                self._client.wait(self._handle.closed, self.timeout)
             elif self.udp:
-                self._engine.call_soon_threadsafe(self._transport.close)
-                self._handle.closed.wait(self.timeout)
+                self._client.post(self._transport.close)
+                self._client.wait(self._handle.closed, self.timeout)
         finally:
             self._client.close()
 

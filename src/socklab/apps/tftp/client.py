@@ -159,12 +159,12 @@ class _Transfer(DatagramProtocol):
 def _run(machine: Any, request: tftp.Request, host: str, port: int,
          progress: Callable[[int, int | None], None] | None) -> float:
     """Run one transfer; the request's window is lowered to what the socket's buffers hold."""
-    with BlockingClient() as client:
+    with BlockingClient(background=False) as client:  # a reactor turns on this thread while it waits
         transfer = _Transfer(machine, progress)
         transfer.engine = client.engine
         handle = client.open_datagram(Endpoint(host, port), lambda: transfer, connected=False)
         client.call(lambda: transfer.begin(request, handle.remote))
-        transfer.done.wait()
+        client.wait(transfer.done)
         if transfer.timer is not None:
             client.call(transfer.timer.cancel)
         client.call(transfer.transport.close)

@@ -47,11 +47,11 @@ def _send_to(endpoint: Endpoint, items: list[SendItem], settings: SendSettings, 
     """``send --to``: connect, then draw the bar (none for a connection that fails) until the session ended."""
     from socklab.apps.transfer.sender import SenderProtocol
 
-    with BlockingClient(settings.client(), engine=settings.engine) as client:
+    with BlockingClient(settings.client(), engine=settings.engine, background=False) as client:
         handle = client.connect(endpoint, lambda: SenderProtocol(
             items, settings, client.engine.call_soon_threadsafe, progress=advance, skipped=advance))
         with bars:
-            handle.closed.wait()
+            client.wait(handle.closed)  # a reactor engine turns on this thread meanwhile
     assert handle.protocol is not None
     return handle.protocol
 
@@ -293,7 +293,7 @@ def _fetch(endpoint: Endpoint, settings: ReceiveSettings, out: Any, as_json: boo
     # the connect waits up to --idle-timeout (0: as long as the kernel tries); the session has no
     # idle limit here, as before: a sender may hash a large file before its first byte
     client_settings = ClientSettings(connect_timeout=settings.idle_timeout or 130.0)
-    with BlockingClient(client_settings, engine=settings.engine, tracer=tracer) as client:
+    with BlockingClient(client_settings, engine=settings.engine, tracer=tracer, background=False) as client:
         def factory() -> ReceiverProtocol:
             if out is not None:
                 return _StdoutReceiver(settings, log, None, out, bars.file_bar)
@@ -302,7 +302,7 @@ def _fetch(endpoint: Endpoint, settings: ReceiveSettings, out: Any, as_json: boo
         handle = client.connect(endpoint, factory)
         start = time.monotonic()
         with bars:
-            handle.closed.wait()
+            client.wait(handle.closed)  # a reactor engine turns on this thread meanwhile
     session = handle.protocol.session if handle.protocol is not None else None
     assert session is not None
     return _summarize(session, max(time.monotonic() - start, 1e-9), as_json, bars)

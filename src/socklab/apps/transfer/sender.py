@@ -428,7 +428,8 @@ def send_to(endpoint: Endpoint, items: list[SendItem], settings: SendSettings | 
             stdin: IO[bytes] | None = None, tracer: Tracer | None = None) -> SenderProtocol:
     """Connect to a receiver (``socklab receive``) and send ``items``; blocks until the session ended.
 
-    ``progress`` and ``skipped`` are :class:`SenderProtocol`'s (called on the engine's thread).
+    ``progress`` and ``skipped`` are :class:`SenderProtocol`'s (called on the engine's thread: this
+    one, on select/poll/epoll, which turn on the caller's thread while it waits).
     Returns the protocol: ``result()`` gives the reports, ``started``/``ended`` the session's span.
 
     Raises:
@@ -437,10 +438,10 @@ def send_to(endpoint: Endpoint, items: list[SendItem], settings: SendSettings | 
     """
     settings = settings if settings is not None else SendSettings()
     settings.validate()
-    with BlockingClient(settings.client(), engine=settings.engine, tracer=tracer) as client:
+    with BlockingClient(settings.client(), engine=settings.engine, tracer=tracer, background=False) as client:
         handle = client.connect(endpoint, lambda: SenderProtocol(
             items, settings, client.engine.call_soon_threadsafe, progress=progress, skipped=skipped, stdin=stdin))
-        handle.closed.wait()
+        client.wait(handle.closed)  # a reactor engine turns on this thread meanwhile
     assert handle.protocol is not None
     handle.protocol.result()
     return handle.protocol

@@ -218,13 +218,14 @@ def replay(path: str, target: Endpoint, *, timeout: float = 5.0) -> list[ReplayR
     """Replay every connection (and UDP flow) of the recording at ``path`` against ``target``.
 
     A client on the runtime's contract (:mod:`socklab.runtime.client`): the engine connects and
-    translates OS errors; each connection is one of the protocols above.
+    translates OS errors; each connection is one of the protocols above, run on this thread while
+    it waits for the connection's end (``background=False``).
 
     Raises:
         UsageError: not a recording; ConnectionRefused and friends: the target cannot be reached.
     """
     results = []
-    with BlockingClient(ClientSettings(connect_timeout=timeout)) as client:
+    with BlockingClient(ClientSettings(connect_timeout=timeout), background=False) as client:
         for conn in load_recording(path):
             if conn.udp:
                 flow = client.open_datagram(target, functools.partial(_DatagramReplay, conn.steps, timeout))
