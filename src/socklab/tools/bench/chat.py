@@ -83,7 +83,7 @@ class Result:
                 "samples": len(self.latencies_ms), "dropped_clients": self.dropped_clients,
                 "server_cpu_pct": round(self.server_cpu * 100), "server_sys_pct": round(self.server_sys * 100), "generator_cpu_pct": round(self.generator_cpu * 100),
                 "server_cpu_us_per_delivery": round(self.server_cpu * self.seconds / max(1, self.deliveries) * 1e6, 2),
-                "server_user_us_per_delivery": round((self.server_cpu - self.server_sys) * self.seconds
+                "server_user_us_per_delivery": round(max(0.0, self.server_cpu - self.server_sys) * self.seconds
                                                      / max(1, self.deliveries) * 1e6, 2),
                 "server_sys_us_per_delivery": round(self.server_sys * self.seconds / max(1, self.deliveries) * 1e6, 2),
                 "load_avg": [round(x, 2) for x in self.load_avg],
