@@ -202,8 +202,9 @@ class Dial:
             sock.close()
             self._failed(attempt, OSError(err, os.strerror(err)))
             return attempt, "failed"
-        self._trace_connect(sock, addr, "EINPROGRESS: SYN sent, waiting for writable"
-                            + (f" (address {len(self._tried)} of {self._count})" if self._count > 1 else ""))
+        if self.tracer:
+            self._trace_connect(sock, addr, "EINPROGRESS: SYN sent, waiting for writable"
+                                + (f" (address {len(self._tried)} of {self._count})" if self._count > 1 else ""))
         fd = sock.fileno()
         self._pending[fd] = attempt
         self.waiter.add_writer(fd, lambda: self._on_writable(fd))
@@ -241,9 +242,11 @@ class Dial:
         sock = attempt.sock
         assert sock is not None
         self._finish()
-        self._drop_pending(f"{format_addr(attempt.addr)} connected first")
-        tcp = sock.family != socket.AF_UNIX
-        self._trace_connect(sock, attempt.addr, "three-way handshake done (SYN, SYN-ACK, ACK)" if tcp else "connected")
+        if self._pending:
+            self._drop_pending(f"{format_addr(attempt.addr)} connected first")
+        tcp = attempt.target[0] != socket.AF_UNIX
+        if self.tracer:
+            self._trace_connect(sock, attempt.addr, "three-way handshake done (SYN, SYN-ACK, ACK)" if tcp else "connected")
         if tcp and self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tracer:

@@ -28,6 +28,7 @@ __all__ = [
     "client_ssl_context",
     "client_targets",
     "connect_tcp",
+    "literal_family",
     "open_tcp_listener",
     "open_udp_socket",
     "parse_endpoint",
@@ -323,6 +324,10 @@ def client_targets(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM,
             raise UsageError(f"a source address ({_describe_source(source)}) is for TCP and UDP, not the "
                              f"Unix socket {endpoint.unix}")
         return [(socket.AF_UNIX, endpoint.unix, None)]
+    family = literal_family(endpoint.host)
+    if family is not None and source is None:  # an address already: nothing to ask the resolver
+        addr = (endpoint.host, endpoint.port) if family == socket.AF_INET else (endpoint.host, endpoint.port, 0, 0)
+        return [(family, addr, None)]
     infos = _resolve(endpoint.host, endpoint.port, socktype, False)
     if source is None:
         return [(i[0], i[4], None) for i in infos]
@@ -342,6 +347,20 @@ def client_targets(endpoint: Endpoint, socktype: int = socket.SOCK_STREAM,
         raise ResolveError(f"the source address {_describe_source(source)} has no {kinds} address, and "
                            f"{endpoint.host!r} has only {kinds} ones: give a source of the same family")
     return out
+
+
+def literal_family(host: str) -> int | None:
+    """``AF_INET``/``AF_INET6`` when ``host`` is an address literal (``127.0.0.1``, ``::1``), else None.
+
+    An address with a zone (``fe80::1%eth0``) is None: the resolver turns the zone into a scope id.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return int(family)
+    return None
 
 
 def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -> None:

@@ -58,7 +58,7 @@ from typing import Any, cast
 
 from socklab.core.dial import Dial, Target
 from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
-from socklab.core.sockets import Endpoint, client_targets
+from socklab.core.sockets import Endpoint, client_targets, literal_family
 from socklab.core.transport import TimerHandle
 from socklab.engines._aio_datagram import LoopDatagramEndpoint
 from socklab.engines._aio_stream import (
@@ -353,14 +353,14 @@ class _AioEngine(Engine):
         async def connect() -> None:
             deadline = loop.time() + timeout
             try:
-                if endpoint.unix is not None or _is_address(endpoint.host):  # nothing to look up
+                if endpoint.unix is not None or literal_family(endpoint.host) is not None:  # no name to look up
                     targets = client_targets(endpoint, socket.SOCK_STREAM, source_address)
                 else:
                     targets = await asyncio.wait_for(loop.run_in_executor(
                         None, client_targets, endpoint, socket.SOCK_STREAM, source_address), timeout)
                 sock = await self._dial(targets, deadline - loop.time(), str(endpoint))
                 try:
-                    if sock.family == socket.AF_UNIX:
+                    if endpoint.unix is not None:
                         adopt = loop.create_unix_connection(bridge, sock=sock, ssl=ssl_context,
                                                             server_hostname=hostname)
                     else:
@@ -387,17 +387,6 @@ class _AioEngine(Engine):
             task.add_done_callback(self._tasks.discard)
         else:
             asyncio.run_coroutine_threadsafe(connect(), loop)
-
-
-def _is_address(host: str) -> bool:
-    """An IPv4/IPv6 literal (``getaddrinfo`` answers at once: no thread hop to resolve it)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-        except (OSError, ValueError):
-            continue
-        return True
-    return False
 
 
 class AsyncioEngine(_AioEngine):
