@@ -212,9 +212,9 @@ class Dial:
 
     def _on_writable(self, fd: int) -> None:
         attempt = self._pending.pop(fd, None)
-        self.waiter.remove_writer(fd)
-        if attempt is None or attempt.sock is None or self.done:
+        if attempt is None or attempt.sock is None:  # dropped meanwhile (the fd may be another socket's now)
             return
+        self.waiter.remove_writer(fd)
         err = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
             self._won(attempt)
