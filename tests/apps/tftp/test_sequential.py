@@ -97,6 +97,20 @@ def test_back_to_back_puts_leave_at_most_the_cap_of_dallying_sockets(engine: str
     assert all((tmp_path / f"up{i}").read_bytes() == b"u%d" % i for i in range(60))
 
 
+def test_dallying_sockets_are_bounded_in_all_too(tmp_path: Path) -> None:
+    # 12 clients on 12 addresses, one upload each: within the per-address cap, past max_transfers
+    with tftp_server(tmp_path, create=True, max_transfers=3, timeout=1.0, max_retries=5) as (port, proto):
+        for i in range(12):
+            with RawClient(port, bind=f"127.0.0.{20 + i}", timeout=SILENCE) as client:
+                _put(client, f"up{i}", b"u%d" % i)
+        with RawClient(port, timeout=SILENCE) as probe:  # answered after the last upload's dally began
+            probe.request("missing")
+            assert isinstance(probe.recv(), tftp.Error)
+        assert len([d for d in list(proto.transfers.values()) if not d.active]) == 3
+        assert len(proto.dallies) == 3
+    assert all((tmp_path / f"up{i}").read_bytes() == b"u%d" % i for i in range(12))
+
+
 def test_a_client_holding_its_cap_of_finishing_transfers_is_still_refused(tmp_path: Path) -> None:
     # one-block files: each transfer has sent its last DATA at once, and only waits for the ACK
     # that this client never sends. Its fifth request may wait a moment for a slot, then is refused

@@ -29,8 +29,9 @@ transfer at a time is never refused, and one that holds ``max_transfers_per_clie
 never end still is. A new request from the port of a transfer that is finishing ends that
 transfer's wait (the client has moved on: a dallying upload's socket closes at once) or waits for
 it; a repeat of the same request is the client's retransmission and is ignored. An ended upload
-dallies (keeps its socket, to acknowledge a resent last block); a client's dallying sockets beyond
-``max_transfers_per_client`` are closed oldest first, so a fast uploader cannot pile up descriptors.
+dallies (keeps its socket, to acknowledge a resent last block); past ``max_transfers_per_client``
+dallying sockets for one address (or ``max_transfers`` in all) the oldest closes
+(:mod:`~socklab.apps.tftp.dallies`), so a fast uploader cannot pile up descriptors.
 
 A transfer that cannot be opened because the server is out of resources (no file descriptor left,
 no port, no buffer) gets ``ERROR 0`` "server busy", and the server goes on.
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from socklab.apps.tftp.dallies import Dallies
 from socklab.apps.tftp.driver import CommitResult, TransferDriver, TransferEndpoint
 from socklab.apps.tftp.files import Download, Refuse, TftpAccessError, Upload, new_file_mode, resolve_path
 from socklab.apps.tftp.sockbuf import size_for_window
@@ -159,7 +161,8 @@ class TftpServer(DatagramProtocol):
         self.log: collections.deque[str] = collections.deque(maxlen=1000)  # the last transfers' outcomes
         self._waiting: dict[Any, _Waiting] = {}  # client address -> its request waiting for a slot
         self._wake_scheduled = False
-        self._dallying: dict[str, dict[Any, TransferDriver]] = {}  # host -> its dallying uploads, oldest first
+        # ended uploads that keep their socket a while, at most max_transfers_per_client per address
+        self.dallies = Dallies(settings.max_transfers_per_client, settings.max_transfers)
         self.draining = False
         self.drained = threading.Event()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -358,15 +361,8 @@ class TftpServer(DatagramProtocol):
 
     def _dally(self, driver: TransferDriver) -> None:
         """An ended upload keeps its socket to re-acknowledge a resent last block (RFC 1350
-        section 6); past max_transfers_per_client such sockets per address, the oldest closes."""
-        peer = driver.machine.peer
-        mine = self._dallying.setdefault(peer[0], {})
-        mine[peer] = driver
-        while len(mine) > self.settings.max_transfers_per_client:
-            oldest = next(iter(mine.values()))
-            oldest.close()  # (done() takes it out of the table)
-            if next(iter(mine.values()), None) is oldest:
-                break
+        section 6): bounded per address and in all, see :mod:`~socklab.apps.tftp.dallies`."""
+        self.dallies.add(driver.machine.peer, driver)
 
     def _forget(self, addr: Any, driver: TransferDriver) -> None:
         if self.transfers.get(addr) is driver:
@@ -378,11 +374,7 @@ class TftpServer(DatagramProtocol):
                     del self._of_host[addr[0]]
 
     def _undally(self, addr: Any, driver: TransferDriver) -> None:
-        mine = self._dallying.get(addr[0])
-        if mine is not None and mine.get(addr) is driver:
-            del mine[addr]
-            if not mine:
-                del self._dallying[addr[0]]
+        self.dallies.remove(addr, driver)
         if addr in self._waiting:
             self._wake_waiting()
 
@@ -532,7 +524,7 @@ class TftpServer(DatagramProtocol):
         self.transfers.clear()
         self._of_host.clear()
         self._waiting.clear()
-        self._dallying.clear()
+        self.dallies.clear()
 
 
 def _guard(machine: Any) -> Any:
