@@ -12,6 +12,7 @@ the ones after it queue behind it: the order a peer sees never changes.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from types import SimpleNamespace
@@ -178,3 +179,67 @@ def test_a_reply_the_kernel_refuses_is_queued_and_the_later_ones_wait_behind_it(
     sock.incoming = [b"a", b"bb", b"bb", b"c"]
     assert endpoint._echo_burst(3, 0) == 3
     assert sock.sent[-3:] == [b"a", b"bb", b"bb"] and sock.incoming == [b"c"]
+
+
+# ---- batches: recvmmsg/sendmmsg (Linux) -------------------------------------------------------------
+class _Batch:
+    """A stand-in for engines._mmsg.MmsgEcho: one batch of 4, whose replies the kernel partly refuses."""
+
+    slots = 4
+
+    def __init__(self, unsent: tuple[tuple[bytes, Any], ...], error: OSError | None) -> None:
+        self.result = (unsent, error)
+        self.batches = 0
+
+    def receive(self, flags: int) -> int:
+        if self.batches:
+            raise BlockingIOError
+        self.batches += 1
+        return 4
+
+    def send_back(self, got: int, flags: int) -> tuple[tuple[tuple[bytes, Any], ...], OSError | None]:
+        return self.result
+
+
+@pytest.mark.parametrize("error", [None, OSError(22, "Invalid argument")], ids=["refused", "failed"])
+def test_a_batch_whose_replies_the_kernel_refuses(error: OSError | None) -> None:
+    sock = _Sock([])
+    sock.full_at = set()
+    endpoint = _Endpoint(sock)
+    assert endpoint._echo_declared()
+    errors: list[BaseException] = []
+    endpoint._error = lambda exc, action: errors.append(exc)  # type: ignore[method-assign]
+    peer = ("127.0.0.1", 5000)
+    endpoint._mmsg = _Batch(((b"c", peer), (b"d", peer)), error)
+    assert endpoint._echo_batches(64, 0) == 4
+    if error is None:  # the kernel took two: the other two go out one by one, in order
+        assert sock.sent == [b"c", b"d"] and not errors
+    else:  # the first of them failed: reported and dropped, the next one still sent
+        assert sock.sent == [b"d"] and errors == [error]
+
+
+def test_batched_senders_are_read_back_as_python_addresses() -> None:
+    from socklab.engines import _mmsg
+
+    if not _mmsg.AVAILABLE:
+        pytest.fail("recvmmsg/sendmmsg missing: the batched echo is for Linux, which this suite runs on")
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family, socket.SOCK_DGRAM) as server, \
+                socket.socket(family, socket.SOCK_DGRAM) as a, socket.socket(family, socket.SOCK_DGRAM) as b:
+            server.bind((host, 0))
+            server.setblocking(False)
+            a.sendto(b"from a", server.getsockname())
+            b.sendto(b"", server.getsockname())
+            batch = _mmsg.MmsgEcho(server.fileno(), slots=4)
+            # On loopback a datagram is queued before sendto returns: both are there now.
+            assert select.select([server], [], [], 5)[0]
+            assert batch.receive(0) == 2
+            got = 2
+            first, second = batch._datagram(0, 6), batch._datagram(1, 0)
+            assert first[0] == b"from a" and second[0] == b""
+            assert first[1][:2] == (host, a.getsockname()[1]) and second[1][:2] == (host, b.getsockname()[1])
+            unsent, error = batch.send_back(got, 0)
+            assert (unsent, error) == ((), None)
+            a.settimeout(5)
+            b.settimeout(5)
+            assert a.recv(100) == b"from a" and b.recv(100) == b""

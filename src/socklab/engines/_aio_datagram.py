@@ -53,7 +53,7 @@ class LoopDatagramEndpoint(DatagramEndpointBase):
         self.engine.stats.datagrams_in += self._read_burst(64, 0)
 
     def _on_readable_echo(self) -> None:
-        self.engine.stats.datagrams_in += self._echo_burst(64, 0)
+        self.engine.stats.datagrams_in += self._echo_batches(64, 0)
 
     def _on_readable_traced(self) -> None:
         for _ in range(64):

@@ -278,6 +278,15 @@ class DatagramEndpoint(DatagramEndpointBase, _Writable):
         buf = self._echo_buf
         assert buf is not None
         while True:
+            if self._mmsg is not None and not self._pending:
+                # One recvmmsg waits for the first datagram and takes what else is queued.
+                count = self._echo_batches(self._mmsg.slots, self._mmsg.WAITFORONE)
+                if self._closed:
+                    return
+                if count:
+                    with engine.lock:
+                        engine.stats.datagrams_in += count
+                continue
             try:
                 first = recv_into(buf)  # waits, outside the lock
             except OSError as exc:

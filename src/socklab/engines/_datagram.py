@@ -12,7 +12,9 @@ The hot paths are here too, shared by the reactor (non-blocking socket) and the 
 datagrams to the protocol with its callback bound once and the count added once per run, and
 :meth:`_echo_burst` is the declared UDP echo (``DatagramProtocol.zero_copy_echo``), untraced:
 ``recvfrom_into`` one reused buffer and ``sendto`` straight from it, no ``bytes`` and no Python
-call per datagram (issue 19: a plain blocking ``recvfrom``/``sendto`` loop is the bar).
+call per datagram (issue 19: a plain blocking ``recvfrom``/``sendto`` loop is the bar). On Linux
+the echo goes further (:meth:`_echo_batches`): one ``recvmmsg`` and one ``sendmmsg`` per batch of
+up to 32 datagrams (:mod:`socklab.engines._mmsg`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class DatagramEndpointBase(DatagramTransport):
         self._pending: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._pending_bytes = 0
         self._echo_buf: bytearray | None = None  # the declared echo's receive buffer (_echo_declared)
+        self._mmsg: Any = None  # and its batches (engines._mmsg.MmsgEcho), where Linux has them
 
     # ---- what a subclass provides -------------------------------------------------------------------
     def _watch_writable(self) -> None:
@@ -67,7 +70,45 @@ class DatagramEndpointBase(DatagramTransport):
         if self.sock.family not in _IP_FAMILIES:
             return False
         self._echo_buf = bytearray(RECV_SIZE)  # 64 KiB: any UDP payload, below the mmap threshold
+        from socklab.engines import _mmsg  # ctypes, only for an echo
+
+        if _mmsg.AVAILABLE:
+            self._mmsg = _mmsg.MmsgEcho(self.fd)
         return True
+
+    def _echo_batches(self, limit: int, recv_flags: int) -> int:
+        """The declared echo in batches: ``recvmmsg`` then ``sendmmsg`` (engines._mmsg), up to
+        ``limit`` datagrams; without them, or while replies are queued, :meth:`_echo_burst`.
+
+        ``recv_flags``: 0 on a non-blocking socket, ``MSG_WAITFORONE`` on a blocking one (wait
+        for the first datagram, take what else is there). Returns how many datagrams came.
+        """
+        batch = self._mmsg
+        if batch is None or self._pending:
+            return self._echo_burst(limit, recv_flags)
+        count = 0
+        while count < limit:
+            try:
+                got = batch.receive(recv_flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._error(exc, "receiving a datagram")
+                break
+            if self._closed:  # a blocking receive woken by close()
+                break
+            count += got
+            unsent, error = batch.send_back(got, self.send_flags)
+            if unsent:  # the kernel took only some: the rest one by one (queued behind, in order)
+                if error is not None:  # the first reply failed: reported and dropped, as any send
+                    self._error(error, "sending a datagram")
+                    unsent = unsent[1:]
+                for data, addr in unsent:
+                    self.sendto(data, addr)
+                break
+            if got < batch.slots:  # the socket is empty
+                break
+        return count
 
     def _read_burst(self, limit: int, flags: int) -> int:
         """Up to ``limit`` datagrams already queued to the protocol, untraced; returns how many
