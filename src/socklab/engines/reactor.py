@@ -286,17 +286,15 @@ class Reactor(Engine):
     def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Turn the loop on the calling thread until ``predicate()`` is true; ``False`` after ``timeout`` s.
 
-        ``predicate`` is checked first (true: no turn at all), then after each turn; a turn waits
-        at most until the next timer or the deadline, and a ``call_soon_threadsafe`` from another
-        thread wakes it. At least one turn runs (``timeout=0``: one turn that does not wait).
+        ``predicate`` is checked after each turn (at least one turn runs - check it first if it may
+        hold already; ``timeout=0``: one turn that does not wait); a turn waits at most until the
+        next timer or the deadline, and a ``call_soon_threadsafe`` from another thread wakes it.
         Callbacks run on the calling thread. One thread at a time: the caller keeps others out.
 
         Raises:
             RuntimeError: the loop is running already (``run`` on another thread, or a callback
             of this loop calling ``run_until``).
         """
-        if predicate():
-            return True
         self._enter()
         try:
             self.now = time.monotonic()  # the loop may have stood still since its last turn

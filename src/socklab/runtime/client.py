@@ -344,7 +344,8 @@ class BlockingClient:
         self._thread: threading.Thread | None = None
         # caller mode: who turns the loop (the thread holding _driving), who waits for it
         self._driving = threading.Lock()
-        self._turn = threading.Condition(threading.Lock())
+        self._turn_lock = threading.Lock()
+        self._turn = threading.Condition(self._turn_lock)  # followers wait here for a turn's end
         self._followers = 0
         self._driver: int | None = None
         self._close_due = False
@@ -398,36 +399,46 @@ class BlockingClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._take(predicate, deadline):
             return predicate()
+
+        def turned() -> bool:  # after each turn: the followers look at their own conditions; ours decides
+            if self._followers:
+                with self._turn_lock:
+                    self._turn.notify_all()
+            return self._close_due or predicate()
+
         try:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self.engine.run_until(lambda: self._turned(predicate), left)
+            held = self.engine.run_until(turned, None if deadline is None else max(0.0, deadline - time.monotonic()))
         finally:
             self._let_go()
-        return predicate()
+        return (held and not self._close_due) or predicate()
 
     def _take(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         """Become the thread that turns the loop; ``False`` when ``predicate()`` held or time ran out first."""
-        with self._turn:
-            while not predicate() and not self._engine_closed:
-                if self._driving.acquire(blocking=False):
-                    self._driver = threading.get_ident()
-                    return True
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._followers += 1
-                try:
+        if self._driving.acquire(blocking=False):  # nobody turns it: the common case
+            return self._took()
+        with self._turn_lock:
+            self._followers += 1
+            try:
+                # The thread turning the loop reads _followers after each turn, without the lock:
+                # one more turn, after we counted ourselves, and it cannot miss us.
+                self.engine.call_soon_threadsafe(_nothing)
+                while not predicate() and not self._engine_closed:
+                    if self._driving.acquire(blocking=False):
+                        return self._took()
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
                     self._turn.wait(left)
-                finally:
-                    self._followers -= 1
+            finally:
+                self._followers -= 1
         return False
 
-    def _turned(self, predicate: Callable[[], bool]) -> bool:
-        """After each turn: threads waiting for the loop look at their own conditions; ours decides."""
-        with self._turn:  # taken even with no follower: one registering now is not missed
-            if self._followers:
-                self._turn.notify_all()
-        return self._close_due or predicate()
+    def _took(self) -> bool:
+        if self._engine_closed:
+            self._driving.release()
+            return False
+        self._driver = threading.get_ident()
+        return True
 
     def _let_go(self) -> None:
         """Leave the loop to the next thread that waits (and close the engine when close() asked)."""
@@ -439,7 +450,7 @@ class BlockingClient:
                 finally:
                     self.engine.close()
         finally:
-            with self._turn:
+            with self._turn_lock:
                 self._driver = None
                 self._driving.release()
                 if self._followers:

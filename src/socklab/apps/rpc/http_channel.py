@@ -26,19 +26,34 @@ __all__ = ["HttpChannel"]
 
 
 class _Answer:
-    """One POST's outcome, filled in on the engine and waited for by the caller."""
+    """One POST's outcome, filled in on the engine and waited for by the caller.
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    ``finished`` is the flag a caller turning the engine itself looks at; ``event`` is set too
+    when the engine has a thread of its own (made only then: one less object per call).
+    """
+
+    def __init__(self, threaded: bool) -> None:
+        self.finished = False
+        self.event = threading.Event() if threaded else None
         self.status = 0
         self.body = bytearray()
         self.error: BaseException | None = None
         self.answered = False  # answer bytes came: the server read the request
 
+    def finish(self) -> None:
+        self.finished = True
+        if self.event is not None:
+            self.event.set()
+
     def fail(self, exc: BaseException) -> None:
-        if not self.done.is_set():
+        if not self.finished:
             self.error = exc
-            self.done.set()
+            self.finish()
+
+    def wait(self, runner: BlockingClient, timeout: float | None) -> bool:
+        if self.event is not None:
+            return runner.wait(self.event, timeout)
+        return runner.run_until(lambda: self.finished, timeout)
 
 
 class _HttpConnection(Protocol):
@@ -113,7 +128,7 @@ class _HttpConnection(Protocol):
                     if self._t is not None:
                         self._t.close()
                 if waiter is not None:
-                    waiter.done.set()
+                    waiter.finish()
             elif isinstance(ev, h11.ConnectionClosed):
                 self._drop(BrokenError(f"the server closed the connection before answering the POST to "
                                        f"{self.ep.authority}{self.ep.path}"))
@@ -204,9 +219,9 @@ class HttpChannel(Channel):
             self.on_message(bytes(answer.body))
 
     def _roundtrip(self, conn: _HttpConnection, payload: bytes, timeout: float | None) -> _Answer:
-        answer = _Answer()
+        answer = _Answer(threaded=not self.runner.runs_on_caller)
         self.runner.post(lambda: conn.post(answer, payload))
-        if not self.runner.wait(answer.done, timeout):
+        if not answer.wait(self.runner, timeout):
             self._drop()
             raise OperationTimeout(f"timed out while waiting for the answer to the POST to "
                                    f"{self.ep.authority}{self.ep.path}")
