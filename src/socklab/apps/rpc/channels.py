@@ -172,6 +172,7 @@ class _StreamChannel(Channel, Protocol):
         self._t = None
         self.done = threading.Event()  # connection_lost ran
         self._cond = threading.Condition()  # guards the queue, the counters and the state below
+        self._room_waiters = 0  # senders in _cond.wait() for room under max_queued
         self._queue: list[bytes] = []
         self._pending = 0  # bytes in _queue
         self._held = 0  # bytes the transport held after the last write (the kernel would not take them)
@@ -231,7 +232,11 @@ class _StreamChannel(Channel, Protocol):
                     raise OperationTimeout(f"timed out while sending a request: {queued} bytes already wait "
                                            f"for a server that does not read them (max_queued={self.max_queued})")
                 if not self.runner.runs_on_caller:
-                    self._cond.wait(left)
+                    self._room_waiters += 1
+                    try:
+                        self._cond.wait(left)
+                    finally:
+                        self._room_waiters -= 1
                     continue
                 self._cond.release()  # the engine turns on this thread meanwhile, and takes the lock
                 try:
@@ -342,7 +347,8 @@ class _StreamChannel(Channel, Protocol):
         t.write(data)  # pause_writing() may come from inside
         with self._cond:
             self._held = t.get_write_buffer_size()
-            self._cond.notify_all()
+            if self._room_waiters:  # (a caller turning the engine waits for room in run_until, not here)
+                self._cond.notify_all()
 
     def _shut(self) -> None:
         """close(): what is queued goes to the transport, which closes once it is written (or in _DRAIN s)."""
