@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential curl netcat-openbsd socat tshark tftp-hpa tftpd-hpa redis-server
-  chromium chromium-driver nginx-light wrk iproute2 tmux procps psmisc util-linux strace
+  chromium chromium-driver nginx-light wrk iproute2 tmux procps psmisc util-linux strace valgrind
 )
 
 missing=()
