@@ -450,10 +450,12 @@ class BlockingClient:
                 finally:
                     self.engine.close()
         finally:
-            with self._turn_lock:
-                self._driver = None
-                self._driving.release()
-                if self._followers:
+            self._driver = None
+            self._driving.release()
+            # Read without the lock: a follower counts itself before it tries _driving, so it either
+            # takes the loop now or is counted here (and in wait() before the notify takes the lock).
+            if self._followers:
+                with self._turn_lock:
                     self._turn.notify_all()
 
     # ---- calling into the engine -------------------------------------------------------------------
