@@ -252,3 +252,21 @@ def test_reactor_run_until(engine: str) -> None:
         assert len(nested) == 1
     finally:
         reactor.close()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_wait_with_start_runs_it_on_the_engine_first(background: bool) -> None:
+    """``wait(event, start=fn)``: a request and the wait for its answer, in one hold of the loop."""
+    with running_server(EchoProtocol) as srv, BlockingClient(background=background) as client:
+        handle = client.connect(Endpoint("127.0.0.1", srv.port), lambda: Echoed(5))
+        proto = handle.protocol
+        assert proto is not None
+        ran: list[int] = []
+
+        def request() -> None:
+            ran.append(threading.get_ident())
+            handle.transport.write(b"hello")
+
+        assert client.wait(proto.enough, WAIT, start=request)
+        assert bytes(proto.got) == b"hello"
+        assert (ran == [threading.get_ident()]) is not background

@@ -35,7 +35,6 @@ import contextlib
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -52,6 +51,7 @@ from socklab.core.settings import ClientSettings, ServerSettings
 from socklab.core.sockets import Endpoint, client_ssl_context, client_targets, open_udp_socket
 from socklab.core.trace import Tracer
 from socklab.engines import Engine, make_engine
+from socklab.runtime.caller_loop import CallerLoop
 
 __all__ = ["BlockingClient", "ClientHandle", "connect", "loop_engine", "open_datagram", "run_client",
            "ssl_context_for"]
@@ -62,14 +62,6 @@ T = TypeVar("T")
 
 def _event_wait(event: threading.Event, timeout: float | None) -> bool:
     return event.wait(timeout)
-
-
-def _never() -> bool:
-    return False
-
-
-def _nothing() -> None:
-    """Wakes the thread turning the loop (its next turn looks at the closing flag)."""
 
 
 class ClientHandle(Generic[P]):
@@ -325,8 +317,9 @@ class BlockingClient:
             thread (``runs_on_caller`` says which mode runs).
 
     Several threads may wait on one caller-driven client at once: one of them turns the loop
-    and the others sleep until their own condition holds or the loop is free (leader/followers);
-    ``call_soon_threadsafe`` from any thread wakes whichever thread turns it.
+    and the others sleep until their own condition holds or the loop is free (leader/followers,
+    :mod:`socklab.runtime.caller_loop`); ``call_soon_threadsafe`` from any thread wakes
+    whichever thread turns it.
 
     Use as a context manager; :meth:`close` stops the engine (and joins its thread). A named
     engine is made with no idle timeout: a client decides itself how long it waits.
@@ -342,15 +335,8 @@ class BlockingClient:
         self.runs_on_caller = not background and self.engine.runs_on_caller
         self._closed = False
         self._thread: threading.Thread | None = None
-        # caller mode: who turns the loop (the thread holding _driving), who waits for it
-        self._driving = threading.Lock()
-        self._turn_lock = threading.Lock()
-        self._turn = threading.Condition(self._turn_lock)  # followers wait here for a turn's end
-        self._followers = 0
-        self._driver: int | None = None
-        self._close_due = False
-        self._engine_closed = False
-        if self.runs_on_caller:
+        self._loop = CallerLoop(self.engine) if self.runs_on_caller else None
+        if self._loop is not None:
             return
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -372,91 +358,36 @@ class BlockingClient:
             self._ready.set()
 
     # ---- waiting -----------------------------------------------------------------------------------
-    def wait(self, event: threading.Event, timeout: float | None = None) -> bool:
-        """Block until ``event`` is set (``False`` after ``timeout`` s); in caller mode the engine runs meanwhile."""
-        if self.runs_on_caller:
-            return self.run_until(event.is_set, timeout)
+    def wait(self, event: threading.Event, timeout: float | None = None, *,
+             start: Callable[[], None] | None = None) -> bool:
+        """Block until ``event`` is set (``False`` after ``timeout`` s); in caller mode the engine runs meanwhile.
+
+        ``start``: run on the engine first, as :meth:`post` would (a request, then wait for its answer).
+        """
+        if self._loop is not None:
+            return self._loop.run_until(event.is_set, timeout, start)
+        if start is not None:
+            self.engine.call_soon_threadsafe(start)
         return event.wait(timeout)
 
-    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+    def run_until(self, predicate: Callable[[], bool], timeout: float | None = None, *,
+                  start: Callable[[], None] | None = None) -> bool:
         """Turn the engine on this thread until ``predicate()`` holds; ``False`` after ``timeout`` s.
 
         Caller mode only (:meth:`wait` works in both). ``predicate`` is checked after each turn of
         the loop on the thread that turns it, or - on a thread that waits for another to let go of
         the loop - whenever that one finished a turn. A closed client ends every wait at once.
+        ``start``: run on the engine first, as :meth:`post` would, in the same hold of the loop.
 
         Raises:
             UsageError: the engine runs on its own thread, or a callback of this client's engine waits.
         """
-        if predicate():
-            return True
-        if not self.runs_on_caller:
+        if self._loop is None:
+            if predicate():
+                return True
             raise UsageError("run_until turns the engine on the caller's thread: BlockingClient(background=False) "
                              "on select, poll or epoll; wait(event) works in both modes")
-        if self._driver == threading.get_ident():
-            raise UsageError(f"a callback of the {self.engine.name} engine cannot wait for it: the engine "
-                             "runs on this very thread")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._take(predicate, deadline):
-            return predicate()
-
-        def turned() -> bool:  # after each turn: the followers look at their own conditions; ours decides
-            if self._followers:
-                with self._turn_lock:
-                    self._turn.notify_all()
-            return self._close_due or predicate()
-
-        try:
-            held = self.engine.run_until(turned, None if deadline is None else max(0.0, deadline - time.monotonic()))
-        finally:
-            self._let_go()
-        return (held and not self._close_due) or predicate()
-
-    def _take(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
-        """Become the thread that turns the loop; ``False`` when ``predicate()`` held or time ran out first."""
-        if self._driving.acquire(blocking=False):  # nobody turns it: the common case
-            return self._took()
-        with self._turn_lock:
-            self._followers += 1
-            try:
-                # The thread turning the loop reads _followers after each turn, without the lock:
-                # one more turn, after we counted ourselves, and it cannot miss us.
-                self.engine.call_soon_threadsafe(_nothing)
-                while not predicate() and not self._engine_closed:
-                    if self._driving.acquire(blocking=False):
-                        return self._took()
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._turn.wait(left)
-            finally:
-                self._followers -= 1
-        return False
-
-    def _took(self) -> bool:
-        if self._engine_closed:
-            self._driving.release()
-            return False
-        self._driver = threading.get_ident()
-        return True
-
-    def _let_go(self) -> None:
-        """Leave the loop to the next thread that waits (and close the engine when close() asked)."""
-        try:
-            if self._close_due and not self._engine_closed:
-                self._engine_closed = True
-                try:
-                    self.engine.abort_all()
-                finally:
-                    self.engine.close()
-        finally:
-            self._driver = None
-            self._driving.release()
-            # Read without the lock: a follower counts itself before it tries _driving, so it either
-            # takes the loop now or is counted here (and in wait() before the notify takes the lock).
-            if self._followers:
-                with self._turn_lock:
-                    self._turn.notify_all()
+        return self._loop.run_until(predicate, timeout, start)
 
     # ---- calling into the engine -------------------------------------------------------------------
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
@@ -467,17 +398,12 @@ class BlockingClient:
         """
         if self._thread is not None and threading.current_thread() is self._thread:
             return fn()
-        if self.runs_on_caller:
-            if self._engine_closed:
+        if self._loop is not None:
+            if self._loop.closed:
                 raise ClosedError(f"this client's {self.engine.name} engine is closed")
-            if self._driver == threading.get_ident():
-                return fn()
-            if self._driving.acquire(blocking=False):
-                self._driver = threading.get_ident()
-                try:
-                    return fn()
-                finally:
-                    self._let_go()
+            ran, result = self._loop.try_call(fn)
+            if ran:
+                return result  # type: ignore[no-any-return]
         box: list[Any] = []
         done = threading.Event()
 
@@ -489,8 +415,8 @@ class BlockingClient:
             finally:
                 done.set()
 
-        self.engine.call_soon_threadsafe(run)
-        if not self.wait(done, timeout if timeout is not None else max(30.0, self.settings.connect_timeout * 2)):
+        if not self.wait(done, timeout if timeout is not None else max(30.0, self.settings.connect_timeout * 2),
+                         start=run):
             raise OperationTimeout(f"the {self.engine.name} engine did not answer")
         ok, value = box[0]
         if not ok:
@@ -503,22 +429,14 @@ class BlockingClient:
         Caller mode: at once on this thread when no other thread turns the loop (a sender writes
         the socket itself); otherwise queued for the thread that turns it, which it wakes.
         """
-        if self._engine_closed:
-            return  # as a stopped engine thread would: nothing runs any more
-        if self.runs_on_caller and self._driver != threading.get_ident() and self._driving.acquire(blocking=False):
-            self._driver = threading.get_ident()
-            try:
-                fn()
-            except Exception as exc:
-                self.engine.report_error(exc, f"callback {fn!r}")
-            finally:
-                self._let_go()
-            return
-        self.engine.call_soon_threadsafe(fn)
+        if self._loop is not None:
+            self._loop.post(fn)
+        else:
+            self.engine.call_soon_threadsafe(fn)
 
     # ---- connections -------------------------------------------------------------------------------
     def _follow(self, handle: ClientHandle[P]) -> ClientHandle[P]:
-        if self.runs_on_caller:
+        if self._loop is not None:
             handle._wait = self.wait
         return handle
 
@@ -558,20 +476,15 @@ class BlockingClient:
         if self._closed:
             return
         self._closed = True
-        if not self.runs_on_caller:
-            if self._thread is not None and self._thread.is_alive():
-                with contextlib.suppress(SocklabError):
-                    self.call(self.engine.abort_all, timeout=5.0)
-                self.engine.stop()
-                self._thread.join(10.0)
-            self.engine.close()
+        if self._loop is not None:
+            self._loop.close()
             return
-        self._close_due = True
-        if self._driver == threading.get_ident():
-            return  # a callback: no connection is torn down under it
-        self.engine.call_soon_threadsafe(_nothing)  # a thread waiting in poll() looks at _close_due
-        if self._take(_never, time.monotonic() + 10.0):
-            self._let_go()  # closes the engine
+        if self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(SocklabError):
+                self.call(self.engine.abort_all, timeout=5.0)
+            self.engine.stop()
+            self._thread.join(10.0)
+        self.engine.close()
 
     def __enter__(self) -> BlockingClient:
         return self

@@ -250,8 +250,7 @@ class EchoClient:
 
     def _series(self, messages: Iterable[bytes], interval: float, report: Report) -> None:
         run = self._run = _Run(self, iter(messages), interval, report)
-        self._client.post(run.next)
-        self._client.wait(run.done)
+        self._client.wait(run.done, start=run.next)
         self._run = None
         if run.error is not None:
             raise run.error

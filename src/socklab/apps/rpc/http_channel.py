@@ -11,6 +11,7 @@ and reads the answer itself, turning the engine while it waits: no thread hand-o
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -50,10 +51,11 @@ class _Answer:
             self.error = exc
             self.finish()
 
-    def wait(self, runner: BlockingClient, timeout: float | None) -> bool:
+    def wait(self, runner: BlockingClient, timeout: float | None, start: Callable[[], None]) -> bool:
+        """Run ``start`` (the POST) on the engine, then wait for the outcome."""
         if self.event is not None:
-            return runner.wait(self.event, timeout)
-        return runner.run_until(lambda: self.finished, timeout)
+            return runner.wait(self.event, timeout, start=start)
+        return runner.run_until(lambda: self.finished, timeout, start=start)
 
 
 class _HttpConnection(Protocol):
@@ -220,8 +222,7 @@ class HttpChannel(Channel):
 
     def _roundtrip(self, conn: _HttpConnection, payload: bytes, timeout: float | None) -> _Answer:
         answer = _Answer(threaded=not self.runner.runs_on_caller)
-        self.runner.post(lambda: conn.post(answer, payload))
-        if not answer.wait(self.runner, timeout):
+        if not answer.wait(self.runner, timeout, lambda: conn.post(answer, payload)):
             self._drop()
             raise OperationTimeout(f"timed out while waiting for the answer to the POST to "
                                    f"{self.ep.authority}{self.ep.path}")
