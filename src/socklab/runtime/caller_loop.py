@@ -79,7 +79,7 @@ class CallerLoop:
             except Exception as exc:
                 self.engine.report_error(exc, f"callback {start!r}")
             except BaseException:
-                self._let_go()
+                self.let_go()
                 raise
         else:
             if start is not None:
@@ -96,7 +96,7 @@ class CallerLoop:
         try:
             held = self.engine.run_until(turned, None if deadline is None else max(0.0, deadline - time.monotonic()))
         finally:
-            self._let_go()
+            self.let_go()
         return (held and not self.closing) or predicate()
 
     def _take(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
@@ -125,7 +125,7 @@ class CallerLoop:
         self._driver = threading.get_ident()
         return True
 
-    def _let_go(self) -> None:
+    def let_go(self) -> None:
         """Leave the loop to the next thread that waits (and close the engine when close() asked)."""
         try:
             if self.closing and not self.closed:
@@ -144,6 +144,20 @@ class CallerLoop:
                     self._turn.notify_all()
 
     # ---- running functions on it -------------------------------------------------------------------
+    def try_hold(self) -> bool:
+        """Hold the loop now if no thread turns it - use the engine on this thread, then :meth:`let_go`.
+
+        Never waits: ``False`` when another thread turns the loop (then :meth:`post`). A sender's
+        fast path: one message written at once, no queue, no call.
+        """
+        if not self._driving.acquire(blocking=False):
+            return False
+        if self.closed:
+            self._driving.release()
+            return False
+        self._driver = threading.get_ident()
+        return True
+
     def try_call(self, fn: Callable[[], Any]) -> tuple[bool, Any]:
         """Run ``fn()`` now if no other thread turns the loop: ``(True, result)``; else ``(False, None)``."""
         if self._driver == threading.get_ident():
@@ -155,7 +169,7 @@ class CallerLoop:
         try:
             return True, fn()
         finally:
-            self._let_go()
+            self.let_go()
 
     def post(self, fn: Callable[[], None]) -> None:
         """Run ``fn()`` at once if no other thread turns the loop, else queue it for that thread."""
@@ -169,7 +183,7 @@ class CallerLoop:
             except Exception as exc:
                 self.engine.report_error(exc, f"callback {fn!r}")
             finally:
-                self._let_go()
+                self.let_go()
             return
         self.engine.call_soon_threadsafe(fn)
 
@@ -180,4 +194,4 @@ class CallerLoop:
             return  # a callback: no connection is torn down under it
         self.engine.call_soon_threadsafe(_nothing)  # a thread waiting in poll() looks at the flag
         if self._take(_never, time.monotonic() + 10.0):
-            self._let_go()  # closes the engine
+            self.let_go()  # closes the engine

@@ -335,8 +335,9 @@ class BlockingClient:
         self.runs_on_caller = not background and self.engine.runs_on_caller
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._loop = CallerLoop(self.engine) if self.runs_on_caller else None
-        if self._loop is not None:
+        #: caller mode's loop (``try_hold``/``let_go`` for a sender's fast path), else ``None``
+        self.caller_loop = CallerLoop(self.engine) if self.runs_on_caller else None
+        if self.caller_loop is not None:
             return
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -364,8 +365,8 @@ class BlockingClient:
 
         ``start``: run on the engine first, as :meth:`post` would (a request, then wait for its answer).
         """
-        if self._loop is not None:
-            return self._loop.run_until(event.is_set, timeout, start)
+        if self.caller_loop is not None:
+            return self.caller_loop.run_until(event.is_set, timeout, start)
         if start is not None:
             self.engine.call_soon_threadsafe(start)
         return event.wait(timeout)
@@ -382,12 +383,12 @@ class BlockingClient:
         Raises:
             UsageError: the engine runs on its own thread, or a callback of this client's engine waits.
         """
-        if self._loop is None:
+        if self.caller_loop is None:
             if predicate():
                 return True
             raise UsageError("run_until turns the engine on the caller's thread: BlockingClient(background=False) "
                              "on select, poll or epoll; wait(event) works in both modes")
-        return self._loop.run_until(predicate, timeout, start)
+        return self.caller_loop.run_until(predicate, timeout, start)
 
     # ---- calling into the engine -------------------------------------------------------------------
     def call(self, fn: Callable[[], T], timeout: float | None = None) -> T:
@@ -398,10 +399,10 @@ class BlockingClient:
         """
         if self._thread is not None and threading.current_thread() is self._thread:
             return fn()
-        if self._loop is not None:
-            if self._loop.closed:
+        if self.caller_loop is not None:
+            if self.caller_loop.closed:
                 raise ClosedError(f"this client's {self.engine.name} engine is closed")
-            ran, result = self._loop.try_call(fn)
+            ran, result = self.caller_loop.try_call(fn)
             if ran:
                 return result  # type: ignore[no-any-return]
         box: list[Any] = []
@@ -429,14 +430,14 @@ class BlockingClient:
         Caller mode: at once on this thread when no other thread turns the loop (a sender writes
         the socket itself); otherwise queued for the thread that turns it, which it wakes.
         """
-        if self._loop is not None:
-            self._loop.post(fn)
+        if self.caller_loop is not None:
+            self.caller_loop.post(fn)
         else:
             self.engine.call_soon_threadsafe(fn)
 
     # ---- connections -------------------------------------------------------------------------------
     def _follow(self, handle: ClientHandle[P]) -> ClientHandle[P]:
-        if self._loop is not None:
+        if self.caller_loop is not None:
             handle._wait = self.wait
         return handle
 
@@ -476,8 +477,8 @@ class BlockingClient:
         if self._closed:
             return
         self._closed = True
-        if self._loop is not None:
-            self._loop.close()
+        if self.caller_loop is not None:
+            self.caller_loop.close()
             return
         if self._thread is not None and self._thread.is_alive():
             with contextlib.suppress(SocklabError):

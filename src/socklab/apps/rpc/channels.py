@@ -138,6 +138,7 @@ class Channel:
         # a channel alone delivers by callbacks, with nothing to wait in: its own engine has a thread
         self.runner = runner if runner is not None else BlockingClient(self.settings, engine=self.settings.engine)
         self.engine = self.runner.engine
+        self._loop = self.runner.caller_loop  # the engine turns on the caller's thread: senders may write
 
     def send(self, payload: bytes, timeout: float | None = None) -> None:
         raise NotImplementedError
@@ -244,6 +245,17 @@ class _StreamChannel(Channel, Protocol):
                 finally:
                     self._cond.acquire()
             data = encode()  # under the lock: the encoder's state (wsproto) follows the queue's order
+            t, loop = self._t, self._loop
+            if t is not None and loop is not None and not self._queue and not self._paused and not self._held \
+                    and loop.try_hold():
+                # Nothing waits before it and no thread turns the engine: this thread writes it now
+                # (as the pre-engine client did: no queue, no flush; the lock keeps the order).
+                try:
+                    t.write(data)  # pause_writing() may come from inside: the lock is reentrant
+                    self._held = t.get_write_buffer_size()
+                finally:
+                    loop.let_go()
+                return
             self._queue.append(data)
             self._pending += len(data)
             schedule = not self._flush_due and not self._paused
