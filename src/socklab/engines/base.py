@@ -42,7 +42,7 @@ from socklab.core.sockets import Endpoint
 from socklab.core.trace import BoundaryNotes, Tracer
 from socklab.core.transport import TimerHandle
 
-__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory", "ReadPauseMixin",
+__all__ = ["Connection", "Engine", "EngineInfo", "EngineStats", "ProtocolFactory",
            "Timer", "grow_socket_buffers", "socket_extra_info"]
 
 log = logging.getLogger("socklab")
@@ -369,23 +369,3 @@ def grow_socket_buffers(sock: Any, rcvbuf: int | None, sndbuf: int | None,
     except (OSError, AttributeError, ValueError):  # closed, or a wrapper without the options
         return None
 
-
-class ReadPauseMixin:
-    """``pause_reading``/``resume_reading`` for transports that keep an ``_app_paused`` flag.
-
-    The transport's own ``_sync_reading()`` decides whether to watch the socket, combining the
-    app's pause with its own reasons (back-pressure, closing, EOF).
-    """
-
-    _app_paused: bool
-
-    if TYPE_CHECKING:  # provided by the transport; declared here only for the type checker
-        def _sync_reading(self) -> None: ...
-
-    def pause_reading(self) -> None:
-        self._app_paused = True
-        self._sync_reading()
-
-    def resume_reading(self) -> None:
-        self._app_paused = False
-        self._sync_reading()
