@@ -126,5 +126,5 @@ def test_background_keeps_an_engine_thread(server: rpc.RpcServer, scheme: str) -
     with rpc.connect(url_of(server, scheme), timeout=10, background=True) as c:
         assert _client_threads()
         futures = [c.submit("add", i, 3) for i in range(20)]
-        done, pending = concurrent.futures.wait(futures, timeout=10)  # nobody turns anything here
+        _, pending = concurrent.futures.wait(futures, timeout=10)  # nobody turns anything here
         assert not pending and [f.result() for f in futures] == [i + 3 for i in range(20)]
