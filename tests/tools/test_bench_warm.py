@@ -200,8 +200,11 @@ def test_ws_every_contender_is_warmed_and_echoes_frames() -> None:
             [s] = r.samples
             assert s["warm"]["tcp_empty"] == "closed by server", r.name
             assert s["requests"] > 0 and s["errors"] == 0 and s["held"] == 2
-            header = 2 + (2 if size < 65536 else 8)  # the server's unmasked frame
-            assert s["bytes"] >= s["requests"] * (size + header)
+            frame = size + 2 + (2 if size < 65536 else 8)  # the server's unmasked frame
+            # Bytes are counted as they arrive inside the window, a reply when it completes: each
+            # connection's first reply may have begun before the window (seen under a CPU hog), so
+            # at most one frame per connection is short - every other reply is a whole frame.
+            assert s["bytes"] >= (s["requests"] - s["held"]) * frame
 
 
 def test_ws_generator_fails_when_the_upgrade_is_refused(recorder: RecordingEcho) -> None:
