@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from socklab.core.protocol import DatagramProtocol
 from socklab.engines._datagram import DatagramEndpointBase
-from socklab.engines._stream import RECV_SIZE
 
 if TYPE_CHECKING:
     from socklab.engines.aio import _AioEngine
@@ -41,32 +40,8 @@ class LoopDatagramEndpoint(DatagramEndpointBase):
         self.protocol.connection_made(self)
         if self._closed:
             return
-        if self._echo_declared():
-            handler = self._on_readable_echo
-        elif self.tracer:
-            handler = self._on_readable_traced
-        else:
-            handler = self._on_readable
+        handler = self._read_handler()
         self.loop.add_reader(self.fd, handler)
-
-    def _on_readable(self) -> None:
-        self.engine.stats.datagrams_in += self._read_burst(64, 0)
-
-    def _on_readable_echo(self) -> None:
-        self.engine.stats.datagrams_in += self._echo_batches(64, 0)
-
-    def _on_readable_traced(self) -> None:
-        for _ in range(64):
-            try:
-                data, addr = self.sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP errors (port unreachable) surface here
-                self._error(exc, "receiving a datagram")
-                return
-            self._deliver(data, addr)
-            if self._closed:
-                return
 
     def _watch_writable(self) -> None:
         self.loop.add_writer(self.fd, self._on_writable)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from socklab.core.errors import translate_oserror
@@ -201,6 +202,31 @@ class DatagramEndpointBase(DatagramTransport):
             count += 1
             self._queue(view[:n].tobytes(), addr)
         return count
+
+    def _read_handler(self) -> Callable[[], None]:
+        """The readable callback, chosen once after connection_made (where an echo declares itself)."""
+        if self._echo_declared():
+            return self._on_readable_echo
+        return self._on_readable_traced if self.tracer else self._on_readable
+
+    def _on_readable(self) -> None:
+        self.engine.stats.datagrams_in += self._read_burst(64, 0)
+
+    def _on_readable_echo(self) -> None:
+        self.engine.stats.datagrams_in += self._echo_batches(64, 0)
+
+    def _on_readable_traced(self) -> None:
+        for _ in range(64):
+            try:
+                data, addr = self.sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP errors (port unreachable) surface here
+                self._error(exc, "receiving a datagram")
+                return
+            self._deliver(data, addr)
+            if self._closed:
+                return
 
     def _deliver(self, data: bytes, addr: Any) -> None:
         """One datagram to the protocol; a protocol that raises is reported, the endpoint goes on."""

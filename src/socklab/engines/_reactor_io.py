@@ -468,32 +468,8 @@ class _DatagramEndpoint(DatagramEndpointBase):
         sock.setblocking(False)
         protocol.connection_made(self)
         # The read handler is chosen once, after connection_made (where an echo declares itself).
-        if self._echo_declared():
-            handler = self._on_readable_echo
-        elif self.tracer:
-            handler = self._on_readable_traced
-        else:
-            handler = self._on_readable
+        handler = self._read_handler()
         reactor.add_reader(self.fd, handler)
-
-    def _on_readable(self) -> None:
-        self.engine.stats.datagrams_in += self._read_burst(64, 0)
-
-    def _on_readable_echo(self) -> None:
-        self.engine.stats.datagrams_in += self._echo_batches(64, 0)
-
-    def _on_readable_traced(self) -> None:
-        for _ in range(64):
-            try:
-                data, addr = self.sock.recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP errors (port unreachable) surface here
-                self._error(exc, "receiving a datagram")
-                return
-            self._deliver(data, addr)
-            if self._closed:
-                return
 
     def _watch_writable(self) -> None:
         self.reactor.add_writer(self.fd, self._on_writable)
