@@ -8,6 +8,7 @@ sweep on both of its clocks (the per-receive flag, and TCP_INFO where uvloop rea
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -234,6 +235,48 @@ def test_overflow_is_refused_with_the_message(aio: str) -> None:
         assert first.recv(100) == b"still here"
         assert srv.statistics().refused == 1
         assert srv.statistics().accepted == 1
+
+
+def test_a_connection_accepted_as_the_listener_closes_is_closed_not_leaked(aio: str) -> None:
+    # CPython 3.11's selector loop accepted a connection, the server closed in the same turn, and
+    # the accepted socket was left open until the garbage collector found it (a ResourceWarning:
+    # this failed CI once). Made deterministic: the loop is held while a second client connects and
+    # the first sends "stop"; in the next turn the accept comes first, then "stop" closes the
+    # listener. The second client must be closed by the server, at once.
+    holding = threading.Event()
+    release = threading.Event()
+    srv_box: list[Server] = []
+
+    made = threading.Event()
+
+    class _Stopper(EchoProtocol):
+        def connection_made(self, transport: Transport) -> None:
+            super().connection_made(transport)
+            made.set()
+
+        def data_received(self, data: bytes) -> None:
+            srv_box[0].engine.begin_shutdown()
+
+    with running_server(_Stopper, aio) as srv:
+        srv_box.append(srv)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as first:
+            assert made.wait(10)
+
+            def hold() -> None:
+                holding.set()
+                release.wait(10)
+
+            srv.engine.call_soon_threadsafe(hold)
+            assert holding.wait(10)
+            second = socket.create_connection(("127.0.0.1", srv.port), timeout=10)  # in the backlog
+            first.sendall(b"stop")
+            release.set()
+            with second:
+                try:
+                    assert second.recv(100) == b""  # closed by the server, not left hanging
+                except ConnectionResetError:
+                    pass
+    gc.collect()  # an unclosed socket's ResourceWarning surfaces here, inside the test
 
 
 class _StaysOpen(EchoProtocol):

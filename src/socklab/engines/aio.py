@@ -83,8 +83,9 @@ __all__ = ["AsyncioEngine", "UvloopEngine"]
 class _Listener:
     """What ``serve_stream`` returns: ``close()`` stops accepting, even if the server is still starting."""
 
-    def __init__(self, engine: _AioEngine) -> None:
+    def __init__(self, engine: _AioEngine, sock: socket.socket) -> None:
         self.engine = engine
+        self.sock = sock
         self.server: asyncio.AbstractServer | None = None
         self.closed = False
 
@@ -100,9 +101,26 @@ class _Listener:
         if self in self.engine._listeners:
             self.engine._listeners.remove(self)
         if self.server is not None:
-            self.server.close()
+            self._close_server(self.server)
             if self.engine.tracer:
                 self.engine.tracer.emit("close", level="transport", detail="listening socket: no more accepts")
+
+    def _close_server(self, server: asyncio.AbstractServer) -> None:
+        loop = self.engine.loop
+        if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) or loop.is_closed():
+            server.close()
+            return
+        # CPython 3.11's selector loop accepts in batches and attaches each accepted socket to its
+        # transport one turn later, in a task; a Server closed in between fails that attach
+        # (an assertion the task swallows) and the accepted socket is left open until the garbage
+        # collector finds it. So: no more accept callbacks and no more connections (a listening
+        # socket shut down refuses new ones at once, on Linux), and the Server closes one turn
+        # later, after the tasks already queued attached their transports - those connections
+        # are then refused as any connection is during shutdown.
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(self.sock.fileno())
+            self.sock.shutdown(socket.SHUT_RD)
+        loop.call_soon(server.close)
 
 
 # ---- the engines ----------------------------------------------------------------------------------
@@ -268,7 +286,7 @@ class _AioEngine(Engine):
             A handle whose ``close()`` stops accepting.
         """
         self._note_hidden_syscalls()
-        listener = _Listener(self)
+        listener = _Listener(self, sock)
         self._listeners.append(listener)
         bridge = self._stream_factory(protocol_factory, server_side=True, tls=ssl_context is not None)
 
