@@ -265,7 +265,7 @@ class Engine(ABC):
         self.connections.add(conn)
         self.stats.connections = len(self.connections)
         if self._sweeper is None and self.settings.idle_timeout > 0:
-            self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
+            self._sweeper = self._start_sweeper()
 
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -275,6 +275,16 @@ class Engine(ABC):
 
     def _sweep_interval(self) -> float:
         return min(1.0, max(0.05, self.settings.idle_timeout / 4))
+
+    def _start_sweeper(self) -> TimerHandle:
+        """Run ``_sweep_idle`` on the engine every ``_sweep_interval()`` from now on: a timer of
+        this engine's loop that re-arms itself (an engine whose timers cost every turn of its
+        loop something ticks from elsewhere)."""
+        return self.call_later(self._sweep_interval(), self._sweep_tick)
+
+    def _sweep_tick(self) -> None:
+        self._sweep_idle()
+        self._sweeper = self.call_later(self._sweep_interval(), self._sweep_tick)
 
     def _sweep_idle(self) -> None:
         limit = self.settings.idle_timeout
@@ -289,7 +299,6 @@ class Engine(ABC):
             if self.tracer:
                 self.tracer.note(f"closing a connection idle for more than {limit:g} s (idle_timeout)")
             conn.abort_with(OperationTimeout(f"idle for more than {limit:g} s (idle_timeout)"), reset=False)
-        self._sweeper = self.call_later(self._sweep_interval(), self._sweep_idle)
 
     def begin_shutdown(self) -> None:
         """Stop accepting and ask every protocol to finish. Runs on the engine."""
