@@ -109,6 +109,18 @@ def test_tls_handshake_failure_does_not_kill_the_server(engine: str, tls_files: 
             assert c.recv(100) == b"still alive"
 
 
+def test_a_tls_peer_that_closes_before_the_handshake_gets_a_close_not_a_reset(engine: str,
+                                                                            tls_files: dict[str, str]) -> None:
+    # A health check or a client that gave up: it sent nothing and closed. The server closes too
+    # (a FIN, perhaps after a TLS alert); a reset would tell a probe that something went wrong.
+    with running_server(EchoProtocol, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
+        c.shutdown(socket.SHUT_WR)
+        c.settimeout(10)
+        while c.recv(4096):  # an alert is allowed; then the end of the stream, never ECONNRESET
+            pass
+
+
 @pytest.mark.parametrize("engine_name", ["iterative", "threads", "pool", "select", "poll", "epoll"])
 def test_a_failed_tls_handshake_is_said_in_the_log_at_most_every_10s(engine_name: str, tls_files: dict[str, str],
                                                                       caplog: pytest.LogCaptureFixture) -> None:

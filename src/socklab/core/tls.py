@@ -116,8 +116,8 @@ class TLSProtocol(Protocol, Transport):
 
     def eof_received(self) -> bool | None:
         self._in.write_eof()
-        if self._handshaking:
-            self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"))
+        if self._handshaking:  # a probe or a client that gave up: close as it did, no RST
+            self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"), reset=False)
             return None
         self._read_plaintext()
         if self._app_paused:  # plaintext is held for the app: its EOF comes after it, on resume
@@ -214,15 +214,17 @@ class TLSProtocol(Protocol, Transport):
                 break
         self._flush()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, reset: bool = True) -> None:
         tracer = self.transport.get_extra_info("tracer")
         if tracer:
             tracer.note(str(exc))
         abort_with = getattr(self.transport, "abort_with", None)
         if abort_with is not None:
-            abort_with(exc)
-        else:
+            abort_with(exc, reset)
+        elif reset:
             self.transport.abort()
+        else:
+            self.transport.close()
 
     # ---- Transport side (plaintext from the app) -------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
