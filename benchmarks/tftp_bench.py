@@ -106,8 +106,8 @@ def main() -> None:
 def many(root: Path, port: int, n: int, timeout: float) -> None:
     """``n`` gets, then ``n`` puts, of small files (0 to 1,099 bytes) back to back.
 
-    Two clients: a lock-step one on a raw socket, a new port per file (socklab's own ``tftp_get``
-    dallies a timeout after each download, so it would time its dally, not the server), and
+    Two clients: a lock-step one on a raw socket, a new port per file (kept so the figures compare
+    with the earlier runs, when socklab's own ``tftp_get`` waited a timeout after each download), and
     tftp-hpa's ``tftp`` asking for all of them from one port in one invocation (``get a b c...``).
     """
     import shutil

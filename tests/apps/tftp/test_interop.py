@@ -7,13 +7,14 @@ import io
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from socklab.apps.tftp.client import TftpClientOptions, tftp_get, tftp_put
-from tests.apps.tftp.test_server import tftp_server
+from tests.apps.tftp.test_server import _drop_final_ack, tftp_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -122,3 +123,23 @@ def test_rollover_against_in_tftpd(in_tftpd: tuple[int, Path]) -> None:
     out = io.BytesIO()
     tftp_get("127.0.0.1", port, "r.bin", out, TftpClientOptions(blksize=8, timeout=1.0))
     assert out.getvalue() == data
+
+
+@pytest.mark.parametrize("lose_final_ack", [False, True])
+def test_socklab_get_from_in_tftpd_returns_right_after_the_final_ack(
+        in_tftpd: tuple[int, Path], monkeypatch: pytest.MonkeyPatch, lose_final_ack: bool) -> None:
+    """As tftp-hpa's own client: no dally after the final ACK (the old client waited a whole
+    timeout). With that ACK lost, in.tftpd resends its last block to a closed port and gives up
+    on its own; the next get is served as usual."""
+    port, root = in_tftpd
+    data = os.urandom(1000)
+    (root / "x.bin").write_bytes(data)
+    dropped = _drop_final_ack(monkeypatch) if lose_final_ack else []
+    for _ in range(2):
+        out = io.BytesIO()
+        start = time.monotonic()
+        tftp_get("127.0.0.1", port, "x.bin", out, TftpClientOptions(timeout=10.0))
+        took = time.monotonic() - start
+        assert out.getvalue() == data
+        assert took < 5.0, f"get took {took:.2f} s with a 10 s timeout: the client dallied"
+    assert len(dropped) == int(lose_final_ack)

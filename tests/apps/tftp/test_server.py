@@ -7,6 +7,7 @@ import io
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,3 +305,44 @@ def test_serve_help_shows_no_tcp_only_options() -> None:
         assert gone not in out
     for shown in ("--allow-write", "--create", "--max-timeout", "--stall-timeout", "--max-transfers-per-client"):
         assert shown in out
+
+
+def _drop_final_ack(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[bytes, Any]]]:
+    """Make the client lose its final ACK (as the network may): the server then resends its last block."""
+    from socklab.apps.tftp import client as client_mod
+
+    dropped: list[list[tuple[bytes, Any]]] = []
+    send = client_mod._Transfer.send
+
+    def lossy(self: Any, out: list[tuple[bytes, Any]]) -> None:
+        m = self.machine
+        if isinstance(m, tftp.Receiver) and m.state is tftp.State.DONE and not dropped:
+            dropped.append(out)
+            out = []
+        send(self, out)
+
+    monkeypatch.setattr(client_mod._Transfer, "send", lossy)
+    return dropped
+
+
+@pytest.mark.parametrize("lose_final_ack", [False, True])
+def test_get_returns_right_after_the_final_ack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               lose_final_ack: bool) -> None:
+    """No dally on the client: a get returns once its final ACK is sent, not a timeout later (it
+    waited the whole client timeout: ~1 get per second at the default). A lost final ACK costs the
+    client nothing, and the server ends that transfer by its retry limit."""
+    data = os.urandom(700)
+    (tmp_path / "f.bin").write_bytes(data)
+    dropped = _drop_final_ack(monkeypatch) if lose_final_ack else []
+    with tftp_server(tmp_path, timeout=0.2, max_retries=2) as (port, proto):
+        out = io.BytesIO()
+        start = time.monotonic()
+        tftp_get("127.0.0.1", port, "f.bin", out, TftpClientOptions(timeout=10.0))
+        took = time.monotonic() - start
+        assert out.getvalue() == data
+        assert took < 5.0, f"get took {took:.2f} s with a 10 s timeout: the client dallied"
+        assert len(dropped) == int(lose_final_ack)
+        deadline = time.monotonic() + 30
+        while proto.completed + proto.failed < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server's transfer ends (ACK read, or its retries run out)
+        assert proto.active == 0 and proto.completed + proto.failed == 1

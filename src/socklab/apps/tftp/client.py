@@ -11,6 +11,12 @@ drops the tail of costs a whole timeout per window.
 
 The server's transfer ID is learned from its first reply (RFC 1350 section 4): the request goes to
 port 69 (or ``--port``), everything after that to the port the answer came from.
+
+A download returns as soon as its final ACK is sent, as tftp-hpa's client does: no dally. Waiting
+to re-acknowledge a resent last block would cost every ``get`` a whole timeout, and the caller
+gains nothing by it - the file is complete once the last block is read. If that final ACK is lost,
+the server resends its last block to a closed port and ends the transfer by its own retry limit
+(tftp-hpa's ``in.tftpd`` likewise); the receiver that dallies is the server, after an upload.
 """
 
 from __future__ import annotations
@@ -90,7 +96,6 @@ class _Transfer(DatagramProtocol):
         self.timer: TimerHandle | None = None
         self.gen = -1
         self.start = self.elapsed = self.deadline = 0.0
-        self.dallying = False
         self.engine: Engine | None = None
 
     def begin(self, request: tftp.Request, server: Any) -> None:
@@ -104,22 +109,19 @@ class _Transfer(DatagramProtocol):
         self.settle()
 
     def settle(self) -> None:
-        """After each step: finished (then dally or end), or re-arm the timer if the machine asked."""
+        """After each step: finished (the final ACK, if any, is already sent: end now), or re-arm the
+        timer if the machine asked."""
         m = self.machine
         if self.done.is_set():
             return
-        if m.finished and not self.dallying:
+        if m.finished:
             self.elapsed = time.monotonic() - self.start
             if self.timer is not None:
                 self.timer.cancel()
-            if m.state is tftp.State.DONE and isinstance(m, tftp.Receiver):
-                # dally (RFC 1350 section 6): acknowledge the last block again if the server resends it
-                self.dallying = True
-                self.timer = self.call_later(m.timeout, self.done.set)
-            else:
-                self.done.set()
+                self.timer = None
+            self.done.set()  # no dally: see the module's docstring
             return
-        if not self.dallying and m.timer_generation != self.gen:
+        if m.timer_generation != self.gen:
             # One engine timer, moved lazily: a new generation only sets the deadline (no timer
             # heap work per block); the timer, when it fires early, sleeps again until the deadline.
             self.gen = m.timer_generation
@@ -133,7 +135,7 @@ class _Transfer(DatagramProtocol):
 
     def expired(self) -> None:
         self.timer = None
-        if self.done.is_set() or self.dallying:
+        if self.done.is_set():
             return
         left = self.deadline - time.monotonic()
         if left > 0.001:
@@ -146,7 +148,7 @@ class _Transfer(DatagramProtocol):
         if self.done.is_set():
             return
         self.send(self.machine.datagram_received(data, addr))
-        if self.progress is not None and not self.dallying:
+        if self.progress is not None:
             self.progress(self.machine.bytes, self.machine.options.tsize)
 
     def error_received(self, exc: BaseException) -> None:
