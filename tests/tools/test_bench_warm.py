@@ -223,17 +223,19 @@ def test_tls_every_contender_is_warmed_with_a_split_record(tmp_path: Path) -> No
     from socklab.tools.bench.tls import make_certificate, tls_server_specs
 
     cert, key = make_certificate(tmp_path)
-    specs = tls_server_specs(["asyncio", "uvloop"], references=True, cert=cert, key=key)
-    assert [(s.name, s.reference) for s in specs] == [
+    specs = tls_server_specs(["asyncio", "uvloop", "threads"], references=True, cert=cert, key=key)
+    assert [(s.name, s.reference) for s in specs] == [  # each engine beside the plain TLS server on its mechanism
         ("ref:tls_asyncio_protocol", None), ("asyncio", "ref:tls_asyncio_protocol"),
-        ("ref:tls_uvloop_protocol", None), ("uvloop", "ref:tls_uvloop_protocol")]
+        ("ref:tls_uvloop_protocol", None), ("uvloop", "ref:tls_uvloop_protocol"),
+        ("ref:tls_threading_tcpserver", None), ("threads", "ref:tls_threading_tcpserver")]
     load = Load(connections=2, size=1024, duration=0.2, warmup=0.05, proto="tls")
     for r in run_echo(specs, load, repeats=1, interleave=True, slice_ms=50):
         assert r.error is None, r.error
         for s in r.samples:
             # the split record's echo came back: the server handled it before the load began
             assert s["warm"]["tls_split"] == "echoed", (r.name, s["warm"])
-            assert s["warm"]["tcp_empty"] == "closed by server", (r.name, s["warm"])
+            # closed at once; the stdlib's blocking handshake answers the EOF with a TLS alert first
+            assert s["warm"]["tcp_empty"] in ("closed by server", "server sent data, then closed"), (r.name, s["warm"])
             assert s["requests"] > 0 and s["errors"] == 0 and s["held"] == 2
     cold = run_echo(specs[:1], Load(connections=2, size=1024, duration=0.2, warmup=0.05, proto="tls", cold=True),
                     repeats=1)

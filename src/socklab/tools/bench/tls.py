@@ -16,11 +16,13 @@ from socklab.tools.bench.procs import MISSING_REFERENCES, ServerSpec, reference_
 
 __all__ = ["TLS_REFERENCE_FOR", "make_certificate", "tls_server_specs"]
 
-#: engine -> its bar: the loop's own TLS on the same loop; every other engine is held to uvloop's
-#: (the fastest plain Python TLS server, issue 19: epoll's MemoryBIO path >= 0.95x it).
+#: engine -> its bar, the plain TLS server on the same mechanism: the loop's own TLS on the same
+#: loop; a thread per connection with ``SSLContext.wrap_socket`` for the thread engines; the
+#: readiness-loop engines are held to uvloop's TLS (the fastest plain Python TLS server, issue 19:
+#: epoll's MemoryBIO path >= 0.95x it).
 TLS_REFERENCE_FOR = {"asyncio": "tls_asyncio_protocol",
-                     **{e: "tls_uvloop_protocol" for e in ("uvloop", "select", "poll", "epoll", "threads", "pool",
-                                                            "iterative")}}
+                     **{e: "tls_uvloop_protocol" for e in ("uvloop", "select", "poll", "epoll")},
+                     **{e: "tls_threading_tcpserver" for e in ("threads", "pool", "iterative")}}
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -62,9 +64,10 @@ def tls_server_specs(engines: list[str], *, references: bool, cert: Path, key: P
         ref = TLS_REFERENCE_FOR.get(engine)
         if ref_dir is not None and ref is not None and ref not in seen:
             seen.add(ref)
+            script = "tls_threading_tcpserver.py" if ref == "tls_threading_tcpserver" else "tls_protocol.py"
             loop = ("--uvloop",) if ref == "tls_uvloop_protocol" else ()
             specs.append(ServerSpec(f"ref:{ref}", "reference",
-                                    (sys.executable, str(ref_dir / "tls_protocol.py"), *loop, "--cert", str(cert),
+                                    (sys.executable, str(ref_dir / script), *loop, "--cert", str(cert),
                                      "--key", str(key), "--port", "0")))
         specs.append(ServerSpec(engine, "socklab", socklab_command(engine, pool_workers=pool_workers, extra=tls_args), engine=engine,
                                 reference=f"ref:{ref}" if ref in seen else None))
