@@ -266,21 +266,11 @@ def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None 
 
     A port in use is refused (:class:`AddressInUse`), as for TCP: two UDP servers share a port
     only with ``reuse_port`` (SO_REUSEPORT), which both must set. ``source`` (with ``connect_to``):
-    bind this ``(host, port)`` before connecting (see :func:`client_targets`).
+    bind this ``(host, port)`` before connecting (see :func:`client_targets`). ``connect_to`` a
+    name: the first of its addresses that ``connect()`` accepts (see :func:`udp_client_socket`).
     """
     if connect_to is not None:
-        family, addr, local = client_targets(Endpoint(connect_to[0], connect_to[1]), socket.SOCK_DGRAM, source)[0]
-        sock = _new_socket(family, socket.SOCK_DGRAM, tracer)
-        if local is not None:
-            bind_source(sock, local, tracer)
-        try:
-            sock.connect(addr)
-        except OSError as exc:
-            sock.close()
-            raise translate_oserror(exc, f"connecting UDP to {format_addr(addr)}") from exc
-        if tracer:
-            tracer.emit("connect", sock, peer=addr, detail="UDP: only fixes the default peer; nothing is sent")
-        return sock
+        return udp_client_socket(Endpoint(connect_to[0], connect_to[1]), tracer=tracer, source=source)[0]
     if host in ("", "::", "*"):
         family, addr = socket.AF_INET6, ("::", port)
     else:
@@ -297,6 +287,70 @@ def open_udp_socket(host: str, port: int, *, connect_to: tuple[str, int] | None 
         _setsockopt(sock, socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0, "IPV6_V6ONLY (dual-stack)", tracer)
     _bind(sock, addr, tracer)
     return sock
+
+
+def udp_client_socket(endpoint: Endpoint, *, tracer: Tracer | None = None, source: tuple[str, int] | None = None,
+                      connect: bool = True) -> tuple[socket.socket, Any, list[Any]]:
+    """A UDP client socket for ``endpoint``: ``(socket, the address used, the name's other addresses)``.
+
+    The rule for a name with several addresses: UDP has no handshake, so ``connect()`` sends
+    nothing and fails only when an address cannot be reached at all (no route to it, no address
+    of its family here). The addresses are tried in the resolver's order and the first one
+    ``connect()`` accepts is used for the socket's life, as asyncio's ``create_datagram_endpoint``
+    and netcat do: an AAAA record on a host with no IPv6 route falls back to its IPv4 address.
+    Whether anything listens there is not known before a datagram goes: a connected socket then
+    gets ICMP port unreachable as :class:`ConnectionRefused` - there is no fallback then (the
+    datagram is gone; sending it again elsewhere is the protocol's choice, not the socket's).
+
+    ``connect=False``: the socket stays unconnected (it talks to anyone, TFTP's transfer IDs), bound
+    to ``source`` or to any address of the chosen address's family (``::`` dual-stack for IPv6);
+    when the name has several addresses, the same ``connect()`` test runs on a throwaway socket.
+
+    Raises:
+        ResolveError: the name does not resolve; HostUnreachable and friends: no address could be
+        connected to (the error names every address tried).
+    """
+    targets = client_targets(endpoint, socket.SOCK_DGRAM, source)
+    what = format_addr((endpoint.host, endpoint.port))
+    failures: list[tuple[Any, OSError]] = []
+    chosen: tuple[int, Any, Any] | None = None
+    for i, (family, addr, local) in enumerate(targets):
+        if not connect and len(targets) == 1:
+            chosen = (family, addr, local)
+            break
+        sock = _new_socket(family, socket.SOCK_DGRAM, tracer if connect else None)
+        try:
+            if local is not None:
+                bind_source(sock, local, tracer if connect else None)
+            sock.connect(addr)
+        except OSError as exc:
+            if connect and tracer:
+                tracer.emit("connect", sock, peer=addr, detail=f"failed: {exc.strerror or exc}")
+            sock.close()
+            failures.append((addr, exc))
+            if tracer and i + 1 < len(targets):
+                tracer.note(f"UDP to {format_addr(addr)} cannot be connected ({(exc.strerror or str(exc)).lower()}): "
+                            f"trying {format_addr(targets[i + 1][1])}, the next address {what} resolves to")
+            continue
+        if connect:
+            if tracer:
+                tracer.emit("connect", sock, peer=addr, detail="UDP: only fixes the default peer; nothing is sent")
+            return sock, addr, [t[1] for t in targets if t[1] != addr]
+        sock.close()  # the throwaway test of an unconnected socket
+        chosen = (family, addr, local)
+        break
+    else:
+        first_addr, first = failures[0]
+        tried = " and ".join(format_addr(a) for a, _ in failures)
+        context = f"connecting UDP to {format_addr(first_addr)}" + (f" (tried {tried})" if len(failures) > 1 else "")
+        raise translate_oserror(first, context) from first
+    assert chosen is not None
+    family, addr, local = chosen
+    if local is not None:
+        sock = open_udp_socket(local[0], local[1], tracer=tracer)
+    else:
+        sock = open_udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, tracer=tracer)
+    return sock, addr, [t[1] for t in targets if t[1] != addr]
 
 
 def _describe_source(source: tuple[str, int]) -> str:

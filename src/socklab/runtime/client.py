@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -40,16 +39,16 @@ from typing import Any, Generic, TypeVar
 
 from socklab.core.errors import (
     ClosedError,
+    ConnectionRefused,
     ConnectTimeout,
     OperationTimeout,
     SocklabError,
     UsageError,
-    translate_oserror,
 )
 from socklab.core.protocol import BaseProtocol, DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings, ServerSettings
-from socklab.core.sockets import Endpoint, client_ssl_context, client_targets, open_udp_socket
-from socklab.core.trace import Tracer
+from socklab.core.sockets import Endpoint, client_ssl_context, udp_client_socket
+from socklab.core.trace import Tracer, format_addr
 from socklab.engines import Engine, make_engine
 from socklab.runtime.caller_loop import CallerLoop
 
@@ -247,29 +246,28 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
     this ``(host, port)`` instead (:meth:`ClientSettings.source_address`), in the server's family.
     Call on the engine's thread or before ``run``.
 
+    A name with several addresses (``localhost``: ``::1`` then ``127.0.0.1`` on many systems): UDP
+    has no handshake to find the one a server listens on, so the first address ``connect()``
+    accepts is used (one with no route is skipped; :func:`socklab.core.sockets.udp_client_socket`).
+    If nothing listens there, the ICMP port unreachable a connected socket gets reaches
+    ``error_received`` as a ``ConnectionRefused`` that names that address and the name's others:
+    give the address, or serve on every address.
+
     Raises:
         UsageError: ``endpoint`` is a Unix path; ResolveError and friends from making the socket.
     """
     if endpoint.unix is not None:
         raise UsageError("UDP needs HOST:PORT, not a Unix path")
     handle: ClientHandle[P] = ClientHandle(endpoint)
+    sock, handle.remote, others = udp_client_socket(endpoint, tracer=tracer, source=source, connect=connected)
     if connected:
-        sock = open_udp_socket("", 0, connect_to=(endpoint.host, endpoint.port), tracer=tracer, source=source)
         handle.remote = sock.getpeername()
-    elif source is not None:
-        family, handle.remote, local = client_targets(endpoint, socket.SOCK_DGRAM, source)[0]
-        sock = open_udp_socket(local[0], local[1], tracer=tracer)
-    else:
-        try:
-            family, _, _, _, handle.remote = socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_UNSPEC,
-                                                                socket.SOCK_DGRAM)[0]
-        except OSError as exc:
-            raise translate_oserror(exc, f"resolving {endpoint.host!r}") from exc
-        sock = open_udp_socket("::" if family == socket.AF_INET6 else "0.0.0.0", 0, tracer=tracer)
 
     def factory() -> DatagramProtocol:
         proto = handle._adopt(protocol_factory())
         assert isinstance(proto, DatagramProtocol), f"{type(proto).__name__} is not a DatagramProtocol"
+        if others:
+            _name_the_addresses(proto, endpoint, handle.remote, others)
         return proto
 
     try:
@@ -278,6 +276,23 @@ def open_datagram(endpoint: Endpoint, protocol_factory: Callable[[], P], *, engi
         sock.close()
         raise
     return handle
+
+
+def _name_the_addresses(proto: DatagramProtocol, endpoint: Endpoint, used: Any, others: list[Any]) -> None:
+    """A refusal from the address used says which one it was and what else the name resolves to."""
+    received = proto.error_received
+    also = ", ".join(format_addr(a) for a in others)
+
+    def error_received(exc: BaseException) -> None:
+        if isinstance(exc, ConnectionRefused):
+            named = ConnectionRefused(f"{exc}: nothing listens on {format_addr(used)} ({endpoint.host} also "
+                                      f"resolves to {also}; UDP has no handshake to find where a server "
+                                      "listens: give the address)")
+            named.errno = exc.errno
+            exc = named
+        received(exc)
+
+    proto.error_received = error_received  # type: ignore[method-assign]
 
 
 def loop_engine(loop: Any = None, *, tracer: Tracer | None = None) -> Engine:
