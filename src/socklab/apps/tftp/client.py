@@ -15,8 +15,9 @@ port 69 (or ``--port``), everything after that to the port the answer came from.
 A download returns as soon as its final ACK is sent, as tftp-hpa's client does: no dally. Waiting
 to re-acknowledge a resent last block would cost every ``get`` a whole timeout, and the caller
 gains nothing by it - the file is complete once the last block is read. If that final ACK is lost,
-the server resends its last block to a closed port and ends the transfer by its own retry limit
-(tftp-hpa's ``in.tftpd`` likewise); the receiver that dallies is the server, after an upload.
+the server resends its last block to a closed port and ends the transfer on its own (socklab's
+server at its retry limit; tftp-hpa's ``in.tftpd`` gives up too). The receiver that dallies is the
+server, after an upload.
 """
 
 from __future__ import annotations
