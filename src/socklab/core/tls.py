@@ -15,8 +15,13 @@ the reason instead of waiting for a ``connection_made`` that never comes. On the
 is also said in the log - the client knows why it failed, the server's operator should too - at
 most one line per 10 s, with a count of the ones in between (a scanner must not flood the log).
 
-Half-close: TLS has no clean half-close in Python's ``ssl``; ``can_write_eof()`` is False, as in
-asyncio. ``close()`` sends close_notify before the TCP FIN.
+Half-close: ``write_eof()`` sends close_notify, then the TCP FIN (the engine transport's own
+``write_eof``: after its buffer drained, with its states and EOF rule), and reading goes on until
+the peer's close_notify or FIN - TLS 1.3 allows that (RFC 8446 section 6.1) and OpenSSL reads
+application data after its close_notify was sent, TLS 1.2 too. ``can_write_eof()`` is the
+engine transport's (True on the reactor and blocking engines). asyncio's TLS cannot do this (its
+``can_write_eof()`` is False: the asyncio and uvloop engines use it). ``close()`` sends
+close_notify before the TCP FIN.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ class TLSProtocol(Protocol, Transport):
         self._handshaking = True
         self._app_started = False
         self._closing = False
+        self._write_shut = False  # close, abort or write_eof: writes are dropped (close_notify went out)
+        self._eof_deferred = False  # write_eof while input is left to decrypt: close_notify follows it
+        self._in_eof = False  # the peer's TCP FIN was written to the incoming BIO
         self._lost = False
         self._eof_delivered = False
         self._app_paused = False  # the app called pause_reading(): decrypted data waits in the TLS object
@@ -116,6 +124,7 @@ class TLSProtocol(Protocol, Transport):
 
     def eof_received(self) -> bool | None:
         self._in.write_eof()
+        self._in_eof = True
         if self._handshaking:  # a probe or a client that gave up: close as it did, no RST
             self._fail(RemoteProtocolError("the peer closed the connection during the TLS handshake"), reset=False)
             return None
@@ -202,6 +211,8 @@ class TLSProtocol(Protocol, Transport):
                 self._fail(RemoteProtocolError(f"TLS error: {getattr(exc, 'reason', None) or exc}"))
                 return
             if not chunk:  # the peer sent close_notify (read() returns b""): its stream ended
+                if self._eof_deferred:
+                    self._send_eof()
                 self._flush()
                 if not self._eof_delivered and not self._deliver_eof():
                     self.close()
@@ -212,6 +223,8 @@ class TLSProtocol(Protocol, Transport):
             # with a formatted message built in C, on every record.
             if not incoming.pending and not pending() and not incoming.eof:
                 break
+        if self._eof_deferred and not incoming.pending and not pending():
+            self._send_eof()
         self._flush()
 
     def _fail(self, exc: BaseException, reset: bool = True) -> None:
@@ -228,7 +241,7 @@ class TLSProtocol(Protocol, Transport):
 
     # ---- Transport side (plaintext from the app) -------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._lost or not data:
+        if self._write_shut or self._lost or not data:
             return
         n = self._ssl_write(data)  # all of it: SSLObject has no partial writes (ENABLE_PARTIAL_WRITE off)
         if n < len(data):
@@ -243,15 +256,46 @@ class TLSProtocol(Protocol, Transport):
         self.write(b"".join(chunks))
 
     def write_eof(self) -> None:
-        raise LocalProtocolError("TLS connections cannot half-close here (can_write_eof() is False)")
+        """Half-close: close_notify, then the FIN; the peer is still read (its close_notify or FIN ends it).
+
+        Later writes are dropped, as after the engine transport's own ``write_eof``.
+        """
+        if self._write_shut or self._lost:
+            return
+        if not self.transport.can_write_eof():
+            raise LocalProtocolError("this connection cannot half-close (its transport's can_write_eof() is False)")
+        self._write_shut = True
+        if self._ssl_pending() or (self._in_eof and self._in.pending):
+            # Records are left to decrypt (the app half-closes from data_received, or paused): the
+            # close_notify goes out once they are read (_read_plaintext), or SSL_shutdown would
+            # read them itself and fail (application data after close_notify).
+            self._eof_deferred = True
+            return
+        self._send_eof()
+
+    def _send_eof(self) -> None:
+        self._eof_deferred = False
+        # SSLObject.unwrap() calls SSL_shutdown twice: the first writes close_notify to the outgoing
+        # BIO, the second waits for the peer's (SSLWantReadError: expected, only ours is wanted
+        # here). That second call would consume ciphertext still unread and fail on application
+        # data, so the unread input is held aside meanwhile and given back.
+        held = self._in.read() if self._in.pending and not self._in_eof else b""
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLError:
+            pass
+        if held:
+            self._in.write(held)
+        self._flush()
+        self.transport.write_eof()
 
     def can_write_eof(self) -> bool:
-        return False
+        return self.transport.can_write_eof()
 
     def close(self) -> None:
         if self._closing:
             return
-        self._closing = True
+        self._closing = self._write_shut = True
         if not self._handshaking and not self._lost:
             try:
                 self._ssl.unwrap()  # queues close_notify
@@ -261,11 +305,11 @@ class TLSProtocol(Protocol, Transport):
         self.transport.close()
 
     def abort(self) -> None:
-        self._closing = True
+        self._closing = self._write_shut = True
         self.transport.abort()
 
     def abort_with(self, exc: BaseException | None, reset: bool = True) -> None:
-        self._closing = True
+        self._closing = self._write_shut = True
         abort_with = getattr(self.transport, "abort_with", None)
         if abort_with is not None:
             abort_with(exc, reset)

@@ -116,7 +116,7 @@ class Transport(BaseTransport):
         raise NotImplementedError
 
     def can_write_eof(self) -> bool:
-        """False for TLS before 1.3 semantics and other transports that cannot half-close."""
+        """False for a transport that cannot half-close (socklab's TLS layer can: close_notify, then FIN)."""
         return True
 
     def pause_reading(self) -> None:

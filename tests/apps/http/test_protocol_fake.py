@@ -19,7 +19,7 @@ from socklab.core.transport import Transport
 class FakeTransport(Transport):
     """Records writes; timers run only when the test fires them.
 
-    It cannot half-close (like a TLS transport), so the protocol closes at once instead of
+    It cannot half-close (``can_write_eof()`` False), so the protocol closes at once instead of
     lingering; :class:`HalfClosingTransport` covers the lingering close.
     """
 

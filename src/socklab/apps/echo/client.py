@@ -300,8 +300,8 @@ class EchoClient:
             report(line, self.roundtrip(line))
 
     def close(self) -> None:
-        """TCP: send FIN (TLS: close_notify, it cannot half-close) and wait (``timeout``) for the server's
-        end; then stop the engine."""
+        """TCP: send FIN (TLS: close_notify, then FIN; a close where it cannot half-close) and wait
+        (``timeout``) for the server's end; then stop the engine."""
         try:
             if not self.udp and not self._handle.closed.is_set():
                 t = self._transport
