@@ -142,7 +142,9 @@ def test_rpc_serve_tls_self_signed_alone_serves_tls_on_port() -> None:
 
 
 def test_listen_tls_self_signed() -> None:
-    with server("listen", "-k", "0", "--tls-self-signed") as p:  # -k: the refused client is not its one
+    # -k: the refused client is not its one; keep: stdin is /dev/null, and listen's default (shutdown)
+    # would half-close each TLS connection as it starts (close_notify, FIN), before the client sends
+    with server("listen", "-k", "0", "--tls-self-signed", "--on-stdin-eof", "keep") as p:
         assert p.stdout is not None
         fp = read_until(p.stdout, FP).group(1)
         host, port = read_until(p.stdout, r"listening on tls://([\d.]+):(\d+)").groups()

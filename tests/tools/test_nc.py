@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -153,8 +154,8 @@ def test_user_errors_are_one_line_exit_2() -> None:
 
 def _tls_server(extra: tuple[str, ...] = ()) -> tuple[list[str], int]:
     port = free_port()
-    # no -N: the server sends nothing and ends when the client's FIN arrives (its stdin is empty, and
-    # TLS cannot half-close, so -N there would close before the client's bytes arrived)
+    # no -N: the server sends nothing and ends when the client's FIN arrives (its stdin is empty, so
+    # -N there would half-close at once, and the client ends at the server's EOF before it sends)
     return [*SOCKLAB, "nc", "-l", "-p", str(port), "--ssl", *extra], port
 
 
@@ -175,6 +176,35 @@ def test_self_signed_server_and_pinned_client() -> None:
         assert r.returncode == 0, r.stderr
         out, err = srv.communicate(timeout=15)
         assert out == b"over TLS\n", (err, r.stderr)
+
+
+@pytest.mark.parametrize("version", ["TLS1.2", "TLS1.3"])
+def test_ssl_dash_N_sends_close_notify_and_fin_and_reads_the_answer_after_them(
+        tmp_path: Path, version: str) -> None:
+    """--ssl -N: stdin, then close_notify and FIN; the server answers only after that EOF, and it arrives.
+
+    socat's OPENSSL-LISTEN hands the TLS stream to ``wc -c``, which counts until end-of-file: socat
+    gives it that end on the client's close_notify (a TCP FIN without one is an error to OpenSSL 3,
+    and the old --ssl -N sent only the FIN), then sends the count back and waits ``-t 10`` s for it.
+    """
+    from socklab.core.selfsigned import make_self_signed
+
+    cert = make_self_signed()
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(cert.cert_pem + cert.key_pem)
+    port = free_port()
+    server = ["socat", "-d", "-d", "-t", "10",
+              f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,cert={pem},verify=0,"
+              f"min-version={version},max-version={version}", "SYSTEM:wc -c"]
+    with spawn(server) as srv:
+        assert srv.stderr is not None
+        read_until(srv.stderr, r"listening on")
+        r = subprocess.run([*SOCKLAB, "nc", "-v", "-N", "--ssl", "--pin", cert.fingerprint, "127.0.0.1", str(port)],
+                           input=b"x" * 100_000 + b"\nend\n", timeout=30, capture_output=True, env=ENV)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == b"100005", r.stderr  # the count: every byte, then the end of them
+        assert b"close_notify, then FIN" in r.stderr and version.replace("TLS", "TLSv").encode() in r.stderr
+        assert srv.wait(timeout=15) == 0
 
 
 def test_wrong_pin_is_refused_in_one_line() -> None:

@@ -50,7 +50,6 @@ NAMED_CALLS = {*socket_helpers(), "translate_oserror"}
 
 GRADER = "the grader's probe is the raw call itself (a half-written request, a reset, a deadline per recv)"
 GENERATOR = "a load generator measures the server, so it owns its sockets (the same client for every contender)"
-LEFT = "a client not yet moved onto socklab.runtime.client (issue 18 part 1, left for the next step)"
 
 # path under tools/ -> (most calls allowed, why)
 ALLOWED: dict[str, tuple[int, str]] = {
@@ -65,11 +64,10 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "bench/http.py": (1, "a free port for nginx, which cannot report a port-0 bind"),
     "bench/tap.py": (3, "the sink, echo server and client around the tap process, the same direct and tapped"),
     "bench/transfer.py": (1, "a free port for the nc contender, which cannot report a port-0 bind"),
-    "nc.py": (2, LEFT + ": the pinned-certificate TLS session"),
 }
 
 # ALLOWED modules whose docstring does not say why yet (issue 18: add the sentence, then drop the entry)
-NOT_SAID_YET = {"nc.py"}
+NOT_SAID_YET: set[str] = set()  # none left: nc.py's TLS session moved onto runtime.client
 
 # get_extra_info("socket"/"fd") in apps or tools: path under socklab/ -> (most calls allowed, why)
 EXTRA_INFO_ALLOWED: dict[str, tuple[int, str]] = {}  # none: netcat's --explain asks transport.tcp_state()

@@ -157,7 +157,8 @@ class _ListenConn(Protocol):
                                      "SHUT_WR): FIN_WAIT1, FIN_WAIT2 once it is ACKed; still reading the "
                                      "client until its FIN")
             else:
-                self.hub.explain("stdin ended; this transport cannot half-close (TLS): still reading")
+                self.hub.explain("stdin ended; this connection cannot half-close (its engine's TLS cannot): "
+                                 "still reading")
         elif policy == "close":
             if self.fin_received:
                 self.hub.explain("stdin ended: closing the connection (--on-stdin-eof close); the client "

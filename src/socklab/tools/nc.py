@@ -23,27 +23,19 @@ Differences on purpose: ``-l`` without ``-s``/HOST listens on 127.0.0.1 (nc: eve
 ``-q SECS`` follows nc's manual ("after EOF on stdin, wait the specified number of seconds and then
 quit"); netcat-openbsd 1.219 on Linux starts that wait only once the peer has closed too.
 
-Connecting with ``--ssl`` keeps its own TLS loop (:func:`_pinned_session`, a tool that owns its
-raw call): ``-N`` there sends a TCP FIN without close_notify, a half-close the engines' TLS
-transport does not offer (its ``can_write_eof()`` is False), so the server still answers.
+Connecting with ``--ssl`` is ``socklab connect --pin``, on the same client contract as plain
+``nc`` (:mod:`socklab.runtime.client`): a reactor engine, whose TLS half-closes, so ``-N`` sends
+close_notify, then the FIN, and the server's answer is still read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import selectors
 import socket
-import ssl
-import sys
-import time
-from typing import BinaryIO
 
 import click
 
 from socklab.cli.options import run_cli
-from socklab.core.errors import NetworkError, ResolveError, UsageError, translate_oserror
-from socklab.core.sockets import Endpoint, connect_tcp
+from socklab.core.errors import ResolveError, UsageError
 
 __all__ = ["nc", "split_host_port"]
 
@@ -78,91 +70,6 @@ def _resolve(host: str, family: int) -> str:
         raise ResolveError(f"{host!r} has no {'IPv4' if flag == '-4' else 'IPv6'} address ({flag}): "
                            f"{exc.strerror}") from exc
     return str(infos[0][4][0])
-
-
-def _pinned_session(host: str, port: int, pin: str, timeout: float, crlf: bool, verbose: bool,
-                    on_stdin_eof: str, source: tuple[str, int] | None = None,
-                    quit_after: float | None = None) -> None:
-    """TLS to HOST PORT accepting exactly the pinned certificate, then stdin <-> socket.
-
-    One thread, one selector over the socket and stdin. When stdin ends: ``keep`` sends nothing,
-    ``shutdown`` (-N) sends a FIN and keeps reading, ``close`` (-q 0) ends the session;
-    ``quit_after`` (-q SECS) ends it that long after stdin ended.
-    """
-    from socklab.core.selfsigned import check_pin, normalize_pin, pinned_client_context
-
-    normalize_pin(pin)  # a malformed pin is a usage error before any connection
-    sock = connect_tcp(Endpoint(host, port), timeout=timeout, source=source)
-    try:
-        tls = pinned_client_context().wrap_socket(sock, server_hostname=None)
-    except (OSError, ssl.SSLError) as exc:
-        sock.close()
-        raise translate_oserror(exc, f"TLS handshake with {host}:{port}") from exc
-    with tls, selectors.DefaultSelector() as sel:
-        got = check_pin(tls, pin)
-        if verbose:
-            click.echo(f"nc: TLS to {host}:{port}, certificate SHA-256 {got} matches --pin", err=True)
-        tls.setblocking(False)
-        stdin = sys.stdin.buffer.fileno()
-        sel.register(tls, selectors.EVENT_READ)
-        sel.register(stdin, selectors.EVENT_READ)
-        out = sys.stdout.buffer
-        half_closed = False
-        quit_at: float | None = None
-        while True:
-            ready = sel.select(None if quit_at is None else max(0.0, quit_at - time.monotonic()))
-            if not ready and quit_at is not None and time.monotonic() >= quit_at:
-                return  # -q SECS passed since stdin ended
-            for key, _ in ready:
-                if key.fileobj is tls:
-                    if not _pinned_read(tls, out, host, port, half_closed):
-                        return
-                    continue
-                data = os.read(stdin, 65536)
-                if data:
-                    if crlf:
-                        data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-                    tls.setblocking(True)
-                    tls.sendall(data)
-                    tls.setblocking(False)
-                    continue
-                sel.unregister(stdin)
-                if on_stdin_eof == "close":
-                    return
-                if quit_after is not None:
-                    quit_at = time.monotonic() + quit_after
-                if on_stdin_eof == "shutdown":
-                    # A TCP FIN, without close_notify: ssl's unwrap() would also wait for the peer's
-                    # close_notify and throw away data that arrives first. The plain socket's
-                    # shutdown (SSLSocket.shutdown would drop the TLS state); reading goes on.
-                    half_closed = True
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(tls, socket.SHUT_WR)
-
-
-def _pinned_read(tls: ssl.SSLSocket, out: BinaryIO, host: str, port: int, half_closed: bool) -> bool:
-    """Copy what TLS has to stdout; False at the end of the session.
-
-    After our FIN, a strict peer may answer the missing close_notify with an alert: that is its
-    goodbye, not a failure of the session.
-    """
-    while True:
-        try:
-            data = tls.recv(65536)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return True
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a plain TCP FIN
-            return False
-        except (OSError, ssl.SSLError) as exc:
-            if half_closed:
-                return False
-            raise NetworkError(f"TLS connection to {host}:{port}: {exc}") from exc
-        if not data:
-            return False
-        out.write(data)
-        out.flush()
-        if not tls.pending():
-            return True
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -231,18 +138,11 @@ def nc(ctx: click.Context, args: tuple[str, ...], listen_mode: bool, port_opt: s
             raise UsageError("--ssl connecting needs --pin SHA256 (the fingerprint the server printed)")
         if udp:
             raise UsageError("--ssl needs TCP, not -u")
-        if not port.isdigit():
-            raise UsageError(f"bad port {port!r}")
-        from socklab.core.settings import ClientSettings
-
-        src = ClientSettings(source=source_text).source_address()
-        _pinned_session(host, int(port), pin, wait or 10.0, crlf, verbose, on_stdin_eof, src, linger)
-        return
     from socklab.tools.netcat import connect
 
     ctx.invoke(connect, host=host, port=port, udp=udp, scan=scan, connect_timeout=wait or 10.0,
                idle_timeout=0.0 if (wait is None or scan) else wait, on_stdin_eof=on_stdin_eof,
-               on_peer_eof="exit", crlf=crlf, explain=verbose, source=source_text, quit_after=linger)
+               on_peer_eof="exit", crlf=crlf, explain=verbose, source=source_text, quit_after=linger, pin=pin)
 
 
 def _source(addr: str | None, port: str | None) -> str | None:

@@ -43,7 +43,7 @@ from socklab.core.errors import (
     UsageError,
 )
 from socklab.core.protocol import DatagramProtocol, Protocol
-from socklab.core.settings import ClientSettings
+from socklab.core.settings import ClientSettings, best_engine
 from socklab.core.sockets import Endpoint
 from socklab.core.trace import Tracer, format_addr
 from socklab.protocols.text import escape_peer_text
@@ -245,12 +245,13 @@ class _Session:
             self.explain("stdin ended; UDP has no FIN, so the peer is not told - still reading replies "
                          "until --idle-timeout")
         elif not self.transport.can_write_eof():
-            self.explain("stdin ended; TLS cannot half-close here (close_notify ends both directions), so we "
-                         "keep reading until the peer closes")
+            self.explain("stdin ended; this TLS cannot half-close (close_notify would end both directions), "
+                         "so we keep reading until the peer closes")
         else:
             self.transport.write_eof()
             self.wr_closed = True
-            self.explain("stdin ended -> we sent FIN (shutdown SHUT_WR): a half-close. We are in FIN_WAIT "
+            tls = "TLS close_notify, then " if self.transport.get_extra_info("ssl_object") is not None else ""
+            self.explain(f"stdin ended -> we sent {tls}FIN (shutdown SHUT_WR): a half-close. We are in FIN_WAIT "
                          "and still read the peer until it sends its own FIN", self.sock())
         if self.peer_eof and not self.done.is_set():
             self.explain("both directions are finished: closing the socket", self.sock())
@@ -419,7 +420,9 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, idle_timeo
         endpoint = Endpoint(unix=unix)
     if udp and unix is not None:
         raise UsageError("--udp and Unix sockets do not mix here")
-    with BlockingClient(settings, tracer=tracer) as client:
+    # a reactor engine (epoll on Linux), whose TLS half-closes (close_notify, then FIN): what
+    # --on-stdin-eof shutdown (nc --ssl -N) needs
+    with BlockingClient(settings, engine=best_engine(), tracer=tracer) as client:
         session = _Session(client, udp, on_stdin_eof, on_peer_eof, ex, crlf, hexdump, quit_after)
         if udp:
             client.open_datagram(endpoint, lambda: _DatagramSide(session))
@@ -429,8 +432,8 @@ def connect(host: str, port: str | None, udp: bool, unix: str | None, idle_timeo
                + ": SYN sent, waiting for SYN-ACK")
             client.connect(endpoint, lambda: _StreamSide(session))
             ex("SYN-ACK received, ACK sent: ESTABLISHED (three-way handshake done)", session.sock())
-            if settings.uses_tls:
-                _explain_tls(ex, session.transport, settings.pin)
+            if settings.uses_tls and explain:  # on the engine's thread: it is reading the TLS object now
+                client.call(lambda: _explain_tls(ex, session.transport, settings.pin))
         threading.Thread(target=session.pump_stdin, name="socklab-stdin", daemon=True).start()
         try:
             session.wait(idle_timeout)
