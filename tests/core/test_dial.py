@@ -55,6 +55,28 @@ class Run:
     def trace(self, op: str) -> list[str]:
         return [f"{e.peer} {e.detail}" for e in self.events if e.op == op]
 
+    def fd_story(self, fd: int) -> list[str]:
+        """The socket/bind/connect/close lines of one fd number, in order (``op detail``)."""
+        return [f"{e.op} {e.detail}" for e in self.events if e.fd == fd and e.op in ("socket", "bind", "connect", "close")]
+
+
+def assert_every_socket_closed(run: Run) -> None:
+    """The trace never shows an fd opened twice: each ``socket`` line's fd gets a ``close`` line before the
+    next ``socket`` line with that number, and every socket but the winner's is closed by the end."""
+    open_fds: set[int] = set()
+    for e in run.events:
+        if e.op == "socket":
+            assert e.fd not in open_fds, f"fd {e.fd} opened again without a close: {lines(run)}"
+            open_fds.add(e.fd)  # type: ignore[arg-type]
+        elif e.op == "close":
+            assert e.fd in open_fds, f"fd {e.fd} closed but not open: {lines(run)}"
+            open_fds.discard(e.fd)  # type: ignore[arg-type]
+    assert open_fds == ({run.sock.fileno()} if run.sock is not None else set()), lines(run)
+
+
+def lines(run: Run) -> list[str]:
+    return [f"fd={e.fd} {e.op} {e.peer} {e.detail}" for e in run.events]
+
 
 @pytest.fixture(params=["selector", "asyncio", "epoll"])
 def dial(request: pytest.FixtureRequest) -> Iterator[Any]:
@@ -165,6 +187,28 @@ def test_a_refused_first_address_falls_back_to_the_next(dial: Any) -> None:
     assert any(c.startswith(f"[::1]:{first[1]} failed: Connection refused") for c in connects), connects
     assert connects[-1].startswith(f"127.0.0.1:{second[1]} three-way handshake done"), connects
     assert any(f"trying 127.0.0.1:{second[1]}, the next address" in str(n) for n in run.trace("note"))
+    assert_every_socket_closed(run)
+
+
+def test_a_refused_attempt_is_closed_in_the_trace_before_the_next_one(dial: Any) -> None:
+    """The refused socket's fd is free again when the next attempt opens one, often the same number: the trace
+    shows socket, connect (refused), close for it - never the same fd opened twice without a close."""
+    with nobody("::1") as first, listening("127.0.0.1") as second:
+        run = dial([target(first), target(second)], timeout=10)
+        assert run.error is None and run.sock is not None
+    ops = [e.op for e in run.events if e.op in ("socket", "connect", "close")]
+    first_fd = run.events[0].fd
+    assert run.events[0].op == "socket" and first_fd is not None
+    story = run.fd_story(first_fd)
+    if first_fd == run.sock.fileno():  # the number came back for the second socket (it usually does)
+        story = story[:story.index("socket AF_INET, SOCK_STREAM")]
+    assert story[0] == "socket AF_INET6, SOCK_STREAM", story
+    assert story[-2:] == ["connect failed: Connection refused",
+                          "close connect failed: ECONNREFUSED - this attempt's socket is closed"], story
+    assert ops.index("close") < ops.index("socket", 1), ops  # closed before the second attempt's socket
+    close = next(e for e in run.events if e.op == "close")
+    assert close.peer == f"[::1]:{first[1]}" and close.level == "syscall"
+    assert_every_socket_closed(run)
 
 
 def test_every_address_refused_is_one_line_naming_them_all(dial: Any) -> None:
@@ -174,6 +218,9 @@ def test_every_address_refused_is_one_line_naming_them_all(dial: Any) -> None:
     assert str(run.error) == (f"connection refused while connecting to name.test:7 "
                               f"(tried [::1]:{first[1]} and 127.0.0.1:{second[1]})")
     assert "\n" not in str(run.error)
+    assert_every_socket_closed(run)
+    assert run.trace("close") == [f"[::1]:{first[1]} connect failed: ECONNREFUSED - this attempt's socket is closed",
+                                  f"127.0.0.1:{second[1]} connect failed: ECONNREFUSED - this attempt's socket is closed"]
 
 
 def test_one_address_keeps_the_plain_message(dial: Any) -> None:
@@ -192,7 +239,12 @@ def test_a_silent_first_address_costs_the_attempt_delay_not_the_timeout(dial: An
     notes = run.trace("note")
     assert any("within 250 ms: trying 127.0.0.1" in n for n in notes), notes
     closes = run.trace("close")
-    assert closes == [f"127.0.0.1:{first[1]} the connect is abandoned: 127.0.0.1:{second[1]} connected first"]
+    assert run.sock is not None
+    assert closes == [f"127.0.0.1:{first[1]} lost the race to fd {run.sock.fileno()}: 127.0.0.1:{second[1]} "
+                      "connected first"]
+    ops = [e.op for e in run.events]  # the winner's handshake line, then the loser's close
+    assert ops.index("close") > max(i for i, op in enumerate(ops) if op == "connect"), lines(run)
+    assert_every_socket_closed(run)
 
 
 def test_the_timeout_is_the_budget_of_the_whole_connect(dial: Any) -> None:
@@ -202,6 +254,9 @@ def test_the_timeout_is_the_budget_of_the_whole_connect(dial: Any) -> None:
     assert 0.9 < run.elapsed < 1.8, run.elapsed  # not one timeout per address (2 s)
     assert str(run.error) == (f"timed out while connecting to name.test:7 "
                               f"(tried 127.0.0.1:{first[1]} and 127.0.0.1:{second[1]})")
+    assert_every_socket_closed(run)
+    assert set(run.trace("close")) == {f"127.0.0.1:{port} the connect is abandoned: no answer within the 1 s "
+                                       "connect timeout" for port in (first[1], second[1])}
 
 
 def test_addresses_the_budget_did_not_reach_are_counted(dial: Any) -> None:
@@ -212,6 +267,7 @@ def test_addresses_the_budget_did_not_reach_are_counted(dial: Any) -> None:
                      r"within the 0\.15 s connect timeout\)", str(run.error))
     assert m, run.error
     assert m.group(2) in ("1", "2") and f":{d[1]}" not in m.group(1)
+    assert_every_socket_closed(run)
 
 
 def test_the_most_telling_failure_names_the_error(dial: Any) -> None:
@@ -221,6 +277,7 @@ def test_the_most_telling_failure_names_the_error(dial: Any) -> None:
     assert isinstance(run.error, ConnectionRefused), run.error
     assert str(run.error) == (f"connection refused while connecting to name.test:7 (tried 127.0.0.1:{quiet[1]}: "
                               f"timed out, 127.0.0.1:{refused[1]}: connection refused)")
+    assert_every_socket_closed(run)
 
 
 def test_the_source_is_bound_per_attempt_and_a_failed_bind_is_one_failed_attempt(dial: Any) -> None:
@@ -234,12 +291,35 @@ def test_the_source_is_bound_per_attempt_and_a_failed_bind_is_one_failed_attempt
     assert binds[0].startswith("source address [::1]:") and "failed" not in binds[0]
     assert binds[1].startswith(f"source address 127.0.0.1:{taken[1]} failed: Address already in use")
     assert binds[2].startswith(f"source address 127.0.0.1:{run.sock.getsockname()[1]}, before connect()")
+    assert_every_socket_closed(run)  # the refused [::1] attempt's and the failed bind's sockets too
+    assert run.trace("close")[1] == "None bind failed: EADDRINUSE - this socket is closed"
 
 
 def test_every_attempt_failing_to_bind_is_the_bind_error(dial: Any) -> None:
     with listening() as server, listening() as taken:
         run = dial([target(server, ("127.0.0.1", taken[1]))], timeout=10)
     assert isinstance(run.error, AddressInUse), run.error
+    assert_every_socket_closed(run)
+
+
+def test_a_cancelled_dial_closes_its_pending_attempt_in_the_trace() -> None:
+    with silent() as quiet:
+        tracer = Tracer()
+        events = tracer.record()
+        loop = _SelectorLoop()
+        outcome: list[Any] = []
+        d = Dial(loop, [target(quiet)], timeout=10, what="name.test:7", tracer=tracer,
+                 on_connected=lambda sock, addr: outcome.append(sock), on_failed=outcome.append)
+        try:
+            d.start()  # the SYN is dropped: pending
+            d.cancel()
+        finally:
+            loop.close()
+    assert outcome == []
+    fd = events[0].fd
+    assert [f"{e.op} {e.detail}" for e in events if e.fd == fd][-1] == \
+        "close the connect is abandoned: the dial was cancelled"
+    assert_every_socket_closed(Run((None,), 0.0, events))
 
 
 def test_connect_tcp_uses_the_same_rules() -> None:

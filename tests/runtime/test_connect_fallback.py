@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,8 @@ def run(engine, case):
             out["elapsed"] = time.monotonic() - start
         out["trace"] = [[e.op, e.peer, e.detail] for e in events  # the calls (and notes), not the loop's view
                         if e.op == "note" or (e.op in ("socket", "bind", "connect", "close") and e.level == "syscall")]
+        out["fds"] = [[e.op, e.fd, e.detail] for e in events
+                      if e.op in ("socket", "connect", "close") and e.level == "syscall"]
         return out
     finally:
         for srv in servers:
@@ -252,6 +256,40 @@ def test_localhost_first_address_refused_falls_back_to_the_next(v6: dict[str, di
     assert trace[-1] == f"127.0.0.1:{port} three-way handshake done (SYN, SYN-ACK, ACK)", trace
 
 
+def open_twice(result: dict[str, Any]) -> list[str]:
+    """What the trace would teach falsely: an fd opened again without a ``close`` line, or an attempt's socket
+    (not the winner's) never closed."""
+    wrong, open_fds, winner = [], set(), None
+    for op, fd, detail in result["fds"]:
+        if op == "socket":
+            if fd in open_fds:
+                wrong.append(f"fd {fd} opened again without a close")
+            open_fds.add(fd)
+        elif op == "close":
+            open_fds.discard(fd)
+        elif op == "connect" and str(detail).startswith("three-way handshake done"):
+            winner = fd
+    wrong += [f"fd {fd} never closed" for fd in sorted(open_fds - {winner})]
+    return wrong
+
+
+@pytest.mark.parametrize("case", ["plain", "tls", "source", "refused", "slow", "dead"])
+def test_the_trace_closes_every_socket_the_connect_opened(v6: dict[str, dict[str, Any]], case: str) -> None:
+    """A refused ::1 attempt's fd is free again when 127.0.0.1 gets a socket (the same number, usually): the
+    trace shows its close in between, as it does for the race's loser and the timed-out attempts."""
+    r = v6[case]
+    assert open_twice(r) == [], r["fds"]
+
+
+def test_the_refused_attempts_close_comes_before_the_next_socket(v6: dict[str, dict[str, Any]]) -> None:
+    r = v6["plain"]
+    ops = [f"{op} {detail}" for op, _, detail in r["fds"]]
+    refused = ops.index("connect failed: Connection refused")
+    assert ops[refused + 1:refused + 3] == ["close connect failed: ECONNREFUSED - this attempt's socket is closed",
+                                            "socket AF_INET, SOCK_STREAM"], ops
+    assert r["fds"][refused][1] == r["fds"][refused + 1][1], r["fds"]  # the same fd: its own close
+
+
 def test_tls_verifies_the_name_not_the_address_that_answered(v6: dict[str, dict[str, Any]]) -> None:
     r = v6["tls"]  # the certificate names "localhost" and no address: verifying 127.0.0.1 would fail
     assert r.get("error") is None, r
@@ -308,3 +346,23 @@ def test_socklab_connect_localhost(v6_first: str, spawn: Callable[..., Any]) -> 
                          input=b"hello\n", capture_output=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"hello\n"
+
+
+def test_the_trace_docs_several_addresses_sample(v6_first: str, spawn: Callable[..., Any]) -> None:
+    """docs/trace.md's 'A name has several addresses' sample is what its command prints where localhost is
+    ::1 then 127.0.0.1 (time, fd and port numbers aside, and the racy states test_trace_doc leaves out)."""
+    from tests.core.test_trace_doc import DOC, trace_lines
+
+    sample = re.search(r"A name has several addresses.*?```\n(.*?)```", DOC.read_text(), re.S)
+    assert sample is not None
+    want = trace_lines(re.sub(r"localhost:\d+", "localhost:P", textwrap.dedent(sample.group(1))))
+    assert len(want) >= 8, want
+    inside = ["ip", "netns", "exec", v6_first]
+    server = spawn("echo", "serve", "--port", "0", prefix=inside)
+    port = server.wait_for(r"listening on tcp://127\.0\.0\.1:(\d+)").group(1)
+    out = subprocess.run([*inside, sys.executable, "-m", "socklab", "echo", "client", f"localhost:{port}", "--trace"],
+                         input=b"hello\n", capture_output=True, timeout=60, check=False,
+                         env=dict(os.environ, NO_COLOR="1", PYTHONUNBUFFERED="1"))
+    assert out.returncode == 0, out.stderr
+    got = trace_lines(re.sub(r"localhost:\d+", "localhost:P", out.stderr.decode()))
+    assert got[:len(want)] == want

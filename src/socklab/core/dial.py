@@ -27,7 +27,9 @@ The rules:
   network, before a timeout; the last among equals - then each address and what happened to it.
   With a single address the line is the plain ``connection refused while connecting to HOST:PORT``.
 - **The trace**: every attempt's ``socket``, ``bind``, ``connect`` (EINPROGRESS) and outcome, a note
-  when the next address is tried and why, and the close of the attempts that lost.
+  when the next address is tried and why, and a ``close`` for every socket the dial closes - a
+  refused or failed attempt's, the race's losers, the pending ones at the timeout or a cancel -
+  before the next socket may take its fd number: the trace never shows an fd opened twice.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class Dial:
         """Abandon the dial (the engine is closing): close every pending socket, call nobody."""
         if not self.done:
             self._finish()
-            self._drop_pending("cancelled")
+            self._drop_pending("the connect is abandoned: the dial was cancelled")
 
     def _next(self) -> None:
         """Start attempts until one is pending, one connected, or none is left (then give up)."""
@@ -190,8 +192,9 @@ class Dial:
             sock.setblocking(False)
             err = sock.connect_ex(addr)
         except (OSError, SocklabError) as exc:
-            if sock is not None:
-                sock.close()
+            if sock is not None:  # (bind_source has closed it, and traced that, when the bind failed)
+                why = errno.errorcode.get(exc.errno or 0) if isinstance(exc, OSError) else None
+                self._close(sock, addr, f"the attempt failed: {why or exc} - this attempt's socket is closed")
             self._failed(attempt, exc)
             return attempt, "failed"
         attempt.sock = sock
@@ -199,7 +202,7 @@ class Dial:
             return attempt, "connected"
         if err != errno.EINPROGRESS:  # (a Unix listener's full backlog is EAGAIN: no waiting for it)
             self._trace_connect(sock, addr, f"failed: {os.strerror(err)}")
-            sock.close()
+            self._close_failed(sock, addr, err)
             self._failed(attempt, OSError(err, os.strerror(err)))
             return attempt, "failed"
         if self.tracer:
@@ -220,7 +223,7 @@ class Dial:
             self._won(attempt)
             return
         self._trace_connect(attempt.sock, attempt.addr, f"failed: {os.strerror(err)}")
-        attempt.sock.close()
+        self._close_failed(attempt.sock, attempt.addr, err)
         self._failed(attempt, OSError(err, os.strerror(err)))
         if self.tracer and self._todo:
             self.tracer.note(f"{format_addr(attempt.addr)} failed ({attempt.reason}): trying "
@@ -234,7 +237,7 @@ class Dial:
         for attempt in self._pending.values():
             attempt.reason, attempt.error = "timed out", ConnectTimeout(f"timed out while connecting to {self.what}")
         self._finish()
-        self._drop_pending(f"no answer within the {self.timeout:g} s connect timeout")
+        self._drop_pending(f"the connect is abandoned: no answer within the {self.timeout:g} s connect timeout")
         self.on_failed(self._error())
 
     # ---- the ends --------------------------------------------------------------------------------
@@ -242,11 +245,11 @@ class Dial:
         sock = attempt.sock
         assert sock is not None
         self._finish()
-        if self._pending:
-            self._drop_pending(f"{format_addr(attempt.addr)} connected first")
         tcp = attempt.target[0] != socket.AF_UNIX
         if self.tracer:
             self._trace_connect(sock, attempt.addr, "three-way handshake done (SYN, SYN-ACK, ACK)" if tcp else "connected")
+        if self._pending:
+            self._drop_pending(f"lost the race to fd {sock.fileno()}: {format_addr(attempt.addr)} connected first")
         if tcp and self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tracer:
@@ -265,13 +268,21 @@ class Dial:
         self._budget = self._stagger = None
 
     def _drop_pending(self, why: str) -> None:
+        """Close every pending attempt's socket; ``why`` is each ``close`` line's detail."""
         for fd, attempt in list(self._pending.items()):
             self.waiter.remove_writer(fd)
             if attempt.sock is not None:
-                if self.tracer:
-                    self.tracer.emit("close", attempt.sock, peer=attempt.addr, detail=f"the connect is abandoned: {why}")
-                attempt.sock.close()
+                self._close(attempt.sock, attempt.addr, why)
         self._pending.clear()
+
+    def _close(self, sock: socket.socket, addr: Any, why: str) -> None:
+        """Close a socket of the dial's own (not the winner), traced as every close is: its fd is free now."""
+        if self.tracer and sock.fileno() >= 0:
+            self.tracer.emit("close", sock, peer=addr, detail=why)
+        sock.close()
+
+    def _close_failed(self, sock: socket.socket, addr: Any, err: int) -> None:
+        self._close(sock, addr, f"connect failed: {errno.errorcode.get(err, str(err))} - this attempt's socket is closed")
 
     def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
         attempt.cause = exc

@@ -434,6 +434,8 @@ def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -
     except OSError as exc:
         if tracer:
             tracer.emit("bind", sock, detail=f"source address {format_addr(local)} failed: {exc.strerror}")
+            tracer.emit("close", sock, detail=f"bind failed: {errno.errorcode.get(exc.errno or 0, exc.strerror)} - "
+                                              "this socket is closed")
         sock.close()
         where = f"binding the source address {format_addr(local)}"
         if exc.errno == errno.EADDRNOTAVAIL:
