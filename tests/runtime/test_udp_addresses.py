@@ -75,6 +75,20 @@ def test_an_address_connect_refuses_is_skipped(two_addresses: socket.socket, con
     notes = [str(e.detail) for e in events if e.op == "note"]
     assert any(f"UDP to 255.255.255.255:{port} cannot be connected (permission denied): trying 127.0.0.1:{port}"
                in n for n in notes), notes
+    lifecycle = [(e.op, e.fd, e.detail) for e in events if e.op in ("socket", "connect", "close")]
+    opened: set[Any] = set()
+    for op, fd, _ in lifecycle:  # the trace never shows an fd opened again without a close between
+        assert not (op == "socket" and fd in opened), lifecycle
+        if op == "socket":
+            opened.add(fd)
+        elif op == "close":
+            opened.discard(fd)
+    if connected:  # the refused attempt's socket: socket, connect failed, close - then the next socket
+        first = lifecycle[0][1]
+        assert [(op, detail) for op, fd, detail in lifecycle[:3]] == [
+            ("socket", "AF_INET, SOCK_DGRAM"), ("connect", "failed: Permission denied"),
+            ("close", "connect failed: EACCES - this attempt's socket is closed")], lifecycle
+        assert {fd for _, fd, _ in lifecycle[:3]} == {first} and lifecycle[3][0] == "socket", lifecycle
 
 
 @pytest.fixture(scope="module")

@@ -326,6 +326,9 @@ def udp_client_socket(endpoint: Endpoint, *, tracer: Tracer | None = None, sourc
         except OSError as exc:
             if connect and tracer:
                 tracer.emit("connect", sock, peer=addr, detail=f"failed: {exc.strerror or exc}")
+                if sock.fileno() >= 0:  # (not after a failed bind: bind_source closed it, and traced that)
+                    tracer.emit("close", sock, peer=addr, detail=f"connect failed: {errno.errorcode.get(exc.errno or 0, exc)}"
+                                                                 " - this attempt's socket is closed")
             sock.close()
             failures.append((addr, exc))
             if tracer and i + 1 < len(targets):
