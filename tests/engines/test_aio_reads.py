@@ -78,8 +78,9 @@ class _TinyBufferEcho(BufferedProtocol):
 def test_an_app_that_lends_its_buffer_gets_the_loops_receive_path(engine: str, tls: bool,
                                                                  tls_files: dict[str, str]) -> None:
     """The bridge turns into an ``asyncio.BufferedProtocol`` once it knows the app lends its buffer
-    (both loops choose their read path by the protocol's class), and re-registers with the loop and
-    its TLS layer, which keep the bound ``get_buffer``/``buffer_updated``."""
+    (both loops choose their read path by the protocol's class) and re-registers with the loop,
+    which keeps the bound ``get_buffer``/``buffer_updated``. Over TLS the app sits behind
+    socklab's TLS layer, which copies the plaintext into the app's buffer."""
     payload = bytes(range(256)) * 400
     certs: dict[str, Any] = {"tls_cert": tls_files["cert"], "tls_key": tls_files["key"]} if tls else {}
     with running_server(_TinyBufferEcho, engine, **certs) as srv, \

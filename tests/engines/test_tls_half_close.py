@@ -96,7 +96,7 @@ class _HalfCloser(Protocol):
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
-@pytest.mark.parametrize("engine", ["epoll", "select", "threads", "iterative"])
+@pytest.mark.parametrize("engine", ["epoll", "select", "threads", "iterative", "asyncio", "uvloop"])
 def test_tls_write_eof_sends_close_notify_and_fin_and_keeps_reading(engine: str, version: str) -> None:
     peer = _Peer(VERSIONS[version])
     try:

@@ -19,9 +19,12 @@ Half-close: ``write_eof()`` sends close_notify, then the TCP FIN (the engine tra
 ``write_eof``: after its buffer drained, with its states and EOF rule), and reading goes on until
 the peer's close_notify or FIN - TLS 1.3 allows that (RFC 8446 section 6.1) and OpenSSL reads
 application data after its close_notify was sent, TLS 1.2 too. ``can_write_eof()`` is the
-engine transport's (True on the reactor and blocking engines). asyncio's TLS cannot do this (its
-``can_write_eof()`` is False: the asyncio and uvloop engines use it). ``close()`` sends
-close_notify before the TCP FIN.
+engine transport's (True on every engine: the asyncio and uvloop engines use this layer too, not
+the loops' own TLS, whose ``can_write_eof()`` is False). ``close()`` sends close_notify before the
+TCP FIN.
+
+An app that lends its own buffer (a :class:`~socklab.core.protocol.BufferedProtocol`) gets the
+plaintext copied into it (``get_buffer``/``buffer_updated``, as many rounds as its buffer needs).
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from socklab.core.errors import BrokenError, LocalProtocolError, NetworkError, RemoteProtocolError
-from socklab.core.protocol import Protocol
+from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.trace import format_addr
 from socklab.core.transport import TimerHandle, Transport
 
@@ -192,8 +195,20 @@ class TLSProtocol(Protocol, Transport):
         self.app.connection_made(self)
         # Bound once, after connection_made (where an echo makes it transport.write), as the
         # engines do: through an access-log wrapper it is otherwise a __getattr__ per record.
-        self._app_data = self.app.data_received
+        self._app_data = self._into_app_buffer if isinstance(self.app, BufferedProtocol) else self.app.data_received
         self._read_plaintext()
+
+    def _into_app_buffer(self, data: bytes) -> None:
+        view = memoryview(data)
+        get_buffer, updated = cast(BufferedProtocol, self.app).get_buffer, cast(BufferedProtocol, self.app).buffer_updated
+        while view and not self._lost:
+            buf = memoryview(get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            if n == 0:
+                raise LocalProtocolError(f"{type(self.app).__name__}.get_buffer() returned an empty buffer")
+            buf[:n] = view[:n]
+            updated(n)
+            view = view[n:]
 
     def _read_plaintext(self) -> None:
         # Stops while the app is paused: the rest stays decrypted-or-not in the TLS object (the

@@ -26,9 +26,11 @@ what each costs):
 - Unix sockets, traced connections: ``data_received`` on the adapter (an activity flag, trace);
 - an app that is a socklab :class:`BufferedProtocol` lends its buffer: the bridge becomes a
   ``_BufferedStream`` (an ``asyncio.BufferedProtocol``: both loops pick their read path by the
-  protocol's class) and the loop receives into the app's buffer, no copy;
-- TLS: always ``_BufferedStream``, the plaintext decrypted into one reused 64 KiB buffer (a plain
-  protocol would get ``SSLObject.read(256 KiB)``, a fresh object above the mmap threshold).
+  protocol's class) and the loop receives into the app's buffer, no copy.
+
+TLS is not the loop's: the engines put socklab's own TLS layer (:class:`~socklab.core.tls.TLSProtocol`,
+``SSLObject`` over memory BIOs, the one every engine uses) between this bridge and the app, so to
+the loop a TLS connection is plain TCP and takes the first path above.
 """
 
 from __future__ import annotations
@@ -80,24 +82,6 @@ def _last_data_recv(sock: Any) -> float | None:
     return float(struct.unpack_from("I", raw, _LAST_DATA_RECV)[0]) / 1000.0
 
 
-def _shrink_tls_read_buffer(t: asyncio.BaseTransport) -> None:
-    """asyncio's TLS layer reads ciphertext with ``recv_into`` a 256 KiB buffer: make it 64 KiB.
-
-    (Its buffer is allocated once, so this is not the per-read mmap, but socklab's rule is one:
-    no receive of 128 KiB or more anywhere.) CPython's ``SSLProtocol`` keeps the buffer and its
-    cap in ``_ssl_buffer``/``max_size``; uvloop's are C fields and are left alone (it reads into
-    one preallocated buffer). Runs in ``connection_made``, after the handshake bytes were copied out:
-    the handshake's own first reads (one or two per connection) still use the loop's buffer.
-    """
-    sp = getattr(t, "_ssl_protocol", None)
-    if sp is None or not isinstance(getattr(sp, "_ssl_buffer", None), bytearray) or \
-            getattr(sp, "max_size", 0) <= RECV_SIZE:
-        return
-    sp.max_size = RECV_SIZE
-    sp._ssl_buffer = bytearray(RECV_SIZE)
-    sp._ssl_buffer_view = memoryview(sp._ssl_buffer)
-
-
 _OPEN, _READ_SHUT, _CLOSING, _CLOSED = ConnState.OPEN, ConnState.READ_SHUT, ConnState.CLOSING, ConnState.CLOSED
 
 
@@ -105,12 +89,12 @@ _OPEN, _READ_SHUT, _CLOSING, _CLOSED = ConnState.OPEN, ConnState.READ_SHUT, Conn
 class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
     """Bridges one loop connection to one socklab protocol; the rules are :class:`StreamCore`'s.
 
-    It has ``asyncio.Protocol``'s methods without being an ``asyncio.Protocol`` instance: uvloop's
-    TLS layer gives a protocol that *is* one the copying read path (``SSLObject.read(256 KiB)``, a
-    fresh object above glibc's mmap threshold per record) even when it has ``get_buffer``.
+    It has ``asyncio.Protocol``'s methods without being an ``asyncio.Protocol`` instance (a
+    ``_BufferedStream`` is an ``asyncio.BufferedProtocol``; the loops choose their read path by
+    the protocol's class).
 
-    Server side (``server_side``): admission is decided in ``connection_made`` - after the TLS
-    handshake on TLS listeners - and only an admitted connection gets an app protocol.
+    Server side (``server_side``): admission is decided in ``connection_made``, and only an
+    admitted connection gets an app protocol (on a TLS listener: the TLS layer, then the app).
     """
 
     sock: Any  # the loop's socket object (asyncio's TransportSocket, uvloop's pseudo-socket)
@@ -135,7 +119,6 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         self._reading = True  # the loop reads from connection_made on
         self._held: list[bytes] | None = None  # bytes read while the app's first pause had not taken
         self._held_eof = False
-        self._tls = False
         self._init_core(engine.settings.max_buffer)
 
     # ---- loop side -----------------------------------------------------------------------------
@@ -146,10 +129,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         self.sock = t.get_extra_info("socket")
         self.peer = t.get_extra_info("peername")
         self._fdno = self._fd()
-        self._tls = t.get_extra_info("sslcontext") is not None
-        if self._tls:
-            _shrink_tls_read_buffer(t)
-        elif getattr(t, "max_size", 0) > RECV_SIZE:  # asyncio's recv(256 KiB) per read (module docstring)
+        if getattr(t, "max_size", 0) > RECV_SIZE:  # asyncio's recv(256 KiB) per read (module docstring)
             t.max_size = RECV_SIZE  # type: ignore[attr-defined]
         if self._server_side:
             if self.tracer:
@@ -184,7 +164,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
             engine.report_error(exc, f"{type(app).__name__}.connection_made")
             self.abort_with(exc)
             return
-        if self._reading or self._tls:
+        if self._reading:
             self._bind_reads(t, app)
         else:
             # The app paused reading in connection_made. asyncio's transport keeps that pause, but
@@ -237,7 +217,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         ``tcpi_last_data_recv``: the milliseconds since data last arrived).
         """
         sock = self.sock
-        if self.tracer is None and not self._tls and sock is not None and \
+        if self.tracer is None and sock is not None and \
                 sock.family in (socket.AF_INET, socket.AF_INET6) and _last_data_recv(sock) is not None:
             self.data_received = app.data_received  # type: ignore[method-assign]
             self.kernel_clock = sock
@@ -266,7 +246,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
             self._held_eof = True
             return True
         self._held_eof = False
-        if self._peer_eof() and not self._tls:  # TLS cannot stay half-open here (the loop would warn)
+        if self._peer_eof():
             return True  # half-open: the loop stops reading, the app may still write
         self.close()  # our FIN after what is queued
         return None
@@ -339,8 +319,6 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         if self._state is not _OPEN and self._state is not _READ_SHUT:
             return
         t = self._transport()
-        if self._tls:
-            raise LocalProtocolError("TLS connections cannot half-close here (can_write_eof() is False)")
         if self.tracer:
             self._emit("shutdown", detail="write_eof: FIN after the buffered data, still reading")
         self.write = _drop  # type: ignore[method-assign]
@@ -388,13 +366,12 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.engine.loop.call_later(delay, callback)
 
-    # ---- capabilities (socklab.core.transport): StreamCore's socket options, not through TLS ---------
+    # ---- capabilities (socklab.core.transport): StreamCore's socket options ----------------------------
     def set_cork(self, on: bool) -> bool:
-        return not self._tls and self.sock is not None and StreamCore.set_cork(self, on)
+        return self.sock is not None and StreamCore.set_cork(self, on)
 
     def set_recv_lowat(self, nbytes: int) -> bool:
-        # TLS: the loop reads ciphertext, a byte count of plaintext means nothing there
-        return not self._tls and self.sock is not None and StreamCore.set_recv_lowat(self, nbytes)
+        return self.sock is not None and StreamCore.set_recv_lowat(self, nbytes)
 
     def set_buffer_sizes(self, rcvbuf: int | None = None, sndbuf: int | None = None) -> tuple[int, int] | None:
         return None if self.is_closing() else StreamCore.set_buffer_sizes(self, rcvbuf, sndbuf)
@@ -407,7 +384,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         t = self._t
         if t is None or self.is_closing():
             return max(count, 0)  # dropped, as writes after close are
-        sock = None if self._tls else self.sock
+        sock = self.sock
         if sock is None or count <= 0 or t.get_write_buffer_size():
             return Transport.sendfile(self, file, offset, count)
         try:
@@ -430,9 +407,9 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
 
     def detach(self) -> socket.socket:
         """A blocking duplicate of the socket; the loop's transport is aborted (no FIN: the dup holds it)."""
-        sock = None if self._tls else self.sock
+        sock = self.sock
         if sock is None or self.is_closing():
-            raise LocalProtocolError("this connection has no socket to hand over (TLS, or closed)")
+            raise LocalProtocolError("this connection has no socket to hand over (it is closed)")
         if self.get_write_buffer_size():
             raise LocalProtocolError("detach() with output still queued would lose it")
         new: socket.socket = sock.dup()
@@ -459,14 +436,15 @@ class _TracedStream(_Stream):
 
 
 class _BufferedStream(_Stream, asyncio.BufferedProtocol):
-    """The loop receives into a buffer: the engine's one reused buffer, copied out for a plain app
-    (TLS), or the app's own when it is a socklab :class:`BufferedProtocol` (no copy at all)."""
+    """The loop receives into the app's own buffer (a socklab :class:`BufferedProtocol`: no copy at
+    all); until the app has taken over (``_bind_reads``), into the engine's one reused buffer,
+    copied out."""
 
     def _bind_reads(self, t: asyncio.Transport, app: Protocol) -> None:
         if isinstance(app, BufferedProtocol):
             self.get_buffer = self._app_get_buffer  # type: ignore[method-assign]
             self.buffer_updated = self._app_buffer_updated  # type: ignore[method-assign]
-            t.set_protocol(self)  # the loops and their TLS layers cache these two: make them cache these
+            t.set_protocol(self)  # the loops cache these two: make them cache these
         else:
             self._app_data_received = app.data_received
 
@@ -479,8 +457,7 @@ class _BufferedStream(_Stream, asyncio.BufferedProtocol):
 
     def _app_get_buffer(self, sizehint: int) -> memoryview:
         # asyncio passes -1 ("any size"); socklab's engines always pass a positive hint. A view,
-        # never the app's bytearray itself: asyncio's TLS layer reads the rest of a record into
-        # buf[offset:], which would be a copy of a bytearray (and the bytes lost).
+        # never the app's bytearray itself (a slice of a bytearray is a copy).
         return memoryview(cast(BufferedProtocol, self.protocol).get_buffer(sizehint if sizehint > 0 else RECV_SIZE))
 
     def _app_buffer_updated(self, nbytes: int) -> None:

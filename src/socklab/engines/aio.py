@@ -34,13 +34,19 @@ transport's ``max_size`` to 64 KiB, so its speed does not depend on that luck. (
 the asyncio engine read through ``asyncio.BufferedProtocol`` into one reused buffer: immune too,
 but two more callbacks and a copy per read, 0.85-0.89x the warm reference.) uvloop reads into its
 own preallocated buffer. An app that lends its own buffer (a socklab ``BufferedProtocol``) gets
-the loop's ``recv_into`` path, and TLS decrypts into one reused 64 KiB buffer.
+the loop's ``recv_into`` path.
 
 The per-connection bridge (``_Stream`` and its traced and buffered variants) lives in
 :mod:`socklab.engines._aio_stream`, the UDP endpoint in :mod:`socklab.engines._aio_datagram`; this
 module is the engines and listeners.
 
-TLS is the loop's own (``ssl=context``), not :mod:`socklab.core.tls`. Write after ``write_eof``
+TLS is socklab's own layer (:mod:`socklab.core.tls`, ``SSLObject`` over memory BIOs), the one
+every engine uses, between the bridge and the app; the loop carries ciphertext as plain TCP. The
+loops' own TLS (``ssl=context``) was measured slower: with it the engines ran 0.94x (asyncio) and
+0.91x (uvloop) a plain server on that TLS, with socklab's layer 1.59x and 1.04x (issue 19,
+docs/benchmarks.md) - asyncio's ``SSLProtocol`` is pure Python, and both loops read a plain
+protocol's plaintext with ``SSLObject.read(256 KiB)``. It also gives TLS on these engines the
+same half-close, pin and handshake-failure behaviour as on the others. Write after ``write_eof``
 or ``close`` is dropped when the protocol calls ``transport.write``; a protocol that cached the
 bound ``write`` earlier (for speed) gets the loop's own behaviour (asyncio raises RuntimeError).
 """
@@ -59,16 +65,16 @@ from typing import Any, cast
 
 from socklab.core.dial import Dial, Target
 from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
+from socklab.core.protocol import Protocol
 from socklab.core.sockets import Endpoint, client_targets, literal_family
+from socklab.core.tls import TLSProtocol
 from socklab.core.transport import TimerHandle
 from socklab.engines._aio_datagram import LoopDatagramEndpoint
 from socklab.engines._aio_stream import (
     _HIDDEN_NOTE,
     RECV_SIZE,
-    _BufferedStream,
     _last_data_recv,
     _Stream,
-    _TracedBufferedStream,
     _TracedStream,
 )
 from socklab.engines.base import (
@@ -351,13 +357,17 @@ class _AioEngine(Engine):
             self._noted = True
             self.tracer.note(_HIDDEN_NOTE.format(loop=self.name), level="transport")
 
-    def _stream_factory(self, factory: ProtocolFactory, server_side: bool, tls: bool = False) -> Callable[[], _Stream]:
+    def _stream_factory(self, factory: ProtocolFactory, server_side: bool, ssl_context: ssl.SSLContext | None = None,
+                        server_hostname: str | None = None,
+                        on_failed: Callable[[BaseException], None] | None = None) -> Callable[[], _Stream]:
         cls: type[_Stream] = _TracedStream if self.tracer else _Stream
-        if tls:
-            # The loop's TLS layer hands a plain protocol ``SSLObject.read(256 KiB)``: a fresh
-            # object above glibc's mmap threshold per record. A BufferedProtocol gets the
-            # plaintext decrypted into its own (64 KiB, reused) buffer instead.
-            cls = _TracedBufferedStream if self.tracer else _BufferedStream
+        if ssl_context is not None:  # socklab's TLS layer between the bridge and the app (module docstring)
+            app_factory = factory
+
+            def factory() -> Protocol:
+                return TLSProtocol(app_factory(), ssl_context, server_side=server_side,
+                                   server_hostname=server_hostname, on_failed=on_failed)
+
         return lambda: cls(self, factory, server_side)
 
     def serve_stream(self, sock: socket.socket, protocol_factory: ProtocolFactory,
@@ -370,15 +380,13 @@ class _AioEngine(Engine):
         self._note_hidden_syscalls()
         listener = _Listener(self, sock)
         self._listeners.append(listener)
-        bridge = self._stream_factory(protocol_factory, server_side=True, tls=ssl_context is not None)
+        bridge = self._stream_factory(protocol_factory, server_side=True, ssl_context=ssl_context)
 
         async def start() -> None:
             if sock.family == socket.AF_UNIX:
-                server = await self.loop.create_unix_server(bridge, sock=sock, ssl=ssl_context,
-                                                            backlog=self.settings.backlog)
+                server = await self.loop.create_unix_server(bridge, sock=sock, backlog=self.settings.backlog)
             else:
-                server = await self.loop.create_server(bridge, sock=sock, ssl=ssl_context,
-                                                       backlog=self.settings.backlog)
+                server = await self.loop.create_server(bridge, sock=sock, backlog=self.settings.backlog)
             listener.started(server)
 
         self._submit(start())
@@ -440,15 +448,17 @@ class _AioEngine(Engine):
         ``create_connection(host, port)`` - and the loop adopts the winning socket (with TLS).
         """
         self._note_hidden_syscalls()
-        bridge = self._stream_factory(protocol_factory, server_side=False, tls=ssl_context is not None)
         loop = self.loop
         hostname = (server_hostname or endpoint.host) if ssl_context is not None else None
 
-        def report(err: SocklabError) -> None:
+        def report(err: BaseException) -> None:
             if on_error is not None:
                 on_error(err)
             elif self.tracer:
                 self.tracer.note(f"connect failed: {err}", level="transport")
+
+        bridge = self._stream_factory(protocol_factory, server_side=False, ssl_context=ssl_context,
+                                      server_hostname=hostname, on_failed=report)
 
         async def connect() -> None:
             deadline = loop.time() + timeout
@@ -461,20 +471,17 @@ class _AioEngine(Engine):
                 sock = await self._dial(targets, deadline - loop.time(), str(endpoint))
                 try:
                     if endpoint.unix is not None:
-                        adopt = loop.create_unix_connection(bridge, sock=sock, ssl=ssl_context,
-                                                            server_hostname=hostname)
+                        await loop.create_unix_connection(bridge, sock=sock)
                     else:
-                        adopt = loop.create_connection(bridge, sock=sock, ssl=ssl_context, server_hostname=hostname)
-                    # the TLS handshake within what is left of the budget, as the connect before it
-                    await (asyncio.wait_for(adopt, max(0.001, deadline - loop.time())) if ssl_context else adopt)
+                        await loop.create_connection(bridge, sock=sock)
                 except BaseException:
                     sock.close()
                     raise
             except SocklabError as failure:  # the dial's, client_targets'
                 report(failure)
             except (OSError, TimeoutError) as exc:
-                if type(exc) is not socket.gaierror and not isinstance(exc, ssl.SSLError) and exc.errno:
-                    # asyncio's "Connect call failed (...)"; an SSLError keeps its own words
+                if type(exc) is not socket.gaierror and exc.errno:
+                    # asyncio's "Connect call failed (...)"
                     exc = OSError(exc.errno, os.strerror(exc.errno))  # -> the errno's own words
                 err = translate_oserror(exc, f"connecting to {endpoint}")
                 if isinstance(exc, TimeoutError) and not isinstance(err, ConnectTimeout):
