@@ -155,6 +155,22 @@ def test_listen_tls_self_signed() -> None:
         assert read_until(p.stdout, "^over a pin$")  # what the client sent, on listen's stdout
 
 
+def test_listen_tls_without_keep_open_waits_past_a_wrong_pin() -> None:
+    # no -k: a client that refuses the certificate after the handshake (connect --pin with another
+    # fingerprint) is not listen's one client; the next, pinned, is, and listen exits after it
+    with server("listen", "0", "--tls-self-signed", "--on-stdin-eof", "keep", "--explain") as p:
+        assert p.stdout is not None
+        fp = read_until(p.stdout, FP).group(1)
+        host, port = read_until(p.stdout, r"listening on tls://([\d.]+):(\d+)").groups()
+        assert_refused(run("connect", host, port, "--pin", wrong(fp), stdin=b"secret\n"), fp)
+        # listen has seen that client go (the old code said "connection lost: connection reset by peer")
+        read_until(p.stdout, r"went away|reset by peer")
+        ok = run("connect", host, port, "--pin", fp, "--on-stdin-eof", "close", stdin=b"the real one\n")
+        assert ok.returncode == 0, ok.stderr
+        assert read_until(p.stdout, "^the real one$")
+        assert p.wait(timeout=WAIT) == 0  # that was the one client
+
+
 @contextlib.contextmanager
 def _proc(*args: str) -> Iterator[subprocess.Popen[bytes]]:
     """A socklab process with stdin to write to and stderr folded into stdout."""

@@ -5,6 +5,16 @@ Why this exists: see :mod:`socklab.tools.netcat` (the EOF policies and ``--expla
 TLS, Unix or UDP (one peer per source address), optionally running ``--exec CMD`` per connection
 with its stdin/stdout on the socket. ``--explain`` follows who closed first: the side that sends
 FIN first goes FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT, the other CLOSE_WAIT -> LAST_ACK.
+
+TLS without ``--keep-open``: the one client is the first one that completes the handshake *and*
+then sends something (data, or its close). A client can refuse our certificate after its side of
+the handshake is done - ``connect --pin`` with another fingerprint checks it then and resets the
+connection - and the server's handshake has succeeded by then, so such a client (gone by an
+abort before saying anything) is not counted: listen says so and keeps waiting, with the
+listening socket open until a client has spoken; a client arriving while one is being served is
+turned away at once. A client whose handshake fails never reaches listen at all. (ncat ``-l
+--ssl`` without ``-k`` closes its listening socket at accept and exits with status 1 when the
+handshake fails; listen keeps waiting instead, so a mistyped pin does not end the session.)
 """
 
 from __future__ import annotations
@@ -52,8 +62,12 @@ class _Hub:
     """What the stdin thread and the connections share (runs on the engine thread)."""
 
     def __init__(self, server: Server, *, keep_open: bool, on_stdin_eof: str, on_peer_eof: str,
-                 explain: Explainer, hexdump: bool, execute: str | None, quit_after: float | None = None) -> None:
+                 explain: Explainer, hexdump: bool, execute: str | None, quit_after: float | None = None,
+                 tls: bool = False) -> None:
         self.server, self.keep_open, self.quit_after = server, keep_open, quit_after
+        # TLS, one client: it counts once it has spoken (see the module docstring); until then the
+        # listening socket stays open
+        self.one_tls = tls and not keep_open and not execute
         self.on_stdin_eof, self.on_peer_eof = on_stdin_eof, on_peer_eof
         self.explain, self.hexdump, self.execute = explain, hexdump, execute
         self.conns: set[_ListenConn] = set()
@@ -103,17 +117,34 @@ class _ListenConn(Protocol):
         self.fin_sent = False
         self.fin_received = False
         self.handed_over = False  # --exec: the socket was handed to the program (transport.detach)
+        self.spoke = False  # TLS, one client: it sent data or its close (it is listen's one client)
+        self.turned_away = False  # TLS, one client: another client is being served
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
         hub = self.hub
-        hub.served += 1
-        if not hub.keep_open:
+        peer = format_addr(transport.get_extra_info("peername"))
+        if hub.one_tls:
+            if transport.is_closing():
+                # the client reset the connection as our handshake ended (the session ticket's send
+                # failed), before this call: the TLS layer reports no connection_lost after it
+                hub.explain(f"{peer} went away as the TLS handshake ended (it refused our certificate?): not "
+                            "counted as the one client; still waiting for one")
+                return
+            if hub.served:
+                self.turned_away = True
+                hub.explain(f"turning {peer} away: already serving a client and --keep-open is off")
+                transport.close()
+                return
+            hub.explain(f"accepted {peer}, TLS handshake done: it is the one client (no --keep-open) once it "
+                        "sends something; gone before that (it refused our certificate), and we keep waiting")
+        elif not hub.keep_open:
             # one client only, as netcat does without -k; deferred: we are inside the accept loop
             hub.server.engine.call_soon_threadsafe(hub.server.engine.close_listeners)
-        peer = format_addr(transport.get_extra_info("peername"))
-        hub.explain(f"accepted {peer}: accept() returned a new connected socket (ESTABLISHED)"
-                    + ("" if hub.keep_open else "; no --keep-open, so the listening socket is closed now"))
+        hub.served += 1
+        if not hub.one_tls:
+            hub.explain(f"accepted {peer}: accept() returned a new connected socket (ESTABLISHED)"
+                        + ("" if hub.keep_open else "; no --keep-open, so the listening socket is closed now"))
         hub.conns.add(self)
         hub.have_peer.set()
         if hub.execute:
@@ -169,11 +200,21 @@ class _ListenConn(Protocol):
             self.fin_sent = True
             self.transport.close()
 
+    def _spoke(self) -> None:
+        if self.spoke or not self.hub.one_tls:
+            return
+        self.spoke = True
+        self.hub.explain("the client spoke: it is the one client (no --keep-open), so the listening socket "
+                         "is closed now")
+        self.hub.server.engine.call_soon_threadsafe(self.hub.server.engine.close_listeners)
+
     def data_received(self, data: bytes) -> None:
+        self._spoke()
         self.hub.output(data)
 
     def eof_received(self) -> bool | None:
         hub = self.hub
+        self._spoke()
         self.fin_received = True
         if self.fin_sent:
             hub.explain("client sent FIN after ours: both directions are finished. We closed first (the "
@@ -189,8 +230,19 @@ class _ListenConn(Protocol):
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        hub = self.hub
+        if self.turned_away:
+            return
+        if hub.one_tls and not self.spoke and exc is not None:
+            # gone by an abort before a byte: a client that refused our certificate after the
+            # handshake (connect --pin with another fingerprint) - not the one client
+            hub.conns.discard(self)
+            hub.served -= 1
+            hub.explain(f"the client went away before sending anything ({exc}): it refused our certificate? "
+                        "not counted as the one client; still waiting for one")
+            return
         if exc is not None:
-            self.hub.explain(f"connection lost: {exc}")
+            hub.explain(f"connection lost: {exc}")
         if not self.handed_over:  # (with --exec the program's exit ends it: see _exec)
             self.hub.finished(self)
 
@@ -270,6 +322,10 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
       socklab listen -u 9000                                 # UDP, every source address a peer
       socklab listen -k 9000 --exec 'tr a-z A-Z'             # a per-connection program
       socklab listen 9443 --tls-self-signed                  # TLS; clients: connect --pin SHA256
+
+    TLS without -k: a client that goes away before sending anything (connect --pin with another
+    fingerprint refuses the certificate after the handshake) is not the one client; listen keeps
+    waiting (ncat -l --ssl would exit), and closes the listening socket once a client has spoken.
     """
     if len(args) == 1:
         host, port_s = "127.0.0.1", args[0]
@@ -290,7 +346,8 @@ def listen(args: tuple[str, ...], udp: bool, keep_open: bool, execute: str | Non
     tracer = make_tracer(settings.engine, trace, trace_json)
     server = Server(settings, tracer=tracer, label="listen")
     hub = _Hub(server, keep_open=keep_open, on_stdin_eof=on_stdin_eof, on_peer_eof=on_peer_eof,
-               explain=Explainer(explain, tracer), hexdump=hexdump, execute=execute, quit_after=quit_after)
+               explain=Explainer(explain, tracer), hexdump=hexdump, execute=execute, quit_after=quit_after,
+               tls=settings.serves_tls)
     if udp:
         addr = server.listen_udp(lambda: _ListenUdp(hub))
         scheme = "udp"
