@@ -252,6 +252,27 @@ def test_tap_pin_checks_the_target() -> None:
             assert "not the pinned one" in line and fp in line
 
 
+@pytest.mark.parametrize("to_tls", [[], ["--to-tls"]], ids=["pin", "to-tls-pin"])
+def test_tap_wrong_pin_says_what_connect_pin_says(to_tls: list[str]) -> None:
+    # the target was reached, its certificate is the wrong one: the tap's line is connect --pin's
+    # own (naming --pin and the fingerprint the target has), with the target named - not
+    # "cannot reach the target"
+    with server("echo", "serve", "--port", "0", "--tls-self-signed") as echo:
+        assert echo.stdout is not None
+        fp = read_until(echo.stdout, FP).group(1)
+        target = read_until(echo.stdout, r"listening on tls://(\S+) ").group(1)
+        direct = run("connect", *target.split(":"), "--pin", wrong(fp), stdin=b"x\n")
+        assert_refused(direct, fp)
+        said = direct.stderr.strip().removeprefix("socklab: error: ")
+        with server("tap", "0", "--to", target, *to_tls, "--pin", wrong(fp)) as tap:
+            assert tap.stdout is not None
+            port = read_until(tap.stdout, r"listening on tcp://[\d.]+:(\d+) -> ").group(1)
+            through = run("connect", "127.0.0.1", port, stdin=b"x\n")
+            assert through.stdout == "", through  # the tap closed it (FIN or RST): nothing of the target
+            line = read_until(tap.stdout, r"fault upstream: .*").group(0)
+            assert line == f"fault upstream: target {target}: {said}", line
+
+
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--pin", "AB" * 32, "--insecure"], "--insecure"),
     (["--pin", "AB" * 32, "--cafile", "ca.pem"], "--cafile"),

@@ -419,6 +419,21 @@ class _TcpRelay:
                 other.close()
 
 
+def _pin_refused(exc: BaseException) -> str | None:
+    """``target ADDR: `` and ``connect --pin``'s own words, if ``exc`` is the target failing ``--pin``.
+
+    The TLS layer reports a failed handshake as ``TLS handshake with ADDR failed: REASON``, and
+    REASON is the :class:`~socklab.core.selfsigned.PinMismatch` text (it names ``--pin``, the
+    fingerprint wanted and the one the target has): the user reads that, as ``connect --pin``
+    says it, not "cannot reach the target" (it was reached). None for any other failure.
+    """
+    head, sep, reason = str(exc).partition(" failed: ")
+    if not (sep and head.startswith("TLS handshake") and "--pin" in reason):
+        return None
+    where = head.removeprefix("TLS handshake").removeprefix(" with ").strip()
+    return f"target {where}: {reason}" if where else f"target: {reason}"
+
+
 class _ClientSide(Protocol):
     def __init__(self, tap: Tap) -> None:
         self.tap = tap
@@ -448,7 +463,8 @@ class _ClientSide(Protocol):
 
     def _upstream_failed(self, exc: BaseException) -> None:
         assert self.relay is not None
-        self.relay.fault(UPSTREAM, "upstream", f"cannot reach the target: {exc}")
+        refused = _pin_refused(exc)  # the target was reached: its certificate is not the --pin one
+        self.relay.fault(UPSTREAM, "upstream", refused or f"cannot reach the target: {exc}")
         self.relay.finished = True
         self.transport.close()
 
