@@ -217,8 +217,13 @@ def test_wrong_pin_is_refused_in_one_line() -> None:
         assert r.returncode == 1
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "not the pinned one" in lines[0] and fp in lines[0], r.stderr
+        # The refused client did not use up nc -l's one client (listen waits past it): the right
+        # pin gets through, and only its bytes arrive.
+        ok = subprocess.run([*SOCKLAB, "nc", "-N", "--ssl", "--pin", fp, "127.0.0.1", str(port)], input="right\n",
+                            timeout=20, capture_output=True, text=True, env=ENV)
+        assert ok.returncode == 0, ok.stderr
         out, _ = srv.communicate(timeout=15)
-        assert b"secret" not in out  # nothing was sent to the wrong server
+        assert b"right" in out and b"secret" not in out  # nothing was sent to the wrong server
 
 
 def test_curl_k_talks_to_the_self_signed_server() -> None:
