@@ -13,6 +13,7 @@ peer answers; the answer, sent after our EOF, must still reach the app. TLS 1.2 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -226,3 +227,42 @@ def test_write_eof_after_the_peers_fin_waits_for_the_records_held_by_a_pause(tls
     assert app.got == [b"one\n", b"two\n"] and app.eof
     assert fake.eof_at is not None
     assert _client_reads(client, cin, fake) == (b"", True)
+
+
+class _ResetOnWrite(_FakeTransport):
+    """A peer that has gone: the next write fails and the engine reports the loss at once."""
+
+    protocol: TLSProtocol
+    armed = False
+
+    def write(self, data: Any) -> None:
+        if self.armed:
+            self.armed = False
+            self.protocol.connection_lost(ConnectionResetError("reset by peer"))
+            return
+        super().write(data)
+
+
+def test_a_reset_during_the_handshakes_last_flight_never_reaches_the_app(tls_files: dict[str, str]) -> None:
+    """The server's last flight (TLS 1.3: its session tickets) meets a reset: the app is never
+    started, so it is never left with a connection_made and no connection_lost."""
+    app = _Collect()
+    lost: list[BaseException | None] = []
+    app.connection_lost = lost.append  # type: ignore[method-assign]
+    server = TLSProtocol(app, server_ssl_context(tls_files["cert"], tls_files["key"]), server_side=True)
+    fake = _ResetOnWrite()
+    fake.protocol = server
+    server.connection_made(fake)
+    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ssl_context(tls_files["ca"]).wrap_bio(cin, cout, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()  # ClientHello
+    server.data_received(cout.read())  # ServerHello ... Finished
+    cin.write(bytes(fake.out))
+    fake.out.clear()
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()  # the client's Finished
+    fake.armed = True  # the server's answer to it (its tickets) finds the connection reset
+    server.data_received(cout.read())
+    assert not hasattr(app, "transport"), "connection_made on a connection already lost"
+    assert lost == []

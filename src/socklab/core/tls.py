@@ -190,6 +190,8 @@ class TLSProtocol(Protocol, Transport):
             self._fail(RemoteProtocolError(f"TLS handshake failed: {reason}"))
             return
         self._flush()
+        if self._lost:  # the handshake's last flight (a session ticket) met a reset: the app never hears
+            return
         self._handshaking = False
         self._app_started = True
         self.app.connection_made(self)
