@@ -153,10 +153,10 @@ def test_a_tls_peer_that_closes_before_the_handshake_gets_a_close_not_a_reset(en
             pass
 
 
-@pytest.mark.parametrize("engine_name", ["iterative", "threads", "pool", "select", "poll", "epoll"])
+@pytest.mark.parametrize("engine_name", ["iterative", "threads", "pool", "select", "poll", "epoll", "asyncio", "uvloop"])
 def test_a_failed_tls_handshake_is_said_in_the_log_at_most_every_10s(engine_name: str, tls_files: dict[str, str],
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    # socklab's own TLS layer (the engines that own their sockets; asyncio and uvloop use their loops')
+    # socklab's TLS layer, the same on every engine
     from socklab.core import tls
 
     tls._HANDSHAKE_FAILURES.next_at = 0.0  # a fresh process's limiter

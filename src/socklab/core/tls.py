@@ -3,9 +3,9 @@
 Why this exists: TLS is a sans-I/O state machine too. ``ssl.SSLObject`` with two
 ``ssl.MemoryBIO`` buffers takes ciphertext in and hands ciphertext out; it never touches a socket.
 :class:`TLSProtocol` sits between an engine's plain transport and the app's protocol: to the
-engine it is a Protocol (ciphertext in), to the app it is a Transport (plaintext out). So the
-iterative, threads, pool, select, poll and epoll engines all get TLS from these ~200 lines, and
-the app cannot tell. (The asyncio and uvloop engines use their loops' own TLS.)
+engine it is a Protocol (ciphertext in), to the app it is a Transport (plaintext out). So every
+engine gets TLS from this one module - the asyncio and uvloop engines too, on their loop's plain
+transport (faster than the loops' own TLS, docs/engines-aio.md) - and the app cannot tell.
 
 Order of events: the handshake runs first; the app's ``connection_made`` comes only once it
 succeeded. A failed handshake closes the connection without ever calling the app (and the engine

@@ -145,7 +145,8 @@ def describe_setup(kinds: list[str], pinning: str, gen_cpu: int | None, interlea
                    "DatagramProtocol; --with-c adds a C recvfrom loop. Try --size 64.")
 @click.option("--tls", is_flag=True,
               help="Echo over TLS (a throwaway self-signed certificate; the C generator uses OpenSSL); "
-                   "references: the loop's own TLS in a plain asyncio or uvloop server.")
+                   "references: the loop's own TLS in a plain asyncio or uvloop server, and a plain threaded "
+                   "server with SSLContext.wrap_socket for the thread engines.")
 @run_cli
 def echo(engines_opt: str | None, size: int, connections: int, pipeline: int, duration: float, warmup: float,
          repeat: int, targets: tuple[str, ...], as_json: bool, save: str | None, chart: str | None,
