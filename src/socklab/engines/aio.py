@@ -413,13 +413,19 @@ class _AioEngine(Engine):
         for endpoint in list(self._endpoints):
             endpoint.close()
 
+    def _close_unadopted(self, sock: socket.socket, why: str) -> None:
+        """Close a dialled socket the loop never took over, traced as every close is (core/dial.py)."""
+        if self.tracer and sock.fileno() >= 0:
+            self.tracer.emit("close", sock, detail=why)
+        sock.close()
+
     async def _dial(self, targets: list[Target], timeout: float, what: str) -> socket.socket:
         """:class:`~socklab.core.dial.Dial` on this loop; a cancelled task closes what it had opened."""
         done: asyncio.Future[socket.socket] = self.loop.create_future()
 
         def connected(sock: socket.socket, addr: Any) -> None:
             if done.done():
-                sock.close()
+                self._close_unadopted(sock, "the connect was abandoned before this socket was handed over")
             else:
                 done.set_result(sock)
 
@@ -474,8 +480,8 @@ class _AioEngine(Engine):
                         await loop.create_unix_connection(bridge, sock=sock)
                     else:
                         await loop.create_connection(bridge, sock=sock)
-                except BaseException:
-                    sock.close()
+                except BaseException as exc:
+                    self._close_unadopted(sock, f"the loop could not take the connected socket over: {exc!r}")
                     raise
             except SocklabError as failure:  # the dial's, client_targets'
                 report(failure)
