@@ -10,6 +10,7 @@ Usage: ``python reference/threading_tcpserver.py [--port 0]``
 
 from __future__ import annotations
 
+import argparse
 import signal
 import socket
 import socketserver
@@ -41,17 +42,22 @@ class Server(socketserver.ThreadingTCPServer):
     request_queue_size = 4096
 
 
-def main() -> None:
-    args = parse_args("threading_tcpserver")
+def serve(name: str, handler: type[socketserver.BaseRequestHandler], args: argparse.Namespace,
+          scheme: str = "tcp") -> None:
+    """Serve ``handler`` a thread per connection until SIGTERM or Ctrl-C (also the TLS reference's)."""
     threading.stack_size(256 * 1024)  # 10,000 threads for the sweep; the default 8 MiB is only virtual
-    with Server((args.host, args.port), EchoHandler) as server:
+    with Server((args.host, args.port), handler) as server:
         signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-        ready("threading_tcpserver", args.host, server.server_address[1])
+        ready(name, args.host, server.server_address[1], scheme)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
     sys.exit(0)
+
+
+def main() -> None:
+    serve("threading_tcpserver", EchoHandler, parse_args("threading_tcpserver"))
 
 
 if __name__ == "__main__":

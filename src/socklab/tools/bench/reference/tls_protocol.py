@@ -10,14 +10,13 @@ Usage: ``python reference/tls_protocol.py --cert C.pem --key K.pem [--port 0] [-
 from __future__ import annotations
 
 import asyncio
-import ssl
 import sys
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:  # checked as part of the package; run by its path, _common is the file beside it
-    from ._common import parse_args, ready
+    from ._common import parse_args, ready, tls_context
 else:
-    from _common import parse_args, ready
+    from _common import parse_args, ready, tls_context
 
 
 class Echo(asyncio.Protocol):
@@ -28,18 +27,9 @@ class Echo(asyncio.Protocol):
         self.transport.write(data)
 
 
-def _take(flag: str) -> str:
-    i = sys.argv.index(flag)
-    value = sys.argv[i + 1]
-    del sys.argv[i:i + 2]
-    return value
-
-
-async def main(name: str, cert: str, key: str) -> None:
-    args = parse_args(name)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+async def main(name: str) -> None:
+    args = parse_args(name, tls=True)
+    ctx = tls_context(args)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Echo, args.host, args.port, ssl=ctx, backlog=4096)
     ready(name, args.host, server.sockets[0].getsockname()[1], "tls")
@@ -51,13 +41,12 @@ if __name__ == "__main__":
     use_uvloop = "--uvloop" in sys.argv
     if use_uvloop:
         sys.argv.remove("--uvloop")
-    cert, key = _take("--cert"), _take("--key")
     try:
         if use_uvloop:
             import uvloop
 
-            uvloop.run(main("tls_uvloop_protocol", cert, key))
+            uvloop.run(main("tls_uvloop_protocol"))
         else:
-            asyncio.run(main("tls_asyncio_protocol", cert, key))
+            asyncio.run(main("tls_asyncio_protocol"))
     except KeyboardInterrupt:
         pass
