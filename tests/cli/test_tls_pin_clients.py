@@ -46,9 +46,11 @@ def read_until(stream: IO[bytes], pattern: str, timeout: float = WAIT) -> re.Mat
 
 
 @contextlib.contextmanager
-def server(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A socklab server with stderr folded into stdout (the fingerprint, then the listening line)."""
-    p = subprocess.Popen([*SOCKLAB, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+def server(*args: str, stdin: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[bytes]]:
+    """A socklab server with stderr folded into stdout (the fingerprint, then the listening line).
+
+    ``stdin=subprocess.PIPE`` gives one to write to (``p.stdin``)."""
+    p = subprocess.Popen([*SOCKLAB, *args], stdin=stdin, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, env=ENV, start_new_session=True, bufsize=0)
     try:
         yield p

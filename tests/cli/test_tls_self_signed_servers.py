@@ -12,8 +12,6 @@ new server cannot forget it.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -25,9 +23,7 @@ from click.testing import CliRunner
 
 from socklab.cli.main import cli
 from tests.cli.test_tls_pin_clients import (
-    ENV,
     FP,
-    SOCKLAB,
     WAIT,
     assert_refused,
     read_until,
@@ -171,27 +167,10 @@ def test_listen_tls_without_keep_open_waits_past_a_wrong_pin() -> None:
         assert p.wait(timeout=WAIT) == 0  # that was the one client
 
 
-@contextlib.contextmanager
-def _proc(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A socklab process with stdin to write to and stderr folded into stdout."""
-    p = subprocess.Popen([*SOCKLAB, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, env=ENV, start_new_session=True, bufsize=0)
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate(timeout=5)
-
-
 def test_peer_tls_self_signed_mesh(tmp_path: Path) -> None:
     def node(name: str, *extra: str) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-        return _proc("peer", "--listen", "127.0.0.1:0", "--name", name, "--control", str(tmp_path / f"{name}.sock"),
-                     "--downloads", str(tmp_path), *PEER_FAST, "--tls-self-signed", *extra)
+        return server("peer", "--listen", "127.0.0.1:0", "--name", name, "--control", str(tmp_path / f"{name}.sock"),
+                      "--downloads", str(tmp_path), *PEER_FAST, "--tls-self-signed", *extra, stdin=subprocess.PIPE)
 
     with node("ann") as ann:
         assert ann.stdout is not None and ann.stdin is not None
