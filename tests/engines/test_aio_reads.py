@@ -12,7 +12,6 @@ messages go back and forth.
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 from types import FrameType
 from typing import Any
@@ -21,8 +20,8 @@ import pytest
 
 import socklab
 from socklab.apps.echo.protocol import EchoProtocol
-from socklab.core.protocol import BufferedProtocol
 from tests.conftest import roundtrip, running_server
+from tests.engines.test_behaviour import SmallBufferEcho, recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,44 +53,15 @@ def test_an_echo_round_trip_runs_no_socklab_code(engine: str) -> None:
     assert calls == [], f"socklab code on the {engine} data path: {sorted(set(calls))}"
 
 
-class _TinyBufferEcho(BufferedProtocol):
-    """Lends a 7-byte bytearray of its own, so one read (one TLS record) takes many rounds."""
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buf = bytearray(7)
-
-    def get_buffer(self, sizehint: int) -> bytearray:
-        assert sizehint > 0  # the engines never pass asyncio's -1 through
-        return self.buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.transport.write(bytes(self.buf[:nbytes]))
-
-    def eof_received(self) -> bool:
-        self.transport.close()
-        return False
-
-
 @pytest.mark.parametrize("engine", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-def test_an_app_that_lends_its_buffer_gets_the_loops_receive_path(engine: str, tls: bool,
-                                                                 tls_files: dict[str, str]) -> None:
+def test_an_app_that_lends_its_buffer_gets_the_loops_receive_path(engine: str) -> None:
     """The bridge turns into an ``asyncio.BufferedProtocol`` once it knows the app lends its buffer
     (both loops choose their read path by the protocol's class) and re-registers with the loop,
-    which keeps the bound ``get_buffer``/``buffer_updated``. Over TLS the app sits behind
-    socklab's TLS layer, which copies the plaintext into the app's buffer."""
+    which keeps the bound ``get_buffer``/``buffer_updated``. (Over TLS, where the app sits behind
+    socklab's TLS layer: test_behaviour's ``test_an_app_that_lends_its_buffer_gets_the_plaintext_over_tls``,
+    on every engine.)"""
     payload = bytes(range(256)) * 400
-    certs: dict[str, Any] = {"tls_cert": tls_files["cert"], "tls_key": tls_files["key"]} if tls else {}
-    with running_server(_TinyBufferEcho, engine, **certs) as srv, \
-            socket.create_connection(("127.0.0.1", srv.port), timeout=20) as raw:
-        c = ssl.create_default_context(cafile=tls_files["ca"]).wrap_socket(raw, server_hostname="localhost") \
-            if tls else raw
-        with c:
-            c.sendall(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = c.recv(65536)
-                assert chunk, f"closed after {len(got)} of {len(payload)} bytes"
-                got += chunk
-        assert got == payload
+    with running_server(SmallBufferEcho, engine) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=20) as c:
+        c.sendall(payload)
+        assert recv_exactly(c, len(payload)) == payload

@@ -38,6 +38,15 @@ def recv_all(sock: socket.socket) -> bytes:
         chunks.append(data)
 
 
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(got)} of {n} bytes"
+        got += chunk
+    return bytes(got)
+
+
 def echo_roundtrip(sock: socket.socket, payload: bytes) -> bytes:
     """Send everything (from a thread, so a full buffer cannot deadlock), half-close, read all back."""
     def writer() -> None:
@@ -96,18 +105,23 @@ def test_echo_over_tls(engine: str, tls_files: dict[str, str]) -> None:
                 assert c.version() in ("TLSv1.2", "TLSv1.3")
 
 
-class _SmallBufferEcho(BufferedProtocol):
-    """Lends a 7-byte buffer of its own: every TLS record takes many get_buffer/buffer_updated rounds."""
+class SmallBufferEcho(BufferedProtocol):
+    """Lends a 7-byte buffer of its own: one read (one TLS record) takes many get_buffer/buffer_updated rounds."""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.buf = bytearray(7)
 
     def get_buffer(self, sizehint: int) -> bytearray:
+        assert sizehint > 0  # the engines never pass asyncio's -1 through
         return self.buf
 
     def buffer_updated(self, nbytes: int) -> None:
         self.transport.write(bytes(self.buf[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self.transport.close()
+        return False
 
 
 def test_an_app_that_lends_its_buffer_gets_the_plaintext_over_tls(engine: str, tls_files: dict[str, str]) -> None:
@@ -115,16 +129,11 @@ def test_an_app_that_lends_its_buffer_gets_the_plaintext_over_tls(engine: str, t
     # called its data_received, which a BufferedProtocol does not have).
     ctx = ssl.create_default_context(cafile=tls_files["ca"])
     payload = os.urandom(100_000)
-    with running_server(_SmallBufferEcho, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
+    with running_server(SmallBufferEcho, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
             ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
                             server_hostname="localhost") as c:
         c.sendall(payload)
-        got = bytearray()
-        while len(got) < len(payload):
-            chunk = c.recv(65536)
-            assert chunk, f"closed after {len(got)} of {len(payload)} bytes"
-            got += chunk
-        assert got == payload
+        assert recv_exactly(c, len(payload)) == payload
 
 
 def test_tls_handshake_failure_does_not_kill_the_server(engine: str, tls_files: dict[str, str]) -> None:
