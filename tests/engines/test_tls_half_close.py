@@ -28,7 +28,7 @@ from socklab.core.sockets import Endpoint, client_ssl_context, server_ssl_contex
 from socklab.core.tls import TLSProtocol
 from socklab.runtime.client import BlockingClient
 
-from .test_tls_pause import _FakeTransport
+from .test_tls_pause import _FakeTransport, tls_pair
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 REPLY = b"answer sent after the client's close_notify and FIN\n"
@@ -130,24 +130,8 @@ class _HalfClosingFake(_FakeTransport):
 def _pair(tls_files: dict[str, str], app: Protocol) -> tuple[TLSProtocol, _HalfClosingFake, ssl.SSLObject,
                                                                 ssl.MemoryBIO, ssl.MemoryBIO]:
     """A server-side TLSProtocol on a recording transport, and an ``ssl`` client on memory BIOs."""
-    server = TLSProtocol(app, server_ssl_context(tls_files["cert"], tls_files["key"]), server_side=True)
     fake = _HalfClosingFake()
-    server.connection_made(fake)
-    cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ssl_context(tls_files["ca"]).wrap_bio(cin, cout, server_hostname="localhost")
-    for _ in range(10):
-        try:
-            client.do_handshake()
-            break
-        except ssl.SSLWantReadError:
-            pass
-        finally:
-            if cout.pending:
-                server.data_received(cout.read())
-            cin.write(bytes(fake.out))
-            fake.out.clear()
-    cin.write(bytes(fake.out))
-    fake.out.clear()
+    server, client, cin, cout = tls_pair(tls_files, app, fake)
     return server, fake, client, cin, cout
 
 

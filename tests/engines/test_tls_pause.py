@@ -81,11 +81,11 @@ class _OneAtATime(Protocol):
         return None
 
 
-def _pair(tls_files: dict[str, str]) -> tuple[TLSProtocol, _OneAtATime, _FakeTransport, ssl.SSLObject,
-                                                  ssl.MemoryBIO, ssl.MemoryBIO]:
-    app = _OneAtATime()
+def tls_pair(tls_files: dict[str, str], app: Protocol, fake: _FakeTransport) -> tuple[
+        TLSProtocol, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A server-side TLSProtocol for ``app`` on ``fake``, and an ``ssl`` client on memory BIOs
+    (``cin`` feeds it, ``cout`` is what it sent): the handshake done, the server's leftover output delivered."""
     server = TLSProtocol(app, server_ssl_context(tls_files["cert"], tls_files["key"]), server_side=True)
-    fake = _FakeTransport()
     server.connection_made(fake)
     cin, cout = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ssl_context(tls_files["ca"]).wrap_bio(cin, cout, server_hostname="localhost")
@@ -106,6 +106,13 @@ def _pair(tls_files: dict[str, str]) -> tuple[TLSProtocol, _OneAtATime, _FakeTra
     if fake.out:
         cin.write(bytes(fake.out))
         fake.out.clear()
+    return server, client, cin, cout
+
+
+def _pair(tls_files: dict[str, str]) -> tuple[TLSProtocol, _OneAtATime, _FakeTransport, ssl.SSLObject,
+                                                  ssl.MemoryBIO, ssl.MemoryBIO]:
+    app, fake = _OneAtATime(), _FakeTransport()
+    server, client, cin, cout = tls_pair(tls_files, app, fake)
     return server, app, fake, client, cin, cout
 
 
