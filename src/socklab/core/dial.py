@@ -46,7 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from socklab.core.errors import ConnectTimeout, HostUnreachable, NetworkError, SocklabError, translate_oserror
-from socklab.core.sockets import Endpoint, _new_socket, bind_source, client_targets
+from socklab.core.sockets import Endpoint, _new_socket, bind_source, client_targets, close_traced
 from socklab.core.trace import Tracer, format_addr
 
 __all__ = ["ATTEMPT_DELAY", "Dial", "Target", "Waiter", "connect_blocking", "interleave", "start_dial"]
@@ -276,10 +276,8 @@ class Dial:
         self._pending.clear()
 
     def _close(self, sock: socket.socket, addr: Any, why: str) -> None:
-        """Close a socket of the dial's own (not the winner), traced as every close is: its fd is free now."""
-        if self.tracer and sock.fileno() >= 0:
-            self.tracer.emit("close", sock, peer=addr, detail=why)
-        sock.close()
+        """Close a socket of the dial's own (not the winner): its fd is free now."""
+        close_traced(sock, self.tracer, why, peer=addr)
 
     def _close_failed(self, sock: socket.socket, addr: Any, err: int) -> None:
         self._close(sock, addr, f"connect failed: {errno.errorcode.get(err, str(err))} - this attempt's socket is closed")

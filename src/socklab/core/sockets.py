@@ -27,6 +27,7 @@ __all__ = [
     "bind_source",
     "client_ssl_context",
     "client_targets",
+    "close_traced",
     "connect_tcp",
     "literal_family",
     "open_tcp_listener",
@@ -326,10 +327,9 @@ def udp_client_socket(endpoint: Endpoint, *, tracer: Tracer | None = None, sourc
         except OSError as exc:
             if connect and tracer:
                 tracer.emit("connect", sock, peer=addr, detail=f"failed: {exc.strerror or exc}")
-                if sock.fileno() >= 0:  # (not after a failed bind: bind_source closed it, and traced that)
-                    tracer.emit("close", sock, peer=addr, detail=f"connect failed: {errno.errorcode.get(exc.errno or 0, exc)}"
-                                                                 " - this attempt's socket is closed")
-            sock.close()
+            # (after a failed bind bind_source has closed it, and traced that: nothing more here)
+            close_traced(sock, tracer if connect else None, peer=addr,
+                         detail=f"connect failed: {errno.errorcode.get(exc.errno or 0, exc)} - this attempt's socket is closed")
             failures.append((addr, exc))
             if tracer and i + 1 < len(targets):
                 tracer.note(f"UDP to {format_addr(addr)} cannot be connected ({(exc.strerror or str(exc)).lower()}): "
@@ -420,6 +420,14 @@ def literal_family(host: str) -> int | None:
     return None
 
 
+def close_traced(sock: socket.socket, tracer: Tracer | None, detail: str, peer: Any = None) -> None:
+    """Close a socket that never became a transport (a failed bind or connect, a dial's loser), traced
+    as every close is, so the trace never shows its fd number opened again without a close."""
+    if tracer and sock.fileno() >= 0:
+        tracer.emit("close", sock, peer=peer, detail=detail)
+    sock.close()
+
+
 def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -> None:
     """Bind a client socket to ``local`` before ``connect`` (netcat's ``-s``/``-p``).
 
@@ -437,9 +445,8 @@ def bind_source(sock: socket.socket, local: Any, tracer: Tracer | None = None) -
     except OSError as exc:
         if tracer:
             tracer.emit("bind", sock, detail=f"source address {format_addr(local)} failed: {exc.strerror}")
-            tracer.emit("close", sock, detail=f"bind failed: {errno.errorcode.get(exc.errno or 0, exc.strerror)} - "
-                                              "this socket is closed")
-        sock.close()
+        close_traced(sock, tracer, f"bind failed: {errno.errorcode.get(exc.errno or 0, exc.strerror)} - "
+                                   "this socket is closed")
         where = f"binding the source address {format_addr(local)}"
         if exc.errno == errno.EADDRNOTAVAIL:
             err = AddressInUse(f"{local[0]} is not an address of this host (cannot assign requested address "

@@ -201,15 +201,15 @@ class TLSProtocol(Protocol, Transport):
         self._read_plaintext()
 
     def _into_app_buffer(self, data: bytes) -> None:
+        app = cast(BufferedProtocol, self.app)
         view = memoryview(data)
-        get_buffer, updated = cast(BufferedProtocol, self.app).get_buffer, cast(BufferedProtocol, self.app).buffer_updated
         while view and not self._lost:
-            buf = memoryview(get_buffer(len(view)))
+            buf = memoryview(app.get_buffer(len(view)))
             n = min(len(buf), len(view))
             if n == 0:
                 raise LocalProtocolError(f"{type(self.app).__name__}.get_buffer() returned an empty buffer")
             buf[:n] = view[:n]
-            updated(n)
+            app.buffer_updated(n)
             view = view[n:]
 
     def _read_plaintext(self) -> None:

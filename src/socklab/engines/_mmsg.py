@@ -22,8 +22,9 @@ import mmap
 import os
 import socket
 import struct
-import sys
 from typing import Any
+
+from socklab.engines._libc import functions
 
 __all__ = ["AVAILABLE", "MSG_WAITFORONE", "MmsgEcho"]
 
@@ -47,13 +48,10 @@ class _Mmsghdr(ctypes.Structure):
 
 
 def _load() -> tuple[Any, Any] | None:
-    if not sys.platform.startswith("linux"):
+    calls = functions("recvmmsg", "sendmmsg")
+    if calls is None:
         return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        recv, send = libc.recvmmsg, libc.sendmmsg
-    except (OSError, AttributeError):
-        return None
+    recv, send = calls
     recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
     recv.restype = ctypes.c_int
     send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]

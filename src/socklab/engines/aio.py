@@ -58,7 +58,6 @@ import contextlib
 import os
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -66,7 +65,7 @@ from typing import Any, cast
 from socklab.core.dial import Dial, Target
 from socklab.core.errors import ConnectTimeout, SocklabError, translate_oserror
 from socklab.core.protocol import Protocol
-from socklab.core.sockets import Endpoint, client_targets, literal_family
+from socklab.core.sockets import Endpoint, client_targets, close_traced, literal_family
 from socklab.core.tls import TLSProtocol
 from socklab.core.transport import TimerHandle
 from socklab.engines._aio_datagram import LoopDatagramEndpoint
@@ -77,6 +76,7 @@ from socklab.engines._aio_stream import (
     _Stream,
     _TracedStream,
 )
+from socklab.engines._libc import timerfd
 from socklab.engines.base import (
     DatagramFactory,
     Engine,
@@ -139,8 +139,9 @@ class _Ticker:
     the same ``epoll`` set instead: it costs nothing until it fires, then the loop reads its
     8-byte expiry count and runs the sweep. (A ticker thread would do it too, but a second thread
     makes glibc take its multi-threaded paths in every ``malloc`` and system call: measured 3-5 %
-    more CPU per round trip.) Python 3.11 has no ``os.timerfd_create``, hence ``ctypes``;
-    ``create`` returns None where there is no timerfd, and the engine keeps the loop's timer.
+    more CPU per round trip.) Python 3.11 has no ``os.timerfd_create``: it comes from
+    :mod:`socklab.engines._libc`. ``create`` returns None where there is no timerfd, and the engine
+    keeps the loop's timer.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> None:
@@ -152,7 +153,7 @@ class _Ticker:
     @classmethod
     def create(cls, loop: asyncio.AbstractEventLoop, interval: float,
                callback: Callable[[], None]) -> _Ticker | None:
-        fd = _timerfd(interval)
+        fd = timerfd(interval)
         return None if fd is None else cls(loop, fd, callback)
 
     def _fire(self) -> None:
@@ -168,37 +169,6 @@ class _Ticker:
                 self._loop.remove_reader(self._fd)
             os.close(self._fd)
             self._fd = -1
-
-
-def _timerfd(interval: float) -> int | None:
-    """A non-blocking ``timerfd`` that becomes readable every ``interval`` seconds, or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        create, settime = libc.timerfd_create, libc.timerfd_settime
-    except (OSError, AttributeError):
-        return None
-
-    class _Timespec(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-    class _Itimerspec(ctypes.Structure):
-        _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
-
-    create.argtypes = [ctypes.c_int, ctypes.c_int]
-    settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
-    fd = create(time.CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC)  # TFD_NONBLOCK | TFD_CLOEXEC
-    if fd < 0:
-        return None
-    sec, frac = divmod(interval, 1.0)
-    every = _Timespec(int(sec), int(frac * 1e9))
-    if settime(fd, 0, ctypes.byref(_Itimerspec(every, every)), None) != 0:
-        os.close(fd)
-        return None
-    return int(fd)
 
 
 # ---- the engines ----------------------------------------------------------------------------------
@@ -361,14 +331,14 @@ class _AioEngine(Engine):
                         server_hostname: str | None = None,
                         on_failed: Callable[[BaseException], None] | None = None) -> Callable[[], _Stream]:
         cls: type[_Stream] = _TracedStream if self.tracer else _Stream
-        if ssl_context is not None:  # socklab's TLS layer between the bridge and the app (module docstring)
-            app_factory = factory
+        if ssl_context is None:
+            return lambda: cls(self, factory, server_side)
 
-            def factory() -> Protocol:
-                return TLSProtocol(app_factory(), ssl_context, server_side=server_side,
-                                   server_hostname=server_hostname, on_failed=on_failed)
+        def tls_app() -> Protocol:  # socklab's TLS layer between the bridge and the app (module docstring)
+            return TLSProtocol(factory(), ssl_context, server_side=server_side, server_hostname=server_hostname,
+                               on_failed=on_failed)
 
-        return lambda: cls(self, factory, server_side)
+        return lambda: cls(self, tls_app, server_side)
 
     def serve_stream(self, sock: socket.socket, protocol_factory: ProtocolFactory,
                      ssl_context: ssl.SSLContext | None = None) -> _Listener:
@@ -413,19 +383,13 @@ class _AioEngine(Engine):
         for endpoint in list(self._endpoints):
             endpoint.close()
 
-    def _close_unadopted(self, sock: socket.socket, why: str) -> None:
-        """Close a dialled socket the loop never took over, traced as every close is (core/dial.py)."""
-        if self.tracer and sock.fileno() >= 0:
-            self.tracer.emit("close", sock, detail=why)
-        sock.close()
-
     async def _dial(self, targets: list[Target], timeout: float, what: str) -> socket.socket:
         """:class:`~socklab.core.dial.Dial` on this loop; a cancelled task closes what it had opened."""
         done: asyncio.Future[socket.socket] = self.loop.create_future()
 
         def connected(sock: socket.socket, addr: Any) -> None:
             if done.done():
-                self._close_unadopted(sock, "the connect was abandoned before this socket was handed over")
+                close_traced(sock, self.tracer, "the connect was abandoned before this socket was handed over")
             else:
                 done.set_result(sock)
 
@@ -481,7 +445,7 @@ class _AioEngine(Engine):
                     else:
                         await loop.create_connection(bridge, sock=sock)
                 except BaseException as exc:
-                    self._close_unadopted(sock, f"the loop could not take the connected socket over: {exc!r}")
+                    close_traced(sock, self.tracer, f"the loop could not take the connected socket over: {exc!r}")
                     raise
             except SocklabError as failure:  # the dial's, client_targets'
                 report(failure)
