@@ -142,16 +142,49 @@ def spawn() -> Iterator[Callable[..., Proc]]:
                 stream.close()
 
 
-@pytest.fixture(scope="session")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A throwaway CA and a server certificate for 127.0.0.1, ::1 and localhost (trustme)."""
+def make_tls_files(directory: Path, *names: str) -> dict[str, str]:
+    """A throwaway CA and a server certificate for ``names`` (trustme), written into ``directory``:
+    the paths of ``ca`` (the CA's certificate), ``cert`` (key and chain) and ``key``."""
     import trustme
 
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
-    d = tmp_path_factory.mktemp("tls")
-    paths = {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")}
+    cert = ca.issue_cert(*names)
+    paths = {"ca": str(directory / "ca.pem"), "cert": str(directory / "cert.pem"), "key": str(directory / "key.pem")}
     ca.cert_pem.write_to_path(paths["ca"])
     cert.private_key_and_cert_chain_pem.write_to_path(paths["cert"])
     cert.private_key_pem.write_to_path(paths["key"])
     return paths
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1, ::1 and localhost (trustme)."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"), "localhost", "127.0.0.1", "::1")
+
+
+@contextlib.contextmanager
+def silent_listener(host: str = "127.0.0.1", case: str = "the connect-timeout case") -> Iterator[tuple[str, int]]:
+    """A listener on ``host`` that never accepts, its listen(0) accept queue filled: later SYNs are
+    dropped, so a connect to the (host, port) it yields can only time out. Fails the test, naming
+    ``case``, when the backlog never fills."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind((host, 0))
+        listener.listen(0)
+        for _ in range(16):
+            s = socket.socket(family)
+            s.settimeout(0.3)
+            fillers.append(s)
+            try:
+                s.connect(listener.getsockname())
+            except TimeoutError:
+                break
+        else:
+            pytest.fail(f"the backlog never filled: {case} cannot be set up")
+        yield listener.getsockname()[:2]
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

@@ -29,6 +29,7 @@ from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint, connect_tcp
 from socklab.core.trace import TraceEvent, Tracer
 from socklab.engines import make_engine
+from tests.conftest import silent_listener
 
 WAIT = 20.0  # only matters when something is broken
 V4, V6 = int(socket.AF_INET), int(socket.AF_INET6)
@@ -146,30 +147,9 @@ def nobody(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
         yield holder.getsockname()[:2]
 
 
-@contextlib.contextmanager
-def silent(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+def silent(host: str = "127.0.0.1") -> contextlib.AbstractContextManager[tuple[str, int]]:
     """A listener that never accepts, its accept queue full: later SYNs are dropped, a connect times out."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family)
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind((host, 0))
-        listener.listen(0)
-        for _ in range(16):
-            s = socket.socket(family)
-            s.settimeout(0.3)
-            fillers.append(s)
-            try:
-                s.connect(listener.getsockname())
-            except TimeoutError:
-                break
-        else:
-            pytest.fail("the backlog never filled: the silent-address case cannot be set up")
-        yield listener.getsockname()[:2]
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
+    return silent_listener(host, case="the silent-address case")
 
 
 def target(addr: tuple[str, int], local: Any = None) -> Target:

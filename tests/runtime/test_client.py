@@ -7,10 +7,8 @@ connect can only time out), the server's EOF, and the documented callback order
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ from socklab.core.protocol import DatagramProtocol, Protocol
 from socklab.core.settings import ClientSettings
 from socklab.core.sockets import Endpoint
 from socklab.runtime.client import BlockingClient, connect, run_client
-from tests.conftest import running_server
+from tests.conftest import running_server, silent_listener
 
 WAIT = 20.0  # only matters when something is broken
 
@@ -78,35 +76,11 @@ def test_refused(engine: str) -> None:
         client.connect(Endpoint("127.0.0.1", port), Recorder)
 
 
-@contextlib.contextmanager
-def full_backlog() -> Iterator[int]:
-    """A listener that never accepts, its accept queue filled: later SYNs are dropped."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers: list[socket.socket] = []
-    try:
-        for _ in range(16):
-            s = socket.socket()
-            s.settimeout(0.3)
-            fillers.append(s)
-            try:
-                s.connect(listener.getsockname())
-            except TimeoutError:
-                break
-        else:
-            pytest.fail("the backlog never filled: the connect-timeout case cannot be set up")
-        yield listener.getsockname()[1]
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
-
-
 def test_timeout(engine: str) -> None:
-    with full_backlog() as port, pytest.raises(ConnectTimeout), \
+    # a listener whose backlog is full: SYNs are dropped, the connect can only time out
+    with silent_listener(case="the connect-timeout case") as (host, port), pytest.raises(ConnectTimeout), \
             BlockingClient(ClientSettings(connect_timeout=0.5), engine=engine) as client:
-        client.connect(Endpoint("127.0.0.1", port), Recorder)
+        client.connect(Endpoint(host, port), Recorder)
 
 
 def test_server_eof_and_callback_order(engine: str) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, make_tls_files
 
 pytestmark = pytest.mark.netns
 
@@ -193,16 +193,7 @@ def v4_first() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def localhost_cert(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A CA and a certificate for the name ``localhost`` only (no IP address): TLS must verify the name."""
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    d = tmp_path_factory.mktemp("dial-tls")
-    paths = {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")}
-    ca.cert_pem.write_to_path(paths["ca"])
-    cert.private_key_and_cert_chain_pem.write_to_path(paths["cert"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    return paths
+    return make_tls_files(tmp_path_factory.mktemp("dial-tls"), "localhost")
 
 
 @pytest.fixture(scope="module")
