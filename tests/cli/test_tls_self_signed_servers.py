@@ -159,8 +159,9 @@ def test_listen_tls_without_keep_open_waits_past_a_wrong_pin() -> None:
         fp = read_until(p.stdout, FP).group(1)
         host, port = read_until(p.stdout, r"listening on tls://([\d.]+):(\d+)").groups()
         assert_refused(run("connect", host, port, "--pin", wrong(fp), stdin=b"secret\n"), fp)
-        # listen has seen that client go (the old code said "connection lost: connection reset by peer")
-        read_until(p.stdout, r"went away|reset by peer")
+        # (no wait for listen to say that client went: its reset may reach the server before the
+        # client's Finished is read, and then the handshake just failed - nothing for listen to say.
+        # The old code had closed its listening socket at that accept: the next connect was refused.)
         ok = run("connect", host, port, "--pin", fp, "--on-stdin-eof", "close", stdin=b"the real one\n")
         assert ok.returncode == 0, ok.stderr
         assert read_until(p.stdout, "^the real one$")
