@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.core.errors import ConnectionRefused, LocalProtocolError
-from socklab.core.protocol import BufferedProtocol, Protocol
+from socklab.core.protocol import Protocol
 from socklab.core.settings import ServerSettings
 from socklab.core.sockets import Endpoint, open_tcp_listener
 from socklab.core.trace import Tracer
@@ -34,7 +34,7 @@ from socklab.engines import make_engine
 from socklab.engines.base import Engine
 from socklab.runtime import Server
 from tests.conftest import running_server
-from tests.engines.test_behaviour import echo_roundtrip, recv_all
+from tests.engines.test_behaviour import SmallBufferEcho, echo_roundtrip, recv_all
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,18 +179,8 @@ def test_connect_refused_reports_connection_refused(aio: str) -> None:
 
 
 # ---- the BufferedProtocol paths ------------------------------------------------------------------
-class _BufferedEcho(BufferedProtocol):
-    """Echo through a deliberately tiny buffer of its own, so one read takes several rounds."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray(7)
-
-    def get_buffer(self, sizehint: int) -> bytearray:
-        assert sizehint > 0  # the engines never pass asyncio's -1 through
-        return self.buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.transport.write(bytes(self.buf[:nbytes]))
+class _BufferedEcho(SmallBufferEcho):
+    """Echo through a deliberately tiny buffer of its own (several rounds per read), half-open at EOF."""
 
     def eof_received(self) -> bool:
         self.transport.write_eof()
