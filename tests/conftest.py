@@ -51,6 +51,33 @@ def roundtrip(conn: socket.socket, data: bytes) -> bytes:
     return got
 
 
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll a state that has no event to wait on until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def is_listening(port: int) -> bool:
+    """Whether a TCP socket of this machine listens on ``port`` (the kernel's table, as ``ss -l``)."""
+    from socklab.tools.ss import list_sockets
+
+    return any(e.state == "LISTEN" and e.local_port == port
+               for e in list_sockets(("tcp", "tcp6"), with_pids=False, port=port))
+
+
+def blocked_in_poll(native_id: int) -> bool:
+    """Whether this process's thread ``native_id`` sleeps in select/poll/epoll_wait (its wchan)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/wchan", encoding="ascii") as f:
+            wchan = f.read()
+    except OSError:
+        return False
+    return "poll" in wchan or "select" in wchan
+
+
 @contextlib.contextmanager
 def running_server(factory: Callable[[], Any], engine: str = "epoll", *, udp: bool = False,
                    tracer: Any = None, **settings: Any) -> Iterator[Server]:

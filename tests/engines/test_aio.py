@@ -34,7 +34,7 @@ from socklab.engines import make_engine
 from socklab.engines.base import Engine
 from socklab.runtime import Server
 from tests.conftest import running_server
-from tests.engines.test_behaviour import SmallBufferEcho, echo_roundtrip, recv_all
+from tests.engines.test_behaviour import SmallBufferEcho, echo_roundtrip, recv_all, recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -207,10 +207,7 @@ def test_plain_protocol_on_the_reused_buffer_is_byte_exact(aio: str, chunks: lis
             a.sendall(chunk)
             b.sendall(chunk[::-1])
             for s, want in ((a, chunk), (b, chunk[::-1])):
-                got = b""
-                while len(got) < len(want):
-                    got += s.recv(65536)
-                assert got == want
+                assert recv_exactly(s, len(want)) == want
 
 
 # ---- limits and shutdown ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import socket
 import ssl
 import threading
@@ -24,7 +25,7 @@ from socklab.core.protocol import BufferedProtocol
 from socklab.core.settings import ServerSettings
 from socklab.core.trace import Tracer
 from socklab.runtime import Server
-from tests.conftest import running_server
+from tests.conftest import is_listening, running_server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,10 +39,12 @@ def recv_all(sock: socket.socket) -> bytes:
         chunks.append(data)
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
+def recv_exactly(sock: socket.socket, n: int, bufsize: int = 65536) -> bytes:
+    """Read exactly ``n`` bytes; the peer's end of the stream before that fails the test (a bare
+    ``while len(got) < n: got += recv()`` spins forever on it)."""
     got = bytearray()
     while len(got) < n:
-        chunk = sock.recv(65536)
+        chunk = sock.recv(bufsize)
         assert chunk, f"closed after {len(got)} of {n} bytes"
         got += chunk
     return bytes(got)
@@ -98,10 +101,7 @@ def test_echo_over_tls(engine: str, tls_files: dict[str, str]) -> None:
             with ctx.wrap_socket(raw, server_hostname="localhost") as c:
                 payload = os.urandom(200_000)
                 c.sendall(payload)
-                got = b""
-                while len(got) < len(payload):
-                    got += c.recv(65536)
-                assert got == payload
+                assert recv_exactly(c, len(payload)) == payload
                 assert c.version() in ("TLSv1.2", "TLSv1.3")
 
 
@@ -206,10 +206,7 @@ def test_200_concurrent_clients(concurrent_engine: str) -> None:
                 s.sendall(b"client %d\n" % i)
             for i, s in enumerate(socks):
                 want = b"client %d\n" % i
-                got = b""
-                while len(got) < len(want):
-                    got += s.recv(100)
-                assert got == want
+                assert recv_exactly(s, len(want)) == want
         finally:
             for s in socks:
                 s.close()
@@ -262,7 +259,9 @@ def test_graceful_shutdown_loses_nothing_mid_stream(engine: str) -> None:
     c.sendall(payload[: len(payload) // 2])
     stopper = threading.Thread(target=srv.shutdown)
     stopper.start()
-    time.sleep(0.2)  # let the shutdown begin while the client is mid-stream
+    # The shutdown has begun once the listener is gone from the kernel's table (no sleep: a busy
+    # machine may take longer than any guess to run the engine's begin_shutdown).
+    wait_until(lambda: not is_listening(srv.port), "the shutdown to close the listener")
     # new connections are refused at once (the listener is closed)
     if engine != "iterative":
         with pytest.raises(OSError):
@@ -330,16 +329,12 @@ def test_a_client_that_never_reads_cannot_grow_server_memory(concurrent_engine: 
         c.setblocking(False)
         sent, chunk = 0, b"x" * 65536
         deadline = time.monotonic() + 5
-        stalled_since = None
         while time.monotonic() < deadline:
             try:
                 sent += c.send(chunk)
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.5:
+            except BlockingIOError:  # wait for room (an event); none for 0.5 s: the server stopped reading
+                if not select.select([], [c], [], 0.5)[1]:
                     break
-                time.sleep(0.01)
         assert sent < 64 * 1024 * 1024, "the server kept reading a peer that does not read"
         buffered = [conn.get_write_buffer_size() for conn in srv.engine.connections  # type: ignore[attr-defined]
                     if hasattr(conn, "get_write_buffer_size")]
@@ -457,10 +452,7 @@ def test_engines_run_the_same_random_conversation(concurrent_engine: str) -> Non
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:
         for m in messages:
             c.sendall(m)
-            got = b""
-            while len(got) < len(m):
-                got += c.recv(65536)
-            assert got == m
+            assert recv_exactly(c, len(m)) == m
 
 
 class _Buggy(EchoProtocol):

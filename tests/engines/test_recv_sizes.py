@@ -22,6 +22,7 @@ from socklab.core import tls as core_tls
 from socklab.core.sockets import client_ssl_context
 from socklab.engines import _aio_stream, _blocking_io, _reactor_io, _stream, blocking, reactor
 from tests.conftest import running_server
+from tests.engines.test_behaviour import recv_exactly
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,9 +108,6 @@ def test_tls_receives_stay_small(engine: str, sizes: list[tuple[str, int]], tls_
             # 256 KiB buffer: recv_into, no allocation per read; see engines/_aio_stream.py.)
             sizes.clear()
             c.sendall(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                got += c.recv(16384)
-            assert got == payload
+            assert recv_exactly(c, len(payload), 16384) == payload
     # The test's client reads 16 KiB at a time; any larger read was the server's.
     _check(sizes, engine)
