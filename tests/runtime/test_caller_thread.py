@@ -22,7 +22,7 @@ from socklab.core.protocol import Protocol
 from socklab.core.sockets import Endpoint
 from socklab.engines import make_engine
 from socklab.runtime.client import BlockingClient, run_client
-from tests.conftest import running_server
+from tests.conftest import blocked_in_poll, running_server, wait_until
 
 WAIT = 20.0  # only matters when something is broken
 REACTORS = ["select", "poll", "epoll"]
@@ -119,9 +119,12 @@ def test_call_soon_threadsafe_from_another_thread_wakes_the_waiting_thread(engin
             ran.append(threading.get_ident())
             done.set()
 
+        main = threading.get_native_id()
+
         def poster() -> None:
             waiting.wait(WAIT)
-            time.sleep(0.1)  # the main thread is in poll() by now (with no timer to end it)
+            # the main thread's wait has reached poll() (with no timer to end it): its wchan says so
+            wait_until(lambda: blocked_in_poll(main), "the main thread to wait in poll()", WAIT)
             client.engine.call_soon_threadsafe(note)
 
         t = threading.Thread(target=poster)
@@ -168,7 +171,9 @@ def test_close_from_another_thread_ends_the_wait(engine: str) -> None:
         result: list[bool] = []
         t = threading.Thread(target=lambda: result.append(client.wait(threading.Event(), WAIT)))
         t.start()
-        time.sleep(0.2)  # the thread is waiting in poll()
+        assert t.native_id is not None
+        native_id = t.native_id
+        wait_until(lambda: blocked_in_poll(native_id), "the thread to wait in poll()", WAIT)
         start = time.monotonic()
         client.close()
         t.join(WAIT)
