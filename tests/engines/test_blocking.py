@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import select
 import socket
 import threading
 import time
@@ -228,9 +229,11 @@ def test_emfile_backs_off_then_recovers(name: str) -> None:
             client.connect(("127.0.0.1", srv.port))  # completes in the kernel; accept() gets EMFILE
             client.sendall(b"are you there")
             assert backing_off.wait(10), "the server never hit EMFILE"
-            time.sleep(1.0)  # a second out of descriptors: count how often accept() was retried
+            since = time.monotonic()
+            time.sleep(1.0)  # the subject: a second out of descriptors, count how often accept() was retried
             attempts = srv.statistics().extra["accept_backoffs"]
-            assert 1 <= attempts <= 10, f"{attempts} accept retries in a second: a busy loop"
+            elapsed = time.monotonic() - since  # a loaded machine may sleep longer than asked: 10 per second
+            assert 1 <= attempts <= 10 * max(1.0, elapsed), f"{attempts} accept retries in {elapsed:.2f} s: a busy loop"
             for fd in fillers:  # descriptors free up...
                 os.close(fd)
             fillers = []
@@ -254,17 +257,13 @@ def test_a_client_that_stops_reading_is_bounded_and_does_not_block_others(name: 
         slow.setblocking(False)
         sent = bytearray()
         chunk = os.urandom(65536)
-        stalled_since = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # push until the server stops reading us
             try:
                 sent += chunk[: slow.send(chunk)]
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.5:
+            except BlockingIOError:  # wait for room (an event); none for 0.5 s: the server stopped reading
+                if not select.select([], [slow], [], 0.5)[1]:
                     break
-                time.sleep(0.01)
         assert len(sent) < 32 * 1024 * 1024, "the server kept reading a peer that does not read"
         conns: list[Any] = list(srv.engine.connections)
         assert len(conns) == 1 and conns[0].get_write_buffer_size() <= limit + RECV_SIZE
