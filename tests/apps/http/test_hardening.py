@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from socklab.apps.http.api import Request, Response, Router
+from socklab.tools.ss import list_sockets
 from tests.apps.http.conftest import http_server, raw_exchange
 from tests.apps.http.test_protocols import INVALID, TRAVERSAL
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -249,11 +251,20 @@ def test_slow_reader_memory_bounded_and_send_timeout(site: Path, concurrent_engi
             s.connect(("127.0.0.1", srv.port))
             s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
             clients.append(s)
-        time.sleep(0.3)  # let the server fill what it can (nothing to wait for: the clients read nothing)
+        # The server has filled what it can once each connection's send queue in the kernel holds
+        # bytes the client has not taken (its 4 KiB window is full): read from /proc/net/tcp.
+        def filled() -> bool:
+            mine = [e for e in list_sockets(("tcp",), with_pids=False, port=srv.port)
+                    if e.local_port == srv.port and e.state == "ESTABLISHED"]
+            return len(mine) == len(clients) and all(e.send_q > 0 for e in mine)
+
+        wait_until(filled, "the server to fill every client's connection")
         buffered = [c.get_write_buffer_size() for c in list(srv.engine.connections)  # type: ignore[attr-defined]
                     if hasattr(c, "get_write_buffer_size")]
         assert buffered and max(buffered) <= max_buffer + 64 * 1024 + 1, buffered
-        time.sleep(1.7)  # longer than send_timeout: the clients accept nothing meanwhile
+        # send_timeout (1 s) passes while the clients accept nothing: the server drops all of them
+        wait_until(lambda: srv.statistics().connections == 0, "the server to drop the clients that read nothing",
+                   timeout=15)
         for s in clients:  # the server gave up on them: what was in flight, then EOF or RST
             got = 0
             try:
