@@ -138,8 +138,9 @@ def test_socklab_get_from_in_tftpd_returns_right_after_the_final_ack(
     for _ in range(2):
         out = io.BytesIO()
         start = time.monotonic()
-        tftp_get("127.0.0.1", port, "x.bin", out, TftpClientOptions(timeout=10.0))
+        tftp_get("127.0.0.1", port, "x.bin", out, TftpClientOptions(timeout=20.0))
         took = time.monotonic() - start
         assert out.getvalue() == data
-        assert took < 5.0, f"get took {took:.2f} s with a 10 s timeout: the client dallied"
+        # the old client waited its whole timeout (20 s); half of it is room for a loaded machine
+        assert took < 10.0, f"get took {took:.2f} s with a 20 s timeout: the client dallied"
     assert len(dropped) == int(lose_final_ack)
