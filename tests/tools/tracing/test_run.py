@@ -38,7 +38,10 @@ def test_a_python_client_is_traced_like_socklabs_own_trace(tmp_path: Path) -> No
         s.sendall(b"hello world")
         got = b""
         while len(got) < 11:
-            got += s.recv(100)
+            chunk = s.recv(100)
+            if not chunk:  # the server closed early: say so, do not spin
+                sys.exit(f"the server closed after {len(got)} of 11 bytes")
+            got += chunk
         print(got.decode())
         s.close()
     """))
@@ -277,7 +280,10 @@ def test_explain_and_output_file(tmp_path: Path) -> None:
         s.sendall(b"hello world")
         got = b""
         while len(got) < 11:
-            got += s.recv(100)
+            chunk = s.recv(100)
+            if not chunk:  # the server closed early: say so, do not spin
+                sys.exit(f"the server closed after {len(got)} of 11 bytes")
+            got += chunk
         s.close()
     """))
     out = tmp_path / "trace.txt"

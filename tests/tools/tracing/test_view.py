@@ -30,7 +30,10 @@ SERVER = textwrap.dedent("""
     conn, _ = srv.accept()
     got = b""
     while len(got) < 11:
-        got += conn.recv(4)          # small reads: the client's one write arrives in pieces
+        chunk = conn.recv(4)         # small reads: the client's one write arrives in pieces
+        if not chunk:                # the client closed early: say so, do not spin
+            raise SystemExit(f"the client closed after {len(got)} of 11 bytes")
+        got += chunk
     conn.sendall(got)
     while conn.recv(100):            # until the client's FIN
         pass
