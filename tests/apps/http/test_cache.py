@@ -231,8 +231,11 @@ def test_large_file_corked_for_head_and_sendfile_then_uncorked(tmp_path: Path) -
         assert rec.calls == [(*cork, 1), (*cork, 0)]  # corked for the head and the file, released after
         assert b"content-length: 100000" in bytes(t.out) and proto.state != 5
         got = b""
+        b.settimeout(10)  # a short send fails here, not at the test's timeout
         while len(got) < 100_000:
-            got += b.recv(65536)
+            chunk = b.recv(65536)
+            assert chunk, f"closed after {len(got)} of 100000 bytes"
+            got += chunk
         assert got == (tmp_path / "big.bin").read_bytes()
         proto.data_received(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")  # the next response corks afresh
         assert rec.calls[2:] == [(*cork, 1), (*cork, 0)]
