@@ -124,7 +124,9 @@ def test_http_client_pipelining_and_http10(site: Path, concurrent_engine: str) -
                 s.sendall(b"GET /sub/a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 data = b""
                 while not data.endswith(b"0123456789"):
-                    data += s.recv(65536)
+                    chunk = s.recv(65536)
+                    assert chunk, f"closed instead of keeping the connection alive: {data!r}"
+                    data += chunk
                 assert b"connection: keep-alive\r\n" in data
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         for _ in range(20):
