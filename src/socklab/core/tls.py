@@ -225,7 +225,7 @@ class TLSProtocol(Protocol, Transport):
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or a TCP FIN without one
                 chunk = b""
             except ssl.SSLError as exc:
-                self._fail(RemoteProtocolError(f"TLS error: {getattr(exc, 'reason', None) or exc}"))
+                self._bad_record(exc)
                 return
             if not chunk:  # the peer sent close_notify (read() returns b""): its stream ended
                 if self._eof_deferred:
@@ -243,6 +243,10 @@ class TLSProtocol(Protocol, Transport):
         if self._eof_deferred and not incoming.pending and not pending():
             self._send_eof()
         self._flush()
+
+    def _bad_record(self, exc: ssl.SSLError) -> None:
+        """A record that did not decrypt or authenticate: the connection is reset."""
+        self._fail(RemoteProtocolError(f"TLS error: {getattr(exc, 'reason', None) or exc}"))
 
     def _fail(self, exc: BaseException, reset: bool = True) -> None:
         tracer = self.transport.get_extra_info("tracer")

@@ -24,6 +24,7 @@ from socklab.core.errors import LocalProtocolError
 from socklab.core.protocol import BufferedProtocol, Protocol
 from socklab.core.transport import Transport
 from socklab.engines._blocking_threads import _Writable
+from socklab.engines._blocking_tls import ThreadTLSProtocol
 from socklab.engines._stream import RECV_SIZE, ConnState, Event, StreamCore
 from socklab.engines.base import Connection, Timer, socket_extra_info
 
@@ -97,6 +98,10 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
         # and sent from the buffer it was read into (no bytes object, no malloc per message).
         direct = deliver is None and not tracer and getattr(self.protocol, "zero_copy_echo", False)
         into = buffered or direct  # read with recv_into this connection's buffer
+        # The same declaration under TLS (engines._blocking_tls): once the handshake is done the
+        # reply is decrypted and encrypted back here, without the engine lock.
+        tls = self.protocol if isinstance(self.protocol, ThreadTLSProtocol) else None
+        claimed = False  # the TLS echo left its loop with the socket claimed (_sending)
         buf = bytearray(size if into else 0)  # otherwise recv() makes a fresh bytes object: cheaper than a copy
         view = memoryview(buf)
         recv, recv_into, send = self.sock.recv, self.sock.recv_into, self.sock.send
@@ -149,6 +154,50 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                             view = memoryview(buf)
                         if self._hold and not self._after_send(None):  # queued meanwhile: hand it on
                             return
+                elif tls is not None and tls.echoing:
+                    # The TLS echo: as the plain one above, with the records decrypted and
+                    # encrypted back by tls.echo() (None: it declined, the locked path takes the
+                    # message). A close_notify or a bad record ends it: tls.end_echo() says so.
+                    while True:
+                        try:
+                            data = recv(size)
+                        except OSError as exc:
+                            rerr = exc
+                            break
+                        n = len(data)
+                        if not n:
+                            break
+                        self._sending = True  # claimed first, then look (see the plain echo above)
+                        if self._busy or self._hold:
+                            claimed = True
+                            break
+                        out = tls.echo(data, self)
+                        if out is None:
+                            claimed = True
+                            break
+                        self._active = True
+                        try:
+                            sent = send(out, _DONTWAIT) if out else 0
+                        except (BlockingIOError, InterruptedError):
+                            sent = 0
+                        except OSError as exc:
+                            with lock:
+                                self._sending = False
+                                self._fatal(exc, "sending")
+                            return
+                        if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
+                            size = RECV_SIZE
+                        if sent != len(out):
+                            if not self._after_send(memoryview(out)[sent:]):
+                                return
+                        else:
+                            self._sending = False
+                            if self._hold and not self._after_send(None):
+                                return
+                        if not tls.echoing:  # the locked path says why it stopped, then reads on
+                            data = b""
+                            data_received = tls.end_echo
+                            break
                 try:
                     if rerr is not None:
                         raise rerr
@@ -168,6 +217,9 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                         self._sending = False
                         self._resume_output()
                         data = bytes(view[:n])  # data_received (write) may keep it: copy out of the buffer
+                    elif claimed:  # (the TLS echo's)
+                        claimed = self._sending = False
+                        self._resume_output()
                     if self._hold and not self._wait_readable():
                         return
                     if tracer:

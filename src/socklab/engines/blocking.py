@@ -57,10 +57,10 @@ from typing import Any
 from socklab.core.errors import SocklabError
 from socklab.core.protocol import Protocol
 from socklab.core.sockets import Endpoint, connect_tcp
-from socklab.core.tls import TLSProtocol
 from socklab.core.trace import format_addr
 from socklab.engines._blocking_io import _DONTWAIT, RECV_SIZE, StreamTransport, Timer
 from socklab.engines._blocking_threads import JOIN_TIMEOUT, Clock, DatagramEndpoint, Flusher
+from socklab.engines._blocking_tls import ThreadTLSProtocol
 from socklab.engines.base import Connection, DatagramFactory, Engine, EngineInfo, ProtocolFactory
 
 __all__ = ["RECV_SIZE", "BlockingEngine", "IterativeEngine", "PoolEngine", "StreamTransport", "ThreadsEngine"]
@@ -299,8 +299,8 @@ class BlockingEngine(Engine):
                 self._check_drained()
                 return
             if ssl_context is not None:
-                protocol = TLSProtocol(protocol, ssl_context, server_side=server_side,
-                                       server_hostname=server_hostname, on_failed=on_error)
+                protocol = ThreadTLSProtocol(protocol, ssl_context, server_side=server_side,
+                                             server_hostname=server_hostname, on_failed=on_error)
             transport = StreamTransport(self, sock, protocol, peer)
             self.connection_opened(transport)
             try:
