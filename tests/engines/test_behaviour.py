@@ -293,6 +293,28 @@ def test_max_connections_refuses_the_excess_with_a_reason(concurrent_engine: str
         b.close()
 
 
+def test_max_connections_on_a_tls_listener_refuses_without_plaintext(concurrent_engine: str,
+                                                                    tls_files: dict[str, str]) -> None:
+    # The refusal used to send overflow_message in plaintext into what the client reads as TLS
+    # records: OpenSSL then reports "wrong version number", a false diagnosis. Now a refused TLS
+    # client gets only the close (a FIN, or a reset if its ClientHello was unread).
+    ctx = ssl.create_default_context(cafile=tls_files["ca"])
+    with running_server(EchoProtocol, concurrent_engine, max_connections=1, workers=2,
+                        tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=10),
+                            server_hostname="localhost") as served:
+        served.sendall(b"hi")
+        assert served.recv(10) == b"hi"
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as probe:
+            probe.settimeout(10)
+            assert recv_all(probe) == b""
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+            with pytest.raises((ssl.SSLEOFError, ConnectionResetError)):
+                ctx.wrap_socket(raw, server_hostname="localhost").close()
+        served.sendall(b"still served")
+        assert served.recv(100) == b"still served"
+
+
 def test_idle_connections_are_closed(engine: str) -> None:
     with running_server(EchoProtocol, engine, idle_timeout=0.3) as srv, \
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as c:

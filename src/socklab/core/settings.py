@@ -117,7 +117,8 @@ class ServerSettings:
                                            "needed); its SHA-256 fingerprint is printed for clients to pin "
                                            "(--pin SHA256).", cli="--tls-self-signed", transports=("tcp", "unix"))
     overflow_message: bytes = setting(b"socklab: server full (max_connections reached), try again later\r\n",
-                                      "Sent to a connection refused for max_connections.", cli="")
+                                      "Sent to a connection refused for max_connections (not on a TLS listener, whose "
+                                      "refused clients get only the close: plaintext would break their handshake).", cli="")
 
     def validate(self) -> None:
         """Raise :class:`~socklab.core.errors.UsageError` for impossible combinations."""

@@ -101,8 +101,9 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
     protocol: Protocol
     engine: _AioEngine
 
-    def __init__(self, engine: _AioEngine, factory: ProtocolFactory, server_side: bool) -> None:
+    def __init__(self, engine: _AioEngine, factory: ProtocolFactory, server_side: bool, tls: bool = False) -> None:
         self.engine = engine
+        self._tls = tls  # the factory makes socklab's TLS layer: a refusal sends no plaintext
         self.tracer = engine.tracer
         self._factory = factory
         self._server_side = server_side
@@ -230,7 +231,7 @@ class _Stream(StreamCore, asyncio.BaseProtocol, Transport, Connection):
         if self.tracer:
             self._emit("note", detail=f"refusing {format_addr(self.peer)}: max_connections="
                        f"{engine.settings.max_connections} reached (or shutting down)")
-        if not engine.shutting_down:
+        if not engine.shutting_down and not self._tls:  # no plaintext into a TLS stream (refusal rule)
             t.write(engine.settings.overflow_message)
         t.close()
 

@@ -98,7 +98,7 @@ class _Listener:
                                 "(or shutting down)", conn)
         try:
             conn.setblocking(False)
-            if not reactor.shutting_down:
+            if not reactor.shutting_down and self.ssl_context is None:  # no plaintext into a TLS stream
                 conn.send(reactor.settings.overflow_message)
         except OSError:
             pass

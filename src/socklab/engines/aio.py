@@ -338,7 +338,7 @@ class _AioEngine(Engine):
             return TLSProtocol(factory(), ssl_context, server_side=server_side, server_hostname=server_hostname,
                                on_failed=on_failed)
 
-        return lambda: cls(self, tls_app, server_side)
+        return lambda: cls(self, tls_app, server_side, tls=True)
 
     def serve_stream(self, sock: socket.socket, protocol_factory: ProtocolFactory,
                      ssl_context: ssl.SSLContext | None = None) -> _Listener:

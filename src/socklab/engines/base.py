@@ -6,7 +6,8 @@ interface - shaped like an asyncio event loop (``run``, ``stop``, ``call_soon_th
 :class:`~socklab.runtime.Server` never care which one runs. The policies every server needs
 are written once here and inherited:
 
-- admission: ``max_connections`` (the excess gets ``overflow_message`` and a close);
+- admission: ``max_connections`` (the excess gets ``overflow_message`` and a close; on a TLS
+  listener only the close, since plaintext in a TLS stream reads as a broken handshake);
 - the idle timeout: a sweep every second compares each connection's last activity with
   ``idle_timeout`` (one timer for all connections, not one per byte received);
 - graceful shutdown: stop accepting, tell every protocol ``shutdown_requested()``, wait for the

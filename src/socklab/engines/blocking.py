@@ -247,11 +247,11 @@ class BlockingEngine(Engine):
     def _handle_accepted(self, listener: _Listener, conn: socket.socket, peer: Any) -> None:
         raise NotImplementedError
 
-    def _refuse(self, conn: socket.socket, peer: Any, why: str) -> None:
+    def _refuse(self, conn: socket.socket, peer: Any, why: str, listener: _Listener) -> None:
         if self.tracer:
             self.tracer.note(f"refusing {format_addr(peer)}: {why}", conn)
         try:
-            if not self.shutting_down:
+            if not self.shutting_down and listener.ssl_context is None:  # no plaintext into a TLS stream
                 conn.send(self.settings.overflow_message, _DONTWAIT)
         except OSError:
             pass
@@ -443,7 +443,7 @@ class IterativeEngine(BlockingEngine):
         with self.lock:
             admitted = self.admit()
         if not admitted:
-            self._refuse(conn, peer, "shutting down")
+            self._refuse(conn, peer, "shutting down", listener)
             return
         self._serve(conn, peer, listener.factory, listener.ssl_context)
 
@@ -462,14 +462,14 @@ class ThreadsEngine(BlockingEngine):
             if not self.admit():
                 why = "shutting down" if self.shutting_down else \
                     f"max_connections={self.settings.max_connections} reached"
-                self._refuse(conn, peer, why)
+                self._refuse(conn, peer, why, listener)
                 return
             body = self._serve_thread(lambda: self._serve(conn, peer, listener.factory, listener.ssl_context))
             if not self._start_thread(body, f"conn-{conn.fileno()}"):
                 self._starting -= 1
                 self.stats.accepted -= 1
                 self.stats.refused += 1
-                self._refuse(conn, peer, "no more threads")
+                self._refuse(conn, peer, "no more threads", listener)
 
 
 class PoolEngine(BlockingEngine):
@@ -503,11 +503,11 @@ class PoolEngine(BlockingEngine):
                 self.stats.refused += 1
                 self.stats.extra["queue_full"] = self.stats.extra.get("queue_full", 0) + 1
                 self._refuse(conn, peer, f"the pool's queue is full (queue_size={s.queue_size}, "
-                                         f"workers={s.workers} busy)")
+                                         f"workers={s.workers} busy)", listener)
                 return
             if not self.admit():
                 why = "shutting down" if self.shutting_down else f"max_connections={s.max_connections} reached"
-                self._refuse(conn, peer, why)
+                self._refuse(conn, peer, why, listener)
                 return
             self._queue.append((conn, peer, listener))
             if self._idle:
