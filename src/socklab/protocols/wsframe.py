@@ -177,7 +177,7 @@ class FrameParser:
             self._chunks = []
         else:
             if not self._op:  # the fast path: exactly one whole unfragmented data frame
-                fast = self._one_frame(data)
+                fast = self.one_message(data)
                 if fast is not None:
                     return [fast]
             buf = data
@@ -193,10 +193,13 @@ class FrameParser:
             self._have = len(buf) - pos
         return out
 
-    def _one_frame(self, data: bytes) -> str | bytes | None:
-        """``data`` is one valid final text/binary frame of < 64 KiB: its message; else None (the full path)."""
+    def one_message(self, data: bytes) -> str | bytes | None:
+        """The common case in one call: ``data`` is exactly one valid, final, masked text or binary
+        frame of less than 64 KiB, and no frame or message is in progress - its message. Anything
+        else returns None and changes nothing: hand the same ``data`` to :meth:`feed`, which
+        parses it in full (and reports what is wrong with it). Never raises."""
         size = len(data)
-        if size < 6:
+        if size < 6 or self._chunks or self._op or self.closed:
             return None
         b0, n = data[0], data[1] ^ 0x80  # b1 without the mask bit; >= 128 if unmasked
         if b0 != 0x81 and b0 != 0x82:

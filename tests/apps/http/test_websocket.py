@@ -85,6 +85,39 @@ def test_message_too_big_closes_1009() -> None:
         finish(ws)
 
 
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragmented"])
+def test_a_handler_that_raises_closes_1011_and_the_server_serves_on(fragmented: bool,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # One whole frame takes the receive fast path (FrameParser.one_message), a fragmented message
+    # the full parser: a bug in on_message must close that connection with 1011 either way.
+    router = Router()
+
+    @router.websocket("/ws")
+    def on_ws(ws: WebSocket) -> None:
+        def on_message(msg: str | bytes) -> None:
+            if msg == "boom":
+                raise RuntimeError("handler bug")
+            ws.send(msg)
+        ws.on_message = on_message
+
+    with http_server(router=router) as srv:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/ws", timeout=10)
+        ws.send("fine")
+        assert ws.recv() == "fine"
+        if fragmented:
+            ws.send_frame(websocket.ABNF.create_frame("bo", websocket.ABNF.OPCODE_TEXT, fin=0))
+            ws.send_frame(websocket.ABNF.create_frame("om", websocket.ABNF.OPCODE_CONT, fin=1))
+        else:
+            ws.send("boom")
+        assert close_code(ws) == 1011
+        finish(ws)
+        other = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/ws", timeout=10)
+        other.send("still served")
+        assert other.recv() == "still served"
+        finish(other)
+    assert "RuntimeError: handler bug" in capsys.readouterr().err
+
+
 def test_fragmented_message_over_the_limit_closes_1009() -> None:
     with http_server(router=echo_router(), ws_max_message=1000) as srv:
         ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/ws", timeout=10)

@@ -123,6 +123,7 @@ class WebSocket:
         self._proto = proto
         self._write = proto.transport.write
         self._parser = FrameParser(settings.ws_max_message)
+        self._one_message = self._parser.one_message
         self.request = request
         self.settings = settings
         self.on_message: Callable[[str | bytes], None] | None = None
@@ -153,6 +154,15 @@ class WebSocket:
         """Send one text (``str``) or binary (``bytes``) message; ignored once closing."""
         if self._closed or self._close_sent:
             return
+        if type(message) is str:  # data_frame()'s common case without its call: one frame less per message
+            payload = message.encode()
+            n = len(payload)
+            if n < 126:
+                self._write(bytes((0x81, n)) + payload)
+                return
+            if n < 0x10000:
+                self._write(bytes((0x81, 126, n >> 8, n & 0xFF)) + payload)
+                return
         self._write(data_frame(message))
 
     def send_framed(self, data: bytes) -> None:
@@ -183,6 +193,17 @@ class WebSocket:
             self._proto.transport.close()
             return
         self._active = True
+        msg = self._one_message(data)  # one whole data frame, the common case: no list, no loop
+        if msg is not None:
+            on_message = self.on_message
+            if on_message is not None and not self._queue and not self._close_sent:
+                try:
+                    on_message(msg)
+                except Exception:  # a handler bug: as _call
+                    self._handler_failed()
+            else:
+                self._handle(msg)
+            return
         try:
             events = self._parser.feed(data)
         except WsProtocolError as exc:
@@ -232,11 +253,15 @@ class WebSocket:
     def _call(self, callback: Callable[[str | bytes], None], msg: str | bytes) -> None:
         try:
             callback(msg)
-        except Exception:  # a handler bug: close this connection (1011), tell the operator, serve on
-            print(f"socklab http: WebSocket handler for {escape_peer_text(self.request.path)} failed:",
-                  file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            self._fail(CLOSE_INTERNAL, "internal error")
+        except Exception:
+            self._handler_failed()
+
+    def _handler_failed(self) -> None:
+        """In the ``except`` of a handler call: close this connection (1011), tell the operator, serve on."""
+        print(f"socklab http: WebSocket handler for {escape_peer_text(self.request.path)} failed:",
+              file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
+        self._fail(CLOSE_INTERNAL, "internal error")
 
     def flush_queue(self) -> None:
         """Deliver queued messages once ``on_message`` is set (called automatically when possible)."""
