@@ -192,6 +192,10 @@ def test_ws_every_contender_is_warmed_and_echoes_frames() -> None:
 
     specs = ws_server_specs(["epoll"], references=True, peers=False)
     assert [(s.name, s.reference) for s in specs] == [("ref:aiohttp_uvloop", None), ("epoll", "ref:aiohttp_uvloop")]
+    against_picows = ws_server_specs(["epoll", "uvloop"], references=True, against="picows")
+    assert [(s.name, s.reference) for s in against_picows][:3] == [
+        ("ref:picows", None), ("epoll", "ref:picows"), ("uvloop", "ref:picows")]
+    assert [s.name for s in against_picows].count("ref:picows") == 1  # not measured again on its own
     for size in (256, 70_000):  # a 2-byte length and an 8-byte length frame header
         load = Load(connections=2, size=size, duration=0.2, warmup=0.05, proto="ws")
         results = run_echo(specs, load, repeats=1, interleave=True, slice_ms=50)

@@ -54,8 +54,11 @@ def _peer_available(name: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True) -> list[ServerSpec]:
-    """Per engine its aiohttp reference and itself; then picows and websockets (``peers``) if installed."""
+def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True,
+                    against: str = "aiohttp") -> list[ServerSpec]:
+    """Per engine its reference and itself; then picows and websockets (``peers``) if installed and
+    not already a reference. ``against``: "aiohttp" (on the engine's own loop, the target) or
+    "picows" (every engine takes turns with picows, the stretch)."""
     d = ws_dir()
 
     def spec(name: str) -> ServerSpec:
@@ -65,7 +68,7 @@ def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True)
     out: list[ServerSpec] = []
     seen: set[str] = set()
     for engine in engines:
-        ref = WS_REFERENCE_FOR.get(engine)
+        ref = WS_REFERENCE_FOR.get(engine) if against == "aiohttp" else against
         if references and ref is not None and ref not in seen and _peer_available(ref):
             seen.add(ref)
             out.append(spec(ref))
@@ -73,7 +76,7 @@ def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True)
                                                   "--port", "0"),
                               engine=engine, reference=f"ref:{ref}" if ref in seen else None))
     if references and peers:
-        out += [spec(p) for p in ("picows", "websockets") if _peer_available(p)]
+        out += [spec(p) for p in ("picows", "websockets") if p not in seen and _peer_available(p)]
     return out
 
 
@@ -87,21 +90,26 @@ def ws_server_specs(engines: list[str], *, references: bool, peers: bool = True)
 @measurement_options(repeat_help="Runs per server (fresh processes each); the table shows medians.")
 @slice_option()
 @click.option("--no-reference", is_flag=True, help="Only socklab's servers (no aiohttp, picows, websockets).")
+@click.option("--against", type=click.Choice(["aiohttp", "picows"]), default="aiohttp", show_default=True,
+              help="Whom each engine takes turns with: aiohttp on the engine's own loop, or picows "
+                   "(the fastest Python peer; otherwise it runs on its own).")
 @run_cli
 def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: float, repeat: int,
-       slice_ms: float, no_reference: bool, cold: bool, as_json: bool, save: str | None, chart: str | None) -> None:
+       slice_ms: float, no_reference: bool, against: str, cold: bool, as_json: bool, save: str | None,
+       chart: str | None) -> None:
     """WebSocket echo: socklab's /ws route on each engine vs aiohttp (same loop), picows, websockets.
 
     One C generator process on its own core holds --connections clients; a message is one masked
     text frame and is done when the echo frame is back. "vs ref" is each engine against aiohttp on
     its own event loop (epoll and threads: aiohttp on uvloop), taken in interleaved turns; picows
-    and websockets run on their own. "gen CPU %" near 100 would mean the generator is the limit.
+    and websockets run on their own (--against picows: every engine takes turns with picows). "gen CPU %" near 100 would mean the generator is the limit.
     No C WebSocket server is measured: the generator's own CPU share is the evidence.
 
     \b
       socklab bench ws                                   # 256 B text x 20 clients, 3 x 10 s
       socklab bench ws --size 65536 --connections 10     # 64 KiB messages
       socklab bench ws --engines epoll --repeat 1 --duration 3
+      socklab bench ws --engines epoll,uvloop --against picows   # interleaved with picows
     """
     from socklab.core.settings import ENGINE_NAMES
     from socklab.tools.bench.procs import pick_cores
@@ -115,7 +123,7 @@ def ws(engines_opt: str, size: int, connections: int, duration: float, warmup: f
             raise UsageError(f"--engines: {e!r} is not an engine that serves several clients; choose from: "
                              + ", ".join(n for n in ENGINE_NAMES if n != "iterative"))
     raise_nofile()
-    specs = ws_server_specs(engines, references=not no_reference)
+    specs = ws_server_specs(engines, references=not no_reference, against=against)
     server_cores, gen_cpu, pinning = pick_cores()
     load = Load(connections=connections, size=size, duration=duration, warmup=warmup, cold=cold, proto="ws")
     err.print(f"[dim]{pinning}; {len(specs)} servers x {repeat} runs[/dim]")
