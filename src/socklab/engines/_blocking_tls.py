@@ -77,6 +77,10 @@ class ThreadTLSProtocol(TLSProtocol):
                 and getattr(self.app, "zero_copy_echo", False) and not isinstance(self.app, BufferedProtocol)
                 and not self.transport.get_extra_info("tracer")):
             self._shared = self.echoing = True
+            # From now on every other use of the TLS object is exclusive with echo(): the
+            # methods that say so are a subclass's, so an app that is not an echo (never
+            # switched) pays no extra frame per write.
+            self.__class__ = _SharedTLSProtocol
 
     # ---- the reading thread, without the engine lock ---------------------------------------------
     def echo(self, data: bytes, transport: StreamTransport) -> bytes | None:
@@ -144,10 +148,12 @@ class ThreadTLSProtocol(TLSProtocol):
             finally:
                 self._waiting = False
 
+
+class _SharedTLSProtocol(ThreadTLSProtocol):
+    """A :class:`ThreadTLSProtocol` whose echo() may run (its class from the handshake on): every
+    other use of the TLS object is exclusive with it (:meth:`ThreadTLSProtocol._enter`)."""
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._shared:
-            TLSProtocol.write(self, data)
-            return
         self._enter()
         try:
             TLSProtocol.write(self, data)
@@ -155,9 +161,6 @@ class ThreadTLSProtocol(TLSProtocol):
             self._others_in -= 1
 
     def write_eof(self) -> None:
-        if not self._shared:
-            TLSProtocol.write_eof(self)
-            return
         self._enter()
         try:
             TLSProtocol.write_eof(self)
@@ -165,9 +168,6 @@ class ThreadTLSProtocol(TLSProtocol):
             self._others_in -= 1
 
     def close(self) -> None:
-        if not self._shared:
-            TLSProtocol.close(self)
-            return
         self._enter()
         try:
             TLSProtocol.close(self)
@@ -175,9 +175,6 @@ class ThreadTLSProtocol(TLSProtocol):
             self._others_in -= 1
 
     def _resumed(self) -> None:
-        if not self._shared:
-            TLSProtocol._resumed(self)
-            return
         self._enter()
         try:
             TLSProtocol._resumed(self)
@@ -185,7 +182,7 @@ class ThreadTLSProtocol(TLSProtocol):
             self._others_in -= 1
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if not self._shared or name not in ("peercert", "cipher", "tls_version"):
+        if name not in ("peercert", "cipher", "tls_version"):
             return TLSProtocol.get_extra_info(self, name, default)
         self._enter()
         try:
