@@ -275,6 +275,37 @@ def test_the_source_is_bound_per_attempt_and_a_failed_bind_is_one_failed_attempt
     assert run.trace("close")[1] == "None bind failed: EADDRINUSE - this socket is closed"
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_socket_that_connects_to_itself_is_a_refused_attempt(dial: Any) -> None:
+    # Found by CI: `--source localhost` bound ::1 to a port the kernel picked - the very port a
+    # server listened on at 127.0.0.1 only - and connect([::1]:that port) met its own SYN (a TCP
+    # simultaneous open). The dial called that a connection: every byte came back, like an echo.
+    # Here the source port is the destination port on purpose, which makes it happen every time.
+    port = free_port()
+    with listening() as server:
+        run = dial([target(("127.0.0.1", port), ("127.0.0.1", port)), target(server)], timeout=10)
+        assert run.error is None and run.sock is not None
+        assert run.sock.getpeername()[:2] == server  # the next address, not itself
+    connects = run.trace("connect")
+    assert any(c.startswith(f"127.0.0.1:{port} connected to itself") for c in connects), connects
+    assert f"127.0.0.1:{port} connected to itself - this attempt's socket is closed" in run.trace("close")
+    assert_every_socket_closed(run)
+
+
+def test_a_dial_whose_only_address_is_itself_says_so(dial: Any) -> None:
+    port = free_port()
+    run = dial([target(("127.0.0.1", port), ("127.0.0.1", port))], timeout=10)
+    assert isinstance(run.error, ConnectionRefused), run.error
+    assert str(run.error) == ("connection refused while connecting to name.test:7: the socket connected to "
+                              f"itself (its own address and port were 127.0.0.1:{port}, where nothing listens)")
+    assert_every_socket_closed(run)
+
+
 def test_every_attempt_failing_to_bind_is_the_bind_error(dial: Any) -> None:
     with listening() as server, listening() as taken:
         run = dial([target(server, ("127.0.0.1", taken[1]))], timeout=10)

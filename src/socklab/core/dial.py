@@ -161,6 +161,10 @@ class Dial:
             if state == "failed":
                 continue  # failed at once (no route, bind refused): the next one now
             if state == "connected":
+                assert attempt.sock is not None
+                if _connected_to_itself(attempt.sock):
+                    self._itself(attempt)
+                    continue
                 self._won(attempt)  # at once (a Unix socket)
                 return
             if self._todo:
@@ -220,11 +224,14 @@ class Dial:
         self.waiter.remove_writer(fd)
         err = attempt.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err == 0:
-            self._won(attempt)
-            return
-        self._trace_connect(attempt.sock, attempt.addr, f"failed: {os.strerror(err)}")
-        self._close_failed(attempt.sock, attempt.addr, err)
-        self._failed(attempt, OSError(err, os.strerror(err)))
+            if not _connected_to_itself(attempt.sock):
+                self._won(attempt)
+                return
+            self._itself(attempt)
+        else:
+            self._trace_connect(attempt.sock, attempt.addr, f"failed: {os.strerror(err)}")
+            self._close_failed(attempt.sock, attempt.addr, err)
+            self._failed(attempt, OSError(err, os.strerror(err)))
         if self.tracer and self._todo:
             self.tracer.note(f"{format_addr(attempt.addr)} failed ({attempt.reason}): trying "
                              f"{format_addr(self._todo[0][1])}, the next address {self.what} resolves to")
@@ -282,6 +289,29 @@ class Dial:
     def _close_failed(self, sock: socket.socket, addr: Any, err: int) -> None:
         self._close(sock, addr, f"connect failed: {errno.errorcode.get(err, str(err))} - this attempt's socket is closed")
 
+    def _itself(self, attempt: _Attempt) -> None:
+        """The attempt connected to its own socket: a failure, as the refusal it stands for.
+
+        Nothing listened on the port, and the socket's own address and port were that very
+        address and port - a source port bound before connect() (``--source``), or one the kernel
+        picked from the ephemeral range that the destination port lies in. TCP then joins the two
+        SYNs (a simultaneous open, RFC 9293 section 3.5) and the socket talks to itself: every
+        byte sent comes back, which looks like an echo server.
+        """
+        sock = attempt.sock
+        assert sock is not None
+        self._trace_connect(sock, attempt.addr, "connected to itself: nothing listens there, and this socket's "
+                                                "own address and port are the same (a TCP simultaneous open)")
+        self._close(sock, attempt.addr, "connected to itself - this attempt's socket is closed")
+        self._failed(attempt, OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)))
+        attempt.reason = "connected to itself"
+        err = attempt.error
+        assert err is not None
+        attempt.error = type(err)(f"{err}: the socket connected to itself (its own address and port were "
+                                  f"{format_addr(attempt.addr)}, where nothing listens)")
+        if isinstance(err, NetworkError) and isinstance(attempt.error, NetworkError):
+            attempt.error.errno = err.errno
+
     def _failed(self, attempt: _Attempt, exc: BaseException) -> None:
         attempt.cause = exc
         attempt.error = translate_oserror(exc, f"connecting to {self.what}")
@@ -322,6 +352,16 @@ class Dial:
     def _trace_connect(self, sock: socket.socket, addr: Any, detail: str) -> None:
         if self.tracer:
             self.tracer.emit("connect", sock, peer=addr, detail=detail)
+
+
+def _connected_to_itself(sock: socket.socket) -> bool:
+    """A TCP socket whose peer is its own address and port (see :meth:`Dial._itself`)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        return bool(sock.getsockname()[:2] == sock.getpeername()[:2])
+    except OSError:  # the peer is gone already: not this case
+        return False
 
 
 class _SelectorLoop:
