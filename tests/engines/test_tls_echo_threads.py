@@ -21,7 +21,7 @@ import pytest
 
 from socklab.apps.echo.protocol import EchoProtocol
 from socklab.engines._blocking_tls import ThreadTLSProtocol
-from tests.conftest import running_server, wait_until
+from tests.conftest import roundtrip, running_server, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,17 +33,6 @@ def _client_context(tls_files: dict[str, str], version: str = "1.3") -> ssl.SSLC
     ctx = ssl.create_default_context(cafile=tls_files["ca"])
     ctx.minimum_version = ctx.maximum_version = VERSIONS[version]
     return ctx
-
-
-def _echo(c: ssl.SSLSocket, data: bytes) -> bytes:
-    c.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def _tls_layers(srv: Any) -> list[ThreadTLSProtocol]:
@@ -58,11 +47,11 @@ def test_the_tls_echo_answers_while_another_thread_holds_the_engine_lock(engine:
     with running_server(EchoProtocol, engine, tls_cert=tls_files["cert"], tls_key=tls_files["key"]) as srv, \
             _client_context(tls_files).wrap_socket(socket.create_connection(("127.0.0.1", srv.port), timeout=5),
                                                    server_hostname="localhost") as c:
-        assert _echo(c, b"handshake done, first message\n") == b"handshake done, first message\n"
+        assert roundtrip(c, b"handshake done, first message\n") == b"handshake done, first message\n"
         [layer] = _tls_layers(srv)
         assert layer.echoing
         with srv.engine.lock:
-            assert _echo(c, b"x" * 5000) == b"x" * 5000
+            assert roundtrip(c, b"x" * 5000) == b"x" * 5000
 
 
 class _EchoAndMarks(EchoProtocol):
@@ -136,6 +125,19 @@ def _raw_client(tls_files: dict[str, str], port: int) -> tuple[socket.socket, ss
     return sock, tls, cin, cout
 
 
+def _read_plain(sock: socket.socket, tls: ssl.SSLObject, cin: ssl.MemoryBIO, n: int) -> bytes:
+    """At least ``n`` bytes of plaintext; fails if the server ends the stream first."""
+    got = b""
+    while len(got) < n:
+        try:
+            got += tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = sock.recv(65536)
+            assert data, f"the server closed after {len(got)} of {n} bytes"
+            cin.write(data)
+    return got
+
+
 def _read_to_the_end(sock: socket.socket, tls: ssl.SSLObject, cin: ssl.MemoryBIO) -> tuple[bytes, str]:
     """Plaintext until the stream ends, and how: 'close_notify', 'FIN' (without one) or 'reset'."""
     got = b""
@@ -168,12 +170,7 @@ def test_the_peers_close_notify_behind_a_message_ends_the_tls_echo_on_the_ordina
         with sock:
             tls.write(b"first\n")
             sock.sendall(cout.read())
-            got = b""
-            while len(got) < 6:  # the echo path is on once this came back
-                try:
-                    got += tls.read(65536)
-                except ssl.SSLWantReadError:
-                    cin.write(sock.recv(65536))
+            got = _read_plain(sock, tls, cin, 6)  # the echo path is on once this came back
             assert got == b"first\n"
             [layer] = _tls_layers(srv)
             assert layer.echoing
@@ -194,12 +191,7 @@ def test_a_broken_record_during_the_tls_echo_ends_the_connection(engine: str, tl
         with sock:
             tls.write(b"fine\n")
             sock.sendall(cout.read())
-            got = b""
-            while len(got) < 5:
-                try:
-                    got += tls.read(65536)
-                except ssl.SSLWantReadError:
-                    cin.write(sock.recv(65536))
+            got = _read_plain(sock, tls, cin, 5)
             assert got == b"fine\n"
             tls.write(b"good record\n")
             good = cout.read()

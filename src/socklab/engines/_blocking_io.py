@@ -139,9 +139,7 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                         except (BlockingIOError, InterruptedError):
                             sent = 0
                         except OSError as exc:
-                            with lock:
-                                self._sending = False
-                                self._fatal(exc, "sending")
+                            self._unlocked_send_failed(exc)
                             return
                         if sent != n:  # the kernel took part of it: the rest goes first in the queue
                             if not self._after_send(view[sent:n]):
@@ -181,9 +179,7 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                         except (BlockingIOError, InterruptedError):
                             sent = 0
                         except OSError as exc:
-                            with lock:
-                                self._sending = False
-                                self._fatal(exc, "sending")
+                            self._unlocked_send_failed(exc)
                             return
                         if n == size < RECV_SIZE:  # a bulk sender: read in bigger bites from now on
                             size = RECV_SIZE
@@ -267,9 +263,7 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 except OSError as exc:
-                    with lock:
-                        self._sending = False
-                        self._fatal(exc, "sending")
+                    self._unlocked_send_failed(exc)
                     return
                 if tracer:
                     tracer.emit("send", self.sock, peer=self.peer, nbytes=sent, requested=len(out))
@@ -284,6 +278,12 @@ class StreamTransport(StreamCore, Transport, Connection, _Writable):
                 if not self._lost:  # only on a bug in this module: never leave a connection behind
                     self.abort_with(None)
                 self._close_fd()
+
+    def _unlocked_send_failed(self, exc: OSError) -> None:
+        """The reading thread's send without the lock failed: release its claim, end the connection."""
+        with self.engine.lock:
+            self._sending = False
+            self._fatal(exc, "sending")
 
     def _after_send(self, leftover: memoryview | None) -> bool:
         """After a reply sent without the lock: queue its leftover first, hand on what others queued.

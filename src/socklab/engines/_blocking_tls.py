@@ -39,9 +39,10 @@ ordinary path.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from socklab.core.protocol import BufferedProtocol, Protocol
@@ -136,56 +137,46 @@ class ThreadTLSProtocol(TLSProtocol):
             self.data_received(data)
 
     # ---- every other use of the TLS object, once echo() may run: exclusive with it ---------------
-    def _enter(self) -> None:
-        """Engine lock held: count in, then wait for echo() to leave if it is inside."""
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Engine lock held: count in, wait for echo() to leave if it is inside, run, count out."""
         self._others_in += 1
-        if self._echo_in:
-            self._waiting = True
-            try:
-                while self._echo_in:
-                    self._echo_left.wait()
-                    self._echo_left.clear()
-            finally:
-                self._waiting = False
+        try:
+            if self._echo_in:
+                self._waiting = True
+                try:
+                    while self._echo_in:
+                        self._echo_left.wait()
+                        self._echo_left.clear()
+                finally:
+                    self._waiting = False
+            yield
+        finally:
+            self._others_in -= 1
 
 
 class _SharedTLSProtocol(ThreadTLSProtocol):
     """A :class:`ThreadTLSProtocol` whose echo() may run (its class from the handshake on): every
-    other use of the TLS object is exclusive with it (:meth:`ThreadTLSProtocol._enter`)."""
+    other use of the TLS object is exclusive with it (:meth:`ThreadTLSProtocol._exclusive`)."""
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._enter()
-        try:
+        with self._exclusive():
             TLSProtocol.write(self, data)
-        finally:
-            self._others_in -= 1
 
     def write_eof(self) -> None:
-        self._enter()
-        try:
+        with self._exclusive():
             TLSProtocol.write_eof(self)
-        finally:
-            self._others_in -= 1
 
     def close(self) -> None:
-        self._enter()
-        try:
+        with self._exclusive():
             TLSProtocol.close(self)
-        finally:
-            self._others_in -= 1
 
     def _resumed(self) -> None:
-        self._enter()
-        try:
+        with self._exclusive():
             TLSProtocol._resumed(self)
-        finally:
-            self._others_in -= 1
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name not in ("peercert", "cipher", "tls_version"):
             return TLSProtocol.get_extra_info(self, name, default)
-        self._enter()
-        try:
+        with self._exclusive():
             return TLSProtocol.get_extra_info(self, name, default)
-        finally:
-            self._others_in -= 1
