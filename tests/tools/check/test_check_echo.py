@@ -65,6 +65,25 @@ def test_one_recv_and_hang_up_is_named(serve):
     assert "one recv()" in bad["large"].mistake
 
 
+def test_one_recv_and_hang_up_is_named_when_the_second_message_meets_a_reset(serve, tmp_path):
+    # Found by CI beside two CPU hogs: the grader's second message reaches a socket the server
+    # already closed, its kernel answers with RST, and when that RST is read before the FIN the
+    # verdict was "the connection was reset ... the server closed its socket while data was still
+    # arriving" instead of naming the mistake. A close with SO_LINGER 0 is that order every time.
+    program = thread_per_client(
+        tmp_path / "one_recv_rst.py",
+        "import struct\n"
+        "def serve(c):\n"
+        "    c.sendall(c.recv(4096))\n"
+        "    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+        "    c.close()  # a reset: what the client reads when the RST wins the race\n"
+    )
+    s = serve(program)
+    r = verdicts(s.address, only=("small",))["small"]
+    assert not r.passed
+    assert r.mistake == "it answers one recv() and hangs up", (r.happened, r.mistake)
+
+
 def test_server_that_never_closes_is_named_close_wait(serve):
     s = serve(BROKEN / "never_closes_server.py")
     res = verdicts(s.address)
